@@ -1,0 +1,128 @@
+"""Addresses and prefixes as govern handles them: parsing, grouping sources, and allowlist lookups.
+
+A `Prefix` is a plain NamedTuple (version, network as int, length) because the observer builds tens of thousands
+of them per tick: tuples are cheap to create and hash, and still read well.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from collections.abc import Iterable, Iterator
+from typing import NamedTuple
+
+from govern.errors import AddressError
+
+_BITS = {4: 32, 6: 128}
+
+
+class Prefix(NamedTuple):
+    """An IPv4 or IPv6 network: `value` is the network address as an integer, host bits zero."""
+
+    version: int
+    value: int
+    length: int
+
+    @property
+    def bits(self) -> int:
+        return _BITS[self.version]
+
+    @property
+    def is_host(self) -> bool:
+        return self.length == self.bits
+
+    @property
+    def last(self) -> int:
+        """The highest address inside the prefix, as an integer."""
+        return self.value | ((1 << (self.bits - self.length)) - 1)
+
+    def packed(self) -> bytes:
+        return self.value.to_bytes(self.bits // 8, "big")
+
+    def contains(self, other: Prefix) -> bool:
+        """True when `other` lies wholly inside this prefix."""
+        if other.version != self.version or other.length < self.length:
+            return False
+        shift = self.bits - self.length
+        return (other.value >> shift) == (self.value >> shift)
+
+    def overlaps(self, other: Prefix) -> bool:
+        return self.contains(other) or other.contains(self)
+
+    def __str__(self) -> str:
+        fam = socket.AF_INET if self.version == 4 else socket.AF_INET6
+        text = socket.inet_ntop(fam, self.packed())
+        return text if self.is_host else f"{text}/{self.length}"
+
+    @classmethod
+    def parse(cls, text: str, *, strict: bool = False) -> Prefix:
+        """Parse '198.51.100.7', '198.51.100.0/24' or '2001:db8::/48'.
+
+        Host bits set under the prefix length are cleared, unless `strict`, where they are an error.
+        """
+        raw = text.strip()
+        try:
+            net = ipaddress.ip_network(raw, strict=strict)
+        except ValueError as exc:
+            raise AddressError(f"{text!r} is not an IPv4/IPv6 address or prefix ({exc})") from None
+        return cls(net.version, int(net.network_address), net.prefixlen)
+
+    @classmethod
+    def from_packed(cls, raw: bytes, length: int | None = None) -> Prefix:
+        version = 4 if len(raw) == 4 else 6
+        bits = _BITS[version]
+        plen = bits if length is None else length
+        value = int.from_bytes(raw, "big")
+        if plen < bits:
+            value &= ~((1 << (bits - plen)) - 1) & ((1 << bits) - 1)
+        return cls(version, value, plen)
+
+
+def group_key(address: Prefix, v4_len: int, v6_len: int) -> Prefix:
+    """The source a host address is counted as: IPv4 /32 and IPv6 /64 by default."""
+    plen = v4_len if address.version == 4 else v6_len
+    if plen >= address.length:
+        return address
+    shift = address.bits - plen
+    return Prefix(address.version, (address.value >> shift) << shift, plen)
+
+
+class PrefixSet:
+    """A set of prefixes answering "is this covered?" in one dict lookup per distinct prefix length."""
+
+    __slots__ = ("_by_len", "_items")
+
+    def __init__(self, prefixes: Iterable[Prefix] = ()) -> None:
+        self._items: frozenset[Prefix] = frozenset(prefixes)
+        by_len: dict[tuple[int, int], set[int]] = {}
+        for p in self._items:
+            by_len.setdefault((p.version, p.length), set()).add(p.value)
+        # Longest first: the common answer for a covered host is a long prefix or the host itself.
+        self._by_len = sorted(
+            ((v, ln, frozenset(vals)) for (v, ln), vals in by_len.items()), key=lambda t: -t[1]
+        )
+
+    def covers(self, p: Prefix) -> bool:
+        """True when some member contains all of `p`."""
+        bits = p.bits
+        for version, length, values in self._by_len:
+            if version != p.version or length > p.length:
+                continue
+            if (p.value >> (bits - length)) << (bits - length) in values:
+                return True
+        return False
+
+    def intersects(self, p: Prefix) -> bool:
+        """True when `p` and some member share any address (either contains the other)."""
+        if self.covers(p):
+            return True
+        return any(m.version == p.version and p.contains(m) for m in self._items)
+
+    def __contains__(self, p: object) -> bool:
+        return p in self._items
+
+    def __iter__(self) -> Iterator[Prefix]:
+        return iter(sorted(self._items))
+
+    def __len__(self) -> int:
+        return len(self._items)

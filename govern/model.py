@@ -1,0 +1,134 @@
+"""The values that flow through observe -> decide -> act: Snapshot in, Plan out, State remembered.
+
+Everything here is plain data. Per-source records are NamedTuples because the observer makes one per connecting
+source every tick; the rest are frozen dataclasses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import NamedTuple
+
+from govern.addr import Prefix
+
+
+class SourceStats(NamedTuple):
+    """What the kernel shows of one source (an IPv4 /32 or IPv6 /64 by default) on the protected ports."""
+
+    held: int = 0  # sockets that occupy the MTA or the kernel: every state but TIME_WAIT
+    established: int = 0
+    syn_recv: int = 0
+    idle: int = 0  # established sockets where the server has been waiting on a silent client past idle_after
+    max_idle_ms: int = 0  # the longest such wait, in ms
+    new: int = 0  # connection attempts (SYNs) since the previous snapshot, counted in the kernel
+    new_per_minute: int = 0  # connection attempts over the last 60 s
+
+
+class ListenerStats(NamedTuple):
+    """One listening socket on a protected port: its accept queue now and the backlog it may grow to."""
+
+    address: str
+    port: int
+    queued: int
+    backlog: int
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """One tick's immutable view of the kernel."""
+
+    taken_at: float
+    interval: float  # seconds since the previous snapshot (0 for the first)
+    sources: Mapping[Prefix, SourceStats]
+    listeners: tuple[ListenerStats, ...] = ()
+    counters: Mapping[str, int] = field(default_factory=dict)  # TcpExt deltas since the previous snapshot
+
+
+class ActionKind(StrEnum):
+    THROTTLE = "throttle"
+    BLOCK = "block"
+    EXTEND = "extend"
+    UNBLOCK = "unblock"
+    UNTHROTTLE = "unthrottle"
+
+
+PUNITIVE = frozenset({ActionKind.THROTTLE, ActionKind.BLOCK, ActionKind.EXTEND})
+
+
+@dataclass(frozen=True, slots=True)
+class Action:
+    """One change to enforcement, with the reason a person reads in `govern status` and the event log."""
+
+    kind: ActionKind
+    prefix: Prefix
+    reason: str
+    until: float = 0.0  # epoch seconds the block or throttle lapses (kernel timeout); 0 for releases
+    offences: int = 0
+
+    def describe(self) -> str:
+        return f"{self.kind} {self.prefix}: {self.reason}"
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What one tick decided. Empty plans are common and cheap."""
+
+    actions: tuple[Action, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.actions)
+
+
+@dataclass(frozen=True, slots=True)
+class Block:
+    prefix: Prefix
+    reason: str
+    since: float
+    until: float
+    offences: int
+    manual: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Throttle:
+    prefix: Prefix
+    reason: str
+    since: float
+    until: float
+
+
+@dataclass(frozen=True, slots=True)
+class Offender:
+    """A source's record of past blocks, kept after the block lapses so repeat offenders get longer blocks."""
+
+    offences: int
+    last: float
+
+
+@dataclass(slots=True)
+class State:
+    """What govern enforces and remembers. The daemon owns the one instance; decide only reads it."""
+
+    blocks: dict[Prefix, Block] = field(default_factory=dict)
+    throttles: dict[Prefix, Throttle] = field(default_factory=dict)
+    offenders: dict[Prefix, Offender] = field(default_factory=dict)
+
+    def record(self, plan: Plan, now: float) -> None:
+        """Bring the state in line with a plan the kernel has accepted."""
+        for a in plan.actions:
+            if a.kind is ActionKind.BLOCK or a.kind is ActionKind.EXTEND:
+                old = self.blocks.get(a.prefix)
+                since = old.since if (old and a.kind is ActionKind.EXTEND) else now
+                manual = old.manual if (old and a.kind is ActionKind.EXTEND) else a.reason.startswith("manual")
+                self.blocks[a.prefix] = Block(a.prefix, a.reason, since, a.until, a.offences, manual)
+                self.throttles.pop(a.prefix, None)
+                if a.offences:
+                    self.offenders[a.prefix] = Offender(a.offences, now)
+            elif a.kind is ActionKind.THROTTLE:
+                self.throttles[a.prefix] = Throttle(a.prefix, a.reason, now, a.until)
+            elif a.kind is ActionKind.UNBLOCK:
+                self.blocks.pop(a.prefix, None)
+            elif a.kind is ActionKind.UNTHROTTLE:
+                self.throttles.pop(a.prefix, None)
