@@ -90,7 +90,7 @@ def group_key(address: Prefix, v4_len: int, v6_len: int) -> Prefix:
 class PrefixSet:
     """A set of prefixes answering "is this covered?" in one dict lookup per distinct prefix length."""
 
-    __slots__ = ("_by_len", "_items")
+    __slots__ = ("_by_len", "_items", "_longer")
 
     def __init__(self, prefixes: Iterable[Prefix] = ()) -> None:
         self._items: frozenset[Prefix] = frozenset(prefixes)
@@ -98,9 +98,9 @@ class PrefixSet:
         for p in self._items:
             by_len.setdefault((p.version, p.length), set()).add(p.value)
         # Longest first: the common answer for a covered host is a long prefix or the host itself.
-        self._by_len = sorted(
-            ((v, ln, frozenset(vals)) for (v, ln), vals in by_len.items()), key=lambda t: -t[1]
-        )
+        self._by_len = sorted(((v, ln, frozenset(vals)) for (v, ln), vals in by_len.items()), key=lambda t: -t[1])
+        # Members that are not hosts, longest first: only they can lie strictly inside a prefix being checked.
+        self._longer = sorted(self._items, key=lambda m: -m.length)
 
     def covers(self, p: Prefix) -> bool:
         """True when some member contains all of `p`."""
@@ -116,7 +116,15 @@ class PrefixSet:
         """True when `p` and some member share any address (either contains the other)."""
         if self.covers(p):
             return True
-        return any(m.version == p.version and p.contains(m) for m in self._items)
+        for m in self._longer:
+            if m.length <= p.length:
+                break
+            if m.version == p.version and p.contains(m):
+                return True
+        return False
+
+    def members(self) -> tuple[Prefix, ...]:
+        return tuple(sorted(self._items))
 
     def __contains__(self, p: object) -> bool:
         return p in self._items

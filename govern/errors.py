@@ -1,13 +1,13 @@
 """The one exception tree of govern.
 
-    GovernError                 anything govern reports to a person instead of a traceback
-    ├── UsageError              bad input from the operator: config, CLI argument, address, file (exit status 2)
-    │   ├── ConfigError         a config file or key is wrong; names the file, the key and the problem
-    │   └── AddressError        text that is not an IPv4/IPv6 address or prefix
-    ├── RefusedError            a valid request the daemon will not carry out (blocking an allowlisted address, ...)
-    ├── DaemonUnavailable       the CLI cannot reach the daemon's control socket
-    └── KernelError             the kernel refused an operation; errno and netlink errors are translated into it
-                                once, at the adapter that talked to the kernel
+GovernError                 anything govern reports to a person instead of a traceback
+├── UsageError              bad input from the operator: config, CLI argument, address, file (exit status 2)
+│   ├── ConfigError         a config file or key is wrong; names the file, the key and the problem
+│   └── AddressError        text that is not an IPv4/IPv6 address or prefix
+├── RefusedError            a valid request the daemon will not carry out (blocking an allowlisted address, ...)
+├── DaemonUnavailable       the CLI cannot reach the daemon's control socket
+└── KernelError             the kernel refused an operation; errno and netlink errors are translated into it
+                            once, at the adapter that talked to the kernel
 """
 
 from __future__ import annotations

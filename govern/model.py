@@ -66,6 +66,7 @@ class Action:
     reason: str
     until: float = 0.0  # epoch seconds the block or throttle lapses (kernel timeout); 0 for releases
     offences: int = 0
+    manual: bool = False  # asked for by the operator; the automatic ladder never extends or shortens it
 
     def describe(self) -> str:
         return f"{self.kind} {self.prefix}: {self.reason}"
@@ -121,7 +122,7 @@ class State:
             if a.kind is ActionKind.BLOCK or a.kind is ActionKind.EXTEND:
                 old = self.blocks.get(a.prefix)
                 since = old.since if (old and a.kind is ActionKind.EXTEND) else now
-                manual = old.manual if (old and a.kind is ActionKind.EXTEND) else a.reason.startswith("manual")
+                manual = old.manual if (old and a.kind is ActionKind.EXTEND) else a.manual
                 self.blocks[a.prefix] = Block(a.prefix, a.reason, since, a.until, a.offences, manual)
                 self.throttles.pop(a.prefix, None)
                 if a.offences:

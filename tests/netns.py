@@ -53,7 +53,7 @@ def _setns(path: str) -> None:
 @contextlib.contextmanager
 def entered(name: str) -> Iterator[None]:
     """Run the block with this thread in namespace `name`; sockets made inside stay there afterwards."""
-    home = os.open(f"/proc/thread-self/ns/net", os.O_RDONLY)
+    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
     try:
         _setns(f"/var/run/netns/{name}")
         try:
@@ -94,8 +94,21 @@ class Lab:
             # No duplicate address detection: a tentative link-local address makes IPv6 unreachable for ~2 s.
             ns.sh("sysctl", "-qw", "net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0")
         veth_mx, veth_net = f"v{self.mx.name[-6:]}m", f"v{self.net.name[-6:]}n"
-        sh("ip", "link", "add", veth_mx, "netns", self.mx.name, "type", "veth", "peer", "name", veth_net,
-           "netns", self.net.name)
+        sh(
+            "ip",
+            "link",
+            "add",
+            veth_mx,
+            "netns",
+            self.mx.name,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            veth_net,
+            "netns",
+            self.net.name,
+        )
         for ns, dev, a4, a6 in ((self.mx, veth_mx, MX4, MX6), (self.net, veth_net, "203.0.113.1", "2001:db8:25::1")):
             ns.sh("ip", "addr", "add", f"{a4}/24", "dev", dev)
             ns.sh("ip", "-6", "addr", "add", f"{a6}/64", "dev", dev, "nodad")
@@ -134,9 +147,13 @@ def connect(src: str, dst: str, port: int, timeout: float = 5.0) -> socket.socke
     """A TCP connection from a chosen source address (call inside the client namespace)."""
     fam = socket.AF_INET6 if ":" in dst else socket.AF_INET
     s = socket.socket(fam, socket.SOCK_STREAM)
-    s.settimeout(timeout)
-    s.bind((src, 0))
-    s.connect((dst, port))
+    try:
+        s.settimeout(timeout)
+        s.bind((src, 0))
+        s.connect((dst, port))
+    except BaseException:
+        s.close()
+        raise
     return s
 
 

@@ -1,0 +1,212 @@
+"""The `govern` command line. Every command takes --config; bad input exits with status 2 before anything is
+changed, and errors are one line on stderr, never a traceback."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import Annotated, Any, NoReturn
+
+import typer
+
+from govern import config as configmod
+from govern.addr import Prefix
+from govern.control import call
+from govern.durations import format_duration, parse_duration
+from govern.errors import DaemonUnavailable, GovernError, UsageError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="govern: a kernel-assisted connection governor for SMTP MX hosts.",
+)
+config_app = typer.Typer(no_args_is_help=True, help="Check or show the configuration.")
+app.add_typer(config_app, name="config")
+
+ConfigOpt = Annotated[
+    str | None,
+    typer.Option("--config", "-c", help=f"config file (default {configmod.DEFAULT_PATH} if it exists)"),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output")]
+
+
+def _fail(exc: GovernError) -> NoReturn:
+    print(f"govern: {exc}", file=sys.stderr)
+    raise typer.Exit(exc.exit_code)
+
+
+def _prefix(text: str) -> Prefix:
+    try:
+        return Prefix.parse(text, strict=True)
+    except UsageError as exc:
+        if "has host bits set" in str(exc):
+            _fail(UsageError(f"{text!r} has host bits set; did you mean {Prefix.parse(text)}?"))
+        _fail(exc)
+
+
+def _load(path: str | None) -> configmod.Config:
+    try:
+        return configmod.load(path)
+    except GovernError as exc:
+        _fail(exc)
+
+
+def _ask(path: str | None, body: dict[str, Any]) -> dict[str, Any]:
+    cfg = _load(path)
+    try:
+        reply = call(cfg["daemon"]["socket"], body)
+    except DaemonUnavailable as exc:
+        _fail(exc)
+    if not reply.get("ok"):
+        print(f"govern: {reply.get('error', 'the daemon refused without a reason')}", file=sys.stderr)
+        raise typer.Exit(2 if reply.get("refused") else 1)
+    return reply
+
+
+@app.command()
+def run(
+    config: ConfigOpt = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="log every plan instead of enforcing it")] = False,
+) -> None:
+    """Run the daemon in the foreground (SIGTERM/SIGINT stop it, SIGHUP reloads the config)."""
+    from govern import daemon
+
+    try:
+        raise typer.Exit(daemon.run(config, dry_run=dry_run))
+    except GovernError as exc:
+        _fail(exc)
+    except KeyboardInterrupt:
+        raise typer.Exit(0) from None
+
+
+@app.command()
+def status(config: ConfigOpt = None, as_json: JsonOpt = False, top: int = 10) -> None:
+    """Mode, top sources, blocks and throttles, listener queues and kernel counters."""
+    st = _ask(config, {"cmd": "status", "top": top})["status"]
+    if as_json:
+        print(json.dumps(st, indent=2))
+        return
+    mode = st["mode"] + (" (DRY RUN: nothing enforced)" if st["dry_run"] else "")
+    print(f"mode: {mode}   backend: {st['backend']}   uptime: {format_duration(max(st['uptime'], 1))}")
+    print(f"tick: {st['last_tick_ms']} ms   sources: {st['sources']}   sockets: {st['sockets']}")
+    print(f"blocks: {st['blocks']}   throttles: {st['throttles']}   allowlist entries: {st['allowlist']}")
+    print(f"sessions ended for blocked sources: {st['ended_sessions']}")
+    for ls in st["listeners"]:
+        print(f"listener {ls['address']}:{ls['port']}  queue {ls['queued']}/{ls['backlog']} ({ls['fill']:.0%})")
+    if st["top"]:
+        print(f"\n{'source':<28}{'held':>6}{'estab':>7}{'synrecv':>8}{'idle':>6}{'new/min':>9}  standing")
+        for s in st["top"]:
+            print(
+                f"{s['source']:<28}{s['held']:>6}{s['established']:>7}{s['syn_recv']:>8}{s['idle']:>6}"
+                f"{s['new_per_minute']:>9}  {s['standing']}"
+            )
+    nonzero = {k: v for k, v in st["counters_since_start"].items() if v}
+    if nonzero:
+        print("\nkernel counters since start: " + ", ".join(f"{k} {v}" for k, v in sorted(nonzero.items())))
+    if st["failures"]:
+        print(
+            "\nfailures: " + ", ".join(f"{k} x{v} ({st['last_errors'].get(k, '')})" for k, v in st["failures"].items())
+        )
+
+
+@app.command()
+def block(
+    address: Annotated[str, typer.Argument(help="address or prefix, e.g. 198.51.100.7 or 2001:db8:bad::/48")],
+    duration: Annotated[
+        str | None, typer.Option("--for", help="how long, e.g. 30m, 2h (default [block] duration)")
+    ] = None,
+    reason: Annotated[str, typer.Option("--reason", help="why, for the log and `govern list`")] = "",
+    config: ConfigOpt = None,
+) -> None:
+    """Block an address or prefix on the protected ports (refused for allowlisted addresses)."""
+    p = _prefix(address)
+    if duration is not None:
+        try:
+            parse_duration(duration)
+        except ValueError as exc:
+            _fail(UsageError(f"--for: {exc}"))
+    reply = _ask(config, {"cmd": "block", "prefix": str(p), "duration": duration, "reason": reason})
+    print(reply["message"])
+
+
+@app.command()
+def unblock(
+    address: Annotated[str, typer.Argument(help="the address or prefix exactly as blocked")],
+    config: ConfigOpt = None,
+) -> None:
+    """Lift a block (and any throttle) on an address or prefix."""
+    p = _prefix(address)
+    print(_ask(config, {"cmd": "unblock", "prefix": str(p)})["message"])
+
+
+@app.command()
+def allow(
+    address: Annotated[str, typer.Argument(help="address or prefix to allowlist")],
+    remove: Annotated[bool, typer.Option("--remove", help="take it off the allowlist again")] = False,
+    note: Annotated[str, typer.Option("--note", help="who or what it is")] = "",
+    config: ConfigOpt = None,
+) -> None:
+    """Allowlist an address or prefix at once (kept across restarts); lifts any block on it."""
+    p = _prefix(address)
+    print(_ask(config, {"cmd": "allow", "prefix": str(p), "remove": remove, "note": note})["message"])
+
+
+@app.command("list")
+def list_(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
+    """Every active block and throttle with its reason and expiry."""
+    entries = _ask(config, {"cmd": "list"})["entries"]
+    if as_json:
+        print(json.dumps(entries, indent=2))
+        return
+    if not entries:
+        print("no active blocks or throttles")
+        return
+    now = time.time()
+    print(f"{'kind':<9}{'source':<28}{'left':>9}  reason")
+    for e in entries:
+        left = format_duration(max(e["until"] - now, 1))
+        print(f"{e['kind']:<9}{e['prefix']:<28}{left:>9}  {e['reason']}")
+
+
+@app.command()
+def teardown(config: ConfigOpt = None) -> None:
+    """Remove every kernel object govern created (table inet govern), stopping the daemon if it runs."""
+    cfg = _load(config)
+    try:
+        reply = call(cfg["daemon"]["socket"], {"cmd": "teardown"})
+        if not reply.get("ok"):
+            _fail(GovernError(reply.get("error", "teardown failed")))
+        print(f"{reply['message']}; daemon stopped")
+        return
+    except DaemonUnavailable:
+        pass
+    from govern.nft.backend import teardown_table
+
+    try:
+        removed = teardown_table()
+    except GovernError as exc:
+        _fail(exc)
+    print("removed table inet govern" if removed else "nothing to remove: no govern objects in the kernel")
+
+
+@config_app.command("check")
+def config_check(
+    path: Annotated[str | None, typer.Argument(help="file to check (default: --config or the default path)")] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Validate a config file; exit 2 naming the file, key and problem if it is wrong."""
+    cfg = _load(path or config)
+    print(f"{cfg.path or 'embedded defaults'}: OK")
+
+
+@config_app.command("show")
+def config_show(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
+    """Print the effective configuration (defaults plus the file)."""
+    cfg = _load(config)
+    print(json.dumps(cfg.to_dict(), indent=2) if as_json else cfg.to_toml(), end="" if not as_json else "\n")
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,316 @@
+"""The configuration: its schema with an embedded default for every key, loading and validation, and the
+`Policy` the pure core is given.
+
+A config file only overrides what it names. Every error names the file, the key and the problem; a config that
+fails validation is never partly used.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from govern.addr import Prefix, PrefixSet
+from govern.durations import format_duration, parse_duration
+from govern.errors import AddressError, ConfigError
+
+DEFAULT_PATH = "/etc/govern/govern.toml"
+
+
+def _int(lo: int, hi: int) -> Callable[[Any], int]:
+    def check(v: Any) -> int:
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise ValueError(f"expected a whole number, got {_typename(v)}")
+        if not lo <= v <= hi:
+            raise ValueError(f"must be between {lo} and {hi}, got {v}")
+        return v
+
+    return check
+
+
+def _duration(lo: float, hi: float) -> Callable[[Any], float]:
+    def check(v: Any) -> float:
+        s = parse_duration(v)
+        if not lo <= s <= hi:
+            raise ValueError(f"must be between {format_duration(lo)} and {format_duration(hi)}, got {v!r}")
+        return s
+
+    return check
+
+
+def _bool(v: Any) -> bool:
+    if not isinstance(v, bool):
+        raise ValueError(f"expected true or false, got {_typename(v)}")
+    return v
+
+
+def _str(v: Any) -> str:
+    if not isinstance(v, str) or not v:
+        raise ValueError(f"expected a non-empty string, got {_typename(v)}")
+    return v
+
+
+def _abs_path(v: Any) -> str:
+    s = _str(v)
+    if not s.startswith("/"):
+        raise ValueError(f"expected an absolute path, got {s!r}")
+    return s
+
+
+def _ports(v: Any) -> tuple[int, ...]:
+    if not isinstance(v, list) or not v:
+        raise ValueError("expected a non-empty list of TCP ports, e.g. [25, 465, 587]")
+    out = []
+    for i, p in enumerate(v):
+        if isinstance(p, bool) or not isinstance(p, int) or not 1 <= p <= 65535:
+            raise ValueError(f"item {i}: {p!r} is not a TCP port (1-65535)")
+        if p in out:
+            raise ValueError(f"item {i}: port {p} is listed twice")
+        out.append(p)
+    return tuple(out)
+
+
+def _cidrs(v: Any) -> tuple[Prefix, ...]:
+    if not isinstance(v, list):
+        raise ValueError(f"expected a list of addresses or prefixes, got {_typename(v)}")
+    out = []
+    for i, item in enumerate(v):
+        if not isinstance(item, str):
+            raise ValueError(f"item {i}: expected an address string, got {_typename(item)}")
+        try:
+            out.append(Prefix.parse(item, strict=True))
+        except AddressError as exc:
+            raise ValueError(f"item {i}: {exc}") from None
+    return tuple(out)
+
+
+def _paths(v: Any) -> tuple[str, ...]:
+    if not isinstance(v, list):
+        raise ValueError(f"expected a list of file paths, got {_typename(v)}")
+    out = []
+    for i, item in enumerate(v):
+        try:
+            out.append(_abs_path(item))
+        except ValueError as exc:
+            raise ValueError(f"item {i}: {exc}") from None
+    return tuple(out)
+
+
+def _level(v: Any) -> str:
+    s = _str(v).lower()
+    if s not in ("debug", "info", "warning", "error"):
+        raise ValueError(f"expected one of debug, info, warning, error; got {v!r}")
+    return s
+
+
+def _typename(v: Any) -> str:
+    names = {bool: "a boolean", int: "a number", float: "a number", str: "a string", list: "a list", dict: "a table"}
+    return names.get(type(v), type(v).__name__)
+
+
+@dataclass(frozen=True)
+class Key:
+    default: Any
+    check: Callable[[Any], Any]
+    doc: str
+
+
+SCHEMA: dict[str, dict[str, Key]] = {
+    "protect": {
+        "ports": Key([25, 465, 587], _ports, "TCP ports govern watches and protects; its rules match nothing else"),
+        "ipv4_prefix": Key(32, _int(8, 32), "IPv4 sources are counted and blocked per prefix of this length"),
+        "ipv6_prefix": Key(64, _int(16, 128), "IPv6 sources are counted and blocked per prefix of this length"),
+    },
+    "allow": {
+        "cidrs": Key([], _cidrs, "addresses or prefixes govern never throttles or blocks"),
+        "files": Key([], _paths, "files with one address or prefix per line; '#' starts a comment"),
+    },
+    "limits": {
+        "max_connections_per_source": Key(20, _int(1, 1_000_000), "concurrent sockets on protected ports, per source"),
+        "max_new_per_minute": Key(60, _int(1, 10_000_000), "new connections per source per minute"),
+        "idle_after": Key("10s", _duration(0.1, 86400.0), "server waiting this long on a silent client: idle"),
+    },
+    "throttle": {
+        "rate_per_minute": Key(20, _int(1, 1_000_000), "new connections a throttled source may open per minute"),
+        "burst": Key(5, _int(1, 1_000_000), "connections a throttled source may open at once before its rate applies"),
+        "duration": Key("10m", _duration(1, 30 * 86400), "how long a throttle lasts unless the source is blocked"),
+        "escalate_after": Key("5s", _duration(0, 86400), "a throttled source still over a limit this long is blocked"),
+    },
+    "block": {
+        "duration": Key("10m", _duration(1, 365 * 86400), "first block; each repeat offence doubles it"),
+        "max_duration": Key("24h", _duration(1, 365 * 86400), "the longest automatic block"),
+        "forget_after": Key("7d", _duration(1, 365 * 86400), "offences older than this no longer lengthen blocks"),
+        "end_sessions": Key(True, _bool, "destroy a blocked source's sockets and conntrack entries at once"),
+    },
+    "daemon": {
+        "tick": Key("1s", _duration(0.1, 60), "how often govern observes, decides and acts"),
+        "state_dir": Key("/var/lib/govern", _abs_path, "durable state: active blocks, throttles, events"),
+        "socket": Key("/run/govern/govern.sock", _abs_path, "root-only control socket the CLI talks to"),
+        "dry_run": Key(False, _bool, "log every plan instead of enforcing it (counting still runs in the kernel)"),
+        "log_level": Key("info", _level, "debug, info, warning or error"),
+    },
+}
+
+
+@dataclass(frozen=True)
+class Config:
+    """The effective configuration: every key's value after defaults, file and validation."""
+
+    values: Mapping[str, Mapping[str, Any]]  # section -> key -> validated value
+    raw: Mapping[str, Mapping[str, Any]]  # section -> key -> value as written (or default), for `config show`
+    path: str | None  # the file it came from, None for the embedded defaults
+    allow_from_files: tuple[Prefix, ...] = ()
+
+    def __getitem__(self, section: str) -> Mapping[str, Any]:
+        return self.values[section]
+
+    def allowlist(self) -> tuple[Prefix, ...]:
+        return tuple(self.values["allow"]["cidrs"]) + self.allow_from_files
+
+    def policy(self, extra_allow: tuple[Prefix, ...] = ()) -> Policy:
+        lim, thr, blk, pro = self["limits"], self["throttle"], self["block"], self["protect"]
+        return Policy(
+            ports=frozenset(pro["ports"]),
+            v4_len=pro["ipv4_prefix"],
+            v6_len=pro["ipv6_prefix"],
+            allow=PrefixSet(self.allowlist() + extra_allow),
+            max_connections=lim["max_connections_per_source"],
+            max_new_per_minute=lim["max_new_per_minute"],
+            idle_after=lim["idle_after"],
+            throttle_duration=thr["duration"],
+            escalate_after=thr["escalate_after"],
+            block_duration=blk["duration"],
+            max_block_duration=blk["max_duration"],
+            forget_after=blk["forget_after"],
+        )
+
+    def to_toml(self) -> str:
+        lines = [f"# effective config ({self.path or 'embedded defaults'})"]
+        for section, keys in SCHEMA.items():
+            lines.append(f"\n[{section}]")
+            for key, spec in keys.items():
+                lines.append(f"{key} = {_toml_value(self.raw[section][key])}  # {spec.doc}")
+        return "\n".join(lines) + "\n"
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return {s: dict(k) for s, k in self.raw.items()}
+
+
+@dataclass(frozen=True)
+class Policy:
+    """What the pure decision core needs of the config, in the units it computes with (seconds, counts)."""
+
+    ports: frozenset[int]
+    v4_len: int
+    v6_len: int
+    allow: PrefixSet
+    max_connections: int
+    max_new_per_minute: int
+    idle_after: float
+    throttle_duration: float
+    escalate_after: float
+    block_duration: float
+    max_block_duration: float
+    forget_after: float
+
+
+def with_override(config: Config, section: str, key: str, value: Any) -> Config:
+    """The same config with one key replaced by a value from the command line (validated like the file's)."""
+    values = {s: dict(k) for s, k in config.values.items()}
+    raw = {s: dict(k) for s, k in config.raw.items()}
+    values[section][key] = SCHEMA[section][key].check(value)
+    raw[section][key] = value
+    return Config(values=values, raw=raw, path=config.path, allow_from_files=config.allow_from_files)
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    return str(v)
+
+
+def read_allow_file(path: str, *, key: str = "allow.files") -> tuple[Prefix, ...]:
+    """One address or prefix per line, '#' comments; errors name the file and line."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"allowlist file {path} does not exist", key=key) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read allowlist file {path}: {exc}", key=key) from None
+    out = []
+    for n, line in enumerate(text.splitlines(), 1):
+        item = line.split("#", 1)[0].strip()
+        if not item:
+            continue
+        try:
+            out.append(Prefix.parse(item, strict=True))
+        except AddressError as exc:
+            raise ConfigError(str(exc), path=f"{path}:{n}") from None
+    return tuple(out)
+
+
+def load(path: str | None = None) -> Config:
+    """Load and validate a config. `path` None means the default path if it exists, else embedded defaults."""
+    explicit = path is not None
+    chosen = path or DEFAULT_PATH
+    data: dict[str, Any] = {}
+    if explicit or os.path.exists(chosen):
+        try:
+            with open(chosen, "rb") as fh:
+                data = tomllib.load(fh)
+        except FileNotFoundError:
+            raise ConfigError("file does not exist", path=chosen) from None
+        except IsADirectoryError:
+            raise ConfigError("is a directory, not a config file", path=chosen) from None
+        except PermissionError:
+            raise ConfigError("permission denied", path=chosen) from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"not valid TOML: {exc}", path=chosen) from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read: {exc}", path=chosen) from None
+    return from_mapping(data, path=chosen if data or explicit else None)
+
+
+def from_mapping(data: Mapping[str, Any], path: str | None = None) -> Config:
+    values: dict[str, dict[str, Any]] = {}
+    raw: dict[str, dict[str, Any]] = {}
+    for section, value in data.items():
+        if section not in SCHEMA:
+            raise ConfigError(f"unknown section (known: {', '.join(SCHEMA)})", path=path, key=f"[{section}]")
+        if not isinstance(value, dict):
+            raise ConfigError(f"expected a table, got {_typename(value)}", path=path, key=section)
+        for key in value:
+            if key not in SCHEMA[section]:
+                known = ", ".join(SCHEMA[section])
+                raise ConfigError(f"unknown key (known in [{section}]: {known})", path=path, key=f"{section}.{key}")
+    for section, keys in SCHEMA.items():
+        given = data.get(section, {})
+        values[section], raw[section] = {}, {}
+        for key, spec in keys.items():
+            v = given.get(key, spec.default)
+            try:
+                values[section][key] = spec.check(v)
+            except ValueError as exc:
+                raise ConfigError(str(exc), path=path, key=f"{section}.{key}") from None
+            raw[section][key] = v
+    _cross_check(values, path)
+    from_files: list[Prefix] = []
+    for i, f in enumerate(values["allow"]["files"]):
+        from_files.extend(read_allow_file(f, key=f"allow.files[{i}]"))
+    return Config(values=values, raw=raw, path=path, allow_from_files=tuple(from_files))
+
+
+def _cross_check(v: Mapping[str, Mapping[str, Any]], path: str | None) -> None:
+    if v["block"]["duration"] > v["block"]["max_duration"]:
+        raise ConfigError("must not be shorter than block.duration", path=path, key="block.max_duration")
+    for p in v["allow"]["cidrs"]:
+        if p.length == 0:
+            raise ConfigError(f"{p} would allow every address", path=path, key="allow.cidrs")

@@ -1,0 +1,163 @@
+"""The control channel between the CLI and the daemon: one JSON request and one JSON reply per connection over
+a unix socket that only root may use (directory mode 0700, socket mode 0600, and the peer's uid checked with
+SO_PEERCRED on every connection)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import queue
+import socket
+import struct
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from govern.errors import DaemonUnavailable, GovernError
+
+log = logging.getLogger("govern.control")
+MAX_REQUEST = 1 << 20
+
+
+@dataclass
+class Request:
+    """A request handed to the daemon's main loop; `reply` is filled there and `done` set."""
+
+    body: dict[str, Any]
+    reply: dict[str, Any] = field(default_factory=dict)
+    done: threading.Event = field(default_factory=threading.Event)
+
+
+def _peer_uid(conn: socket.socket) -> int:
+    creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    _pid, uid, _gid = struct.unpack("3i", creds)
+    return int(uid)
+
+
+def _recv_all(conn: socket.socket) -> bytes:
+    chunks, size = [], 0
+    while True:
+        chunk = conn.recv(65536)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > MAX_REQUEST:
+            raise ValueError("request too large")
+        if chunk.endswith(b"\n"):
+            break
+    return b"".join(chunks)
+
+
+class ControlServer:
+    """Accepts CLI connections in a thread and queues their requests for the main loop."""
+
+    def __init__(self, path: str, requests: queue.Queue[Request | None], timeout: float = 30.0) -> None:
+        self.path = path
+        self.requests = requests
+        self.timeout = timeout
+        directory = os.path.dirname(path)
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        os.chmod(directory, 0o700)
+        if os.path.exists(path):
+            if ping(path):
+                raise GovernError(f"another govern daemon is already answering on {path}")
+            os.unlink(path)
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old = os.umask(0o177)
+        try:
+            self.sock.bind(path)
+        finally:
+            os.umask(old)
+        os.chmod(path, 0o600)
+        self.sock.listen(16)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, name="govern-control", daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                if self._stop.is_set():
+                    return
+                continue
+            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
+
+    def _handle(self, conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(self.timeout)
+            try:
+                # Read before judging: closing on an unread request resets the connection, and the refused
+                # client would see a broken pipe instead of the reason.
+                raw = _recv_all(conn)
+                if _peer_uid(conn) != 0:
+                    self._send(conn, {"ok": False, "error": "permission denied: the govern control socket is root's"})
+                    return
+                body = json.loads(raw or b"{}")
+                if not isinstance(body, dict):
+                    raise ValueError("request must be a JSON object")
+            except (OSError, ValueError) as exc:
+                with contextlib.suppress(OSError):
+                    self._send(conn, {"ok": False, "error": f"bad request: {exc}"})
+                return
+            req = Request(body)
+            self.requests.put(req)
+            if not req.done.wait(self.timeout):
+                req.reply = {"ok": False, "error": "the daemon did not answer in time"}
+            with contextlib.suppress(OSError):
+                self._send(conn, req.reply)
+
+    @staticmethod
+    def _send(conn: socket.socket, reply: dict[str, Any]) -> None:
+        conn.sendall(json.dumps(reply, default=str).encode() + b"\n")
+
+    def close(self) -> None:
+        self._stop.set()
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+        self.sock.close()
+        self._thread.join(timeout=2)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+
+
+def call(path: str, body: dict[str, Any], timeout: float = 30.0) -> dict[str, Any]:
+    """Send one request to the daemon and return its reply; DaemonUnavailable when nobody answers."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    try:
+        s.connect(path)
+        s.sendall(json.dumps(body).encode() + b"\n")
+        raw = _recv_all(s)
+    except (FileNotFoundError, ConnectionRefusedError):
+        raise DaemonUnavailable(
+            f"the govern daemon is not running (no one answers on {path}); start it with 'govern run'"
+        ) from None
+    except PermissionError:
+        raise DaemonUnavailable(f"permission denied on {path}: govern's control socket is for root only") from None
+    except OSError as exc:
+        raise DaemonUnavailable(f"cannot talk to the govern daemon on {path}: {exc}") from None
+    finally:
+        s.close()
+    try:
+        reply = json.loads(raw)
+    except ValueError:
+        raise DaemonUnavailable(f"the govern daemon on {path} sent an unreadable reply") from None
+    if not isinstance(reply, dict):
+        raise DaemonUnavailable(f"the govern daemon on {path} sent an unreadable reply")
+    return reply
+
+
+def ping(path: str) -> bool:
+    try:
+        return bool(call(path, {"cmd": "ping"}, timeout=2.0).get("ok"))
+    except DaemonUnavailable:
+        return False
+
+
+Handler = Callable[[dict[str, Any]], dict[str, Any]]

@@ -1,0 +1,409 @@
+"""The daemon: wires the edges together (`build`, the one place that chooses real implementations), runs the
+observe -> decide -> act loop each tick, serves the CLI's requests between ticks, and reloads on SIGHUP.
+
+A failing component does not stop the daemon: the failure is counted, logged and shown in `govern status`, and
+the next tick tries again. Blocks already in the kernel keep their own timeouts meanwhile.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import queue
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import Any
+
+from govern import config as configmod
+from govern.addr import Prefix
+from govern.config import Config, Policy
+from govern.control import ControlServer, Request
+from govern.decide import decide, manual_block, manual_unblock, release_allowlisted
+from govern.durations import parse_duration
+from govern.edges import Counters, Enforcer, SocketSource
+from govern.errors import GovernError, RefusedError, UsageError
+from govern.model import ActionKind, Plan, Snapshot, State
+from govern.observe.observer import Observer
+from govern.store import Store
+from govern.systemd import notify
+
+log = logging.getLogger("govern")
+MAINTENANCE_EVERY = 600.0
+EVENTS_KEPT = 30 * 86400.0
+
+
+@dataclass
+class Health:
+    failures: dict[str, int] = field(default_factory=dict)
+    last_error: dict[str, str] = field(default_factory=dict)
+
+    def fail(self, component: str, exc: BaseException) -> None:
+        self.failures[component] = self.failures.get(component, 0) + 1
+        self.last_error[component] = str(exc)
+        log.error("%s failed: %s", component, exc)
+
+
+class Governor:
+    """One governed host: the state, the policy, and the edges it acts through."""
+
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        sockets: SocketSource,
+        enforcer: Enforcer,
+        counters: Counters,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.sockets = sockets
+        self.enforcer = enforcer
+        self.clock = clock
+        self.health = Health()
+        # A dry run simulates in memory from a clean slate: it must neither act on nor alter the durable state.
+        self.state: State = State() if config["daemon"]["dry_run"] else store.load()
+        self.extra_allow = store.allowed()
+        self.policy: Policy = config.policy(self.extra_allow)
+        self.observer = Observer(sockets, enforcer.syn_counts, counters)
+        self.snapshot: Snapshot | None = None
+        self.started = clock()
+        self.last_tick_ms = 0.0
+        self.ticks = 0
+        self.ended_sessions = 0
+        self.totals: dict[str, int] = {}
+        self._maintained = self.started
+
+    @property
+    def enforcing(self) -> bool:
+        return not self.config["daemon"]["dry_run"]
+
+    def start(self) -> None:
+        now = self.clock()
+        adopted = self.enforcer.setup(self.config, self.policy.allow.members(), self.state, now)
+        self._commit_recorded(adopted, now)
+        self.execute(release_allowlisted(self.state, self.policy), now)
+
+    # -- the loop -----------------------------------------------------------------------------------------
+
+    def tick(self) -> Plan:
+        t0 = time.perf_counter()
+        now = self.clock()
+        try:
+            self.snapshot = self.observer.snapshot(self.policy, now)
+        except GovernError as exc:
+            self.health.fail("observe", exc)
+            return Plan()
+        for k, v in self.snapshot.counters.items():
+            self.totals[k] = self.totals.get(k, 0) + v
+        plan = decide(self.snapshot, self.state, self.policy, now)
+        self.execute(plan, now)
+        if now - self._maintained >= MAINTENANCE_EVERY:
+            self._maintain(now)
+        self.ticks += 1
+        self.last_tick_ms = (time.perf_counter() - t0) * 1000
+        return plan
+
+    def execute(self, plan: Plan, now: float) -> bool:
+        """Apply a plan: store and kernel in step, then end the sessions of newly blocked sources."""
+        if not plan:
+            return True
+        if not self.enforcing:
+            self.enforcer.apply(plan, now)  # the dry-run backend logs what it would do
+            self.state.record(plan, now)
+            return True
+        try:
+            with self.store.pending(plan, now):
+                self.enforcer.apply(plan, now)
+        except GovernError as exc:
+            self.health.fail("act", exc)
+            return False
+        self.state.record(plan, now)
+        for a in plan.actions:
+            log.info("%s", a.describe())
+        blocked = [a.prefix for a in plan.actions if a.kind is ActionKind.BLOCK]
+        if blocked and self.config["block"]["end_sessions"]:
+            try:
+                self.ended_sessions += self.sockets.destroy(blocked, self.policy.ports)
+                self.enforcer.end_sessions(blocked)
+            except GovernError as exc:
+                self.health.fail("end-sessions", exc)
+        return True
+
+    def _commit_recorded(self, plan: Plan, now: float) -> None:
+        if plan:
+            if self.enforcing:
+                self.store.save(plan, now)
+            self.state.record(plan, now)
+
+    def _maintain(self, now: float) -> None:
+        self._maintained = now
+        cutoff = now - self.policy.forget_after
+        self.store.forget_offenders(cutoff)
+        for p in [p for p, o in self.state.offenders.items() if o.last < cutoff]:
+            del self.state.offenders[p]
+        self.store.trim_events(now - EVENTS_KEPT)
+
+    # -- reload -------------------------------------------------------------------------------------------
+
+    def reload(self, new: Config) -> None:
+        """Switch to a validated config: converge the kernel objects, then release newly allowlisted sources."""
+        now = self.clock()
+        self.config = new
+        self.policy = new.policy(self.extra_allow)
+        adopted = self.enforcer.setup(new, self.policy.allow.members(), self.state, now)
+        self._commit_recorded(adopted, now)
+        self.execute(release_allowlisted(self.state, self.policy), now)
+        log.info("reloaded config from %s", new.path or "embedded defaults")
+
+    # -- requests from the CLI ----------------------------------------------------------------------------
+
+    def handle(self, body: dict[str, Any]) -> dict[str, Any]:
+        cmd = body.get("cmd")
+        try:
+            if cmd == "ping":
+                return {"ok": True, "pid": os.getpid()}
+            if cmd == "status":
+                return {"ok": True, "status": self.status(int(body.get("top", 10)))}
+            if cmd == "list":
+                return {"ok": True, "entries": self.entries()}
+            if cmd == "block":
+                return self._block(body)
+            if cmd == "unblock":
+                p = Prefix.parse(str(body.get("prefix")))
+                plan = manual_unblock(p, self.state)
+                return self._done(plan, f"unblocked {p}")
+            if cmd == "allow":
+                return self._allow(body)
+            return {"ok": False, "error": f"unknown request {cmd!r}"}
+        except (UsageError, RefusedError) as exc:
+            return {"ok": False, "error": str(exc), "refused": True}
+
+    def _block(self, body: dict[str, Any]) -> dict[str, Any]:
+        p = Prefix.parse(str(body.get("prefix")))
+        dur = parse_duration(body["duration"]) if body.get("duration") else self.policy.block_duration
+        reason = str(body.get("reason") or "blocked by the operator")
+        plan = manual_block(p, self.state, self.policy, self.clock(), dur, reason)
+        return self._done(plan, f"blocked {p} for {body.get('duration') or 'the default duration'}")
+
+    def _allow(self, body: dict[str, Any]) -> dict[str, Any]:
+        p = Prefix.parse(str(body.get("prefix")))
+        now = self.clock()
+        if body.get("remove"):
+            if not self.store.disallow(p):
+                if p in self.config.allowlist():
+                    raise RefusedError(f"{p} is allowlisted by the config file; remove it there and reload")
+                raise RefusedError(f"{p} is not on the allowlist added with 'govern allow'")
+            message = f"{p} is no longer allowlisted"
+        else:
+            if not self.enforcing:
+                raise RefusedError("dry run: the allowlist is not changed; add it to the config instead")
+            self.store.allow(p, now, str(body.get("note") or ""))
+            message = f"{p} is allowlisted"
+        self.extra_allow = self.store.allowed()
+        self.policy = self.config.policy(self.extra_allow)
+        self.enforcer.set_allow(self.policy.allow.members())
+        released = release_allowlisted(self.state, self.policy)
+        if not self.execute(released, now):
+            return {"ok": False, "error": "the kernel refused to lift blocks: " + self._last_act_error()}
+        if released:
+            message += f"; lifted {len(released.actions)} block(s)/throttle(s)"
+        return {"ok": True, "message": message}
+
+    def _done(self, plan: Plan, message: str) -> dict[str, Any]:
+        if not self.enforcing:
+            self.execute(plan, self.clock())
+            return {"ok": True, "message": f"dry run: would have {message}"}
+        if not self.execute(plan, self.clock()):
+            return {"ok": False, "error": "the kernel refused: " + self._last_act_error()}
+        return {"ok": True, "message": message, "actions": [a.describe() for a in plan.actions]}
+
+    def _last_act_error(self) -> str:
+        return self.health.last_error.get("act", "unknown error")
+
+    # -- reports ------------------------------------------------------------------------------------------
+
+    def entries(self) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        for b in sorted(self.state.blocks.values(), key=lambda b: b.since):
+            out.append(
+                {
+                    "kind": "block",
+                    "prefix": str(b.prefix),
+                    "reason": b.reason,
+                    "since": b.since,
+                    "until": b.until,
+                    "offences": b.offences,
+                    "manual": b.manual,
+                }
+            )
+        for t in sorted(self.state.throttles.values(), key=lambda t: t.since):
+            out.append(
+                {"kind": "throttle", "prefix": str(t.prefix), "reason": t.reason, "since": t.since, "until": t.until}
+            )
+        return out
+
+    def status(self, top: int = 10) -> dict[str, Any]:
+        snap = self.snapshot
+        sources = snap.sources if snap else {}
+        ranked = sorted(sources.items(), key=lambda kv: (kv[1].held, kv[1].new_per_minute), reverse=True)[:top]
+
+        def standing(p: Prefix) -> str:
+            if self.policy.allow.intersects(p):
+                return "allowlisted"
+            if p in self.state.blocks:
+                return "blocked"
+            return "throttled" if p in self.state.throttles else ""
+
+        return {
+            "mode": "normal",
+            "pid": os.getpid(),
+            "dry_run": not self.enforcing,
+            "backend": self.enforcer.name,
+            "config": self.config.path or "embedded defaults",
+            "uptime": round(self.clock() - self.started, 1),
+            "ticks": self.ticks,
+            "last_tick_ms": round(self.last_tick_ms, 2),
+            "sources": len(sources),
+            "sockets": sum(s.held for s in sources.values()),
+            "top": [{"source": str(p), **s._asdict(), "standing": standing(p)} for p, s in ranked],
+            "blocks": len(self.state.blocks),
+            "throttles": len(self.state.throttles),
+            "allowlist": len(self.policy.allow),
+            "ended_sessions": self.ended_sessions,
+            "listeners": [
+                {**ls._asdict(), "fill": round(ls.queued / ls.backlog, 3) if ls.backlog else 0.0}
+                for ls in (snap.listeners if snap else ())
+            ],
+            "counters_last_tick": dict(snap.counters) if snap else {},
+            "counters_since_start": dict(self.totals),
+            "failures": dict(self.health.failures),
+            "last_errors": dict(self.health.last_error),
+            "recent": [e.__dict__ for e in self.store.events(10)],
+        }
+
+
+# -- wiring and the process ---------------------------------------------------------------------------------
+
+
+def build(config: Config, store: Store) -> Governor:
+    """The one place real edges are chosen."""
+    from govern.dryrun import DryRun
+    from govern.nft.backend import NftBackend
+    from govern.observe.netstat import ProcNetstat
+    from govern.observe.sockdiag import SockDiag
+
+    enforcer: Enforcer = NftBackend() if not config["daemon"]["dry_run"] else DryRun(NftBackend(enforce=False))
+    return Governor(config, store, SockDiag(), enforcer, ProcNetstat())
+
+
+class _Lock:
+    """One daemon per state directory."""
+
+    def __init__(self, state_dir: str) -> None:
+        os.makedirs(state_dir, mode=0o700, exist_ok=True)
+        self.fd = os.open(os.path.join(state_dir, "lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self.fd)
+            raise GovernError(f"another govern daemon is running with state directory {state_dir}") from None
+        os.ftruncate(self.fd, 0)
+        os.write(self.fd, f"{os.getpid()}\n".encode())
+
+    def release(self) -> None:
+        os.close(self.fd)
+
+
+def run(config_path: str | None, *, dry_run: bool = False) -> int:
+    """`govern run`: the foreground daemon. Returns the exit status."""
+    cfg = configmod.load(config_path)
+    if dry_run:
+        cfg = configmod.with_override(cfg, "daemon", "dry_run", True)
+    logging.basicConfig(
+        level=cfg["daemon"]["log_level"].upper(), format="%(asctime)s govern[%(process)d] %(levelname)s %(message)s"
+    )
+    # pyroute2 logs every netlink message at debug level: noise, even when debugging govern.
+    logging.getLogger("pyroute2").setLevel(max(logging.INFO, logging.getLogger().level))
+    if os.geteuid() != 0:
+        raise UsageError("govern run needs root: it talks to the kernel's netfilter and sock_diag")
+    lock = _Lock(cfg["daemon"]["state_dir"])
+    store = Store(cfg["daemon"]["state_dir"])
+    requests: queue.Queue[Request | None] = queue.Queue()
+    flags = {"stop": False, "reload": False}
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        flags["reload" if signum == signal.SIGHUP else "stop"] = True
+        requests.put(None)  # wake the loop now, not at the next tick
+
+    for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(s, on_signal)
+    gov = build(cfg, store)
+    server: ControlServer | None = None
+    try:
+        gov.start()
+        server = ControlServer(cfg["daemon"]["socket"], requests)
+        log.info(
+            "govern running: ports %s, %d blocks, %d throttles restored, %s",
+            ",".join(map(str, sorted(gov.policy.ports))),
+            len(gov.state.blocks),
+            len(gov.state.throttles),
+            "DRY RUN (nothing enforced)" if not gov.enforcing else f"backend {gov.enforcer.name}",
+        )
+        notify("READY=1\nSTATUS=governing")
+        tick = cfg["daemon"]["tick"]
+        next_tick = time.monotonic()
+        while not flags["stop"]:
+            now = time.monotonic()
+            if now >= next_tick:
+                gov.tick()
+                next_tick = max(next_tick + tick, now)
+                notify(f"STATUS={len(gov.state.blocks)} blocks, {len(gov.state.throttles)} throttles")
+                continue
+            try:
+                req = requests.get(timeout=next_tick - now)
+            except queue.Empty:
+                continue
+            if req is not None:
+                if req.body.get("cmd") == "teardown":
+                    req.reply = _teardown(gov)
+                    req.done.set()
+                    flags["stop"] = True
+                    continue
+                req.reply = gov.handle(req.body)
+                req.done.set()
+            if flags["reload"]:
+                flags["reload"] = False
+                _reload(gov, config_path)
+    finally:
+        notify("STOPPING=1")
+        if server is not None:
+            server.close()
+        gov.enforcer.close()
+        store.close()
+        lock.release()
+    log.info("govern stopped; blocks stay enforced in the kernel until their timeouts")
+    return 0
+
+
+def _reload(gov: Governor, config_path: str | None) -> None:
+    try:
+        new = configmod.load(config_path)
+        if not gov.enforcing:
+            new = configmod.with_override(new, "daemon", "dry_run", True)
+        gov.reload(new)
+    except GovernError as exc:
+        log.error("reload failed, keeping the running config: %s", exc)
+        gov.health.fail("reload", exc)
+
+
+def _teardown(gov: Governor) -> dict[str, Any]:
+    try:
+        removed = gov.enforcer.teardown()
+    except GovernError as exc:
+        return {"ok": False, "error": str(exc)}
+    return {"ok": True, "message": "removed table inet govern" if removed else "nothing to remove", "stopped": True}

@@ -1,0 +1,178 @@
+"""The decision core: `decide(snapshot, state, policy, now) -> Plan`, and the pure checks behind manual actions.
+
+No I/O, no clock, no globals: everything it knows arrives as arguments, so every judgement here is unit-tested.
+
+The ladder, per source (an IPv4 /32 or IPv6 /64 by default):
+  - under every limit: left alone, whatever it did before;
+  - over a limit (concurrent sockets, or new connections in the last minute): throttled, i.e. its new-connection
+    rate is capped in the kernel;
+  - still over a limit `escalate_after` after being throttled: blocked for `duration`, doubled for every earlier
+    offence within `forget_after`, up to `max_duration`;
+  - still hammering while blocked, with less than half its block left: the block is extended.
+Allowlisted sources are never throttled, blocked or extended; blocks and throttles lapse by their own timeout.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from govern.addr import Prefix
+from govern.config import Policy
+from govern.durations import format_duration
+from govern.errors import RefusedError
+from govern.model import Action, ActionKind, Block, Plan, Snapshot, SourceStats, State
+
+
+def decide(snap: Snapshot, state: State, policy: Policy, now: float) -> Plan:
+    """One tick's judgement: which sources to throttle, block, extend, and which blocks and throttles lapsed."""
+    actions: list[Action] = []
+    released: set[Prefix] = set()
+    for p, b in state.blocks.items():
+        if b.until <= now:
+            actions.append(Action(ActionKind.UNBLOCK, p, "expired"))
+            released.add(p)
+    for p, t in state.throttles.items():
+        if t.until <= now:
+            actions.append(Action(ActionKind.UNTHROTTLE, p, "expired"))
+            released.add(p)
+
+    block_lengths = _lengths(state.blocks)
+    for p, s in snap.sources.items():
+        over = over_limits(s, policy)
+        if not over or p in released or policy.allow.intersects(p):
+            continue
+        blocked = _covering(state.blocks, block_lengths, p)
+        if blocked is not None:
+            ext = _extension(blocked, p, s, policy, now)
+            if ext is not None:
+                actions.append(ext)
+            continue
+        throttle = state.throttles.get(p)
+        if throttle is None:
+            actions.append(Action(ActionKind.THROTTLE, p, "; ".join(over), until=now + policy.throttle_duration))
+        elif now - throttle.since >= policy.escalate_after:
+            offences = prior_offences(state, p, policy, now) + 1
+            dur = block_duration(offences, policy)
+            why = f"{'; '.join(over)}; still over after throttling"
+            if offences > 1:
+                why += f" (offence {offences}: {format_duration(dur)})"
+            actions.append(Action(ActionKind.BLOCK, p, why, until=now + dur, offences=offences))
+    return Plan(tuple(actions))
+
+
+def over_limits(s: SourceStats, policy: Policy) -> list[str]:
+    """The limits a source is over, each as the sentence an operator reads."""
+    out = []
+    if s.held > policy.max_connections:
+        idle = f", {s.idle} idle" if s.idle else ""
+        out.append(f"holds {s.held} connections{idle} (limit {policy.max_connections})")
+    if s.new_per_minute > policy.max_new_per_minute:
+        out.append(f"opened {s.new_per_minute} connections in the last minute (limit {policy.max_new_per_minute})")
+    return out
+
+
+def prior_offences(state: State, p: Prefix, policy: Policy, now: float) -> int:
+    rec = state.offenders.get(p)
+    if rec is None or now - rec.last > policy.forget_after:
+        return 0
+    return rec.offences
+
+
+def block_duration(offences: int, policy: Policy) -> float:
+    """`duration` for a first offence, doubled for each repeat, capped at `max_duration`."""
+    doubling = min(max(offences - 1, 0), 40)  # 2**40 times any duration is past any cap
+    return float(min(policy.block_duration * (2**doubling), policy.max_block_duration))
+
+
+def _extension(b: Block, p: Prefix, s: SourceStats, policy: Policy, now: float) -> Action | None:
+    if b.prefix != p or b.manual or s.new_per_minute <= policy.max_new_per_minute:
+        return None
+    dur = block_duration(max(b.offences, 1), policy)
+    if b.until - now >= dur / 2:
+        return None
+    why = f"still hammering while blocked: {s.new_per_minute} attempts in the last minute"
+    return Action(ActionKind.EXTEND, p, why, until=now + dur, offences=b.offences)
+
+
+def _lengths(blocks: dict[Prefix, Block]) -> list[tuple[int, int]]:
+    return sorted({(p.version, p.length) for p in blocks})
+
+
+def _covering(blocks: dict[Prefix, Block], lengths: Iterable[tuple[int, int]], p: Prefix) -> Block | None:
+    """The active block that contains `p` (the same prefix or a wider one), if any."""
+    hit = blocks.get(p)
+    if hit is not None:
+        return hit
+    for version, length in lengths:
+        if version == p.version and length < p.length:
+            shift = p.bits - length
+            wider = blocks.get(Prefix(version, (p.value >> shift) << shift, length))
+            if wider is not None:
+                return wider
+    return None
+
+
+def _allow_reason(p: Prefix, policy: Policy) -> str | None:
+    for m in policy.allow:
+        if m.overlaps(p):
+            return f"{p} is allowlisted (allowlist entry {m}); govern never blocks an allowlisted address"
+    return None
+
+
+def manual_block(prefix: Prefix, state: State, policy: Policy, now: float, duration: float, reason: str) -> Plan:
+    """The plan for `govern block`: refused for allowlisted addresses and for prefixes already inside a block.
+
+    A prefix wider than existing blocks replaces them in the same transaction, so the kernel never holds
+    overlapping intervals.
+    """
+    why = _allow_reason(prefix, policy)
+    if why:
+        raise RefusedError(why)
+    wider = _covering(state.blocks, _lengths(state.blocks), prefix)
+    if wider is not None and wider.prefix != prefix:
+        raise RefusedError(f"{prefix} is already blocked as part of {wider.prefix}; unblock that first")
+    actions = [
+        Action(ActionKind.UNBLOCK, b, f"replaced by manual block of {prefix}")
+        for b in state.blocks
+        if b != prefix and prefix.contains(b)
+    ]
+    actions += [
+        Action(ActionKind.UNTHROTTLE, t, f"blocked as part of {prefix}")
+        for t in state.throttles
+        if t != prefix and prefix.contains(t)
+    ]
+    old = state.blocks.get(prefix)
+    offences = old.offences if old else prior_offences(state, prefix, policy, now)
+    actions.append(
+        Action(ActionKind.BLOCK, prefix, f"manual: {reason}", until=now + duration, offences=offences, manual=True)
+    )
+    return Plan(tuple(actions))
+
+
+def manual_unblock(prefix: Prefix, state: State) -> Plan:
+    """The plan for `govern unblock`: lifts the block and any throttle on exactly this prefix."""
+    actions = []
+    if prefix in state.blocks:
+        actions.append(Action(ActionKind.UNBLOCK, prefix, "manual unblock"))
+    if prefix in state.throttles:
+        actions.append(Action(ActionKind.UNTHROTTLE, prefix, "manual unblock"))
+    if actions:
+        return Plan(tuple(actions))
+    wider = _covering(state.blocks, _lengths(state.blocks), prefix)
+    if wider is not None:
+        raise RefusedError(f"{prefix} is blocked as part of {wider.prefix}; unblock {wider.prefix} instead")
+    raise RefusedError(f"{prefix} is not blocked or throttled")
+
+
+def release_allowlisted(state: State, policy: Policy) -> Plan:
+    """After the allowlist grows: lift every block and throttle that touches an allowlisted address.
+
+    Run when the allowlist changes (start-up, reload, `govern allow`), not every tick: it looks at every block.
+    """
+    actions = [
+        Action(kind, p, "allowlisted")
+        for kind, entries in ((ActionKind.UNBLOCK, state.blocks), (ActionKind.UNTHROTTLE, state.throttles))
+        for p in entries
+        if policy.allow.intersects(p)
+    ]
+    return Plan(tuple(actions))

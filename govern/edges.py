@@ -1,0 +1,57 @@
+"""The small Protocols at govern's edges. Real implementations talk to the kernel; fakes (govern.fakes) stand in
+for them in unit tests. The daemon wires one of each in one place (govern.daemon.build)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Protocol
+
+from govern.addr import Prefix
+from govern.config import Config
+from govern.model import Plan, State
+from govern.observe.sockdiag import Scan
+
+
+class SocketSource(Protocol):
+    """Enumerates and ends TCP sessions on the protected ports (sock_diag)."""
+
+    def scan(self, ports: frozenset[int], *, v4_len: int, v6_len: int, idle_after_ms: int) -> Scan: ...
+
+    def destroy(self, prefixes: Sequence[Prefix], ports: frozenset[int]) -> int: ...
+
+
+class Enforcer(Protocol):
+    """A firewall backend. `apply` commits a whole plan as one kernel transaction or raises, changing nothing."""
+
+    name: str
+
+    def setup(self, config: Config, allow: Sequence[Prefix], state: State, now: float) -> Plan:
+        """Create or converge the kernel objects and restore `state`'s blocks and throttles into them.
+
+        Returns what the kernel held that `state` did not know, for the caller to adopt.
+        """
+        ...
+
+    def set_allow(self, allow: Sequence[Prefix]) -> None: ...
+
+    def apply(self, plan: Plan, now: float) -> None: ...
+
+    def syn_counts(self) -> Mapping[Prefix, int]:
+        """Cumulative connection attempts per source group, counted in the kernel."""
+        ...
+
+    def end_sessions(self, prefixes: Sequence[Prefix]) -> int:
+        """Forget the connection-tracking entries of these sources; returns how many went."""
+        ...
+
+    def teardown(self) -> bool:
+        """Remove every kernel object the backend owns; True if there was something to remove."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class Counters(Protocol):
+    """Kernel TCP counters (TcpExt) as cumulative values."""
+
+    def read(self) -> Mapping[str, int]: ...

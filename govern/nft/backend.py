@@ -1,0 +1,163 @@
+"""The nftables backend: owns table `inet govern`, keeps the truth of its block and throttle sets in memory, and
+commits each plan as one netlink transaction.
+
+The sets are never listed in the hot path: what they hold is known from what was committed, and the kernel is
+read back only once, at start-up, to reconcile with the durable state.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+
+from govern.addr import Prefix, group_key
+from govern.config import Config
+from govern.model import Action, ActionKind, Plan, State
+from govern.nft.libnft import Nft
+from govern.nft.netlink import ElemOp, NftNetlink
+from govern.nft.ruleset import FAMILY, INTERVAL_SETS, TABLE, ruleset
+
+log = logging.getLogger("govern.nft")
+
+
+def _set(kind: str, p: Prefix) -> str:
+    return f"{kind}{p.version}"
+
+
+class NftBackend:
+    name = "nftables"
+
+    def __init__(self, *, enforce: bool = True) -> None:
+        self.enforce = enforce
+        self.nft = Nft()
+        self.nl = NftNetlink(table=TABLE)
+        self.held: dict[str, set[Prefix]] = {s: set() for s in ("block4", "block6", "throttle4", "throttle6")}
+        self.allow: dict[str, set[Prefix]] = {"allow4": set(), "allow6": set()}
+        self.v4_len, self.v6_len = 32, 64
+
+    # -- start-up -------------------------------------------------------------------------------------------
+
+    def setup(self, config: Config, allow: Sequence[Prefix], state: State, now: float) -> Plan:
+        """Create or converge the table, load the allowlist, and restore `state` into the kernel.
+
+        Returns the blocks and throttles found in the kernel that the state did not know (after a crash between
+        kernel commit and store write, or a lost state directory), as a plan for the caller to record.
+        """
+        self.v4_len, self.v6_len = config["protect"]["ipv4_prefix"], config["protect"]["ipv6_prefix"]
+        self.nft.run(ruleset(config, enforce=self.enforce))
+        self.allow = {name: {e.prefix for e in self.nl.dump_set(name)} for name in ("allow4", "allow6")}
+        self.set_allow(allow)
+        adopted: list[Action] = []
+        ops: list[ElemOp] = []
+        for kind, wanted in (("block", state.blocks), ("throttle", state.throttles)):
+            for v in (4, 6):
+                name = f"{kind}{v}"
+                in_kernel = {e.prefix: e.expires_ms for e in self.nl.dump_set(name)}
+                self.held[name] = set(in_kernel)
+                for p, entry in wanted.items():
+                    if p.version == v and p not in in_kernel and entry.until > now:
+                        ops.append(ElemOp(True, name, p, _ms(entry.until - now)))
+                        self.held[name].add(p)
+                for p, left in in_kernel.items():
+                    if p not in wanted:
+                        akind = ActionKind.BLOCK if kind == "block" else ActionKind.THROTTLE
+                        adopted.append(Action(akind, p, "found in the kernel at start-up", until=now + left / 1000))
+        if ops:
+            self.nl.commit(ops, interval_sets=INTERVAL_SETS)
+        log.info("restored %d elements into the kernel, adopted %d found there", len(ops), len(adopted))
+        return Plan(tuple(adopted))
+
+    def set_allow(self, allow: Sequence[Prefix]) -> None:
+        """Replace the allow sets' contents in one transaction (only the difference is sent)."""
+        wanted = {f"allow{v}": set(collapse([p for p in allow if p.version == v])) for v in (4, 6)}
+        # Deletes first: a merged prefix may replace elements it now covers, and intervals must never overlap.
+        ops = [ElemOp(False, s, p) for s in wanted for p in sorted(self.allow[s] - wanted[s])]
+        ops += [ElemOp(True, s, p) for s in wanted for p in sorted(wanted[s] - self.allow[s])]
+        if ops:
+            self.nl.commit(ops, interval_sets=INTERVAL_SETS, missing_ok=True)
+        self.allow = wanted
+
+    # -- every tick ---------------------------------------------------------------------------------------
+
+    def apply(self, plan: Plan, now: float) -> None:
+        adds: list[ElemOp] = []
+        drops: list[ElemOp] = []
+        held = {k: set(v) for k, v in self.held.items()}
+        for a in plan.actions:
+            block, throttle = _set("block", a.prefix), _set("throttle", a.prefix)
+            if a.kind in (ActionKind.BLOCK, ActionKind.EXTEND):
+                # Adding an element the kernel holds replaces its timeout, so block and extend are one add.
+                adds.append(ElemOp(True, block, a.prefix, _ms(a.until - now)))
+                held[block].add(a.prefix)
+                if a.prefix in held[throttle]:
+                    drops.append(ElemOp(False, throttle, a.prefix))
+                    held[throttle].discard(a.prefix)
+            elif a.kind is ActionKind.THROTTLE:
+                adds.append(ElemOp(True, throttle, a.prefix, _ms(a.until - now)))
+                held[throttle].add(a.prefix)
+            elif a.kind in (ActionKind.UNBLOCK, ActionKind.UNTHROTTLE):
+                name = block if a.kind is ActionKind.UNBLOCK else throttle
+                if a.prefix in held[name]:
+                    drops.append(ElemOp(False, name, a.prefix))
+                    held[name].discard(a.prefix)
+        # Releases first: a prefix replacing the blocks it covers must not overlap them, even for a moment within
+        # the transaction. Deletes tolerate absence, since an element may have lapsed in the kernel a moment ago.
+        ops = drops + adds
+        if ops:
+            self.nl.commit(ops, interval_sets=INTERVAL_SETS, missing_ok=True)
+        self.held = held
+
+    def syn_counts(self) -> Mapping[Prefix, int]:
+        out: dict[Prefix, int] = {}
+        for name, plen in (("seen4", self.v4_len), ("seen6", self.v6_len)):
+            for e in self.nl.dump_set(name):
+                p = group_key(e.prefix, self.v4_len, self.v6_len) if e.prefix.length != plen else e.prefix
+                out[p] = out.get(p, 0) + e.packets
+        return out
+
+    def end_sessions(self, prefixes: Sequence[Prefix]) -> int:
+        from govern.nft.conntrack import forget
+
+        return forget(prefixes)
+
+    # -- teardown -------------------------------------------------------------------------------------------
+
+    def teardown(self) -> bool:
+        if (FAMILY, TABLE) not in self.nft.tables():
+            return False
+        self.nft.run(f"delete table {FAMILY} {TABLE}\n")
+        for v in self.held.values():
+            v.clear()
+        return True
+
+    def close(self) -> None:
+        self.nl.close()
+        self.nft.close()
+
+
+def _ms(seconds: float) -> int:
+    return max(int(seconds * 1000), 1000)
+
+
+def collapse(prefixes: Sequence[Prefix]) -> list[Prefix]:
+    """Merge overlapping and adjacent prefixes of one family: an interval set refuses overlapping elements."""
+    nets = [ipaddress.ip_network(str(p)) for p in prefixes]
+    merged: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network]
+    if all(n.version == 4 for n in nets):
+        merged = ipaddress.collapse_addresses([n for n in nets if isinstance(n, ipaddress.IPv4Network)])
+    else:
+        merged = ipaddress.collapse_addresses([n for n in nets if isinstance(n, ipaddress.IPv6Network)])
+    return [Prefix(n.version, int(n.network_address), n.prefixlen) for n in merged]
+
+
+def teardown_table() -> bool:
+    """Remove table inet govern without a running backend (used by `govern teardown` when no daemon runs)."""
+    nft = Nft()
+    try:
+        if (FAMILY, TABLE) not in nft.tables():
+            return False
+        nft.run(f"delete table {FAMILY} {TABLE}\n")
+        return True
+    finally:
+        nft.close()

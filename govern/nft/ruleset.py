@@ -1,0 +1,76 @@
+"""The text of table `inet govern`: every set and rule govern puts in the kernel, generated from the config.
+
+Every rule matches only the protected TCP ports, and the allow rules come first, so no mistake in the sets can
+touch SSH or any other service. The chain hooks prerouting at raw priority: blocked sources are dropped before
+connection tracking, so a flood of them cannot fill the conntrack table. `return` (not `accept`) for allowlisted
+sources: govern never overrides the operator's own firewall, it only ever takes away.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+from govern.config import Config
+
+TABLE = "govern"
+FAMILY = "inet"
+INTERVAL_SETS = frozenset({"allow4", "allow6", "block4", "block6", "throttle4", "throttle6"})
+# Counting sets forget a source two minutes after its last SYN: the rate window is one minute.
+SEEN_TIMEOUT = "2m"
+SEEN_SIZE = 262144
+
+
+def _key(version: int, length: int) -> str:
+    addr = "ip saddr" if version == 4 else "ip6 saddr"
+    bits = 32 if version == 4 else 128
+    if length >= bits:
+        return addr
+    mask = ipaddress.ip_network(f"{'0.0.0.0' if version == 4 else '::'}/{length}").netmask
+    return f"{addr} & {mask}"
+
+
+def ruleset(config: Config, *, enforce: bool = True) -> str:
+    """The whole table. With `enforce` False (dry run) only the counting rules are installed: no verdicts."""
+    ports = ", ".join(str(p) for p in config["protect"]["ports"])
+    k4, k6 = _key(4, config["protect"]["ipv4_prefix"]), _key(6, config["protect"]["ipv6_prefix"])
+    thr = config["throttle"]
+    limit = f"limit rate over {thr['rate_per_minute']}/minute burst {thr['burst']} packets"
+    syn = "tcp flags syn / syn,ack"
+    local = "fib daddr type local"
+    rules = [
+        f"tcp dport @ports {local} ip saddr @allow4 return",
+        f"tcp dport @ports {local} ip6 saddr @allow6 return",
+        f"tcp dport @ports {syn} {local} update @seen4 {{ {k4} counter }}",
+        f"tcp dport @ports {syn} {local} update @seen6 {{ {k6} counter }}",
+    ]
+    if enforce:
+        rules += [
+            f"tcp dport @ports {local} ip saddr @block4 drop",
+            f"tcp dport @ports {local} ip6 saddr @block6 drop",
+            f"tcp dport @ports {syn} {local} ip saddr @throttle4 update @rate4 {{ {k4} {limit} }} drop",
+            f"tcp dport @ports {syn} {local} ip6 saddr @throttle6 update @rate6 {{ {k6} {limit} }} drop",
+        ]
+    sets = [
+        "set ports { type inet_service; }",
+        "set allow4 { type ipv4_addr; flags interval; }",
+        "set allow6 { type ipv6_addr; flags interval; }",
+        "set block4 { type ipv4_addr; flags interval,timeout; }",
+        "set block6 { type ipv6_addr; flags interval,timeout; }",
+        "set throttle4 { type ipv4_addr; flags interval,timeout; }",
+        "set throttle6 { type ipv6_addr; flags interval,timeout; }",
+    ]
+    for name, typ in (("seen4", "ipv4_addr"), ("seen6", "ipv6_addr"), ("rate4", "ipv4_addr"), ("rate6", "ipv6_addr")):
+        sets.append(f"set {name} {{ type {typ}; size {SEEN_SIZE}; flags dynamic,timeout; timeout {SEEN_TIMEOUT}; }}")
+    body = "\n".join(
+        [
+            f"add table {FAMILY} {TABLE}",
+            *(f"add {s.replace('set ', f'set {FAMILY} {TABLE} ', 1)}" for s in sets),
+            f"add chain {FAMILY} {TABLE} guard {{ type filter hook prerouting priority raw; policy accept; }}",
+            # Converging an existing table: the rules and the port list are replaced, the sets keep their elements.
+            f"flush chain {FAMILY} {TABLE} guard",
+            f"flush set {FAMILY} {TABLE} ports",
+            f"add element {FAMILY} {TABLE} ports {{ {ports} }}",
+            *(f"add rule {FAMILY} {TABLE} guard {r}" for r in rules),
+        ]
+    )
+    return body + "\n"

@@ -1,0 +1,141 @@
+"""The durable state in `state_dir`: active blocks and throttles, offence records, operator allowlist additions,
+and the event log, in one SQLite database.
+
+Writes for a tick happen in one SQLite transaction that is committed only after the kernel accepted the same
+plan (see `Store.pending`), so the store never claims enforcement the kernel refused, and a crash between the two
+leaves the store behind the kernel, never ahead of it: start-up reconciliation then adopts what the kernel holds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from govern.addr import Prefix
+from govern.errors import GovernError
+from govern.model import Action, ActionKind, Block, Offender, Plan, State, Throttle
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS blocks (
+    prefix TEXT PRIMARY KEY, reason TEXT NOT NULL, since REAL NOT NULL, until REAL NOT NULL,
+    offences INTEGER NOT NULL, manual INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS throttles (
+    prefix TEXT PRIMARY KEY, reason TEXT NOT NULL, since REAL NOT NULL, until REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS offenders (prefix TEXT PRIMARY KEY, offences INTEGER NOT NULL, last REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS allow (prefix TEXT PRIMARY KEY, since REAL NOT NULL, note TEXT NOT NULL DEFAULT '');
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, kind TEXT NOT NULL, prefix TEXT NOT NULL,
+    reason TEXT NOT NULL, until REAL NOT NULL DEFAULT 0);
+CREATE INDEX IF NOT EXISTS events_at ON events(at);
+"""
+
+
+class StoreError(GovernError):
+    """The state store cannot be opened or written."""
+
+
+@dataclass(frozen=True)
+class Event:
+    at: float
+    kind: str
+    prefix: str
+    reason: str
+    until: float
+
+
+class Store:
+    """The SQLite file `state.db` in `state_dir`."""
+
+    def __init__(self, state_dir: str) -> None:
+        try:
+            os.makedirs(state_dir, mode=0o700, exist_ok=True)
+            self.path = os.path.join(state_dir, "state.db")
+            self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            # NORMAL in WAL mode: a power cut may lose the last transactions, never corrupt the file; the kernel
+            # keeps enforcing meanwhile and start-up adopts what it holds.
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self.db.executescript(SCHEMA)
+        except (OSError, sqlite3.Error) as exc:
+            raise StoreError(f"cannot open state store in {state_dir}: {exc}") from None
+
+    def close(self) -> None:
+        self.db.close()
+
+    def load(self) -> State:
+        st = State()
+        for p, reason, since, until, off, manual in self.db.execute("SELECT * FROM blocks"):
+            pre = Prefix.parse(p)
+            st.blocks[pre] = Block(pre, reason, since, until, off, bool(manual))
+        for p, reason, since, until in self.db.execute("SELECT * FROM throttles"):
+            pre = Prefix.parse(p)
+            st.throttles[pre] = Throttle(pre, reason, since, until)
+        for p, off, last in self.db.execute("SELECT * FROM offenders"):
+            st.offenders[Prefix.parse(p)] = Offender(off, last)
+        return st
+
+    @contextlib.contextmanager
+    def pending(self, plan: Plan, now: float) -> Iterator[None]:
+        """Write the plan inside a transaction that commits only if the block (the kernel commit) succeeds."""
+        cur = self.db.cursor()
+        cur.execute("BEGIN IMMEDIATE")
+        try:
+            self._write(cur, plan.actions, now)
+            yield
+        except BaseException:
+            cur.execute("ROLLBACK")
+            raise
+        cur.execute("COMMIT")
+
+    def save(self, plan: Plan, now: float) -> None:
+        with self.pending(plan, now):
+            pass
+
+    def _write(self, cur: sqlite3.Cursor, actions: tuple[Action, ...], now: float) -> None:
+        blocks, unblocks, throttles, unthrottles, offenders, events = [], [], [], [], [], []
+        for a in actions:
+            p = str(a.prefix)
+            events.append((now, a.kind.value, p, a.reason, a.until))
+            if a.kind in (ActionKind.BLOCK, ActionKind.EXTEND):
+                since = now
+                if a.kind is ActionKind.EXTEND:
+                    row = cur.execute("SELECT since FROM blocks WHERE prefix=?", (p,)).fetchone()
+                    since = row[0] if row else now
+                blocks.append((p, a.reason, since, a.until, a.offences, int(a.manual)))
+                unthrottles.append((p,))
+                if a.offences:
+                    offenders.append((p, a.offences, now))
+            elif a.kind is ActionKind.THROTTLE:
+                throttles.append((p, a.reason, now, a.until))
+            elif a.kind is ActionKind.UNBLOCK:
+                unblocks.append((p,))
+            elif a.kind is ActionKind.UNTHROTTLE:
+                unthrottles.append((p,))
+        cur.executemany("DELETE FROM blocks WHERE prefix=?", unblocks)
+        cur.executemany("DELETE FROM throttles WHERE prefix=?", unthrottles)
+        cur.executemany("INSERT OR REPLACE INTO blocks VALUES (?,?,?,?,?,?)", blocks)
+        cur.executemany("INSERT OR REPLACE INTO throttles VALUES (?,?,?,?)", throttles)
+        cur.executemany("INSERT OR REPLACE INTO offenders VALUES (?,?,?)", offenders)
+        cur.executemany("INSERT INTO events(at, kind, prefix, reason, until) VALUES (?,?,?,?,?)", events)
+
+    def forget_offenders(self, before: float) -> int:
+        return self.db.execute("DELETE FROM offenders WHERE last < ?", (before,)).rowcount
+
+    def trim_events(self, before: float) -> None:
+        self.db.execute("DELETE FROM events WHERE at < ?", (before,))
+
+    def events(self, limit: int = 50) -> list[Event]:
+        rows = self.db.execute("SELECT at, kind, prefix, reason, until FROM events ORDER BY id DESC LIMIT ?", (limit,))
+        return [Event(*r) for r in rows]
+
+    def allowed(self) -> tuple[Prefix, ...]:
+        return tuple(Prefix.parse(r[0]) for r in self.db.execute("SELECT prefix FROM allow ORDER BY prefix"))
+
+    def allow(self, prefix: Prefix, now: float, note: str = "") -> None:
+        self.db.execute("INSERT OR REPLACE INTO allow VALUES (?,?,?)", (str(prefix), now, note))
+
+    def disallow(self, prefix: Prefix) -> bool:
+        return self.db.execute("DELETE FROM allow WHERE prefix=?", (str(prefix),)).rowcount > 0

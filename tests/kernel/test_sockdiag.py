@@ -1,0 +1,315 @@
+"""The sock_diag observer against the real kernel: clients in `net` connect to listeners in `mx`, and
+SockDiag (opened inside `mx`) must see exactly what was opened, grouped per source, and destroy what it is told to.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import struct
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from govern.addr import Prefix
+from govern.observe import sockdiag
+from govern.observe.sockdiag import SockCounts, SockDiag
+from tests.netns import MX4, MX6, Lab, Listener, connect
+
+PORTS = frozenset({25})
+
+
+@pytest.fixture(params=["one walk", "per family", "unfiltered"])
+def diag(request: pytest.FixtureRequest, lab: Lab) -> Iterator[SockDiag]:
+    """A SockDiag in the MX namespace, through both dump requests (TCPDIAG_GETSOCK and SOCK_DIAG_BY_FAMILY), and
+    without the in-kernel port filter."""
+    with lab.mx.entered():
+        d = SockDiag()
+    d.one_walk = request.param != "per family"
+    d.kernel_filter = request.param != "unfiltered"
+    try:
+        yield d
+    finally:
+        d.close()
+
+
+@contextlib.contextmanager
+def clients(lab: Lab, pairs: list[tuple[str, str, int]]) -> Iterator[list[socket.socket]]:
+    """Connections from (source, destination, port); all closed afterwards."""
+    socks: list[socket.socket] = []
+    try:
+        with lab.net.entered():
+            for src, dst, port in pairs:
+                socks.append(connect(src, dst, port))
+        yield socks
+    finally:
+        for s in socks:
+            s.close()
+
+
+def wait_held(srv: Listener, n: int, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while len(srv.held) < n:
+        assert time.monotonic() < deadline, f"listener holds {len(srv.held)} of {n}"
+        time.sleep(0.01)
+
+
+def p(text: str) -> Prefix:
+    return Prefix.parse(text)
+
+
+def test_counts_per_source_match_what_was_opened(lab: Lab, diag: SockDiag) -> None:
+    srv = Listener(lab.mx, 25)
+    # Three IPv4 sources (seen IPv4-mapped on the dual-stack listener) and two IPv6 /64s, 3 connections each;
+    # the IPv6 ones come from three different addresses inside their /64.
+    v4 = ["198.18.1.1", "198.18.1.2", "198.18.200.7"]
+    pairs = [(a, MX4, 25) for a in v4 for _ in range(3)]
+    pairs += [(f"2001:db8:bad:{n}::{i}", MX6, 25) for n in (1, 2) for i in (1, 2, 3)]
+    try:
+        with clients(lab, pairs):
+            wait_held(srv, len(pairs))
+            scan = diag.scan(PORTS)
+            expected = {p(a): SockCounts(3, 3, 0, 0, 0) for a in v4}
+            expected |= {p(f"2001:db8:bad:{n}::/64"): SockCounts(3, 3, 0, 0, 0) for n in (1, 2)}
+            assert scan.sources == expected
+            assert scan.sockets == 15
+            # The same sockets, grouped wider and narrower.
+            wide = diag.scan(PORTS, v4_len=16, v6_len=48)
+            assert wide.sources == {
+                p("198.18.0.0/16"): SockCounts(9, 9, 0, 0, 0),
+                p("2001:db8:bad::/48"): SockCounts(6, 6, 0, 0, 0),
+            }
+            hosts = diag.scan(PORTS, v6_len=128)
+            assert hosts.sources[p("2001:db8:bad:2::3")] == SockCounts(1, 1, 0, 0, 0)
+            assert len(hosts.sources) == 3 + 6
+            # Nothing on other ports.
+            assert diag.scan(frozenset({587})).sources == {}
+    finally:
+        srv.close()
+
+
+def test_ipv4_listener_and_several_ports(lab: Lab, diag: SockDiag) -> None:
+    """An IPv4-only listener (AF_INET sockets) next to the dual-stack one: the same source, counted once."""
+    dual = Listener(lab.mx, 25)
+    with lab.mx.entered():
+        v4only = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    v4only.bind((MX4, 587))
+    v4only.listen(16)
+    accepted: list[socket.socket] = []
+    try:
+        with clients(lab, [("198.18.5.5", MX4, 25), ("198.18.5.5", MX4, 587), ("198.18.5.5", MX4, 587)]):
+            wait_held(dual, 1)
+            v4only.settimeout(2)
+            accepted = [v4only.accept()[0] for _ in range(2)]
+            scan = diag.scan(frozenset({25, 587}))
+            assert scan.sources == {p("198.18.5.5"): SockCounts(3, 3, 0, 0, 0)}
+            assert diag.scan(frozenset({587})).sources == {p("198.18.5.5"): SockCounts(2, 2, 0, 0, 0)}
+    finally:
+        for c in accepted:
+            c.close()
+        v4only.close()
+        dual.close()
+
+
+def test_total_matches_ss(lab: Lab, diag: SockDiag) -> None:
+    srv = Listener(lab.mx, 25)
+    pairs = [(f"198.18.{i // 100}.{i % 100 + 1}", MX4, 25) for i in range(150)]
+    pairs += [(f"2001:db8:bad:{i}::1", MX6, 25) for i in range(50)]
+    try:
+        with clients(lab, pairs):
+            wait_held(srv, len(pairs))
+            ss = lab.mx.sh("ss", "-Htn", "state", "established", "( sport = :25 )").splitlines()
+            scan = diag.scan(PORTS)
+            assert len(ss) == len(pairs)
+            assert sum(c.established for c in scan.sources.values()) == len(ss)
+            assert len(scan.sources) == 200
+
+            # 200 sockets take several buffers. A dump abandoned after the first leaves the kernel mid-dump, and it
+            # refuses another meanwhile (EBUSY): the next scan must drain the rest first.
+            def give_up(buf: bytearray, size: int) -> bool:
+                raise RuntimeError("abandoned")
+
+            with pytest.raises(RuntimeError):
+                diag._dump_all(PORTS, sockdiag._STATES_SCAN, sockdiag._EXT_INFO, give_up)
+            assert diag.scan(PORTS) == scan
+    finally:
+        srv.close()
+
+
+def test_listeners_with_queue_and_backlog(lab: Lab, diag: SockDiag) -> None:
+    srv = Listener(lab.mx, 25)  # accepts everything, backlog 4096
+    with lab.mx.entered():
+        lazy = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    lazy.bind((MX4, 465))
+    lazy.listen(7)  # never accepts: its accept queue fills
+    try:
+        with clients(lab, [("198.18.9.1", MX4, 465), ("198.18.9.2", MX4, 465)]):
+            deadline = time.monotonic() + 5
+            while True:
+                scan = diag.scan(frozenset({25, 465}))
+                listeners = {(ls.address, ls.port): ls for ls in scan.listeners}
+                if listeners[(MX4, 465)].queued == 2 or time.monotonic() > deadline:
+                    break
+                time.sleep(0.02)
+            somaxconn = int(lab.mx.sh("sysctl", "-n", "net.core.somaxconn"))
+            assert set(listeners) == {("::", 25), (MX4, 465)}
+            assert listeners[("::", 25)].backlog == min(4096, somaxconn)
+            assert listeners[("::", 25)].queued == 0
+            assert listeners[(MX4, 465)].backlog == 7
+            assert listeners[(MX4, 465)].queued == 2
+            # Connections waiting in the accept queue are ESTABLISHED sockets of their source all the same.
+            assert scan.sources[p("198.18.9.1")] == SockCounts(1, 1, 0, 0, 0)
+    finally:
+        lazy.close()
+        srv.close()
+
+
+def test_idle_is_a_server_waiting_on_a_silent_client(lab: Lab, diag: SockDiag) -> None:
+    greeting = Listener(lab.mx, 25)
+    mute = Listener(lab.mx, 587, banner=b"")  # never says anything: its clients wait on the server
+    silent, talker, waiting = "198.18.20.1", "198.18.20.2", "198.18.20.3"
+    try:
+        with clients(lab, [(silent, MX4, 25), (talker, MX4, 25), (waiting, MX4, 587)]) as (s, t, _w):
+            assert s.recv(64).startswith(b"220")
+            assert t.recv(64).startswith(b"220")
+            # The talker keeps sending (a client in the middle of DATA); the server never answers it.
+            deadline = time.monotonic() + 0.8
+            while time.monotonic() < deadline:
+                t.sendall(b"x" * 100)
+                time.sleep(0.05)
+            scan = diag.scan(frozenset({25, 587}), idle_after_ms=300)
+            assert scan.sources[p(silent)].idle == 1
+            assert 300 <= scan.sources[p(silent)].max_idle_ms < 10_000
+            assert scan.sources[p(talker)] == SockCounts(1, 1, 0, 0, 0)
+            assert scan.sources[p(waiting)] == SockCounts(1, 1, 0, 0, 0)
+            # The silent one was not idle long enough for the default threshold.
+            assert diag.scan(frozenset({25})).sources[p(silent)].idle == 0
+    finally:
+        mute.close()
+        greeting.close()
+
+
+def test_syn_recv_counted_time_wait_not(lab: Lab, diag: SockDiag) -> None:
+    srv = Listener(lab.mx, 25)
+    # The MX drops the final ACK of one source's handshakes: its connections stay SYN_RECV on the MX side.
+    lab.mx.sh("nft", "add", "table", "inet", "t")
+    lab.mx.sh("nft", "add", "chain", "inet", "t", "in", "{ type filter hook input priority 0; }")
+    lab.mx.sh(
+        "nft", "add", "rule", "inet", "t", "in", "ip", "saddr", "198.18.30.1", "tcp", "flags", "==", "ack", "drop"
+    )
+    stuck: list[socket.socket] = []
+    try:
+        with lab.net.entered():
+            for _ in range(2):
+                s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                stuck.append(s)
+                s.bind(("198.18.30.1", 0))
+                s.connect((MX4, 25))  # the client side completes: it got the SYN-ACK
+        with clients(lab, [("198.18.30.2", MX4, 25)]) as (c,):
+            wait_held(srv, 1)
+            assert c.recv(64).startswith(b"220")
+            # The server closes first and the client follows: the server side ends in TIME_WAIT.
+            srv.held[0].close()
+            assert c.recv(64) == b""
+            c.close()
+            deadline = time.monotonic() + 5
+            while "198.18.30.2" not in lab.mx.sh("ss", "-Htn", "state", "time-wait"):
+                assert time.monotonic() < deadline, "no TIME_WAIT socket on the MX"
+                time.sleep(0.02)
+            scan = diag.scan(PORTS)
+            assert scan.sources[p("198.18.30.1")] == SockCounts(2, 0, 2, 0, 0)
+            assert p("198.18.30.2") not in scan.sources
+            assert scan.sockets == 2
+            # Half-open connections can be destroyed too (the kernel drops them from the SYN queue).
+            assert diag.destroy([p("198.18.30.1")], PORTS) == 2
+            assert diag.scan(PORTS).sources == {}
+    finally:
+        for s in stuck:
+            s.close()
+        srv.close()
+
+
+def sockid(local: tuple[str, int], remote: tuple[str, int], cookie: int) -> bytes:
+    """A SOCK_DESTROY request for a dual-stack listener's socket, as destroy() builds one from a dump."""
+    mapped = [socket.inet_pton(socket.AF_INET6, a if ":" in a else f"::ffff:{a}") for a in (local[0], remote[0])]
+    ident = struct.pack(">HH", local[1], remote[1]) + mapped[0] + mapped[1] + struct.pack("=IQ", 0, cookie)
+    return sockdiag._REQ_V2.pack(socket.AF_INET6, socket.IPPROTO_TCP, 0, 0, 0xFFFFFFFF, ident)
+
+
+def test_destroy_spares_what_is_gone_or_another_socket(lab: Lab, diag: SockDiag) -> None:
+    """A destroy request names a socket by 4-tuple and cookie: a socket that vanished since the dump, or another
+    socket on the same 4-tuple (another cookie), answers ENOENT, which is neither an error nor counted."""
+    srv = Listener(lab.mx, 25)
+    try:
+        with clients(lab, [("198.18.50.1", MX4, 25), ("198.18.50.2", MX4, 25)]) as (live, gone):
+            wait_held(srv, 2)
+            live_end, gone_end = [(c.getpeername(), c.getsockname()) for c in (live, gone)]  # (MX, client)
+            # The client leaves with the banner unread, so it resets: the server's socket is gone at once.
+            gone.close()
+            deadline = time.monotonic() + 5
+            while p("198.18.50.2") in diag.scan(PORTS).sources:
+                assert time.monotonic() < deadline, "the reset connection is still there"
+                time.sleep(0.02)
+            requests = [sockid(*live_end, cookie=0x1234), sockid(*gone_end, cookie=0)]
+            assert diag._destroy(requests) == 0
+            assert diag.scan(PORTS).sources[p("198.18.50.1")] == SockCounts(1, 1, 0, 0, 0)
+            live.sendall(b"NOOP\r\n")
+            assert live.recv(64).startswith(b"220")
+    finally:
+        srv.close()
+
+
+def test_destroy_one_prefix(lab: Lab, diag: SockDiag) -> None:
+    srv = Listener(lab.mx, 25)
+    doomed = [("198.18.40.1", MX4, 25), ("198.18.40.2", MX4, 25), ("2001:db8:bad:40::1", MX6, 25)]
+    spared = [("198.18.41.1", MX4, 25), ("2001:db8:bad:41::1", MX6, 25)]
+    try:
+        with clients(lab, doomed + spared) as socks:
+            wait_held(srv, 5)
+            for s in socks:
+                assert s.recv(64).startswith(b"220")
+            n = diag.destroy([p("198.18.40.0/24"), p("2001:db8:bad:40::/64")], PORTS)
+            assert n == 3
+            for s in socks[:3]:
+                s.settimeout(2)
+                with pytest.raises(ConnectionResetError):
+                    s.recv(64)
+            for s in socks[3:]:
+                s.sendall(b"EHLO spared\r\n")  # still connected
+            scan = diag.scan(PORTS)
+            assert set(scan.sources) == {p("198.18.41.1"), p("2001:db8:bad:41::/64")}
+            # The listener survived: a new client still gets in. Nothing left to destroy elsewhere.
+            with clients(lab, [("198.18.40.3", MX4, 25)]) as (again,):
+                assert again.recv(64).startswith(b"220")
+            assert diag.destroy([p("198.18.42.0/24")], PORTS) == 0
+            assert diag.destroy([p("198.18.41.1")], frozenset({587})) == 0
+            # That client has hung up; the server, which never closes, holds its end in CLOSE_WAIT.
+            deadline = time.monotonic() + 5
+            while (scan := diag.scan(PORTS)).sources.get(p("198.18.40.3")) != SockCounts(1, 0, 0, 0, 0):
+                assert time.monotonic() < deadline, scan.sources
+                time.sleep(0.02)
+            assert scan.sockets == 3
+    finally:
+        srv.close()
+
+
+def test_falls_back_to_one_dump_per_family(lab: Lab, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A kernel that refuses the one-walk request: stand in DCCPDIAG_GETSOCK (19) for it, which this kernel
+    refuses, and the observer must switch to SOCK_DIAG_BY_FAMILY for good and count the same."""
+    monkeypatch.setattr(sockdiag, "TCPDIAG_GETSOCK", 19)
+    srv = Listener(lab.mx, 25)
+    with lab.mx.entered():
+        d = SockDiag()
+    try:
+        with clients(lab, [("198.18.60.1", MX4, 25), ("2001:db8:bad:60::1", MX6, 25)]):
+            wait_held(srv, 2)
+            scan = d.scan(PORTS)
+            assert d.one_walk is False
+            assert scan.sources == {
+                p("198.18.60.1"): SockCounts(1, 1, 0, 0, 0),
+                p("2001:db8:bad:60::/64"): SockCounts(1, 1, 0, 0, 0),
+            }
+    finally:
+        d.close()
+        srv.close()

@@ -1,0 +1,150 @@
+"""The daemon's wiring with fake edges: ticks escalate to blocks through store and kernel, restarts restore,
+CLI requests are validated and refused with reasons, and a refused kernel commit changes nothing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from govern import config
+from govern.addr import Prefix
+from govern.daemon import Governor
+from govern.dryrun import DryRun
+from govern.edges import Enforcer
+from govern.fakes import FakeClock, FakeCounters, FakeEnforcer, FakeSockets
+from govern.observe.sockdiag import SockCounts
+from govern.store import Store
+
+BOT = Prefix.parse("198.18.0.7")
+TRUSTED = Prefix.parse("192.0.2.10")
+
+
+def make(tmp_path: Path, **over: object) -> tuple[Governor, FakeSockets, FakeEnforcer, FakeClock]:
+    data = {"allow": {"cidrs": ["192.0.2.0/24"]}, "daemon": {"state_dir": str(tmp_path / "state")}}
+    for k, v in over.items():
+        section, key = k.split("__")
+        data.setdefault(section, {})[key] = v  # type: ignore[index]
+    cfg = config.from_mapping(data)
+    socks, enf, clock = FakeSockets(), FakeEnforcer(), FakeClock()
+    edge: Enforcer = DryRun(enf) if cfg["daemon"]["dry_run"] else enf
+    gov = Governor(cfg, Store(cfg["daemon"]["state_dir"]), socks, edge, FakeCounters(), clock=clock)
+    gov.start()
+    return gov, socks, enf, clock
+
+
+def hog(n: int) -> SockCounts:
+    return SockCounts(held=n, established=n, syn_recv=0, idle=n, max_idle_ms=30_000)
+
+
+def run_ticks(gov: Governor, clock: FakeClock, n: int) -> None:
+    for _ in range(n):
+        gov.tick()
+        clock.advance(1.0)
+
+
+def test_slot_hog_is_throttled_then_blocked_and_its_sessions_ended(tmp_path: Path) -> None:
+    gov, socks, enf, clock = make(tmp_path)
+    socks.sources = {BOT: hog(30), TRUSTED: hog(50)}
+    gov.tick()
+    assert BOT in enf.throttles and BOT not in enf.blocks
+    run_ticks(gov, clock, 6)
+    assert BOT in enf.blocks and BOT not in enf.throttles
+    assert socks.destroyed == [BOT] and BOT not in socks.sources
+    assert TRUSTED not in enf.blocks and TRUSTED not in enf.throttles
+    assert gov.ended_sessions == 30
+    st = gov.status()
+    assert st["blocks"] == 1 and st["recent"][0]["kind"] == "block"
+
+
+def test_rate_abuser_counted_in_kernel_is_blocked(tmp_path: Path) -> None:
+    gov, _socks, enf, clock = make(tmp_path)
+    total = 0
+    for _ in range(15):
+        total += 10  # 600 connection attempts a minute, none of them held
+        enf.syn[BOT] = total
+        gov.tick()
+        clock.advance(1.0)
+    assert BOT in enf.blocks
+    assert "connections in the last minute" in gov.state.blocks[BOT].reason
+
+
+def test_restart_restores_blocks_from_the_store(tmp_path: Path) -> None:
+    gov, socks, _enf, clock = make(tmp_path)
+    socks.sources = {BOT: hog(30)}
+    run_ticks(gov, clock, 7)
+    until = gov.state.blocks[BOT].until
+    gov.store.close()
+    cfg = gov.config
+    enf2 = FakeEnforcer()
+    gov2 = Governor(cfg, Store(cfg["daemon"]["state_dir"]), FakeSockets(), enf2, FakeCounters(), clock=clock)
+    gov2.start()
+    assert enf2.blocks == {BOT: until}
+
+
+def test_refused_kernel_commit_changes_nothing_and_is_reported(tmp_path: Path) -> None:
+    gov, socks, enf, clock = make(tmp_path)
+    socks.sources = {BOT: hog(30)}
+    enf.fail_next = True
+    gov.tick()
+    assert not gov.state.throttles and not gov.store.load().throttles
+    assert gov.status()["failures"] == {"act": 1}
+    clock.advance(1)
+    gov.tick()
+    assert BOT in gov.state.throttles  # the next tick tries again
+
+
+def test_manual_block_unblock_and_refusals(tmp_path: Path) -> None:
+    gov, _socks, enf, _clock = make(tmp_path)
+    r = gov.handle({"cmd": "block", "prefix": "198.18.0.0/24", "duration": "1h", "reason": "swarm"})
+    assert r["ok"], r
+    assert Prefix.parse("198.18.0.0/24") in enf.blocks
+    assert gov.state.blocks[Prefix.parse("198.18.0.0/24")].manual
+    r = gov.handle({"cmd": "block", "prefix": "192.0.2.10"})
+    assert not r["ok"] and r["refused"] and "allowlisted" in r["error"]
+    r = gov.handle({"cmd": "block", "prefix": "not-an-ip"})
+    assert not r["ok"] and "not an IPv4/IPv6" in r["error"]
+    r = gov.handle({"cmd": "unblock", "prefix": "198.18.0.0/24"})
+    assert r["ok"] and not enf.blocks
+    r = gov.handle({"cmd": "unblock", "prefix": "198.18.0.0/24"})
+    assert not r["ok"] and "not blocked" in r["error"]
+
+
+def test_allow_lifts_blocks_and_persists(tmp_path: Path) -> None:
+    gov, _socks, enf, _clock = make(tmp_path)
+    gov.handle({"cmd": "block", "prefix": "198.18.0.7"})
+    r = gov.handle({"cmd": "allow", "prefix": "198.18.0.0/24", "note": "new partner"})
+    assert r["ok"] and "lifted 1" in r["message"]
+    assert not enf.blocks and Prefix.parse("198.18.0.0/24") in enf.allow
+    assert gov.store.allowed() == (Prefix.parse("198.18.0.0/24"),)
+    r = gov.handle({"cmd": "block", "prefix": "198.18.0.7"})
+    assert not r["ok"] and "allowlisted" in r["error"]
+    r = gov.handle({"cmd": "allow", "prefix": "192.0.2.0/24", "remove": True})
+    assert not r["ok"] and "config file" in r["error"]
+
+
+def test_dry_run_changes_nothing(tmp_path: Path) -> None:
+    gov, socks, enf, clock = make(tmp_path, daemon__dry_run=True)
+    socks.sources = {BOT: hog(30)}
+    run_ticks(gov, clock, 8)
+    assert not enf.blocks and not enf.throttles and not socks.destroyed and enf.commits == 0
+    # The would-be ladder is simulated in memory and logged, and nothing reaches the durable store.
+    assert BOT in gov.state.blocks
+    assert isinstance(gov.enforcer, DryRun)
+    assert [line.split(" 198")[0] for line in gov.enforcer.logged] == [
+        "dry run: would throttle",
+        "dry run: would block",
+    ]
+    assert not gov.store.load().blocks and not gov.store.events()
+    r = gov.handle({"cmd": "block", "prefix": "198.18.0.9"})
+    assert r["ok"] and r["message"].startswith("dry run") and not enf.blocks
+
+
+def test_reload_switches_policy_and_releases_newly_allowed(tmp_path: Path) -> None:
+    gov, socks, enf, clock = make(tmp_path)
+    socks.sources = {BOT: hog(30)}
+    run_ticks(gov, clock, 7)
+    assert BOT in enf.blocks
+    new = config.from_mapping(
+        {"allow": {"cidrs": ["192.0.2.0/24", "198.18.0.0/24"]}, "daemon": {"state_dir": str(tmp_path / "state")}}
+    )
+    gov.reload(new)
+    assert BOT not in enf.blocks and not gov.state.blocks

@@ -1,0 +1,338 @@
+"""The sock_diag parser on synthesized netlink bytes, laid out as Linux 6.x sends them (no root needed).
+
+An inet_diag dump message is nlmsghdr + inet_diag_msg + attributes. For a full socket Linux 6.18 sends SHUTDOWN,
+MARK, CGROUP_ID, SOCKOPT and then INFO (tcp_info, 280 bytes) when asked for it: 408 bytes in all (a dual-stack
+listener adds SKV6ONLY); request sockets (SYN_RECV) and TIME_WAIT sockets carry MARK only: 96 bytes.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+import struct
+
+import pytest
+
+from govern.addr import Prefix
+from govern.errors import KernelError
+from govern.model import ListenerStats
+from govern.observe.sockdiag import ScanParser, SockCounts, parse_dump, port_bytecode
+
+ESTABLISHED, SYN_RECV, TIME_WAIT, CLOSE_WAIT, LISTEN = 1, 3, 6, 8, 10
+TCPDIAG_GETSOCK, SOCK_DIAG_BY_FAMILY = 18, 20
+NLMSG_ERROR, NLMSG_DONE, NLM_F_MULTI = 2, 3, 2
+TCP_INFO_SIZE = 280
+PORTS = frozenset({25, 465, 587})
+
+
+def addr16(text: str) -> bytes:
+    if ":" in text:
+        return socket.inet_pton(socket.AF_INET6, text)
+    return socket.inet_pton(socket.AF_INET, text) + bytes(12)
+
+
+def attr(atype: int, payload: bytes) -> bytes:
+    raw = struct.pack("=HH", 4 + len(payload), atype) + payload
+    return raw + bytes(-len(raw) % 4)
+
+
+def tcp_info(sent: int = 0, recv: int = 0, segs_out: int = 1, size: int = TCP_INFO_SIZE) -> bytes:
+    info = bytearray(size)
+    info[0] = ESTABLISHED
+    struct.pack_into("=I", info, 44, sent)  # tcpi_last_data_sent
+    struct.pack_into("=I", info, 52, recv)  # tcpi_last_data_recv
+    if size >= 160:
+        struct.pack_into("=I", info, 156, segs_out)  # tcpi_data_segs_out
+    return bytes(info)
+
+
+def full_attrs(info: bytes | None, *, info_first: bool = False) -> bytes:
+    rest = attr(8, b"\x00") + attr(15, struct.pack("=I", 0)) + attr(21, struct.pack("=Q", 1234)) + attr(22, b"\0\0")
+    if info is None:
+        return rest
+    return attr(2, info) + rest if info_first else rest + attr(2, info)
+
+
+def sock(
+    remote: str,
+    *,
+    state: int = ESTABLISHED,
+    local: str | None = None,
+    sport: int = 25,
+    family: int | None = None,
+    sent: int = 0,
+    recv: int = 0,
+    segs_out: int = 1,
+    rqueue: int = 0,
+    wqueue: int = 0,
+    attrs: bytes | None = None,
+    mtype: int = TCPDIAG_GETSOCK,
+) -> bytes:
+    """One dump message for a socket with local port `sport` and remote address `remote`."""
+    if family is None:
+        family = socket.AF_INET6 if ":" in remote else socket.AF_INET
+    if local is None:
+        local = "203.0.113.25" if family == socket.AF_INET else "2001:db8:25::25"
+    if attrs is None:
+        mark_only = attr(15, struct.pack("=I", 0))
+        attrs = mark_only if state in (SYN_RECV, TIME_WAIT) else full_attrs(tcp_info(sent, recv, segs_out))
+    sockid = struct.pack(">HH", sport, 0 if state == LISTEN else 41000) + addr16(local) + addr16(remote)
+    sockid += struct.pack("=IQ", 0, 77)
+    body = struct.pack("=BBBB", family, state, 0, 0) + sockid + struct.pack("=IIIII", 0, rqueue, wqueue, 0, 9) + attrs
+    return struct.pack("=IHHII", 16 + len(body), mtype, NLM_F_MULTI, 1, 0) + body
+
+
+def done(err: int = 0) -> bytes:
+    return struct.pack("=IHHIIi", 20, NLMSG_DONE, NLM_F_MULTI, 1, 0, err)
+
+
+def error(err: int) -> bytes:
+    return struct.pack("=IHHIIi", 36, NLMSG_ERROR, 0, 1, 0, -err) + struct.pack("=IHHII", 92, 18, 0x301, 1, 0)
+
+
+def p(text: str) -> Prefix:
+    return Prefix.parse(text)
+
+
+def test_ipv4_ipv6_and_mapped_sources() -> None:
+    chunks = [
+        sock("198.18.0.1") + sock("198.18.0.1") + sock("2001:db8:bad:1::1"),
+        # A dual-stack listener's IPv4 client is an AF_INET6 socket with an IPv4-mapped address.
+        sock("::ffff:198.18.0.1") + sock("2001:db8:bad:1::2") + sock("::ffff:198.18.7.9"),
+        done(),
+    ]
+    scan = parse_dump(chunks, PORTS)
+    assert scan.sources == {
+        p("198.18.0.1"): SockCounts(3, 3, 0, 0, 0),
+        p("198.18.7.9"): SockCounts(1, 1, 0, 0, 0),
+        p("2001:db8:bad:1::/64"): SockCounts(2, 2, 0, 0, 0),
+    }
+    assert scan.sockets == 6
+    assert scan.listeners == ()
+
+
+def test_states_time_wait_not_held_and_listeners_apart() -> None:
+    chunks = [
+        sock("::", state=LISTEN, local="::", rqueue=3, wqueue=4096, attrs=full_attrs(tcp_info()) + attr(11, b"\0"))
+        + sock("0.0.0.0", state=LISTEN, local="203.0.113.25", sport=587, wqueue=100)
+        + sock("198.18.0.1")
+        + sock("198.18.0.1", state=TIME_WAIT)
+        + sock("198.18.0.1", state=SYN_RECV)
+        + sock("198.18.0.1", state=CLOSE_WAIT)
+        + sock("198.18.0.2", state=TIME_WAIT),
+        done(),
+    ]
+    scan = parse_dump(chunks, PORTS)
+    assert scan.sources == {p("198.18.0.1"): SockCounts(3, 1, 1, 0, 0)}
+    assert scan.sockets == 3
+    assert scan.listeners == (ListenerStats("203.0.113.25", 587, 0, 100), ListenerStats("::", 25, 3, 4096))
+
+
+@pytest.mark.parametrize(
+    ("sent", "recv", "segs_out", "idle"),
+    [
+        (12_000, 15_000, 1, True),  # banner out 12 s ago, nothing from the client for longer: a silent bot
+        (10_000, 10_000, 3, True),  # both at once, long ago: the server spoke last (same ms), and waits
+        (12_000, 40, 5, False),  # the client sent 40 ms ago: in the middle of DATA
+        (200, 30_000, 2, False),  # the server answered 200 ms ago: not waiting long yet
+        (15_000, 15_000, 0, False),  # the server never sent anything (accept queue, no greeting): not the client
+        (9_999, 50_000, 1, False),  # just under the threshold
+    ],
+)
+def test_idle_rule(sent: int, recv: int, segs_out: int, idle: bool) -> None:
+    scan = parse_dump([sock("198.18.0.1", sent=sent, recv=recv, segs_out=segs_out), done()], PORTS)
+    expected = SockCounts(1, 1, 0, 1, sent) if idle else SockCounts(1, 1, 0, 0, 0)
+    assert scan.sources == {p("198.18.0.1"): expected}
+
+
+def test_idle_counts_and_longest_wait_per_source() -> None:
+    chunk = (
+        sock("198.18.0.1", sent=12_000, recv=12_500)
+        + sock("::ffff:198.18.0.1", sent=30_000, recv=31_000)
+        + sock("198.18.0.1", sent=20_000, recv=25_000)
+        + sock("198.18.0.1", sent=20_000, recv=100)  # talking
+        + sock("2001:db8:bad::1", sent=400, recv=900)
+        + sock("2001:db8:bad::2", sent=700, recv=700)
+    )
+    scan = parse_dump([chunk, done()], PORTS, idle_after_ms=500)
+    assert scan.sources == {
+        p("198.18.0.1"): SockCounts(4, 4, 0, 3, 30_000),
+        p("2001:db8:bad::/64"): SockCounts(2, 2, 0, 1, 700),
+    }
+
+
+def test_grouping_lengths() -> None:
+    chunk = (
+        sock("198.18.0.1")
+        + sock("::ffff:198.18.0.200")
+        + sock("198.18.1.1")
+        + sock("2001:db8:bad:1::1")
+        + sock("2001:db8:bad:1:ffff::2")
+        + sock("2001:db8:bad:2::1")
+        + sock("2001:db8:bad:2::1:1", state=SYN_RECV)
+    )
+    one = SockCounts(1, 1, 0, 0, 0)
+
+    def scan(v4: int, v6: int) -> dict[Prefix, SockCounts]:
+        return parse_dump([chunk, done()], PORTS, v4_len=v4, v6_len=v6).sources
+
+    assert scan(24, 48) == {
+        p("198.18.0.0/24"): SockCounts(2, 2, 0, 0, 0),
+        p("198.18.1.0/24"): one,
+        p("2001:db8:bad::/48"): SockCounts(4, 3, 1, 0, 0),
+    }
+    assert scan(32, 128) == {
+        p("198.18.0.1"): one,
+        p("198.18.0.200"): one,
+        p("198.18.1.1"): one,
+        p("2001:db8:bad:1::1"): one,
+        p("2001:db8:bad:1:ffff::2"): one,
+        p("2001:db8:bad:2::1"): one,
+        p("2001:db8:bad:2::1:1"): SockCounts(1, 0, 1, 0, 0),
+    }
+    assert scan(16, 96)[p("2001:db8:bad:2::/96")] == SockCounts(2, 1, 1, 0, 0)
+    assert scan(0, 0) == {p("0.0.0.0/0"): SockCounts(3, 3, 0, 0, 0), p("::/0"): SockCounts(4, 3, 1, 0, 0)}
+    assert scan(32, 63)[p("2001:db8:bad::/63")] == SockCounts(2, 2, 0, 0, 0)  # :0 and :1 /64s
+
+
+def test_other_ports_are_ignored() -> None:
+    chunk = sock("198.18.0.1", sport=80) + sock("198.18.0.2", sport=465) + sock("0.0.0.0", state=LISTEN, sport=22)
+    scan = parse_dump([chunk, done()], PORTS)
+    assert scan.sources == {p("198.18.0.2"): SockCounts(1, 1, 0, 0, 0)}
+    assert scan.listeners == ()
+    assert scan.sockets == 1
+
+
+def test_multipart_dump_over_many_buffers() -> None:
+    parser = ScanParser(PORTS, idle_after_ms=500)
+    msgs = [sock(f"198.18.{i // 200}.{i % 200}", sent=i, recv=5000) for i in range(1000)]
+    msgs += [sock(f"2001:db8:bad:{i}::1") for i in range(500)]
+    msgs += [sock(f"198.18.9.{i}", state=SYN_RECV) for i in range(40)]
+    # Buffers of varying numbers of whole messages, as recv() hands them over; DONE comes last, alone.
+    start, sizes = 0, [1, 7, 80, 3, 200, 79]
+    i = 0
+    while start < len(msgs):
+        n = sizes[i % len(sizes)]
+        assert parser.feed(b"".join(msgs[start : start + n])) is False
+        start += n
+        i += 1
+    assert parser.feed(done()) is True
+    scan = parser.result()
+    assert len(scan.sources) == 1000 + 500 + 40
+    assert scan.sockets == 1540
+    assert sum(c.idle for c in scan.sources.values()) == 500  # sent = i ms ago: i >= 500 waited long enough
+    assert scan.sources[p("198.18.2.99")] == SockCounts(1, 1, 0, 0, 0)
+    assert scan.sources[p("198.18.4.199")] == SockCounts(1, 1, 0, 1, 999)
+    assert scan.sources[p("198.18.9.39")] == SockCounts(1, 0, 1, 0, 0)
+
+
+def test_layouts_that_differ_from_the_first_seen() -> None:
+    # Same length as the usual message, but INFO first: the remembered offset holds another attribute, so
+    # the header check must catch it and walk.
+    moved = sock("198.18.0.1", attrs=full_attrs(tcp_info(20_000, 30_000), info_first=True))
+    usual = sock("198.18.0.2", sent=20_000, recv=30_000)
+    assert len(moved) == len(usual)
+    # A longer tcp_info (a newer kernel) and an extra attribute: other lengths, learnt as they come.
+    longer = sock("198.18.0.3", attrs=full_attrs(tcp_info(20_000, 30_000, size=TCP_INFO_SIZE + 16)))
+    extra = sock("198.18.0.4", attrs=full_attrs(tcp_info(20_000, 30_000)) + attr(13, b"cubic\0"))
+    # An old kernel's short tcp_info (no tcpi_data_segs_out): counted, never idle.
+    old = sock("198.18.0.5", attrs=full_attrs(tcp_info(20_000, 30_000, size=104)))
+    # SOCK_DIAG_BY_FAMILY answers mixed in.
+    v2 = sock("198.18.0.6", sent=20_000, recv=30_000, mtype=SOCK_DIAG_BY_FAMILY)
+    scan = parse_dump([usual + moved + longer + usual + extra + old + v2 + moved, done()], PORTS)
+    idle = SockCounts(1, 1, 0, 1, 20_000)
+    assert scan.sources == {
+        p("198.18.0.1"): SockCounts(2, 2, 0, 2, 20_000),
+        p("198.18.0.2"): SockCounts(2, 2, 0, 2, 20_000),
+        p("198.18.0.3"): idle,
+        p("198.18.0.4"): idle,
+        p("198.18.0.5"): SockCounts(1, 1, 0, 0, 0),
+        p("198.18.0.6"): idle,
+    }
+
+
+def test_nlmsg_error_raises_kernel_error() -> None:
+    parser = ScanParser(PORTS)
+    assert parser.feed(sock("198.18.0.1")) is False
+    with pytest.raises(KernelError) as exc:
+        parser.feed(error(errno.EINVAL))
+    assert exc.value.errno == errno.EINVAL
+    with pytest.raises(KernelError) as exc:
+        parse_dump([sock("198.18.0.1") + done(-errno.EBUSY)], PORTS)
+    assert exc.value.errno == errno.EBUSY
+
+
+def test_malformed_buffers_raise_kernel_error() -> None:
+    whole = sock("198.18.0.1")
+    with pytest.raises(KernelError) as exc:
+        parse_dump([whole + whole[:100]], PORTS)  # the second message is cut short
+    assert exc.value.errno == errno.EPROTO
+    bad_len = bytearray(whole)
+    struct.pack_into("=I", bad_len, 0, 8)
+    with pytest.raises(KernelError):
+        parse_dump([bytes(bad_len)], PORTS)
+
+
+def test_group_cache_is_reused() -> None:
+    cache: dict[bytes, Prefix] = {}
+    chunks = [sock("198.18.0.1") + sock("::ffff:198.18.0.2") + sock("2001:db8:bad::1"), done()]
+    for _ in range(2):
+        parser = ScanParser(PORTS)
+        for c in chunks:
+            parser.feed(c)
+        scan = parser.result(cache)
+        assert set(scan.sources) == {p("198.18.0.1"), p("198.18.0.2"), p("2001:db8:bad::/64")}
+        assert set(cache.values()) == set(scan.sources)
+    # Addresses that went away are dropped once they pile up.
+    cache.update((i.to_bytes(4, "big"), Prefix(4, i, 32)) for i in range(20_000))
+    parser = ScanParser(PORTS)
+    for c in chunks:
+        parser.feed(c)
+    assert set(parser.result(cache).sources) == set(cache.values())
+    assert len(cache) == 3
+
+
+def run_bytecode(bc: bytes, sport: int) -> bool:
+    """inet_diag_bc_run() for the ops port_bytecode uses (S_EQ, JMP): accepted when the program ends exactly."""
+    pos, left = 0, len(bc)
+    while left > 0:
+        code, yes, no = struct.unpack_from("=BBH", bc, pos)
+        if code == 11:  # INET_DIAG_BC_S_EQ, the port in the next op's `no`
+            ok = sport == struct.unpack_from("=BBH", bc, pos + 4)[2]
+        elif code == 1:  # INET_DIAG_BC_JMP
+            ok = False
+        else:
+            raise AssertionError(f"unexpected op {code}")
+        step = yes if ok else no
+        pos, left = pos + step, left - step
+    return left == 0
+
+
+def audit_bytecode(bc: bytes) -> None:
+    """inet_diag_bc_audit(): every op on the `yes` path, jumps in range, 4-aligned, onto op boundaries."""
+    boundaries, pos = set(), 0
+    while pos < len(bc):
+        boundaries.add(pos)
+        pos += struct.unpack_from("=BBH", bc, pos)[1]
+    boundaries.add(len(bc))
+    pos, left = 0, len(bc)
+    while left > 0:
+        code, yes, no = struct.unpack_from("=BBH", bc, pos)
+        min_len = 8 if code == 11 else 4
+        assert left >= min_len
+        assert min_len <= no <= left + 4 and no % 4 == 0
+        if no < left:
+            assert pos + no in boundaries
+        assert min_len <= yes <= left + 4 and yes % 4 == 0
+        pos, left = pos + yes, left - yes
+    assert left == 0
+
+
+@pytest.mark.parametrize("ports", [frozenset({25}), frozenset({25, 465, 587}), frozenset({1, 65535})])
+def test_port_bytecode(ports: frozenset[int]) -> None:
+    bc = port_bytecode(ports)
+    audit_bytecode(bc)
+    for port in (*ports, 24, 26, 80, 466, 586, 588, 2525):
+        assert run_bytecode(bc, port) is (port in ports)
+    with pytest.raises(ValueError):
+        port_bytecode(frozenset({70000}))
