@@ -92,7 +92,10 @@ def status(config: ConfigOpt = None, as_json: JsonOpt = False, top: int = 10) ->
     print(f"mode: {mode}   backend: {st['backend']}   uptime: {format_duration(max(st['uptime'], 1))}")
     print(f"tick: {st['last_tick_ms']} ms   sources: {st['sources']}   sockets: {st['sockets']}")
     print(f"blocks: {st['blocks']}   throttles: {st['throttles']}   allowlist entries: {st['allowlist']}")
-    print(f"sessions ended for blocked sources: {st['ended_sessions']}")
+    print(
+        f"sessions ended for blocked sources: {st['ended_sessions']}, "
+        f"conntrack entries forgotten: {st['conntrack_forgotten']}"
+    )
     for ls in st["listeners"]:
         print(f"listener {ls['address']}:{ls['port']}  queue {ls['queued']}/{ls['backlog']} ({ls['fill']:.0%})")
     if st["top"]:

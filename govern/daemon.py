@@ -75,6 +75,7 @@ class Governor:
         self.last_tick_ms = 0.0
         self.ticks = 0
         self.ended_sessions = 0
+        self.forgotten_conntrack = 0
         self.totals: dict[str, int] = {}
         self._maintained = self.started
 
@@ -129,7 +130,7 @@ class Governor:
         if blocked and self.config["block"]["end_sessions"]:
             try:
                 self.ended_sessions += self.sockets.destroy(blocked, self.policy.ports)
-                self.enforcer.end_sessions(blocked)
+                self.forgotten_conntrack += self.enforcer.end_sessions(blocked)
             except GovernError as exc:
                 self.health.fail("end-sessions", exc)
         return True
@@ -275,6 +276,7 @@ class Governor:
             "throttles": len(self.state.throttles),
             "allowlist": len(self.policy.allow),
             "ended_sessions": self.ended_sessions,
+            "conntrack_forgotten": self.forgotten_conntrack,
             "listeners": [
                 {**ls._asdict(), "fill": round(ls.queued / ls.backlog, 3) if ls.backlog else 0.0}
                 for ls in (snap.listeners if snap else ())

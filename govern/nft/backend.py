@@ -35,6 +35,7 @@ class NftBackend:
         self.held: dict[str, set[Prefix]] = {s: set() for s in ("block4", "block6", "throttle4", "throttle6")}
         self.allow: dict[str, set[Prefix]] = {"allow4": set(), "allow6": set()}
         self.v4_len, self.v6_len = 32, 64
+        self.ports: frozenset[int] = frozenset()
 
     # -- start-up -------------------------------------------------------------------------------------------
 
@@ -45,6 +46,7 @@ class NftBackend:
         kernel commit and store write, or a lost state directory), as a plan for the caller to record.
         """
         self.v4_len, self.v6_len = config["protect"]["ipv4_prefix"], config["protect"]["ipv6_prefix"]
+        self.ports = frozenset(config["protect"]["ports"])
         self.nft.run(ruleset(config, enforce=self.enforce))
         self.allow = {name: {e.prefix for e in self.nl.dump_set(name)} for name in ("allow4", "allow6")}
         self.set_allow(allow)
@@ -119,7 +121,7 @@ class NftBackend:
     def end_sessions(self, prefixes: Sequence[Prefix]) -> int:
         from govern.nft.conntrack import forget
 
-        return forget(prefixes)
+        return forget(prefixes, self.ports)
 
     # -- teardown -------------------------------------------------------------------------------------------
 

@@ -11,17 +11,28 @@ from govern.addr import Prefix
 log = logging.getLogger("govern.conntrack")
 
 
+def _tracking() -> bool:
+    """Whether this namespace tracks any connection at all: without entries there is nothing to dump."""
+    try:
+        with open("/proc/sys/net/netfilter/nf_conntrack_count", encoding="ascii") as fh:
+            return int(fh.read().strip() or 0) > 0
+    except (OSError, ValueError):
+        return False
+
+
 def forget(prefixes: Iterable[Prefix], ports: frozenset[int] | None = None) -> int:
     """Delete every conntrack entry whose original source lies in `prefixes`; returns how many went.
 
     A host without connection tracking (no module loaded, or nothing in this namespace uses it) has nothing to
-    forget, which is not an error.
+    forget, which is not an error. Host sources are looked up with the kernel's own filter (Linux 5.8+), so a busy
+    conntrack table is not walked once per blocked source; wider prefixes need one full dump.
     """
     wanted = list(prefixes)
-    if not wanted:
+    if not wanted or not _tracking():
         return 0
     try:
         from pyroute2 import Conntrack
+        from pyroute2.conntrack import NFCTAttrTuple
         from pyroute2.netlink.exceptions import NetlinkError
     except ImportError:  # pragma: no cover - pyroute2 is a dependency
         return 0
@@ -32,15 +43,16 @@ def forget(prefixes: Iterable[Prefix], ports: frozenset[int] | None = None) -> i
         log.debug("conntrack not available: %s", exc)
         return 0
     try:
-        doomed = []
-        for entry in ct.dump_entries():
-            t = entry.tuple_orig
-            if t.saddr is None or (ports is not None and t.dport not in ports):
+        hosts = [p for p in wanted if p.is_host]
+        wide = [p for p in wanted if not p.is_host]
+        found = []
+        for p in hosts:
+            found += list(ct.dump_entries(tuple_orig=NFCTAttrTuple(saddr=str(p), proto=6)))
+        if wide:
+            found += [e for e in ct.dump_entries() if _inside(e.tuple_orig.saddr, wide)]
+        for entry in found:
+            if ports is not None and entry.tuple_orig.dport not in ports:
                 continue
-            src = Prefix.parse(t.saddr.split("%", 1)[0])
-            if any(p.contains(src) for p in wanted):
-                doomed.append(entry)
-        for entry in doomed:
             try:
                 ct.delete(entry)
                 removed += 1
@@ -48,7 +60,14 @@ def forget(prefixes: Iterable[Prefix], ports: frozenset[int] | None = None) -> i
                 if exc.code != 2:  # ENOENT: it went by itself meanwhile
                     log.warning("cannot delete conntrack entry %s: %s", entry, exc)
     except NetlinkError as exc:
-        log.debug("conntrack dump failed: %s", exc)
+        log.warning("conntrack lookup failed: %s", exc)
     finally:
         ct.close()
     return removed
+
+
+def _inside(saddr: str | None, prefixes: list[Prefix]) -> bool:
+    if not saddr:
+        return False
+    src = Prefix.parse(saddr.split("%", 1)[0])
+    return any(p.contains(src) for p in prefixes)

@@ -119,6 +119,36 @@ def test_flood_blocks_prolific_sources_and_spares_allowlisted_and_ordinary(lab: 
         srv.close()
 
 
+def conntrack_entries(lab: Lab, src: str) -> int:
+    out = lab.mx.sh("conntrack", "-L", "-p", "tcp", "-s", src, "--dport", "25", check=False)
+    return sum(1 for line in out.splitlines() if line.startswith("tcp"))
+
+
+def test_blocking_forgets_the_conntrack_entries_of_the_source(lab: Lab, tmp_path: Path) -> None:
+    """On a host with a stateful firewall, a blocked source's conntrack entries go at once (after the resets
+    they would otherwise linger in CLOSE for 10 s), and nobody else's do."""
+    # The operator's own stateful firewall: it makes the kernel track every connection in this namespace.
+    lab.mx.sh("nft", "add table inet operator")
+    lab.mx.sh("nft", "add chain inet operator in { type filter hook input priority 0; }")
+    lab.mx.sh("nft", "add rule inet operator in ct state established accept")
+    srv = Listener(lab.mx, 25)
+    socks: list[socket.socket] = []
+    try:
+        with running(lab.mx, write_config(tmp_path)) as d:
+            socks = open_many(lab, ["198.18.4.1"], 5, MX4) + open_many(lab, ["198.51.100.4"], 3, MX4)
+            assert conntrack_entries(lab, "198.18.4.1") == 5 and conntrack_entries(lab, "198.51.100.4") == 3
+            r = d.ask(cmd="block", prefix="198.18.4.1", reason="test")
+            assert r["ok"], r
+            assert conntrack_entries(lab, "198.18.4.1") == 0
+            assert conntrack_entries(lab, "198.51.100.4") == 3
+            st = d.status()
+            assert st["conntrack_forgotten"] == 5 and st["ended_sessions"] == 5
+    finally:
+        for s in socks:
+            s.close()
+        srv.close()
+
+
 def test_ipv6_sources_are_blocked_per_64_and_allowlisted_v6_untouched(lab: Lab, tmp_path: Path) -> None:
     """(e) the same over IPv6: sources are grouped per /64."""
     srv = Listener(lab.mx, 25)
