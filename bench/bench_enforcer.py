@@ -20,8 +20,8 @@ Bulk, nft -f and dump are repeated `--reps` times (the set emptied in between) a
 from __future__ import annotations
 
 import argparse
+import functools
 import os
-import platform
 import random
 import statistics
 import subprocess
@@ -34,6 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.machine import machine  # noqa: E402
 from govern.addr import Prefix  # noqa: E402
 from govern.nft.netlink import ElemOp, NftNetlink  # noqa: E402
 from tests.netns import Netns, new_name, sh  # noqa: E402
@@ -51,16 +52,6 @@ table inet govern {
 """
 BASE = Prefix.parse("198.18.0.0").value
 SPAN = 1 << 17  # 198.18.0.0/15
-
-
-def machine() -> str:
-    model = "?"
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    return f"{os.cpu_count()} CPUs ({model}), Linux {platform.release()}, Python {platform.python_version()}"
 
 
 def timed(fn: Callable[[], object]) -> float:
@@ -148,7 +139,7 @@ def run(
 
     with ns.entered():
         t0 = time.perf_counter()
-        each = [timed(lambda p=p: fork_nft("fork4", p)) for p in forked]
+        each = [timed(functools.partial(fork_nft, "fork4", p)) for p in forked]
         total = time.perf_counter() - t0
     r["fork_rate"] = len(forked) / total
     r["fork_s"] = statistics.median(each)
@@ -166,14 +157,15 @@ def run(
 
     # 3b. nft per address into the full set
     with ns.entered():
-        few = [timed(lambda p=p: fork_nft("block4", p)) for p in singles[args.singles : args.singles + 5]]
+        few = [timed(functools.partial(fork_nft, "block4", p)) for p in singles[args.singles : args.singles + 5]]
     r["fork_full_s"] = statistics.median(few)
     print(f"3b. nft per address into the {n}-element set: median {ms(r['fork_full_s'])} each")
 
     # 2. one address into the full set (and, for context, into a 10k interval set and a full hash set)
     def singles_into(set_name: str, prefixes: list[Prefix]) -> list[float]:
         return [
-            timed(lambda p=p: nl.commit([ElemOp(True, set_name, p, TIMEOUT_MS)], interval_sets=IV)) for p in prefixes
+            timed(functools.partial(nl.commit, [ElemOp(True, set_name, p, TIMEOUT_MS)], interval_sets=IV))
+            for p in prefixes
         ]
 
     one = singles_into("block4", singles[: args.singles])

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import platform
 import resource
 import selectors
 import socket
@@ -41,10 +40,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.machine import machine  # noqa: E402
 from govern.addr import Prefix  # noqa: E402
 from govern.observe import sockdiag  # noqa: E402
 from govern.observe.sockdiag import Scan, SockDiag  # noqa: E402
-from tests.netns import LOCAL_RANGES4, LOCAL_RANGES6, MX4, MX6, Lab, Netns, entered, new_name, sh  # noqa: E402
+from tests.netns import MX4, MX6, Lab, Netns, entered, new_name, sh  # noqa: E402
 
 PORT = 25
 OTHER_PORT = 8025  # not protected: sockets the observer must skip
@@ -75,12 +75,13 @@ def run_server(fds: list[int], cap: int) -> None:
     for lsock in lsocks:
         lsock.setblocking(False)
         sel.register(lsock, selectors.EVENT_READ)
-    sel.register(sys.stdin, selectors.EVENT_READ)
+    stdin = sys.stdin
+    sel.register(stdin, selectors.EVENT_READ)
     full = False
     while True:
         for key, _ in sel.select(timeout=1.0):
-            if key.fileobj is sys.stdin:
-                if not sys.stdin.readline():
+            if key.fd == stdin.fileno():
+                if not stdin.readline():  # the parent closed our stdin: time to go
                     for c in held + lsocks:
                         c.close()
                     return
@@ -235,7 +236,7 @@ class BenchLab(Lab):
         super().__init__()
         self.parent = Netns(new_name("par"))
 
-    def up(self) -> BenchLab:
+    def create(self) -> None:
         sh("ip", "netns", "add", self.parent.name)
         self.parent.sh("sysctl", "-qw", "net.ipv4.tcp_child_ehash_entries=65536")
         # `ip netns add` run under `ip netns exec` would mount the new namespace in a private mount namespace
@@ -255,40 +256,6 @@ class BenchLab(Lab):
             holder.terminate()
             holder.wait()
         sh("ip", "netns", "add", self.mx.name)
-        for ns in (self.mx, self.net):
-            ns.sh("ip", "link", "set", "lo", "up")
-            ns.sh("sysctl", "-qw", "net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0")
-        veth_mx, veth_net = f"v{self.mx.name[-6:]}m", f"v{self.net.name[-6:]}n"
-        sh(
-            "ip",
-            "link",
-            "add",
-            veth_mx,
-            "netns",
-            self.mx.name,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            veth_net,
-            "netns",
-            self.net.name,
-        )
-        for ns, dev, a4, a6 in ((self.mx, veth_mx, MX4, MX6), (self.net, veth_net, "203.0.113.1", "2001:db8:25::1")):
-            ns.sh("ip", "addr", "add", f"{a4}/24", "dev", dev)
-            ns.sh("ip", "-6", "addr", "add", f"{a6}/64", "dev", dev, "nodad")
-            ns.sh("ip", "link", "set", dev, "up")
-        for r in LOCAL_RANGES4:
-            self.net.sh("ip", "route", "add", "local", r, "dev", "lo")
-            self.mx.sh("ip", "route", "add", r, "via", "203.0.113.1")
-        for r in LOCAL_RANGES6:
-            self.net.sh("ip", "-6", "route", "add", "local", r, "dev", "lo")
-            self.mx.sh("ip", "-6", "route", "add", r, "via", "2001:db8:25::1")
-        self.net.sh("sysctl", "-qw", "net.ipv4.ip_local_port_range=10000 65000")
-        self.net.sh("sysctl", "-qw", "net.ipv6.ip_nonlocal_bind=1")
-        self.net.sh("sysctl", "-qw", "net.ipv4.ip_nonlocal_bind=1")
-        self._wait_ready()
-        return self
 
     def down(self) -> None:
         super().down()
@@ -390,16 +357,6 @@ class Population:
                     p.wait()
         finally:
             self.lab.down()
-
-
-def machine() -> str:
-    model = "?"
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    return f"{os.cpu_count()} CPUs ({model}), Linux {platform.release()}, Python {platform.python_version()}"
 
 
 def main() -> None:

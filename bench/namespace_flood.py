@@ -96,8 +96,8 @@ def main() -> int:
         return 0 if len(landed) == len(want4) + len(want6) and not touched else 1
     finally:
         stop.set()
-        for s in held:
-            s.close()
+        for sock in held:
+            sock.close()
         d.stop()
         srv.close()
         lab.down()

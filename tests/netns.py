@@ -88,8 +88,8 @@ class Lab:
     net: Netns = field(default_factory=lambda: Netns(new_name("net")))
 
     def up(self) -> Lab:
+        self.create()
         for ns in (self.mx, self.net):
-            sh("ip", "netns", "add", ns.name)
             ns.sh("ip", "link", "set", "lo", "up")
             # No duplicate address detection: a tentative link-local address makes IPv6 unreachable for ~2 s.
             ns.sh("sysctl", "-qw", "net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0")
@@ -125,6 +125,11 @@ class Lab:
         self.net.sh("sysctl", "-qw", "net.ipv4.ip_nonlocal_bind=1")
         self._wait_ready()
         return self
+
+    def create(self) -> None:
+        """Make the two namespaces; a subclass may make them differently and keep the wiring."""
+        for ns in (self.mx, self.net):
+            sh("ip", "netns", "add", ns.name)
 
     def _wait_ready(self, timeout: float = 10.0) -> None:
         deadline = time.monotonic() + timeout

@@ -61,4 +61,4 @@ def test_prefix_set_agrees_with_ipaddress(members: list[Prefix], probe: Prefix) 
     nprobe = ipaddress.ip_network(str(probe))
     nm = [ipaddress.ip_network(str(m)) for m in members]
     assert ps.covers(probe) == any(n.version == nprobe.version and nprobe.subnet_of(n) for n in nm)  # type: ignore[arg-type]
-    assert ps.intersects(probe) == any(n.version == nprobe.version and n.overlaps(nprobe) for n in nm)  # type: ignore[arg-type]
+    assert ps.intersects(probe) == any(n.version == nprobe.version and n.overlaps(nprobe) for n in nm)

@@ -6,6 +6,7 @@ module's own parser, so an encoding mistake cannot be hidden by a matching parsi
 
 from __future__ import annotations
 
+import bisect
 import errno
 import struct
 
@@ -229,7 +230,7 @@ def test_long_lists_split_below_64k_per_attribute() -> None:
     # Every op is findable from an offset inside its elements, as the kernel reports a bad element.
     for m in batch.messages:
         for off, idx in zip(m.op_offsets, m.op_index, strict=True):
-            assert nl.bisect.bisect_right(m.op_offsets, off + 5) - 1 == m.op_index.index(idx)
+            assert bisect.bisect_right(m.op_offsets, off + 5) - 1 == m.op_index.index(idx)
 
 
 def test_negative_timeout_is_refused() -> None:
