@@ -97,7 +97,8 @@ def status(config: ConfigOpt = None, as_json: JsonOpt = False, top: int = 10) ->
         f"conntrack entries forgotten: {st['conntrack_forgotten']}"
     )
     for ls in st["listeners"]:
-        print(f"listener {ls['address']}:{ls['port']}  queue {ls['queued']}/{ls['backlog']} ({ls['fill']:.0%})")
+        where = f"[{ls['address']}]:{ls['port']}" if ":" in ls["address"] else f"{ls['address']}:{ls['port']}"
+        print(f"listener {where}  queue {ls['queued']}/{ls['backlog']} ({ls['fill']:.0%})")
     if st["top"]:
         print(f"\n{'source':<28}{'held':>6}{'estab':>7}{'synrecv':>8}{'idle':>6}{'new/min':>9}  standing")
         for s in st["top"]:
