@@ -4,6 +4,7 @@ changed, and errors are one line on stderr, never a traceback."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from typing import Annotated, Any, NoReturn
@@ -188,6 +189,8 @@ def teardown(config: ConfigOpt = None) -> None:
         pass
     from govern.nft.backend import teardown_table
 
+    if os.geteuid() != 0:
+        _fail(UsageError("govern teardown needs root: it removes govern's nftables table"))
     try:
         removed = teardown_table()
     except GovernError as exc:
