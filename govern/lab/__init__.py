@@ -1,0 +1,1 @@
+"""The flood lab: namespaces, a real Postfix, traffic, scenarios."""

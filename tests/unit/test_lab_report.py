@@ -1,0 +1,66 @@
+"""The lab's figures: time to mitigate, transaction summaries, the table and the PNG timeline."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from govern.lab.report import Result, Sample, plot, summarise, table, time_to_mitigate
+
+
+def test_time_to_mitigate() -> None:
+    rolling = [(float(t), 1.0) for t in range(10)] + [(10.0, 0.5), (11.0, 0.2), (12.0, 0.8), (13.0, 0.95), (14.0, 1.0)]
+    assert time_to_mitigate(rolling, flood_start=10.0) == 3.0
+    assert time_to_mitigate([(t, 1.0) for t in (10.0, 11.0)], flood_start=10.0) == 0.0
+    assert time_to_mitigate([(10.0, 0.5), (11.0, 0.1)], flood_start=10.0) is None
+    # A dip before the flood does not count.
+    assert time_to_mitigate([(5.0, 0.1), (10.0, 1.0)], flood_start=10.0) == 0.0
+
+
+def tx(t: float, ok: bool, latency: float = 0.1, reason: str = "") -> dict[str, object]:
+    return {"t_start": t, "ok": ok, "latency": latency, "reason": reason}
+
+
+def test_summarise_window_and_latency() -> None:
+    txs = [tx(float(i), True, latency=0.01 * (i + 1)) for i in range(20)] + [tx(21.0, False, reason="timeout")]
+    s = summarise(txs, start=10.0)
+    assert s["attempted"] == 11 and s["delivered"] == 10 and s["success"] == round(10 / 11, 4)
+    assert s["latency_p50"] == 0.155 and s["latency_p95"] == 0.2
+    assert s["failures"] == {"timeout": 1}
+    assert summarise([])["success"] is None
+
+
+def result(name: str, flood: bool) -> Result:
+    samples = [Sample(float(t), sessions=10 + t, queued=t % 3, blocked=t // 2, throttled=1) for t in range(20)]
+    return Result(
+        scenario=name,
+        duration=20.0,
+        flood_start=5.0 if flood else None,
+        flood_end=15.0 if flood else None,
+        legit={"success": 0.985, "attempted": 200, "latency_p50": 0.12, "latency_p95": 0.4},
+        trusted={"success": 1.0},
+        time_to_mitigate=2.5 if flood else None,
+        trusted_in_govern_sets=False,
+        sources_blocked=42,
+        peak_sessions=50,
+        counters={"ListenOverflows": 7},
+        govern_cpu_percent=3.2 if flood else None,
+        govern_rss_max=60 * 2**20 if flood else None,
+        rolling=[(float(t), 1.0 if t < 5 or t > 8 else 0.4) for t in range(20)],
+        samples=samples,
+    )
+
+
+def test_table_lists_every_scenario_side_by_side() -> None:
+    out = table([result("baseline", False), result("flood+govern", True)])
+    lines = out.splitlines()
+    assert lines[0].split() == ["baseline", "flood+govern"]
+    row = next(line for line in lines if line.startswith("time to mitigate"))
+    assert row.split()[-2:] == ["-", "2.5s"]
+    assert next(line for line in lines if line.startswith("govern RSS max")).endswith("60 MiB")
+
+
+def test_plot_writes_a_png(tmp_path: Path) -> None:
+    path = tmp_path / "timeline.png"
+    plot(result("flood+govern", True), str(path))
+    data = path.read_bytes()
+    assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 10_000
