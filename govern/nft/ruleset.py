@@ -18,6 +18,12 @@ INTERVAL_SETS = frozenset({"allow4", "allow6", "block4", "block6", "throttle4", 
 # Counting sets forget a source two minutes after its last SYN: the rate window is one minute.
 SEEN_TIMEOUT = "2m"
 SEEN_SIZE = 262144
+# Connections whose SYN was seen recently: longer than a client's SYN retries (1+2+4+8+16 s on Linux's defaults)
+# and large enough for a SYN flood's spoofed sources; when full, retransmissions simply count again.
+SYN_TIMEOUT = "40s"
+SYN_SIZE = 1048576
+CONN4 = "ip saddr . tcp sport . tcp sequence"
+CONN6 = "ip6 saddr . tcp sport . tcp sequence"
 
 
 def _key(version: int, length: int) -> str:
@@ -40,8 +46,13 @@ def ruleset(config: Config, *, enforce: bool = True) -> str:
     rules = [
         f"tcp dport @ports {local} ip saddr @allow4 return",
         f"tcp dport @ports {local} ip6 saddr @allow6 return",
-        f"tcp dport @ports {syn} {local} update @seen4 {{ {k4} counter }}",
-        f"tcp dport @ports {syn} {local} update @seen6 {{ {k6} counter }}",
+        # A connection counts once: SYNs the client retransmits (same source, port and initial sequence number,
+        # at 1, 3, 7, 15 s while a flood keeps the server from answering) would otherwise make a busy, patient
+        # relay look five times as prolific as it is.
+        f"tcp dport @ports {syn} {local} {CONN4} != @syn4 update @seen4 {{ {k4} counter }}",
+        f"tcp dport @ports {syn} {local} {CONN6} != @syn6 update @seen6 {{ {k6} counter }}",
+        f"tcp dport @ports {syn} {local} update @syn4 {{ {CONN4} }}",
+        f"tcp dport @ports {syn} {local} update @syn6 {{ {CONN6} }}",
     ]
     if enforce:
         rules += [
@@ -61,6 +72,8 @@ def ruleset(config: Config, *, enforce: bool = True) -> str:
     ]
     for name, typ in (("seen4", "ipv4_addr"), ("seen6", "ipv6_addr"), ("rate4", "ipv4_addr"), ("rate6", "ipv6_addr")):
         sets.append(f"set {name} {{ type {typ}; size {SEEN_SIZE}; flags dynamic,timeout; timeout {SEEN_TIMEOUT}; }}")
+    for name, conn in (("syn4", CONN4), ("syn6", CONN6)):
+        sets.append(f"set {name} {{ typeof {conn}; size {SYN_SIZE}; flags dynamic,timeout; timeout {SYN_TIMEOUT}; }}")
     body = "\n".join(
         [
             f"add table {FAMILY} {TABLE}",

@@ -1,0 +1,34 @@
+"""govern's kernel-side connection counter counts connections, not SYN packets: a client retransmitting its SYN
+while the server does not answer (what legitimate MTAs do during a flood) is counted once per connection."""
+
+from __future__ import annotations
+
+import time
+
+from govern import config
+from govern.addr import Prefix
+from govern.model import State
+from govern.nft.backend import NftBackend
+from tests.netns import MX4, Lab, connect
+
+
+def test_retransmitted_syns_count_once_per_connection(lab: Lab) -> None:
+    # The operator's firewall drops port-25 SYNs after govern has seen them, so the client keeps retransmitting.
+    lab.mx.sh("nft", "add table inet operator")
+    lab.mx.sh("nft", "add chain inet operator in { type filter hook input priority 0; }")
+    lab.mx.sh("nft", "add rule inet operator in tcp dport 25 drop")
+    with lab.mx.entered():
+        backend = NftBackend()
+    try:
+        backend.setup(config.from_mapping({}), [], State(), time.time())
+        t0 = time.monotonic()
+        for _ in range(2):  # two connections, each retrying its SYN for ~3.5 s (SYNs at 0, 1 and 3 s)
+            try:
+                with lab.net.entered():
+                    connect("198.51.100.9", MX4, 25, timeout=3.5)
+            except OSError:
+                pass
+        assert time.monotonic() - t0 >= 6.5
+        assert backend.syn_counts() == {Prefix.parse("198.51.100.9"): 2}
+    finally:
+        backend.close()
