@@ -25,6 +25,10 @@ app = typer.Typer(
 )
 config_app = typer.Typer(no_args_is_help=True, help="Check or show the configuration.")
 app.add_typer(config_app, name="config")
+lab_app = typer.Typer(
+    no_args_is_help=True, help="The flood lab: a real Postfix under a bot flood in network namespaces, on this host."
+)
+app.add_typer(lab_app, name="lab")
 
 ConfigOpt = Annotated[
     str | None,
@@ -213,6 +217,101 @@ def config_show(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
     """Print the effective configuration (defaults plus the file)."""
     cfg = _load(config)
     print(json.dumps(cfg.to_dict(), indent=2) if as_json else cfg.to_toml(), end="" if not as_json else "\n")
+
+
+def _lab_root() -> None:
+    if os.geteuid() != 0:
+        _fail(UsageError("the lab needs root: it creates network namespaces and installs Postfix"))
+
+
+@lab_app.command("run")
+def lab_run(
+    scenarios: Annotated[
+        list[str] | None, typer.Argument(help="baseline, flood, flood+govern (default: all three)")
+    ] = None,
+    out: Annotated[str, typer.Option("--out", help="directory for JSON, PNG and the table")] = "/var/lib/govern/lab",
+    short: Annotated[bool, typer.Option("--short", help="the one-minute version (the CI scenario)")] = False,
+) -> None:
+    """Run lab scenarios side by side and report delivery, time to mitigate, blocks and costs."""
+    from pathlib import Path
+
+    from govern.lab import report, scenario
+
+    names = tuple(scenarios or scenario.SCENARIOS)
+    bad = [n for n in names if n not in scenario.SCENARIOS]
+    if bad:
+        _fail(UsageError(f"unknown scenario {bad[0]!r}; choose from {', '.join(scenario.SCENARIOS)}"))
+    _lab_root()
+    plan = scenario.Plan.short() if short else scenario.Plan()
+    try:
+        results = scenario.run_all(Path(out), names, plan)
+    except GovernError as exc:
+        _fail(exc)
+    print(report.table(results))
+    print(f"\nresults, JSON and timeline pictures: {out}")
+
+
+@lab_app.command("demo")
+def lab_demo(
+    out: Annotated[str, typer.Option("--out", help="where the picture and JSON go")] = "/var/lib/govern/lab-demo",
+) -> None:
+    """About a minute: build the lab, flood its Postfix, watch govern ride the wave, see the result, clean up."""
+    from pathlib import Path
+
+    from govern.lab import report, scenario
+
+    _lab_root()
+    plan = scenario.Plan.short()
+    print(
+        f"Building the lab: a Postfix MX limited to {plan.process_limit} sessions, legitimate senders, a trusted "
+        f"relay with {plan.trusted_parallel} parallel sessions, and a bot swarm that floods from "
+        f"t={plan.flood_start:.0f}s for {plan.flood_length:.0f}s. govern runs on its default config plus the lab's "
+        "allowlist."
+    )
+    print(f"{'t':>5} {'SMTP sessions':>14} {'accept queue':>13} {'blocked':>8} {'throttled':>10}")
+
+    def show(s: report.Sample) -> None:
+        flood = plan.flood_start <= s.t < plan.flood_start + plan.flood_length
+        print(
+            f"{s.t:>5.0f} {s.sessions:>14} {s.queued:>13} {s.blocked:>8} {s.throttled:>10}  {'FLOOD' if flood else ''}"
+        )
+
+    work = Path(out)
+    try:
+        res = scenario.run("flood+govern", work, plan, on_sample=show)
+    except GovernError as exc:
+        _fail(exc)
+    (work / "result.json").write_text(res.to_json())
+    report.plot(res, str(work / "timeline.png"))
+    print()
+    print(report.table([res]))
+    print(f"\npicture: {work / 'timeline.png'}\nfigures: {work / 'result.json'}\nthe lab has been removed.")
+
+
+@lab_app.command("provision")
+def lab_provision(
+    role: Annotated[str, typer.Argument(help="mx, router, trusted, legit or bots")],
+    confirm: Annotated[
+        bool, typer.Option("--this-host-is-a-lab-vm", help="required: this changes this machine's addresses and routes")
+    ] = False,
+) -> None:
+    """Give THIS machine a lab role (used by vagrant/provision.sh on the lab's VMs)."""
+    from govern.lab import provision
+
+    if not confirm:
+        _fail(UsageError("this reconfigures this machine's network; pass --this-host-is-a-lab-vm on a lab VM only"))
+    _lab_root()
+    try:
+        for line in provision.apply(role):
+            print(line)
+        if role == "mx":
+            from govern.lab.postfix import Postfix, install
+
+            install()
+            Postfix(None, "/var/lib/govern-lab/postfix").start()
+            print("postfix (lab instance) listening on port 25")
+    except GovernError as exc:
+        _fail(exc)
 
 
 def main() -> None:

@@ -33,6 +33,7 @@ class Result:
     trusted: dict[str, Any]
     time_to_mitigate: float | None  # seconds from flood start until rolling legit success is back >= 90%
     trusted_in_govern_sets: bool
+    legit_in_govern_sets: list[str]  # legitimate senders govern throttled or blocked (should stay empty)
     sources_blocked: int
     peak_sessions: int
     counters: dict[str, int]  # TcpExt deltas in the MX namespace over the run
@@ -63,14 +64,17 @@ def time_to_mitigate(
 
 
 def summarise(transactions: Sequence[dict[str, Any]], start: float = 0.0, end: float = float("inf")) -> dict[str, Any]:
-    """Success rate and latency of transactions that started within [start, end)."""
-    txs = [x for x in transactions if start <= x["t_start"] < end]
+    """Success rate and latency of transactions that started within [start, end).
+
+    Transactions still running when their generator stopped ("cut") have no outcome and are left out.
+    """
+    txs = [x for x in transactions if start <= x["t_start"] < end and not x.get("cut")]
     ok = [x for x in txs if x["ok"]]
     lat = sorted(x["latency"] for x in ok)
     reasons: dict[str, int] = {}
     for x in txs:
         if not x["ok"]:
-            why = str(x.get("reason") or "failed")
+            why = f"{x.get('stage', '?')}: {x.get('reason') or 'failed'}"
             reasons[why] = reasons.get(why, 0) + 1
     return {
         "attempted": len(txs),
@@ -101,6 +105,7 @@ def table(results: Sequence[Result]) -> str:
             "never" if r.time_to_mitigate is None else f"{r.time_to_mitigate:.1f}s")),
         ("trusted delivered", lambda r: _pct(r.trusted.get("success"))),
         ("trusted in a govern set", lambda r: "yes" if r.trusted_in_govern_sets else "no"),
+        ("legit senders in a govern set", lambda r: str(len(r.legit_in_govern_sets))),
         ("sources blocked", lambda r: str(r.sources_blocked)),
         ("peak SMTP sessions", lambda r: str(r.peak_sessions)),
         ("ListenOverflows", lambda r: str(r.counters.get("ListenOverflows", 0))),

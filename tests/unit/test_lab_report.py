@@ -16,16 +16,17 @@ def test_time_to_mitigate() -> None:
     assert time_to_mitigate([(5.0, 0.1), (10.0, 1.0)], flood_start=10.0) == 0.0
 
 
-def tx(t: float, ok: bool, latency: float = 0.1, reason: str = "") -> dict[str, object]:
-    return {"t_start": t, "ok": ok, "latency": latency, "reason": reason}
+def tx(t: float, ok: bool, latency: float = 0.1, reason: str = "", cut: bool = False) -> dict[str, object]:
+    return {"t_start": t, "ok": ok, "latency": latency, "stage": "banner", "reason": reason, "cut": cut}
 
 
 def test_summarise_window_and_latency() -> None:
     txs = [tx(float(i), True, latency=0.01 * (i + 1)) for i in range(20)] + [tx(21.0, False, reason="timeout")]
+    txs.append(tx(22.0, False, reason="cut", cut=True))
     s = summarise(txs, start=10.0)
     assert s["attempted"] == 11 and s["delivered"] == 10 and s["success"] == round(10 / 11, 4)
     assert s["latency_p50"] == 0.155 and s["latency_p95"] == 0.2
-    assert s["failures"] == {"timeout": 1}
+    assert s["failures"] == {"banner: timeout": 1}
     assert summarise([])["success"] is None
 
 
@@ -40,6 +41,7 @@ def result(name: str, flood: bool) -> Result:
         trusted={"success": 1.0},
         time_to_mitigate=2.5 if flood else None,
         trusted_in_govern_sets=False,
+        legit_in_govern_sets=[],
         sources_blocked=42,
         peak_sessions=50,
         counters={"ListenOverflows": 7},

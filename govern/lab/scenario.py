@@ -1,0 +1,347 @@
+"""Lab scenarios: `baseline` (no flood), `flood` (no protection) and `flood+govern`, each run against a real Postfix
+in the lab's MX namespace with the same legitimate senders, trusted relay and bot flood, measured from outside
+govern (sock_diag, the nft CLI, /proc) once a second, and reported as a Result (JSON, table, PNG)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from govern.lab import report
+from govern.lab.postfix import Postfix, install
+from govern.lab.topology import MX4, MX6, Lab
+from govern.observe.netstat import deltas, parse
+
+SCENARIOS = ("baseline", "flood", "flood+govern")
+LAB_ALLOW = ("192.0.2.0/24", "2001:db8:2::/48")
+
+
+@dataclass(frozen=True)
+class Bot:
+    """One bot role of the flood: the traffic generator's role name and its options."""
+
+    role: str
+    args: tuple[str, ...]
+
+
+# The flood: every kind of bot the lab has, bounded by the flood's duration (passed to each role).
+FULL_FLOOD = (
+    Bot("hogs", ("--sources", "198.18.10.0/27", "--per-source", "25")),
+    Bot("hogs", ("--sources", "2001:db8:bad:10::/60", "--per-source", "25", "--drip", "20")),
+    Bot("reconnect", ("--sources", "198.18.20.0/28", "--rate", "20")),
+    Bot("pretalk", ("--sources", "198.18.30.0/28", "--per-source", "5")),
+    Bot("swarm", ("--sources", "198.19.0.0/16", "--count", "3000")),
+    Bot("synflood", ("--sources", "198.18.128.0/17", "--pps", "2000")),
+)
+# The flood the core governor is expected to ride: prolific sources only. A wide swarm of sources that each stay
+# under every per-source limit needs idle-session cutting (the ride-the-wave mode), so it is in FULL_FLOOD only.
+PROLIFIC_FLOOD = tuple(b for b in FULL_FLOOD if b.role != "swarm")
+
+
+@dataclass
+class Plan:
+    """Timing and load of a run. The defaults are the full scenario; `short()` is the CI one."""
+
+    duration: float = 120.0
+    flood_start: float = 20.0
+    flood_length: float = 80.0
+    legit_rate: float = 4.0
+    # How long a legitimate client waits for the banner and each reply. The run lasts at least this long past the
+    # flood, so every transaction started during the flood has an outcome (none is cut off by the end of the run).
+    client_timeout: float = 30.0
+    legit_sources: str = "198.51.100.0/29"
+    trusted_parallel: int = 30
+    trusted_rate: float = 10.0  # transactions per second across its parallel sessions
+    flood: tuple[Bot, ...] = FULL_FLOOD
+    process_limit: int = 50
+
+    def __post_init__(self) -> None:
+        self.duration = max(self.duration, self.flood_start + self.flood_length + self.client_timeout + 5)
+
+    def client_timeouts(self) -> list[str]:
+        """Every wait of a legitimate client bounded by `client_timeout`, the whole transaction included."""
+        t = f"{self.client_timeout:g}"
+        return ["--timeout", t, "--cmd-timeout", t, "--txn-timeout", t]
+
+    @classmethod
+    def short(cls) -> Plan:
+        return cls(duration=65.0, flood_start=10.0, flood_length=30.0, client_timeout=20.0, flood=PROLIFIC_FLOOD)
+
+
+@dataclass
+class _Sampler:
+    lab: Lab
+    govern_pid: int | None
+    on_sample: Callable[[report.Sample], None] | None = None
+    samples: list[report.Sample] = field(default_factory=list)
+    trusted_seen: set[str] = field(default_factory=set)
+    legit_seen: set[str] = field(default_factory=set)
+    blocked_peak: int = 0
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def run(self, t0: float) -> None:
+        from govern.observe.sockdiag import SockDiag
+
+        proc = _process(self.govern_pid)
+        with self.lab.entered("mx"):
+            diag = SockDiag()
+        try:
+            while not self.stop.wait(max(0.0, 1.0 - (time.monotonic() - t0) % 1.0)):
+                scan = diag.scan(frozenset({25}), idle_after_ms=10_000)
+                sets = self._govern_sets() if self.govern_pid else {}
+                blocked = len(sets.get("block4", ())) + len(sets.get("block6", ()))
+                throttled = len(sets.get("throttle4", ())) + len(sets.get("throttle6", ()))
+                self.blocked_peak = max(self.blocked_peak, blocked)
+                for members in sets.values():
+                    self.trusted_seen |= {m for m in members if m.startswith(("192.0.2.", "2001:db8:2:"))}
+                    self.legit_seen |= {m for m in members if m.startswith(("198.51.100.", "2001:db8:51:"))}
+                cpu, rss = 0.0, 0
+                if proc is not None:
+                    with contextlib.suppress(Exception):
+                        cpu, rss = proc.cpu_percent(None), proc.memory_info().rss
+                sample = report.Sample(
+                    t=round(time.monotonic() - t0, 2),
+                    sessions=sum(c.established for c in scan.sources.values()),
+                    queued=sum(ls.queued for ls in scan.listeners),
+                    blocked=blocked,
+                    throttled=throttled,
+                    govern_cpu=cpu,
+                    govern_rss=rss,
+                )
+                self.samples.append(sample)
+                if self.on_sample is not None:
+                    self.on_sample(sample)
+        finally:
+            diag.close()
+
+    def _govern_sets(self) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        for name in ("block4", "block6", "throttle4", "throttle6"):
+            raw = self.lab.run("mx", "nft", "-j", "list", "set", "inet", "govern", name, check=False)
+            out[name] = _elements(raw)
+        return out
+
+
+def _process(pid: int | None) -> Any:
+    if pid is None:
+        return None
+    import psutil
+
+    p = psutil.Process(pid)
+    p.cpu_percent(None)
+    return p
+
+
+def _elements(raw: str) -> list[str]:
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        return []
+    out = []
+    for obj in data.get("nftables", []):
+        for e in obj.get("set", {}).get("elem", []):
+            v = e["elem"]["val"] if isinstance(e, dict) and "elem" in e else e
+            if isinstance(v, dict) and "prefix" in v:
+                out.append(f"{v['prefix']['addr']}/{v['prefix']['len']}")
+            else:
+                out.append(str(v))
+    return out
+
+
+def _traffic(lab: Lab, ns: str, role: str, args: list[str], out: Path, duration: float) -> subprocess.Popen[bytes]:
+    cmd = [sys.executable, "-m", "govern.lab.traffic", role, "--duration", f"{duration:g}", "--json-out", str(out)]
+    return lab.popen(ns, *cmd, *args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+@contextlib.contextmanager
+def _govern(lab: Lab, work: Path) -> Iterator[int]:
+    cidrs = ", ".join(f'"{c}"' for c in LAB_ALLOW)
+    cfg = work / "govern.toml"
+    cfg.write_text(
+        f'[allow]\ncidrs = [{cidrs}]\n[daemon]\nstate_dir = "{work}/govern-state"\nsocket = "{work}/govern.sock"\n'
+    )
+    log = open(work / "govern.log", "wb")  # noqa: SIM115 - handed to the child
+    proc = lab.popen("mx", sys.executable, "-m", "govern", "run", "--config", str(cfg), stdout=log, stderr=log)
+    log.close()
+    try:
+        deadline = time.monotonic() + 20
+        while not (work / "govern.sock").exists():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"govern did not start: {(work / 'govern.log').read_text()[-2000:]}")
+            time.sleep(0.1)
+        yield proc.pid
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+        lab.run("mx", sys.executable, "-m", "govern", "teardown", "--config", str(cfg), check=False)
+
+
+def _netstat(lab: Lab) -> dict[str, int]:
+    return parse(lab.run("mx", "cat", "/proc/net/netstat"))
+
+
+def run(
+    name: str,
+    work: Path,
+    plan: Plan | None = None,
+    lab: Lab | None = None,
+    on_sample: Callable[[report.Sample], None] | None = None,
+) -> report.Result:
+    """Run one scenario in a fresh lab (or the given one) and return its Result; files go to `work`."""
+    if name not in SCENARIOS:
+        raise ValueError(f"unknown scenario {name!r} (choose from {', '.join(SCENARIOS)})")
+    plan = plan or Plan()
+    work.mkdir(parents=True, exist_ok=True)
+    install()
+    own_lab = lab is None
+    lab = lab or Lab().up()
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        with Postfix(lab, str(work / "postfix"), process_limit=plan.process_limit), contextlib.ExitStack() as stack:
+            pid = stack.enter_context(_govern(lab, work)) if name == "flood+govern" else None
+            before = _netstat(lab)
+            sampler = _Sampler(lab, pid, on_sample)
+            t0 = time.monotonic()
+            thread = threading.Thread(target=sampler.run, args=(t0,), daemon=True)
+            thread.start()
+            dst = ["--dst", MX4, "--dst", MX6]
+            legit_out, trusted_out = work / "legit.json", work / "trusted.json"
+            procs.append(
+                _traffic(
+                    lab,
+                    "legit",
+                    "legit",
+                    [
+                        *dst,
+                        "--sources",
+                        plan.legit_sources,
+                        "--rate",
+                        str(plan.legit_rate),
+                        *plan.client_timeouts(),
+                    ],
+                    legit_out,
+                    plan.duration,
+                )
+            )
+            procs.append(
+                _traffic(
+                    lab,
+                    "trusted",
+                    "trusted",
+                    [
+                        *dst,
+                        "--sources",
+                        "192.0.2.10/32",
+                        "--parallel",
+                        str(plan.trusted_parallel),
+                        "--rate",
+                        str(plan.trusted_rate),
+                        *plan.client_timeouts(),
+                    ],
+                    trusted_out,
+                    plan.duration,
+                )
+            )
+            bot_outs: list[Path] = []
+            flooding = name != "baseline"
+            if flooding:
+                time.sleep(plan.flood_start)
+                for i, bot in enumerate(plan.flood):
+                    out = work / f"bot-{i}-{bot.role}.json"
+                    bot_outs.append(out)
+                    procs.append(_traffic(lab, "bots", bot.role, [*dst, *bot.args], out, plan.flood_length))
+            deadline = t0 + plan.duration + 45  # generators stop at their own deadlines; this is the backstop
+            for p in procs:
+                p.wait(timeout=max(1.0, deadline - time.monotonic()))
+            sampler.stop.set()
+            thread.join(5)
+            after = _netstat(lab)
+            return _result(name, plan, flooding, legit_out, trusted_out, bot_outs, sampler, deltas(before, after))
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    p.wait(10)
+        if own_lab:
+            lab.down()
+
+
+def _load(path: Path) -> dict[str, Any]:
+    try:
+        data: dict[str, Any] = json.loads(path.read_text())
+        return data
+    except (OSError, ValueError):
+        return {"events": []}
+
+
+def _result(
+    name: str,
+    plan: Plan,
+    flooding: bool,
+    legit_out: Path,
+    trusted_out: Path,
+    bot_outs: list[Path],
+    sampler: _Sampler,
+    counters: dict[str, int],
+) -> report.Result:
+    from govern.lab.traffic import rolling_success
+
+    legit = _load(legit_out)["events"]
+    trusted = _load(trusted_out)["events"]
+    start = plan.flood_start if flooding else None
+    end = plan.flood_start + plan.flood_length if flooding else None
+    window = (start, end) if start is not None and end is not None else (0.0, float("inf"))
+    rolling = rolling_success(legit)
+    cpu = [s.govern_cpu for s in sampler.samples if s.govern_rss]
+    rss = [s.govern_rss for s in sampler.samples if s.govern_rss]
+    return report.Result(
+        scenario=name,
+        duration=plan.duration,
+        flood_start=start,
+        flood_end=end,
+        legit=report.summarise(legit, *window),
+        trusted=report.summarise(trusted, *window),
+        time_to_mitigate=report.time_to_mitigate(rolling, start) if start is not None else None,
+        trusted_in_govern_sets=bool(sampler.trusted_seen),
+        legit_in_govern_sets=sorted(sampler.legit_seen),
+        sources_blocked=sampler.blocked_peak,
+        peak_sessions=max((s.sessions for s in sampler.samples), default=0),
+        counters=counters,
+        govern_cpu_percent=round(sum(cpu) / len(cpu), 2) if cpu else None,
+        govern_rss_max=max(rss) if rss else None,
+        rolling=rolling,
+        samples=sampler.samples,
+        bots={p.stem: _load(p).get("totals", {}) for p in bot_outs},
+    )
+
+
+def run_all(work: Path, names: tuple[str, ...] = SCENARIOS, plan: Plan | None = None) -> list[report.Result]:
+    """Run scenarios one after the other, each in a fresh lab; write JSON, PNG and the table into `work`."""
+    results = []
+    for name in names:
+        sub = work / name.replace("+", "-")
+        if sub.exists():
+            shutil.rmtree(sub)
+        res = run(name, sub, plan)
+        (sub / "result.json").write_text(res.to_json())
+        report.plot(res, str(sub / "timeline.png"))
+        results.append(res)
+    (work / "table.txt").write_text(report.table(results) + "\n")
+    return results
