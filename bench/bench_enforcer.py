@@ -1,6 +1,7 @@
 """Benchmark: putting addresses into nftables block sets, govern's netlink fast path vs the nft CLI.
 
     .venv/bin/python bench/bench_enforcer.py [--elements 100000] [--singles 200] [--forks 300] [--reps 3]
+    .venv/bin/python bench/bench_enforcer.py --sizes 1000 10000 100000 1000000 [--forks 300] [--reps 3] [--split 10]
 
 Needs root. Everything happens in a throwaway network namespace (tests/netns.py names, removed at the end, also on
 failure); the root namespace's firewall is never touched. Addresses come from 198.18.0.0/15 (shared/LAB.md), in a
@@ -15,6 +16,17 @@ fixed pseudo-random order, each with a 1 h timeout. Side by side in one run:
 5. dump: NftNetlink.dump_set() of the N-element set
 
 Bulk, nft -f and dump are repeated `--reps` times (the set emptied in between) and medians reported.
+
+With `--sizes`, a size sweep runs instead, in a namespace of its own (table `inet govern` with one interval set
+per family, recreated empty before every measurement, so the nft CLI never sees other elements):
+- NftNetlink.commit() of N elements as ONE transaction into the empty set, `--reps` times: IPv4 hosts from
+  198.18.0.0/15 where N fits (it holds 131,072), and IPv6 at every size (random /128s in 2001:db8:bad::/48: the
+  /48 holds only 65,536 /64s; start/end elements are encoded and stored alike for any prefix length). Also timed:
+  encoding the batch alone (userspace's share), and its size (the send buffer is grown to hold it);
+- at the largest size, the same elements as `--split` transactions of N/split each, one after the other;
+- one `nft -f` batch of the same N elements (libnftables), once for N above 100,000 (it takes ~20 s and 1.5 GB
+  at 1M);
+- the nft CLI, one process per address, `--forks` addresses into the empty IPv4 set (fail2ban's way).
 """
 
 from __future__ import annotations
@@ -23,6 +35,7 @@ import argparse
 import functools
 import os
 import random
+import resource
 import statistics
 import subprocess
 import sys
@@ -36,7 +49,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.machine import machine  # noqa: E402
 from govern.addr import Prefix  # noqa: E402
-from govern.nft.netlink import ElemOp, NftNetlink  # noqa: E402
+from govern.nft.netlink import NFPROTO_INET, ElemOp, NftNetlink, encode_commit  # noqa: E402
 from tests.netns import Netns, new_name, sh  # noqa: E402
 
 TIMEOUT_MS = 3_600_000
@@ -52,6 +65,14 @@ table inet govern {
 """
 BASE = Prefix.parse("198.18.0.0").value
 SPAN = 1 << 17  # 198.18.0.0/15
+BASE6 = Prefix.parse("2001:db8:bad::").value
+SWEEP_TABLE = """
+table inet govern {
+    set sweep4 { type ipv4_addr; flags interval,timeout; }
+    set sweep6 { type ipv6_addr; flags interval,timeout; }
+}
+"""
+SWEEP_IV = frozenset({"sweep4", "sweep6"})
 
 
 def timed(fn: Callable[[], object]) -> float:
@@ -70,9 +91,16 @@ def main() -> None:
     ap.add_argument("--singles", type=int, default=200)
     ap.add_argument("--forks", type=int, default=300)
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--sizes", type=int, nargs="+", help="run the size sweep at these element counts instead")
+    ap.add_argument("--split", type=int, default=10, help="sweep: transactions the largest size is also split into")
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench_enforcer: needs root (network namespaces)")
+    if args.sizes:
+        print(f"machine: {machine()}")
+        print(f"command: {' '.join(['.venv/bin/python', *sys.argv])}")
+        sweep(sorted(set(args.sizes)), args)
+        return
     n = args.elements
     if n + args.singles * 2 + args.forks > SPAN:
         sys.exit(f"bench_enforcer: 198.18.0.0/15 holds {SPAN} addresses, not enough for --elements {n}")
@@ -207,6 +235,150 @@ def report(r: dict[str, float], n: int) -> None:
     print("|---|---:|---|---|")
     for row in rows:
         print("| " + " | ".join(row) + " |")
+
+
+# --- the size sweep ---------------------------------------------------------------------------------------------
+
+
+def sweep_prefixes(version: int, n: int) -> list[Prefix]:
+    """n distinct addresses in a fixed pseudo-random order: IPv4 hosts of 198.18.0.0/15, IPv6 /128s of the /48."""
+    if version == 4:
+        return [Prefix(4, BASE + i, 32) for i in random.Random(25).sample(range(SPAN), n)]
+    rng = random.Random(26)
+    seen: dict[int, None] = {}
+    while len(seen) < n:
+        seen[rng.getrandbits(80)] = None
+    return [Prefix(6, BASE6 | v, 128) for v in seen]
+
+
+def sweep(sizes: list[int], args: argparse.Namespace) -> None:
+    ns = Netns(new_name("sweep"))
+    sh("ip", "netns", "add", ns.name)
+    rows: list[dict[str, float]] = []
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            table = Path(tmp) / "table.nft"
+            table.write_text(SWEEP_TABLE)
+
+            def fresh_table() -> None:
+                ns.sh("nft", "delete", "table", "inet", "govern", check=False, timeout=300)
+                ns.sh("nft", "-f", str(table))
+
+            with ns.entered():
+                nl = NftNetlink()
+            with nl:
+                for n in sizes:
+                    for version in (4, 6):
+                        if version == 4 and n > SPAN:
+                            continue
+                        row = sweep_one(ns, nl, fresh_table, version, n, args, Path(tmp), split=n == sizes[-1])
+                        rows.append(row)
+                # fail2ban's way, on a sample, into an empty set of an otherwise empty table
+                fresh_table()
+                sample = sweep_prefixes(4, args.forks)
+                with ns.entered():
+                    t0 = time.perf_counter()
+                    for p in sample:
+                        subprocess.run(
+                            ["nft", "add", "element", "inet", "govern", "sweep4", f"{{ {p} timeout 1h }}"],
+                            check=True,
+                            timeout=120,
+                        )
+                    fork_s = time.perf_counter() - t0
+    finally:
+        sh("ip", "netns", "del", ns.name, check=False)
+    fork_rate = args.forks / fork_s
+    each = fork_s / args.forks * 1000
+    print(f"nft per address: {args.forks} addresses in {fork_s:.2f} s: {fork_rate:.0f}/s, {each:.2f} ms each")
+
+    print("\n| elements | family | NftNetlink, one transaction | of which encoding | batch | nft -f (libnftables) | "
+          "vs nft -f | vs nft per address |")  # fmt: skip
+    print("|---:|---|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        n = int(r["n"])
+        rate = n / r["bulk_s"]
+        nft = n / r["nft_s"]
+        print(
+            f"| {n:,} | IPv{r['version']:.0f} | {rate:,.0f}/s ({fmt_s(r['bulk_s'])}) | {fmt_s(r['encode_s'])} | "
+            f"{r['bytes'] / 1e6:.1f} MB | {nft:,.0f}/s ({fmt_s(r['nft_s'])}) | {rate / nft:.1f}x | "
+            f"{rate / fork_rate:,.0f}x |"
+        )
+    for r in rows:
+        if "split_s" in r:
+            n, k = int(r["n"]), int(r["split"])
+            print(
+                f"IPv{r['version']:.0f}, {n:,} as {k} transactions of {n // k:,}: {n / r['split_s']:,.0f}/s "
+                f"({r['split_s']:.2f} s; one transaction: {r['bulk_s']:.2f} s)"
+            )
+    print(f"nft per address (fail2ban's way), {args.forks} into an empty set: {fork_rate:,.0f}/s")
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"peak RSS of this process (elements, batch, dumps): {peak:,.0f} MB")
+
+
+def fmt_s(seconds: float) -> str:
+    return ms(seconds) if seconds < 1 else f"{seconds:.2f} s"
+
+
+def sweep_one(
+    ns: Netns,
+    nl: NftNetlink,
+    fresh_table: Callable[[], None],
+    version: int,
+    n: int,
+    args: argparse.Namespace,
+    tmp: Path,
+    split: bool,
+) -> dict[str, float]:
+    set_name = f"sweep{version}"
+    prefixes = sweep_prefixes(version, n)
+    ops = [ElemOp(True, set_name, p, TIMEOUT_MS) for p in prefixes]
+    r: dict[str, float] = {"n": n, "version": version}
+
+    def check() -> None:
+        got = len(nl.dump_set(set_name)) if n <= 100_000 else -1  # a dump of 1M takes minutes (O(n^2))
+        if got not in (-1, n):
+            raise RuntimeError(f"{set_name} holds {got} elements, expected {n}")
+
+    # Userspace's share: the same encoding commit() does, alone.
+    t0 = time.perf_counter()
+    batch = encode_commit(ops, table="govern", family=NFPROTO_INET, interval_sets=SWEEP_IV, seq=1)
+    r["encode_s"] = time.perf_counter() - t0
+    r["bytes"] = len(batch.data)
+    del batch
+    times = []
+    for _ in range(args.reps):
+        fresh_table()
+        times.append(timed(lambda: nl.commit(ops, interval_sets=SWEEP_IV)))
+    check()
+    r["bulk_s"] = statistics.median(times)
+    line = f"IPv{version} {n:,}: one transaction {', '.join(f'{t:.3f}' for t in times)} s"
+    line += f" (encoding {r['encode_s']:.3f} s, {r['bytes'] / 1e6:.1f} MB, send buffer {nl._sndbuf / 1e6:.1f} MB)"
+    if split:
+        k = args.split
+        per = -(-n // k)
+        fresh_table()
+        t0 = time.perf_counter()
+        for lo in range(0, n, per):
+            nl.commit(ops[lo : lo + per], interval_sets=SWEEP_IV)
+        r["split_s"], r["split"] = time.perf_counter() - t0, k
+        check()
+        line += f"; as {k} transactions: {r['split_s']:.3f} s"
+    ops.clear()  # free them before nft -f runs
+    # One nft -f batch of the same elements.
+    batch_file = tmp / "batch.nft"
+    with open(batch_file, "w") as f:
+        f.write(f"add element inet govern {set_name} {{\n")
+        f.writelines(f"  {p} timeout 1h,\n" for p in prefixes)
+        f.write("}\n")
+    times = []
+    for _ in range(args.reps if n <= 100_000 else 1):
+        fresh_table()
+        times.append(timed(lambda: ns.sh("nft", "-f", str(batch_file), timeout=600)))
+    batch_file.unlink()
+    r["nft_s"] = statistics.median(times)
+    line += f"; nft -f {', '.join(f'{t:.3f}' for t in times)} s"
+    print(line, flush=True)
+    return r
 
 
 if __name__ == "__main__":

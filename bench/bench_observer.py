@@ -6,7 +6,10 @@
 Needs root; not part of the test suite. It builds its own namespaces (tests/netns.py's topology, see `BenchLab`)
 and removes them at the end, also on failure. The MX side (a dual-stack listener on [::]:25 that accepts and holds
 every connection and sends a banner) and the clients run in child processes -- as many as the fd limit requires --
-so the measuring process holds no sockets of its own (psutil walks every process's fds). Clients connect from the
+so the measuring process holds no sockets of its own (psutil walks every process's fds). At most PER_PROCESS
+(15,000) connections per process: the hard fd limit may be 20,000, so 50,000 sockets take 4 servers and 4
+client processes. After each size is set up, the memory it costs is printed (helper processes' RSS, the host's
+MemAvailable drop, TCP sockets and buffer memory from /proc/net/sockstat). Clients connect from the
 bot ranges of shared/LAB.md: three in four sources from 198.18.0.0/16 (IPv4-mapped on the dual-stack listener),
 one in four from 2001:db8:bad::/48, each in its own /64; `--per-source` connections from each address.
 
@@ -14,7 +17,8 @@ Every contender runs in the MX namespace, once to warm up and then `--reps` time
 round, so drift hits all alike); medians are reported:
 - govern scan: `SockDiag.scan(frozenset({25}), idle_after_ms=0)`, the whole of it (dump, parse, per-source
   aggregation). The clients never speak, so with idle_after_ms=0 every socket is idle: the parser's longest path.
-  Variants: every source new since the last scan (no cached source groups); without the in-kernel port filter;
+  Variants: every source new since the last scan (no cached source groups); with the cyclic GC held off during
+  the scan (what the collections its allocations trigger cost); without the in-kernel port filter;
   one SOCK_DIAG_BY_FAMILY dump per family instead of one TCPDIAG_GETSOCK dump; and the netlink dump alone,
   nothing parsed (the kernel's share and the syscalls).
 - ss: `ss -Htni state established '( sport = :25 )'` as a subprocess, output read through a pipe; also `-Htn`.
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import os
 import resource
 import selectors
@@ -171,6 +176,14 @@ def measure(mx: str, n: int, reps: int) -> dict[str, float]:
 
             return run
 
+        def gc_off() -> object:
+            # The same scan with the cyclic GC held off: what the collections its allocations trigger cost.
+            gc.disable()
+            try:
+                return scan()
+            finally:
+                gc.enable()
+
         def dump_only() -> None:
             # The kernel's part and the syscalls: the same request, nothing parsed.
             req = sockdiag._STATES_SCAN, sockdiag._EXT_INFO
@@ -190,6 +203,7 @@ def measure(mx: str, n: int, reps: int) -> dict[str, float]:
         contenders: dict[str, Callable[[], object]] = {
             "govern scan": scan,
             "govern scan, all sources new": fresh_sources,
+            "govern scan, cyclic GC off": gc_off,
             "govern, no kernel port filter": variant(kernel_filter=False),
             "govern, one dump per family": variant(one_walk=False),
             "netlink dump alone (no parsing)": dump_only,
@@ -359,6 +373,34 @@ class Population:
             self.lab.down()
 
 
+def meminfo(key: str) -> int:
+    """A /proc/meminfo value in bytes (host-wide)."""
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def memory_note(pop: Population, avail_before: int) -> str:
+    """What holding the connections costs: the helper processes' RSS and the host's memory that went."""
+    rss = 0
+    for p in pop.servers + pop.clients:
+        with contextlib.suppress(OSError), open(f"/proc/{p.pid}/status") as f:
+            rss += next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
+    used = avail_before - meminfo("MemAvailable")
+    # /proc/net/sockstat's TCP "alloc" (sockets) and "mem" (pages of socket buffers) are host-wide counters.
+    with open("/proc/net/sockstat") as f:
+        tcp = next((line.split() for line in f if line.startswith("TCP:")), [])
+    fields = dict(zip(tcp[1::2], tcp[2::2], strict=False))
+    buffers = int(fields.get("mem", "0")) * os.sysconf("SC_PAGE_SIZE")
+    return (
+        f"memory: {len(pop.servers) + len(pop.clients)} helper processes {rss / 2**20:,.0f} MB RSS; "
+        f"host MemAvailable down {used / 2**20:,.0f} MB since before the set-up; host TCP sockets "
+        f"{fields.get('alloc', '?')}, their buffers {buffers / 2**20:,.0f} MB"
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sockets", type=int, nargs="+", default=[20000], help="socket counts to measure at")
@@ -382,6 +424,10 @@ def main() -> None:
         return
     if os.geteuid() != 0:
         sys.exit("bench_observer: needs root (network namespaces)")
+    # source_address() has 64,000 IPv4 sources (198.18.0-255.1-250) for three in four connections.
+    top = -(-(max(args.sockets) + args.other_sockets) // args.per_source)
+    if top - top // 4 > 64_000:
+        sys.exit(f"bench_observer: {top:,} sources needed, the bot ranges give at most 85,333")
 
     print(f"machine: {machine()}")
     print(f"command: {' '.join(['.venv/bin/python', *sys.argv])}")
@@ -390,6 +436,7 @@ def main() -> None:
     )
     print("no" if args.shared_hash else "yes")
     results: dict[int, dict[str, float]] = {}
+    avail_before = meminfo("MemAvailable")
     with Population(max(args.sockets), args.per_source, not args.shared_hash, args.other_sockets) as pop:
         if args.other_sockets:
             pop.grow(args.other_sockets, OTHER_PORT)
@@ -398,6 +445,7 @@ def main() -> None:
             t0 = time.monotonic()
             pop.grow(n)
             print(f"\n{n} sockets open ({time.monotonic() - t0:.1f} s to set up); medians of {args.reps} runs:")
+            print(memory_note(pop, avail_before))
             res = measure(pop.lab.mx.name, n, args.reps)
             results[n] = res
             for name, ms in res.items():
