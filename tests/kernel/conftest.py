@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import secrets
 from collections.abc import Iterator
 
 import pytest
 
+from govern.lab import topology
 from tests.netns import Lab
 
 
@@ -21,6 +23,16 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 @pytest.fixture
 def lab() -> Iterator[Lab]:
     lab = Lab()
+    try:
+        yield lab.up()
+    finally:
+        lab.down()
+
+
+@pytest.fixture(scope="module")
+def lab_module() -> Iterator[topology.Lab]:
+    """The product's flood-lab topology (govern.lab.topology) with a unique tag, once per test module."""
+    lab = topology.Lab(f"gvt-{secrets.token_hex(3)}")
     try:
         yield lab.up()
     finally:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import secrets
 import shutil
 import smtplib
 import socket
@@ -34,12 +33,9 @@ def masters_before() -> set[int]:
 
 
 @pytest.fixture(scope="module")
-def lab() -> Iterator[Lab]:
-    lab = Lab(f"gvt-{secrets.token_hex(3)}")
-    try:
-        yield lab.up()
-    finally:
-        lab.down()
+def lab(lab_module: Lab) -> Lab:
+    """The whole lab (router, mx, clients), shared by this module's tests."""
+    return lab_module
 
 
 @pytest.fixture(scope="module")

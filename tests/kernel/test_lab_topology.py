@@ -29,12 +29,9 @@ def sysctl(lab: Lab, role: str, key: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def lab() -> Iterator[Lab]:
-    lab = Lab(f"gvt-{secrets.token_hex(3)}")
-    try:
-        yield lab.up()
-    finally:
-        lab.down()
+def lab(lab_module: Lab) -> Lab:
+    """The whole lab (router, mx, clients), shared by this module's tests."""
+    return lab_module
 
 
 class Server:
