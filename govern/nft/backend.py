@@ -85,30 +85,40 @@ class NftBackend:
     def apply(self, plan: Plan, now: float) -> None:
         adds: list[ElemOp] = []
         drops: list[ElemOp] = []
-        held = {k: set(v) for k, v in self.held.items()}
+        # What this plan changes, consulted before `self.held` and merged into it only once the kernel has accepted
+        # the transaction: copying the held sets per plan would cost O(blocks) every tick.
+        changed: dict[tuple[str, Prefix], bool] = {}
+
+        def holds(name: str, p: Prefix) -> bool:
+            return changed.get((name, p), p in self.held[name])
+
         for a in plan.actions:
             block, throttle = _set("block", a.prefix), _set("throttle", a.prefix)
             if a.kind in (ActionKind.BLOCK, ActionKind.EXTEND):
                 # Adding an element the kernel holds replaces its timeout, so block and extend are one add.
                 adds.append(ElemOp(True, block, a.prefix, _ms(a.until - now)))
-                held[block].add(a.prefix)
-                if a.prefix in held[throttle]:
+                changed[block, a.prefix] = True
+                if holds(throttle, a.prefix):
                     drops.append(ElemOp(False, throttle, a.prefix))
-                    held[throttle].discard(a.prefix)
+                    changed[throttle, a.prefix] = False
             elif a.kind is ActionKind.THROTTLE:
                 adds.append(ElemOp(True, throttle, a.prefix, _ms(a.until - now)))
-                held[throttle].add(a.prefix)
+                changed[throttle, a.prefix] = True
             elif a.kind in (ActionKind.UNBLOCK, ActionKind.UNTHROTTLE):
                 name = block if a.kind is ActionKind.UNBLOCK else throttle
-                if a.prefix in held[name]:
+                if holds(name, a.prefix):
                     drops.append(ElemOp(False, name, a.prefix))
-                    held[name].discard(a.prefix)
+                    changed[name, a.prefix] = False
         # Releases first: a prefix replacing the blocks it covers must not overlap them, even for a moment within
         # the transaction. Deletes tolerate absence, since an element may have lapsed in the kernel a moment ago.
         ops = drops + adds
         if ops:
             self.nl.commit(ops, interval_sets=INTERVAL_SETS, missing_ok=True)
-        self.held = held
+        for (name, p), present in changed.items():
+            if present:
+                self.held[name].add(p)
+            else:
+                self.held[name].discard(p)
 
     def syn_counts(self) -> Mapping[Prefix, int]:
         out: dict[Prefix, int] = {}
