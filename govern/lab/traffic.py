@@ -807,16 +807,10 @@ async def _holder(
         if not first:
             tl.add("reconnects")
         first = False
-        try:
-            sock = _client_socket(src, dst)
-        except OSError as exc:
-            tl.error(exc)
-            await asyncio.sleep(opts.retry_delay)
+        sock = await _open(src, dst, opts.port, opts.timeout, opts.retry_delay, tl)
+        if sock is None:
             continue
         try:
-            if not await _connect(sock, dst, opts.port, opts.timeout, tl):
-                await asyncio.sleep(opts.retry_delay)
-                continue
             tl.hold(+1)
             since = time.monotonic()
             try:
@@ -840,6 +834,23 @@ async def _holder(
             await asyncio.sleep(opts.retry_delay)
 
 
+async def _open(
+    src: str, dst: str, port: int, timeout: float, retry_delay: float, tl: Timeline
+) -> socket.socket | None:
+    """A connected socket from `src`, or None (counted, after waiting `retry_delay`) when it could not connect."""
+    try:
+        sock = _client_socket(src, dst)
+    except OSError as exc:
+        tl.error(exc)
+        await asyncio.sleep(retry_delay)
+        return None
+    if not await _connect(sock, dst, port, timeout, tl):
+        sock.close()
+        await asyncio.sleep(retry_delay)
+        return None
+    return sock
+
+
 async def _reconnector(src: str, dst: str, opts: ReconnectOptions, tl: Timeline, delay: float) -> None:
     """One prolific source: connect, maybe read the banner, QUIT/close/reset, again, at most `rate` a second."""
     loop = asyncio.get_running_loop()
@@ -852,16 +863,10 @@ async def _reconnector(src: str, dst: str, opts: ReconnectOptions, tl: Timeline,
         if not first:
             tl.add("reconnects")
         first = False
-        try:
-            sock = _client_socket(src, dst)
-        except OSError as exc:
-            tl.error(exc)
-            await asyncio.sleep(opts.retry_delay)
+        sock = await _open(src, dst, opts.port, opts.timeout, opts.retry_delay, tl)
+        if sock is None:
             continue
         try:
-            if not await _connect(sock, dst, opts.port, opts.timeout, tl):
-                await asyncio.sleep(opts.retry_delay)
-                continue
             tl.hold(+1)
             try:
                 if opts.banner and not await _read_line(sock, opts.timeout, tl):
