@@ -82,7 +82,9 @@ def ruleset(config: Config, *, enforce: bool = True) -> str:
             # Converging an existing table: the rules and the port list are replaced, the sets keep their elements.
             f"flush chain {FAMILY} {TABLE} guard",
             f"flush set {FAMILY} {TABLE} ports",
-            f"add element {FAMILY} {TABLE} ports {{ {ports} }}",
+            # The ports go in with a set statement, not `add element`: that command makes libnftables read every set
+            # of the table first, block sets included (0.8-1.5 s at 100k blocks, against ~1 ms this way).
+            f"add set {FAMILY} {TABLE} ports {{ type inet_service; elements = {{ {ports} }}; }}",
             *(f"add rule {FAMILY} {TABLE} guard {r}" for r in rules),
         ]
     )
