@@ -25,6 +25,8 @@ app = typer.Typer(
 )
 config_app = typer.Typer(no_args_is_help=True, help="Check or show the configuration.")
 app.add_typer(config_app, name="config")
+wave_app = typer.Typer(no_args_is_help=True, help="The ride-the-wave emergency mode: switch it on, off, or look.")
+app.add_typer(wave_app, name="wave")
 lab_app = typer.Typer(
     no_args_is_help=True, help="The flood lab: a real Postfix under a bot flood in network namespaces, on this host."
 )
@@ -95,6 +97,8 @@ def status(config: ConfigOpt = None, as_json: JsonOpt = False, top: int = 10) ->
         return
     mode = st["mode"] + (" (DRY RUN: nothing enforced)" if st["dry_run"] else "")
     print(f"mode: {mode}   backend: {st['backend']}   uptime: {format_duration(max(st['uptime'], 1))}")
+    if st["mode"] != "normal":
+        print("  " + _mode_line(st["mode_detail"]))
     print(f"tick: {st['last_tick_ms']} ms   sources: {st['sources']}   sockets: {st['sockets']}")
     print(f"blocks: {st['blocks']}   throttles: {st['throttles']}   allowlist entries: {st['allowlist']}")
     print(
@@ -120,6 +124,50 @@ def status(config: ConfigOpt = None, as_json: JsonOpt = False, top: int = 10) ->
         )
 
 
+def _check_for(duration: str | None, lo: float, hi: float) -> None:
+    if duration is None:
+        return
+    try:
+        seconds = parse_duration(duration)
+    except ValueError as exc:
+        _fail(UsageError(f"--for: {exc}"))
+    if not lo <= seconds <= hi:
+        _fail(UsageError(f"--for: must be between {format_duration(lo)} and {format_duration(hi)}, got {duration!r}"))
+
+
+def _mode_line(m: dict[str, Any]) -> str:
+    since = time.strftime("%H:%M:%S", time.localtime(m["since"])) if m["since"] else "start"
+    who = "by the operator" if m["manual"] else "automatically"
+    ends = f", ends in {format_duration(max(m['ends_in'], 1))} unless renewed" if m["ends_in"] is not None else ""
+    return f"{m['mode']} since {since} ({who}{ends}): {m['reason'] or '-'}"
+
+
+@wave_app.command("on")
+def wave_on(
+    duration: Annotated[
+        str | None, typer.Option("--for", help="how long, e.g. 15m or 2h (default modes.wave_duration)")
+    ] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Switch the wave on now; it ends by itself after --for unless switched off first."""
+    _check_for(duration, 10, 7 * 86400)
+    reply = _ask(config, {"cmd": "wave", "action": "on", "duration": duration})
+    print(reply["message"])
+
+
+@wave_app.command("off")
+def wave_off(config: ConfigOpt = None) -> None:
+    """End the wave (or elevated mode) now; no automatic wave starts for modes.calm_for."""
+    print(_ask(config, {"cmd": "wave", "action": "off"})["message"])
+
+
+@wave_app.command("status")
+def wave_status(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
+    """The mode, why it was entered, and when it ends."""
+    m = _ask(config, {"cmd": "wave", "action": "status"})["mode"]
+    print(json.dumps(m, indent=2) if as_json else _mode_line(m))
+
+
 @app.command()
 def block(
     address: Annotated[str, typer.Argument(help="address or prefix, e.g. 198.51.100.7 or 2001:db8:bad::/48")],
@@ -131,11 +179,7 @@ def block(
 ) -> None:
     """Block an address or prefix on the protected ports (refused for allowlisted addresses)."""
     p = _prefix(address)
-    if duration is not None:
-        try:
-            parse_duration(duration)
-        except ValueError as exc:
-            _fail(UsageError(f"--for: {exc}"))
+    _check_for(duration, 1, 365 * 86400)
     reply = _ask(config, {"cmd": "block", "prefix": str(p), "duration": duration, "reason": reason})
     print(reply["message"])
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,14 @@ def _duration(lo: float, hi: float) -> Callable[[Any], float]:
         return s
 
     return check
+
+
+def _ratio(v: Any) -> float:
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        raise ValueError(f"expected a number between 0 and 1, got {_typename(v)}")
+    if not 0 < v <= 1:
+        raise ValueError(f"must be more than 0 and at most 1, got {v}")
+    return float(v)
 
 
 def _bool(v: Any) -> bool:
@@ -146,6 +154,40 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "forget_after": Key("7d", _duration(1, 365 * 86400), "offences older than this no longer lengthen blocks"),
         "end_sessions": Key(True, _bool, "destroy a blocked source's sockets and conntrack entries at once"),
     },
+    "modes": {
+        "auto": Key(True, _bool, "enter elevated and wave modes by themselves when the host is under pressure"),
+        "elevated_queue_fill": Key(0.5, _ratio, "a listener's accept queue this full (share of its backlog): elevated"),
+        "wave_queue_fill": Key(0.9, _ratio, "a listener's accept queue this full: wave"),
+        "elevated_listen_drops": Key(10, _int(1, 10_000_000), "connections the kernel dropped at a full queue, per s"),
+        "wave_listen_drops": Key(100, _int(1, 10_000_000), "listen drops per second that start a wave"),
+        "elevated_syn_recv": Key(256, _int(1, 10_000_000), "half-open connections (SYN_RECV) that mean elevated"),
+        "wave_syn_recv": Key(2048, _int(1, 10_000_000), "half-open connections that start a wave"),
+        "elevated_idle_share": Key(0.5, _ratio, "share of sessions idle and held by non-allowlisted sources: elevated"),
+        "wave_idle_share": Key(0.8, _ratio, "share of sessions idle and held by non-allowlisted sources: wave"),
+        "min_sessions": Key(20, _int(1, 10_000_000), "fewer sessions than this never count as idle pressure"),
+        "exit_ratio": Key(0.5, _ratio, "a mode holds while pressure stays above its entry thresholds times this"),
+        "calm_for": Key("1m", _duration(1, 86400), "pressure below what holds a mode this long: one mode down"),
+        "wave_duration": Key("30m", _duration(10, 7 * 86400), "a wave ends by itself after this unless renewed"),
+    },
+    "wave": {
+        "top_n": Key(50, _int(0, 1_000_000), "in a wave, this many of the most prolific sources are blocked at once"),
+        "max_connections_per_source": Key(10, _int(1, 1_000_000), "concurrent sockets per source during a wave"),
+        "max_new_per_minute": Key(30, _int(1, 10_000_000), "new connections per source per minute during a wave"),
+        "throttle_rate_per_minute": Key(4, _int(1, 1_000_000), "new connections a source throttled in a wave may open"),
+        "throttle_burst": Key(2, _int(1, 1_000_000), "connections such a source may open at once"),
+    },
+    "cut": {
+        "enabled": Key(True, _bool, "under pressure, end sessions on which a non-allowlisted client stays silent"),
+        "elevated_idle_after": Key("30s", _duration(1, 86400), "silent this long in elevated mode: the session is cut"),
+        "wave_idle_after": Key("5s", _duration(1, 86400), "silent this long during a wave: the session is cut"),
+    },
+    "aggregate": {
+        "enabled": Key(True, _bool, "block a whole prefix when many of its addresses are blocked"),
+        "ipv4_prefix": Key(24, _int(8, 31), "IPv4 blocks are gathered into prefixes of this length"),
+        "ipv4_min_blocked": Key(8, _int(2, 1 << 24), "blocked addresses in one such prefix that block all of it"),
+        "ipv6_prefix": Key(48, _int(16, 127), "IPv6 blocks are gathered into prefixes of this length"),
+        "ipv6_min_blocked": Key(8, _int(2, 1 << 24), "blocked sources in one such prefix that block all of it"),
+    },
     "daemon": {
         "tick": Key("1s", _duration(0.1, 60), "how often govern observes, decides and acts"),
         "state_dir": Key("/var/lib/govern", _abs_path, "durable state: active blocks, throttles, events"),
@@ -173,6 +215,7 @@ class Config:
 
     def policy(self, extra_allow: tuple[Prefix, ...] = ()) -> Policy:
         lim, thr, blk, pro = self["limits"], self["throttle"], self["block"], self["protect"]
+        md, wv, cut, agg = self["modes"], self["wave"], self["cut"], self["aggregate"]
         return Policy(
             ports=frozenset(pro["ports"]),
             v4_len=pro["ipv4_prefix"],
@@ -186,6 +229,27 @@ class Config:
             block_duration=blk["duration"],
             max_block_duration=blk["max_duration"],
             forget_after=blk["forget_after"],
+            modes=ModePolicy(
+                auto=md["auto"],
+                queue_fill=(md["elevated_queue_fill"], md["wave_queue_fill"]),
+                listen_drops=(md["elevated_listen_drops"], md["wave_listen_drops"]),
+                syn_recv=(md["elevated_syn_recv"], md["wave_syn_recv"]),
+                idle_share=(md["elevated_idle_share"], md["wave_idle_share"]),
+                min_sessions=md["min_sessions"],
+                exit_ratio=md["exit_ratio"],
+                calm_for=md["calm_for"],
+                wave_duration=md["wave_duration"],
+            ),
+            wave_top_n=wv["top_n"],
+            wave_max_connections=wv["max_connections_per_source"],
+            wave_max_new_per_minute=wv["max_new_per_minute"],
+            cut_idle_after=(cut["elevated_idle_after"], cut["wave_idle_after"]) if cut["enabled"] else None,
+            aggregate={
+                4: (agg["ipv4_prefix"], agg["ipv4_min_blocked"]),
+                6: (agg["ipv6_prefix"], agg["ipv6_min_blocked"]),
+            }
+            if agg["enabled"]
+            else {},
         )
 
     def to_toml(self) -> str:
@@ -198,6 +262,21 @@ class Config:
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return {s: dict(k) for s, k in self.raw.items()}
+
+
+@dataclass(frozen=True)
+class ModePolicy:
+    """When the host is under pressure: each threshold as (elevated, wave)."""
+
+    auto: bool = True
+    queue_fill: tuple[float, float] = (0.5, 0.9)
+    listen_drops: tuple[int, int] = (10, 100)  # per second
+    syn_recv: tuple[int, int] = (256, 2048)
+    idle_share: tuple[float, float] = (0.5, 0.8)
+    min_sessions: int = 20
+    exit_ratio: float = 0.5
+    calm_for: float = 60.0
+    wave_duration: float = 1800.0
 
 
 @dataclass(frozen=True)
@@ -216,6 +295,13 @@ class Policy:
     block_duration: float
     max_block_duration: float
     forget_after: float
+    modes: ModePolicy = field(default_factory=ModePolicy)
+    wave_top_n: int = 50
+    wave_max_connections: int = 10
+    wave_max_new_per_minute: int = 30
+    cut_idle_after: tuple[float, float] | None = (30.0, 5.0)  # (elevated, wave); None: never cut
+    aggregate: Mapping[int, tuple[int, int]] = field(default_factory=dict)  # version -> (prefix length, min blocked)
+    trust_factor: int = 1  # limits are this many times higher for sources that delivered recently
 
 
 def with_override(config: Config, section: str, key: str, value: Any) -> Config:
@@ -314,3 +400,15 @@ def _cross_check(v: Mapping[str, Mapping[str, Any]], path: str | None) -> None:
     for p in v["allow"]["cidrs"]:
         if p.length == 0:
             raise ConfigError(f"{p} would allow every address", path=path, key="allow.cidrs")
+    for name in ("queue_fill", "listen_drops", "syn_recv", "idle_share"):
+        if v["modes"][f"elevated_{name}"] > v["modes"][f"wave_{name}"]:
+            raise ConfigError(f"must not be below modes.elevated_{name}", path=path, key=f"modes.wave_{name}")
+    if v["cut"]["wave_idle_after"] > v["cut"]["elevated_idle_after"]:
+        raise ConfigError("must not be longer than cut.elevated_idle_after", path=path, key="cut.wave_idle_after")
+    for fam in ("ipv4", "ipv6"):
+        if v["aggregate"][f"{fam}_prefix"] >= v["protect"][f"{fam}_prefix"]:
+            raise ConfigError(
+                f"must be shorter than protect.{fam}_prefix ({v['protect'][f'{fam}_prefix']})",
+                path=path,
+                key=f"aggregate.{fam}_prefix",
+            )

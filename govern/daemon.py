@@ -23,10 +23,11 @@ from govern.addr import Prefix
 from govern.config import Config, Policy
 from govern.control import ControlServer, Request
 from govern.decide import decide, manual_block, manual_unblock, release_allowlisted
-from govern.durations import parse_duration
+from govern.durations import format_duration, parse_duration
 from govern.edges import Counters, Enforcer, SocketSource
 from govern.errors import GovernError, RefusedError, UsageError
-from govern.model import ActionKind, Plan, Snapshot, State
+from govern.model import ActionKind, Mode, ModeState, Plan, Snapshot, State
+from govern.modes import wave_off, wave_on
 from govern.observe.observer import Observer
 from govern.store import Store
 from govern.systemd import notify
@@ -75,6 +76,7 @@ class Governor:
         self.last_tick_ms = 0.0
         self.ticks = 0
         self.ended_sessions = 0
+        self.cut_sessions = 0
         self.forgotten_conntrack = 0
         self.totals: dict[str, int] = {}
         self._maintained = self.started
@@ -123,9 +125,17 @@ class Governor:
         except GovernError as exc:
             self.health.fail("act", exc)
             return False
+        previous = self.state.mode
         self.state.record(plan, now)
         for a in plan.actions:
             log.info("%s", a.describe())
+        if plan.mode is not None and plan.mode.mode is not previous.mode:
+            self._mode_changed(previous, plan.mode)
+        if plan.cuts:
+            try:
+                self.cut_sessions += self.sockets.cut({c.prefix: c.idle_ms for c in plan.cuts}, self.policy.ports)
+            except GovernError as exc:
+                self.health.fail("cut-sessions", exc)
         blocked = [a.prefix for a in plan.actions if a.kind is ActionKind.BLOCK]
         if blocked and self.config["block"]["end_sessions"]:
             try:
@@ -134,6 +144,10 @@ class Governor:
             except GovernError as exc:
                 self.health.fail("end-sessions", exc)
         return True
+
+    def _mode_changed(self, old: ModeState, new: ModeState) -> None:
+        until = f" until {time.strftime('%H:%M:%S', time.localtime(new.until))}" if new.until else ""
+        log.warning("mode %s -> %s%s: %s", old.mode, new.mode, until, new.reason)
 
     def _commit_recorded(self, plan: Plan, now: float) -> None:
         if plan:
@@ -180,13 +194,15 @@ class Governor:
                 return self._done(plan, f"unblocked {p}")
             if cmd == "allow":
                 return self._allow(body)
+            if cmd == "wave":
+                return self._wave(body)
             return {"ok": False, "error": f"unknown request {cmd!r}"}
         except (UsageError, RefusedError) as exc:
             return {"ok": False, "error": str(exc), "refused": True}
 
     def _block(self, body: dict[str, Any]) -> dict[str, Any]:
         p = Prefix.parse(str(body.get("prefix")))
-        dur = parse_duration(body["duration"]) if body.get("duration") else self.policy.block_duration
+        dur = _duration(body, self.policy.block_duration)
         reason = str(body.get("reason") or "blocked by the operator")
         plan = manual_block(p, self.state, self.policy, self.clock(), dur, reason)
         return self._done(plan, f"blocked {p} for {body.get('duration') or 'the default duration'}")
@@ -214,6 +230,45 @@ class Governor:
         if released:
             message += f"; lifted {len(released.actions)} block(s)/throttle(s)"
         return {"ok": True, "message": message}
+
+    def _wave(self, body: dict[str, Any]) -> dict[str, Any]:
+        now = self.clock()
+        action = body.get("action")
+        cur = self.state.mode
+        if action == "status":
+            return {"ok": True, "mode": self.mode_report()}
+        if action == "on":
+            dur = _duration(body, self.policy.modes.wave_duration)
+            new = wave_on(cur, self.policy.modes, now, dur)
+            message = f"wave on for {format_duration(dur)}"
+        elif action == "off":
+            if cur.mode is Mode.NORMAL:
+                raise RefusedError("no wave or elevated mode to switch off: the host is in normal mode")
+            new = wave_off(cur, self.policy.modes, now)
+            message = f"wave off; no automatic wave for {format_duration(self.policy.modes.calm_for)}"
+        else:
+            raise UsageError(f"unknown wave action {action!r}")
+        plan = Plan(mode=new)
+        if not self.enforcing:
+            self.execute(plan, now)
+            return {"ok": True, "message": f"dry run: {message}"}
+        if not self.execute(plan, now):
+            return {"ok": False, "error": "could not record the mode: " + self._last_act_error()}
+        return {"ok": True, "message": message, "mode": self.mode_report()}
+
+    def mode_report(self) -> dict[str, Any]:
+        m = self.state.mode
+        now = self.clock()
+        return {
+            "mode": m.mode.value,
+            "since": m.since,
+            "until": m.until,
+            "ends_in": round(m.until - now, 1) if m.until else None,
+            "reason": m.reason,
+            "manual": m.manual,
+            "auto": self.policy.modes.auto,
+            "no_auto_wave_until": m.quiet_until if m.quiet_until > now else None,
+        }
 
     def _done(self, plan: Plan, message: str) -> dict[str, Any]:
         if not self.enforcing:
@@ -261,7 +316,8 @@ class Governor:
             return "throttled" if p in self.state.throttles else ""
 
         return {
-            "mode": "normal",
+            "mode": self.state.mode.mode.value,
+            "mode_detail": self.mode_report(),
             "pid": os.getpid(),
             "dry_run": not self.enforcing,
             "backend": self.enforcer.name,
@@ -276,6 +332,7 @@ class Governor:
             "throttles": len(self.state.throttles),
             "allowlist": len(self.policy.allow),
             "ended_sessions": self.ended_sessions,
+            "cut_sessions": self.cut_sessions,
             "conntrack_forgotten": self.forgotten_conntrack,
             "listeners": [
                 {**ls._asdict(), "fill": round(ls.queued / ls.backlog, 3) if ls.backlog else 0.0}
@@ -287,6 +344,15 @@ class Governor:
             "last_errors": dict(self.health.last_error),
             "recent": [e.__dict__ for e in self.store.events(10)],
         }
+
+
+def _duration(body: dict[str, Any], default: float) -> float:
+    if not body.get("duration"):
+        return default
+    try:
+        return parse_duration(body["duration"])
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
 
 
 # -- wiring and the process ---------------------------------------------------------------------------------

@@ -15,16 +15,23 @@ Allowlisted sources are never throttled, blocked or extended; blocks and throttl
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 from govern.addr import Prefix
+from govern.aggregate import aggregate
 from govern.config import Policy
 from govern.durations import format_duration
 from govern.errors import RefusedError
-from govern.model import Action, ActionKind, Block, Plan, Snapshot, SourceStats, State
+from govern.model import Action, ActionKind, Block, Cut, Mode, Plan, Snapshot, SourceStats, State
+from govern.modes import measure, next_mode
 
 
 def decide(snap: Snapshot, state: State, policy: Policy, now: float) -> Plan:
-    """One tick's judgement: which sources to throttle, block, extend, and which blocks and throttles lapsed."""
+    """One tick's judgement: the mode, which sources to throttle, block, extend or cut, and what lapsed."""
+    pressure = measure(snap, policy)
+    new_mode = next_mode(state.mode, pressure, policy.modes, now)
+    mode = (new_mode or state.mode).mode
+    wave = mode is Mode.WAVE
     actions: list[Action] = []
     released: set[Prefix] = set()
     for p, b in state.blocks.items():
@@ -35,32 +42,94 @@ def decide(snap: Snapshot, state: State, policy: Policy, now: float) -> Plan:
         if t.until <= now:
             actions.append(Action(ActionKind.UNTHROTTLE, p, "expired"))
             released.add(p)
+        elif t.tight and not wave:
+            actions.append(Action(ActionKind.UNTHROTTLE, p, "the wave is over"))
+            released.add(p)
 
+    limits = Limits.of(policy, mode)
+    cut_after = policy.cut_idle_after[mode.level - 1] if policy.cut_idle_after and mode.level else None
+    trusted = snap.trusted
+    cuts: list[Cut] = []
+    ranked: list[tuple[int, int, Prefix, list[str]]] = []  # wave: sources over a limit, to block the top N
     block_lengths = _lengths(state.blocks)
     for p, s in snap.sources.items():
-        over = over_limits(s, policy)
-        if not over or p in released or policy.allow.intersects(p):
+        lim = limits.trusted if p in trusted else limits
+        over = over_limits(s, lim)
+        prolific = bool(over)
+        cut = cut_after is not None and s.max_idle_ms >= cut_after * lim.factor * 1000
+        if not (over or cut) or p in released or policy.allow.intersects(p):
             continue
         blocked = _covering(state.blocks, block_lengths, p)
         if blocked is not None:
-            ext = _extension(blocked, p, s, policy, now)
+            ext = _extension(blocked, p, s, policy, now) if over else None
             if ext is not None:
                 actions.append(ext)
             continue
-        throttle = state.throttles.get(p)
-        if throttle is None:
-            actions.append(Action(ActionKind.THROTTLE, p, "; ".join(over), until=now + policy.throttle_duration))
-        elif now - throttle.since >= policy.escalate_after:
-            offences = prior_offences(state, p, policy, now) + 1
-            dur = block_duration(offences, policy)
-            why = f"{'; '.join(over)}; still over after throttling"
-            if offences > 1:
-                why += f" (offence {offences}: {format_duration(dur)})"
-            actions.append(Action(ActionKind.BLOCK, p, why, until=now + dur, offences=offences))
-    return Plan(tuple(actions))
+        if cut and cut_after is not None:
+            wait = format_duration(s.max_idle_ms / 1000)
+            why = f"silent for {wait} while the host is under pressure ({mode})"
+            cuts.append(Cut(p, int(cut_after * lim.factor * 1000), why))
+            over.append(f"held a session silent for {wait} under pressure")
+        if wave and prolific and policy.wave_top_n:
+            ranked.append((s.held, s.new_per_minute, p, over))
+            continue
+        actions.extend(_ladder(p, over, state, policy, now, tight=wave))
+    if ranked:
+        ranked.sort(key=lambda r: (r[0], r[1]), reverse=True)
+        for i, (_held, _new, p, over) in enumerate(ranked):
+            if i < policy.wave_top_n:
+                offences = prior_offences(state, p, policy, now) + 1
+                why = f"wave: among the {policy.wave_top_n} most prolific sources; {'; '.join(over)}"
+                actions.append(
+                    Action(ActionKind.BLOCK, p, why, until=now + block_duration(offences, policy), offences=offences)
+                )
+            else:
+                actions.extend(_ladder(p, over, state, policy, now, tight=True))
+    if policy.aggregate:
+        actions = aggregate(actions, state, policy, now)
+    return Plan(tuple(actions), mode=new_mode, cuts=tuple(cuts))
 
 
-def over_limits(s: SourceStats, policy: Policy) -> list[str]:
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """The per-source limits in force: the mode's, and softer ones for sources that delivered mail recently."""
+
+    max_connections: int
+    max_new_per_minute: int
+    factor: int = 1
+    soft: Limits | None = None
+
+    @property
+    def trusted(self) -> Limits:
+        return self.soft or self
+
+    @staticmethod
+    def of(policy: Policy, mode: Mode) -> Limits:
+        if mode is Mode.WAVE:
+            conn, new = policy.wave_max_connections, policy.wave_max_new_per_minute
+        else:
+            conn, new = policy.max_connections, policy.max_new_per_minute
+        f = policy.trust_factor
+        soft = Limits(conn * f, new * f, f) if f > 1 else None
+        return Limits(conn, new, 1, soft)
+
+
+def _ladder(p: Prefix, over: list[str], state: State, policy: Policy, now: float, *, tight: bool) -> list[Action]:
+    """A source over a limit: throttled first; blocked if still over `escalate_after` later."""
+    throttle = state.throttles.get(p)
+    if throttle is None:
+        return [Action(ActionKind.THROTTLE, p, "; ".join(over), until=now + policy.throttle_duration, tight=tight)]
+    if now - throttle.since < policy.escalate_after:
+        return []
+    offences = prior_offences(state, p, policy, now) + 1
+    dur = block_duration(offences, policy)
+    why = f"{'; '.join(over)}; still over after throttling"
+    if offences > 1:
+        why += f" (offence {offences}: {format_duration(dur)})"
+    return [Action(ActionKind.BLOCK, p, why, until=now + dur, offences=offences)]
+
+
+def over_limits(s: SourceStats, policy: Policy | Limits) -> list[str]:
     """The limits a source is over, each as the sentence an operator reads."""
     out = []
     if s.held > policy.max_connections:

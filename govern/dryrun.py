@@ -29,8 +29,11 @@ class DryRun:
         self.inner.set_allow(allow)
 
     def apply(self, plan: Plan, now: float) -> None:
-        for a in plan.actions:
-            line = f"dry run: would {a.describe()}"
+        lines = [f"dry run: would {a.describe()}" for a in plan.actions]
+        lines += [f"dry run: would cut the idle sessions of {c.prefix}: {c.reason}" for c in plan.cuts]
+        if plan.mode is not None:
+            lines.append(f"dry run: mode {plan.mode.mode}: {plan.mode.reason}")
+        for line in lines:
             self.logged.append(line)
             log.info("%s", line)
 

@@ -19,6 +19,10 @@ class SocketSource(Protocol):
 
     def destroy(self, prefixes: Sequence[Prefix], ports: frozenset[int]) -> int: ...
 
+    def cut(self, idle_ms: Mapping[Prefix, int], ports: frozenset[int]) -> int:
+        """End the sessions of these sources idle (server waiting on a silent client) for at least `idle_ms`."""
+        ...
+
 
 class Enforcer(Protocol):
     """A firewall backend. `apply` commits a whole plan as one kernel transaction or raises, changing nothing."""

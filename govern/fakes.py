@@ -19,6 +19,7 @@ class FakeSockets:
 
     sources: dict[Prefix, SockCounts] = field(default_factory=dict)
     destroyed: list[Prefix] = field(default_factory=list)
+    cuts: list[dict[Prefix, int]] = field(default_factory=list)
 
     def scan(self, ports: frozenset[int], *, v4_len: int, v6_len: int, idle_after_ms: int) -> Scan:
         return Scan(sources=dict(self.sources), listeners=(), sockets=sum(c.held for c in self.sources.values()))
@@ -31,6 +32,18 @@ class FakeSockets:
         self.destroyed.extend(prefixes)
         return n
 
+    def cut(self, idle_ms: Mapping[Prefix, int], ports: frozenset[int]) -> int:
+        """Ends the idle sockets of each source whose longest wait reaches its threshold."""
+        self.cuts.append(dict(idle_ms))
+        n = 0
+        for p, ms in idle_ms.items():
+            c = self.sources.get(p)
+            if c is not None and c.idle and c.max_idle_ms >= ms:
+                n += c.idle
+                left = c._replace(held=c.held - c.idle, established=c.established - c.idle, idle=0, max_idle_ms=0)
+                self.sources[p] = left
+        return n
+
 
 @dataclass
 class FakeEnforcer:
@@ -39,6 +52,7 @@ class FakeEnforcer:
     name: str = "fake"
     blocks: dict[Prefix, float] = field(default_factory=dict)
     throttles: dict[Prefix, float] = field(default_factory=dict)
+    tight: set[Prefix] = field(default_factory=set)  # throttles at the wave's rate
     allow: set[Prefix] = field(default_factory=set)
     syn: dict[Prefix, int] = field(default_factory=dict)
     fail_next: bool = False
@@ -65,12 +79,16 @@ class FakeEnforcer:
             if a.kind in (ActionKind.BLOCK, ActionKind.EXTEND):
                 self.blocks[a.prefix] = a.until
                 self.throttles.pop(a.prefix, None)
+                self.tight.discard(a.prefix)
             elif a.kind is ActionKind.THROTTLE:
                 self.throttles[a.prefix] = a.until
+                if a.tight:
+                    self.tight.add(a.prefix)
             elif a.kind is ActionKind.UNBLOCK:
                 self.blocks.pop(a.prefix, None)
             elif a.kind is ActionKind.UNTHROTTLE:
                 self.throttles.pop(a.prefix, None)
+                self.tight.discard(a.prefix)
 
     def syn_counts(self) -> Mapping[Prefix, int]:
         return dict(self.syn)

@@ -44,6 +44,39 @@ class Snapshot:
     sources: Mapping[Prefix, SourceStats]
     listeners: tuple[ListenerStats, ...] = ()
     counters: Mapping[str, int] = field(default_factory=dict)  # TcpExt deltas since the previous snapshot
+    trusted: frozenset[Prefix] = frozenset()  # sources (groups) that delivered mail recently: softer limits
+
+
+class Mode(StrEnum):
+    """The host's posture: how hard govern leans on sources that are not allowlisted."""
+
+    NORMAL = "normal"
+    ELEVATED = "elevated"  # under pressure: idle sessions are cut
+    WAVE = "wave"  # ride the wave: tighter limits, the most prolific blocked at once, short idle cuts
+
+    @property
+    def level(self) -> int:
+        return _MODE_LEVEL[self]
+
+    @staticmethod
+    def of(level: int) -> Mode:
+        return (Mode.NORMAL, Mode.ELEVATED, Mode.WAVE)[max(0, min(level, 2))]
+
+
+_MODE_LEVEL = {Mode.NORMAL: 0, Mode.ELEVATED: 1, Mode.WAVE: 2}
+
+
+@dataclass(frozen=True, slots=True)
+class ModeState:
+    """The current mode, why, and until when. Durable: a wave survives a daemon restart."""
+
+    mode: Mode = Mode.NORMAL
+    since: float = 0.0
+    until: float = 0.0  # a wave lapses at this time unless renewed (0: no timer)
+    reason: str = ""
+    manual: bool = False  # switched on by the operator: ends by its timer or `govern wave off`, not by calm
+    calm_since: float = 0.0  # when pressure last fell below what holds this mode (0: it has not)
+    quiet_until: float = 0.0  # after `govern wave off`: no automatic wave before this time
 
 
 class ActionKind(StrEnum):
@@ -67,9 +100,19 @@ class Action:
     until: float = 0.0  # epoch seconds the block or throttle lapses (kernel timeout); 0 for releases
     offences: int = 0
     manual: bool = False  # asked for by the operator; the automatic ladder never extends or shortens it
+    tight: bool = False  # a throttle at the wave's tighter rate
 
     def describe(self) -> str:
         return f"{self.kind} {self.prefix}: {self.reason}"
+
+
+@dataclass(frozen=True, slots=True)
+class Cut:
+    """End this source's sessions on which the server has waited on a silent client for at least `idle_ms`."""
+
+    prefix: Prefix
+    idle_ms: int
+    reason: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,9 +120,11 @@ class Plan:
     """What one tick decided. Empty plans are common and cheap."""
 
     actions: tuple[Action, ...] = ()
+    mode: ModeState | None = None  # a change of mode (or of its timer), None when it stays as it is
+    cuts: tuple[Cut, ...] = ()  # sessions to end: not kernel state, so neither stored nor replayed
 
     def __bool__(self) -> bool:
-        return bool(self.actions)
+        return bool(self.actions) or self.mode is not None or bool(self.cuts)
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +143,7 @@ class Throttle:
     reason: str
     since: float
     until: float
+    tight: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,9 +161,12 @@ class State:
     blocks: dict[Prefix, Block] = field(default_factory=dict)
     throttles: dict[Prefix, Throttle] = field(default_factory=dict)
     offenders: dict[Prefix, Offender] = field(default_factory=dict)
+    mode: ModeState = field(default_factory=ModeState)
 
     def record(self, plan: Plan, now: float) -> None:
         """Bring the state in line with a plan the kernel has accepted."""
+        if plan.mode is not None:
+            self.mode = plan.mode
         for a in plan.actions:
             if a.kind is ActionKind.BLOCK or a.kind is ActionKind.EXTEND:
                 old = self.blocks.get(a.prefix)
@@ -128,7 +177,7 @@ class State:
                 if a.offences:
                     self.offenders[a.prefix] = Offender(a.offences, now)
             elif a.kind is ActionKind.THROTTLE:
-                self.throttles[a.prefix] = Throttle(a.prefix, a.reason, now, a.until)
+                self.throttles[a.prefix] = Throttle(a.prefix, a.reason, now, a.until, a.tight)
             elif a.kind is ActionKind.UNBLOCK:
                 self.blocks.pop(a.prefix, None)
             elif a.kind is ActionKind.UNTHROTTLE:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from govern.addr import Prefix
 from govern.errors import GovernError
-from govern.model import Action, ActionKind, Block, Offender, Plan, State, Throttle
+from govern.model import Action, ActionKind, Block, Mode, ModeState, Offender, Plan, State, Throttle
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS blocks (
@@ -24,6 +24,9 @@ CREATE TABLE IF NOT EXISTS blocks (
     offences INTEGER NOT NULL, manual INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS throttles (
     prefix TEXT PRIMARY KEY, reason TEXT NOT NULL, since REAL NOT NULL, until REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS mode (
+    id INTEGER PRIMARY KEY CHECK (id = 1), mode TEXT NOT NULL, since REAL NOT NULL, until REAL NOT NULL,
+    reason TEXT NOT NULL, manual INTEGER NOT NULL, calm_since REAL NOT NULL, quiet_until REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS offenders (prefix TEXT PRIMARY KEY, offences INTEGER NOT NULL, last REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS allow (prefix TEXT PRIMARY KEY, since REAL NOT NULL, note TEXT NOT NULL DEFAULT '');
 CREATE TABLE IF NOT EXISTS events (
@@ -59,6 +62,9 @@ class Store:
             # keeps enforcing meanwhile and start-up adopts what it holds.
             self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.executescript(SCHEMA)
+            columns = {r[1] for r in self.db.execute("PRAGMA table_info(throttles)")}
+            if "tight" not in columns:  # a state directory from before the wave mode
+                self.db.execute("ALTER TABLE throttles ADD COLUMN tight INTEGER NOT NULL DEFAULT 0")
         except (OSError, sqlite3.Error) as exc:
             raise StoreError(f"cannot open state store in {state_dir}: {exc}") from None
 
@@ -70,9 +76,15 @@ class Store:
         for p, reason, since, until, off, manual in self.db.execute("SELECT * FROM blocks"):
             pre = Prefix.parse(p)
             st.blocks[pre] = Block(pre, reason, since, until, off, bool(manual))
-        for p, reason, since, until in self.db.execute("SELECT * FROM throttles"):
+        for p, reason, since, until, tight in self.db.execute(
+            "SELECT prefix, reason, since, until, tight FROM throttles"
+        ):
             pre = Prefix.parse(p)
-            st.throttles[pre] = Throttle(pre, reason, since, until)
+            st.throttles[pre] = Throttle(pre, reason, since, until, bool(tight))
+        row = self.db.execute("SELECT mode, since, until, reason, manual, calm_since, quiet_until FROM mode").fetchone()
+        if row is not None:
+            mode, since, until, reason, manual, calm, quiet = row
+            st.mode = ModeState(Mode(mode), since, until, reason, bool(manual), calm, quiet)
         for p, off, last in self.db.execute("SELECT * FROM offenders"):
             st.offenders[Prefix.parse(p)] = Offender(off, last)
         return st
@@ -84,6 +96,8 @@ class Store:
         cur.execute("BEGIN IMMEDIATE")
         try:
             self._write(cur, plan.actions, now)
+            if plan.mode is not None:
+                self._write_mode(cur, plan.mode, now)
             yield
         except BaseException:
             cur.execute("ROLLBACK")
@@ -109,7 +123,7 @@ class Store:
                 if a.offences:
                     offenders.append((p, a.offences, now))
             elif a.kind is ActionKind.THROTTLE:
-                throttles.append((p, a.reason, now, a.until))
+                throttles.append((p, a.reason, now, a.until, int(a.tight)))
             elif a.kind is ActionKind.UNBLOCK:
                 unblocks.append((p,))
             elif a.kind is ActionKind.UNTHROTTLE:
@@ -117,9 +131,23 @@ class Store:
         cur.executemany("DELETE FROM blocks WHERE prefix=?", unblocks)
         cur.executemany("DELETE FROM throttles WHERE prefix=?", unthrottles)
         cur.executemany("INSERT OR REPLACE INTO blocks VALUES (?,?,?,?,?,?)", blocks)
-        cur.executemany("INSERT OR REPLACE INTO throttles VALUES (?,?,?,?)", throttles)
+        cur.executemany(
+            "INSERT OR REPLACE INTO throttles(prefix, reason, since, until, tight) VALUES (?,?,?,?,?)", throttles
+        )
         cur.executemany("INSERT OR REPLACE INTO offenders VALUES (?,?,?)", offenders)
         cur.executemany("INSERT INTO events(at, kind, prefix, reason, until) VALUES (?,?,?,?,?)", events)
+
+    def _write_mode(self, cur: sqlite3.Cursor, m: ModeState, now: float) -> None:
+        old = cur.execute("SELECT mode FROM mode").fetchone()
+        cur.execute(
+            "INSERT OR REPLACE INTO mode VALUES (1,?,?,?,?,?,?,?)",
+            (m.mode.value, m.since, m.until, m.reason, int(m.manual), m.calm_since, m.quiet_until),
+        )
+        if old is None or old[0] != m.mode.value:
+            cur.execute(
+                "INSERT INTO events(at, kind, prefix, reason, until) VALUES (?,?,?,?,?)",
+                (now, f"mode {m.mode.value}", "", m.reason, m.until),
+            )
 
     def forget_offenders(self, before: float) -> int:
         return self.db.execute("DELETE FROM offenders WHERE last < ?", (before,)).rowcount

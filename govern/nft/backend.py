@@ -32,7 +32,9 @@ class NftBackend:
         self.enforce = enforce
         self.nft = Nft()
         self.nl = NftNetlink(table=TABLE)
-        self.held: dict[str, set[Prefix]] = {s: set() for s in ("block4", "block6", "throttle4", "throttle6")}
+        self.held: dict[str, set[Prefix]] = {
+            s: set() for s in ("block4", "block6", "throttle4", "throttle6", "tight4", "tight6")
+        }
         self.allow: dict[str, set[Prefix]] = {"allow4": set(), "allow6": set()}
         self.v4_len, self.v6_len = 32, 64
         self.ports: frozenset[int] = frozenset()
@@ -52,7 +54,10 @@ class NftBackend:
         self.set_allow(allow)
         adopted: list[Action] = []
         ops: list[ElemOp] = []
-        for kind, wanted in (("block", state.blocks), ("throttle", state.throttles)):
+        normal = {p: t for p, t in state.throttles.items() if not t.tight}
+        tight = {p: t for p, t in state.throttles.items() if t.tight}
+        sets = (("block", state.blocks), ("throttle", normal), ("tight", tight))
+        for kind, wanted in sets:
             for v in (4, 6):
                 name = f"{kind}{v}"
                 in_kernel = {e.prefix: e.expires_ms for e in self.nl.dump_set(name)}
@@ -64,7 +69,8 @@ class NftBackend:
                 for p, left in in_kernel.items():
                     if p not in wanted:
                         akind = ActionKind.BLOCK if kind == "block" else ActionKind.THROTTLE
-                        adopted.append(Action(akind, p, "found in the kernel at start-up", until=now + left / 1000))
+                        why = "found in the kernel at start-up"
+                        adopted.append(Action(akind, p, why, until=now + left / 1000, tight=kind == "tight"))
         if ops:
             self.nl.commit(ops, interval_sets=INTERVAL_SETS)
         log.info("restored %d elements into the kernel, adopted %d found there", len(ops), len(adopted))
@@ -92,23 +98,30 @@ class NftBackend:
         def holds(name: str, p: Prefix) -> bool:
             return changed.get((name, p), p in self.held[name])
 
+        def drop(name: str, p: Prefix) -> None:
+            if holds(name, p):
+                drops.append(ElemOp(False, name, p))
+                changed[name, p] = False
+
         for a in plan.actions:
-            block, throttle = _set("block", a.prefix), _set("throttle", a.prefix)
+            p = a.prefix
+            block, throttles = _set("block", p), (_set("throttle", p), _set("tight", p))
             if a.kind in (ActionKind.BLOCK, ActionKind.EXTEND):
                 # Adding an element the kernel holds replaces its timeout, so block and extend are one add.
-                adds.append(ElemOp(True, block, a.prefix, _ms(a.until - now)))
-                changed[block, a.prefix] = True
-                if holds(throttle, a.prefix):
-                    drops.append(ElemOp(False, throttle, a.prefix))
-                    changed[throttle, a.prefix] = False
+                adds.append(ElemOp(True, block, p, _ms(a.until - now)))
+                changed[block, p] = True
+                for name in throttles:
+                    drop(name, p)
             elif a.kind is ActionKind.THROTTLE:
-                adds.append(ElemOp(True, throttle, a.prefix, _ms(a.until - now)))
-                changed[throttle, a.prefix] = True
-            elif a.kind in (ActionKind.UNBLOCK, ActionKind.UNTHROTTLE):
-                name = block if a.kind is ActionKind.UNBLOCK else throttle
-                if holds(name, a.prefix):
-                    drops.append(ElemOp(False, name, a.prefix))
-                    changed[name, a.prefix] = False
+                name, other = throttles[::-1] if a.tight else throttles
+                adds.append(ElemOp(True, name, p, _ms(a.until - now)))
+                changed[name, p] = True
+                drop(other, p)
+            elif a.kind is ActionKind.UNBLOCK:
+                drop(block, p)
+            elif a.kind is ActionKind.UNTHROTTLE:
+                for name in throttles:
+                    drop(name, p)
         # Releases first: a prefix replacing the blocks it covers must not overlap them, even for a moment within
         # the transaction. Deletes tolerate absence, since an element may have lapsed in the kernel a moment ago.
         ops = drops + adds

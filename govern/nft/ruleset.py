@@ -14,7 +14,7 @@ from govern.config import Config
 
 TABLE = "govern"
 FAMILY = "inet"
-INTERVAL_SETS = frozenset({"allow4", "allow6", "block4", "block6", "throttle4", "throttle6"})
+INTERVAL_SETS = frozenset({"allow4", "allow6", "block4", "block6", "throttle4", "throttle6", "tight4", "tight6"})
 # Counting sets forget a source two minutes after its last SYN: the rate window is one minute.
 SEEN_TIMEOUT = "2m"
 SEEN_SIZE = 262144
@@ -41,6 +41,8 @@ def ruleset(config: Config, *, enforce: bool = True) -> str:
     k4, k6 = _key(4, config["protect"]["ipv4_prefix"]), _key(6, config["protect"]["ipv6_prefix"])
     thr = config["throttle"]
     limit = f"limit rate over {thr['rate_per_minute']}/minute burst {thr['burst']} packets"
+    wave = config["wave"]
+    tight = f"limit rate over {wave['throttle_rate_per_minute']}/minute burst {wave['throttle_burst']} packets"
     syn = "tcp flags syn / syn,ack"
     local = "fib daddr type local"
     rules = [
@@ -60,6 +62,9 @@ def ruleset(config: Config, *, enforce: bool = True) -> str:
             f"tcp dport @ports {local} ip6 saddr @block6 drop",
             f"tcp dport @ports {syn} {local} ip saddr @throttle4 update @rate4 {{ {k4} {limit} }} drop",
             f"tcp dport @ports {syn} {local} ip6 saddr @throttle6 update @rate6 {{ {k6} {limit} }} drop",
+            # Throttled during a wave: the same, at the wave's tighter rate.
+            f"tcp dport @ports {syn} {local} ip saddr @tight4 update @trate4 {{ {k4} {tight} }} drop",
+            f"tcp dport @ports {syn} {local} ip6 saddr @tight6 update @trate6 {{ {k6} {tight} }} drop",
         ]
     sets = [
         "set ports { type inet_service; }",
@@ -69,9 +74,14 @@ def ruleset(config: Config, *, enforce: bool = True) -> str:
         "set block6 { type ipv6_addr; flags interval,timeout; }",
         "set throttle4 { type ipv4_addr; flags interval,timeout; }",
         "set throttle6 { type ipv6_addr; flags interval,timeout; }",
+        "set tight4 { type ipv4_addr; flags interval,timeout; }",
+        "set tight6 { type ipv6_addr; flags interval,timeout; }",
     ]
-    for name, typ in (("seen4", "ipv4_addr"), ("seen6", "ipv6_addr"), ("rate4", "ipv4_addr"), ("rate6", "ipv6_addr")):
-        sets.append(f"set {name} {{ type {typ}; size {SEEN_SIZE}; flags dynamic,timeout; timeout {SEEN_TIMEOUT}; }}")
+    for name in ("seen", "rate", "trate"):
+        for v, typ in ((4, "ipv4_addr"), (6, "ipv6_addr")):
+            sets.append(
+                f"set {name}{v} {{ type {typ}; size {SEEN_SIZE}; flags dynamic,timeout; timeout {SEEN_TIMEOUT}; }}"
+            )
     for name, conn in (("syn4", CONN4), ("syn6", CONN6)):
         sets.append(f"set {name} {{ typeof {conn}; size {SYN_SIZE}; flags dynamic,timeout; timeout {SYN_TIMEOUT}; }}")
     body = "\n".join(

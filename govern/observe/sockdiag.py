@@ -32,7 +32,7 @@ import errno
 import socket
 import struct
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import compress, filterfalse, repeat
 from typing import Any, NamedTuple, cast
@@ -267,7 +267,7 @@ class ScanParser:
                     if state == established:
                         est(key)
                         if hdr != info_hdr:
-                            sent, recv, segs_out = self._info_walk(buf, off, mlen)
+                            sent, recv, segs_out = _info(buf, off, mlen)
                         if recv >= sent >= idle_after and segs_out:
                             idle_key(key)
                             idle_wait(sent)
@@ -337,7 +337,7 @@ class ScanParser:
             key = dst[:8] if self._v6_len <= 64 else dst
         if state == TCP_ESTABLISHED:
             self._est.append(key)
-            sent, recv, segs_out = self._info_walk(buf, off, mlen)
+            sent, recv, segs_out = _info(buf, off, mlen)
             if recv >= sent >= self._idle_after and segs_out:
                 self._idle_keys.append(key)
                 self._idle_waits.append(sent)
@@ -364,13 +364,6 @@ class ScanParser:
                 return a - off, alen | (atype << 16)
             a += (alen + 3) & ~3
         return 0, 0
-
-    def _info_walk(self, buf: bytes | bytearray | memoryview, off: int, mlen: int) -> tuple[int, int, int]:
-        at, _hdr = self._find_info(buf, off, mlen)
-        if not at:
-            return 0, 0, 0
-        _h, sent, recv, segs_out = _INFO.unpack_from(buf, off + at)
-        return sent, recv, segs_out
 
     def _listener(self, buf: bytes | bytearray | memoryview, off: int) -> None:
         _l, _t, fam, _state, sport_be, src, _dst = _MSG.unpack_from(buf, off)
@@ -620,11 +613,48 @@ class SockDiag:
         """
         if not prefixes or not ports:
             return 0
-        _check_ports(ports)
         wanted = PrefixSet(prefixes)
+        return self._destroy_matching(ports, _STATES_DESTROY, 0, lambda remote, _info: wanted.covers(remote))
+
+    def cut(self, idle_ms: Mapping[Prefix, int], ports: frozenset[int]) -> int:
+        """SOCK_DESTROY the ESTABLISHED sockets on `ports` of these sources on which the server has waited on a
+        silent client (as `Scan` counts idle) for at least the source's `idle_ms`. Returns how many went."""
+        if not idle_ms or not ports:
+            return 0
+        lengths = sorted({(p.version, p.length) for p in idle_ms}, reverse=True)
+
+        def threshold(remote: Prefix) -> int | None:
+            for version, length in lengths:
+                if version == remote.version:
+                    shift = remote.bits - length
+                    hit = idle_ms.get(Prefix(version, (remote.value >> shift) << shift, length))
+                    if hit is not None:
+                        return hit
+            return None
+
+        def idle(remote: Prefix, info: tuple[int, int, int]) -> bool:
+            limit = threshold(remote)
+            sent, recv, segs_out = info
+            return limit is not None and recv >= sent >= limit and segs_out > 0
+
+        return self._destroy_matching(ports, 1 << TCP_ESTABLISHED, _EXT_INFO, idle, per_socket=True)
+
+    def _destroy_matching(
+        self,
+        ports: frozenset[int],
+        states: int,
+        ext: int,
+        match: Callable[[Prefix, tuple[int, int, int]], bool],
+        *,
+        per_socket: bool = False,
+    ) -> int:
+        """Dump the sockets on `ports` in `states`, and SOCK_DESTROY those `match` picks by remote address (and,
+        with `per_socket`, by their tcp_info's last data sent, last data received and data segments out)."""
+        _check_ports(ports)
         ports_be = frozenset(socket.htons(p) for p in ports)
         targets: list[bytes] = []
         seen: dict[tuple[int, bytes], bool] = {}
+        no_info = (0, 0, 0)
 
         def collect(buf: bytes | bytearray | memoryview, size: int) -> bool:
             off = 0
@@ -640,9 +670,12 @@ class SockDiag:
                 if mtype in _DIAG_TYPES and mlen >= _DIAG_MSG_END:
                     _l, _t, fam, state, sport_be, _src, dst = _MSG.unpack_from(buf, off)
                     if sport_be in ports_be and state != TCP_LISTEN and state != TCP_TIME_WAIT:
-                        hit = seen.get((fam, dst))
-                        if hit is None:
-                            hit = seen[fam, dst] = wanted.covers(_remote(fam, dst))
+                        if per_socket:
+                            hit = match(_remote(fam, dst), _info(buf, off, mlen))
+                        elif (fam, dst) in seen:
+                            hit = seen[fam, dst]
+                        else:
+                            hit = seen[fam, dst] = match(_remote(fam, dst), no_info)
                         if hit:
                             # The dump's own sockid, cookie included: the kernel destroys that very socket or,
                             # if it is gone, none (a new socket on the same 4-tuple has another cookie).
@@ -651,7 +684,7 @@ class SockDiag:
                 off += (mlen + 3) & ~3
             return False
 
-        self._dump_all(ports, _STATES_DESTROY, 0, collect)
+        self._dump_all(ports, states, ext, collect)
         return self._destroy(targets)
 
     # --- netlink plumbing ---
@@ -772,6 +805,15 @@ class SockDiag:
         if failure:
             raise KernelError(f"sock_diag destroy refused ({destroyed} destroyed): {_strerror(failure)}", failure)
         return destroyed
+
+
+def _info(buf: bytes | bytearray | memoryview, off: int, mlen: int) -> tuple[int, int, int]:
+    """tcpi_last_data_sent, tcpi_last_data_recv, tcpi_data_segs_out of one message ((0, 0, 0) without tcp_info)."""
+    at, _hdr = ScanParser._find_info(buf, off, mlen)
+    if not at:
+        return 0, 0, 0
+    _h, sent, recv, segs_out = _INFO.unpack_from(buf, off + at)
+    return sent, recv, segs_out
 
 
 def _remote(family: int, dst: bytes) -> Prefix:

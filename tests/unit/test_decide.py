@@ -18,8 +18,10 @@ TRUSTED = Prefix.parse("192.0.2.10")
 
 
 def policy(**limits: object) -> config.Policy:
+    """The ladder in normal mode: automatic modes off, so a snapshot's pressure cannot start a wave here (that
+    is tests/unit/test_modes.py's subject)."""
     return config.from_mapping(
-        {"allow": {"cidrs": ["192.0.2.0/24", "2001:db8:2::/48"]}, "limits": dict(limits)}
+        {"allow": {"cidrs": ["192.0.2.0/24", "2001:db8:2::/48"]}, "limits": dict(limits), "modes": {"auto": False}}
     ).policy()
 
 

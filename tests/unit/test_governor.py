@@ -19,7 +19,12 @@ TRUSTED = Prefix.parse("192.0.2.10")
 
 
 def make(tmp_path: Path, **over: object) -> tuple[Governor, FakeSockets, FakeEnforcer, FakeClock]:
-    data = {"allow": {"cidrs": ["192.0.2.0/24"]}, "daemon": {"state_dir": str(tmp_path / "state")}}
+    # Automatic modes off unless a test asks: these tests follow the normal-mode ladder tick by tick.
+    data = {
+        "allow": {"cidrs": ["192.0.2.0/24"]},
+        "daemon": {"state_dir": str(tmp_path / "state")},
+        "modes": {"auto": False},
+    }
     for k, v in over.items():
         section, key = k.split("__")
         data.setdefault(section, {})[key] = v  # type: ignore[index]

@@ -1,0 +1,119 @@
+"""The host's mode (normal -> elevated -> wave) and the pressure that moves it: pure, like the rest of the core.
+
+Pressure is read from one Snapshot: the fullest accept queue of a protected listener, the connections the kernel
+dropped at a full queue (ListenDrops) per second, half-open connections (SYN_RECV), and the share of the MTA's
+sessions that non-allowlisted clients hold while saying nothing. Each gives a level (0, 1 elevated, 2 wave);
+the highest counts.
+
+Hysteresis, so a flood that pulses does not flap the mode:
+- a mode is entered as soon as pressure reaches its entry thresholds;
+- it holds while pressure stays above the entry thresholds times `exit_ratio`;
+- below that for `calm_for`, it steps down one mode (and may step again after another `calm_for`).
+A wave also has a timer (`wave_duration`), renewed while pressure stays at wave level, so a wave the daemon can no
+longer judge ends by itself. A wave switched on by hand ends by its timer or `govern wave off`, not by calm; after
+`wave off`, no automatic wave starts for `calm_for`, so the operator's word holds for a while.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from govern.config import ModePolicy, Policy
+from govern.durations import format_duration
+from govern.model import Mode, ModeState, Snapshot
+
+
+@dataclass(frozen=True, slots=True)
+class Pressure:
+    level: int  # reached with the entry thresholds
+    holds: int  # reached with the entry thresholds times exit_ratio: the mode that may stay
+    reasons: tuple[str, ...]
+    queue_fill: float
+    listen_drops_per_s: float
+    syn_recv: int
+    idle_share: float
+
+
+def measure(snap: Snapshot, policy: Policy) -> Pressure:
+    mp = policy.modes
+    fill = max((ls.queued / ls.backlog for ls in snap.listeners if ls.backlog > 0), default=0.0)
+    drops = snap.counters.get("ListenDrops", 0) or snap.counters.get("ListenOverflows", 0)
+    drops_per_s = drops / snap.interval if snap.interval > 0 else 0.0
+    syn_recv = 0
+    established = 0
+    idle_foreign = 0
+    allow = policy.allow
+    for p, s in snap.sources.items():
+        syn_recv += s.syn_recv
+        established += s.established
+        if s.idle and not allow.intersects(p):
+            idle_foreign += s.idle
+    idle_share = idle_foreign / established if established >= mp.min_sessions else 0.0
+    figures = (
+        ("queue_fill", fill, mp.queue_fill, "accept queue {:.0%} full"),
+        ("listen_drops", drops_per_s, mp.listen_drops, "{:.0f} connections/s dropped at a full listen queue"),
+        ("syn_recv", syn_recv, mp.syn_recv, "{} half-open connections"),
+        ("idle_share", idle_share, mp.idle_share, "{:.0%} of sessions held silent by non-allowlisted clients"),
+    )
+    level = holds = 0
+    reasons = []
+    for _name, value, (elevated, wave), text in figures:
+        lv = 2 if value >= wave else 1 if value >= elevated else 0
+        hv = 2 if value >= wave * mp.exit_ratio else 1 if value >= elevated * mp.exit_ratio else 0
+        if lv:
+            reasons.append(text.format(value))
+        level, holds = max(level, lv), max(holds, hv)
+    return Pressure(level, holds, tuple(reasons), fill, drops_per_s, syn_recv, idle_share)
+
+
+def next_mode(cur: ModeState, pr: Pressure, mp: ModePolicy, now: float) -> ModeState | None:
+    """The mode after this tick's pressure, or None if it stays as it is (timers included)."""
+    level = cur.mode.level
+    if cur.mode is Mode.WAVE and cur.until <= now:
+        if pr.level < 2 or cur.manual or not mp.auto:
+            after = Mode.of(pr.level if mp.auto else 0)
+            return ModeState(after, now, reason=f"wave timer ran out{_under(pr)}")
+        return _wave(now, mp, "renewed: " + "; ".join(pr.reasons))
+    wanted = pr.level if mp.auto else 0
+    if now < cur.quiet_until:
+        wanted = min(wanted, 1)
+    if wanted > level:
+        if wanted == 2:
+            return replace(_wave(now, mp, "; ".join(pr.reasons)), quiet_until=cur.quiet_until)
+        return ModeState(Mode.ELEVATED, now, reason="; ".join(pr.reasons), quiet_until=cur.quiet_until)
+    if level == 0 or cur.manual:
+        return None
+    if pr.holds >= level:
+        if cur.mode is Mode.WAVE and pr.level == 2 and cur.until - now < mp.wave_duration / 2:
+            return replace(cur, until=now + mp.wave_duration, calm_since=0.0)
+        return replace(cur, calm_since=0.0) if cur.calm_since else None
+    if not cur.calm_since:
+        return replace(cur, calm_since=now)
+    if now - cur.calm_since < mp.calm_for:
+        return None
+    down = Mode.of(max(wanted, level - 1))
+    return ModeState(
+        down,
+        now,
+        until=0.0,
+        reason=f"calm for {format_duration(mp.calm_for)} after {cur.mode}",
+        quiet_until=cur.quiet_until,
+    )
+
+
+def wave_on(cur: ModeState, mp: ModePolicy, now: float, duration: float) -> ModeState:
+    """`govern wave on --for DURATION`: a wave of the operator's, from now on."""
+    return ModeState(Mode.WAVE, now, now + duration, "switched on by the operator", manual=True)
+
+
+def wave_off(cur: ModeState, mp: ModePolicy, now: float) -> ModeState:
+    """`govern wave off`: back to normal; no automatic wave for `calm_for`."""
+    return ModeState(Mode.NORMAL, now, reason="switched off by the operator", quiet_until=now + mp.calm_for)
+
+
+def _wave(now: float, mp: ModePolicy, why: str) -> ModeState:
+    return ModeState(Mode.WAVE, now, now + mp.wave_duration, why)
+
+
+def _under(pr: Pressure) -> str:
+    return f" (still {'; '.join(pr.reasons)})" if pr.reasons else ""

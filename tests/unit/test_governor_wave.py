@@ -1,0 +1,98 @@
+"""The daemon's modes with fake edges: `govern wave on --for` ends by itself, a wave survives a restart, idle
+sessions are cut during a wave, and a dry run cuts nothing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from govern import config
+from govern.addr import Prefix
+from govern.daemon import Governor
+from govern.dryrun import DryRun
+from govern.edges import Enforcer
+from govern.fakes import FakeClock, FakeCounters, FakeEnforcer, FakeSockets
+from govern.model import Mode
+from govern.observe.sockdiag import SockCounts
+from govern.store import Store
+
+PARTNER = Prefix.parse("192.0.2.10")
+
+
+def make(
+    tmp_path: Path, clock: FakeClock | None = None, **daemon: object
+) -> tuple[Governor, FakeSockets, FakeEnforcer]:
+    cfg = config.from_mapping(
+        {"allow": {"cidrs": ["192.0.2.0/24"]}, "daemon": {"state_dir": str(tmp_path / "state"), **daemon}}
+    )
+    socks, enf = FakeSockets(), FakeEnforcer()
+    edge: Enforcer = DryRun(enf) if cfg["daemon"]["dry_run"] else enf
+    gov = Governor(cfg, Store(cfg["daemon"]["state_dir"]), socks, edge, FakeCounters(), clock=clock or FakeClock())
+    gov.start()
+    return gov, socks, enf
+
+
+def swarm(n: int) -> dict[Prefix, SockCounts]:
+    silent = SockCounts(held=1, established=1, syn_recv=0, idle=1, max_idle_ms=6_000)
+    return {Prefix.parse(f"198.18.{i // 200}.{i % 200 + 1}"): silent for i in range(n)}
+
+
+def test_wave_on_for_a_while_ends_by_itself(tmp_path: Path) -> None:
+    clock = FakeClock()
+    gov, _socks, _enf = make(tmp_path, clock)
+    r = gov.handle({"cmd": "wave", "action": "on", "duration": "2m"})
+    assert r["ok"] and r["message"] == "wave on for 2m"
+    assert gov.status()["mode"] == "wave" and gov.mode_report()["manual"]
+    clock.advance(119)
+    gov.tick()
+    before = gov.state.mode
+    clock.advance(1)
+    gov.tick()
+    after = gov.state.mode
+    assert before.mode is Mode.WAVE
+    assert after.mode is Mode.NORMAL and "timer ran out" in after.reason
+    kinds = [e.kind for e in gov.store.events(5)]
+    assert kinds[:2] == ["mode normal", "mode wave"]
+
+
+def test_a_wave_survives_a_daemon_restart(tmp_path: Path) -> None:
+    clock = FakeClock()
+    gov, _s, _e = make(tmp_path, clock)
+    gov.handle({"cmd": "wave", "action": "on", "duration": "10m"})
+    until = gov.state.mode.until
+    gov.store.close()
+    gov2, _s2, _e2 = make(tmp_path, clock)
+    assert gov2.state.mode.mode is Mode.WAVE and gov2.state.mode.until == until and gov2.state.mode.manual
+
+
+def test_wave_off_and_refusals(tmp_path: Path) -> None:
+    gov, _s, _e = make(tmp_path)
+    r = gov.handle({"cmd": "wave", "action": "off"})
+    assert not r["ok"] and r["refused"] and "normal mode" in r["error"]
+    r = gov.handle({"cmd": "wave", "action": "on", "duration": "soon"})
+    assert not r["ok"] and r["refused"]
+    gov.handle({"cmd": "wave", "action": "on"})
+    assert gov.state.mode.until - gov.state.mode.since == gov.policy.modes.wave_duration
+    r = gov.handle({"cmd": "wave", "action": "off"})
+    assert r["ok"] and gov.state.mode.mode is Mode.NORMAL
+
+
+def test_a_silent_swarm_starts_a_wave_and_its_sessions_are_cut_while_a_partner_keeps_its_own(tmp_path: Path) -> None:
+    clock = FakeClock()
+    gov, socks, enf = make(tmp_path, clock)
+    socks.sources = swarm(60) | {PARTNER: SockCounts(held=5, established=5, syn_recv=0, idle=5, max_idle_ms=60_000)}
+    gov.tick()
+    assert gov.state.mode.mode is Mode.WAVE
+    assert gov.cut_sessions == 60
+    assert all(c.established == 0 for p, c in socks.sources.items() if p != PARTNER)
+    assert socks.sources[PARTNER].established == 5
+    assert len(enf.tight) == 60 and PARTNER not in enf.throttles
+
+
+def test_a_dry_run_logs_cuts_and_cuts_nothing(tmp_path: Path) -> None:
+    gov, socks, _enf = make(tmp_path, dry_run=True)
+    socks.sources = swarm(60)
+    gov.tick()
+    assert gov.cut_sessions == 0 and not socks.cuts
+    assert isinstance(gov.enforcer, DryRun)
+    assert any("would cut the idle sessions" in line for line in gov.enforcer.logged)
+    assert any(line.startswith("dry run: mode wave") for line in gov.enforcer.logged)

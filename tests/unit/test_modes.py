@@ -1,0 +1,131 @@
+"""Modes: pressure from a snapshot, entry, hysteresis, the wave's timer, and the operator's on/off."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from govern import config
+from govern.addr import Prefix
+from govern.model import ListenerStats, Mode, ModeState, Snapshot, SourceStats
+from govern.modes import Pressure, measure, next_mode, wave_off, wave_on
+
+NOW = 1_700_000_000.0
+POLICY = config.from_mapping({"allow": {"cidrs": ["192.0.2.0/24"]}}).policy()
+MP = POLICY.modes
+
+
+def snap(
+    queued: int = 0, backlog: int = 100, drops: int = 0, sources: dict[Prefix, SourceStats] | None = None
+) -> Snapshot:
+    return Snapshot(
+        taken_at=NOW,
+        interval=1.0,
+        sources=sources or {},
+        listeners=(ListenerStats("203.0.113.25", 25, queued, backlog),),
+        counters={"ListenDrops": drops, "ListenOverflows": drops},
+    )
+
+
+def pressure(level: int, holds: int | None = None) -> Pressure:
+    return Pressure(level, level if holds is None else holds, ("test",) if level else (), 0.0, 0.0, 0, 0.0)
+
+
+def test_each_pressure_figure_reaches_its_levels() -> None:
+    assert measure(snap(queued=10), POLICY).level == 0
+    assert measure(snap(queued=60), POLICY).level == 1
+    assert measure(snap(queued=95), POLICY).level == 2
+    assert measure(snap(drops=20), POLICY).level == 1
+    assert measure(snap(drops=500), POLICY).level == 2
+    half_open = {Prefix.parse(f"198.18.0.{i}"): SourceStats(held=30, syn_recv=30) for i in range(100)}
+    assert measure(snap(sources=half_open), POLICY).syn_recv == 3000
+    assert measure(snap(sources=half_open), POLICY).level == 2
+    assert "95% full" in measure(snap(queued=95), POLICY).reasons[0]
+
+
+def test_idle_share_counts_only_non_allowlisted_sessions_and_needs_enough_of_them() -> None:
+    silent = {Prefix.parse(f"198.18.1.{i}"): SourceStats(held=1, established=1, idle=1) for i in range(30)}
+    busy = {Prefix.parse(f"198.51.100.{i}"): SourceStats(held=1, established=1) for i in range(5)}
+    assert measure(snap(sources=silent | busy), POLICY).level == 2  # 30 of 35 silent
+    partner = {Prefix.parse(f"192.0.2.{i}"): SourceStats(held=1, established=1, idle=1) for i in range(30)}
+    assert measure(snap(sources=partner | busy), POLICY).level == 0  # silent, but allowlisted
+    few = dict(list(silent.items())[:10])
+    assert measure(snap(sources=few), POLICY).idle_share == 0.0  # 10 sessions: below min_sessions
+
+
+def test_pressure_enters_elevated_then_wave_at_once() -> None:
+    cur = ModeState()
+    m = next_mode(cur, pressure(1), MP, NOW)
+    assert m is not None and m.mode is Mode.ELEVATED and m.until == 0
+    w = next_mode(m, pressure(2), MP, NOW + 1)
+    assert w is not None and w.mode is Mode.WAVE and w.until == NOW + 1 + MP.wave_duration
+    assert next_mode(ModeState(), pressure(2), MP, NOW).mode is Mode.WAVE  # type: ignore[union-attr]
+
+
+def test_a_mode_holds_through_pressure_above_its_exit_level_and_steps_down_after_calm_for() -> None:
+    wave = ModeState(Mode.WAVE, NOW, NOW + MP.wave_duration, "flood")
+    # Below the entry thresholds but above the exit ones: the wave holds, no calm clock.
+    assert next_mode(wave, pressure(0, holds=2), MP, NOW + 10) is None
+    calm = next_mode(wave, pressure(0, holds=0), MP, NOW + 10)
+    assert calm is not None and calm.mode is Mode.WAVE and calm.calm_since == NOW + 10
+    assert next_mode(calm, pressure(0, holds=0), MP, NOW + 10 + MP.calm_for - 1) is None
+    # Pressure back before calm_for: the calm clock resets.
+    back = next_mode(calm, pressure(1, holds=2), MP, NOW + 30)
+    assert back is not None and back.calm_since == 0.0 and back.mode is Mode.WAVE
+    down = next_mode(calm, pressure(0, holds=0), MP, NOW + 10 + MP.calm_for)
+    assert down is not None and down.mode is Mode.ELEVATED  # one step at a time
+    calm2 = next_mode(down, pressure(0, holds=0), MP, NOW + 100)
+    assert calm2 is not None
+    end = next_mode(calm2, pressure(0, holds=0), MP, NOW + 100 + MP.calm_for)
+    assert end is not None and end.mode is Mode.NORMAL
+
+
+def test_an_automatic_wave_is_renewed_while_pressure_lasts_and_ends_by_its_timer() -> None:
+    wave = ModeState(Mode.WAVE, NOW, NOW + MP.wave_duration, "flood")
+    assert next_mode(wave, pressure(2), MP, NOW + 60) is None  # more than half its time left
+    late = NOW + MP.wave_duration * 0.6
+    renewed = next_mode(wave, pressure(2), MP, late)
+    assert renewed is not None and renewed.until == late + MP.wave_duration
+    # A wave whose timer runs out while pressure is only elevated ends (to elevated), whatever the calm clock.
+    over = next_mode(wave, pressure(1, holds=2), MP, NOW + MP.wave_duration)
+    assert over is not None and over.mode is Mode.ELEVATED and "timer ran out" in over.reason
+
+
+def test_operator_wave_ignores_calm_and_ends_by_its_timer() -> None:
+    on = wave_on(ModeState(), MP, NOW, 600)
+    assert on.mode is Mode.WAVE and on.manual and on.until == NOW + 600
+    assert next_mode(on, pressure(0, holds=0), MP, NOW + 300) is None
+    off = next_mode(on, pressure(0, holds=0), MP, NOW + 600)
+    assert off is not None and off.mode is Mode.NORMAL
+
+
+def test_wave_off_keeps_automatic_waves_away_for_calm_for_but_not_elevated() -> None:
+    off = wave_off(ModeState(Mode.WAVE, NOW, NOW + 100, "flood"), MP, NOW)
+    assert off.mode is Mode.NORMAL and off.quiet_until == NOW + MP.calm_for
+    m = next_mode(off, pressure(2), MP, NOW + 1)
+    assert m is not None and m.mode is Mode.ELEVATED and m.quiet_until == off.quiet_until
+    assert next_mode(m, pressure(2), MP, NOW + MP.calm_for).mode is Mode.WAVE  # type: ignore[union-attr]
+
+
+def test_auto_off_never_enters_a_mode_by_itself() -> None:
+    mp = config.from_mapping({"modes": {"auto": False}}).policy().modes
+    assert next_mode(ModeState(), pressure(2), mp, NOW) is None
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 2), st.integers(0, 2), st.floats(0.1, 120)), max_size=60))
+def test_mode_moves_at_most_one_step_down_per_change_and_never_waves_during_quiet(
+    steps: list[tuple[int, int, float]],
+) -> None:
+    cur = wave_off(ModeState(Mode.WAVE, NOW, NOW + 10), MP, NOW)
+    t = NOW
+    for level, extra, dt in steps:
+        t += dt
+        new = next_mode(cur, pressure(level, min(2, level + extra)), MP, t)
+        if new is None:
+            continue
+        if new.mode.level < cur.mode.level and not (cur.mode is Mode.WAVE and cur.until <= t):
+            assert new.mode.level == cur.mode.level - 1
+        if new.mode is Mode.WAVE and new.since == t and not new.manual:
+            assert t >= new.quiet_until
+        cur = new

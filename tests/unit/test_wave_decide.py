@@ -1,0 +1,134 @@
+"""The decision core under pressure: the wave's immediate blocks and tighter limits, idle-session cuts, softer
+limits for sources that delivered, and what reverts when the wave ends."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from govern import config
+from govern.addr import Prefix
+from govern.decide import decide
+from govern.model import PUNITIVE, ActionKind, Mode, ModeState, Snapshot, SourceStats, State, Throttle
+
+NOW = 1_700_000_000.0
+PARTNER = Prefix.parse("192.0.2.10")
+
+
+def policy(**sections: dict[str, object]) -> config.Policy:
+    return config.from_mapping({"allow": {"cidrs": ["192.0.2.0/24"]}, **sections}).policy()
+
+
+def wave_state() -> State:
+    return State(mode=ModeState(Mode.WAVE, NOW - 10, NOW + 1000, "flood"))
+
+
+def snap(sources: dict[Prefix, SourceStats], trusted: frozenset[Prefix] = frozenset()) -> Snapshot:
+    return Snapshot(taken_at=NOW, interval=1.0, sources=sources, trusted=trusted)
+
+
+def src(i: int) -> Prefix:
+    return Prefix.parse(f"198.18.{i // 250}.{i % 250 + 1}")
+
+
+def test_wave_blocks_the_top_n_most_prolific_at_once_and_throttles_the_rest_tightly() -> None:
+    pol = policy(wave={"top_n": 3})
+    # 5 sources over the wave's 10-connection limit (20 would be fine in normal mode), ranked by held.
+    sources = {src(i): SourceStats(held=11 + i, established=11 + i) for i in range(5)}
+    plan = decide(snap(sources), wave_state(), pol, NOW)
+    blocks = {a.prefix for a in plan.actions if a.kind is ActionKind.BLOCK}
+    throttles = [a for a in plan.actions if a.kind is ActionKind.THROTTLE]
+    assert blocks == {src(4), src(3), src(2)}
+    assert {a.prefix for a in throttles} == {src(0), src(1)} and all(a.tight for a in throttles)
+    assert all("most prolific" in a.reason for a in plan.actions if a.kind is ActionKind.BLOCK)
+    # The same sources in normal mode are under every limit.
+    assert not decide(snap(sources), State(), policy(modes={"auto": False}), NOW).actions
+
+
+def test_wave_leaves_sources_under_its_limits_and_trusted_senders_get_softer_ones() -> None:
+    relay = Prefix.parse("198.51.100.7")
+    sources = {relay: SourceStats(held=14, established=14, new_per_minute=40)}
+    assert decide(snap(sources), wave_state(), policy(), NOW).actions  # over 10 held / 30 a minute
+    soft = replace(policy(), trust_factor=4)
+    assert not decide(snap(sources, trusted=frozenset({relay})), wave_state(), soft, NOW).actions
+
+
+def test_idle_sessions_are_cut_under_pressure_and_their_sources_throttled() -> None:
+    silent = src(7)
+    busy = Prefix.parse("198.51.100.9")
+    sources = {
+        silent: SourceStats(held=1, established=1, idle=1, max_idle_ms=6_000),
+        busy: SourceStats(held=4, established=4),  # sessions carrying data: not idle
+        PARTNER: SourceStats(held=3, established=3, idle=3, max_idle_ms=600_000),
+    }
+    plan = decide(snap(sources), wave_state(), policy(), NOW)
+    assert [(c.prefix, c.idle_ms) for c in plan.cuts] == [(silent, 5_000)]
+    assert [(a.kind, a.prefix, a.tight) for a in plan.actions] == [(ActionKind.THROTTLE, silent, True)]
+    assert "silent for 6s" in plan.cuts[0].reason
+    # Elevated mode cuts only past its longer threshold.
+    elevated = State(mode=ModeState(Mode.ELEVATED, NOW - 10, reason="queue"))
+    pol = policy(modes={"auto": False})
+    assert not decide(snap(sources), elevated, pol, NOW).cuts
+    long_silent = {silent: SourceStats(held=1, established=1, idle=1, max_idle_ms=31_000)}
+    assert [c.prefix for c in decide(snap(long_silent), elevated, pol, NOW).cuts] == [silent]
+    # Normal mode never cuts.
+    assert not decide(snap(long_silent), State(), pol, NOW).cuts
+
+
+def test_a_cut_source_that_comes_back_silent_after_escalate_after_is_blocked() -> None:
+    silent = src(8)
+    state = wave_state()
+    state.throttles[silent] = Throttle(silent, "cut", NOW - 6, NOW + 600, tight=True)
+    again = {silent: SourceStats(held=1, established=1, idle=1, max_idle_ms=5_500)}
+    plan = decide(snap(again), state, policy(), NOW)
+    assert [a.kind for a in plan.actions] == [ActionKind.BLOCK] and len(plan.cuts) == 1
+
+
+def test_leaving_the_wave_lifts_its_tight_throttles_and_keeps_the_others() -> None:
+    state = State(mode=ModeState(Mode.WAVE, NOW - 100, NOW, "flood"))  # its timer runs out now
+    a, b = src(1), src(2)
+    state.throttles[a] = Throttle(a, "wave", NOW - 50, NOW + 500, tight=True)
+    state.throttles[b] = Throttle(b, "rate", NOW - 50, NOW + 500)
+    plan = decide(snap({}), state, policy(), NOW)
+    assert plan.mode is not None and plan.mode.mode is Mode.NORMAL
+    assert [(x.kind, x.prefix) for x in plan.actions] == [(ActionKind.UNTHROTTLE, a)]
+
+
+def test_pressure_in_the_snapshot_starts_the_wave_in_the_same_tick() -> None:
+    sources = {src(i): SourceStats(held=1, established=1, idle=1, max_idle_ms=6_000) for i in range(40)}
+    plan = decide(snap(sources), State(), policy(), NOW)
+    assert plan.mode is not None and plan.mode.mode is Mode.WAVE and "silent" in plan.mode.reason
+    assert len(plan.cuts) == 40
+
+
+stats = st.builds(
+    SourceStats,
+    held=st.integers(0, 60),
+    established=st.integers(0, 60),
+    syn_recv=st.integers(0, 40),
+    idle=st.integers(0, 60),
+    max_idle_ms=st.integers(0, 120_000),
+    new=st.integers(0, 100),
+    new_per_minute=st.integers(0, 500),
+)
+addresses = st.one_of(
+    st.integers(0, 255).map(lambda i: Prefix.parse(f"192.0.2.{i}")),  # allowlisted
+    st.integers(0, 65535).map(lambda i: Prefix.parse(f"198.18.{i >> 8}.{i & 255}")),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.dictionaries(addresses, stats, max_size=40), st.sampled_from(list(Mode)))
+def test_allowlisted_sources_are_never_cut_throttled_or_blocked_in_any_mode(
+    sources: dict[Prefix, SourceStats], mode: Mode
+) -> None:
+    pol = policy(aggregate={"ipv4_min_blocked": 2})
+    state = State(mode=ModeState(mode, NOW - 5, NOW + 100 if mode is Mode.WAVE else 0.0))
+    plan = decide(snap(sources), state, pol, NOW)
+    for a in plan.actions:
+        if a.kind in PUNITIVE:
+            assert not pol.allow.intersects(a.prefix), a
+    for c in plan.cuts:
+        assert not pol.allow.intersects(c.prefix), c
