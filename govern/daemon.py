@@ -131,11 +131,6 @@ class Governor:
             log.info("%s", a.describe())
         if plan.mode is not None and plan.mode.mode is not previous.mode:
             self._mode_changed(previous, plan.mode)
-        if plan.cuts:
-            try:
-                self.cut_sessions += self.sockets.cut({c.prefix: c.idle_ms for c in plan.cuts}, self.policy.ports)
-            except GovernError as exc:
-                self.health.fail("cut-sessions", exc)
         blocked = [a.prefix for a in plan.actions if a.kind is ActionKind.BLOCK]
         if blocked and self.config["block"]["end_sessions"]:
             try:
@@ -143,6 +138,12 @@ class Governor:
                 self.forgotten_conntrack += self.enforcer.end_sessions(blocked)
             except GovernError as exc:
                 self.health.fail("end-sessions", exc)
+        # After the blocks' own sessions are gone, so each ended session is counted once, under its cause.
+        if plan.cuts:
+            try:
+                self.cut_sessions += self.sockets.cut({c.prefix: c.idle_ms for c in plan.cuts}, self.policy.ports)
+            except GovernError as exc:
+                self.health.fail("cut-sessions", exc)
         return True
 
     def _mode_changed(self, old: ModeState, new: ModeState) -> None:

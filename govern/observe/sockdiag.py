@@ -19,7 +19,8 @@ What a source is and when it is idle:
 - the source of a socket is its remote address, grouped to /v4_len (IPv4) or /v6_len (IPv6). A dual-stack
   listener shows IPv4 clients as IPv4-mapped IPv6 addresses (::ffff:a.b.c.d); they count as that IPv4 source.
 - an ESTABLISHED socket is idle when the server waits on a silent client. From tcp_info: the client has not sent
-  data since the server last did (tcpi_last_data_recv >= tcpi_last_data_sent, both "ms ago"), and the server has
+  data since the server last did (tcpi_last_data_recv >= tcpi_last_data_sent, both "ms ago"; when equal, which
+  at jiffy resolution also means "answered at once", only if it never sent data at all), and the server has
   sent data at all (tcpi_data_segs_out > 0; a connection still in the accept queue, or whose greeting is not out
   yet, waits on the server, not on the client). The wait is tcpi_last_data_sent, and the socket counts as idle
   when the wait is >= idle_after_ms. A bot that says nothing after the banner is idle; a client in the middle of
@@ -89,8 +90,8 @@ _DIAG_MSG_END = 16 + 72  # attributes start after nlmsghdr + inet_diag_msg
 _SOCKID_AT = 16 + 4  # the inet_diag_sockid inside a message
 _QUEUES_AT = 16 + 56  # idiag_rqueue, idiag_wqueue
 # From an INET_DIAG_INFO attribute: its header word (len | type << 16), tcpi_last_data_sent, tcpi_last_data_recv,
-# tcpi_data_segs_out (struct tcp_info offsets 44, 52, 156; uapi, only ever appended to).
-_INFO_FIELDS = "I44xI4xI100xI"
+# tcpi_data_segs_in, tcpi_data_segs_out (struct tcp_info offsets 44, 52, 152, 156; uapi, only ever appended to).
+_INFO_FIELDS = "I44xI4xI96xII"
 _INFO = struct.Struct("=" + _INFO_FIELDS)
 _INFO_MIN = _INFO.size - 4  # the shortest tcp_info that has tcpi_data_segs_out
 _LENWORD = struct.Struct("=Q")  # nlmsg_len | nlmsg_type << 32 | nlmsg_flags << 48
@@ -99,7 +100,7 @@ _LENWORD = struct.Struct("=Q")  # nlmsg_len | nlmsg_type << 32 | nlmsg_flags << 
 # header (length, type, flags, as one integer), family, state, local port (network order), the remote address in
 # three parts -- bytes 0-7 (an IPv4 address is the first 4; an IPv6 /64), 8-11 (0000ffff if IPv4-mapped), 12-15
 # (the IPv4 address if mapped) -- and the _INFO fields; then the message length and the INFO header expected.
-_Record = tuple[int, int, int, int, bytes, bytes, bytes, int, int, int, int]
+_Record = tuple[int, int, int, int, bytes, bytes, bytes, int, int, int, int, int]
 _Unpack = Callable[[bytes | bytearray | memoryview, int], _Record]
 _Layout = tuple[_Unpack, int, int]
 _HEAD_FIELDS = "=QxxxxxxxxBB2xH2x16x8s4s4s"
@@ -247,7 +248,7 @@ class ScanParser:
         off = 0
         try:
             while off < size:
-                lw, fam, state, sport, hi, mid, lo, hdr, sent, recv, segs_out = unpack(buf, off)
+                lw, fam, state, sport, hi, mid, lo, hdr, sent, recv, segs_in, segs_out = unpack(buf, off)
                 if lw != cur_lw:
                     layout = layouts.get(lw)
                     if layout is None:
@@ -267,8 +268,9 @@ class ScanParser:
                     if state == established:
                         est(key)
                         if hdr != info_hdr:
-                            sent, recv, segs_out = _info(buf, off, mlen)
-                        if recv >= sent >= idle_after and segs_out:
+                            sent, recv, segs_in, segs_out = _info(buf, off, mlen)
+                        # silent() inlined: this runs once per established socket.
+                        if recv >= sent >= idle_after and segs_out and (recv != sent or not segs_in):
                             idle_key(key)
                             idle_wait(sent)
                     elif state == syn_recv:
@@ -337,8 +339,9 @@ class ScanParser:
             key = dst[:8] if self._v6_len <= 64 else dst
         if state == TCP_ESTABLISHED:
             self._est.append(key)
-            sent, recv, segs_out = _info(buf, off, mlen)
-            if recv >= sent >= self._idle_after and segs_out:
+            info = _info(buf, off, mlen)
+            if silent(*info, self._idle_after):
+                sent = info[0]
                 self._idle_keys.append(key)
                 self._idle_waits.append(sent)
         elif state == TCP_SYN_RECV:
@@ -632,10 +635,9 @@ class SockDiag:
                         return hit
             return None
 
-        def idle(remote: Prefix, info: tuple[int, int, int]) -> bool:
+        def idle(remote: Prefix, info: tuple[int, int, int, int]) -> bool:
             limit = threshold(remote)
-            sent, recv, segs_out = info
-            return limit is not None and recv >= sent >= limit and segs_out > 0
+            return limit is not None and silent(*info, limit)
 
         return self._destroy_matching(ports, 1 << TCP_ESTABLISHED, _EXT_INFO, idle, per_socket=True)
 
@@ -644,7 +646,7 @@ class SockDiag:
         ports: frozenset[int],
         states: int,
         ext: int,
-        match: Callable[[Prefix, tuple[int, int, int]], bool],
+        match: Callable[[Prefix, tuple[int, int, int, int]], bool],
         *,
         per_socket: bool = False,
     ) -> int:
@@ -654,7 +656,7 @@ class SockDiag:
         ports_be = frozenset(socket.htons(p) for p in ports)
         targets: list[bytes] = []
         seen: dict[tuple[int, bytes], bool] = {}
-        no_info = (0, 0, 0)
+        no_info = (0, 0, 0, 0)
 
         def collect(buf: bytes | bytearray | memoryview, size: int) -> bool:
             off = 0
@@ -807,13 +809,24 @@ class SockDiag:
         return destroyed
 
 
-def _info(buf: bytes | bytearray | memoryview, off: int, mlen: int) -> tuple[int, int, int]:
-    """tcpi_last_data_sent, tcpi_last_data_recv, tcpi_data_segs_out of one message ((0, 0, 0) without tcp_info)."""
+def _info(buf: bytes | bytearray | memoryview, off: int, mlen: int) -> tuple[int, int, int, int]:
+    """tcpi_last_data_sent, tcpi_last_data_recv, tcpi_data_segs_in, tcpi_data_segs_out of one message (zeros
+    without tcp_info)."""
     at, _hdr = ScanParser._find_info(buf, off, mlen)
     if not at:
-        return 0, 0, 0
-    _h, sent, recv, segs_out = _INFO.unpack_from(buf, off + at)
-    return sent, recv, segs_out
+        return 0, 0, 0, 0
+    _h, sent, recv, segs_in, segs_out = _INFO.unpack_from(buf, off + at)
+    return sent, recv, segs_in, segs_out
+
+
+def silent(sent: int, recv: int, segs_in: int, segs_out: int, after_ms: int) -> bool:
+    """The server has sent, and has waited at least `after_ms` on a client that said nothing since.
+
+    The kernel keeps both times in jiffies (4 ms at HZ=250): a client that answers within the same jiffy as the
+    greeting shows the same age for both, as does a client that never spoke at all (its last "data" time is the
+    handshake's). Data segments in tell them apart.
+    """
+    return recv >= sent >= after_ms and segs_out > 0 and (recv != sent or segs_in == 0)
 
 
 def _remote(family: int, dst: bytes) -> Prefix:

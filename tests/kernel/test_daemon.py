@@ -10,6 +10,7 @@ import threading
 import time
 from pathlib import Path
 
+from govern.addr import Prefix, PrefixSet
 from tests.kernel.daemon_harness import Daemon, govern, nft_set, running, tables, wait_for, write_config
 from tests.netns import MX4, MX6, Lab, Listener, connect
 
@@ -21,6 +22,15 @@ def open_many(lab: Lab, sources: list[str], per_source: int, dst: str) -> list[s
             for _ in range(per_source):
                 out.append(connect(src, dst, 25))
     return out
+
+
+def talk(socks: list[socket.socket]) -> None:
+    """Read the banner and answer it, as an MTA does: the server then waits on itself, so the session is busy, not
+    idle (a silent session is cut when the host is under pressure)."""
+    for s in socks:
+        s.settimeout(5)
+        s.recv(100)
+        s.sendall(b"EHLO client.example\r\n")
 
 
 def reaches(lab: Lab, src: str, dst: str = MX4, timeout: float = 1.5) -> bool:
@@ -78,6 +88,11 @@ class Watch:
         return self.seen
 
 
+def covered(addresses: list[str], prefixes: set[str]) -> bool:
+    inside = PrefixSet(Prefix.parse(p) for p in prefixes)
+    return all(inside.covers(Prefix.parse(a)) for a in addresses)
+
+
 def test_flood_blocks_prolific_sources_and_spares_allowlisted_and_ordinary(lab: Lab, tmp_path: Path) -> None:
     """(a) 20 sources x 30 connections are blocked within 10 s, their SYNs dropped and sessions ended;
     (b) an allowlisted peer with 50 connections is never in a govern set but the allow sets and keeps connecting;
@@ -86,15 +101,17 @@ def test_flood_blocks_prolific_sources_and_spares_allowlisted_and_ordinary(lab: 
     socks: list[socket.socket] = []
     try:
         with running(lab.mx, write_config(tmp_path)) as d:
-            watch = Watch(lab, ("block4", "throttle4"))
+            watch = Watch(lab, ("block4", "throttle4", "tight4"))
             bots = [f"198.18.1.{i}" for i in range(1, 21)]
             ordinary = [f"198.51.100.{i}" for i in range(1, 51)]
             t0 = time.monotonic()
             hogs = open_many(lab, bots, 30, MX4)
             trusted = open_many(lab, ["192.0.2.10"], 50, MX4)
             normal = open_many(lab, ordinary, 2, MX4)
+            talk(normal)
             socks = hogs + trusted + normal
-            assert wait_for(lambda: set(bots) <= nft_set(lab.mx, "block4"), timeout=10), nft_set(lab.mx, "block4")
+            # Blocked one by one, or (20 of one /24, on the default config) as their whole /24.
+            assert wait_for(lambda: covered(bots, nft_set(lab.mx, "block4")), timeout=10), nft_set(lab.mx, "block4")
             took = time.monotonic() - t0
             # Their sessions are gone on the server, and the clients were told.
             assert wait_for(lambda: established_from(lab, "198.18.1.") == 0, timeout=3)
@@ -104,14 +121,15 @@ def test_flood_blocks_prolific_sources_and_spares_allowlisted_and_ordinary(lab: 
             assert reaches(lab, "192.0.2.10") and reaches(lab, "198.51.100.7")
             assert established_from(lab, "192.0.2.10") >= 50
             st = d.status()
-            listed = {e["prefix"] for e in d.ask(cmd="list")["entries"]}
+            entries = d.ask(cmd="list")["entries"]
+            listed = {e["prefix"] for e in entries}
             seen = watch.stop()
             assert "192.0.2.10" in nft_set(lab.mx, "allow4") or "192.0.2.0/24" in nft_set(lab.mx, "allow4")
             for name in ("block4", "throttle4"):
                 assert not any(x.startswith("192.0.2.") for x in seen[name]), seen[name]
                 assert not any(x.startswith("198.51.100.") for x in seen[name]), seen[name]
-            assert listed == set(bots)
-            assert st["blocks"] == 20 and st["ended_sessions"] >= 600 - 20
+            assert covered(bots, listed) and all(p.startswith("198.18.1.") for p in listed)
+            assert st["ended_sessions"] >= 600 - 20
             print(f"20 hogs blocked after {took:.1f}s")
     finally:
         for s in socks:

@@ -36,12 +36,13 @@ def attr(atype: int, payload: bytes) -> bytes:
     return raw + bytes(-len(raw) % 4)
 
 
-def tcp_info(sent: int = 0, recv: int = 0, segs_out: int = 1, size: int = TCP_INFO_SIZE) -> bytes:
+def tcp_info(sent: int = 0, recv: int = 0, segs_out: int = 1, size: int = TCP_INFO_SIZE, segs_in: int = 0) -> bytes:
     info = bytearray(size)
     info[0] = ESTABLISHED
     struct.pack_into("=I", info, 44, sent)  # tcpi_last_data_sent
     struct.pack_into("=I", info, 52, recv)  # tcpi_last_data_recv
     if size >= 160:
+        struct.pack_into("=I", info, 152, segs_in)  # tcpi_data_segs_in
         struct.pack_into("=I", info, 156, segs_out)  # tcpi_data_segs_out
     return bytes(info)
 
@@ -63,6 +64,7 @@ def sock(
     sent: int = 0,
     recv: int = 0,
     segs_out: int = 1,
+    segs_in: int = 0,
     rqueue: int = 0,
     wqueue: int = 0,
     attrs: bytes | None = None,
@@ -75,7 +77,9 @@ def sock(
         local = "203.0.113.25" if family == socket.AF_INET else "2001:db8:25::25"
     if attrs is None:
         mark_only = attr(15, struct.pack("=I", 0))
-        attrs = mark_only if state in (SYN_RECV, TIME_WAIT) else full_attrs(tcp_info(sent, recv, segs_out))
+        attrs = (
+            mark_only if state in (SYN_RECV, TIME_WAIT) else full_attrs(tcp_info(sent, recv, segs_out, segs_in=segs_in))
+        )
     sockid = struct.pack(">HH", sport, 0 if state == LISTEN else 41000) + addr16(local) + addr16(remote)
     sockid += struct.pack("=IQ", 0, 77)
     body = struct.pack("=BBBB", family, state, 0, 0) + sockid + struct.pack("=IIIII", 0, rqueue, wqueue, 0, 9) + attrs
@@ -129,18 +133,20 @@ def test_states_time_wait_not_held_and_listeners_apart() -> None:
 
 
 @pytest.mark.parametrize(
-    ("sent", "recv", "segs_out", "idle"),
+    ("sent", "recv", "segs_out", "segs_in", "idle"),
     [
-        (12_000, 15_000, 1, True),  # banner out 12 s ago, nothing from the client for longer: a silent bot
-        (10_000, 10_000, 3, True),  # both at once, long ago: the server spoke last (same ms), and waits
-        (12_000, 40, 5, False),  # the client sent 40 ms ago: in the middle of DATA
-        (200, 30_000, 2, False),  # the server answered 200 ms ago: not waiting long yet
-        (15_000, 15_000, 0, False),  # the server never sent anything (accept queue, no greeting): not the client
-        (9_999, 50_000, 1, False),  # just under the threshold
+        (12_000, 15_000, 1, 0, True),  # banner out 12 s ago, nothing from the client for longer: a silent bot
+        (12_000, 15_000, 1, 2, True),  # the same after a pre-banner burst: it has said nothing since the banner
+        (10_000, 10_000, 3, 0, True),  # greeted in the handshake's jiffy, never a word from the client
+        (10_000, 10_000, 3, 1, False),  # the client answered within the greeting's jiffy (4 ms): it spoke last
+        (12_000, 40, 5, 9, False),  # the client sent 40 ms ago: in the middle of DATA
+        (200, 30_000, 2, 0, False),  # the server answered 200 ms ago: not waiting long yet
+        (15_000, 15_000, 0, 0, False),  # the server never sent anything (accept queue, no greeting): not the client
+        (9_999, 50_000, 1, 0, False),  # just under the threshold
     ],
 )
-def test_idle_rule(sent: int, recv: int, segs_out: int, idle: bool) -> None:
-    scan = parse_dump([sock("198.18.0.1", sent=sent, recv=recv, segs_out=segs_out), done()], PORTS)
+def test_idle_rule(sent: int, recv: int, segs_out: int, segs_in: int, idle: bool) -> None:
+    scan = parse_dump([sock("198.18.0.1", sent=sent, recv=recv, segs_out=segs_out, segs_in=segs_in), done()], PORTS)
     expected = SockCounts(1, 1, 0, 1, sent) if idle else SockCounts(1, 1, 0, 0, 0)
     assert scan.sources == {p("198.18.0.1"): expected}
 
