@@ -180,11 +180,16 @@ def _keep_outside_wave(cur: int, e: Expectations, _: Mapping[str, int]) -> tuple
     return cur, "lowered only in the wave profile"
 
 
+def _synrecv_seconds(retries: int) -> int:
+    """How long a half-open connection holds its slot: the SYN-ACK timer starts at 1 s, doubles, caps at 120 s."""
+    return sum(min(1 << i, 120) for i in range(min(retries, 255) + 1))
+
+
 def _synack_wave(cur: int, e: Expectations, _: Mapping[str, int]) -> tuple[int, str]:
     want = e.wave_synack_retries
     if cur <= want:
         return cur, f"wave: {cur} SYN-ACK retries already <= {want}"
-    return want, f"wave: spoofed SYNs hold a SYN_RECV slot ~{2 ** (want + 1) - 1}s instead of ~{2 ** (cur + 1) - 1}s"
+    return want, f"wave: a spoofed SYN holds its slot ~{_synrecv_seconds(want)}s, not ~{_synrecv_seconds(cur)}s"
 
 
 def _fin_wave(cur: int, e: Expectations, _: Mapping[str, int]) -> tuple[int, str]:
