@@ -15,6 +15,9 @@ from govern.errors import KernelError
 from govern.sysctl.planner import CONNTRACK_BUCKETS, Access, Reading
 
 HASHSIZE = "nf_conntrack/parameters/hashsize"
+# The initial network namespace's fixed inode (PROC_NET_INIT_INO, kernel 6.x); older kernels number it at boot,
+# and then only a comparison with PID 1's namespace tells (which a sandbox may forbid).
+INIT_NET = "net:[4026531833]"
 
 
 def _namespace_inode(path: str) -> str:
@@ -40,7 +43,7 @@ class ProcSys:
     def in_initial_namespace(self) -> bool:
         if self._initial is None:
             mine = _namespace_inode("/proc/self/ns/net")
-            self._initial = bool(mine) and mine == _namespace_inode("/proc/1/ns/net")
+            self._initial = bool(mine) and mine in (INIT_NET, _namespace_inode("/proc/1/ns/net"))
         return self._initial
 
     def where(self) -> tuple[str, str]:

@@ -20,6 +20,7 @@ from govern.sysctl.planner import (
     WAVE,
     Access,
     Expectations,
+    Item,
     Reading,
     Status,
     changes,
@@ -34,8 +35,8 @@ def readings(values: dict[str, int], access: Access = Access.WRITABLE) -> dict[s
     return {k: Reading(str(v), access) for k, v in values.items()}
 
 
-def by_key(items: tuple[object, ...]) -> dict[str, object]:
-    return {i.key: i for i in items}  # type: ignore[attr-defined]
+def by_key(items: tuple[Item, ...]) -> dict[str, Item]:
+    return {i.key: i for i in items}
 
 
 values_st = st.fixed_dictionaries({k: st.integers(0, 3_000_000) for k in KEYS})
@@ -85,7 +86,7 @@ def test_defaults_of_a_stock_kernel_are_raised_for_2000_sessions() -> None:
         MAX_ORPHANS: 4096,
     }
     items = by_key(plan(readings(stock), Expectations(2000, 8 * GIB), in_initial_namespace=True))
-    targets = {k: i.target for k, i in items.items()}  # type: ignore[attr-defined]
+    targets = {k: i.target for k, i in items.items()}
     assert targets[SOMAXCONN] == 4096  # already enough for 2000: kept
     assert targets[SYN_BACKLOG] == 4096
     assert targets[SYNCOOKIES] == 1
@@ -101,19 +102,20 @@ def test_memory_caps_conntrack_and_orphans_but_never_below_the_current_value() -
     vals[CONNTRACK_MAX] = 50_000
     small = by_key(plan(readings(vals), Expectations(100_000, 256 << 20), in_initial_namespace=True))
     # 256 MiB / 32 / 320 B -> 26214 entries -> 16384 after rounding down: below the current 50000, so kept.
-    assert small[CONNTRACK_MAX].target == 50_000  # type: ignore[attr-defined]
-    assert small[MAX_ORPHANS].target == 1024  # 256 MiB / 4 / 64 KiB  # type: ignore[attr-defined]
+    assert small[CONNTRACK_MAX].target == 50_000
+    assert small[MAX_ORPHANS].target == 1024  # 256 MiB / 4 / 64 KiB
 
 
 def test_syncookies_2_is_kept_and_the_wave_forces_them_on() -> None:
     vals = dict.fromkeys(KEYS, 100)
     vals[SYNCOOKIES] = 2
-    assert by_key(plan(readings(vals), Expectations(10, GIB), in_initial_namespace=True, wave=True))[
-        SYNCOOKIES
-    ].target == 2  # type: ignore[attr-defined]
+    assert (
+        by_key(plan(readings(vals), Expectations(10, GIB), in_initial_namespace=True, wave=True))[SYNCOOKIES].target
+        == 2
+    )
     vals[SYNCOOKIES] = 0
     item = by_key(plan(readings(vals), Expectations(10, GIB), in_initial_namespace=True, wave=True))[SYNCOOKIES]
-    assert item.target == 1 and item.profile == WAVE and item.status is Status.CHANGE  # type: ignore[attr-defined]
+    assert item.target == 1 and item.profile == WAVE and item.status is Status.CHANGE
 
 
 def test_absent_read_only_host_wide_excluded_and_garbage_are_reported() -> None:
@@ -124,15 +126,15 @@ def test_absent_read_only_host_wide_excluded_and_garbage_are_reported() -> None:
     r[SYN_BACKLOG] = Reading("10\t20", Access.WRITABLE)
     e = Expectations(2000, GIB, exclude=frozenset({FIN_TIMEOUT}))
     in_ns = by_key(plan(r, e, in_initial_namespace=False))
-    assert in_ns[NETDEV_BACKLOG].status is Status.NOT_IN_NAMESPACE  # type: ignore[attr-defined]
+    assert in_ns[NETDEV_BACKLOG].status is Status.NOT_IN_NAMESPACE
     assert in_ns[SOMAXCONN].status is Status.ABSENT  # per-namespace key missing: the kernel lacks it
-    assert in_ns[CONNTRACK_MAX].status is Status.READ_ONLY  # type: ignore[attr-defined]
-    assert "initial network namespace" in in_ns[CONNTRACK_MAX].reason  # type: ignore[attr-defined]
-    assert in_ns[SYN_BACKLOG].status is Status.UNREADABLE  # type: ignore[attr-defined]
-    assert in_ns[FIN_TIMEOUT].status is Status.EXCLUDED  # type: ignore[attr-defined]
+    assert in_ns[CONNTRACK_MAX].status is Status.READ_ONLY
+    assert "initial network namespace" in in_ns[CONNTRACK_MAX].reason
+    assert in_ns[SYN_BACKLOG].status is Status.UNREADABLE
+    assert in_ns[FIN_TIMEOUT].status is Status.EXCLUDED
     host = by_key(plan(r, e, in_initial_namespace=True))
-    assert host[NETDEV_BACKLOG].status is Status.ABSENT  # type: ignore[attr-defined]
-    assert not {i.key for i in changes(tuple(in_ns.values()), BASE)} & {  # type: ignore[arg-type]
+    assert host[NETDEV_BACKLOG].status is Status.ABSENT
+    assert not {i.key for i in changes(tuple(in_ns.values()), BASE)} & {
         NETDEV_BACKLOG,
         SOMAXCONN,
         CONNTRACK_MAX,
