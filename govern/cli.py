@@ -16,6 +16,8 @@ from govern.addr import Prefix
 from govern.control import call
 from govern.durations import format_duration, parse_duration
 from govern.errors import DaemonUnavailable, GovernError, UsageError
+from govern.sysctl.manager import Report, SysctlManager
+from govern.sysctl.planner import Item
 
 app = typer.Typer(
     add_completion=False,
@@ -31,6 +33,10 @@ lab_app = typer.Typer(
     no_args_is_help=True, help="The flood lab: a real Postfix under a bot flood in network namespaces, on this host."
 )
 app.add_typer(lab_app, name="lab")
+sysctl_app = typer.Typer(
+    no_args_is_help=True, help="Size the TCP stack for the expected sessions: plan, apply, verify, restore sysctls."
+)
+app.add_typer(sysctl_app, name="sysctl")
 
 ConfigOpt = Annotated[
     str | None,
@@ -244,6 +250,7 @@ def teardown(config: ConfigOpt = None) -> None:
     except GovernError as exc:
         _fail(exc)
     print("removed table inet govern" if removed else "nothing to remove: no govern objects in the kernel")
+    _print_report(_sysctls(cfg).restore())
 
 
 @config_app.command("check")
@@ -261,6 +268,120 @@ def config_show(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
     """Print the effective configuration (defaults plus the file)."""
     cfg = _load(config)
     print(json.dumps(cfg.to_dict(), indent=2) if as_json else cfg.to_toml(), end="" if not as_json else "\n")
+
+
+def _sysctls(cfg: configmod.Config) -> SysctlManager:
+    from govern.daemon import sysctl_manager
+
+    return sysctl_manager(cfg)
+
+
+def _sysctl_root(command: str) -> None:
+    if os.geteuid() != 0:
+        _fail(UsageError(f"govern sysctl {command} needs root: it writes sysctls and the journal in state_dir"))
+
+
+def _print_report(rep: Report) -> None:
+    for line in rep.lines():
+        print(f"sysctl {line}")
+    if rep.failed:
+        raise typer.Exit(1)
+
+
+def _backlog_warnings(cfg: configmod.Config, items: tuple[Item, ...]) -> list[str]:
+    """Best effort: without sock_diag (no permission, no kernel support) there is simply nothing to warn about."""
+    from govern.observe.sockdiag import SockDiag
+    from govern.sysctl import backlog
+    from govern.sysctl.planner import SOMAXCONN
+
+    try:
+        with SockDiag() as sd:
+            listeners = sd.scan(frozenset(cfg["protect"]["ports"])).listeners
+    except (GovernError, OSError):
+        return []
+    som = next(i for i in items if i.key == SOMAXCONN)
+    return backlog.warnings(listeners, som.current, som.target, backlog.owners(listeners))
+
+
+@sysctl_app.command("plan")
+def sysctl_plan(
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+    wave: Annotated[bool, typer.Option("--wave", help="the wave profile layered on the base")] = False,
+) -> None:
+    """Each key govern tunes: current -> target, status and reason; and listeners whose own backlog is too small."""
+    cfg = _load(config)
+    try:
+        mgr = _sysctls(cfg)
+        items = mgr.plan(wave=wave)
+        profiles = mgr.profiles()
+    except GovernError as exc:
+        _fail(exc)
+    warnings = _backlog_warnings(cfg, items)
+    if as_json:
+        print(json.dumps({"profiles": profiles, "keys": [i.to_dict() for i in items], "warnings": warnings}, indent=2))
+        return
+    print(f"profile: {'wave on top of base' if wave else 'base'}   in force: {', '.join(profiles) or 'none'}")
+    print(f"{'key':<36}{'current':>10}{'target':>10}  {'status':<17}reason")
+    for i in items:
+        cur = "-" if i.current is None else str(i.current)
+        tgt = "-" if i.target is None else str(i.target)
+        print(f"{i.key:<36}{cur:>10}{tgt:>10}  {i.status.value:<17}{i.reason}")
+    for w in warnings:
+        print(f"warning: {w}")
+
+
+@sysctl_app.command("apply")
+def sysctl_apply(
+    config: ConfigOpt = None,
+    wave: Annotated[bool, typer.Option("--wave", help="enter the wave profile (on top of what is in force)")] = False,
+) -> None:
+    """Apply the base profile (or the wave's), journaling each original value before its first write."""
+    cfg = _load(config)
+    _sysctl_root("apply")
+    try:
+        rep = _sysctls(cfg).enter_wave() if wave else _sysctls(cfg).apply()
+    except GovernError as exc:
+        _fail(exc)
+    if not rep.outcomes:
+        print("nothing to change: every key is at or above its target")
+    _print_report(rep)
+
+
+@sysctl_app.command("restore")
+def sysctl_restore(
+    config: ConfigOpt = None,
+    wave: Annotated[bool, typer.Option("--wave", help="end only the wave, back to the base targets")] = False,
+) -> None:
+    """Put every key govern changed back to its original value, from the journal (also after a crash)."""
+    cfg = _load(config)
+    _sysctl_root("restore")
+    try:
+        rep = _sysctls(cfg).leave_wave() if wave else _sysctls(cfg).restore()
+    except GovernError as exc:
+        _fail(exc)
+    if not rep.outcomes:
+        print("nothing to restore: the journal is empty")
+    _print_report(rep)
+
+
+@sysctl_app.command("verify")
+def sysctl_verify(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
+    """Drift between the plan (base, plus the wave while it is in force) and the live values; exit 1 on drift."""
+    cfg = _load(config)
+    try:
+        drift = _sysctls(cfg).verify()
+    except GovernError as exc:
+        _fail(exc)
+    if as_json:
+        print(json.dumps([d.__dict__ for d in drift], indent=2))
+    elif drift:
+        for d in drift:
+            print(f"drift: {d.line()}")
+    else:
+        print("no drift: every key is at its planned value")
+    if drift:
+        raise typer.Exit(1)
 
 
 def _lab_root() -> None:

@@ -115,6 +115,17 @@ def _level(v: Any) -> str:
     return s
 
 
+def _sysctl_keys(v: Any) -> frozenset[str]:
+    from govern.sysctl.planner import KEYS
+
+    if not isinstance(v, list):
+        raise ValueError(f"expected a list of sysctl names, got {_typename(v)}")
+    for i, item in enumerate(v):
+        if item not in KEYS:
+            raise ValueError(f"item {i}: {item!r} is not a key govern tunes (known: {', '.join(KEYS)})")
+    return frozenset(v)
+
+
 def _typename(v: Any) -> str:
     names = {bool: "a boolean", int: "a number", float: "a number", str: "a string", list: "a list", dict: "a table"}
     return names.get(type(v), type(v).__name__)
@@ -194,6 +205,17 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "socket": Key("/run/govern/govern.sock", _abs_path, "root-only control socket the CLI talks to"),
         "dry_run": Key(False, _bool, "log every plan instead of enforcing it (counting still runs in the kernel)"),
         "log_level": Key("info", _level, "debug, info, warning or error"),
+    },
+    "sysctl": {
+        "expected_sessions": Key(2000, _int(1, 10_000_000), "peak concurrent SMTP sessions the host must carry"),
+        "memory_mb": Key(0, _int(0, 1 << 30), "memory the sizes may count on, in MiB; 0 reads MemTotal"),
+        "apply_at_start": Key(True, _bool, "the daemon applies the base profile when it starts"),
+        "restore_at_shutdown": Key(False, _bool, "the daemon puts every sysctl back when it stops"),
+        "wave_synack_retries": Key(2, _int(1, 5), "SYN-ACK retries during a wave (lowered only, never raised)"),
+        "wave_fin_timeout": Key(15, _int(1, 60), "FIN_WAIT_2 timeout in seconds during a wave (lowered only)"),
+        "exclude": Key([], _sysctl_keys, "sysctls govern must leave alone"),
+        "root": Key("/proc/sys", _abs_path, "where sysctls are read and written (tests point it elsewhere)"),
+        "modules_root": Key("/sys/module", _abs_path, "where module parameters (nf_conntrack hashsize) live"),
     },
 }
 

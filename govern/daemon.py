@@ -30,6 +30,7 @@ from govern.model import ActionKind, Mode, ModeState, Plan, Snapshot, State
 from govern.modes import wave_off, wave_on
 from govern.observe.observer import Observer
 from govern.store import Store
+from govern.sysctl.manager import Report, SysctlManager
 from govern.systemd import notify
 
 log = logging.getLogger("govern")
@@ -59,12 +60,14 @@ class Governor:
         enforcer: Enforcer,
         counters: Counters,
         clock: Callable[[], float] = time.time,
+        sysctl: SysctlManager | None = None,
     ) -> None:
         self.config = config
         self.store = store
         self.sockets = sockets
         self.enforcer = enforcer
         self.clock = clock
+        self.sysctl = sysctl
         self.health = Health()
         # A dry run simulates in memory from a clean slate: it must neither act on nor alter the durable state.
         self.state: State = State() if config["daemon"]["dry_run"] else store.load()
@@ -90,6 +93,57 @@ class Governor:
         adopted = self.enforcer.setup(self.config, self.policy.allow.members(), self.state, now)
         self._commit_recorded(adopted, now)
         self.execute(release_allowlisted(self.state, self.policy), now)
+        self.sysctl_start()
+
+    # -- sysctls (govern.sysctl; docs/sysctl.md) ------------------------------------------------------------
+
+    def sysctl_start(self) -> None:
+        """Restore what a crashed run left, apply the base profile if configured, and warn about listeners whose
+        own backlog caps their queue. A dry run only logs the plan."""
+        if self.sysctl is None:
+            return
+        try:
+            if not self.enforcing:
+                for item in self.sysctl.plan():
+                    log.info("dry run: sysctl %s %s -> %s (%s)", item.key, item.current, item.target, item.status)
+                return
+            recovered = self.sysctl.recover()
+            if recovered.written:
+                log.warning("sysctl: put back %d value(s) from the journal of the last run", len(recovered.written))
+            if self.config["sysctl"]["apply_at_start"]:
+                self._sysctl_failures(self.sysctl.apply())
+            self._backlog_warnings()
+        except GovernError as exc:
+            self.health.fail("sysctl", exc)
+
+    def sysctl_stop(self, *, teardown: bool = False) -> None:
+        """On teardown, or on shutdown if configured, restore every key; otherwise only end a wave, which never
+        outlives the daemon."""
+        if self.sysctl is None or not self.enforcing:
+            return
+        try:
+            if teardown or self.config["sysctl"]["restore_at_shutdown"]:
+                self._sysctl_failures(self.sysctl.restore())
+            else:
+                self._sysctl_failures(self.sysctl.leave_wave())
+        except GovernError as exc:
+            self.health.fail("sysctl", exc)
+
+    def _sysctl_failures(self, report: Report) -> None:
+        for o in report.failed:
+            self.health.fail("sysctl", GovernError(o.line()))
+
+    def _backlog_warnings(self) -> None:
+        from govern.sysctl import backlog
+        from govern.sysctl.planner import SOMAXCONN
+
+        assert self.sysctl is not None
+        listeners = self.sockets.scan(
+            self.policy.ports, v4_len=self.policy.v4_len, v6_len=self.policy.v6_len, idle_after_ms=1000
+        ).listeners
+        item = next(i for i in self.sysctl.plan() if i.key == SOMAXCONN)
+        for line in backlog.warnings(listeners, item.current, item.target, backlog.owners(listeners)):
+            log.warning("%s", line)
 
     # -- the loop -----------------------------------------------------------------------------------------
 
@@ -341,6 +395,7 @@ class Governor:
             ],
             "counters_last_tick": dict(snap.counters) if snap else {},
             "counters_since_start": dict(self.totals),
+            "sysctl_profiles": self.sysctl.profiles() if self.sysctl else [],
             "failures": dict(self.health.failures),
             "last_errors": dict(self.health.last_error),
             "recent": [e.__dict__ for e in self.store.events(10)],
@@ -367,7 +422,24 @@ def build(config: Config, store: Store) -> Governor:
     from govern.observe.sockdiag import SockDiag
 
     enforcer: Enforcer = NftBackend() if not config["daemon"]["dry_run"] else DryRun(NftBackend(enforce=False))
-    return Governor(config, store, SockDiag(), enforcer, ProcNetstat())
+    return Governor(config, store, SockDiag(), enforcer, ProcNetstat(), sysctl=sysctl_manager(config))
+
+
+def sysctl_manager(config: Config) -> SysctlManager:
+    """The real sysctl edge for a config: the daemon's, and the CLI's when it acts without the daemon."""
+    from govern.sysctl.journal import Journal
+    from govern.sysctl.planner import Expectations
+    from govern.sysctl.procsys import ProcSys, mem_total
+
+    sc = config["sysctl"]
+    expect = Expectations(
+        sessions=sc["expected_sessions"],
+        memory_bytes=sc["memory_mb"] * 1024 * 1024 or mem_total(),
+        wave_synack_retries=sc["wave_synack_retries"],
+        wave_fin_timeout=sc["wave_fin_timeout"],
+        exclude=sc["exclude"],
+    )
+    return SysctlManager(ProcSys(sc["root"], sc["modules_root"]), Journal(config["daemon"]["state_dir"]), expect)
 
 
 class _Lock:
@@ -403,7 +475,7 @@ def run(config_path: str | None, *, dry_run: bool = False) -> int:
     lock = _Lock(cfg["daemon"]["state_dir"])
     store = Store(cfg["daemon"]["state_dir"])
     requests: queue.Queue[Request | None] = queue.Queue()
-    flags = {"stop": False, "reload": False}
+    flags = {"stop": False, "reload": False, "torn_down": False}
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         flags["reload" if signum == signal.SIGHUP else "stop"] = True
@@ -441,7 +513,7 @@ def run(config_path: str | None, *, dry_run: bool = False) -> int:
                 if req.body.get("cmd") == "teardown":
                     req.reply = _teardown(gov)
                     req.done.set()
-                    flags["stop"] = True
+                    flags["stop"] = flags["torn_down"] = True
                     continue
                 req.reply = gov.handle(req.body)
                 req.done.set()
@@ -450,6 +522,8 @@ def run(config_path: str | None, *, dry_run: bool = False) -> int:
                 _reload(gov, config_path)
     finally:
         notify("STOPPING=1")
+        if not flags["torn_down"]:
+            gov.sysctl_stop()
         if server is not None:
             server.close()
         gov.enforcer.close()
@@ -475,4 +549,8 @@ def _teardown(gov: Governor) -> dict[str, Any]:
         removed = gov.enforcer.teardown()
     except GovernError as exc:
         return {"ok": False, "error": str(exc)}
-    return {"ok": True, "message": "removed table inet govern" if removed else "nothing to remove", "stopped": True}
+    gov.sysctl_stop(teardown=True)
+    message = "removed table inet govern" if removed else "nothing to remove"
+    if gov.health.failures.get("sysctl"):
+        message += "; some sysctls could not be restored: " + gov.health.last_error.get("sysctl", "")
+    return {"ok": True, "message": message, "stopped": True}

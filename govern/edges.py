@@ -10,6 +10,7 @@ from govern.addr import Prefix
 from govern.config import Config
 from govern.model import Plan, State
 from govern.observe.sockdiag import Scan
+from govern.sysctl.planner import Reading
 
 
 class SocketSource(Protocol):
@@ -59,3 +60,19 @@ class Counters(Protocol):
     """Kernel TCP counters (TcpExt) as cumulative values."""
 
     def read(self) -> Mapping[str, int]: ...
+
+
+class Sysctls(Protocol):
+    """The sysctls of the network namespace govern runs in (govern.sysctl.procsys.ProcSys)."""
+
+    def read(self, key: str) -> Reading: ...
+
+    def write(self, key: str, value: str) -> None:
+        """Set a key or raise KernelError, changing nothing."""
+        ...
+
+    def in_initial_namespace(self) -> bool: ...
+
+    def where(self) -> tuple[str, str]:
+        """(boot id, network namespace): the place a journal of original values is valid."""
+        ...

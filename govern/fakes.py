@@ -11,6 +11,7 @@ from govern.config import Config
 from govern.errors import KernelError
 from govern.model import ActionKind, Plan, State
 from govern.observe.sockdiag import Scan, SockCounts
+from govern.sysctl.planner import Access, Reading
 
 
 @dataclass
@@ -125,3 +126,35 @@ class FakeClock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
+
+
+@dataclass
+class FakeSysctls:
+    """Sysctls in a dict: key -> text, with read-only keys, keys the kernel refuses, and every write recorded."""
+
+    values: dict[str, str] = field(default_factory=dict)
+    read_only: set[str] = field(default_factory=set)
+    refuse: set[str] = field(default_factory=set)
+    initial: bool = True
+    boot: str = "boot-1"
+    netns: str = "net:[1]"
+    writes: list[tuple[str, str]] = field(default_factory=list)
+
+    def read(self, key: str) -> Reading:
+        if key not in self.values:
+            return Reading.absent()
+        return Reading(self.values[key], Access.READ_ONLY if key in self.read_only else Access.WRITABLE, key)
+
+    def write(self, key: str, value: str) -> None:
+        if key not in self.values:
+            raise KernelError(f"{key}: no such sysctl")
+        if key in self.read_only or key in self.refuse:
+            raise KernelError(f"{key}: refused")
+        self.values[key] = value
+        self.writes.append((key, value))
+
+    def in_initial_namespace(self) -> bool:
+        return self.initial
+
+    def where(self) -> tuple[str, str]:
+        return self.boot, self.netns

@@ -119,3 +119,13 @@ def test_bad_durations(text: object) -> None:
 
 def test_format_duration() -> None:
     assert [format_duration(s) for s in (0.25, 59, 600, 5400, 90061)] == ["250ms", "59s", "10m", "1h30m", "1d1h1m1s"]
+
+
+def test_sysctl_section_defaults_and_an_unknown_excluded_key_is_refused(tmp_path: Path) -> None:
+    c = config.from_mapping({})
+    assert c["sysctl"]["expected_sessions"] == 2000 and c["sysctl"]["apply_at_start"] is True
+    assert c["sysctl"]["exclude"] == frozenset()
+    c = config.load(write(tmp_path, '[sysctl]\nexclude = ["net.core.somaxconn"]\n'))
+    assert c["sysctl"]["exclude"] == frozenset({"net.core.somaxconn"})
+    with pytest.raises(ConfigError, match=r"sysctl\.exclude: item 0: 'net\.core\.rmem_max' is not a key govern tunes"):
+        config.load(write(tmp_path, '[sysctl]\nexclude = ["net.core.rmem_max"]\n'))
