@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from govern.addr import Prefix
+from govern.allow.dns import Answer, DnsTempError, RecordType
 from govern.config import Config
 from govern.errors import KernelError
 from govern.model import ActionKind, Plan, State
@@ -107,3 +108,28 @@ class FakeClock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
+
+
+@dataclass
+class FakeResolver:
+    """DNS from a table: (name, type) -> records, or a failure; a name it does not hold does not exist.
+    `calls` records every query, in order, so tests can count lookups."""
+
+    records: dict[tuple[str, str], tuple[str, ...]] = field(default_factory=dict)
+    ttls: dict[tuple[str, str], float] = field(default_factory=dict)
+    failing: set[tuple[str, str]] = field(default_factory=set)
+    calls: list[tuple[str, str]] = field(default_factory=list)
+
+    def set(self, name: str, rdtype: RecordType, *records: str, ttl: float = 3600.0) -> None:
+        self.records[(name, rdtype)] = records
+        self.ttls[(name, rdtype)] = ttl
+        self.failing.discard((name, rdtype))
+
+    def fail(self, name: str, rdtype: RecordType) -> None:
+        self.failing.add((name, rdtype))
+
+    def query(self, name: str, rdtype: RecordType) -> Answer:
+        self.calls.append((name, rdtype))
+        if (name, rdtype) in self.failing:
+            raise DnsTempError(f"{name} {rdtype}: fake SERVFAIL")
+        return Answer(self.records.get((name, rdtype), ()), self.ttls.get((name, rdtype), 300.0))
