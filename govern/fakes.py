@@ -3,8 +3,10 @@ They keep what a real backend would hold, so tests can assert on it."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from concurrent import futures
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from govern.addr import Prefix
 from govern.allow.dns import Answer, DnsTempError, RecordType
@@ -12,6 +14,8 @@ from govern.config import Config
 from govern.errors import KernelError
 from govern.model import ActionKind, Plan, State
 from govern.observe.sockdiag import Scan, SockCounts
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -133,3 +137,15 @@ class FakeResolver:
         if (name, rdtype) in self.failing:
             raise DnsTempError(f"{name} {rdtype}: fake SERVFAIL")
         return Answer(self.records.get((name, rdtype), ()), self.ttls.get((name, rdtype), 300.0))
+
+
+class InlineExecutor(futures.Executor):
+    """Runs each job at submit, on the caller's thread: background work made deterministic for tests."""
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> futures.Future[T]:
+        fut: futures.Future[T] = futures.Future()
+        try:
+            fut.set_result(fn(*args, **kwargs))
+        except Exception as exc:
+            fut.set_exception(exc)
+        return fut
