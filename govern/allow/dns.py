@@ -37,8 +37,10 @@ class Resolver(Protocol):
 class DnsPython:
     """Queries through dnspython with the system's resolv.conf. `timeout` bounds one query, retries included."""
 
-    def __init__(self, timeout: float = 2.0) -> None:
+    def __init__(self, timeout: float = 2.0, *, nameservers: tuple[str, ...] = (), port: int = 53) -> None:
         self.timeout = timeout
+        self.nameservers = nameservers  # empty: those of /etc/resolv.conf
+        self.port = port
 
     def query(self, name: str, rdtype: RecordType) -> Answer:
         import dns.exception
@@ -46,7 +48,10 @@ class DnsPython:
 
         try:
             # A fresh resolver per query picks up resolv.conf changes; its cost is nothing next to a DNS round trip.
-            res = dns.resolver.Resolver()
+            res = dns.resolver.Resolver(configure=not self.nameservers)
+            if self.nameservers:
+                res.nameservers = list(self.nameservers)
+            res.port = self.port
             ans = res.resolve(name, rdtype, lifetime=self.timeout, raise_on_no_answer=False, search=False)
         except dns.resolver.NXDOMAIN:
             return Answer((), NEGATIVE_TTL)
