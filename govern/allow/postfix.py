@@ -107,7 +107,7 @@ class LogFollower:
     reads at most `max_read` bytes, so a large backlog is spread over several ticks.
     """
 
-    def __init__(self, path: str, *, backfill: int = 16 << 20, max_read: int = 4 << 20) -> None:
+    def __init__(self, path: str, *, backfill: int = 16 << 20, max_read: int = 1 << 20) -> None:
         self.path = path
         self.backfill = backfill
         self.max_read = max_read
