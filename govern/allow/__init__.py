@@ -8,7 +8,6 @@
 - trust: the pure record of sources that completed deliveries recently
 - postfix: reading completed deliveries' client addresses from the Postfix log
 - learning: the learned-trust edge the daemon refreshes (Trust fed from the Postfix log)
-- learning: the learned-trust edge the daemon refreshes (Trust fed from the Postfix log)
 
 This module imports nothing so that govern.config can import govern.allow.names without a cycle.
 """
