@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from govern.addr import Prefix, PrefixSet
+from govern.allow.names import domains
 from govern.durations import format_duration, parse_duration
 from govern.errors import AddressError, ConfigError
 
@@ -67,6 +68,12 @@ def _abs_path(v: Any) -> str:
     if not s.startswith("/"):
         raise ValueError(f"expected an absolute path, got {s!r}")
     return s
+
+
+def _abs_path_or_off(v: Any) -> str:
+    if v == "":
+        return ""
+    return _abs_path(v)
 
 
 def _ports(v: Any) -> tuple[int, ...]:
@@ -147,6 +154,16 @@ SCHEMA: dict[str, dict[str, Key]] = {
     "allow": {
         "cidrs": Key([], _cidrs, "addresses or prefixes govern never throttles or blocks"),
         "files": Key([], _paths, "files with one address or prefix per line; '#' starts a comment"),
+        # -- dynamic allowlist sources (govern.allow)
+        "hosts": Key([], domains("hostnames"), "hostnames whose A and AAAA addresses are allowlisted"),
+        "spf_domains": Key([], domains("domains"), "domains whose SPF record's sending ranges are allowlisted"),
+        "refresh": Key("1h", _duration(60, 7 * 86400), "hostnames and SPF are resolved again at least this often"),
+        "min_refresh": Key("5m", _duration(10, 7 * 86400), "and at most this often, however short their DNS TTL"),
+    },
+    "trust": {
+        "learn_for": Key("7d", _duration(60, 365 * 86400), "a source that completed a delivery is trusted this long"),
+        "factor": Key(4, _int(1, 1000), "a trusted source's limits are multiplied by this"),
+        "postfix_log": Key("", _abs_path_or_off, "Postfix log to learn completed deliveries from; empty: off"),
     },
     "limits": {
         "max_connections_per_source": Key(20, _int(1, 1_000_000), "concurrent sockets on protected ports, per source"),
@@ -419,6 +436,8 @@ def from_mapping(data: Mapping[str, Any], path: str | None = None) -> Config:
 def _cross_check(v: Mapping[str, Mapping[str, Any]], path: str | None) -> None:
     if v["block"]["duration"] > v["block"]["max_duration"]:
         raise ConfigError("must not be shorter than block.duration", path=path, key="block.max_duration")
+    if v["allow"]["min_refresh"] > v["allow"]["refresh"]:
+        raise ConfigError("must not be longer than allow.refresh", path=path, key="allow.min_refresh")
     for p in v["allow"]["cidrs"]:
         if p.length == 0:
             raise ConfigError(f"{p} would allow every address", path=path, key="allow.cidrs")

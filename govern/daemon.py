@@ -20,6 +20,8 @@ from typing import Any
 
 from govern import config as configmod
 from govern.addr import Prefix
+from govern.allow.learning import TrustSources
+from govern.allow.sources import AllowSources, policy_with
 from govern.config import Config, Policy
 from govern.control import ControlServer, Request
 from govern.decide import decide, manual_block, manual_unblock, release_allowlisted
@@ -36,6 +38,7 @@ from govern.systemd import notify
 log = logging.getLogger("govern")
 MAINTENANCE_EVERY = 600.0
 EVENTS_KEPT = 30 * 86400.0
+ALLOW_WAIT_AT_START = 5.0  # seconds the start waits for the first resolution of allowlisted hostnames and SPF
 
 
 @dataclass
@@ -61,6 +64,8 @@ class Governor:
         counters: Counters,
         clock: Callable[[], float] = time.time,
         sysctl: SysctlManager | None = None,
+        allow: AllowSources | None = None,
+        trust: TrustSources | None = None,
     ) -> None:
         self.config = config
         self.store = store
@@ -69,10 +74,13 @@ class Governor:
         self.clock = clock
         self.sysctl = sysctl
         self.health = Health()
+        # Dynamic allowlist and learned trust (govern.allow); None keeps the config's allowlist as read at load.
+        self.allow = allow
+        self.trust = trust
         # A dry run simulates in memory from a clean slate: it must neither act on nor alter the durable state.
         self.state: State = State() if config["daemon"]["dry_run"] else store.load()
         self.extra_allow = store.allowed()
-        self.policy: Policy = config.policy(self.extra_allow)
+        self.policy: Policy = self._policy()
         self.observer = Observer(sockets, enforcer.syn_counts, counters)
         self.snapshot: Snapshot | None = None
         self.started = clock()
@@ -90,6 +98,11 @@ class Governor:
 
     def start(self) -> None:
         now = self.clock()
+        if self.allow is not None:  # the first tick already sees hostnames and SPF, unless DNS is slow
+            self.allow.refresh(now)
+            self.allow.wait(ALLOW_WAIT_AT_START)
+            self.allow.refresh(now)
+            self.policy = self._policy()
         adopted = self.enforcer.setup(self.config, self.policy.allow.members(), self.state, now)
         self._commit_recorded(adopted, now)
         self.execute(release_allowlisted(self.state, self.policy), now)
@@ -150,6 +163,7 @@ class Governor:
     def tick(self) -> Plan:
         t0 = time.perf_counter()
         now = self.clock()
+        self.refresh_sources(now)
         try:
             self.snapshot = self.observer.snapshot(self.policy, now)
         except GovernError as exc:
@@ -218,13 +232,52 @@ class Governor:
             del self.state.offenders[p]
         self.store.trim_events(now - EVENTS_KEPT)
 
+    # -- allowlist sources and learned trust (govern.allow) ------------------------------------------------------
+
+    def _policy(self) -> Policy:
+        if self.allow is None:
+            return self.config.policy(self.extra_allow)
+        return policy_with(self.config, self.allow, self.extra_allow)
+
+    def refresh_sources(self, now: float) -> None:
+        """Between ticks: take allowlist changes (files, DNS finished in the background) and learned trust.
+
+        Cheap when nothing changed: a stat() per allowlist file and a read of what the Postfix log gained.
+        """
+        if self.allow is not None:
+            try:
+                changed = self.allow.refresh(now)
+            except Exception as exc:  # a failing source must not stop the loop; the last allowlist stays
+                self.health.fail("allow-sources", exc)
+                changed = False
+            if changed:
+                self.policy = self._policy()
+                self.enforcer.set_allow(self.policy.allow.members())
+                self.execute(release_allowlisted(self.state, self.policy), now)
+        if self.trust is not None:
+            try:
+                self.trust.refresh(now)
+            except Exception as exc:
+                self.health.fail("trust", exc)
+
+    def close_sources(self) -> None:
+        if self.allow is not None:
+            self.allow.close()
+        if self.trust is not None:
+            self.trust.close()
+
     # -- reload -------------------------------------------------------------------------------------------
 
     def reload(self, new: Config) -> None:
         """Switch to a validated config: converge the kernel objects, then release newly allowlisted sources."""
         now = self.clock()
         self.config = new
-        self.policy = new.policy(self.extra_allow)
+        if self.allow is not None:
+            self.allow.configure(new)
+            self.allow.refresh(now)
+        if self.trust is not None:
+            self.trust.configure(new)
+        self.policy = self._policy()
         adopted = self.enforcer.setup(new, self.policy.allow.members(), self.state, now)
         self._commit_recorded(adopted, now)
         self.execute(release_allowlisted(self.state, self.policy), now)
@@ -251,6 +304,9 @@ class Governor:
                 return self._allow(body)
             if cmd == "wave":
                 return self._wave(body)
+            if cmd == "allowlist":
+                listing = self.allow.listing() if self.allow is not None else []
+                return {"ok": True, "entries": listing}
             return {"ok": False, "error": f"unknown request {cmd!r}"}
         except (UsageError, RefusedError) as exc:
             return {"ok": False, "error": str(exc), "refused": True}
@@ -277,7 +333,7 @@ class Governor:
             self.store.allow(p, now, str(body.get("note") or ""))
             message = f"{p} is allowlisted"
         self.extra_allow = self.store.allowed()
-        self.policy = self.config.policy(self.extra_allow)
+        self.policy = self._policy()
         self.enforcer.set_allow(self.policy.allow.members())
         released = release_allowlisted(self.state, self.policy)
         if not self.execute(released, now):
@@ -386,6 +442,8 @@ class Governor:
             "blocks": len(self.state.blocks),
             "throttles": len(self.state.throttles),
             "allowlist": len(self.policy.allow),
+            "allowlist_sources": self.allow.status() if self.allow is not None else [],
+            "trust": self.trust.status() if self.trust is not None else {},
             "ended_sessions": self.ended_sessions,
             "cut_sessions": self.cut_sessions,
             "conntrack_forgotten": self.forgotten_conntrack,
@@ -416,13 +474,23 @@ def _duration(body: dict[str, Any], default: float) -> float:
 
 def build(config: Config, store: Store) -> Governor:
     """The one place real edges are chosen."""
+    from govern.allow.sources import from_config
     from govern.dryrun import DryRun
     from govern.nft.backend import NftBackend
     from govern.observe.netstat import ProcNetstat
     from govern.observe.sockdiag import SockDiag
 
     enforcer: Enforcer = NftBackend() if not config["daemon"]["dry_run"] else DryRun(NftBackend(enforce=False))
-    return Governor(config, store, SockDiag(), enforcer, ProcNetstat(), sysctl=sysctl_manager(config))
+    return Governor(
+        config,
+        store,
+        SockDiag(),
+        enforcer,
+        ProcNetstat(),
+        sysctl=sysctl_manager(config),
+        allow=from_config(config),
+        trust=TrustSources(config),
+    )
 
 
 def sysctl_manager(config: Config) -> SysctlManager:
@@ -527,6 +595,7 @@ def run(config_path: str | None, *, dry_run: bool = False) -> int:
         if server is not None:
             server.close()
         gov.enforcer.close()
+        gov.close_sources()
         store.close()
         lock.release()
     log.info("govern stopped; blocks stay enforced in the kernel until their timeouts")

@@ -3,15 +3,20 @@ They keep what a real backend would hold, so tests can assert on it."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from concurrent import futures
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from govern.addr import Prefix
+from govern.allow.dns import Answer, DnsTempError, RecordType
 from govern.config import Config
 from govern.errors import KernelError
 from govern.model import ActionKind, Plan, State
 from govern.observe.sockdiag import Scan, SockCounts
 from govern.sysctl.planner import Access, Reading
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -158,3 +163,40 @@ class FakeSysctls:
 
     def where(self) -> tuple[str, str]:
         return self.boot, self.netns
+
+
+@dataclass
+class FakeResolver:
+    """DNS from a table: (name, type) -> records, or a failure; a name it does not hold does not exist.
+    `calls` records every query, in order, so tests can count lookups."""
+
+    records: dict[tuple[str, str], tuple[str, ...]] = field(default_factory=dict)
+    ttls: dict[tuple[str, str], float] = field(default_factory=dict)
+    failing: set[tuple[str, str]] = field(default_factory=set)
+    calls: list[tuple[str, str]] = field(default_factory=list)
+
+    def set(self, name: str, rdtype: RecordType, *records: str, ttl: float = 3600.0) -> None:
+        self.records[(name, rdtype)] = records
+        self.ttls[(name, rdtype)] = ttl
+        self.failing.discard((name, rdtype))
+
+    def fail(self, name: str, rdtype: RecordType) -> None:
+        self.failing.add((name, rdtype))
+
+    def query(self, name: str, rdtype: RecordType) -> Answer:
+        self.calls.append((name, rdtype))
+        if (name, rdtype) in self.failing:
+            raise DnsTempError(f"{name} {rdtype}: fake SERVFAIL")
+        return Answer(self.records.get((name, rdtype), ()), self.ttls.get((name, rdtype), 300.0))
+
+
+class InlineExecutor(futures.Executor):
+    """Runs each job at submit, on the caller's thread: background work made deterministic for tests."""
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> futures.Future[T]:
+        fut: futures.Future[T] = futures.Future()
+        try:
+            fut.set_result(fn(*args, **kwargs))
+        except Exception as exc:
+            fut.set_exception(exc)
+        return fut

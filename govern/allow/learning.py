@@ -1,0 +1,75 @@
+"""The learned-trust edge: `Trust` fed from the Postfix log (when `trust.postfix_log` is set) and from whatever the
+daemon reports itself, expired as time passes. The daemon calls `refresh(now)` between ticks and hands
+`trusted()` to the decision core."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from govern.addr import Prefix, PrefixSet
+from govern.allow.postfix import DeliveryParser, LogFollower
+from govern.allow.trust import Trust
+from govern.config import Config
+
+
+class TrustSources:
+    def __init__(self, config: Config) -> None:
+        self.follower: LogFollower | None = None
+        self.parser = DeliveryParser()
+        self.learned_from_log = 0
+        pro = config["protect"]
+        self.trust = Trust(config["trust"]["learn_for"], v4_len=pro["ipv4_prefix"], v6_len=pro["ipv6_prefix"])
+        self.configure(config)
+
+    def configure(self, config: Config) -> None:
+        """Take a (re)loaded config; what was learned stays, under the new lifetime and grouping."""
+        t, pro = config["trust"], config["protect"]
+        self.factor: int = t["factor"]
+        if (t["learn_for"], pro["ipv4_prefix"], pro["ipv6_prefix"]) != (
+            self.trust.learn_for,
+            self.trust.v4_len,
+            self.trust.v6_len,
+        ):
+            old = self.trust
+            self.trust = Trust(t["learn_for"], v4_len=pro["ipv4_prefix"], v6_len=pro["ipv6_prefix"])
+            for source in old.trusted():
+                until = old.until(source)
+                if until is not None:
+                    self.trust.learn(source, until - old.learn_for, until - old.learn_for)
+        path = t["postfix_log"]
+        if self.follower is not None and self.follower.path != path:
+            self.follower.close()
+            self.follower = None
+        if path and self.follower is None:
+            self.follower = LogFollower(path)
+
+    def learn(self, address: Prefix, now: float) -> bool:
+        """A completed delivery the daemon saw itself."""
+        return self.trust.learn(address, now, now)
+
+    def refresh(self, now: float) -> bool:
+        """Read what the log gained since the last call and expire old trust; True when the trusted set changed."""
+        changed = False
+        if self.follower is not None:
+            for line in self.follower.lines():
+                if (got := self.parser.feed(line, now)) is not None:
+                    self.learned_from_log += 1
+                    changed |= self.trust.learn(got[0], got[1], now)
+        return self.trust.expire(now) or changed
+
+    def trusted(self) -> PrefixSet:
+        return self.trust.trusted()
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "trusted": len(self.trust),
+            "factor": self.factor,
+            "postfix_log": self.follower.path if self.follower else "",
+            "log_error": self.follower.error if self.follower else "",
+            "deliveries_learned": self.learned_from_log,
+            "awaiting_queue": len(self.parser),
+        }
+
+    def close(self) -> None:
+        if self.follower is not None:
+            self.follower.close()

@@ -1,0 +1,64 @@
+"""Learned trust, pure: the sources that completed a delivery recently, each trusted until `learn_for` after its last
+one. Kept per source group (IPv4 /32, IPv6 /64 by default), the unit the decision core counts and limits, so a
+lookup is one `PrefixSet.covers`. No clock: the caller passes the times.
+
+Memory is bounded: past `max_sources`, the source whose last delivery is oldest is forgotten first.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+from govern.addr import Prefix, PrefixSet, group_key
+
+
+class Trust:
+    def __init__(self, learn_for: float, *, v4_len: int = 32, v6_len: int = 64, max_sources: int = 200_000) -> None:
+        self.learn_for = learn_for
+        self.v4_len = v4_len
+        self.v6_len = v6_len
+        self.max_sources = max_sources
+        # source -> until; insertion order is the order of last deliveries (re-learning moves a source to the end),
+        # so expiry and eviction both take from the front.
+        self._until: dict[Prefix, float] = {}
+        self._set: PrefixSet | None = None
+
+    def learn(self, address: Prefix, at: float, now: float) -> bool:
+        """Record a completed delivery from `address` at `at`; True when its source was not trusted before."""
+        until = at + self.learn_for
+        if until <= now or _never_learned(address):
+            return False
+        key = group_key(address, self.v4_len, self.v6_len)
+        old = self._until.pop(key, None)
+        self._until[key] = max(until, old or until)
+        if old is None:
+            self._set = None
+            while len(self._until) > self.max_sources:
+                del self._until[next(iter(self._until))]
+        return old is None
+
+    def expire(self, now: float) -> bool:
+        """Forget sources whose trust ran out; True when any went."""
+        gone = [p for p, until in self._until.items() if until <= now]
+        for p in gone:
+            del self._until[p]
+        if gone:
+            self._set = None
+        return bool(gone)
+
+    def trusted(self) -> PrefixSet:
+        if self._set is None:
+            self._set = PrefixSet(self._until)
+        return self._set
+
+    def until(self, source: Prefix) -> float | None:
+        return self._until.get(source)
+
+    def __len__(self) -> int:
+        return len(self._until)
+
+
+def _never_learned(address: Prefix) -> bool:
+    """Loopback is the MTA talking to itself (content filters, local submission): it says nothing about a peer."""
+    ip = ipaddress.ip_address(address.value if address.version == 4 else address.value.to_bytes(16, "big"))
+    return ip.is_loopback or ip.is_unspecified

@@ -1,0 +1,84 @@
+"""Learned trust from a real Postfix log: the lab's Postfix (in its mx namespace) accepts mail from a legitimate and a
+trusted sender and loses one client mid-DATA; following its maillog, govern learns exactly the two that delivered."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import smtplib
+import tempfile
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from govern import config
+from govern.addr import Prefix
+from govern.allow.learning import TrustSources
+from govern.allow.postfix import logged_at
+from govern.lab.postfix import Postfix, install
+from govern.lab.topology import MX4, MX6, Lab
+
+
+@pytest.fixture(scope="module")
+def pf(lab_module: Lab) -> Iterator[Postfix]:
+    install()
+    work = tempfile.mkdtemp(prefix="gvallow-postfix-")
+    pf = Postfix(lab_module, os.path.join(work, "pf"))
+    try:
+        pf.start()
+        yield pf
+    finally:
+        try:
+            pf.stop()
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def deliver(lab: Lab, role: str, src: str, dst: str) -> None:
+    with lab.entered(role):
+        s = smtplib.SMTP(dst, 25, source_address=(src, 0), timeout=10)
+    with contextlib.closing(s):
+        s.ehlo("sender.example")
+        s.mail("a@sender.example")
+        assert s.rcpt("anyone@lab.test")[0] == 250
+        code, msg = s.data(b"Subject: trust\r\n\r\nhello\r\n")
+        assert code == 250, msg
+        s.quit()
+
+
+def abandon_mid_data(lab: Lab, src: str) -> None:
+    with lab.entered("legit"):
+        s = smtplib.SMTP(MX4, 25, source_address=(src, 0), timeout=10)
+    s.ehlo("quitter.example")
+    s.mail("q@quitter.example")
+    assert s.rcpt("anyone@lab.test")[0] == 250  # the queue file exists now: smtpd logs client=
+    assert s.docmd("DATA")[0] == 354
+    s.send(b"Subject: never finished\r\n\r\npart of a message")
+    s.close()
+
+
+def test_only_clients_whose_message_was_queued_are_trusted(lab_module: Lab, pf: Postfix) -> None:
+    cfg = config.from_mapping({"trust": {"postfix_log": pf.log_path, "learn_for": "1h"}})
+    ts = TrustSources(cfg)
+    try:
+        ts.refresh(time.time())  # the log as it was before: nothing from these addresses in it
+        abandon_mid_data(lab_module, "198.51.100.32")
+        deliver(lab_module, "legit", "198.51.100.31", MX4)
+        deliver(lab_module, "trusted", "2001:db8:2::31", MX6)
+        want = {Prefix.parse("198.51.100.31"), Prefix.parse("2001:db8:2::/64")}
+        deadline = time.monotonic() + 15
+        while not want <= set(ts.trusted()) and time.monotonic() < deadline:
+            ts.refresh(time.time())
+            time.sleep(0.1)
+        assert set(ts.trusted()) == want
+        with open(pf.log_path) as fh:
+            lines = [line for line in fh if "client=unknown[198.51.100.3" in line]
+        assert any("[198.51.100.32]" in line for line in lines)  # seen, and still not trusted
+        now = time.time()
+        assert logged_at(lines[-1], now) == logged_at(lines[-1], now + 1000) <= now  # Postfix's own stamps are read
+        until = ts.trust.until(Prefix.parse("198.51.100.31"))
+        assert until is not None and abs(until - 3600 - time.time()) < 30  # learned at the time it was logged
+    finally:
+        ts.close()

@@ -1,0 +1,115 @@
+"""The daemon's wiring of govern.allow with fake edges: an allowlist that changes between ticks (a file replaced, a
+hostname resolving to a blocked source) reaches the kernel's allow set and lifts blocks at once; learned trust and
+every source show in `govern status`."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from govern import config
+from govern.addr import Prefix
+from govern.allow.learning import TrustSources
+from govern.allow.sources import AllowSources
+from govern.daemon import Governor
+from govern.fakes import FakeClock, FakeCounters, FakeEnforcer, FakeResolver, FakeSockets, InlineExecutor
+from govern.observe.sockdiag import SockCounts
+from govern.store import Store
+
+PARTNER = Prefix.parse("192.0.2.77")
+
+
+def make(
+    tmp_path: Path, allow: dict[str, object], trust: dict[str, object] | None = None
+) -> tuple[Governor, FakeSockets, FakeEnforcer, FakeClock, FakeResolver]:
+    cfg = config.from_mapping({"allow": allow, "trust": trust or {}, "daemon": {"state_dir": str(tmp_path / "state")}})
+    socks, enf, clock, dns = FakeSockets(), FakeEnforcer(), FakeClock(), FakeResolver()
+    sources = AllowSources(cfg, dns, InlineExecutor())
+    gov = Governor(
+        cfg,
+        Store(cfg["daemon"]["state_dir"]),
+        socks,
+        enf,
+        FakeCounters(),
+        clock=clock,
+        allow=sources,
+        trust=TrustSources(cfg),
+    )
+    return gov, socks, enf, clock, dns
+
+
+def hog(n: int) -> SockCounts:
+    return SockCounts(held=n, established=n, syn_recv=0, idle=n, max_idle_ms=30_000)
+
+
+def test_a_host_that_comes_to_resolve_to_a_blocked_source_lifts_its_block(tmp_path: Path) -> None:
+    gov, socks, enf, clock, dns = make(tmp_path, {"hosts": ["relay.partner.example"], "min_refresh": "1m"})
+    dns.set("relay.partner.example", "A", "192.0.2.1", ttl=60)
+    gov.start()
+    assert Prefix.parse("192.0.2.1") in enf.allow  # resolved before the first tick
+    socks.sources = {PARTNER: hog(30)}
+    for _ in range(8):
+        gov.tick()
+        clock.advance(1.0)
+    assert PARTNER in enf.blocks
+    dns.set("relay.partner.example", "A", "192.0.2.1", "192.0.2.77")
+    clock.advance(60)
+    gov.tick()
+    assert PARTNER in enf.allow and PARTNER not in enf.blocks and PARTNER not in gov.state.blocks
+    row = next(r for r in gov.status()["allowlist_sources"] if r["source"] == "host relay.partner.example")
+    assert row["prefixes"] == 2 and row["error"] == ""
+
+
+def test_a_replaced_file_changes_the_kernel_allow_set_at_the_next_tick(tmp_path: Path) -> None:
+    f = tmp_path / "partners.txt"
+    f.write_text("192.0.2.10\n")
+    gov, _socks, enf, clock, _dns = make(tmp_path, {"files": [str(f)]})
+    gov.start()
+    assert enf.allow == {Prefix.parse("192.0.2.10")}
+    tmp = tmp_path / "partners.tmp"
+    tmp.write_text("192.0.2.11\n")
+    os.replace(tmp, f)
+    gov.tick()
+    assert enf.allow == {Prefix.parse("192.0.2.11")}
+    f.write_text("not an address\n")
+    clock.advance(1)
+    gov.tick()
+    assert enf.allow == {Prefix.parse("192.0.2.11")}  # the last good content stays in force
+    assert "partners.txt:1" in next(
+        r["error"] for r in gov.status()["allowlist_sources"] if r["source"].endswith("txt")
+    )
+    assert gov.handle({"cmd": "allowlist"})["entries"] == [
+        {"kind": "allow", "prefix": "192.0.2.11", "sources": [f"file {f}:1"]}
+    ]
+
+
+def test_trust_learned_from_the_postfix_log_shows_in_status(tmp_path: Path) -> None:
+    log = tmp_path / "mail.log"
+    log.write_text("")
+    gov, _socks, _enf, clock, _dns = make(tmp_path, {}, {"postfix_log": str(log)})
+    gov.start()
+    stamp = "2023-11-14T22:13:00+00:00"  # a minute before the fake clock's start
+    with open(log, "a") as fh:
+        fh.write(f"{stamp} mx postfix/smtpd[1]: 4F2Xk81qZ5z9sWd: client=x[198.51.100.7]\n")
+        fh.write(f"{stamp} mx postfix/qmgr[2]: 4F2Xk81qZ5z9sWd: from=<a@b.example>, size=1, nrcpt=1 (queue active)\n")
+    gov.tick()
+    assert gov.status()["trust"]["trusted"] == 1
+    assert gov.trust is not None and gov.trust.trusted().covers(Prefix.parse("198.51.100.7"))
+    clock.advance(7 * 86400)
+    gov.tick()
+    assert gov.status()["trust"]["trusted"] == 0
+
+
+def test_a_reload_keeps_resolved_hosts(tmp_path: Path) -> None:
+    gov, _socks, enf, _clock, dns = make(tmp_path, {"hosts": ["relay.partner.example"]})
+    dns.set("relay.partner.example", "A", "192.0.2.1")
+    gov.start()
+    dns.fail("relay.partner.example", "A")
+    new = config.from_mapping(
+        {
+            "allow": {"hosts": ["relay.partner.example"], "cidrs": ["192.0.2.200"]},
+            "daemon": {"state_dir": str(tmp_path / "state")},
+        }
+    )
+    gov.reload(new)
+    assert enf.allow == {Prefix.parse("192.0.2.1"), Prefix.parse("192.0.2.200")}
