@@ -44,7 +44,7 @@ class Capabilities:
     def reason(self) -> str | None:
         if self.mechanism is not None:
             return None
-        missing = [w for w, ok in (("the htb qdisc", "htb" in self.qdiscs), ("nftables", self.nft_priority)) if not ok]
+        missing = [w for w, ok in (("htb qdisc", "htb" in self.qdiscs), ("nftables", self.nft_priority)) if not ok]
         why = "; ".join(self.errors)
         return f"this kernel has no {' and no '.join(missing)} for the tarpit" + (f" ({why})" if why else "")
 
