@@ -115,6 +115,20 @@ def _paths(v: Any) -> tuple[str, ...]:
     return tuple(out)
 
 
+def _ifnames(v: Any) -> tuple[str, ...]:
+    if not isinstance(v, list):
+        raise ValueError(f"expected a list of interface names, got {_typename(v)}")
+    out: list[str] = []
+    for i, item in enumerate(v):
+        # The kernel's rule for a name: 1-15 bytes, no '/', ':' or whitespace.
+        if not isinstance(item, str) or not 0 < len(item.encode()) < 16 or any(c in item for c in "/: \t\n"):
+            raise ValueError(f"item {i}: {item!r} is not an interface name")
+        if item in out:
+            raise ValueError(f"item {i}: interface {item} is listed twice")
+        out.append(item)
+    return tuple(out)
+
+
 def _level(v: Any) -> str:
     s = _str(v).lower()
     if s not in ("debug", "info", "warning", "error"):
@@ -215,6 +229,11 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "ipv4_min_blocked": Key(8, _int(2, 1 << 24), "blocked addresses in one such prefix that block all of it"),
         "ipv6_prefix": Key(48, _int(16, 127), "IPv6 blocks are gathered into prefixes of this length"),
         "ipv6_min_blocked": Key(8, _int(2, 1 << 24), "blocked sources in one such prefix that block all of it"),
+    },
+    "tarpit": {
+        "delay": Key("2s", _duration(0.05, 60), "each reply to a tarpitted source waits this long behind the last"),
+        "buckets": Key(64, _int(1, 256), "tarpitted sources share this many queues, spread by a hash of the source"),
+        "interfaces": Key([], _ifnames, "interfaces whose replies are slowed; empty: every non-loopback interface"),
     },
     "daemon": {
         "tick": Key("1s", _duration(0.1, 60), "how often govern observes, decides and acts"),

@@ -56,6 +56,32 @@ class Enforcer(Protocol):
     def close(self) -> None: ...
 
 
+class Tarpit(Protocol):
+    """Slows the MX's replies on the protected ports to chosen sources (govern.tarpit; docs/tarpit.md).
+
+    `apply` is one transaction; each added source carries a kernel-side timeout in seconds, so a tarpit lapses by
+    itself if the daemon dies. Allowlisted sources must never be passed in; the kernel skips them anyway.
+    """
+
+    name: str
+
+    def supported(self) -> str | None:
+        """None if this host can tarpit, else the reason it cannot."""
+        ...
+
+    def setup(self, ports: frozenset[int], ifaces: Sequence[str] = ()) -> None: ...
+
+    def apply(self, add: Mapping[Prefix, float], remove: Sequence[Prefix]) -> None: ...
+
+    def tarpitted(self) -> frozenset[Prefix]: ...
+
+    def teardown(self) -> bool:
+        """Remove every kernel object the tarpit owns; True if there was something to remove."""
+        ...
+
+    def close(self) -> None: ...
+
+
 class Counters(Protocol):
     """Kernel TCP counters (TcpExt) as cumulative values."""
 

@@ -115,6 +115,48 @@ class FakeEnforcer:
 
 
 @dataclass
+class FakeTarpit:
+    """Holds tarpitted prefixes with their timeouts as the kernel would; `reason` makes it an unsupported host."""
+
+    name: str = "fake"
+    reason: str | None = None
+    ports: frozenset[int] = frozenset()
+    ifaces: tuple[str, ...] = ()
+    held: dict[Prefix, float] = field(default_factory=dict)
+    fail_next: bool = False
+    commits: int = 0
+
+    def supported(self) -> str | None:
+        return self.reason
+
+    def setup(self, ports: frozenset[int], ifaces: Sequence[str] = ()) -> None:
+        if self.reason is not None:
+            raise KernelError(self.reason)
+        self.ports, self.ifaces = ports, tuple(ifaces)
+
+    def apply(self, add: Mapping[Prefix, float], remove: Sequence[Prefix]) -> None:
+        if self.fail_next:
+            self.fail_next = False
+            raise KernelError("fake kernel refused the transaction")
+        self.commits += 1
+        for p in remove:
+            self.held.pop(p, None)
+        self.held.update(add)
+
+    def tarpitted(self) -> frozenset[Prefix]:
+        return frozenset(self.held)
+
+    def teardown(self) -> bool:
+        had = bool(self.held or self.ports)
+        self.held.clear()
+        self.ports, self.ifaces = frozenset(), ()
+        return had
+
+    def close(self) -> None:
+        pass
+
+
+@dataclass
 class FakeCounters:
     values: dict[str, int] = field(default_factory=dict)
 
