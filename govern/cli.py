@@ -245,11 +245,20 @@ def teardown(config: ConfigOpt = None) -> None:
 
     if os.geteuid() != 0:
         _fail(UsageError("govern teardown needs root: it removes govern's nftables table"))
+    from govern.tarpit import TcTarpit
+
     try:
+        tarpit = TcTarpit()
+        try:
+            slowed = tarpit.teardown()
+        finally:
+            tarpit.close()
         removed = teardown_table()
     except GovernError as exc:
         _fail(exc)
     print("removed table inet govern" if removed else "nothing to remove: no govern objects in the kernel")
+    if slowed:
+        print("removed the tarpit's queues")
     _print_report(_sysctls(cfg).restore())
 
 

@@ -231,6 +231,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "ipv6_min_blocked": Key(8, _int(2, 1 << 24), "blocked sources in one such prefix that block all of it"),
     },
     "tarpit": {
+        "enabled": Key(True, _bool, "under pressure, slow the replies to sources nearing a limit"),
+        "duration": Key("10m", _duration(1, 86400), "how long a source stays tarpitted"),
+        "max_sources": Key(200, _int(0, 100_000), "at most this many sources tarpitted at once"),
         "delay": Key("2s", _duration(0.05, 60), "each reply to a tarpitted source waits this long behind the last"),
         "buckets": Key(64, _int(1, 256), "tarpitted sources share this many queues, spread by a hash of the source"),
         "interfaces": Key([], _ifnames, "interfaces whose replies are slowed; empty: every non-loopback interface"),
@@ -302,6 +305,9 @@ class Config:
             wave_max_connections=wv["max_connections_per_source"],
             wave_max_new_per_minute=wv["max_new_per_minute"],
             cut_idle_after=(cut["elevated_idle_after"], cut["wave_idle_after"]) if cut["enabled"] else None,
+            trust_factor=self["trust"]["factor"],
+            tarpit_duration=self["tarpit"]["duration"],
+            tarpit_max=self["tarpit"]["max_sources"] if self["tarpit"]["enabled"] else 0,
             aggregate={
                 4: (agg["ipv4_prefix"], agg["ipv4_min_blocked"]),
                 6: (agg["ipv6_prefix"], agg["ipv6_min_blocked"]),
@@ -360,6 +366,8 @@ class Policy:
     cut_idle_after: tuple[float, float] | None = (30.0, 5.0)  # (elevated, wave); None: never cut
     aggregate: Mapping[int, tuple[int, int]] = field(default_factory=dict)  # version -> (prefix length, min blocked)
     trust_factor: int = 1  # limits are this many times higher for sources that delivered recently
+    tarpit_duration: float = 600.0
+    tarpit_max: int = 0  # 0: no tarpit (disabled, or the host cannot)
 
 
 def with_override(config: Config, section: str, key: str, value: Any) -> Config:

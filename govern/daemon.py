@@ -14,7 +14,7 @@ import queue
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import FrameType
 from typing import Any
 
@@ -26,7 +26,7 @@ from govern.config import Config, Policy
 from govern.control import ControlServer, Request
 from govern.decide import decide, manual_block, manual_unblock, release_allowlisted
 from govern.durations import format_duration, parse_duration
-from govern.edges import Counters, Enforcer, SocketSource
+from govern.edges import Counters, Enforcer, SocketSource, Tarpit
 from govern.errors import GovernError, RefusedError, UsageError
 from govern.model import ActionKind, Mode, ModeState, Plan, Snapshot, State
 from govern.modes import wave_off, wave_on
@@ -66,6 +66,7 @@ class Governor:
         sysctl: SysctlManager | None = None,
         allow: AllowSources | None = None,
         trust: TrustSources | None = None,
+        tarpit: Tarpit | None = None,
     ) -> None:
         self.config = config
         self.store = store
@@ -73,6 +74,8 @@ class Governor:
         self.enforcer = enforcer
         self.clock = clock
         self.sysctl = sysctl
+        self.tarpit = tarpit
+        self.tarpit_unsupported: str | None = tarpit.supported() if tarpit is not None else "no tarpit edge"
         self.health = Health()
         # Dynamic allowlist and learned trust (govern.allow); None keeps the config's allowlist as read at load.
         self.allow = allow
@@ -106,7 +109,22 @@ class Governor:
         adopted = self.enforcer.setup(self.config, self.policy.allow.members(), self.state, now)
         self._commit_recorded(adopted, now)
         self.execute(release_allowlisted(self.state, self.policy), now)
+        self.tarpit_start(now)
         self.sysctl_start()
+
+    def tarpit_start(self, now: float) -> None:
+        """Build the tarpit's tc tree and restore the tarpits the state holds (a dry run builds nothing)."""
+        if self.tarpit is None or self.tarpit_unsupported is not None or not self.enforcing:
+            return
+        try:
+            self.tarpit.setup(self.policy.ports, self.config["tarpit"]["interfaces"])
+            live = {p: t.until - now for p, t in self.state.tarpits.items() if t.until > now}
+            if live:
+                self.tarpit.apply(live, [])
+        except GovernError as exc:
+            self.tarpit_unsupported = str(exc)
+            self.policy = self._policy()
+            self.health.fail("tarpit", exc)
 
     # -- sysctls (govern.sysctl; docs/sysctl.md) ------------------------------------------------------------
 
@@ -125,6 +143,8 @@ class Governor:
                 log.warning("sysctl: put back %d value(s) from the journal of the last run", len(recovered.written))
             if self.config["sysctl"]["apply_at_start"]:
                 self._sysctl_failures(self.sysctl.apply())
+            if self.state.mode.mode is Mode.WAVE:  # a wave that outlived a restart
+                self._sysctl_failures(self.sysctl.enter_wave())
             self._backlog_warnings()
         except GovernError as exc:
             self.health.fail("sysctl", exc)
@@ -164,8 +184,9 @@ class Governor:
         t0 = time.perf_counter()
         now = self.clock()
         self.refresh_sources(now)
+        trusted = frozenset(self.trust.trusted().members()) if self.trust is not None else frozenset()
         try:
-            self.snapshot = self.observer.snapshot(self.policy, now)
+            self.snapshot = self.observer.snapshot(self.policy, now, trusted)
         except GovernError as exc:
             self.health.fail("observe", exc)
             return Plan()
@@ -190,6 +211,7 @@ class Governor:
         try:
             with self.store.pending(plan, now):
                 self.enforcer.apply(plan, now)
+                self._apply_tarpits(plan, now)
         except GovernError as exc:
             self.health.fail("act", exc)
             return False
@@ -214,9 +236,28 @@ class Governor:
                 self.health.fail("cut-sessions", exc)
         return True
 
+    def _apply_tarpits(self, plan: Plan, now: float) -> None:
+        """The tarpit's own transaction (its sets and the HTB tree it feeds); after the enforcer's, so a refused
+        tarpit leaves blocks in force and the store behind the kernel, which the next tick's plan mends."""
+        add = {a.prefix: a.until - now for a in plan.actions if a.kind is ActionKind.TARPIT}
+        drop = [a.prefix for a in plan.actions if a.kind is ActionKind.UNTARPIT]
+        if (add or drop) and self.tarpit is not None and self.tarpit_unsupported is None:
+            self.tarpit.apply(add, drop)
+
     def _mode_changed(self, old: ModeState, new: ModeState) -> None:
         until = f" until {time.strftime('%H:%M:%S', time.localtime(new.until))}" if new.until else ""
         log.warning("mode %s -> %s%s: %s", old.mode, new.mode, until, new.reason)
+        if (new.mode is Mode.WAVE) != (old.mode is Mode.WAVE):
+            self._sysctl_wave(new.mode is Mode.WAVE)
+
+    def _sysctl_wave(self, on: bool) -> None:
+        """The sysctl wave profile follows the mode (SYN cookies on, fewer SYN-ACK retries, shorter FIN timeout)."""
+        if self.sysctl is None or not self.enforcing:
+            return
+        try:
+            self._sysctl_failures(self.sysctl.enter_wave() if on else self.sysctl.leave_wave())
+        except GovernError as exc:
+            self.health.fail("sysctl", exc)
 
     def _commit_recorded(self, plan: Plan, now: float) -> None:
         if plan:
@@ -235,9 +276,13 @@ class Governor:
     # -- allowlist sources and learned trust (govern.allow) ------------------------------------------------------
 
     def _policy(self) -> Policy:
-        if self.allow is None:
-            return self.config.policy(self.extra_allow)
-        return policy_with(self.config, self.allow, self.extra_allow)
+        pol = (
+            self.config.policy(self.extra_allow)
+            if self.allow is None
+            else policy_with(self.config, self.allow, self.extra_allow)
+        )
+        # A host whose kernel cannot tarpit: the core never asks for it (status says why).
+        return pol if self.tarpit_unsupported is None else replace(pol, tarpit_max=0)
 
     def refresh_sources(self, now: float) -> None:
         """Between ticks: take allowlist changes (files, DNS finished in the background) and learned trust.
@@ -441,6 +486,8 @@ class Governor:
             "top": [{"source": str(p), **s._asdict(), "standing": standing(p)} for p, s in ranked],
             "blocks": len(self.state.blocks),
             "throttles": len(self.state.throttles),
+            "tarpits": len(self.state.tarpits),
+            "tarpit": self.tarpit_unsupported or f"ready ({self.tarpit.name if self.tarpit else '-'})",
             "allowlist": len(self.policy.allow),
             "allowlist_sources": self.allow.status() if self.allow is not None else [],
             "trust": self.trust.status() if self.trust is not None else {},
@@ -479,6 +526,7 @@ def build(config: Config, store: Store) -> Governor:
     from govern.nft.backend import NftBackend
     from govern.observe.netstat import ProcNetstat
     from govern.observe.sockdiag import SockDiag
+    from govern.tarpit import from_config as tarpit_from_config
 
     enforcer: Enforcer = NftBackend() if not config["daemon"]["dry_run"] else DryRun(NftBackend(enforce=False))
     return Governor(
@@ -490,6 +538,7 @@ def build(config: Config, store: Store) -> Governor:
         sysctl=sysctl_manager(config),
         allow=from_config(config),
         trust=TrustSources(config),
+        tarpit=tarpit_from_config(config),
     )
 
 
@@ -616,6 +665,8 @@ def _reload(gov: Governor, config_path: str | None) -> None:
 def _teardown(gov: Governor) -> dict[str, Any]:
     try:
         removed = gov.enforcer.teardown()
+        if gov.tarpit is not None:
+            removed |= gov.tarpit.teardown()
     except GovernError as exc:
         return {"ok": False, "error": str(exc)}
     gov.sysctl_stop(teardown=True)

@@ -45,19 +45,29 @@ def decide(snap: Snapshot, state: State, policy: Policy, now: float) -> Plan:
         elif t.tight and not wave:
             actions.append(Action(ActionKind.UNTHROTTLE, p, "the wave is over"))
             released.add(p)
+    for p, tp in state.tarpits.items():
+        if tp.until <= now or mode is Mode.NORMAL:
+            actions.append(Action(ActionKind.UNTARPIT, p, "expired" if tp.until <= now else "the pressure is over"))
 
     limits = Limits.of(policy, mode)
     cut_after = policy.cut_idle_after[mode.level - 1] if policy.cut_idle_after and mode.level else None
     trusted = snap.trusted
     cuts: list[Cut] = []
     ranked: list[tuple[int, int, Prefix, list[str]]] = []  # wave: sources over a limit, to block the top N
+    tarpit_room = policy.tarpit_max - len(state.tarpits) if mode.level else 0
     block_lengths = _lengths(state.blocks)
     for p, s in snap.sources.items():
         lim = limits.trusted if p in trusted else limits
         over = over_limits(s, lim)
         prolific = bool(over)
         cut = cut_after is not None and s.max_idle_ms >= cut_after * lim.factor * 1000
-        if not (over or cut) or p in released or policy.allow.intersects(p):
+        if not (over or cut):
+            if tarpit_room > 0 and nearing(s, lim) and _may_tarpit(p, state, policy, trusted, block_lengths):
+                tarpit_room -= 1
+                why = f"nearing a limit under pressure ({mode}): {s.held} held, {s.new_per_minute} new a minute"
+                actions.append(Action(ActionKind.TARPIT, p, why, until=now + policy.tarpit_duration))
+            continue
+        if p in released or policy.allow.intersects(p):
             continue
         blocked = _covering(state.blocks, block_lengths, p)
         if blocked is not None:
@@ -127,6 +137,20 @@ def _ladder(p: Prefix, over: list[str], state: State, policy: Policy, now: float
     if offences > 1:
         why += f" (offence {offences}: {format_duration(dur)})"
     return [Action(ActionKind.BLOCK, p, why, until=now + dur, offences=offences)]
+
+
+def _may_tarpit(
+    p: Prefix, state: State, policy: Policy, trusted: frozenset[Prefix], block_lengths: list[tuple[int, int]]
+) -> bool:
+    """Not allowlisted, not trusted, and not already slowed, throttled or blocked."""
+    if p in trusted or p in state.tarpits or p in state.throttles or policy.allow.intersects(p):
+        return False
+    return _covering(state.blocks, block_lengths, p) is None
+
+
+def nearing(s: SourceStats, lim: Limits) -> bool:
+    """Past half of a limit, but not over it: the tarpit's sources."""
+    return s.held * 2 > lim.max_connections or s.new_per_minute * 2 > lim.max_new_per_minute
 
 
 def over_limits(s: SourceStats, policy: Policy | Limits) -> list[str]:

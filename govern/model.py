@@ -85,9 +85,12 @@ class ActionKind(StrEnum):
     EXTEND = "extend"
     UNBLOCK = "unblock"
     UNTHROTTLE = "unthrottle"
+    TARPIT = "tarpit"
+    UNTARPIT = "untarpit"
 
 
-PUNITIVE = frozenset({ActionKind.THROTTLE, ActionKind.BLOCK, ActionKind.EXTEND})
+PUNITIVE = frozenset({ActionKind.THROTTLE, ActionKind.BLOCK, ActionKind.EXTEND, ActionKind.TARPIT})
+TARPIT_KINDS = frozenset({ActionKind.TARPIT, ActionKind.UNTARPIT})
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +150,16 @@ class Throttle:
 
 
 @dataclass(frozen=True, slots=True)
+class Tarpitted:
+    """A source whose replies the kernel slows down (govern.tarpit)."""
+
+    prefix: Prefix
+    reason: str
+    since: float
+    until: float
+
+
+@dataclass(frozen=True, slots=True)
 class Offender:
     """A source's record of past blocks, kept after the block lapses so repeat offenders get longer blocks."""
 
@@ -161,6 +174,7 @@ class State:
     blocks: dict[Prefix, Block] = field(default_factory=dict)
     throttles: dict[Prefix, Throttle] = field(default_factory=dict)
     offenders: dict[Prefix, Offender] = field(default_factory=dict)
+    tarpits: dict[Prefix, Tarpitted] = field(default_factory=dict)
     mode: ModeState = field(default_factory=ModeState)
 
     def record(self, plan: Plan, now: float) -> None:
@@ -182,3 +196,7 @@ class State:
                 self.blocks.pop(a.prefix, None)
             elif a.kind is ActionKind.UNTHROTTLE:
                 self.throttles.pop(a.prefix, None)
+            elif a.kind is ActionKind.TARPIT:
+                self.tarpits[a.prefix] = Tarpitted(a.prefix, a.reason, now, a.until)
+            elif a.kind is ActionKind.UNTARPIT:
+                self.tarpits.pop(a.prefix, None)

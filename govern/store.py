@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from govern.addr import Prefix
 from govern.errors import GovernError
-from govern.model import Action, ActionKind, Block, Mode, ModeState, Offender, Plan, State, Throttle
+from govern.model import Action, ActionKind, Block, Mode, ModeState, Offender, Plan, State, Tarpitted, Throttle
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS blocks (
@@ -27,6 +27,8 @@ CREATE TABLE IF NOT EXISTS throttles (
 CREATE TABLE IF NOT EXISTS mode (
     id INTEGER PRIMARY KEY CHECK (id = 1), mode TEXT NOT NULL, since REAL NOT NULL, until REAL NOT NULL,
     reason TEXT NOT NULL, manual INTEGER NOT NULL, calm_since REAL NOT NULL, quiet_until REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS tarpits (
+    prefix TEXT PRIMARY KEY, reason TEXT NOT NULL, since REAL NOT NULL, until REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS offenders (prefix TEXT PRIMARY KEY, offences INTEGER NOT NULL, last REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS allow (prefix TEXT PRIMARY KEY, since REAL NOT NULL, note TEXT NOT NULL DEFAULT '');
 CREATE TABLE IF NOT EXISTS events (
@@ -81,6 +83,9 @@ class Store:
         ):
             pre = Prefix.parse(p)
             st.throttles[pre] = Throttle(pre, reason, since, until, bool(tight))
+        for p, reason, since, until in self.db.execute("SELECT prefix, reason, since, until FROM tarpits"):
+            pre = Prefix.parse(p)
+            st.tarpits[pre] = Tarpitted(pre, reason, since, until)
         row = self.db.execute("SELECT mode, since, until, reason, manual, calm_since, quiet_until FROM mode").fetchone()
         if row is not None:
             mode, since, until, reason, manual, calm, quiet = row
@@ -110,6 +115,7 @@ class Store:
 
     def _write(self, cur: sqlite3.Cursor, actions: tuple[Action, ...], now: float) -> None:
         blocks, unblocks, throttles, unthrottles, offenders, events = [], [], [], [], [], []
+        tarpits, untarpits = [], []
         for a in actions:
             p = str(a.prefix)
             events.append((now, a.kind.value, p, a.reason, a.until))
@@ -128,6 +134,10 @@ class Store:
                 unblocks.append((p,))
             elif a.kind is ActionKind.UNTHROTTLE:
                 unthrottles.append((p,))
+            elif a.kind is ActionKind.TARPIT:
+                tarpits.append((p, a.reason, now, a.until))
+            elif a.kind is ActionKind.UNTARPIT:
+                untarpits.append((p,))
         cur.executemany("DELETE FROM blocks WHERE prefix=?", unblocks)
         cur.executemany("DELETE FROM throttles WHERE prefix=?", unthrottles)
         cur.executemany("INSERT OR REPLACE INTO blocks VALUES (?,?,?,?,?,?)", blocks)
@@ -135,6 +145,8 @@ class Store:
             "INSERT OR REPLACE INTO throttles(prefix, reason, since, until, tight) VALUES (?,?,?,?,?)", throttles
         )
         cur.executemany("INSERT OR REPLACE INTO offenders VALUES (?,?,?)", offenders)
+        cur.executemany("DELETE FROM tarpits WHERE prefix=?", untarpits)
+        cur.executemany("INSERT OR REPLACE INTO tarpits VALUES (?,?,?,?)", tarpits)
         cur.executemany("INSERT INTO events(at, kind, prefix, reason, until) VALUES (?,?,?,?,?)", events)
 
     def _write_mode(self, cur: sqlite3.Cursor, m: ModeState, now: float) -> None:

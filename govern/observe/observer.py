@@ -26,7 +26,7 @@ class Observer:
         self._netstat = counters.read()
         self._last: float | None = None
 
-    def snapshot(self, policy: Policy, now: float) -> Snapshot:
+    def snapshot(self, policy: Policy, now: float, trusted: frozenset[Prefix] = frozenset()) -> Snapshot:
         # Idle is counted from the shortest wait anything judges by: the status display's, or an idle cut's.
         idle_after = min(policy.idle_after, *(policy.cut_idle_after or ()))
         scan = self.sockets.scan(
@@ -47,6 +47,7 @@ class Observer:
             sources=sources,
             listeners=scan.listeners,
             counters=deltas(self._netstat, netstat),
+            trusted=trusted,
         )
         self._netstat, self._last = netstat, now
         return snap

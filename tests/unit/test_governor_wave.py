@@ -96,3 +96,22 @@ def test_a_dry_run_logs_cuts_and_cuts_nothing(tmp_path: Path) -> None:
     assert isinstance(gov.enforcer, DryRun)
     assert any("would cut the idle sessions" in line for line in gov.enforcer.logged)
     assert any(line.startswith("dry run: mode wave") for line in gov.enforcer.logged)
+
+
+def test_tarpits_reach_the_tarpit_edge_and_an_unsupported_host_gets_none(tmp_path: Path) -> None:
+    from govern.fakes import FakeTarpit
+
+    clock = FakeClock()
+    for tp, expect in ((FakeTarpit(), 1), (FakeTarpit(reason="no HTB on this kernel"), 0)):
+        cfg = config.from_mapping({"daemon": {"state_dir": str(tmp_path / f"s{expect}")}})
+        socks = FakeSockets()
+        gov = Governor(cfg, Store(cfg["daemon"]["state_dir"]), socks, FakeEnforcer(), FakeCounters(), clock, tarpit=tp)
+        gov.start()
+        gov.handle({"cmd": "wave", "action": "on", "duration": "10m"})
+        socks.sources = {
+            Prefix.parse("198.18.7.7"): SockCounts(held=6, established=6, syn_recv=0, idle=0, max_idle_ms=0)
+        }
+        gov.tick()
+        assert len(tp.held) == expect and len(gov.state.tarpits) == expect
+        if expect == 0:
+            assert gov.status()["tarpit"] == "no HTB on this kernel"

@@ -132,3 +132,26 @@ def test_allowlisted_sources_are_never_cut_throttled_or_blocked_in_any_mode(
             assert not pol.allow.intersects(a.prefix), a
     for c in plan.cuts:
         assert not pol.allow.intersects(c.prefix), c
+
+
+def test_under_pressure_sources_nearing_a_limit_are_tarpitted_and_released_when_it_ends() -> None:
+    elevated = State(mode=ModeState(Mode.ELEVATED, NOW - 10, reason="queue"))
+    pol = policy(modes={"auto": False}, tarpit={"max_sources": 2})
+    near = {src(i): SourceStats(held=11, established=11) for i in range(4)}  # over half of 20, under 20
+    relay = Prefix.parse("198.51.100.7")
+    sources = near | {relay: SourceStats(held=15, established=15), PARTNER: SourceStats(held=15, established=15)}
+    plan = decide(snap(sources, trusted=frozenset({relay})), elevated, pol, NOW)
+    tarpitted = [a for a in plan.actions if a.kind is ActionKind.TARPIT]
+    assert len(tarpitted) == 2  # the cap
+    assert all(a.prefix in near and "nearing a limit" in a.reason for a in tarpitted)
+    # Normal mode tarpits nothing, and lifts what the pressure brought.
+    assert not decide(snap(sources), State(), pol, NOW).actions
+    state = State()
+    state.record(plan, NOW)
+    state.mode = ModeState()  # the pressure is over
+    done = decide(snap(sources), state, pol, NOW + 1)
+    assert sorted((a.kind, a.prefix) for a in done.actions) == sorted(
+        (ActionKind.UNTARPIT, a.prefix) for a in tarpitted
+    )
+    # A host that cannot tarpit: max 0.
+    assert not decide(snap(near), elevated, policy(modes={"auto": False}, tarpit={"enabled": False}), NOW).actions
