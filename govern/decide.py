@@ -60,11 +60,12 @@ def decide(snap: Snapshot, state: State, policy: Policy, now: float) -> Plan:
         lim = limits.trusted if p in trusted else limits
         over = over_limits(s, lim)
         prolific = bool(over)
-        cut = cut_after is not None and s.max_idle_ms >= cut_after * lim.factor * 1000
+        # A tarpitted source's sessions wait on the tarpit's queue, not on the client: never cut for that wait.
+        cut = cut_after is not None and s.max_idle_ms >= cut_after * lim.factor * 1000 and p not in state.tarpits
         if not (over or cut):
             if tarpit_room > 0 and nearing(s, lim) and _may_tarpit(p, state, policy, trusted, block_lengths):
                 tarpit_room -= 1
-                why = f"nearing a limit under pressure ({mode}): {s.held} held, {s.new_per_minute} new a minute"
+                why = f"holds {s.held} connections, {s.idle} silent, under pressure ({mode})"
                 actions.append(Action(ActionKind.TARPIT, p, why, until=now + policy.tarpit_duration))
             continue
         if p in released or policy.allow.intersects(p):
@@ -149,8 +150,12 @@ def _may_tarpit(
 
 
 def nearing(s: SourceStats, lim: Limits) -> bool:
-    """Past half of a limit, but not over it: the tarpit's sources."""
-    return s.held * 2 > lim.max_connections or s.new_per_minute * 2 > lim.max_new_per_minute
+    """Holding half its connection limit or more, some of them silent: the tarpit's sources.
+
+    Not the rate: a busy relay opens connection after connection and each carries mail; a source that piles up
+    sessions and says nothing on some of them is hoarding the MTA's slots.
+    """
+    return s.held * 2 >= lim.max_connections and s.idle > 0
 
 
 def over_limits(s: SourceStats, policy: Policy | Limits) -> list[str]:

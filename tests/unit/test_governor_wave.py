@@ -108,9 +108,8 @@ def test_tarpits_reach_the_tarpit_edge_and_an_unsupported_host_gets_none(tmp_pat
         gov = Governor(cfg, Store(cfg["daemon"]["state_dir"]), socks, FakeEnforcer(), FakeCounters(), clock, tarpit=tp)
         gov.start()
         gov.handle({"cmd": "wave", "action": "on", "duration": "10m"})
-        socks.sources = {
-            Prefix.parse("198.18.7.7"): SockCounts(held=6, established=6, syn_recv=0, idle=0, max_idle_ms=0)
-        }
+        hoard = SockCounts(held=6, established=6, syn_recv=0, idle=2, max_idle_ms=1_000)  # 6 of 10, 2 silent
+        socks.sources = {Prefix.parse("198.18.7.7"): hoard}
         gov.tick()
         assert len(tp.held) == expect and len(gov.state.tarpits) == expect
         if expect == 0:

@@ -137,13 +137,16 @@ def test_allowlisted_sources_are_never_cut_throttled_or_blocked_in_any_mode(
 def test_under_pressure_sources_nearing_a_limit_are_tarpitted_and_released_when_it_ends() -> None:
     elevated = State(mode=ModeState(Mode.ELEVATED, NOW - 10, reason="queue"))
     pol = policy(modes={"auto": False}, tarpit={"max_sources": 2})
-    near = {src(i): SourceStats(held=11, established=11) for i in range(4)}  # over half of 20, under 20
+    # Half of 20 connections or more, some silent (but not long enough to be cut), under 20.
+    near = {src(i): SourceStats(held=10, established=10, idle=2, max_idle_ms=12_000) for i in range(4)}
+    busy = {src(10 + i): SourceStats(held=12, established=12, new_per_minute=50) for i in range(3)}  # all talking
     relay = Prefix.parse("198.51.100.7")
-    sources = near | {relay: SourceStats(held=15, established=15), PARTNER: SourceStats(held=15, established=15)}
+    hoard = SourceStats(held=15, established=15, idle=5, max_idle_ms=12_000)
+    sources = near | busy | {relay: hoard, PARTNER: hoard}
     plan = decide(snap(sources, trusted=frozenset({relay})), elevated, pol, NOW)
     tarpitted = [a for a in plan.actions if a.kind is ActionKind.TARPIT]
     assert len(tarpitted) == 2  # the cap
-    assert all(a.prefix in near and "nearing a limit" in a.reason for a in tarpitted)
+    assert all(a.prefix in near and "2 silent" in a.reason for a in tarpitted)
     # Normal mode tarpits nothing, and lifts what the pressure brought.
     assert not decide(snap(sources), State(), pol, NOW).actions
     state = State()
