@@ -178,6 +178,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "learn_for": Key("7d", _duration(60, 365 * 86400), "a source that completed a delivery is trusted this long"),
         "factor": Key(4, _int(1, 1000), "a trusted source's limits are multiplied by this"),
         "postfix_log": Key("", _abs_path_or_off, "Postfix log to learn completed deliveries from; empty: off"),
+        "from_sessions": Key(True, _bool, "learn from sessions govern sees carrying a message (tcp_info)"),
     },
     "limits": {
         "max_connections_per_source": Key(20, _int(1, 1_000_000), "concurrent sockets on protected ports, per source"),

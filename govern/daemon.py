@@ -19,7 +19,7 @@ from types import FrameType
 from typing import Any
 
 from govern import config as configmod
-from govern.addr import Prefix
+from govern.addr import Prefix, PrefixSet
 from govern.allow.learning import TrustSources
 from govern.allow.sources import AllowSources, policy_with
 from govern.config import Config, Policy
@@ -80,6 +80,8 @@ class Governor:
         # Dynamic allowlist and learned trust (govern.allow); None keeps the config's allowlist as read at load.
         self.allow = allow
         self.trust = trust
+        self._trusted_from: PrefixSet | None = None
+        self._trusted_now: frozenset[Prefix] = frozenset()
         # A dry run simulates in memory from a clean slate: it must neither act on nor alter the durable state.
         self.state: State = State() if config["daemon"]["dry_run"] else store.load()
         self.extra_allow = store.allowed()
@@ -184,12 +186,14 @@ class Governor:
         t0 = time.perf_counter()
         now = self.clock()
         self.refresh_sources(now)
-        trusted = frozenset(self.trust.trusted().members()) if self.trust is not None else frozenset()
         try:
-            self.snapshot = self.observer.snapshot(self.policy, now, trusted)
+            self.snapshot = self.observer.snapshot(self.policy, now, self._trusted())
         except GovernError as exc:
             self.health.fail("observe", exc)
             return Plan()
+        if self.trust is not None and self.config["trust"]["from_sessions"]:
+            for p in self.snapshot.talkers:
+                self.trust.learn(p, now)
         for k, v in self.snapshot.counters.items():
             self.totals[k] = self.totals.get(k, 0) + v
         plan = decide(self.snapshot, self.state, self.policy, now)
@@ -304,6 +308,15 @@ class Governor:
                 self.trust.refresh(now)
             except Exception as exc:
                 self.health.fail("trust", exc)
+
+    def _trusted(self) -> frozenset[Prefix]:
+        """The learned-trust set for the core, rebuilt only when the trust edge's set changed."""
+        if self.trust is None:
+            return frozenset()
+        current = self.trust.trusted()
+        if current is not self._trusted_from:
+            self._trusted_from, self._trusted_now = current, frozenset(current.members())
+        return self._trusted_now
 
     def close_sources(self) -> None:
         if self.allow is not None:

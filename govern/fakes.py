@@ -26,9 +26,11 @@ class FakeSockets:
     sources: dict[Prefix, SockCounts] = field(default_factory=dict)
     destroyed: list[Prefix] = field(default_factory=list)
     cuts: list[dict[Prefix, int]] = field(default_factory=list)
+    talkers: frozenset[Prefix] = frozenset()
 
     def scan(self, ports: frozenset[int], *, v4_len: int, v6_len: int, idle_after_ms: int) -> Scan:
-        return Scan(sources=dict(self.sources), listeners=(), sockets=sum(c.held for c in self.sources.values()))
+        held = sum(c.held for c in self.sources.values())
+        return Scan(sources=dict(self.sources), listeners=(), sockets=held, talkers=self.talkers)
 
     def destroy(self, prefixes: Sequence[Prefix], ports: frozenset[int]) -> int:
         gone = [p for p in self.sources if any(q.contains(p) for q in prefixes)]

@@ -114,3 +114,26 @@ def test_tarpits_reach_the_tarpit_edge_and_an_unsupported_host_gets_none(tmp_pat
         assert len(tp.held) == expect and len(gov.state.tarpits) == expect
         if expect == 0:
             assert gov.status()["tarpit"] == "no HTB on this kernel"
+
+
+def test_sources_seen_carrying_mail_are_trusted_and_get_softer_limits_in_a_wave(tmp_path: Path) -> None:
+    from govern.allow.learning import TrustSources
+
+    clock = FakeClock()
+    cfg = config.from_mapping({"daemon": {"state_dir": str(tmp_path / "s")}})
+    socks = FakeSockets()
+    relay, stranger = Prefix.parse("198.51.100.7"), Prefix.parse("198.51.100.8")
+    gov = Governor(
+        cfg, Store(cfg["daemon"]["state_dir"]), socks, FakeEnforcer(), FakeCounters(), clock, trust=TrustSources(cfg)
+    )
+    gov.start()
+    socks.talkers = frozenset({relay})
+    gov.tick()  # learns the relay
+    socks.talkers = frozenset()
+    gov.handle({"cmd": "wave", "action": "on", "duration": "10m"})
+    busy = SockCounts(held=14, established=14, syn_recv=0, idle=0, max_idle_ms=0)  # over the wave's 10
+    socks.sources = {relay: busy, stranger: busy}
+    clock.advance(1)
+    gov.tick()
+    assert gov.snapshot is not None and relay in gov.snapshot.trusted
+    assert stranger in gov.state.blocks and relay not in gov.state.blocks and relay not in gov.state.throttles
