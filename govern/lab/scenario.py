@@ -103,7 +103,7 @@ class _Sampler:
                 scan = diag.scan(frozenset({25}), idle_after_ms=10_000)
                 sets = self._govern_sets() if self.govern_pid else {}
                 blocked = len(sets.get("block4", ())) + len(sets.get("block6", ()))
-                throttled = len(sets.get("throttle4", ())) + len(sets.get("throttle6", ()))
+                throttled = sum(len(sets.get(n, ())) for n in ("throttle4", "throttle6", "tight4", "tight6"))
                 self.blocked_peak = max(self.blocked_peak, blocked)
                 for members in sets.values():
                     self.trusted_seen |= {m for m in members if m.startswith(("192.0.2.", "2001:db8:2:"))}
@@ -129,7 +129,7 @@ class _Sampler:
 
     def _govern_sets(self) -> dict[str, list[str]]:
         out: dict[str, list[str]] = {}
-        for name in ("block4", "block6", "throttle4", "throttle6"):
+        for name in ("block4", "block6", "throttle4", "throttle6", "tight4", "tight6", "tarpit4", "tarpit6"):
             raw = self.lab.run("mx", "nft", "-j", "list", "set", "inet", "govern", name, check=False)
             out[name] = _elements(raw)
         return out

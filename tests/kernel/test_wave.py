@@ -1,0 +1,162 @@
+"""The ride-the-wave mode against the real kernel, with the real daemon in a namespace: switched on by the CLI it
+ends by itself; it starts by itself when the accept queue fills and steps back down when the pressure is gone; and
+a wide swarm of silent single-connection sources is shed while a busy legitimate sender keeps its sessions."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from govern.observe.sockdiag import SockDiag
+from tests.kernel.daemon_harness import Daemon, govern, nft_set, running, wait_for, write_config
+from tests.netns import Lab, Listener, Netns, connect
+
+MX4 = "203.0.113.25"
+# Fast hysteresis, so a test sees the whole cycle; the pressure thresholds stay the defaults.
+QUICK = '[modes]\ncalm_for = "2s"\n'
+
+
+def mode(d: Daemon) -> str:
+    return str(d.status()["mode"])
+
+
+def test_wave_switched_on_by_the_cli_ends_by_itself(lab: Lab, tmp_path: Path) -> None:
+    cfg = write_config(tmp_path)
+    with running(lab.mx, cfg) as d:
+        bad = govern(lab.mx, "wave", "on", "--for", "3s", "--config", str(cfg))
+        assert bad.returncode == 2 and "--for" in bad.stderr and "Traceback" not in bad.stderr
+        on = govern(lab.mx, "wave", "on", "--for", "10s", "--config", str(cfg))
+        assert on.returncode == 0, on.stderr
+        assert on.stdout.strip() == "wave on for 10s"
+        st = govern(lab.mx, "wave", "status", "--config", str(cfg))
+        assert st.stdout.startswith("wave since") and "by the operator" in st.stdout and "ends in" in st.stdout
+        assert mode(d) == "wave"
+        t0 = time.monotonic()
+        assert wait_for(lambda: mode(d) == "normal", timeout=20)
+        assert 7 <= time.monotonic() - t0 <= 13
+        assert "timer ran out" in d.status()["mode_detail"]["reason"]
+        off = govern(lab.mx, "wave", "off", "--config", str(cfg))
+        assert off.returncode == 2 and "normal mode" in off.stderr
+
+
+class Stalled:
+    """An MTA with every slot busy: it listens with a small backlog and accepts nothing until drained."""
+
+    def __init__(self, ns: Netns, backlog: int = 16) -> None:
+        with ns.entered():
+            self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            self.sock.bind((MX4, 25))
+            self.sock.listen(backlog)
+        self.sock.setblocking(False)
+
+    def drain(self) -> int:
+        n = 0
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                conn, _ = self.sock.accept()
+                conn.close()
+                n += 1
+        return n
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_a_full_accept_queue_starts_a_wave_which_steps_down_when_it_drains(lab: Lab, tmp_path: Path) -> None:
+    mta = Stalled(lab.mx)
+    clients: list[socket.socket] = []
+    try:
+        with running(lab.mx, write_config(tmp_path, QUICK)) as d:
+            assert mode(d) == "normal"
+            with lab.net.entered():
+                # A backlog of 16 queues 17 completed connections; from 17 sources, each under every limit.
+                clients = [connect(f"198.18.3.{i}", MX4, 25) for i in range(1, 18)]
+            assert wait_for(lambda: mode(d) == "wave", timeout=5), d.status()["mode_detail"]
+            assert "accept queue" in d.status()["mode_detail"]["reason"]
+            steps = [mode(d)]
+            assert mta.drain() == 17
+            for c in clients:
+                c.close()
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline and steps[-1] != "normal":
+                m = mode(d)
+                if m != steps[-1]:
+                    steps.append(m)
+                time.sleep(0.2)
+            # One step at a time, each after calm_for.
+            assert steps == ["wave", "elevated", "normal"]
+            # Nobody was punished for waiting in a queue.
+            assert not nft_set(lab.mx, "block4") and not nft_set(lab.mx, "tight4")
+    finally:
+        for c in clients:
+            c.close()
+        mta.close()
+
+
+@contextlib.contextmanager
+def chatty(sockets: list[socket.socket]) -> Iterator[None]:
+    """Sessions that carry data: after the banner, a line every half second, as a client in DATA sends."""
+    stop = threading.Event()
+
+    def talk() -> None:
+        for s in sockets:
+            s.settimeout(5)
+            s.recv(100)
+        while not stop.wait(0.5):
+            for s in sockets:
+                with contextlib.suppress(OSError):
+                    s.sendall(b"X-Line: part of a message body\r\n")
+
+    t = threading.Thread(target=talk, daemon=True)
+    t.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        t.join(5)
+
+
+def established(lab: Lab, prefix: str) -> int:
+    with lab.mx.entered():
+        diag = SockDiag()
+    try:
+        scan = diag.scan(frozenset({25}), idle_after_ms=60_000)
+    finally:
+        diag.close()
+    return sum(c.established for p, c in scan.sources.items() if str(p).startswith(prefix))
+
+
+def test_a_wide_silent_swarm_is_shed_while_a_busy_sender_keeps_its_sessions(lab: Lab, tmp_path: Path) -> None:
+    srv = Listener(lab.mx, 25)
+    swarm: list[socket.socket] = []
+    busy: list[socket.socket] = []
+    try:
+        with running(lab.mx, write_config(tmp_path)) as d:
+            with lab.net.entered():
+                # 150 sources, one silent session each: under every per-source limit.
+                swarm = [connect(f"198.18.{4 + i // 250}.{i % 250 + 1}", MX4, 25) for i in range(150)]
+                busy = [connect("198.51.100.7", MX4, 25) for _ in range(4)]
+            with chatty(busy):
+                assert wait_for(lambda: established(lab, "198.18.") == 150, timeout=5)
+                # Silent for wave_idle_after (5 s) once the wave is on: their slots are taken back.
+                assert wait_for(lambda: established(lab, "198.18.") <= 5, timeout=20), established(lab, "198.18.")
+                st: dict[str, Any] = d.status()
+                assert st["mode"] == "wave" and "silent" in st["mode_detail"]["reason"]
+                assert st["cut_sessions"] >= 145
+                # The busy sender keeps every session, and is in no govern set.
+                assert established(lab, "198.51.100.7") == 4
+                for name in ("block4", "throttle4", "tight4"):
+                    assert "198.51.100.7" not in nft_set(lab.mx, name)
+                # The swarm's sources are throttled at the wave's rate.
+                tight = {e for e in nft_set(lab.mx, "tight4") if e.startswith("198.18.")}
+                assert len(tight) >= 145, tight
+    finally:
+        for s in swarm + busy:
+            s.close()
+        srv.close()
