@@ -340,21 +340,29 @@ def sysctl_plan(
         print(f"warning: {w}")
 
 
+def _sysctl_write(config: str | None, what: str, nothing: str, *, wave: bool) -> None:
+    cfg = _load(config)
+    _sysctl_root(what)
+    try:
+        mgr = _sysctls(cfg)
+        if what == "apply":
+            rep = mgr.enter_wave() if wave else mgr.apply()
+        else:
+            rep = mgr.leave_wave() if wave else mgr.restore()
+    except GovernError as exc:
+        _fail(exc)
+    if not rep.outcomes:
+        print(nothing)
+    _print_report(rep)
+
+
 @sysctl_app.command("apply")
 def sysctl_apply(
     config: ConfigOpt = None,
     wave: Annotated[bool, typer.Option("--wave", help="enter the wave profile (on top of what is in force)")] = False,
 ) -> None:
     """Apply the base profile (or the wave's), journaling each original value before its first write."""
-    cfg = _load(config)
-    _sysctl_root("apply")
-    try:
-        rep = _sysctls(cfg).enter_wave() if wave else _sysctls(cfg).apply()
-    except GovernError as exc:
-        _fail(exc)
-    if not rep.outcomes:
-        print("nothing to change: every key is at or above its target")
-    _print_report(rep)
+    _sysctl_write(config, "apply", "nothing to change: every key is at or above its target", wave=wave)
 
 
 @sysctl_app.command("restore")
@@ -363,15 +371,7 @@ def sysctl_restore(
     wave: Annotated[bool, typer.Option("--wave", help="end only the wave, back to the base targets")] = False,
 ) -> None:
     """Put every key govern changed back to its original value, from the journal (also after a crash)."""
-    cfg = _load(config)
-    _sysctl_root("restore")
-    try:
-        rep = _sysctls(cfg).leave_wave() if wave else _sysctls(cfg).restore()
-    except GovernError as exc:
-        _fail(exc)
-    if not rep.outcomes:
-        print("nothing to restore: the journal is empty")
-    _print_report(rep)
+    _sysctl_write(config, "restore", "nothing to restore: the journal is empty", wave=wave)
 
 
 @sysctl_app.command("verify")

@@ -398,16 +398,9 @@ def read_allow_file(path: str, *, key: str = "allow.files") -> tuple[Prefix, ...
         raise ConfigError(f"allowlist file {path} does not exist", key=key) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read allowlist file {path}: {exc}", key=key) from None
-    out = []
-    for n, line in enumerate(text.splitlines(), 1):
-        item = line.split("#", 1)[0].strip()
-        if not item:
-            continue
-        try:
-            out.append(Prefix.parse(item, strict=True))
-        except AddressError as exc:
-            raise ConfigError(str(exc), path=f"{path}:{n}") from None
-    return tuple(out)
+    from govern.allow.files import parse_allow_text  # a leaf module: no import cycle
+
+    return tuple(e.prefix for e in parse_allow_text(text, path))
 
 
 def load(path: str | None = None) -> Config:
