@@ -442,12 +442,13 @@ def lab_demo(
         f"t={plan.flood_start:.0f}s for {plan.flood_length:.0f}s. govern runs on its default config plus the lab's "
         "allowlist."
     )
-    print(f"{'t':>5} {'SMTP sessions':>14} {'accept queue':>13} {'blocked':>8} {'throttled':>10}")
+    print(f"{'t':>5} {'SMTP sessions':>14} {'accept queue':>13} {'blocked':>8} {'throttled':>10} {'govern':>9}")
 
     def show(s: report.Sample) -> None:
         flood = plan.flood_start <= s.t < plan.flood_start + plan.flood_length
         print(
-            f"{s.t:>5.0f} {s.sessions:>14} {s.queued:>13} {s.blocked:>8} {s.throttled:>10}  {'FLOOD' if flood else ''}"
+            f"{s.t:>5.0f} {s.sessions:>14} {s.queued:>13} {s.blocked:>8} {s.throttled:>10} {s.mode:>9}"
+            f"  {'FLOOD' if flood else ''}"
         )
 
     work = Path(out)

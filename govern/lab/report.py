@@ -21,6 +21,7 @@ class Sample:
     throttled: int
     govern_cpu: float = 0.0  # percent of one core since the previous sample
     govern_rss: int = 0  # bytes
+    mode: str = ""  # govern's mode (normal, elevated, wave); empty without govern
 
 
 @dataclass
@@ -137,6 +138,19 @@ def plot(result: Result, path: str) -> None:
     ax1.legend(loc="upper left")
     ax2.plot(t, [s.blocked for s in result.samples], label="blocked sources", color="tab:red")
     ax2.plot(t, [s.throttled for s in result.samples], label="throttled sources", color="tab:purple")
+    for s, shade in ((s, {"wave": 0.18, "elevated": 0.08}.get(s.mode)) for s in result.samples):
+        if shade:
+            ax2.axvspan(s.t - 0.5, s.t + 0.5, color="tab:blue", alpha=shade, linewidth=0)
+    if any(s.mode == "wave" for s in result.samples):
+        ax2.text(
+            0.99,
+            0.95,
+            "shaded: govern's wave (dark) / elevated (light) mode",
+            transform=ax2.transAxes,
+            ha="right",
+            va="top",
+            fontsize=8,
+        )
     ax2.set_ylabel("govern sets")
     ax2.legend(loc="upper left")
     if result.rolling:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from govern.errors import GovernError
 from govern.lab import report
 from govern.lab.postfix import Postfix, install
 from govern.lab.topology import MX4, MX6, Lab
@@ -86,6 +87,7 @@ class _Sampler:
     lab: Lab
     govern_pid: int | None
     on_sample: Callable[[report.Sample], None] | None = None
+    govern_socket: str | None = None
     samples: list[report.Sample] = field(default_factory=list)
     trusted_seen: set[str] = field(default_factory=set)
     legit_seen: set[str] = field(default_factory=set)
@@ -120,12 +122,23 @@ class _Sampler:
                     throttled=throttled,
                     govern_cpu=cpu,
                     govern_rss=rss,
+                    mode=self._mode(),
                 )
                 self.samples.append(sample)
                 if self.on_sample is not None:
                     self.on_sample(sample)
         finally:
             diag.close()
+
+    def _mode(self) -> str:
+        if self.govern_socket is None:
+            return ""
+        from govern.control import call
+
+        try:
+            return str(call(self.govern_socket, {"cmd": "wave", "action": "status"}, timeout=1.0)["mode"]["mode"])
+        except (GovernError, KeyError, OSError):
+            return "?"
 
     def _govern_sets(self) -> dict[str, list[str]]:
         out: dict[str, list[str]] = {}
@@ -218,7 +231,8 @@ def run(
         with Postfix(lab, str(work / "postfix"), process_limit=plan.process_limit), contextlib.ExitStack() as stack:
             pid = stack.enter_context(_govern(lab, work)) if name == "flood+govern" else None
             before = _netstat(lab)
-            sampler = _Sampler(lab, pid, on_sample)
+            sock = str(work / "govern.sock") if pid else None
+            sampler = _Sampler(lab, pid, on_sample, govern_socket=sock)
             t0 = time.monotonic()
             thread = threading.Thread(target=sampler.run, args=(t0,), daemon=True)
             thread.start()
