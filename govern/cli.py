@@ -230,6 +230,34 @@ def list_(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
 
 
 @app.command()
+def export(
+    fmt: Annotated[
+        str, typer.Option("--format", "-f", help="plain, netset, json, csv, exabgp, bird, gobgp or dots")
+    ] = "plain",
+    output: Annotated[str | None, typer.Option("--output", "-o", help="write to this file (replaced whole)")] = None,
+    follow: Annotated[bool, typer.Option("--follow", help="exabgp only: run as an ExaBGP process")] = False,
+    rtbh: Annotated[bool, typer.Option("--rtbh", help="blackhole routes (65535:666) instead of FlowSpec")] = False,
+    config: ConfigOpt = None,
+) -> None:
+    """Export the blocklist for the upstream ISP, through the guardrails of [export] (docs/export.md)."""
+    from govern.export import command
+
+    cfg = _load(config)
+    try:
+        if follow:
+            if fmt != "exabgp" or output:
+                raise UsageError("--follow streams to ExaBGP: use it with --format exabgp and without --output")
+            raise typer.Exit(command.follow(cfg, rtbh=rtbh))
+        text = command.once(cfg, fmt, rtbh=rtbh)
+        if output:
+            command.write(output, text)
+        else:
+            sys.stdout.write(text)
+    except GovernError as exc:
+        _fail(exc)
+
+
+@app.command()
 def teardown(config: ConfigOpt = None) -> None:
     """Remove every kernel object govern created (table inet govern), stopping the daemon if it runs."""
     cfg = _load(config)

@@ -147,6 +147,21 @@ def _sysctl_keys(v: Any) -> frozenset[str]:
     return frozenset(v)
 
 
+def _listen_or_off(v: Any) -> str:
+    """'' (off), 'HOST:PORT' or '[V6]:PORT'."""
+    if v == "":
+        return ""
+    s = _str(v)
+    host, sep, port = s.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"expected HOST:PORT (e.g. 127.0.0.1:8025 or [::1]:8025), got {s!r}")
+    try:
+        Prefix.parse(host.strip("[]"), strict=True)
+    except AddressError:
+        raise ValueError(f"{host!r} is not an IP address; the feed listens on an address, not a name") from None
+    return s
+
+
 def _typename(v: Any) -> str:
     names = {bool: "a boolean", int: "a number", float: "a number", str: "a string", list: "a list", dict: "a table"}
     return names.get(type(v), type(v).__name__)
@@ -238,6 +253,20 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "delay": Key("2s", _duration(0.05, 60), "each reply to a tarpitted source waits this long behind the last"),
         "buckets": Key(64, _int(1, 256), "tarpitted sources share this many queues, spread by a hash of the source"),
         "interfaces": Key([], _ifnames, "interfaces whose replies are slowed; empty: every non-loopback interface"),
+    },
+    "export": {
+        "local_prefixes": Key([], _cidrs, "never exported, besides the host's own addresses (read from the kernel)"),
+        "destinations": Key([], _cidrs, "our MX addresses a FlowSpec rule matches; empty: the host's global ones"),
+        "max_entries": Key(1000, _int(1, 1_000_000), "at most this many prefixes are exported"),
+        "min_ipv4_prefix": Key(16, _int(8, 32), "no IPv4 prefix wider than this length is exported"),
+        "min_ipv6_prefix": Key(32, _int(16, 128), "no IPv6 prefix wider than this length is exported"),
+        "min_age": Key("5m", _duration(0, 30 * 86400), "a block is exported once it has lasted this long, or"),
+        "min_offences": Key(2, _int(1, 1_000_000), "once its source has this many offences"),
+        "aggregate": Key(True, _bool, "merge adjacent exported prefixes into their common prefix"),
+        "rate_limit": Key(0, _int(0, 1 << 40), "FlowSpec action: 0 discards, else rate-limit to this many bytes/s"),
+        "poll": Key("1s", _duration(0.1, 60), "how often `govern export --follow` asks the daemon for the blocks"),
+        "listen": Key("", _listen_or_off, "HOST:PORT the daemon serves the pull feed on; empty: no feed"),
+        "token_file": Key("", _abs_path_or_off, "file holding the feed's bearer token (mode 0600)"),
     },
     "daemon": {
         "tick": Key("1s", _duration(0.1, 60), "how often govern observes, decides and acts"),
@@ -467,6 +496,8 @@ def _cross_check(v: Mapping[str, Mapping[str, Any]], path: str | None) -> None:
             raise ConfigError(f"must not be below modes.elevated_{name}", path=path, key=f"modes.wave_{name}")
     if v["cut"]["wave_idle_after"] > v["cut"]["elevated_idle_after"]:
         raise ConfigError("must not be longer than cut.elevated_idle_after", path=path, key="cut.wave_idle_after")
+    if v["export"]["listen"] and not v["export"]["token_file"]:
+        raise ConfigError("the feed needs a bearer token: set export.token_file", path=path, key="export.listen")
     for fam in ("ipv4", "ipv6"):
         if v["aggregate"][f"{fam}_prefix"] >= v["protect"][f"{fam}_prefix"]:
             raise ConfigError(

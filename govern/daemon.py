@@ -28,6 +28,8 @@ from govern.decide import decide, manual_block, manual_unblock, release_allowlis
 from govern.durations import format_duration, parse_duration
 from govern.edges import Counters, Enforcer, SocketSource, Tarpit
 from govern.errors import GovernError, RefusedError, UsageError
+from govern.export import feed as export_feed
+from govern.export.feed import Feed
 from govern.model import ActionKind, Mode, ModeState, Plan, Snapshot, State
 from govern.modes import wave_off, wave_on
 from govern.observe.observer import Observer
@@ -362,6 +364,8 @@ class Governor:
                 return self._allow(body)
             if cmd == "wave":
                 return self._wave(body)
+            if cmd == "export":
+                return self.export_view()
             if cmd == "allowlist":
                 listing = self.allow.listing() if self.allow is not None else []
                 return {"ok": True, "entries": listing}
@@ -471,6 +475,16 @@ class Governor:
                 {"kind": "throttle", "prefix": str(t.prefix), "reason": t.reason, "since": t.since, "until": t.until}
             )
         return out
+
+    def export_view(self) -> dict[str, Any]:
+        """The blocks, allowlist and own addresses an exporter applies its guardrails to (govern.export.view)."""
+        from govern.export import local, view
+
+        try:
+            every, public = local.host_addresses()
+        except GovernError as exc:
+            return {"ok": False, "error": str(exc)}
+        return view.reply(self.state.blocks.values(), self.policy.allow, every, public, self.clock())
 
     def status(self, top: int = 10) -> dict[str, Any]:
         snap = self.snapshot
@@ -615,9 +629,11 @@ def run(config_path: str | None, *, dry_run: bool = False) -> int:
         signal.signal(s, on_signal)
     gov = build(cfg, store)
     server: ControlServer | None = None
+    feed: Feed | None = None
     try:
         gov.start()
         server = ControlServer(cfg["daemon"]["socket"], requests)
+        feed = export_feed.start(cfg)  # the pull feed for the ISP (docs/export.md); None unless export.listen
         log.info(
             "govern running: ports %s, %d blocks, %d throttles restored, %s",
             ",".join(map(str, sorted(gov.policy.ports))),
@@ -632,6 +648,8 @@ def run(config_path: str | None, *, dry_run: bool = False) -> int:
             now = time.monotonic()
             if now >= next_tick:
                 gov.tick()
+                if feed is not None:
+                    _update_feed(gov, feed)
                 next_tick = max(next_tick + tick, now)
                 notify(f"STATUS={len(gov.state.blocks)} blocks, {len(gov.state.throttles)} throttles")
                 continue
@@ -656,12 +674,21 @@ def run(config_path: str | None, *, dry_run: bool = False) -> int:
             gov.sysctl_stop()
         if server is not None:
             server.close()
+        if feed is not None:
+            feed.close()
         gov.enforcer.close()
         gov.close_sources()
         store.close()
         lock.release()
     log.info("govern stopped; blocks stay enforced in the kernel until their timeouts")
     return 0
+
+
+def _update_feed(gov: Governor, feed: Feed) -> None:
+    try:
+        feed.update(gov.state.blocks.values(), gov.policy.allow, gov.clock())
+    except GovernError as exc:  # the feed keeps its last snapshot
+        gov.health.fail("export-feed", exc)
 
 
 def _reload(gov: Governor, config_path: str | None) -> None:
