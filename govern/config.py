@@ -260,7 +260,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "max_entries": Key(1000, _int(1, 1_000_000), "at most this many prefixes are exported"),
         "min_ipv4_prefix": Key(16, _int(8, 32), "no IPv4 prefix wider than this length is exported"),
         "min_ipv6_prefix": Key(32, _int(16, 128), "no IPv6 prefix wider than this length is exported"),
-        "min_age": Key("5m", _duration(0, 30 * 86400), "a block is exported once it has lasted this long, or"),
+        "min_age": Key("5m", _duration(1, 30 * 86400), "a block is exported once it has lasted this long, or"),
         "min_offences": Key(2, _int(1, 1_000_000), "once its source has this many offences"),
         "aggregate": Key(True, _bool, "merge adjacent exported prefixes into their common prefix"),
         "rate_limit": Key(0, _int(0, 1 << 40), "FlowSpec action: 0 discards, else rate-limit to this many bytes/s"),

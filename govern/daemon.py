@@ -631,9 +631,11 @@ def run(config_path: str | None, *, dry_run: bool = False) -> int:
     server: ControlServer | None = None
     feed: Feed | None = None
     try:
+        # The pull feed for the ISP (docs/export.md), None unless export.listen: first, so a bad token file is
+        # refused before anything is changed.
+        feed = export_feed.start(cfg)
         gov.start()
         server = ControlServer(cfg["daemon"]["socket"], requests)
-        feed = export_feed.start(cfg)  # the pull feed for the ISP (docs/export.md); None unless export.listen
         log.info(
             "govern running: ports %s, %d blocks, %d throttles restored, %s",
             ",".join(map(str, sorted(gov.policy.ports))),
