@@ -16,7 +16,7 @@ from govern.addr import Prefix, group_key
 from govern.config import Config
 from govern.edges import Enforcer
 from govern.model import ActionKind, Plan, State
-from govern.xdp.loader import XdpProgram, unpin
+from govern.xdp.loader import XdpProgram, detach_all, unpin
 
 
 class XdpLayer:
@@ -70,9 +70,11 @@ class XdpLayer:
 
     def teardown(self) -> bool:
         found = self.inner.teardown()
+        # By interface, not through a loaded program: `govern teardown` runs in a process that never loaded one.
+        detached = detach_all(self.ifaces)
         if self.prog is not None:
-            self.prog.detach()
-        return unpin(self.pin_root) or found
+            self.prog.ifindexes.clear()
+        return unpin(self.pin_root) or detached or found
 
     def close(self) -> None:
         if self.prog is not None:

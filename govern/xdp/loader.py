@@ -51,6 +51,7 @@ def lib() -> ctypes.CDLL:
             "bpf_map_lookup_elem": ([_int, _vp, _vp], _int),
             "bpf_map_get_next_key": ([_int, _vp, _vp], _int),
             "libbpf_num_possible_cpus": ([], _int),
+            "bpf_xdp_query_id": ([_int, _int, _vp], _int),
         }
         for name, (args, res) in sigs.items():
             fn = getattr(b, name)
@@ -188,3 +189,23 @@ def unpin(pin_root: str) -> bool:
         return False
     shutil.rmtree(root)
     return True
+
+
+def detach_all(ifaces: Sequence[str]) -> bool:
+    """Detach whatever native XDP program these interfaces run (used without a loaded object, at teardown)."""
+    found = False
+    for name in ifaces:
+        try:
+            idx = socket.if_nametoindex(name)
+        except OSError:
+            continue
+        if _attached(idx):
+            _check(lib().bpf_xdp_detach(idx, XDP_FLAGS_DRV_MODE, None), f"detaching XDP from {name}")
+            found = True
+    return found
+
+
+def _attached(ifindex: int) -> bool:
+    prog_id = ctypes.c_uint32()
+    rc = lib().bpf_xdp_query_id(ifindex, XDP_FLAGS_DRV_MODE, ctypes.byref(prog_id))
+    return rc == 0 and prog_id.value != 0

@@ -10,15 +10,19 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
 from govern.addr import Prefix
+from govern.backends import DEFAULT_OBJECT
 from govern.config import Config, from_mapping
 from govern.edges import Enforcer
 from govern.ipt.backend import IptBackend
 from govern.model import Action, ActionKind, Plan, State
 from govern.nft.backend import NftBackend
+from govern.xdp.layer import XdpLayer
+from govern.xdp.loader import XdpProgram
 from tests.netns import MX4, MX6, Lab, Listener, connect
 
 P = Prefix.parse
@@ -33,17 +37,17 @@ UNPROTECTED_PORT = 2525
 class Kind:
     """How to make one backend and how to see, from the kernel's own tools, what it left behind."""
 
-    make: Callable[[], Enforcer]
-    leftovers: Callable[[Lab], str]
+    make: Callable[[Lab, str], Enforcer]  # (lab, a pin root on a bpffs of the test's own) -> backend
+    leftovers: Callable[[Lab, str], str]
 
 
-def _nft_left(lab: Lab) -> str:
+def _nft_left(lab: Lab, pin_root: str = "") -> str:
     return lab.mx.sh("nft", "list", "tables").strip() and lab.mx.sh(
         "nft", "list", "table", "inet", "govern", check=False
     )
 
 
-def _ipt_left(lab: Lab) -> str:
+def _ipt_left(lab: Lab, pin_root: str = "") -> str:
     rules = [
         line
         for tool in ("iptables-legacy-save", "ip6tables-legacy-save")
@@ -54,9 +58,20 @@ def _ipt_left(lab: Lab) -> str:
     return "\n".join(rules + sets)
 
 
+def _xdp(lab: Lab, pin_root: str) -> Enforcer:
+    iface = f"v{lab.mx.name[-6:]}m"
+    return XdpLayer(NftBackend(), lambda: XdpProgram(str(DEFAULT_OBJECT), pin_root), [iface], pin_root)
+
+
+def _xdp_left(lab: Lab, pin_root: str) -> str:
+    left = [_nft_left(lab)] + [line for line in lab.mx.sh("ip", "link", "show").splitlines() if "xdp" in line]
+    return "\n".join(filter(None, [*left, pin_root if Path(pin_root).exists() else ""]))
+
+
 KINDS = {
-    "nftables": Kind(NftBackend, _nft_left),
-    "iptables": Kind(IptBackend, _ipt_left),
+    "nftables": Kind(lambda lab, _: NftBackend(), _nft_left),
+    "iptables": Kind(lambda lab, _: IptBackend(), _ipt_left),
+    "xdp+nftables": Kind(_xdp, _xdp_left),
 }
 
 
@@ -101,10 +116,10 @@ def plan(now: float) -> Plan:
     )
 
 
-def test_same_plan_same_packets(served: Lab, kind: Kind) -> None:
+def test_same_plan_same_packets(served: Lab, kind: Kind, pin_root: str) -> None:
     lab, now = served, time.time()
     with lab.mx.entered():
-        backend = kind.make()
+        backend = kind.make(lab, pin_root)
         try:
             backend.setup(config(), [P(ALLOWED_INSIDE)], State(), now)
             backend.apply(plan(now), now)
@@ -124,7 +139,7 @@ def test_same_plan_same_packets(served: Lab, kind: Kind) -> None:
     for _ in range(3):
         assert passes(lab, "198.51.100.10")
     with lab.mx.entered():
-        backend = kind.make()
+        backend = kind.make(lab, pin_root)
         try:
             backend.setup(config(), [P(ALLOWED_INSIDE)], State(), now)
             assert backend.syn_counts().get(P("198.51.100.10"), 0) - counted_before == 3
@@ -132,17 +147,17 @@ def test_same_plan_same_packets(served: Lab, kind: Kind) -> None:
             backend.close()
 
 
-def test_release_and_teardown(served: Lab, kind: Kind) -> None:
+def test_release_and_teardown(served: Lab, kind: Kind, pin_root: str) -> None:
     lab, now = served, time.time()
     with lab.mx.entered():
-        backend = kind.make()
+        backend = kind.make(lab, pin_root)
         try:
             adopted = backend.setup(config(), [], State(), now)
             assert adopted.actions == ()
             backend.apply(plan(now), now)
             backend.apply(Plan((Action(ActionKind.UNBLOCK, BLOCK32, "contract"),)), now)
             # A fresh backend finds what the kernel holds and hands it back for adoption.
-            again = kind.make()
+            again = kind.make(lab, pin_root)
             found = {a.prefix for a in again.setup(config(), [], State(), now).actions}
             again.close()
             assert found == {BLOCK24, BLOCK64, THROTTLED}
@@ -151,11 +166,11 @@ def test_release_and_teardown(served: Lab, kind: Kind) -> None:
     assert passes(lab, "198.18.0.7"), "an unblocked source is still dropped"
     assert not passes(lab, "198.18.1.5")
     with lab.mx.entered():
-        backend = kind.make()
+        backend = kind.make(lab, pin_root)
         try:
             assert backend.teardown() is True
             assert backend.teardown() is False
         finally:
             backend.close()
-    assert kind.leftovers(lab) == ""
+    assert kind.leftovers(lab, pin_root) == ""
     assert passes(lab, "198.18.1.5"), "a source blocked before teardown is still dropped"
