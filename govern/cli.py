@@ -269,6 +269,7 @@ def teardown(config: ConfigOpt = None) -> None:
         return
     except DaemonUnavailable:
         pass
+    from govern import backends
     from govern.nft.backend import teardown_table
 
     if os.geteuid() != 0:
@@ -284,7 +285,16 @@ def teardown(config: ConfigOpt = None) -> None:
         removed = teardown_table()
     except GovernError as exc:
         _fail(exc)
-    print("removed table inet govern" if removed else "nothing to remove: no govern objects in the kernel")
+    try:
+        extra = backends.teardown_offline(cfg)
+    except GovernError as exc:
+        _fail(exc)
+    if removed:
+        print("removed table inet govern")
+    for line in extra:
+        print(line)
+    if not removed and not extra:
+        print("nothing to remove: no govern objects in the kernel")
     if slowed:
         print("removed the tarpit's queues")
     _print_report(_sysctls(cfg).restore())

@@ -129,6 +129,16 @@ def _ifnames(v: Any) -> tuple[str, ...]:
     return tuple(out)
 
 
+def _choice(*allowed: str) -> Callable[[Any], str]:
+    def check(v: Any) -> str:
+        s = _str(v)
+        if s not in allowed:
+            raise ValueError(f"expected one of {', '.join(allowed)}; got {v!r}")
+        return s
+
+    return check
+
+
 def _level(v: Any) -> str:
     s = _str(v).lower()
     if s not in ("debug", "info", "warning", "error"):
@@ -274,6 +284,14 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "socket": Key("/run/govern/govern.sock", _abs_path, "root-only control socket the CLI talks to"),
         "dry_run": Key(False, _bool, "log every plan instead of enforcing it (counting still runs in the kernel)"),
         "log_level": Key("info", _level, "debug, info, warning or error"),
+    },
+    # -- backend selection (govern.backends): which firewall enforces, and the XDP fast path in front of it
+    "backend": {
+        "firewall": Key("nftables", _choice("nftables", "iptables", "dry-run"), "nftables, iptables or dry-run"),
+        "xdp": Key(False, _bool, "also drop blocked sources in XDP, before the kernel builds a packet buffer"),
+        "xdp_interfaces": Key([], _ifnames, "interfaces the XDP program is attached to"),
+        "xdp_pin_root": Key("/sys/fs/bpf/govern", _abs_path, "where the XDP program's maps are pinned (bpffs)"),
+        "xdp_object": Key("", _abs_path_or_off, "the compiled XDP object; empty: bpf/govern_xdp.o beside the package"),
     },
     "sysctl": {
         "expected_sessions": Key(2000, _int(1, 10_000_000), "peak concurrent SMTP sessions the host must carry"),

@@ -18,10 +18,12 @@ from dataclasses import dataclass, field, replace
 from types import FrameType
 from typing import Any
 
+from govern import backends
 from govern import config as configmod
 from govern.addr import Prefix, PrefixSet
 from govern.allow.learning import TrustSources
 from govern.allow.sources import AllowSources, policy_with
+from govern.backends import is_dry_run
 from govern.config import Config, Policy
 from govern.control import ControlServer, Request
 from govern.decide import decide, manual_block, manual_unblock, release_allowlisted
@@ -85,7 +87,7 @@ class Governor:
         self._trusted_from: PrefixSet | None = None
         self._trusted_now: frozenset[Prefix] = frozenset()
         # A dry run simulates in memory from a clean slate: it must neither act on nor alter the durable state.
-        self.state: State = State() if config["daemon"]["dry_run"] else store.load()
+        self.state: State = State() if is_dry_run(config) else store.load()
         self.extra_allow = store.allowed()
         self.policy: Policy = self._policy()
         self.observer = Observer(sockets, enforcer.syn_counts, counters)
@@ -101,7 +103,7 @@ class Governor:
 
     @property
     def enforcing(self) -> bool:
-        return not self.config["daemon"]["dry_run"]
+        return not is_dry_run(self.config)
 
     def start(self) -> None:
         now = self.clock()
@@ -549,13 +551,11 @@ def _duration(body: dict[str, Any], default: float) -> float:
 def build(config: Config, store: Store) -> Governor:
     """The one place real edges are chosen."""
     from govern.allow.sources import from_config
-    from govern.dryrun import DryRun
-    from govern.nft.backend import NftBackend
     from govern.observe.netstat import ProcNetstat
     from govern.observe.sockdiag import SockDiag
     from govern.tarpit import from_config as tarpit_from_config
 
-    enforcer: Enforcer = NftBackend() if not config["daemon"]["dry_run"] else DryRun(NftBackend(enforce=False))
+    enforcer: Enforcer = backends.enforcer(config)
     return Governor(
         config,
         store,

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import os
 import secrets
+import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+from govern.backends import DEFAULT_OBJECT
 from govern.lab import topology
 from tests.netns import Lab
 
@@ -37,3 +40,17 @@ def lab_module() -> Iterator[topology.Lab]:
         yield lab.up()
     finally:
         lab.down()
+
+
+@pytest.fixture
+def pin_root(tmp_path: Path) -> Iterator[str]:
+    """A pin root for the XDP maps on a bpffs mounted for this test alone (the host's /sys/fs/bpf is not touched)."""
+    if not DEFAULT_OBJECT.is_file():
+        subprocess.run(["make", "-s", "-C", str(DEFAULT_OBJECT.parent)], check=True)
+    mnt = tmp_path / "bpffs"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "bpf", "bpf", str(mnt)], check=True)
+    try:
+        yield str(mnt / "govern")
+    finally:
+        subprocess.run(["umount", str(mnt)], check=False)

@@ -1,0 +1,2 @@
+"""The iptables+ipset backend (docs/iptables.md): legacy xtables rules through python-iptables, sets through
+`ipset restore`."""

@@ -1,0 +1,138 @@
+"""The iptables+ipset backend: owns chain GOVERN (govern.ipt.rules) and the `govern-*` sets, keeps the truth of
+its block and throttle sets in memory, and commits each plan as one `ipset restore` batch.
+
+The same contract as govern.nft.backend.NftBackend (tests/kernel/test_backend_contract.py): the sets are read back
+only at start-up, to reconcile with the durable state.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+
+from govern.addr import Prefix
+from govern.config import Config
+from govern.ipt import ipset, rules
+from govern.model import Action, ActionKind, Plan, State
+
+log = logging.getLogger("govern.ipt")
+KINDS = ("block", "throttle", "tight")
+# ipset's largest timeout; a longer block is re-asserted by the daemon's extend before it lapses.
+MAX_TIMEOUT_S = 2147483
+
+
+def _set(kind: str, p: Prefix) -> str:
+    return rules.set_names(p.version)[kind]
+
+
+def _add(name: str, p: Prefix, seconds: float) -> str:
+    return f"add {name} {p} timeout {min(max(int(seconds), 1), MAX_TIMEOUT_S)}"
+
+
+class IptBackend:
+    name = "iptables"
+
+    def __init__(self, *, enforce: bool = True) -> None:
+        self.enforce = enforce
+        self.held: dict[str, set[Prefix]] = {rules.set_names(v)[k]: set() for k in KINDS for v in (4, 6)}
+        self.allow: dict[str, set[Prefix]] = {rules.set_names(v)["allow"]: set() for v in (4, 6)}
+        self.ports: frozenset[int] = frozenset()
+
+    def setup(self, config: Config, allow: Sequence[Prefix], state: State, now: float) -> Plan:
+        """Create or converge the sets and chain, load the allowlist, restore `state`; adopt what the sets held."""
+        self.ports = frozenset(config["protect"]["ports"])
+        ipset.restore(rules.ipset_create(config))
+        rules.install(config, enforce=self.enforce)
+        self.allow = {name: {e.prefix for e in ipset.save(name)} for name in self.allow}
+        self.set_allow(allow)
+        normal = {p: t for p, t in state.throttles.items() if not t.tight}
+        tight = {p: t for p, t in state.throttles.items() if t.tight}
+        lines: list[str] = []
+        adopted: list[Action] = []
+        for kind, wanted in (("block", state.blocks), ("throttle", normal), ("tight", tight)):
+            for v in (4, 6):
+                name = rules.set_names(v)[kind]
+                in_kernel = {e.prefix: e.timeout_s for e in ipset.save(name)}
+                self.held[name] = set(in_kernel)
+                for p, entry in wanted.items():
+                    if p.version == v and p not in in_kernel and entry.until > now:
+                        lines.append(_add(name, p, entry.until - now))
+                        self.held[name].add(p)
+                for p, left in in_kernel.items():
+                    if p not in wanted:
+                        akind = ActionKind.BLOCK if kind == "block" else ActionKind.THROTTLE
+                        why = "found in the kernel at start-up"
+                        adopted.append(Action(akind, p, why, until=now + left, tight=kind == "tight"))
+        ipset.restore(lines)
+        log.info("restored %d elements into ipset, adopted %d found there", len(lines), len(adopted))
+        return Plan(tuple(adopted))
+
+    def set_allow(self, allow: Sequence[Prefix]) -> None:
+        """Replace the allow sets' contents in one batch (only the difference is sent)."""
+        wanted = {rules.set_names(v)["allow"]: {p for p in allow if p.version == v} for v in (4, 6)}
+        lines = [f"del {s} {p}" for s in wanted for p in sorted(self.allow[s] - wanted[s])]
+        lines += [f"add {s} {p}" for s in wanted for p in sorted(wanted[s] - self.allow[s])]
+        ipset.restore(lines)
+        self.allow = wanted
+
+    def apply(self, plan: Plan, now: float) -> None:
+        adds: list[str] = []
+        drops: list[str] = []
+        changed: dict[tuple[str, Prefix], bool] = {}
+
+        def drop(name: str, p: Prefix) -> None:
+            if changed.get((name, p), p in self.held[name]):
+                # `-exist` makes a delete of an element that lapsed a moment ago harmless.
+                drops.append(f"del {name} {p}")
+                changed[name, p] = False
+
+        for a in plan.actions:
+            p = a.prefix
+            block, throttles = _set("block", p), (_set("throttle", p), _set("tight", p))
+            if a.kind in (ActionKind.BLOCK, ActionKind.EXTEND):
+                adds.append(_add(block, p, a.until - now))  # with -exist, re-adding replaces the timeout
+                changed[block, p] = True
+                for name in throttles:
+                    drop(name, p)
+            elif a.kind is ActionKind.THROTTLE:
+                name, other = throttles[::-1] if a.tight else throttles
+                adds.append(_add(name, p, a.until - now))
+                changed[name, p] = True
+                drop(other, p)
+            elif a.kind is ActionKind.UNBLOCK:
+                drop(block, p)
+            elif a.kind is ActionKind.UNTHROTTLE:
+                for name in throttles:
+                    drop(name, p)
+        ipset.restore(drops + adds)
+        for (name, p), present in changed.items():
+            (self.held[name].add if present else self.held[name].discard)(p)
+
+    def syn_counts(self) -> Mapping[Prefix, int]:
+        out: dict[Prefix, int] = {}
+        for v in (4, 6):
+            for e in ipset.save(rules.set_names(v)["seen"]):
+                out[e.prefix] = out.get(e.prefix, 0) + e.packets
+        return out
+
+    def end_sessions(self, prefixes: Sequence[Prefix]) -> int:
+        from govern.nft.conntrack import forget
+
+        return forget(prefixes, self.ports)
+
+    def teardown(self) -> bool:
+        found = rules.remove()
+        # Sets can be destroyed only once no rule refers to them, hence after the chain.
+        ours = [n for n in ipset.names() if n.startswith(rules.PREFIX)]
+        ipset.restore([f"destroy {n}" for n in ours])
+        for held in self.held.values():
+            held.clear()
+        return found or bool(ours)
+
+    def close(self) -> None:
+        pass
+
+
+def teardown_all() -> bool:
+    """Remove chain GOVERN and the govern-* sets without a running backend (`govern teardown`)."""
+    return IptBackend().teardown()

@@ -1,0 +1,82 @@
+"""The XDP fast path in front of a firewall backend: an Enforcer that hands every plan to the firewall and mirrors
+its blocks and the allowlist into the XDP program's maps, so a blocked source's packets to the protected ports are
+dropped before the kernel builds a packet buffer. Throttles stay with the firewall (XDP has no per-source rate
+state here). New-connection counts come from the XDP program, which sees a blocked source's SYNs the firewall
+behind it no longer does.
+
+The maps' entries carry no timeout: a block lapses in XDP when the daemon releases it (or at `govern teardown`),
+not by itself if the daemon dies - unlike the firewall's sets. See docs/xdp.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+
+from govern.addr import Prefix, group_key
+from govern.config import Config
+from govern.edges import Enforcer
+from govern.model import ActionKind, Plan, State
+from govern.xdp.loader import XdpProgram, detach_all, unpin
+
+
+class XdpLayer:
+    def __init__(self, inner: Enforcer, program: Callable[[], XdpProgram], ifaces: Sequence[str], pin_root: str):
+        self.inner = inner
+        self.name = f"xdp+{inner.name}"
+        self._make = program
+        self.ifaces = tuple(ifaces)
+        self.pin_root = pin_root
+        self.prog: XdpProgram | None = None
+        self.v4_len, self.v6_len = 32, 64
+
+    def setup(self, config: Config, allow: Sequence[Prefix], state: State, now: float) -> Plan:
+        adopted = self.inner.setup(config, allow, state, now)
+        self.v4_len, self.v6_len = config["protect"]["ipv4_prefix"], config["protect"]["ipv6_prefix"]
+        self.prog = self._make()
+        self.prog.set_ports(config["protect"]["ports"])
+        self.set_allow(allow)
+        wanted = set(state.blocks) | {a.prefix for a in adopted.actions if a.kind is ActionKind.BLOCK}
+        held = self.prog.prefixes("block")
+        self.prog.update("block", wanted - held, held - wanted)
+        self.prog.detach()
+        self.prog.attach(self.ifaces)
+        return adopted
+
+    def set_allow(self, allow: Sequence[Prefix]) -> None:
+        self.inner.set_allow(allow)
+        if self.prog is not None:
+            held, wanted = self.prog.prefixes("allow"), set(allow)
+            self.prog.update("allow", wanted - held, held - wanted)
+
+    def apply(self, plan: Plan, now: float) -> None:
+        self.inner.apply(plan, now)  # the firewall first: if it refuses the plan, XDP changes nothing either
+        if self.prog is None:
+            return
+        add = [a.prefix for a in plan.actions if a.kind in (ActionKind.BLOCK, ActionKind.EXTEND)]
+        remove = [a.prefix for a in plan.actions if a.kind is ActionKind.UNBLOCK]
+        self.prog.update("block", add, remove)
+
+    def syn_counts(self) -> Mapping[Prefix, int]:
+        if self.prog is None:
+            return self.inner.syn_counts()
+        out: dict[Prefix, int] = {}
+        for src, n in self.prog.syn_counts().items():
+            key = group_key(src, self.v4_len, self.v6_len)
+            out[key] = out.get(key, 0) + n
+        return out
+
+    def end_sessions(self, prefixes: Sequence[Prefix]) -> int:
+        return self.inner.end_sessions(prefixes)
+
+    def teardown(self) -> bool:
+        found = self.inner.teardown()
+        # By interface, not through a loaded program: `govern teardown` runs in a process that never loaded one.
+        detached = detach_all(self.ifaces)
+        if self.prog is not None:
+            self.prog.ifindexes.clear()
+        return unpin(self.pin_root) or detached or found
+
+    def close(self) -> None:
+        if self.prog is not None:
+            self.prog.close()  # the program stays attached and its maps pinned: blocks hold across a restart
+        self.inner.close()

@@ -1,0 +1,211 @@
+"""Loading bpf/govern_xdp.o through libbpf (Debian's libbpf1) with ctypes: open, load, attach in native mode, pin
+the maps under a pin root, update and read the maps, detach and unpin. libbpf's errors (negative errno) are turned
+into KernelError here, once.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import os
+import shutil
+import socket
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import TypeVar
+
+from govern.addr import Prefix
+from govern.errors import KernelError
+from govern.xdp import maps
+
+XDP_FLAGS_DRV_MODE = 1 << 2
+_T = TypeVar("_T", bound=ctypes.Structure | ctypes.c_uint16)
+BPF_ANY = 0
+_lib: ctypes.CDLL | None = None
+_vp, _cp, _int, _u32 = ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int, ctypes.c_uint32
+
+
+def lib() -> ctypes.CDLL:
+    global _lib
+    if _lib is None:
+        try:
+            b = ctypes.CDLL(ctypes.util.find_library("bpf") or "libbpf.so.1", use_errno=True)
+        except OSError as exc:
+            raise KernelError(f"libbpf is not installed ({exc}); install Debian's libbpf1") from None
+        sigs: dict[str, tuple[list[object], object]] = {
+            "bpf_object__open_file": ([_cp, _vp], _vp),
+            "bpf_object__load": ([_vp], _int),
+            "bpf_object__close": ([_vp], None),
+            "bpf_object__find_program_by_name": ([_vp, _cp], _vp),
+            "bpf_object__find_map_by_name": ([_vp, _cp], _vp),
+            "bpf_program__fd": ([_vp], _int),
+            "bpf_map__fd": ([_vp], _int),
+            "bpf_map__pin": ([_vp, _cp], _int),
+            "bpf_map__set_pin_path": ([_vp, _cp], _int),
+            "bpf_xdp_attach": ([_int, _int, _u32, _vp], _int),
+            "bpf_xdp_detach": ([_int, _u32, _vp], _int),
+            "bpf_obj_get": ([_cp], _int),
+            "bpf_map_update_elem": ([_int, _vp, _vp, ctypes.c_uint64], _int),
+            "bpf_map_delete_elem": ([_int, _vp], _int),
+            "bpf_map_lookup_elem": ([_int, _vp, _vp], _int),
+            "bpf_map_get_next_key": ([_int, _vp, _vp], _int),
+            "libbpf_num_possible_cpus": ([], _int),
+            "bpf_xdp_query_id": ([_int, _int, _vp], _int),
+        }
+        for name, (args, res) in sigs.items():
+            fn = getattr(b, name)
+            fn.argtypes, fn.restype = args, res
+        _lib = b
+    return _lib
+
+
+def _check(rc: int, what: str) -> int:
+    if rc < 0:
+        raise KernelError(f"{what}: {os.strerror(-rc)}", -rc)
+    return rc
+
+
+ALL_MAPS: tuple[str, ...] = (maps.MAP_ALLOW4, maps.MAP_ALLOW6, maps.MAP_BLOCK4, maps.MAP_BLOCK6)
+ALL_MAPS += (maps.MAP_SYNS, maps.MAP_STATS, maps.MAP_PORTS)
+
+
+class XdpProgram:
+    """One loaded govern_xdp object, its maps pinned under `pin_root`, attached to `ifaces`."""
+
+    def __init__(self, obj_path: str, pin_root: str) -> None:
+        self.pin_root = Path(pin_root)
+        self.ifindexes: list[int] = []
+        b = lib()
+        if not Path(obj_path).is_file():
+            raise KernelError(f"XDP object {obj_path} not found: build it with `make -C bpf`")
+        self.obj = b.bpf_object__open_file(obj_path.encode(), None)
+        if not self.obj:
+            raise KernelError(f"libbpf cannot open {obj_path}: {os.strerror(ctypes.get_errno())}")
+        try:
+            # Maps pinned by an earlier run are reused (libbpf reuses a pin at its pin path), so blocks survive a
+            # restart of the daemon just as the firewall's sets do.
+            self.pin_root.mkdir(parents=True, exist_ok=True)
+            for name in ALL_MAPS:
+                m = b.bpf_object__find_map_by_name(self.obj, name.encode())
+                _check(b.bpf_map__set_pin_path(m, str(self.pin_root / name).encode()), f"pin path of map {name}")
+            _check(b.bpf_object__load(self.obj), f"loading {obj_path}")
+        except BaseException:
+            b.bpf_object__close(self.obj)
+            raise
+        self.fds = {name: b.bpf_map__fd(b.bpf_object__find_map_by_name(self.obj, name.encode())) for name in ALL_MAPS}
+        self.prog_fd = b.bpf_program__fd(b.bpf_object__find_program_by_name(self.obj, maps.PROG.encode()))
+        self.ncpu = _check(b.libbpf_num_possible_cpus(), "counting CPUs")
+
+    def attach(self, ifaces: Sequence[str]) -> None:
+        for name in ifaces:
+            try:
+                idx = socket.if_nametoindex(name)
+            except OSError:
+                raise KernelError(f"no interface {name} to attach XDP to") from None
+            _check(lib().bpf_xdp_attach(idx, self.prog_fd, XDP_FLAGS_DRV_MODE, None), f"attaching XDP to {name}")
+            self.ifindexes.append(idx)
+
+    def set_ports(self, ports: Iterable[int]) -> None:
+        wanted = {int(p) for p in ports}
+        have = {int(k.value) for k in self._keys(maps.MAP_PORTS, ctypes.c_uint16)}
+        for p in have - wanted:
+            self._delete(maps.MAP_PORTS, ctypes.c_uint16(p))
+        for p in wanted - have:
+            self._update(maps.MAP_PORTS, ctypes.c_uint16(p), ctypes.c_uint8(1))
+
+    def update(self, kind: str, add: Iterable[Prefix], remove: Iterable[Prefix] = ()) -> None:
+        """Add and remove prefixes of an allow or block map (`kind` is "allow" or "block"); removes first.
+
+        LPM tries have no batch operation in the kernel: one syscall per element, ~1 us each.
+        """
+        for p in remove:
+            self._delete(f"{kind}{p.version}", maps.lpm_key(p), missing_ok=True)
+        for p in add:
+            self._update(f"{kind}{p.version}", maps.lpm_key(p), ctypes.c_uint8(1))
+
+    def prefixes(self, kind: str) -> set[Prefix]:
+        out: set[Prefix] = set()
+        for v, struct in ((4, maps.Lpm4), (6, maps.Lpm6)):
+            for k in self._keys(f"{kind}{v}", struct):
+                out.add(Prefix.from_packed(bytes(k.addr), k.prefixlen))
+        return out
+
+    def syn_counts(self) -> dict[Prefix, int]:
+        out: dict[Prefix, int] = {}
+        value = ctypes.c_uint64()
+        for k in self._keys(maps.MAP_SYNS, maps.Src):
+            if lib().bpf_map_lookup_elem(self.fds[maps.MAP_SYNS], ctypes.byref(k), ctypes.byref(value)) == 0:
+                out[maps.src_prefix(k)] = value.value
+        return out
+
+    def stats(self) -> Mapping[str, tuple[int, int]]:
+        """Packets and bytes per reason, summed over CPUs."""
+        out: dict[str, tuple[int, int]] = {}
+        values = (maps.Stat * self.ncpu)()
+        for reason, name in maps.REASON_NAMES.items():
+            key = ctypes.c_uint32(reason)
+            rc = lib().bpf_map_lookup_elem(self.fds[maps.MAP_STATS], ctypes.byref(key), values)
+            _check(rc, "reading the XDP counters")
+            out[name] = (sum(v.packets for v in values), sum(v.bytes for v in values))
+        return out
+
+    def detach(self) -> None:
+        for idx in self.ifindexes:
+            lib().bpf_xdp_detach(idx, XDP_FLAGS_DRV_MODE, None)
+        self.ifindexes.clear()
+
+    def close(self) -> None:
+        lib().bpf_object__close(self.obj)
+
+    # -- map access ---------------------------------------------------------------------------------------
+
+    def _update(self, name: str, key: ctypes._CData, value: ctypes._CData) -> None:
+        rc = lib().bpf_map_update_elem(self.fds[name], ctypes.byref(key), ctypes.byref(value), BPF_ANY)
+        _check(rc, f"updating XDP map {name}")
+
+    def _delete(self, name: str, key: ctypes._CData, *, missing_ok: bool = False) -> None:
+        rc = lib().bpf_map_delete_elem(self.fds[name], ctypes.byref(key))
+        if rc < 0 and not (missing_ok and -rc == errno.ENOENT):
+            _check(rc, f"deleting from XDP map {name}")
+
+    def _keys(self, name: str, struct: type[_T]) -> list[_T]:
+        keys: list[_T] = []
+        prev: _T | None = None
+        while True:
+            nxt = struct()
+            cur = ctypes.byref(prev) if prev is not None else None
+            rc = lib().bpf_map_get_next_key(self.fds[name], cur, ctypes.byref(nxt))
+            if rc < 0:
+                return keys
+            keys.append(nxt)
+            prev = nxt
+
+
+def unpin(pin_root: str) -> bool:
+    """Remove the pinned maps (the maps go once nothing holds them); True if there was a pin root."""
+    root = Path(pin_root)
+    if not root.exists():
+        return False
+    shutil.rmtree(root)
+    return True
+
+
+def detach_all(ifaces: Sequence[str]) -> bool:
+    """Detach whatever native XDP program these interfaces run (used without a loaded object, at teardown)."""
+    found = False
+    for name in ifaces:
+        try:
+            idx = socket.if_nametoindex(name)
+        except OSError:
+            continue
+        if _attached(idx):
+            _check(lib().bpf_xdp_detach(idx, XDP_FLAGS_DRV_MODE, None), f"detaching XDP from {name}")
+            found = True
+    return found
+
+
+def _attached(ifindex: int) -> bool:
+    prog_id = ctypes.c_uint32()
+    rc = lib().bpf_xdp_query_id(ifindex, XDP_FLAGS_DRV_MODE, ctypes.byref(prog_id))
+    return rc == 0 and prog_id.value != 0

@@ -1,0 +1,55 @@
+"""The XDP program's map names, keys and values as ctypes, mirroring bpf/govern_maps.h field for field.
+
+tests/unit/test_xdp_maps.py parses the header and fails if anything here drifts from it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+
+from govern.addr import Prefix
+
+MAP_ALLOW4, MAP_ALLOW6, MAP_BLOCK4, MAP_BLOCK6 = "allow4", "allow6", "block4", "block6"
+MAP_SYNS, MAP_STATS, MAP_PORTS = "syns", "stats", "ports"
+PROG = "govern_xdp"
+PREFIXES_MAX = 262144
+SOURCES_MAX = 262144
+PORTS_MAX = 64
+PASS_ALLOW, DROP_BLOCK, PASS_OTHER, REASONS = 0, 1, 2, 3
+REASON_NAMES = {PASS_ALLOW: "pass_allow", DROP_BLOCK: "drop_block", PASS_OTHER: "pass_other"}
+
+
+class Lpm4(ctypes.Structure):
+    _fields_ = [("prefixlen", ctypes.c_uint32), ("addr", ctypes.c_uint8 * 4)]
+
+
+class Lpm6(ctypes.Structure):
+    _fields_ = [("prefixlen", ctypes.c_uint32), ("addr", ctypes.c_uint8 * 16)]
+
+
+class Src(ctypes.Structure):
+    _fields_ = [("family", ctypes.c_uint32), ("addr", ctypes.c_uint8 * 16)]
+
+
+class Stat(ctypes.Structure):
+    _fields_ = [("packets", ctypes.c_uint64), ("bytes", ctypes.c_uint64)]
+
+
+STRUCTS: dict[str, type[ctypes.Structure]] = {
+    "govern_lpm4": Lpm4,
+    "govern_lpm6": Lpm6,
+    "govern_src": Src,
+    "govern_stat": Stat,
+}
+
+
+def lpm_key(p: Prefix) -> Lpm4 | Lpm6:
+    raw = p.packed()
+    if p.version == 4:
+        return Lpm4(p.length, (ctypes.c_uint8 * 4)(*raw))
+    return Lpm6(p.length, (ctypes.c_uint8 * 16)(*raw))
+
+
+def src_prefix(key: Src) -> Prefix:
+    raw = bytes(key.addr)
+    return Prefix.from_packed(raw[:4] if key.family == 4 else raw)
