@@ -203,7 +203,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "learn_for": Key("7d", _duration(60, 365 * 86400), "a source that completed a delivery is trusted this long"),
         "factor": Key(4, _int(1, 1000), "a trusted source's limits are multiplied by this"),
         "postfix_log": Key("", _abs_path_or_off, "Postfix log to learn completed deliveries from; empty: off"),
-        "from_sessions": Key(True, _bool, "learn from sessions govern sees carrying a message (tcp_info)"),
+        "from_sessions": Key(True, _bool, "the kernel learns sources that send a message-sized packet"),
     },
     "limits": {
         "max_connections_per_source": Key(20, _int(1, 1_000_000), "concurrent sockets on protected ports, per source"),
@@ -243,6 +243,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "max_new_per_minute": Key(30, _int(1, 10_000_000), "new connections per source per minute during a wave"),
         "throttle_rate_per_minute": Key(4, _int(1, 1_000_000), "new connections a source throttled in a wave may open"),
         "throttle_burst": Key(2, _int(1, 1_000_000), "connections such a source may open at once"),
+        "gate_rate_per_second": Key(10, _int(0, 1_000_000), "new connections a second from sources not yet trusted"),
+        "gate_burst": Key(20, _int(1, 1_000_000), "such connections let through at once before that rate applies"),
     },
     "cut": {
         "enabled": Key(True, _bool, "under pressure, end sessions on which a non-allowlisted client stays silent"),

@@ -42,6 +42,7 @@ from govern.systemd import notify
 log = logging.getLogger("govern")
 MAINTENANCE_EVERY = 600.0
 EVENTS_KEPT = 30 * 86400.0
+LEARN_EVERY = 10.0
 ALLOW_WAIT_AT_START = 5.0  # seconds the start waits for the first resolution of allowlisted hostnames and SPF
 
 
@@ -84,6 +85,7 @@ class Governor:
         # Dynamic allowlist and learned trust (govern.allow); None keeps the config's allowlist as read at load.
         self.allow = allow
         self.trust = trust
+        self._learned = 0.0
         self._trusted_from: PrefixSet | None = None
         self._trusted_now: frozenset[Prefix] = frozenset()
         # A dry run simulates in memory from a clean slate: it must neither act on nor alter the durable state.
@@ -195,9 +197,8 @@ class Governor:
         except GovernError as exc:
             self.health.fail("observe", exc)
             return Plan()
-        if self.trust is not None and self.config["trust"]["from_sessions"]:
-            for p in self.snapshot.talkers:
-                self.trust.learn(p, now)
+        if self.trust is not None and now - self._learned >= LEARN_EVERY:
+            self._learn_from_kernel(now)
         for k, v in self.snapshot.counters.items():
             self.totals[k] = self.totals.get(k, 0) + v
         plan = decide(self.snapshot, self.state, self.policy, now)
@@ -312,6 +313,17 @@ class Governor:
                 self.trust.refresh(now)
             except Exception as exc:
                 self.health.fail("trust", exc)
+
+    def _learn_from_kernel(self, now: float) -> None:
+        """Take in the sources the kernel saw delivering; a dump of a bounded set, every LEARN_EVERY seconds."""
+        self._learned = now
+        if self.trust is None or not self.config["trust"]["from_sessions"]:
+            return
+        try:
+            for p in self.enforcer.known():
+                self.trust.learn(p, now)
+        except GovernError as exc:
+            self.health.fail("trust", exc)
 
     def _trusted(self) -> frozenset[Prefix]:
         """The learned-trust set for the core, rebuilt only when the trust edge's set changed."""

@@ -37,6 +37,9 @@ class DryRun:
             self.logged.append(line)
             log.info("%s", line)
 
+    def known(self) -> Sequence[Prefix]:
+        return self.inner.known()
+
     def syn_counts(self) -> Mapping[Prefix, int]:
         return self.inner.syn_counts()
 

@@ -45,6 +45,10 @@ class Enforcer(Protocol):
         """Cumulative connection attempts per source group, counted in the kernel."""
         ...
 
+    def known(self) -> Sequence[Prefix]:
+        """Source groups the kernel saw delivering (a message-sized packet), where the backend learns them."""
+        ...
+
     def end_sessions(self, prefixes: Sequence[Prefix]) -> int:
         """Forget the connection-tracking entries of these sources; returns how many went."""
         ...

@@ -26,11 +26,9 @@ class FakeSockets:
     sources: dict[Prefix, SockCounts] = field(default_factory=dict)
     destroyed: list[Prefix] = field(default_factory=list)
     cuts: list[dict[Prefix, int]] = field(default_factory=list)
-    talkers: frozenset[Prefix] = frozenset()
 
     def scan(self, ports: frozenset[int], *, v4_len: int, v6_len: int, idle_after_ms: int) -> Scan:
-        held = sum(c.held for c in self.sources.values())
-        return Scan(sources=dict(self.sources), listeners=(), sockets=held, talkers=self.talkers)
+        return Scan(sources=dict(self.sources), listeners=(), sockets=sum(c.held for c in self.sources.values()))
 
     def destroy(self, prefixes: Sequence[Prefix], ports: frozenset[int]) -> int:
         gone = [p for p in self.sources if any(q.contains(p) for q in prefixes)]
@@ -63,6 +61,7 @@ class FakeEnforcer:
     tight: set[Prefix] = field(default_factory=set)  # throttles at the wave's rate
     allow: set[Prefix] = field(default_factory=set)
     syn: dict[Prefix, int] = field(default_factory=dict)
+    delivering: set[Prefix] = field(default_factory=set)  # what the kernel learned (known4/known6)
     fail_next: bool = False
     commits: int = 0
     torn_down: bool = False
@@ -100,6 +99,9 @@ class FakeEnforcer:
 
     def syn_counts(self) -> Mapping[Prefix, int]:
         return dict(self.syn)
+
+    def known(self) -> Sequence[Prefix]:
+        return tuple(self.delivering)
 
     def end_sessions(self, prefixes: Sequence[Prefix]) -> int:
         return 0

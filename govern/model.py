@@ -45,7 +45,6 @@ class Snapshot:
     listeners: tuple[ListenerStats, ...] = ()
     counters: Mapping[str, int] = field(default_factory=dict)  # TcpExt deltas since the previous snapshot
     trusted: frozenset[Prefix] = frozenset()  # sources (groups) that delivered mail recently: softer limits
-    talkers: frozenset[Prefix] = frozenset()  # sources with a session carrying a message now (to learn trust)
 
 
 class Mode(StrEnum):

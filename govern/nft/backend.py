@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 from govern.addr import Prefix, group_key
 from govern.config import Config
-from govern.model import Action, ActionKind, Plan, State
+from govern.model import Action, ActionKind, Mode, ModeState, Plan, State
 from govern.nft.libnft import Nft
 from govern.nft.netlink import ElemOp, NftNetlink
 from govern.nft.ruleset import FAMILY, INTERVAL_SETS, TABLE, ruleset
@@ -71,8 +71,9 @@ class NftBackend:
                         akind = ActionKind.BLOCK if kind == "block" else ActionKind.THROTTLE
                         why = "found in the kernel at start-up"
                         adopted.append(Action(akind, p, why, until=now + left / 1000, tight=kind == "tight"))
-        if ops:
-            self.nl.commit(ops, interval_sets=INTERVAL_SETS)
+        # The wave's gate as the durable mode says: open unless a wave outlived the restart.
+        ops += _gate_ops(state.mode, now)
+        self.nl.commit(ops, interval_sets=INTERVAL_SETS, missing_ok=True)
         log.info("restored %d elements into the kernel, adopted %d found there", len(ops), len(adopted))
         return Plan(tuple(adopted))
 
@@ -122,6 +123,10 @@ class NftBackend:
             elif a.kind is ActionKind.UNTHROTTLE:
                 for name in throttles:
                     drop(name, p)
+        if plan.mode is not None:
+            gate = _gate_ops(plan.mode, now)
+            drops += [op for op in gate if not op.add]
+            adds += [op for op in gate if op.add]
         # Releases first: a prefix replacing the blocks it covers must not overlap them, even for a moment within
         # the transaction. Deletes tolerate absence, since an element may have lapsed in the kernel a moment ago.
         ops = drops + adds
@@ -132,6 +137,14 @@ class NftBackend:
                 self.held[name].add(p)
             else:
                 self.held[name].discard(p)
+
+    def known(self) -> list[Prefix]:
+        """Sources the kernel saw sending a message-sized packet (set known4/known6), as source groups."""
+        out = []
+        for name in ("known4", "known6"):
+            for e in self.nl.dump_set(name):
+                out.append(group_key(e.prefix, self.v4_len, self.v6_len))
+        return out
 
     def syn_counts(self) -> Mapping[Prefix, int]:
         out: dict[Prefix, int] = {}
@@ -159,6 +172,16 @@ class NftBackend:
     def close(self) -> None:
         self.nl.close()
         self.nft.close()
+
+
+_EVERYONE = (Prefix(4, 0, 0), Prefix(6, 0, 0))
+
+
+def _gate_ops(mode: ModeState, now: float) -> list[ElemOp]:
+    """Close the gate (0.0.0.0/0 and ::/0 in gate4/gate6, lapsing with the wave's timer) or open it."""
+    if mode.mode is Mode.WAVE and mode.until > now:
+        return [ElemOp(True, f"gate{p.version}", p, _ms(mode.until - now)) for p in _EVERYONE]
+    return [ElemOp(False, f"gate{p.version}", p) for p in _EVERYONE]
 
 
 def _ms(seconds: float) -> int:

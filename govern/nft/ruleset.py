@@ -14,7 +14,15 @@ from govern.config import Config
 
 TABLE = "govern"
 FAMILY = "inet"
-INTERVAL_SETS = frozenset({"allow4", "allow6", "block4", "block6", "throttle4", "throttle6", "tight4", "tight6"})
+INTERVAL_SETS = frozenset(
+    {"allow4", "allow6", "block4", "block6", "throttle4", "throttle6", "tight4", "tight6", "gate4", "gate6"}
+)
+# A packet this long (IP length) to a protected port carries part of a message: EHLO, MAIL and RCPT lines are far
+# shorter, as is what a silent, dripping or pre-banner-talking bot sends.
+MESSAGE_LEN = 256
+# How long the kernel's own set of delivering sources remembers one (each message-sized packet starts it again). A
+# constant, so a reload never has to redefine the set; the daemon's trust applies `trust.learn_for` on top.
+KNOWN_TIMEOUT = "7d"
 # Counting sets forget a source two minutes after its last SYN: the rate window is one minute.
 SEEN_TIMEOUT = "2m"
 SEEN_SIZE = 262144
@@ -56,6 +64,11 @@ def ruleset(config: Config, *, enforce: bool = True) -> str:
         f"tcp dport @ports {syn} {local} update @syn4 {{ {CONN4} }}",
         f"tcp dport @ports {syn} {local} update @syn6 {{ {CONN6} }}",
     ]
+    if config["trust"]["from_sessions"]:
+        rules += [
+            f"tcp dport @ports {local} meta length >= {MESSAGE_LEN} update @known4 {{ {k4} }}",
+            f"tcp dport @ports {local} meta length >= {MESSAGE_LEN} update @known6 {{ {k6} }}",
+        ]
     if enforce:
         rules += [
             f"tcp dport @ports {local} ip saddr @block4 drop",
@@ -66,6 +79,14 @@ def ruleset(config: Config, *, enforce: bool = True) -> str:
             f"tcp dport @ports {syn} {local} ip saddr @tight4 update @trate4 {{ {k4} {tight} }} drop",
             f"tcp dport @ports {syn} {local} ip6 saddr @tight6 update @trate6 {{ {k6} {tight} }} drop",
         ]
+        if wave["gate_rate_per_second"]:
+            # The wave's gate (its sets hold 0.0.0.0/0 and ::/0 while a wave is on, with the wave's timeout): strangers
+            # share one rate; sources the kernel (or the Postfix log) knows to deliver pass.
+            gate = f"limit rate over {wave['gate_rate_per_second']}/second burst {wave['gate_burst']} packets"
+            rules += [
+                f"tcp dport @ports {syn} {local} ip saddr @gate4 {k4} != @known4 {gate} drop",
+                f"tcp dport @ports {syn} {local} ip6 saddr @gate6 {k6} != @known6 {gate} drop",
+            ]
     sets = [
         "set ports { type inet_service; }",
         "set allow4 { type ipv4_addr; flags interval; }",
@@ -76,7 +97,11 @@ def ruleset(config: Config, *, enforce: bool = True) -> str:
         "set throttle6 { type ipv6_addr; flags interval,timeout; }",
         "set tight4 { type ipv4_addr; flags interval,timeout; }",
         "set tight6 { type ipv6_addr; flags interval,timeout; }",
+        "set gate4 { type ipv4_addr; flags interval,timeout; }",
+        "set gate6 { type ipv6_addr; flags interval,timeout; }",
     ]
+    for v, typ in ((4, "ipv4_addr"), (6, "ipv6_addr")):
+        sets.append(f"set known{v} {{ type {typ}; size {SEEN_SIZE}; flags dynamic,timeout; timeout {KNOWN_TIMEOUT}; }}")
     for name in ("seen", "rate", "trate"):
         for v, typ in ((4, "ipv4_addr"), (6, "ipv6_addr")):
             sets.append(

@@ -48,7 +48,6 @@ class Observer:
             listeners=scan.listeners,
             counters=deltas(self._netstat, netstat),
             trusted=trusted,
-            talkers=scan.talkers,
         )
         self._netstat, self._last = netstat, now
         return snap

@@ -90,9 +90,8 @@ _DIAG_MSG_END = 16 + 72  # attributes start after nlmsghdr + inet_diag_msg
 _SOCKID_AT = 16 + 4  # the inet_diag_sockid inside a message
 _QUEUES_AT = 16 + 56  # idiag_rqueue, idiag_wqueue
 # From an INET_DIAG_INFO attribute: its header word (len | type << 16), tcpi_last_data_sent, tcpi_last_data_recv,
-# tcpi_bytes_received, tcpi_data_segs_in, tcpi_data_segs_out (struct tcp_info offsets 44, 52, 128, 152, 156;
-# uapi, only ever appended to).
-_INFO_FIELDS = "I44xI4xI72xQ16xII"
+# tcpi_data_segs_in, tcpi_data_segs_out (struct tcp_info offsets 44, 52, 152, 156; uapi, only ever appended to).
+_INFO_FIELDS = "I44xI4xI96xII"
 _INFO = struct.Struct("=" + _INFO_FIELDS)
 _INFO_MIN = _INFO.size - 4  # the shortest tcp_info that has tcpi_data_segs_out
 _LENWORD = struct.Struct("=Q")  # nlmsg_len | nlmsg_type << 32 | nlmsg_flags << 48
@@ -101,7 +100,7 @@ _LENWORD = struct.Struct("=Q")  # nlmsg_len | nlmsg_type << 32 | nlmsg_flags << 
 # header (length, type, flags, as one integer), family, state, local port (network order), the remote address in
 # three parts -- bytes 0-7 (an IPv4 address is the first 4; an IPv6 /64), 8-11 (0000ffff if IPv4-mapped), 12-15
 # (the IPv4 address if mapped) -- and the _INFO fields; then the message length and the INFO header expected.
-_Record = tuple[int, int, int, int, bytes, bytes, bytes, int, int, int, int, int, int]
+_Record = tuple[int, int, int, int, bytes, bytes, bytes, int, int, int, int, int]
 _Unpack = Callable[[bytes | bytearray | memoryview, int], _Record]
 _Layout = tuple[_Unpack, int, int]
 _HEAD_FIELDS = "=QxxxxxxxxBB2xH2x16x8s4s4s"
@@ -160,7 +159,6 @@ class Scan:
     sources: dict[Prefix, SockCounts]  # by source group: IPv4 /v4_len, IPv6 /v6_len
     listeners: tuple[ListenerStats, ...]  # LISTEN sockets on the protected ports
     sockets: int  # non-listening sockets seen (TIME_WAIT is left out: the kernel is asked not to send it)
-    talkers: frozenset[Prefix] = frozenset()  # sources with a session that carried mail (see talked())
 
 
 def _check_ports(ports: frozenset[int]) -> None:
@@ -187,7 +185,6 @@ class ScanParser:
         "_other",
         "_ports_be",
         "_syn",
-        "_talk_keys",
         "_v4_len",
         "_v6_len",
     )
@@ -211,7 +208,6 @@ class ScanParser:
         self._syn: list[bytes] = []  # SYN_RECV (also in _other)
         self._idle_keys: list[bytes] = []
         self._idle_waits: list[int] = []  # ms, in step with _idle_keys
-        self._talk_keys: list[bytes] = []  # ESTABLISHED sockets that carried mail (see talked())
         self._listeners: list[ListenerStats] = []
         # Message kind (first 8 bytes: length, type, flags) -> how to read it. The kernel sends the same
         # attributes in the same order for every socket of a kind, so one walk over the attributes per kind finds
@@ -247,13 +243,12 @@ class ScanParser:
         syn = self._syn.append
         idle_key = self._idle_keys.append
         idle_wait = self._idle_waits.append
-        talk_key = self._talk_keys.append
         # The layout of the previous message, tried first: runs of sockets of one kind share one.
         cur_lw, (unpack, mlen, info_hdr) = self._last
         off = 0
         try:
             while off < size:
-                lw, fam, state, sport, hi, mid, lo, hdr, sent, recv, rbytes, segs_in, segs_out = unpack(buf, off)
+                lw, fam, state, sport, hi, mid, lo, hdr, sent, recv, segs_in, segs_out = unpack(buf, off)
                 if lw != cur_lw:
                     layout = layouts.get(lw)
                     if layout is None:
@@ -273,13 +268,11 @@ class ScanParser:
                     if state == established:
                         est(key)
                         if hdr != info_hdr:
-                            sent, recv, segs_in, segs_out, rbytes = _info(buf, off, mlen)
-                        # silent() and talked() inlined: this runs once per established socket.
+                            sent, recv, segs_in, segs_out = _info(buf, off, mlen)
+                        # silent() inlined: this runs once per established socket.
                         if recv >= sent >= idle_after and segs_out and (recv != sent or not segs_in):
                             idle_key(key)
                             idle_wait(sent)
-                        elif segs_in >= TALK_SEGS and rbytes >= TALK_BYTES:
-                            talk_key(key)
                     elif state == syn_recv:
                         other(key)
                         syn(key)
@@ -346,12 +339,11 @@ class ScanParser:
             key = dst[:8] if self._v6_len <= 64 else dst
         if state == TCP_ESTABLISHED:
             self._est.append(key)
-            sent, recv, segs_in, segs_out, rbytes = _info(buf, off, mlen)
-            if silent(sent, recv, segs_in, segs_out, self._idle_after):
+            info = _info(buf, off, mlen)
+            if silent(*info, self._idle_after):
+                sent = info[0]
                 self._idle_keys.append(key)
                 self._idle_waits.append(sent)
-            elif talked(segs_in, rbytes):
-                self._talk_keys.append(key)
         elif state == TCP_SYN_RECV:
             self._other.append(key)
             self._syn.append(key)
@@ -455,8 +447,7 @@ class ScanParser:
         if len(sources) != len(keys):
             idle_n = idle if idle is not None else Counter(self._idle_keys)
             sources = _merged(prefixes, keys, held, est, syn, idle_n, longest)
-        talkers = frozenset(map(groups.__getitem__, set(self._talk_keys))) if self._talk_keys else frozenset()
-        return Scan(sources, tuple(sorted(self._listeners)), len(self._est) + len(self._other), talkers)
+        return Scan(sources, tuple(sorted(self._listeners)), len(self._est) + len(self._other))
 
 
 def _kinds(keys: list[bytes], v4_len: int, v6_len: int) -> list[tuple[list[bytes], int, int, list[int]]]:
@@ -644,9 +635,9 @@ class SockDiag:
                         return hit
             return None
 
-        def idle(remote: Prefix, info: tuple[int, int, int, int, int]) -> bool:
+        def idle(remote: Prefix, info: tuple[int, int, int, int]) -> bool:
             limit = threshold(remote)
-            return limit is not None and silent(*info[:4], limit)
+            return limit is not None and silent(*info, limit)
 
         return self._destroy_matching(ports, 1 << TCP_ESTABLISHED, _EXT_INFO, idle, per_socket=True)
 
@@ -655,7 +646,7 @@ class SockDiag:
         ports: frozenset[int],
         states: int,
         ext: int,
-        match: Callable[[Prefix, tuple[int, int, int, int, int]], bool],
+        match: Callable[[Prefix, tuple[int, int, int, int]], bool],
         *,
         per_socket: bool = False,
     ) -> int:
@@ -665,7 +656,7 @@ class SockDiag:
         ports_be = frozenset(socket.htons(p) for p in ports)
         targets: list[bytes] = []
         seen: dict[tuple[int, bytes], bool] = {}
-        no_info = (0, 0, 0, 0, 0)
+        no_info = (0, 0, 0, 0)
 
         def collect(buf: bytes | bytearray | memoryview, size: int) -> bool:
             off = 0
@@ -818,24 +809,14 @@ class SockDiag:
         return destroyed
 
 
-def _info(buf: bytes | bytearray | memoryview, off: int, mlen: int) -> tuple[int, int, int, int, int]:
-    """tcpi_last_data_sent, tcpi_last_data_recv, tcpi_data_segs_in, tcpi_data_segs_out, tcpi_bytes_received of
-    one message (zeros without tcp_info)."""
+def _info(buf: bytes | bytearray | memoryview, off: int, mlen: int) -> tuple[int, int, int, int]:
+    """tcpi_last_data_sent, tcpi_last_data_recv, tcpi_data_segs_in, tcpi_data_segs_out of one message (zeros
+    without tcp_info)."""
     at, _hdr = ScanParser._find_info(buf, off, mlen)
     if not at:
-        return 0, 0, 0, 0, 0
-    _h, sent, recv, rbytes, segs_in, segs_out = _INFO.unpack_from(buf, off + at)
-    return sent, recv, segs_in, segs_out, rbytes
-
-
-# A session that carries mail: the client sent at least this many data segments and bytes (EHLO, MAIL, RCPT,
-# DATA and a message are more; a bot that drips a byte now and then, or talks once before the banner, is less).
-TALK_SEGS = 4
-TALK_BYTES = 256
-
-
-def talked(segs_in: int, rbytes: int) -> bool:
-    return segs_in >= TALK_SEGS and rbytes >= TALK_BYTES
+        return 0, 0, 0, 0
+    _h, sent, recv, segs_in, segs_out = _INFO.unpack_from(buf, off + at)
+    return sent, recv, segs_in, segs_out
 
 
 def silent(sent: int, recv: int, segs_in: int, segs_out: int, after_ms: int) -> bool:

@@ -56,6 +56,9 @@ class XdpLayer:
         remove = [a.prefix for a in plan.actions if a.kind is ActionKind.UNBLOCK]
         self.prog.update("block", add, remove)
 
+    def known(self) -> Sequence[Prefix]:
+        return self.inner.known()
+
     def syn_counts(self) -> Mapping[Prefix, int]:
         if self.prog is None:
             return self.inner.syn_counts()

@@ -116,20 +116,17 @@ def test_tarpits_reach_the_tarpit_edge_and_an_unsupported_host_gets_none(tmp_pat
             assert gov.status()["tarpit"] == "no HTB on this kernel"
 
 
-def test_sources_seen_carrying_mail_are_trusted_and_get_softer_limits_in_a_wave(tmp_path: Path) -> None:
+def test_sources_the_kernel_saw_delivering_are_trusted_and_get_softer_limits_in_a_wave(tmp_path: Path) -> None:
     from govern.allow.learning import TrustSources
 
     clock = FakeClock()
     cfg = config.from_mapping({"daemon": {"state_dir": str(tmp_path / "s")}})
-    socks = FakeSockets()
+    socks, enf = FakeSockets(), FakeEnforcer()
     relay, stranger = Prefix.parse("198.51.100.7"), Prefix.parse("198.51.100.8")
-    gov = Governor(
-        cfg, Store(cfg["daemon"]["state_dir"]), socks, FakeEnforcer(), FakeCounters(), clock, trust=TrustSources(cfg)
-    )
+    gov = Governor(cfg, Store(cfg["daemon"]["state_dir"]), socks, enf, FakeCounters(), clock, trust=TrustSources(cfg))
     gov.start()
-    socks.talkers = frozenset({relay})
-    gov.tick()  # learns the relay
-    socks.talkers = frozenset()
+    enf.delivering = {relay}  # known4, filled by the kernel's own rule
+    gov.tick()  # the first tick reads what the kernel learned
     gov.handle({"cmd": "wave", "action": "on", "duration": "10m"})
     busy = SockCounts(held=14, established=14, syn_recv=0, idle=0, max_idle_ms=0)  # over the wave's 10
     socks.sources = {relay: busy, stranger: busy}

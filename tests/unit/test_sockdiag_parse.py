@@ -36,15 +36,12 @@ def attr(atype: int, payload: bytes) -> bytes:
     return raw + bytes(-len(raw) % 4)
 
 
-def tcp_info(
-    sent: int = 0, recv: int = 0, segs_out: int = 1, size: int = TCP_INFO_SIZE, segs_in: int = 0, rbytes: int = 0
-) -> bytes:
+def tcp_info(sent: int = 0, recv: int = 0, segs_out: int = 1, size: int = TCP_INFO_SIZE, segs_in: int = 0) -> bytes:
     info = bytearray(size)
     info[0] = ESTABLISHED
     struct.pack_into("=I", info, 44, sent)  # tcpi_last_data_sent
     struct.pack_into("=I", info, 52, recv)  # tcpi_last_data_recv
     if size >= 160:
-        struct.pack_into("=Q", info, 128, rbytes)  # tcpi_bytes_received
         struct.pack_into("=I", info, 152, segs_in)  # tcpi_data_segs_in
         struct.pack_into("=I", info, 156, segs_out)  # tcpi_data_segs_out
     return bytes(info)
@@ -68,7 +65,6 @@ def sock(
     recv: int = 0,
     segs_out: int = 1,
     segs_in: int = 0,
-    rbytes: int = 0,
     rqueue: int = 0,
     wqueue: int = 0,
     attrs: bytes | None = None,
@@ -82,9 +78,7 @@ def sock(
     if attrs is None:
         mark_only = attr(15, struct.pack("=I", 0))
         attrs = (
-            mark_only
-            if state in (SYN_RECV, TIME_WAIT)
-            else full_attrs(tcp_info(sent, recv, segs_out, segs_in=segs_in, rbytes=rbytes))
+            mark_only if state in (SYN_RECV, TIME_WAIT) else full_attrs(tcp_info(sent, recv, segs_out, segs_in=segs_in))
         )
     sockid = struct.pack(">HH", sport, 0 if state == LISTEN else 41000) + addr16(local) + addr16(remote)
     sockid += struct.pack("=IQ", 0, 77)
@@ -348,16 +342,3 @@ def test_port_bytecode(ports: frozenset[int]) -> None:
         assert run_bytecode(bc, port) is (port in ports)
     with pytest.raises(ValueError):
         port_bytecode(frozenset({70000}))
-
-
-def test_sessions_that_carried_a_message_name_their_sources() -> None:
-    chunk = (
-        sock("198.51.100.7", sent=20, recv=10, segs_in=6, rbytes=2_400)  # EHLO .. DATA and a message
-        + sock("198.51.100.7", sent=20, recv=10, segs_in=1, rbytes=20)  # the same relay's next session, at EHLO
-        + sock("198.18.0.5", sent=40_000, recv=40_000, segs_in=3, rbytes=3)  # drips a byte every 20 s
-        + sock("198.18.0.6", sent=30, recv=10, segs_in=2, rbytes=900)  # one burst before the banner
-        + sock("2001:db8:51::9", sent=20, recv=5, segs_in=4, rbytes=256)
-        + done()
-    )
-    scan = parse_dump([chunk], PORTS)
-    assert scan.talkers == {p("198.51.100.7"), p("2001:db8:51::/64")}
