@@ -230,6 +230,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "wave_listen_drops": Key(100, _int(1, 10_000_000), "listen drops per second that start a wave"),
         "elevated_syn_recv": Key(256, _int(1, 10_000_000), "half-open connections (SYN_RECV) that mean elevated"),
         "wave_syn_recv": Key(2048, _int(1, 10_000_000), "half-open connections that start a wave"),
+        "elevated_attempts": Key(300, _int(1, 100_000_000), "new connections a second from non-allowlisted sources"),
+        "wave_attempts": Key(1500, _int(1, 100_000_000), "new connections a second that start a wave"),
         "elevated_idle_share": Key(0.5, _ratio, "share of sessions idle and held by non-allowlisted sources: elevated"),
         "wave_idle_share": Key(0.8, _ratio, "share of sessions idle and held by non-allowlisted sources: wave"),
         "min_sessions": Key(20, _int(1, 10_000_000), "fewer sessions than this never count as idle pressure"),
@@ -345,6 +347,7 @@ class Config:
                 queue_fill=(md["elevated_queue_fill"], md["wave_queue_fill"]),
                 listen_drops=(md["elevated_listen_drops"], md["wave_listen_drops"]),
                 syn_recv=(md["elevated_syn_recv"], md["wave_syn_recv"]),
+                attempts=(md["elevated_attempts"], md["wave_attempts"]),
                 idle_share=(md["elevated_idle_share"], md["wave_idle_share"]),
                 min_sessions=md["min_sessions"],
                 exit_ratio=md["exit_ratio"],
@@ -386,6 +389,7 @@ class ModePolicy:
     queue_fill: tuple[float, float] = (0.5, 0.9)
     listen_drops: tuple[int, int] = (10, 100)  # per second
     syn_recv: tuple[int, int] = (256, 2048)
+    attempts: tuple[int, int] = (300, 1500)  # per second
     idle_share: tuple[float, float] = (0.5, 0.8)
     min_sessions: int = 20
     exit_ratio: float = 0.5
@@ -511,7 +515,7 @@ def _cross_check(v: Mapping[str, Mapping[str, Any]], path: str | None) -> None:
     for p in v["allow"]["cidrs"]:
         if p.length == 0:
             raise ConfigError(f"{p} would allow every address", path=path, key="allow.cidrs")
-    for name in ("queue_fill", "listen_drops", "syn_recv", "idle_share"):
+    for name in ("queue_fill", "listen_drops", "syn_recv", "attempts", "idle_share"):
         if v["modes"][f"elevated_{name}"] > v["modes"][f"wave_{name}"]:
             raise ConfigError(f"must not be below modes.elevated_{name}", path=path, key=f"modes.wave_{name}")
     if v["cut"]["wave_idle_after"] > v["cut"]["elevated_idle_after"]:

@@ -1,9 +1,10 @@
 """The host's mode (normal -> elevated -> wave) and the pressure that moves it: pure, like the rest of the core.
 
 Pressure is read from one Snapshot: the fullest accept queue of a protected listener, the connections the kernel
-dropped at a full queue (ListenDrops) per second, half-open connections (SYN_RECV), and the share of the MTA's
-sessions that non-allowlisted clients hold while saying nothing. Each gives a level (0, 1 elevated, 2 wave);
-the highest counts.
+dropped at a full queue (ListenDrops) per second, half-open connections (SYN_RECV), new connection attempts per
+second from non-allowlisted sources (counted in the kernel before any of govern's drops, so a flood govern is holding
+back still counts), and the share of the MTA's sessions that non-allowlisted clients hold while saying nothing.
+Each gives a level (0, 1 elevated, 2 wave); the highest counts.
 
 Hysteresis, so a flood that pulses does not flap the mode:
 - a mode is entered as soon as pressure reaches its entry thresholds;
@@ -31,6 +32,7 @@ class Pressure:
     queue_fill: float
     listen_drops_per_s: float
     syn_recv: int
+    attempts_per_s: float
     idle_share: float
 
 
@@ -42,17 +44,22 @@ def measure(snap: Snapshot, policy: Policy) -> Pressure:
     syn_recv = 0
     established = 0
     idle_foreign = 0
+    attempts = 0
     allow = policy.allow
     for p, s in snap.sources.items():
         syn_recv += s.syn_recv
         established += s.established
-        if s.idle and not allow.intersects(p):
+        if (s.idle or s.new) and not allow.intersects(p):
             idle_foreign += s.idle
+            attempts += s.new
+    attempts_per_s = attempts / snap.interval if snap.interval > 0 else 0.0
     idle_share = idle_foreign / established if established >= mp.min_sessions else 0.0
     figures = (
         ("queue_fill", fill, mp.queue_fill, "accept queue {:.0%} full"),
         ("listen_drops", drops_per_s, mp.listen_drops, "{:.0f} connections/s dropped at a full listen queue"),
         ("syn_recv", syn_recv, mp.syn_recv, "{} half-open connections"),
+        # Counted in the kernel before any drop: a flood that govern holds back keeps the mode it needs.
+        ("attempts", attempts_per_s, mp.attempts, "{:.0f} new connections/s from non-allowlisted sources"),
         ("idle_share", idle_share, mp.idle_share, "{:.0%} of sessions held silent by non-allowlisted clients"),
     )
     level = holds = 0
@@ -63,7 +70,7 @@ def measure(snap: Snapshot, policy: Policy) -> Pressure:
         if lv:
             reasons.append(text.format(value))
         level, holds = max(level, lv), max(holds, hv)
-    return Pressure(level, holds, tuple(reasons), fill, drops_per_s, syn_recv, idle_share)
+    return Pressure(level, holds, tuple(reasons), fill, drops_per_s, syn_recv, attempts_per_s, idle_share)
 
 
 def next_mode(cur: ModeState, pr: Pressure, mp: ModePolicy, now: float) -> ModeState | None:

@@ -28,7 +28,7 @@ def snap(
 
 
 def pressure(level: int, holds: int | None = None) -> Pressure:
-    return Pressure(level, level if holds is None else holds, ("test",) if level else (), 0.0, 0.0, 0, 0.0)
+    return Pressure(level, level if holds is None else holds, ("test",) if level else (), 0.0, 0.0, 0, 0.0, 0.0)
 
 
 def test_each_pressure_figure_reaches_its_levels() -> None:
@@ -41,6 +41,12 @@ def test_each_pressure_figure_reaches_its_levels() -> None:
     assert measure(snap(sources=half_open), POLICY).syn_recv == 3000
     assert measure(snap(sources=half_open), POLICY).level == 2
     assert "95% full" in measure(snap(queued=95), POLICY).reasons[0]
+    # Attempts counted in the kernel, also the ones govern drops: a held-back flood still holds the wave.
+    knocking = {Prefix.parse(f"198.18.2.{i}"): SourceStats(new=20) for i in range(100)}  # 2000 a second
+    pr = measure(snap(sources=knocking), POLICY)
+    assert pr.level == 2 and pr.attempts_per_s == 2000.0 and "2000 new connections/s" in pr.reasons[0]
+    partners = {Prefix.parse(f"192.0.2.{i}"): SourceStats(new=20) for i in range(100)}
+    assert measure(snap(sources=partners), POLICY).level == 0
 
 
 def test_idle_share_counts_only_non_allowlisted_sessions_and_needs_enough_of_them() -> None:
