@@ -203,3 +203,37 @@ def test_the_wave_gate_holds_strangers_to_its_rate_while_known_senders_pass(lab:
         for c in held:
             c.close()
         srv.close()
+
+
+def test_aggregation_blocks_the_crowded_slash24_but_never_its_allowlisted_address(lab: Lab, tmp_path: Path) -> None:
+    srv = Listener(lab.mx, 25)
+    hogs: list[socket.socket] = []
+    partner = "198.18.7.77"
+    cfg = write_config(tmp_path, allow=["192.0.2.0/24", "2001:db8:2::/48", f"{partner}/32"])
+    try:
+        with running(lab.mx, cfg):
+            with lab.net.entered():
+                # 10 sources of one /24 over the connection limit: blocked, then gathered into the /24.
+                hogs = [connect(f"198.18.7.{i}", MX4, 25) for i in range(1, 11) for _ in range(25)]
+            pieces: set[str] = set()
+
+            def aggregated() -> bool:
+                nonlocal pieces
+                pieces = nft_set(lab.mx, "block4")
+                return len(pieces) == 8  # the /24 split around .77: /25, /26, ..., /32
+
+            assert wait_for(aggregated, timeout=20), pieces
+            assert "198.18.7.76" in pieces and not any(p.startswith(partner) for p in pieces)
+            # The allowlisted address still connects; its neighbour, in a blocked piece, does not.
+            with lab.net.entered():
+                connect(partner, MX4, 25, timeout=2).close()
+                try:
+                    connect("198.18.7.76", MX4, 25, timeout=1).close()
+                    reached = True
+                except OSError:
+                    reached = False
+            assert not reached
+    finally:
+        for s in hogs:
+            s.close()
+        srv.close()
