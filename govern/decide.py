@@ -56,7 +56,15 @@ def decide(snap: Snapshot, state: State, policy: Policy, now: float) -> Plan:
     ranked: list[tuple[int, int, Prefix, list[str]]] = []  # wave: sources over a limit, to block the top N
     tarpit_room = policy.tarpit_max - len(state.tarpits) if mode.level else 0
     block_lengths = _lengths(state.blocks)
+    # Most sources are under every limit and near none: let them pass at the cost of a few comparisons (the tightest
+    # limits in force are the untrusted ones; trust only raises them).
+    conn, new = limits.max_connections, limits.max_new_per_minute
+    cut_ms = cut_after * 1000 if cut_after is not None else float("inf")
+    near = conn / 2 if tarpit_room > 0 else float("inf")
     for p, s in snap.sources.items():
+        held = s.held
+        if held <= conn and s.new_per_minute <= new and s.max_idle_ms < cut_ms and (held < near or not s.idle):
+            continue
         lim = limits.trusted if p in trusted else limits
         over = over_limits(s, lim)
         prolific = bool(over)

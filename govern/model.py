@@ -35,6 +35,16 @@ class ListenerStats(NamedTuple):
     backlog: int
 
 
+class Totals(NamedTuple):
+    """Sums over a snapshot's sources that pressure is judged by; the observer keeps them as it builds the snapshot,
+    with each source's allowlist standing remembered from tick to tick."""
+
+    established: int
+    syn_recv: int
+    foreign_idle: int  # idle sockets of non-allowlisted sources
+    foreign_new: int  # connection attempts of non-allowlisted sources since the previous snapshot
+
+
 @dataclass(frozen=True, slots=True)
 class Snapshot:
     """One tick's immutable view of the kernel."""
@@ -45,6 +55,7 @@ class Snapshot:
     listeners: tuple[ListenerStats, ...] = ()
     counters: Mapping[str, int] = field(default_factory=dict)  # TcpExt deltas since the previous snapshot
     trusted: frozenset[Prefix] = frozenset()  # sources (groups) that delivered mail recently: softer limits
+    totals: Totals | None = None  # sums over `sources` for the pressure figures (None: computed from `sources`)
 
 
 class Mode(StrEnum):

@@ -17,11 +17,13 @@ longer judge ends by itself. A wave switched on by hand ends by its timer or `go
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 
+from govern.addr import Prefix
 from govern.config import ModePolicy, Policy
 from govern.durations import format_duration
-from govern.model import Mode, ModeState, Snapshot
+from govern.model import Mode, ModeState, Snapshot, SourceStats, Totals
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,17 +43,7 @@ def measure(snap: Snapshot, policy: Policy) -> Pressure:
     fill = max((ls.queued / ls.backlog for ls in snap.listeners if ls.backlog > 0), default=0.0)
     drops = snap.counters.get("ListenDrops", 0) or snap.counters.get("ListenOverflows", 0)
     drops_per_s = drops / snap.interval if snap.interval > 0 else 0.0
-    syn_recv = 0
-    established = 0
-    idle_foreign = 0
-    attempts = 0
-    allow = policy.allow
-    for p, s in snap.sources.items():
-        syn_recv += s.syn_recv
-        established += s.established
-        if (s.idle or s.new) and not allow.intersects(p):
-            idle_foreign += s.idle
-            attempts += s.new
+    established, syn_recv, idle_foreign, attempts = snap.totals or totals(snap.sources, policy.allow.intersects)
     attempts_per_s = attempts / snap.interval if snap.interval > 0 else 0.0
     idle_share = idle_foreign / established if established >= mp.min_sessions else 0.0
     figures = (
@@ -71,6 +63,18 @@ def measure(snap: Snapshot, policy: Policy) -> Pressure:
             reasons.append(text.format(value))
         level, holds = max(level, lv), max(holds, hv)
     return Pressure(level, holds, tuple(reasons), fill, drops_per_s, syn_recv, attempts_per_s, idle_share)
+
+
+def totals(sources: Mapping[Prefix, SourceStats], allowlisted: Callable[[Prefix], bool]) -> Totals:
+    """The sums pressure is judged by; `allowlisted` is asked only about sources with idle sockets or attempts."""
+    established = syn_recv = idle = new = 0
+    for p, s in sources.items():
+        established += s.established
+        syn_recv += s.syn_recv
+        if (s.idle or s.new) and not allowlisted(p):
+            idle += s.idle
+            new += s.new
+    return Totals(established, syn_recv, idle, new)
 
 
 def next_mode(cur: ModeState, pr: Pressure, mp: ModePolicy, now: float) -> ModeState | None:

@@ -5,14 +5,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
-from govern.addr import Prefix
+from govern.addr import Prefix, PrefixSet
 from govern.config import Policy
 from govern.edges import Counters, SocketSource
 from govern.model import Snapshot, SourceStats
+from govern.modes import totals
 from govern.observe.netstat import deltas
 from govern.observe.rates import RateWindow
 
 _NO_SOCKETS = (0, 0, 0, 0, 0)
+_STANDINGS_STALE = 1 << 16  # sources gone since they were last seen that the standing cache may keep
 
 
 class Observer:
@@ -25,6 +27,17 @@ class Observer:
         self.rates = RateWindow()
         self._netstat = counters.read()
         self._last: float | None = None
+        # Each source's allowlist standing, kept from tick to tick (most sources outlive a tick; asking the
+        # allowlist costs ~1 us a source, a dict lookup ~50 ns).
+        self._allow: PrefixSet | None = None
+        self._allowlisted: dict[Prefix, bool] = {}
+
+    def _standing(self, p: Prefix) -> bool:
+        hit = self._allowlisted.get(p)
+        if hit is None:
+            assert self._allow is not None
+            hit = self._allowlisted[p] = self._allow.intersects(p)
+        return hit
 
     def snapshot(self, policy: Policy, now: float, trusted: frozenset[Prefix] = frozenset()) -> Snapshot:
         # Idle is counted from the shortest wait anything judges by: the status display's, or an idle cut's.
@@ -40,6 +53,11 @@ class Observer:
         for p, r in rates.items():
             if p not in sources:
                 sources[p] = make(SourceStats, _NO_SOCKETS + r)
+        if policy.allow is not self._allow:  # a new allowlist: every source's standing is asked again
+            self._allow, self._allowlisted = policy.allow, {}
+        elif len(self._allowlisted) > 2 * len(sources) + _STANDINGS_STALE:
+            self._allowlisted = {}
+        sums = totals(sources, self._standing)
         netstat = self.counters.read()
         snap = Snapshot(
             taken_at=now,
@@ -48,6 +66,7 @@ class Observer:
             listeners=scan.listeners,
             counters=deltas(self._netstat, netstat),
             trusted=trusted,
+            totals=sums,
         )
         self._netstat, self._last = netstat, now
         return snap
