@@ -47,7 +47,7 @@ from govern.addr import Prefix  # noqa: E402
 from govern.decide import decide  # noqa: E402
 from govern.fakes import FakeCounters, FakeSockets  # noqa: E402
 from govern.model import ActionKind, Block, Plan, Snapshot, SourceStats, State, Throttle  # noqa: E402
-from govern.modes import totals
+from govern.modes import totals  # noqa: E402
 from govern.observe.observer import Observer  # noqa: E402
 from govern.observe.rates import RateWindow  # noqa: E402
 from govern.observe.sockdiag import SockCounts  # noqa: E402
