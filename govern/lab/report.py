@@ -35,7 +35,7 @@ class Result:
     time_to_mitigate: float | None  # seconds from flood start until rolling legit success is back >= 90%
     trusted_in_govern_sets: bool
     legit_in_govern_sets: list[str]  # legitimate senders govern throttled or blocked (should stay empty)
-    sources_blocked: int
+    sources_blocked: int  # the most elements govern's block sets held at once (an aggregated /24 is one)
     peak_sessions: int
     counters: dict[str, int]  # TcpExt deltas in the MX namespace over the run
     govern_cpu_percent: float | None
@@ -43,6 +43,7 @@ class Result:
     rolling: list[tuple[float, float]] = field(default_factory=list)  # (t, legit success ratio)
     samples: list[Sample] = field(default_factory=list)
     bots: dict[str, Any] = field(default_factory=dict)
+    blocked: list[str] = field(default_factory=list)  # every element ever seen in govern's block sets
 
     def to_json(self) -> str:
         data = asdict(self)

@@ -92,6 +92,7 @@ class _Sampler:
     trusted_seen: set[str] = field(default_factory=set)
     legit_seen: set[str] = field(default_factory=set)
     blocked_peak: int = 0
+    blocked_seen: set[str] = field(default_factory=set)
     stop: threading.Event = field(default_factory=threading.Event)
 
     def run(self, t0: float) -> None:
@@ -107,6 +108,7 @@ class _Sampler:
                 blocked = len(sets.get("block4", ())) + len(sets.get("block6", ()))
                 throttled = sum(len(sets.get(n, ())) for n in ("throttle4", "throttle6", "tight4", "tight6"))
                 self.blocked_peak = max(self.blocked_peak, blocked)
+                self.blocked_seen.update(sets.get("block4", ()), sets.get("block6", ()))
                 for members in sets.values():
                     self.trusted_seen |= {m for m in members if m.startswith(("192.0.2.", "2001:db8:2:"))}
                     self.legit_seen |= {m for m in members if m.startswith(("198.51.100.", "2001:db8:51:"))}
@@ -338,6 +340,7 @@ def _result(
         trusted_in_govern_sets=bool(sampler.trusted_seen),
         legit_in_govern_sets=sorted(sampler.legit_seen),
         sources_blocked=sampler.blocked_peak,
+        blocked=sorted(sampler.blocked_seen),
         peak_sessions=max((s.sessions for s in sampler.samples), default=0),
         counters=counters,
         govern_cpu_percent=round(sum(cpu) / len(cpu), 2) if cpu else None,

@@ -71,10 +71,11 @@ class NftBackend:
                         akind = ActionKind.BLOCK if kind == "block" else ActionKind.THROTTLE
                         why = "found in the kernel at start-up"
                         adopted.append(Action(akind, p, why, until=now + left / 1000, tight=kind == "tight"))
+        restored = len(ops)
         # The wave's gate as the durable mode says: open unless a wave outlived the restart.
         ops += _gate_ops(state.mode, now)
         self.nl.commit(ops, interval_sets=INTERVAL_SETS, missing_ok=True)
-        log.info("restored %d elements into the kernel, adopted %d found there", len(ops), len(adopted))
+        log.info("restored %d elements into the kernel, adopted %d found there", restored, len(adopted))
         return Plan(tuple(adopted))
 
     def set_allow(self, allow: Sequence[Prefix]) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from govern.addr import Prefix, PrefixSet
 from govern.lab import scenario
 
 
@@ -25,9 +26,12 @@ def test_short_flood_with_govern_blocks_bots_and_never_touches_trusted_or_legit(
     assert base.legit["success"] is not None and base.legit["success"] > 0.95
     assert res.legit["success"] >= 0.9 * base.legit["success"], (res.legit, base.legit)
     assert res.trusted["success"] >= 0.9 * base.trusted["success"], (res.trusted, base.trusted)
-    # govern acted on the prolific bots. How many hog sources get a session in at all varies from run to run (26 to
-    # 35 sources blocked in all), but the 14 reconnectors exceed the rate limit twentyfold in every run.
-    assert res.sources_blocked >= 14
+    # govern blocked the IPv4 hogs (25 sessions each). Blocks of one /24 are gathered into one element, so the test
+    # asks for blocks in their range, not for a count. The reconnectors are not asserted on: the full queue starves
+    # them with or without govern (about 25 connections in the whole flood), and the wave's gate then holds them
+    # back, so whether they ever open enough connections to be blocked varies from run to run.
+    blocked = PrefixSet(Prefix.parse(p) for p in res.blocked)
+    assert blocked.intersects(Prefix.parse("198.18.10.0/27")), res.blocked
     # ...and never on the allowlisted relay or a legitimate sender.
     assert not res.trusted_in_govern_sets
     assert res.legit_in_govern_sets == []
