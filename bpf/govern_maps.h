@@ -42,6 +42,12 @@ struct govern_src {
 	__u8 addr[16];
 };
 
+/* A block's value: when it lapses, in CLOCK_MONOTONIC nanoseconds (bpf_ktime_get_ns); 0 never. A lapsed block
+ * drops nothing, so blocks end by themselves in XDP too if the daemon is gone. */
+struct govern_block {
+	__u64 expires_ns;
+};
+
 /* One per-CPU counter of the stats map. */
 struct govern_stat {
 	__u64 packets;

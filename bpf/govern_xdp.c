@@ -19,7 +19,15 @@ struct {
 	__uint(max_entries, GOVERN_PREFIXES_MAX);
 	__type(key, struct govern_lpm4);
 	__type(value, __u8);
-} allow4 SEC(".maps"), block4 SEC(".maps");
+} allow4 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, GOVERN_PREFIXES_MAX);
+	__type(key, struct govern_lpm4);
+	__type(value, struct govern_block);
+} block4 SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
@@ -27,7 +35,15 @@ struct {
 	__uint(max_entries, GOVERN_PREFIXES_MAX);
 	__type(key, struct govern_lpm6);
 	__type(value, __u8);
-} allow6 SEC(".maps"), block6 SEC(".maps");
+} allow6 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, GOVERN_PREFIXES_MAX);
+	__type(key, struct govern_lpm6);
+	__type(value, struct govern_block);
+} block6 SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -82,7 +98,8 @@ int govern_xdp(struct xdp_md *ctx)
 	__u64 len = end - data;
 	__u16 dport;
 	int syn;
-	void *allow, *block;
+	void *allow;
+	struct govern_block *block;
 
 	if ((void *)(eth + 1) > end)
 		return XDP_PASS;
@@ -133,7 +150,7 @@ int govern_xdp(struct xdp_md *ctx)
 	/* Counted before the drop, as the firewall backends do: a blocked source's rate stays visible. */
 	if (syn)
 		count_syn(&src);
-	if (block)
+	if (block && (!block->expires_ns || bpf_ktime_get_ns() < block->expires_ns))
 		return verdict(GOVERN_DROP_BLOCK, len, XDP_DROP);
 	return verdict(GOVERN_PASS_OTHER, len, XDP_PASS);
 }

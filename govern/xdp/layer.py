@@ -4,8 +4,8 @@ dropped before the kernel builds a packet buffer. Throttles stay with the firewa
 state here). New-connection counts come from the XDP program, which sees a blocked source's SYNs the firewall
 behind it no longer does.
 
-The maps' entries carry no timeout: a block lapses in XDP when the daemon releases it (or at `govern teardown`),
-not by itself if the daemon dies - unlike the firewall's sets. See docs/xdp.md.
+Each block in the maps carries its expiry (CLOCK_MONOTONIC, compared with bpf_ktime_get_ns by the program), so a
+block lapses in XDP by itself if the daemon dies, as it does in the firewall's sets. See docs/xdp.md.
 """
 
 from __future__ import annotations
@@ -35,9 +35,11 @@ class XdpLayer:
         self.prog = self._make()
         self.prog.set_ports(config["protect"]["ports"])
         self.set_allow(allow)
-        wanted = set(state.blocks) | {a.prefix for a in adopted.actions if a.kind is ActionKind.BLOCK}
+        wanted = {p: b.until - now for p, b in state.blocks.items() if b.until > now}
+        wanted |= {a.prefix: a.until - now for a in adopted.actions if a.kind is ActionKind.BLOCK}
         held = self.prog.prefixes("block")
-        self.prog.update("block", wanted - held, held - wanted)
+        # Every wanted block is written again: its time left comes from the state, whatever the map held.
+        self.prog.update("block", wanted, held - set(wanted))
         self.prog.detach()
         self.prog.attach(self.ifaces)
         return adopted
@@ -52,7 +54,7 @@ class XdpLayer:
         self.inner.apply(plan, now)  # the firewall first: if it refuses the plan, XDP changes nothing either
         if self.prog is None:
             return
-        add = [a.prefix for a in plan.actions if a.kind in (ActionKind.BLOCK, ActionKind.EXTEND)]
+        add = {a.prefix: a.until - now for a in plan.actions if a.kind in (ActionKind.BLOCK, ActionKind.EXTEND)}
         remove = [a.prefix for a in plan.actions if a.kind is ActionKind.UNBLOCK]
         self.prog.update("block", add, remove)
 

@@ -11,6 +11,7 @@ import errno
 import os
 import shutil
 import socket
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TypeVar
@@ -114,15 +115,23 @@ class XdpProgram:
         for p in wanted - have:
             self._update(maps.MAP_PORTS, ctypes.c_uint16(p), ctypes.c_uint8(1))
 
-    def update(self, kind: str, add: Iterable[Prefix], remove: Iterable[Prefix] = ()) -> None:
+    def update(self, kind: str, add: Iterable[Prefix] | Mapping[Prefix, float], remove: Iterable[Prefix] = ()) -> None:
         """Add and remove prefixes of an allow or block map (`kind` is "allow" or "block"); removes first.
 
-        LPM tries have no batch operation in the kernel: one syscall per element, ~1 us each.
+        Blocks given as a mapping lapse in the kernel after that many seconds (the program compares with
+        bpf_ktime_get_ns); as a plain iterable, never. LPM tries have no batch operation in the kernel: one syscall
+        per element, ~1 us each.
         """
         for p in remove:
             self._delete(f"{kind}{p.version}", maps.lpm_key(p), missing_ok=True)
-        for p in add:
-            self._update(f"{kind}{p.version}", maps.lpm_key(p), ctypes.c_uint8(1))
+        left = add if isinstance(add, Mapping) else dict.fromkeys(add, 0.0)
+        now_ns = time.monotonic_ns()  # CLOCK_MONOTONIC, as bpf_ktime_get_ns
+        for p, seconds in left.items():
+            if kind == "block":
+                expires = now_ns + max(1, int(seconds * 1e9)) if seconds > 0 else 0
+                self._update(f"block{p.version}", maps.lpm_key(p), maps.BlockValue(expires))
+            else:
+                self._update(f"{kind}{p.version}", maps.lpm_key(p), ctypes.c_uint8(1))
 
     def prefixes(self, kind: str) -> set[Prefix]:
         out: set[Prefix] = set()

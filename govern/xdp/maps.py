@@ -35,7 +35,12 @@ class Stat(ctypes.Structure):
     _fields_ = [("packets", ctypes.c_uint64), ("bytes", ctypes.c_uint64)]
 
 
+class BlockValue(ctypes.Structure):
+    _fields_ = [("expires_ns", ctypes.c_uint64)]
+
+
 STRUCTS: dict[str, type[ctypes.Structure]] = {
+    "govern_block": BlockValue,
     "govern_lpm4": Lpm4,
     "govern_lpm6": Lpm6,
     "govern_src": Src,

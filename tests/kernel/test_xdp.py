@@ -95,3 +95,19 @@ def test_other_ports_are_not_touched(lab: Lab, xdp: XdpProgram) -> None:
         assert P("198.18.1.5") not in xdp.syn_counts()
     finally:
         listener.close()
+
+
+def test_a_block_lapses_in_xdp_by_itself_at_its_expiry(lab: Lab, xdp: XdpProgram) -> None:
+    """No daemon involved: the program compares the block's expiry with the kernel's clock."""
+    listener = Listener(lab.mx, 25)
+    try:
+        xdp.update("block", {P("198.18.3.0/24"): 2.0, P("198.18.4.0/24"): 0.0})  # 0: never lapses
+        t0 = time.monotonic()
+        assert not passes(lab, "198.18.3.5")
+        while time.monotonic() - t0 < 2.2:
+            time.sleep(0.1)
+        assert passes(lab, "198.18.3.5"), "a lapsed block still dropped"
+        assert not passes(lab, "198.18.4.5")
+        assert P("198.18.3.0/24") in xdp.prefixes("block")  # the entry stays until the daemon releases it
+    finally:
+        listener.close()
