@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from govern.addr import Prefix
 from govern.backends import DEFAULT_OBJECT
 from govern.xdp.loader import XdpProgram, unpin
+from tests.kernel.daemon_harness import govern, running, write_config
 from tests.netns import MX4, MX6, Lab, Listener, connect
 
 P = Prefix.parse
@@ -109,5 +111,33 @@ def test_a_block_lapses_in_xdp_by_itself_at_its_expiry(lab: Lab, xdp: XdpProgram
         assert passes(lab, "198.18.3.5"), "a lapsed block still dropped"
         assert not passes(lab, "198.18.4.5")
         assert P("198.18.3.0/24") in xdp.prefixes("block")  # the entry stays until the daemon releases it
+    finally:
+        listener.close()
+
+
+def test_govern_run_with_the_xdp_backend_drops_blocked_sources_at_xdp(lab: Lab, pin_root: str, tmp_path: Path) -> None:
+    """The daemon, on `[backend] xdp = true`, mirrors `govern block` into the XDP maps; the drop happens there."""
+    iface = mx_iface(lab)
+    extra = f'[backend]\nxdp = true\nxdp_interfaces = ["{iface}"]\nxdp_pin_root = "{pin_root}"\n'
+    cfg = write_config(tmp_path, extra)
+    listener = Listener(lab.mx, 25)
+    try:
+        with running(lab.mx, cfg) as d:
+            assert d.status()["backend"] == "xdp+nftables"
+            assert "xdp" in lab.mx.sh("ip", "-d", "link", "show", "dev", iface)
+            r = govern(lab.mx, "block", "198.18.1.0/24", "--for", "10m", "--config", str(cfg))
+            assert r.returncode == 0, r.stderr
+            with lab.mx.entered():
+                seen = XdpProgram(str(DEFAULT_OBJECT), pin_root)  # the daemon's pinned maps, opened again
+            try:
+                assert P("198.18.1.0/24") in seen.prefixes("block")
+                before = seen.stats()["drop_block"][0]
+                assert not passes(lab, "198.18.1.5")
+                assert passes(lab, "192.0.2.10") and passes(lab, "198.18.2.5")
+                assert seen.stats()["drop_block"][0] > before, "the blocked SYN was not dropped at XDP"
+            finally:
+                seen.close()
+            assert govern(lab.mx, "teardown", "--config", str(cfg)).returncode == 0
+        assert "xdp" not in lab.mx.sh("ip", "-d", "link", "show", "dev", iface).split("link/ether")[0]
     finally:
         listener.close()
