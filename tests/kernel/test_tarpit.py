@@ -92,7 +92,10 @@ def test_banner_is_delayed_for_tarpitted_sources_only(lab: Lab, tarpit: TcTarpit
         slow = banner_seconds(lab, bot)
         fast_after = banner_seconds(lab, legit)
         assert slow >= 1.0, f"{bot}: banner after {slow:.3f}s, expected the tarpit's {DELAY}s"
-        assert slow < DELAY + 1.0, f"{bot}: banner after {slow:.3f}s, far beyond the tarpit's {DELAY}s"
+        # The server retransmits a banner that waits in the tarpit (its RTO is far shorter than the delay), and each
+        # copy costs the bucket a delay too; on a busy machine the first copy can be the one the queue's limit
+        # drops. A few delays, then; never the client's patience (minutes for an MTA).
+        assert slow < 5 * DELAY, f"{bot}: banner after {slow:.3f}s, far beyond the tarpit's {DELAY}s"
         assert fast < FAST and fast_after < FAST, f"{legit}: banner after {fast:.3f}s/{fast_after:.3f}s"
 
 
