@@ -134,3 +134,25 @@ def test_sources_the_kernel_saw_delivering_are_trusted_and_get_softer_limits_in_
     gov.tick()
     assert gov.snapshot is not None and relay in gov.snapshot.trusted
     assert stranger in gov.state.blocks and relay not in gov.state.blocks and relay not in gov.state.throttles
+
+
+def test_the_wave_switches_the_sysctl_wave_profile_on_and_back_off(tmp_path: Path) -> None:
+    from govern.fakes import FakeSysctls
+    from govern.sysctl.journal import Journal
+    from govern.sysctl.manager import SysctlManager
+    from govern.sysctl.planner import FIN_TIMEOUT, SYNACK_RETRIES, SYNCOOKIES, Expectations
+
+    stock = {SYNCOOKIES: "0", SYNACK_RETRIES: "5", FIN_TIMEOUT: "60"}
+    fs = FakeSysctls(dict(stock))
+    clock = FakeClock()
+    cfg = config.from_mapping({"daemon": {"state_dir": str(tmp_path / "s")}, "sysctl": {"apply_at_start": False}})
+    mgr = SysctlManager(fs, Journal(str(tmp_path / "s")), Expectations(2000, 8 << 30))
+    gov = Governor(cfg, Store(cfg["daemon"]["state_dir"]), FakeSockets(), FakeEnforcer(), FakeCounters(), clock, mgr)
+    gov.start()
+    assert fs.values == stock
+    gov.handle({"cmd": "wave", "action": "on", "duration": "1m"})
+    assert mgr.profiles() == ["wave"]
+    assert fs.values[SYNCOOKIES] == "1" and int(fs.values[SYNACK_RETRIES]) < 5 and int(fs.values[FIN_TIMEOUT]) < 60
+    clock.advance(60)
+    gov.tick()  # the wave's timer ran out
+    assert mgr.profiles() == [] and fs.values == stock
