@@ -470,3 +470,23 @@ def _wait_gone(pids: set[int], timeout: float) -> bool:
 
 if __name__ == "__main__":  # `python -m govern.lab.postfix`: what a setup script runs to install the lab's MTA
     install()
+
+
+@contextlib.contextmanager
+def temporary(lab: Lab, prefix: str = "govern-postfix-") -> Iterator[Postfix]:
+    """A Postfix in the lab's MX namespace from a fresh temporary directory (installed first if need be), stopped and
+    its directory removed afterwards, also when the caller fails."""
+    import tempfile
+
+    install()
+    # mkdtemp's directory is 0700: the postfix user cannot reach it, which the instance has to cope with.
+    work = tempfile.mkdtemp(prefix=prefix)
+    pf = Postfix(lab, os.path.join(work, "pf"))
+    try:
+        pf.start()
+        yield pf
+    finally:
+        try:
+            pf.stop()
+        finally:
+            shutil.rmtree(work, ignore_errors=True)

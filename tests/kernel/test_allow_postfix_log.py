@@ -4,10 +4,7 @@ trusted sender and loses one client mid-DATA; following its maillog, govern lear
 from __future__ import annotations
 
 import contextlib
-import os
-import shutil
 import smtplib
-import tempfile
 import time
 from collections.abc import Iterator
 
@@ -17,23 +14,14 @@ from govern import config
 from govern.addr import Prefix
 from govern.allow.learning import TrustSources
 from govern.allow.postfix import logged_at
-from govern.lab.postfix import Postfix, install
+from govern.lab.postfix import Postfix, temporary
 from govern.lab.topology import MX4, MX6, Lab
 
 
 @pytest.fixture(scope="module")
 def pf(lab_module: Lab) -> Iterator[Postfix]:
-    install()
-    work = tempfile.mkdtemp(prefix="gvallow-postfix-")
-    pf = Postfix(lab_module, os.path.join(work, "pf"))
-    try:
-        pf.start()
+    with temporary(lab_module, "gvallow-postfix-") as pf:
         yield pf
-    finally:
-        try:
-            pf.stop()
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
 
 
 def deliver(lab: Lab, role: str, src: str, dst: str) -> None:

@@ -6,11 +6,9 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import smtplib
 import socket
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from govern.lab import postfix
-from govern.lab.postfix import Postfix, install, root_masters
+from govern.lab.postfix import Postfix, install, root_masters, temporary
 from govern.lab.topology import MX4, MX6, Lab
 
 
@@ -40,18 +38,8 @@ def lab(lab_module: Lab) -> Lab:
 
 @pytest.fixture(scope="module")
 def pf(lab: Lab, masters_before: set[int]) -> Iterator[Postfix]:
-    install()
-    # mkdtemp's directory is 0700: the postfix user cannot reach it, which the instance has to cope with.
-    work = tempfile.mkdtemp(prefix="gvlab-postfix-")
-    pf = Postfix(lab, os.path.join(work, "pf"))
-    try:
-        pf.start()
+    with temporary(lab, "gvlab-postfix-") as pf:
         yield pf
-    finally:
-        try:
-            pf.stop()
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
 
 
 def smtp_from(lab: Lab, role: str, src: str, dst: str = MX4) -> smtplib.SMTP:
