@@ -16,6 +16,8 @@ from typing import Any
 
 from govern.addr import Prefix, PrefixSet
 from govern.allow.names import domains
+from govern.checks import items
+from govern.checks import typename as _typename
 from govern.durations import format_duration, parse_duration
 from govern.errors import AddressError, ConfigError
 
@@ -77,56 +79,43 @@ def _abs_path_or_off(v: Any) -> str:
 
 
 def _ports(v: Any) -> tuple[int, ...]:
-    if not isinstance(v, list) or not v:
+    if isinstance(v, list) and not v:
         raise ValueError("expected a non-empty list of TCP ports, e.g. [25, 465, 587]")
-    out = []
-    for i, p in enumerate(v):
-        if isinstance(p, bool) or not isinstance(p, int) or not 1 <= p <= 65535:
-            raise ValueError(f"item {i}: {p!r} is not a TCP port (1-65535)")
-        if p in out:
-            raise ValueError(f"item {i}: port {p} is listed twice")
-        out.append(p)
-    return tuple(out)
+    return items(v, "TCP ports, e.g. [25, 465, 587]", _port, twice=lambda p: f"port {p} is listed twice")
+
+
+def _port(p: Any) -> int:
+    if isinstance(p, bool) or not isinstance(p, int) or not 1 <= p <= 65535:
+        raise ValueError(f"{p!r} is not a TCP port (1-65535)")
+    return p
 
 
 def _cidrs(v: Any) -> tuple[Prefix, ...]:
-    if not isinstance(v, list):
-        raise ValueError(f"expected a list of addresses or prefixes, got {_typename(v)}")
-    out = []
-    for i, item in enumerate(v):
-        if not isinstance(item, str):
-            raise ValueError(f"item {i}: expected an address string, got {_typename(item)}")
-        try:
-            out.append(Prefix.parse(item, strict=True))
-        except AddressError as exc:
-            raise ValueError(f"item {i}: {exc}") from None
-    return tuple(out)
+    return items(v, "addresses or prefixes", _cidr)
+
+
+def _cidr(item: Any) -> Prefix:
+    if not isinstance(item, str):
+        raise ValueError(f"expected an address string, got {_typename(item)}")
+    try:
+        return Prefix.parse(item, strict=True)
+    except AddressError as exc:
+        raise ValueError(str(exc)) from None
 
 
 def _paths(v: Any) -> tuple[str, ...]:
-    if not isinstance(v, list):
-        raise ValueError(f"expected a list of file paths, got {_typename(v)}")
-    out = []
-    for i, item in enumerate(v):
-        try:
-            out.append(_abs_path(item))
-        except ValueError as exc:
-            raise ValueError(f"item {i}: {exc}") from None
-    return tuple(out)
+    return items(v, "file paths", _abs_path)
 
 
 def _ifnames(v: Any) -> tuple[str, ...]:
-    if not isinstance(v, list):
-        raise ValueError(f"expected a list of interface names, got {_typename(v)}")
-    out: list[str] = []
-    for i, item in enumerate(v):
-        # The kernel's rule for a name: 1-15 bytes, no '/', ':' or whitespace.
-        if not isinstance(item, str) or not 0 < len(item.encode()) < 16 or any(c in item for c in "/: \t\n"):
-            raise ValueError(f"item {i}: {item!r} is not an interface name")
-        if item in out:
-            raise ValueError(f"item {i}: interface {item} is listed twice")
-        out.append(item)
-    return tuple(out)
+    return items(v, "interface names", _ifname, twice=lambda name: f"interface {name} is listed twice")
+
+
+def _ifname(item: Any) -> str:
+    # The kernel's rule for a name: 1-15 bytes, no '/', ':' or whitespace.
+    if not isinstance(item, str) or not 0 < len(item.encode()) < 16 or any(c in item for c in "/: \t\n"):
+        raise ValueError(f"{item!r} is not an interface name")
+    return item
 
 
 def _choice(*allowed: str) -> Callable[[Any], str]:
@@ -149,12 +138,12 @@ def _level(v: Any) -> str:
 def _sysctl_keys(v: Any) -> frozenset[str]:
     from govern.sysctl.planner import KEYS
 
-    if not isinstance(v, list):
-        raise ValueError(f"expected a list of sysctl names, got {_typename(v)}")
-    for i, item in enumerate(v):
+    def known(item: Any) -> str:
         if item not in KEYS:
-            raise ValueError(f"item {i}: {item!r} is not a key govern tunes (known: {', '.join(KEYS)})")
-    return frozenset(v)
+            raise ValueError(f"{item!r} is not a key govern tunes (known: {', '.join(KEYS)})")
+        return str(item)
+
+    return frozenset(items(v, "sysctl names", known))
 
 
 def _listen_or_off(v: Any) -> str:
@@ -170,11 +159,6 @@ def _listen_or_off(v: Any) -> str:
     except AddressError:
         raise ValueError(f"{host!r} is not an IP address; the feed listens on an address, not a name") from None
     return s
-
-
-def _typename(v: Any) -> str:
-    names = {bool: "a boolean", int: "a number", float: "a number", str: "a string", list: "a list", dict: "a table"}
-    return names.get(type(v), type(v).__name__)
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,8 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+from govern.checks import items, typename
+
 # Underscores are legal in DNS names and common in SPF (`_spf.example.com`); hostnames are held to the same rule so
 # that one check serves both.
 _LABEL = re.compile(r"^(?!-)[A-Za-z0-9_-]{1,63}(?<!-)$")
@@ -42,19 +44,11 @@ def domains(what: str) -> Callable[[Any], tuple[str, ...]]:
     """A config check for a list of names: each valid and listed once."""
 
     def check(v: Any) -> tuple[str, ...]:
-        if not isinstance(v, list):
-            raise ValueError(f"expected a list of {what}, got {type(v).__name__}")
-        out: list[str] = []
-        for i, item in enumerate(v):
-            if not isinstance(item, str):
-                raise ValueError(f"item {i}: expected a {what[:-1]} string, got {type(item).__name__}")
-            try:
-                name = domain(item)
-            except ValueError as exc:
-                raise ValueError(f"item {i}: {exc}") from None
-            if name in out:
-                raise ValueError(f"item {i}: {item!r} is listed twice")
-            out.append(name)
-        return tuple(out)
+        return items(v, what, one, twice=lambda item: f"{item!r} is listed twice")
+
+    def one(item: Any) -> str:
+        if not isinstance(item, str):
+            raise ValueError(f"expected a {what[:-1]} string, got {typename(item)}")
+        return domain(item)
 
     return check
