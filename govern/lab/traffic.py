@@ -44,7 +44,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from email.utils import formatdate
 from pathlib import Path
@@ -810,28 +810,36 @@ async def _holder(
         sock = await _open(src, dst, opts.port, opts.timeout, opts.retry_delay, tl)
         if sock is None:
             continue
-        try:
-            tl.hold(+1)
-            since = time.monotonic()
-            try:
-                if pretalk:
-                    # Before the banner, as a bot that does not wait for the server does.
-                    await loop.sock_sendall(sock, _PRETALK)
-                    tl.add("bytes_sent", len(_PRETALK))
-                await _linger(sock, opts.drip, rng, tl)
-                tl.add("dropped")
-            except (ConnectionResetError, BrokenPipeError):
-                tl.add("dropped")
-            except OSError as exc:
-                tl.error(exc)
-            finally:
-                tl.hold(-1)
-        finally:
-            sock.close()
+        since = time.monotonic()
+        with _held(sock, tl):
+            if pretalk:
+                # Before the banner, as a bot that does not wait for the server does.
+                await loop.sock_sendall(sock, _PRETALK)
+                tl.add("bytes_sent", len(_PRETALK))
+            await _linger(sock, opts.drip, rng, tl)
+            tl.add("dropped")
         if time.monotonic() - since < opts.retry_delay:
             # Turned away at once (a per-client limit, a reset): a holder must not turn into a reconnect flood,
             # which is another role's job.
             await asyncio.sleep(opts.retry_delay)
+
+
+@contextlib.contextmanager
+def _held(sock: socket.socket, tl: Timeline) -> Iterator[None]:
+    """A connected socket of a bot, counted as held while the block runs: a reset or broken pipe ends it as dropped,
+    another socket error is counted as one; closed afterwards, whatever happened."""
+    try:
+        tl.hold(+1)
+        try:
+            yield
+        except (ConnectionResetError, BrokenPipeError):
+            tl.add("dropped")
+        except OSError as exc:
+            tl.error(exc)
+        finally:
+            tl.hold(-1)
+    finally:
+        sock.close()
 
 
 async def _open(
@@ -866,27 +874,17 @@ async def _reconnector(src: str, dst: str, opts: ReconnectOptions, tl: Timeline,
         sock = await _open(src, dst, opts.port, opts.timeout, opts.retry_delay, tl)
         if sock is None:
             continue
-        try:
-            tl.hold(+1)
-            try:
-                if opts.banner and not await _read_line(sock, opts.timeout, tl):
-                    continue
-                if opts.style == "quit":
-                    await loop.sock_sendall(sock, b"QUIT\r\n")
-                    tl.add("bytes_sent", 6)
-                    await _read_line(sock, opts.timeout, tl, dropped_is_failure=False)
-                elif opts.style == "rst":
-                    # SO_LINGER 0: close() sends a reset and leaves no TIME_WAIT behind, as some bots do.
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-                tl.add("completed")
-            except (ConnectionResetError, BrokenPipeError):
-                tl.add("dropped")
-            except OSError as exc:
-                tl.error(exc)
-            finally:
-                tl.hold(-1)
-        finally:
-            sock.close()
+        with _held(sock, tl):
+            if opts.banner and not await _read_line(sock, opts.timeout, tl):
+                continue
+            if opts.style == "quit":
+                await loop.sock_sendall(sock, b"QUIT\r\n")
+                tl.add("bytes_sent", 6)
+                await _read_line(sock, opts.timeout, tl, dropped_is_failure=False)
+            elif opts.style == "rst":
+                # SO_LINGER 0: close() sends a reset and leaves no TIME_WAIT behind, as some bots do.
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            tl.add("completed")
 
 
 async def _read_line(sock: socket.socket, timeout: float, tl: Timeline, *, dropped_is_failure: bool = True) -> bool:
