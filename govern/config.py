@@ -53,6 +53,29 @@ def _ratio(v: Any) -> float:
     return float(v)
 
 
+_share = _ratio
+
+
+def _budget(v: Any) -> int | str:
+    """`wave.slot_budget`: "auto", or a number of slots (0: no budget)."""
+    if v == "auto":
+        return "auto"
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise ValueError(f'expected "auto" or a whole number of slots, got {_typename(v)}')
+    if not 0 <= v <= 10_000_000:
+        raise ValueError(f"must be between 0 and 10000000, got {v}")
+    return v
+
+
+def _greet_wait(v: Any) -> float | str:
+    """`cut.greet_wait`: "auto" (postscreen's default wait when postscreen holds the port, else none) or a duration."""
+    if v == "auto":
+        return "auto"
+    if v == 0 or v == "0s":
+        return 0.0
+    return _duration(0, 300)(v)
+
+
 def _bool(v: Any) -> bool:
     if not isinstance(v, bool):
         raise ValueError(f"expected true or false, got {_typename(v)}")
@@ -187,7 +210,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "learn_for": Key("7d", _duration(60, 365 * 86400), "a source that completed a delivery is trusted this long"),
         "factor": Key(4, _int(1, 1000), "a trusted source's limits are multiplied by this"),
         "postfix_log": Key("", _abs_path_or_off, "Postfix log to learn completed deliveries from; empty: off"),
-        "from_sessions": Key(True, _bool, "the kernel learns sources that send a message-sized packet"),
+        "from_sessions": Key(True, _bool, "the kernel learns sources the MTA answered a whole dialogue (proven)"),
     },
     "limits": {
         "max_connections_per_source": Key(20, _int(1, 1_000_000), "concurrent sockets on protected ports, per source"),
@@ -229,13 +252,18 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "max_new_per_minute": Key(30, _int(1, 10_000_000), "new connections per source per minute during a wave"),
         "throttle_rate_per_minute": Key(4, _int(1, 1_000_000), "new connections a source throttled in a wave may open"),
         "throttle_burst": Key(2, _int(1, 1_000_000), "connections such a source may open at once"),
-        "gate_rate_per_second": Key(10, _int(0, 1_000_000), "new connections a second from sources not yet trusted"),
+        "slot_budget": Key("auto", _budget, "MTA slots strangers may hold in a wave; auto: budget_share of the MTA's"),
+        "budget_share": Key(0.6, _share, "share of the MTA's slots (its listen backlog) strangers get with auto"),
+        "mta_slots": Key(0, _int(0, 10_000_000), "the MTA's slots (processes); 0: read its listener's backlog"),
+        "gate_rate_per_second": Key(0, _int(0, 1_000_000), "new connections a second from strangers; 0: no gate"),
         "gate_burst": Key(20, _int(1, 1_000_000), "such connections let through at once before that rate applies"),
     },
     "cut": {
-        "enabled": Key(True, _bool, "under pressure, end sessions on which a non-allowlisted client stays silent"),
-        "elevated_idle_after": Key("30s", _duration(1, 86400), "silent this long in elevated mode: the session is cut"),
-        "wave_idle_after": Key("5s", _duration(1, 86400), "silent this long during a wave: the session is cut"),
+        "enabled": Key(True, _bool, "under pressure, end sessions that do not advance (silent, dripping, babbling)"),
+        "elevated_idle_after": Key("30s", _duration(1, 86400), "no progress this long in elevated mode: cut"),
+        "wave_idle_after": Key("3s", _duration(1, 86400), "no progress this long during a wave: the session is cut"),
+        "block_after": Key(2, _int(1, 1000), "a stranger cut this many times in one wave is blocked"),
+        "greet_wait": Key("auto", _greet_wait, "silence the MTA asks before its banner (postscreen); auto: detect"),
     },
     "aggregate": {
         "enabled": Key(True, _bool, "block a whole prefix when many of its addresses are blocked"),
@@ -341,7 +369,8 @@ class Config:
             wave_top_n=wv["top_n"],
             wave_max_connections=wv["max_connections_per_source"],
             wave_max_new_per_minute=wv["max_new_per_minute"],
-            cut_idle_after=(cut["elevated_idle_after"], cut["wave_idle_after"]) if cut["enabled"] else None,
+            cut_idle_after=_cut_after(cut) if cut["enabled"] else None,
+            cut_block_after=cut["block_after"],
             trust_factor=self["trust"]["factor"],
             tarpit_duration=self["tarpit"]["duration"],
             tarpit_max=self["tarpit"]["max_sources"] if self["tarpit"]["enabled"] else 0,
@@ -401,19 +430,31 @@ class Policy:
     wave_top_n: int = 50
     wave_max_connections: int = 10
     wave_max_new_per_minute: int = 30
-    cut_idle_after: tuple[float, float] | None = (30.0, 5.0)  # (elevated, wave); None: never cut
+    cut_idle_after: tuple[float, float] | None = (30.0, 3.0)  # (elevated, wave) no progress; None: never cut
+    cut_block_after: int = 2  # a stranger cut this many times in one wave is blocked
     aggregate: Mapping[int, tuple[int, int]] = field(default_factory=dict)  # version -> (prefix length, min blocked)
     trust_factor: int = 1  # limits are this many times higher for sources that delivered recently
     tarpit_duration: float = 600.0
     tarpit_max: int = 0  # 0: no tarpit (disabled, or the host cannot)
 
 
-def with_override(config: Config, section: str, key: str, value: Any) -> Config:
-    """The same config with one key replaced by a value from the command line (validated like the file's)."""
+def _cut_after(cut: Mapping[str, Any]) -> tuple[float, float]:
+    """The cut thresholds, never shorter than the silence the MTA itself asks before its banner (postscreen's
+    pregreet wait) plus a second: a client that waits as it is told is never cut for it. An unresolved "auto"
+    (nothing has looked at the MTA yet) asks for no wait."""
+    greet = cut["greet_wait"]
+    floor = greet + 1.0 if isinstance(greet, float) and greet > 0 else 0.0
+    return max(cut["elevated_idle_after"], floor), max(cut["wave_idle_after"], floor)
+
+
+def with_override(config: Config, section: str, key: str, value: Any, *, resolved: bool = False) -> Config:
+    """The same config with one key replaced by a value from the command line (validated like the file's), or,
+    with `resolved`, an "auto" the daemon worked out: the value changes, what `config show` prints does not."""
     values = {s: dict(k) for s, k in config.values.items()}
     raw = {s: dict(k) for s, k in config.raw.items()}
     values[section][key] = SCHEMA[section][key].check(value)
-    raw[section][key] = value
+    if not resolved:
+        raw[section][key] = value
     return Config(values=values, raw=raw, path=config.path, allow_from_files=config.allow_from_files)
 
 

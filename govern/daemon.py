@@ -34,6 +34,7 @@ from govern.export import feed as export_feed
 from govern.export.feed import Feed
 from govern.model import ActionKind, Mode, ModeState, Plan, Snapshot, State
 from govern.modes import wave_off, wave_on
+from govern.observe.mta import POSTSCREEN_GREET_WAIT, Budget, budget, postscreen_listening
 from govern.observe.observer import Observer
 from govern.store import Store
 from govern.sysctl.manager import Report, SysctlManager
@@ -102,6 +103,8 @@ class Governor:
         self.forgotten_conntrack = 0
         self.totals: dict[str, int] = {}
         self._maintained = self.started
+        self.budget: Budget | None = None
+        self.postscreen = False
 
     @property
     def enforcing(self) -> bool:
@@ -114,6 +117,8 @@ class Governor:
             self.allow.wait(ALLOW_WAIT_AT_START)
             self.allow.refresh(now)
             self.policy = self._policy()
+        self.config = self._read_mta(self.config)
+        self.policy = self._policy()
         adopted = self.enforcer.setup(self.config, self.policy.allow.members(), self.state, now)
         self._commit_recorded(adopted, now)
         self.execute(release_allowlisted(self.state, self.policy), now)
@@ -253,9 +258,32 @@ class Governor:
         if (add or drop) and self.tarpit is not None and self.tarpit_unsupported is None:
             self.tarpit.apply(add, drop)
 
+    def _read_mta(self, config: Config, *, resize: bool = True) -> Config:
+        """Resolve what the config leaves to the MTA: the slot budget ("auto": a share of the MTA's slots, read
+        from its listeners) and the pregreet wait ("auto": postscreen's, when postscreen holds a protected port)."""
+        listeners: tuple[Any, ...] = ()
+        try:
+            listeners = self.sockets.scan(
+                self.policy.ports, v4_len=self.policy.v4_len, v6_len=self.policy.v6_len, idle_after_ms=1000
+            ).listeners
+        except GovernError as exc:
+            self.health.fail("observe", exc)
+        if config.raw["cut"]["greet_wait"] == "auto":
+            self.postscreen = postscreen_listening(frozenset(config["protect"]["ports"]))
+            wait = POSTSCREEN_GREET_WAIT if self.postscreen else 0.0
+            config = configmod.with_override(config, "cut", "greet_wait", wait, resolved=True)
+        if not resize:  # the kernel's budget rule is only ever rewritten with the whole table
+            return config
+        self.budget = budget(config["wave"], listeners)
+        return configmod.with_override(config, "wave", "slot_budget", self.budget.slots, resolved=True)
+
     def _mode_changed(self, old: ModeState, new: ModeState) -> None:
         until = f" until {time.strftime('%H:%M:%S', time.localtime(new.until))}" if new.until else ""
         log.warning("mode %s -> %s%s: %s", old.mode, new.mode, until, new.reason)
+        if new.mode is Mode.WAVE and self.config.raw["cut"]["greet_wait"] == "auto" and not self.postscreen:
+            # postscreen starts with the first connection it screens: look again now that clients are here.
+            self.config = self._read_mta(self.config, resize=False)
+            self.policy = self._policy()
         if (new.mode is Mode.WAVE) != (old.mode is Mode.WAVE):
             self._sysctl_wave(new.mode is Mode.WAVE)
 
@@ -320,7 +348,7 @@ class Governor:
         if self.trust is None or not self.config["trust"]["from_sessions"]:
             return
         try:
-            for p in self.enforcer.known():
+            for p in self.enforcer.proven():
                 self.trust.learn(p, now)
         except GovernError as exc:
             self.health.fail("trust", exc)
@@ -345,6 +373,7 @@ class Governor:
     def reload(self, new: Config) -> None:
         """Switch to a validated config: converge the kernel objects, then release newly allowlisted sources."""
         now = self.clock()
+        new = self._read_mta(new)
         self.config = new
         if self.allow is not None:
             self.allow.configure(new)
@@ -528,6 +557,8 @@ class Governor:
             "blocks": len(self.state.blocks),
             "throttles": len(self.state.throttles),
             "tarpits": len(self.state.tarpits),
+            "budget": self.budget.to_dict() if self.budget else {},
+            "postscreen": self.postscreen,
             "tarpit": self.tarpit_unsupported or f"ready ({self.tarpit.name if self.tarpit else '-'})",
             "allowlist": len(self.policy.allow),
             "allowlist_sources": self.allow.status() if self.allow is not None else [],

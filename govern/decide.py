@@ -31,6 +31,7 @@ def decide(snap: Snapshot, state: State, policy: Policy, now: float) -> Plan:
     pressure = measure(snap, policy)
     new_mode = next_mode(state.mode, pressure, policy.modes, now)
     mode = (new_mode or state.mode).mode
+    wave_since = (new_mode or state.mode).since
     wave = mode is Mode.WAVE
     actions: list[Action] = []
     released: set[Prefix] = set()
@@ -86,9 +87,18 @@ def decide(snap: Snapshot, state: State, policy: Policy, now: float) -> Plan:
             continue
         if cut and cut_after is not None:
             wait = format_duration(s.max_idle_ms / 1000)
-            why = f"silent for {wait} while the host is under pressure ({mode})"
+            why = f"no progress for {wait} while the host is under pressure ({mode})"
             cuts.append(Cut(p, int(cut_after * lim.factor * 1000), why))
-            over.append(f"held a session silent for {wait} under pressure")
+            over.append(f"held a session without progress for {wait} under pressure")
+            times = state.cuts_in_wave(p, wave_since) + 1 if wave else 0
+            if times >= policy.cut_block_after:
+                # Throttling a source that stalls the MTA's slots only slows its return: once it came back and
+                # stalled again in the same wave (or at once, with block_after 1), it is blocked.
+                offences = prior_offences(state, p, policy, now) + 1
+                why = f"cut {times} times in this wave; {'; '.join(over)}"
+                until = now + block_duration(offences, policy)
+                actions.append(Action(ActionKind.BLOCK, p, why, until=until, offences=offences))
+                continue
         if wave and prolific and policy.wave_top_n:
             ranked.append((s.held, s.new_per_minute, p, over))
             continue

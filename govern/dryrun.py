@@ -37,8 +37,8 @@ class DryRun:
             self.logged.append(line)
             log.info("%s", line)
 
-    def known(self) -> Sequence[Prefix]:
-        return self.inner.known()
+    def proven(self) -> Sequence[Prefix]:
+        return self.inner.proven()
 
     def syn_counts(self) -> Mapping[Prefix, int]:
         return self.inner.syn_counts()

@@ -45,8 +45,8 @@ class Enforcer(Protocol):
         """Cumulative connection attempts per source group, counted in the kernel."""
         ...
 
-    def known(self) -> Sequence[Prefix]:
-        """Source groups the kernel saw delivering (a message-sized packet), where the backend learns them."""
+    def proven(self) -> Sequence[Prefix]:
+        """Source groups the MTA answered a whole dialogue (the kernel counts its replies), where the backend can."""
         ...
 
     def end_sessions(self, prefixes: Sequence[Prefix]) -> int:

@@ -61,7 +61,7 @@ class FakeEnforcer:
     tight: set[Prefix] = field(default_factory=set)  # throttles at the wave's rate
     allow: set[Prefix] = field(default_factory=set)
     syn: dict[Prefix, int] = field(default_factory=dict)
-    delivering: set[Prefix] = field(default_factory=set)  # what the kernel learned (known4/known6)
+    delivering: set[Prefix] = field(default_factory=set)  # what the kernel proved (proven4/proven6)
     fail_next: bool = False
     commits: int = 0
     torn_down: bool = False
@@ -100,7 +100,7 @@ class FakeEnforcer:
     def syn_counts(self) -> Mapping[Prefix, int]:
         return dict(self.syn)
 
-    def known(self) -> Sequence[Prefix]:
+    def proven(self) -> Sequence[Prefix]:
         return tuple(self.delivering)
 
     def end_sessions(self, prefixes: Sequence[Prefix]) -> int:

@@ -178,6 +178,15 @@ class Offender:
     last: float
 
 
+@dataclass(frozen=True, slots=True)
+class CutRecord:
+    """How often a source's sessions were cut in the current wave (a source cut again is blocked)."""
+
+    count: int
+    wave: float  # the `since` of the wave the cuts happened in
+    last: float
+
+
 @dataclass(slots=True)
 class State:
     """What govern enforces and remembers. The daemon owns the one instance; decide only reads it."""
@@ -187,11 +196,22 @@ class State:
     offenders: dict[Prefix, Offender] = field(default_factory=dict)
     tarpits: dict[Prefix, Tarpitted] = field(default_factory=dict)
     mode: ModeState = field(default_factory=ModeState)
+    cuts: dict[Prefix, CutRecord] = field(default_factory=dict)  # this wave's; not durable
+
+    def cuts_in_wave(self, p: Prefix, wave: float) -> int:
+        rec = self.cuts.get(p)
+        return rec.count if rec is not None and rec.wave == wave else 0
 
     def record(self, plan: Plan, now: float) -> None:
         """Bring the state in line with a plan the kernel has accepted."""
         if plan.mode is not None:
+            if plan.mode.mode is not Mode.WAVE or plan.mode.since != self.mode.since:
+                self.cuts.clear()  # a wave's cut counts end with it
             self.mode = plan.mode
+        if self.mode.mode is Mode.WAVE:
+            for c in plan.cuts:
+                n = self.cuts_in_wave(c.prefix, self.mode.since)
+                self.cuts[c.prefix] = CutRecord(n + 1, self.mode.since, now)
         for a in plan.actions:
             if a.kind is ActionKind.BLOCK or a.kind is ActionKind.EXTEND:
                 old = self.blocks.get(a.prefix)

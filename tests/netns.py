@@ -197,3 +197,63 @@ class Listener:
         for c in self.held:
             c.close()
         self.sock.close()
+
+
+class SmtpListener(Listener):
+    """A stand-in MTA that answers like one: 250 to each command line, 354 to DATA, 250 at the end of the message,
+    502 to a line that is no command; nothing to a partial line. Enough for proof and progress to be real."""
+
+    COMMANDS = (b"EHLO", b"HELO", b"MAIL", b"RCPT", b"NOOP", b"RSET", b"QUIT", b"DATA")
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except (TimeoutError, OSError):
+                continue
+            self.accepted += 1
+            self.held.append(conn)
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            conn.sendall(self.banner)
+            conn.settimeout(0.5)
+            buf, in_data = b"", False
+            while not self._stop.is_set():
+                try:
+                    chunk = conn.recv(4096)
+                except TimeoutError:
+                    continue
+                if not chunk:
+                    return
+                buf += chunk
+                while b"\r\n" in buf:
+                    line, buf = buf.split(b"\r\n", 1)
+                    if in_data:
+                        if line == b".":
+                            in_data = False
+                            conn.sendall(b"250 2.0.0 Ok: queued\r\n")
+                        continue
+                    verb = line[:4].upper()
+                    if verb == b"DATA":
+                        in_data = True
+                        conn.sendall(b"354 End data with <CR><LF>.<CR><LF>\r\n")
+                    elif verb == b"QUIT":
+                        conn.sendall(b"221 2.0.0 Bye\r\n")
+                        return
+                    elif verb in self.COMMANDS:
+                        conn.sendall(b"250 2.0.0 Ok\r\n")
+                    else:
+                        conn.sendall(b"502 5.5.2 Error: command not recognized\r\n")
+
+
+def converse(s: socket.socket, *lines: bytes, pause: float = 0.0) -> list[bytes]:
+    """Send SMTP command lines one at a time, each after `pause`, and read each reply (the banner first)."""
+    s.settimeout(10)
+    replies = [s.recv(1000)]
+    for line in lines:
+        time.sleep(pause)
+        s.sendall(line + b"\r\n")
+        replies.append(s.recv(1000))
+    return replies

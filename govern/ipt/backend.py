@@ -108,9 +108,9 @@ class IptBackend:
         for (name, p), present in changed.items():
             (self.held[name].add if present else self.held[name].discard)(p)
 
-    def known(self) -> Sequence[Prefix]:
-        # The kernel-side learning and the wave's gate are nftables features; with iptables, trust comes from the
-        # Postfix log only (docs/iptables.md).
+    def proven(self) -> Sequence[Prefix]:
+        # Kernel-side proof, the wave's gate and the slot budget are nftables features; with iptables, trust comes
+        # from the Postfix log only (docs/iptables.md).
         return ()
 
     def syn_counts(self) -> Mapping[Prefix, int]:

@@ -139,10 +139,10 @@ class NftBackend:
             else:
                 self.held[name].discard(p)
 
-    def known(self) -> list[Prefix]:
-        """Sources the kernel saw sending a message-sized packet (set known4/known6), as source groups."""
+    def proven(self) -> list[Prefix]:
+        """Sources the MTA answered a whole dialogue (set proven4/proven6, filled by the kernel), as source groups."""
         out = []
-        for name in ("known4", "known6"):
+        for name in ("proven4", "proven6"):
             for e in self.nl.dump_set(name):
                 out.append(group_key(e.prefix, self.v4_len, self.v6_len))
         return out

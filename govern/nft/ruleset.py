@@ -17,12 +17,22 @@ FAMILY = "inet"
 INTERVAL_SETS = frozenset(
     {"allow4", "allow6", "block4", "block6", "throttle4", "throttle6", "tight4", "tight6", "gate4", "gate6"}
 )
-# A packet this long (IP length) to a protected port carries part of a message: EHLO, MAIL and RCPT lines are far
-# shorter, as is what a silent, dripping or pre-banner-talking bot sends.
-MESSAGE_LEN = 256
-# How long the kernel's own set of delivering sources remembers one (each message-sized packet starts it again). A
+# Proof is the MTA's word, never the client's bytes: a session in which the server has pushed this many positive
+# replies (a segment starting with a 2xx or 3xx code, or a TLS handshake record) proves its source: the banner and
+# three answers (EHLO, MAIL, RCPT; or EHLO, a pipelined MAIL/RCPT/DATA batch and the "queued" reply; or EHLO,
+# STARTTLS and the TLS handshake). A silent, dripping, babbling or pre-banner-talking client gets the banner and
+# errors (4xx, 5xx), which never count.
+PROOF_REPLIES = 4
+# The first byte of a reply that counts: "2", "3", and 0x16, a TLS handshake record (after STARTTLS).
+PROOF_FIRST_BYTES = "0x32, 0x33, 0x16"
+# How long the kernel's own set of proven sources remembers one (each proving session starts it again). A
 # constant, so a reload never has to redefine the set; the daemon's trust applies `trust.learn_for` on top.
-KNOWN_TIMEOUT = "7d"
+PROVEN_TIMEOUT = "7d"
+# Per-connection reply counts: a session proves its source within minutes or not at all.
+TALK_TIMEOUT = "10m"
+# The slot budget when the MTA's capacity is unknown (no listener when the table was made): Postfix's
+# default_process_limit is 100, and strangers get `budget_share` of it.
+DEFAULT_MTA_SLOTS = 100
 # Counting sets forget a source two minutes after its last SYN: the rate window is one minute.
 SEEN_TIMEOUT = "2m"
 SEEN_SIZE = 262144
@@ -34,13 +44,22 @@ CONN4 = "ip saddr . tcp sport . tcp sequence"
 CONN6 = "ip6 saddr . tcp sport . tcp sequence"
 
 
-def _key(version: int, length: int) -> str:
-    addr = "ip saddr" if version == 4 else "ip6 saddr"
+def _key(version: int, length: int, field: str = "saddr") -> str:
+    addr = f"ip {field}" if version == 4 else f"ip6 {field}"
     bits = 32 if version == 4 else 128
     if length >= bits:
         return addr
     mask = ipaddress.ip_network(f"{'0.0.0.0' if version == 4 else '::'}/{length}").netmask
     return f"{addr} & {mask}"
+
+
+def slot_budget(config: Config) -> int:
+    """The budget of MTA slots strangers may hold in a wave: `wave.slot_budget` as resolved by the daemon from the
+    MTA's capacity, or, before that (teardown, a CLI that only reads the config), from Postfix's default."""
+    b = config["wave"]["slot_budget"]
+    if isinstance(b, int):
+        return b
+    return max(1, int(DEFAULT_MTA_SLOTS * config["wave"]["budget_share"]))
 
 
 def ruleset(config: Config, *, enforce: bool = True) -> str:
@@ -64,10 +83,16 @@ def ruleset(config: Config, *, enforce: bool = True) -> str:
         f"tcp dport @ports {syn} {local} update @syn4 {{ {CONN4} }}",
         f"tcp dport @ports {syn} {local} update @syn6 {{ {CONN6} }}",
     ]
+    proof: list[str] = []
     if config["trust"]["from_sessions"]:
-        rules += [
-            f"tcp dport @ports {local} meta length >= {MESSAGE_LEN} update @known4 {{ {k4} }}",
-            f"tcp dport @ports {local} meta length >= {MESSAGE_LEN} update @known6 {{ {k6} }}",
+        # The server's positive replies, counted per connection (client address and port): the limit is "over"
+        # from the PROOF_REPLIES-th on, and only then is the source added to the proven set.
+        pushed = f"tcp flags & (psh | syn | rst | fin) == psh @ih,0,8 {{ {PROOF_FIRST_BYTES} }}"
+        count = f"limit rate over 1/hour burst {PROOF_REPLIES - 1} packets"
+        d4, d6 = _key(4, config["protect"]["ipv4_prefix"], "daddr"), _key(6, config["protect"]["ipv6_prefix"], "daddr")
+        proof = [
+            f"tcp sport @ports {pushed} update @talk4 {{ ip daddr . tcp dport {count} }} update @proven4 {{ {d4} }}",
+            f"tcp sport @ports {pushed} update @talk6 {{ ip6 daddr . tcp dport {count} }} update @proven6 {{ {d6} }}",
         ]
     if enforce:
         rules += [
@@ -81,11 +106,20 @@ def ruleset(config: Config, *, enforce: bool = True) -> str:
         ]
         if wave["gate_rate_per_second"]:
             # The wave's gate (its sets hold 0.0.0.0/0 and ::/0 while a wave is on, with the wave's timeout): strangers
-            # share one rate; sources the kernel (or the Postfix log) knows to deliver pass.
+            # share one rate; sources the MTA answered a whole dialogue (or the Postfix log saw deliver) pass.
             gate = f"limit rate over {wave['gate_rate_per_second']}/second burst {wave['gate_burst']} packets"
             rules += [
-                f"tcp dport @ports {syn} {local} ip saddr @gate4 {k4} != @known4 {gate} drop",
-                f"tcp dport @ports {syn} {local} ip6 saddr @gate6 {k6} != @known6 {gate} drop",
+                f"tcp dport @ports {syn} {local} ip saddr @gate4 {k4} != @proven4 {gate} drop",
+                f"tcp dport @ports {syn} {local} ip6 saddr @gate6 {k6} != @proven6 {gate} drop",
+            ]
+        if slot_budget(config):
+            # The slot budget: in a wave, every new connection of a stranger (neither allowlisted, which returned
+            # above, nor proven) goes through one `ct count`, shared by both families, that refuses it while
+            # strangers' live connections (accept queue and MTA processes alike) number the budget. Connections
+            # leave the count when conntrack sees them close or reset (a cut's RST included).
+            rules += [
+                f"tcp dport @ports {syn} {local} ip saddr @gate4 {k4} != @proven4 jump budget",
+                f"tcp dport @ports {syn} {local} ip6 saddr @gate6 {k6} != @proven6 jump budget",
             ]
     sets = [
         "set ports { type inet_service; }",
@@ -101,7 +135,9 @@ def ruleset(config: Config, *, enforce: bool = True) -> str:
         "set gate6 { type ipv6_addr; flags interval,timeout; }",
     ]
     for v, typ in ((4, "ipv4_addr"), (6, "ipv6_addr")):
-        sets.append(f"set known{v} {{ type {typ}; size {SEEN_SIZE}; flags dynamic,timeout; timeout {KNOWN_TIMEOUT}; }}")
+        dyn = f"size {SEEN_SIZE}; flags dynamic,timeout;"
+        sets.append(f"set proven{v} {{ type {typ}; {dyn} timeout {PROVEN_TIMEOUT}; }}")
+        sets.append(f"set talk{v} {{ type {typ} . inet_service; {dyn} timeout {TALK_TIMEOUT}; }}")
     for name in ("seen", "rate", "trate"):
         for v, typ in ((4, "ipv4_addr"), (6, "ipv6_addr")):
             sets.append(
@@ -114,13 +150,30 @@ def ruleset(config: Config, *, enforce: bool = True) -> str:
             f"add table {FAMILY} {TABLE}",
             *(f"add {s.replace('set ', f'set {FAMILY} {TABLE} ', 1)}" for s in sets),
             f"add chain {FAMILY} {TABLE} guard {{ type filter hook prerouting priority raw; policy accept; }}",
+            f"add chain {FAMILY} {TABLE} proof {{ type filter hook output priority raw; policy accept; }}",
+            f"add chain {FAMILY} {TABLE} budget",
             # Converging an existing table: the rules and the port list are replaced, the sets keep their elements.
             f"flush chain {FAMILY} {TABLE} guard",
+            f"flush chain {FAMILY} {TABLE} proof",
+            f"flush chain {FAMILY} {TABLE} budget",
+            # Sets of earlier versions that no rule uses any more (added first, so deleting them never fails).
+            *(
+                f"add set {FAMILY} {TABLE} known{v} {{ type {typ}; size {SEEN_SIZE}; flags dynamic,timeout; "
+                "timeout 7d; }\n"
+                f"delete set {FAMILY} {TABLE} known{v}"
+                for v, typ in ((4, "ipv4_addr"), (6, "ipv6_addr"))
+            ),
             f"flush set {FAMILY} {TABLE} ports",
             # The ports go in with a set statement, not `add element`: that command makes libnftables read every set
             # of the table first, block sets included (0.8-1.5 s at 100k blocks, against ~1 ms this way).
             f"add set {FAMILY} {TABLE} ports {{ type inet_service; elements = {{ {ports} }}; }}",
             *(f"add rule {FAMILY} {TABLE} guard {r}" for r in rules),
+            *(f"add rule {FAMILY} {TABLE} proof {r}" for r in proof),
+            *(
+                [f"add rule {FAMILY} {TABLE} budget ct count over {slot_budget(config)} drop"]
+                if enforce and slot_budget(config)
+                else []
+            ),
         ]
     )
     return body + "\n"

@@ -41,7 +41,7 @@ class Observer:
 
     def snapshot(self, policy: Policy, now: float, trusted: frozenset[Prefix] = frozenset()) -> Snapshot:
         # Idle is counted from the shortest wait anything judges by: the status display's, or an idle cut's.
-        idle_after = min(policy.idle_after, *(policy.cut_idle_after or ()))
+        idle_after = min((policy.idle_after, *(policy.cut_idle_after or ())))
         scan = self.sockets.scan(
             policy.ports, v4_len=policy.v4_len, v6_len=policy.v6_len, idle_after_ms=int(idle_after * 1000)
         )

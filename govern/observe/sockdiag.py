@@ -18,13 +18,18 @@ It is the daemon's hot path (target: 20k sockets in <= 40 ms, see docs/benchmark
 What a source is and when it is idle:
 - the source of a socket is its remote address, grouped to /v4_len (IPv4) or /v6_len (IPv6). A dual-stack
   listener shows IPv4 clients as IPv4-mapped IPv6 addresses (::ffff:a.b.c.d); they count as that IPv4 source.
-- an ESTABLISHED socket is idle when the server waits on a silent client. From tcp_info: the client has not sent
-  data since the server last did (tcpi_last_data_recv >= tcpi_last_data_sent, both "ms ago"; when equal, which
-  at jiffy resolution also means "answered at once", only if it never sent data at all), and the server has
-  sent data at all (tcpi_data_segs_out > 0; a connection still in the accept queue, or whose greeting is not out
-  yet, waits on the server, not on the client). The wait is tcpi_last_data_sent, and the socket counts as idle
-  when the wait is >= idle_after_ms. A bot that says nothing after the banner is idle; a client in the middle of
-  DATA is not (it sent last).
+- an ESTABLISHED socket is idle ("not advancing") when the server has spoken and its session has made no progress
+  since: the server has sent data (tcpi_data_segs_out > 0; a connection still in the accept queue, or whose
+  greeting is not out yet, waits on the server, not on the client) and has sent nothing for idle_after_ms
+  (tcpi_last_data_sent), while the client
+    * said nothing since (tcpi_last_data_recv >= tcpi_last_data_sent, both "ms ago"; when equal, which at jiffy
+      resolution also means "answered at once", only if it never sent data at all): a silent bot; or
+    * got nothing but the banner (tcpi_data_segs_out == 1) whatever it sent: no command of its was answered, so
+      what it sent was never a command (a dripping, babbling or pre-banner-talking bot); or
+    * sent at least two data segments more than the server answered, averaging under 16 bytes
+      (tcpi_data_segs_in, tcpi_bytes_received): a command dripped a few bytes at a time.
+  A client in the middle of DATA is not idle: its segments are full ones. The wait reported is
+  tcpi_last_data_sent. `stalled` is the rule; the fast loop inlines it.
 """
 
 from __future__ import annotations
@@ -90,8 +95,9 @@ _DIAG_MSG_END = 16 + 72  # attributes start after nlmsghdr + inet_diag_msg
 _SOCKID_AT = 16 + 4  # the inet_diag_sockid inside a message
 _QUEUES_AT = 16 + 56  # idiag_rqueue, idiag_wqueue
 # From an INET_DIAG_INFO attribute: its header word (len | type << 16), tcpi_last_data_sent, tcpi_last_data_recv,
-# tcpi_data_segs_in, tcpi_data_segs_out (struct tcp_info offsets 44, 52, 152, 156; uapi, only ever appended to).
-_INFO_FIELDS = "I44xI4xI96xII"
+# tcpi_bytes_received, tcpi_data_segs_in, tcpi_data_segs_out (struct tcp_info offsets 44, 52, 128, 152, 156; uapi,
+# only ever appended to).
+_INFO_FIELDS = "I44xI4xI72xQ16xII"
 _INFO = struct.Struct("=" + _INFO_FIELDS)
 _INFO_MIN = _INFO.size - 4  # the shortest tcp_info that has tcpi_data_segs_out
 _LENWORD = struct.Struct("=Q")  # nlmsg_len | nlmsg_type << 32 | nlmsg_flags << 48
@@ -100,7 +106,7 @@ _LENWORD = struct.Struct("=Q")  # nlmsg_len | nlmsg_type << 32 | nlmsg_flags << 
 # header (length, type, flags, as one integer), family, state, local port (network order), the remote address in
 # three parts -- bytes 0-7 (an IPv4 address is the first 4; an IPv6 /64), 8-11 (0000ffff if IPv4-mapped), 12-15
 # (the IPv4 address if mapped) -- and the _INFO fields; then the message length and the INFO header expected.
-_Record = tuple[int, int, int, int, bytes, bytes, bytes, int, int, int, int, int]
+_Record = tuple[int, int, int, int, bytes, bytes, bytes, int, int, int, int, int, int]
 _Unpack = Callable[[bytes | bytearray | memoryview, int], _Record]
 _Layout = tuple[_Unpack, int, int]
 _HEAD_FIELDS = "=QxxxxxxxxBB2xH2x16x8s4s4s"
@@ -248,7 +254,7 @@ class ScanParser:
         off = 0
         try:
             while off < size:
-                lw, fam, state, sport, hi, mid, lo, hdr, sent, recv, segs_in, segs_out = unpack(buf, off)
+                lw, fam, state, sport, hi, mid, lo, hdr, sent, recv, brecv, segs_in, segs_out = unpack(buf, off)
                 if lw != cur_lw:
                     layout = layouts.get(lw)
                     if layout is None:
@@ -268,9 +274,17 @@ class ScanParser:
                     if state == established:
                         est(key)
                         if hdr != info_hdr:
-                            sent, recv, segs_in, segs_out = _info(buf, off, mlen)
-                        # silent() inlined: this runs once per established socket.
-                        if recv >= sent >= idle_after and segs_out and (recv != sent or not segs_in):
+                            sent, recv, brecv, segs_in, segs_out = _info(buf, off, mlen)
+                        # stalled() inlined: this runs once per established socket.
+                        if (
+                            sent >= idle_after
+                            and segs_out
+                            and (
+                                (recv >= sent and (recv != sent or not segs_in))
+                                or segs_out == 1
+                                or (segs_in >= segs_out + 2 and brecv < 16 * segs_in)
+                            )
+                        ):
                             idle_key(key)
                             idle_wait(sent)
                     elif state == syn_recv:
@@ -340,7 +354,7 @@ class ScanParser:
         if state == TCP_ESTABLISHED:
             self._est.append(key)
             info = _info(buf, off, mlen)
-            if silent(*info, self._idle_after):
+            if stalled(*info, self._idle_after):
                 sent = info[0]
                 self._idle_keys.append(key)
                 self._idle_waits.append(sent)
@@ -621,7 +635,8 @@ class SockDiag:
 
     def cut(self, idle_ms: Mapping[Prefix, int], ports: frozenset[int]) -> int:
         """SOCK_DESTROY the ESTABLISHED sockets on `ports` of these sources on which the server has waited on a
-        silent client (as `Scan` counts idle) for at least the source's `idle_ms`. Returns how many went."""
+        client whose session has not advanced (as `Scan` counts idle) for at least the source's `idle_ms`. Returns
+        how many went."""
         if not idle_ms or not ports:
             return 0
         lengths = sorted({(p.version, p.length) for p in idle_ms}, reverse=True)
@@ -635,9 +650,9 @@ class SockDiag:
                         return hit
             return None
 
-        def idle(remote: Prefix, info: tuple[int, int, int, int]) -> bool:
+        def idle(remote: Prefix, info: tuple[int, int, int, int, int]) -> bool:
             limit = threshold(remote)
-            return limit is not None and silent(*info, limit)
+            return limit is not None and stalled(*info, limit)
 
         return self._destroy_matching(ports, 1 << TCP_ESTABLISHED, _EXT_INFO, idle, per_socket=True)
 
@@ -646,7 +661,7 @@ class SockDiag:
         ports: frozenset[int],
         states: int,
         ext: int,
-        match: Callable[[Prefix, tuple[int, int, int, int]], bool],
+        match: Callable[[Prefix, tuple[int, int, int, int, int]], bool],
         *,
         per_socket: bool = False,
     ) -> int:
@@ -656,7 +671,7 @@ class SockDiag:
         ports_be = frozenset(socket.htons(p) for p in ports)
         targets: list[bytes] = []
         seen: dict[tuple[int, bytes], bool] = {}
-        no_info = (0, 0, 0, 0)
+        no_info = (0, 0, 0, 0, 0)
 
         def collect(buf: bytes | bytearray | memoryview, size: int) -> bool:
             off = 0
@@ -809,24 +824,28 @@ class SockDiag:
         return destroyed
 
 
-def _info(buf: bytes | bytearray | memoryview, off: int, mlen: int) -> tuple[int, int, int, int]:
-    """tcpi_last_data_sent, tcpi_last_data_recv, tcpi_data_segs_in, tcpi_data_segs_out of one message (zeros
-    without tcp_info)."""
+def _info(buf: bytes | bytearray | memoryview, off: int, mlen: int) -> tuple[int, int, int, int, int]:
+    """tcpi_last_data_sent, tcpi_last_data_recv, tcpi_bytes_received, tcpi_data_segs_in, tcpi_data_segs_out of one
+    message (zeros without tcp_info)."""
     at, _hdr = ScanParser._find_info(buf, off, mlen)
     if not at:
-        return 0, 0, 0, 0
-    _h, sent, recv, segs_in, segs_out = _INFO.unpack_from(buf, off + at)
-    return sent, recv, segs_in, segs_out
+        return 0, 0, 0, 0, 0
+    _h, sent, recv, brecv, segs_in, segs_out = _INFO.unpack_from(buf, off + at)
+    return sent, recv, brecv, segs_in, segs_out
 
 
-def silent(sent: int, recv: int, segs_in: int, segs_out: int, after_ms: int) -> bool:
-    """The server has sent, and has waited at least `after_ms` on a client that said nothing since.
+def stalled(sent: int, recv: int, brecv: int, segs_in: int, segs_out: int, after_ms: int) -> bool:
+    """The server has spoken, and its session has not advanced for at least `after_ms` (see the module docstring).
 
     The kernel keeps both times in jiffies (4 ms at HZ=250): a client that answers within the same jiffy as the
     greeting shows the same age for both, as does a client that never spoke at all (its last "data" time is the
     handshake's). Data segments in tell them apart.
     """
-    return recv >= sent >= after_ms and segs_out > 0 and (recv != sent or segs_in == 0)
+    if sent < after_ms or segs_out <= 0:
+        return False
+    if recv >= sent and (recv != sent or segs_in == 0):
+        return True  # silent since the server last spoke
+    return segs_out == 1 or (segs_in >= segs_out + 2 and brecv < 16 * segs_in)
 
 
 def _remote(family: int, dst: bytes) -> Prefix:

@@ -58,8 +58,8 @@ class XdpLayer:
         remove = [a.prefix for a in plan.actions if a.kind is ActionKind.UNBLOCK]
         self.prog.update("block", add, remove)
 
-    def known(self) -> Sequence[Prefix]:
-        return self.inner.known()
+    def proven(self) -> Sequence[Prefix]:
+        return self.inner.proven()
 
     def syn_counts(self) -> Mapping[Prefix, int]:
         if self.prog is None:

@@ -14,7 +14,7 @@ from typing import Any
 
 from govern.observe.sockdiag import SockDiag
 from tests.kernel.daemon_harness import Daemon, govern, nft_set, running, wait_for, write_config
-from tests.netns import Lab, Listener, Netns, connect
+from tests.netns import Lab, Listener, Netns, SmtpListener, connect, converse
 
 MX4 = "203.0.113.25"
 # Fast hysteresis, so a test sees the whole cycle; the pressure thresholds stay the defaults.
@@ -101,13 +101,13 @@ def test_a_full_accept_queue_starts_a_wave_which_steps_down_when_it_drains(lab: 
 
 @contextlib.contextmanager
 def chatty(sockets: list[socket.socket]) -> Iterator[None]:
-    """Sessions that carry data: after the banner, a line every half second, as a client in DATA sends."""
+    """Sessions that carry data: a dialogue the MTA answers up to DATA, then a line every half second, as a client
+    sending a message does."""
     stop = threading.Event()
 
     def talk() -> None:
         for s in sockets:
-            s.settimeout(5)
-            s.recv(100)
+            converse(s, b"EHLO relay.example", b"MAIL FROM:<a@example.org>", b"RCPT TO:<b@example.net>", b"DATA")
         while not stop.wait(0.5):
             for s in sockets:
                 with contextlib.suppress(OSError):
@@ -133,7 +133,7 @@ def established(lab: Lab, prefix: str) -> int:
 
 
 def test_a_wide_silent_swarm_is_shed_while_a_busy_sender_keeps_its_sessions(lab: Lab, tmp_path: Path) -> None:
-    srv = Listener(lab.mx, 25)
+    srv = SmtpListener(lab.mx, 25)
     swarm: list[socket.socket] = []
     busy: list[socket.socket] = []
     try:
@@ -144,10 +144,11 @@ def test_a_wide_silent_swarm_is_shed_while_a_busy_sender_keeps_its_sessions(lab:
                 busy = [connect("198.51.100.7", MX4, 25) for _ in range(4)]
             with chatty(busy):
                 assert wait_for(lambda: established(lab, "198.18.") == 150, timeout=5)
-                # Silent for wave_idle_after (5 s) once the wave is on: their slots are taken back.
+                # Silent for wave_idle_after (3 s) once the wave is on: their slots are taken back.
                 assert wait_for(lambda: established(lab, "198.18.") <= 5, timeout=20), established(lab, "198.18.")
                 st: dict[str, Any] = d.status()
                 assert st["mode"] == "wave" and "silent" in st["mode_detail"]["reason"]
+                # Each source was cut once: throttled, not yet blocked (block_after is 2).
                 assert st["cut_sessions"] >= 145
                 # The busy sender keeps every session, and is in no govern set.
                 assert established(lab, "198.51.100.7") == 4
@@ -162,20 +163,18 @@ def test_a_wide_silent_swarm_is_shed_while_a_busy_sender_keeps_its_sessions(lab:
         srv.close()
 
 
-def test_the_wave_gate_holds_strangers_to_its_rate_while_known_senders_pass(lab: Lab, tmp_path: Path) -> None:
-    srv = Listener(lab.mx, 25)
+def test_the_wave_gate_holds_strangers_to_its_rate_while_proven_senders_pass(lab: Lab, tmp_path: Path) -> None:
+    srv = SmtpListener(lab.mx, 25)
     held: list[socket.socket] = []
     cfg = write_config(tmp_path, "[wave]\ngate_rate_per_second = 1\ngate_burst = 2\n")
     try:
         with running(lab.mx, cfg):
             with lab.net.entered():
-                # A delivering sender: one message-sized packet makes the kernel learn it (set known4).
+                # A proven sender: the MTA answered its dialogue (the kernel counts the replies; set proven4).
                 s = connect("198.51.100.7", MX4, 25)
-                s.settimeout(5)
-                s.recv(100)
-                s.sendall(b"X" * 400 + b"\r\n")
+                converse(s, b"EHLO relay.example", b"MAIL FROM:<a@example.org>", b"RCPT TO:<b@example.net>")
                 s.close()
-            assert wait_for(lambda: "198.51.100.7" in nft_set(lab.mx, "known4"), timeout=5)
+            assert wait_for(lambda: "198.51.100.7" in nft_set(lab.mx, "proven4"), timeout=5)
             assert not nft_set(lab.mx, "gate4")
             assert govern(lab.mx, "wave", "on", "--for", "60s", "--config", str(cfg)).returncode == 0
             assert nft_set(lab.mx, "gate4") == {"0.0.0.0/0"} and nft_set(lab.mx, "gate6") == {"::/0"}

@@ -36,12 +36,15 @@ def attr(atype: int, payload: bytes) -> bytes:
     return raw + bytes(-len(raw) % 4)
 
 
-def tcp_info(sent: int = 0, recv: int = 0, segs_out: int = 1, size: int = TCP_INFO_SIZE, segs_in: int = 0) -> bytes:
+def tcp_info(
+    sent: int = 0, recv: int = 0, segs_out: int = 1, size: int = TCP_INFO_SIZE, segs_in: int = 0, brecv: int = 0
+) -> bytes:
     info = bytearray(size)
     info[0] = ESTABLISHED
     struct.pack_into("=I", info, 44, sent)  # tcpi_last_data_sent
     struct.pack_into("=I", info, 52, recv)  # tcpi_last_data_recv
     if size >= 160:
+        struct.pack_into("=Q", info, 128, brecv)  # tcpi_bytes_received
         struct.pack_into("=I", info, 152, segs_in)  # tcpi_data_segs_in
         struct.pack_into("=I", info, 156, segs_out)  # tcpi_data_segs_out
     return bytes(info)
@@ -65,6 +68,7 @@ def sock(
     recv: int = 0,
     segs_out: int = 1,
     segs_in: int = 0,
+    brecv: int = 0,
     rqueue: int = 0,
     wqueue: int = 0,
     attrs: bytes | None = None,
@@ -78,7 +82,9 @@ def sock(
     if attrs is None:
         mark_only = attr(15, struct.pack("=I", 0))
         attrs = (
-            mark_only if state in (SYN_RECV, TIME_WAIT) else full_attrs(tcp_info(sent, recv, segs_out, segs_in=segs_in))
+            mark_only
+            if state in (SYN_RECV, TIME_WAIT)
+            else full_attrs(tcp_info(sent, recv, segs_out, segs_in=segs_in, brecv=brecv))
         )
     sockid = struct.pack(">HH", sport, 0 if state == LISTEN else 41000) + addr16(local) + addr16(remote)
     sockid += struct.pack("=IQ", 0, 77)
@@ -133,20 +139,26 @@ def test_states_time_wait_not_held_and_listeners_apart() -> None:
 
 
 @pytest.mark.parametrize(
-    ("sent", "recv", "segs_out", "segs_in", "idle"),
+    ("sent", "recv", "segs_out", "segs_in", "brecv", "idle"),
     [
-        (12_000, 15_000, 1, 0, True),  # banner out 12 s ago, nothing from the client for longer: a silent bot
-        (12_000, 15_000, 1, 2, True),  # the same after a pre-banner burst: it has said nothing since the banner
-        (10_000, 10_000, 3, 0, True),  # greeted in the handshake's jiffy, never a word from the client
-        (10_000, 10_000, 3, 1, False),  # the client answered within the greeting's jiffy (4 ms): it spoke last
-        (12_000, 40, 5, 9, False),  # the client sent 40 ms ago: in the middle of DATA
-        (200, 30_000, 2, 0, False),  # the server answered 200 ms ago: not waiting long yet
-        (15_000, 15_000, 0, 0, False),  # the server never sent anything (accept queue, no greeting): not the client
-        (9_999, 50_000, 1, 0, False),  # just under the threshold
+        (12_000, 15_000, 1, 0, 0, True),  # banner out 12 s ago, nothing from the client for longer: a silent bot
+        (12_000, 15_000, 1, 2, 12, True),  # the same after a pre-banner burst: it has said nothing since the banner
+        (10_000, 10_000, 3, 0, 0, True),  # greeted in the handshake's jiffy, never a word from the client
+        (10_000, 10_000, 3, 1, 8, False),  # the client answered within the greeting's jiffy (4 ms): it spoke last
+        (12_000, 40, 5, 9, 60_000, False),  # the client sent 40 ms ago, full segments: in the middle of DATA
+        (200, 30_000, 2, 0, 0, False),  # the server answered 200 ms ago: not waiting long yet
+        (15_000, 15_000, 0, 0, 0, False),  # the server never sent anything (accept queue, no greeting): not the client
+        (9_999, 50_000, 1, 0, 0, False),  # just under the threshold
+        (12_000, 500, 1, 6, 6, True),  # dripping since the banner, a byte at a time: nothing it sent was a command
+        (12_000, 500, 1, 1, 300, True),  # babbling: 300 bytes that never made a command, no reply but the banner
+        (12_000, 500, 3, 9, 40, True),  # answered twice, then a command dripped a few bytes at a time
+        (12_000, 500, 3, 4, 40, False),  # one segment more than answered: a command waiting on a slow server
+        (12_000, 500, 4, 3, 60, False),  # pipelined: fewer segments than replies, waiting on the server
     ],
 )
-def test_idle_rule(sent: int, recv: int, segs_out: int, segs_in: int, idle: bool) -> None:
-    scan = parse_dump([sock("198.18.0.1", sent=sent, recv=recv, segs_out=segs_out, segs_in=segs_in), done()], PORTS)
+def test_idle_rule(sent: int, recv: int, segs_out: int, segs_in: int, brecv: int, idle: bool) -> None:
+    one = sock("198.18.0.1", sent=sent, recv=recv, segs_out=segs_out, segs_in=segs_in, brecv=brecv)
+    scan = parse_dump([one, done()], PORTS)
     expected = SockCounts(1, 1, 0, 1, sent) if idle else SockCounts(1, 1, 0, 0, 0)
     assert scan.sources == {p("198.18.0.1"): expected}
 
@@ -156,7 +168,7 @@ def test_idle_counts_and_longest_wait_per_source() -> None:
         sock("198.18.0.1", sent=12_000, recv=12_500)
         + sock("::ffff:198.18.0.1", sent=30_000, recv=31_000)
         + sock("198.18.0.1", sent=20_000, recv=25_000)
-        + sock("198.18.0.1", sent=20_000, recv=100)  # talking
+        + sock("198.18.0.1", sent=20_000, recv=100, segs_out=4, segs_in=4, brecv=80)  # waits on the server
         + sock("2001:db8:bad::1", sent=400, recv=900)
         + sock("2001:db8:bad::2", sent=700, recv=700)
     )

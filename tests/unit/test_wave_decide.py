@@ -64,9 +64,9 @@ def test_idle_sessions_are_cut_under_pressure_and_their_sources_throttled() -> N
         PARTNER: SourceStats(held=3, established=3, idle=3, max_idle_ms=600_000),
     }
     plan = decide(snap(sources), wave_state(), policy(), NOW)
-    assert [(c.prefix, c.idle_ms) for c in plan.cuts] == [(silent, 5_000)]
+    assert [(c.prefix, c.idle_ms) for c in plan.cuts] == [(silent, 3_000)]
     assert [(a.kind, a.prefix, a.tight) for a in plan.actions] == [(ActionKind.THROTTLE, silent, True)]
-    assert "silent for 6s" in plan.cuts[0].reason
+    assert "no progress for 6s" in plan.cuts[0].reason
     # Elevated mode cuts only past its longer threshold.
     elevated = State(mode=ModeState(Mode.ELEVATED, NOW - 10, reason="queue"))
     pol = policy(modes={"auto": False})
@@ -84,6 +84,39 @@ def test_a_cut_source_that_comes_back_silent_after_escalate_after_is_blocked() -
     again = {silent: SourceStats(held=1, established=1, idle=1, max_idle_ms=5_500)}
     plan = decide(snap(again), state, policy(), NOW)
     assert [a.kind for a in plan.actions] == [ActionKind.BLOCK] and len(plan.cuts) == 1
+
+
+def test_a_source_cut_twice_in_one_wave_is_blocked_not_throttled_again() -> None:
+    bot = src(9)
+    state = wave_state()
+    stalling = {bot: SourceStats(held=2, established=2, idle=2, max_idle_ms=3_500)}
+    first = decide(snap(stalling), state, policy(), NOW)
+    assert [a.kind for a in first.actions] == [ActionKind.THROTTLE] and len(first.cuts) == 1
+    state.record(first, NOW)
+    assert state.cuts_in_wave(bot, state.mode.since) == 1
+    # It reconnects (a throttle lets a few through) and stalls again: blocked, and cut once more.
+    second = decide(snap(stalling), state, policy(), NOW + 4)
+    assert [a.kind for a in second.actions] == [ActionKind.BLOCK] and len(second.cuts) == 1
+    assert "cut 2 times in this wave" in second.actions[0].reason
+    # With block_after 1, the first cut blocks.
+    once = decide(snap(stalling), wave_state(), policy(cut={"block_after": 1}), NOW)
+    assert [a.kind for a in once.actions] == [ActionKind.BLOCK]
+    # A new wave starts the count again; elevated mode never counts.
+    state.record(replace(first, mode=ModeState(Mode.WAVE, NOW + 5, NOW + 1000, "again")), NOW + 5)
+    assert state.cuts_in_wave(bot, NOW + 5) == 1
+    elevated = State(mode=ModeState(Mode.ELEVATED, NOW - 10, reason="queue"))
+    elevated.record(replace(first, mode=None), NOW)
+    assert not elevated.cuts
+
+
+def test_no_session_is_cut_before_the_pregreet_wait_the_mta_asks_for() -> None:
+    waiting = src(10)
+    sources = {waiting: SourceStats(held=1, established=1, idle=1, max_idle_ms=6_500)}
+    assert decide(snap(sources), wave_state(), policy(), NOW).cuts  # 6.5 s without progress: over 3 s
+    pol = policy(cut={"greet_wait": "6s"})
+    assert pol.cut_idle_after == (30.0, 7.0)
+    assert not decide(snap(sources), wave_state(), pol, NOW).cuts  # postscreen asked for 6 s of silence
+    assert policy(cut={"greet_wait": "auto"}).cut_idle_after == (30.0, 3.0)
 
 
 def test_leaving_the_wave_lifts_its_tight_throttles_and_keeps_the_others() -> None:

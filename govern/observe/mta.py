@@ -1,0 +1,69 @@
+"""What govern reads of the MTA behind the protected ports: how many sessions it can serve at once (the slot
+budget is a share of that) and whether postscreen answers first (its pregreet test asks clients to stay silent).
+
+Postfix's master(8) passes max(the service's maxproc, default_process_limit) to listen(), so a Postfix listener's
+accept backlog is its process limit; other MTAs pass their own figure (Exim's smtp_connect_backlog). Where that is
+not the number of sessions the MTA serves, `wave.mta_slots` says it. `budget` is pure; `postscreen_listening`
+looks at /proc.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from govern.model import ListenerStats
+from govern.nft.ruleset import DEFAULT_MTA_SLOTS
+from govern.sysctl.backlog import _comm, _listening_inodes
+
+# Postfix's postscreen_greet_wait is ${stress?{2}:{6}}s: a client may be asked to wait the longer one.
+POSTSCREEN_GREET_WAIT = 6.0
+
+
+@dataclass(frozen=True, slots=True)
+class Budget:
+    """The slot budget for strangers in a wave, and what it was sized from (shown by `govern status`)."""
+
+    slots: int
+    capacity: int
+    basis: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"slots": self.slots, "capacity": self.capacity, "basis": self.basis}
+
+
+def budget(wave: Mapping[str, Any], listeners: Sequence[ListenerStats]) -> Budget:
+    """`wave.slot_budget` resolved: an explicit number as it is; "auto" as `budget_share` of the MTA's slots, which
+    are `wave.mta_slots` if set, else the smallest accept backlog among the protected listeners (the tightest door
+    is the one bots fill), else Postfix's default process limit."""
+    share = wave["budget_share"]
+    if wave["mta_slots"]:
+        capacity, basis = wave["mta_slots"], "wave.mta_slots"
+    elif any(ls.backlog > 0 for ls in listeners):
+        tight = min((ls for ls in listeners if ls.backlog > 0), key=lambda ls: ls.backlog)
+        capacity, basis = tight.backlog, f"the accept backlog of {tight.address}:{tight.port}"
+    else:
+        capacity, basis = DEFAULT_MTA_SLOTS, "no listener seen: Postfix's default process limit"
+    if wave["slot_budget"] != "auto":
+        return Budget(int(wave["slot_budget"]), capacity, "wave.slot_budget")
+    return Budget(max(1, int(capacity * share)), capacity, f"{share:.0%} of {capacity} slots ({basis})")
+
+
+def postscreen_listening(ports: frozenset[int], proc: str = "/proc") -> bool:
+    """True when a postscreen process holds a listening socket on one of `ports` in this network namespace."""
+    inodes = _listening_inodes(proc, set(ports))
+    if not inodes:
+        return False
+    for pid in (d for d in os.listdir(proc) if d.isdigit()):
+        with contextlib.suppress(OSError):
+            if _comm(proc, pid) != "postscreen":
+                continue
+            for fd in os.listdir(f"{proc}/{pid}/fd"):
+                with contextlib.suppress(OSError):
+                    link = os.readlink(f"{proc}/{pid}/fd/{fd}")
+                    if link.startswith("socket:[") and int(link[8:-1]) in inodes:
+                        return True
+    return False

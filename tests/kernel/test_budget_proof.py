@@ -1,0 +1,216 @@
+"""Issue 11's kernel mechanisms, with the real daemon in a namespace: the slot budget holds strangers to a number of
+live connections during a wave while allowlisted and proven sources are not counted; proof comes from the MTA's
+positive replies, never from the client's bytes; sessions that do not advance are cut (silent, dripping, babbling)
+while a slow client that progresses keeps its session, and a stranger cut twice in a wave is blocked."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from govern.observe.sockdiag import SockDiag
+from tests.kernel.daemon_harness import govern, nft_set, running, wait_for, write_config
+from tests.netns import Lab, SmtpListener, connect, converse
+
+MX4 = "203.0.113.25"
+MX6 = "2001:db8:25::25"
+DIALOGUE = (b"EHLO relay.example", b"MAIL FROM:<a@example.org>", b"RCPT TO:<b@example.net>")
+
+
+def established(lab: Lab, prefix: str) -> int:
+    with lab.mx.entered():
+        diag = SockDiag()
+    try:
+        scan = diag.scan(frozenset({25}), idle_after_ms=60_000)
+    finally:
+        diag.close()
+    return sum(c.established for p, c in scan.sources.items() if str(p).startswith(prefix))
+
+
+def attempt(src: str, dst: str = MX4, timeout: float = 1.0) -> socket.socket | None:
+    """One connection that completes its handshake within `timeout`, or None (dropped by the budget)."""
+    try:
+        return connect(src, dst, 25, timeout=timeout)
+    except OSError:
+        return None
+
+
+def test_the_slot_budget_holds_strangers_and_never_counts_the_allowlisted_or_proven(lab: Lab, tmp_path: Path) -> None:
+    srv = SmtpListener(lab.mx, 25)
+    held: list[socket.socket] = []
+    # No cuts and a budget of 6: what is measured is the budget alone.
+    cfg = write_config(tmp_path, "[wave]\nslot_budget = 6\n[cut]\nenabled = false\n")
+    try:
+        with running(lab.mx, cfg) as d:
+            assert d.status()["budget"]["slots"] == 6
+            with lab.net.entered():
+                # A sender proves itself before the wave with a dialogue the MTA answered (4 positive replies).
+                s = connect("198.51.100.7", MX4, 25)
+                converse(s, *DIALOGUE)
+                s.close()
+            assert wait_for(lambda: "198.51.100.7" in nft_set(lab.mx, "proven4"), timeout=5)
+            assert govern(lab.mx, "wave", "on", "--for", "2m", "--config", str(cfg)).returncode == 0
+            with lab.net.entered():
+                # Twelve strangers over both families, one connection each: six get in, whatever the family.
+                tries = [attempt(f"198.18.8.{i}") for i in range(1, 7)]
+                tries += [attempt(f"2001:db8:bad:8::{i}", MX6) for i in range(1, 7)]
+                strangers = [c for c in tries if c is not None]
+                held += strangers
+                assert len(strangers) == 6, len(strangers)
+                assert attempt("198.18.8.99") is None  # the budget is full
+                # The allowlisted and the proven are not counted, and not held back.
+                partner = [attempt("192.0.2.10") for _ in range(5)]
+                proven = [attempt("198.51.100.7") for _ in range(5)]
+                held += [c for c in partner + proven if c is not None]
+                assert all(partner) and all(proven)
+                # A stranger that leaves frees its slot for the next one.
+                for c in strangers[:2]:
+                    c.close()
+                time.sleep(0.5)
+                late = [attempt(f"198.18.9.{i}") for i in range(1, 4)]
+                held += [c for c in late if c is not None]
+                assert sum(c is not None for c in late) == 2, late
+            assert established(lab, "198.18.") + established(lab, "2001:db8:bad:") == 6
+            # Out of the wave, no budget.
+            assert govern(lab.mx, "wave", "off", "--config", str(cfg)).returncode == 0
+            with lab.net.entered():
+                more = [attempt(f"198.18.10.{i}") for i in range(1, 5)]
+                held += [c for c in more if c is not None]
+                assert all(more)
+    finally:
+        for c in held:
+            c.close()
+        srv.close()
+
+
+def test_proof_is_the_mta_answering_a_dialogue_never_the_clients_bytes(lab: Lab, tmp_path: Path) -> None:
+    srv = SmtpListener(lab.mx, 25)
+    try:
+        with running(lab.mx, write_config(tmp_path)), lab.net.entered():
+            junk = connect("198.18.11.1", MX4, 25)
+            junk.recv(100)
+            junk.sendall(b"x" * 300)  # 300 bytes that never make a command: no reply at all
+            lines = connect("198.18.11.2", MX4, 25)
+            # Junk lines: each gets an error, never a positive reply.
+            replies = converse(lines, b"GARBAGE " + b"y" * 90, b"MORE " + b"z" * 90, b"\x01\x02\x03" * 30)
+            assert all(r.startswith(b"502") for r in replies[1:]), replies
+            talker = connect("2001:db8:51::7", MX6, 25)
+            converse(talker, *DIALOGUE, b"DATA")
+            talker.sendall(b"Subject: hi\r\n\r\nbody\r\n.\r\n")
+            assert talker.recv(100).startswith(b"250")
+            assert wait_for(lambda: "2001:db8:51::" in nft_set(lab.mx, "proven6"), timeout=5)
+            time.sleep(1)
+            proven4 = nft_set(lab.mx, "proven4")
+            assert "198.18.11.1" not in proven4 and "198.18.11.2" not in proven4, proven4
+            for s in (junk, lines, talker):
+                s.close()
+    finally:
+        srv.close()
+
+
+@contextlib.contextmanager
+def clients(stop: threading.Event, *bodies: object) -> Iterator[list[threading.Thread]]:
+    threads = [threading.Thread(target=b, daemon=True) for b in bodies if callable(b)]
+    for t in threads:
+        t.start()
+    try:
+        yield threads
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(10)
+
+
+def test_sessions_without_progress_are_cut_and_a_slow_progressing_client_keeps_its_own(
+    lab: Lab, tmp_path: Path
+) -> None:
+    srv = SmtpListener(lab.mx, 25)
+    cfg = write_config(tmp_path)
+    stop = threading.Event()
+    fates: dict[str, str] = {}
+
+    def fate(name: str, s: socket.socket, act: object) -> None:
+        try:
+            while not stop.is_set():
+                assert callable(act)
+                act()
+            # Whether the server ended the session while the bot waited.
+            s.settimeout(0.05)
+            try:
+                fates[name] = "cut (closed)" if s.recv(100) == b"" else "kept"
+            except TimeoutError:
+                fates[name] = "kept"
+        except OSError as exc:
+            fates[name] = f"cut ({exc.__class__.__name__})"
+        finally:
+            s.close()
+
+    def bot(name: str, src: str, step: bytes, every: float) -> object:
+        with lab.net.entered():
+            s = connect(src, MX4, 25)
+        s.settimeout(30)
+        s.recv(100)
+
+        def act() -> None:
+            s.sendall(step)
+            if stop.wait(every):
+                return
+            s.settimeout(0.01)
+            with contextlib.suppress(TimeoutError):
+                if s.recv(100) == b"":
+                    raise ConnectionResetError("closed")
+
+        return lambda: fate(name, s, act)
+
+    def slow() -> None:
+        # A slow, patient MTA: 1.5 s before each command, every one answered.
+        with lab.net.entered():
+            s = connect("198.51.100.20", MX4, 25)
+        try:
+            converse(s, b"EHLO slow.example", b"MAIL FROM:<a@slow.example>", pause=1.5)
+            while not stop.wait(1.5):
+                s.sendall(b"NOOP\r\n")
+                if not s.recv(100):
+                    raise ConnectionResetError("closed")
+            fates["slow"] = "kept"
+        except OSError as exc:
+            fates["slow"] = f"cut ({exc.__class__.__name__})"
+        finally:
+            s.close()
+
+    try:
+        with running(lab.mx, cfg) as d:
+            assert govern(lab.mx, "wave", "on", "--for", "2m", "--config", str(cfg)).returncode == 0
+            with (
+                lab.net.entered(),
+                clients(
+                    stop,
+                    bot("drip", "198.18.12.1", b"E", 0.5),  # a byte every half second, never a line
+                    bot("babble", "198.18.12.2", b"q" * 300, 30),  # 300 bytes of no command, then waits
+                    bot("silent", "198.18.12.3", b"", 0.5),
+                    slow,
+                ),
+            ):
+                assert wait_for(lambda: established(lab, "198.18.12.") == 0, timeout=15)
+                time.sleep(3)
+                assert established(lab, "198.51.100.20") == 1
+            st = d.status()
+            assert st["cut_sessions"] >= 3
+            for name in ("drip", "babble", "silent"):
+                assert fates.get(name, "").startswith("cut"), fates
+            assert fates.get("slow") == "kept", fates
+            assert "198.51.100.20" not in nft_set(lab.mx, "tight4") | nft_set(lab.mx, "block4")
+            # Each bot's source is throttled at the wave's rate; one that comes back and stalls again is blocked.
+            assert {"198.18.12.1", "198.18.12.2", "198.18.12.3"} <= nft_set(lab.mx, "tight4")
+            with lab.net.entered():
+                again = connect("198.18.12.3", MX4, 25)
+                again.recv(100)
+            assert wait_for(lambda: "198.18.12.3" in nft_set(lab.mx, "block4"), timeout=10)
+            again.close()
+    finally:
+        stop.set()
+        srv.close()
