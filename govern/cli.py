@@ -108,9 +108,10 @@ def status(config: ConfigOpt = None, as_json: JsonOpt = False, top: int = 10) ->
     print(f"tick: {st['last_tick_ms']} ms   sources: {st['sources']}   sockets: {st['sockets']}")
     print(f"blocks: {st['blocks']}   throttles: {st['throttles']}   allowlist entries: {st['allowlist']}")
     print(
-        f"sessions ended for blocked sources: {st['ended_sessions']}, "
+        f"sessions ended for blocked sources: {st['ended_sessions']}, cut for want of progress: {st['cut_sessions']}, "
         f"conntrack entries forgotten: {st['conntrack_forgotten']}"
     )
+    print(_budget_line(st))
     for ls in st["listeners"]:
         where = f"[{ls['address']}]:{ls['port']}" if ":" in ls["address"] else f"{ls['address']}:{ls['port']}"
         print(f"listener {where}  queue {ls['queued']}/{ls['backlog']} ({ls['fill']:.0%})")
@@ -128,6 +129,17 @@ def status(config: ConfigOpt = None, as_json: JsonOpt = False, top: int = 10) ->
         print(
             "\nfailures: " + ", ".join(f"{k} x{v} ({st['last_errors'].get(k, '')})" for k, v in st["failures"].items())
         )
+
+
+def _budget_line(st: dict[str, Any]) -> str:
+    b = st.get("budget") or {}
+    if "iptables" in st["backend"]:
+        return "slot budget: none with the iptables backend (an nftables feature: docs/iptables.md)"
+    if not b.get("slots"):
+        return "slot budget: off (wave.slot_budget = 0)"
+    lane = f", {b['newcomers']} of them kept for first contacts" if b.get("newcomers") else ""
+    ps = "; postscreen in front: no cut before its greet wait" if st.get("postscreen") else ""
+    return f"slot budget: strangers hold at most {b['slots']} slots in a wave{lane} ({b['basis']}){ps}"
 
 
 def _check_for(duration: str | None, lo: float, hi: float) -> None:

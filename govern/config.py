@@ -56,6 +56,14 @@ def _ratio(v: Any) -> float:
 _share = _ratio
 
 
+def _share0(v: Any) -> float:
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        raise ValueError(f"expected a number between 0 and 1, got {_typename(v)}")
+    if not 0 <= v < 1:
+        raise ValueError(f"must be at least 0 and less than 1, got {v}")
+    return float(v)
+
+
 def _budget(v: Any) -> int | str:
     """`wave.slot_budget`: "auto", or a number of slots (0: no budget)."""
     if v == "auto":
@@ -254,6 +262,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "throttle_burst": Key(2, _int(1, 1_000_000), "connections such a source may open at once"),
         "slot_budget": Key("auto", _budget, "MTA slots strangers may hold in a wave; auto: budget_share of the MTA's"),
         "budget_share": Key(0.6, _share, "share of the MTA's slots (its listen backlog) strangers get with auto"),
+        "newcomer_share": Key(0.34, _share0, "share of the budget kept for sources first seen in the wave"),
         "mta_slots": Key(0, _int(0, 10_000_000), "the MTA's slots (processes); 0: read its listener's backlog"),
         "gate_rate_per_second": Key(0, _int(0, 1_000_000), "new connections a second from strangers; 0: no gate"),
         "gate_burst": Key(20, _int(1, 1_000_000), "such connections let through at once before that rate applies"),

@@ -62,6 +62,13 @@ def slot_budget(config: Config) -> int:
     return max(1, int(DEFAULT_MTA_SLOTS * config["wave"]["budget_share"]))
 
 
+def budget_lanes(total: int, newcomer_share: float) -> tuple[int, int]:
+    """The budget split into (slots any stranger may take, slots kept for first contacts); the first contacts'
+    lane needs a budget of two slots or more, and never takes all of it."""
+    newcomers = min(round(total * newcomer_share), total - 1) if total >= 2 else 0
+    return total - newcomers, newcomers
+
+
 def ruleset(config: Config, *, enforce: bool = True) -> str:
     """The whole table. With `enforce` False (dry run) only the counting rules are installed: no verdicts."""
     ports = ", ".join(str(p) for p in config["protect"]["ports"])
@@ -72,9 +79,24 @@ def ruleset(config: Config, *, enforce: bool = True) -> str:
     tight = f"limit rate over {wave['throttle_rate_per_minute']}/minute burst {wave['throttle_burst']} packets"
     syn = "tcp flags syn / syn,ack"
     local = "fib daddr type local"
+    main, newcomers = budget_lanes(slot_budget(config), wave["newcomer_share"]) if enforce else (0, 0)
     rules = [
         f"tcp dport @ports {local} ip saddr @allow4 return",
         f"tcp dport @ports {local} ip6 saddr @allow6 return",
+        *(
+            [
+                # First contact in a wave: a new connection from a source whose SYNs the kernel has not counted in
+                # the last two minutes (before the counting below adds it). A swarm's sources all knock at once
+                # and keep knocking, so once it has arrived, a first contact is most often a sender the host has
+                # never seen: it gets a lane of the budget the swarm cannot hold.
+                f"tcp dport @ports {syn} {local} ip saddr @gate4 {CONN4} != @syn4 {k4} != @seen4 update @fresh4 "
+                f"{{ {CONN4} }}",
+                f"tcp dport @ports {syn} {local} ip6 saddr @gate6 {CONN6} != @syn6 {k6} != @seen6 update @fresh6 "
+                f"{{ {CONN6} }}",
+            ]
+            if newcomers
+            else []
+        ),
         # A connection counts once: SYNs the client retransmits (same source, port and initial sequence number,
         # at 1, 3, 7, 15 s while a flood keeps the server from answering) would otherwise make a busy, patient
         # relay look five times as prolific as it is.
@@ -112,11 +134,17 @@ def ruleset(config: Config, *, enforce: bool = True) -> str:
                 f"tcp dport @ports {syn} {local} ip saddr @gate4 {k4} != @proven4 {gate} drop",
                 f"tcp dport @ports {syn} {local} ip6 saddr @gate6 {k6} != @proven6 {gate} drop",
             ]
-        if slot_budget(config):
+        if main:
             # The slot budget: in a wave, every new connection of a stranger (neither allowlisted, which returned
             # above, nor proven) goes through one `ct count`, shared by both families, that refuses it while
-            # strangers' live connections (accept queue and MTA processes alike) number the budget. Connections
-            # leave the count when conntrack sees them close or reset (a cut's RST included).
+            # strangers' live connections (accept queue and MTA processes alike) fill the budget. Connections
+            # leave the count when conntrack sees them close or reset (a cut's RST included). A first contact
+            # tries its own lane first, and the common budget when that is full (chain newcomers).
+            if newcomers:
+                rules += [
+                    f"tcp dport @ports {syn} {local} ip saddr @gate4 {k4} != @proven4 {CONN4} @fresh4 jump newcomers",
+                    f"tcp dport @ports {syn} {local} ip6 saddr @gate6 {k6} != @proven6 {CONN6} @fresh6 jump newcomers",
+                ]
             rules += [
                 f"tcp dport @ports {syn} {local} ip saddr @gate4 {k4} != @proven4 jump budget",
                 f"tcp dport @ports {syn} {local} ip6 saddr @gate6 {k6} != @proven6 jump budget",
@@ -143,7 +171,7 @@ def ruleset(config: Config, *, enforce: bool = True) -> str:
             sets.append(
                 f"set {name}{v} {{ type {typ}; size {SEEN_SIZE}; flags dynamic,timeout; timeout {SEEN_TIMEOUT}; }}"
             )
-    for name, conn in (("syn4", CONN4), ("syn6", CONN6)):
+    for name, conn in (("syn4", CONN4), ("syn6", CONN6), ("fresh4", CONN4), ("fresh6", CONN6)):
         sets.append(f"set {name} {{ typeof {conn}; size {SYN_SIZE}; flags dynamic,timeout; timeout {SYN_TIMEOUT}; }}")
     body = "\n".join(
         [
@@ -152,10 +180,12 @@ def ruleset(config: Config, *, enforce: bool = True) -> str:
             f"add chain {FAMILY} {TABLE} guard {{ type filter hook prerouting priority raw; policy accept; }}",
             f"add chain {FAMILY} {TABLE} proof {{ type filter hook output priority raw; policy accept; }}",
             f"add chain {FAMILY} {TABLE} budget",
+            f"add chain {FAMILY} {TABLE} newcomers",
             # Converging an existing table: the rules and the port list are replaced, the sets keep their elements.
             f"flush chain {FAMILY} {TABLE} guard",
             f"flush chain {FAMILY} {TABLE} proof",
             f"flush chain {FAMILY} {TABLE} budget",
+            f"flush chain {FAMILY} {TABLE} newcomers",
             # Sets of earlier versions that no rule uses any more (added first, so deleting them never fails).
             *(
                 f"add set {FAMILY} {TABLE} known{v} {{ type {typ}; size {SEEN_SIZE}; flags dynamic,timeout; "
@@ -169,9 +199,15 @@ def ruleset(config: Config, *, enforce: bool = True) -> str:
             f"add set {FAMILY} {TABLE} ports {{ type inet_service; elements = {{ {ports} }}; }}",
             *(f"add rule {FAMILY} {TABLE} guard {r}" for r in rules),
             *(f"add rule {FAMILY} {TABLE} proof {r}" for r in proof),
+            *([f"add rule {FAMILY} {TABLE} budget ct count over {main} drop"] if main else []),
+            # The first contacts' lane: admitted while it has room (accept ends only govern's own chain, which has
+            # nothing after the budget), else on to the common budget.
             *(
-                [f"add rule {FAMILY} {TABLE} budget ct count over {slot_budget(config)} drop"]
-                if enforce and slot_budget(config)
+                [
+                    f"add rule {FAMILY} {TABLE} newcomers ct count over {newcomers} jump budget",
+                    f"add rule {FAMILY} {TABLE} newcomers accept",
+                ]
+                if newcomers
                 else []
             ),
         ]

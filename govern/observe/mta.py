@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from govern.model import ListenerStats
-from govern.nft.ruleset import DEFAULT_MTA_SLOTS
+from govern.nft.ruleset import DEFAULT_MTA_SLOTS, budget_lanes
 from govern.sysctl.backlog import _comm, _listening_inodes
 
 # Postfix's postscreen_greet_wait is ${stress?{2}:{6}}s: a client may be asked to wait the longer one.
@@ -30,9 +30,10 @@ class Budget:
     slots: int
     capacity: int
     basis: str
+    newcomers: int = 0  # of `slots`, kept for first contacts
 
     def to_dict(self) -> dict[str, Any]:
-        return {"slots": self.slots, "capacity": self.capacity, "basis": self.basis}
+        return {"slots": self.slots, "newcomers": self.newcomers, "capacity": self.capacity, "basis": self.basis}
 
 
 def budget(wave: Mapping[str, Any], listeners: Sequence[ListenerStats]) -> Budget:
@@ -48,8 +49,10 @@ def budget(wave: Mapping[str, Any], listeners: Sequence[ListenerStats]) -> Budge
     else:
         capacity, basis = DEFAULT_MTA_SLOTS, "no listener seen: Postfix's default process limit"
     if wave["slot_budget"] != "auto":
-        return Budget(int(wave["slot_budget"]), capacity, "wave.slot_budget")
-    return Budget(max(1, int(capacity * share)), capacity, f"{share:.0%} of {capacity} slots ({basis})")
+        slots, why = int(wave["slot_budget"]), "wave.slot_budget"
+    else:
+        slots, why = max(1, int(capacity * share)), f"{share:.0%} of {capacity} slots ({basis})"
+    return Budget(slots, capacity, why, budget_lanes(slots, wave["newcomer_share"])[1])
 
 
 def postscreen_listening(ports: frozenset[int], proc: str = "/proc") -> bool:

@@ -42,39 +42,48 @@ def attempt(src: str, dst: str = MX4, timeout: float = 1.0) -> socket.socket | N
 def test_the_slot_budget_holds_strangers_and_never_counts_the_allowlisted_or_proven(lab: Lab, tmp_path: Path) -> None:
     srv = SmtpListener(lab.mx, 25)
     held: list[socket.socket] = []
-    # No cuts and a budget of 6: what is measured is the budget alone.
+    # No cuts and a budget of 6 (4 for any stranger, 2 kept for first contacts): what is measured is the budget.
     cfg = write_config(tmp_path, "[wave]\nslot_budget = 6\n[cut]\nenabled = false\n")
+    swarm = [f"198.18.8.{i}" for i in range(1, 5)] + [f"2001:db8:bad:8::{i}" for i in range(1, 3)]
     try:
         with running(lab.mx, cfg) as d:
-            assert d.status()["budget"]["slots"] == 6
+            assert d.status()["budget"] | {"basis": ""} == {"slots": 6, "newcomers": 2, "capacity": 4096, "basis": ""}
             with lab.net.entered():
                 # A sender proves itself before the wave with a dialogue the MTA answered (4 positive replies).
                 s = connect("198.51.100.7", MX4, 25)
                 converse(s, *DIALOGUE)
                 s.close()
+                # The swarm knocks before the wave: the kernel has seen its sources.
+                for src in swarm:
+                    c = attempt(src, MX6 if ":" in src else MX4)
+                    assert c is not None
+                    c.close()
             assert wait_for(lambda: "198.51.100.7" in nft_set(lab.mx, "proven4"), timeout=5)
             assert govern(lab.mx, "wave", "on", "--for", "2m", "--config", str(cfg)).returncode == 0
             with lab.net.entered():
-                # Twelve strangers over both families, one connection each: six get in, whatever the family.
-                tries = [attempt(f"198.18.8.{i}") for i in range(1, 7)]
-                tries += [attempt(f"2001:db8:bad:8::{i}", MX6) for i in range(1, 7)]
-                strangers = [c for c in tries if c is not None]
-                held += strangers
-                assert len(strangers) == 6, len(strangers)
-                assert attempt("198.18.8.99") is None  # the budget is full
+                # Twelve connections of the swarm, over both families: four get in, whatever the family.
+                tries = [attempt(src, MX6 if ":" in src else MX4) for src in swarm for _ in range(2)]
+                got = [c for c in tries if c is not None]
+                held += got
+                assert len(got) == 4, len(got)
+                # Senders the host has never seen get the first contacts' lane, which the swarm cannot hold.
+                first = [attempt("198.51.100.30"), attempt("2001:db8:51::30", MX6)]
+                assert all(first)
+                held += [c for c in first if c is not None]
+                assert attempt("198.51.100.31") is None  # that lane is full too now
                 # The allowlisted and the proven are not counted, and not held back.
                 partner = [attempt("192.0.2.10") for _ in range(5)]
                 proven = [attempt("198.51.100.7") for _ in range(5)]
                 held += [c for c in partner + proven if c is not None]
                 assert all(partner) and all(proven)
-                # A stranger that leaves frees its slot for the next one.
-                for c in strangers[:2]:
-                    c.close()
+                # A newcomer that leaves frees its slot for the next one.
+                assert first[0] is not None
+                first[0].close()
                 time.sleep(0.5)
-                late = [attempt(f"198.18.9.{i}") for i in range(1, 4)]
+                late = [attempt("198.51.100.32"), attempt("198.51.100.33")]
                 held += [c for c in late if c is not None]
-                assert sum(c is not None for c in late) == 2, late
-            assert established(lab, "198.18.") + established(lab, "2001:db8:bad:") == 6
+                assert [c is not None for c in late] == [True, False]
+            assert established(lab, "198.18.") + established(lab, "2001:db8:bad:") == 4
             # Out of the wave, no budget.
             assert govern(lab.mx, "wave", "off", "--config", str(cfg)).returncode == 0
             with lab.net.entered():

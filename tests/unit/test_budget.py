@@ -1,0 +1,64 @@
+"""The slot budget's sizing (govern.observe.mta.budget) and its lanes: pure arithmetic over the config and the
+listeners govern reads."""
+
+from __future__ import annotations
+
+import pytest
+
+from govern import config
+from govern.errors import ConfigError
+from govern.model import ListenerStats
+from govern.nft.ruleset import budget_lanes, ruleset, slot_budget
+from govern.observe.mta import budget
+
+
+def wave(**keys: object) -> config.Config:
+    return config.from_mapping({"wave": keys})
+
+
+def test_auto_is_a_share_of_the_tightest_listener_backlog() -> None:
+    listeners = [ListenerStats("203.0.113.25", 25, 0, 50), ListenerStats("::", 25, 3, 4096)]
+    b = budget(wave()["wave"], listeners)
+    assert (b.slots, b.capacity, b.newcomers) == (30, 50, 10)
+    assert "60% of 50 slots" in b.basis and "203.0.113.25:25" in b.basis
+
+
+def test_explicit_slots_and_explicit_capacity_win() -> None:
+    listeners = [ListenerStats("::", 25, 0, 4096)]
+    assert budget(wave(mta_slots=100)["wave"], listeners).slots == 60
+    assert budget(wave(slot_budget=7)["wave"], listeners).slots == 7
+    assert budget(wave(slot_budget=0)["wave"], listeners).slots == 0
+
+
+def test_no_listener_falls_back_to_postfix_defaults() -> None:
+    b = budget(wave(budget_share=0.5)["wave"], [])
+    assert (b.slots, b.capacity) == (50, 100) and "no listener" in b.basis
+    assert slot_budget(wave()) == 60  # before the daemon resolved "auto"
+
+
+@pytest.mark.parametrize(
+    ("total", "share", "lanes"),
+    [
+        (30, 0.34, (20, 10)),
+        (6, 0.34, (4, 2)),
+        (2, 0.34, (1, 1)),
+        (1, 0.34, (1, 0)),
+        (10, 0.0, (10, 0)),
+        (3, 0.9, (1, 2)),
+    ],
+)
+def test_lanes_never_take_the_whole_budget(total: int, share: float, lanes: tuple[int, int]) -> None:
+    assert budget_lanes(total, share) == lanes
+
+
+def test_the_ruleset_carries_the_budget_only_when_enforcing() -> None:
+    text = ruleset(wave(slot_budget=30))
+    assert "budget ct count over 20 drop" in text and "newcomers ct count over 10 jump budget" in text
+    assert "jump budget" not in ruleset(wave(slot_budget=30), enforce=False)
+    assert "ct count" not in ruleset(wave(slot_budget=0))
+
+
+@pytest.mark.parametrize("bad", ["many", -1, 1.5, True])
+def test_bad_budgets_are_refused_naming_the_key(bad: object) -> None:
+    with pytest.raises(ConfigError, match="slot_budget"):
+        wave(slot_budget=bad)
