@@ -202,8 +202,17 @@ class Governor:
         except GovernError as exc:
             self.health.fail("observe", exc)
             return Plan()
-        if self.trust is not None and now - self._learned >= LEARN_EVERY:
-            self._learn_from_kernel(now)
+        if now - self._learned >= LEARN_EVERY:
+            self._learned = now
+            if self.trust is not None:
+                self._learn_from_kernel(now)
+            if not self.postscreen and self.config.raw["cut"]["greet_wait"] == "auto":
+                # postscreen starts with the first connection it screens: look for it again while it is absent.
+                before = self.config["cut"]["greet_wait"]
+                self.config = self._read_mta(self.config, resize=False)
+                if self.config["cut"]["greet_wait"] != before:
+                    self.policy = self._policy()
+                    log.warning("postscreen holds a protected port: no session is cut before its greet wait")
         for k, v in self.snapshot.counters.items():
             self.totals[k] = self.totals.get(k, 0) + v
         plan = decide(self.snapshot, self.state, self.policy, now)
@@ -280,10 +289,6 @@ class Governor:
     def _mode_changed(self, old: ModeState, new: ModeState) -> None:
         until = f" until {time.strftime('%H:%M:%S', time.localtime(new.until))}" if new.until else ""
         log.warning("mode %s -> %s%s: %s", old.mode, new.mode, until, new.reason)
-        if new.mode is Mode.WAVE and self.config.raw["cut"]["greet_wait"] == "auto" and not self.postscreen:
-            # postscreen starts with the first connection it screens: look again now that clients are here.
-            self.config = self._read_mta(self.config, resize=False)
-            self.policy = self._policy()
         if (new.mode is Mode.WAVE) != (old.mode is Mode.WAVE):
             self._sysctl_wave(new.mode is Mode.WAVE)
 
@@ -343,8 +348,7 @@ class Governor:
                 self.health.fail("trust", exc)
 
     def _learn_from_kernel(self, now: float) -> None:
-        """Take in the sources the kernel saw delivering; a dump of a bounded set, every LEARN_EVERY seconds."""
-        self._learned = now
+        """Take in the sources the kernel proved; a dump of a bounded set, every LEARN_EVERY seconds."""
         if self.trust is None or not self.config["trust"]["from_sessions"]:
             return
         try:

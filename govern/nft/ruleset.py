@@ -28,8 +28,9 @@ PROOF_FIRST_BYTES = "0x32, 0x33, 0x16"
 # How long the kernel's own set of proven sources remembers one (each proving session starts it again). A
 # constant, so a reload never has to redefine the set; the daemon's trust applies `trust.learn_for` on top.
 PROVEN_TIMEOUT = "7d"
-# Per-connection reply counts: a session proves its source within minutes or not at all.
-TALK_TIMEOUT = "10m"
+# Per-connection reply counts: a session proves its source within two minutes or not at all (and a busy MX's
+# connections of the last two minutes fit the set).
+TALK_TIMEOUT = "2m"
 # The slot budget when the MTA's capacity is unknown (no listener when the table was made): Postfix's
 # default_process_limit is 100, and strangers get `budget_share` of it.
 DEFAULT_MTA_SLOTS = 100
