@@ -86,16 +86,24 @@ def ruleset(config: Config, *, enforce: bool = True) -> str:
         f"tcp dport @ports {local} ip6 saddr @allow6 return",
         *(
             [
-                # First contact in a wave: a new connection from a source whose SYNs the kernel has not counted in
-                # the last two minutes (before the counting below adds it). A swarm's sources all knock at once
-                # and keep knocking, so once it has arrived, a first contact is most often a sender the host has
-                # never seen: it gets a lane of the budget the swarm cannot hold.
-                f"tcp dport @ports {syn} {local} ip saddr @gate4 {CONN4} != @syn4 {k4} != @seen4 update @fresh4 "
-                f"{{ {CONN4} }}",
-                f"tcp dport @ports {syn} {local} ip6 saddr @gate6 {CONN6} != @syn6 {k6} != @seen6 update @fresh6 "
-                f"{{ {CONN6} }}",
+                # First contact in a wave: a new connection from a stranger whose SYNs the kernel has not counted in
+                # the last two minutes (before the counting below adds it). Its first SYN is remembered and dropped:
+                # a real TCP stack sends it again a second later, a spoofed SYN flood never does, so half-open
+                # connections from forged sources never take a slot of the budget. A swarm's sources all knock at
+                # once and keep knocking, so once it has arrived, a first contact is most often a sender the host
+                # has never seen: it gets a lane of the budget the swarm cannot hold (chain newcomers).
+                f"tcp dport @ports {syn} {local} ip saddr @gate4 {k4} != @proven4 {CONN4} != @fresh4 "
+                f"{CONN4} != @syn4 {k4} != @seen4 update @fresh4 {{ {CONN4} }} drop",
+                f"tcp dport @ports {syn} {local} ip6 saddr @gate6 {k6} != @proven6 {CONN6} != @fresh6 "
+                f"{CONN6} != @syn6 {k6} != @seen6 update @fresh6 {{ {CONN6} }} drop",
+                # The same when the set is full (a flood of forged sources larger than it): dropped all the same,
+                # so forged SYNs never reach the budget; first contacts wait until the set has room again.
+                f"tcp dport @ports {syn} {local} ip saddr @gate4 {k4} != @proven4 {CONN4} != @fresh4 "
+                f"{CONN4} != @syn4 {k4} != @seen4 drop",
+                f"tcp dport @ports {syn} {local} ip6 saddr @gate6 {k6} != @proven6 {CONN6} != @fresh6 "
+                f"{CONN6} != @syn6 {k6} != @seen6 drop",
             ]
-            if newcomers
+            if main and enforce
             else []
         ),
         # A connection counts once: SYNs the client retransmits (same source, port and initial sequence number,

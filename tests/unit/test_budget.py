@@ -3,13 +3,15 @@ listeners govern reads."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from govern import config
 from govern.errors import ConfigError
 from govern.model import ListenerStats
 from govern.nft.ruleset import budget_lanes, ruleset, slot_budget
-from govern.observe.mta import budget
+from govern.observe.mta import budget, postscreen_listening
 
 
 def wave(**keys: object) -> config.Config:
@@ -62,3 +64,22 @@ def test_the_ruleset_carries_the_budget_only_when_enforcing() -> None:
 def test_bad_budgets_are_refused_naming_the_key(bad: object) -> None:
     with pytest.raises(ConfigError, match="slot_budget"):
         wave(slot_budget=bad)
+
+
+def fake_proc(root: Path, comm: str, inode: int = 4242, port: int = 25) -> str:
+    (root / "net").mkdir(parents=True)
+    header = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n"
+    line = f"   0: 0100007F:{port:04X} 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 {inode}\n"
+    (root / "net" / "tcp").write_text(header + line)
+    (root / "net" / "tcp6").write_text(header)
+    fd = root / "321" / "fd"
+    fd.mkdir(parents=True)
+    (root / "321" / "comm").write_text(comm + "\n")
+    (fd / "6").symlink_to(f"socket:[{inode}]")
+    return str(root)
+
+
+def test_postscreen_is_found_by_the_listening_socket_it_holds(tmp_path: Path) -> None:
+    assert postscreen_listening(frozenset({25}), fake_proc(tmp_path / "a", "postscreen"))
+    assert not postscreen_listening(frozenset({25}), fake_proc(tmp_path / "b", "smtpd"))
+    assert not postscreen_listening(frozenset({587}), fake_proc(tmp_path / "c", "postscreen"))
