@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from govern import config
 from govern.addr import Prefix
 from govern.decide import decide
-from govern.model import PUNITIVE, ActionKind, Mode, ModeState, Snapshot, SourceStats, State, Throttle
+from govern.model import PUNITIVE, ActionKind, CutRecord, Mode, ModeState, Snapshot, SourceStats, State, Throttle
 
 NOW = 1_700_000_000.0
 PARTNER = Prefix.parse("192.0.2.10")
@@ -165,6 +165,30 @@ def test_allowlisted_sources_are_never_cut_throttled_or_blocked_in_any_mode(
             assert not pol.allow.intersects(a.prefix), a
     for c in plan.cuts:
         assert not pol.allow.intersects(c.prefix), c
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.dictionaries(addresses, stats, max_size=40),
+    st.dictionaries(addresses, st.integers(0, 4), max_size=40),
+    st.integers(1, 3),
+)
+def test_in_a_wave_only_a_source_cut_block_after_times_is_blocked_for_its_cuts(
+    sources: dict[Prefix, SourceStats], earlier: dict[Prefix, int], block_after: int
+) -> None:
+    pol = policy(cut={"block_after": block_after}, aggregate={"enabled": False}, wave={"top_n": 0})
+    state = wave_state()
+    state.cuts = {p: CutRecord(n, state.mode.since, NOW - 1) for p, n in earlier.items() if n}
+    plan = decide(snap(sources), state, pol, NOW)
+    cut = {c.prefix for c in plan.cuts}
+    for a in plan.actions:
+        if a.kind is ActionKind.BLOCK and "times in this wave" in a.reason:
+            assert a.prefix in cut and not pol.allow.intersects(a.prefix)
+            assert state.cuts_in_wave(a.prefix, state.mode.since) + 1 >= block_after
+    for p in cut:
+        blocked = any(a.kind is ActionKind.BLOCK and a.prefix == p for a in plan.actions)
+        if state.cuts_in_wave(p, state.mode.since) + 1 >= block_after:
+            assert blocked, p  # stalled again: never throttled again
 
 
 def test_under_pressure_sources_nearing_a_limit_are_tarpitted_and_released_when_it_ends() -> None:
