@@ -12,7 +12,7 @@ from pathlib import Path
 
 from govern.addr import Prefix, PrefixSet
 from tests.kernel.daemon_harness import Daemon, govern, nft_set, running, tables, wait_for, write_config
-from tests.netns import MX4, MX6, Lab, Listener, connect
+from tests.netns import MX4, MX6, Lab, Listener, SmtpListener, connect, converse
 
 
 def open_many(lab: Lab, sources: list[str], per_source: int, dst: str) -> list[socket.socket]:
@@ -25,12 +25,11 @@ def open_many(lab: Lab, sources: list[str], per_source: int, dst: str) -> list[s
 
 
 def talk(socks: list[socket.socket]) -> None:
-    """Read the banner and answer it, as an MTA does: the server then waits on itself, so the session is busy, not
-    idle (a silent session is cut when the host is under pressure)."""
+    """Read the banner and hold a dialogue the MTA answers, as an MTA does, then send part of a message: the server
+    waits for the rest, so the session is busy (a session without progress is cut when the host is under pressure)."""
     for s in socks:
-        s.settimeout(5)
-        s.recv(100)
-        s.sendall(b"EHLO client.example\r\n")
+        converse(s, b"EHLO client.example", b"MAIL FROM:<a@client.example>", b"RCPT TO:<b@example.net>", b"DATA")
+        s.sendall(b"Subject: part of a message\r\n\r\n" + b"A line of the body, more to come.\r\n" * 8)
 
 
 def reaches(lab: Lab, src: str, dst: str = MX4, timeout: float = 1.5) -> bool:
@@ -97,7 +96,7 @@ def test_flood_blocks_prolific_sources_and_spares_allowlisted_and_ordinary(lab: 
     """(a) 20 sources x 30 connections are blocked within 10 s, their SYNs dropped and sessions ended;
     (b) an allowlisted peer with 50 connections is never in a govern set but the allow sets and keeps connecting;
     (c) 50 ordinary sources under the limits are never acted on."""
-    srv = Listener(lab.mx, 25)
+    srv = SmtpListener(lab.mx, 25)
     socks: list[socket.socket] = []
     try:
         with running(lab.mx, write_config(tmp_path)) as d:

@@ -15,7 +15,7 @@ import pytest
 from govern.addr import Prefix
 from govern.observe import sockdiag
 from govern.observe.sockdiag import SockCounts, SockDiag
-from tests.netns import MX4, MX6, Lab, Listener, connect
+from tests.netns import MX4, MX6, Lab, Listener, SmtpListener, connect, converse
 
 PORTS = frozenset({25})
 
@@ -166,14 +166,15 @@ def test_listeners_with_queue_and_backlog(lab: Lab, diag: SockDiag) -> None:
 
 
 def test_idle_is_a_server_waiting_on_a_silent_client(lab: Lab, diag: SockDiag) -> None:
-    greeting = Listener(lab.mx, 25)
+    greeting = SmtpListener(lab.mx, 25)
     mute = Listener(lab.mx, 587, banner=b"")  # never says anything: its clients wait on the server
     silent, talker, waiting = "198.18.20.1", "198.18.20.2", "198.18.20.3"
     try:
         with clients(lab, [(silent, MX4, 25), (talker, MX4, 25), (waiting, MX4, 587)]) as (s, t, _w):
             assert s.recv(64).startswith(b"220")
-            assert t.recv(64).startswith(b"220")
-            # The talker keeps sending (a client in the middle of DATA); the server never answers it.
+            replies = converse(t, b"EHLO talker.example", b"MAIL FROM:<a@x.example>", b"RCPT TO:<b@y.example>", b"DATA")
+            assert replies[-1].startswith(b"354")
+            # The talker keeps sending (a client in the middle of DATA); the server rightly waits for the end.
             deadline = time.monotonic() + 0.8
             while time.monotonic() < deadline:
                 t.sendall(b"x" * 100)

@@ -166,7 +166,8 @@ def test_a_wide_silent_swarm_is_shed_while_a_busy_sender_keeps_its_sessions(lab:
 def test_the_wave_gate_holds_strangers_to_its_rate_while_proven_senders_pass(lab: Lab, tmp_path: Path) -> None:
     srv = SmtpListener(lab.mx, 25)
     held: list[socket.socket] = []
-    cfg = write_config(tmp_path, "[wave]\ngate_rate_per_second = 1\ngate_burst = 2\n")
+    # The gate alone: no slot budget (whose first-contact rule would hold back every stranger's first SYN too).
+    cfg = write_config(tmp_path, "[wave]\ngate_rate_per_second = 1\ngate_burst = 2\nslot_budget = 0\n")
     try:
         with running(lab.mx, cfg):
             with lab.net.entered():
