@@ -32,7 +32,7 @@ from govern.edges import Counters, Enforcer, SocketSource, Tarpit
 from govern.errors import GovernError, RefusedError, UsageError
 from govern.export import feed as export_feed
 from govern.export.feed import Feed
-from govern.model import ActionKind, Mode, ModeState, Plan, Snapshot, State
+from govern.model import ActionKind, Cut, Mode, ModeState, Plan, Snapshot, State
 from govern.modes import wave_off, wave_on
 from govern.observe.observer import Observer
 from govern.store import Store
@@ -243,7 +243,17 @@ class Governor:
                 self.cut_sessions += self.sockets.cut({c.prefix: c.idle_ms for c in plan.cuts}, self.policy.ports)
             except GovernError as exc:
                 self.health.fail("cut-sessions", exc)
+            else:
+                self._note_cuts(plan.cuts, now)
         return True
+
+    def _note_cuts(self, cuts: tuple[Cut, ...], now: float) -> None:
+        """Each source a plan cut sessions of is an event of its own ("cut", with the reason), for `govern why`:
+        cuts change no kernel state, so the store has no other trace of them."""
+        try:
+            self.store.note("cut", [(c.prefix, c.reason) for c in cuts], now)
+        except GovernError as exc:
+            self.health.fail("store", exc)
 
     def _apply_tarpits(self, plan: Plan, now: float) -> None:
         """The tarpit's own transaction (its sets and the HTB tree it feeds); after the enforcer's, so a refused
