@@ -329,8 +329,8 @@ def _facts(ev: Evidence) -> Iterable[str]:
         new_lim = f" (limit {lim.max_new_per_minute})" if limited else ""
         longest = f" (the longest {_dur(s.max_idle_ms / 1000)})" if s.idle else ""
         yield (
-            f"last snapshot: {s.held} sessions held{held_lim}, {s.established} established, {s.syn_recv} SYN_RECV, "
-            f"{s.idle} idle{longest}; {s.new_per_minute} new connections in the last minute{new_lim}"
+            f"last snapshot: {_n(s.held, 'session')} held{held_lim}, {s.established} established, {s.syn_recv} "
+            f"SYN_RECV, {s.idle} idle{longest}; {_n(s.new_per_minute, 'new connection')} in the last minute{new_lim}"
         )
     if ev.sessions_error:
         yield f"sessions now: unknown ({ev.sessions_error})"

@@ -5,6 +5,7 @@ punitive."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -299,6 +300,16 @@ def test_many_sessions_list_the_longest_waits_first() -> None:
 def test_sessions_unknown_when_the_kernel_would_not_say() -> None:
     exp = why.explain(evidence(sessions_error="sock_diag dump failed: EPERM (1)"))
     assert exp.facts[-1] == "sessions now: unknown (sock_diag dump failed: EPERM (1))"
+
+
+def test_docs_name_every_key_and_rule() -> None:
+    doc = (Path(__file__).parents[2] / "docs" / "why.md").read_text()
+    keys = doc.split("## `--json`", 1)[1]
+    for key in why.explain(evidence()).to_dict():
+        assert f"`{key}`" in keys, key
+    table = doc.split("- **What the sender must fix**", 1)[1]
+    for rule in why.PUNITIVE_RULES | {"allowlisted", "nothing-wrong"}:
+        assert f"`{rule}`" in table, rule
 
 
 # -- what an address counts as -----------------------------------------------------------------------------------
