@@ -242,6 +242,24 @@ def list_(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
 
 
 @app.command()
+def why(
+    address: Annotated[str, typer.Argument(help="the sender's address, e.g. 198.51.100.7 or 2001:db8:51::7")],
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """What govern saw of a source and why it acted, and what the sender must fix (docs/why.md)."""
+    from govern import why as explain
+
+    cfg = _load(config)
+    try:
+        explain.subject(address, cfg["protect"]["ipv4_prefix"], cfg["protect"]["ipv6_prefix"])
+    except UsageError as exc:
+        _fail(exc)
+    doc = _ask(config, {"cmd": "why", "addr": address})["why"]
+    print(json.dumps(doc, indent=2) if as_json else explain.render(doc))
+
+
+@app.command()
 def export(
     fmt: Annotated[
         str, typer.Option("--format", "-f", help="plain, netset, json, csv, exabgp, bird, gobgp or dots")

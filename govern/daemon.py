@@ -18,9 +18,10 @@ from dataclasses import dataclass, field, replace
 from types import FrameType
 from typing import Any
 
-from govern import backends
+from govern import backends, why
 from govern import config as configmod
 from govern.addr import Prefix, PrefixSet
+from govern.allow.entries import by_prefix
 from govern.allow.learning import TrustSources
 from govern.allow.sources import AllowSources, policy_with
 from govern.backends import is_dry_run
@@ -32,10 +33,11 @@ from govern.edges import Counters, Enforcer, SocketSource, Tarpit
 from govern.errors import GovernError, RefusedError, UsageError
 from govern.export import feed as export_feed
 from govern.export.feed import Feed
-from govern.model import ActionKind, Mode, ModeState, Plan, Snapshot, State
+from govern.model import ActionKind, Cut, Mode, ModeState, Plan, Snapshot, State
 from govern.modes import wave_off, wave_on
 from govern.observe.mta import POSTSCREEN_GREET_WAIT, Budget, budget, postscreen_listening
 from govern.observe.observer import Observer
+from govern.observe.sockdiag import SessionInfo
 from govern.store import Store
 from govern.sysctl.manager import Report, SysctlManager
 from govern.systemd import notify
@@ -45,6 +47,7 @@ MAINTENANCE_EVERY = 600.0
 EVENTS_KEPT = 30 * 86400.0
 LEARN_EVERY = 10.0
 ALLOW_WAIT_AT_START = 5.0  # seconds the start waits for the first resolution of allowlisted hostnames and SPF
+WHY_EVENTS = 20  # the latest events `govern why` shows of a source
 
 
 @dataclass
@@ -257,7 +260,17 @@ class Governor:
                 self.cut_sessions += self.sockets.cut({c.prefix: c.idle_ms for c in plan.cuts}, self.policy.ports)
             except GovernError as exc:
                 self.health.fail("cut-sessions", exc)
+            else:
+                self._note_cuts(plan.cuts, now)
         return True
+
+    def _note_cuts(self, cuts: tuple[Cut, ...], now: float) -> None:
+        """Each source a plan cut sessions of is an event of its own ("cut", with the reason), for `govern why`:
+        cuts change no kernel state, so the store has no other trace of them."""
+        try:
+            self.store.note("cut", [(c.prefix, c.reason) for c in cuts], now)
+        except GovernError as exc:
+            self.health.fail("store", exc)
 
     def _apply_tarpits(self, plan: Plan, now: float) -> None:
         """The tarpit's own transaction (its sets and the HTB tree it feeds); after the enforcer's, so a refused
@@ -416,6 +429,8 @@ class Governor:
             if cmd == "allowlist":
                 listing = self.allow.listing() if self.allow is not None else []
                 return {"ok": True, "entries": listing}
+            if cmd == "why":
+                return self._why(body)
             return {"ok": False, "error": f"unknown request {cmd!r}"}
         except (UsageError, RefusedError) as exc:
             return {"ok": False, "error": str(exc), "refused": True}
@@ -500,6 +515,65 @@ class Governor:
 
     def _last_act_error(self) -> str:
         return self.health.last_error.get("act", "unknown error")
+
+    # -- govern why (govern.why, docs/why.md) -------------------------------------------------------------------
+
+    def _why(self, body: dict[str, Any]) -> dict[str, Any]:
+        """What govern saw of one source and why it acted. Every field of the request is checked; a failure while
+        explaining is an error reply, never the end of the daemon protecting the MX."""
+        extra = sorted(set(body) - {"cmd", "addr"})
+        if extra:
+            raise UsageError(f"why: unexpected field(s) {', '.join(map(repr, extra))}; it takes only 'addr'")
+        asked, source = why.subject(body.get("addr"), self.policy.v4_len, self.policy.v6_len)
+        try:
+            return {"ok": True, "why": why.explain(self._why_evidence(asked, source)).to_dict()}
+        except Exception as exc:
+            log.exception("why %s failed", asked)
+            self.health.fail("why", exc)
+            return {"ok": False, "error": f"could not explain {asked}: {exc}"}
+
+    def _why_evidence(self, asked: Prefix, source: Prefix) -> why.Evidence:
+        """Gather what `govern why` judges by: the kernel's sessions now (one sock_diag dump), the last snapshot,
+        the state's entries and the store's events."""
+        now = self.clock()
+        sessions: tuple[SessionInfo, ...] = ()
+        error = ""
+        try:
+            sessions = tuple(self.sockets.sessions(source, self.policy.ports))
+        except GovernError as exc:
+            error = str(exc)
+        standing = self._why_standing(source)
+        cfg = self.config
+        gate = cfg["wave"]["gate_rate_per_second"] if self.enforcing and cfg["backend"]["firewall"] == "nftables" else 0
+        return why.Evidence(
+            asked=asked,
+            source=source,
+            now=now,
+            standing=standing,
+            limits=why.in_force(self.policy, self.state.mode.mode, standing, gate),
+            stats=self.snapshot.sources.get(source) if self.snapshot is not None else None,
+            sessions=sessions,
+            sessions_error=error,
+            state=self.state,
+            events=tuple(self.store.events_about(why.covering(asked), WHY_EVENTS)),
+            dry_run=not self.enforcing,
+        )
+
+    def _why_standing(self, source: Prefix) -> why.Standing:
+        """Allowlisted (by which entries, from where), trusted (learned, through the trust edge), or a stranger."""
+        if self.policy.allow.intersects(source):
+            # Where each entry comes from (files, hostnames, SPF, the config); `govern allow` keeps its own.
+            named = by_prefix(self.allow.entries()) if self.allow is not None else {}
+            added = ("govern allow",)
+            entries = tuple(
+                (m, named.get(m, ()) + (added if m in self.extra_allow else ()))
+                for m in self.policy.allow
+                if m.overlaps(source)
+            )
+            return why.Standing(why.ALLOWLISTED, entries)
+        if source in self._trusted():
+            return why.Standing(why.TRUSTED, trusted_until=self.trust.until(source) if self.trust is not None else None)
+        return why.Standing(why.STRANGER)
 
     # -- reports ------------------------------------------------------------------------------------------
 

@@ -9,7 +9,7 @@ from typing import Protocol
 from govern.addr import Prefix
 from govern.config import Config
 from govern.model import Plan, State
-from govern.observe.sockdiag import Scan
+from govern.observe.sockdiag import Scan, SessionInfo
 from govern.sysctl.planner import Reading
 
 
@@ -22,6 +22,10 @@ class SocketSource(Protocol):
 
     def cut(self, idle_ms: Mapping[Prefix, int], ports: frozenset[int]) -> int:
         """End the sessions of these sources idle (server waiting on a silent client) for at least `idle_ms`."""
+        ...
+
+    def sessions(self, prefix: Prefix, ports: frozenset[int]) -> Sequence[SessionInfo]:
+        """Every session on `ports` whose client lies in `prefix`, with its tcp_info (on demand: `govern why`)."""
         ...
 
 

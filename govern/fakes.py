@@ -13,7 +13,7 @@ from govern.allow.dns import Answer, DnsTempError, RecordType
 from govern.config import Config
 from govern.errors import KernelError
 from govern.model import ActionKind, Plan, State
-from govern.observe.sockdiag import Scan, SockCounts
+from govern.observe.sockdiag import Scan, SessionInfo, SockCounts
 from govern.sysctl.planner import Access, Reading
 
 T = TypeVar("T")
@@ -21,11 +21,13 @@ T = TypeVar("T")
 
 @dataclass
 class FakeSockets:
-    """Serves whatever sources a test sets; `destroy` forgets the sockets of the given prefixes."""
+    """Serves whatever sources a test sets; `destroy` forgets the sockets of the given prefixes. `live` holds the
+    per-session records `sessions` picks from (apart from `sources`: a test sets what it needs)."""
 
     sources: dict[Prefix, SockCounts] = field(default_factory=dict)
     destroyed: list[Prefix] = field(default_factory=list)
     cuts: list[dict[Prefix, int]] = field(default_factory=list)
+    live: list[SessionInfo] = field(default_factory=list)
 
     def scan(self, ports: frozenset[int], *, v4_len: int, v6_len: int, idle_after_ms: int) -> Scan:
         return Scan(sources=dict(self.sources), listeners=(), sockets=sum(c.held for c in self.sources.values()))
@@ -49,6 +51,9 @@ class FakeSockets:
                 left = c._replace(held=c.held - c.idle, established=c.established - c.idle, idle=0, max_idle_ms=0)
                 self.sources[p] = left
         return n
+
+    def sessions(self, prefix: Prefix, ports: frozenset[int]) -> list[SessionInfo]:
+        return [s for s in self.live if s.local_port in ports and prefix.contains(Prefix.parse(s.remote))]
 
 
 @dataclass

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from govern.addr import Prefix
@@ -35,6 +35,7 @@ CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, kind TEXT NOT NULL, prefix TEXT NOT NULL,
     reason TEXT NOT NULL, until REAL NOT NULL DEFAULT 0);
 CREATE INDEX IF NOT EXISTS events_at ON events(at);
+CREATE INDEX IF NOT EXISTS events_prefix ON events(prefix);
 """
 
 
@@ -169,6 +170,31 @@ class Store:
 
     def events(self, limit: int = 50) -> list[Event]:
         rows = self.db.execute("SELECT at, kind, prefix, reason, until FROM events ORDER BY id DESC LIMIT ?", (limit,))
+        return [Event(*r) for r in rows]
+
+    def note(self, kind: str, entries: Iterable[tuple[Prefix, str]], now: float) -> None:
+        """Events that change no enforcement (sessions cut, say): (prefix, reason) each, in one transaction."""
+        rows = [(now, kind, str(p), reason, 0.0) for p, reason in entries]
+        if not rows:
+            return
+        try:
+            with self.db:  # the connection is in autocommit mode: one explicit transaction for the lot
+                self.db.execute("BEGIN")
+                self.db.executemany("INSERT INTO events(at, kind, prefix, reason, until) VALUES (?,?,?,?,?)", rows)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot record {kind} events: {exc}") from None
+
+    def events_about(self, prefixes: Sequence[Prefix], limit: int = 20) -> list[Event]:
+        """The latest events recorded for exactly these prefixes (a source and the prefixes covering it), newest
+        first."""
+        keys = [str(p) for p in prefixes]
+        if not keys:
+            return []
+        marks = ",".join("?" * len(keys))
+        rows = self.db.execute(
+            f"SELECT at, kind, prefix, reason, until FROM events WHERE prefix IN ({marks}) ORDER BY id DESC LIMIT ?",
+            (*keys, limit),
+        )
         return [Event(*r) for r in rows]
 
     def allowed(self) -> tuple[Prefix, ...]:

@@ -60,6 +60,10 @@ class TrustSources:
     def trusted(self) -> PrefixSet:
         return self.trust.trusted()
 
+    def until(self, source: Prefix) -> float | None:
+        """When a trusted source group's trust lapses (None: not trusted)."""
+        return self.trust.until(source)
+
     def status(self) -> dict[str, Any]:
         return {
             "trusted": len(self.trust),

@@ -47,7 +47,7 @@ from govern.addr import Prefix, PrefixSet
 from govern.errors import KernelError
 from govern.model import ListenerStats
 
-__all__ = ["Scan", "ScanParser", "SockCounts", "SockDiag", "parse_dump", "port_bytecode"]
+__all__ = ["Scan", "ScanParser", "SessionInfo", "SockCounts", "SockDiag", "parse_dump", "port_bytecode"]
 
 NETLINK_SOCK_DIAG = 4
 TCPDIAG_GETSOCK = 18
@@ -100,6 +100,25 @@ _QUEUES_AT = 16 + 56  # idiag_rqueue, idiag_wqueue
 _INFO_FIELDS = "I44xI4xI72xQ16xII"
 _INFO = struct.Struct("=" + _INFO_FIELDS)
 _INFO_MIN = _INFO.size - 4  # the shortest tcp_info that has tcpi_data_segs_out
+# `govern why`'s slow path, from the tcp_info payload: tcpi_last_data_sent (44), tcpi_last_data_recv (52),
+# tcpi_bytes_acked (120, u64), tcpi_bytes_received (128, u64), tcpi_data_segs_in (152), tcpi_data_segs_out (156).
+_SESSION_INFO = struct.Struct("=44xI4xI64xQQ16xII")
+assert _SESSION_INFO.size == _INFO_MIN
+_PORTS = struct.Struct("!HH")  # inet_diag_sockid's local and remote port, network order
+_STATE_NAMES = {
+    1: "ESTABLISHED",
+    2: "SYN_SENT",
+    3: "SYN_RECV",
+    4: "FIN_WAIT1",
+    5: "FIN_WAIT2",
+    6: "TIME_WAIT",
+    7: "CLOSE",
+    8: "CLOSE_WAIT",
+    9: "LAST_ACK",
+    10: "LISTEN",
+    11: "CLOSING",
+    12: "SYN_RECV",  # TCP_NEW_SYN_RECV: a request socket, the kernel's SYN_RECV since Linux 4.4
+}
 _LENWORD = struct.Struct("=Q")  # nlmsg_len | nlmsg_type << 32 | nlmsg_flags << 48
 
 # How the fast loop reads one kind of message: a function that unpacks, in one call, the first 8 bytes of the
@@ -152,6 +171,22 @@ class SockCounts(NamedTuple):
     syn_recv: int
     idle: int  # ESTABLISHED sockets where the server waits on a silent client for >= idle_after_ms
     max_idle_ms: int  # longest such wait among this source's sockets (0 if none)
+
+
+class SessionInfo(NamedTuple):
+    """One session on a protected port as `govern why` shows it: its state and what its tcp_info says."""
+
+    remote: str  # the client's address (an IPv4-mapped IPv6 peer as its IPv4 address)
+    remote_port: int
+    local_port: int
+    state: str  # "ESTABLISHED", "SYN_RECV", "CLOSE_WAIT", ...
+    info: bool  # the kernel sent tcp_info (request sockets have none): the fields below mean something
+    server_sent_ms: int = 0  # tcpi_last_data_sent: since the server last sent data
+    client_sent_ms: int = 0  # tcpi_last_data_recv: since the client last sent data (the handshake, if never)
+    segs_in: int = 0  # tcpi_data_segs_in: data segments from the client
+    segs_out: int = 0  # tcpi_data_segs_out: data segments to the client
+    bytes_in: int = 0  # tcpi_bytes_received
+    bytes_out: int = 0  # tcpi_bytes_acked: what the client acknowledged of what the server sent
 
 
 # A NamedTuple's constructor is a Python function; map(_new, repeat(cls), tuples) builds the same objects in C.
@@ -557,6 +592,27 @@ def _strerror(code: int) -> str:
     return f"{errno.errorcode.get(code, 'error')} ({code})"
 
 
+def _walk(
+    buf: bytes | bytearray | memoryview, size: int, visit: Callable[[bytes | bytearray | memoryview, int, int], None]
+) -> bool:
+    """The slow paths' loop over one received buffer: `visit(buf, offset, length)` for each inet_diag message;
+    True at the end of the dump. An error the kernel reports, in NLMSG_ERROR or NLMSG_DONE, raises KernelError."""
+    off = 0
+    while off < size:
+        mlen, mtype, _f, _seq, _pid = _NLMSGHDR.unpack_from(buf, off)
+        if mlen < 16 or mlen > size - off:
+            raise KernelError(f"sock_diag: bad netlink message length {mlen}", errno.EPROTO)
+        if mtype in (NLMSG_DONE, NLMSG_ERROR):
+            err = _I32.unpack_from(buf, off + 16)[0] if mlen >= 20 else 0
+            if err < 0:
+                raise KernelError(f"sock_diag dump failed: {_strerror(-err)}", -err)
+            return True
+        if mtype in _DIAG_TYPES and mlen >= _DIAG_MSG_END:
+            visit(buf, off, mlen)
+        off += (mlen + 3) & ~3
+    return False
+
+
 class SockDiag:
     """A sock_diag netlink socket, bound for life to the network namespace of the thread that opened it.
 
@@ -656,6 +712,42 @@ class SockDiag:
 
         return self._destroy_matching(ports, 1 << TCP_ESTABLISHED, _EXT_INFO, idle, per_socket=True)
 
+    def sessions(self, prefix: Prefix, ports: frozenset[int]) -> list[SessionInfo]:
+        """Every session on `ports` (but TIME_WAIT) whose remote address lies in `prefix`, with its tcp_info.
+
+        A slow path for one source on demand (`govern why`): one dump of the protected ports, filtered here.
+        """
+        _check_ports(ports)
+        if not ports:
+            return []
+        ports_be = frozenset(socket.htons(p) for p in ports)
+        found: list[SessionInfo] = []
+
+        def visit(buf: bytes | bytearray | memoryview, off: int, mlen: int) -> None:
+            _l, _t, fam, state, sport_be, _src, dst = _MSG.unpack_from(buf, off)
+            if sport_be not in ports_be or state in (TCP_LISTEN, TCP_TIME_WAIT):
+                return
+            remote = _remote(fam, dst)
+            if not prefix.contains(remote):
+                return
+            lport, rport = _PORTS.unpack_from(buf, off + _SOCKID_AT)
+            at, _hdr = ScanParser._find_info(buf, off, mlen)
+            base = SessionInfo(str(remote), rport, lport, _STATE_NAMES.get(state, str(state)), bool(at))
+            if at:
+                sent, recv, acked, received, segs_in, segs_out = _SESSION_INFO.unpack_from(buf, off + at + 4)
+                base = base._replace(
+                    server_sent_ms=sent,
+                    client_sent_ms=recv,
+                    segs_in=segs_in,
+                    segs_out=segs_out,
+                    bytes_in=received,
+                    bytes_out=acked,
+                )
+            found.append(base)
+
+        self._dump_all(ports, _STATES_DESTROY, _EXT_INFO, lambda buf, size: _walk(buf, size, visit))
+        return found
+
     def _destroy_matching(
         self,
         ports: frozenset[int],
@@ -673,35 +765,22 @@ class SockDiag:
         seen: dict[tuple[int, bytes], bool] = {}
         no_info = (0, 0, 0, 0, 0)
 
-        def collect(buf: bytes | bytearray | memoryview, size: int) -> bool:
-            off = 0
-            while off < size:
-                mlen, mtype, _f, _seq, _pid = _NLMSGHDR.unpack_from(buf, off)
-                if mlen < 16 or mlen > size - off:
-                    raise KernelError(f"sock_diag: bad netlink message length {mlen}", errno.EPROTO)
-                if mtype in (NLMSG_DONE, NLMSG_ERROR):
-                    err = _I32.unpack_from(buf, off + 16)[0] if mlen >= 20 else 0
-                    if err < 0:
-                        raise KernelError(f"sock_diag dump failed: {_strerror(-err)}", -err)
-                    return True
-                if mtype in _DIAG_TYPES and mlen >= _DIAG_MSG_END:
-                    _l, _t, fam, state, sport_be, _src, dst = _MSG.unpack_from(buf, off)
-                    if sport_be in ports_be and state != TCP_LISTEN and state != TCP_TIME_WAIT:
-                        if per_socket:
-                            hit = match(_remote(fam, dst), _info(buf, off, mlen))
-                        elif (fam, dst) in seen:
-                            hit = seen[fam, dst]
-                        else:
-                            hit = seen[fam, dst] = match(_remote(fam, dst), no_info)
-                        if hit:
-                            # The dump's own sockid, cookie included: the kernel destroys that very socket or,
-                            # if it is gone, none (a new socket on the same 4-tuple has another cookie).
-                            sockid = bytes(buf[off + _SOCKID_AT : off + _SOCKID_AT + 48])
-                            targets.append(_REQ_V2.pack(fam, socket.IPPROTO_TCP, 0, 0, _STATES_DESTROY, sockid))
-                off += (mlen + 3) & ~3
-            return False
+        def collect(buf: bytes | bytearray | memoryview, off: int, mlen: int) -> None:
+            _l, _t, fam, state, sport_be, _src, dst = _MSG.unpack_from(buf, off)
+            if sport_be in ports_be and state != TCP_LISTEN and state != TCP_TIME_WAIT:
+                if per_socket:
+                    hit = match(_remote(fam, dst), _info(buf, off, mlen))
+                elif (fam, dst) in seen:
+                    hit = seen[fam, dst]
+                else:
+                    hit = seen[fam, dst] = match(_remote(fam, dst), no_info)
+                if hit:
+                    # The dump's own sockid, cookie included: the kernel destroys that very socket or, if it is
+                    # gone, none (a new socket on the same 4-tuple has another cookie).
+                    sockid = bytes(buf[off + _SOCKID_AT : off + _SOCKID_AT + 48])
+                    targets.append(_REQ_V2.pack(fam, socket.IPPROTO_TCP, 0, 0, _STATES_DESTROY, sockid))
 
-        self._dump_all(ports, states, ext, collect)
+        self._dump_all(ports, states, ext, lambda buf, size: _walk(buf, size, collect))
         return self._destroy(targets)
 
     # --- netlink plumbing ---

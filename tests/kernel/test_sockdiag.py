@@ -295,6 +295,35 @@ def test_destroy_one_prefix(lab: Lab, diag: SockDiag) -> None:
         srv.close()
 
 
+def test_sessions_of_one_source_with_waits_segments_and_bytes(lab: Lab, diag: SockDiag) -> None:
+    """`govern why`'s view: a silent client's wait since the banner, a talker's segments and bytes, and only the
+    asked prefix's sessions."""
+    srv = Listener(lab.mx, 25)
+    silent, talker, other = "198.18.22.1", "198.18.22.2", "2001:db8:bad:22::1"
+    try:
+        with clients(lab, [(silent, MX4, 25), (talker, MX4, 25), (other, MX6, 25)]) as (s, t, o):
+            for c in (s, t, o):
+                assert c.recv(64) == srv.banner
+            for line in (b"EH", b"LO ", b"client.example\r\n"):
+                t.sendall(line)
+                time.sleep(0.05)
+            time.sleep(0.4)
+            (quiet,) = diag.sessions(p(silent), PORTS)
+            assert quiet.state == "ESTABLISHED" and quiet.local_port == 25 and quiet.info
+            assert quiet.remote == silent and quiet.remote_port == s.getsockname()[1]
+            assert quiet.segs_in == 0 and quiet.bytes_in == 0
+            assert quiet.segs_out == 1 and quiet.bytes_out == len(srv.banner)
+            assert 400 <= quiet.server_sent_ms < 10_000 and quiet.client_sent_ms >= quiet.server_sent_ms
+            (busy,) = diag.sessions(p(talker), PORTS)
+            assert busy.segs_in == 3 and busy.bytes_in == len(b"EHLO client.example\r\n")
+            assert busy.client_sent_ms < busy.server_sent_ms
+            assert sorted(x.remote for x in diag.sessions(p("198.18.22.0/24"), PORTS)) == [silent, talker]
+            assert [x.remote for x in diag.sessions(p("2001:db8:bad:22::/64"), PORTS)] == [other]
+            assert diag.sessions(p(silent), frozenset({587})) == []
+    finally:
+        srv.close()
+
+
 def test_falls_back_to_one_dump_per_family(lab: Lab, monkeypatch: pytest.MonkeyPatch) -> None:
     """A kernel that refuses the one-walk request: stand in DCCPDIAG_GETSOCK (19) for it, which this kernel
     refuses, and the observer must switch to SOCK_DIAG_BY_FAMILY for good and count the same."""

@@ -3,13 +3,17 @@ sessions are cut during a wave, and a dry run cuts nothing."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+
+import pytest
 
 from govern import config
 from govern.addr import Prefix
 from govern.daemon import Governor
 from govern.dryrun import DryRun
 from govern.edges import Enforcer
+from govern.errors import KernelError
 from govern.fakes import FakeClock, FakeCounters, FakeEnforcer, FakeSockets
 from govern.model import Mode
 from govern.observe.sockdiag import SockCounts
@@ -86,6 +90,32 @@ def test_a_silent_swarm_starts_a_wave_and_its_sessions_are_cut_while_a_partner_k
     assert all(c.established == 0 for p, c in socks.sources.items() if p != PARTNER)
     assert socks.sources[PARTNER].established == 5
     assert len(enf.tight) == 60 and PARTNER not in enf.throttles
+
+
+def test_each_cut_is_an_event_of_its_source_with_its_reason(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = FakeClock()
+    gov, socks, _enf = make(tmp_path, clock)
+    gov.handle({"cmd": "wave", "action": "on", "duration": "10m"})
+    three = Prefix.parse("198.18.9.9")
+    socks.sources = swarm(2) | {three: SockCounts(held=3, established=3, syn_recv=0, idle=3, max_idle_ms=8_000)}
+    plan = gov.tick()
+    assert gov.cut_sessions == 5  # sessions, not sources or events
+    cuts = {e.prefix: e for e in gov.store.events(20) if e.kind == "cut"}
+    assert set(cuts) == {"198.18.0.1", "198.18.0.2", "198.18.9.9"}
+    assert {p: e.reason for p, e in cuts.items()} == {str(c.prefix): c.reason for c in plan.cuts}
+    assert cuts["198.18.9.9"].reason.endswith("for 8s while the host is under pressure (wave)")
+    assert cuts["198.18.0.1"].at == clock.now and cuts["198.18.0.1"].until == 0
+    # A cut the kernel refused is no event.
+    socks.sources = {three: SockCounts(held=3, established=3, syn_recv=0, idle=3, max_idle_ms=9_000)}
+
+    def refused(idle_ms: Mapping[Prefix, int], ports: frozenset[int]) -> int:
+        raise KernelError("sock_diag destroy refused")
+
+    monkeypatch.setattr(socks, "cut", refused)
+    clock.advance(1)
+    gov.tick()
+    assert gov.health.failures["cut-sessions"] == 1
+    assert sum(e.kind == "cut" for e in gov.store.events(20)) == 3
 
 
 def test_a_dry_run_logs_cuts_and_cuts_nothing(tmp_path: Path) -> None:

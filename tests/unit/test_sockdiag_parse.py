@@ -10,13 +10,14 @@ from __future__ import annotations
 import errno
 import socket
 import struct
+from collections.abc import Callable
 
 import pytest
 
 from govern.addr import Prefix
 from govern.errors import KernelError
 from govern.model import ListenerStats
-from govern.observe.sockdiag import ScanParser, SockCounts, parse_dump, port_bytecode
+from govern.observe.sockdiag import ScanParser, SessionInfo, SockCounts, SockDiag, parse_dump, port_bytecode
 
 ESTABLISHED, SYN_RECV, TIME_WAIT, CLOSE_WAIT, LISTEN = 1, 3, 6, 8, 10
 TCPDIAG_GETSOCK, SOCK_DIAG_BY_FAMILY = 18, 20
@@ -354,3 +355,50 @@ def test_port_bytecode(ports: frozenset[int]) -> None:
         assert run_bytecode(bc, port) is (port in ports)
     with pytest.raises(ValueError):
         port_bytecode(frozenset({70000}))
+
+
+def session_info(sent: int, recv: int, segs_in: int, segs_out: int, bytes_in: int, bytes_out: int) -> bytes:
+    info = bytearray(tcp_info(sent, recv, segs_out, segs_in=segs_in))
+    struct.pack_into("=QQ", info, 120, bytes_out, bytes_in)  # tcpi_bytes_acked, tcpi_bytes_received
+    return bytes(info)
+
+
+def sessions_from(chunks: list[bytes], prefix: str, ports: frozenset[int] = PORTS) -> list[SessionInfo]:
+    """`SockDiag.sessions` over synthesized dump buffers instead of the kernel's."""
+    diag = SockDiag()
+    try:
+
+        def dump(_ports: frozenset[int], _states: int, _ext: int, feed: Callable[[bytearray, int], bool]) -> None:
+            for c in chunks:
+                if feed(bytearray(c), len(c)):
+                    return
+
+        diag._dump_all = dump  # type: ignore[method-assign,assignment]
+        return diag.sessions(p(prefix), ports)
+    finally:
+        diag.close()
+
+
+def test_sessions_of_one_prefix_with_their_tcp_info() -> None:
+    chunks = [
+        sock("198.18.0.1", attrs=full_attrs(session_info(41_000, 41_000, 0, 1, 0, 19)))  # silent since the banner
+        + sock("::ffff:198.18.0.1", sport=587, attrs=full_attrs(session_info(300, 20, 9, 4, 9, 120)))  # dripping
+        + sock("198.18.0.1", state=SYN_RECV)  # a request socket: no tcp_info
+        + sock("198.18.0.1", state=TIME_WAIT)
+        + sock("198.18.0.1", sport=22)
+        + sock("198.18.0.2", attrs=full_attrs(session_info(1, 1, 0, 1, 0, 19))),
+        done(),
+    ]
+    got = sessions_from(chunks, "198.18.0.1")
+    assert got == [
+        SessionInfo("198.18.0.1", 41000, 25, "ESTABLISHED", True, 41_000, 41_000, 0, 1, 0, 19),
+        SessionInfo("198.18.0.1", 41000, 587, "ESTABLISHED", True, 300, 20, 9, 4, 9, 120),
+        SessionInfo("198.18.0.1", 41000, 25, "SYN_RECV", False),
+    ]
+    assert [s.remote for s in sessions_from(chunks, "198.18.0.0/24")] == ["198.18.0.1"] * 3 + ["198.18.0.2"]
+    assert sessions_from(chunks, "2001:db8::/32") == []
+
+
+def test_sessions_report_a_failed_dump() -> None:
+    with pytest.raises(KernelError, match="EPERM"):
+        sessions_from([error(errno.EPERM)], "198.18.0.1")

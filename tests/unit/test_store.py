@@ -57,3 +57,22 @@ def test_allowlist_additions_persist(tmp_path: Path) -> None:
     s.allow(Prefix.parse("192.0.2.10"), NOW, "partner")
     assert Store(str(tmp_path)).allowed() == (Prefix.parse("192.0.2.10"),)
     assert s.disallow(Prefix.parse("192.0.2.10")) and not s.disallow(Prefix.parse("192.0.2.10"))
+
+
+def test_notes_and_the_events_of_a_source_and_its_covering_prefixes(tmp_path: Path) -> None:
+    s = Store(str(tmp_path))
+    wide = Prefix.parse("198.18.0.0/24")
+    s.save(Plan((Action(ActionKind.BLOCK, wide, "8 sources of 198.18.0.0/24 blocked", until=NOW + 600),)), NOW)
+    s.note("cut", [(A, "2 sessions: silent for 6s"), (B, "1 session: silent for 9s")], NOW + 1)
+    s.note("cut", [], NOW + 2)
+    s.save(Plan((Action(ActionKind.THROTTLE, Prefix.parse("198.18.0.2"), "opened 90", until=NOW + 60),)), NOW + 3)
+    got = s.events_about([A, wide, Prefix.parse("198.18.0.0/16")])
+    assert [(e.kind, e.prefix, e.reason) for e in got] == [
+        ("cut", "198.18.0.1", "2 sessions: silent for 6s"),
+        ("block", "198.18.0.0/24", "8 sources of 198.18.0.0/24 blocked"),
+    ]
+    assert got[0].at == NOW + 1 and got[0].until == 0
+    assert [e.kind for e in s.events_about([A, wide], limit=1)] == ["cut"]
+    assert s.events_about([]) == []
+    s.close()
+    assert [e.prefix for e in Store(str(tmp_path)).events_about([B])] == ["2001:db8:bad:1::/64"]
