@@ -544,13 +544,15 @@ class Governor:
             error = str(exc)
         standing = self._why_standing(source)
         cfg = self.config
-        gate = cfg["wave"]["gate_rate_per_second"] if self.enforcing and cfg["backend"]["firewall"] == "nftables" else 0
+        nft = self.enforcing and cfg["backend"]["firewall"] == "nftables"
+        gate = cfg["wave"]["gate_rate_per_second"] if nft else 0
+        slots = self.budget.slots if nft and self.budget is not None else 0
         return why.Evidence(
             asked=asked,
             source=source,
             now=now,
             standing=standing,
-            limits=why.in_force(self.policy, self.state.mode.mode, standing, gate),
+            limits=why.in_force(self.policy, self.state.mode.mode, standing, gate, slots),
             stats=self.snapshot.sources.get(source) if self.snapshot is not None else None,
             sessions=sessions,
             sessions_error=error,

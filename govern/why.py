@@ -14,6 +14,7 @@ Each line of advice carries the name of the rule that produced it (docs/why.md l
 - no-progress: the snapshot counted sessions making no progress that its live sessions no longer explain;
 - cut, before: what govern did to it earlier (the event log), when nothing above explains it;
 - wave-gate: a stranger during a wave shares the gate's rate with every other stranger;
+- wave-budget: a stranger during a wave shares the slot budget with every other stranger;
 - nothing-wrong: none of the above.
 """
 
@@ -58,6 +59,7 @@ PUNITIVE_RULES = frozenset(
         "cut",
         "before",
         "wave-gate",
+        "wave-budget",
     }
 )
 _MAPPED = Prefix(6, 0xFFFF << 32, 96)  # ::ffff:0:0/96, IPv4-mapped IPv6
@@ -87,9 +89,10 @@ class InForce:
     cut_after: float | None  # seconds: such sessions are cut after this long in this mode (None: not cut)
     gate_per_second: int  # during a wave: the rate a stranger's new connections share with every other (0: none)
     forget_after: float  # seconds an offence counts toward a longer block
+    budget_slots: int = 0  # during a wave: the MTA slots a stranger's sessions share with every other (0: none)
 
 
-def in_force(policy: Policy, mode: Mode, standing: Standing, gate_per_second: int) -> InForce:
+def in_force(policy: Policy, mode: Mode, standing: Standing, gate_per_second: int, budget_slots: int = 0) -> InForce:
     """The limits for this standing in this mode, as decide applies them."""
     lim = Limits.of(policy, mode)
     if standing.kind == TRUSTED:
@@ -106,6 +109,7 @@ def in_force(policy: Policy, mode: Mode, standing: Standing, gate_per_second: in
         cut_after=cut,
         gate_per_second=gate_per_second if mode is Mode.WAVE and standing.kind == STRANGER else 0,
         forget_after=policy.forget_after,
+        budget_slots=budget_slots if mode is Mode.WAVE and standing.kind == STRANGER else 0,
     )
 
 
@@ -223,6 +227,7 @@ class Explanation:
                 "silent_after": lim.silent_after,
                 "cut_after": lim.cut_after,
                 "gate_per_second": lim.gate_per_second,
+                "budget_slots": lim.budget_slots,
             },
             "snapshot": ev.stats._asdict() if ev.stats is not None else None,
             "sessions": [{**s._asdict(), "waiting": waiting(s)} for s in self.sessions],
@@ -315,6 +320,8 @@ def _facts(ev: Evidence) -> Iterable[str]:
             if lim.gate_per_second
             else ""
         )
+        if lim.budget_slots:
+            gate += f"; during this wave strangers' sessions share {lim.budget_slots} of the MTA's slots"
         yield (
             f"limits in force ({lim.mode} mode{soft}): {lim.max_connections} sessions at once, "
             f"{lim.max_new_per_minute} new connections a minute; a session waiting {_dur(lim.silent_after)} on its "
@@ -357,6 +364,11 @@ def _actions(
     if ev.limits.gate_per_second:
         gate = ev.limits.gate_per_second
         yield f"wave gate: its new connections share {gate}/s with every sender not yet known to deliver"
+    if ev.limits.budget_slots:
+        yield (
+            f"slot budget: its sessions share {ev.limits.budget_slots} of the MTA's slots with every sender the MTA "
+            "has not yet answered a whole dialogue"
+        )
 
 
 def _advice(ev: Evidence, enforcement: Sequence[Enforcement]) -> list[Advice]:
@@ -385,6 +397,16 @@ def _advice(ev: Evidence, enforcement: Sequence[Enforcement]) -> list[Advice]:
                 f"the host is riding a flood: during this wave, new connections from senders not yet known to deliver "
                 f"here share {ev.limits.gate_per_second}/s, so some of yours may be refused until it ends; retrying "
                 "works",
+            )
+        )
+    if ev.limits.budget_slots:
+        gate.append(
+            Advice(
+                "wave-budget",
+                f"the host is riding a flood: during this wave, senders it has not yet seen complete a dialogue share "
+                f"{ev.limits.budget_slots} of its MTA's slots, so a connection of yours may be refused while they "
+                "are taken; retrying works, and once one of your sessions gets through to RCPT your address is no "
+                "longer held to it",
             )
         )
     if not out:

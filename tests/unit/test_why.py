@@ -93,8 +93,8 @@ def test_silent_after_greeting_with_its_wait_and_count() -> None:
         "your client waits 41s after our greeting before it says EHLO (2 sessions like this): it should send EHLO "
         "as soon as it reads our 220 banner"
     )
-    # Under the idle threshold (5 s: the shortest of limits.idle_after and the cuts), or not greeted yet: nothing.
-    assert rules(evidence(sessions=[silent_since_banner(4_000)])) == ["nothing-wrong"]
+    # Under the idle threshold (3 s: the shortest of limits.idle_after and the cuts), or not greeted yet: nothing.
+    assert rules(evidence(sessions=[silent_since_banner(2_000)])) == ["nothing-wrong"]
     assert rules(evidence(sessions=[silent_since_banner(60_000)._replace(segs_out=0)])) == ["nothing-wrong"]
 
 
@@ -250,7 +250,7 @@ def test_facts_next_to_the_limits_and_the_json_reply() -> None:
     exp = why.explain(ev)
     assert exp.facts == (
         "198.18.7.1 is a stranger: not allowlisted, and no delivery from it seen recently",
-        "limits in force (normal mode): 20 sessions at once, 60 new connections a minute; a session waiting 5s on "
+        "limits in force (normal mode): 20 sessions at once, 60 new connections a minute; a session waiting 3s on "
         "its client counts as idle; silent sessions are not cut in normal mode",
         "last snapshot: 25 sessions held (limit 20), 24 established, 1 SYN_RECV, 2 idle (the longest 41s); 85 new "
         "connections in the last minute (limit 60)",
@@ -268,9 +268,10 @@ def test_facts_next_to_the_limits_and_the_json_reply() -> None:
         "max_connections": 20,
         "max_new_per_minute": 60,
         "trust_factor": 1,
-        "silent_after": 5.0,
+        "silent_after": 3.0,
         "cut_after": None,
         "gate_per_second": 0,
+        "budget_slots": 0,
     }
     text = why.render(doc)
     assert text.startswith("why 198.18.7.1: stranger, host in normal mode\n")
@@ -283,7 +284,7 @@ def test_facts_next_to_the_limits_and_the_json_reply() -> None:
 def test_the_limits_in_a_wave_for_a_trusted_source() -> None:
     lim = why.in_force(POLICY, Mode.WAVE, why.Standing(why.TRUSTED), 10)
     assert (lim.max_connections, lim.max_new_per_minute, lim.trust_factor) == (40, 120, 4)
-    assert lim.cut_after == 20.0 and lim.gate_per_second == 0
+    assert lim.cut_after == 12.0 and lim.gate_per_second == 0  # 3 s in a wave, four times for the trusted
     assert why.in_force(POLICY, Mode.ELEVATED, STRANGER, 10).cut_after == 30.0
     no_cuts = config.from_mapping({"cut": {"enabled": False}}).policy()
     assert why.in_force(no_cuts, Mode.WAVE, STRANGER, 10).silent_after == no_cuts.idle_after
