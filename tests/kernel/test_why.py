@@ -11,13 +11,13 @@ import time
 from pathlib import Path
 
 from tests.kernel.daemon_harness import govern, running, wait_for, write_config
-from tests.netns import MX4, MX6, Lab, Listener, connect
+from tests.netns import MX4, MX6, Lab, SmtpListener, connect
 
 SILENT, SILENT6, TALKER, BLOCKED = "198.18.7.1", "2001:db8:bad:7::1", "198.51.100.7", "198.18.9.9"
 
 
 def test_why_explains_a_silent_client_and_a_manual_block(lab: Lab, tmp_path: Path) -> None:
-    srv = Listener(lab.mx, 25)
+    srv = SmtpListener(lab.mx, 25)
     cfg = write_config(tmp_path, '[limits]\nidle_after = "2s"\n')
     socks: list[socket.socket] = []
     try:
@@ -26,7 +26,11 @@ def test_why_explains_a_silent_client_and_a_manual_block(lab: Lab, tmp_path: Pat
                 socks = [connect(SILENT, MX4, 25), connect(SILENT6, MX6, 25), connect(TALKER, MX4, 25)]
             for s in socks:
                 assert s.recv(64) == srv.banner
+            # The talker is answered and then sends part of a message: the server waits on itself.
             socks[2].sendall(b"EHLO client.example\r\n")
+            assert socks[2].recv(64).startswith(b"250")
+            socks[2].sendall(b"MAIL FROM:<a@client.example>\r\n")
+            assert socks[2].recv(64).startswith(b"250")
             r = govern(
                 lab.mx, "block", BLOCKED, "--for", "1h", "--reason", "customer complaint #4711", "--config", str(cfg)
             )
@@ -66,7 +70,7 @@ def test_why_explains_a_silent_client_and_a_manual_block(lab: Lab, tmp_path: Pat
 
             r = govern(lab.mx, "why", TALKER, "--config", str(cfg))
             assert r.returncode == 0 and "  - nothing wrong seen" in r.stdout, r.stdout
-            assert re.search(rf"{TALKER}:\d+ +25  ESTABLISHED .* 1/1 +21/19  no", r.stdout), r.stdout
+            assert re.search(rf"{TALKER}:\d+ +25  ESTABLISHED .* 2/3 +51/47  no", r.stdout), r.stdout
             r = govern(lab.mx, "why", "192.0.2.10", "--config", str(cfg))
             assert r.returncode == 0 and "192.0.2.10 is allowlisted (192.0.2.0/24)" in r.stdout, r.stdout
 
