@@ -2,8 +2,9 @@
 
 This module owns the generators (`legit`, `trusted`, `hogs`, `reconnect`, `pretalk`, `swarm`, `synflood`; the
 adversary matrix's `drip`, `babble`, `slowtalk`, `strangers` and `slowlegit` live in govern.lab.adversaries and are
-started through this module's command line too), the JSON report each writes, and the pure helpers the scenario runner reads transactions with (`summarise`,
-`rolling_success`). The runner starts one process per role inside a client namespace:
+started through this module's command line too), the JSON report each writes, and the pure helpers the scenario
+runner reads transactions with (`summarise`, `rolling_success`). The runner starts one process per role inside a
+client namespace:
 
     ip netns exec NS python -m govern.lab.traffic ROLE --dst 203.0.113.25 [--dst 2001:db8:25::25] \\
         --duration SECONDS [--sources CIDR ...] [--count N] [--seed N] [--json-out PATH] [role options]
