@@ -22,6 +22,7 @@ class Sample:
     govern_cpu: float = 0.0  # percent of one core since the previous sample
     govern_rss: int = 0  # bytes
     mode: str = ""  # govern's mode (normal, elevated, wave); empty without govern
+    bot_sessions: int = 0  # established sockets on port 25 whose peer is in the bot ranges
 
 
 @dataclass
