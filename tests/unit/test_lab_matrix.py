@@ -39,7 +39,7 @@ def test_every_bot_of_every_scenario_parses_and_stays_in_the_bot_ranges(scn: mx.
             pairs, _ = tr._bot_setup(b.role, opts)  # the addresses can be picked (enough hosts or /64s)
             assert pairs
     for r in scn.unanswered:
-        assert ipaddress.ip_network(r).subnet_of(ipaddress.ip_network("198.18.0.0/15"))
+        assert ipaddress.IPv4Network(r).subnet_of(ipaddress.IPv4Network("198.18.0.0/15"))
 
 
 def test_the_floods_are_sized_to_hurt() -> None:
