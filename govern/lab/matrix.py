@@ -170,7 +170,8 @@ class Cell:
 
     scenario: str
     peer: str
-    known: dict[str, Any]  # the busy known relays (legit): summary during the flood (whole run for the baseline)
+    known: dict[str, Any]  # the busy known relays (legit): summary during the flood (the baseline: until the run's
+    # end less a client timeout and 5 s, so that every transaction counted had time to finish)
     strangers: dict[str, Any]  # never-seen senders; cut transactions count as not delivered
     slowlegit: dict[str, Any]
     trusted: dict[str, Any]
@@ -376,7 +377,8 @@ def _cell(
     ev = {r: _load(work / f"{r}.json")["events"] for r in ("legit", "trusted", "strangers", "slowlegit")}
     flooding = bool(scn.bots)
     start = plan.flood_start if flooding else 0.0
-    end = plan.flood_start + plan.flood_length if flooding else float("inf")
+    # The baseline counts what started while every sender still had time to finish within the run.
+    end = plan.flood_start + plan.flood_length if flooding else plan.duration - plan.client_timeout - 5
     rolling = rolling_success(ev["legit"] + ev["strangers"])
     peak, median = bot_figures(sampler.samples, start, end) if flooding else (0, None)
     cpu = [s.govern_cpu for s in sampler.samples if s.govern_rss]
