@@ -147,3 +147,22 @@ def test_table_rows_and_percent_of_baseline() -> None:
     gov = lines[3].split()
     assert gov[:3] == ["silent", "govern", "99.0%"] and "strangers:1" in gov and "4s" in gov
     assert lines[1].split()[:2] == ["baseline", "none"]
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--scenario", "nope"], "unknown scenario or peer 'nope'"),
+        (["--scenario", "drip", "--peer", "sendmail"], "unknown scenario or peer 'sendmail'"),
+        (["--matrix", "--scenario", "drip"], "--matrix runs every scenario"),
+        (["--peer", "govern"], "--peer needs --matrix or --scenario"),
+        (["--matrix", "flood"], "not positional scenarios"),
+    ],
+)
+def test_lab_run_matrix_usage_errors_before_anything_runs(argv: list[str], message: str) -> None:
+    from typer.testing import CliRunner
+
+    from govern.cli import app
+
+    res = CliRunner().invoke(app, ["lab", "run", *argv])
+    assert res.exit_code == 2 and message in res.output, res.output
