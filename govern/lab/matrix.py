@@ -44,7 +44,7 @@ from govern.lab.peers import TABLE as F2B_TABLE
 from govern.lab.peers import Fail2ban, install_fail2ban
 from govern.lab.postfix import POSTSCREEN, POSTSCREEN_TUNED, Postfix, install
 from govern.lab.scenario import Bot, Plan, _govern, _load, _netstat, _Sampler, _traffic
-from govern.lab.topology import MX4, MX6, Lab
+from govern.lab.topology import MX4, MX6, Lab, LabError
 from govern.observe.netstat import deltas
 
 PEERS = ("none", "fail2ban", "postscreen", "govern")
@@ -111,8 +111,8 @@ MATRIX: tuple[Scenario, ...] = (
     ),
     Scenario(
         "reconnect",
-        (_bot("reconnect", "--sources", "198.18.20.0/24", "--count", "50", "--rate", "10"),),
-        about="50 sources each connecting, reading the banner and quitting 10 times a second",
+        (_bot("reconnect", "--sources", "198.18.20.0/24", "--count", "200", "--rate", "0"),),
+        about="200 sources each connecting, reading the banner and quitting, again, as fast as the MX answers",
     ),
     Scenario(
         "ipv6",
@@ -241,14 +241,15 @@ def _unanswered(lab: Lab, ranges: Sequence[str]) -> None:
     connections linger, as on the Internet (inside the lab, the bots' namespace would answer them with a reset)."""
     rules = "".join(f"        {'ip6' if ':' in r else 'ip'} daddr {r} counter drop\n" for r in ranges)
     ruleset = (
-        "table inet gvlab_unanswered {\n    chain fwd {\n        type filter hook forward priority 0; policy accept;\n"
+        "table inet gvlab_unanswered {\n    chain spoofed {\n"
+        "        type filter hook forward priority 0; policy accept;\n"
         f"{rules}    }}\n}}\n"
     )
     res = subprocess.run(
         ["ip", "netns", "exec", lab.ns("router"), "nft", "-f", "-"], input=ruleset, text=True, capture_output=True
     )
     if res.returncode != 0:
-        raise RuntimeError(f"router ruleset for unanswered ranges failed: {res.stderr.strip()}")
+        raise LabError(f"router ruleset for unanswered ranges failed: {res.stderr.strip()}")
 
 
 def _postscreen_settings(scn: Scenario, peer: str) -> dict[str, str] | None:
