@@ -32,7 +32,7 @@ def test_mixed_flood_short_govern_keeps_legit_and_holds_bots_to_the_budget(tmp_p
     # The baseline delivers, and every kind of legitimate sender was at work during the flood.
     assert base.known["success"] is not None and base.known["success"] > 0.95, base.known
     assert base.strangers["success"] is not None and base.strangers["success"] > 0.95, base.strangers
-    assert cell.known["attempted"] >= 80 and cell.strangers["attempted"] >= 40 and cell.trusted["attempted"] >= 100
+    assert cell.known["attempted"] >= 80 and cell.strangers["attempted"] >= 40 and cell.trusted["attempted"] >= 30
     # The flood was real: bot-range sources got sessions on port 25.
     assert cell.bot_sessions_peak > 0
 
