@@ -417,7 +417,8 @@ class Postfix:
         for addr in (MX4, MX6):
             while True:
                 try:
-                    if _banner(self.lab, addr, max(0.5, deadline - time.monotonic())).startswith("220 "):
+                    # "220-" is postscreen's teaser: it is listening, and it would hand a patient client on.
+                    if _banner(self.lab, addr, max(0.5, deadline - time.monotonic())).startswith(("220 ", "220-")):
                         break
                 except OSError:
                     pass
@@ -433,7 +434,11 @@ class Postfix:
         return " | ".join(texts) or "(no log)"
 
     def __enter__(self) -> Postfix:
-        self.start()
+        try:
+            self.start()
+        except BaseException:
+            self.stop()  # a master that started but never answered must not outlive the lab
+            raise
         return self
 
     def __exit__(
@@ -455,9 +460,10 @@ def _banner(lab: Lab | None, addr: str, timeout: float) -> str:
             if not chunk:
                 break
             data += chunk
-        with contextlib.suppress(OSError):
-            s.sendall(b"QUIT\r\n")
-            s.recv(512)
+        if data.startswith(b"220 "):  # not after postscreen's "220-" teaser: talking then is a pregreet
+            with contextlib.suppress(OSError):
+                s.sendall(b"QUIT\r\n")
+                s.recv(512)
     return data.decode("ascii", "replace")
 
 
