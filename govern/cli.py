@@ -473,12 +473,27 @@ def lab_run(
     ] = None,
     out: Annotated[str, typer.Option("--out", help="directory for JSON, PNG and the table")] = "/var/lib/govern/lab",
     short: Annotated[bool, typer.Option("--short", help="the one-minute version (the CI scenario)")] = False,
+    matrix: Annotated[
+        bool, typer.Option("--matrix", help="the adversary matrix: every scenario against every peer")
+    ] = False,
+    scenario_names: Annotated[
+        list[str] | None,
+        typer.Option("--scenario", help="run these matrix scenarios (repeatable) beside one baseline"),
+    ] = None,
+    peers: Annotated[
+        list[str] | None,
+        typer.Option("--peer", help="none, fail2ban, postscreen or govern (repeatable; default all four)"),
+    ] = None,
 ) -> None:
-    """Run lab scenarios side by side and report delivery, time to mitigate, blocks and costs."""
+    """Run lab scenarios side by side and report delivery, time to mitigate, blocks and costs; with --matrix or
+    --scenario, the adversary matrix (docs/lab.md)."""
     from pathlib import Path
 
     from govern.lab import report, scenario
 
+    if matrix or scenario_names or peers:
+        _lab_matrix(Path(out), short, matrix, scenario_names or [], peers or [], scenarios or [])
+        return
     names = tuple(scenarios or scenario.SCENARIOS)
     bad = [n for n in names if n not in scenario.SCENARIOS]
     if bad:
@@ -491,6 +506,33 @@ def lab_run(
         _fail(exc)
     print(report.table(results))
     print(f"\nresults, JSON and timeline pictures: {out}")
+
+
+def _lab_matrix(out: Any, short: bool, everything: bool, names: list[str], peers: list[str], extra: list[str]) -> None:
+    from govern.lab import matrix
+
+    if extra:
+        _fail(UsageError("the matrix takes --scenario NAME, not positional scenarios"))
+    if everything and names:
+        _fail(UsageError("--matrix runs every scenario; leave out --scenario, or leave out --matrix"))
+    if not everything and not names:
+        _fail(UsageError("--peer needs --matrix or --scenario NAME"))
+    bad = [n for n in names if n not in matrix.SCENARIOS] + [p for p in peers if p not in matrix.PEERS]
+    if bad:
+        _fail(
+            UsageError(
+                f"unknown scenario or peer {bad[0]!r}; scenarios: {', '.join(matrix.SCENARIOS)}; "
+                f"peers: {', '.join(matrix.PEERS)}"
+            )
+        )
+    _lab_root()
+    plan = matrix.MatrixPlan.short() if short else matrix.MatrixPlan()
+    try:
+        base, cells = matrix.run_matrix(out, names or None, tuple(dict.fromkeys(peers)) or matrix.PEERS, plan)
+    except GovernError as exc:
+        _fail(exc)
+    print(matrix.table(cells, base))
+    print(f"\nmatrix (text and JSON), per-cell JSON and timeline pictures: {out}")
 
 
 @lab_app.command("demo")

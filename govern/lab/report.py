@@ -22,6 +22,7 @@ class Sample:
     govern_cpu: float = 0.0  # percent of one core since the previous sample
     govern_rss: int = 0  # bytes
     mode: str = ""  # govern's mode (normal, elevated, wave); empty without govern
+    bot_sessions: int = 0  # established sockets on port 25 whose peer is in the bot ranges
 
 
 @dataclass
@@ -135,6 +136,8 @@ def plot(result: Result, path: str) -> None:
     fig, (ax1, ax2, ax3) = plt.subplots(3, 1, figsize=(10, 8), sharex=True)
     ax1.plot(t, [s.sessions for s in result.samples], label="established SMTP sessions", color="tab:blue")
     ax1.plot(t, [s.queued for s in result.samples], label="accept queue", color="tab:orange")
+    if any(s.bot_sessions for s in result.samples):
+        ax1.plot(t, [s.bot_sessions for s in result.samples], label="held by bot-range sources", color="tab:red")
     ax1.set_ylabel("sockets")
     ax1.legend(loc="upper left")
     ax2.plot(t, [s.blocked for s in result.samples], label="blocked sources", color="tab:red")

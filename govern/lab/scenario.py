@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from govern.addr import Prefix
 from govern.errors import GovernError
 from govern.lab import report
 from govern.lab.postfix import Postfix, install
@@ -26,6 +27,9 @@ from govern.observe.netstat import deltas, parse
 
 SCENARIOS = ("baseline", "flood", "flood+govern")
 LAB_ALLOW = ("192.0.2.0/24", "2001:db8:2::/48")
+# The bot ranges (shared/LAB.md): sessions from these are the flood's, whatever role opened them.
+BOT_PREFIXES = tuple(Prefix.parse(p) for p in ("198.18.0.0/15", "2001:db8:bad::/48"))
+GOVERN_SETS = ("block4", "block6", "throttle4", "throttle6", "tight4", "tight6", "tarpit4", "tarpit6")
 
 
 @dataclass(frozen=True)
@@ -88,6 +92,8 @@ class _Sampler:
     govern_pid: int | None
     on_sample: Callable[[report.Sample], None] | None = None
     govern_socket: str | None = None
+    # Other nftables sets in the mx namespace whose members count as blocked: (family, table, set), e.g. fail2ban's.
+    block_sets: tuple[tuple[str, str, str], ...] = ()
     samples: list[report.Sample] = field(default_factory=list)
     trusted_seen: set[str] = field(default_factory=set)
     legit_seen: set[str] = field(default_factory=set)
@@ -105,6 +111,9 @@ class _Sampler:
             while not self.stop.wait(max(0.0, 1.0 - (time.monotonic() - t0) % 1.0)):
                 scan = diag.scan(frozenset({25}), idle_after_ms=10_000)
                 sets = self._govern_sets() if self.govern_pid else {}
+                for fam, table, name in self.block_sets:
+                    raw = self.lab.run("mx", "nft", "-j", "list", "set", fam, table, name, check=False)
+                    sets.setdefault("block4", []).extend(_elements(raw))
                 blocked = len(sets.get("block4", ())) + len(sets.get("block6", ()))
                 throttled = sum(len(sets.get(n, ())) for n in ("throttle4", "throttle6", "tight4", "tight6"))
                 self.blocked_peak = max(self.blocked_peak, blocked)
@@ -125,6 +134,9 @@ class _Sampler:
                     govern_cpu=cpu,
                     govern_rss=rss,
                     mode=self._mode(),
+                    bot_sessions=sum(
+                        c.established for src, c in scan.sources.items() if any(b.contains(src) for b in BOT_PREFIXES)
+                    ),
                 )
                 self.samples.append(sample)
                 if self.on_sample is not None:
@@ -144,7 +156,7 @@ class _Sampler:
 
     def _govern_sets(self) -> dict[str, list[str]]:
         out: dict[str, list[str]] = {}
-        for name in ("block4", "block6", "throttle4", "throttle6", "tight4", "tight6", "tarpit4", "tarpit6"):
+        for name in GOVERN_SETS:
             raw = self.lab.run("mx", "nft", "-j", "list", "set", "inet", "govern", name, check=False)
             out[name] = _elements(raw)
         return out

@@ -1,8 +1,10 @@
 """The flood lab's traffic: legitimate senders, a trusted relay and six kinds of bot, one asyncio process per role.
 
-This module owns the generators (`legit`, `trusted`, `hogs`, `reconnect`, `pretalk`, `swarm`, `synflood`), the JSON
-report each writes, and the pure helpers the scenario runner reads transactions with (`summarise`,
-`rolling_success`). The runner starts one process per role inside a client namespace:
+This module owns the generators (`legit`, `trusted`, `hogs`, `reconnect`, `pretalk`, `swarm`, `synflood`; the
+adversary matrix's `drip`, `babble`, `slowtalk`, `strangers` and `slowlegit` live in govern.lab.adversaries and are
+started through this module's command line too), the JSON report each writes, and the pure helpers the scenario
+runner reads transactions with (`summarise`, `rolling_success`). The runner starts one process per role inside a
+client namespace:
 
     ip netns exec NS python -m govern.lab.traffic ROLE --dst 203.0.113.25 [--dst 2001:db8:25::25] \\
         --duration SECONDS [--sources CIDR ...] [--count N] [--seed N] [--json-out PATH] [role options]
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
 import dataclasses
 import errno
@@ -51,6 +54,11 @@ from pathlib import Path
 from typing import Any
 
 ROLES = ("legit", "trusted", "hogs", "reconnect", "pretalk", "swarm", "synflood")
+# The roles of the adversary matrix (govern.lab.adversaries): three more bots and two more kinds of legitimate sender.
+MATRIX_ROLES = ("drip", "babble", "slowtalk", "strangers", "slowlegit")
+ALL_ROLES = ROLES + MATRIX_ROLES
+# Roles whose report is one event per SMTP transaction.
+TXN_ROLES = ("legit", "trusted", "strangers", "slowlegit")
 
 # The lab's address plan (shared/LAB.md). Nothing else is ever a destination or a source.
 MX_RANGES = ("203.0.113.0/24", "2001:db8:25::/48")
@@ -72,9 +80,27 @@ DEFAULT_SOURCES: dict[str, tuple[str, ...]] = {
     "pretalk": ("198.18.0.0/16", "2001:db8:bad::/48"),
     "swarm": ("198.18.0.0/16", "2001:db8:bad::/48"),
     "synflood": ("198.18.0.0/16", "2001:db8:bad::/48"),
+    "drip": ("198.18.0.0/16", "2001:db8:bad::/48"),
+    "babble": ("198.18.0.0/16", "2001:db8:bad::/48"),
+    "slowtalk": ("198.18.0.0/16", "2001:db8:bad::/48"),
+    # Never-seen senders: the upper half of the legitimate /24 and a /56 of its /48, away from the known relays.
+    "strangers": ("198.51.100.128/25", "2001:db8:51:100::/56"),
+    "slowlegit": ("198.51.100.20/32", "2001:db8:51:1::20/128"),
 }
-DEFAULT_COUNT = {"legit": 8, "trusted": 1, "hogs": 10, "reconnect": 10, "pretalk": 10, "swarm": 3000}
-DEFAULT_PER_SOURCE = {"hogs": 10, "pretalk": 2, "swarm": 2}
+DEFAULT_COUNT = {
+    "legit": 8,
+    "trusted": 1,
+    "hogs": 10,
+    "reconnect": 10,
+    "pretalk": 10,
+    "swarm": 3000,
+    "drip": 10,
+    "babble": 10,
+    "slowtalk": 10,
+    "strangers": 300,
+    "slowlegit": 1,
+}
+DEFAULT_PER_SOURCE = {"hogs": 10, "pretalk": 2, "swarm": 2, "drip": 2, "babble": 2, "slowtalk": 2}
 
 # Counters of the bot roles, per second and in total; `held` is a gauge (connections open at the end of a second).
 BOT_FIELDS = (
@@ -129,6 +155,10 @@ class TxnOptions(Common):
     cmd_timeout: float = 30.0  # each command's reply
     txn_timeout: float = 120.0  # the whole transaction
     retry_delay: float = 1.0  # trusted: a worker's pause after a failed transaction
+    # Message body size in KiB, drawn uniformly from [min, max] per message; (0, 0): a one-line message.
+    size_kb: tuple[float, float] = (0.0, 0.0)
+    pause: float = 0.0  # a slow client's pause before each command it sends (EHLO ... QUIT)
+    banner_timeout: float | None = None  # None: `timeout` covers connect and banner; else connect only
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -140,6 +170,7 @@ class HoldOptions(Common):
     ramp: float = 1.0  # connection starts are spread over this many seconds
     timeout: float = 10.0  # connect
     retry_delay: float = 1.0  # after a failed connect
+    spread: int | None = None  # each source from a subnet of this length of its own (e.g. 64: one per /64)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -465,6 +496,24 @@ async def _expect(reader: asyncio.StreamReader, want: int) -> None:
         raise _Failed(f"reply {code}", text)
 
 
+def message_body(head: str, src: str, role: str, size: int, rng: random.Random) -> bytes:
+    """A message of about `size` bytes (headers included), ending with the DATA terminator: a short text part and a
+    base64 attachment of random bytes, as a real mail with a document attached looks on the wire (76-character
+    lines, CRLF, no line starting with a dot)."""
+    text = f"A message from govern's flood lab ({role} sender {src}).\r\n"
+    mime = (
+        'MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary="lab"\r\n\r\n'
+        f"--lab\r\nContent-Type: text/plain\r\n\r\n{text}\r\n"
+        "--lab\r\nContent-Type: application/octet-stream\r\nContent-Transfer-Encoding: base64\r\n"
+        'Content-Disposition: attachment; filename="lab.bin"\r\n\r\n'
+    )
+    tail = "\r\n--lab--\r\n.\r\n"
+    room = max(0, size - len(head) - len(mime) - len(tail))
+    raw = rng.randbytes(room * 57 // 78)  # 57 raw bytes make one 76-character line plus CRLF
+    attachment = base64.encodebytes(raw).replace(b"\n", b"\r\n")
+    return (head + mime).encode() + attachment + tail.encode()
+
+
 @dataclass
 class _Txn:
     n: int
@@ -484,12 +533,15 @@ class Transactions:
         self.domain = f"{role}.lab.test"
 
     def _message(self, t: _Txn) -> bytes:
-        body = (
+        head = (
             f"From: <sender@{self.domain}>\r\nTo: <rcpt@lab.test>\r\nSubject: lab message {t.n}\r\n"
             f"Date: {formatdate()}\r\nMessage-ID: <{self.opts.seed}.{t.n}.{time.time_ns()}@{self.domain}>\r\n"
-            f"\r\nA small message from govern's flood lab ({self.role} sender {t.src}).\r\n.\r\n"
         )
-        return body.encode()
+        lo, hi = self.opts.size_kb
+        if hi <= 0:
+            return f"{head}\r\nA small message from govern's flood lab ({self.role} sender {t.src}).\r\n.\r\n".encode()
+        rng = random.Random(self.opts.seed * 1_000_003 + t.n)
+        return message_body(head, t.src, self.role, round(1024 * rng.uniform(lo, hi)), rng)
 
     async def _converse(self, t: _Txn) -> None:
         o = self.opts
@@ -497,11 +549,19 @@ class Transactions:
         sock = _client_socket(t.src, t.dst)
         writer: asyncio.StreamWriter | None = None
         try:
-            async with asyncio.timeout(o.timeout):
-                await loop.sock_connect(sock, (t.dst, o.port))
+            if o.banner_timeout is None:
+                async with asyncio.timeout(o.timeout):
+                    await loop.sock_connect(sock, (t.dst, o.port))
+                    t.stage = "banner"
+                    reader, writer = await asyncio.open_connection(sock=sock)
+                    await _expect(reader, 220)
+            else:  # a real MTA: its connect timeout, then a long wait for the banner
+                async with asyncio.timeout(o.timeout):
+                    await loop.sock_connect(sock, (t.dst, o.port))
                 t.stage = "banner"
                 reader, writer = await asyncio.open_connection(sock=sock)
-                await _expect(reader, 220)
+                async with asyncio.timeout(o.banner_timeout):
+                    await _expect(reader, 220)
             steps = (
                 ("ehlo", f"EHLO relay.{self.domain}\r\n".encode(), 250),
                 ("mail", f"MAIL FROM:<sender@{self.domain}>\r\n".encode(), 250),
@@ -512,6 +572,8 @@ class Transactions:
             )
             for stage, line, want in steps:
                 t.stage = stage
+                if o.pause > 0 and stage != "message":  # the message follows the 354 without a pause
+                    await asyncio.sleep(o.pause)
                 async with asyncio.timeout(o.cmd_timeout):
                     writer.write(line)
                     await writer.drain()
@@ -652,7 +714,7 @@ async def _drive(
 
 def _report(
     role: str,
-    opts: Options,
+    opts: Common,
     t0: float,
     wall: float,
     ending: tuple[str, float],
@@ -910,7 +972,14 @@ def _bot_setup(role: str, opts: Common) -> tuple[list[tuple[str, str]], random.R
     check_common(opts)
     nets = resolve_sources(role, opts, BOT_RANGES)
     rng = random.Random(opts.seed)
-    return pair_sources(pick_sources(nets, opts.count, rng, DEFAULT_COUNT[role]), opts.dst), rng
+    spread = getattr(opts, "spread", None)
+    if spread:
+        from govern.lab.adversaries import spread_sources
+
+        picked = spread_sources(nets, opts.count or DEFAULT_COUNT[role], rng, spread)
+    else:
+        picked = pick_sources(nets, opts.count, rng, DEFAULT_COUNT[role])
+    return pair_sources(picked, opts.dst), rng
 
 
 async def _hold_role(role: str, opts: HoldOptions, stop: asyncio.Event | None, pretalk: bool) -> dict[str, Any]:
@@ -1174,6 +1243,7 @@ def _parser() -> argparse.ArgumentParser:
         p = role(name, text)
         if name == "legit":
             p.add_argument("--rate", type=_positive, default=2.0, help="new transactions per second")
+            add_size(p, (2.0, 60.0))
         else:
             p.add_argument("--parallel", type=int, default=30, help="transactions in flight, at most")
             p.add_argument(
@@ -1195,6 +1265,7 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--ramp", type=float, default=5.0 if name == "swarm" else 1.0, help="spread the opening (s)")
         p.add_argument("--timeout", type=_positive, default=10.0, help="connect timeout (s)")
         p.add_argument("--retry-delay", type=float, default=1.0, help="pause after a failed connect")
+        add_spread(p)
 
     p = role("reconnect", "prolific reconnectors: connect, read the banner, QUIT (or close/reset), again")
     p.add_argument("--rate", type=float, default=5.0, help="connections per second per source (0: no limit)")
@@ -1205,10 +1276,45 @@ def _parser() -> argparse.ArgumentParser:
 
     p = role("synflood", "spoofed SYNs from random bot-range addresses (scapy, raw socket)")
     p.add_argument("--pps", type=_positive, default=1000.0, help="packets per second")
+
+    from govern.lab import adversaries
+
+    adversaries.add_parsers(role)
     return ap
 
 
-def options(ns: argparse.Namespace) -> Options:
+def size_range(text: str) -> tuple[float, float]:
+    """--size: "MIN-MAX" or "N" KiB; "0" for the one-line message."""
+    lo, _, hi = text.partition("-")
+    try:
+        a, b = float(lo), float(hi or lo)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size in KiB (N or MIN-MAX): {text}") from None
+    if not 0 <= a <= b <= 10_240:
+        raise argparse.ArgumentTypeError(f"sizes must satisfy 0 <= MIN <= MAX <= 10240 KiB: {text}")
+    return a, b
+
+
+def add_size(p: argparse.ArgumentParser, default: tuple[float, float]) -> None:
+    p.add_argument(
+        "--size",
+        type=size_range,
+        default=default,
+        metavar="KIB",
+        help=f"message size in KiB, MIN-MAX drawn per message, 0 for one line (default {default[0]:g}-{default[1]:g})",
+    )
+
+
+def add_spread(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--spread",
+        type=int,
+        metavar="LEN",
+        help="each source from a /LEN subnet of its own (e.g. 64 with --sources 2001:db8:bad::/48: one per /64)",
+    )
+
+
+def options(ns: argparse.Namespace) -> Common:
     """The role's options from parsed arguments."""
     common: dict[str, Any] = {
         "dst": tuple(ns.dst),
@@ -1221,7 +1327,12 @@ def options(ns: argparse.Namespace) -> Options:
         common["count"] = ns.count
     if ns.role == "legit":
         return TxnOptions(
-            **common, rate=ns.rate, timeout=ns.timeout, cmd_timeout=ns.cmd_timeout, txn_timeout=ns.txn_timeout
+            **common,
+            rate=ns.rate,
+            timeout=ns.timeout,
+            cmd_timeout=ns.cmd_timeout,
+            txn_timeout=ns.txn_timeout,
+            size_kb=ns.size,
         )
     if ns.role == "trusted":
         return TxnOptions(
@@ -1241,15 +1352,20 @@ def options(ns: argparse.Namespace) -> Options:
             ramp=ns.ramp,
             timeout=ns.timeout,
             retry_delay=ns.retry_delay,
+            spread=ns.spread,
         )
     if ns.role == "reconnect":
         return ReconnectOptions(
             **common, rate=ns.rate, style=ns.style, banner=ns.banner, timeout=ns.timeout, retry_delay=ns.retry_delay
         )
+    if ns.role in MATRIX_ROLES:
+        from govern.lab import adversaries
+
+        return adversaries.options(ns.role, ns, common)
     return FloodOptions(**common, pps=ns.pps)
 
 
-async def run(role: str, opts: Options, stop: asyncio.Event | None = None) -> dict[str, Any]:
+async def run(role: str, opts: Common, stop: asyncio.Event | None = None) -> dict[str, Any]:
     """Run one role to its end and return its report."""
     if role in ("legit", "trusted") and isinstance(opts, TxnOptions):
         return await (legit if role == "legit" else trusted)(opts, stop)
@@ -1259,6 +1375,10 @@ async def run(role: str, opts: Options, stop: asyncio.Event | None = None) -> di
         return await reconnect(opts, stop)
     if role == "synflood" and isinstance(opts, FloodOptions):
         return await synflood(opts, stop)
+    if role in MATRIX_ROLES:
+        from govern.lab import adversaries
+
+        return await adversaries.run(role, opts, stop)
     raise TrafficError(f"role {role!r} does not take {type(opts).__name__}")
 
 
@@ -1266,7 +1386,7 @@ def summary_line(doc: dict[str, Any]) -> str:
     """The one line a run prints."""
     role, t = doc["role"], doc["totals"]
     tail = f"{doc['duration']:.1f} s ({doc['stopped_by']})"
-    if role in ("legit", "trusted"):
+    if role in TXN_ROLES:
         rate = "-" if t["success_rate"] is None else f"{100 * t['success_rate']:.1f}%"
         p50 = "-" if t["latency_p50"] is None else f"{1000 * t['latency_p50']:.0f} ms"
         p95 = "-" if t["latency_p95"] is None else f"{1000 * t['latency_p95']:.0f} ms"
@@ -1289,7 +1409,7 @@ def write_json(path: str, doc: dict[str, Any]) -> None:
     os.replace(tmp, p)
 
 
-async def _main_async(role: str, opts: Options) -> dict[str, Any]:
+async def _main_async(role: str, opts: Common) -> dict[str, Any]:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     got: list[str] = []

@@ -1,0 +1,52 @@
+"""The adversary matrix in CI: the `mixed` flood (silent, dripping, babbling, slow-talking, pre-banner and reconnecting
+bots, an IPv6 swarm over many /64s, and spoofed SYNs whose SYN-ACKs go unanswered) against the real lab Postfix, short,
+with govern on its defaults plus the lab's allowlist, beside a baseline without a flood. Every run has the same
+legitimate traffic: the busy known relays, the trusted relay, never-seen strangers and a slow, patient MTA.
+
+What govern must do: keep delivery for the known relays and for the never-seen strangers at 98% of the baseline's or
+better, deliver everything from the trusted relay, never put the trusted relay or any legitimate sender in a punitive
+set (blocks, throttles, tight throttles, tarpits), and hold the sessions bot-range sources keep on port 25 after the
+flood's first 3 s to the slot budget govern reports.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from govern.lab import matrix
+
+# govern's reported slot budget is `govern status --json` -> status["budget"]["slots"].
+# TODO: until govern reports it, the test compares with this figure; remove it once the key lands.
+BUDGET_FALLBACK = 30
+
+
+def test_mixed_flood_short_govern_keeps_legit_and_holds_bots_to_the_budget(tmp_path: Path) -> None:
+    plan = matrix.MatrixPlan.ci()
+    base = matrix.run_cell(matrix.BASELINE, "none", tmp_path / "baseline", plan)
+    cell = matrix.run_cell(matrix.SCENARIOS["mixed"], "govern", tmp_path / "mixed-govern", plan)
+    (tmp_path / "mixed-govern" / "result.json").write_text(cell.to_json())
+    print(matrix.table([cell], base))
+    budget = cell.budget_slots if cell.budget_slots is not None else BUDGET_FALLBACK
+    print(f"slot budget: {budget} ({'reported by govern' if cell.budget_slots is not None else 'fallback'})")
+
+    # The baseline delivers, and every kind of legitimate sender was at work during the flood.
+    assert base.known["success"] is not None and base.known["success"] > 0.95, base.known
+    assert base.strangers["success"] is not None and base.strangers["success"] > 0.95, base.strangers
+    assert cell.known["attempted"] >= 80 and cell.strangers["attempted"] >= 40 and cell.trusted["attempted"] >= 30
+    # The flood was real: bot-range sources got sessions on port 25.
+    assert cell.bot_sessions_peak > 0
+
+    # Legitimate mail keeps flowing, from known relays and from senders never seen before.
+    assert cell.known["success"] >= 0.98 * base.known["success"], (cell.known, base.known)
+    assert cell.strangers["success"] >= 0.98 * base.strangers["success"], (cell.strangers, base.strangers)
+    # The trusted relay: everything delivered, never punished.
+    assert cell.trusted["success"] == 1.0, cell.trusted
+    assert cell.in_punitive_sets["trusted"] == []
+    # No legitimate sender in any punitive set.
+    assert cell.in_punitive_sets == {"trusted": [], "known": [], "strangers": [], "slowlegit": []}
+    # Bot-held sessions after the flood's first 3 s (their median over the rest of the flood) within the budget.
+    assert cell.bot_sessions_median is not None and cell.bot_sessions_median <= budget, (
+        cell.bot_sessions_peak,
+        cell.bot_sessions_median,
+        budget,
+    )
