@@ -325,6 +325,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "restore_at_shutdown": Key(False, _bool, "the daemon puts every sysctl back when it stops"),
         "wave_synack_retries": Key(2, _int(1, 5), "SYN-ACK retries during a wave (lowered only, never raised)"),
         "wave_fin_timeout": Key(15, _int(1, 60), "FIN_WAIT_2 timeout in seconds during a wave (lowered only)"),
+        "wave_conntrack_half_open": Key(5, _int(1, 120), "conntrack's SYN_SENT/SYN_RECV timeouts during a wave, s"),
         "exclude": Key([], _sysctl_keys, "sysctls govern must leave alone"),
         "root": Key("/proc/sys", _abs_path, "where sysctls are read and written (tests point it elsewhere)"),
         "modules_root": Key("/sys/module", _abs_path, "where module parameters (nf_conntrack hashsize) live"),

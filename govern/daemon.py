@@ -704,6 +704,7 @@ def sysctl_manager(config: Config) -> SysctlManager:
         memory_bytes=sc["memory_mb"] * 1024 * 1024 or mem_total(),
         wave_synack_retries=sc["wave_synack_retries"],
         wave_fin_timeout=sc["wave_fin_timeout"],
+        wave_conntrack_half_open=sc["wave_conntrack_half_open"],
         exclude=sc["exclude"],
     )
     return SysctlManager(ProcSys(sc["root"], sc["modules_root"]), Journal(config["daemon"]["state_dir"]), expect)

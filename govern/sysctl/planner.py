@@ -3,7 +3,8 @@ kernel, a target for every key govern touches, with its reason and what stands i
 
 No I/O here. Two rules hold for every plan and are tested as properties:
 - sizes only go up: a size target is never below the value read, so a value the operator set higher is kept;
-- only the wave profile lowers anything (SYN-ACK retries, FIN timeout), and only down to its configured value.
+- only the wave profile lowers anything (SYN-ACK retries, FIN timeout, conntrack's half-open timeouts), and only
+  down to its configured value.
 docs/sysctl.md explains every key and formula.
 """
 
@@ -25,6 +26,8 @@ CONNTRACK_BUCKETS = "net.netfilter.nf_conntrack_buckets"
 SYNACK_RETRIES = "net.ipv4.tcp_synack_retries"
 FIN_TIMEOUT = "net.ipv4.tcp_fin_timeout"
 MAX_ORPHANS = "net.ipv4.tcp_max_orphans"
+CT_SYN_SENT = "net.netfilter.nf_conntrack_tcp_timeout_syn_sent"
+CT_SYN_RECV = "net.netfilter.nf_conntrack_tcp_timeout_syn_recv"
 
 # Key -> whether each network namespace has its own copy (measured on kernel 6.x; see docs/sysctl.md).
 PER_NAMESPACE: dict[str, bool] = {
@@ -37,9 +40,11 @@ PER_NAMESPACE: dict[str, bool] = {
     SYNACK_RETRIES: True,
     FIN_TIMEOUT: True,
     MAX_ORPHANS: False,
+    CT_SYN_SENT: True,
+    CT_SYN_RECV: True,
 }
 KEYS: tuple[str, ...] = tuple(PER_NAMESPACE)
-WAVE_KEYS: frozenset[str] = frozenset({SYNCOOKIES, SYNACK_RETRIES, FIN_TIMEOUT})
+WAVE_KEYS: frozenset[str] = frozenset({SYNCOOKIES, SYNACK_RETRIES, FIN_TIMEOUT, CT_SYN_SENT, CT_SYN_RECV})
 
 # Kernels before 4.x kept a listener's backlog in 16 bits; larger values buy nothing an MX needs.
 SOMAXCONN_CAP = 65535
@@ -88,6 +93,7 @@ class Expectations:
     memory_bytes: int
     wave_synack_retries: int = 2
     wave_fin_timeout: int = 15
+    wave_conntrack_half_open: int = 5
     exclude: frozenset[str] = frozenset()
 
 
@@ -199,6 +205,16 @@ def _fin_wave(cur: int, e: Expectations, _: Mapping[str, int]) -> tuple[int, str
     return want, f"wave: orphaned FIN_WAIT_2 sockets of ended sessions go after {want}s, not {cur}s"
 
 
+def _half_open_wave(cur: int, e: Expectations, _: Mapping[str, int]) -> tuple[int, str]:
+    want = e.wave_conntrack_half_open
+    if cur <= want:
+        return cur, f"wave: conntrack forgets half-open connections after {cur}s already"
+    return want, (
+        f"wave: a connection that never completes (a SYN the full accept queue dropped, a client gone) leaves "
+        f"conntrack, and the slot budget's count, after {want}s, not {cur}s"
+    )
+
+
 def _syncookies_wave(cur: int, e: Expectations, planned: Mapping[str, int]) -> tuple[int, str]:
     target, why = _syncookies(cur, e, planned)
     return target, "wave: " + why
@@ -214,11 +230,15 @@ BASE_RULES: dict[str, Rule] = {
     SYNACK_RETRIES: _keep_outside_wave,
     FIN_TIMEOUT: _keep_outside_wave,
     MAX_ORPHANS: _max_orphans,
+    CT_SYN_SENT: _keep_outside_wave,
+    CT_SYN_RECV: _keep_outside_wave,
 }
 WAVE_RULES: dict[str, Rule] = {
     SYNCOOKIES: _syncookies_wave,
     SYNACK_RETRIES: _synack_wave,
     FIN_TIMEOUT: _fin_wave,
+    CT_SYN_SENT: _half_open_wave,
+    CT_SYN_RECV: _half_open_wave,
 }
 
 

@@ -9,6 +9,8 @@ from govern.sysctl.planner import (
     BASE,
     CONNTRACK_BUCKETS,
     CONNTRACK_MAX,
+    CT_SYN_RECV,
+    CT_SYN_SENT,
     FIN_TIMEOUT,
     KEYS,
     MAX_ORPHANS,
@@ -28,7 +30,7 @@ from govern.sysctl.planner import (
 )
 
 GIB = 1 << 30
-DOWN_IN_WAVE = {SYNACK_RETRIES, FIN_TIMEOUT}
+DOWN_IN_WAVE = {SYNACK_RETRIES, FIN_TIMEOUT, CT_SYN_SENT, CT_SYN_RECV}
 
 
 def readings(values: dict[str, int], access: Access = Access.WRITABLE) -> dict[str, Reading]:
@@ -46,6 +48,7 @@ expect_st = st.builds(
     memory_bytes=st.integers(0, 1 << 40),
     wave_synack_retries=st.integers(1, 5),
     wave_fin_timeout=st.integers(1, 60),
+    wave_conntrack_half_open=st.integers(1, 120),
 )
 
 
@@ -57,7 +60,12 @@ def test_sizes_never_shrink_and_only_the_wave_lowers(values: dict[str, int], e: 
         if item.key in DOWN_IN_WAVE:
             if wave:
                 assert item.profile == WAVE
-                want = e.wave_synack_retries if item.key == SYNACK_RETRIES else e.wave_fin_timeout
+                want = {
+                    SYNACK_RETRIES: e.wave_synack_retries,
+                    FIN_TIMEOUT: e.wave_fin_timeout,
+                    CT_SYN_SENT: e.wave_conntrack_half_open,
+                    CT_SYN_RECV: e.wave_conntrack_half_open,
+                }[item.key]
                 assert item.target == min(item.current, want)
             else:
                 assert item.target == item.current and item.status is Status.KEEP
