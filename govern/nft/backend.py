@@ -13,10 +13,11 @@ from collections.abc import Iterable, Mapping, Sequence
 
 from govern.addr import Prefix, group_key
 from govern.config import Config
+from govern.errors import GovernError
 from govern.model import Action, ActionKind, Mode, ModeState, Plan, State
 from govern.nft.libnft import Nft
 from govern.nft.netlink import ElemOp, NftNetlink
-from govern.nft.ruleset import FAMILY, INTERVAL_SETS, TABLE, ruleset
+from govern.nft.ruleset import FAMILY, INTERVAL_SETS, SLOT_SETS, TABLE, ruleset, slot_sets
 
 log = logging.getLogger("govern.nft")
 
@@ -49,7 +50,7 @@ class NftBackend:
         """
         self.v4_len, self.v6_len = config["protect"]["ipv4_prefix"], config["protect"]["ipv6_prefix"]
         self.ports = frozenset(config["protect"]["ports"])
-        self.nft.run(ruleset(config, enforce=self.enforce))
+        self.nft.run(ruleset(config, enforce=self.enforce, resize=self._resized(slot_sets(config, self.enforce))))
         self.allow = {name: {e.prefix for e in self.nl.dump_set(name)} for name in ("allow4", "allow6")}
         self.set_allow(allow)
         adopted: list[Action] = []
@@ -77,6 +78,21 @@ class NftBackend:
         self.nl.commit(ops, interval_sets=INTERVAL_SETS, missing_ok=True)
         log.info("restored %d elements into the kernel, adopted %d found there", restored, len(adopted))
         return Plan(tuple(adopted))
+
+    def _resized(self, sizes: Mapping[str, int]) -> list[str]:
+        """The budget's sets that exist with another size than `sizes` asks (or that it no longer wants)."""
+        if (FAMILY, TABLE) not in self.nft.tables():
+            return []
+        out = []
+        for name in SLOT_SETS:
+            try:
+                listed = self.nft.json(f"list set {FAMILY} {TABLE} {name}")
+            except GovernError:
+                continue  # not there
+            have = next((o["set"].get("size") for o in listed.get("nftables", []) if "set" in o), None)
+            if have != sizes.get(name):
+                out.append(name)
+        return out
 
     def set_allow(self, allow: Sequence[Prefix]) -> None:
         """Replace the allow sets' contents in one transaction (only the difference is sent)."""

@@ -9,6 +9,7 @@ sources: govern never overrides the operator's own firewall, it only ever takes 
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Iterable
 
 from govern.config import Config
 
@@ -70,8 +71,68 @@ def budget_lanes(total: int, newcomer_share: float) -> tuple[int, int]:
     return total - newcomers, newcomers
 
 
-def ruleset(config: Config, *, enforce: bool = True) -> str:
-    """The whole table. With `enforce` False (dry run) only the counting rules are installed: no verdicts."""
+SLOT_SETS = ("slots", "newslots")
+# A slot's element lapses this long after the last packet of its connection either way, a connection whose
+# handshake never completes (a SYN the full accept queue dropped, a client gone) after SLOT_HANDSHAKE: the budget
+# never counts a phantom for long. Closing (FIN or RST, a cut's included) removes it at once.
+SLOT_IDLE = "60s"
+SLOT_HANDSHAKE = "5s"
+
+
+def slot_sets(config: Config, enforce: bool = True) -> dict[str, int]:
+    """The budget's sets and their sizes (the size is the budget: an add to a full set fails)."""
+    main, newcomers = budget_lanes(slot_budget(config), config["wave"]["newcomer_share"]) if enforce else (0, 0)
+    return {name: n for name, n in zip(SLOT_SETS, (main, newcomers), strict=True) if n}
+
+
+def _budget_rules(config: Config, sizes: dict[str, int], k4: str, k6: str) -> tuple[list[str], list[str], list[str]]:
+    """The slot budget: rules of the `slots` chain (prerouting, after conntrack), of `slots_out` (output) and of the
+    `admit` chain they jump to.
+
+    In a wave, every new connection of a stranger (not allowlisted, not proven) must take an element, its conntrack
+    id, in a set whose size is the budget: the lane of first contacts (`newslots`) if it is one and has room, else
+    the common one (`slots`); a set that is full refuses the add, and the SYN is dropped before the MTA sees it. An
+    element goes when its connection closes or resets (either way) and lapses when the connection goes quiet, so
+    the sets hold strangers' live connections, in the accept queue and the MTA's processes alike. A refused SYN
+    leaves nothing behind (its conntrack entry is never confirmed), however many a flood sends.
+    """
+    if not sizes:
+        return [], [], []
+    syn = "tcp flags syn / syn,ack"
+    local = "fib daddr type local"
+    closing = "tcp flags & (fin | rst) != 0"
+    # Only packets after the handshake keep a slot: a SYN-ACK to a client that never answers must not.
+    established = "tcp flags & syn == 0"
+    pre: list[str] = []
+    out: list[str] = []
+    for name in sizes:
+        pre += [
+            f"tcp dport @ports {closing} ct id @{name} delete @{name} {{ ct id }}",
+            f"tcp dport @ports {established} ct id @{name} update @{name} {{ ct id timeout {SLOT_IDLE} }}",
+        ]
+        out += [
+            f"tcp sport @ports {closing} ct id @{name} delete @{name} {{ ct id }}",
+            f"tcp sport @ports {established} ct id @{name} update @{name} {{ ct id timeout {SLOT_IDLE} }}",
+        ]
+    pre += [
+        f"tcp dport @ports {syn} {local} ip saddr @gate4 ip saddr != @allow4 {k4} != @proven4 jump admit",
+        f"tcp dport @ports {syn} {local} ip6 saddr @gate6 ip6 saddr != @allow6 {k6} != @proven6 jump admit",
+    ]
+    admit = [f"ct id @{name} accept" for name in sizes]  # a retransmitted SYN of an admitted connection
+    if "newslots" in sizes:
+        admit += [
+            f"{CONN4} @fresh4 add @newslots {{ ct id timeout {SLOT_HANDSHAKE} }} accept",
+            f"{CONN6} @fresh6 add @newslots {{ ct id timeout {SLOT_HANDSHAKE} }} accept",
+        ]
+    admit += [f"add @slots {{ ct id timeout {SLOT_HANDSHAKE} }} accept", "counter drop"]
+    return pre, out, admit
+
+
+def ruleset(config: Config, *, enforce: bool = True, resize: Iterable[str] = ()) -> str:
+    """The whole table. With `enforce` False (dry run) only the counting rules are installed: no verdicts.
+
+    `resize` names budget sets that exist with another size: they are deleted and made again (their slots are
+    forgotten; live connections take them again as they come)."""
     ports = ", ".join(str(p) for p in config["protect"]["ports"])
     k4, k6 = _key(4, config["protect"]["ipv4_prefix"]), _key(6, config["protect"]["ipv6_prefix"])
     thr = config["throttle"]
@@ -80,7 +141,7 @@ def ruleset(config: Config, *, enforce: bool = True) -> str:
     tight = f"limit rate over {wave['throttle_rate_per_minute']}/minute burst {wave['throttle_burst']} packets"
     syn = "tcp flags syn / syn,ack"
     local = "fib daddr type local"
-    main, newcomers = budget_lanes(slot_budget(config), wave["newcomer_share"]) if enforce else (0, 0)
+    sizes = slot_sets(config, enforce)
     rules = [
         f"tcp dport @ports {local} ip saddr @allow4 return",
         f"tcp dport @ports {local} ip6 saddr @allow6 return",
@@ -103,7 +164,7 @@ def ruleset(config: Config, *, enforce: bool = True) -> str:
                 f"tcp dport @ports {syn} {local} ip6 saddr @gate6 {k6} != @proven6 {CONN6} != @fresh6 "
                 f"{CONN6} != @syn6 {k6} != @seen6 drop",
             ]
-            if main and enforce
+            if sizes
             else []
         ),
         # A connection counts once: SYNs the client retransmits (same source, port and initial sequence number,
@@ -143,21 +204,6 @@ def ruleset(config: Config, *, enforce: bool = True) -> str:
                 f"tcp dport @ports {syn} {local} ip saddr @gate4 {k4} != @proven4 {gate} drop",
                 f"tcp dport @ports {syn} {local} ip6 saddr @gate6 {k6} != @proven6 {gate} drop",
             ]
-        if main:
-            # The slot budget: in a wave, every new connection of a stranger (neither allowlisted, which returned
-            # above, nor proven) goes through one `ct count`, shared by both families, that refuses it while
-            # strangers' live connections (accept queue and MTA processes alike) fill the budget. Connections
-            # leave the count when conntrack sees them close or reset (a cut's RST included). A first contact
-            # tries its own lane first, and the common budget when that is full (chain newcomers).
-            if newcomers:
-                rules += [
-                    f"tcp dport @ports {syn} {local} ip saddr @gate4 {k4} != @proven4 {CONN4} @fresh4 jump newcomers",
-                    f"tcp dport @ports {syn} {local} ip6 saddr @gate6 {k6} != @proven6 {CONN6} @fresh6 jump newcomers",
-                ]
-            rules += [
-                f"tcp dport @ports {syn} {local} ip saddr @gate4 {k4} != @proven4 jump budget",
-                f"tcp dport @ports {syn} {local} ip6 saddr @gate6 {k6} != @proven6 jump budget",
-            ]
     sets = [
         "set ports { type inet_service; }",
         "set allow4 { type ipv4_addr; flags interval; }",
@@ -182,19 +228,29 @@ def ruleset(config: Config, *, enforce: bool = True) -> str:
             )
     for name, conn in (("syn4", CONN4), ("syn6", CONN6), ("fresh4", CONN4), ("fresh6", CONN6)):
         sets.append(f"set {name} {{ typeof {conn}; size {SYN_SIZE}; flags dynamic,timeout; timeout {SYN_TIMEOUT}; }}")
+    slots_pre, slots_out, admit = _budget_rules(config, sizes, k4, k6)
+    hooked = (
+        ("guard", "prerouting priority raw"),
+        ("proof", "output priority raw"),
+        # After conntrack: the budget's elements are conntrack ids.
+        ("slots", "prerouting priority mangle"),
+        ("slots_out", "output priority mangle"),
+    )
     body = "\n".join(
         [
             f"add table {FAMILY} {TABLE}",
             *(f"add {s.replace('set ', f'set {FAMILY} {TABLE} ', 1)}" for s in sets),
-            f"add chain {FAMILY} {TABLE} guard {{ type filter hook prerouting priority raw; policy accept; }}",
-            f"add chain {FAMILY} {TABLE} proof {{ type filter hook output priority raw; policy accept; }}",
-            f"add chain {FAMILY} {TABLE} budget",
-            f"add chain {FAMILY} {TABLE} newcomers",
+            *(f"add chain {FAMILY} {TABLE} {c} {{ type filter hook {h}; policy accept; }}" for c, h in hooked),
+            f"add chain {FAMILY} {TABLE} admit",
             # Converging an existing table: the rules and the port list are replaced, the sets keep their elements.
-            f"flush chain {FAMILY} {TABLE} guard",
-            f"flush chain {FAMILY} {TABLE} proof",
-            f"flush chain {FAMILY} {TABLE} budget",
-            f"flush chain {FAMILY} {TABLE} newcomers",
+            *(f"flush chain {FAMILY} {TABLE} {c}" for c in (*(c for c, _h in hooked), "admit")),
+            # The budget's sets, once no rule uses them: made again where their size (the budget) changed.
+            *(f"delete set {FAMILY} {TABLE} {name}" for name in resize),
+            *(
+                f"add set {FAMILY} {TABLE} {name} {{ typeof ct id; size {n}; flags dynamic,timeout; "
+                f"timeout {SLOT_IDLE}; }}"
+                for name, n in sizes.items()
+            ),
             # Sets of earlier versions that no rule uses any more (added first, so deleting them never fails).
             *(
                 f"add set {FAMILY} {TABLE} known{v} {{ type {typ}; size {SEEN_SIZE}; flags dynamic,timeout; "
@@ -208,17 +264,9 @@ def ruleset(config: Config, *, enforce: bool = True) -> str:
             f"add set {FAMILY} {TABLE} ports {{ type inet_service; elements = {{ {ports} }}; }}",
             *(f"add rule {FAMILY} {TABLE} guard {r}" for r in rules),
             *(f"add rule {FAMILY} {TABLE} proof {r}" for r in proof),
-            *([f"add rule {FAMILY} {TABLE} budget ct count over {main} drop"] if main else []),
-            # The first contacts' lane: admitted while it has room (accept ends only govern's own chain, which has
-            # nothing after the budget), else on to the common budget.
-            *(
-                [
-                    f"add rule {FAMILY} {TABLE} newcomers ct count over {newcomers} jump budget",
-                    f"add rule {FAMILY} {TABLE} newcomers accept",
-                ]
-                if newcomers
-                else []
-            ),
+            *(f"add rule {FAMILY} {TABLE} slots {r}" for r in slots_pre),
+            *(f"add rule {FAMILY} {TABLE} slots_out {r}" for r in slots_out),
+            *(f"add rule {FAMILY} {TABLE} admit {r}" for r in admit),
         ]
     )
     return body + "\n"

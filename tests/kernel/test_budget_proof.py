@@ -6,6 +6,8 @@ while a slow client that progresses keeps its session, and a stranger cut twice 
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 import socket
 import threading
 import time
@@ -46,6 +48,7 @@ def test_the_slot_budget_holds_strangers_and_never_counts_the_allowlisted_or_pro
     # No cuts and a budget of 6 (4 for any stranger, 2 kept for first contacts): what is measured is the budget.
     cfg = write_config(tmp_path, "[wave]\nslot_budget = 6\n[cut]\nenabled = false\n")
     swarm = [f"198.18.8.{i}" for i in range(1, 5)] + [f"2001:db8:bad:8::{i}" for i in range(1, 3)]
+    knockers = [f"198.18.30.{i}" for i in range(1, 101)]
     try:
         with running(lab.mx, cfg) as d:
             assert d.status()["budget"] | {"basis": ""} == {"slots": 6, "newcomers": 2, "capacity": 4096, "basis": ""}
@@ -55,7 +58,7 @@ def test_the_slot_budget_holds_strangers_and_never_counts_the_allowlisted_or_pro
                 converse(s, *DIALOGUE)
                 s.close()
                 # The swarm knocks before the wave: the kernel has seen its sources.
-                for src in swarm:
+                for src in swarm + knockers:
                     c = attempt(src, MX6 if ":" in src else MX4)
                     assert c is not None
                     c.close()
@@ -78,6 +81,22 @@ def test_the_slot_budget_holds_strangers_and_never_counts_the_allowlisted_or_pro
                 assert 1.5 <= time.monotonic() - t0 < 4.0
                 held += [c for c in first if c is not None]
                 assert attempt("198.51.100.31") is None  # that lane is full too now
+                # A flood of refused SYNs leaves nothing behind in the budget: 2,000 non-blocking connects from 100
+                # sources the kernel has seen (each under the wave's rate limit; refused: the budget is full), then
+                # one of the swarm's admitted connections leaves, and the next one of the swarm gets its slot.
+                for i in range(2000):
+                    src = knockers[i % 100]
+                    f = socket.socket()
+                    f.bind((src, 0))
+                    f.setblocking(False)
+                    with contextlib.suppress(BlockingIOError):
+                        f.connect((MX4, 25))
+                    f.close()
+                got[0].close()
+                time.sleep(0.3)
+                again = attempt(swarm[1])
+                assert again is not None
+                held.append(again)
                 # The allowlisted and the proven are not counted, and not held back.
                 partner = [attempt("192.0.2.10") for _ in range(5)]
                 proven = [attempt("198.51.100.7") for _ in range(5)]
@@ -91,6 +110,12 @@ def test_the_slot_budget_holds_strangers_and_never_counts_the_allowlisted_or_pro
                 held += [c for c in late if c is not None]
                 assert [c is not None for c in late] == [True, False]
             assert established(lab, "198.18.") + established(lab, "2001:db8:bad:") == 4
+            # A reload with another budget makes the budget's sets again, with their new sizes.
+            cfg.write_text(cfg.read_text().replace("slot_budget = 6", "slot_budget = 9"))
+            assert d.proc is not None
+            os.kill(d.proc.pid, signal.SIGHUP)
+            assert wait_for(lambda: d.status()["budget"]["slots"] == 9, timeout=10)
+            assert '"size": 6' in lab.mx.sh("nft", "-j", "list", "set", "inet", "govern", "slots")
             # Out of the wave, no budget.
             assert govern(lab.mx, "wave", "off", "--config", str(cfg)).returncode == 0
             with lab.net.entered():

@@ -55,9 +55,14 @@ def test_lanes_never_take_the_whole_budget(total: int, share: float, lanes: tupl
 
 def test_the_ruleset_carries_the_budget_only_when_enforcing() -> None:
     text = ruleset(wave(slot_budget=30))
-    assert "budget ct count over 20 drop" in text and "newcomers ct count over 10 jump budget" in text
-    assert "jump budget" not in ruleset(wave(slot_budget=30), enforce=False)
-    assert "ct count" not in ruleset(wave(slot_budget=0))
+    assert "add set inet govern slots { typeof ct id; size 20;" in text
+    assert "add set inet govern newslots { typeof ct id; size 10;" in text
+    assert "admit add @slots { ct id timeout 5s } accept" in text and "jump admit" in text
+    assert "delete set inet govern slots" not in text
+    assert "delete set inet govern slots\n" in ruleset(wave(slot_budget=30), resize=["slots"]) + "\n"
+    assert "jump admit" not in ruleset(wave(slot_budget=30), enforce=False)
+    assert "ct id" not in ruleset(wave(slot_budget=0))
+    assert "newslots" not in ruleset(wave(slot_budget=30, newcomer_share=0))
 
 
 @pytest.mark.parametrize("bad", ["many", -1, 1.5, True])
