@@ -187,9 +187,13 @@ class Listener:
             except (TimeoutError, OSError):
                 continue
             self.accepted += 1
-            with contextlib.suppress(OSError):
-                conn.sendall(self.banner)
             self.held.append(conn)
+            self._take(conn)
+
+    def _take(self, conn: socket.socket) -> None:
+        """Greet a new connection (and hold it: `held`)."""
+        with contextlib.suppress(OSError):
+            conn.sendall(self.banner)
 
     def close(self) -> None:
         self._stop.set()
@@ -205,15 +209,8 @@ class SmtpListener(Listener):
 
     COMMANDS = (b"EHLO", b"HELO", b"MAIL", b"RCPT", b"NOOP", b"RSET", b"QUIT", b"DATA")
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except (TimeoutError, OSError):
-                continue
-            self.accepted += 1
-            self.held.append(conn)
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+    def _take(self, conn: socket.socket) -> None:
+        threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
 
     def _serve(self, conn: socket.socket) -> None:
         with contextlib.suppress(OSError):

@@ -14,23 +14,12 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from govern.observe.sockdiag import SockDiag
-from tests.kernel.daemon_harness import govern, nft_set, running, wait_for, write_config
+from tests.kernel.daemon_harness import established, govern, nft_set, running, wait_for, write_config
 from tests.netns import Lab, SmtpListener, connect, converse
 
 MX4 = "203.0.113.25"
 MX6 = "2001:db8:25::25"
 DIALOGUE = (b"EHLO relay.example", b"MAIL FROM:<a@example.org>", b"RCPT TO:<b@example.net>")
-
-
-def established(lab: Lab, prefix: str) -> int:
-    with lab.mx.entered():
-        diag = SockDiag()
-    try:
-        scan = diag.scan(frozenset({25}), idle_after_ms=60_000)
-    finally:
-        diag.close()
-    return sum(c.established for p, c in scan.sources.items() if str(p).startswith(prefix))
 
 
 def attempt(src: str, dst: str = MX4, timeout: float = 2.5) -> socket.socket | None:
@@ -109,7 +98,7 @@ def test_the_slot_budget_holds_strangers_and_never_counts_the_allowlisted_or_pro
                 late = [attempt("198.51.100.32"), attempt("198.51.100.33")]
                 held += [c for c in late if c is not None]
                 assert [c is not None for c in late] == [True, False]
-            assert established(lab, "198.18.") + established(lab, "2001:db8:bad:") == 4
+            assert established(lab.mx, "198.18.") + established(lab.mx, "2001:db8:bad:") == 4
             # A reload with another budget makes the budget's sets again, with their new sizes.
             cfg.write_text(cfg.read_text().replace("slot_budget = 6", "slot_budget = 9"))
             assert d.proc is not None
@@ -236,9 +225,9 @@ def test_sessions_without_progress_are_cut_and_a_slow_progressing_client_keeps_i
                     slow,
                 ),
             ):
-                assert wait_for(lambda: established(lab, "198.18.12.") == 0, timeout=15)
+                assert wait_for(lambda: established(lab.mx, "198.18.12.") == 0, timeout=15)
                 time.sleep(3)
-                assert established(lab, "198.51.100.20") == 1
+                assert established(lab.mx, "198.51.100.20") == 1
             st = d.status()
             assert st["cut_sessions"] >= 3
             for name in ("drip", "babble", "silent"):

@@ -15,10 +15,6 @@ from pathlib import Path
 
 from govern.lab import matrix
 
-# govern's reported slot budget is `govern status --json` -> status["budget"]["slots"].
-# TODO: until govern reports it, the test compares with this figure; remove it once the key lands.
-BUDGET_FALLBACK = 30
-
 
 def test_mixed_flood_short_govern_keeps_legit_and_holds_bots_to_the_budget(tmp_path: Path) -> None:
     plan = matrix.MatrixPlan.ci()
@@ -26,8 +22,10 @@ def test_mixed_flood_short_govern_keeps_legit_and_holds_bots_to_the_budget(tmp_p
     cell = matrix.run_cell(matrix.SCENARIOS["mixed"], "govern", tmp_path / "mixed-govern", plan)
     (tmp_path / "mixed-govern" / "result.json").write_text(cell.to_json())
     print(matrix.table([cell], base))
-    budget = cell.budget_slots if cell.budget_slots is not None else BUDGET_FALLBACK
-    print(f"slot budget: {budget} ({'reported by govern' if cell.budget_slots is not None else 'fallback'})")
+    # The slot budget govern reports (`govern status --json`: budget.slots), sized from the lab Postfix's 50 slots.
+    budget = cell.budget_slots
+    assert budget is not None and 0 < budget <= 50, budget
+    print(f"slot budget: {budget}")
 
     # The baseline delivers, and every kind of legitimate sender was at work during the flood.
     assert base.known["success"] is not None and base.known["success"] > 0.95, base.known

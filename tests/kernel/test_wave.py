@@ -12,8 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from govern.observe.sockdiag import SockDiag
-from tests.kernel.daemon_harness import Daemon, govern, nft_set, running, wait_for, write_config
+from tests.kernel.daemon_harness import Daemon, established, govern, nft_set, running, wait_for, write_config
 from tests.netns import Lab, Listener, Netns, SmtpListener, connect, converse
 
 MX4 = "203.0.113.25"
@@ -122,16 +121,6 @@ def chatty(sockets: list[socket.socket]) -> Iterator[None]:
         t.join(5)
 
 
-def established(lab: Lab, prefix: str) -> int:
-    with lab.mx.entered():
-        diag = SockDiag()
-    try:
-        scan = diag.scan(frozenset({25}), idle_after_ms=60_000)
-    finally:
-        diag.close()
-    return sum(c.established for p, c in scan.sources.items() if str(p).startswith(prefix))
-
-
 def test_a_wide_silent_swarm_is_shed_while_a_busy_sender_keeps_its_sessions(lab: Lab, tmp_path: Path) -> None:
     srv = SmtpListener(lab.mx, 25)
     swarm: list[socket.socket] = []
@@ -143,15 +132,15 @@ def test_a_wide_silent_swarm_is_shed_while_a_busy_sender_keeps_its_sessions(lab:
                 swarm = [connect(f"198.18.{4 + i // 250}.{i % 250 + 1}", MX4, 25) for i in range(150)]
                 busy = [connect("198.51.100.7", MX4, 25) for _ in range(4)]
             with chatty(busy):
-                assert wait_for(lambda: established(lab, "198.18.") == 150, timeout=5)
+                assert wait_for(lambda: established(lab.mx, "198.18.") == 150, timeout=5)
                 # Silent for wave_idle_after (3 s) once the wave is on: their slots are taken back.
-                assert wait_for(lambda: established(lab, "198.18.") <= 5, timeout=20), established(lab, "198.18.")
+                assert wait_for(lambda: established(lab.mx, "198.18.") <= 5, timeout=20), established(lab.mx, "198.18.")
                 st: dict[str, Any] = d.status()
                 assert st["mode"] == "wave" and "silent" in st["mode_detail"]["reason"]
                 # Each source was cut once: throttled, not yet blocked (block_after is 2).
                 assert st["cut_sessions"] >= 145
                 # The busy sender keeps every session, and is in no govern set.
-                assert established(lab, "198.51.100.7") == 4
+                assert established(lab.mx, "198.51.100.7") == 4
                 for name in ("block4", "throttle4", "tight4"):
                     assert "198.51.100.7" not in nft_set(lab.mx, name)
                 # The swarm's sources are throttled at the wave's rate.
