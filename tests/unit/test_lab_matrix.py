@@ -166,3 +166,14 @@ def test_lab_run_matrix_usage_errors_before_anything_runs(argv: list[str], messa
 
     res = CliRunner().invoke(app, ["lab", "run", *argv])
     assert res.exit_code == 2 and message in res.output, res.output
+
+
+def test_in_budget_after_is_when_bot_sessions_stay_within_the_budget() -> None:
+    def at(t: float, bots: int) -> report.Sample:
+        return report.Sample(t=t, sessions=bots, queued=0, blocked=0, throttled=0, bot_sessions=bots)
+
+    samples = [at(9, 0), at(10, 80), at(11, 98), at(14, 40), at(15, 30), at(16, 12), at(30, 20)]
+    assert mx.in_budget_after(samples, 10, 40, 30) == 5.0
+    assert mx.in_budget_after([at(10, 5), at(20, 30)], 10, 40, 30) == 0.0
+    assert mx.in_budget_after([at(10, 5), at(20, 31)], 10, 40, 30) is None
+    assert mx.in_budget_after([], 10, 40, 30) is None
