@@ -51,7 +51,7 @@ def budget(wave: Mapping[str, Any], listeners: Sequence[ListenerStats]) -> Budge
     if wave["slot_budget"] != "auto":
         slots, why = int(wave["slot_budget"]), "wave.slot_budget"
     else:
-        slots, why = max(1, int(capacity * share)), f"{share:.0%} of {capacity} slots ({basis})"
+        slots, why = max(1, int(capacity * share)), f"{share:.0%} of {capacity} slots: {basis}"
     return Budget(slots, capacity, why, budget_lanes(slots, wave["newcomer_share"])[1])
 
 
