@@ -326,6 +326,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "wave_synack_retries": Key(2, _int(1, 5), "SYN-ACK retries during a wave (lowered only, never raised)"),
         "wave_fin_timeout": Key(15, _int(1, 60), "FIN_WAIT_2 timeout in seconds during a wave (lowered only)"),
         "wave_conntrack_half_open": Key(5, _int(1, 120), "conntrack's SYN_SENT/SYN_RECV timeouts during a wave, s"),
+        "wave_abort_on_overflow": Key(True, _bool, "reset handshakes a full accept queue cannot take, during a wave"),
         "exclude": Key([], _sysctl_keys, "sysctls govern must leave alone"),
         "root": Key("/proc/sys", _abs_path, "where sysctls are read and written (tests point it elsewhere)"),
         "modules_root": Key("/sys/module", _abs_path, "where module parameters (nf_conntrack hashsize) live"),
@@ -384,6 +385,7 @@ class Config:
             trust_factor=self["trust"]["factor"],
             tarpit_duration=self["tarpit"]["duration"],
             tarpit_max=self["tarpit"]["max_sources"] if self["tarpit"]["enabled"] else 0,
+            slot_budget=_enforced_budget(self),
             aggregate={
                 4: (agg["ipv4_prefix"], agg["ipv4_min_blocked"]),
                 6: (agg["ipv6_prefix"], agg["ipv6_min_blocked"]),
@@ -446,6 +448,14 @@ class Policy:
     trust_factor: int = 1  # limits are this many times higher for sources that delivered recently
     tarpit_duration: float = 600.0
     tarpit_max: int = 0  # 0: no tarpit (disabled, or the host cannot)
+    slot_budget: int = 0  # sessions strangers may hold in a wave (the kernel's slot budget); 0: none enforced
+
+
+def _enforced_budget(config: Config) -> int:
+    """The slot budget the nftables backend enforces in a wave, once the daemon has resolved "auto" from the MTA; 0
+    where there is none (other backends, an unresolved "auto")."""
+    b = config["wave"]["slot_budget"]
+    return b if isinstance(b, int) and config["backend"]["firewall"] == "nftables" else 0
 
 
 def _cut_after(cut: Mapping[str, Any]) -> tuple[float, float]:

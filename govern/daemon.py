@@ -257,7 +257,9 @@ class Governor:
         # After the blocks' own sessions are gone, so each ended session is counted once, under its cause.
         if plan.cuts:
             try:
-                self.cut_sessions += self.sockets.cut({c.prefix: c.idle_ms for c in plan.cuts}, self.policy.ports)
+                idle = {c.prefix: c.idle_ms for c in plan.cuts if not c.shed}
+                shed = {c.prefix: c.idle_ms for c in plan.cuts if c.shed}
+                self.cut_sessions += self.sockets.cut(idle, self.policy.ports, shed)
             except GovernError as exc:
                 self.health.fail("cut-sessions", exc)
             else:
@@ -268,7 +270,10 @@ class Governor:
         """Each source a plan cut sessions of is an event of its own ("cut", with the reason), for `govern why`:
         cuts change no kernel state, so the store has no other trace of them."""
         try:
-            self.store.note("cut", [(c.prefix, c.reason) for c in cuts], now)
+            for kind, shed in (("cut", False), ("shed", True)):
+                noted = [(c.prefix, c.reason) for c in cuts if c.shed is shed]
+                if noted:
+                    self.store.note(kind, noted, now)
         except GovernError as exc:
             self.health.fail("store", exc)
 
@@ -705,6 +710,7 @@ def sysctl_manager(config: Config) -> SysctlManager:
         wave_synack_retries=sc["wave_synack_retries"],
         wave_fin_timeout=sc["wave_fin_timeout"],
         wave_conntrack_half_open=sc["wave_conntrack_half_open"],
+        wave_abort_on_overflow=sc["wave_abort_on_overflow"],
         exclude=sc["exclude"],
     )
     return SysctlManager(ProcSys(sc["root"], sc["modules_root"]), Journal(config["daemon"]["state_dir"]), expect)

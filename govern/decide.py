@@ -114,9 +114,54 @@ def decide(snap: Snapshot, state: State, policy: Policy, now: float) -> Plan:
                 )
             else:
                 actions.extend(_ladder(p, over, state, policy, now, tight=True))
+    if wave and policy.slot_budget:
+        cuts.extend(shed(snap, state, policy, {c.prefix for c in cuts} | {a.prefix for a in actions}))
     if policy.aggregate:
         actions = aggregate(actions, state, policy, now)
     return Plan(tuple(actions), mode=new_mode, cuts=tuple(cuts))
+
+
+# A session shed for the slot budget has had this long to answer the greeting: a real client answers within a
+# round trip.
+SHED_AFTER_MS = 1000
+
+
+def shed(snap: Snapshot, state: State, policy: Policy, acted_on: set[Prefix]) -> list[Cut]:
+    """In a wave, while strangers (neither allowlisted nor trusted) hold more sessions than the slot budget: end the
+    sessions that have not advanced (still waiting in the accept queue, or silent for SHED_AFTER_MS since the
+    greeting) of the strangers holding the most, two or more each, until what they held covers the excess.
+
+    The kernel's budget only counts connections made during the wave; those the flood opened before it fill the MTA
+    and its accept queue, and would each get the greeting and a cut's wait (`cut.wave_idle_after`) before they go,
+    round after round. A source with several sessions none of which answers is a flood's pattern, never a sender's
+    that delivers: a sender the host has never seen opens one, and is left to wait its turn; one that answers the
+    greeting is not shed. Sources cut for no progress in this plan, or acted on, are left to that. Shedding judges
+    nothing: the source is neither throttled nor blocked for it.
+    """
+    total = snap.totals.established if snap.totals is not None else sum(s.established for s in snap.sources.values())
+    if total <= policy.slot_budget:
+        return []
+    trusted = snap.trusted
+    strangers: list[tuple[int, Prefix]] = []
+    held = 0
+    for p, s in snap.sources.items():
+        if not s.established or p in trusted or policy.allow.intersects(p):
+            continue
+        held += s.established
+        if s.established >= 2 and p not in acted_on and p not in state.blocks:
+            strangers.append((s.established, p))
+    excess = held - policy.slot_budget
+    if excess <= 0:
+        return []
+    strangers.sort(key=lambda r: (-r[0], r[1].version, r[1].value))
+    why = f"strangers hold {held} sessions, over the slot budget of {policy.slot_budget}, during a wave"
+    out: list[Cut] = []
+    for n, p in strangers:
+        if excess <= 0:
+            break
+        out.append(Cut(p, SHED_AFTER_MS, f"{n} sessions not yet answering the greeting while {why}", shed=True))
+        excess -= n
+    return out
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,8 +20,11 @@ class SocketSource(Protocol):
 
     def destroy(self, prefixes: Sequence[Prefix], ports: frozenset[int]) -> int: ...
 
-    def cut(self, idle_ms: Mapping[Prefix, int], ports: frozenset[int]) -> int:
-        """End the sessions of these sources idle (server waiting on a silent client) for at least `idle_ms`."""
+    def cut(
+        self, idle_ms: Mapping[Prefix, int], ports: frozenset[int], shed: Mapping[Prefix, int] | None = None
+    ) -> int:
+        """End the sessions of these sources idle (server waiting on a silent client) for at least `idle_ms`; of the
+        sources to `shed`, also those the server has not greeted yet (each source's value: the idle wait)."""
         ...
 
     def sessions(self, prefix: Prefix, ports: frozenset[int]) -> Sequence[SessionInfo]:

@@ -27,6 +27,7 @@ class FakeSockets:
     sources: dict[Prefix, SockCounts] = field(default_factory=dict)
     destroyed: list[Prefix] = field(default_factory=list)
     cuts: list[dict[Prefix, int]] = field(default_factory=list)
+    shed: list[dict[Prefix, int]] = field(default_factory=list)  # each call's sources to shed
     live: list[SessionInfo] = field(default_factory=list)
 
     def scan(self, ports: frozenset[int], *, v4_len: int, v6_len: int, idle_after_ms: int) -> Scan:
@@ -40,9 +41,14 @@ class FakeSockets:
         self.destroyed.extend(prefixes)
         return n
 
-    def cut(self, idle_ms: Mapping[Prefix, int], ports: frozenset[int]) -> int:
-        """Ends the idle sockets of each source whose longest wait reaches its threshold."""
+    def cut(
+        self, idle_ms: Mapping[Prefix, int], ports: frozenset[int], shed: Mapping[Prefix, int] | None = None
+    ) -> int:
+        """Ends the idle sockets of each source whose longest wait reaches its threshold; the fake knows no accept
+        queue, so the sources to `shed` are only recorded."""
         self.cuts.append(dict(idle_ms))
+        if shed:
+            self.shed.append(dict(shed))
         n = 0
         for p, ms in idle_ms.items():
             c = self.sources.get(p)

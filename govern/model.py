@@ -122,11 +122,14 @@ class Action:
 
 @dataclass(frozen=True, slots=True)
 class Cut:
-    """End this source's sessions on which the server has waited on a silent client for at least `idle_ms`."""
+    """End this source's sessions on which the server has waited on a client whose session has not advanced for at
+    least `idle_ms`. With `shed`, also those still waiting for the server's greeting (in the accept queue): the slot
+    budget's shedding, which judges nothing the source did and so never counts towards a block."""
 
     prefix: Prefix
     idle_ms: int
     reason: str
+    shed: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,6 +213,8 @@ class State:
             self.mode = plan.mode
         if self.mode.mode is Mode.WAVE:
             for c in plan.cuts:
+                if c.shed:
+                    continue
                 n = self.cuts_in_wave(c.prefix, self.mode.since)
                 self.cuts[c.prefix] = CutRecord(n + 1, self.mode.since, now)
         for a in plan.actions:

@@ -13,6 +13,7 @@ Each line of advice carries the name of the rule that produced it (docs/why.md l
 - too-many-sessions, too-many-new: the last snapshot's figures over the limits in force;
 - no-progress: the snapshot counted sessions making no progress that its live sessions no longer explain;
 - cut, before: what govern did to it earlier (the event log), when nothing above explains it;
+- shed: during a wave, connections of its that waited in the accept queue were ended for the slot budget;
 - wave-gate: a stranger during a wave shares the gate's rate with every other stranger;
 - wave-budget: a stranger during a wave shares the slot budget with every other stranger;
 - nothing-wrong: none of the above.
@@ -57,6 +58,7 @@ PUNITIVE_RULES = frozenset(
         "too-many-new",
         "no-progress",
         "cut",
+        "shed",
         "before",
         "wave-gate",
         "wave-budget",
@@ -526,6 +528,14 @@ def _history(ev: Evidence, *, behaviour: bool) -> Iterable[Advice]:
             f"we ended sessions of yours that made no progress {_n(len(cuts), 'time')}, the last "
             f"{_ago(ev, cuts[0].at)} ({cuts[0].reason}): your client should answer each of our replies at once and "
             "QUIT when done rather than hold a session open",
+        )
+    shed = [e for e in ev.events if e.kind == "shed"]
+    if shed:
+        yield Advice(
+            "shed",
+            f"during a flood we ended connections of yours still waiting for our greeting {_n(len(shed), 'time')}, "
+            f"the last {_ago(ev, shed[0].at)} ({shed[0].reason}): you opened several at once while senders we did "
+            "not know held more than our MTA's budget; retry with one connection at a time",
         )
     verbs = {"block": "blocked", "extend": "blocked", "throttle": "rate-limited", "tarpit": "slowed down"}
     last = next((e for e in ev.events if e.kind in verbs), None)

@@ -689,25 +689,33 @@ class SockDiag:
         wanted = PrefixSet(prefixes)
         return self._destroy_matching(ports, _STATES_DESTROY, 0, lambda remote, _info: wanted.covers(remote))
 
-    def cut(self, idle_ms: Mapping[Prefix, int], ports: frozenset[int]) -> int:
+    def cut(
+        self, idle_ms: Mapping[Prefix, int], ports: frozenset[int], shed: Mapping[Prefix, int] | None = None
+    ) -> int:
         """SOCK_DESTROY the ESTABLISHED sockets on `ports` of these sources on which the server has waited on a
-        client whose session has not advanced (as `Scan` counts idle) for at least the source's `idle_ms`. Returns
-        how many went."""
-        if not idle_ms or not ports:
+        client whose session has not advanced (as `Scan` counts idle) for at least the source's `idle_ms`; of the
+        sources to `shed`, the same with the shed's wait, and also those the server has not greeted yet (no data
+        sent: in the accept queue, or accepted and about to be). Returns how many went."""
+        shed = shed or {}
+        if not (idle_ms or shed) or not ports:
             return 0
-        lengths = sorted({(p.version, p.length) for p in idle_ms}, reverse=True)
+        wanted = {**shed, **idle_ms}
+        lengths = sorted({(p.version, p.length) for p in wanted}, reverse=True)
 
-        def threshold(remote: Prefix) -> int | None:
+        def group(remote: Prefix, of: Mapping[Prefix, int]) -> int | None:
             for version, length in lengths:
                 if version == remote.version:
                     shift = remote.bits - length
-                    hit = idle_ms.get(Prefix(version, (remote.value >> shift) << shift, length))
+                    hit = of.get(Prefix(version, (remote.value >> shift) << shift, length))
                     if hit is not None:
                         return hit
             return None
 
         def idle(remote: Prefix, info: tuple[int, int, int, int, int]) -> bool:
-            limit = threshold(remote)
+            wait = group(remote, shed) if shed else None
+            if wait is not None and (info[4] == 0 or stalled(*info, wait)):
+                return True
+            limit = group(remote, idle_ms) if idle_ms else None
             return limit is not None and stalled(*info, limit)
 
         return self._destroy_matching(ports, 1 << TCP_ESTABLISHED, _EXT_INFO, idle, per_socket=True)

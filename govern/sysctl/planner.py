@@ -4,7 +4,7 @@ kernel, a target for every key govern touches, with its reason and what stands i
 No I/O here. Two rules hold for every plan and are tested as properties:
 - sizes only go up: a size target is never below the value read, so a value the operator set higher is kept;
 - only the wave profile lowers anything (SYN-ACK retries, FIN timeout, conntrack's half-open timeouts), and only
-  down to its configured value.
+  down to its configured value; it also switches tcp_abort_on_overflow on, and the base profile never touches it.
 docs/sysctl.md explains every key and formula.
 """
 
@@ -28,6 +28,7 @@ FIN_TIMEOUT = "net.ipv4.tcp_fin_timeout"
 MAX_ORPHANS = "net.ipv4.tcp_max_orphans"
 CT_SYN_SENT = "net.netfilter.nf_conntrack_tcp_timeout_syn_sent"
 CT_SYN_RECV = "net.netfilter.nf_conntrack_tcp_timeout_syn_recv"
+ABORT_OVERFLOW = "net.ipv4.tcp_abort_on_overflow"
 
 # Key -> whether each network namespace has its own copy (measured on kernel 6.x; see docs/sysctl.md).
 PER_NAMESPACE: dict[str, bool] = {
@@ -42,9 +43,12 @@ PER_NAMESPACE: dict[str, bool] = {
     MAX_ORPHANS: False,
     CT_SYN_SENT: True,
     CT_SYN_RECV: True,
+    ABORT_OVERFLOW: True,
 }
 KEYS: tuple[str, ...] = tuple(PER_NAMESPACE)
-WAVE_KEYS: frozenset[str] = frozenset({SYNCOOKIES, SYNACK_RETRIES, FIN_TIMEOUT, CT_SYN_SENT, CT_SYN_RECV})
+WAVE_KEYS: frozenset[str] = frozenset(
+    {SYNCOOKIES, SYNACK_RETRIES, FIN_TIMEOUT, CT_SYN_SENT, CT_SYN_RECV, ABORT_OVERFLOW}
+)
 
 # Kernels before 4.x kept a listener's backlog in 16 bits; larger values buy nothing an MX needs.
 SOMAXCONN_CAP = 65535
@@ -94,6 +98,7 @@ class Expectations:
     wave_synack_retries: int = 2
     wave_fin_timeout: int = 15
     wave_conntrack_half_open: int = 5
+    wave_abort_on_overflow: bool = True
     exclude: frozenset[str] = frozenset()
 
 
@@ -215,6 +220,15 @@ def _half_open_wave(cur: int, e: Expectations, _: Mapping[str, int]) -> tuple[in
     )
 
 
+def _abort_wave(cur: int, e: Expectations, _: Mapping[str, int]) -> tuple[int, str]:
+    if cur or not e.wave_abort_on_overflow:
+        return cur, "wave: left as it is" if not cur else "wave: a full accept queue already resets the handshake"
+    return 1, (
+        "wave: a handshake the full accept queue cannot take is reset, not left to lapse in silence: the slot "
+        "budget sees the reset and frees its slot at once"
+    )
+
+
 def _syncookies_wave(cur: int, e: Expectations, planned: Mapping[str, int]) -> tuple[int, str]:
     target, why = _syncookies(cur, e, planned)
     return target, "wave: " + why
@@ -232,6 +246,7 @@ BASE_RULES: dict[str, Rule] = {
     MAX_ORPHANS: _max_orphans,
     CT_SYN_SENT: _keep_outside_wave,
     CT_SYN_RECV: _keep_outside_wave,
+    ABORT_OVERFLOW: lambda cur, _e, _p: (cur, "switched on in the wave profile only"),
 }
 WAVE_RULES: dict[str, Rule] = {
     SYNCOOKIES: _syncookies_wave,
@@ -239,6 +254,7 @@ WAVE_RULES: dict[str, Rule] = {
     FIN_TIMEOUT: _fin_wave,
     CT_SYN_SENT: _half_open_wave,
     CT_SYN_RECV: _half_open_wave,
+    ABORT_OVERFLOW: _abort_wave,
 }
 
 

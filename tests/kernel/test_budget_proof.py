@@ -6,6 +6,7 @@ while a slow client that progresses keeps its session, and a stranger cut twice 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -244,3 +245,75 @@ def test_sessions_without_progress_are_cut_and_a_slow_progressing_client_keeps_i
     finally:
         stop.set()
         srv.close()
+
+
+def test_a_wave_sheds_what_a_flood_holds_beyond_the_budget_and_spares_single_senders_and_talkers(
+    lab: Lab, tmp_path: Path
+) -> None:
+    # An MTA whose processes are all busy: it takes two connections and no other, so the rest wait in its accept
+    # queue, as a flood leaves them when the wave starts. It answers each line of the first.
+    with lab.mx.entered():
+        mta = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+        mta.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        mta.bind(("::", 25))
+        mta.listen(64)
+    mta.settimeout(5)
+    cfg = write_config(tmp_path, "[wave]\nslot_budget = 4\n[cut]\nenabled = false\n")
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def serve(conn: socket.socket) -> None:
+        conn.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                if not conn.recv(100):
+                    return
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            conn.sendall(b"250 2.0.0 Ok\r\n")
+
+    def talk(s: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while not stop.wait(0.3):
+                s.sendall(b"NOOP\r\n")
+                s.recv(100)
+
+    try:
+        with running(lab.mx, cfg) as d:
+            for src in ("198.18.40.1", "198.18.40.2"):
+                with lab.net.entered():
+                    held.append(connect(src, MX4, 25))
+                conn, _ = mta.accept()
+                held.append(conn)
+                conn.sendall(b"220 mx.test ESMTP\r\n")
+                held[-2].recv(100)
+            threading.Thread(target=serve, args=(held[1],), daemon=True).start()
+            threading.Thread(target=talk, args=(held[0],), daemon=True).start()  # .1 talks; .2 stays silent
+            with lab.net.entered():
+                held += [connect(f"198.18.40.{i}", MX4, 25) for i in (1, 2, 3) for _ in range(3)]
+                held.append(connect("198.51.100.40", MX4, 25))  # a sender the host has never seen: one session
+                held += [connect("192.0.2.10", MX4, 25) for _ in range(3)]  # allowlisted
+            assert established(lab.mx, "198.18.40.") == 11
+            time.sleep(1.5)  # .2's greeted session has been silent for over a second
+            assert govern(lab.mx, "wave", "on", "--for", "2m", "--config", str(cfg)).returncode == 0
+            # Strangers hold 12 sessions against a budget of 4: those not advancing of the sources holding the
+            # most go (.1's three queued, .2's four; the next tick, still over, .3's three). .1's talker stays.
+            assert wait_for(lambda: established(lab.mx, "198.18.40.") == 1, timeout=10)
+            time.sleep(2.5)
+            assert established(lab.mx, "198.18.40.1") == 1
+            assert established(lab.mx, "198.18.40.") == 1
+            assert established(lab.mx, "198.51.100.40") == 1
+            assert established(lab.mx, "192.0.2.10") == 3
+            assert d.status()["cut_sessions"] == 10
+            # Shedding judges nothing the sources did: none is throttled or blocked for it.
+            punished = nft_set(lab.mx, "tight4") | nft_set(lab.mx, "throttle4") | nft_set(lab.mx, "block4")
+            assert not {s for s in punished if s.startswith("198.18.40.")}, punished
+            why = json.loads(govern(lab.mx, "why", "198.18.40.2", "--json", "--config", str(cfg)).stdout)
+            assert "shed" in {a["rule"] for a in why["advice"]}, why["advice"]
+    finally:
+        stop.set()
+        for c in held:
+            c.close()
+        mta.close()

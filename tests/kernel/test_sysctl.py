@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from govern.sysctl.planner import (
+    ABORT_OVERFLOW,
     FIN_TIMEOUT,
     NETDEV_BACKLOG,
     SOMAXCONN,
@@ -30,12 +31,19 @@ from govern.sysctl.planner import (
 from tests.kernel.daemon_harness import Daemon, govern, write_config
 from tests.netns import Netns, new_name, sh
 
-PER_NS = (SOMAXCONN, SYN_BACKLOG, SYNCOOKIES, SYNACK_RETRIES, FIN_TIMEOUT)
+PER_NS = (SOMAXCONN, SYN_BACKLOG, SYNCOOKIES, SYNACK_RETRIES, FIN_TIMEOUT, ABORT_OVERFLOW)
 # Values a fresh namespace is given first, so every key has somewhere to go (and back).
-START = {SOMAXCONN: "1024", SYN_BACKLOG: "256", SYNCOOKIES: "0", SYNACK_RETRIES: "5", FIN_TIMEOUT: "60"}
-# expected_sessions = 10000: somaxconn 16384, syn backlog 32768; wave: 2 retries, 15 s.
-APPLIED = {SOMAXCONN: "16384", SYN_BACKLOG: "32768", SYNCOOKIES: "1", SYNACK_RETRIES: "5", FIN_TIMEOUT: "60"}
-WAVE = {**APPLIED, SYNACK_RETRIES: "2", FIN_TIMEOUT: "15"}
+START = {
+    SOMAXCONN: "1024",
+    SYN_BACKLOG: "256",
+    SYNCOOKIES: "0",
+    SYNACK_RETRIES: "5",
+    FIN_TIMEOUT: "60",
+    ABORT_OVERFLOW: "0",
+}
+# expected_sessions = 10000: somaxconn 16384, syn backlog 32768; wave: 2 retries, 15 s, resets on overflow.
+APPLIED = {**START, SOMAXCONN: "16384", SYN_BACKLOG: "32768", SYNCOOKIES: "1"}
+WAVE = {**APPLIED, SYNACK_RETRIES: "2", FIN_TIMEOUT: "15", ABORT_OVERFLOW: "1"}
 
 
 def host_values() -> dict[str, str]:

@@ -6,6 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from govern.sysctl.planner import (
+    ABORT_OVERFLOW,
     BASE,
     CONNTRACK_BUCKETS,
     CONNTRACK_MAX,
@@ -149,3 +150,17 @@ def test_absent_read_only_host_wide_excluded_and_garbage_are_reported() -> None:
         SYN_BACKLOG,
         FIN_TIMEOUT,
     }
+
+
+def test_the_wave_switches_abort_on_overflow_on_and_the_base_never_touches_it() -> None:
+    vals = dict.fromkeys(KEYS, 100)
+    vals[ABORT_OVERFLOW] = 0
+    assert by_key(plan(readings(vals), Expectations(2000, GIB), in_initial_namespace=True))[ABORT_OVERFLOW].target == 0
+    wave = by_key(plan(readings(vals), Expectations(2000, GIB), in_initial_namespace=True, wave=True))
+    assert wave[ABORT_OVERFLOW].target == 1 and wave[ABORT_OVERFLOW].status is Status.CHANGE
+    off = Expectations(2000, GIB, wave_abort_on_overflow=False)
+    assert by_key(plan(readings(vals), off, in_initial_namespace=True, wave=True))[ABORT_OVERFLOW].target == 0
+    vals[ABORT_OVERFLOW] = 1  # the operator's own setting is kept either way
+    for wave_on in (False, True):
+        got = by_key(plan(readings(vals), off, in_initial_namespace=True, wave=wave_on))[ABORT_OVERFLOW]
+        assert got.target == 1 and got.status is Status.KEEP

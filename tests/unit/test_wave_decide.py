@@ -215,3 +215,48 @@ def test_under_pressure_sources_nearing_a_limit_are_tarpitted_and_released_when_
     )
     # A host that cannot tarpit: max 0.
     assert not decide(snap(near), elevated, policy(modes={"auto": False}, tarpit={"enabled": False}), NOW).actions
+
+
+def test_over_the_slot_budget_a_wave_sheds_the_queued_sessions_of_strangers_holding_the_most() -> None:
+    pol = policy(wave={"slot_budget": 30, "top_n": 0}, cut={"enabled": False})
+    relay = Prefix.parse("198.51.100.7")
+    sources = {src(i): SourceStats(held=3 if i < 10 else 2, established=3 if i < 10 else 2) for i in range(40)}
+    newcomer = Prefix.parse("198.51.100.200")
+    sources |= {newcomer: SourceStats(held=1, established=1)}  # a never-seen sender: one session, left to wait
+    sources |= {PARTNER: SourceStats(held=20, established=20), relay: SourceStats(held=9, established=9)}
+    plan = decide(snap(sources, trusted=frozenset({relay})), wave_state(), pol, NOW)
+    shed = [c for c in plan.cuts if c.shed]
+    # Strangers hold 10 x 3 + 30 x 2 + 1 = 91 sessions: 61 over the budget. The allowlisted partner's 20 and the
+    # trusted relay's 9 are not counted. Those holding the most go first, until what they held covers the excess.
+    assert [c.prefix for c in shed] == [src(i) for i in range(10)] + [src(i) for i in range(10, 26)]
+    assert all("over the slot budget of 30" in c.reason for c in shed)
+    assert not plan.actions  # shedding judges nothing: no throttle, no block
+    state = wave_state()
+    state.record(plan, NOW)
+    assert not state.cuts  # and it never counts towards "cut twice in a wave"
+    # Within the budget, or outside a wave, or without a budget the kernel enforces: nothing is shed.
+    few = {src(i): SourceStats(held=2, established=2) for i in range(15)}
+    assert not decide(snap(few), wave_state(), pol, NOW).cuts
+    assert not decide(snap(sources), State(), replace(pol, modes=replace(pol.modes, auto=False)), NOW).cuts
+    assert not [c for c in decide(snap(sources), wave_state(), policy(), NOW).cuts if c.shed]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.dictionaries(addresses, stats, max_size=60), st.integers(1, 40))
+def test_shedding_spares_single_sessions_the_allowlisted_and_the_trusted_and_stops_at_the_budget(
+    sources: dict[Prefix, SourceStats], budget: int
+) -> None:
+    pol = policy(wave={"slot_budget": budget}, aggregate={"enabled": False})
+    trusted = frozenset(list(sources)[::3])
+    plan = decide(snap(sources, trusted=trusted), wave_state(), pol, NOW)
+    shed = [c.prefix for c in plan.cuts if c.shed]
+    others = {c.prefix for c in plan.cuts if not c.shed} | {a.prefix for a in plan.actions}
+    strangers = {p: s for p, s in sources.items() if p not in trusted and not pol.allow.intersects(p)}
+    for p in shed:
+        assert p in strangers and sources[p].established >= 2 and p not in others
+    excess = sum(s.established for s in strangers.values()) - budget
+    if excess <= 0:
+        assert not shed
+    else:
+        # No more sources than the excess needs: without the last one shed, it was not yet covered.
+        assert sum(sources[p].established for p in shed[:-1]) < excess
