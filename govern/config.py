@@ -381,6 +381,7 @@ class Config:
             wave_max_connections=wv["max_connections_per_source"],
             wave_max_new_per_minute=wv["max_new_per_minute"],
             cut_idle_after=_cut_after(cut) if cut["enabled"] else None,
+            greet_floor=_greet_floor(cut),
             cut_block_after=cut["block_after"],
             trust_factor=self["trust"]["factor"],
             tarpit_duration=self["tarpit"]["duration"],
@@ -449,6 +450,7 @@ class Policy:
     tarpit_duration: float = 600.0
     tarpit_max: int = 0  # 0: no tarpit (disabled, or the host cannot)
     slot_budget: int = 0  # sessions strangers may hold in a wave (the kernel's slot budget); 0: none enforced
+    greet_floor: float = 0.0  # no session is cut or shed sooner after the greeting (postscreen's pregreet wait + 1 s)
 
 
 def _enforced_budget(config: Config) -> int:
@@ -458,13 +460,16 @@ def _enforced_budget(config: Config) -> int:
     return b if isinstance(b, int) and config["backend"]["firewall"] == "nftables" else 0
 
 
-def _cut_after(cut: Mapping[str, Any]) -> tuple[float, float]:
-    """The cut thresholds, never shorter than the silence the MTA itself asks before its banner (postscreen's
-    pregreet wait) plus a second: a client that waits as it is told is never cut for it. An unresolved "auto"
-    (nothing has looked at the MTA yet) asks for no wait."""
+def _greet_floor(cut: Mapping[str, Any]) -> float:
+    """The silence the MTA itself asks before its banner (postscreen's pregreet wait) plus a second: a client that
+    waits as it is told is never cut for it. An unresolved "auto" (nothing has looked at the MTA yet) asks for none."""
     greet = cut["greet_wait"]
-    floor = greet + 1.0 if isinstance(greet, float) and greet > 0 else 0.0
-    return max(cut["elevated_idle_after"], floor), max(cut["wave_idle_after"], floor)
+    return greet + 1.0 if isinstance(greet, float) and greet > 0 else 0.0
+
+
+def _cut_after(cut: Mapping[str, Any]) -> tuple[float, float]:
+    """The cut thresholds; the greeting's floor applies on top, to sessions in postscreen's pregreet wait only."""
+    return cut["elevated_idle_after"], cut["wave_idle_after"]
 
 
 def with_override(config: Config, section: str, key: str, value: Any, *, resolved: bool = False) -> Config:

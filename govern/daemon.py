@@ -259,7 +259,8 @@ class Governor:
             try:
                 idle = {c.prefix: c.idle_ms for c in plan.cuts if not c.shed}
                 shed = {c.prefix: c.idle_ms for c in plan.cuts if c.shed}
-                self.cut_sessions += self.sockets.cut(idle, self.policy.ports, shed)
+                greet = int(self.policy.greet_floor * 1000)
+                self.cut_sessions += self.sockets.cut(idle, self.policy.ports, shed, greet)
             except GovernError as exc:
                 self.health.fail("cut-sessions", exc)
             else:

@@ -121,8 +121,8 @@ def decide(snap: Snapshot, state: State, policy: Policy, now: float) -> Plan:
     return Plan(tuple(actions), mode=new_mode, cuts=tuple(cuts))
 
 
-# A session shed for the slot budget has had this long to answer the greeting: a real client answers within a
-# round trip.
+# A session shed for the slot budget has had this long to answer the greeting (the observer and the cut add the
+# silence postscreen asks for before its banner): a real client answers within a round trip.
 SHED_AFTER_MS = 1000
 
 

@@ -16,15 +16,22 @@ from govern.sysctl.planner import Reading
 class SocketSource(Protocol):
     """Enumerates and ends TCP sessions on the protected ports (sock_diag)."""
 
-    def scan(self, ports: frozenset[int], *, v4_len: int, v6_len: int, idle_after_ms: int) -> Scan: ...
+    def scan(
+        self, ports: frozenset[int], *, v4_len: int, v6_len: int, idle_after_ms: int, greet_ms: int = 0
+    ) -> Scan: ...
 
     def destroy(self, prefixes: Sequence[Prefix], ports: frozenset[int]) -> int: ...
 
     def cut(
-        self, idle_ms: Mapping[Prefix, int], ports: frozenset[int], shed: Mapping[Prefix, int] | None = None
+        self,
+        idle_ms: Mapping[Prefix, int],
+        ports: frozenset[int],
+        shed: Mapping[Prefix, int] | None = None,
+        greet_ms: int = 0,
     ) -> int:
         """End the sessions of these sources idle (server waiting on a silent client) for at least `idle_ms`; of the
-        sources to `shed`, also those the server has not greeted yet (each source's value: the idle wait)."""
+        sources to `shed`, also those the server has not greeted yet (each source's value: the idle wait); none
+        before `greet_ms` while the server has sent only its first segment."""
         ...
 
     def sessions(self, prefix: Prefix, ports: frozenset[int]) -> Sequence[SessionInfo]:

@@ -30,7 +30,7 @@ class FakeSockets:
     shed: list[dict[Prefix, int]] = field(default_factory=list)  # each call's sources to shed
     live: list[SessionInfo] = field(default_factory=list)
 
-    def scan(self, ports: frozenset[int], *, v4_len: int, v6_len: int, idle_after_ms: int) -> Scan:
+    def scan(self, ports: frozenset[int], *, v4_len: int, v6_len: int, idle_after_ms: int, greet_ms: int = 0) -> Scan:
         return Scan(sources=dict(self.sources), listeners=(), sockets=sum(c.held for c in self.sources.values()))
 
     def destroy(self, prefixes: Sequence[Prefix], ports: frozenset[int]) -> int:
@@ -42,7 +42,11 @@ class FakeSockets:
         return n
 
     def cut(
-        self, idle_ms: Mapping[Prefix, int], ports: frozenset[int], shed: Mapping[Prefix, int] | None = None
+        self,
+        idle_ms: Mapping[Prefix, int],
+        ports: frozenset[int],
+        shed: Mapping[Prefix, int] | None = None,
+        greet_ms: int = 0,
     ) -> int:
         """Ends the idle sockets of each source whose longest wait reaches its threshold; the fake knows no accept
         queue, so the sources to `shed` are only recorded."""

@@ -92,6 +92,7 @@ class InForce:
     gate_per_second: int  # during a wave: the rate a stranger's new connections share with every other (0: none)
     forget_after: float  # seconds an offence counts toward a longer block
     budget_slots: int = 0  # during a wave: the MTA slots a stranger's sessions share with every other (0: none)
+    greet_floor: float = 0.0  # seconds: no session is judged sooner while it has had only the first greeting line
 
 
 def in_force(policy: Policy, mode: Mode, standing: Standing, gate_per_second: int, budget_slots: int = 0) -> InForce:
@@ -112,6 +113,7 @@ def in_force(policy: Policy, mode: Mode, standing: Standing, gate_per_second: in
         gate_per_second=gate_per_second if mode is Mode.WAVE and standing.kind == STRANGER else 0,
         forget_after=policy.forget_after,
         budget_slots=budget_slots if mode is Mode.WAVE and standing.kind == STRANGER else 0,
+        greet_floor=policy.greet_floor,
     )
 
 
@@ -230,6 +232,7 @@ class Explanation:
                 "cut_after": lim.cut_after,
                 "gate_per_second": lim.gate_per_second,
                 "budget_slots": lim.budget_slots,
+                "greet_floor": lim.greet_floor,
             },
             "snapshot": ev.stats._asdict() if ev.stats is not None else None,
             "sessions": [{**s._asdict(), "waiting": waiting(s)} for s in self.sessions],
@@ -439,10 +442,13 @@ def _now(ev: Evidence, enforcement: Sequence[Enforcement]) -> Iterable[Advice]:
 def _sessions(ev: Evidence) -> list[Advice]:
     """What the sessions open now show, one line per kind of fault, worst case first."""
     after_ms = ev.limits.silent_after * 1000
+    greet_ms = ev.limits.greet_floor * 1000
     greet, first, mid, drip = [], [], [], []
     for s in ev.sessions:
         if s.state != "ESTABLISHED" or not s.info or s.server_sent_ms < after_ms:
             continue
+        if s.segs_out == 1 and s.server_sent_ms < greet_ms:
+            continue  # waiting out postscreen's pregreet test, as it was told
         if waiting(s) and not s.segs_in:
             greet.append(s)
         elif waiting(s) and s.segs_out == 1 and s.local_port not in IMPLICIT_TLS_PORTS:

@@ -43,7 +43,11 @@ class Observer:
         # Idle is counted from the shortest wait anything judges by: the status display's, or an idle cut's.
         idle_after = min((policy.idle_after, *(policy.cut_idle_after or ())))
         scan = self.sockets.scan(
-            policy.ports, v4_len=policy.v4_len, v6_len=policy.v6_len, idle_after_ms=int(idle_after * 1000)
+            policy.ports,
+            v4_len=policy.v4_len,
+            v6_len=policy.v6_len,
+            idle_after_ms=int(idle_after * 1000),
+            greet_ms=int(policy.greet_floor * 1000),
         )
         rates = self.rates.update(self.syn_counts(), now)
         # One record per connecting source every tick: build them as plain tuple concatenations (SockCounts'

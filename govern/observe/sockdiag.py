@@ -28,8 +28,10 @@ What a source is and when it is idle:
       what it sent was never a command (a dripping, babbling or pre-banner-talking bot); or
     * sent at least two data segments more than the server answered, averaging under 16 bytes
       (tcpi_data_segs_in, tcpi_bytes_received): a command dripped a few bytes at a time.
-  A client in the middle of DATA is not idle: its segments are full ones. The wait reported is
-  tcpi_last_data_sent. `stalled` is the rule; the fast loop inlines it.
+  A client in the middle of DATA is not idle: its segments are full ones. While the server has sent only its first
+  segment, the wait must also reach greet_ms: postscreen's "220-" asks a good client to stay silent (its pregreet
+  test), and only smtpd's banner after it ends that wait. The wait reported is tcpi_last_data_sent. `stalled` is
+  the rule; the fast loop inlines it.
 """
 
 from __future__ import annotations
@@ -217,6 +219,7 @@ class ScanParser:
 
     __slots__ = (
         "_est",
+        "_greet",
         "_idle_after",
         "_idle_keys",
         "_idle_waits",
@@ -231,7 +234,13 @@ class ScanParser:
     )
 
     def __init__(
-        self, ports: frozenset[int], *, v4_len: int = 32, v6_len: int = 64, idle_after_ms: int = 10_000
+        self,
+        ports: frozenset[int],
+        *,
+        v4_len: int = 32,
+        v6_len: int = 64,
+        idle_after_ms: int = 10_000,
+        greet_ms: int = 0,
     ) -> None:
         _check_ports(ports)
         if not 0 <= v4_len <= 32 or not 0 <= v6_len <= 128:
@@ -241,6 +250,7 @@ class ScanParser:
         # The kernel sends ports in network order; comparing raw values saves a byte swap per socket.
         self._ports_be = frozenset(socket.htons(p) for p in ports)
         self._idle_after = idle_after_ms
+        self._greet = greet_ms
         # The remote address of each socket, by what it counts as. The key of an IPv4 source (also when mapped) is
         # its 4 bytes; of an IPv6 one its first 8 (its /64) when grouping by /64 or less, else all 16: the
         # length tells the family, and the common grouping needs no arithmetic per address.
@@ -277,7 +287,7 @@ class ScanParser:
         zero8, mapped_mid = _ZERO8, _MAPPED_MID
         layouts = self._layouts
         ports = self._ports_be
-        idle_after = self._idle_after
+        idle_after, greet = self._idle_after, self._greet
         short6 = self._v6_len <= 64
         est = self._est.append
         other = self._other.append
@@ -314,6 +324,7 @@ class ScanParser:
                         if (
                             sent >= idle_after
                             and segs_out
+                            and (segs_out != 1 or sent >= greet)
                             and (
                                 (recv >= sent and (recv != sent or not segs_in))
                                 or segs_out == 1
@@ -389,7 +400,7 @@ class ScanParser:
         if state == TCP_ESTABLISHED:
             self._est.append(key)
             info = _info(buf, off, mlen)
-            if stalled(*info, self._idle_after):
+            if stalled(*info, self._idle_after, self._greet):
                 sent = info[0]
                 self._idle_keys.append(key)
                 self._idle_waits.append(sent)
@@ -560,9 +571,10 @@ def parse_dump(
     v4_len: int = 32,
     v6_len: int = 64,
     idle_after_ms: int = 10_000,
+    greet_ms: int = 0,
 ) -> Scan:
     """A `Scan` from received buffers, as `SockDiag.scan` makes one (for tests and tools)."""
-    parser = ScanParser(ports, v4_len=v4_len, v6_len=v6_len, idle_after_ms=idle_after_ms)
+    parser = ScanParser(ports, v4_len=v4_len, v6_len=v6_len, idle_after_ms=idle_after_ms, greet_ms=greet_ms)
     for chunk in chunks:
         parser.feed(chunk)
     return parser.result()
@@ -668,9 +680,17 @@ class SockDiag:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def scan(self, ports: frozenset[int], *, v4_len: int = 32, v6_len: int = 64, idle_after_ms: int = 10_000) -> Scan:
+    def scan(
+        self,
+        ports: frozenset[int],
+        *,
+        v4_len: int = 32,
+        v6_len: int = 64,
+        idle_after_ms: int = 10_000,
+        greet_ms: int = 0,
+    ) -> Scan:
         """Enumerate every TCP socket whose local port is in `ports` and count them per source."""
-        parser = ScanParser(ports, v4_len=v4_len, v6_len=v6_len, idle_after_ms=idle_after_ms)
+        parser = ScanParser(ports, v4_len=v4_len, v6_len=v6_len, idle_after_ms=idle_after_ms, greet_ms=greet_ms)
         if ports:
             self._dump_all(ports, _STATES_SCAN, _EXT_INFO, parser.feed)
         if self._grouping != (v4_len, v6_len):
@@ -690,12 +710,18 @@ class SockDiag:
         return self._destroy_matching(ports, _STATES_DESTROY, 0, lambda remote, _info: wanted.covers(remote))
 
     def cut(
-        self, idle_ms: Mapping[Prefix, int], ports: frozenset[int], shed: Mapping[Prefix, int] | None = None
+        self,
+        idle_ms: Mapping[Prefix, int],
+        ports: frozenset[int],
+        shed: Mapping[Prefix, int] | None = None,
+        greet_ms: int = 0,
     ) -> int:
         """SOCK_DESTROY the ESTABLISHED sockets on `ports` of these sources on which the server has waited on a
         client whose session has not advanced (as `Scan` counts idle) for at least the source's `idle_ms`; of the
         sources to `shed`, the same with the shed's wait, and also those the server has not greeted yet (no data
-        sent: in the accept queue, or accepted and about to be). Returns how many went."""
+        sent: in the accept queue, or accepted and about to be). No session is judged before `greet_ms` while the
+        server has sent it only its first segment (postscreen's "220-" asks the client to wait). Returns how many
+        went."""
         shed = shed or {}
         if not (idle_ms or shed) or not ports:
             return 0
@@ -713,10 +739,10 @@ class SockDiag:
 
         def idle(remote: Prefix, info: tuple[int, int, int, int, int]) -> bool:
             wait = group(remote, shed) if shed else None
-            if wait is not None and (info[4] == 0 or stalled(*info, wait)):
+            if wait is not None and (info[4] == 0 or stalled(*info, wait, greet_ms)):
                 return True
             limit = group(remote, idle_ms) if idle_ms else None
-            return limit is not None and stalled(*info, limit)
+            return limit is not None and stalled(*info, limit, greet_ms)
 
         return self._destroy_matching(ports, 1 << TCP_ESTABLISHED, _EXT_INFO, idle, per_socket=True)
 
@@ -921,14 +947,16 @@ def _info(buf: bytes | bytearray | memoryview, off: int, mlen: int) -> tuple[int
     return sent, recv, brecv, segs_in, segs_out
 
 
-def stalled(sent: int, recv: int, brecv: int, segs_in: int, segs_out: int, after_ms: int) -> bool:
-    """The server has spoken, and its session has not advanced for at least `after_ms` (see the module docstring).
+def stalled(sent: int, recv: int, brecv: int, segs_in: int, segs_out: int, after_ms: int, greet_ms: int = 0) -> bool:
+    """The server has spoken, and its session has not advanced for at least `after_ms` (see the module docstring),
+    or for `greet_ms` if longer while the server has sent only its first segment: the silence postscreen's "220-"
+    asks for is not a stall.
 
     The kernel keeps both times in jiffies (4 ms at HZ=250): a client that answers within the same jiffy as the
     greeting shows the same age for both, as does a client that never spoke at all (its last "data" time is the
     handshake's). Data segments in tell them apart.
     """
-    if sent < after_ms or segs_out <= 0:
+    if sent < after_ms or segs_out <= 0 or (segs_out == 1 and sent < greet_ms):
         return False
     if recv >= sent and (recv != sent or segs_in == 0):
         return True  # silent since the server last spoke

@@ -317,3 +317,79 @@ def test_a_wave_sheds_what_a_flood_holds_beyond_the_budget_and_spares_single_sen
         for c in held:
             c.close()
         mta.close()
+
+
+def test_behind_a_pregreet_no_one_is_cut_for_waiting_and_a_silent_client_goes_after_the_real_banner(
+    lab: Lab, tmp_path: Path
+) -> None:
+    # A stand-in for postscreen in front of smtpd: "220-" at once, the real "220 " banner after the pregreet wait.
+    with lab.mx.entered():
+        mta = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+        mta.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        mta.bind(("::", 25))
+        mta.listen(64)
+    mta.settimeout(0.2)
+    stop = threading.Event()
+    conns: list[socket.socket] = []
+
+    def serve(conn: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            conn.sendall(b"220-mx.test ESMTP\r\n")
+            if stop.wait(3.0):
+                return
+            conn.sendall(b"220 mx.test ESMTP\r\n")
+            conn.settimeout(0.2)
+            while not stop.is_set():
+                try:
+                    if not conn.recv(100):
+                        return
+                except TimeoutError:
+                    continue
+                conn.sendall(b"250 2.0.0 Ok\r\n")
+
+    def accept() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = mta.accept()
+            except (TimeoutError, OSError):
+                continue
+            conns.append(conn)
+            threading.Thread(target=serve, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    # The pregreet wait is 3 s (the floor: 4 s); the wave's cut 2 s, so a floor that did not hold would show.
+    cfg = write_config(tmp_path, '[cut]\ngreet_wait = "3s"\nwave_idle_after = "2s"\n')
+    try:
+        with running(lab.mx, cfg):
+            assert govern(lab.mx, "wave", "on", "--for", "2m", "--config", str(cfg)).returncode == 0
+            with lab.net.entered():
+                silent = attempt("198.18.50.1")
+                patient = attempt("198.51.100.50")
+            assert silent is not None and patient is not None
+            t0 = time.monotonic()
+            patient.settimeout(10)
+            assert patient.recv(100).startswith(b"220-")  # a good client waits out the pregreet, silent
+            # Through the pregreet wait nobody is cut, though both are silent past the wave's 2 s.
+            while time.monotonic() - t0 < 2.9:
+                assert established(lab.mx, "198.18.50.1") == 1
+                assert established(lab.mx, "198.51.100.50") == 1
+                time.sleep(0.3)
+            assert patient.recv(100).startswith(b"220 ")
+            for line in (b"EHLO patient.example\r\n", b"MAIL FROM:<a@patient.example>\r\n"):
+                patient.sendall(line)
+                assert patient.recv(100).startswith(b"250")
+            # After the real banner, the silent one has the wave's 2 s: it goes; the patient client, talking, stays.
+            while established(lab.mx, "198.18.50.1") and time.monotonic() - t0 < 10:
+                patient.sendall(b"NOOP\r\n")
+                assert patient.recv(100).startswith(b"250")
+                time.sleep(0.5)
+            assert established(lab.mx, "198.18.50.1") == 0
+            assert time.monotonic() - t0 >= 4.5
+            assert established(lab.mx, "198.51.100.50") == 1
+            patient.close()
+            silent.close()
+    finally:
+        stop.set()
+        for c in conns:
+            c.close()
+        mta.close()

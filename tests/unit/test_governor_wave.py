@@ -108,7 +108,9 @@ def test_each_cut_is_an_event_of_its_source_with_its_reason(tmp_path: Path, monk
     # A cut the kernel refused is no event.
     socks.sources = {three: SockCounts(held=3, established=3, syn_recv=0, idle=3, max_idle_ms=9_000)}
 
-    def refused(idle_ms: Mapping[Prefix, int], ports: frozenset[int], shed: Mapping[Prefix, int] | None = None) -> int:
+    def refused(
+        idle_ms: Mapping[Prefix, int], ports: frozenset[int], shed: Mapping[Prefix, int] | None = None, greet: int = 0
+    ) -> int:
         raise KernelError("sock_diag destroy refused")
 
     monkeypatch.setattr(socks, "cut", refused)

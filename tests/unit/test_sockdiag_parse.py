@@ -17,7 +17,15 @@ import pytest
 from govern.addr import Prefix
 from govern.errors import KernelError
 from govern.model import ListenerStats
-from govern.observe.sockdiag import ScanParser, SessionInfo, SockCounts, SockDiag, parse_dump, port_bytecode
+from govern.observe.sockdiag import (
+    ScanParser,
+    SessionInfo,
+    SockCounts,
+    SockDiag,
+    parse_dump,
+    port_bytecode,
+    stalled,
+)
 
 ESTABLISHED, SYN_RECV, TIME_WAIT, CLOSE_WAIT, LISTEN = 1, 3, 6, 8, 10
 TCPDIAG_GETSOCK, SOCK_DIAG_BY_FAMILY = 18, 20
@@ -402,3 +410,21 @@ def test_sessions_of_one_prefix_with_their_tcp_info() -> None:
 def test_sessions_report_a_failed_dump() -> None:
     with pytest.raises(KernelError, match="EPERM"):
         sessions_from([error(errno.EPERM)], "198.18.0.1")
+
+
+@pytest.mark.parametrize(
+    ("sent", "segs_out", "idle"),
+    [
+        (5_000, 1, False),  # postscreen's "220-" 5 s ago: waiting out its pregreet test, as told
+        (8_000, 1, True),  # past the pregreet wait and a second: not postscreen's doing any more
+        (5_000, 2, True),  # smtpd's banner followed: the wave's threshold alone
+    ],
+)
+def test_the_pregreet_floor_holds_only_while_the_server_sent_its_first_segment(
+    sent: int, segs_out: int, idle: bool
+) -> None:
+    one = sock("198.18.0.1", sent=sent, recv=sent + 100, segs_out=segs_out)
+    scan = parse_dump([one, done()], PORTS, idle_after_ms=3_000, greet_ms=7_000)
+    assert (scan.sources[p("198.18.0.1")].idle == 1) is idle
+    # The rule itself, as the cut applies it per socket.
+    assert stalled(sent, sent + 100, 0, 0, segs_out, 3_000, 7_000) is idle

@@ -109,14 +109,11 @@ def test_a_source_cut_twice_in_one_wave_is_blocked_not_throttled_again() -> None
     assert not elevated.cuts
 
 
-def test_no_session_is_cut_before_the_pregreet_wait_the_mta_asks_for() -> None:
-    waiting = src(10)
-    sources = {waiting: SourceStats(held=1, established=1, idle=1, max_idle_ms=6_500)}
-    assert decide(snap(sources), wave_state(), policy(), NOW).cuts  # 6.5 s without progress: over 3 s
+def test_the_pregreet_wait_the_mta_asks_for_is_a_floor_the_observer_and_the_cut_apply() -> None:
+    # The threshold stays the wave's; the floor goes with it to the sockets, where the pregreet phase shows.
     pol = policy(cut={"greet_wait": "6s"})
-    assert pol.cut_idle_after == (30.0, 7.0)
-    assert not decide(snap(sources), wave_state(), pol, NOW).cuts  # postscreen asked for 6 s of silence
-    assert policy(cut={"greet_wait": "auto"}).cut_idle_after == (30.0, 3.0)
+    assert pol.cut_idle_after == (30.0, 3.0) and pol.greet_floor == 7.0
+    assert policy(cut={"greet_wait": "auto"}).greet_floor == 0.0
 
 
 def test_leaving_the_wave_lifts_its_tight_throttles_and_keeps_the_others() -> None:

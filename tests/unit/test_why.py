@@ -5,6 +5,7 @@ punitive."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +97,14 @@ def test_silent_after_greeting_with_its_wait_and_count() -> None:
     # Under the idle threshold (3 s: the shortest of limits.idle_after and the cuts), or not greeted yet: nothing.
     assert rules(evidence(sessions=[silent_since_banner(2_000)])) == ["nothing-wrong"]
     assert rules(evidence(sessions=[silent_since_banner(60_000)._replace(segs_out=0)])) == ["nothing-wrong"]
+    # Behind postscreen, the silence its "220-" asks for is no fault until the pregreet wait and a second are over;
+    # after smtpd's banner (a second segment) the usual threshold holds.
+    screened = replace(POLICY, greet_floor=7.0)
+    limits = why.in_force(screened, Mode.NORMAL, STRANGER, 10)
+    ev = replace(evidence(sessions=[silent_since_banner(5_000)]), limits=limits)
+    assert rules(ev) == ["nothing-wrong"]
+    ev = replace(evidence(sessions=[silent_since_banner(5_000)._replace(segs_out=2)]), limits=limits)
+    assert rules(ev) == ["silent-after-greeting"]
 
 
 def test_talked_first_but_not_on_the_implicit_tls_port() -> None:
@@ -272,6 +281,7 @@ def test_facts_next_to_the_limits_and_the_json_reply() -> None:
         "cut_after": None,
         "gate_per_second": 0,
         "budget_slots": 0,
+        "greet_floor": 0.0,
     }
     text = why.render(doc)
     assert text.startswith("why 198.18.7.1: stranger, host in normal mode\n")
