@@ -43,7 +43,7 @@ from govern.lab.peers import SETS as F2B_SETS
 from govern.lab.peers import TABLE as F2B_TABLE
 from govern.lab.peers import Fail2ban, install_fail2ban
 from govern.lab.postfix import POSTSCREEN, POSTSCREEN_TUNED, Postfix, install
-from govern.lab.scenario import Bot, Plan, _govern, _load, _netstat, _Sampler, _traffic
+from govern.lab.scenario import Bot, Plan, _govern, _load, _netstat, _Sampler, _traffic, assemble
 from govern.lab.topology import MX4, MX6, Lab, LabError
 from govern.observe.netstat import deltas
 
@@ -398,28 +398,9 @@ def _cell(
     end = plan.flood_start + plan.flood_length if flooding else plan.duration - plan.client_timeout - 5
     rolling = rolling_success(ev["legit"] + ev["strangers"])
     peak, median = bot_figures(sampler.samples, start, end) if flooding else (0, None)
-    cpu = [s.govern_cpu for s in sampler.samples if s.govern_rss]
-    rss = [s.govern_rss for s in sampler.samples if s.govern_rss]
-    res = report.Result(
-        scenario=f"{scn.name}/{peer}" if flooding else scn.name,
-        duration=plan.duration,
-        flood_start=plan.flood_start if flooding else None,
-        flood_end=end if flooding else None,
-        legit=report.summarise(ev["legit"], start, end),
-        trusted=report.summarise(ev["trusted"], start, end),
-        time_to_mitigate=report.time_to_mitigate(rolling, start) if flooding else None,
-        trusted_in_govern_sets=bool(sampler.trusted_seen),
-        legit_in_govern_sets=sorted(sampler.legit_seen),
-        sources_blocked=sampler.blocked_peak,
-        blocked=sorted(sampler.blocked_seen),
-        peak_sessions=max((s.sessions for s in sampler.samples), default=0),
-        counters=counters,
-        govern_cpu_percent=round(sum(cpu) / len(cpu), 2) if cpu else None,
-        govern_rss_max=max(rss) if rss else None,
-        rolling=rolling,
-        samples=sampler.samples,
-        bots={p.stem: _load(p).get("totals", {}) for p in bot_outs},
-    )
+    flood = (plan.flood_start, end) if flooding else None
+    name = f"{scn.name}/{peer}" if flooding else scn.name
+    res = assemble(name, plan, flood, (start, end), ev["legit"], ev["trusted"], rolling, bot_outs, sampler, counters)
     return Cell(
         scenario=scn.name,
         peer=peer,

@@ -334,21 +334,36 @@ def _result(
     from govern.lab.traffic import rolling_success
 
     legit = _load(legit_out)["events"]
+    flood = (plan.flood_start, plan.flood_start + plan.flood_length) if flooding else None
+    window = flood or (0.0, float("inf"))
     trusted = _load(trusted_out)["events"]
-    start = plan.flood_start if flooding else None
-    end = plan.flood_start + plan.flood_length if flooding else None
-    window = (start, end) if start is not None and end is not None else (0.0, float("inf"))
-    rolling = rolling_success(legit)
+    return assemble(name, plan, flood, window, legit, trusted, rolling_success(legit), bot_outs, sampler, counters)
+
+
+def assemble(
+    name: str,
+    plan: Plan,
+    flood: tuple[float, float] | None,
+    window: tuple[float, float],
+    legit: list[dict[str, Any]],
+    trusted: list[dict[str, Any]],
+    rolling: list[tuple[float, float]],
+    bot_outs: list[Path],
+    sampler: _Sampler,
+    counters: dict[str, int],
+) -> report.Result:
+    """The lab's Result of one run (a scenario's, or a matrix cell's): legitimate and trusted transactions summarised
+    over `window`, the flood's span (None without one), the sampler's figures and the bots' totals."""
     cpu = [s.govern_cpu for s in sampler.samples if s.govern_rss]
     rss = [s.govern_rss for s in sampler.samples if s.govern_rss]
     return report.Result(
         scenario=name,
         duration=plan.duration,
-        flood_start=start,
-        flood_end=end,
+        flood_start=flood[0] if flood else None,
+        flood_end=flood[1] if flood else None,
         legit=report.summarise(legit, *window),
         trusted=report.summarise(trusted, *window),
-        time_to_mitigate=report.time_to_mitigate(rolling, start) if start is not None else None,
+        time_to_mitigate=report.time_to_mitigate(rolling, flood[0]) if flood else None,
         trusted_in_govern_sets=bool(sampler.trusted_seen),
         legit_in_govern_sets=sorted(sampler.legit_seen),
         sources_blocked=sampler.blocked_peak,

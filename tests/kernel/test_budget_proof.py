@@ -247,32 +247,39 @@ def test_sessions_without_progress_are_cut_and_a_slow_progressing_client_keeps_i
         srv.close()
 
 
-def test_a_wave_sheds_what_a_flood_holds_beyond_the_budget_and_spares_single_senders_and_talkers(
-    lab: Lab, tmp_path: Path
-) -> None:
-    # An MTA whose processes are all busy: it takes two connections and no other, so the rest wait in its accept
-    # queue, as a flood leaves them when the wave starts. It answers each line of the first.
+def listening(lab: Lab) -> socket.socket:
+    """A bare listener on port 25 in the MX namespace (both families), for a test to accept from as it pleases."""
     with lab.mx.entered():
         mta = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
         mta.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
         mta.bind(("::", 25))
         mta.listen(64)
-    mta.settimeout(5)
-    cfg = write_config(tmp_path, "[wave]\nslot_budget = 4\n[cut]\nenabled = false\n")
-    held: list[socket.socket] = []
-    stop = threading.Event()
+    return mta
 
-    def serve(conn: socket.socket) -> None:
-        conn.settimeout(0.2)
+
+def answer_lines(conn: socket.socket, stop: threading.Event) -> None:
+    """A stand-in smtpd's dialogue: "250" to whatever the client sends, until it closes or `stop`."""
+    conn.settimeout(0.2)
+    with contextlib.suppress(OSError):
         while not stop.is_set():
             try:
                 if not conn.recv(100):
                     return
             except TimeoutError:
                 continue
-            except OSError:
-                return
             conn.sendall(b"250 2.0.0 Ok\r\n")
+
+
+def test_a_wave_sheds_what_a_flood_holds_beyond_the_budget_and_spares_single_senders_and_talkers(
+    lab: Lab, tmp_path: Path
+) -> None:
+    # An MTA whose processes are all busy: it takes two connections and no other, so the rest wait in its accept
+    # queue, as a flood leaves them when the wave starts. It answers each line of the first.
+    mta = listening(lab)
+    mta.settimeout(5)
+    cfg = write_config(tmp_path, "[wave]\nslot_budget = 4\n[cut]\nenabled = false\n")
+    held: list[socket.socket] = []
+    stop = threading.Event()
 
     def talk(s: socket.socket) -> None:
         with contextlib.suppress(OSError):
@@ -289,7 +296,7 @@ def test_a_wave_sheds_what_a_flood_holds_beyond_the_budget_and_spares_single_sen
                 held.append(conn)
                 conn.sendall(b"220 mx.test ESMTP\r\n")
                 held[-2].recv(100)
-            threading.Thread(target=serve, args=(held[1],), daemon=True).start()
+            threading.Thread(target=answer_lines, args=(held[1], stop), daemon=True).start()
             threading.Thread(target=talk, args=(held[0],), daemon=True).start()  # .1 talks; .2 stays silent
             with lab.net.entered():
                 held += [connect(f"198.18.40.{i}", MX4, 25) for i in (1, 2, 3) for _ in range(3)]
@@ -323,11 +330,7 @@ def test_behind_a_pregreet_no_one_is_cut_for_waiting_and_a_silent_client_goes_af
     lab: Lab, tmp_path: Path
 ) -> None:
     # A stand-in for postscreen in front of smtpd: "220-" at once, the real "220 " banner after the pregreet wait.
-    with lab.mx.entered():
-        mta = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
-        mta.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-        mta.bind(("::", 25))
-        mta.listen(64)
+    mta = listening(lab)
     mta.settimeout(0.2)
     stop = threading.Event()
     conns: list[socket.socket] = []
@@ -338,14 +341,7 @@ def test_behind_a_pregreet_no_one_is_cut_for_waiting_and_a_silent_client_goes_af
             if stop.wait(3.0):
                 return
             conn.sendall(b"220 mx.test ESMTP\r\n")
-            conn.settimeout(0.2)
-            while not stop.is_set():
-                try:
-                    if not conn.recv(100):
-                        return
-                except TimeoutError:
-                    continue
-                conn.sendall(b"250 2.0.0 Ok\r\n")
+            answer_lines(conn, stop)
 
     def accept() -> None:
         while not stop.is_set():
