@@ -209,13 +209,12 @@ class Governor:
             self._learned = now
             if self.trust is not None:
                 self._learn_from_kernel(now)
-            if not self.postscreen and self.config.raw["cut"]["greet_wait"] == "auto":
-                # postscreen starts with the first connection it screens: look for it again while it is absent.
-                before = self.config["cut"]["greet_wait"]
-                self.config = self._read_mta(self.config, resize=False)
-                if self.config["cut"]["greet_wait"] != before:
-                    self.policy = self._policy()
-                    log.warning("postscreen holds a protected port: no session is cut before its greet wait")
+            # postscreen starts with the first connection it screens: look for it again while it is absent. Its
+            # pregreet wait changes the cuts and the budget's size: the whole table is made again.
+            auto = self.config.raw["cut"]["greet_wait"] == "auto"
+            if auto and not self.postscreen and postscreen_listening(self.policy.ports):
+                log.warning("postscreen holds a protected port: no session is cut during its pregreet wait")
+                self.reload(self.config)
         for k, v in self.snapshot.counters.items():
             self.totals[k] = self.totals.get(k, 0) + v
         plan = decide(self.snapshot, self.state, self.policy, now)
@@ -286,7 +285,7 @@ class Governor:
         if (add or drop) and self.tarpit is not None and self.tarpit_unsupported is None:
             self.tarpit.apply(add, drop)
 
-    def _read_mta(self, config: Config, *, resize: bool = True) -> Config:
+    def _read_mta(self, config: Config) -> Config:
         """Resolve what the config leaves to the MTA: the slot budget ("auto": a share of the MTA's slots, read
         from its listeners) and the pregreet wait ("auto": postscreen's, when postscreen holds a protected port)."""
         listeners: tuple[Any, ...] = ()
@@ -300,9 +299,15 @@ class Governor:
             self.postscreen = postscreen_listening(frozenset(config["protect"]["ports"]))
             wait = POSTSCREEN_GREET_WAIT if self.postscreen else 0.0
             config = configmod.with_override(config, "cut", "greet_wait", wait, resolved=True)
-        if not resize:  # the kernel's budget rule is only ever rewritten with the whole table
-            return config
-        self.budget = budget(config["wave"], listeners)
+        # The raw value: a budget resolved before is "auto" still, sized again from what is seen now.
+        wave = {**config["wave"], "slot_budget": config.raw["wave"]["slot_budget"]}
+        greet = config["cut"]["greet_wait"]
+        self.budget = budget(
+            wave,
+            listeners,
+            greet_wait=greet if isinstance(greet, float) else 0.0,
+            cut_after=config["cut"]["wave_idle_after"],
+        )
         return configmod.with_override(config, "wave", "slot_budget", self.budget.slots, resolved=True)
 
     def _mode_changed(self, old: ModeState, new: ModeState) -> None:

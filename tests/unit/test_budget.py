@@ -32,6 +32,15 @@ def test_explicit_slots_and_explicit_capacity_win() -> None:
     assert budget(wave(slot_budget=0)["wave"], listeners).slots == 0
 
 
+def test_behind_a_pregreet_wait_the_budget_counts_the_time_strangers_spend_in_postscreen() -> None:
+    listeners = [ListenerStats("::", 25, 0, 50)]
+    b = budget(wave()["wave"], listeners, greet_wait=6.0, cut_after=3.0)
+    assert (b.slots, b.capacity, b.newcomers) == (90, 50, 31)  # 30 x (1 + 6/3)
+    assert "x3 for the 6s pregreet wait" in b.basis
+    assert budget(wave(slot_budget=7)["wave"], listeners, greet_wait=6.0).slots == 7  # explicit: as it is
+    assert budget(wave()["wave"], listeners, greet_wait=0.0).slots == 30
+
+
 def test_no_listener_falls_back_to_postfix_defaults() -> None:
     b = budget(wave(budget_share=0.5)["wave"], [])
     assert (b.slots, b.capacity) == (50, 100) and "no listener" in b.basis
