@@ -256,14 +256,16 @@ class Governor:
         # After the blocks' own sessions are gone, so each ended session is counted once, under its cause.
         if plan.cuts:
             try:
-                idle = {c.prefix: c.idle_ms for c in plan.cuts if not c.shed}
-                shed = {c.prefix: c.idle_ms for c in plan.cuts if c.shed}
+                idle = {c.prefix: c.idle_ms for c in plan.cuts if not c.queued}
+                queued = {c.prefix: c.idle_ms for c in plan.cuts if c.queued}
                 greet = int(self.policy.greet_floor * 1000)
-                self.cut_sessions += self.sockets.cut(idle, self.policy.ports, shed, greet)
+                ended = self.sockets.cut(idle, self.policy.ports, queued, greet)
             except GovernError as exc:
                 self.health.fail("cut-sessions", exc)
             else:
-                self._note_cuts(plan.cuts, now)
+                self.cut_sessions += sum(ended.values())
+                # A shed asks each single session's socket: only the sources that lost one are events.
+                self._note_cuts(tuple(c for c in plan.cuts if not c.shed or ended.get(c.prefix)), now)
         return True
 
     def _note_cuts(self, cuts: tuple[Cut, ...], now: float) -> None:

@@ -129,27 +129,33 @@ SHED_AFTER_MS = 1000
 def shed(snap: Snapshot, state: State, policy: Policy, acted_on: set[Prefix]) -> list[Cut]:
     """In a wave, while strangers (neither allowlisted nor trusted) hold more sessions than the slot budget: end the
     sessions that have not advanced (still waiting in the accept queue, or silent for SHED_AFTER_MS since the
-    greeting) of the strangers holding the most, two or more each, until what they held covers the excess.
+    greeting) of the strangers holding the most, two or more each, until what they held covers the excess; if that
+    is not enough, also the sessions silent for SHED_AFTER_MS since the greeting of those holding one.
 
     The kernel's budget only counts connections made during the wave; those the flood opened before it fill the MTA
     and its accept queue, and would each get the greeting and a cut's wait (`cut.wave_idle_after`) before they go,
     round after round. A source with several sessions none of which answers is a flood's pattern, never a sender's
-    that delivers: a sender the host has never seen opens one, and is left to wait its turn; one that answers the
-    greeting is not shed. Sources cut for no progress in this plan, or acted on, are left to that. Shedding judges
-    nothing: the source is neither throttled nor blocked for it.
+    that delivers: a sender the host has never seen opens one, and waits its turn in the queue; one that answers
+    the greeting at once is never shed. Sources cut for no progress in this plan, or acted on, are left to that.
+    Shedding judges nothing: the source is neither throttled nor blocked for it.
     """
     total = snap.totals.established if snap.totals is not None else sum(s.established for s in snap.sources.values())
     if total <= policy.slot_budget:
         return []
     trusted = snap.trusted
     strangers: list[tuple[int, Prefix]] = []
+    singles: list[Prefix] = []
     held = 0
     for p, s in snap.sources.items():
         if not s.established or p in trusted or policy.allow.intersects(p):
             continue
         held += s.established
-        if s.established >= 2 and p not in acted_on and p not in state.blocks:
+        if p in acted_on or p in state.blocks:
+            continue
+        if s.established >= 2:
             strangers.append((s.established, p))
+        else:
+            singles.append(p)
     excess = held - policy.slot_budget
     if excess <= 0:
         return []
@@ -159,8 +165,13 @@ def shed(snap: Snapshot, state: State, policy: Policy, acted_on: set[Prefix]) ->
     for n, p in strangers:
         if excess <= 0:
             break
-        out.append(Cut(p, SHED_AFTER_MS, f"{n} sessions not yet answering the greeting while {why}", shed=True))
+        many = f"{n} sessions not answering the greeting while {why}"
+        out.append(Cut(p, SHED_AFTER_MS, many, shed=True, queued=True))
         excess -= n
+    if excess > 0:
+        # Which single sessions are silent since the greeting only the socket shows: the cut asks each.
+        lone = f"its session not answering the greeting while {why}"
+        out.extend(Cut(p, SHED_AFTER_MS, lone, shed=True) for p in sorted(singles, key=lambda p: (p.version, p.value)))
     return out
 
 

@@ -26,12 +26,12 @@ class SocketSource(Protocol):
         self,
         idle_ms: Mapping[Prefix, int],
         ports: frozenset[int],
-        shed: Mapping[Prefix, int] | None = None,
+        queued: Mapping[Prefix, int] | None = None,
         greet_ms: int = 0,
-    ) -> int:
+    ) -> Mapping[Prefix, int]:
         """End the sessions of these sources idle (server waiting on a silent client) for at least `idle_ms`; of the
-        sources to `shed`, also those the server has not greeted yet (each source's value: the idle wait); none
-        before `greet_ms` while the server has sent only its first segment."""
+        `queued` sources, also those the server has not greeted yet (each source's value: the idle wait); none
+        before `greet_ms` while the server has sent only its first segment. Returns the sessions ended per source."""
         ...
 
     def sessions(self, prefix: Prefix, ports: frozenset[int]) -> Sequence[SessionInfo]:

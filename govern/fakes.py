@@ -27,7 +27,7 @@ class FakeSockets:
     sources: dict[Prefix, SockCounts] = field(default_factory=dict)
     destroyed: list[Prefix] = field(default_factory=list)
     cuts: list[dict[Prefix, int]] = field(default_factory=list)
-    shed: list[dict[Prefix, int]] = field(default_factory=list)  # each call's sources to shed
+    queued: list[dict[Prefix, int]] = field(default_factory=list)  # each call's sources whose queue to end too
     live: list[SessionInfo] = field(default_factory=list)
 
     def scan(self, ports: frozenset[int], *, v4_len: int, v6_len: int, idle_after_ms: int, greet_ms: int = 0) -> Scan:
@@ -45,22 +45,22 @@ class FakeSockets:
         self,
         idle_ms: Mapping[Prefix, int],
         ports: frozenset[int],
-        shed: Mapping[Prefix, int] | None = None,
+        queued: Mapping[Prefix, int] | None = None,
         greet_ms: int = 0,
-    ) -> int:
+    ) -> dict[Prefix, int]:
         """Ends the idle sockets of each source whose longest wait reaches its threshold; the fake knows no accept
-        queue, so the sources to `shed` are only recorded."""
+        queue, so the `queued` sources are only recorded."""
         self.cuts.append(dict(idle_ms))
-        if shed:
-            self.shed.append(dict(shed))
-        n = 0
+        if queued:
+            self.queued.append(dict(queued))
+        ended: dict[Prefix, int] = {}
         for p, ms in idle_ms.items():
             c = self.sources.get(p)
             if c is not None and c.idle and c.max_idle_ms >= ms:
-                n += c.idle
+                ended[p] = c.idle
                 left = c._replace(held=c.held - c.idle, established=c.established - c.idle, idle=0, max_idle_ms=0)
                 self.sources[p] = left
-        return n
+        return ended
 
     def sessions(self, prefix: Prefix, ports: frozenset[int]) -> list[SessionInfo]:
         return [s for s in self.live if s.local_port in ports and prefix.contains(Prefix.parse(s.remote))]

@@ -123,13 +123,14 @@ class Action:
 @dataclass(frozen=True, slots=True)
 class Cut:
     """End this source's sessions on which the server has waited on a client whose session has not advanced for at
-    least `idle_ms`. With `shed`, also those still waiting for the server's greeting (in the accept queue): the slot
-    budget's shedding, which judges nothing the source did and so never counts towards a block."""
+    least `idle_ms`; with `queued`, also those still waiting for the server's greeting (in the accept queue). `shed`:
+    the slot budget's shedding, which judges nothing the source did and so never counts towards a block."""
 
     prefix: Prefix
     idle_ms: int
     reason: str
     shed: bool = False
+    queued: bool = False
 
 
 @dataclass(frozen=True, slots=True)

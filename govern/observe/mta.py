@@ -43,11 +43,13 @@ def budget(
     are `wave.mta_slots` if set, else the smallest accept backlog among the protected listeners (the tightest door
     is the one bots fill), else Postfix's default process limit.
 
-    Behind a pregreet wait (postscreen's `greet_wait`), "auto" is that share times 1 + greet_wait / cut_after: every
-    stranger's connection first spends the wait in postscreen, which holds no smtpd process, so a budget of smtpd's
-    share would turn over that many times slower (the lab: never-seen senders at 69%, the first-contact lane full of
-    senders waiting out the pregreet). A silent bot that passes the wait holds smtpd only until it is cut, a
-    `cut_after` of its `greet_wait + cut_after` in the budget: smtpd still sees no more than the share."""
+    Behind a pregreet wait (postscreen's `greet_wait`), a stranger's connection spends the wait in postscreen and
+    then at most `cut_after` in smtpd, and each phase has the same capacity (postscreen screens at most
+    postscreen_pre_queue_limit = default_process_limit clients at once, and answers 421 to everyone over it, trusted
+    relays included). "auto" is then the share times (greet_wait + cut_after) / max(greet_wait, cut_after): the
+    longer phase holds no more than the share, the budget turns over as fast as it can (x1.5 on the defaults). The
+    lab tried x3 (each phase's time over smtpd's alone): postscreen's screening filled and refused the trusted
+    relay."""
     share = wave["budget_share"]
     if wave["mta_slots"]:
         capacity, basis = wave["mta_slots"], "wave.mta_slots"
@@ -59,11 +61,11 @@ def budget(
     if wave["slot_budget"] != "auto":
         slots, why = int(wave["slot_budget"]), "wave.slot_budget"
     elif greet_wait > 0 and cut_after > 0:
-        factor = 1 + greet_wait / cut_after
+        factor = (greet_wait + cut_after) / max(greet_wait, cut_after)
         slots = max(1, int(capacity * share * factor))
         why = (
-            f"{share:.0%} of {capacity} slots ({basis}), x{factor:.3g} for the {greet_wait:g}s pregreet wait strangers "
-            "spend in postscreen, not in smtpd"
+            f"{share:.0%} of {capacity} slots ({basis}), x{factor:.3g}: strangers spend a {greet_wait:g}s pregreet "
+            f"wait in postscreen, then at most {cut_after:g}s in smtpd"
         )
     else:
         slots, why = max(1, int(capacity * share)), f"{share:.0%} of {capacity} slots: {basis}"

@@ -713,38 +713,45 @@ class SockDiag:
         self,
         idle_ms: Mapping[Prefix, int],
         ports: frozenset[int],
-        shed: Mapping[Prefix, int] | None = None,
+        queued: Mapping[Prefix, int] | None = None,
         greet_ms: int = 0,
-    ) -> int:
+    ) -> dict[Prefix, int]:
         """SOCK_DESTROY the ESTABLISHED sockets on `ports` of these sources on which the server has waited on a
         client whose session has not advanced (as `Scan` counts idle) for at least the source's `idle_ms`; of the
-        sources to `shed`, the same with the shed's wait, and also those the server has not greeted yet (no data
-        sent: in the accept queue, or accepted and about to be). No session is judged before `greet_ms` while the
+        `queued` sources, the same with their wait, and also those the server has not greeted yet (no data sent: in
+        the accept queue, or accepted and about to be). No session is judged before `greet_ms` while the
         server has sent it only its first segment (postscreen's "220-" asks the client to wait). Returns how many
-        went."""
-        shed = shed or {}
-        if not (idle_ms or shed) or not ports:
-            return 0
-        wanted = {**shed, **idle_ms}
+        were picked of each source (a socket that went away before its destroy request is counted all the same)."""
+        queued = queued or {}
+        picked: Counter[Prefix] = Counter()
+        if not (idle_ms or queued) or not ports:
+            return {}
+        wanted = {**queued, **idle_ms}
         lengths = sorted({(p.version, p.length) for p in wanted}, reverse=True)
 
-        def group(remote: Prefix, of: Mapping[Prefix, int]) -> int | None:
+        def group(remote: Prefix, of: Mapping[Prefix, int]) -> Prefix | None:
+            """The longest prefix of `of` that holds `remote`."""
             for version, length in lengths:
                 if version == remote.version:
                     shift = remote.bits - length
-                    hit = of.get(Prefix(version, (remote.value >> shift) << shift, length))
-                    if hit is not None:
-                        return hit
+                    p = Prefix(version, (remote.value >> shift) << shift, length)
+                    if p in of:
+                        return p
             return None
 
         def idle(remote: Prefix, info: tuple[int, int, int, int, int]) -> bool:
-            wait = group(remote, shed) if shed else None
-            if wait is not None and (info[4] == 0 or stalled(*info, wait, greet_ms)):
+            q = group(remote, queued) if queued else None
+            if q is not None and (info[4] == 0 or stalled(*info, queued[q], greet_ms)):
+                picked[q] += 1
                 return True
-            limit = group(remote, idle_ms) if idle_ms else None
-            return limit is not None and stalled(*info, limit, greet_ms)
+            p = group(remote, idle_ms) if idle_ms else None
+            if p is not None and stalled(*info, idle_ms[p], greet_ms):
+                picked[p] += 1
+                return True
+            return False
 
-        return self._destroy_matching(ports, 1 << TCP_ESTABLISHED, _EXT_INFO, idle, per_socket=True)
+        self._destroy_matching(ports, 1 << TCP_ESTABLISHED, _EXT_INFO, idle, per_socket=True)
+        return dict(picked)
 
     def sessions(self, prefix: Prefix, ports: frozenset[int]) -> list[SessionInfo]:
         """Every session on `ports` (but TIME_WAIT) whose remote address lies in `prefix`, with its tcp_info.

@@ -389,3 +389,50 @@ def test_behind_a_pregreet_no_one_is_cut_for_waiting_and_a_silent_client_goes_af
         for c in conns:
             c.close()
         mta.close()
+
+
+def test_single_sessions_are_shed_only_when_silent_after_the_greeting_and_only_they_are_events(
+    lab: Lab, tmp_path: Path
+) -> None:
+    mta = listening(lab)
+    mta.settimeout(5)
+    cfg = write_config(tmp_path, "[wave]\nslot_budget = 1\n[cut]\nenabled = false\n")
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def talk(s: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while not stop.wait(0.3):
+                s.sendall(b"NOOP\r\n")
+                s.recv(100)
+
+    try:
+        with running(lab.mx, cfg) as d:
+            # Three single sessions the MTA greets (one talks, two stay silent), one single session left queued.
+            for src in ("198.18.41.1", "198.18.41.2", "198.18.41.3"):
+                with lab.net.entered():
+                    held.append(connect(src, MX4, 25))
+                conn, _ = mta.accept()
+                conn.sendall(b"220 mx.test ESMTP\r\n")
+                held[-1].recv(100)
+                threading.Thread(target=answer_lines, args=(conn, stop), daemon=True).start()
+                held.append(conn)
+            threading.Thread(target=talk, args=(held[0],), daemon=True).start()
+            with lab.net.entered():
+                held.append(connect("198.18.41.4", MX4, 25))
+            time.sleep(1.5)
+            assert govern(lab.mx, "wave", "on", "--for", "2m", "--config", str(cfg)).returncode == 0
+            # 4 sessions, a budget of 1, no source holding two: every single one is asked, the silent go.
+            assert wait_for(lambda: established(lab.mx, "198.18.41.") == 2, timeout=10)
+            time.sleep(2.5)
+            assert established(lab.mx, "198.18.41.1") == 1  # it talks
+            assert established(lab.mx, "198.18.41.4") == 1  # it waits in the queue for its greeting
+            assert d.status()["cut_sessions"] == 2
+            for src, shed in (("198.18.41.1", False), ("198.18.41.2", True), ("198.18.41.4", False)):
+                why = json.loads(govern(lab.mx, "why", src, "--json", "--config", str(cfg)).stdout)
+                assert ("shed" in {a["rule"] for a in why["advice"]}) is shed, (src, why["advice"])
+    finally:
+        stop.set()
+        for c in held:
+            c.close()
+        mta.close()

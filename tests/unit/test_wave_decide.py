@@ -219,13 +219,15 @@ def test_over_the_slot_budget_a_wave_sheds_the_queued_sessions_of_strangers_hold
     relay = Prefix.parse("198.51.100.7")
     sources = {src(i): SourceStats(held=3 if i < 10 else 2, established=3 if i < 10 else 2) for i in range(40)}
     newcomer = Prefix.parse("198.51.100.200")
-    sources |= {newcomer: SourceStats(held=1, established=1)}  # a never-seen sender: one session, left to wait
+    sources |= {newcomer: SourceStats(held=1, established=1)}  # a never-seen sender: one session
     sources |= {PARTNER: SourceStats(held=20, established=20), relay: SourceStats(held=9, established=9)}
     plan = decide(snap(sources, trusted=frozenset({relay})), wave_state(), pol, NOW)
     shed = [c for c in plan.cuts if c.shed]
     # Strangers hold 10 x 3 + 30 x 2 + 1 = 91 sessions: 61 over the budget. The allowlisted partner's 20 and the
-    # trusted relay's 9 are not counted. Those holding the most go first, until what they held covers the excess.
+    # trusted relay's 9 are not counted. Those holding the most go first, queue and all, until what they held
+    # covers the excess; a single session is not among them.
     assert [c.prefix for c in shed] == [src(i) for i in range(10)] + [src(i) for i in range(10, 26)]
+    assert all(c.queued and c.idle_ms == 1000 for c in shed)
     assert all("over the slot budget of 30" in c.reason for c in shed)
     assert not plan.actions  # shedding judges nothing: no throttle, no block
     state = wave_state()
@@ -238,22 +240,41 @@ def test_over_the_slot_budget_a_wave_sheds_the_queued_sessions_of_strangers_hold
     assert not [c for c in decide(snap(sources), wave_state(), policy(), NOW).cuts if c.shed]
 
 
+def test_when_the_many_do_not_cover_the_excess_single_sessions_silent_after_the_greeting_are_shed_too() -> None:
+    pol = policy(wave={"slot_budget": 30, "top_n": 0}, cut={"enabled": False})
+    sources = {src(i): SourceStats(held=1, established=1) for i in range(40)}
+    sources |= {src(100 + i): SourceStats(held=2, established=2) for i in range(3)}
+    plan = decide(snap(sources), wave_state(), pol, NOW)
+    # 46 sessions, 16 over: the three pairs (6) do not cover it. Every single one is asked, the socket decides: only
+    # a session silent for a second since the greeting goes, never one still queued for it.
+    many = [c.prefix for c in plan.cuts if c.queued]
+    lone = [c for c in plan.cuts if c.shed and not c.queued]
+    assert many == [src(100), src(101), src(102)]
+    assert {c.prefix for c in lone} == {src(i) for i in range(40)}
+    assert all(c.idle_ms == 1000 and "its session not answering the greeting" in c.reason for c in lone)
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.dictionaries(addresses, stats, max_size=60), st.integers(1, 40))
-def test_shedding_spares_single_sessions_the_allowlisted_and_the_trusted_and_stops_at_the_budget(
+def test_shedding_spares_the_allowlisted_and_the_trusted_and_queues_only_of_the_many(
     sources: dict[Prefix, SourceStats], budget: int
 ) -> None:
     pol = policy(wave={"slot_budget": budget}, aggregate={"enabled": False})
     trusted = frozenset(list(sources)[::3])
     plan = decide(snap(sources, trusted=trusted), wave_state(), pol, NOW)
-    shed = [c.prefix for c in plan.cuts if c.shed]
+    shed = [c for c in plan.cuts if c.shed]
     others = {c.prefix for c in plan.cuts if not c.shed} | {a.prefix for a in plan.actions}
     strangers = {p: s for p, s in sources.items() if p not in trusted and not pol.allow.intersects(p)}
-    for p in shed:
-        assert p in strangers and sources[p].established >= 2 and p not in others
+    for c in shed:
+        assert c.prefix in strangers and c.prefix not in others
+        assert c.queued == (strangers[c.prefix].established >= 2)  # a single session's queue is never ended
+    many = [c.prefix for c in shed if c.queued]
     excess = sum(s.established for s in strangers.values()) - budget
     if excess <= 0:
         assert not shed
     else:
-        # No more sources than the excess needs: without the last one shed, it was not yet covered.
-        assert sum(sources[p].established for p in shed[:-1]) < excess
+        # No more of the many than the excess needs: without the last one, it was not yet covered; the single
+        # sessions are asked only when the many did not cover it.
+        assert sum(sources[p].established for p in many[:-1]) < excess
+        if any(not c.queued for c in shed):
+            assert sum(sources[p].established for p in many) < excess
