@@ -256,10 +256,10 @@ class Governor:
         # After the blocks' own sessions are gone, so each ended session is counted once, under its cause.
         if plan.cuts:
             try:
-                idle = {c.prefix: c.idle_ms for c in plan.cuts if not c.queued}
-                queued = {c.prefix: c.idle_ms for c in plan.cuts if c.queued}
+                idle = {c.prefix: c.idle_ms for c in plan.cuts if not c.shed}
+                shed = {c.prefix: (c.idle_ms, c.queued) for c in plan.cuts if c.shed}
                 greet = int(self.policy.greet_floor * 1000)
-                ended = self.sockets.cut(idle, self.policy.ports, queued, greet)
+                ended = self.sockets.cut(idle, self.policy.ports, shed, greet)
             except GovernError as exc:
                 self.health.fail("cut-sessions", exc)
             else:

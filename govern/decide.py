@@ -128,9 +128,11 @@ SHED_AFTER_MS = 1000
 
 def shed(snap: Snapshot, state: State, policy: Policy, acted_on: set[Prefix]) -> list[Cut]:
     """In a wave, while strangers (neither allowlisted nor trusted) hold more sessions than the slot budget: end the
-    sessions that have not advanced (still waiting in the accept queue, or silent for SHED_AFTER_MS since the
-    greeting) of the strangers holding the most, two or more each, until what they held covers the excess; if that
-    is not enough, also the sessions silent for SHED_AFTER_MS since the greeting of those holding one.
+    sessions that have not got past the greeting (still waiting in the accept queue for it, or given nothing but it
+    and not advancing for SHED_AFTER_MS) of the strangers holding the most, two or more each, until what they held
+    covers the excess; if that is not enough, also those given nothing but the greeting of the ones holding one.
+    A session past the greeting (the server answered a command) is left to the cuts: a slow MTA pausing between
+    its commands is never shed.
 
     The kernel's budget only counts connections made during the wave; those the flood opened before it fill the MTA
     and its accept queue, and would each get the greeting and a cut's wait (`cut.wave_idle_after`) before they go,

@@ -26,12 +26,13 @@ class SocketSource(Protocol):
         self,
         idle_ms: Mapping[Prefix, int],
         ports: frozenset[int],
-        queued: Mapping[Prefix, int] | None = None,
+        shed: Mapping[Prefix, tuple[int, bool]] | None = None,
         greet_ms: int = 0,
     ) -> Mapping[Prefix, int]:
-        """End the sessions of these sources idle (server waiting on a silent client) for at least `idle_ms`; of the
-        `queued` sources, also those the server has not greeted yet (each source's value: the idle wait); none
-        before `greet_ms` while the server has sent only its first segment. Returns the sessions ended per source."""
+        """End the sessions of these sources idle (server waiting on a silent client) for at least `idle_ms`; none
+        before `greet_ms` while the server has sent only its first segment. Of the sources to `shed` (wait, queued
+        too): those that got nothing but the greeting and have not advanced for the wait, and with `queued`, those
+        the server has not greeted yet. Returns the sessions ended per source."""
         ...
 
     def sessions(self, prefix: Prefix, ports: frozenset[int]) -> Sequence[SessionInfo]:

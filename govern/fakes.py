@@ -27,7 +27,7 @@ class FakeSockets:
     sources: dict[Prefix, SockCounts] = field(default_factory=dict)
     destroyed: list[Prefix] = field(default_factory=list)
     cuts: list[dict[Prefix, int]] = field(default_factory=list)
-    queued: list[dict[Prefix, int]] = field(default_factory=list)  # each call's sources whose queue to end too
+    shed: list[dict[Prefix, tuple[int, bool]]] = field(default_factory=list)  # each call's sources to shed
     live: list[SessionInfo] = field(default_factory=list)
 
     def scan(self, ports: frozenset[int], *, v4_len: int, v6_len: int, idle_after_ms: int, greet_ms: int = 0) -> Scan:
@@ -45,14 +45,14 @@ class FakeSockets:
         self,
         idle_ms: Mapping[Prefix, int],
         ports: frozenset[int],
-        queued: Mapping[Prefix, int] | None = None,
+        shed: Mapping[Prefix, tuple[int, bool]] | None = None,
         greet_ms: int = 0,
     ) -> dict[Prefix, int]:
         """Ends the idle sockets of each source whose longest wait reaches its threshold; the fake knows no accept
-        queue, so the `queued` sources are only recorded."""
+        queue nor greetings, so the sources to `shed` are only recorded."""
         self.cuts.append(dict(idle_ms))
-        if queued:
-            self.queued.append(dict(queued))
+        if shed:
+            self.shed.append(dict(shed))
         ended: dict[Prefix, int] = {}
         for p, ms in idle_ms.items():
             c = self.sources.get(p)

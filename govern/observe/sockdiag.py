@@ -713,23 +713,24 @@ class SockDiag:
         self,
         idle_ms: Mapping[Prefix, int],
         ports: frozenset[int],
-        queued: Mapping[Prefix, int] | None = None,
+        shed: Mapping[Prefix, tuple[int, bool]] | None = None,
         greet_ms: int = 0,
     ) -> dict[Prefix, int]:
         """SOCK_DESTROY the ESTABLISHED sockets on `ports` of these sources on which the server has waited on a
-        client whose session has not advanced (as `Scan` counts idle) for at least the source's `idle_ms`; of the
-        `queued` sources, the same with their wait, and also those the server has not greeted yet (no data sent: in
-        the accept queue, or accepted and about to be). No session is judged before `greet_ms` while the
-        server has sent it only its first segment (postscreen's "220-" asks the client to wait). Returns how many
-        were picked of each source (a socket that went away before its destroy request is counted all the same)."""
-        queued = queued or {}
+        client whose session has not advanced (as `Scan` counts idle) for at least the source's `idle_ms`. Of the
+        sources to `shed` (wait, queued too), those that got nothing but the greeting and have not advanced for the
+        wait, and with `queued` those the server has not greeted yet (no data sent: in the accept queue, or
+        accepted and about to be); never a session past the greeting. No session is judged before `greet_ms`
+        while the server has sent it only its first segment (postscreen's "220-" asks the client to wait). Returns
+        how many were picked of each source (a socket gone before its destroy request is counted all the same)."""
+        shed = shed or {}
         picked: Counter[Prefix] = Counter()
-        if not (idle_ms or queued) or not ports:
+        if not (idle_ms or shed) or not ports:
             return {}
-        wanted = {**queued, **idle_ms}
+        wanted: dict[Prefix, object] = {**shed, **idle_ms}
         lengths = sorted({(p.version, p.length) for p in wanted}, reverse=True)
 
-        def group(remote: Prefix, of: Mapping[Prefix, int]) -> Prefix | None:
+        def group(remote: Prefix, of: Mapping[Prefix, object]) -> Prefix | None:
             """The longest prefix of `of` that holds `remote`."""
             for version, length in lengths:
                 if version == remote.version:
@@ -740,10 +741,13 @@ class SockDiag:
             return None
 
         def idle(remote: Prefix, info: tuple[int, int, int, int, int]) -> bool:
-            q = group(remote, queued) if queued else None
-            if q is not None and (info[4] == 0 or stalled(*info, queued[q], greet_ms)):
-                picked[q] += 1
-                return True
+            q = group(remote, shed) if shed else None
+            if q is not None:
+                wait, queued = shed[q]
+                segs_out = info[4]
+                if (segs_out == 0 and queued) or (segs_out == 1 and stalled(*info, wait, greet_ms)):
+                    picked[q] += 1
+                    return True
             p = group(remote, idle_ms) if idle_ms else None
             if p is not None and stalled(*info, idle_ms[p], greet_ms):
                 picked[p] += 1

@@ -408,8 +408,9 @@ def test_single_sessions_are_shed_only_when_silent_after_the_greeting_and_only_t
 
     try:
         with running(lab.mx, cfg) as d:
-            # Three single sessions the MTA greets (one talks, two stay silent), one single session left queued.
-            for src in ("198.18.41.1", "198.18.41.2", "198.18.41.3"):
+            # Four single sessions the MTA greets (one talks, two stay silent, one pauses after its EHLO was
+            # answered, as a slow MTA does between commands), one single session left queued.
+            for src in ("198.18.41.1", "198.18.41.2", "198.18.41.3", "198.18.41.5"):
                 with lab.net.entered():
                     held.append(connect(src, MX4, 25))
                 conn, _ = mta.accept()
@@ -418,15 +419,19 @@ def test_single_sessions_are_shed_only_when_silent_after_the_greeting_and_only_t
                 threading.Thread(target=answer_lines, args=(conn, stop), daemon=True).start()
                 held.append(conn)
             threading.Thread(target=talk, args=(held[0],), daemon=True).start()
+            held[6].sendall(b"EHLO slow.example\r\n")
+            assert held[6].recv(100).startswith(b"250")
             with lab.net.entered():
                 held.append(connect("198.18.41.4", MX4, 25))
             time.sleep(1.5)
             assert govern(lab.mx, "wave", "on", "--for", "2m", "--config", str(cfg)).returncode == 0
-            # 4 sessions, a budget of 1, no source holding two: every single one is asked, the silent go.
-            assert wait_for(lambda: established(lab.mx, "198.18.41.") == 2, timeout=10)
+            # 5 sessions, a budget of 1, no source holding two: every single one is asked; those silent since the
+            # greeting go.
+            assert wait_for(lambda: established(lab.mx, "198.18.41.") == 3, timeout=10)
             time.sleep(2.5)
             assert established(lab.mx, "198.18.41.1") == 1  # it talks
             assert established(lab.mx, "198.18.41.4") == 1  # it waits in the queue for its greeting
+            assert established(lab.mx, "198.18.41.5") == 1  # past the greeting: left to the cuts (off here)
             assert d.status()["cut_sessions"] == 2
             for src, shed in (("198.18.41.1", False), ("198.18.41.2", True), ("198.18.41.4", False)):
                 why = json.loads(govern(lab.mx, "why", src, "--json", "--config", str(cfg)).stdout)
