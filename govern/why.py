@@ -539,9 +539,9 @@ def _history(ev: Evidence, *, behaviour: bool) -> Iterable[Advice]:
     if shed:
         yield Advice(
             "shed",
-            f"during a flood we ended connections of yours still waiting for our greeting {_n(len(shed), 'time')}, "
-            f"the last {_ago(ev, shed[0].at)} ({shed[0].reason}): you opened several at once while senders we did "
-            "not know held more than our MTA's budget; retry with one connection at a time",
+            f"during a flood we ended connections of yours that had not got past our greeting "
+            f"{_n(len(shed), 'time')}, the last {_ago(ev, shed[0].at)} ({shed[0].reason}), while senders we did not "
+            "know held more than our MTA's budget: answer our greeting at once, and open one connection at a time",
         )
     verbs = {"block": "blocked", "extend": "blocked", "throttle": "rate-limited", "tarpit": "slowed down"}
     last = next((e for e in ev.events if e.kind in verbs), None)
