@@ -5,7 +5,7 @@
 
 Pure Python, no root, no kernel: the inputs are built in memory (addresses from shared/LAB.md's bot ranges).
 
-1. decide: `govern.decide.decide(snapshot, state, policy, now)` on a Snapshot of `--sources` sources against a
+1. decide: `govern.core.decide.decide(snapshot, state, policy, now)` on a Snapshot of `--sources` sources against a
    State holding `--blocks` blocks and `--throttles` throttles, with the default limits and an allowlist of the
    trusted ranges. The mix, as a flood might look to the daemon:
    - three in four sources are IPv4 hosts from 198.18.0.0/15, one in four IPv6 /64s from 2001:db8:bad::/48;
@@ -44,10 +44,10 @@ sys.path.insert(0, str(ROOT))
 from bench.machine import machine  # noqa: E402
 from govern import config  # noqa: E402
 from govern.addr import Prefix  # noqa: E402
-from govern.decide import decide  # noqa: E402
+from govern.core.decide import decide  # noqa: E402
+from govern.core.modes import totals  # noqa: E402
 from govern.fakes import FakeCounters, FakeSockets  # noqa: E402
 from govern.model import ActionKind, Block, Plan, Snapshot, SourceStats, State, Throttle  # noqa: E402
-from govern.modes import totals  # noqa: E402
 from govern.observe.observer import Observer  # noqa: E402
 from govern.observe.rates import RateWindow  # noqa: E402
 from govern.observe.sockdiag import SockCounts  # noqa: E402

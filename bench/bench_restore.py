@@ -44,7 +44,7 @@ from bench.machine import machine  # noqa: E402
 from govern import config as govern_config  # noqa: E402
 from govern.addr import Prefix  # noqa: E402
 from govern.config import Config  # noqa: E402
-from govern.decide import release_allowlisted  # noqa: E402
+from govern.core.decide import release_allowlisted  # noqa: E402
 from govern.model import Action, ActionKind, Plan, State  # noqa: E402
 from govern.nft.backend import NftBackend  # noqa: E402
 from govern.nft.libnft import Nft  # noqa: E402

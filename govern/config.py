@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ from govern.addr import Prefix, PrefixSet
 from govern.allow.names import domains
 from govern.checks import items
 from govern.checks import typename as _typename
+from govern.core.policy import ModePolicy, Policy
 from govern.durations import format_duration, parse_duration
 from govern.errors import AddressError, ConfigError
 
@@ -405,52 +406,6 @@ class Config:
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return {s: dict(k) for s, k in self.raw.items()}
-
-
-@dataclass(frozen=True)
-class ModePolicy:
-    """When the host is under pressure: each threshold as (elevated, wave)."""
-
-    auto: bool = True
-    queue_fill: tuple[float, float] = (0.5, 0.9)
-    listen_drops: tuple[int, int] = (10, 100)  # per second
-    syn_recv: tuple[int, int] = (256, 2048)
-    attempts: tuple[int, int] = (300, 1500)  # per second
-    idle_share: tuple[float, float] = (0.5, 0.8)
-    min_sessions: int = 20
-    exit_ratio: float = 0.5
-    calm_for: float = 60.0
-    wave_duration: float = 1800.0
-
-
-@dataclass(frozen=True)
-class Policy:
-    """What the pure decision core needs of the config, in the units it computes with (seconds, counts)."""
-
-    ports: frozenset[int]
-    v4_len: int
-    v6_len: int
-    allow: PrefixSet
-    max_connections: int
-    max_new_per_minute: int
-    idle_after: float
-    throttle_duration: float
-    escalate_after: float
-    block_duration: float
-    max_block_duration: float
-    forget_after: float
-    modes: ModePolicy = field(default_factory=ModePolicy)
-    wave_top_n: int = 50
-    wave_max_connections: int = 10
-    wave_max_new_per_minute: int = 30
-    cut_idle_after: tuple[float, float] | None = (30.0, 3.0)  # (elevated, wave) no progress; None: never cut
-    cut_block_after: int = 2  # a stranger cut this many times in one wave is blocked
-    aggregate: Mapping[int, tuple[int, int]] = field(default_factory=dict)  # version -> (prefix length, min blocked)
-    trust_factor: int = 1  # limits are this many times higher for sources that delivered recently
-    tarpit_duration: float = 600.0
-    tarpit_max: int = 0  # 0: no tarpit (disabled, or the host cannot)
-    slot_budget: int = 0  # sessions strangers may hold in a wave (the kernel's slot budget); 0: none enforced
-    greet_floor: float = 0.0  # no session is cut or shed sooner after the greeting (postscreen's pregreet wait + 1 s)
 
 
 def _enforced_budget(config: Config) -> int:

@@ -25,16 +25,17 @@ from govern.allow.entries import by_prefix
 from govern.allow.learning import TrustSources
 from govern.allow.sources import AllowSources, policy_with
 from govern.backends import is_dry_run
-from govern.config import Config, Policy
+from govern.config import Config
 from govern.control import ControlServer, Request
-from govern.decide import decide, manual_block, manual_unblock, release_allowlisted
+from govern.core.decide import decide, forget_offenders, manual_block, manual_unblock, release_allowlisted
+from govern.core.modes import wave_off, wave_on
+from govern.core.policy import Policy
 from govern.durations import format_duration, parse_duration
 from govern.edges import Counters, Enforcer, SocketSource, Tarpit
 from govern.errors import GovernError, RefusedError, UsageError
 from govern.export import feed as export_feed
 from govern.export.feed import Feed
 from govern.model import ActionKind, Cut, Mode, ModeState, Plan, Snapshot, State
-from govern.modes import wave_off, wave_on
 from govern.observe.mta import POSTSCREEN_GREET_WAIT, Budget, budget, postscreen_listening
 from govern.observe.observer import Observer
 from govern.observe.sockdiag import SessionInfo
@@ -335,10 +336,7 @@ class Governor:
 
     def _maintain(self, now: float) -> None:
         self._maintained = now
-        cutoff = now - self.policy.forget_after
-        self.store.forget_offenders(cutoff)
-        for p in [p for p, o in self.state.offenders.items() if o.last < cutoff]:
-            del self.state.offenders[p]
+        self._commit_recorded(forget_offenders(self.state, self.policy, now), now)
         self.store.trim_events(now - EVENTS_KEPT)
 
     # -- allowlist sources and learned trust (govern.allow) ------------------------------------------------------

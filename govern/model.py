@@ -140,9 +140,10 @@ class Plan:
     actions: tuple[Action, ...] = ()
     mode: ModeState | None = None  # a change of mode (or of its timer), None when it stays as it is
     cuts: tuple[Cut, ...] = ()  # sessions to end: not kernel state, so neither stored nor replayed
+    forget: tuple[Prefix, ...] = ()  # offence records that lapsed (`block.forget_after`): no longer held against them
 
     def __bool__(self) -> bool:
-        return bool(self.actions) or self.mode is not None or bool(self.cuts)
+        return bool(self.actions) or self.mode is not None or bool(self.cuts) or bool(self.forget)
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,6 +219,8 @@ class State:
                     continue
                 n = self.cuts_in_wave(c.prefix, self.mode.since)
                 self.cuts[c.prefix] = CutRecord(n + 1, self.mode.since, now)
+        for p in plan.forget:
+            self.offenders.pop(p, None)
         for a in plan.actions:
             if a.kind is ActionKind.BLOCK or a.kind is ActionKind.EXTEND:
                 old = self.blocks.get(a.prefix)

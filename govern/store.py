@@ -102,6 +102,7 @@ class Store:
         cur.execute("BEGIN IMMEDIATE")
         try:
             self._write(cur, plan.actions, now)
+            cur.executemany("DELETE FROM offenders WHERE prefix=?", [(str(p),) for p in plan.forget])
             if plan.mode is not None:
                 self._write_mode(cur, plan.mode, now)
             yield
@@ -161,9 +162,6 @@ class Store:
                 "INSERT INTO events(at, kind, prefix, reason, until) VALUES (?,?,?,?,?)",
                 (now, f"mode {m.mode.value}", "", m.reason, m.until),
             )
-
-    def forget_offenders(self, before: float) -> int:
-        return self.db.execute("DELETE FROM offenders WHERE last < ?", (before,)).rowcount
 
     def trim_events(self, before: float) -> None:
         self.db.execute("DELETE FROM events WHERE at < ?", (before,))

@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple, TypeVar
 
 from govern.addr import Prefix, group_key
-from govern.config import Policy
-from govern.decide import Limits
+from govern.core.decide import Limits
+from govern.core.policy import Policy
 from govern.durations import format_duration
 from govern.errors import UsageError
 from govern.model import Mode, Offender, SourceStats, State

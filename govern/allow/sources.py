@@ -23,7 +23,8 @@ from govern.allow.dns import DnsTempError, Resolver
 from govern.allow.entries import AllowEntry, by_prefix
 from govern.allow.files import WatchedFile
 from govern.allow.spf import SpfError, expand
-from govern.config import Config, Policy
+from govern.config import Config
+from govern.core.policy import Policy
 from govern.errors import AddressError
 
 log = logging.getLogger("govern")

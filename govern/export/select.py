@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from govern.addr import Prefix, PrefixSet
-from govern.aggregate import split_around
+from govern.core.aggregate import split_around
 from govern.durations import format_duration
 from govern.model import Block
 

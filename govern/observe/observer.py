@@ -6,10 +6,10 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 
 from govern.addr import Prefix, PrefixSet
-from govern.config import Policy
+from govern.core.modes import totals
+from govern.core.policy import Policy
 from govern.edges import Counters, SocketSource
 from govern.model import Snapshot, SourceStats
-from govern.modes import totals
 from govern.observe.netstat import deltas
 from govern.observe.rates import RateWindow
 

@@ -7,13 +7,14 @@ from hypothesis import strategies as st
 
 from govern import config
 from govern.addr import Prefix, PrefixSet
-from govern.aggregate import aggregate, split_around
+from govern.core.aggregate import aggregate, split_around
+from govern.core.policy import Policy
 from govern.model import Action, ActionKind, Block, State
 
 NOW = 1_700_000_000.0
 
 
-def policy(allow: list[str], min_blocked: int = 4) -> config.Policy:
+def policy(allow: list[str], min_blocked: int = 4) -> Policy:
     return config.from_mapping(
         {"allow": {"cidrs": allow}, "aggregate": {"ipv4_min_blocked": min_blocked, "ipv6_min_blocked": min_blocked}}
     ).policy()

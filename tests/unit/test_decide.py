@@ -8,7 +8,15 @@ from hypothesis import strategies as st
 
 from govern import config
 from govern.addr import Prefix
-from govern.decide import block_duration, decide, manual_block, manual_unblock, release_allowlisted
+from govern.core.decide import (
+    block_duration,
+    decide,
+    forget_offenders,
+    manual_block,
+    manual_unblock,
+    release_allowlisted,
+)
+from govern.core.policy import Policy
 from govern.errors import RefusedError
 from govern.model import PUNITIVE, ActionKind, Block, Offender, Plan, Snapshot, SourceStats, State, Throttle
 
@@ -17,7 +25,7 @@ BOT = Prefix.parse("198.18.0.7")
 TRUSTED = Prefix.parse("192.0.2.10")
 
 
-def policy(**limits: object) -> config.Policy:
+def policy(**limits: object) -> Policy:
     """The ladder in normal mode: automatic modes off, so a snapshot's pressure cannot start a wave here (that
     is tests/unit/test_modes.py's subject)."""
     return config.from_mapping(
@@ -87,6 +95,16 @@ def test_old_offences_are_forgotten() -> None:
     )
     a = decide(snap({BOT: SourceStats(held=30)}), st_, policy(), NOW).actions[0]
     assert a.offences == 1 and a.until == NOW + 600
+
+
+def test_lapsed_offence_records_are_forgotten_by_a_plan_the_state_records() -> None:
+    old, recent = Prefix.parse("198.18.0.7"), Prefix.parse("198.18.0.8")
+    st_ = State(offenders={old: Offender(3, NOW - 8 * 86400), recent: Offender(1, NOW - 3600)})
+    plan = forget_offenders(st_, policy(), NOW)
+    assert plan.forget == (old,) and bool(plan) and not plan.actions
+    st_.record(plan, NOW)
+    assert set(st_.offenders) == {recent}
+    assert not forget_offenders(st_, policy(), NOW)  # nothing left to forget: an empty plan
 
 
 def test_expired_blocks_and_throttles_are_released() -> None:

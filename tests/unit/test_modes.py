@@ -7,8 +7,8 @@ from hypothesis import strategies as st
 
 from govern import config
 from govern.addr import Prefix
+from govern.core.modes import Pressure, measure, next_mode, wave_off, wave_on
 from govern.model import ListenerStats, Mode, ModeState, Snapshot, SourceStats
-from govern.modes import Pressure, measure, next_mode, wave_off, wave_on
 
 NOW = 1_700_000_000.0
 POLICY = config.from_mapping({"allow": {"cidrs": ["192.0.2.0/24"]}}).policy()

@@ -33,6 +33,15 @@ def test_plan_survives_reopen(tmp_path: Path) -> None:
     assert st.throttles[B].since == NOW
 
 
+def test_a_plan_that_forgets_an_offender_removes_its_record_for_good(tmp_path: Path) -> None:
+    s = Store(str(tmp_path))
+    s.save(Plan((Action(ActionKind.BLOCK, A, "b", until=NOW + 600, offences=3),)), NOW)
+    s.save(Plan(forget=(A,)), NOW + 8 * 86400)
+    s.close()
+    st = Store(str(tmp_path)).load()
+    assert A not in st.offenders and A in st.blocks  # the block's own row is not the offence record
+
+
 def test_extend_keeps_since_and_block_clears_throttle(tmp_path: Path) -> None:
     s = Store(str(tmp_path))
     s.save(Plan((Action(ActionKind.THROTTLE, A, "t", until=NOW + 60),)), NOW)

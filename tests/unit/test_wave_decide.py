@@ -10,14 +10,15 @@ from hypothesis import strategies as st
 
 from govern import config
 from govern.addr import Prefix
-from govern.decide import decide
+from govern.core.decide import decide
+from govern.core.policy import Policy
 from govern.model import PUNITIVE, ActionKind, CutRecord, Mode, ModeState, Snapshot, SourceStats, State, Throttle
 
 NOW = 1_700_000_000.0
 PARTNER = Prefix.parse("192.0.2.10")
 
 
-def policy(**sections: dict[str, object]) -> config.Policy:
+def policy(**sections: dict[str, object]) -> Policy:
     return config.from_mapping({"allow": {"cidrs": ["192.0.2.0/24"]}, **sections}).policy()
 
 

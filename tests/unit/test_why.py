@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from govern import config, why
 from govern.addr import Prefix
-from govern.config import Policy
+from govern.core.policy import Policy
 from govern.errors import UsageError
 from govern.model import Block, Mode, Offender, SourceStats, State, Tarpitted, Throttle
 from govern.observe.sockdiag import SessionInfo

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 from govern.addr import Prefix
-from govern.config import Policy
+from govern.core.policy import Policy
 from govern.durations import format_duration
 from govern.model import Action, ActionKind, State
 

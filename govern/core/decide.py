@@ -18,12 +18,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from govern.addr import Prefix
-from govern.aggregate import aggregate
-from govern.config import Policy
+from govern.core.aggregate import aggregate
+from govern.core.modes import measure, next_mode
+from govern.core.policy import Policy
 from govern.durations import format_duration
 from govern.errors import RefusedError
 from govern.model import Action, ActionKind, Block, Cut, Mode, Plan, Snapshot, SourceStats, State
-from govern.modes import measure, next_mode
 
 
 def decide(snap: Snapshot, state: State, policy: Policy, now: float) -> Plan:
@@ -336,6 +336,12 @@ def manual_unblock(prefix: Prefix, state: State) -> Plan:
     if wider is not None:
         raise RefusedError(f"{prefix} is blocked as part of {wider.prefix}; unblock {wider.prefix} instead")
     raise RefusedError(f"{prefix} is not blocked or throttled")
+
+
+def forget_offenders(state: State, policy: Policy, now: float) -> Plan:
+    """The offence records older than `forget_after`: a source that offends again after them starts afresh."""
+    cutoff = now - policy.forget_after
+    return Plan(forget=tuple(p for p, o in state.offenders.items() if o.last < cutoff))
 
 
 def release_allowlisted(state: State, policy: Policy) -> Plan:

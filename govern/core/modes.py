@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 
 from govern.addr import Prefix
-from govern.config import ModePolicy, Policy
+from govern.core.policy import ModePolicy, Policy
 from govern.durations import format_duration
 from govern.model import Mode, ModeState, Snapshot, SourceStats, Totals
 
