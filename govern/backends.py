@@ -1,5 +1,5 @@
-"""Choosing the firewall backend and the XDP fast path from `[backend]` (docs/configuration.md), and removing what
-the non-default ones leave in the kernel when no daemon runs (`govern teardown`)."""
+"""Choosing the firewall backend and the XDP fast path from `[backend]` (docs/configuration.md), and removing every
+kernel object govern makes when no daemon runs (`govern teardown`; a running daemon removes its own)."""
 
 from __future__ import annotations
 
@@ -43,11 +43,22 @@ def enforcer(config: Config) -> Enforcer:
 
 
 def teardown_offline(config: Config) -> list[str]:
-    """Remove the iptables chain and sets and the XDP program and pins; what was removed, one line each."""
+    """Without a daemon, remove every kernel object govern makes but its sysctls: the tarpit's queues, table inet
+    govern, the iptables chain and sets, the XDP program and pins. What was removed, one line each."""
     from govern.ipt.backend import teardown_all
+    from govern.nft.backend import teardown_table
+    from govern.tarpit import TcTarpit
     from govern.xdp.loader import detach_all, unpin
 
     done = []
+    tarpit = TcTarpit()
+    try:
+        if tarpit.teardown():
+            done.append("removed the tarpit's queues")
+    finally:
+        tarpit.close()
+    if teardown_table():
+        done.append("removed table inet govern")
     # Only where iptables is the configured firewall: even looking at the raw table loads iptable_raw, which hooks
     # legacy xtables into every packet of a host that never used it.
     if config["backend"]["firewall"] == "iptables" and teardown_all():

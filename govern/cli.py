@@ -300,33 +300,17 @@ def teardown(config: ConfigOpt = None) -> None:
     except DaemonUnavailable:
         pass
     from govern import backends
-    from govern.nft.backend import teardown_table
 
     if os.geteuid() != 0:
         _fail(UsageError("govern teardown needs root: it removes govern's nftables table"))
-    from govern.tarpit import TcTarpit
-
     try:
-        tarpit = TcTarpit()
-        try:
-            slowed = tarpit.teardown()
-        finally:
-            tarpit.close()
-        removed = teardown_table()
+        removed = backends.teardown_offline(cfg)
     except GovernError as exc:
         _fail(exc)
-    try:
-        extra = backends.teardown_offline(cfg)
-    except GovernError as exc:
-        _fail(exc)
-    if removed:
-        print("removed table inet govern")
-    for line in extra:
+    for line in removed:
         print(line)
-    if not removed and not extra:
+    if not removed:
         print("nothing to remove: no govern objects in the kernel")
-    if slowed:
-        print("removed the tarpit's queues")
     _print_report(_sysctls(cfg).restore())
 
 

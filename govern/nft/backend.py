@@ -179,9 +179,8 @@ class NftBackend:
     # -- teardown -------------------------------------------------------------------------------------------
 
     def teardown(self) -> bool:
-        if (FAMILY, TABLE) not in self.nft.tables():
+        if not delete_table(self.nft):
             return False
-        self.nft.run(f"delete table {FAMILY} {TABLE}\n")
         for v in self.held.values():
             v.clear()
         return True
@@ -216,13 +215,18 @@ def collapse(prefixes: Sequence[Prefix]) -> list[Prefix]:
     return [Prefix(n.version, int(n.network_address), n.prefixlen) for n in merged]
 
 
+def delete_table(nft: Nft) -> bool:
+    """Remove table inet govern if it is there; whether it was."""
+    if (FAMILY, TABLE) not in nft.tables():
+        return False
+    nft.run(f"delete table {FAMILY} {TABLE}\n")
+    return True
+
+
 def teardown_table() -> bool:
     """Remove table inet govern without a running backend (used by `govern teardown` when no daemon runs)."""
     nft = Nft()
     try:
-        if (FAMILY, TABLE) not in nft.tables():
-            return False
-        nft.run(f"delete table {FAMILY} {TABLE}\n")
-        return True
+        return delete_table(nft)
     finally:
         nft.close()
