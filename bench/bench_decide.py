@@ -47,10 +47,18 @@ from govern.addr import Prefix  # noqa: E402
 from govern.core.decide import decide  # noqa: E402
 from govern.core.modes import totals  # noqa: E402
 from govern.fakes import FakeCounters, FakeSockets  # noqa: E402
-from govern.model import ActionKind, Block, Plan, Snapshot, SourceStats, State, Throttle  # noqa: E402
+from govern.model import (  # noqa: E402
+    ActionKind,
+    Block,
+    Plan,
+    Snapshot,
+    SockCounts,
+    SourceStats,
+    State,
+    Throttle,
+)
 from govern.observe.observer import Observer  # noqa: E402
 from govern.observe.rates import RateWindow  # noqa: E402
-from govern.observe.sockdiag import SockCounts  # noqa: E402
 
 NOW = 1_700_000_000.0
 V4_BASE = Prefix.parse("198.18.0.0").value

@@ -47,8 +47,9 @@ sys.path.insert(0, str(ROOT))
 
 from bench.machine import machine  # noqa: E402
 from govern.addr import Prefix  # noqa: E402
+from govern.model import Scan  # noqa: E402
 from govern.observe import sockdiag  # noqa: E402
-from govern.observe.sockdiag import Scan, SockDiag  # noqa: E402
+from govern.observe.sockdiag import SockDiag  # noqa: E402
 from tests.netns import MX4, MX6, Lab, Netns, entered, new_name, sh  # noqa: E402
 
 PORT = 25

@@ -35,10 +35,9 @@ from govern.edges import Counters, Enforcer, SocketSource, Tarpit
 from govern.errors import GovernError, RefusedError, UsageError
 from govern.export import feed as export_feed
 from govern.export.feed import Feed
-from govern.model import ActionKind, Cut, Mode, ModeState, Plan, Snapshot, State
+from govern.model import ActionKind, Cut, Mode, ModeState, Plan, SessionInfo, Snapshot, State
 from govern.observe.mta import POSTSCREEN_GREET_WAIT, Budget, budget, postscreen_listening
 from govern.observe.observer import Observer
-from govern.observe.sockdiag import SessionInfo
 from govern.store import Store
 from govern.sysctl.manager import Report, SysctlManager
 from govern.systemd import notify

@@ -8,8 +8,7 @@ from typing import Protocol
 
 from govern.addr import Prefix
 from govern.config import Config
-from govern.model import Plan, State
-from govern.observe.sockdiag import Scan, SessionInfo
+from govern.model import Plan, Scan, SessionInfo, State
 from govern.sysctl.planner import Reading
 
 

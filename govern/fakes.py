@@ -12,8 +12,7 @@ from govern.addr import Prefix
 from govern.allow.dns import Answer, DnsTempError, RecordType
 from govern.config import Config
 from govern.errors import KernelError
-from govern.model import ActionKind, Plan, State
-from govern.observe.sockdiag import Scan, SessionInfo, SockCounts
+from govern.model import ActionKind, Plan, Scan, SessionInfo, SockCounts, State
 from govern.sysctl.planner import Access, Reading
 
 T = TypeVar("T")

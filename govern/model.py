@@ -35,6 +35,41 @@ class ListenerStats(NamedTuple):
     backlog: int
 
 
+class SockCounts(NamedTuple):
+    """One source's sockets on the protected ports."""
+
+    held: int  # sockets in any state except TIME_WAIT (and not LISTEN)
+    established: int
+    syn_recv: int
+    idle: int  # ESTABLISHED sockets where the server waits on a silent client for >= idle_after_ms
+    max_idle_ms: int  # longest such wait among this source's sockets (0 if none)
+
+
+class SessionInfo(NamedTuple):
+    """One session on a protected port as `govern why` shows it: its state and what its tcp_info says."""
+
+    remote: str  # the client's address (an IPv4-mapped IPv6 peer as its IPv4 address)
+    remote_port: int
+    local_port: int
+    state: str  # "ESTABLISHED", "SYN_RECV", "CLOSE_WAIT", ...
+    info: bool  # the kernel sent tcp_info (request sockets have none): the fields below mean something
+    server_sent_ms: int = 0  # tcpi_last_data_sent: since the server last sent data
+    client_sent_ms: int = 0  # tcpi_last_data_recv: since the client last sent data (the handshake, if never)
+    segs_in: int = 0  # tcpi_data_segs_in: data segments from the client
+    segs_out: int = 0  # tcpi_data_segs_out: data segments to the client
+    bytes_in: int = 0  # tcpi_bytes_received
+    bytes_out: int = 0  # tcpi_bytes_acked: what the client acknowledged of what the server sent
+
+
+@dataclass(frozen=True, slots=True)
+class Scan:
+    """One enumeration of the protected ports."""
+
+    sources: dict[Prefix, SockCounts]  # by source group: IPv4 /v4_len, IPv6 /v6_len
+    listeners: tuple[ListenerStats, ...]  # LISTEN sockets on the protected ports
+    sockets: int  # non-listening sockets seen (TIME_WAIT is left out: the kernel is asked not to send it)
+
+
 class Totals(NamedTuple):
     """Sums over a snapshot's sources that pressure is judged by; the observer keeps them as it builds the snapshot,
     with each source's allowlist standing remembered from tick to tick."""

@@ -30,8 +30,7 @@ from govern.core.decide import Limits
 from govern.core.policy import Policy
 from govern.durations import format_duration
 from govern.errors import UsageError
-from govern.model import Mode, Offender, SourceStats, State
-from govern.observe.sockdiag import SessionInfo
+from govern.model import Mode, Offender, SessionInfo, SourceStats, State
 from govern.store import Event
 
 ALLOWLISTED, TRUSTED, STRANGER = "allowlisted", "trusted", "stranger"

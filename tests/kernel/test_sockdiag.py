@@ -13,8 +13,9 @@ from collections.abc import Iterator
 import pytest
 
 from govern.addr import Prefix
+from govern.model import SockCounts
 from govern.observe import sockdiag
-from govern.observe.sockdiag import SockCounts, SockDiag
+from govern.observe.sockdiag import SockDiag
 from tests.netns import MX4, MX6, Lab, Listener, SmtpListener, connect, converse
 
 PORTS = frozenset({25})

@@ -11,7 +11,7 @@ from govern.daemon import Governor
 from govern.dryrun import DryRun
 from govern.edges import Enforcer
 from govern.fakes import FakeClock, FakeCounters, FakeEnforcer, FakeSockets
-from govern.observe.sockdiag import SockCounts
+from govern.model import SockCounts
 from govern.store import Store
 
 BOT = Prefix.parse("198.18.0.7")

@@ -13,7 +13,7 @@ from govern.allow.learning import TrustSources
 from govern.allow.sources import AllowSources
 from govern.daemon import Governor
 from govern.fakes import FakeClock, FakeCounters, FakeEnforcer, FakeResolver, FakeSockets, InlineExecutor
-from govern.observe.sockdiag import SockCounts
+from govern.model import SockCounts
 from govern.store import Store
 
 PARTNER = Prefix.parse("192.0.2.77")

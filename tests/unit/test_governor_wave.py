@@ -15,8 +15,7 @@ from govern.dryrun import DryRun
 from govern.edges import Enforcer
 from govern.errors import KernelError
 from govern.fakes import FakeClock, FakeCounters, FakeEnforcer, FakeSockets
-from govern.model import Mode
-from govern.observe.sockdiag import SockCounts
+from govern.model import Mode, SockCounts
 from govern.store import Store
 
 PARTNER = Prefix.parse("192.0.2.10")

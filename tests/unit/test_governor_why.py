@@ -16,7 +16,7 @@ from govern.allow.sources import AllowSources
 from govern.daemon import Governor
 from govern.errors import KernelError
 from govern.fakes import FakeClock, FakeCounters, FakeEnforcer, FakeResolver, FakeSockets, InlineExecutor
-from govern.observe.sockdiag import SessionInfo, SockCounts
+from govern.model import SessionInfo, SockCounts
 from govern.store import Store
 
 BOT = Prefix.parse("198.18.7.1")

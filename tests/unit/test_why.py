@@ -17,8 +17,7 @@ from govern import config, why
 from govern.addr import Prefix
 from govern.core.policy import Policy
 from govern.errors import UsageError
-from govern.model import Block, Mode, Offender, SourceStats, State, Tarpitted, Throttle
-from govern.observe.sockdiag import SessionInfo
+from govern.model import Block, Mode, Offender, SessionInfo, SourceStats, State, Tarpitted, Throttle
 from govern.store import Event
 
 NOW = 1_700_000_000.0
