@@ -270,6 +270,24 @@ def answer_lines(conn: socket.socket, stop: threading.Event) -> None:
             conn.sendall(b"250 2.0.0 Ok\r\n")
 
 
+def greeted(lab: Lab, mta: socket.socket, src: str) -> list[socket.socket]:
+    """A connection from `src` that the stand-in MTA accepts and greets: [client end, server end]."""
+    with lab.net.entered():
+        client = connect(src, MX4, 25)
+    conn, _ = mta.accept()
+    conn.sendall(b"220 mx.test ESMTP\r\n")
+    client.recv(100)
+    return [client, conn]
+
+
+def keep_talking(s: socket.socket, stop: threading.Event) -> None:
+    """A client whose session advances: a NOOP every 0.3 s, each answered, until `stop` or the session ends."""
+    with contextlib.suppress(OSError):
+        while not stop.wait(0.3):
+            s.sendall(b"NOOP\r\n")
+            s.recv(100)
+
+
 def test_a_wave_sheds_what_a_flood_holds_beyond_the_budget_and_spares_single_senders_and_talkers(
     lab: Lab, tmp_path: Path
 ) -> None:
@@ -281,23 +299,13 @@ def test_a_wave_sheds_what_a_flood_holds_beyond_the_budget_and_spares_single_sen
     held: list[socket.socket] = []
     stop = threading.Event()
 
-    def talk(s: socket.socket) -> None:
-        with contextlib.suppress(OSError):
-            while not stop.wait(0.3):
-                s.sendall(b"NOOP\r\n")
-                s.recv(100)
-
     try:
         with running(lab.mx, cfg) as d:
             for src in ("198.18.40.1", "198.18.40.2"):
-                with lab.net.entered():
-                    held.append(connect(src, MX4, 25))
-                conn, _ = mta.accept()
-                held.append(conn)
-                conn.sendall(b"220 mx.test ESMTP\r\n")
-                held[-2].recv(100)
+                held += greeted(lab, mta, src)
             threading.Thread(target=answer_lines, args=(held[1], stop), daemon=True).start()
-            threading.Thread(target=talk, args=(held[0],), daemon=True).start()  # .1 talks; .2 stays silent
+            # .1 talks; .2 stays silent
+            threading.Thread(target=keep_talking, args=(held[0], stop), daemon=True).start()
             with lab.net.entered():
                 held += [connect(f"198.18.40.{i}", MX4, 25) for i in (1, 2, 3) for _ in range(3)]
                 held.append(connect("198.51.100.40", MX4, 25))  # a sender the host has never seen: one session
@@ -400,25 +408,14 @@ def test_single_sessions_are_shed_only_when_silent_after_the_greeting_and_only_t
     held: list[socket.socket] = []
     stop = threading.Event()
 
-    def talk(s: socket.socket) -> None:
-        with contextlib.suppress(OSError):
-            while not stop.wait(0.3):
-                s.sendall(b"NOOP\r\n")
-                s.recv(100)
-
     try:
         with running(lab.mx, cfg) as d:
             # Four single sessions the MTA greets (one talks, two stay silent, one pauses after its EHLO was
             # answered, as a slow MTA does between commands), one single session left queued.
             for src in ("198.18.41.1", "198.18.41.2", "198.18.41.3", "198.18.41.5"):
-                with lab.net.entered():
-                    held.append(connect(src, MX4, 25))
-                conn, _ = mta.accept()
-                conn.sendall(b"220 mx.test ESMTP\r\n")
-                held[-1].recv(100)
-                threading.Thread(target=answer_lines, args=(conn, stop), daemon=True).start()
-                held.append(conn)
-            threading.Thread(target=talk, args=(held[0],), daemon=True).start()
+                held += greeted(lab, mta, src)
+                threading.Thread(target=answer_lines, args=(held[-1], stop), daemon=True).start()
+            threading.Thread(target=keep_talking, args=(held[0], stop), daemon=True).start()
             held[6].sendall(b"EHLO slow.example\r\n")
             assert held[6].recv(100).startswith(b"250")
             with lab.net.entered():
