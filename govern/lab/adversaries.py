@@ -37,10 +37,10 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from govern.lab.addresses import KNOWN_RELAYS, LEGIT_RANGES
 from govern.lab.traffic import (
     BOT_FIELDS,
     DEFAULT_PER_SOURCE,
-    LEGIT_RANGES,
     Common,
     Network,
     Timeline,
@@ -71,8 +71,6 @@ ROLES = BOTS + SENDERS
 ADV_FIELDS = (*BOT_FIELDS, "commands")
 # Printable junk: never a CR or an LF, so the server never sees a command line end.
 JUNK = (string.ascii_letters + string.digits).encode()
-# The known relays of the lab's scenarios: strangers must never be one of them.
-KNOWN_RELAYS = ("198.51.100.0/28", "2001:db8:51::/64")
 
 
 # --- options --------------------------------------------------------------------------------------------------

@@ -39,20 +39,17 @@ from typing import Any
 
 from govern.addr import Prefix
 from govern.lab import report
+from govern.lab.addresses import KNOWN_RELAYS, MX4, MX6, SLOWLEGIT, SPOOFED, STRANGERS, TRUSTED_RANGES
 from govern.lab.peers import SETS as F2B_SETS
 from govern.lab.peers import TABLE as F2B_TABLE
 from govern.lab.peers import Fail2ban, install_fail2ban
 from govern.lab.postfix import POSTSCREEN, POSTSCREEN_TUNED, Postfix, install
 from govern.lab.scenario import Bot, Plan, _govern, _load, _netstat, _Sampler, _traffic, assemble
-from govern.lab.topology import MX4, MX6, Lab, LabError
+from govern.lab.topology import Lab, LabError
 from govern.observe.netstat import deltas
 
 PEERS = ("none", "fail2ban", "postscreen", "govern")
 # Who is who among the legitimate senders (what lands in a punitive set is classified by these).
-KNOWN = ("198.51.100.0/28", "2001:db8:51::/64")
-STRANGERS = ("198.51.100.128/25", "2001:db8:51:100::/56")
-SLOWLEGIT = ("198.51.100.20/32", "2001:db8:51:1::20/128")
-TRUSTED = ("192.0.2.0/24", "2001:db8:2::/48")
 STAY = 0.9  # rolling success that must hold from some point of the flood on
 
 
@@ -72,7 +69,6 @@ def _bot(role: str, *args: str) -> Bot:
     return Bot(role, tuple(args))
 
 
-SPOOFED = "198.18.128.0/17"
 MIXED_BOTS = (
     _bot("hogs", "--sources", "198.19.0.0/18", "--count", "300", "--per-source", "2", "--ramp", "5"),
     _bot("drip", "--sources", "198.19.64.0/18", "--count", "300", "--per-source", "2"),
@@ -203,7 +199,12 @@ def classify(members: Sequence[str]) -> dict[str, list[str]]:
     """Set members that are (or overlap) the trusted relay, known relays, strangers or the slow sender."""
     out: dict[str, list[str]] = {"trusted": [], "known": [], "strangers": [], "slowlegit": []}
     for m in sorted(set(members)):
-        for key, ranges in (("trusted", TRUSTED), ("known", KNOWN), ("strangers", STRANGERS), ("slowlegit", SLOWLEGIT)):
+        for key, ranges in (
+            ("trusted", TRUSTED_RANGES),
+            ("known", KNOWN_RELAYS),
+            ("strangers", STRANGERS),
+            ("slowlegit", SLOWLEGIT),
+        ):
             if _within(m, ranges):
                 out[key].append(m)
     return out

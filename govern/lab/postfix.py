@@ -25,7 +25,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 
-from govern.lab.topology import MX4, MX6, NETNS_DIR, Lab, LabError
+from govern.lab.addresses import MX4, MX6
+from govern.lab.topology import NETNS_DIR, Lab, LabError
 
 POLICY_RC_D = "/usr/sbin/policy-rc.d"
 MASTER = "/usr/lib/postfix/sbin/master"

@@ -7,7 +7,8 @@ from __future__ import annotations
 import subprocess
 
 from govern.errors import UsageError
-from govern.lab.topology import CLIENT_SYSCTLS, LINKS, MX4, MX6, NO_DAD, RANGES, ROLES, ROUTER4, ROUTER6, link_addrs
+from govern.lab.addresses import MX4, MX6, RANGES
+from govern.lab.topology import CLIENT_SYSCTLS, LINKS, NO_DAD, ROLES, ROUTER4, ROUTER6, link_addrs
 
 # What the mx reaches through the router: every client range and every client link.
 _CLIENT_NETS4 = [RANGES[r][0] for r in LINKS] + [f"203.0.113.{LINKS[r][0]}/29" for r in LINKS]

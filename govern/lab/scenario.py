@@ -21,14 +21,15 @@ from typing import Any
 from govern.addr import Prefix
 from govern.errors import GovernError
 from govern.lab import report
+from govern.lab.addresses import BOT_RANGES, MX4, MX6
 from govern.lab.postfix import Postfix, install
-from govern.lab.topology import MX4, MX6, Lab
+from govern.lab.topology import Lab
 from govern.observe.netstat import deltas, parse
 
 SCENARIOS = ("baseline", "flood", "flood+govern")
 LAB_ALLOW = ("192.0.2.0/24", "2001:db8:2::/48")
 # The bot ranges (shared/LAB.md): sessions from these are the flood's, whatever role opened them.
-BOT_PREFIXES = tuple(Prefix.parse(p) for p in ("198.18.0.0/15", "2001:db8:bad::/48"))
+BOT_PREFIXES = tuple(Prefix.parse(p) for p in BOT_RANGES)
 GOVERN_SETS = ("block4", "block6", "throttle4", "throttle6", "tight4", "tight6", "tarpit4", "tarpit6")
 
 

@@ -29,17 +29,11 @@ from types import TracebackType
 from typing import Any
 
 from govern.errors import GovernError
+from govern.lab.addresses import MX4, MX6, RANGES
 
 log = logging.getLogger(__name__)
 
-MX4 = "203.0.113.25"
-MX6 = "2001:db8:25::25"
 ROLES = ("mx", "router", "trusted", "legit", "bots")
-RANGES = {
-    "trusted": ("192.0.2.0/24", "2001:db8:2::/48"),
-    "legit": ("198.51.100.0/24", "2001:db8:51::/48"),
-    "bots": ("198.18.0.0/15", "2001:db8:bad::/48"),
-}
 
 
 class LabError(GovernError, RuntimeError):

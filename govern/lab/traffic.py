@@ -53,6 +53,15 @@ from email.utils import formatdate
 from pathlib import Path
 from typing import Any
 
+from govern.lab.addresses import (
+    BOT_RANGES,
+    CLIENT_RANGES,
+    MX_RANGES,
+    SLOWLEGIT,
+    STRANGERS,
+    TRUSTED_RANGES,
+)
+
 ROLES = ("legit", "trusted", "hogs", "reconnect", "pretalk", "swarm", "synflood")
 # The roles of the adversary matrix (govern.lab.adversaries): three more bots and two more kinds of legitimate sender.
 MATRIX_ROLES = ("drip", "babble", "slowtalk", "strangers", "slowlegit")
@@ -60,12 +69,6 @@ ALL_ROLES = ROLES + MATRIX_ROLES
 # Roles whose report is one event per SMTP transaction.
 TXN_ROLES = ("legit", "trusted", "strangers", "slowlegit")
 
-# The lab's address plan (shared/LAB.md). Nothing else is ever a destination or a source.
-MX_RANGES = ("203.0.113.0/24", "2001:db8:25::/48")
-TRUSTED_RANGES = ("192.0.2.0/24", "2001:db8:2::/48")
-LEGIT_RANGES = ("198.51.100.0/24", "2001:db8:51::/48")
-BOT_RANGES = ("198.18.0.0/15", "2001:db8:bad::/48")
-CLIENT_RANGES = TRUSTED_RANGES + LEGIT_RANGES + BOT_RANGES
 
 MAX_DURATION = 3600.0
 MAX_PPS = 100_000
@@ -84,8 +87,8 @@ DEFAULT_SOURCES: dict[str, tuple[str, ...]] = {
     "babble": ("198.18.0.0/16", "2001:db8:bad::/48"),
     "slowtalk": ("198.18.0.0/16", "2001:db8:bad::/48"),
     # Never-seen senders: the upper half of the legitimate /24 and a /56 of its /48, away from the known relays.
-    "strangers": ("198.51.100.128/25", "2001:db8:51:100::/56"),
-    "slowlegit": ("198.51.100.20/32", "2001:db8:51:1::20/128"),
+    "strangers": STRANGERS,
+    "slowlegit": SLOWLEGIT,
 }
 DEFAULT_COUNT = {
     "legit": 8,

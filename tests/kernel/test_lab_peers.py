@@ -18,8 +18,9 @@ from pathlib import Path
 import pytest
 
 from govern.lab import peers
+from govern.lab.addresses import MX4
 from govern.lab.postfix import POSTSCREEN_TUNED, Postfix, install, temporary
-from govern.lab.topology import MX4, Lab
+from govern.lab.topology import Lab
 
 
 @pytest.fixture(scope="module")

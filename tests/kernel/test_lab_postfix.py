@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 
 from govern.lab import postfix
+from govern.lab.addresses import MX4, MX6
 from govern.lab.postfix import Postfix, install, root_masters, temporary
-from govern.lab.topology import MX4, MX6, Lab
+from govern.lab.topology import Lab
 
 
 def own_processes(pf: Postfix) -> set[int]:

@@ -12,7 +12,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from govern.lab.topology import MX4, MX6, RANGES, ROLES, Lab
+from govern.lab.addresses import MX4, MX6, RANGES
+from govern.lab.topology import ROLES, Lab
 
 
 def netns_names() -> set[str]:

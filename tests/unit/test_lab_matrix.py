@@ -12,6 +12,7 @@ import pytest
 from govern.lab import matrix as mx
 from govern.lab import report
 from govern.lab import traffic as tr
+from govern.lab.addresses import BOT_RANGES
 from govern.lab.postfix import POSTSCREEN, POSTSCREEN_MASTER_CF, POSTSCREEN_TUNED
 
 
@@ -33,7 +34,7 @@ def test_every_bot_of_every_scenario_parses_and_stays_in_the_bot_ranges(scn: mx.
         ns = tr._parser().parse_args([b.role, "--dst", "203.0.113.25", "--dst", "2001:db8:25::25", "--duration", "30",
                                       *b.args])  # fmt: skip
         opts = tr.options(ns)
-        nets = tr.resolve_sources(b.role, opts, tr.BOT_RANGES)
+        nets = tr.resolve_sources(b.role, opts, BOT_RANGES)
         assert nets
         if b.role != "synflood":
             pairs, _ = tr._bot_setup(b.role, opts)  # the addresses can be picked (enough hosts or /64s)

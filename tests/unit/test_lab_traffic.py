@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from govern.lab import traffic as tr
+from govern.lab.addresses import BOT_RANGES
 
 
 def ev(
@@ -135,7 +136,7 @@ def test_sources_stay_in_the_plan_and_spoofing_in_the_bot_range() -> None:
     tr.check_sources(["198.19.0.0/16", "192.0.2.10/32", "2001:db8:51::/64"])
     opts = tr.FloodOptions(dst=("203.0.113.25",), duration=1, sources=("198.51.100.0/24",))
     with pytest.raises(tr.TrafficError, match="outside"):
-        tr.resolve_sources("synflood", opts, tr.BOT_RANGES)
+        tr.resolve_sources("synflood", opts, BOT_RANGES)
 
 
 def test_default_sources_follow_the_destinations_families() -> None:
