@@ -27,7 +27,14 @@ from govern.allow.sources import AllowSources, policy_with
 from govern.backends import is_dry_run
 from govern.config import Config
 from govern.control import ControlServer, Request
-from govern.core.decide import decide, forget_offenders, manual_block, manual_unblock, release_allowlisted
+from govern.core.decide import (
+    decide,
+    forget_offenders,
+    manual_block,
+    manual_unblock,
+    most_prolific,
+    release_allowlisted,
+)
 from govern.core.modes import wave_off, wave_on
 from govern.core.policy import Policy
 from govern.durations import format_duration, parse_duration
@@ -622,7 +629,7 @@ class Governor:
     def status(self, top: int = 10) -> dict[str, Any]:
         snap = self.snapshot
         sources = snap.sources if snap else {}
-        ranked = sorted(sources.items(), key=lambda kv: (kv[1].held, kv[1].new_per_minute), reverse=True)[:top]
+        ranked = most_prolific(sources, top)
 
         def standing(p: Prefix) -> str:
             if self.policy.allow.intersects(p):

@@ -14,7 +14,8 @@ Allowlisted sources are never throttled, blocked or extended; blocks and throttl
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import heapq
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from govern.addr import Prefix
@@ -104,7 +105,7 @@ def decide(snap: Snapshot, state: State, policy: Policy, now: float) -> Plan:
             continue
         actions.extend(_ladder(p, over, state, policy, now, tight=wave))
     if ranked:
-        ranked.sort(key=lambda r: (r[0], r[1]), reverse=True)
+        ranked.sort(key=lambda r: (r[0], r[1]), reverse=True)  # as prolific() ranks
         for i, (_held, _new, p, over) in enumerate(ranked):
             if i < policy.wave_top_n:
                 offences = prior_offences(state, p, policy, now) + 1
@@ -175,6 +176,16 @@ def shed(snap: Snapshot, state: State, policy: Policy, acted_on: set[Prefix]) ->
         lone = f"its session not answering the greeting while {why}"
         out.extend(Cut(p, SHED_AFTER_MS, lone, shed=True) for p in sorted(singles, key=lambda p: (p.version, p.value)))
     return out
+
+
+def prolific(s: SourceStats) -> tuple[int, int]:
+    """How prolific a source is, for ranking: the sessions it holds, then its new connections in the last minute."""
+    return s.held, s.new_per_minute
+
+
+def most_prolific(sources: Mapping[Prefix, SourceStats], n: int) -> list[tuple[Prefix, SourceStats]]:
+    """The `n` most prolific sources, most first (the wave blocks them; `govern status` shows them)."""
+    return heapq.nlargest(n, sources.items(), key=lambda kv: prolific(kv[1]))
 
 
 @dataclass(frozen=True, slots=True)

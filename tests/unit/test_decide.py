@@ -14,6 +14,7 @@ from govern.core.decide import (
     forget_offenders,
     manual_block,
     manual_unblock,
+    most_prolific,
     release_allowlisted,
 )
 from govern.core.policy import Policy
@@ -265,3 +266,14 @@ def test_every_block_lasts_between_duration_and_max_duration(srcs: dict[Prefix, 
     for a in decide(snap(srcs), s, pol, NOW).actions:
         if a.kind is ActionKind.BLOCK:
             assert pol.block_duration <= a.until - NOW <= pol.max_block_duration
+
+
+def test_the_most_prolific_hold_the_most_sessions_then_open_the_most_connections() -> None:
+    a, b, c = Prefix.parse("198.18.0.1"), Prefix.parse("198.18.0.2"), Prefix.parse("198.18.0.3")
+    sources = {
+        a: SourceStats(held=5, new_per_minute=90),
+        b: SourceStats(held=9, new_per_minute=1),
+        c: SourceStats(held=5, new_per_minute=200),
+    }
+    assert [p for p, _s in most_prolific(sources, 2)] == [b, c]
+    assert [p for p, _s in most_prolific(sources, 10)] == [b, c, a]
