@@ -383,6 +383,7 @@ class Config:
             wave_max_new_per_minute=wv["max_new_per_minute"],
             cut_idle_after=_cut_after(cut) if cut["enabled"] else None,
             greet_floor=_greet_floor(cut),
+            end_sessions=blk["end_sessions"],
             cut_block_after=cut["block_after"],
             trust_factor=self["trust"]["factor"],
             tarpit_duration=self["tarpit"]["duration"],

@@ -34,6 +34,7 @@ from govern.core.decide import (
     manual_unblock,
     most_prolific,
     release_allowlisted,
+    sessions_to_end,
 )
 from govern.core.modes import wave_off, wave_on
 from govern.core.policy import Policy
@@ -253,8 +254,8 @@ class Governor:
             log.info("%s", a.describe())
         if plan.mode is not None and plan.mode.mode is not previous.mode:
             self._mode_changed(previous, plan.mode)
-        blocked = [a.prefix for a in plan.actions if a.kind is ActionKind.BLOCK]
-        if blocked and self.config["block"]["end_sessions"]:
+        blocked = sessions_to_end(plan, self.policy)
+        if blocked:
             try:
                 self.ended_sessions += self.sockets.destroy(blocked, self.policy.ports)
                 self.forgotten_conntrack += self.enforcer.end_sessions(blocked)

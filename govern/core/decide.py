@@ -178,6 +178,14 @@ def shed(snap: Snapshot, state: State, policy: Policy, acted_on: set[Prefix]) ->
     return out
 
 
+def sessions_to_end(plan: Plan, policy: Policy) -> list[Prefix]:
+    """The sources whose open sessions end with this plan: the newly blocked, when `block.end_sessions` says so (a
+    block alone only stops new connections)."""
+    if not policy.end_sessions:
+        return []
+    return [a.prefix for a in plan.actions if a.kind is ActionKind.BLOCK]
+
+
 def prolific(s: SourceStats) -> tuple[int, int]:
     """How prolific a source is, for ranking: the sessions it holds, then its new connections in the last minute."""
     return s.held, s.new_per_minute

@@ -54,4 +54,5 @@ class Policy:
     tarpit_duration: float = 600.0
     tarpit_max: int = 0  # 0: no tarpit (disabled, or the host cannot)
     slot_budget: int = 0  # sessions strangers may hold in a wave (the kernel's slot budget); 0: none enforced
+    end_sessions: bool = True  # a newly blocked source's open sessions are ended, not only its new connections
     greet_floor: float = 0.0  # no session is cut or shed sooner after the greeting (postscreen's pregreet wait + 1 s)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -16,10 +18,11 @@ from govern.core.decide import (
     manual_unblock,
     most_prolific,
     release_allowlisted,
+    sessions_to_end,
 )
 from govern.core.policy import Policy
 from govern.errors import RefusedError
-from govern.model import PUNITIVE, ActionKind, Block, Offender, Plan, Snapshot, SourceStats, State, Throttle
+from govern.model import PUNITIVE, Action, ActionKind, Block, Offender, Plan, Snapshot, SourceStats, State, Throttle
 
 NOW = 1_700_000_000.0
 BOT = Prefix.parse("198.18.0.7")
@@ -277,3 +280,14 @@ def test_the_most_prolific_hold_the_most_sessions_then_open_the_most_connections
     }
     assert [p for p, _s in most_prolific(sources, 2)] == [b, c]
     assert [p for p, _s in most_prolific(sources, 10)] == [b, c, a]
+
+
+def test_a_newly_blocked_source_s_sessions_end_only_when_the_policy_says_so() -> None:
+    plan = Plan(
+        (
+            Action(ActionKind.BLOCK, BOT, "b", until=NOW + 600, offences=1),
+            Action(ActionKind.THROTTLE, Prefix.parse("198.18.0.9"), "t", until=NOW + 600),
+        )
+    )
+    assert sessions_to_end(plan, policy()) == [BOT]
+    assert sessions_to_end(plan, replace(policy(), end_sessions=False)) == []
