@@ -353,15 +353,13 @@ def _backlog_warnings(cfg: configmod.Config, items: tuple[Item, ...]) -> list[st
     """Best effort: without sock_diag (no permission, no kernel support) there is simply nothing to warn about."""
     from govern.observe.sockdiag import SockDiag
     from govern.sysctl import backlog
-    from govern.sysctl.planner import SOMAXCONN
 
     try:
         with SockDiag() as sd:
             listeners = sd.scan(frozenset(cfg["protect"]["ports"])).listeners
     except (GovernError, OSError):
         return []
-    som = next(i for i in items if i.key == SOMAXCONN)
-    return backlog.warnings(listeners, som.current, som.target, backlog.owners(listeners))
+    return backlog.plan_warnings(listeners, items)
 
 
 @sysctl_app.command("plan")

@@ -192,14 +192,12 @@ class Governor:
 
     def _backlog_warnings(self) -> None:
         from govern.sysctl import backlog
-        from govern.sysctl.planner import SOMAXCONN
 
         assert self.sysctl is not None
         listeners = self.sockets.scan(
             self.policy.ports, v4_len=self.policy.v4_len, v6_len=self.policy.v6_len, idle_after_ms=1000
         ).listeners
-        item = next(i for i in self.sysctl.plan() if i.key == SOMAXCONN)
-        for line in backlog.warnings(listeners, item.current, item.target, backlog.owners(listeners)):
+        for line in backlog.plan_warnings(listeners, self.sysctl.plan()):
             log.warning("%s", line)
 
     # -- the loop -----------------------------------------------------------------------------------------

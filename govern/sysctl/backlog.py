@@ -12,6 +12,7 @@ import os
 from collections.abc import Mapping, Sequence
 
 from govern.model import ListenerStats
+from govern.sysctl.planner import SOMAXCONN, Item
 
 POSTFIX = "Postfix"
 EXIM = "Exim"
@@ -111,3 +112,11 @@ def _listening_inodes(proc: str, ports: set[int]) -> dict[int, int]:
                 if port in ports:
                     out[int(f[9])] = port
     return out
+
+
+def plan_warnings(listeners: Sequence[ListenerStats], items: Sequence[Item]) -> list[str]:
+    """`warnings` against a sysctl plan's somaxconn (live and planned), naming each listener's MTA."""
+    som = next((i for i in items if i.key == SOMAXCONN), None)
+    if som is None:
+        return []
+    return warnings(listeners, som.current, som.target, owners(listeners))

@@ -4,7 +4,7 @@ setting to change."""
 from __future__ import annotations
 
 from govern.model import ListenerStats
-from govern.sysctl.backlog import EXIM, OPENSMTPD, POSTFIX, identify, warnings
+from govern.sysctl.backlog import EXIM, OPENSMTPD, POSTFIX, identify, plan_warnings, warnings
 
 
 def test_identify_the_mta_from_its_processes() -> None:
@@ -37,3 +37,13 @@ def test_a_listener_capped_by_the_old_somaxconn_needs_a_restart_not_a_setting() 
 def test_no_warning_when_the_backlog_reaches_somaxconn() -> None:
     assert warnings([ListenerStats("::", 25, 3, 4096)], 4096, 4096, {}) == []
     assert warnings([ListenerStats("::", 25, 3, 10)], None, None, {}) == []
+
+
+def test_a_plan_s_somaxconn_is_what_listeners_are_held_to() -> None:
+    from govern.sysctl.planner import SOMAXCONN, Item, Status
+
+    plan = (Item(SOMAXCONN, 4096, 8192, Status.CHANGE, "sized"),)
+    out = plan_warnings([ListenerStats("::", 25, 0, 4096)], plan)
+    # (Which MTA owns [::]:25 is read from this host's /proc: the test leaves that part of the line alone.)
+    assert len(out) == 1 and out[0].startswith("listener [::]:25") and "accept backlog 4096 < somaxconn 8192" in out[0]
+    assert plan_warnings([ListenerStats("::", 25, 0, 4096)], ()) == []  # no somaxconn in the plan: nothing to hold to
