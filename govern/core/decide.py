@@ -55,7 +55,7 @@ def decide(snap: Snapshot, state: State, policy: Policy, now: float) -> Plan:
     cut_after = policy.cut_idle_after[mode.level - 1] if policy.cut_idle_after and mode.level else None
     trusted = snap.trusted
     cuts: list[Cut] = []
-    ranked: list[tuple[int, int, Prefix, list[str]]] = []  # wave: sources over a limit, to block the top N
+    ranked: list[tuple[SourceStats, Prefix, list[str]]] = []  # wave: sources over a limit, to block the top N
     tarpit_room = policy.tarpit_max - len(state.tarpits) if mode.level else 0
     block_lengths = _lengths(state.blocks)
     # Most sources are under every limit and near none: let them pass at the cost of a few comparisons (the tightest
@@ -69,7 +69,7 @@ def decide(snap: Snapshot, state: State, policy: Policy, now: float) -> Plan:
             continue
         lim = limits.trusted if p in trusted else limits
         over = over_limits(s, lim)
-        prolific = bool(over)
+        over_any = bool(over)
         # A tarpitted source's sessions wait on the tarpit's queue, not on the client: never cut for that wait.
         cut = cut_after is not None and s.max_idle_ms >= cut_after * lim.factor * 1000 and p not in state.tarpits
         if not (over or cut):
@@ -100,13 +100,13 @@ def decide(snap: Snapshot, state: State, policy: Policy, now: float) -> Plan:
                 until = now + block_duration(offences, policy)
                 actions.append(Action(ActionKind.BLOCK, p, why, until=until, offences=offences))
                 continue
-        if wave and prolific and policy.wave_top_n:
-            ranked.append((s.held, s.new_per_minute, p, over))
+        if wave and over_any and policy.wave_top_n:
+            ranked.append((s, p, over))
             continue
         actions.extend(_ladder(p, over, state, policy, now, tight=wave))
     if ranked:
-        ranked.sort(key=lambda r: (r[0], r[1]), reverse=True)  # as prolific() ranks
-        for i, (_held, _new, p, over) in enumerate(ranked):
+        ranked.sort(key=lambda r: prolific(r[0]), reverse=True)
+        for i, (_s, p, over) in enumerate(ranked):
             if i < policy.wave_top_n:
                 offences = prior_offences(state, p, policy, now) + 1
                 why = f"wave: among the {policy.wave_top_n} most prolific sources; {'; '.join(over)}"
@@ -174,7 +174,7 @@ def shed(snap: Snapshot, state: State, policy: Policy, acted_on: set[Prefix]) ->
     if excess > 0:
         # Which single sessions are silent since the greeting only the socket shows: the cut asks each.
         lone = f"its session not answering the greeting while {why}"
-        out.extend(Cut(p, SHED_AFTER_MS, lone, shed=True) for p in sorted(singles, key=lambda p: (p.version, p.value)))
+        out.extend(Cut(p, SHED_AFTER_MS, lone, shed=True) for p in singles)
     return out
 
 

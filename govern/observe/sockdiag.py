@@ -691,8 +691,7 @@ class SockDiag:
         picked: Counter[Prefix] = Counter()
         if not (idle_ms or shed) or not ports:
             return {}
-        wanted: dict[Prefix, object] = {**shed, **idle_ms}
-        lengths = sorted({(p.version, p.length) for p in wanted}, reverse=True)
+        lengths = sorted({(p.version, p.length) for p in (*shed, *idle_ms)}, reverse=True)
 
         def group(remote: Prefix, of: Mapping[Prefix, object]) -> Prefix | None:
             """The longest prefix of `of` that holds `remote`."""
