@@ -272,6 +272,15 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "enabled": Key(True, _bool, "under pressure, end sessions that do not advance (silent, dripping, babbling)"),
         "elevated_idle_after": Key("30s", _duration(1, 86400), "no progress this long in elevated mode: cut"),
         "wave_idle_after": Key("3s", _duration(1, 86400), "no progress this long during a wave: the session is cut"),
+        "shed_after": Key(
+            "1s",
+            _duration(0.1, 60),
+            "over the budget in a wave, a session of a stranger holding several"
+            " silent this long after the greeting alone is shed",
+        ),
+        "shed_single_after": Key(
+            "2s", _duration(0.1, 60), "the same for a stranger's only session (a slow MTA's pause)"
+        ),
         "block_after": Key(2, _int(1, 1000), "a stranger cut this many times in one wave is blocked"),
         "greet_wait": Key("auto", _greet_wait, "silence the MTA asks before its banner (postscreen); auto: detect"),
     },
@@ -306,6 +315,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
     },
     "daemon": {
         "tick": Key("1s", _duration(0.1, 60), "how often govern observes, decides and acts"),
+        "wave_tick": Key("500ms", _duration(0.1, 60), "how often in a wave: cuts and shedding answer a flood sooner"),
         "state_dir": Key("/var/lib/govern", _abs_path, "durable state: active blocks, throttles, events"),
         "socket": Key("/run/govern/govern.sock", _abs_path, "root-only control socket the CLI talks to"),
         "dry_run": Key(False, _bool, "log every plan instead of enforcing it (counting still runs in the kernel)"),
@@ -383,6 +393,7 @@ class Config:
             wave_max_new_per_minute=wv["max_new_per_minute"],
             cut_idle_after=_cut_after(cut) if cut["enabled"] else None,
             greet_floor=_greet_floor(cut),
+            shed_after=(cut["shed_after"], cut["shed_single_after"]),
             end_sessions=blk["end_sessions"],
             cut_block_after=cut["block_after"],
             trust_factor=self["trust"]["factor"],

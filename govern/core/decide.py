@@ -122,16 +122,12 @@ def decide(snap: Snapshot, state: State, policy: Policy, now: float) -> Plan:
     return Plan(tuple(actions), mode=new_mode, cuts=tuple(cuts))
 
 
-# A session shed for the slot budget has had this long to answer the greeting (the observer and the cut add the
-# silence postscreen asks for before its banner): a real client answers within a round trip.
-SHED_AFTER_MS = 1000
-
-
 def shed(snap: Snapshot, state: State, policy: Policy, acted_on: set[Prefix]) -> list[Cut]:
     """In a wave, while strangers (neither allowlisted nor trusted) hold more sessions than the slot budget: end the
     sessions that have not got past the greeting (still waiting in the accept queue for it, or given nothing but it
-    and not advancing for SHED_AFTER_MS) of the strangers holding the most, two or more each, until what they held
-    covers the excess; if that is not enough, also those given nothing but the greeting of the ones holding one.
+    and not advancing for `cut.shed_after`) of the strangers holding the most, two or more each, until what they held
+    covers the excess; if that is not enough, also those given nothing but the greeting of the ones holding one
+    (silent for `cut.shed_single_after`).
     A session past the greeting (the server answered a command) is left to the cuts: a slow MTA pausing between
     its commands is never shed.
 
@@ -163,18 +159,22 @@ def shed(snap: Snapshot, state: State, policy: Policy, acted_on: set[Prefix]) ->
     if excess <= 0:
         return []
     strangers.sort(key=lambda r: (-r[0], r[1].version, r[1].value))
+    # A real client answers the greeting within a round trip. A slow MTA that pauses a second or two first keeps its
+    # only session; several sessions none of which answers are a flood's pattern. The cut adds the silence
+    # postscreen asks for before its banner.
+    many_ms, lone_ms = (int(t * 1000) for t in policy.shed_after)
     why = f"strangers hold {held} sessions, over the slot budget of {policy.slot_budget}, during a wave"
     out: list[Cut] = []
     for n, p in strangers:
         if excess <= 0:
             break
         many = f"{n} sessions not answering the greeting while {why}"
-        out.append(Cut(p, SHED_AFTER_MS, many, shed=True, queued=True))
+        out.append(Cut(p, many_ms, many, shed=True, queued=True))
         excess -= n
     if excess > 0:
         # Which single sessions are silent since the greeting only the socket shows: the cut asks each.
         lone = f"its session not answering the greeting while {why}"
-        out.extend(Cut(p, SHED_AFTER_MS, lone, shed=True) for p in singles)
+        out.extend(Cut(p, lone_ms, lone, shed=True) for p in singles)
     return out
 
 

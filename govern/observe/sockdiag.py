@@ -682,11 +682,12 @@ class SockDiag:
     ) -> dict[Prefix, int]:
         """SOCK_DESTROY the ESTABLISHED sockets on `ports` of these sources on which the server has waited on a
         client whose session has not advanced (as `Scan` counts idle) for at least the source's `idle_ms`. Of the
-        sources to `shed` (wait, queued too), those that got nothing but the greeting and have not advanced for the
-        wait, and with `queued` those the server has not greeted yet (no data sent: in the accept queue, or
-        accepted and about to be); never a session past the greeting. No session is judged before `greet_ms`
-        while the server has sent it only its first segment (postscreen's "220-" asks the client to wait). Returns
-        how many were picked of each source (a socket gone before its destroy request is counted all the same)."""
+        sources to `shed` (wait, queued too), those that got nothing but the greeting (or never said a word) and have
+        not advanced for the wait, and with `queued` those the server has not greeted yet (no data sent: in the
+        accept queue, or accepted and about to be); never a session past the greeting. No session is judged before
+        `greet_ms` while the server has sent it only its first segment (postscreen's "220-" asks the client to
+        wait). Returns how many were picked of each source (a socket gone before its destroy request is counted all
+        the same)."""
         shed = shed or {}
         picked: Counter[Prefix] = Counter()
         if not (idle_ms or shed) or not ports:
@@ -708,7 +709,10 @@ class SockDiag:
             if q is not None:
                 wait, queued = shed[q]
                 segs_out = info[4]
-                if (segs_out == 0 and queued) or (segs_out == 1 and stalled(*info, wait, greet_ms)):
+                # Not past the greeting: the server sent only it, or the client never said a word (behind postscreen
+                # the greeting is two segments, "220-" and, after the pregreet wait, the real banner).
+                greeted = segs_out == 1 or (segs_out > 1 and info[3] == 0)
+                if (segs_out == 0 and queued) or (greeted and stalled(*info, wait, greet_ms)):
                     picked[q] += 1
                     return True
             p = group(remote, idle_ms) if idle_ms else None

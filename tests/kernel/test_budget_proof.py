@@ -311,7 +311,7 @@ def test_a_wave_sheds_what_a_flood_holds_beyond_the_budget_and_spares_single_sen
                 held.append(connect("198.51.100.40", MX4, 25))  # a sender the host has never seen: one session
                 held += [connect("192.0.2.10", MX4, 25) for _ in range(3)]  # allowlisted
             assert established(lab.mx, "198.18.40.") == 11
-            time.sleep(1.5)  # .2's greeted session has been silent for over a second
+            time.sleep(1.5)  # .2's greeted session is silent, and will be for `cut.shed_after` (2 s) soon
             assert govern(lab.mx, "wave", "on", "--for", "2m", "--config", str(cfg)).returncode == 0
             # Strangers hold 12 sessions against a budget of 4: those not advancing of the sources holding the
             # most go (.1's three queued, .2's four; the next tick, still over, .3's three). .1's talker stays.
@@ -334,19 +334,16 @@ def test_a_wave_sheds_what_a_flood_holds_beyond_the_budget_and_spares_single_sen
         mta.close()
 
 
-def test_behind_a_pregreet_no_one_is_cut_for_waiting_and_a_silent_client_goes_after_the_real_banner(
-    lab: Lab, tmp_path: Path
-) -> None:
-    # A stand-in for postscreen in front of smtpd: "220-" at once, the real "220 " banner after the pregreet wait.
+def pregreet_mta(lab: Lab, stop: threading.Event, conns: list[socket.socket], wait: float = 3.0) -> socket.socket:
+    """A stand-in for postscreen in front of smtpd: "220-" at once, the real "220 " banner after the pregreet
+    `wait`, then "250" to every line; each accepted connection goes into `conns`, until `stop`."""
     mta = listening(lab)
     mta.settimeout(0.2)
-    stop = threading.Event()
-    conns: list[socket.socket] = []
 
     def serve(conn: socket.socket) -> None:
         with contextlib.suppress(OSError):
             conn.sendall(b"220-mx.test ESMTP\r\n")
-            if stop.wait(3.0):
+            if stop.wait(wait):
                 return
             conn.sendall(b"220 mx.test ESMTP\r\n")
             answer_lines(conn, stop)
@@ -361,6 +358,15 @@ def test_behind_a_pregreet_no_one_is_cut_for_waiting_and_a_silent_client_goes_af
             threading.Thread(target=serve, args=(conn,), daemon=True).start()
 
     threading.Thread(target=accept, daemon=True).start()
+    return mta
+
+
+def test_behind_a_pregreet_no_one_is_cut_for_waiting_and_a_silent_client_goes_after_the_real_banner(
+    lab: Lab, tmp_path: Path
+) -> None:
+    stop = threading.Event()
+    conns: list[socket.socket] = []
+    mta = pregreet_mta(lab, stop, conns)
     # The pregreet wait is 3 s (the floor: 4 s); the wave's cut 2 s, so a floor that did not hold would show.
     cfg = write_config(tmp_path, '[cut]\ngreet_wait = "3s"\nwave_idle_after = "2s"\n')
     try:
@@ -436,5 +442,48 @@ def test_single_sessions_are_shed_only_when_silent_after_the_greeting_and_only_t
     finally:
         stop.set()
         for c in held:
+            c.close()
+        mta.close()
+
+
+def test_behind_a_pregreet_a_wave_over_its_budget_sheds_who_never_spoke_after_the_real_banner(
+    lab: Lab, tmp_path: Path
+) -> None:
+    # Behind postscreen the greeting is two segments: "220-", then the real banner after the pregreet wait. A client
+    # silent after both has not got past the greeting, and is shed as one silent after a plain banner would be.
+    stop = threading.Event()
+    conns: list[socket.socket] = []
+    mta = pregreet_mta(lab, stop, conns)
+    # No cuts: only shedding can end a session here. The floor is the pregreet wait (3 s) plus 1 s.
+    cfg = write_config(tmp_path, '[wave]\nslot_budget = 2\n[cut]\nenabled = false\ngreet_wait = "3s"\n')
+    held: list[socket.socket] = []
+    try:
+        with running(lab.mx, cfg):
+            with lab.net.entered():
+                held += [connect("198.18.60.1", MX4, 25) for _ in range(3)]
+                patient = connect("198.51.100.60", MX4, 25)
+            t0 = time.monotonic()
+            # Strangers hold 4 sessions against a budget of 2, during a wave.
+            assert govern(lab.mx, "wave", "on", "--for", "2m", "--config", str(cfg)).returncode == 0
+            patient.settimeout(10)
+            assert patient.recv(100).startswith(b"220-")
+            while time.monotonic() - t0 < 2.9:  # the pregreet wait: nobody is shed for it
+                assert established(lab.mx, "198.18.60.1") == 3
+                time.sleep(0.3)
+            assert patient.recv(100).startswith(b"220 ")
+            patient.sendall(b"EHLO patient.example\r\n")
+            assert patient.recv(100).startswith(b"250")
+            while established(lab.mx, "198.18.60.1") and time.monotonic() - t0 < 10:
+                patient.sendall(b"NOOP\r\n")
+                assert patient.recv(100).startswith(b"250")
+                time.sleep(0.5)
+            # The silent three went `cut.shed_after` (2 s) after the real banner; the client that spoke stays.
+            assert established(lab.mx, "198.18.60.1") == 0
+            assert time.monotonic() - t0 >= 4.5
+            assert established(lab.mx, "198.51.100.60") == 1
+            patient.close()
+    finally:
+        stop.set()
+        for c in held + conns:
             c.close()
         mta.close()

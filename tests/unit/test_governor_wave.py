@@ -187,3 +187,12 @@ def test_the_wave_switches_the_sysctl_wave_profile_on_and_back_off(tmp_path: Pat
     clock.advance(60)
     gov.tick()  # the wave's timer ran out
     assert mgr.profiles() == [] and fs.values == stock
+
+
+def test_a_wave_ticks_faster_and_the_calm_at_the_normal_pace(tmp_path: Path) -> None:
+    gov, _socks, _enf = make(tmp_path, tick="2s", wave_tick="250ms")
+    assert gov.interval == 2.0
+    gov.handle({"cmd": "wave", "action": "on", "duration": "2m"})
+    assert gov.interval == 0.25
+    gov.handle({"cmd": "wave", "action": "off"})
+    assert gov.interval == 2.0

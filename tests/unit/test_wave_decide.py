@@ -228,7 +228,7 @@ def test_over_the_slot_budget_a_wave_sheds_the_queued_sessions_of_strangers_hold
     # trusted relay's 9 are not counted. Those holding the most go first, queue and all, until what they held
     # covers the excess; a single session is not among them.
     assert [c.prefix for c in shed] == [src(i) for i in range(10)] + [src(i) for i in range(10, 26)]
-    assert all(c.queued and c.idle_ms == 1000 for c in shed)
+    assert all(c.queued and c.idle_ms == 1000 for c in shed)  # cut.shed_after
     assert all("over the slot budget of 30" in c.reason for c in shed)
     assert not plan.actions  # shedding judges nothing: no throttle, no block
     state = wave_state()
@@ -247,12 +247,26 @@ def test_when_the_many_do_not_cover_the_excess_single_sessions_silent_after_the_
     sources |= {src(100 + i): SourceStats(held=2, established=2) for i in range(3)}
     plan = decide(snap(sources), wave_state(), pol, NOW)
     # 46 sessions, 16 over: the three pairs (6) do not cover it. Every single one is asked, the socket decides: only
-    # a session silent for a second since the greeting goes, never one still queued for it.
+    # a session silent for `cut.shed_single_after` (2 s) since the greeting goes, never one still queued for it.
     many = [c.prefix for c in plan.cuts if c.queued]
     lone = [c for c in plan.cuts if c.shed and not c.queued]
     assert many == [src(100), src(101), src(102)]
     assert {c.prefix for c in lone} == {src(i) for i in range(40)}
-    assert all(c.idle_ms == 1000 and "its session not answering the greeting" in c.reason for c in lone)
+    assert all(c.idle_ms == 2000 and "its session not answering the greeting" in c.reason for c in lone)
+
+
+def test_a_single_session_gets_a_slow_mtas_pause_before_it_is_shed_and_both_waits_are_the_operators() -> None:
+    # The lab's slow MTA pauses 1.5 s before each command, in one session: a lone session waits longer than that;
+    # several sessions none of which answers are a flood's pattern, and go after a second.
+    sources = {src(i): SourceStats(held=2, established=2) for i in range(3)}
+    sources |= {src(100 + i): SourceStats(held=1, established=1) for i in range(20)}
+    cuts = decide(snap(sources), wave_state(), policy(wave={"slot_budget": 10, "top_n": 0}), NOW).cuts
+    assert {(c.queued, c.idle_ms) for c in cuts if c.shed} == {(True, 1000), (False, 2000)}
+    pol = policy(wave={"slot_budget": 10, "top_n": 0}, cut={"shed_after": "3s", "shed_single_after": "5s"})
+    assert {(c.queued, c.idle_ms) for c in decide(snap(sources), wave_state(), pol, NOW).cuts} == {
+        (True, 3000),
+        (False, 5000),
+    }
 
 
 @settings(max_examples=200, deadline=None)
