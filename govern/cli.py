@@ -7,14 +7,16 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from typing import Annotated, Any, NoReturn
 
 import typer
 
 from govern import config as configmod
+from govern import protocol
 from govern.addr import Prefix
 from govern.control import call
-from govern.durations import format_duration, parse_duration
+from govern.durations import format_duration
 from govern.errors import DaemonUnavailable, GovernError, UsageError
 from govern.sysctl.manager import Report, SysctlManager
 from govern.sysctl.planner import Item
@@ -66,10 +68,10 @@ def _load(path: str | None) -> configmod.Config:
         _fail(exc)
 
 
-def _ask(path: str | None, body: dict[str, Any]) -> dict[str, Any]:
+def _ask(path: str | None, req: protocol.Request) -> dict[str, Any]:
     cfg = _load(path)
     try:
-        reply = call(cfg["daemon"]["socket"], body)
+        reply = call(cfg["daemon"]["socket"], protocol.to_wire(req))
     except DaemonUnavailable as exc:
         _fail(exc)
     if not reply.get("ok"):
@@ -97,7 +99,7 @@ def run(
 @app.command()
 def status(config: ConfigOpt = None, as_json: JsonOpt = False, top: int = 10) -> None:
     """Mode, top sources, blocks and throttles, listener queues and kernel counters."""
-    st = _ask(config, {"cmd": "status", "top": top})["status"]
+    st = _ask(config, _request(protocol.Status, top=top))["status"]
     if as_json:
         print(json.dumps(st, indent=2))
         return
@@ -142,15 +144,17 @@ def _budget_line(st: dict[str, Any]) -> str:
     return f"slot budget: strangers hold at most {b['slots']} slots in a wave{lane} ({b['basis']}){ps}"
 
 
-def _check_for(duration: str | None, lo: float, hi: float) -> None:
-    if duration is None:
-        return
+# The command-line option each request field comes from, for errors worded as the operator typed them.
+_OPTION = {"duration": "--for", "reason": "--reason", "note": "--note", "top": "--top"}
+
+
+def _request(kind: Callable[..., protocol.Request], **values: Any) -> protocol.Request:
+    """A request checked as the daemon will check it (govern.protocol), refused here, with the option's name."""
     try:
-        seconds = parse_duration(duration)
-    except ValueError as exc:
-        _fail(UsageError(f"--for: {exc}"))
-    if not lo <= seconds <= hi:
-        _fail(UsageError(f"--for: must be between {format_duration(lo)} and {format_duration(hi)}, got {duration!r}"))
+        return kind(**values)
+    except UsageError as exc:
+        name, _, rest = str(exc).partition(": ")
+        _fail(UsageError(f"{_OPTION.get(name, name)}: {rest}" if rest else str(exc)))
 
 
 def _mode_line(m: dict[str, Any]) -> str:
@@ -168,21 +172,20 @@ def wave_on(
     config: ConfigOpt = None,
 ) -> None:
     """Switch the wave on now; it ends by itself after --for unless switched off first."""
-    _check_for(duration, 10, 7 * 86400)
-    reply = _ask(config, {"cmd": "wave", "action": "on", "duration": duration})
+    reply = _ask(config, _request(protocol.Wave, action="on", duration=duration or ""))
     print(reply["message"])
 
 
 @wave_app.command("off")
 def wave_off(config: ConfigOpt = None) -> None:
     """End the wave (or elevated mode) now; no automatic wave starts for modes.calm_for."""
-    print(_ask(config, {"cmd": "wave", "action": "off"})["message"])
+    print(_ask(config, protocol.Wave("off"))["message"])
 
 
 @wave_app.command("status")
 def wave_status(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
     """The mode, why it was entered, and when it ends."""
-    m = _ask(config, {"cmd": "wave", "action": "status"})["mode"]
+    m = _ask(config, protocol.Wave("status"))["mode"]
     print(json.dumps(m, indent=2) if as_json else _mode_line(m))
 
 
@@ -197,8 +200,7 @@ def block(
 ) -> None:
     """Block an address or prefix on the protected ports (refused for allowlisted addresses)."""
     p = _prefix(address)
-    _check_for(duration, 1, 365 * 86400)
-    reply = _ask(config, {"cmd": "block", "prefix": str(p), "duration": duration, "reason": reason})
+    reply = _ask(config, _request(protocol.Block, prefix=str(p), duration=duration or "", reason=reason))
     print(reply["message"])
 
 
@@ -209,7 +211,7 @@ def unblock(
 ) -> None:
     """Lift a block (and any throttle) on an address or prefix."""
     p = _prefix(address)
-    print(_ask(config, {"cmd": "unblock", "prefix": str(p)})["message"])
+    print(_ask(config, protocol.Unblock(str(p)))["message"])
 
 
 @app.command()
@@ -221,13 +223,13 @@ def allow(
 ) -> None:
     """Allowlist an address or prefix at once (kept across restarts); lifts any block on it."""
     p = _prefix(address)
-    print(_ask(config, {"cmd": "allow", "prefix": str(p), "remove": remove, "note": note})["message"])
+    print(_ask(config, _request(protocol.Allow, prefix=str(p), remove=remove, note=note))["message"])
 
 
 @app.command("list")
 def list_(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
     """Every active block and throttle with its reason and expiry."""
-    entries = _ask(config, {"cmd": "list"})["entries"]
+    entries = _ask(config, protocol.ListBlocks())["entries"]
     if as_json:
         print(json.dumps(entries, indent=2))
         return
@@ -255,7 +257,7 @@ def why(
         explain.subject(address, cfg["protect"]["ipv4_prefix"], cfg["protect"]["ipv6_prefix"])
     except UsageError as exc:
         _fail(exc)
-    doc = _ask(config, {"cmd": "why", "addr": address})["why"]
+    doc = _ask(config, protocol.Why(address))["why"]
     print(json.dumps(doc, indent=2) if as_json else explain.render(doc))
 
 
@@ -292,7 +294,7 @@ def teardown(config: ConfigOpt = None) -> None:
     """Remove every kernel object govern created (table inet govern), stopping the daemon if it runs."""
     cfg = _load(config)
     try:
-        reply = call(cfg["daemon"]["socket"], {"cmd": "teardown"})
+        reply = call(cfg["daemon"]["socket"], protocol.to_wire(protocol.Teardown()))
         if not reply.get("ok"):
             _fail(GovernError(reply.get("error", "teardown failed")))
         print(f"{reply['message']}; daemon stopped")

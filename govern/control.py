@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from govern import protocol
 from govern.errors import DaemonUnavailable, GovernError
 
 log = logging.getLogger("govern.control")
@@ -155,7 +156,7 @@ def call(path: str, body: dict[str, Any], timeout: float = 30.0) -> dict[str, An
 
 def ping(path: str) -> bool:
     try:
-        return bool(call(path, {"cmd": "ping"}, timeout=2.0).get("ok"))
+        return bool(call(path, protocol.to_wire(protocol.Ping()), timeout=2.0).get("ok"))
     except DaemonUnavailable:
         return False
 

@@ -13,12 +13,12 @@ import os
 import queue
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from types import FrameType
 from typing import Any
 
-from govern import backends, why
+from govern import backends, protocol, why
 from govern import config as configmod
 from govern.addr import Prefix, PrefixSet
 from govern.allow.entries import by_prefix
@@ -38,7 +38,7 @@ from govern.core.decide import (
 )
 from govern.core.modes import wave_off, wave_on
 from govern.core.policy import Policy
-from govern.durations import format_duration, parse_duration
+from govern.durations import format_duration
 from govern.edges import Counters, Enforcer, SocketSource, Tarpit
 from govern.errors import GovernError, RefusedError, UsageError
 from govern.export import feed as export_feed
@@ -428,47 +428,46 @@ class Governor:
 
     # -- requests from the CLI ----------------------------------------------------------------------------
 
-    def handle(self, body: dict[str, Any]) -> dict[str, Any]:
-        cmd = body.get("cmd")
+    def handle(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        """One request from the control socket, as JSON: checked whole (govern.protocol) before anything acts."""
         try:
-            if cmd == "ping":
-                return {"ok": True, "pid": os.getpid()}
-            if cmd == "status":
-                return {"ok": True, "status": self.status(int(body.get("top", 10)))}
-            if cmd == "list":
-                return {"ok": True, "entries": self.entries()}
-            if cmd == "block":
-                return self._block(body)
-            if cmd == "unblock":
-                p = Prefix.parse(str(body.get("prefix")))
-                plan = manual_unblock(p, self.state)
-                return self._done(plan, f"unblocked {p}")
-            if cmd == "allow":
-                return self._allow(body)
-            if cmd == "wave":
-                return self._wave(body)
-            if cmd == "export":
-                return self.export_view()
-            if cmd == "allowlist":
-                listing = self.allow.listing() if self.allow is not None else []
-                return {"ok": True, "entries": listing}
-            if cmd == "why":
-                return self._why(body)
-            return {"ok": False, "error": f"unknown request {cmd!r}"}
+            req = protocol.parse(body)
+            match req:
+                case protocol.Ping():
+                    return protocol.ok(pid=os.getpid())
+                case protocol.Status(top=top):
+                    return protocol.ok(status=self.status(top))
+                case protocol.ListBlocks():
+                    return protocol.ok(entries=self.entries())
+                case protocol.Block():
+                    return self._block(req)
+                case protocol.Unblock():
+                    return self._done(manual_unblock(req.source, self.state), f"unblocked {req.source}")
+                case protocol.Allow():
+                    return self._allow(req)
+                case protocol.Wave():
+                    return self._wave(req)
+                case protocol.Export():
+                    return self.export_view()
+                case protocol.Allowlist():
+                    return protocol.ok(entries=self.allow.listing() if self.allow is not None else [])
+                case protocol.Why(addr=addr):
+                    return self._why(addr)
+                case protocol.Teardown():
+                    raise UsageError("teardown is the main loop's: it stops the daemon")
         except (UsageError, RefusedError) as exc:
-            return {"ok": False, "error": str(exc), "refused": True}
+            return protocol.refused(str(exc))
 
-    def _block(self, body: dict[str, Any]) -> dict[str, Any]:
-        p = Prefix.parse(str(body.get("prefix")))
-        dur = _duration(body, self.policy.block_duration)
-        reason = str(body.get("reason") or "blocked by the operator")
-        plan = manual_block(p, self.state, self.policy, self.clock(), dur, reason)
-        return self._done(plan, f"blocked {p} for {body.get('duration') or 'the default duration'}")
+    def _block(self, req: protocol.Block) -> dict[str, Any]:
+        dur = req.seconds or self.policy.block_duration
+        reason = req.reason or "blocked by the operator"
+        plan = manual_block(req.source, self.state, self.policy, self.clock(), dur, reason)
+        return self._done(plan, f"blocked {req.source} for {req.duration or 'the default duration'}")
 
-    def _allow(self, body: dict[str, Any]) -> dict[str, Any]:
-        p = Prefix.parse(str(body.get("prefix")))
+    def _allow(self, req: protocol.Allow) -> dict[str, Any]:
+        p = req.source
         now = self.clock()
-        if body.get("remove"):
+        if req.remove:
             if not self.store.disallow(p):
                 if p in self.config.allowlist():
                     raise RefusedError(f"{p} is allowlisted by the config file; remove it there and reload")
@@ -477,26 +476,26 @@ class Governor:
         else:
             if not self.enforcing:
                 raise RefusedError("dry run: the allowlist is not changed; add it to the config instead")
-            self.store.allow(p, now, str(body.get("note") or ""))
+            self.store.allow(p, now, req.note)
             message = f"{p} is allowlisted"
         self.extra_allow = self.store.allowed()
         self.policy = self._policy()
         self.enforcer.set_allow(self.policy.allow.members())
         released = release_allowlisted(self.state, self.policy)
         if not self.execute(released, now):
-            return {"ok": False, "error": "the kernel refused to lift blocks: " + self._last_act_error()}
+            return protocol.failed("the kernel refused to lift blocks: " + self._last_act_error())
         if released:
             message += f"; lifted {len(released.actions)} block(s)/throttle(s)"
-        return {"ok": True, "message": message}
+        return protocol.ok(message=message)
 
-    def _wave(self, body: dict[str, Any]) -> dict[str, Any]:
+    def _wave(self, req: protocol.Wave) -> dict[str, Any]:
         now = self.clock()
-        action = body.get("action")
+        action = req.action
         cur = self.state.mode
         if action == "status":
-            return {"ok": True, "mode": self.mode_report()}
+            return protocol.ok(mode=self.mode_report())
         if action == "on":
-            dur = _duration(body, self.policy.modes.wave_duration)
+            dur = req.seconds or self.policy.modes.wave_duration
             new = wave_on(cur, self.policy.modes, now, dur)
             message = f"wave on for {format_duration(dur)}"
         elif action == "off":
@@ -509,10 +508,10 @@ class Governor:
         plan = Plan(mode=new)
         if not self.enforcing:
             self.execute(plan, now)
-            return {"ok": True, "message": f"dry run: {message}"}
+            return protocol.ok(message=f"dry run: {message}")
         if not self.execute(plan, now):
-            return {"ok": False, "error": "could not record the mode: " + self._last_act_error()}
-        return {"ok": True, "message": message, "mode": self.mode_report()}
+            return protocol.failed("could not record the mode: " + self._last_act_error())
+        return protocol.ok(message=message, mode=self.mode_report())
 
     def mode_report(self) -> dict[str, Any]:
         m = self.state.mode
@@ -531,29 +530,26 @@ class Governor:
     def _done(self, plan: Plan, message: str) -> dict[str, Any]:
         if not self.enforcing:
             self.execute(plan, self.clock())
-            return {"ok": True, "message": f"dry run: would have {message}"}
+            return protocol.ok(message=f"dry run: would have {message}")
         if not self.execute(plan, self.clock()):
-            return {"ok": False, "error": "the kernel refused: " + self._last_act_error()}
-        return {"ok": True, "message": message, "actions": [a.describe() for a in plan.actions]}
+            return protocol.failed("the kernel refused: " + self._last_act_error())
+        return protocol.ok(message=message, actions=[a.describe() for a in plan.actions])
 
     def _last_act_error(self) -> str:
         return self.health.last_error.get("act", "unknown error")
 
     # -- govern why (govern.why, docs/why.md) -------------------------------------------------------------------
 
-    def _why(self, body: dict[str, Any]) -> dict[str, Any]:
-        """What govern saw of one source and why it acted. Every field of the request is checked; a failure while
-        explaining is an error reply, never the end of the daemon protecting the MX."""
-        extra = sorted(set(body) - {"cmd", "addr"})
-        if extra:
-            raise UsageError(f"why: unexpected field(s) {', '.join(map(repr, extra))}; it takes only 'addr'")
-        asked, source = why.subject(body.get("addr"), self.policy.v4_len, self.policy.v6_len)
+    def _why(self, addr: str) -> dict[str, Any]:
+        """What govern saw of one source and why it acted. A failure while explaining is an error reply, never the
+        end of the daemon protecting the MX."""
+        asked, source = why.subject(addr, self.policy.v4_len, self.policy.v6_len)
         try:
-            return {"ok": True, "why": why.explain(self._why_evidence(asked, source)).to_dict()}
+            return protocol.ok(why=why.explain(self._why_evidence(asked, source)).to_dict())
         except Exception as exc:
             log.exception("why %s failed", asked)
             self.health.fail("why", exc)
-            return {"ok": False, "error": f"could not explain {asked}: {exc}"}
+            return protocol.failed(f"could not explain {asked}: {exc}")
 
     def _why_evidence(self, asked: Prefix, source: Prefix) -> why.Evidence:
         """Gather what `govern why` judges by: the kernel's sessions now (one sock_diag dump), the last snapshot,
@@ -629,7 +625,7 @@ class Governor:
         try:
             every, public = local.host_addresses()
         except GovernError as exc:
-            return {"ok": False, "error": str(exc)}
+            return protocol.failed(str(exc))
         return view.reply(self.state.blocks.values(), self.policy.allow, every, public, self.clock())
 
     def status(self, top: int = 10) -> dict[str, Any]:
@@ -680,15 +676,6 @@ class Governor:
             "last_errors": dict(self.health.last_error),
             "recent": [e.__dict__ for e in self.store.events(10)],
         }
-
-
-def _duration(body: dict[str, Any], default: float) -> float:
-    if not body.get("duration"):
-        return default
-    try:
-        return parse_duration(body["duration"])
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
 
 
 # -- wiring and the process ---------------------------------------------------------------------------------
@@ -807,7 +794,7 @@ def run(config_path: str | None, *, dry_run: bool = False) -> int:
             except queue.Empty:
                 continue
             if req is not None:
-                if req.body.get("cmd") == "teardown":
+                if req.body.get("cmd") == protocol.Teardown.CMD:
                     req.reply = _teardown(gov)
                     req.done.set()
                     flags["stop"] = flags["torn_down"] = True
@@ -857,9 +844,9 @@ def _teardown(gov: Governor) -> dict[str, Any]:
         if gov.tarpit is not None:
             removed |= gov.tarpit.teardown()
     except GovernError as exc:
-        return {"ok": False, "error": str(exc)}
+        return protocol.failed(str(exc))
     gov.sysctl_stop(teardown=True)
     message = "removed table inet govern" if removed else "nothing to remove"
     if gov.health.failures.get("sysctl"):
         message += "; some sysctls could not be restored: " + gov.health.last_error.get("sysctl", "")
-    return {"ok": True, "message": message, "stopped": True}
+    return protocol.ok(message=message, stopped=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import tempfile
 
+from govern import protocol
 from govern.config import Config
 from govern.control import call
 from govern.errors import DaemonUnavailable, UsageError
@@ -14,7 +15,7 @@ from govern.export.formats import FORMATS, exabgp_routes, render
 
 
 def fetch(config: Config) -> view.View:
-    reply = call(config["daemon"]["socket"], {"cmd": "export"}, timeout=10.0)
+    reply = call(config["daemon"]["socket"], protocol.to_wire(protocol.Export()), timeout=10.0)
     if not reply.get("ok"):
         raise DaemonUnavailable(f"the daemon refused the export: {reply.get('error', 'no reason given')}")
     return view.parse(reply)

@@ -172,9 +172,9 @@ def test_a_failure_while_explaining_is_an_error_reply_and_the_loop_goes_on(
 @pytest.mark.parametrize(
     ("body", "problem"),
     [
-        ({"cmd": "why"}, "no address given"),
-        ({"cmd": "why", "addr": None}, "no address given"),
-        ({"cmd": "why", "addr": 198}, "'addr' must be an address as text, got int"),
+        ({"cmd": "why"}, "why: missing field(s) 'addr'"),
+        ({"cmd": "why", "addr": None}, "why: missing field(s) 'addr'"),
+        ({"cmd": "why", "addr": 198}, "why: addr must be a str, got int"),
         ({"cmd": "why", "addr": {"a": 1}}, "got dict"),
         ({"cmd": "why", "addr": "mx.example"}, "'mx.example' is not an IPv4/IPv6 address or prefix"),
         ({"cmd": "why", "addr": "198.18.0.0/16"}, "198.18.0.0/16 is wider than one source"),
