@@ -3,7 +3,7 @@
     .venv/bin/python bench/bench_drop.py [--seconds 5] [--rounds 3]
 
 Root only. Each case builds its own namespaces (tests/netns.py: an MX and a client namespace joined by veth),
-sets up the backend in the MX namespace as the daemon would (`govern.backends.enforcer`), blocks 198.18.0.0/16, and
+sets up the backend in the MX namespace as the daemon would (`govern.wiring.enforcer`), blocks 198.18.0.0/16, and
 sends pre-built SYNs from random sources of that /16 to 203.0.113.25:25 through a raw socket for `--seconds`. Cases:
 "no rule" (no govern: the SYNs reach TCP, which answers each with a RST, as no one listens), "nftables" (drop in the
 raw prerouting chain), "iptables+ipset" (drop in the legacy raw table), "xdp" (drop at the veth's XDP hook, the
@@ -33,7 +33,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.machine import machine
-from govern import backends, config
+from govern import config, wiring
 from govern.addr import Prefix
 from govern.edges import Enforcer
 from govern.lab.traffic import SynCrafter
@@ -82,7 +82,7 @@ def backend(lab: Lab, case: str, pin_root: str) -> Iterator[None]:
     cfg = config.from_mapping({"backend": b})
     now = time.time()
     with lab.mx.entered():
-        enf: Enforcer = backends.enforcer(cfg)
+        enf: Enforcer = wiring.enforcer(cfg)
         enf.setup(cfg, (), State(), now)
         enf.apply(Plan((Action(ActionKind.BLOCK, BLOCKED, "bench", until=now + 3600),)), now)
     try:

@@ -301,12 +301,12 @@ def teardown(config: ConfigOpt = None) -> None:
         return
     except DaemonUnavailable:
         pass
-    from govern import backends
+    from govern import wiring
 
     if os.geteuid() != 0:
         _fail(UsageError("govern teardown needs root: it removes govern's nftables table"))
     try:
-        removed = backends.teardown_offline(cfg)
+        removed = wiring.teardown_offline(cfg)
     except GovernError as exc:
         _fail(exc)
     for line in removed:
@@ -334,7 +334,7 @@ def config_show(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
 
 
 def _sysctls(cfg: configmod.Config) -> SysctlManager:
-    from govern.daemon import sysctl_manager
+    from govern.wiring import sysctl_manager
 
     return sysctl_manager(cfg)
 
@@ -353,11 +353,11 @@ def _print_report(rep: Report) -> None:
 
 def _backlog_warnings(cfg: configmod.Config, items: tuple[Item, ...]) -> list[str]:
     """Best effort: without sock_diag (no permission, no kernel support) there is simply nothing to warn about."""
-    from govern.observe.sockdiag import SockDiag
+    from govern import wiring
     from govern.sysctl import backlog
 
     try:
-        with SockDiag() as sd:
+        with wiring.sockets() as sd:
             listeners = sd.scan(frozenset(cfg["protect"]["ports"])).listeners
     except (GovernError, OSError):
         return []

@@ -321,7 +321,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "dry_run": Key(False, _bool, "log every plan instead of enforcing it (counting still runs in the kernel)"),
         "log_level": Key("info", _level, "debug, info, warning or error"),
     },
-    # -- backend selection (govern.backends): which firewall enforces, and the XDP fast path in front of it
+    # -- backend selection (govern.wiring): which firewall enforces, and the XDP fast path in front of it
     "backend": {
         "firewall": Key("nftables", _choice("nftables", "iptables", "dry-run"), "nftables, iptables or dry-run"),
         "xdp": Key(False, _bool, "also drop blocked sources in XDP, before the kernel builds a packet buffer"),

@@ -18,13 +18,12 @@ from dataclasses import dataclass, field, replace
 from types import FrameType
 from typing import Any
 
-from govern import backends, protocol, why
 from govern import config as configmod
+from govern import protocol, why, wiring
 from govern.addr import Prefix, PrefixSet
 from govern.allow.entries import by_prefix
 from govern.allow.learning import TrustSources
 from govern.allow.sources import AllowSources, policy_with
-from govern.backends import is_dry_run
 from govern.config import Config
 from govern.control import ControlServer, Request
 from govern.core.decide import (
@@ -49,6 +48,7 @@ from govern.observe.observer import Observer
 from govern.store import Store
 from govern.sysctl.manager import Report, SysctlManager
 from govern.systemd import notify
+from govern.wiring import is_dry_run
 
 log = logging.getLogger("govern")
 MAINTENANCE_EVERY = 600.0
@@ -681,46 +681,6 @@ class Governor:
 # -- wiring and the process ---------------------------------------------------------------------------------
 
 
-def build(config: Config, store: Store) -> Governor:
-    """The one place real edges are chosen."""
-    from govern.allow.sources import from_config
-    from govern.observe.netstat import ProcNetstat
-    from govern.observe.sockdiag import SockDiag
-    from govern.tarpit import from_config as tarpit_from_config
-
-    enforcer: Enforcer = backends.enforcer(config)
-    return Governor(
-        config,
-        store,
-        SockDiag(),
-        enforcer,
-        ProcNetstat(),
-        sysctl=sysctl_manager(config),
-        allow=from_config(config),
-        trust=TrustSources(config),
-        tarpit=tarpit_from_config(config),
-    )
-
-
-def sysctl_manager(config: Config) -> SysctlManager:
-    """The real sysctl edge for a config: the daemon's, and the CLI's when it acts without the daemon."""
-    from govern.sysctl.journal import Journal
-    from govern.sysctl.planner import Expectations
-    from govern.sysctl.procsys import ProcSys, mem_total
-
-    sc = config["sysctl"]
-    expect = Expectations(
-        sessions=sc["expected_sessions"],
-        memory_bytes=sc["memory_mb"] * 1024 * 1024 or mem_total(),
-        wave_synack_retries=sc["wave_synack_retries"],
-        wave_fin_timeout=sc["wave_fin_timeout"],
-        wave_conntrack_half_open=sc["wave_conntrack_half_open"],
-        wave_abort_on_overflow=sc["wave_abort_on_overflow"],
-        exclude=sc["exclude"],
-    )
-    return SysctlManager(ProcSys(sc["root"], sc["modules_root"]), Journal(config["daemon"]["state_dir"]), expect)
-
-
 class _Lock:
     """One daemon per state directory."""
 
@@ -762,7 +722,7 @@ def run(config_path: str | None, *, dry_run: bool = False) -> int:
 
     for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(s, on_signal)
-    gov = build(cfg, store)
+    gov = wiring.governor(cfg, store)
     server: ControlServer | None = None
     feed: Feed | None = None
     try:

@@ -1,5 +1,5 @@
 """The small Protocols at govern's edges. Real implementations talk to the kernel; fakes (govern.fakes) stand in
-for them in unit tests. The daemon wires one of each in one place (govern.daemon.build)."""
+for them in unit tests. The real ones are chosen in one place (govern.wiring)."""
 
 from __future__ import annotations
 

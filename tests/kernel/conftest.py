@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from govern.backends import DEFAULT_OBJECT
 from govern.lab import topology
+from govern.wiring import DEFAULT_OBJECT
 from tests.netns import Lab
 
 

@@ -15,12 +15,12 @@ from pathlib import Path
 import pytest
 
 from govern.addr import Prefix
-from govern.backends import DEFAULT_OBJECT
 from govern.config import Config, from_mapping
 from govern.edges import Enforcer
 from govern.ipt.backend import IptBackend
 from govern.model import Action, ActionKind, Plan, State
 from govern.nft.backend import NftBackend
+from govern.wiring import DEFAULT_OBJECT
 from govern.xdp.layer import XdpLayer
 from govern.xdp.loader import XdpProgram
 from tests.netns import MX4, MX6, Lab, Listener, connect

@@ -121,7 +121,7 @@ def test_plan_apply_verify_wave_and_restore_in_a_namespace(ns: Netns, cfg: Path)
 KILL_DURING_APPLY = """
 import os, signal, sys
 from govern import config
-from govern.daemon import sysctl_manager
+from govern.wiring import sysctl_manager
 m = sysctl_manager(config.load(sys.argv[1]))
 real, done = m.fs.write, []
 def write(key, value):

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from govern.addr import Prefix
-from govern.backends import DEFAULT_OBJECT
+from govern.wiring import DEFAULT_OBJECT
 from govern.xdp.loader import XdpProgram, unpin
 from tests.kernel.daemon_harness import govern, running, write_config
 from tests.netns import MX4, MX6, Lab, Listener, connect
