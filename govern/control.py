@@ -12,6 +12,7 @@ import queue
 import socket
 import struct
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +22,7 @@ from govern.errors import DaemonUnavailable, GovernError
 
 log = logging.getLogger("govern.control")
 MAX_REQUEST = 1 << 20
+LISTEN_BACKLOG = 256
 
 
 @dataclass
@@ -74,7 +76,8 @@ class ControlServer:
         finally:
             os.umask(old)
         os.chmod(path, 0o600)
-        self.sock.listen(16)
+        # A burst of CLI calls (a script, several operators) must queue, not fail with EAGAIN.
+        self.sock.listen(LISTEN_BACKLOG)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._serve, name="govern-control", daemon=True)
         self._thread.start()
@@ -102,6 +105,10 @@ class ControlServer:
                 body = json.loads(raw or b"{}")
                 if not isinstance(body, dict):
                     raise ValueError("request must be a JSON object")
+            except RecursionError:  # JSON nested deeper than the parser goes: the request's fault, not ours
+                with contextlib.suppress(OSError):
+                    self._send(conn, {"ok": False, "error": "bad request: nested too deep", "refused": True})
+                return
             except (OSError, ValueError) as exc:
                 with contextlib.suppress(OSError):
                     self._send(conn, {"ok": False, "error": f"bad request: {exc}"})
@@ -132,7 +139,7 @@ def call(path: str, body: dict[str, Any], timeout: float = 30.0) -> dict[str, An
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.settimeout(timeout)
     try:
-        s.connect(path)
+        _connect(s, path, timeout)
         s.sendall(json.dumps(body).encode() + b"\n")
         raw = _recv_all(s)
     except (FileNotFoundError, ConnectionRefusedError):
@@ -152,6 +159,22 @@ def call(path: str, body: dict[str, Any], timeout: float = 30.0) -> dict[str, An
     if not isinstance(reply, dict):
         raise DaemonUnavailable(f"the govern daemon on {path} sent an unreadable reply")
     return reply
+
+
+def _connect(s: socket.socket, path: str, timeout: float) -> None:
+    """Connect, waiting while the daemon's listen queue is full: a unix socket with a timeout refuses at once
+    (EAGAIN) instead of waiting for room, and a burst of callers must queue, not fail."""
+    deadline = time.monotonic() + timeout
+    delay = 0.005
+    while True:
+        try:
+            s.connect(path)
+            return
+        except BlockingIOError:
+            if time.monotonic() + delay > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.2)
 
 
 def ping(path: str) -> bool:

@@ -25,13 +25,20 @@ MAX_TEXT = 500  # a reason or a note: one line for the log and `govern list`
 MAX_TOP = 10_000
 
 
+def _shown(text: str) -> str:
+    """A value quoted in an error, cut short: a refusal must not repeat a 100 kB request back."""
+    return repr(text if len(text) <= 40 else text[:40] + "...")
+
+
 def _duration(name: str, text: str, bounds: tuple[float, float]) -> float | None:
     """The seconds `text` names ("" for the default: None), within `bounds`."""
     if not text:
         return None
+    if len(text) > 40:
+        raise UsageError(f"{name}: {_shown(text)} is not a duration")
     try:
         seconds = parse_duration(text)
-    except ValueError as exc:
+    except (ValueError, OverflowError) as exc:
         raise UsageError(f"{name}: {exc}") from None
     lo, hi = bounds
     if not lo <= seconds <= hi:
@@ -40,6 +47,8 @@ def _duration(name: str, text: str, bounds: tuple[float, float]) -> float | None
 
 
 def _prefix(name: str, text: str) -> Prefix:
+    if len(text) > 64:
+        raise UsageError(f"{name}: {_shown(text)} is too long to be an address or prefix")
     try:
         return Prefix.parse(text)
     except (UsageError, ValueError) as exc:
@@ -47,8 +56,10 @@ def _prefix(name: str, text: str) -> Prefix:
 
 
 def _text(name: str, text: str) -> None:
-    if len(text) > MAX_TEXT or any(c in text for c in "\r\n\0"):
-        raise UsageError(f"{name}: one line of at most {MAX_TEXT} characters")
+    """A reason or a note is shown in `govern list`, `govern why` and the log: one line, no control characters (a
+    newline would forge a line, an escape sequence would drive the operator's terminal)."""
+    if len(text) > MAX_TEXT or any(c < " " or c == "\x7f" for c in text):
+        raise UsageError(f"{name}: one line of at most {MAX_TEXT} printable characters")
 
 
 @dataclass(frozen=True, slots=True)

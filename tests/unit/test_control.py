@@ -84,6 +84,37 @@ def test_non_root_peer_is_refused() -> None:
     assert "permission denied: the govern control socket is root's" in got, got
 
 
+def test_a_request_nested_past_the_parser_is_refused_and_the_server_goes_on(tmp_path: Path) -> None:
+    path = str(tmp_path / "run" / "g.sock")
+    srv, stop = serve(path)
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.connect(path)
+            s.sendall(b"[" * 100_000 + b"\n")
+            assert b"nested too deep" in s.recv(4096)
+        assert call(path, {"cmd": "ping"}) == {"ok": True, "echo": {"cmd": "ping"}}
+    finally:
+        stop.set()
+        srv.close()
+
+
+def test_a_burst_of_callers_all_get_answers(tmp_path: Path) -> None:
+    path = str(tmp_path / "run" / "g.sock")
+    srv, stop = serve(path)
+    replies: list[dict[str, object]] = []
+    try:
+        # More at once than the listen queue holds: the callers past it wait for room instead of failing.
+        callers = [threading.Thread(target=lambda: replies.append(call(path, {"cmd": "ping"}))) for _ in range(400)]
+        for t in callers:
+            t.start()
+        for t in callers:
+            t.join()
+        assert len(replies) == 400 and all(r["ok"] for r in replies)
+    finally:
+        stop.set()
+        srv.close()
+
+
 def test_absent_daemon_is_reported(tmp_path: Path) -> None:
     with pytest.raises(DaemonUnavailable, match="not running"):
         call(str(tmp_path / "none.sock"), {"cmd": "ping"})
