@@ -19,9 +19,8 @@ from types import FrameType
 from typing import Any
 
 from govern import config as configmod
-from govern import protocol, why, wiring
+from govern import protocol, reports, why, wiring
 from govern.addr import Prefix, PrefixSet
-from govern.allow.entries import by_prefix
 from govern.allow.learning import TrustSources
 from govern.allow.sources import AllowSources, policy_with
 from govern.config import Config
@@ -31,7 +30,6 @@ from govern.core.decide import (
     forget_offenders,
     manual_block,
     manual_unblock,
-    most_prolific,
     release_allowlisted,
     sessions_to_end,
 )
@@ -42,7 +40,7 @@ from govern.edges import Counters, Enforcer, SocketSource, Tarpit
 from govern.errors import GovernError, RefusedError, UsageError
 from govern.export import feed as export_feed
 from govern.export.feed import Feed
-from govern.model import ActionKind, Cut, Mode, ModeState, Plan, SessionInfo, Snapshot, State
+from govern.model import ActionKind, Cut, Mode, ModeState, Plan, Snapshot, State
 from govern.observe.mta import POSTSCREEN_GREET_WAIT, Budget, budget, postscreen_listening
 from govern.observe.observer import Observer
 from govern.store import Store
@@ -55,7 +53,6 @@ MAINTENANCE_EVERY = 600.0
 EVENTS_KEPT = 30 * 86400.0
 LEARN_EVERY = 10.0
 ALLOW_WAIT_AT_START = 5.0  # seconds the start waits for the first resolution of allowlisted hostnames and SPF
-WHY_EVENTS = 20  # the latest events `govern why` shows of a source
 
 
 @dataclass
@@ -214,7 +211,7 @@ class Governor:
         now = self.clock()
         self.refresh_sources(now)
         try:
-            self.snapshot = self.observer.snapshot(self.policy, now, self._trusted())
+            self.snapshot = self.observer.snapshot(self.policy, now, self.trusted())
         except GovernError as exc:
             self.health.fail("observe", exc)
             return Plan()
@@ -393,7 +390,7 @@ class Governor:
         except GovernError as exc:
             self.health.fail("trust", exc)
 
-    def _trusted(self) -> frozenset[Prefix]:
+    def trusted(self) -> frozenset[Prefix]:
         """The learned-trust set for the core, rebuilt only when the trust edge's set changed."""
         if self.trust is None:
             return frozenset()
@@ -436,9 +433,9 @@ class Governor:
                 case protocol.Ping():
                     return protocol.ok(pid=os.getpid())
                 case protocol.Status(top=top):
-                    return protocol.ok(status=self.status(top))
+                    return protocol.ok(status=reports.status(self, top))
                 case protocol.ListBlocks():
-                    return protocol.ok(entries=self.entries())
+                    return protocol.ok(entries=reports.entries(self.state))
                 case protocol.Block():
                     return self._block(req)
                 case protocol.Unblock():
@@ -448,7 +445,7 @@ class Governor:
                 case protocol.Wave():
                     return self._wave(req)
                 case protocol.Export():
-                    return self.export_view()
+                    return reports.export_view(self)
                 case protocol.Allowlist():
                     return protocol.ok(entries=self.allow.listing() if self.allow is not None else [])
                 case protocol.Why(addr=addr):
@@ -493,7 +490,7 @@ class Governor:
         action = req.action
         cur = self.state.mode
         if action == "status":
-            return protocol.ok(mode=self.mode_report())
+            return protocol.ok(mode=reports.mode_report(self))
         if action == "on":
             dur = req.seconds or self.policy.modes.wave_duration
             new = wave_on(cur, self.policy.modes, now, dur)
@@ -511,21 +508,7 @@ class Governor:
             return protocol.ok(message=f"dry run: {message}")
         if not self.execute(plan, now):
             return protocol.failed("could not record the mode: " + self._last_act_error())
-        return protocol.ok(message=message, mode=self.mode_report())
-
-    def mode_report(self) -> dict[str, Any]:
-        m = self.state.mode
-        now = self.clock()
-        return {
-            "mode": m.mode.value,
-            "since": m.since,
-            "until": m.until,
-            "ends_in": round(m.until - now, 1) if m.until else None,
-            "reason": m.reason,
-            "manual": m.manual,
-            "auto": self.policy.modes.auto,
-            "no_auto_wave_until": m.quiet_until if m.quiet_until > now else None,
-        }
+        return protocol.ok(message=message, mode=reports.mode_report(self))
 
     def _done(self, plan: Plan, message: str) -> dict[str, Any]:
         if not self.enforcing:
@@ -545,137 +528,11 @@ class Governor:
         end of the daemon protecting the MX."""
         asked, source = why.subject(addr, self.policy.v4_len, self.policy.v6_len)
         try:
-            return protocol.ok(why=why.explain(self._why_evidence(asked, source)).to_dict())
+            return protocol.ok(why=why.explain(reports.why_evidence(self, asked, source)).to_dict())
         except Exception as exc:
             log.exception("why %s failed", asked)
             self.health.fail("why", exc)
             return protocol.failed(f"could not explain {asked}: {exc}")
-
-    def _why_evidence(self, asked: Prefix, source: Prefix) -> why.Evidence:
-        """Gather what `govern why` judges by: the kernel's sessions now (one sock_diag dump), the last snapshot,
-        the state's entries and the store's events."""
-        now = self.clock()
-        sessions: tuple[SessionInfo, ...] = ()
-        error = ""
-        try:
-            sessions = tuple(self.sockets.sessions(source, self.policy.ports))
-        except GovernError as exc:
-            error = str(exc)
-        standing = self._why_standing(source)
-        cfg = self.config
-        nft = self.enforcing and cfg["backend"]["firewall"] == "nftables"
-        gate = cfg["wave"]["gate_rate_per_second"] if nft else 0
-        slots = self.budget.slots if nft and self.budget is not None else 0
-        return why.Evidence(
-            asked=asked,
-            source=source,
-            now=now,
-            standing=standing,
-            limits=why.in_force(self.policy, self.state.mode.mode, standing, gate, slots),
-            stats=self.snapshot.sources.get(source) if self.snapshot is not None else None,
-            sessions=sessions,
-            sessions_error=error,
-            state=self.state,
-            events=tuple(self.store.events_about(why.covering(asked), WHY_EVENTS)),
-            dry_run=not self.enforcing,
-        )
-
-    def _why_standing(self, source: Prefix) -> why.Standing:
-        """Allowlisted (by which entries, from where), trusted (learned, through the trust edge), or a stranger."""
-        if self.policy.allow.intersects(source):
-            # Where each entry comes from (files, hostnames, SPF, the config); `govern allow` keeps its own.
-            named = by_prefix(self.allow.entries()) if self.allow is not None else {}
-            added = ("govern allow",)
-            entries = tuple(
-                (m, named.get(m, ()) + (added if m in self.extra_allow else ()))
-                for m in self.policy.allow
-                if m.overlaps(source)
-            )
-            return why.Standing(why.ALLOWLISTED, entries)
-        if source in self._trusted():
-            return why.Standing(why.TRUSTED, trusted_until=self.trust.until(source) if self.trust is not None else None)
-        return why.Standing(why.STRANGER)
-
-    # -- reports ------------------------------------------------------------------------------------------
-
-    def entries(self) -> list[dict[str, Any]]:
-        out: list[dict[str, Any]] = []
-        for b in sorted(self.state.blocks.values(), key=lambda b: b.since):
-            out.append(
-                {
-                    "kind": "block",
-                    "prefix": str(b.prefix),
-                    "reason": b.reason,
-                    "since": b.since,
-                    "until": b.until,
-                    "offences": b.offences,
-                    "manual": b.manual,
-                }
-            )
-        for t in sorted(self.state.throttles.values(), key=lambda t: t.since):
-            out.append(
-                {"kind": "throttle", "prefix": str(t.prefix), "reason": t.reason, "since": t.since, "until": t.until}
-            )
-        return out
-
-    def export_view(self) -> dict[str, Any]:
-        """The blocks, allowlist and own addresses an exporter applies its guardrails to (govern.export.view)."""
-        from govern.export import local, view
-
-        try:
-            every, public = local.host_addresses()
-        except GovernError as exc:
-            return protocol.failed(str(exc))
-        return view.reply(self.state.blocks.values(), self.policy.allow, every, public, self.clock())
-
-    def status(self, top: int = 10) -> dict[str, Any]:
-        snap = self.snapshot
-        sources = snap.sources if snap else {}
-        ranked = most_prolific(sources, top)
-
-        def standing(p: Prefix) -> str:
-            if self.policy.allow.intersects(p):
-                return "allowlisted"
-            if p in self.state.blocks:
-                return "blocked"
-            return "throttled" if p in self.state.throttles else ""
-
-        return {
-            "mode": self.state.mode.mode.value,
-            "mode_detail": self.mode_report(),
-            "pid": os.getpid(),
-            "dry_run": not self.enforcing,
-            "backend": self.enforcer.name,
-            "config": self.config.path or "embedded defaults",
-            "uptime": round(self.clock() - self.started, 1),
-            "ticks": self.ticks,
-            "last_tick_ms": round(self.last_tick_ms, 2),
-            "sources": len(sources),
-            "sockets": sum(s.held for s in sources.values()),
-            "top": [{"source": str(p), **s._asdict(), "standing": standing(p)} for p, s in ranked],
-            "blocks": len(self.state.blocks),
-            "throttles": len(self.state.throttles),
-            "tarpits": len(self.state.tarpits),
-            "budget": self.budget.to_dict() if self.budget else {},
-            "postscreen": self.postscreen,
-            "tarpit": self.tarpit_unsupported or f"ready ({self.tarpit.name if self.tarpit else '-'})",
-            "allowlist": len(self.policy.allow),
-            "allowlist_sources": self.allow.status() if self.allow is not None else [],
-            "trust": self.trust.status() if self.trust is not None else {},
-            "ended_sessions": self.ended_sessions,
-            "cut_sessions": self.cut_sessions,
-            "conntrack_forgotten": self.forgotten_conntrack,
-            "listeners": [
-                {**ls._asdict(), "fill": round(ls.queued / ls.backlog, 3) if ls.backlog else 0.0}
-                for ls in (snap.listeners if snap else ())
-            ],
-            "counters_last_tick": dict(snap.counters) if snap else {},
-            "counters_since_start": dict(self.totals),
-            "sysctl_profiles": self.sysctl.profiles() if self.sysctl else [],
-            "failures": dict(self.health.failures),
-            "last_errors": dict(self.health.last_error),
-            "recent": [e.__dict__ for e in self.store.events(10)],
-        }
 
 
 # -- wiring and the process ---------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from govern import config
+from govern import config, reports
 from govern.addr import Prefix
 from govern.daemon import Governor
 from govern.dryrun import DryRun
@@ -56,7 +56,7 @@ def test_slot_hog_is_throttled_then_blocked_and_its_sessions_ended(tmp_path: Pat
     assert socks.destroyed == [BOT] and BOT not in socks.sources
     assert TRUSTED not in enf.blocks and TRUSTED not in enf.throttles
     assert gov.ended_sessions == 30
-    st = gov.status()
+    st = reports.status(gov)
     assert st["blocks"] == 1 and st["recent"][0]["kind"] == "block"
 
 
@@ -91,7 +91,7 @@ def test_refused_kernel_commit_changes_nothing_and_is_reported(tmp_path: Path) -
     enf.fail_next = True
     gov.tick()
     assert not gov.state.throttles and not gov.store.load().throttles
-    assert gov.status()["failures"] == {"act": 1}
+    assert reports.status(gov)["failures"] == {"act": 1}
     clock.advance(1)
     gov.tick()
     assert BOT in gov.state.throttles  # the next tick tries again

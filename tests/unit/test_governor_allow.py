@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from govern import config
+from govern import config, reports
 from govern.addr import Prefix
 from govern.allow.learning import TrustSources
 from govern.allow.sources import AllowSources
@@ -56,7 +56,7 @@ def test_a_host_that_comes_to_resolve_to_a_blocked_source_lifts_its_block(tmp_pa
     clock.advance(60)
     gov.tick()
     assert PARTNER in enf.allow and PARTNER not in enf.blocks and PARTNER not in gov.state.blocks
-    row = next(r for r in gov.status()["allowlist_sources"] if r["source"] == "host relay.partner.example")
+    row = next(r for r in reports.status(gov)["allowlist_sources"] if r["source"] == "host relay.partner.example")
     assert row["prefixes"] == 2 and row["error"] == ""
 
 
@@ -76,7 +76,7 @@ def test_a_replaced_file_changes_the_kernel_allow_set_at_the_next_tick(tmp_path:
     gov.tick()
     assert enf.allow == {Prefix.parse("192.0.2.11")}  # the last good content stays in force
     assert "partners.txt:1" in next(
-        r["error"] for r in gov.status()["allowlist_sources"] if r["source"].endswith("txt")
+        r["error"] for r in reports.status(gov)["allowlist_sources"] if r["source"].endswith("txt")
     )
     assert gov.handle({"cmd": "allowlist"})["entries"] == [
         {"kind": "allow", "prefix": "192.0.2.11", "sources": [f"file {f}:1"]}
@@ -93,11 +93,11 @@ def test_trust_learned_from_the_postfix_log_shows_in_status(tmp_path: Path) -> N
         fh.write(f"{stamp} mx postfix/smtpd[1]: 4F2Xk81qZ5z9sWd: client=x[198.51.100.7]\n")
         fh.write(f"{stamp} mx postfix/qmgr[2]: 4F2Xk81qZ5z9sWd: from=<a@b.example>, size=1, nrcpt=1 (queue active)\n")
     gov.tick()
-    assert gov.status()["trust"]["trusted"] == 1
+    assert reports.status(gov)["trust"]["trusted"] == 1
     assert gov.trust is not None and gov.trust.trusted().covers(Prefix.parse("198.51.100.7"))
     clock.advance(7 * 86400)
     gov.tick()
-    assert gov.status()["trust"]["trusted"] == 0
+    assert reports.status(gov)["trust"]["trusted"] == 0
 
 
 def test_a_reload_keeps_resolved_hosts(tmp_path: Path) -> None:

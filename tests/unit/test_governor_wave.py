@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from govern import config
+from govern import config, reports
 from govern.addr import Prefix
 from govern.daemon import Governor
 from govern.dryrun import DryRun
@@ -44,7 +44,7 @@ def test_wave_on_for_a_while_ends_by_itself(tmp_path: Path) -> None:
     gov, _socks, _enf = make(tmp_path, clock)
     r = gov.handle({"cmd": "wave", "action": "on", "duration": "2m"})
     assert r["ok"] and r["message"] == "wave on for 2m"
-    assert gov.status()["mode"] == "wave" and gov.mode_report()["manual"]
+    assert reports.status(gov)["mode"] == "wave" and reports.mode_report(gov)["manual"]
     clock.advance(119)
     gov.tick()
     before = gov.state.mode
@@ -144,7 +144,7 @@ def test_tarpits_reach_the_tarpit_edge_and_an_unsupported_host_gets_none(tmp_pat
         gov.tick()
         assert len(tp.held) == expect and len(gov.state.tarpits) == expect
         if expect == 0:
-            assert gov.status()["tarpit"] == "no HTB on this kernel"
+            assert reports.status(gov)["tarpit"] == "no HTB on this kernel"
 
 
 def test_sources_the_kernel_saw_delivering_are_trusted_and_get_softer_limits_in_a_wave(tmp_path: Path) -> None:
