@@ -86,10 +86,10 @@ def run(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="log every plan instead of enforcing it")] = False,
 ) -> None:
     """Run the daemon in the foreground (SIGTERM/SIGINT stop it, SIGHUP reloads the config)."""
-    from govern import daemon
+    from govern import process
 
     try:
-        raise typer.Exit(daemon.run(config, dry_run=dry_run))
+        raise typer.Exit(process.run(config, dry_run=dry_run))
     except GovernError as exc:
         _fail(exc)
     except KeyboardInterrupt:

@@ -1,5 +1,5 @@
-"""The daemon: wires the edges together (`build`, the one place that chooses real implementations), runs the
-observe -> decide -> act loop each tick, serves the CLI's requests between ticks, and reloads on SIGHUP.
+"""The Governor: one governed host's state, policy and edges (chosen in govern.wiring), its observe -> decide ->
+act tick, the control requests it answers between ticks, and reload. govern.process runs it as a daemon.
 
 A failing component does not stop the daemon: the failure is counted, logged and shown in `govern status`, and
 the next tick tries again. Blocks already in the kernel keep their own timeouts meanwhile.
@@ -7,24 +7,19 @@ the next tick tries again. Blocks already in the kernel keep their own timeouts 
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
-import queue
-import signal
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from types import FrameType
 from typing import Any
 
 from govern import config as configmod
-from govern import protocol, reports, why, wiring
+from govern import protocol, reports, why
 from govern.addr import Prefix, PrefixSet
 from govern.allow.learning import TrustSources
 from govern.allow.sources import AllowSources, policy_with
 from govern.config import Config
-from govern.control import ControlServer, Request
 from govern.core.decide import (
     decide,
     forget_offenders,
@@ -38,14 +33,11 @@ from govern.core.policy import Policy
 from govern.durations import format_duration
 from govern.edges import Counters, Enforcer, SocketSource, Tarpit
 from govern.errors import GovernError, RefusedError, UsageError
-from govern.export import feed as export_feed
-from govern.export.feed import Feed
 from govern.model import ActionKind, Cut, Mode, ModeState, Plan, Snapshot, State
 from govern.observe.mta import POSTSCREEN_GREET_WAIT, Budget, budget, postscreen_listening
 from govern.observe.observer import Observer
 from govern.store import Store
 from govern.sysctl.manager import Report, SysctlManager
-from govern.systemd import notify
 from govern.wiring import is_dry_run
 
 log = logging.getLogger("govern")
@@ -536,134 +528,3 @@ class Governor:
 
 
 # -- wiring and the process ---------------------------------------------------------------------------------
-
-
-class _Lock:
-    """One daemon per state directory."""
-
-    def __init__(self, state_dir: str) -> None:
-        os.makedirs(state_dir, mode=0o700, exist_ok=True)
-        self.fd = os.open(os.path.join(state_dir, "lock"), os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(self.fd)
-            raise GovernError(f"another govern daemon is running with state directory {state_dir}") from None
-        os.ftruncate(self.fd, 0)
-        os.write(self.fd, f"{os.getpid()}\n".encode())
-
-    def release(self) -> None:
-        os.close(self.fd)
-
-
-def run(config_path: str | None, *, dry_run: bool = False) -> int:
-    """`govern run`: the foreground daemon. Returns the exit status."""
-    cfg = configmod.load(config_path)
-    if dry_run:
-        cfg = configmod.with_override(cfg, "daemon", "dry_run", True)
-    logging.basicConfig(
-        level=cfg["daemon"]["log_level"].upper(), format="%(asctime)s govern[%(process)d] %(levelname)s %(message)s"
-    )
-    # pyroute2 logs every netlink message at debug level: noise, even when debugging govern.
-    logging.getLogger("pyroute2").setLevel(max(logging.INFO, logging.getLogger().level))
-    if os.geteuid() != 0:
-        raise UsageError("govern run needs root: it talks to the kernel's netfilter and sock_diag")
-    lock = _Lock(cfg["daemon"]["state_dir"])
-    store = Store(cfg["daemon"]["state_dir"])
-    requests: queue.Queue[Request | None] = queue.Queue()
-    flags = {"stop": False, "reload": False, "torn_down": False}
-
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        flags["reload" if signum == signal.SIGHUP else "stop"] = True
-        requests.put(None)  # wake the loop now, not at the next tick
-
-    for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(s, on_signal)
-    gov = wiring.governor(cfg, store)
-    server: ControlServer | None = None
-    feed: Feed | None = None
-    try:
-        # The pull feed for the ISP (docs/export.md), None unless export.listen: first, so a bad token file is
-        # refused before anything is changed.
-        feed = export_feed.start(cfg)
-        gov.start()
-        server = ControlServer(cfg["daemon"]["socket"], requests)
-        log.info(
-            "govern running: ports %s, %d blocks, %d throttles restored, %s",
-            ",".join(map(str, sorted(gov.policy.ports))),
-            len(gov.state.blocks),
-            len(gov.state.throttles),
-            "DRY RUN (nothing enforced)" if not gov.enforcing else f"backend {gov.enforcer.name}",
-        )
-        notify("READY=1\nSTATUS=governing")
-        next_tick = time.monotonic()
-        while not flags["stop"]:
-            now = time.monotonic()
-            if now >= next_tick:
-                gov.tick()
-                if feed is not None:
-                    _update_feed(gov, feed)
-                next_tick = max(next_tick + gov.interval, now)
-                notify(f"STATUS={len(gov.state.blocks)} blocks, {len(gov.state.throttles)} throttles")
-                continue
-            try:
-                req = requests.get(timeout=next_tick - now)
-            except queue.Empty:
-                continue
-            if req is not None:
-                if req.body.get("cmd") == protocol.Teardown.CMD:
-                    req.reply = _teardown(gov)
-                    req.done.set()
-                    flags["stop"] = flags["torn_down"] = True
-                    continue
-                req.reply = gov.handle(req.body)
-                req.done.set()
-            if flags["reload"]:
-                flags["reload"] = False
-                _reload(gov, config_path)
-    finally:
-        notify("STOPPING=1")
-        if not flags["torn_down"]:
-            gov.sysctl_stop()
-        if server is not None:
-            server.close()
-        if feed is not None:
-            feed.close()
-        gov.enforcer.close()
-        gov.close_sources()
-        store.close()
-        lock.release()
-    log.info("govern stopped; blocks stay enforced in the kernel until their timeouts")
-    return 0
-
-
-def _update_feed(gov: Governor, feed: Feed) -> None:
-    try:
-        feed.update(gov.state.blocks.values(), gov.policy.allow, gov.clock())
-    except GovernError as exc:  # the feed keeps its last snapshot
-        gov.health.fail("export-feed", exc)
-
-
-def _reload(gov: Governor, config_path: str | None) -> None:
-    try:
-        new = configmod.load(config_path)
-        if not gov.enforcing:
-            new = configmod.with_override(new, "daemon", "dry_run", True)
-        gov.reload(new)
-    except GovernError as exc:
-        log.error("reload failed, keeping the running config: %s", exc)
-        gov.health.fail("reload", exc)
-
-
-def _teardown(gov: Governor) -> dict[str, Any]:
-    try:
-        removed = gov.enforcer.teardown()
-        if gov.tarpit is not None:
-            removed |= gov.tarpit.teardown()
-    except GovernError as exc:
-        return protocol.failed(str(exc))
-    gov.sysctl_stop(teardown=True)
-    message = "removed table inet govern" if removed else "nothing to remove"
-    if gov.health.failures.get("sysctl"):
-        message += "; some sysctls could not be restored: " + gov.health.last_error.get("sysctl", "")
-    return protocol.ok(message=message, stopped=True)
