@@ -14,6 +14,7 @@ from govern.addr import Prefix
 from govern.config import Config
 from govern.ipt import ipset, rules
 from govern.model import Action, ActionKind, Plan, State
+from govern.setops import set_changes
 
 log = logging.getLogger("govern.ipt")
 KINDS = ("block", "throttle", "tight")
@@ -76,37 +77,12 @@ class IptBackend:
         self.allow = wanted
 
     def apply(self, plan: Plan, now: float) -> None:
-        adds: list[str] = []
-        drops: list[str] = []
-        changed: dict[tuple[str, Prefix], bool] = {}
-
-        def drop(name: str, p: Prefix) -> None:
-            if changed.get((name, p), p in self.held[name]):
-                # `-exist` makes a delete of an element that lapsed a moment ago harmless.
-                drops.append(f"del {name} {p}")
-                changed[name, p] = False
-
-        for a in plan.actions:
-            p = a.prefix
-            block, throttles = _set("block", p), (_set("throttle", p), _set("tight", p))
-            if a.kind in (ActionKind.BLOCK, ActionKind.EXTEND):
-                adds.append(_add(block, p, a.until - now))  # with -exist, re-adding replaces the timeout
-                changed[block, p] = True
-                for name in throttles:
-                    drop(name, p)
-            elif a.kind is ActionKind.THROTTLE:
-                name, other = throttles[::-1] if a.tight else throttles
-                adds.append(_add(name, p, a.until - now))
-                changed[name, p] = True
-                drop(other, p)
-            elif a.kind is ActionKind.UNBLOCK:
-                drop(block, p)
-            elif a.kind is ActionKind.UNTHROTTLE:
-                for name in throttles:
-                    drop(name, p)
-        ipset.restore(drops + adds)
-        for (name, p), present in changed.items():
-            (self.held[name].add if present else self.held[name].discard)(p)
+        ch = set_changes(plan, now, self.held, _set)
+        # `-exist` makes a delete of an element that lapsed a moment ago harmless, and a re-add replace the timeout.
+        ipset.restore(
+            [f"del {op.set} {op.prefix}" for op in ch.drops] + [_add(op.set, op.prefix, op.seconds) for op in ch.adds]
+        )
+        ch.merge_into(self.held)
 
     def proven(self) -> Sequence[Prefix]:
         # Kernel-side proof, the wave's gate and the slot budget are nftables features; with iptables, trust comes
@@ -121,7 +97,7 @@ class IptBackend:
         return out
 
     def end_sessions(self, prefixes: Sequence[Prefix]) -> int:
-        from govern.nft.conntrack import forget
+        from govern.conntrack import forget
 
         return forget(prefixes, self.ports)
 

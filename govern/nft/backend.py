@@ -18,6 +18,7 @@ from govern.model import Action, ActionKind, Mode, ModeState, Plan, State
 from govern.nft.libnft import Nft
 from govern.nft.netlink import ElemOp, NftNetlink
 from govern.nft.ruleset import FAMILY, INTERVAL_SETS, SLOT_SETS, TABLE, ruleset, slot_sets
+from govern.setops import set_changes
 
 log = logging.getLogger("govern.nft")
 
@@ -107,53 +108,21 @@ class NftBackend:
     # -- every tick ---------------------------------------------------------------------------------------
 
     def apply(self, plan: Plan, now: float) -> None:
-        adds: list[ElemOp] = []
-        drops: list[ElemOp] = []
-        # What this plan changes, consulted before `self.held` and merged into it only once the kernel has accepted
-        # the transaction: copying the held sets per plan would cost O(blocks) every tick.
-        changed: dict[tuple[str, Prefix], bool] = {}
-
-        def holds(name: str, p: Prefix) -> bool:
-            return changed.get((name, p), p in self.held[name])
-
-        def drop(name: str, p: Prefix) -> None:
-            if holds(name, p):
-                drops.append(ElemOp(False, name, p))
-                changed[name, p] = False
-
-        for a in plan.actions:
-            p = a.prefix
-            block, throttles = _set("block", p), (_set("throttle", p), _set("tight", p))
-            if a.kind in (ActionKind.BLOCK, ActionKind.EXTEND):
-                # Adding an element the kernel holds replaces its timeout, so block and extend are one add.
-                adds.append(ElemOp(True, block, p, _ms(a.until - now)))
-                changed[block, p] = True
-                for name in throttles:
-                    drop(name, p)
-            elif a.kind is ActionKind.THROTTLE:
-                name, other = throttles[::-1] if a.tight else throttles
-                adds.append(ElemOp(True, name, p, _ms(a.until - now)))
-                changed[name, p] = True
-                drop(other, p)
-            elif a.kind is ActionKind.UNBLOCK:
-                drop(block, p)
-            elif a.kind is ActionKind.UNTHROTTLE:
-                for name in throttles:
-                    drop(name, p)
+        ch = set_changes(plan, now, self.held, _set)
+        drops = [ElemOp(False, op.set, op.prefix) for op in ch.drops]
+        adds = [ElemOp(True, op.set, op.prefix, _ms(op.seconds)) for op in ch.adds]
         if plan.mode is not None:
             gate = _gate_ops(plan.mode, now)
             drops += [op for op in gate if not op.add]
             adds += [op for op in gate if op.add]
-        # Releases first: a prefix replacing the blocks it covers must not overlap them, even for a moment within
-        # the transaction. Deletes tolerate absence, since an element may have lapsed in the kernel a moment ago.
+        # Releases first (govern.setops). Deletes tolerate absence, since an element may have lapsed in the kernel
+        # a moment ago.
         ops = drops + adds
         if ops:
             self.nl.commit(ops, interval_sets=INTERVAL_SETS, missing_ok=True)
-        for (name, p), present in changed.items():
-            if present:
-                self.held[name].add(p)
-            else:
-                self.held[name].discard(p)
+        # Merged only once the kernel accepted the transaction: copying the held sets per plan would cost
+        # O(blocks) every tick.
+        ch.merge_into(self.held)
 
     def proven(self) -> list[Prefix]:
         """Sources the MTA answered a whole dialogue (set proven4/proven6, filled by the kernel), as source groups."""
@@ -172,7 +141,7 @@ class NftBackend:
         return out
 
     def end_sessions(self, prefixes: Sequence[Prefix]) -> int:
-        from govern.nft.conntrack import forget
+        from govern.conntrack import forget
 
         return forget(prefixes, self.ports)
 
