@@ -31,13 +31,12 @@ from govern.core.decide import (
 from govern.core.modes import wave_off, wave_on
 from govern.core.policy import Policy
 from govern.durations import format_duration
-from govern.edges import Counters, Enforcer, SocketSource, Tarpit
+from govern.edges import Counters, Enforcer, SocketSource, StateStore, SysctlProfiles, Tarpit
 from govern.errors import GovernError, RefusedError, UsageError
 from govern.model import ActionKind, Cut, Mode, ModeState, Plan, Snapshot, State
 from govern.observe.mta import POSTSCREEN_GREET_WAIT, Budget, budget, postscreen_listening
 from govern.observe.observer import Observer
-from govern.store import Store
-from govern.sysctl.manager import Report, SysctlManager
+from govern.sysctl.manager import Report
 from govern.wiring import is_dry_run
 
 log = logging.getLogger("govern")
@@ -64,12 +63,12 @@ class Governor:
     def __init__(
         self,
         config: Config,
-        store: Store,
+        store: StateStore,
         sockets: SocketSource,
         enforcer: Enforcer,
         counters: Counters,
         clock: Callable[[], float] = time.time,
-        sysctl: SysctlManager | None = None,
+        sysctl: SysctlProfiles | None = None,
         allow: AllowSources | None = None,
         trust: TrustSources | None = None,
         tarpit: Tarpit | None = None,
@@ -89,8 +88,8 @@ class Governor:
         self._learned = 0.0
         self._trusted_from: PrefixSet | None = None
         self._trusted_now: frozenset[Prefix] = frozenset()
-        # A dry run simulates in memory from a clean slate: it must neither act on nor alter the durable state.
-        self.state: State = State() if is_dry_run(config) else store.load()
+        # A dry run's store starts from a clean slate and keeps nothing (govern.dryrun): the would-be state is here.
+        self.state: State = store.load()
         self.extra_allow = store.allowed()
         self.policy: Policy = self._policy()
         self.observer = Observer(sockets, enforcer.syn_counts, counters)
@@ -114,8 +113,9 @@ class Governor:
         return float(d["wave_tick"] if self.state.mode.mode is Mode.WAVE else d["tick"])
 
     @property
-    def enforcing(self) -> bool:
-        return not is_dry_run(self.config)
+    def dry_run(self) -> bool:
+        """Whether the edges are govern.dryrun's: for what the daemon says, never for what it does."""
+        return is_dry_run(self.config)
 
     def start(self) -> None:
         now = self.clock()
@@ -134,7 +134,7 @@ class Governor:
 
     def tarpit_start(self, now: float) -> None:
         """Build the tarpit's tc tree and restore the tarpits the state holds (a dry run builds nothing)."""
-        if self.tarpit is None or self.tarpit_unsupported is not None or not self.enforcing:
+        if self.tarpit is None or self.tarpit_unsupported is not None:
             return
         try:
             self.tarpit.setup(self.policy.ports, self.config["tarpit"]["interfaces"])
@@ -150,14 +150,10 @@ class Governor:
 
     def sysctl_start(self) -> None:
         """Restore what a crashed run left, apply the base profile if configured, and warn about listeners whose
-        own backlog caps their queue. A dry run only logs the plan."""
+        own backlog caps their queue. A dry run's sysctls only log their plan (govern.dryrun)."""
         if self.sysctl is None:
             return
         try:
-            if not self.enforcing:
-                for item in self.sysctl.plan():
-                    log.info("dry run: sysctl %s %s -> %s (%s)", item.key, item.current, item.target, item.status)
-                return
             recovered = self.sysctl.recover()
             if recovered.written:
                 log.warning("sysctl: put back %d value(s) from the journal of the last run", len(recovered.written))
@@ -172,7 +168,7 @@ class Governor:
     def sysctl_stop(self, *, teardown: bool = False) -> None:
         """On teardown, or on shutdown if configured, restore every key; otherwise only end a wave, which never
         outlives the daemon."""
-        if self.sysctl is None or not self.enforcing:
+        if self.sysctl is None:
             return
         try:
             if teardown or self.config["sysctl"]["restore_at_shutdown"]:
@@ -228,12 +224,9 @@ class Governor:
         return plan
 
     def execute(self, plan: Plan, now: float) -> bool:
-        """Apply a plan: store and kernel in step, then end the sessions of newly blocked sources."""
+        """Apply a plan: store and kernel in step, then end the sessions of newly blocked sources. A dry run's edges
+        (govern.dryrun) log what they would do and change nothing."""
         if not plan:
-            return True
-        if not self.enforcing:
-            self.enforcer.apply(plan, now)  # the dry-run backend logs what it would do
-            self.state.record(plan, now)
             return True
         try:
             with self.store.pending(plan, now):
@@ -244,8 +237,9 @@ class Governor:
             return False
         previous = self.state.mode
         self.state.record(plan, now)
-        for a in plan.actions:
-            log.info("%s", a.describe())
+        if not self.dry_run:  # the dry-run firewall logged each as "dry run: would ..."
+            for a in plan.actions:
+                log.info("%s", a.describe())
         if plan.mode is not None and plan.mode.mode is not previous.mode:
             self._mode_changed(previous, plan.mode)
         blocked = sessions_to_end(plan, self.policy)
@@ -316,13 +310,14 @@ class Governor:
 
     def _mode_changed(self, old: ModeState, new: ModeState) -> None:
         until = f" until {time.strftime('%H:%M:%S', time.localtime(new.until))}" if new.until else ""
-        log.warning("mode %s -> %s%s: %s", old.mode, new.mode, until, new.reason)
+        dry = "dry run: " if self.dry_run else ""
+        log.warning("%smode %s -> %s%s: %s", dry, old.mode, new.mode, until, new.reason)
         if (new.mode is Mode.WAVE) != (old.mode is Mode.WAVE):
             self._sysctl_wave(new.mode is Mode.WAVE)
 
     def _sysctl_wave(self, on: bool) -> None:
         """The sysctl wave profile follows the mode (SYN cookies on, fewer SYN-ACK retries, shorter FIN timeout)."""
-        if self.sysctl is None or not self.enforcing:
+        if self.sysctl is None:
             return
         try:
             self._sysctl_failures(self.sysctl.enter_wave() if on else self.sysctl.leave_wave())
@@ -331,8 +326,7 @@ class Governor:
 
     def _commit_recorded(self, plan: Plan, now: float) -> None:
         if plan:
-            if self.enforcing:
-                self.store.save(plan, now)
+            self.store.save(plan, now)
             self.state.record(plan, now)
 
     def _maintain(self, now: float) -> None:
@@ -463,9 +457,7 @@ class Governor:
                 raise RefusedError(f"{p} is not on the allowlist added with 'govern allow'")
             message = f"{p} is no longer allowlisted"
         else:
-            if not self.enforcing:
-                raise RefusedError("dry run: the allowlist is not changed; add it to the config instead")
-            self.store.allow(p, now, req.note)
+            self.store.allow(p, now, req.note)  # a dry run's store refuses, naming the config instead
             message = f"{p} is allowlisted"
         self.extra_allow = self.store.allowed()
         self.policy = self._policy()
@@ -494,20 +486,17 @@ class Governor:
             message = f"wave off; no automatic wave for {format_duration(self.policy.modes.calm_for)}"
         else:
             raise UsageError(f"unknown wave action {action!r}")
-        plan = Plan(mode=new)
-        if not self.enforcing:
-            self.execute(plan, now)
-            return protocol.ok(message=f"dry run: {message}")
-        if not self.execute(plan, now):
+        if not self.execute(Plan(mode=new), now):
             return protocol.failed("could not record the mode: " + self._last_act_error())
+        if self.dry_run:
+            return protocol.ok(message=f"dry run: {message}")
         return protocol.ok(message=message, mode=reports.mode_report(self))
 
     def _done(self, plan: Plan, message: str) -> dict[str, Any]:
-        if not self.enforcing:
-            self.execute(plan, self.clock())
-            return protocol.ok(message=f"dry run: would have {message}")
         if not self.execute(plan, self.clock()):
             return protocol.failed("the kernel refused: " + self._last_act_error())
+        if self.dry_run:
+            return protocol.ok(message=f"dry run: would have {message}")
         return protocol.ok(message=message, actions=[a.describe() for a in plan.actions])
 
     def _last_act_error(self) -> str:

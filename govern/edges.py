@@ -3,13 +3,18 @@ for them in unit tests. The real ones are chosen in one place (govern.wiring).""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Protocol
+from collections.abc import Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING, Protocol
 
 from govern.addr import Prefix
 from govern.config import Config
 from govern.model import Plan, Scan, SessionInfo, State
-from govern.sysctl.planner import Reading
+from govern.sysctl.planner import Item, Reading
+
+if TYPE_CHECKING:
+    from govern.store import Event
+    from govern.sysctl.manager import Report
 
 
 class SocketSource(Protocol):
@@ -120,3 +125,49 @@ class Sysctls(Protocol):
     def where(self) -> tuple[str, str]:
         """(boot id, network namespace): the place a journal of original values is valid."""
         ...
+
+
+class StateStore(Protocol):
+    """The durable state: blocks, throttles, offences, `govern allow` additions and the event log (govern.store)."""
+
+    def load(self) -> State: ...
+
+    def pending(self, plan: Plan, now: float) -> AbstractContextManager[None]:
+        """Record `plan` as in flight while the kernel applies it: committed if the block exits cleanly."""
+        ...
+
+    def save(self, plan: Plan, now: float) -> None: ...
+
+    def trim_events(self, before: float) -> None: ...
+
+    def events(self, limit: int = 50) -> list[Event]: ...
+
+    def note(self, kind: str, entries: Iterable[tuple[Prefix, str]], now: float) -> None: ...
+
+    def events_about(self, prefixes: Sequence[Prefix], limit: int = 20) -> list[Event]: ...
+
+    def allowed(self) -> tuple[Prefix, ...]: ...
+
+    def allow(self, prefix: Prefix, now: float, note: str = "") -> None: ...
+
+    def disallow(self, prefix: Prefix) -> bool: ...
+
+    def close(self) -> None: ...
+
+
+class SysctlProfiles(Protocol):
+    """The sysctl profiles the daemon applies and restores (govern.sysctl.manager.SysctlManager)."""
+
+    def plan(self, *, wave: bool = False) -> tuple[Item, ...]: ...
+
+    def profiles(self) -> list[str]: ...
+
+    def recover(self) -> Report: ...
+
+    def apply(self) -> Report: ...
+
+    def enter_wave(self) -> Report: ...
+
+    def leave_wave(self) -> Report: ...
+
+    def restore(self, what: str = "restore") -> Report: ...

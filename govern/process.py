@@ -95,7 +95,7 @@ def run(config_path: str | None, *, dry_run: bool = False) -> int:
             ",".join(map(str, sorted(gov.policy.ports))),
             len(gov.state.blocks),
             len(gov.state.throttles),
-            "DRY RUN (nothing enforced)" if not gov.enforcing else f"backend {gov.enforcer.name}",
+            "DRY RUN (nothing enforced)" if gov.dry_run else f"backend {gov.enforcer.name}",
         )
         notify("READY=1\nSTATUS=governing")
         next_tick = time.monotonic()
@@ -149,7 +149,7 @@ def _update_feed(gov: Governor, feed: Feed) -> None:
 def _reload(gov: Governor, config_path: str | None) -> None:
     try:
         new = configmod.load(config_path)
-        if not gov.enforcing:
+        if gov.dry_run:
             new = configmod.with_override(new, "daemon", "dry_run", True)
         gov.reload(new)
     except GovernError as exc:

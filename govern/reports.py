@@ -47,7 +47,7 @@ def why_evidence(gov: Governor, asked: Prefix, source: Prefix) -> why.Evidence:
         error = str(exc)
     standing = why_standing(gov, source)
     cfg = gov.config
-    nft = gov.enforcing and cfg["backend"]["firewall"] == "nftables"
+    nft = not gov.dry_run and cfg["backend"]["firewall"] == "nftables"
     gate = cfg["wave"]["gate_rate_per_second"] if nft else 0
     slots = gov.budget.slots if nft and gov.budget is not None else 0
     return why.Evidence(
@@ -61,7 +61,7 @@ def why_evidence(gov: Governor, asked: Prefix, source: Prefix) -> why.Evidence:
         sessions_error=error,
         state=gov.state,
         events=tuple(gov.store.events_about(why.covering(asked), WHY_EVENTS)),
-        dry_run=not gov.enforcing,
+        dry_run=gov.dry_run,
     )
 
 
@@ -130,7 +130,7 @@ def status(gov: Governor, top: int = 10) -> dict[str, Any]:
         "mode": gov.state.mode.mode.value,
         "mode_detail": mode_report(gov),
         "pid": os.getpid(),
-        "dry_run": not gov.enforcing,
+        "dry_run": gov.dry_run,
         "backend": gov.enforcer.name,
         "config": gov.config.path or "embedded defaults",
         "uptime": round(gov.clock() - gov.started, 1),

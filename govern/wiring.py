@@ -91,22 +91,31 @@ def tarpit(config: Config, *, leaf: Leaf | None = None) -> TcTarpit:
 
 
 def governor(config: Config, store: Store) -> Governor:
-    """The daemon's Governor with every real edge the config asks for."""
+    """The daemon's Governor with every real edge the config asks for; in a dry run, each wrapped to observe only
+    (govern.dryrun)."""
     from govern.allow.learning import TrustSources
     from govern.allow.sources import from_config as allow_sources
     from govern.daemon import Governor
+    from govern.dryrun import DryRunSockets, DryRunStore, DryRunSysctls, DryRunTarpit
+    from govern.edges import SocketSource, StateStore, SysctlProfiles, Tarpit
     from govern.observe.netstat import ProcNetstat
 
+    durable: StateStore = store
+    diag: SocketSource = sockets()
+    sysctls: SysctlProfiles = sysctl_manager(config)
+    pit: Tarpit = tarpit(config)
+    if is_dry_run(config):
+        durable, diag, sysctls, pit = DryRunStore(store), DryRunSockets(diag), DryRunSysctls(sysctls), DryRunTarpit(pit)
     return Governor(
         config,
-        store,
-        sockets(),
+        durable,
+        diag,
         enforcer(config),
         ProcNetstat(),
-        sysctl=sysctl_manager(config),
+        sysctl=sysctls,
         allow=allow_sources(config),
         trust=TrustSources(config),
-        tarpit=tarpit(config),
+        tarpit=pit,
     )
 
 

@@ -8,8 +8,8 @@ from pathlib import Path
 from govern import config, reports
 from govern.addr import Prefix
 from govern.daemon import Governor
-from govern.dryrun import DryRun
-from govern.edges import Enforcer
+from govern.dryrun import DryRun, DryRunSockets, DryRunStore
+from govern.edges import Enforcer, SocketSource, StateStore
 from govern.fakes import FakeClock, FakeCounters, FakeEnforcer, FakeSockets
 from govern.model import SockCounts
 from govern.store import Store
@@ -30,8 +30,12 @@ def make(tmp_path: Path, **over: object) -> tuple[Governor, FakeSockets, FakeEnf
         data.setdefault(section, {})[key] = v  # type: ignore[index]
     cfg = config.from_mapping(data)
     socks, enf, clock = FakeSockets(), FakeEnforcer(), FakeClock()
-    edge: Enforcer = DryRun(enf) if cfg["daemon"]["dry_run"] else enf
-    gov = Governor(cfg, Store(cfg["daemon"]["state_dir"]), socks, edge, FakeCounters(), clock=clock)
+    store: StateStore = Store(cfg["daemon"]["state_dir"])
+    edge: Enforcer = enf
+    diag: SocketSource = socks
+    if cfg["daemon"]["dry_run"]:  # as govern.wiring does
+        store, edge, diag = DryRunStore(store), DryRun(enf), DryRunSockets(socks)
+    gov = Governor(cfg, store, diag, edge, FakeCounters(), clock=clock)
     gov.start()
     return gov, socks, enf, clock
 
@@ -138,9 +142,19 @@ def test_dry_run_changes_nothing(tmp_path: Path) -> None:
         "dry run: would throttle",
         "dry run: would block",
     ]
-    assert not gov.store.load().blocks and not gov.store.events()
+    durable = Store(str(tmp_path / "state"))
+    assert not durable.load().blocks and not durable.events()
     r = gov.handle({"cmd": "block", "prefix": "198.18.0.9"})
     assert r["ok"] and r["message"].startswith("dry run") and not enf.blocks
+    # The allowlist's durable additions are neither made nor taken away by a dry run.
+    durable.allow(Prefix.parse("198.51.100.0/24"), clock.now, "partner")
+    for body in (
+        {"cmd": "allow", "prefix": "198.51.100.9"},
+        {"cmd": "allow", "prefix": "198.51.100.0/24", "remove": True},
+    ):
+        r = gov.handle(body)
+        assert r["refused"] and r["error"].startswith("dry run: the allowlist is not changed"), r
+    assert durable.allowed() == (Prefix.parse("198.51.100.0/24"),)
 
 
 def test_reload_switches_policy_and_releases_newly_allowed(tmp_path: Path) -> None:

@@ -11,8 +11,8 @@ import pytest
 from govern import config, reports
 from govern.addr import Prefix
 from govern.daemon import Governor
-from govern.dryrun import DryRun
-from govern.edges import Enforcer
+from govern.dryrun import DryRun, DryRunSockets, DryRunStore
+from govern.edges import Enforcer, SocketSource, StateStore
 from govern.errors import KernelError
 from govern.fakes import FakeClock, FakeCounters, FakeEnforcer, FakeSockets
 from govern.model import Mode, SockCounts
@@ -28,8 +28,12 @@ def make(
         {"allow": {"cidrs": ["192.0.2.0/24"]}, "daemon": {"state_dir": str(tmp_path / "state"), **daemon}}
     )
     socks, enf = FakeSockets(), FakeEnforcer()
-    edge: Enforcer = DryRun(enf) if cfg["daemon"]["dry_run"] else enf
-    gov = Governor(cfg, Store(cfg["daemon"]["state_dir"]), socks, edge, FakeCounters(), clock=clock or FakeClock())
+    store: StateStore = Store(cfg["daemon"]["state_dir"])
+    edge: Enforcer = enf
+    diag: SocketSource = socks
+    if cfg["daemon"]["dry_run"]:  # as govern.wiring does
+        store, edge, diag = DryRunStore(store), DryRun(enf), DryRunSockets(socks)
+    gov = Governor(cfg, store, diag, edge, FakeCounters(), clock=clock or FakeClock())
     gov.start()
     return gov, socks, enf
 
