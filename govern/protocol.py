@@ -83,20 +83,29 @@ class ListBlocks:
 
 
 @dataclass(frozen=True, slots=True)
-class Block:
-    CMD: ClassVar[str] = "block"
+class _OnPrefix:
+    """A request about one address or prefix (`prefix` as the operator wrote it; `source` parsed)."""
+
     prefix: str
-    duration: str = ""  # "" : block.duration
-    reason: str = ""
 
     def __post_init__(self) -> None:
         _prefix("prefix", self.prefix)
-        _duration("duration", self.duration, BLOCK_FOR)
-        _text("reason", self.reason)
 
     @property
     def source(self) -> Prefix:
         return _prefix("prefix", self.prefix)
+
+
+@dataclass(frozen=True, slots=True)
+class Block(_OnPrefix):
+    CMD: ClassVar[str] = "block"
+    duration: str = ""  # "" : block.duration
+    reason: str = ""
+
+    def __post_init__(self) -> None:
+        _OnPrefix.__post_init__(self)
+        _duration("duration", self.duration, BLOCK_FOR)
+        _text("reason", self.reason)
 
     @property
     def seconds(self) -> float | None:
@@ -104,32 +113,19 @@ class Block:
 
 
 @dataclass(frozen=True, slots=True)
-class Unblock:
+class Unblock(_OnPrefix):
     CMD: ClassVar[str] = "unblock"
-    prefix: str
-
-    def __post_init__(self) -> None:
-        _prefix("prefix", self.prefix)
-
-    @property
-    def source(self) -> Prefix:
-        return _prefix("prefix", self.prefix)
 
 
 @dataclass(frozen=True, slots=True)
-class Allow:
+class Allow(_OnPrefix):
     CMD: ClassVar[str] = "allow"
-    prefix: str
     remove: bool = False
     note: str = ""
 
     def __post_init__(self) -> None:
-        _prefix("prefix", self.prefix)
+        _OnPrefix.__post_init__(self)
         _text("note", self.note)
-
-    @property
-    def source(self) -> Prefix:
-        return _prefix("prefix", self.prefix)
 
 
 WAVE_ACTIONS = ("on", "off", "status")
