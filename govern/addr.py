@@ -58,14 +58,19 @@ class Prefix(NamedTuple):
     def parse(cls, text: str, *, strict: bool = False) -> Prefix:
         """Parse '198.51.100.7', '198.51.100.0/24' or '2001:db8::/48'.
 
-        Host bits set under the prefix length are cleared, unless `strict`, where they are an error.
+        Host bits set under the prefix length are cleared, unless `strict`, where they are an error. An IPv4-mapped
+        IPv6 address or prefix (::ffff:198.51.100.7, ::ffff:198.51.100.0/120) is its IPv4 one: the kernel sees such a
+        peer as IPv4, and in an IPv6 set it would never match.
         """
         raw = text.strip()
         try:
             net = ipaddress.ip_network(raw, strict=strict)
         except ValueError as exc:
             raise AddressError(f"{text!r} is not an IPv4/IPv6 address or prefix ({exc})") from None
-        return cls(net.version, int(net.network_address), net.prefixlen)
+        value = int(net.network_address)
+        if net.version == 6 and net.prefixlen >= 96 and value >> 32 == 0xFFFF:
+            return cls(4, value & 0xFFFFFFFF, net.prefixlen - 96)
+        return cls(net.version, value, net.prefixlen)
 
     @classmethod
     def from_packed(cls, raw: bytes, length: int | None = None) -> Prefix:

@@ -284,6 +284,10 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "block_after": Key(2, _int(1, 1000), "a stranger cut this many times in one wave is blocked"),
         "greet_wait": Key("auto", _greet_wait, "silence the MTA asks before its banner (postscreen); auto: detect"),
     },
+    "guard": {
+        "ipv4_widest": Key(16, _int(8, 32), "no block, throttle or tarpit covers an IPv4 prefix wider than this"),
+        "ipv6_widest": Key(32, _int(16, 128), "no block, throttle or tarpit covers an IPv6 prefix wider than this"),
+    },
     "aggregate": {
         "enabled": Key(True, _bool, "block a whole prefix when many of its addresses are blocked"),
         "ipv4_prefix": Key(24, _int(8, 31), "IPv4 blocks are gathered into prefixes of this length"),
@@ -368,6 +372,7 @@ class Config:
             v4_len=pro["ipv4_prefix"],
             v6_len=pro["ipv6_prefix"],
             allow=PrefixSet(self.allowlist() + extra_allow),
+            widest={4: self["guard"]["ipv4_widest"], 6: self["guard"]["ipv6_widest"]},
             max_connections=lim["max_connections_per_source"],
             max_new_per_minute=lim["max_new_per_minute"],
             idle_after=lim["idle_after"],

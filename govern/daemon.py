@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -72,6 +72,7 @@ class Governor:
         allow: AllowSources | None = None,
         trust: TrustSources | None = None,
         tarpit: Tarpit | None = None,
+        own_addresses: Callable[[], Sequence[Prefix]] = tuple,
     ) -> None:
         self.config = config
         self.store = store
@@ -91,6 +92,9 @@ class Governor:
         # A dry run's store starts from a clean slate and keeps nothing (govern.dryrun): the would-be state is here.
         self.state: State = store.load()
         self.extra_allow = store.allowed()
+        # This host's addresses, which no block may cover (govern.core.guard): read at start and at each reload.
+        self.own_addresses = own_addresses
+        self.own = PrefixSet()
         self.policy: Policy = self._policy()
         self.observer = Observer(sockets, enforcer.syn_counts, counters)
         self.snapshot: Snapshot | None = None
@@ -119,6 +123,7 @@ class Governor:
 
     def start(self) -> None:
         now = self.clock()
+        self._read_own()
         if self.allow is not None:  # the first tick already sees hostnames and SPF, unless DNS is slow
             self.allow.refresh(now)
             self.allow.wait(ALLOW_WAIT_AT_START)
@@ -342,8 +347,16 @@ class Governor:
             if self.allow is None
             else policy_with(self.config, self.allow, self.extra_allow)
         )
+        pol = replace(pol, own=self.own)
         # A host whose kernel cannot tarpit: the core never asks for it (status says why).
         return pol if self.tarpit_unsupported is None else replace(pol, tarpit_max=0)
+
+    def _read_own(self) -> None:
+        """This host's addresses, for the guard; the last ones read stay if they cannot be read now."""
+        try:
+            self.own = PrefixSet(self.own_addresses())
+        except GovernError as exc:
+            self.health.fail("own-addresses", exc)
 
     def refresh_sources(self, now: float) -> None:
         """Between ticks: take allowlist changes (files, DNS finished in the background) and learned trust.
@@ -398,6 +411,7 @@ class Governor:
         now = self.clock()
         new = self._read_mta(new)
         self.config = new
+        self._read_own()
         if self.allow is not None:
             self.allow.configure(new)
             self.allow.refresh(now)

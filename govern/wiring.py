@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from govern.addr import Prefix
 from govern.config import Config
 from govern.edges import Enforcer
 from govern.errors import ConfigError
@@ -116,7 +117,15 @@ def governor(config: Config, store: Store) -> Governor:
         allow=allow_sources(config),
         trust=TrustSources(config),
         tarpit=pit,
+        own_addresses=own_addresses,
     )
+
+
+def own_addresses() -> tuple[Prefix, ...]:
+    """Every address of this host (no block may cover one: govern.core.guard)."""
+    from govern.export.local import host_addresses
+
+    return host_addresses()[0]
 
 
 def teardown_offline(config: Config) -> list[str]:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from govern.addr import Prefix
 from govern.core.aggregate import aggregate
+from govern.core.guard import LOOPBACK, refusal
 from govern.core.modes import measure, next_mode
 from govern.core.policy import Policy
 from govern.durations import format_duration
@@ -117,9 +118,27 @@ def decide(snap: Snapshot, state: State, policy: Policy, now: float) -> Plan:
                 actions.extend(_ladder(p, over, state, policy, now, tight=True))
     if wave and policy.slot_budget:
         cuts.extend(shed(snap, state, policy, {c.prefix for c in cuts} | {a.prefix for a in actions}))
+    actions = [a for a in actions if a.kind not in PUNISH or guarded(a.prefix, policy) is None]
+    cuts = [c for c in cuts if not policy.own.intersects(c.prefix) and not _loopback(c.prefix)]
     if policy.aggregate:
-        actions = aggregate(actions, state, policy, now)
+        merged = aggregate(actions, state, policy, now)
+        # An aggregate the guard refuses would replace blocks it may not: keep them one by one instead.
+        if all(a.kind not in PUNISH or guarded(a.prefix, policy) is None for a in merged):
+            actions = merged
     return Plan(tuple(actions), mode=new_mode, cuts=tuple(cuts))
+
+
+# The actions that punish a source: every one passes govern.core.guard.
+PUNISH = frozenset({ActionKind.BLOCK, ActionKind.EXTEND, ActionKind.THROTTLE, ActionKind.TARPIT})
+
+
+def guarded(p: Prefix, policy: Policy) -> str | None:
+    """Why `p` may not be punished (govern.core.guard), or None."""
+    return refusal(p, policy.widest, policy.own)
+
+
+def _loopback(p: Prefix) -> bool:
+    return any(lo.overlaps(p) for lo in LOOPBACK)
 
 
 def shed(snap: Snapshot, state: State, policy: Policy, acted_on: set[Prefix]) -> list[Cut]:
@@ -318,7 +337,7 @@ def manual_block(prefix: Prefix, state: State, policy: Policy, now: float, durat
     A prefix wider than existing blocks replaces them in the same transaction, so the kernel never holds
     overlapping intervals.
     """
-    why = _allow_reason(prefix, policy)
+    why = _allow_reason(prefix, policy) or guarded(prefix, policy)
     if why:
         raise RefusedError(why)
     wider = _covering(state.blocks, _lengths(state.blocks), prefix)

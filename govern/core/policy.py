@@ -59,3 +59,7 @@ class Policy:
     # Over the budget, a session given only the greeting and silent this long is shed: (a source holding several,
     # a source's only one).
     shed_after: tuple[float, float] = (1.0, 2.0)
+    # govern.core.guard: nothing punished is wider than this per IP version, nor covers one of `own` (this host's
+    # addresses, filled in by the daemon) or loopback.
+    widest: Mapping[int, int] = field(default_factory=lambda: {4: 16, 6: 32})
+    own: PrefixSet = field(default_factory=PrefixSet)

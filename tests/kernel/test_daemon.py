@@ -258,6 +258,11 @@ def test_bad_config_and_bad_cli_input_give_clear_errors(lab: Lab, tmp_path: Path
             (("block", "198.18.0.1/16"), "has host bits set; did you mean 198.18.0.0/16?"),
             (("unblock", "198.18.9.9"), "198.18.9.9 is not blocked"),
             (("allow", "300.1.1.1"), "is not an IPv4/IPv6 address"),
+            # The guard, in the daemon: this host's loopback and its own address (read from the namespace).
+            (("block", "0.0.0.0/1"), "covers loopback (127.0.0.0/8)"),
+            (("block", "::ffff:127.0.0.1"), "covers loopback"),
+            (("block", "203.0.113.0/24"), "covers 203.0.113.25, an address of this host"),
+            (("block", "198.0.0.0/8"), "wider than /16 (guard.ipv4_widest)"),
         ):
             r = govern(lab.mx, *args, "--config", str(cfg))
             assert r.returncode == 2, (args, r.stdout, r.stderr)

@@ -1,0 +1,34 @@
+"""What govern never punishes, whoever asks: the rules every block, throttle and tarpit passes, from the operator's
+`govern block` and from the core's own decisions alike.
+
+- never this host: loopback, or a prefix covering one of the host's own addresses (the MTA would refuse its own
+  host, and local submission with it);
+- never the allowlist (the allowlist's own rule, in decide);
+- never wider than `guard.ipv4_widest` / `guard.ipv6_widest` (default /16 and /32): a typo such as 0.0.0.0/0 or a
+  /1 would otherwise block the whole Internet.
+
+Each refusal names the rule that refused.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from govern.addr import Prefix, PrefixSet
+
+LOOPBACK = (Prefix.parse("127.0.0.0/8"), Prefix.parse("::1/128"))
+
+
+def refusal(p: Prefix, widest: Mapping[int, int], own: PrefixSet) -> str | None:
+    """Why `p` may not be blocked, throttled or tarpitted, or None when it may."""
+    for lo in LOOPBACK:
+        if lo.overlaps(p):
+            return f"{p} covers loopback ({lo}): govern never blocks this host"
+    for mine in own:
+        if mine.overlaps(p):
+            return f"{p} covers {mine}, an address of this host: govern never blocks this host"
+    limit = widest.get(p.version)
+    if limit is not None and p.length < limit:
+        key = f"guard.ipv{p.version}_widest"
+        return f"{p} is wider than /{limit} ({key}): govern never blocks that much of the address space"
+    return None
