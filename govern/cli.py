@@ -219,11 +219,15 @@ def allow(
     address: Annotated[str, typer.Argument(help="address or prefix to allowlist")],
     remove: Annotated[bool, typer.Option("--remove", help="take it off the allowlist again")] = False,
     note: Annotated[str, typer.Option("--note", help="who or what it is")] = "",
+    force: Annotated[
+        bool, typer.Option("--force", help="allow a prefix wider than [guard] allow_ipv4_widest/allow_ipv6_widest")
+    ] = False,
     config: ConfigOpt = None,
 ) -> None:
     """Allowlist an address or prefix at once (kept across restarts); lifts any block on it."""
     p = _prefix(address)
-    print(_ask(config, _request(protocol.Allow, prefix=str(p), remove=remove, note=note))["message"])
+    req = _request(protocol.Allow, prefix=str(p), remove=remove, note=note, force=force)
+    print(_ask(config, req)["message"])
 
 
 @app.command("list")

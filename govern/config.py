@@ -287,6 +287,10 @@ SCHEMA: dict[str, dict[str, Key]] = {
     "guard": {
         "ipv4_widest": Key(16, _int(8, 32), "no block, throttle or tarpit covers an IPv4 prefix wider than this"),
         "ipv6_widest": Key(32, _int(16, 128), "no block, throttle or tarpit covers an IPv6 prefix wider than this"),
+        "allow_ipv4_widest": Key(
+            8, _int(1, 32), "no allowlist entry wider than this IPv4 prefix (govern allow --force)"
+        ),
+        "allow_ipv6_widest": Key(16, _int(1, 128), "no allowlist entry wider than this IPv6 prefix (same)"),
     },
     "aggregate": {
         "enabled": Key(True, _bool, "block a whole prefix when many of its addresses are blocked"),
@@ -525,8 +529,22 @@ def from_mapping(data: Mapping[str, Any], path: str | None = None) -> Config:
     _cross_check(values, path)
     from_files: list[Prefix] = []
     for i, f in enumerate(values["allow"]["files"]):
-        from_files.extend(read_allow_file(f, key=f"allow.files[{i}]"))
+        for p in read_allow_file(f, key=f"allow.files[{i}]"):
+            why = too_wide_to_allow(p, values["guard"])
+            if why:
+                raise ConfigError(why, path=f, key=f"allow.files[{i}]")
+            from_files.append(p)
     return Config(values=values, raw=raw, path=path, allow_from_files=tuple(from_files))
+
+
+def too_wide_to_allow(p: Prefix, guard: Mapping[str, Any]) -> str | None:
+    """Why `p` is too wide an allowlist entry (`guard.allow_ipv4_widest` / `allow_ipv6_widest`), or None."""
+    limit = guard[f"allow_ipv{p.version}_widest"]
+    if p.length >= limit:
+        return None
+    return (
+        f"{p} is wider than /{limit} (guard.allow_ipv{p.version}_widest): it would allowlist that much of the Internet"
+    )
 
 
 def _cross_check(v: Mapping[str, Mapping[str, Any]], path: str | None) -> None:
@@ -537,6 +555,9 @@ def _cross_check(v: Mapping[str, Mapping[str, Any]], path: str | None) -> None:
     for p in v["allow"]["cidrs"]:
         if p.length == 0:
             raise ConfigError(f"{p} would allow every address", path=path, key="allow.cidrs")
+        why = too_wide_to_allow(p, v["guard"])
+        if why:
+            raise ConfigError(why, path=path, key="allow.cidrs")
     for name in ("queue_fill", "listen_drops", "syn_recv", "attempts", "idle_share"):
         if v["modes"][f"elevated_{name}"] > v["modes"][f"wave_{name}"]:
             raise ConfigError(f"must not be below modes.elevated_{name}", path=path, key=f"modes.wave_{name}")

@@ -19,7 +19,7 @@ from govern import protocol, reports, why
 from govern.addr import Prefix, PrefixSet
 from govern.allow.learning import TrustSources
 from govern.allow.sources import AllowSources, policy_with
-from govern.config import Config
+from govern.config import Config, too_wide_to_allow
 from govern.core.decide import (
     decide,
     forget_offenders,
@@ -471,6 +471,9 @@ class Governor:
                 raise RefusedError(f"{p} is not on the allowlist added with 'govern allow'")
             message = f"{p} is no longer allowlisted"
         else:
+            why = too_wide_to_allow(p, self.config["guard"])
+            if why and not req.force:
+                raise RefusedError(f"{why}; add --force if you mean it")
             self.store.allow(p, now, req.note)  # a dry run's store refuses, naming the config instead
             message = f"{p} is allowlisted"
         self.extra_allow = self.store.allowed()

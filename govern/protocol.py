@@ -122,6 +122,7 @@ class Allow(_OnPrefix):
     CMD: ClassVar[str] = "allow"
     remove: bool = False
     note: str = ""
+    force: bool = False  # allowlist a prefix wider than `[guard]` allows
 
     def __post_init__(self) -> None:
         _OnPrefix.__post_init__(self)

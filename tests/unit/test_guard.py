@@ -15,7 +15,7 @@ from govern.addr import Prefix, PrefixSet
 from govern.core.decide import PUNISH, decide, manual_block
 from govern.core.policy import Policy
 from govern.daemon import Governor
-from govern.errors import RefusedError
+from govern.errors import ConfigError, RefusedError
 from govern.fakes import FakeClock, FakeCounters, FakeEnforcer, FakeSockets
 from govern.model import Mode, ModeState, Snapshot, SourceStats, State
 from govern.store import Store
@@ -106,3 +106,37 @@ def test_the_daemon_refuses_a_block_of_everything_and_of_its_own_address(tmp_pat
         r = gov.handle(protocol.to_wire(protocol.Block(text)))
         assert r["refused"] and rule in r["error"], r
     assert not enf.blocks
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"allow": {"cidrs": ["0.0.0.0/1", "128.0.0.0/1"]}},
+        {"allow": {"cidrs": ["2000::/3"]}},
+        {"allow": {"cidrs": ["10.0.0.0/16"]}, "guard": {"allow_ipv4_widest": 24}},
+    ],
+)
+def test_a_config_allowlist_wider_than_the_guard_allows_is_refused_at_load(data: dict[str, object]) -> None:
+    with pytest.raises(ConfigError, match=r"allow.cidrs.*wider than /\d+ \(guard.allow_ipv[46]_widest\)"):
+        config.from_mapping(data)
+
+
+def test_an_allow_file_entry_wider_than_the_guard_allows_is_refused_at_load(tmp_path: Path) -> None:
+    f = tmp_path / "partners.txt"
+    f.write_text("198.51.100.0/24\n64.0.0.0/2  # half of a half\n")
+    with pytest.raises(ConfigError, match=r"64\.0\.0\.0/2 is wider than /8"):
+        config.from_mapping({"allow": {"files": [str(f)]}})
+    f.write_text("198.51.100.0/24\n10.0.0.0/8\n")
+    assert len(config.from_mapping({"allow": {"files": [str(f)]}}).allowlist()) == 2
+
+
+def test_govern_allow_of_a_wide_prefix_needs_force(tmp_path: Path) -> None:
+    cfg = config.from_mapping({"daemon": {"state_dir": str(tmp_path / "state")}, "modes": {"auto": False}})
+    gov = Governor(cfg, Store(cfg["daemon"]["state_dir"]), FakeSockets(), FakeEnforcer(), FakeCounters(),
+                   clock=FakeClock())  # fmt: skip
+    gov.start()
+    r = gov.handle(protocol.to_wire(protocol.Allow("0.0.0.0/1")))
+    assert r["refused"] and "wider than /8 (guard.allow_ipv4_widest)" in r["error"] and "--force" in r["error"]
+    assert not gov.store.allowed()
+    r = gov.handle(protocol.to_wire(protocol.Allow("10.0.0.0/7", force=True)))
+    assert r["ok"] and gov.store.allowed() == (Prefix.parse("10.0.0.0/7"),)
