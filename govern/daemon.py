@@ -471,6 +471,8 @@ class Governor:
                 raise RefusedError(f"{p} is not on the allowlist added with 'govern allow'")
             message = f"{p} is no longer allowlisted"
         else:
+            if p.length == 0:
+                raise RefusedError(f"{p} would allow every address, --force or not")
             why = too_wide_to_allow(p, self.config["guard"])
             if why and not req.force:
                 raise RefusedError(f"{why}; add --force if you mean it")

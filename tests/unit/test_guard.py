@@ -138,5 +138,7 @@ def test_govern_allow_of_a_wide_prefix_needs_force(tmp_path: Path) -> None:
     r = gov.handle(protocol.to_wire(protocol.Allow("0.0.0.0/1")))
     assert r["refused"] and "wider than /8 (guard.allow_ipv4_widest)" in r["error"] and "--force" in r["error"]
     assert not gov.store.allowed()
+    r = gov.handle(protocol.to_wire(protocol.Allow("::/0", force=True)))
+    assert r["refused"] and "would allow every address, --force or not" in r["error"]
     r = gov.handle(protocol.to_wire(protocol.Allow("10.0.0.0/7", force=True)))
     assert r["ok"] and gov.store.allowed() == (Prefix.parse("10.0.0.0/7"),)
