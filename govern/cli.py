@@ -193,7 +193,7 @@ def wave_status(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
 def block(
     address: Annotated[str, typer.Argument(help="address or prefix, e.g. 198.51.100.7 or 2001:db8:bad::/48")],
     duration: Annotated[
-        str | None, typer.Option("--for", help="how long, e.g. 30m, 2h (default [block] duration)")
+        str | None, typer.Option("--for", help="how long, e.g. 30m, 2h (default block.duration)")
     ] = None,
     reason: Annotated[str, typer.Option("--reason", help="why, for the log and `govern list`")] = "",
     config: ConfigOpt = None,
@@ -220,7 +220,8 @@ def allow(
     remove: Annotated[bool, typer.Option("--remove", help="take it off the allowlist again")] = False,
     note: Annotated[str, typer.Option("--note", help="who or what it is")] = "",
     force: Annotated[
-        bool, typer.Option("--force", help="allow a prefix wider than [guard] allow_ipv4_widest/allow_ipv6_widest")
+        bool,
+        typer.Option("--force", help="allow a prefix wider than guard.allow_ipv4_widest / guard.allow_ipv6_widest"),
     ] = False,
     config: ConfigOpt = None,
 ) -> None:
