@@ -276,7 +276,7 @@ def export(
     rtbh: Annotated[bool, typer.Option("--rtbh", help="blackhole routes (65535:666) instead of FlowSpec")] = False,
     config: ConfigOpt = None,
 ) -> None:
-    """Export the blocklist for the upstream ISP, through the guardrails of [export] (docs/export.md)."""
+    """Export the blocklist for the upstream ISP, through the guardrails of the export section (docs/export.md)."""
     from govern.export import command
 
     cfg = _load(config)
