@@ -383,14 +383,21 @@ def forget_offenders(state: State, policy: Policy, now: float) -> Plan:
 
 
 def release_allowlisted(state: State, policy: Policy) -> Plan:
-    """After the allowlist grows: lift every block and throttle that touches an allowlisted address.
+    """After the allowlist grows, or the state comes back from the store: lift every block, throttle and tarpit
+    that touches an allowlisted address, or that the guard forbids (govern.core.guard: this host, or wider than
+    `[guard]` allows; a block made before the guard, or before a reload narrowed it).
 
-    Run when the allowlist changes (start-up, reload, `govern allow`), not every tick: it looks at every block.
+    Run when the allowlist or the config changes (start-up, reload, `govern allow`), not every tick: it looks at
+    every block.
     """
-    actions = [
-        Action(kind, p, "allowlisted")
-        for kind, entries in ((ActionKind.UNBLOCK, state.blocks), (ActionKind.UNTHROTTLE, state.throttles))
-        for p in entries
-        if policy.allow.intersects(p)
-    ]
+    actions = []
+    for kind, entries in (
+        (ActionKind.UNBLOCK, state.blocks),
+        (ActionKind.UNTHROTTLE, state.throttles),
+        (ActionKind.UNTARPIT, state.tarpits),
+    ):
+        for p in entries:
+            why = "allowlisted" if policy.allow.intersects(p) else guarded(p, policy)
+            if why:
+                actions.append(Action(kind, p, why))
     return Plan(tuple(actions))

@@ -142,3 +142,26 @@ def test_govern_allow_of_a_wide_prefix_needs_force(tmp_path: Path) -> None:
     assert r["refused"] and "would allow every address, --force or not" in r["error"]
     r = gov.handle(protocol.to_wire(protocol.Allow("10.0.0.0/7", force=True)))
     assert r["ok"] and gov.store.allowed() == (Prefix.parse("10.0.0.0/7"),)
+
+
+def test_blocks_the_guard_forbids_are_lifted_when_the_state_comes_back(tmp_path: Path) -> None:
+    # A store from before the guard (or a config that narrowed it since) holds a block of the whole /8, one of this
+    # host's own address and a throttle of loopback: the daemon lifts them at start, naming the rule.
+    from govern.model import Action, ActionKind, Plan
+
+    state_dir = str(tmp_path / "state")
+    store = Store(state_dir)
+    old = [("198.0.0.0/8", ActionKind.BLOCK), ("203.0.113.25", ActionKind.BLOCK), ("127.0.0.1", ActionKind.THROTTLE),
+           ("198.51.100.7", ActionKind.BLOCK)]  # fmt: skip
+    store.save(Plan(tuple(Action(k, Prefix.parse(p), "old", until=NOW + 3600) for p, k in old)), NOW)
+    store.close()
+    cfg = config.from_mapping({"daemon": {"state_dir": state_dir}, "modes": {"auto": False}})
+    enf = FakeEnforcer()
+    gov = Governor(cfg, Store(state_dir), FakeSockets(), enf, FakeCounters(), clock=FakeClock(NOW),
+                   own_addresses=lambda: (MX,))  # fmt: skip
+    gov.start()
+    assert set(gov.state.blocks) == {Prefix.parse("198.51.100.7")} and not gov.state.throttles
+    reasons = {e.prefix: e.reason for e in gov.store.events(20) if e.kind in ("unblock", "unthrottle")}
+    assert "wider than /16 (guard.ipv4_widest)" in reasons["198.0.0.0/8"]
+    assert "an address of this host" in reasons["203.0.113.25"]
+    assert "covers loopback" in reasons["127.0.0.1"]
