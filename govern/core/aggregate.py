@@ -2,9 +2,11 @@
 
 A botnet rented from one hosting range shows up as dozens of addresses of one /24; blocking them one by one lets
 every new address of the range in until it too misbehaves. The aggregate never covers an allowlisted address:
-the prefix is split around it into the largest prefixes that leave it out. An aggregate replaces the blocks and
-throttles it covers in the same plan (the kernel's interval sets must never hold overlapping elements). Prefixes
-holding an operator's manual block are left to the operator, and a prefix already aggregated is not redone.
+the prefix is split around it into the largest prefixes that leave it out. An aggregate the guard refuses (this
+host's, or wider than `[guard]` allows: govern.core.guard) is not made, and its members stay blocked one by one.
+An aggregate replaces the blocks and throttles it covers in the same plan (the kernel's interval sets must never
+hold overlapping elements). Prefixes holding an operator's manual block are left to the operator, and a prefix
+already aggregated is not redone.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 from govern.addr import Prefix
+from govern.core.guard import refusal
 from govern.core.policy import Policy
 from govern.durations import format_duration
 from govern.model import Action, ActionKind, State
@@ -45,7 +48,7 @@ def aggregate(actions: list[Action], state: State, policy: Policy, now: float) -
         if outer in done or len(members) < policy.aggregate[outer.version][1] or not new.intersection(members):
             continue
         pieces = split_around(outer, policy.allow.members())
-        if not pieces:
+        if not pieces or any(refusal(piece, policy.widest, policy.own) for piece in pieces):
             continue
         covered = set(members)
         until = max(blocks[m][0] for m in members)

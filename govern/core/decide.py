@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from govern.addr import Prefix
 from govern.core.aggregate import aggregate
-from govern.core.guard import LOOPBACK, refusal
+from govern.core.guard import refusal, this_host
 from govern.core.modes import measure, next_mode
 from govern.core.policy import Policy
 from govern.durations import format_duration
@@ -119,12 +119,9 @@ def decide(snap: Snapshot, state: State, policy: Policy, now: float) -> Plan:
     if wave and policy.slot_budget:
         cuts.extend(shed(snap, state, policy, {c.prefix for c in cuts} | {a.prefix for a in actions}))
     actions = [a for a in actions if a.kind not in PUNISH or guarded(a.prefix, policy) is None]
-    cuts = [c for c in cuts if not policy.own.intersects(c.prefix) and not _loopback(c.prefix)]
+    cuts = [c for c in cuts if this_host(c.prefix, policy.own) is None]
     if policy.aggregate:
-        merged = aggregate(actions, state, policy, now)
-        # An aggregate the guard refuses would replace blocks it may not: keep them one by one instead.
-        if all(a.kind not in PUNISH or guarded(a.prefix, policy) is None for a in merged):
-            actions = merged
+        actions = aggregate(actions, state, policy, now)  # it makes no prefix the guard refuses
     return Plan(tuple(actions), mode=new_mode, cuts=tuple(cuts))
 
 
@@ -135,10 +132,6 @@ PUNISH = frozenset({ActionKind.BLOCK, ActionKind.EXTEND, ActionKind.THROTTLE, Ac
 def guarded(p: Prefix, policy: Policy) -> str | None:
     """Why `p` may not be punished (govern.core.guard), or None."""
     return refusal(p, policy.widest, policy.own)
-
-
-def _loopback(p: Prefix) -> bool:
-    return any(lo.overlaps(p) for lo in LOOPBACK)
 
 
 def shed(snap: Snapshot, state: State, policy: Policy, acted_on: set[Prefix]) -> list[Cut]:

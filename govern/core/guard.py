@@ -19,14 +19,22 @@ from govern.addr import Prefix, PrefixSet
 LOOPBACK = (Prefix.parse("127.0.0.0/8"), Prefix.parse("::1/128"))
 
 
-def refusal(p: Prefix, widest: Mapping[int, int], own: PrefixSet) -> str | None:
-    """Why `p` may not be blocked, throttled or tarpitted, or None when it may."""
+def this_host(p: Prefix, own: PrefixSet) -> str | None:
+    """Why `p` is this host's (loopback, or one of `own`), or None: never punished, its sessions never cut."""
     for lo in LOOPBACK:
         if lo.overlaps(p):
             return f"{p} covers loopback ({lo}): govern never blocks this host"
     for mine in own:
         if mine.overlaps(p):
             return f"{p} covers {mine}, an address of this host: govern never blocks this host"
+    return None
+
+
+def refusal(p: Prefix, widest: Mapping[int, int], own: PrefixSet) -> str | None:
+    """Why `p` may not be blocked, throttled or tarpitted, or None when it may."""
+    here = this_host(p, own)
+    if here:
+        return here
     limit = widest.get(p.version)
     if limit is not None and p.length < limit:
         key = f"guard.ipv{p.version}_widest"
