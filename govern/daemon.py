@@ -498,13 +498,11 @@ class Governor:
             dur = req.seconds or self.policy.modes.wave_duration
             new = wave_on(cur, self.policy.modes, now, dur)
             message = f"wave on for {format_duration(dur)}"
-        elif action == "off":
+        else:  # "off": the protocol admits no other action
             if cur.mode is Mode.NORMAL:
                 raise RefusedError("no wave or elevated mode to switch off: the host is in normal mode")
             new = wave_off(cur, self.policy.modes, now)
             message = f"wave off; no automatic wave for {format_duration(self.policy.modes.calm_for)}"
-        else:
-            raise UsageError(f"unknown wave action {action!r}")
         if not self.execute(Plan(mode=new), now):
             return protocol.failed("could not record the mode: " + self._last_act_error())
         if self.dry_run:
