@@ -109,6 +109,13 @@ def status(config: ConfigOpt = None, as_json: JsonOpt = False, top: int = 10) ->
         print("  " + _mode_line(st["mode_detail"]))
     print(f"tick: {st['last_tick_ms']} ms   sources: {st['sources']}   sockets: {st['sockets']}")
     print(f"blocks: {st['blocks']}   throttles: {st['throttles']}   allowlist entries: {st['allowlist']}")
+    store = st.get("store") or {}
+    if store.get("state") == "behind":
+        since = time.strftime("%H:%M:%S", time.localtime(store["since"]))
+        print(
+            f"STATE STORE NOT WRITTEN since {since} ({store['error']}): enforcing from memory; block, unblock, "
+            "allow and wave requests are refused until it can be written"
+        )
     print(
         f"sessions ended for blocked sources: {st['ended_sessions']}, cut for want of progress: {st['cut_sessions']}, "
         f"conntrack entries forgotten: {st['conntrack_forgotten']}"

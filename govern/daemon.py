@@ -32,8 +32,8 @@ from govern.core.modes import wave_off, wave_on
 from govern.core.policy import Policy
 from govern.durations import format_duration
 from govern.edges import Counters, Enforcer, SocketSource, StateStore, SysctlProfiles, Tarpit
-from govern.errors import GovernError, RefusedError, UsageError
-from govern.model import ActionKind, Cut, Mode, ModeState, Plan, Snapshot, State
+from govern.errors import GovernError, RefusedError, StoreError, UsageError
+from govern.model import Action, ActionKind, Cut, Mode, ModeState, Plan, Snapshot, State
 from govern.observe.mta import POSTSCREEN_GREET_WAIT, Budget, budget, postscreen_listening
 from govern.observe.observer import Observer
 from govern.sysctl.manager import Report
@@ -44,6 +44,7 @@ MAINTENANCE_EVERY = 600.0
 EVENTS_KEPT = 30 * 86400.0
 LEARN_EVERY = 10.0
 ALLOW_WAIT_AT_START = 5.0  # seconds the start waits for the first resolution of allowlisted hostnames and SPF
+STORE_RETRY_EVERY = 10.0  # while the store cannot be written: seconds between attempts to write the whole state
 
 
 @dataclass
@@ -106,6 +107,10 @@ class Governor:
         self.forgotten_conntrack = 0
         self.totals: dict[str, int] = {}
         self._maintained = self.started
+        # Since when the store has not been written (a full disk, say): the state in memory is the truth, enforced
+        # in the kernel, and written whole as soon as the store takes it (`catch_up`).
+        self.store_behind: float | None = None
+        self._store_tried = 0.0
         self.budget: Budget | None = None
         self.postscreen = False
 
@@ -131,11 +136,28 @@ class Governor:
             self.policy = self._policy()
         self.config = self._read_mta(self.config)
         self.policy = self._policy()
-        adopted = self.enforcer.setup(self.config, self.policy.allow.members(), self.state, now)
-        self._commit_recorded(adopted, now)
-        self.execute(release_allowlisted(self.state, self.policy), now)
+        self.converge(now)
         self.tarpit_start(now)
         self.sysctl_start()
+
+    def converge(self, now: float) -> None:
+        """Make the firewall's kernel objects as the config says, with the state's blocks and throttles in them;
+        adopt what the kernel held that the state did not know (a crash between the kernel's commit and the
+        store's), except what the store last recorded as unblocked (a crash between an unblock's two commits: an
+        operator's unblock is never undone); then lift what the allowlist and the guard forbid."""
+        adopted = self.enforcer.setup(self.config, self.policy.allow.members(), self.state, now)
+        stale: set[Prefix] = set()
+        if adopted:
+            try:
+                stale = self.store.unblocked_last(a.prefix for a in adopted.actions if a.kind is ActionKind.BLOCK)
+            except StoreError as exc:
+                self._store_failed(exc, now)
+        self._commit_recorded(Plan(tuple(a for a in adopted.actions if a.prefix not in stale)), now)
+        if stale:
+            # The kernel's element goes by what the backend holds, though the state never knew it.
+            log.warning("%d block(s) found in the kernel were unblocked before a crash: lifted again", len(stale))
+            self.execute(Plan(tuple(Action(ActionKind.UNBLOCK, p, "unblocked before a crash") for p in stale)), now)
+        self.execute(release_allowlisted(self.state, self.policy), now)
 
     def tarpit_start(self, now: float) -> None:
         """Build the tarpit's tc tree and restore the tarpits the state holds (a dry run builds nothing)."""
@@ -202,6 +224,7 @@ class Governor:
     def tick(self) -> Plan:
         t0 = time.perf_counter()
         now = self.clock()
+        self.catch_up(now)
         self.refresh_sources(now)
         try:
             self.snapshot = self.observer.snapshot(self.policy, now, self.trusted())
@@ -228,17 +251,17 @@ class Governor:
         self.last_tick_ms = (time.perf_counter() - t0) * 1000
         return plan
 
-    def execute(self, plan: Plan, now: float) -> bool:
+    def execute(self, plan: Plan, now: float, *, durable: bool = False) -> bool:
         """Apply a plan: store and kernel in step, then end the sessions of newly blocked sources. A dry run's edges
-        (govern.dryrun) log what they would do and change nothing."""
+        (govern.dryrun) log what they would do and change nothing.
+
+        An operator's decision is `durable`: it is in the store before the kernel, or nowhere (StoreError, nothing
+        changed). govern's own decisions never wait on the store: when it cannot be written they are enforced and
+        held in memory, and written whole when it can be again (`catch_up`); a crash meanwhile leaves them in the
+        kernel, where the next start adopts them."""
         if not plan:
             return True
-        try:
-            with self.store.pending(plan, now):
-                self.enforcer.apply(plan, now)
-                self._apply_tarpits(plan, now)
-        except GovernError as exc:
-            self.health.fail("act", exc)
+        if not (self._commit_durable(plan, now) if durable else self._commit(plan, now)):
             return False
         previous = self.state.mode
         self.state.record(plan, now)
@@ -267,6 +290,78 @@ class Governor:
                 self.cut_sessions += sum(ended.values())
                 # A shed asks each single session's socket: only the sources that lost one are events.
                 self._note_cuts(tuple(c for c in plan.cuts if not c.shed or ended.get(c.prefix)), now)
+        return True
+
+    def _commit(self, plan: Plan, now: float) -> bool:
+        applied = False
+        try:
+            if self.store_behind is not None:
+                self._kernel(plan, now)
+                return True
+            with self.store.pending(plan, now):
+                self._kernel(plan, now)
+                applied = True
+        except StoreError as exc:
+            self._store_failed(exc, now)
+            if not applied:
+                return self._commit(plan, now)
+        except GovernError as exc:
+            self.health.fail("act", exc)
+            return False
+        return True
+
+    def _commit_durable(self, plan: Plan, now: float) -> bool:
+        if not self.catch_up(now, force=True):
+            why = self.health.last_error.get("store", "unknown error")
+            raise StoreError(f"the state store cannot be written ({why}): nothing was changed")
+        try:
+            self.store.save(plan, now)
+        except StoreError as exc:
+            self._store_failed(exc, now)
+            raise StoreError(f"the state store cannot be written ({exc}): nothing was changed") from None
+        try:
+            self._kernel(plan, now)
+        except GovernError as exc:
+            self.health.fail("act", exc)
+            self.store_behind = now  # it holds what the kernel refused: put back what memory and the kernel hold
+            self.catch_up(now, force=True)
+            return False
+        return True
+
+    def _kernel(self, plan: Plan, now: float) -> None:
+        self.enforcer.apply(plan, now)
+        self._apply_tarpits(plan, now)
+
+    def _store_failed(self, exc: StoreError, now: float) -> None:
+        self.health.fail("store", exc)
+        if self.store_behind is None:
+            self.store_behind = self._store_tried = now
+            log.warning(
+                "the state store cannot be written: govern keeps enforcing and holds its decisions in memory, and "
+                "writes them when it can (every %.0f s); operators' block, unblock, allow and wave requests are "
+                "refused until then",
+                STORE_RETRY_EVERY,
+            )
+
+    def catch_up(self, now: float, *, force: bool = False) -> bool:
+        """Write the whole state to a store that missed writes; whether the store is up to date."""
+        if self.store_behind is None:
+            return True
+        if not force and now - self._store_tried < STORE_RETRY_EVERY:
+            return False
+        self._store_tried = now
+        try:
+            self.store.replace(self.state, now)
+        except StoreError as exc:
+            self.health.fail("store", exc)
+            return False
+        log.warning(
+            "the state store is written again: %d blocks and %d throttles held in memory since %s are in it",
+            len(self.state.blocks),
+            len(self.state.throttles),
+            time.strftime("%H:%M:%S", time.localtime(self.store_behind)),
+        )
+        self.store_behind = None
         return True
 
     def _note_cuts(self, cuts: tuple[Cut, ...], now: float) -> None:
@@ -330,14 +425,23 @@ class Governor:
             self.health.fail("sysctl", exc)
 
     def _commit_recorded(self, plan: Plan, now: float) -> None:
-        if plan:
-            self.store.save(plan, now)
-            self.state.record(plan, now)
+        """Record what changes no kernel state (what the kernel already holds; offences forgotten)."""
+        if not plan:
+            return
+        if self.store_behind is None:
+            try:
+                self.store.save(plan, now)
+            except StoreError as exc:
+                self._store_failed(exc, now)
+        self.state.record(plan, now)
 
     def _maintain(self, now: float) -> None:
         self._maintained = now
         self._commit_recorded(forget_offenders(self.state, self.policy, now), now)
-        self.store.trim_events(now - EVENTS_KEPT)
+        try:
+            self.store.trim_events(now - EVENTS_KEPT)
+        except StoreError as exc:
+            self.health.fail("store", exc)
 
     # -- allowlist sources and learned trust (govern.allow) ------------------------------------------------------
 
@@ -418,9 +522,7 @@ class Governor:
         if self.trust is not None:
             self.trust.configure(new)
         self.policy = self._policy()
-        adopted = self.enforcer.setup(new, self.policy.allow.members(), self.state, now)
-        self._commit_recorded(adopted, now)
-        self.execute(release_allowlisted(self.state, self.policy), now)
+        self.converge(now)
         log.info("reloaded config from %s", new.path or "embedded defaults")
 
     # -- requests from the CLI ----------------------------------------------------------------------------
@@ -454,6 +556,8 @@ class Governor:
                     raise UsageError("teardown is the main loop's: it stops the daemon")
         except (UsageError, RefusedError) as exc:
             return protocol.refused(str(exc))
+        except StoreError as exc:  # an operator's decision the store cannot record: nothing was changed
+            return protocol.failed(str(exc))
 
     def _block(self, req: protocol.Block) -> dict[str, Any]:
         dur = req.seconds or self.policy.block_duration
@@ -503,14 +607,14 @@ class Governor:
                 raise RefusedError("no wave or elevated mode to switch off: the host is in normal mode")
             new = wave_off(cur, self.policy.modes, now)
             message = f"wave off; no automatic wave for {format_duration(self.policy.modes.calm_for)}"
-        if not self.execute(Plan(mode=new), now):
+        if not self.execute(Plan(mode=new), now, durable=True):
             return protocol.failed("could not record the mode: " + self._last_act_error())
         if self.dry_run:
             return protocol.ok(message=f"dry run: {message}")
         return protocol.ok(message=message, mode=reports.mode_report(self))
 
     def _done(self, plan: Plan, message: str) -> dict[str, Any]:
-        if not self.execute(plan, self.clock()):
+        if not self.execute(plan, self.clock(), durable=True):
             return protocol.failed("the kernel refused: " + self._last_act_error())
         if self.dry_run:
             return protocol.ok(message=f"dry run: would have {message}")

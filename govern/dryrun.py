@@ -78,6 +78,12 @@ class DryRunStore:
     def save(self, plan: Plan, now: float) -> None:
         pass
 
+    def replace(self, state: State, now: float) -> None:
+        pass
+
+    def unblocked_last(self, prefixes: Iterable[Prefix]) -> set[Prefix]:
+        return set()
+
     def trim_events(self, before: float) -> None:
         pass
 

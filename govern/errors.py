@@ -6,8 +6,9 @@ GovernError                 anything govern reports to a person instead of a tra
 │   └── AddressError        text that is not an IPv4/IPv6 address or prefix
 ├── RefusedError            a valid request the daemon will not carry out (blocking an allowlisted address, ...)
 ├── DaemonUnavailable       the CLI cannot reach the daemon's control socket
-└── KernelError             the kernel refused an operation; errno and netlink errors are translated into it
-                            once, at the adapter that talked to the kernel
+├── KernelError             the kernel refused an operation; errno and netlink errors are translated into it
+│                           once, at the adapter that talked to the kernel
+└── StoreError              the state store cannot be opened, read or written (a full disk, an I/O error)
 """
 
 from __future__ import annotations
@@ -58,3 +59,12 @@ class KernelError(GovernError):
     def __init__(self, what: str, errno: int = 0) -> None:
         self.errno = errno
         super().__init__(what)
+
+
+class StoreError(GovernError):
+    """The state store cannot be opened, read or written. `committing`: the failure came at the commit, after the
+    work inside `Store.pending` (the kernel's commit) was done."""
+
+    def __init__(self, message: str, *, committing: bool = False) -> None:
+        super().__init__(message)
+        self.committing = committing

@@ -12,7 +12,7 @@ from govern.addr import Prefix
 from govern.allow.dns import Answer, DnsTempError, RecordType
 from govern.config import Config
 from govern.errors import KernelError
-from govern.model import ActionKind, Plan, Scan, SessionInfo, SockCounts, State
+from govern.model import Action, ActionKind, Plan, Scan, SessionInfo, SockCounts, State
 from govern.sysctl.planner import Access, Reading
 
 T = TypeVar("T")
@@ -82,11 +82,19 @@ class FakeEnforcer:
 
     def setup(self, config: Config, allow: Sequence[Prefix], state: State, now: float) -> Plan:
         self.set_allow(allow)
+        # As the real backends do: what the kernel holds that the state does not know is returned for adoption.
+        why = "found in the kernel at start-up"
+        adopted = [Action(ActionKind.BLOCK, p, why, until=u) for p, u in self.blocks.items() if p not in state.blocks]
+        adopted += [
+            Action(ActionKind.THROTTLE, p, why, until=u, tight=p in self.tight)
+            for p, u in self.throttles.items()
+            if p not in state.throttles
+        ]
         for p, b in state.blocks.items():
             self.blocks.setdefault(p, b.until)
         for p, t in state.throttles.items():
             self.throttles.setdefault(p, t.until)
-        return Plan()
+        return Plan(tuple(adopted))
 
     def set_allow(self, allow: Sequence[Prefix]) -> None:
         self.allow = set(allow)

@@ -160,5 +160,21 @@ def status(gov: Governor, top: int = 10) -> dict[str, Any]:
         "sysctl_profiles": gov.sysctl.profiles() if gov.sysctl else [],
         "failures": dict(gov.health.failures),
         "last_errors": dict(gov.health.last_error),
-        "recent": [e.__dict__ for e in gov.store.events(10)],
+        "store": _store_report(gov),
+        "recent": _recent(gov),
     }
+
+
+def _store_report(gov: Governor) -> dict[str, Any]:
+    """Whether the state store holds what govern enforces; while it cannot be written, since when and why."""
+    if gov.store_behind is None:
+        return {"state": "ok"}
+    return {"state": "behind", "since": gov.store_behind, "error": gov.health.last_error.get("store", "")}
+
+
+def _recent(gov: Governor) -> list[dict[str, Any]]:
+    try:
+        return [e.__dict__ for e in gov.store.events(10)]
+    except GovernError as exc:  # a store that cannot be read must not take the status with it
+        gov.health.fail("store", exc)
+        return []

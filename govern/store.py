@@ -4,6 +4,8 @@ and the event log, in one SQLite database.
 Writes for a tick happen in one SQLite transaction that is committed only after the kernel accepted the same
 plan (see `Store.pending`), so the store never claims enforcement the kernel refused, and a crash between the two
 leaves the store behind the kernel, never ahead of it: start-up reconciliation then adopts what the kernel holds.
+Every failure to read or write (a full disk, an I/O error) is a StoreError: the daemon keeps enforcing from memory
+and writes its whole state again with `replace` when the store can be written (docs/safety.md).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from govern.addr import Prefix
-from govern.errors import GovernError
+from govern.errors import StoreError
 from govern.model import Action, ActionKind, Block, Mode, ModeState, Offender, Plan, State, Tarpitted, Throttle
 
 SCHEMA = """
@@ -39,8 +41,12 @@ CREATE INDEX IF NOT EXISTS events_prefix ON events(prefix);
 """
 
 
-class StoreError(GovernError):
-    """The state store cannot be opened or written."""
+@contextlib.contextmanager
+def _failing(doing: str) -> Iterator[None]:
+    try:
+        yield
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot {doing} in the state store: {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -75,6 +81,10 @@ class Store:
         self.db.close()
 
     def load(self) -> State:
+        with _failing("read the state"):
+            return self._load()
+
+    def _load(self) -> State:
         st = State()
         for p, reason, since, until, off, manual in self.db.execute("SELECT * FROM blocks"):
             pre = Prefix.parse(p)
@@ -97,23 +107,82 @@ class Store:
 
     @contextlib.contextmanager
     def pending(self, plan: Plan, now: float) -> Iterator[None]:
-        """Write the plan inside a transaction that commits only if the block (the kernel commit) succeeds."""
-        cur = self.db.cursor()
-        cur.execute("BEGIN IMMEDIATE")
+        """Write the plan inside a transaction that commits only if the block (the kernel commit) succeeds.
+
+        A StoreError raised before the block runs means the block never ran; one raised after it (the commit
+        failed) means it ran: `committing` tells which (the daemon then keeps what the kernel holds)."""
+        with _failing("record the plan"):
+            cur = self.db.cursor()
+            cur.execute("BEGIN IMMEDIATE")
         try:
-            self._write(cur, plan.actions, now)
-            cur.executemany("DELETE FROM offenders WHERE prefix=?", [(str(p),) for p in plan.forget])
-            if plan.mode is not None:
-                self._write_mode(cur, plan.mode, now)
+            with _failing("record the plan"):
+                self._write(cur, plan.actions, now)
+                cur.executemany("DELETE FROM offenders WHERE prefix=?", [(str(p),) for p in plan.forget])
+                if plan.mode is not None:
+                    self._write_mode(cur, plan.mode, now)
             yield
         except BaseException:
-            cur.execute("ROLLBACK")
+            self._rollback()
             raise
-        cur.execute("COMMIT")
+        try:
+            cur.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self._rollback()
+            raise StoreError(f"cannot commit the plan to {self.path}: {exc}", committing=True) from None
+
+    def _rollback(self) -> None:
+        # A failed COMMIT may have ended the transaction already; a failed ROLLBACK leaves nothing to undo.
+        with contextlib.suppress(sqlite3.Error):
+            self.db.execute("ROLLBACK")
 
     def save(self, plan: Plan, now: float) -> None:
         with self.pending(plan, now):
             pass
+
+    def replace(self, state: State, now: float) -> None:
+        """Write the whole of `state` in one transaction, in place of what the store held: how the store catches up
+        with the kernel after writes failed (a full disk), or is put back after a kernel refused what it recorded."""
+        with _failing("write the whole state"):
+            cur = self.db.cursor()
+            cur.execute("BEGIN IMMEDIATE")
+        try:
+            with _failing("write the whole state"):
+                for table in ("blocks", "throttles", "tarpits", "offenders"):
+                    cur.execute(f"DELETE FROM {table}")
+                cur.executemany(
+                    "INSERT INTO blocks VALUES (?,?,?,?,?,?)",
+                    [(str(p), b.reason, b.since, b.until, b.offences, int(b.manual)) for p, b in state.blocks.items()],
+                )
+                cur.executemany(
+                    "INSERT INTO throttles(prefix, reason, since, until, tight) VALUES (?,?,?,?,?)",
+                    [(str(p), t.reason, t.since, t.until, int(t.tight)) for p, t in state.throttles.items()],
+                )
+                cur.executemany(
+                    "INSERT INTO tarpits VALUES (?,?,?,?)",
+                    [(str(p), t.reason, t.since, t.until) for p, t in state.tarpits.items()],
+                )
+                cur.executemany(
+                    "INSERT INTO offenders VALUES (?,?,?)",
+                    [(str(p), o.offences, o.last) for p, o in state.offenders.items()],
+                )
+                self._write_mode(cur, state.mode, now)
+                cur.execute("COMMIT")
+        except BaseException:
+            self._rollback()
+            raise
+
+    def unblocked_last(self, prefixes: Iterable[Prefix]) -> set[Prefix]:
+        """Of `prefixes`, those whose latest recorded event is an unblock: the store's last word on them is "not
+        blocked", so one the kernel still holds is a leftover of a crash, never a block to adopt."""
+        keys = {str(p): p for p in prefixes}
+        if not keys:
+            return set()
+        with _failing("read the event log"):
+            rows = self.db.execute(
+                "SELECT e.prefix, e.kind FROM events e JOIN (SELECT prefix, MAX(id) AS id FROM events "
+                "WHERE kind IN ('block', 'extend', 'unblock') GROUP BY prefix) m ON e.id = m.id"
+            ).fetchall()
+        return {keys[p] for p, kind in rows if kind == "unblock" and p in keys}
 
     def _write(self, cur: sqlite3.Cursor, actions: tuple[Action, ...], now: float) -> None:
         blocks, unblocks, throttles, unthrottles, offenders, events = [], [], [], [], [], []
@@ -164,9 +233,14 @@ class Store:
             )
 
     def trim_events(self, before: float) -> None:
-        self.db.execute("DELETE FROM events WHERE at < ?", (before,))
+        with _failing("trim the event log"):
+            self.db.execute("DELETE FROM events WHERE at < ?", (before,))
 
     def events(self, limit: int = 50) -> list[Event]:
+        with _failing("read the event log"):
+            return self._events(limit)
+
+    def _events(self, limit: int) -> list[Event]:
         rows = self.db.execute("SELECT at, kind, prefix, reason, until FROM events ORDER BY id DESC LIMIT ?", (limit,))
         return [Event(*r) for r in rows]
 
@@ -175,12 +249,9 @@ class Store:
         rows = [(now, kind, str(p), reason, 0.0) for p, reason in entries]
         if not rows:
             return
-        try:
-            with self.db:  # the connection is in autocommit mode: one explicit transaction for the lot
-                self.db.execute("BEGIN")
-                self.db.executemany("INSERT INTO events(at, kind, prefix, reason, until) VALUES (?,?,?,?,?)", rows)
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot record {kind} events: {exc}") from None
+        with _failing(f"record {kind} events"), self.db:  # autocommit mode: one explicit transaction for the lot
+            self.db.execute("BEGIN")
+            self.db.executemany("INSERT INTO events(at, kind, prefix, reason, until) VALUES (?,?,?,?,?)", rows)
 
     def events_about(self, prefixes: Sequence[Prefix], limit: int = 20) -> list[Event]:
         """The latest events recorded for exactly these prefixes (a source and the prefixes covering it), newest
@@ -189,17 +260,22 @@ class Store:
         if not keys:
             return []
         marks = ",".join("?" * len(keys))
-        rows = self.db.execute(
-            f"SELECT at, kind, prefix, reason, until FROM events WHERE prefix IN ({marks}) ORDER BY id DESC LIMIT ?",
-            (*keys, limit),
-        )
+        with _failing("read the event log"):
+            rows = self.db.execute(
+                f"SELECT at, kind, prefix, reason, until FROM events WHERE prefix IN ({marks}) "
+                "ORDER BY id DESC LIMIT ?",
+                (*keys, limit),
+            ).fetchall()
         return [Event(*r) for r in rows]
 
     def allowed(self) -> tuple[Prefix, ...]:
-        return tuple(Prefix.parse(r[0]) for r in self.db.execute("SELECT prefix FROM allow ORDER BY prefix"))
+        with _failing("read the allowlist additions"):
+            return tuple(Prefix.parse(r[0]) for r in self.db.execute("SELECT prefix FROM allow ORDER BY prefix"))
 
     def allow(self, prefix: Prefix, now: float, note: str = "") -> None:
-        self.db.execute("INSERT OR REPLACE INTO allow VALUES (?,?,?)", (str(prefix), now, note))
+        with _failing(f"record the allowlist entry {prefix}"):
+            self.db.execute("INSERT OR REPLACE INTO allow VALUES (?,?,?)", (str(prefix), now, note))
 
     def disallow(self, prefix: Prefix) -> bool:
-        return self.db.execute("DELETE FROM allow WHERE prefix=?", (str(prefix),)).rowcount > 0
+        with _failing(f"remove the allowlist entry {prefix}"):
+            return self.db.execute("DELETE FROM allow WHERE prefix=?", (str(prefix),)).rowcount > 0
