@@ -159,6 +159,24 @@ class Governor:
             self.execute(Plan(tuple(Action(ActionKind.UNBLOCK, p, "unblocked before a crash") for p in stale)), now)
         self.execute(release_allowlisted(self.state, self.policy), now)
 
+    def _check_kernel(self, now: float) -> None:
+        """Someone else's hands on govern's kernel objects (`nft flush ruleset`, a firewall reload, a detached XDP
+        program): made again, with every block and throttle in them, within the tick that sees it."""
+        try:
+            what = self.enforcer.changed()
+        except GovernError as exc:
+            self.health.fail("kernel-check", exc)
+            return
+        if what is None:
+            return
+        self.health.fail("kernel-changed", GovernError(f"{what} by someone else; restored"))
+        try:
+            self.converge(now)
+        except GovernError as exc:
+            self.health.fail("act", exc)
+            return
+        self.tarpit_start(now)  # its chain and sets share the table
+
     def tarpit_start(self, now: float) -> None:
         """Build the tarpit's tc tree and restore the tarpits the state holds (a dry run builds nothing)."""
         if self.tarpit is None or self.tarpit_unsupported is not None:
@@ -225,6 +243,7 @@ class Governor:
         t0 = time.perf_counter()
         now = self.clock()
         self.catch_up(now)
+        self._check_kernel(now)
         self.refresh_sources(now)
         try:
             self.snapshot = self.observer.snapshot(self.policy, now, self.trusted())

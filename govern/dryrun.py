@@ -51,6 +51,9 @@ class DryRun:
     def syn_counts(self) -> Mapping[Prefix, int]:
         return self.inner.syn_counts()
 
+    def changed(self) -> str | None:
+        return self.inner.changed()
+
     def end_sessions(self, prefixes: Sequence[Prefix]) -> int:
         return 0
 

@@ -72,6 +72,12 @@ class Enforcer(Protocol):
         """Forget the connection-tracking entries of these sources; returns how many went."""
         ...
 
+    def changed(self) -> str | None:
+        """What someone else removed or changed of the kernel objects the backend owns since its last `setup` (an
+        operator's `nft flush ruleset`, a firewall reload), or None while they are as it made them; cheap enough
+        for every tick."""
+        ...
+
     def teardown(self) -> bool:
         """Remove every kernel object the backend owns; True if there was something to remove."""
         ...

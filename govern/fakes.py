@@ -79,8 +79,12 @@ class FakeEnforcer:
     fail_next: bool = False
     commits: int = 0
     torn_down: bool = False
+    tampered: str | None = None  # what `changed` reports until the next setup
+    setups: int = 0
 
     def setup(self, config: Config, allow: Sequence[Prefix], state: State, now: float) -> Plan:
+        self.setups += 1
+        self.tampered = None
         self.set_allow(allow)
         # As the real backends do: what the kernel holds that the state does not know is returned for adoption.
         why = "found in the kernel at start-up"
@@ -127,6 +131,9 @@ class FakeEnforcer:
 
     def end_sessions(self, prefixes: Sequence[Prefix]) -> int:
         return 0
+
+    def changed(self) -> str | None:
+        return self.tampered
 
     def teardown(self) -> bool:
         had = bool(self.blocks or self.throttles or self.allow)

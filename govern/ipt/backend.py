@@ -38,6 +38,7 @@ class IptBackend:
         self.held: dict[str, set[Prefix]] = {rules.set_names(v)[k]: set() for k in KINDS for v in (4, 6)}
         self.allow: dict[str, set[Prefix]] = {rules.set_names(v)["allow"]: set() for v in (4, 6)}
         self.ports: frozenset[int] = frozenset()
+        self.made: Shape | None = None  # the chains' and sets' shape as setup left it (`_shape`)
 
     def setup(self, config: Config, allow: Sequence[Prefix], state: State, now: float) -> Plan:
         """Create or converge the sets and chain, load the allowlist, restore `state`; adopt what the sets held."""
@@ -65,6 +66,7 @@ class IptBackend:
                         why = "found in the kernel at start-up"
                         adopted.append(Action(akind, p, why, until=now + left, tight=kind == "tight"))
         ipset.restore(lines)
+        self.made = _shape()
         log.info("restored %d elements into ipset, adopted %d found there", len(lines), len(adopted))
         return Plan(tuple(adopted))
 
@@ -101,7 +103,19 @@ class IptBackend:
 
         return forget(prefixes, self.ports)
 
+    def changed(self) -> str | None:
+        if self.made is None:
+            return None
+        now = _shape()
+        if now == self.made:
+            return None
+        gone = set(self.made[0]) - set(now[0])
+        if gone:
+            return "ipset(s) " + ", ".join(sorted(gone)) + " gone"
+        return f"chain {rules.CHAIN} or its jump was changed" if now[1] != self.made[1] else "the ipsets were changed"
+
     def teardown(self) -> bool:
+        self.made = None
         found = rules.remove()
         # Sets can be destroyed only once no rule refers to them, hence after the chain.
         ours = [n for n in ipset.names() if n.startswith(rules.PREFIX)]
@@ -112,6 +126,14 @@ class IptBackend:
 
     def close(self) -> None:
         pass
+
+
+Shape = tuple[tuple[str, ...], tuple[object, ...]]
+
+
+def _shape() -> Shape:
+    """The govern-* sets there are, and chain GOVERN's rules and jump in each family."""
+    return tuple(sorted(n for n in ipset.names() if n.startswith(rules.PREFIX))), rules.shape()
 
 
 def teardown_all() -> bool:

@@ -153,6 +153,33 @@ def install(config: Config, *, enforce: bool) -> None:
             table.close()
 
 
+def shape() -> tuple[object, ...]:
+    """Per family: chain GOVERN's rules (as iptables-save would print them) and how many jumps lead to it."""
+    iptc = _module()
+    out: list[object] = []
+    for v in (4, 6):
+        table = _raw(v)
+        try:
+            if not table.is_chain(CHAIN):
+                out.append(None)
+                continue
+            mine = tuple(_describe(r) for r in iptc.Chain(table, CHAIN).rules)
+            jumps = sum(1 for r in iptc.Chain(table, "PREROUTING").rules if r.target.name == CHAIN)
+            out.append((mine, jumps))
+        except iptc.IPTCError as exc:
+            raise _kernel_error(f"ip{'' if v == 4 else '6'}tables: reading chain {CHAIN}", exc) from None
+        finally:
+            table.close()
+    return tuple(out)
+
+
+def _describe(r: Any) -> tuple[object, ...]:
+    """A rule without its counters."""
+    matches = tuple((m.name, tuple(sorted(m.get_all_parameters().items()))) for m in r.matches)
+    target = (r.target.name, tuple(sorted(r.target.get_all_parameters().items())))
+    return r.protocol, r.src, r.dst, matches, target
+
+
 def remove() -> bool:
     """Remove the jump and chain GOVERN from both families; True if there was something to remove."""
     iptc = _module()

@@ -8,8 +8,10 @@ read back only once, at start-up, to reconcile with the durable state.
 from __future__ import annotations
 
 import ipaddress
+import json
 import logging
 from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 from govern.addr import Prefix, group_key
 from govern.config import Config
@@ -19,6 +21,7 @@ from govern.nft.libnft import Nft
 from govern.nft.netlink import ElemOp, NftNetlink
 from govern.nft.ruleset import FAMILY, INTERVAL_SETS, SLOT_SETS, TABLE, ruleset, slot_sets
 from govern.setops import set_changes
+from govern.tarpit.shape import NFT_NAMES as TARPIT_NAMES
 
 log = logging.getLogger("govern.nft")
 
@@ -40,6 +43,7 @@ class NftBackend:
         self.allow: dict[str, set[Prefix]] = {"allow4": set(), "allow6": set()}
         self.v4_len, self.v6_len = 32, 64
         self.ports: frozenset[int] = frozenset()
+        self.made: str | None = None  # the table's shape as setup left it (`shape`)
 
     # -- start-up -------------------------------------------------------------------------------------------
 
@@ -77,8 +81,17 @@ class NftBackend:
         # The wave's gate as the durable mode says: open unless a wave outlived the restart.
         ops += _gate_ops(state.mode, now)
         self.nl.commit(ops, interval_sets=INTERVAL_SETS, missing_ok=True)
+        self.made = shape(self.nft)
         log.info("restored %d elements into the kernel, adopted %d found there", restored, len(adopted))
         return Plan(tuple(adopted))
+
+    def changed(self) -> str | None:
+        if self.made is None:
+            return None
+        now = shape(self.nft)
+        if now == self.made:
+            return None
+        return "table inet govern is gone" if not now else "table inet govern was changed (its sets, chains or rules)"
 
     def _resized(self, sizes: Mapping[str, int]) -> list[str]:
         """The budget's sets that exist with another size than `sizes` asks (or that it no longer wants)."""
@@ -148,6 +161,7 @@ class NftBackend:
     # -- teardown -------------------------------------------------------------------------------------------
 
     def teardown(self) -> bool:
+        self.made = None
         if not delete_table(self.nft):
             return False
         for v in self.held.values():
@@ -182,6 +196,31 @@ def collapse(prefixes: Sequence[Prefix]) -> list[Prefix]:
     else:
         merged = ipaddress.collapse_addresses([n for n in nets if isinstance(n, ipaddress.IPv6Network)])
     return [Prefix(n.version, int(n.network_address), n.prefixlen) for n in merged]
+
+
+def shape(nft: Nft) -> str:
+    """Table inet govern without its elements, counters or handles, as one string ("" when there is none): what
+    changes only when the table itself is changed. `list ruleset` and not `list table`: terse, it leaves set
+    elements in the kernel (1.5 ms beside 100k blocks); `list table` fetches them all (nft 1.0.6: 0.5 s)."""
+    listed = nft.json("list ruleset", terse=True).get("nftables", [])
+    ours = []
+    for item in listed:
+        kind, body = next(iter(item.items()))
+        if kind == "metainfo" or body.get("family") != FAMILY or body.get("table", body.get("name")) != TABLE:
+            continue
+        if body.get("chain", body.get("name")) in TARPIT_NAMES:  # the tarpit's part of the table: its own
+            continue
+        ours.append({kind: _stripped(body)})
+    return json.dumps(ours, sort_keys=True) if ours else ""
+
+
+def _stripped(v: Any) -> Any:
+    """Without what the kernel changes by itself: handles, and counters' figures."""
+    if isinstance(v, dict):
+        return {k: ("counter" if k == "counter" else _stripped(x)) for k, x in v.items() if k != "handle"}
+    if isinstance(v, list):
+        return [_stripped(x) for x in v]
+    return v
 
 
 def delete_table(nft: Nft) -> bool:

@@ -44,6 +44,7 @@ def _load() -> ctypes.CDLL:
 
 
 NFT_CTX_OUTPUT_JSON = 1 << 4
+NFT_CTX_OUTPUT_TERSE = 1 << 11  # sets without their elements
 
 
 class Nft:
@@ -64,8 +65,8 @@ class Nft:
             raise KernelError(f"nftables refused '{first[:80]}': {err or 'no reason given'}")
         return out
 
-    def json(self, command: str) -> dict[str, Any]:
-        self._lib.nft_ctx_output_set_flags(self._ctx, NFT_CTX_OUTPUT_JSON)
+    def json(self, command: str, *, terse: bool = False) -> dict[str, Any]:
+        self._lib.nft_ctx_output_set_flags(self._ctx, NFT_CTX_OUTPUT_JSON | (NFT_CTX_OUTPUT_TERSE if terse else 0))
         try:
             out = self.run(command)
         finally:

@@ -42,6 +42,8 @@ PASS_LIMIT_MIN = 1000
 TABLE = "govern"
 FAMILY = "inet"
 CHAIN = "tarpit"
+# The tarpit's own objects in table `inet govern` (nft_text); the enforcer's shape check leaves them out.
+NFT_NAMES = frozenset({CHAIN, "tarpit4", "tarpit6"})
 SETS = ("tarpit4", "tarpit6")
 INTERVAL_SETS = frozenset({"tarpit4", "tarpit6"})
 # Marked: the SYN-ACK (so even the first reply of an idle bucket waits behind one packet), the last segment of

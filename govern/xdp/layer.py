@@ -10,13 +10,14 @@ block lapses in XDP by itself if the daemon dies, as it does in the firewall's s
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping, Sequence
 
 from govern.addr import Prefix, group_key
 from govern.config import Config
 from govern.edges import Enforcer
 from govern.model import ActionKind, Plan, State
-from govern.xdp.loader import XdpProgram, detach_all, unpin
+from govern.xdp.loader import XdpProgram, attached, detach_all, unpin
 
 
 class XdpLayer:
@@ -32,6 +33,8 @@ class XdpLayer:
     def setup(self, config: Config, allow: Sequence[Prefix], state: State, now: float) -> Plan:
         adopted = self.inner.setup(config, allow, state, now)
         self.v4_len, self.v6_len = config["protect"]["ipv4_prefix"], config["protect"]["ipv6_prefix"]
+        if self.prog is not None:  # a reload, or objects restored after someone removed them
+            self.prog.close()
         self.prog = self._make()
         self.prog.set_ports(config["protect"]["ports"])
         self.set_allow(allow)
@@ -72,6 +75,17 @@ class XdpLayer:
 
     def end_sessions(self, prefixes: Sequence[Prefix]) -> int:
         return self.inner.end_sessions(prefixes)
+
+    def changed(self) -> str | None:
+        inner = self.inner.changed()
+        if inner is not None or self.prog is None:
+            return inner
+        gone = [name for name, idx in zip(self.ifaces, self.prog.ifindexes, strict=False) if not attached(idx)]
+        if gone:
+            return "the XDP program was detached from " + ", ".join(gone)
+        if not os.path.isdir(self.pin_root):
+            return f"the XDP maps' pins under {self.pin_root} were removed"
+        return None
 
     def teardown(self) -> bool:
         found = self.inner.teardown()

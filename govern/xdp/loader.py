@@ -208,13 +208,13 @@ def detach_all(ifaces: Sequence[str]) -> bool:
             idx = socket.if_nametoindex(name)
         except OSError:
             continue
-        if _attached(idx):
+        if attached(idx):
             _check(lib().bpf_xdp_detach(idx, XDP_FLAGS_DRV_MODE, None), f"detaching XDP from {name}")
             found = True
     return found
 
 
-def _attached(ifindex: int) -> bool:
+def attached(ifindex: int) -> bool:
     prog_id = ctypes.c_uint32()
     rc = lib().bpf_xdp_query_id(ifindex, XDP_FLAGS_DRV_MODE, ctypes.byref(prog_id))
     return rc == 0 and prog_id.value != 0

@@ -39,6 +39,8 @@ class Kind:
 
     make: Callable[[Lab, str], Enforcer]  # (lab, a pin root on a bpffs of the test's own) -> backend
     leftovers: Callable[[Lab, str], str]
+    # Someone else's hands on the backend's kernel objects, with the kernel's own tools: each way, one at a time.
+    tampers: tuple[Callable[[Lab], object], ...] = ()
 
 
 def _nft_left(lab: Lab, pin_root: str = "") -> str:
@@ -68,10 +70,24 @@ def _xdp_left(lab: Lab, pin_root: str) -> str:
     return "\n".join(filter(None, [*left, pin_root if Path(pin_root).exists() else ""]))
 
 
+NFT_TAMPERS = (
+    lambda lab: lab.mx.sh("nft", "delete", "table", "inet", "govern"),
+    lambda lab: lab.mx.sh("nft", "flush", "ruleset"),
+    lambda lab: lab.mx.sh("nft", "flush", "chain", "inet", "govern", "guard"),
+)
+IPT_TAMPERS = (
+    lambda lab: lab.mx.sh("iptables-legacy", "-t", "raw", "-F", "GOVERN"),
+    lambda lab: lab.mx.sh("ip6tables-legacy", "-t", "raw", "-D", "PREROUTING", "1"),
+)
+
 KINDS = {
-    "nftables": Kind(lambda lab, _: NftBackend(), _nft_left),
-    "iptables": Kind(lambda lab, _: IptBackend(), _ipt_left),
-    "xdp+nftables": Kind(_xdp, _xdp_left),
+    "nftables": Kind(lambda lab, _: NftBackend(), _nft_left, NFT_TAMPERS),
+    "iptables": Kind(lambda lab, _: IptBackend(), _ipt_left, IPT_TAMPERS),
+    "xdp+nftables": Kind(
+        _xdp,
+        _xdp_left,
+        (lambda lab: lab.mx.sh("ip", "link", "set", "dev", f"v{lab.mx.name[-6:]}m", "xdp", "off"), *NFT_TAMPERS[:1]),
+    ),
 }
 
 
@@ -174,3 +190,32 @@ def test_release_and_teardown(served: Lab, kind: Kind, pin_root: str) -> None:
             backend.close()
     assert kind.leftovers(lab, pin_root) == ""
     assert passes(lab, "198.18.1.5"), "a source blocked before teardown is still dropped"
+
+
+def test_changes_by_someone_else_are_seen_and_setup_restores_what_was_enforced(
+    served: Lab, kind: Kind, pin_root: str
+) -> None:
+    """`changed` is None while the objects are as the backend made them, names what someone else removed or changed
+    (each way in turn), and a new `setup` with the state restores the objects and the blocks in them."""
+    lab, now = served, time.time()
+    state = State()
+    state.record(plan(now), now)
+    with lab.mx.entered():
+        backend = kind.make(lab, pin_root)
+        try:
+            backend.setup(config(), [P(ALLOWED_INSIDE)], State(), now)
+            backend.apply(plan(now), now)
+            assert backend.changed() is None
+            backend.set_allow([P(ALLOWED_INSIDE)])
+            assert backend.changed() is None  # its own element changes are not someone else's
+            for tamper in kind.tampers:
+                tamper(lab)
+                what = backend.changed()
+                assert what, f"{kind}: not seen"
+                backend.setup(config(), [P(ALLOWED_INSIDE)], state, now)
+                assert backend.changed() is None
+        finally:
+            backend.close()
+    assert not passes(lab, "198.18.0.7"), "a block did not come back"
+    assert not passes(lab, "198.18.1.5") and not passes(lab, "2001:db8:bad:1::5")
+    assert passes(lab, ALLOWED_INSIDE)

@@ -1,5 +1,5 @@
 """Faults the daemon must ride out (issue 13, item 4), against the real kernel and a real filesystem: a state
-store on a full disk."""
+store on a full disk, kernel objects removed by someone else."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
-from tests.kernel.daemon_harness import Daemon, govern, nft_set, write_config
+from tests.kernel.daemon_harness import Daemon, govern, nft_set, wait_for, write_config
 from tests.netns import Lab
 
 
@@ -84,3 +84,29 @@ def test_a_full_disk_never_kills_the_daemon_nor_undoes_an_operators_unblock(lab:
             assert not [e for e in listed if e.get("kind") == "block"], listed
         finally:
             d.stop()
+
+
+def test_a_table_removed_by_someone_else_is_back_with_its_blocks_within_a_tick(lab: Lab, tmp_path: Path) -> None:
+    cfg = write_config(tmp_path)
+    d = Daemon(lab.mx, cfg).start()
+    try:
+        assert govern(lab.mx, "block", "198.18.0.5", "--config", str(cfg)).returncode == 0
+        assert govern(lab.mx, "block", "2001:db8:bad:7::/64", "--config", str(cfg)).returncode == 0
+        for tamper in (("delete", "table", "inet", "govern"), ("flush", "ruleset")):
+            lab.mx.sh("nft", *tamper)
+            assert wait_for(lambda: "198.18.0.5" in _set_or_empty(lab, "block4"), timeout=2.5), tamper
+            assert "2001:db8:bad:7::/64" in nft_set(lab.mx, "block6")
+            assert "192.0.2.0/24" in nft_set(lab.mx, "allow4")
+        st = d.status()
+        assert st["failures"].get("kernel-changed") == 2, st["failures"]
+        assert "by someone else; restored" in st["last_errors"]["kernel-changed"]
+        assert d.proc is not None and d.proc.poll() is None
+    finally:
+        d.stop()
+
+
+def _set_or_empty(lab: Lab, name: str) -> set[str]:
+    try:
+        return nft_set(lab.mx, name)
+    except RuntimeError:  # the table is not there (yet)
+        return set()

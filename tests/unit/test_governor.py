@@ -167,3 +167,21 @@ def test_reload_switches_policy_and_releases_newly_allowed(tmp_path: Path) -> No
     )
     gov.reload(new)
     assert BOT not in enf.blocks and not gov.state.blocks
+
+
+def test_kernel_objects_changed_by_someone_else_are_made_again_with_the_blocks_within_the_tick(tmp_path: Path) -> None:
+    gov, socks, enf, clock = make(tmp_path)
+    socks.sources = {BOT: hog(30)}
+    run_ticks(gov, clock, 7)
+    assert BOT in enf.blocks
+    setups = enf.setups
+    # `nft flush ruleset`: the objects and every element in them are gone.
+    enf.blocks.clear()
+    enf.allow.clear()
+    enf.tampered = "table inet govern is gone"
+    gov.tick()
+    assert enf.setups == setups + 1 and BOT in enf.blocks and Prefix.parse("192.0.2.0/24") in enf.allow
+    st = reports.status(gov)
+    assert st["failures"]["kernel-changed"] == 1 and "gone by someone else" in st["last_errors"]["kernel-changed"]
+    gov.tick()
+    assert enf.setups == setups + 1  # nothing changed since: no setup again
