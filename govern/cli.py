@@ -478,7 +478,7 @@ def lab_run(
     --scenario, the adversary matrix (docs/lab.md)."""
     from pathlib import Path
 
-    from govern.lab import report, scenario
+    from govern_lab import report, scenario
 
     if matrix or scenario_names or peers:
         _lab_matrix(Path(out), short, matrix, scenario_names or [], peers or [], scenarios or [])
@@ -498,7 +498,7 @@ def lab_run(
 
 
 def _lab_matrix(out: Any, short: bool, everything: bool, names: list[str], peers: list[str], extra: list[str]) -> None:
-    from govern.lab import matrix
+    from govern_lab import matrix
 
     if extra:
         _fail(UsageError("the matrix takes --scenario NAME, not positional scenarios"))
@@ -531,7 +531,7 @@ def lab_demo(
     """About a minute: build the lab, flood its Postfix, watch govern ride the wave, see the result, clean up."""
     from pathlib import Path
 
-    from govern.lab import report, scenario
+    from govern_lab import report, scenario
 
     _lab_root()
     plan = scenario.Plan.short()
@@ -570,7 +570,7 @@ def lab_provision(
     ] = False,
 ) -> None:
     """Give THIS machine a lab role (used by vagrant/provision.sh on the lab's VMs)."""
-    from govern.lab import provision
+    from govern_lab import provision
 
     if not confirm:
         _fail(UsageError("this reconfigures this machine's network; pass --this-host-is-a-lab-vm on a lab VM only"))
@@ -579,7 +579,7 @@ def lab_provision(
         for line in provision.apply(role):
             print(line)
         if role == "mx":
-            from govern.lab.postfix import Postfix, install
+            from govern_lab.postfix import Postfix, install
 
             install()
             Postfix(None, "/var/lib/govern-lab/postfix").start()

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from govern.lab import traffic
+from govern_lab import traffic
 from tests.netns import MX4, MX6, Lab, Netns
 
 REPO = Path(__file__).resolve().parents[2]
@@ -160,7 +160,7 @@ class Responder:
 
 def start(ns: Netns, role: str, out: Path, *args: str) -> subprocess.Popen[str]:
     """The generator as the scenario runner starts it: its own process inside a namespace."""
-    cmd = ["ip", "netns", "exec", ns.name, sys.executable, "-m", "govern.lab.traffic", role, *args]
+    cmd = ["ip", "netns", "exec", ns.name, sys.executable, "-m", "govern_lab.traffic", role, *args]
     return subprocess.Popen(
         [*cmd, "--json-out", str(out)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )

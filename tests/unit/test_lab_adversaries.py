@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from govern.lab import adversaries as adv
-from govern.lab import traffic as tr
+from govern_lab import adversaries as adv
+from govern_lab import traffic as tr
 
 MX = ("--dst", "203.0.113.25", "--dst", "2001:db8:25::25", "--duration", "5")
 

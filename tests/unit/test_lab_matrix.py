@@ -9,11 +9,11 @@ from typing import Any
 
 import pytest
 
-from govern.lab import matrix as mx
-from govern.lab import report
-from govern.lab import traffic as tr
-from govern.lab.addresses import BOT_RANGES
-from govern.lab.postfix import POSTSCREEN, POSTSCREEN_MASTER_CF, POSTSCREEN_TUNED
+from govern_lab import matrix as mx
+from govern_lab import report
+from govern_lab import traffic as tr
+from govern_lab.addresses import BOT_RANGES
+from govern_lab.postfix import POSTSCREEN, POSTSCREEN_MASTER_CF, POSTSCREEN_TUNED
 
 
 def test_the_matrix_has_the_scenarios_asked_for() -> None:

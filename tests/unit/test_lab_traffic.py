@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from govern.lab import traffic as tr
-from govern.lab.addresses import BOT_RANGES
+from govern_lab import traffic as tr
+from govern_lab.addresses import BOT_RANGES
 
 
 def ev(
@@ -61,7 +61,7 @@ def test_rolling_success_ties_unsorted_input_and_cut() -> None:
 
 
 def test_rolling_success_feeds_time_to_mitigate() -> None:
-    from govern.lab.report import time_to_mitigate
+    from govern_lab.report import time_to_mitigate
 
     events = [ev(t / 2, not 20 <= t < 30) for t in range(60)]  # failures for transactions started at 10..14.5 s
     assert time_to_mitigate(tr.rolling_success(events), 10.0) == pytest.approx(9.0)  # (14, 19]: one failure in ten

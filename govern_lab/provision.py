@@ -1,5 +1,5 @@
 """Giving a real machine (a Vagrant VM of vagrant/Vagrantfile) its lab role, with the same addresses, routes and
-sending ranges as the namespace lab (govern.lab.topology). The commands are computed by a pure function, so a
+sending ranges as the namespace lab (govern_lab.topology). The commands are computed by a pure function, so a
 test can check that they only ever name lab addresses; `apply` runs them on the machine it runs on."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ from __future__ import annotations
 import subprocess
 
 from govern.errors import UsageError
-from govern.lab.addresses import MX4, MX6, RANGES
-from govern.lab.topology import CLIENT_SYSCTLS, LINKS, NO_DAD, ROLES, ROUTER4, ROUTER6, link_addrs
+from govern_lab.addresses import MX4, MX6, RANGES
+from govern_lab.topology import CLIENT_SYSCTLS, LINKS, NO_DAD, ROLES, ROUTER4, ROUTER6, link_addrs
 
 # What the mx reaches through the router: every client range and every client link.
 _CLIENT_NETS4 = [RANGES[r][0] for r in LINKS] + [f"203.0.113.{LINKS[r][0]}/29" for r in LINKS]

@@ -1,6 +1,6 @@
-"""The adversary matrix's traffic roles (govern.lab.matrix): bots govern was not tuned for, and the legitimate
+"""The adversary matrix's traffic roles (govern_lab.matrix): bots govern was not tuned for, and the legitimate
 senders a flood must not hurt. They run like the other roles, one process each inside a lab namespace
-(`python -m govern.lab.traffic ROLE ...`), bounded in count and time, and write the same JSON report.
+(`python -m govern_lab.traffic ROLE ...`), bounded in count and time, and write the same JSON report.
 
 Bots (bot ranges only; per second BOT_FIELDS plus "commands"; "held" is the connections open):
 - `drip`: each source holds --per-source connections; each sends one byte of printable junk every --drip seconds
@@ -37,8 +37,8 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from govern.lab.addresses import KNOWN_RELAYS, LEGIT_RANGES
-from govern.lab.traffic import (
+from govern_lab.addresses import KNOWN_RELAYS, LEGIT_RANGES
+from govern_lab.traffic import (
     BOT_FIELDS,
     DEFAULT_PER_SOURCE,
     Common,

@@ -1,12 +1,12 @@
 """The flood lab's traffic: legitimate senders, a trusted relay and six kinds of bot, one asyncio process per role.
 
 This module owns the generators (`legit`, `trusted`, `hogs`, `reconnect`, `pretalk`, `swarm`, `synflood`; the
-adversary matrix's `drip`, `babble`, `slowtalk`, `strangers` and `slowlegit` live in govern.lab.adversaries and are
+adversary matrix's `drip`, `babble`, `slowtalk`, `strangers` and `slowlegit` live in govern_lab.adversaries and are
 started through this module's command line too), the JSON report each writes, and the pure helpers the scenario
 runner reads transactions with (`summarise`, `rolling_success`). The runner starts one process per role inside a
 client namespace:
 
-    ip netns exec NS python -m govern.lab.traffic ROLE --dst 203.0.113.25 [--dst 2001:db8:25::25] \\
+    ip netns exec NS python -m govern_lab.traffic ROLE --dst 203.0.113.25 [--dst 2001:db8:25::25] \\
         --duration SECONDS [--sources CIDR ...] [--count N] [--seed N] [--json-out PATH] [role options]
 
 Safety (shared/LAB.md): a generator refuses to run outside a namespace made with `ip netns add`, aims only at the
@@ -53,7 +53,7 @@ from email.utils import formatdate
 from pathlib import Path
 from typing import Any
 
-from govern.lab.addresses import (
+from govern_lab.addresses import (
     BOT_RANGES,
     CLIENT_RANGES,
     MX_RANGES,
@@ -63,7 +63,7 @@ from govern.lab.addresses import (
 )
 
 ROLES = ("legit", "trusted", "hogs", "reconnect", "pretalk", "swarm", "synflood")
-# The roles of the adversary matrix (govern.lab.adversaries): three more bots and two more kinds of legitimate sender.
+# The roles of the adversary matrix (govern_lab.adversaries): three more bots and two more kinds of legitimate sender.
 MATRIX_ROLES = ("drip", "babble", "slowtalk", "strangers", "slowlegit")
 ALL_ROLES = ROLES + MATRIX_ROLES
 # Roles whose report is one event per SMTP transaction.
@@ -977,7 +977,7 @@ def _bot_setup(role: str, opts: Common) -> tuple[list[tuple[str, str]], random.R
     rng = random.Random(opts.seed)
     spread = getattr(opts, "spread", None)
     if spread:
-        from govern.lab.adversaries import spread_sources
+        from govern_lab.adversaries import spread_sources
 
         picked = spread_sources(nets, opts.count or DEFAULT_COUNT[role], rng, spread)
     else:
@@ -1211,7 +1211,7 @@ def _positive(text: str) -> float:
 
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
-        prog="python -m govern.lab.traffic",
+        prog="python -m govern_lab.traffic",
         description="Traffic for the flood lab (run inside a lab namespace: ip netns exec NS ...).",
     )
     sub = ap.add_subparsers(dest="role", required=True)
@@ -1280,7 +1280,7 @@ def _parser() -> argparse.ArgumentParser:
     p = role("synflood", "spoofed SYNs from random bot-range addresses (scapy, raw socket)")
     p.add_argument("--pps", type=_positive, default=1000.0, help="packets per second")
 
-    from govern.lab import adversaries
+    from govern_lab import adversaries
 
     adversaries.add_parsers(role)
     return ap
@@ -1362,7 +1362,7 @@ def options(ns: argparse.Namespace) -> Common:
             **common, rate=ns.rate, style=ns.style, banner=ns.banner, timeout=ns.timeout, retry_delay=ns.retry_delay
         )
     if ns.role in MATRIX_ROLES:
-        from govern.lab import adversaries
+        from govern_lab import adversaries
 
         return adversaries.options(ns.role, ns, common)
     return FloodOptions(**common, pps=ns.pps)
@@ -1379,7 +1379,7 @@ async def run(role: str, opts: Common, stop: asyncio.Event | None = None) -> dic
     if role == "synflood" and isinstance(opts, FloodOptions):
         return await synflood(opts, stop)
     if role in MATRIX_ROLES:
-        from govern.lab import adversaries
+        from govern_lab import adversaries
 
         return await adversaries.run(role, opts, stop)
     raise TrafficError(f"role {role!r} does not take {type(opts).__name__}")

@@ -5,9 +5,9 @@ A `Scenario` is data: a name, its bots (traffic roles with their options) and fl
 spoofed ranges whose replies the router drops, as the Internet does for a spoofed SYN flood). Each scenario runs
 against each peer (a column):
 - `none`: Postfix alone (50 smtpd processes, Postfix's stress-adaptive defaults);
-- `fail2ban`: Debian's fail2ban, stock postfix jail in aggressive mode, inside the mx namespace (govern.lab.peers);
+- `fail2ban`: Debian's fail2ban, stock postfix jail in aggressive mode, inside the mx namespace (govern_lab.peers);
 - `postscreen`: Postfix's postscreen in front of smtpd, enforced pregreet test, tuned for stress as an operator would
-  (govern.lab.postfix.POSTSCREEN_TUNED);
+  (govern_lab.postfix.POSTSCREEN_TUNED);
 - `govern`: govern on its defaults plus the lab's allowlist (as the `flood+govern` scenario runs it).
 The `postscreen` scenario has postscreen in front in every column (the plain, enforced one; the postscreen column has
 the tuned one), so its govern column is govern with postscreen in front.
@@ -38,15 +38,15 @@ from pathlib import Path
 from typing import Any
 
 from govern.addr import Prefix
-from govern.lab import report
-from govern.lab.addresses import KNOWN_RELAYS, MX4, MX6, SLOWLEGIT, SPOOFED, STRANGERS, TRUSTED_RANGES
-from govern.lab.peers import SETS as F2B_SETS
-from govern.lab.peers import TABLE as F2B_TABLE
-from govern.lab.peers import Fail2ban, install_fail2ban
-from govern.lab.postfix import POSTSCREEN, POSTSCREEN_TUNED, Postfix, install
-from govern.lab.scenario import Bot, Plan, _govern, _load, _netstat, _Sampler, _traffic, assemble
-from govern.lab.topology import Lab, LabError
 from govern.observe.netstat import deltas
+from govern_lab import report
+from govern_lab.addresses import KNOWN_RELAYS, MX4, MX6, SLOWLEGIT, SPOOFED, STRANGERS, TRUSTED_RANGES
+from govern_lab.peers import SETS as F2B_SETS
+from govern_lab.peers import TABLE as F2B_TABLE
+from govern_lab.peers import Fail2ban, install_fail2ban
+from govern_lab.postfix import POSTSCREEN, POSTSCREEN_TUNED, Postfix, install
+from govern_lab.scenario import Bot, Plan, _govern, _load, _netstat, _Sampler, _traffic, assemble
+from govern_lab.topology import Lab, LabError
 
 PEERS = ("none", "fail2ban", "postscreen", "govern")
 # Who is who among the legitimate senders (what lands in a punitive set is classified by these).
@@ -390,7 +390,7 @@ def _cell(
     counters: dict[str, int],
     status: dict[str, Any] | None,
 ) -> Cell:
-    from govern.lab.traffic import rolling_success
+    from govern_lab.traffic import rolling_success
 
     ev = {r: _load(work / f"{r}.json")["events"] for r in ("legit", "trusted", "strangers", "slowlegit")}
     flooding = bool(scn.bots)

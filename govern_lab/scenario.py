@@ -20,11 +20,11 @@ from typing import Any
 
 from govern.addr import Prefix
 from govern.errors import GovernError
-from govern.lab import report
-from govern.lab.addresses import BOT_RANGES, MX4, MX6
-from govern.lab.postfix import Postfix, install
-from govern.lab.topology import Lab
 from govern.observe.netstat import deltas, parse
+from govern_lab import report
+from govern_lab.addresses import BOT_RANGES, MX4, MX6
+from govern_lab.postfix import Postfix, install
+from govern_lab.topology import Lab
 
 SCENARIOS = ("baseline", "flood", "flood+govern")
 LAB_ALLOW = ("192.0.2.0/24", "2001:db8:2::/48")
@@ -190,7 +190,7 @@ def _elements(raw: str) -> list[str]:
 
 
 def _traffic(lab: Lab, ns: str, role: str, args: list[str], out: Path, duration: float) -> subprocess.Popen[bytes]:
-    cmd = [sys.executable, "-m", "govern.lab.traffic", role, "--duration", f"{duration:g}", "--json-out", str(out)]
+    cmd = [sys.executable, "-m", "govern_lab.traffic", role, "--duration", f"{duration:g}", "--json-out", str(out)]
     return lab.popen(ns, *cmd, *args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
@@ -332,7 +332,7 @@ def _result(
     sampler: _Sampler,
     counters: dict[str, int],
 ) -> report.Result:
-    from govern.lab.traffic import rolling_success
+    from govern_lab.traffic import rolling_success
 
     legit = _load(legit_out)["events"]
     flood = (plan.flood_start, plan.flood_start + plan.flood_length) if flooding else None

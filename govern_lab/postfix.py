@@ -25,8 +25,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 
-from govern.lab.addresses import MX4, MX6
-from govern.lab.topology import NETNS_DIR, Lab, LabError
+from govern_lab.addresses import MX4, MX6
+from govern_lab.topology import NETNS_DIR, Lab, LabError
 
 POLICY_RC_D = "/usr/sbin/policy-rc.d"
 MASTER = "/usr/lib/postfix/sbin/master"
@@ -155,7 +155,7 @@ def root_masters() -> set[int]:
 
 
 MAIN_CF = """\
-# Written by govern.lab.postfix for the flood lab; rewritten at every start.
+# Written by govern_lab.postfix for the flood lab; rewritten at every start.
 compatibility_level = 3.6
 queue_directory = {queue}
 data_directory = {data}
@@ -198,7 +198,7 @@ readme_directory = no
 # No postscreen, no chroot (the queue is private anyway), no pickup (nothing is submitted locally), and postlogd
 # so that maillog_file works without syslog.
 MASTER_CF = """\
-# Written by govern.lab.postfix for the flood lab; rewritten at every start.
+# Written by govern_lab.postfix for the flood lab; rewritten at every start.
 smtp       inet       n - n -    - smtpd
 cleanup    unix       n - n -    0 cleanup
 qmgr       unix       n - n 300  1 qmgr
@@ -517,7 +517,7 @@ def _wait_gone(pids: set[int], timeout: float) -> bool:
     return True
 
 
-if __name__ == "__main__":  # `python -m govern.lab.postfix`: what a setup script runs to install the lab's MTA
+if __name__ == "__main__":  # `python -m govern_lab.postfix`: what a setup script runs to install the lab's MTA
     install()
 
 

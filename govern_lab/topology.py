@@ -29,7 +29,7 @@ from types import TracebackType
 from typing import Any
 
 from govern.errors import GovernError
-from govern.lab.addresses import MX4, MX6, RANGES
+from govern_lab.addresses import MX4, MX6, RANGES
 
 log = logging.getLogger(__name__)
 
