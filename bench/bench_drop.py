@@ -37,7 +37,7 @@ from govern import config, wiring
 from govern.addr import Prefix
 from govern.edges import Enforcer
 from govern.model import Action, ActionKind, Plan, State
-from govern_lab.traffic import SynCrafter
+from govern_lab.traffic.syn import SynCrafter
 from tests.netns import MX4, Lab
 
 BLOCKED = Prefix.parse("198.18.0.0/16")

@@ -390,7 +390,7 @@ def _cell(
     counters: dict[str, int],
     status: dict[str, Any] | None,
 ) -> Cell:
-    from govern_lab.traffic import rolling_success
+    from govern_lab.traffic.analysis import rolling_success
 
     ev = {r: _load(work / f"{r}.json")["events"] for r in ("legit", "trusted", "strangers", "slowlegit")}
     flooding = bool(scn.bots)

@@ -332,7 +332,7 @@ def _result(
     sampler: _Sampler,
     counters: dict[str, int],
 ) -> report.Result:
-    from govern_lab.traffic import rolling_success
+    from govern_lab.traffic.analysis import rolling_success
 
     legit = _load(legit_out)["events"]
     flood = (plan.flood_start, plan.flood_start + plan.flood_length) if flooding else None
