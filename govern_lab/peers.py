@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 from types import TracebackType
 
+from govern_lab.addresses import TRUSTED_RANGES
 from govern_lab.postfix import _apt, _processes, no_service_starts
 from govern_lab.topology import Lab, LabError
 
@@ -32,7 +33,7 @@ TABLE = ("inet", "f2b-table")
 SETS = ("addr-set-postfix", "addr6-set-postfix")
 # pyinotify is what Debian's fail2ban recommends: with it the jail reads the log as it is written, not by polling.
 PACKAGES = ("fail2ban", "python3-pyinotify")
-IGNORE = ("127.0.0.1/8", "::1", "192.0.2.0/24", "2001:db8:2::/48")
+IGNORE = ("127.0.0.1/8", "::1", *TRUSTED_RANGES)
 
 
 def fail2ban_installed() -> bool:

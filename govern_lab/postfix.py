@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 
-from govern_lab.addresses import MX4, MX6
+from govern_lab.addresses import MX4, MX6, TRUSTED_RANGES
 from govern_lab.topology import NETNS_DIR, Lab, LabError
 
 POLICY_RC_D = "/usr/sbin/policy-rc.d"
@@ -242,7 +242,16 @@ POSTSCREEN_TUNED = {
     "smtpd_timeout": "${stress?{5}:{300}}s",
     "smtpd_per_request_deadline": "yes",
 }
-POSTSCREEN_ACCESS = "192.0.2.0/24 permit\n[2001:db8:2::]/48 permit\n"
+
+
+def _cidr_key(net: str) -> str:
+    """A network as a Postfix cidr table writes it: IPv6 addresses in brackets."""
+    addr, _, length = net.partition("/")
+    return f"[{addr}]/{length}" if ":" in addr else net
+
+
+# postscreen's access list: the trusted relays pass.
+POSTSCREEN_ACCESS = "".join(f"{_cidr_key(net)} permit\n" for net in TRUSTED_RANGES)
 
 
 class Postfix:

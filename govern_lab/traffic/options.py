@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from govern_lab.addresses import SLOWLEGIT, STRANGERS
+from govern_lab.addresses import DEFAULT_BOTS, DEFAULT_LEGIT, DEFAULT_TRUSTED, SLOWLEGIT, STRANGERS
 
 ROLES = ("legit", "trusted", "hogs", "reconnect", "pretalk", "swarm", "synflood")
 # The roles of the adversary matrix (govern_lab.traffic.adversaries): three more bots and two more kinds of
@@ -22,16 +22,16 @@ MAX_PPS = 100_000
 ALL_HOSTS_UP_TO = 256
 
 DEFAULT_SOURCES: dict[str, tuple[str, ...]] = {
-    "legit": ("198.51.100.0/29", "2001:db8:51::/125"),
-    "trusted": ("192.0.2.25/32", "2001:db8:2::25/128"),
-    "hogs": ("198.18.0.0/16", "2001:db8:bad::/48"),
-    "reconnect": ("198.18.0.0/16", "2001:db8:bad::/48"),
-    "pretalk": ("198.18.0.0/16", "2001:db8:bad::/48"),
-    "swarm": ("198.18.0.0/16", "2001:db8:bad::/48"),
-    "synflood": ("198.18.0.0/16", "2001:db8:bad::/48"),
-    "drip": ("198.18.0.0/16", "2001:db8:bad::/48"),
-    "babble": ("198.18.0.0/16", "2001:db8:bad::/48"),
-    "slowtalk": ("198.18.0.0/16", "2001:db8:bad::/48"),
+    "legit": DEFAULT_LEGIT,
+    "trusted": DEFAULT_TRUSTED,
+    "hogs": DEFAULT_BOTS,
+    "reconnect": DEFAULT_BOTS,
+    "pretalk": DEFAULT_BOTS,
+    "swarm": DEFAULT_BOTS,
+    "synflood": DEFAULT_BOTS,
+    "drip": DEFAULT_BOTS,
+    "babble": DEFAULT_BOTS,
+    "slowtalk": DEFAULT_BOTS,
     # Never-seen senders: the upper half of the legitimate /24 and a /56 of its /48, away from the known relays.
     "strangers": STRANGERS,
     "slowlegit": SLOWLEGIT,
