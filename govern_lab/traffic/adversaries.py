@@ -98,7 +98,7 @@ class StrangerOptions(TxnOptions):
 BotOptions = DripOptions | BabbleOptions | SlowtalkOptions
 
 
-# --- addresses (pure) -----------------------------------------------------------------------------------------
+# --- what the roles send, and in what order (pure) ------------------------------------------------------------
 
 
 def stranger_schedule(sources: Sequence[str], max_messages: int, rng: random.Random) -> list[str]:

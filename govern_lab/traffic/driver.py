@@ -46,6 +46,7 @@ def role_report(
     events: list[Any],
     totals: dict[str, Any],
 ) -> dict[str, Any]:
+    """A role's JSON report (govern_lab.traffic's docstring describes it); `ending` is what `drive` returned."""
     why, stopped_at = ending
     return {
         "role": role,
