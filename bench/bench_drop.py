@@ -36,8 +36,8 @@ from bench.machine import machine
 from govern import config, wiring
 from govern.addr import Prefix
 from govern.edges import Enforcer
-from govern.lab.traffic import SynCrafter
 from govern.model import Action, ActionKind, Plan, State
+from govern_lab.traffic.syn import SynCrafter
 from tests.netns import MX4, Lab
 
 BLOCKED = Prefix.parse("198.18.0.0/16")

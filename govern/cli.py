@@ -31,10 +31,35 @@ config_app = typer.Typer(no_args_is_help=True, help="Check or show the configura
 app.add_typer(config_app, name="config")
 wave_app = typer.Typer(no_args_is_help=True, help="The ride-the-wave emergency mode: switch it on, off, or look.")
 app.add_typer(wave_app, name="wave")
-lab_app = typer.Typer(
-    no_args_is_help=True, help="The flood lab: a real Postfix under a bot flood in network namespaces, on this host."
-)
-app.add_typer(lab_app, name="lab")
+
+LAB_EXTRA = "pip install 'govern[lab]'"
+
+
+def add_lab(app: typer.Typer) -> None:
+    """`govern lab`: the flood lab's commands (govern_lab.cli) when the lab extra is installed; otherwise a stand-in
+    that says how to get them. The lab is the only thing outside the product that the command line touches."""
+    try:
+        from govern_lab.cli import lab_app
+    except ImportError as exc:
+        missing = (exc.name or "govern_lab").split(".")[0]
+
+        @app.command(
+            "lab",
+            context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []},
+            help="The flood lab: not installed here (it comes with govern's lab extra).",
+        )
+        def lab_missing() -> None:
+            print(
+                f"govern: the flood lab is not installed ({missing} is missing); install it with: {LAB_EXTRA}",
+                file=sys.stderr,
+            )
+            raise typer.Exit(2)
+
+        return
+    app.add_typer(lab_app, name="lab")
+
+
+add_lab(app)
 sysctl_app = typer.Typer(
     no_args_is_help=True, help="Size the TCP stack for the expected sessions: plan, apply, verify, restore sysctls."
 )
@@ -455,144 +480,6 @@ def sysctl_verify(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
         print("no drift: every key is at its planned value")
     if drift:
         raise typer.Exit(1)
-
-
-def _lab_root() -> None:
-    if os.geteuid() != 0:
-        _fail(UsageError("the lab needs root: it creates network namespaces and installs Postfix"))
-
-
-@lab_app.command("run")
-def lab_run(
-    scenarios: Annotated[
-        list[str] | None, typer.Argument(help="baseline, flood, flood+govern (default: all three)")
-    ] = None,
-    out: Annotated[str, typer.Option("--out", help="directory for JSON, PNG and the table")] = "/var/lib/govern/lab",
-    short: Annotated[bool, typer.Option("--short", help="the one-minute version (the CI scenario)")] = False,
-    matrix: Annotated[
-        bool, typer.Option("--matrix", help="the adversary matrix: every scenario against every peer")
-    ] = False,
-    scenario_names: Annotated[
-        list[str] | None,
-        typer.Option("--scenario", help="run these matrix scenarios (repeatable) beside one baseline"),
-    ] = None,
-    peers: Annotated[
-        list[str] | None,
-        typer.Option("--peer", help="none, fail2ban, postscreen or govern (repeatable; default all four)"),
-    ] = None,
-) -> None:
-    """Run lab scenarios side by side and report delivery, time to mitigate, blocks and costs; with --matrix or
-    --scenario, the adversary matrix (docs/lab.md)."""
-    from pathlib import Path
-
-    from govern.lab import report, scenario
-
-    if matrix or scenario_names or peers:
-        _lab_matrix(Path(out), short, matrix, scenario_names or [], peers or [], scenarios or [])
-        return
-    names = tuple(scenarios or scenario.SCENARIOS)
-    bad = [n for n in names if n not in scenario.SCENARIOS]
-    if bad:
-        _fail(UsageError(f"unknown scenario {bad[0]!r}; choose from {', '.join(scenario.SCENARIOS)}"))
-    _lab_root()
-    plan = scenario.Plan.short() if short else scenario.Plan()
-    try:
-        results = scenario.run_all(Path(out), names, plan)
-    except GovernError as exc:
-        _fail(exc)
-    print(report.table(results))
-    print(f"\nresults, JSON and timeline pictures: {out}")
-
-
-def _lab_matrix(out: Any, short: bool, everything: bool, names: list[str], peers: list[str], extra: list[str]) -> None:
-    from govern.lab import matrix
-
-    if extra:
-        _fail(UsageError("the matrix takes --scenario NAME, not positional scenarios"))
-    if everything and names:
-        _fail(UsageError("--matrix runs every scenario; leave out --scenario, or leave out --matrix"))
-    if not everything and not names:
-        _fail(UsageError("--peer needs --matrix or --scenario NAME"))
-    bad = [n for n in names if n not in matrix.SCENARIOS] + [p for p in peers if p not in matrix.PEERS]
-    if bad:
-        _fail(
-            UsageError(
-                f"unknown scenario or peer {bad[0]!r}; scenarios: {', '.join(matrix.SCENARIOS)}; "
-                f"peers: {', '.join(matrix.PEERS)}"
-            )
-        )
-    _lab_root()
-    plan = matrix.MatrixPlan.short() if short else matrix.MatrixPlan()
-    try:
-        base, cells = matrix.run_matrix(out, names or None, tuple(dict.fromkeys(peers)) or matrix.PEERS, plan)
-    except GovernError as exc:
-        _fail(exc)
-    print(matrix.table(cells, base))
-    print(f"\nmatrix (text and JSON), per-cell JSON and timeline pictures: {out}")
-
-
-@lab_app.command("demo")
-def lab_demo(
-    out: Annotated[str, typer.Option("--out", help="where the picture and JSON go")] = "/var/lib/govern/lab-demo",
-) -> None:
-    """About a minute: build the lab, flood its Postfix, watch govern ride the wave, see the result, clean up."""
-    from pathlib import Path
-
-    from govern.lab import report, scenario
-
-    _lab_root()
-    plan = scenario.Plan.short()
-    print(
-        f"Building the lab: a Postfix MX limited to {plan.process_limit} sessions, legitimate senders, a trusted "
-        f"relay with {plan.trusted_parallel} parallel sessions, and a bot swarm that floods from "
-        f"t={plan.flood_start:.0f}s for {plan.flood_length:.0f}s. govern runs on its default config plus the lab's "
-        "allowlist."
-    )
-    print(f"{'t':>5} {'SMTP sessions':>14} {'accept queue':>13} {'blocked':>8} {'throttled':>10} {'govern':>9}")
-
-    def show(s: report.Sample) -> None:
-        flood = plan.flood_start <= s.t < plan.flood_start + plan.flood_length
-        print(
-            f"{s.t:>5.0f} {s.sessions:>14} {s.queued:>13} {s.blocked:>8} {s.throttled:>10} {s.mode:>9}"
-            f"  {'FLOOD' if flood else ''}"
-        )
-
-    work = Path(out)
-    try:
-        res = scenario.run("flood+govern", work, plan, on_sample=show)
-    except GovernError as exc:
-        _fail(exc)
-    (work / "result.json").write_text(res.to_json())
-    report.plot(res, str(work / "timeline.png"))
-    print()
-    print(report.table([res]))
-    print(f"\npicture: {work / 'timeline.png'}\nfigures: {work / 'result.json'}\nthe lab has been removed.")
-
-
-@lab_app.command("provision")
-def lab_provision(
-    role: Annotated[str, typer.Argument(help="mx, router, trusted, legit or bots")],
-    confirm: Annotated[
-        bool, typer.Option("--this-host-is-a-lab-vm", help="required: this changes this machine's addresses and routes")
-    ] = False,
-) -> None:
-    """Give THIS machine a lab role (used by vagrant/provision.sh on the lab's VMs)."""
-    from govern.lab import provision
-
-    if not confirm:
-        _fail(UsageError("this reconfigures this machine's network; pass --this-host-is-a-lab-vm on a lab VM only"))
-    _lab_root()
-    try:
-        for line in provision.apply(role):
-            print(line)
-        if role == "mx":
-            from govern.lab.postfix import Postfix, install
-
-            install()
-            Postfix(None, "/var/lib/govern-lab/postfix").start()
-            print("postfix (lab instance) listening on port 25")
-    except GovernError as exc:
-        _fail(exc)
 
 
 def main() -> None:

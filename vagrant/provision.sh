@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Provision one lab VM: install govern from the synced checkout, then give the machine its lab role.
+# Provision one lab VM: install govern with its lab extra from the synced checkout, then give the machine its lab
+# role.
 set -euo pipefail
 role=${1:?usage: provision.sh mx|router|trusted|legit|bots}
 cd /govern

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from govern.lab import topology
 from govern.wiring import DEFAULT_OBJECT
+from govern_lab import topology
 from tests.netns import Lab
 
 
@@ -34,7 +34,7 @@ def lab() -> Iterator[Lab]:
 
 @pytest.fixture(scope="module")
 def lab_module() -> Iterator[topology.Lab]:
-    """The product's flood-lab topology (govern.lab.topology) with a unique tag, once per test module."""
+    """The product's flood-lab topology (govern_lab.topology) with a unique tag, once per test module."""
     lab = topology.Lab(f"gvt-{secrets.token_hex(3)}")
     try:
         yield lab.up()

@@ -14,9 +14,9 @@ from govern import config
 from govern.addr import Prefix
 from govern.allow.learning import TrustSources
 from govern.allow.postfix import logged_at
-from govern.lab.addresses import MX4, MX6
-from govern.lab.postfix import Postfix, temporary
-from govern.lab.topology import Lab
+from govern_lab.addresses import MX4, MX6
+from govern_lab.postfix import Postfix, temporary
+from govern_lab.topology import Lab
 
 
 @pytest.fixture(scope="module")

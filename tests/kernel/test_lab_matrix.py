@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from govern.lab import matrix
+from govern_lab import matrix
 
 
 def test_mixed_flood_short_govern_keeps_legit_and_holds_bots_to_the_budget(tmp_path: Path) -> None:

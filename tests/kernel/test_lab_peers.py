@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from govern.lab import peers
-from govern.lab.addresses import MX4
-from govern.lab.postfix import POSTSCREEN_TUNED, Postfix, install, temporary
-from govern.lab.topology import Lab
+from govern_lab import peers
+from govern_lab.addresses import MX4
+from govern_lab.postfix import POSTSCREEN_TUNED, Postfix, install, temporary
+from govern_lab.topology import Lab
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""The lab's real Postfix (govern.lab.postfix): installed without touching the host's mail system, run only inside
+"""The lab's real Postfix (govern_lab.postfix): installed without touching the host's mail system, run only inside
 the lab's mx namespace, accepting mail for lab.test from the client namespaces and discarding it, and leaving
 nothing running when stopped."""
 
@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from govern.lab import postfix
-from govern.lab.addresses import MX4, MX6
-from govern.lab.postfix import Postfix, install, root_masters, temporary
-from govern.lab.topology import Lab
+from govern_lab import postfix
+from govern_lab.addresses import MX4, MX6
+from govern_lab.postfix import Postfix, install, root_masters, temporary
+from govern_lab.topology import Lab
 
 
 def own_processes(pf: Postfix) -> set[int]:

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 from govern.addr import Prefix, PrefixSet
-from govern.lab import scenario
+from govern_lab import scenario
 
 
 def test_short_flood_with_govern_blocks_bots_and_never_touches_trusted_or_legit(tmp_path: Path) -> None:

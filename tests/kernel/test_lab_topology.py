@@ -1,4 +1,4 @@
-"""The lab's network (govern.lab.topology): built and removed idempotently without a trace in the root namespace,
+"""The lab's network (govern_lab.topology): built and removed idempotently without a trace in the root namespace,
 and every client range reaches the MX through the router with its own source addresses."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from govern.lab.addresses import MX4, MX6, RANGES
-from govern.lab.topology import ROLES, Lab
+from govern_lab.addresses import MX4, MX6, RANGES
+from govern_lab.topology import ROLES, Lab
 
 
 def netns_names() -> set[str]:

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from govern.lab import traffic
+from govern_lab.traffic import host, options, senders
 from tests.netns import MX4, MX6, Lab, Netns
 
 REPO = Path(__file__).resolve().parents[2]
@@ -160,7 +160,7 @@ class Responder:
 
 def start(ns: Netns, role: str, out: Path, *args: str) -> subprocess.Popen[str]:
     """The generator as the scenario runner starts it: its own process inside a namespace."""
-    cmd = ["ip", "netns", "exec", ns.name, sys.executable, "-m", "govern.lab.traffic", role, *args]
+    cmd = ["ip", "netns", "exec", ns.name, sys.executable, "-m", "govern_lab.traffic", role, *args]
     return subprocess.Popen(
         [*cmd, "--json-out", str(out)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
@@ -264,9 +264,9 @@ def test_sigterm_ends_a_run_cleanly_with_what_it_has(lab: Lab, tmp_path: Path) -
 
 
 def test_in_process_api(lab: Lab) -> None:
-    opts = traffic.TxnOptions(dst=(MX6,), duration=1.0, rate=20)
+    opts = options.TxnOptions(dst=(MX6,), duration=1.0, rate=20)
     with Responder(lab.mx), lab.net.entered():
-        doc = asyncio.run(traffic.legit(opts))
+        doc = asyncio.run(senders.legit(opts))
     assert doc["totals"]["ok"] == 20 and doc["stopped_by"] == "finished"
 
 
@@ -425,10 +425,10 @@ def test_synflood_spoofed_syns_arrive_from_the_bot_range(lab: Lab, tmp_path: Pat
 
 
 def test_refuses_targets_and_namespaces_outside_the_lab(lab: Lab, tmp_path: Path) -> None:
-    with pytest.raises(traffic.TrafficError, match=r"host's network namespace|PID 1|ip netns add"):
-        traffic.check_namespace()
+    with pytest.raises(options.TrafficError, match=r"host's network namespace|PID 1|ip netns add"):
+        host.check_namespace()
     with lab.net.entered():
-        assert traffic.check_namespace() == lab.net.name
+        assert host.check_namespace() == lab.net.name
     out = tmp_path / "never.json"
     for args in (
         ("synflood", "--dst", "192.0.2.1", "--duration", "1"),

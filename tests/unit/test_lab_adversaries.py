@@ -14,13 +14,13 @@ from typing import Any
 
 import pytest
 
-from govern.lab import adversaries as adv
-from govern.lab import traffic as tr
+from govern_lab.traffic import adversaries as adv
+from govern_lab.traffic import analysis, bots, command, counters, options, smtp, sources
 
 MX = ("--dst", "203.0.113.25", "--dst", "2001:db8:25::25", "--duration", "5")
 
 
-def net(text: str) -> tr.Network:
+def net(text: str) -> sources.Network:
     return ipaddress.ip_network(text)
 
 
@@ -31,30 +31,32 @@ def slash64(addr: str) -> ipaddress.IPv6Network:
 def test_random_v6_sources_share_64s_so_spread_gives_each_its_own() -> None:
     bad = [net("2001:db8:bad::/48")]
     # What the swarm did before --spread: random addresses of the /48, of which some share a /64 (birthday).
-    plain = tr.pick_sources(bad, 2000, random.Random(0))
+    plain = sources.pick_sources(bad, 2000, random.Random(0))
     assert len({slash64(a) for a in plain}) < 2000
-    spread = adv.spread_sources(bad, 2000, random.Random(0), 64)
+    spread = sources.spread_sources(bad, 2000, random.Random(0), 64)
     assert len(set(spread)) == len({slash64(a) for a in spread}) == 2000
     assert all(ipaddress.ip_address(a) in bad[0] for a in spread)
     assert all(int(ipaddress.ip_address(a)) & (2**64 - 1) != 0 for a in spread)  # not the subnet-router anycast
-    assert spread == adv.spread_sources(bad, 2000, random.Random(0), 64)
+    assert spread == sources.spread_sources(bad, 2000, random.Random(0), 64)
 
 
 def test_spread_over_several_prefixes_and_limits() -> None:
-    got = adv.spread_sources([net("198.18.0.0/22"), net("198.18.8.0/21")], 10, random.Random(1), 24)
+    got = sources.spread_sources([net("198.18.0.0/22"), net("198.18.8.0/21")], 10, random.Random(1), 24)
     # the /22 has only four /24s: its share is capped there and the /21 gives the rest
     slash24 = Counter(a.rsplit(".", 1)[0] for a in got)
     assert len(slash24) == 10 and set(slash24.values()) == {1}
     assert sum(ipaddress.ip_address(a) in net("198.18.0.0/22") for a in got) == 4
-    with pytest.raises(tr.TrafficError, match="subnets"):
-        adv.spread_sources([net("2001:db8:bad::/62")], 5, random.Random(0), 64)
-    with pytest.raises(tr.TrafficError, match="does not fit"):
-        adv.spread_sources([net("198.18.0.0/16")], 5, random.Random(0), 64)
+    with pytest.raises(options.TrafficError, match="subnets"):
+        sources.spread_sources([net("2001:db8:bad::/62")], 5, random.Random(0), 64)
+    with pytest.raises(options.TrafficError, match="does not fit"):
+        sources.spread_sources([net("198.18.0.0/16")], 5, random.Random(0), 64)
 
 
 def test_spread_reaches_the_swarm_through_bot_setup() -> None:
-    opts = tr.HoldOptions(dst=("2001:db8:25::25",), duration=1, sources=("2001:db8:bad::/48",), count=500, spread=64)
-    pairs, _ = tr._bot_setup("swarm", opts)
+    opts = options.HoldOptions(
+        dst=("2001:db8:25::25",), duration=1, sources=("2001:db8:bad::/48",), count=500, spread=64
+    )
+    pairs, _ = bots.bot_setup("swarm", opts)
     assert len({slash64(s) for s, _ in pairs}) == 500 and {d for _, d in pairs} == {"2001:db8:25::25"}
 
 
@@ -65,7 +67,7 @@ def test_strangers_schedule_each_once_or_twice_shuffled() -> None:
     assert set(counts) == set(srcs) and set(counts.values()) == {1, 2}
     assert order != sorted(order) and order == adv.stranger_schedule(srcs, 2, random.Random(3))
     assert Counter(adv.stranger_schedule(srcs, 1, random.Random(0))) == Counter(srcs)
-    with pytest.raises(tr.TrafficError):
+    with pytest.raises(options.TrafficError):
         adv.stranger_schedule(srcs, 0, random.Random(0))
 
 
@@ -73,12 +75,12 @@ def test_strangers_default_sources_are_never_seen_ones() -> None:
     opts = adv.StrangerOptions(dst=("203.0.113.25", "2001:db8:25::25"), duration=1)
     nets = adv.stranger_sources(opts)
     assert [str(n) for n in nets] == ["198.51.100.128/25", "2001:db8:51:100::/56"]
-    srcs = tr.pick_sources(nets, 300, random.Random(0))
+    srcs = sources.pick_sources(nets, 300, random.Random(0))
     assert len(set(srcs)) == 300 and sum(":" not in s for s in srcs) == 126  # the /25's every host, then IPv6
     for bad in ("198.51.100.0/24", "198.51.100.8/29", "2001:db8:51::/48"):
-        with pytest.raises(tr.TrafficError, match="known relays"):
+        with pytest.raises(options.TrafficError, match="known relays"):
             adv.stranger_sources(adv.StrangerOptions(dst=opts.dst, duration=1, sources=(bad,)))
-    with pytest.raises(tr.TrafficError, match="outside"):
+    with pytest.raises(options.TrafficError, match="outside"):
         adv.stranger_sources(adv.StrangerOptions(dst=opts.dst, duration=1, sources=("198.18.0.0/24",)))
 
 
@@ -94,7 +96,7 @@ def test_junk_and_slowtalk_commands() -> None:
 
 @pytest.mark.parametrize("size", [2048, 30_000, 61_440])
 def test_message_body_has_the_size_asked_for_and_is_clean_smtp(size: int) -> None:
-    body = tr.message_body("Subject: x\r\n", "198.51.100.1", "legit", size, random.Random(size))
+    body = smtp.message_body("Subject: x\r\n", "198.51.100.1", "legit", size, random.Random(size))
     assert abs(len(body) - size) < 200
     assert body.endswith(b"\r\n.\r\n")
     lines = body[:-5].split(b"\r\n")
@@ -103,23 +105,27 @@ def test_message_body_has_the_size_asked_for_and_is_clean_smtp(size: int) -> Non
 
 
 def test_legit_messages_vary_in_size_and_the_old_one_line_message_stays() -> None:
-    opts = tr.TxnOptions(dst=("203.0.113.25",), duration=1, size_kb=(2.0, 60.0))
-    txns = tr.Transactions("legit", opts, 0.0)
-    sizes = [len(txns._message(tr._Txn(n, "198.51.100.1", "203.0.113.25"))) for n in range(40)]
+    opts = options.TxnOptions(dst=("203.0.113.25",), duration=1, size_kb=(2.0, 60.0))
+    txns = smtp.Transactions("legit", opts, 0.0)
+    sizes = [len(txns._message(smtp._Txn(n, "198.51.100.1", "203.0.113.25"))) for n in range(40)]
     assert min(sizes) >= 2 * 1024 - 200 and max(sizes) <= 60 * 1024 + 200 and max(sizes) - min(sizes) > 20_000
-    small = tr.Transactions("trusted", tr.TxnOptions(dst=("203.0.113.25",), duration=1), 0.0)
-    assert len(small._message(tr._Txn(1, "192.0.2.10", "203.0.113.25"))) < 400
+    small = smtp.Transactions("trusted", options.TxnOptions(dst=("203.0.113.25",), duration=1), 0.0)
+    assert len(small._message(smtp._Txn(1, "192.0.2.10", "203.0.113.25"))) < 400
 
 
 def test_size_option() -> None:
-    assert tr.size_range("2-60") == (2.0, 60.0) and tr.size_range("8") == (8.0, 8.0) and tr.size_range("0") == (0, 0)
+    assert (
+        command.size_range("2-60") == (2.0, 60.0)
+        and command.size_range("8") == (8.0, 8.0)
+        and command.size_range("0") == (0, 0)
+    )
     for bad in ("60-2", "x", "-1", "1-99999"):
         with pytest.raises(Exception, match="size"):
-            tr.size_range(bad)
+            command.size_range(bad)
 
 
 def parse(*argv: str) -> Any:
-    return tr.options(tr._parser().parse_args(list(argv)))
+    return command.options(command._parser().parse_args(list(argv)))
 
 
 def test_command_line_builds_each_new_roles_options() -> None:
@@ -134,13 +140,13 @@ def test_command_line_builds_each_new_roles_options() -> None:
     assert isinstance(st, adv.StrangerOptions) and st.over == 40 and st.max_messages == 2
     assert (st.timeout, st.banner_timeout, st.cmd_timeout, st.size_kb) == (30.0, 300.0, 300.0, (2.0, 60.0))
     sl = parse("slowlegit", *MX)
-    assert isinstance(sl, tr.TxnOptions) and sl.pause == 1.5 and sl.cmd_timeout == 300 and sl.rate == 0.1
+    assert isinstance(sl, options.TxnOptions) and sl.pause == 1.5 and sl.cmd_timeout == 300 and sl.rate == 0.1
     legit = parse("legit", *MX)
-    assert isinstance(legit, tr.TxnOptions) and legit.size_kb == (2.0, 60.0) and legit.pause == 0
+    assert isinstance(legit, options.TxnOptions) and legit.size_kb == (2.0, 60.0) and legit.pause == 0
     assert parse("legit", *MX, "--size", "0").size_kb == (0.0, 0.0)
     swarm = parse("swarm", *MX, "--spread", "64")
-    assert isinstance(swarm, tr.HoldOptions) and swarm.spread == 64
-    assert set(adv.ROLES) == set(tr.MATRIX_ROLES) and set(tr.ALL_ROLES) >= set(tr.ROLES)
+    assert isinstance(swarm, options.HoldOptions) and swarm.spread == 64
+    assert set(adv.ROLES) == set(options.MATRIX_ROLES) and set(options.ALL_ROLES) >= set(options.ROLES)
 
 
 @pytest.mark.parametrize(
@@ -155,21 +161,21 @@ def test_command_line_builds_each_new_roles_options() -> None:
 )
 def test_refused_before_anything_is_sent(argv: tuple[str, ...], match: str, capsys: pytest.CaptureFixture[str]) -> None:
     # In the root namespace the namespace check refuses first; the argument checks run before it where they can.
-    assert tr.main(list(argv)) == 2
+    assert command.main(list(argv)) == 2
     assert capsys.readouterr().err
 
 
 def test_argument_checks() -> None:
     base: dict[str, Any] = {"dst": ("203.0.113.25",), "duration": 1}
-    with pytest.raises(tr.TrafficError, match="--bytes"):
+    with pytest.raises(options.TrafficError, match="--bytes"):
         adv.check_bot("babble", adv.BabbleOptions(**base, bytes=0))
-    with pytest.raises(tr.TrafficError, match="--drip"):
+    with pytest.raises(options.TrafficError, match="--drip"):
         adv.check_bot("drip", adv.DripOptions(**base, drip=0))
-    with pytest.raises(tr.TrafficError, match="--gap"):
+    with pytest.raises(options.TrafficError, match="--gap"):
         adv.check_bot("slowtalk", adv.SlowtalkOptions(**base, gap=0))
-    with pytest.raises(tr.TrafficError, match="--per-source"):
+    with pytest.raises(options.TrafficError, match="--per-source"):
         adv.check_bot("drip", adv.DripOptions(**base, per_source=0))
-    with pytest.raises(tr.TrafficError, match="known relays"):
+    with pytest.raises(options.TrafficError, match="known relays"):
         adv.stranger_sources(adv.StrangerOptions(**base, sources=("198.51.100.0/25",)))
 
 
@@ -199,14 +205,14 @@ class Peer:
         return b"".join(d for _, d in self.got)
 
 
-async def converse(role: str, opts: Any, banner: bytes, seconds: float) -> tuple[Peer, tr.Timeline, bool]:
+async def converse(role: str, opts: Any, banner: bytes, seconds: float) -> tuple[Peer, counters.Timeline, bool]:
     """Run one bot session against the server end for `seconds`, then close the server end; whether the session
     returned by itself once the server closed."""
     a, b = socket.socketpair()
     a.setblocking(False)
     peer = Peer(b)
     t0 = time.monotonic()
-    tl = tr.Timeline(adv.ADV_FIELDS, t0, seconds + 1)
+    tl = counters.Timeline(adv.ADV_FIELDS, t0, seconds + 1)
     b.sendall(banner)
     task = asyncio.create_task(adv.SESSIONS[role](a, opts, random.Random(0), tl))
     await peer.read_for(seconds, t0)
@@ -260,8 +266,13 @@ def test_slowtalk_session_pauses_then_one_command_a_gap() -> None:
 
 
 def test_summary_lines_of_new_roles() -> None:
-    doc: dict[str, Any] = {"role": "strangers", "duration": 3.0, "stopped_by": "duration", "totals": tr.summarise([])}
-    assert tr.summary_line(doc).startswith("strangers: 0 transactions")
+    doc: dict[str, Any] = {
+        "role": "strangers",
+        "duration": 3.0,
+        "stopped_by": "duration",
+        "totals": analysis.summarise([]),
+    }
+    assert command.summary_line(doc).startswith("strangers: 0 transactions")
     totals = dict.fromkeys(adv.ADV_FIELDS, 0) | {"sources": 3, "held_at_end": 2, "max_held": 4}
     doc = {"role": "drip", "duration": 3.0, "stopped_by": "duration", "totals": totals}
-    assert tr.summary_line(doc).startswith("drip: 3 sources; attempted 0")
+    assert command.summary_line(doc).startswith("drip: 3 sources; attempted 0")

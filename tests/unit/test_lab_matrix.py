@@ -9,11 +9,11 @@ from typing import Any
 
 import pytest
 
-from govern.lab import matrix as mx
-from govern.lab import report
-from govern.lab import traffic as tr
-from govern.lab.addresses import BOT_RANGES
-from govern.lab.postfix import POSTSCREEN, POSTSCREEN_MASTER_CF, POSTSCREEN_TUNED
+from govern_lab import matrix as mx
+from govern_lab import report
+from govern_lab.addresses import BOT_RANGES
+from govern_lab.postfix import POSTSCREEN, POSTSCREEN_MASTER_CF, POSTSCREEN_TUNED
+from govern_lab.traffic import bots, command, sources
 
 
 def test_the_matrix_has_the_scenarios_asked_for() -> None:
@@ -31,13 +31,13 @@ def test_the_matrix_has_the_scenarios_asked_for() -> None:
 @pytest.mark.parametrize("scn", mx.MATRIX, ids=lambda s: s.name)
 def test_every_bot_of_every_scenario_parses_and_stays_in_the_bot_ranges(scn: mx.Scenario) -> None:
     for b in scn.bots:
-        ns = tr._parser().parse_args([b.role, "--dst", "203.0.113.25", "--dst", "2001:db8:25::25", "--duration", "30",
-                                      *b.args])  # fmt: skip
-        opts = tr.options(ns)
-        nets = tr.resolve_sources(b.role, opts, BOT_RANGES)
+        ns = command._parser().parse_args([b.role, "--dst", "203.0.113.25", "--dst", "2001:db8:25::25",
+                                           "--duration", "30", *b.args])  # fmt: skip
+        opts = command.options(ns)
+        nets = sources.resolve_sources(b.role, opts, BOT_RANGES)
         assert nets
         if b.role != "synflood":
-            pairs, _ = tr._bot_setup(b.role, opts)  # the addresses can be picked (enough hosts or /64s)
+            pairs, _ = bots.bot_setup(b.role, opts)  # the addresses can be picked (enough hosts or /64s)
             assert pairs
     for r in scn.unanswered:
         assert ipaddress.IPv4Network(r).subnet_of(ipaddress.IPv4Network("198.18.0.0/15"))

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from govern.lab.provision import commands, link_addresses
-from govern.lab.topology import ROLES
+from govern_lab.provision import commands, link_addresses
+from govern_lab.topology import ROLES
 
 LAB = [ipaddress.ip_network(n) for n in ("203.0.113.0/24", "192.0.2.0/24", "198.51.100.0/24", "198.18.0.0/15",
                                           "2001:db8::/32")]  # fmt: skip

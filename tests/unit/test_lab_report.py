@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from govern.lab.report import Result, Sample, plot, summarise, table, time_to_mitigate
+from govern_lab.report import Result, Sample, plot, summarise, table, time_to_mitigate
 
 
 def test_time_to_mitigate() -> None:

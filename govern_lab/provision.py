@@ -1,5 +1,5 @@
 """Giving a real machine (a Vagrant VM of vagrant/Vagrantfile) its lab role, with the same addresses, routes and
-sending ranges as the namespace lab (govern.lab.topology). The commands are computed by a pure function, so a
+sending ranges as the namespace lab (govern_lab.topology). The commands are computed by a pure function, so a
 test can check that they only ever name lab addresses; `apply` runs them on the machine it runs on."""
 
 from __future__ import annotations
@@ -7,12 +7,12 @@ from __future__ import annotations
 import subprocess
 
 from govern.errors import UsageError
-from govern.lab.addresses import MX4, MX6, RANGES
-from govern.lab.topology import CLIENT_SYSCTLS, LINKS, NO_DAD, ROLES, ROUTER4, ROUTER6, link_addrs
+from govern_lab.addresses import LINKS, MX4, MX6, MX_RANGES, RANGES, ROUTER4, ROUTER6, link_addrs
+from govern_lab.topology import CLIENT_SYSCTLS, NO_DAD, ROLES
 
 # What the mx reaches through the router: every client range and every client link.
-_CLIENT_NETS4 = [RANGES[r][0] for r in LINKS] + [f"203.0.113.{LINKS[r][0]}/29" for r in LINKS]
-_CLIENT_NETS6 = [RANGES[r][1] for r in LINKS] + [f"{LINKS[r][1]}/64" for r in LINKS]
+_CLIENT_NETS4 = [RANGES[r][0] for r in LINKS] + [LINKS[r][0] for r in LINKS]
+_CLIENT_NETS6 = [RANGES[r][1] for r in LINKS] + [LINKS[r][1] for r in LINKS]
 
 
 def dev_of(address: str) -> str:
@@ -48,8 +48,8 @@ def commands(role: str, dev: dict[str, str]) -> list[list[str]]:
             fam = ["-6"] if ":" in rng else []
             cmds.append(["ip", *fam, "route", "replace", "local", rng, "dev", "lo"])
         # Only the lab's nets go to the router: the VM keeps its own default route (Vagrant's management NIC).
-        cmds.append(["ip", "route", "replace", "203.0.113.0/24", "via", r4])
-        cmds.append(["ip", "-6", "route", "replace", "2001:db8:25::/48", "via", r6])
+        cmds.append(["ip", "route", "replace", MX_RANGES[0], "via", r4])
+        cmds.append(["ip", "-6", "route", "replace", MX_RANGES[1], "via", r6])
     return cmds
 
 

@@ -20,14 +20,25 @@ from typing import Any
 
 from govern.addr import Prefix
 from govern.errors import GovernError
-from govern.lab import report
-from govern.lab.addresses import BOT_RANGES, MX4, MX6
-from govern.lab.postfix import Postfix, install
-from govern.lab.topology import Lab
 from govern.observe.netstat import deltas, parse
+from govern_lab import report
+from govern_lab.addresses import (
+    BOT_RANGES,
+    KNOWN_RELAYS,
+    LEGIT_RANGES,
+    MX4,
+    MX6,
+    SPOOFED,
+    SWARMS,
+    TRUSTED_RANGES,
+    TRUSTED_RELAY,
+    overlaps,
+)
+from govern_lab.postfix import Postfix, install
+from govern_lab.topology import Lab
 
 SCENARIOS = ("baseline", "flood", "flood+govern")
-LAB_ALLOW = ("192.0.2.0/24", "2001:db8:2::/48")
+LAB_ALLOW = TRUSTED_RANGES
 # The bot ranges (shared/LAB.md): sessions from these are the flood's, whatever role opened them.
 BOT_PREFIXES = tuple(Prefix.parse(p) for p in BOT_RANGES)
 GOVERN_SETS = ("block4", "block6", "throttle4", "throttle6", "tight4", "tight6", "tarpit4", "tarpit6")
@@ -47,8 +58,8 @@ FULL_FLOOD = (
     Bot("hogs", ("--sources", "2001:db8:bad:10::/60", "--per-source", "25", "--drip", "20")),
     Bot("reconnect", ("--sources", "198.18.20.0/28", "--rate", "20")),
     Bot("pretalk", ("--sources", "198.18.30.0/28", "--per-source", "5")),
-    Bot("swarm", ("--sources", "198.19.0.0/16", "--count", "3000")),
-    Bot("synflood", ("--sources", "198.18.128.0/17", "--pps", "2000")),
+    Bot("swarm", ("--sources", SWARMS, "--count", "3000")),
+    Bot("synflood", ("--sources", SPOOFED, "--pps", "2000")),
 )
 # The flood the core governor is expected to ride: prolific sources only. A wide swarm of sources that each stay
 # under every per-source limit needs idle-session cutting (the ride-the-wave mode), so it is in FULL_FLOOD only.
@@ -68,7 +79,7 @@ class Plan:
     client_timeout: float = 30.0
     # 14 senders at ~17 connections a minute each: a busy relay's few addresses, under govern's default 60/minute,
     # with several sessions pending each while a flood holds the MTA's slots.
-    legit_sources: str = "198.51.100.0/28"
+    legit_sources: str = KNOWN_RELAYS[0]
     trusted_parallel: int = 30
     trusted_rate: float = 10.0  # transactions per second across its parallel sessions
     flood: tuple[Bot, ...] = FULL_FLOOD
@@ -120,8 +131,8 @@ class _Sampler:
                 self.blocked_peak = max(self.blocked_peak, blocked)
                 self.blocked_seen.update(sets.get("block4", ()), sets.get("block6", ()))
                 for members in sets.values():
-                    self.trusted_seen |= {m for m in members if m.startswith(("192.0.2.", "2001:db8:2:"))}
-                    self.legit_seen |= {m for m in members if m.startswith(("198.51.100.", "2001:db8:51:"))}
+                    self.trusted_seen |= {m for m in members if overlaps(m, TRUSTED_RANGES)}
+                    self.legit_seen |= {m for m in members if overlaps(m, LEGIT_RANGES)}
                 cpu, rss = 0.0, 0
                 if proc is not None:
                     with contextlib.suppress(Exception):
@@ -190,7 +201,7 @@ def _elements(raw: str) -> list[str]:
 
 
 def _traffic(lab: Lab, ns: str, role: str, args: list[str], out: Path, duration: float) -> subprocess.Popen[bytes]:
-    cmd = [sys.executable, "-m", "govern.lab.traffic", role, "--duration", f"{duration:g}", "--json-out", str(out)]
+    cmd = [sys.executable, "-m", "govern_lab.traffic", role, "--duration", f"{duration:g}", "--json-out", str(out)]
     return lab.popen(ns, *cmd, *args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
@@ -278,7 +289,7 @@ def run(
                     [
                         *dst,
                         "--sources",
-                        "192.0.2.10/32",
+                        TRUSTED_RELAY,
                         "--parallel",
                         str(plan.trusted_parallel),
                         "--rate",
@@ -332,7 +343,7 @@ def _result(
     sampler: _Sampler,
     counters: dict[str, int],
 ) -> report.Result:
-    from govern.lab.traffic import rolling_success
+    from govern_lab.traffic.analysis import rolling_success
 
     legit = _load(legit_out)["events"]
     flood = (plan.flood_start, plan.flood_start + plan.flood_length) if flooding else None

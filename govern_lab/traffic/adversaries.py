@@ -1,6 +1,6 @@
-"""The adversary matrix's traffic roles (govern.lab.matrix): bots govern was not tuned for, and the legitimate
+"""The adversary matrix's traffic roles (govern_lab.matrix): bots govern was not tuned for, and the legitimate
 senders a flood must not hurt. They run like the other roles, one process each inside a lab namespace
-(`python -m govern.lab.traffic ROLE ...`), bounded in count and time, and write the same JSON report.
+(`python -m govern_lab.traffic ROLE ...`), bounded in count and time, and write the same JSON report.
 
 Bots (bot ranges only; per second BOT_FIELDS plus "commands"; "held" is the connections open):
 - `drip`: each source holds --per-source connections; each sends one byte of printable junk every --drip seconds
@@ -25,7 +25,6 @@ Legitimate senders (one event per SMTP transaction, like `legit`):
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import ipaddress
 import math
@@ -37,33 +36,15 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from govern.lab.addresses import KNOWN_RELAYS, LEGIT_RANGES
-from govern.lab.traffic import (
-    BOT_FIELDS,
-    DEFAULT_PER_SOURCE,
-    Common,
-    Network,
-    Timeline,
-    TrafficError,
-    Transactions,
-    TxnOptions,
-    _bot_setup,
-    _drive,
-    _held,
-    _open,
-    _positive,
-    _report,
-    add_size,
-    add_spread,
-    check_common,
-    check_namespace,
-    host_span,
-    pair_sources,
-    pick_sources,
-    raise_nofile,
-    resolve_sources,
-    summarise,
-)
+from govern_lab.addresses import KNOWN_RELAYS, LEGIT_RANGES
+from govern_lab.traffic.analysis import summarise
+from govern_lab.traffic.bots import bot_setup, held, open_socket
+from govern_lab.traffic.counters import BOT_FIELDS, Timeline
+from govern_lab.traffic.driver import drive, role_report
+from govern_lab.traffic.host import check_namespace, raise_nofile
+from govern_lab.traffic.options import DEFAULT_PER_SOURCE, Common, TrafficError, TxnOptions
+from govern_lab.traffic.smtp import Transactions
+from govern_lab.traffic.sources import Network, check_common, pair_sources, pick_sources, resolve_sources
 
 BOTS = ("drip", "babble", "slowtalk")
 SENDERS = ("strangers", "slowlegit")
@@ -117,48 +98,7 @@ class StrangerOptions(TxnOptions):
 BotOptions = DripOptions | BabbleOptions | SlowtalkOptions
 
 
-# --- addresses (pure) -----------------------------------------------------------------------------------------
-
-
-def spread_sources(nets: Sequence[Network], count: int, rng: random.Random, length: int) -> list[str]:
-    """`count` host addresses, each in a /`length` subnet of its own, spread evenly over `nets` (whose prefixes must be
-    at most `length` long): a swarm over many /64s of one /48 rather than random addresses, which may share one."""
-    if not nets:
-        raise TrafficError("no source prefixes")
-    if count < 1:
-        raise TrafficError("--count must be at least 1")
-    caps = []
-    for n in nets:
-        if not n.prefixlen <= length <= n.max_prefixlen:
-            raise TrafficError(f"--spread {length} does not fit {n} (it must be /{n.prefixlen}..{n.max_prefixlen})")
-        caps.append(1 << (length - n.prefixlen))
-    if count > sum(caps):
-        raise TrafficError(f"--count {count} is more than the {sum(caps)} /{length} subnets of --sources")
-    share, extra = divmod(count, len(nets))
-    alloc = [min(cap, share + (1 if i < extra else 0)) for i, cap in enumerate(caps)]
-    short = count - sum(alloc)
-    for i, cap in enumerate(caps):
-        more = min(short, cap - alloc[i])
-        alloc[i] += more
-        short -= more
-    out: list[str] = []
-    for n, cap, want in zip(nets, caps, alloc, strict=True):
-        subnets = rng.sample(range(cap), want) if cap < 2**62 else _distinct(rng, cap, want)
-        step = 1 << (n.max_prefixlen - length)
-        base = int(n.network_address)
-        cls = ipaddress.IPv4Network if n.version == 4 else ipaddress.IPv6Network
-        for k in sorted(subnets):
-            sub = cls((base + k * step, length))
-            first, size = host_span(sub)
-            out.append(str(ipaddress.ip_address(first + rng.randrange(size))))
-    return out
-
-
-def _distinct(rng: random.Random, size: int, want: int) -> list[int]:
-    chosen: set[int] = set()
-    while len(chosen) < want:
-        chosen.add(rng.randrange(size))
-    return list(chosen)
+# --- what the roles send, and in what order (pure) ------------------------------------------------------------
 
 
 def stranger_schedule(sources: Sequence[str], max_messages: int, rng: random.Random) -> list[str]:
@@ -265,10 +205,10 @@ async def _slot(
         if not first:
             tl.add("reconnects")
         first = False
-        sock = await _open(src, dst, opts.port, opts.timeout, rng.uniform(0.05, opts.reconnect), tl)
+        sock = await open_socket(src, dst, opts.port, opts.timeout, rng.uniform(0.05, opts.reconnect), tl)
         if sock is None:
             continue
-        with _held(sock, tl):
+        with held(sock, tl):
             await session(sock, opts, rng, tl)
             tl.add("dropped")
         await asyncio.sleep(rng.uniform(0.05, opts.reconnect))
@@ -292,7 +232,7 @@ async def bot(role: str, opts: BotOptions, stop: asyncio.Event | None = None) ->
     """Run a bot role of this module to its end; its report."""
     check_namespace()
     check_bot(role, opts)
-    pairs, rng = _bot_setup(role, opts)
+    pairs, rng = bot_setup(role, opts)
     per = opts.per_source if opts.per_source is not None else DEFAULT_PER_SOURCE[role]
     slots = [(s, d) for s, d in pairs for _ in range(per)]
     raise_nofile(len(slots) + 64)
@@ -305,10 +245,10 @@ async def bot(role: str, opts: BotOptions, stop: asyncio.Event | None = None) ->
                 delay = opts.ramp * i / len(slots)
                 tg.create_task(_slot(src, dst, role, opts, tl, delay, random.Random(rng.random())))
 
-    ending = await _drive(opts.duration, stop, body(), tl.freeze)
+    ending = await drive(opts.duration, stop, body(), tl.freeze)
     events, totals = tl.result()
     totals.update(sources=len(pairs), connections_wanted=len(slots))
-    return _report(role, opts, t0, wall, ending, events, totals)
+    return role_report(role, opts, t0, wall, ending, events, totals)
 
 
 # --- legitimate senders ---------------------------------------------------------------------------------------
@@ -350,8 +290,8 @@ async def _scheduled(
                 await asyncio.sleep(max(0.0, t0 + at - time.monotonic()))
                 tg.create_task(txns.one(n, src, dst))
 
-    ending = await _drive(opts.duration, stop, body(), lambda: None)
-    return _report(role, opts, t0, wall, ending, txns.events, summarise(txns.events))
+    ending = await drive(opts.duration, stop, body(), lambda: None)
+    return role_report(role, opts, t0, wall, ending, txns.events, summarise(txns.events))
 
 
 async def strangers(opts: StrangerOptions, stop: asyncio.Event | None = None) -> dict[str, Any]:
@@ -380,89 +320,6 @@ async def slowlegit(opts: TxnOptions, stop: asyncio.Event | None = None) -> dict
     rate = opts.rate or 0.1
     n = math.ceil(opts.duration * rate)
     return await _scheduled("slowlegit", opts, [(k / rate, *pairs[k % len(pairs)]) for k in range(n)], stop)
-
-
-# --- command line ---------------------------------------------------------------------------------------------
-
-RoleAdder = Callable[[str, str], argparse.ArgumentParser]
-
-
-def add_parsers(role: RoleAdder) -> None:
-    """This module's roles on traffic's command line (`role` makes a subparser with the common options)."""
-    texts = {
-        "drip": "slow drippers: per source several connections, one junk byte every --drip s, never a line end",
-        "babble": "babblers: after the first line from the server, --bytes of junk without a line end, then silence",
-        "slowtalk": "slow talkers: EHLO after --pause s, then MAIL and RCPT after RCPT, each --gap s after the last",
-    }
-    for name in BOTS:
-        p = role(name, texts[name])
-        p.add_argument("--per-source", type=int, default=DEFAULT_PER_SOURCE[name], help="connections per source")
-        p.add_argument(
-            "--reconnect",
-            type=_positive,
-            default=1.0 if name == "babble" else 2.0,
-            help="reconnect within this many seconds of a close, reset or failed connect",
-        )
-        p.add_argument("--ramp", type=float, default=5.0, help="spread the opening over this many seconds")
-        p.add_argument("--timeout", type=_positive, default=10.0, help="connect timeout (s)")
-        add_spread(p)
-        if name == "drip":
-            p.add_argument("--drip", type=_positive, default=5.0, help="seconds between bytes")
-            p.add_argument("--max-bytes", type=int, default=1000, help="bytes per connection, then silence")
-        elif name == "babble":
-            p.add_argument("--bytes", type=int, default=300, help="junk bytes sent once per connection")
-        else:
-            p.add_argument("--pause", type=float, default=20.0, help="seconds before EHLO")
-            p.add_argument("--gap", type=_positive, default=8.0, help="seconds between commands")
-
-    p = role("strangers", "never-seen senders: one or two messages each, at one steady aggregate rate")
-    p.add_argument("--max-messages", type=int, default=2, help="messages per address, at most (1..N each)")
-    p.add_argument("--over", type=_positive, help="spread every message over this many seconds (default: the run)")
-    _real_mta(p)
-    p = role("slowlegit", "one slow, patient sender: a pause before every command, long reply timeouts")
-    p.add_argument("--rate", type=_positive, default=0.1, help="new transactions per second")
-    p.add_argument("--pause", type=float, default=1.5, help="seconds before every command")
-    _real_mta(p)
-
-
-def _real_mta(p: argparse.ArgumentParser) -> None:
-    """Postfix's smtp client timeouts (smtp_connect_timeout, smtp_helo_timeout, smtp_*_timeout)."""
-    add_size(p, (2.0, 60.0))
-    p.add_argument("--timeout", type=_positive, default=30.0, help="connect timeout (s)")
-    p.add_argument("--banner-timeout", type=_positive, default=300.0, help="wait for the banner (s)")
-    p.add_argument("--cmd-timeout", type=_positive, default=300.0, help="wait for each reply (s)")
-    p.add_argument("--txn-timeout", type=_positive, default=3600.0, help="bound on a whole transaction (s)")
-
-
-def options(role: str, ns: argparse.Namespace, common: dict[str, Any]) -> Common:
-    """A role's options from parsed arguments (`common` holds what every role takes)."""
-    if role in BOTS:
-        bot_common = {
-            **common,
-            "per_source": ns.per_source,
-            "reconnect": ns.reconnect,
-            "ramp": ns.ramp,
-            "timeout": ns.timeout,
-            "spread": ns.spread,
-        }
-        if role == "drip":
-            return DripOptions(**bot_common, drip=ns.drip, max_bytes=ns.max_bytes)
-        if role == "babble":
-            return BabbleOptions(**bot_common, bytes=ns.bytes)
-        return SlowtalkOptions(**bot_common, pause=ns.pause, gap=ns.gap)
-    txn = {
-        **common,
-        "size_kb": ns.size,
-        "timeout": ns.timeout,
-        "banner_timeout": ns.banner_timeout,
-        "cmd_timeout": ns.cmd_timeout,
-        "txn_timeout": ns.txn_timeout,
-    }
-    if role == "strangers":
-        return StrangerOptions(**txn, max_messages=ns.max_messages, over=ns.over)
-    if role == "slowlegit":
-        return TxnOptions(**txn, rate=ns.rate, pause=ns.pause)
-    raise TrafficError(f"unknown role {role!r}")
 
 
 async def run(role: str, opts: Common, stop: asyncio.Event | None = None) -> dict[str, Any]:

@@ -5,9 +5,9 @@ A `Scenario` is data: a name, its bots (traffic roles with their options) and fl
 spoofed ranges whose replies the router drops, as the Internet does for a spoofed SYN flood). Each scenario runs
 against each peer (a column):
 - `none`: Postfix alone (50 smtpd processes, Postfix's stress-adaptive defaults);
-- `fail2ban`: Debian's fail2ban, stock postfix jail in aggressive mode, inside the mx namespace (govern.lab.peers);
+- `fail2ban`: Debian's fail2ban, stock postfix jail in aggressive mode, inside the mx namespace (govern_lab.peers);
 - `postscreen`: Postfix's postscreen in front of smtpd, enforced pregreet test, tuned for stress as an operator would
-  (govern.lab.postfix.POSTSCREEN_TUNED);
+  (govern_lab.postfix.POSTSCREEN_TUNED);
 - `govern`: govern on its defaults plus the lab's allowlist (as the `flood+govern` scenario runs it).
 The `postscreen` scenario has postscreen in front in every column (the plain, enforced one; the postscreen column has
 the tuned one), so its govern column is govern with postscreen in front.
@@ -37,16 +37,28 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from govern.addr import Prefix
-from govern.lab import report
-from govern.lab.addresses import KNOWN_RELAYS, MX4, MX6, SLOWLEGIT, SPOOFED, STRANGERS, TRUSTED_RANGES
-from govern.lab.peers import SETS as F2B_SETS
-from govern.lab.peers import TABLE as F2B_TABLE
-from govern.lab.peers import Fail2ban, install_fail2ban
-from govern.lab.postfix import POSTSCREEN, POSTSCREEN_TUNED, Postfix, install
-from govern.lab.scenario import Bot, Plan, _govern, _load, _netstat, _Sampler, _traffic, assemble
-from govern.lab.topology import Lab, LabError
 from govern.observe.netstat import deltas
+from govern_lab import report
+from govern_lab.addresses import (
+    BOT4,
+    BOT6,
+    KNOWN_RELAYS,
+    MX4,
+    MX6,
+    SLOWLEGIT,
+    SPOOFED,
+    STRANGERS,
+    SWARMS,
+    TRUSTED_RANGES,
+    TRUSTED_RELAY,
+    overlaps,
+)
+from govern_lab.peers import SETS as F2B_SETS
+from govern_lab.peers import TABLE as F2B_TABLE
+from govern_lab.peers import Fail2ban, install_fail2ban
+from govern_lab.postfix import POSTSCREEN, POSTSCREEN_TUNED, Postfix, install
+from govern_lab.scenario import Bot, Plan, _govern, _load, _netstat, _Sampler, _traffic, assemble
+from govern_lab.topology import Lab, LabError
 
 PEERS = ("none", "fail2ban", "postscreen", "govern")
 # Who is who among the legitimate senders (what lands in a punitive set is classified by these).
@@ -76,33 +88,33 @@ MIXED_BOTS = (
     _bot("slowtalk", "--sources", "198.19.192.0/18", "--count", "200", "--per-source", "2"),
     _bot("pretalk", "--sources", "198.18.30.0/24", "--count", "100", "--per-source", "2"),
     _bot("reconnect", "--sources", "198.18.20.0/24", "--count", "20", "--rate", "10"),
-    _bot("hogs", "--sources", "2001:db8:bad::/48", "--count", "300", "--per-source", "2", "--spread", "64"),
+    _bot("hogs", "--sources", BOT6, "--count", "300", "--per-source", "2", "--spread", "64"),
     _bot("synflood", "--sources", SPOOFED, "--pps", "1000"),
 )  # fmt: skip
 MATRIX: tuple[Scenario, ...] = (
     Scenario(
         "silent",
-        (_bot("hogs", "--sources", "198.19.0.0/16", "--count", "2000", "--per-source", "2", "--ramp", "5"),),
+        (_bot("hogs", "--sources", SWARMS, "--count", "2000", "--per-source", "2", "--ramp", "5"),),
         about="a swarm of 2,000 sources, each holding 2 silent sessions, back at once when dropped",
     ),
     Scenario(
         "drip",
-        (_bot("drip", "--sources", "198.19.0.0/16", "--count", "2000", "--per-source", "2", "--drip", "5"),),
+        (_bot("drip", "--sources", SWARMS, "--count", "2000", "--per-source", "2", "--drip", "5"),),
         about="2,000 sources x 2 sessions dripping a junk byte every 5 s, never a line; back within 2 s",
     ),
     Scenario(
         "babble",
-        (_bot("babble", "--sources", "198.19.0.0/16", "--count", "1000", "--per-source", "2", "--bytes", "300"),),
+        (_bot("babble", "--sources", SWARMS, "--count", "1000", "--per-source", "2", "--bytes", "300"),),
         about="1,000 sources x 2 sessions sending 300 bytes of junk without a line end after the banner, then silent",
     ),
     Scenario(
         "slowtalk",
-        (_bot("slowtalk", "--sources", "198.19.0.0/16", "--count", "1000", "--per-source", "2"),),
+        (_bot("slowtalk", "--sources", SWARMS, "--count", "1000", "--per-source", "2"),),
         about="1,000 sources x 2 sessions: EHLO after 20 s, then MAIL and RCPT after RCPT every 8 s",
     ),
     Scenario(
         "pretalk",
-        (_bot("pretalk", "--sources", "198.19.0.0/16", "--count", "500", "--per-source", "2"),),
+        (_bot("pretalk", "--sources", SWARMS, "--count", "500", "--per-source", "2"),),
         about="500 sources x 2 sessions sending EHLO before the banner, then lingering",
     ),
     Scenario(
@@ -112,14 +124,14 @@ MATRIX: tuple[Scenario, ...] = (
     ),
     Scenario(
         "ipv6",
-        (_bot("hogs", "--sources", "2001:db8:bad::/48", "--count", "2000", "--per-source", "2", "--spread", "64"),),
+        (_bot("hogs", "--sources", BOT6, "--count", "2000", "--per-source", "2", "--spread", "64"),),
         about="the silent swarm over 2,000 distinct /64s of one /48",
     ),
     Scenario(
         "synflood",
         (
             _bot("synflood", "--sources", SPOOFED, "--pps", "3000"),
-            _bot("hogs", "--sources", "198.19.0.0/16", "--count", "1000", "--per-source", "2", "--ramp", "5"),
+            _bot("hogs", "--sources", SWARMS, "--count", "1000", "--per-source", "2", "--ramp", "5"),
         ),
         unanswered=(SPOOFED,),
         about="3,000 spoofed SYN/s whose SYN-ACKs go unanswered, under a swarm of 1,000 sources x 2 silent sessions",
@@ -187,14 +199,6 @@ class Cell:
         return json.dumps(asdict(self), indent=2)
 
 
-def _within(addr: str, ranges: Sequence[str]) -> bool:
-    try:
-        p = Prefix.parse(addr)
-    except Exception:
-        return False
-    return any(Prefix.parse(r).overlaps(p) for r in ranges)
-
-
 def classify(members: Sequence[str]) -> dict[str, list[str]]:
     """Set members that are (or overlap) the trusted relay, known relays, strangers or the slow sender."""
     out: dict[str, list[str]] = {"trusted": [], "known": [], "strangers": [], "slowlegit": []}
@@ -205,7 +209,7 @@ def classify(members: Sequence[str]) -> dict[str, list[str]]:
             ("strangers", STRANGERS),
             ("slowlegit", SLOWLEGIT),
         ):
-            if _within(m, ranges):
+            if overlaps(m, ranges):
                 out[key].append(m)
     return out
 
@@ -281,7 +285,7 @@ def _legit_traffic(lab: Lab, work: Path, plan: MatrixPlan) -> list[tuple[str, su
     roles: list[tuple[str, list[str]]] = [
         ("legit", ["--sources", plan.legit_sources, "--rate", str(plan.legit_rate), "--size", plan.legit_size,
                    *plan.client_timeouts()]),
-        ("trusted", ["--sources", "192.0.2.10/32", "--parallel", str(plan.trusted_parallel), "--rate",
+        ("trusted", ["--sources", TRUSTED_RELAY, "--parallel", str(plan.trusted_parallel), "--rate",
                      str(plan.trusted_rate), "--timeout", t, "--cmd-timeout", t, "--txn-timeout", t]),
         ("strangers", ["--count", str(plan.strangers), "--over", f"{plan.strangers_over():g}"]),
         ("slowlegit", ["--rate", str(plan.slowlegit_rate), "--pause", str(plan.slowlegit_pause)]),
@@ -390,7 +394,7 @@ def _cell(
     counters: dict[str, int],
     status: dict[str, Any] | None,
 ) -> Cell:
-    from govern.lab.traffic import rolling_success
+    from govern_lab.traffic.analysis import rolling_success
 
     ev = {r: _load(work / f"{r}.json")["events"] for r in ("legit", "trusted", "strangers", "slowlegit")}
     flooding = bool(scn.bots)
@@ -472,8 +476,8 @@ def table(cells: Sequence[Cell], baseline: Cell | None) -> str:
         "known: busy known relays (legit), strangers: never-seen senders, slowlegit: the slow patient MTA "
         "(delivered/attempted); all for transactions started during the flood.",
         "ok>=90%: seconds from flood start until rolling 5 s success of known+strangers stays >= 90% to the flood's "
-        "end; p95: known relays' latency; bots: established port-25 sessions from 198.18.0.0/15 and "
-        "2001:db8:bad::/48 (peak; median from 3 s into the flood); in budget: seconds from flood start until they "
+        f"end; p95: known relays' latency; bots: established port-25 sessions from {BOT4} and "
+        f"{BOT6} (peak; median from 3 s into the flood); in budget: seconds from flood start until they "
         "stay within the slot budget govern reports (the target: 3 s).",
     )
     return "\n".join([*lines, "", *notes])

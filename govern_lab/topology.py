@@ -29,7 +29,7 @@ from types import TracebackType
 from typing import Any
 
 from govern.errors import GovernError
-from govern.lab.addresses import MX4, MX6, RANGES
+from govern_lab.addresses import MX4, MX6, RANGES, ROUTER4, ROUTER6, link_addrs
 
 log = logging.getLogger(__name__)
 
@@ -40,15 +40,6 @@ class LabError(GovernError, RuntimeError):
     """The lab could not be built, or its MTA could not be installed, started or stopped."""
 
 
-ROUTER4 = "203.0.113.1"
-ROUTER6 = "2001:db8:25::1"
-# Per client: its link net's IPv4 base (a /29 inside 203.0.113.0/24) and IPv6 /64 (inside 2001:db8:25::/48),
-# router at .base+1 / ::1, client at .base+2 / ::2.
-LINKS = {
-    "trusted": (64, "2001:db8:25:2::"),
-    "legit": (72, "2001:db8:25:51::"),
-    "bots": (80, "2001:db8:25:bad::"),
-}
 # Interface names are per namespace, so labs with different tags never collide on them.
 UPLINK = "uplink"
 
@@ -68,12 +59,6 @@ CLIENT_SYSCTLS = (
 # Duplicate address detection keeps a fresh address (link-local included) tentative for ~2 s, during which IPv6
 # does not work; the lab's addresses are unique by construction. Not a TCP setting, so mx keeps it too.
 NO_DAD = ("net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0")
-
-
-def link_addrs(role: str) -> tuple[str, str, str, str]:
-    """(router v4, client v4, router v6, client v6) of a client role's link, without prefix lengths."""
-    base, net6 = LINKS[role]
-    return f"203.0.113.{base + 1}", f"203.0.113.{base + 2}", f"{net6}1", f"{net6}2"
 
 
 def first_addrs(role: str) -> tuple[str, str]:

@@ -25,8 +25,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 
-from govern.lab.addresses import MX4, MX6
-from govern.lab.topology import NETNS_DIR, Lab, LabError
+from govern_lab.addresses import MX4, MX6, TRUSTED_RANGES
+from govern_lab.topology import NETNS_DIR, Lab, LabError
 
 POLICY_RC_D = "/usr/sbin/policy-rc.d"
 MASTER = "/usr/lib/postfix/sbin/master"
@@ -155,7 +155,7 @@ def root_masters() -> set[int]:
 
 
 MAIN_CF = """\
-# Written by govern.lab.postfix for the flood lab; rewritten at every start.
+# Written by govern_lab.postfix for the flood lab; rewritten at every start.
 compatibility_level = 3.6
 queue_directory = {queue}
 data_directory = {data}
@@ -198,7 +198,7 @@ readme_directory = no
 # No postscreen, no chroot (the queue is private anyway), no pickup (nothing is submitted locally), and postlogd
 # so that maillog_file works without syslog.
 MASTER_CF = """\
-# Written by govern.lab.postfix for the flood lab; rewritten at every start.
+# Written by govern_lab.postfix for the flood lab; rewritten at every start.
 smtp       inet       n - n -    - smtpd
 cleanup    unix       n - n -    0 cleanup
 qmgr       unix       n - n 300  1 qmgr
@@ -242,7 +242,16 @@ POSTSCREEN_TUNED = {
     "smtpd_timeout": "${stress?{5}:{300}}s",
     "smtpd_per_request_deadline": "yes",
 }
-POSTSCREEN_ACCESS = "192.0.2.0/24 permit\n[2001:db8:2::]/48 permit\n"
+
+
+def _cidr_key(net: str) -> str:
+    """A network as a Postfix cidr table writes it: IPv6 addresses in brackets."""
+    addr, _, length = net.partition("/")
+    return f"[{addr}]/{length}" if ":" in addr else net
+
+
+# postscreen's access list: the trusted relays pass.
+POSTSCREEN_ACCESS = "".join(f"{_cidr_key(net)} permit\n" for net in TRUSTED_RANGES)
 
 
 class Postfix:
@@ -517,7 +526,7 @@ def _wait_gone(pids: set[int], timeout: float) -> bool:
     return True
 
 
-if __name__ == "__main__":  # `python -m govern.lab.postfix`: what a setup script runs to install the lab's MTA
+if __name__ == "__main__":  # `python -m govern_lab.postfix`: what a setup script runs to install the lab's MTA
     install()
 
 

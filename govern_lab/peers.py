@@ -22,8 +22,9 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-from govern.lab.postfix import _apt, _processes, no_service_starts
-from govern.lab.topology import Lab, LabError
+from govern_lab.addresses import TRUSTED_RANGES
+from govern_lab.postfix import _apt, _processes, no_service_starts
+from govern_lab.topology import Lab, LabError
 
 FAIL2BAN_SERVER = "/usr/bin/fail2ban-server"
 FAIL2BAN_CLIENT = "/usr/bin/fail2ban-client"
@@ -32,7 +33,7 @@ TABLE = ("inet", "f2b-table")
 SETS = ("addr-set-postfix", "addr6-set-postfix")
 # pyinotify is what Debian's fail2ban recommends: with it the jail reads the log as it is written, not by polling.
 PACKAGES = ("fail2ban", "python3-pyinotify")
-IGNORE = ("127.0.0.1/8", "::1", "192.0.2.0/24", "2001:db8:2::/48")
+IGNORE = ("127.0.0.1/8", "::1", *TRUSTED_RANGES)
 
 
 def fail2ban_installed() -> bool:
@@ -81,7 +82,7 @@ def install_fail2ban() -> None:
 
 
 FAIL2BAN_LOCAL = """\
-# Written by govern.lab.peers for the flood lab: this server's own files, under the run's work directory.
+# Written by govern_lab.peers for the flood lab: this server's own files, under the run's work directory.
 [Definition]
 loglevel = INFO
 logtarget = {log}
@@ -91,7 +92,7 @@ dbfile = {db}
 """
 
 JAIL_LOCAL = """\
-# Written by govern.lab.peers for the flood lab: the stock postfix jail, aggressive, on the lab Postfix's log.
+# Written by govern_lab.peers for the flood lab: the stock postfix jail, aggressive, on the lab Postfix's log.
 [DEFAULT]
 banaction = nftables-multiport
 banaction_allports = nftables-allports
@@ -206,5 +207,5 @@ class Fail2ban:
         self.stop()
 
 
-if __name__ == "__main__":  # `python -m govern.lab.peers`: what the setup script runs to install the lab's peers
+if __name__ == "__main__":  # `python -m govern_lab.peers`: what the setup script runs to install the lab's peers
     install_fail2ban()

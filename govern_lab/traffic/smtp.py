@@ -1,0 +1,172 @@
+"""The lab's SMTP client: one whole transaction (EHLO, MAIL, RCPT, DATA, the message, QUIT) per call, recorded as
+an event whatever its outcome, and the messages it sends (a one-liner, or a text part with a base64 attachment)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import random
+import time
+from dataclasses import dataclass
+from email.utils import formatdate
+from typing import Any
+
+from govern_lab.traffic.host import client_socket, failure_reason
+from govern_lab.traffic.options import TxnOptions
+
+
+class _Failed(Exception):
+    def __init__(self, reason: str, detail: str | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.detail = detail
+
+
+async def _reply(reader: asyncio.StreamReader) -> tuple[int, str]:
+    """One SMTP reply (multi-line ones whole): its code and its last line."""
+    while True:
+        try:
+            line = await reader.readline()
+        except ValueError:
+            raise _Failed("protocol", "reply line too long") from None
+        if not line.endswith(b"\n"):
+            raise _Failed("closed")
+        if len(line) < 4 or line[3:4] != b"-":
+            break
+    text = line.decode("utf-8", "replace").strip()
+    if not text[:3].isdigit():
+        raise _Failed("protocol", text[:120])
+    return int(text[:3]), text[:200]
+
+
+async def _expect(reader: asyncio.StreamReader, want: int) -> None:
+    code, text = await _reply(reader)
+    if code != want:
+        raise _Failed(f"reply {code}", text)
+
+
+def message_body(head: str, src: str, role: str, size: int, rng: random.Random) -> bytes:
+    """A message of about `size` bytes (headers included), ending with the DATA terminator: a short text part and a
+    base64 attachment of random bytes, as a real mail with a document attached looks on the wire (76-character
+    lines, CRLF, no line starting with a dot)."""
+    text = f"A message from govern's flood lab ({role} sender {src}).\r\n"
+    mime = (
+        'MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary="lab"\r\n\r\n'
+        f"--lab\r\nContent-Type: text/plain\r\n\r\n{text}\r\n"
+        "--lab\r\nContent-Type: application/octet-stream\r\nContent-Transfer-Encoding: base64\r\n"
+        'Content-Disposition: attachment; filename="lab.bin"\r\n\r\n'
+    )
+    tail = "\r\n--lab--\r\n.\r\n"
+    room = max(0, size - len(head) - len(mime) - len(tail))
+    raw = rng.randbytes(room * 57 // 78)  # 57 raw bytes make one 76-character line plus CRLF
+    attachment = base64.encodebytes(raw).replace(b"\n", b"\r\n")
+    return (head + mime).encode() + attachment + tail.encode()
+
+
+@dataclass
+class _Txn:
+    n: int
+    src: str
+    dst: str
+    stage: str = "connect"
+
+
+class Transactions:
+    """The transactions of one legit or trusted run, and how to make one."""
+
+    def __init__(self, role: str, opts: TxnOptions, t0: float) -> None:
+        self.role = role
+        self.opts = opts
+        self.t0 = t0
+        self.events: list[dict[str, Any]] = []
+        self.domain = f"{role}.lab.test"
+
+    def _message(self, t: _Txn) -> bytes:
+        head = (
+            f"From: <sender@{self.domain}>\r\nTo: <rcpt@lab.test>\r\nSubject: lab message {t.n}\r\n"
+            f"Date: {formatdate()}\r\nMessage-ID: <{self.opts.seed}.{t.n}.{time.time_ns()}@{self.domain}>\r\n"
+        )
+        lo, hi = self.opts.size_kb
+        if hi <= 0:
+            return f"{head}\r\nA small message from govern's flood lab ({self.role} sender {t.src}).\r\n.\r\n".encode()
+        rng = random.Random(self.opts.seed * 1_000_003 + t.n)
+        return message_body(head, t.src, self.role, round(1024 * rng.uniform(lo, hi)), rng)
+
+    async def _converse(self, t: _Txn) -> None:
+        o = self.opts
+        loop = asyncio.get_running_loop()
+        sock = client_socket(t.src, t.dst)
+        writer: asyncio.StreamWriter | None = None
+        try:
+            if o.banner_timeout is None:
+                async with asyncio.timeout(o.timeout):
+                    await loop.sock_connect(sock, (t.dst, o.port))
+                    t.stage = "banner"
+                    reader, writer = await asyncio.open_connection(sock=sock)
+                    await _expect(reader, 220)
+            else:  # a real MTA: its connect timeout, then a long wait for the banner
+                async with asyncio.timeout(o.timeout):
+                    await loop.sock_connect(sock, (t.dst, o.port))
+                t.stage = "banner"
+                reader, writer = await asyncio.open_connection(sock=sock)
+                async with asyncio.timeout(o.banner_timeout):
+                    await _expect(reader, 220)
+            steps = (
+                ("ehlo", f"EHLO relay.{self.domain}\r\n".encode(), 250),
+                ("mail", f"MAIL FROM:<sender@{self.domain}>\r\n".encode(), 250),
+                ("rcpt", b"RCPT TO:<rcpt@lab.test>\r\n", 250),
+                ("data", b"DATA\r\n", 354),
+                ("message", self._message(t), 250),
+                ("quit", b"QUIT\r\n", 221),
+            )
+            for stage, line, want in steps:
+                t.stage = stage
+                if o.pause > 0 and stage != "message":  # the message follows the 354 without a pause
+                    await asyncio.sleep(o.pause)
+                async with asyncio.timeout(o.cmd_timeout):
+                    writer.write(line)
+                    await writer.drain()
+                    await _expect(reader, want)
+        finally:
+            if writer is not None:
+                writer.close()
+            else:
+                sock.close()
+
+    async def one(self, n: int, src: str, dst: str) -> dict[str, Any]:
+        """Run transaction `n` from `src` to `dst` and record it; never raises except on cancellation."""
+        t = _Txn(n, src, dst)
+        start, wall = time.monotonic(), time.time()
+        ok, cut, reason, detail = False, False, None, None
+        whole = asyncio.timeout(self.opts.txn_timeout)
+        try:
+            async with whole:
+                await self._converse(t)
+            ok = True
+        except TimeoutError:
+            reason = "transaction timeout" if whole.expired() else "timeout"
+        except _Failed as f:
+            reason, detail = f.reason, f.detail
+        except asyncio.CancelledError:
+            cut, reason = True, "cut"
+            raise
+        except Exception as exc:  # a failed transaction is data, whatever the cause
+            reason = failure_reason(exc)
+        finally:
+            end = time.monotonic()
+            ev = {
+                "n": n,
+                "t_start": round(start - self.t0, 4),
+                "t_end": round(end - self.t0, 4),
+                "wall": round(wall, 3),
+                "src": src,
+                "dst": dst,
+                "ok": ok,
+                "stage": None if ok else t.stage,
+                "reason": reason,
+                "detail": detail,
+                "latency": round(end - start, 4),
+                "cut": cut,
+            }
+            self.events.append(ev)
+        return ev
