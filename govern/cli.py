@@ -146,6 +146,8 @@ def status(config: ConfigOpt = None, as_json: JsonOpt = False, top: int = 10) ->
         f"conntrack entries forgotten: {st['conntrack_forgotten']}"
     )
     print(_budget_line(st))
+    if not str(st.get("tarpit", "")).startswith("ready"):
+        print(f"tarpit: off ({st.get('tarpit')})")
     for ls in st["listeners"]:
         where = f"[{ls['address']}]:{ls['port']}" if ":" in ls["address"] else f"{ls['address']}:{ls['port']}"
         print(f"listener {where}  queue {ls['queued']}/{ls['backlog']} ({ls['fill']:.0%})")

@@ -179,7 +179,11 @@ class Governor:
 
     def tarpit_start(self, now: float) -> None:
         """Build the tarpit's tc tree and restore the tarpits the state holds (a dry run builds nothing)."""
-        if self.tarpit is None or self.tarpit_unsupported is not None:
+        if self.tarpit is None:
+            return
+        if self.tarpit_unsupported is not None:
+            if self.config["tarpit"]["enabled"]:  # a feature asked for that cannot start is never silent
+                log.warning("tarpit off: %s", self.tarpit_unsupported)
             return
         try:
             self.tarpit.setup(self.policy.ports, self.config["tarpit"]["interfaces"])

@@ -23,7 +23,7 @@ from govern.errors import GovernError, UsageError
 from govern.export import feed as export_feed
 from govern.export.feed import Feed
 from govern.store import Store
-from govern.systemd import notify
+from govern.systemd import JournalFormatter, journal_stderr, notify
 
 log = logging.getLogger("govern")
 
@@ -55,14 +55,21 @@ class _Lock:
         os.close(self.fd)
 
 
+def _logging(level: str) -> None:
+    handler = logging.StreamHandler()
+    if journal_stderr():
+        handler.setFormatter(JournalFormatter("%(levelname)s %(message)s"))
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s govern[%(process)d] %(levelname)s %(message)s"))
+    logging.basicConfig(level=level.upper(), handlers=[handler])
+
+
 def run(config_path: str | None, *, dry_run: bool = False) -> int:
     """`govern run`: the foreground daemon. Returns the exit status."""
     cfg = configmod.load(config_path)
     if dry_run:
         cfg = configmod.with_override(cfg, "daemon", "dry_run", True)
-    logging.basicConfig(
-        level=cfg["daemon"]["log_level"].upper(), format="%(asctime)s govern[%(process)d] %(levelname)s %(message)s"
-    )
+    _logging(cfg["daemon"]["log_level"])
     # pyroute2 logs every netlink message at debug level: noise, even when debugging govern.
     logging.getLogger("pyroute2").setLevel(max(logging.INFO, logging.getLogger().level))
     if os.geteuid() != 0:
@@ -106,7 +113,9 @@ def run(config_path: str | None, *, dry_run: bool = False) -> int:
                 if feed is not None:
                     _update_feed(gov, feed)
                 next_tick = max(next_tick + gov.interval, now)
-                notify(f"STATUS={len(gov.state.blocks)} blocks, {len(gov.state.throttles)} throttles")
+                # The watchdog's ping comes from the loop itself: a tick that hangs (a kernel call that never
+                # returns) misses it, and systemd restarts the daemon (WatchdogSec in govern.service).
+                notify(f"WATCHDOG=1\nSTATUS={len(gov.state.blocks)} blocks, {len(gov.state.throttles)} throttles")
                 continue
             try:
                 req = requests.get(timeout=next_tick - now)

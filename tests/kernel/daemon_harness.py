@@ -43,8 +43,9 @@ def govern(ns: Netns, *args: str, timeout: float = 30) -> subprocess.CompletedPr
 class Daemon:
     """`govern run` in the MX namespace, stopped by PID (never by name)."""
 
-    def __init__(self, ns: Netns, config: Path, extra: tuple[str, ...] = ()) -> None:
-        self.ns, self.config, self.extra = ns, config, extra
+    def __init__(self, ns: Netns, config: Path, extra: tuple[str, ...] = (), wrap: tuple[str, ...] = ()) -> None:
+        # `wrap`: a command the daemon runs under inside the namespace (setpriv with a unit's capabilities, say).
+        self.ns, self.config, self.extra, self.wrap = ns, config, extra, wrap
         self.socket = str(config.parent / "run" / "govern.sock")
         self.log = config.parent / "daemon.log"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -57,6 +58,7 @@ class Daemon:
                 "netns",
                 "exec",
                 self.ns.name,
+                *self.wrap,
                 sys.executable,
                 "-m",
                 "govern",
