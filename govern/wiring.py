@@ -20,7 +20,9 @@ if TYPE_CHECKING:
     from govern.sysctl.manager import SysctlManager
     from govern.tarpit import Leaf, TcTarpit
 
-DEFAULT_OBJECT = Path(__file__).resolve().parents[1] / "bpf" / "govern_xdp.o"
+# The XDP object the package carries (bpf/Makefile's `ship`: built from bpf/govern_xdp.c), so an installed govern
+# needs no compiler; `backend.xdp_object` names another.
+DEFAULT_OBJECT = Path(__file__).resolve().parent / "xdp" / "govern_xdp.o"
 
 
 def is_dry_run(config: Config) -> bool:

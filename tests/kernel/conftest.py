@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from govern.wiring import DEFAULT_OBJECT
 from govern_lab import topology
 from tests.netns import Lab
 
@@ -45,8 +44,6 @@ def lab_module() -> Iterator[topology.Lab]:
 @pytest.fixture
 def pin_root(tmp_path: Path) -> Iterator[str]:
     """A pin root for the XDP maps on a bpffs mounted for this test alone (the host's /sys/fs/bpf is not touched)."""
-    if not DEFAULT_OBJECT.is_file():
-        subprocess.run(["make", "-s", "-C", str(DEFAULT_OBJECT.parent)], check=True)
     mnt = tmp_path / "bpffs"
     mnt.mkdir()
     subprocess.run(["mount", "-t", "bpf", "bpf", str(mnt)], check=True)

@@ -6,6 +6,7 @@ outside the test's namespaces and mount is touched.
 
 from __future__ import annotations
 
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +20,7 @@ from tests.kernel.daemon_harness import govern, running, write_config
 from tests.netns import MX4, MX6, Lab, Listener, connect
 
 P = Prefix.parse
+SOURCE = Path(__file__).parents[2] / "bpf" / "govern_xdp.c"
 DROP_TIMEOUT = 0.6
 
 
@@ -141,3 +143,18 @@ def test_govern_run_with_the_xdp_backend_drops_blocked_sources_at_xdp(lab: Lab, 
         assert "xdp" not in lab.mx.sh("ip", "-d", "link", "show", "dev", iface).split("link/ether")[0]
     finally:
         listener.close()
+
+
+def test_the_object_built_from_source_loads_as_the_shipped_one_does(lab: Lab, pin_root: str) -> None:
+    """The package carries the built object (no compiler on an MX host); the source in bpf/ builds and loads too."""
+    subprocess.run(["make", "-s", "-C", str(SOURCE.parent), "govern_xdp.o"], check=True)
+    with lab.mx.entered():
+        prog = XdpProgram(str(SOURCE.parent / "govern_xdp.o"), pin_root)
+        try:
+            prog.attach([mx_iface(lab)])
+            prog.update("block", [P("198.18.1.0/24")])
+            assert P("198.18.1.0/24") in prog.prefixes("block")
+        finally:
+            prog.detach()
+            prog.close()
+            unpin(pin_root)
