@@ -1,4 +1,4 @@
-"""The Debian package built from the tree (packaging/build-deb) installs a govern that works as installed (its XDP
+"""The Debian package built from the tree (.ci/build-deb) installs a govern that works as installed (its XDP
 object included, no compiler needed), and purges without a trace (issue 14, item 1)."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ def run(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
 
 def test_the_package_installs_runs_and_purges(lab: Lab, pin_root: str, tmp_path: Path) -> None:
     assert run("dpkg-query", "-W", "govern").returncode != 0, "a govern package is installed already"
-    built = run("bash", str(REPO / "packaging" / "build-deb"), str(tmp_path / "dist"))
+    built = run("bash", str(REPO / ".ci" / "build-deb"), str(tmp_path / "dist"))
     assert built.returncode == 0, built.stderr[-2000:]
     deb = built.stdout.strip().splitlines()[-1]
     saved = None
