@@ -266,16 +266,9 @@ def walk(buf: Buffer, n: int, what: str, seq: int | None = None) -> Iterator[tup
 
 
 def ends_dump(buf: Buffer, n: int, seq: int) -> bool:
-    """True if `buf[:n]` holds the NLMSG_DONE or NLMSG_ERROR that ends dump `seq` (or is malformed)."""
-    off = 0
-    while off + NLMSG_HDRLEN <= n:
-        ln, mtype, _flags, mseq, _pid = NLMSGHDR.unpack_from(buf, off)
-        if ln < NLMSG_HDRLEN:
-            return True  # malformed: stop reading, the parser reports it
-        if mseq == seq and mtype in (NLMSG_DONE, NLMSG_ERROR):
-            return True
-        off += align(ln)
-    return False
+    """True if `buf[:n]` holds the NLMSG_DONE or NLMSG_ERROR that ends dump `seq` (a reader's test, before the
+    buffer is parsed; a malformed one raises as `messages` does)."""
+    return any(mseq == seq and mtype in (NLMSG_DONE, NLMSG_ERROR) for _o, _l, mtype, _f, mseq in messages(buf, n))
 
 
 # --- the socket -----------------------------------------------------------------------------------------------

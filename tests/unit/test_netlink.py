@@ -60,6 +60,8 @@ def test_malformed_messages_raise_eproto(buf: bytes) -> None:
     with pytest.raises(NetlinkError) as exc:
         list(netlink.messages(buf, len(buf)))
     assert exc.value.errno == errno.EPROTO
+    with pytest.raises(NetlinkError):
+        netlink.ends_dump(buf, len(buf), 1)  # a reader thread stops on it and passes the error on
 
 
 def test_malformed_attributes_raise_eproto() -> None:
