@@ -44,6 +44,8 @@ __all__ = [
     "NLM_F_DUMP_INTR",
     "NLM_F_MULTI",
     "NLM_F_REQUEST",
+    "Buffer",
+    "Feed",
     "NetlinkError",
     "NetlinkSocket",
     "NlError",
