@@ -352,7 +352,7 @@ def sweep_one(
     check()
     r["bulk_s"] = statistics.median(times)
     line = f"IPv{version} {n:,}: one transaction {', '.join(f'{t:.3f}' for t in times)} s"
-    line += f" (encoding {r['encode_s']:.3f} s, {r['bytes'] / 1e6:.1f} MB, send buffer {nl._sndbuf / 1e6:.1f} MB)"
+    line += f" (encoding {r['encode_s']:.3f} s, {r['bytes'] / 1e6:.1f} MB, send buffer {nl._nl.sndbuf / 1e6:.1f} MB)"
     if split:
         k = args.split
         per = -(-n // k)

@@ -46,6 +46,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.machine import machine  # noqa: E402
+from govern import netlink  # noqa: E402
 from govern.addr import Prefix  # noqa: E402
 from govern.model import Scan  # noqa: E402
 from govern.observe import sockdiag  # noqa: E402
@@ -188,7 +189,7 @@ def measure(mx: str, n: int, reps: int) -> dict[str, float]:
         def dump_only() -> None:
             # The kernel's part and the syscalls: the same request, nothing parsed.
             req = sockdiag._STATES_SCAN, sockdiag._EXT_INFO
-            diag._dump_all(ports, *req, lambda buf, size: buf[4] == sockdiag.NLMSG_DONE)
+            diag._dump_all(ports, *req, lambda buf, size: buf[4] == netlink.NLMSG_DONE)
 
         def run_ss() -> None:
             with entered(mx):  # fork from a thread in the MX namespace: ss runs there

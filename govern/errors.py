@@ -7,7 +7,9 @@ GovernError                 anything govern reports to a person instead of a tra
 ├── RefusedError            a valid request the daemon will not carry out (blocking an allowlisted address, ...)
 ├── DaemonUnavailable       the CLI cannot reach the daemon's control socket
 ├── KernelError             the kernel refused an operation; errno and netlink errors are translated into it
-│                           once, at the adapter that talked to the kernel
+│   │                       once, at the adapter that talked to the kernel
+│   └── NetlinkError        (govern/netlink.py) a netlink request refused or its reply unreadable; also the
+│                           kernel's extended-ack text and offset
 └── StoreError              the state store cannot be opened, read or written (a full disk, an I/O error)
 """
 

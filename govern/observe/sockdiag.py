@@ -5,7 +5,8 @@ kernel's inet_diag messages, turning one dump into a `Scan` (per-source counts b
 silent clients, the listeners' accept queues), and SOCK_DESTROY of the sockets of chosen sources.
 
 It is the daemon's hot path (target: 20k sockets in <= 40 ms, see docs/benchmarks.md), hence:
-- bare `socket` and precompiled `struct.Struct`s instead of a netlink library; one receive buffer, reused;
+- precompiled `struct.Struct`s instead of a netlink library; one receive buffer, reused (govern/netlink.py owns
+  the socket, framing, errors and the dump loop; this module the inet_diag requests and records);
 - one dump for both address families: the original inet_diag request (TCPDIAG_GETSOCK) takes AF_UNSPEC, while
   SOCK_DIAG_BY_FAMILY takes one family per request and each request walks the whole host-wide established hash
   (~5 ms at 262k buckets even when it finds nothing). SOCK_DIAG_BY_FAMILY is the fallback if a kernel refuses;
@@ -44,9 +45,10 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from itertools import compress, filterfalse, repeat
 from typing import Any, cast
 
+from govern import netlink
 from govern.addr import Prefix, PrefixSet
-from govern.errors import KernelError
 from govern.model import ListenerStats, Scan, SessionInfo, SockCounts
+from govern.netlink import NLMSG_DONE, NLMSG_ERROR, NetlinkError
 
 __all__ = ["Scan", "ScanParser", "SessionInfo", "SockCounts", "SockDiag", "parse_dump", "port_bytecode"]
 
@@ -54,16 +56,6 @@ NETLINK_SOCK_DIAG = 4
 TCPDIAG_GETSOCK = 18
 SOCK_DIAG_BY_FAMILY = 20
 SOCK_DESTROY = 21
-NLMSG_NOOP = 1
-NLMSG_ERROR = 2
-NLMSG_DONE = 3
-NLM_F_REQUEST = 0x1
-NLM_F_ACK = 0x4
-NLM_F_DUMP = 0x300
-SOL_NETLINK = 270
-NETLINK_CAP_ACK = 10
-SO_SNDBUFFORCE = 32
-SO_RCVBUFFORCE = 33
 
 INET_DIAG_REQ_BYTECODE = 1
 INET_DIAG_INFO = 2
@@ -81,9 +73,7 @@ _STATES_SCAN = 0x1FFE & ~(1 << TCP_TIME_WAIT)
 _STATES_DESTROY = _STATES_SCAN & ~(1 << TCP_LISTEN)
 _EXT_INFO = 1 << (INET_DIAG_INFO - 1)
 
-_NLMSGHDR = struct.Struct("=IHHII")
-_NLATTR = struct.Struct("=HH")
-_I32 = struct.Struct("=i")
+_U32 = struct.Struct("=I")
 # inet_diag_req_v2: family, protocol, ext, pad, states, the 48-byte inet_diag_sockid.
 _REQ_V2 = struct.Struct("=BBBBI48s")
 # inet_diag_req (TCPDIAG_GETSOCK): family, src_len, dst_len, ext, sockid, states, dbs.
@@ -153,6 +143,7 @@ def _layout(mlen: int, info_at: int, info_hdr: int) -> _Layout | None:
 
 
 _DIAG_TYPES = (TCPDIAG_GETSOCK, SOCK_DIAG_BY_FAMILY)
+_DUMP = "sock_diag dump"  # what an error says was asked
 
 _MAPPED = b"\x00" * 10 + b"\xff\xff"  # IPv4-mapped IPv6, ::ffff:0:0/96
 _ZERO8, _MAPPED_MID = _MAPPED[:8], _MAPPED[8:]
@@ -178,7 +169,7 @@ class ScanParser:
     """Turns the messages of inet_diag dumps into a `Scan`.
 
     `feed` takes each buffer as received (whole netlink messages, of one dump or several) and returns True at
-    NLMSG_DONE; `result` counts what was fed. NLMSG_ERROR raises KernelError with the kernel's errno.
+    NLMSG_DONE; `result` counts what was fed. NLMSG_ERROR raises NetlinkError with the kernel's errno.
     """
 
     __slots__ = (
@@ -306,11 +297,11 @@ class ScanParser:
                         other(key)
                 off += mlen
         except struct.error:
-            raise KernelError("sock_diag: a message overruns the buffer", errno.EPROTO) from None
+            raise NetlinkError("sock_diag: a message overruns the buffer", errno.EPROTO) from None
         finally:
             self._last = (cur_lw, (unpack, mlen, info_hdr))
         if off != size:
-            raise KernelError(f"sock_diag: a message overruns the buffer ({off} > {size})", errno.EPROTO)
+            raise NetlinkError(f"sock_diag: a message overruns the buffer ({off} > {size})", errno.EPROTO)
         return False
 
     def _slow(self, buf: bytes | bytearray | memoryview, off: int, size: int) -> tuple[bool, int]:
@@ -319,28 +310,17 @@ class ScanParser:
         Returns (dump done, offset of the next message to look at). A diag message of a new kind gets its layout
         and is left for the fast loop to take on its next turn.
         """
-        if size - off < 16:
-            raise KernelError("sock_diag: truncated netlink header", errno.EPROTO)
-        mlen, mtype, _flags, _seq, _pid = _NLMSGHDR.unpack_from(buf, off)
-        if mlen < 16 or mlen > size - off:
-            raise KernelError(f"sock_diag: bad netlink message length {mlen}", errno.EPROTO)
-        step = (mlen + 3) & ~3
-        if mtype == NLMSG_DONE:
-            # A dump that failed part-way says so in NLMSG_DONE's payload.
-            err = _I32.unpack_from(buf, off + 16)[0] if mlen >= 20 else 0
-            if err < 0:
-                raise KernelError(f"sock_diag dump failed: {_strerror(-err)}", -err)
+        mlen, mtype, flags, _seq = netlink.header(buf, off, size)
+        step = netlink.align(mlen)
+        if netlink.terminal(buf, off, mlen, mtype, flags, _DUMP):
             return True, off + step
-        if mtype == NLMSG_ERROR:
-            err = _I32.unpack_from(buf, off + 16)[0] if mlen >= 20 else -errno.EPROTO
-            raise KernelError(f"sock_diag: {_strerror(-err)}", -err)
         if mtype not in _DIAG_TYPES:
             return False, off + step
         if mlen < _DIAG_MSG_END:
-            raise KernelError(f"sock_diag: diag message too short ({mlen})", errno.EPROTO)
+            raise NetlinkError(f"sock_diag: diag message too short ({mlen})", errno.EPROTO)
         fam = buf[off + 16]
         if fam != socket.AF_INET and fam != socket.AF_INET6:
-            raise KernelError(f"sock_diag: unexpected address family {fam}", errno.EPROTO)
+            raise NetlinkError(f"sock_diag: unexpected address family {fam}", errno.EPROTO)
         at, hdr = self._find_info(buf, off, mlen)
         # The fast loop steps by the raw length (the kernel pads every message) and reads a bounded record.
         layout = None if mlen & 3 else _layout(mlen, at, hdr)
@@ -379,18 +359,14 @@ class ScanParser:
     @staticmethod
     def _find_info(buf: bytes | bytearray | memoryview, off: int, mlen: int) -> tuple[int, int]:
         """Walk a message's attributes: (offset of INET_DIAG_INFO from the message start, its header word)."""
-        a = off + _DIAG_MSG_END
-        end = off + mlen
-        while a + 4 <= end:
-            alen, atype = _NLATTR.unpack_from(buf, a)
-            if alen < 4 or a + alen > end:
-                raise KernelError(f"sock_diag: bad attribute length {alen}", errno.EPROTO)
-            if atype & 0x3FFF == INET_DIAG_INFO:
-                if alen - 4 < _INFO_MIN:
-                    return 0, 0  # a tcp_info too old to tell idle sockets: none will be
-                return a - off, alen | (atype << 16)
-            a += (alen + 3) & ~3
-        return 0, 0
+        at = netlink.find_attr(buf, off + _DIAG_MSG_END, off + mlen, INET_DIAG_INFO)
+        if at < 0:
+            return 0, 0
+        # The fast loop compares the attribute's whole header word (length | type << 16), flags included.
+        (hdr,) = _U32.unpack_from(buf, at)
+        if (hdr & 0xFFFF) - 4 < _INFO_MIN:
+            return 0, 0  # a tcp_info too old to tell idle sockets: none will be
+        return at - off, hdr
 
     def _listener(self, buf: bytes | bytearray | memoryview, off: int) -> None:
         _l, _t, fam, _state, sport_be, src, _dst = _MSG.unpack_from(buf, off)
@@ -564,28 +540,16 @@ def port_bytecode(ports: frozenset[int]) -> bytes:
     return bytes(out)
 
 
-def _strerror(code: int) -> str:
-    return f"{errno.errorcode.get(code, 'error')} ({code})"
-
-
 def _walk(
     buf: bytes | bytearray | memoryview, size: int, visit: Callable[[bytes | bytearray | memoryview, int, int], None]
 ) -> bool:
     """The slow paths' loop over one received buffer: `visit(buf, offset, length)` for each inet_diag message;
-    True at the end of the dump. An error the kernel reports, in NLMSG_ERROR or NLMSG_DONE, raises KernelError."""
-    off = 0
-    while off < size:
-        mlen, mtype, _f, _seq, _pid = _NLMSGHDR.unpack_from(buf, off)
-        if mlen < 16 or mlen > size - off:
-            raise KernelError(f"sock_diag: bad netlink message length {mlen}", errno.EPROTO)
+    True at the end of the dump. An error the kernel reports, in NLMSG_ERROR or NLMSG_DONE, raises NetlinkError."""
+    for off, mlen, mtype, _flags in netlink.walk(buf, size, _DUMP):
         if mtype in (NLMSG_DONE, NLMSG_ERROR):
-            err = _I32.unpack_from(buf, off + 16)[0] if mlen >= 20 else 0
-            if err < 0:
-                raise KernelError(f"sock_diag dump failed: {_strerror(-err)}", -err)
             return True
         if mtype in _DIAG_TYPES and mlen >= _DIAG_MSG_END:
             visit(buf, off, mlen)
-        off += (mlen + 3) & ~3
     return False
 
 
@@ -604,39 +568,23 @@ class SockDiag:
     one_walk = True
 
     def __init__(self) -> None:
-        try:
-            sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_SOCK_DIAG)
-        except OSError as exc:
-            raise KernelError(f"cannot open a sock_diag netlink socket: {exc.strerror}", exc.errno or 0) from None
-        try:
-            for force, plain, size in (
-                (SO_RCVBUFFORCE, socket.SO_RCVBUF, _RCVBUF),
-                (SO_SNDBUFFORCE, socket.SO_SNDBUF, _SNDBUF),
-            ):
-                try:
-                    sock.setsockopt(socket.SOL_SOCKET, force, size)
-                except PermissionError:
-                    sock.setsockopt(socket.SOL_SOCKET, plain, size)  # capped at net.core.[rw]mem_max
-            # Acks need not echo each destroy request back.
-            sock.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)
-            # A kernel-side receive timeout rather than settimeout(), which would poll() before every recv.
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("=qq", _TIMEOUT_S, 0))
-            sock.bind((0, 0))
-        except OSError as exc:
-            sock.close()
-            raise KernelError(f"cannot set up the sock_diag socket: {exc.strerror}", exc.errno or 0) from None
-        self._sock = sock
-        self._buf = bytearray(_RECV_SIZE + _SLACK)
-        self._view = memoryview(self._buf)
-        self._seq = 0
-        self._dirty = False
+        # The receive buffer's slack lets the fast loop read a whole record at any message (ScanParser.feed). The
+        # send and receive buffers hold a destroy batch and all its acks.
+        self._nl = netlink.NetlinkSocket(
+            NETLINK_SOCK_DIAG,
+            "sock_diag",
+            rcvbuf=_RCVBUF,
+            sndbuf=_SNDBUF,
+            recv_size=_RECV_SIZE,
+            slack=_SLACK,
+            timeout_s=_TIMEOUT_S,
+        )
         self._requests: dict[tuple[int, int, frozenset[int], int, int, bool], bytes] = {}
         self._groups: dict[bytes, Prefix] = {}  # address key -> source group, kept from scan to scan
         self._grouping = (32, 64)
 
     def close(self) -> None:
-        self._view.release()
-        self._sock.close()
+        self._nl.close()
 
     def __enter__(self) -> SockDiag:
         return self
@@ -795,7 +743,7 @@ class SockDiag:
         self._dump_all(ports, states, ext, lambda buf, size: _walk(buf, size, collect))
         return self._destroy(targets)
 
-    # --- netlink plumbing ---
+    # --- requests (govern/netlink.py sends them and reads the replies) ---
 
     def _dump_all(self, ports: frozenset[int], states: int, ext: int, feed: Callable[[bytearray, int], bool]) -> None:
         if self.one_walk:
@@ -810,7 +758,7 @@ class SockDiag:
             try:
                 self._dump(self._request(TCPDIAG_GETSOCK, socket.AF_UNSPEC, ports, states, ext), counted)
                 return
-            except KernelError as exc:
+            except NetlinkError as exc:
                 # Refused outright (the request's first answer is the error): ask the newer way. Not when the
                 # dump failed half-way, as the parser already holds part of it.
                 if fed or exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOENT):
@@ -828,90 +776,37 @@ class SockDiag:
             else:
                 body = _REQ_V2.pack(family, socket.IPPROTO_TCP, ext, 0, states, bytes(48))
             if self.kernel_filter:
-                bc = port_bytecode(ports)
-                body += _NLATTR.pack(4 + len(bc), INET_DIAG_REQ_BYTECODE) + bc
-            # The header's length and type; flags and sequence number are packed per request.
-            req = self._requests[key] = struct.pack("=IH", 16 + len(body), mtype) + bytes(10) + body
+                body += netlink.attr(INET_DIAG_REQ_BYTECODE, port_bytecode(ports))
+            # Flags and sequence number are filled in per request.
+            req = self._requests[key] = netlink.nlmsg(mtype, 0, 0, body)
         return req
 
-    def _next_seq(self) -> int:
-        self._seq = (self._seq + 1) & 0xFFFFFFFF
-        return self._seq
-
     def _dump(self, request: bytes, feed: Callable[[bytearray, int], bool]) -> None:
-        if self._dirty:
-            self._drain()
-        seq = self._next_seq()
-        msg = bytearray(request)
-        struct.pack_into("=HI", msg, 6, NLM_F_REQUEST | NLM_F_DUMP, seq)
-        sock, buf, view = self._sock, self._buf, self._view
-        self._dirty = True
-        try:
-            sock.send(msg)
-            while True:
-                n = sock.recv_into(view, _RECV_SIZE, socket.MSG_TRUNC)
-                if n > _RECV_SIZE:
-                    raise KernelError(f"sock_diag: a {n}-byte message did not fit the buffer", errno.EMSGSIZE)
-                if n >= 16 and _NLMSGHDR.unpack_from(buf, 0)[3] != seq:
-                    continue  # left over from an earlier, abandoned request
-                if feed(buf, n):
-                    break
-        except BlockingIOError:
-            raise KernelError("sock_diag: no answer from the kernel", errno.ETIMEDOUT) from None
-        except OSError as exc:
-            raise KernelError(f"sock_diag dump: {exc.strerror}", exc.errno or 0) from None
-        self._dirty = False
-
-    def _drain(self) -> None:
-        """Read what an abandoned request left queued: the kernel refuses a new dump while one is running."""
-        try:
-            while True:
-                self._sock.recv_into(self._view, _RECV_SIZE, socket.MSG_DONTWAIT)
-        except BlockingIOError:
-            pass
-        except OSError as exc:
-            if exc.errno != errno.ENOBUFS:
-                raise KernelError(f"sock_diag: {exc.strerror}", exc.errno or 0) from None
-        self._dirty = False
+        self._nl.dump(request, cast(netlink.Feed, feed), "the dump")
 
     def _destroy(self, targets: list[bytes]) -> int:
         destroyed = 0
         failure = 0
-        if self._dirty:
-            self._drain()
+        what = "the destroy requests"
         for start in range(0, len(targets), _DESTROY_BATCH):
             batch = targets[start : start + _DESTROY_BATCH]
-            first = (self._seq + 1) & 0xFFFFFFFF
-            out = bytearray()
-            for body in batch:
-                out += _NLMSGHDR.pack(16 + len(body), SOCK_DESTROY, NLM_F_REQUEST | NLM_F_ACK, self._next_seq(), 0)
-                out += body
+            first = self._nl.next_seq(len(batch))
+            flags = netlink.NLM_F_REQUEST | netlink.NLM_F_ACK
+            out = b"".join(netlink.nlmsg(SOCK_DESTROY, flags, first + i, body) for i, body in enumerate(batch))
+            self._nl.send(out, what)
             pending = len(batch)
-            self._dirty = True
-            try:
-                self._sock.send(out)
-                while pending:
-                    n = self._sock.recv_into(self._view, _RECV_SIZE)
-                    off = 0
-                    while off + 20 <= n:
-                        mlen, mtype, _f, seq, _pid = _NLMSGHDR.unpack_from(self._buf, off)
-                        if mlen < 16:
-                            raise KernelError("sock_diag: bad ack", errno.EPROTO)
-                        if mtype == NLMSG_ERROR and (seq - first) & 0xFFFFFFFF < len(batch):
-                            pending -= 1
-                            err = -_I32.unpack_from(self._buf, off + 16)[0]
-                            if err == 0:
-                                destroyed += 1
-                            elif err != errno.ENOENT and not failure:
-                                failure = err
-                        off += (mlen + 3) & ~3
-            except BlockingIOError:
-                raise KernelError("sock_diag destroy: no answer from the kernel", errno.ETIMEDOUT) from None
-            except OSError as exc:
-                raise KernelError(f"sock_diag destroy: {exc.strerror}", exc.errno or 0) from None
-            self._dirty = False
+            while pending:
+                for ack in self._nl.read_acks(what):
+                    if 0 <= ack.seq - first < len(batch):
+                        pending -= 1
+                        if ack.errno == 0:
+                            destroyed += 1
+                        elif ack.errno != errno.ENOENT and not failure:
+                            failure = ack.errno
+            self._nl.dirty = False
         if failure:
-            raise KernelError(f"sock_diag destroy refused ({destroyed} destroyed): {_strerror(failure)}", failure)
+            text = f"sock_diag destroy refused ({destroyed} destroyed): {netlink.strerror(failure)}"
+            raise NetlinkError(text, failure)
         return destroyed
 
 

@@ -14,6 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from govern import netlink
 from govern.addr import Prefix
 from govern.errors import KernelError
 from govern.nft import netlink as nl
@@ -201,7 +202,7 @@ def test_adds_of_a_run_go_in_key_order_and_errors_still_name_the_op() -> None:
     assert [m.op_index for m in batch.messages] == [[1, 3, 2, 0], [4], [5]]
     adds = batch.messages[0]
     exc = nl.describe_errors(
-        ops, batch, [nl.NlError(adds.seq, errno.EEXIST, adds.op_offsets[2] + 8, "")], "table inet govern"
+        ops, batch, [netlink.NlError(adds.seq, errno.EEXIST, adds.op_offsets[2] + 8, "")], "table inet govern"
     )
     assert "cannot add 198.18.0.5 to set block4" in str(exc)
 
@@ -256,9 +257,9 @@ def nlmsgerr(err: int, seq: int, *, offs: int | None = None, msg: str | None = N
 
 def test_parse_errors_reads_errno_offset_and_message() -> None:
     data = nlmsgerr(0, 8) + nlmsgerr(errno.ENOENT, 9, offs=96, msg="no such element")
-    assert nl.parse_errors(data) == [
-        nl.NlError(8, 0, -1, ""),
-        nl.NlError(9, errno.ENOENT, 96, "no such element"),
+    assert netlink.parse_errors(data) == [
+        netlink.NlError(8, 0, -1, ""),
+        netlink.NlError(9, errno.ENOENT, 96, "no such element"),
     ]
 
 
@@ -268,15 +269,15 @@ def test_error_names_the_element_the_kernel_blamed() -> None:
     batch = nl.encode_commit(ops, table="govern", family=1, interval_sets=IV, seq=1)
     dels = batch.messages[1]
     bad = dels.op_offsets[4] + 4  # inside the element of ops[1 + 4]
-    exc = nl.describe_errors(ops, batch, [nl.NlError(dels.seq, errno.ENOENT, bad, "")], "table inet govern")
+    exc = nl.describe_errors(ops, batch, [netlink.NlError(dels.seq, errno.ENOENT, bad, "")], "table inet govern")
     assert isinstance(exc, KernelError) and exc.errno == errno.ENOENT
     assert "cannot delete 198.18.1.3 from set block4 of table inet govern" in str(exc)
     assert "No such file or directory" in str(exc)
     # Blame on the message header (e.g. no such set) names the operation and the set.
-    exc = nl.describe_errors(ops, batch, [nl.NlError(dels.seq, errno.ENOENT, 24, "")], "table inet govern")
+    exc = nl.describe_errors(ops, batch, [netlink.NlError(dels.seq, errno.ENOENT, 24, "")], "table inet govern")
     assert "cannot delete elements from set block4" in str(exc)
     # A failure of the commit itself is reported on the batch begin.
-    exc = nl.describe_errors(ops, batch, [nl.NlError(batch.begin_seq, errno.ENOMEM, -1, "")], "table inet govern")
+    exc = nl.describe_errors(ops, batch, [netlink.NlError(batch.begin_seq, errno.ENOMEM, -1, "")], "table inet govern")
     assert exc.errno == errno.ENOMEM and "transaction of 12 element changes" in str(exc)
 
 
@@ -341,7 +342,7 @@ def test_interval_dump_rebuilds_prefixes_in_kernel_order() -> None:
         kernel_elem(ip("0.0.0.0"), end=True),  # nft's never-matching first element
     ]
     chunk, got = parse(setelem_reply(5, elems[:4]) + setelem_reply(5, elems[4:]) + done(5), 5, interval=True, key_len=4)
-    assert chunk.done and not chunk.interrupted and not chunk.errors
+    assert chunk.done and not chunk.interrupted
     assert got == [
         SetElem(P("198.18.0.5"), 30_000, 1, 0),
         SetElem(P("198.18.0.6"), 0, 0, 0),
@@ -381,8 +382,9 @@ def test_dump_reports_interruption_errors_and_ignores_other_sequences() -> None:
     assert chunk.interrupted and not chunk.done and len(got) == 1
     chunk, got = parse(setelem_reply(3, [kernel_elem(ip("198.18.0.1"))]) + done(3), 4, interval=False, key_len=4)
     assert not chunk.done and got == []
-    chunk, _ = parse(nlmsgerr(errno.ENOENT, 4), 4, interval=False, key_len=4)
-    assert chunk.done and chunk.errors[0].errno == errno.ENOENT
+    with pytest.raises(KernelError) as exc:
+        parse(nlmsgerr(errno.ENOENT, 4), 4, interval=False, key_len=4)
+    assert exc.value.errno == errno.ENOENT
 
 
 def test_dump_of_non_address_keys_is_refused() -> None:

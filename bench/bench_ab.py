@@ -1,0 +1,238 @@
+"""Benchmark: the netlink hot paths of two govern trees side by side in one run (before/after a change).
+
+    .venv/bin/python bench/bench_ab.py scan --base /path/to/other/tree [--sockets 20000] [--reps 30]
+    .venv/bin/python bench/bench_ab.py nft --base /path/to/other/tree [--elements 100000] [--reps 5]
+
+Needs root; not part of the test suite. One worker process per tree (`--base` and this one), each importing govern
+from its own tree, both in the same namespace, driven round-robin (one of each per round, the order alternating
+between rounds) so that drift and whatever else runs on the machine hit both alike; medians in ms, min-max, and
+the ratio this tree / base.
+- scan: bench_observer's set-up (20k idle connections to a dual-stack listener on port 25 by default); per round
+  `SockDiag.scan(idle_after_ms=0)`, the same with the cyclic GC held off, and the netlink dump alone.
+- nft: a namespace with bench_enforcer's table; `NftNetlink.commit` of one new address into a hash set
+  (`--reps` x 40 rounds), of `--elements` addresses as one transaction into the emptied interval set, `dump_set`
+  of that set, and one new address into it (`--reps` x 40 rounds).
+The namespaces are removed at the end, also on failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.machine import machine  # noqa: E402
+from tests.netns import Netns, new_name, sh  # noqa: E402
+
+Times = dict[tuple[str, str], list[float]]
+
+
+def worker(root: str, kind: str, side: int) -> None:
+    """Answer each command line on stdin with the ms it took, using the govern of `root`."""
+    sys.path.insert(0, root)  # ahead of this file's tree (nothing imported govern yet) and the venv's
+    import govern
+
+    if not (govern.__file__ or "").startswith(root):
+        raise SystemExit(f"govern from {govern.__file__}, not {root}")
+    fns: dict[str, Callable[[list[str]], None]]
+    if kind == "scan":
+        from govern.observe import sockdiag
+
+        diag = sockdiag.SockDiag()
+        ports = frozenset({25})
+
+        def gc_off(_args: list[str]) -> None:
+            gc.disable()
+            try:
+                diag.scan(ports, idle_after_ms=0)
+            finally:
+                gc.enable()
+
+        def scan(_args: list[str]) -> None:
+            diag.scan(ports, idle_after_ms=0)
+
+        def dump(_args: list[str]) -> None:
+            # The same request, nothing parsed: the kernel's share and the syscalls.
+            diag._dump_all(ports, sockdiag._STATES_SCAN, sockdiag._EXT_INFO, lambda b, n: b[4] == 3)
+
+        fns = {"scan": scan, "scan-gc-off": gc_off, "dump": dump}
+        ready = str(diag.scan(ports).sockets)
+    else:
+        from govern.addr import Prefix
+        from govern.nft.netlink import ElemOp, NftNetlink
+
+        nl = NftNetlink()
+        base = Prefix.parse("198.18.0.0").value
+        iv = frozenset({"block4"})
+        count = [0]
+
+        def one(set_name: str) -> Callable[[list[str]], None]:
+            def run(_args: list[str]) -> None:
+                # Odd addresses, apart per side: never one the bulk adds, nor the other side's.
+                count[0] += 1
+                p = Prefix(4, base + 2 * (side * 50_000 + count[0]) + 1, 32)
+                nl.commit([ElemOp(True, set_name, p, 3_600_000)], interval_sets=iv)
+
+            return run
+
+        def bulk(args: list[str]) -> None:
+            ops = [ElemOp(True, "block4", Prefix(4, base + 2 * i, 32), 3_600_000) for i in range(int(args[0]))]
+            nl.commit(ops, interval_sets=iv)
+
+        def dump_set(_args: list[str]) -> None:
+            nl.dump_set("block4")
+
+        fns = {"one-hash": one("hash4"), "one-interval": one("block4"), "bulk": bulk, "dump": dump_set}
+        ready = "0"
+    print(f"ready {ready} {govern.__file__}", flush=True)
+    for line in sys.stdin:
+        cmd, *args = line.split()
+        t0 = time.perf_counter()
+        fns[cmd](args)
+        print(f"{(time.perf_counter() - t0) * 1000:.4f}", flush=True)
+
+
+class Side:
+    """One tree's worker process, in namespace `ns`."""
+
+    def __init__(self, name: str, root: Path, ns: str, kind: str, index: int) -> None:
+        self.name = name
+        me = [sys.executable, __file__, "--worker", str(root), kind, str(index)]
+        self.proc = subprocess.Popen(
+            ["ip", "netns", "exec", ns, *me], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1
+        )
+        print(f"{name}: {self.ask_line('')}")
+
+    def ask_line(self, cmd: str) -> str:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        if cmd:
+            self.proc.stdin.write(cmd + "\n")
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the {self.name} worker failed")
+        return line.strip()
+
+    def ask(self, cmd: str) -> float:
+        return float(self.ask_line(cmd))
+
+    def close(self) -> None:
+        if self.proc.stdin:
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def rounds(sides: list[Side], cmd: str, reps: int, before: Callable[[], object] | None = None) -> Times:
+    """`cmd` once on each side to warm up, then `reps` rounds, the order alternating."""
+    times: Times = {(s.name, cmd): [] for s in sides}
+    for r in range(-1, reps):
+        for s in sides if r % 2 == 0 else sides[::-1]:
+            if before:
+                before()
+            took = s.ask(cmd)
+            if r >= 0:
+                times[s.name, cmd].append(took)
+    return times
+
+
+def report(times: Times, names: tuple[str, str], reps: int) -> None:
+    base, this = names
+    for (name, cmd), _t in times.items():
+        if name != base:
+            continue
+        a, b = times[base, cmd], times[this, cmd]
+        ma, mb = statistics.median(a), statistics.median(b)
+        print(
+            f"  {cmd:22s} {base} {ma:9.3f} ({min(a):.3f}-{max(a):.3f})   {this} {mb:9.3f} ({min(b):.3f}-{max(b):.3f})"
+            f"   ratio {mb / ma:.3f}   [{len(a)} rounds]"
+        )
+
+
+def run_scan(sides_for: Callable[[str], list[Side]], args: argparse.Namespace) -> Times:
+    from bench.bench_observer import Population
+
+    with Population(args.sockets, 1) as pop:
+        pop.grow(args.sockets)
+        sides = sides_for(pop.lab.mx.name)
+        try:
+            times: Times = {}
+            for cmd in ("scan", "scan-gc-off", "dump"):
+                times |= rounds(sides, cmd, args.reps)
+            return times
+        finally:
+            for s in sides:
+                s.close()
+
+
+def run_nft(sides_for: Callable[[str], list[Side]], args: argparse.Namespace) -> Times:
+    from bench.bench_enforcer import TABLE
+
+    ns = Netns(new_name("ab"))
+    sh("ip", "netns", "add", ns.name)
+    try:
+        subprocess.run(["ip", "netns", "exec", ns.name, "nft", "-f", "-"], input=TABLE, text=True, check=True)
+        sides = sides_for(ns.name)
+        try:
+            n = args.elements
+            times = rounds(sides, "one-hash", args.reps * 40)
+            times |= rounds(
+                sides, f"bulk {n}", args.reps, lambda: ns.sh("nft", "flush", "set", "inet", "govern", "block4")
+            )
+            times |= rounds(sides, "dump", args.reps)  # the set as the last bulk left it
+            times |= rounds(sides, "one-interval", args.reps * 40)
+            return times
+        finally:
+            for s in sides:
+                s.close()
+    finally:
+        sh("ip", "netns", "del", ns.name, check=False)
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--worker":
+        worker(sys.argv[2], sys.argv[3], int(sys.argv[4]))
+        return
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("kind", choices=["scan", "nft"])
+    ap.add_argument("--base", type=Path, required=True, help="the other govern tree (before the change)")
+    ap.add_argument("--sockets", type=int, default=20000)
+    ap.add_argument("--elements", type=int, default=100_000)
+    ap.add_argument("--reps", type=int, help="rounds (scan: 30; nft: 5, x40 for single adds)")
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        sys.exit("bench_ab: needs root (network namespaces)")
+    base = args.base.resolve()
+    if not (base / "govern" / "__init__.py").is_file():
+        sys.exit(f"bench_ab: no govern tree at {base}")
+    args.reps = args.reps or (30 if args.kind == "scan" else 5)
+    names = ("base", "this")
+    print(f"machine: {machine()}")
+    print(f"command: {' '.join(['.venv/bin/python', *sys.argv])}")
+    print(f"base: {base}; this: {ROOT}")
+
+    def sides_for(ns: str) -> list[Side]:
+        return [Side(names[0], base, ns, args.kind, 0), Side(names[1], ROOT, ns, args.kind, 1)]
+
+    if args.kind == "scan":
+        times = run_scan(sides_for, args)
+        print(f"\n{args.sockets} sockets from as many sources, all idle; medians in ms (min-max), ratio this/base:")
+    else:
+        times = run_nft(sides_for, args)
+        print(f"\n{args.elements} elements; medians in ms (min-max), ratio this/base:")
+    report(times, names, args.reps)
+
+
+if __name__ == "__main__":
+    main()
