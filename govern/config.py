@@ -335,7 +335,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "xdp": Key(False, _bool, "also drop blocked sources in XDP, before the kernel builds a packet buffer"),
         "xdp_interfaces": Key([], _ifnames, "interfaces the XDP program is attached to"),
         "xdp_pin_root": Key("/sys/fs/bpf/govern", _abs_path, "where the XDP program's maps are pinned (bpffs)"),
-        "xdp_object": Key("", _abs_path_or_off, "the compiled XDP object; empty: the one the package carries (govern/xdp/govern_xdp.o)"),
+        "xdp_object": Key("", _abs_path_or_off, "the compiled XDP object; empty: the one the package carries"),
     },
     "sysctl": {
         "expected_sessions": Key(2000, _int(1, 10_000_000), "peak concurrent SMTP sessions the host must carry"),
