@@ -3,7 +3,7 @@
     .venv/bin/python bench/bench_decide.py [--sources 100000] [--over 500] [--blocks 10000] [--throttles 1000]
         [--reps 21]
 
-Pure Python, no root, no kernel: the inputs are built in memory (addresses from shared/LAB.md's bot ranges).
+Pure Python, no root, no kernel: the inputs are built in memory (addresses from docs/testing.md's bot ranges).
 
 1. decide: `govern.core.decide.decide(snapshot, state, policy, now)` on a Snapshot of `--sources` sources against a
    State holding `--blocks` blocks and `--throttles` throttles, with the default limits and an allowlist of the

@@ -4,7 +4,7 @@
     .venv/bin/python bench/bench_enforcer.py --sizes 1000 10000 100000 1000000 [--forks 300] [--reps 3] [--split 10]
 
 Needs root. Everything happens in a throwaway network namespace (tests/netns.py names, removed at the end, also on
-failure); the root namespace's firewall is never touched. Addresses come from 198.18.0.0/15 (shared/LAB.md), in a
+failure); the root namespace's firewall is never touched. Addresses come from 198.18.0.0/15 (docs/testing.md), in a
 fixed pseudo-random order, each with a 1 h timeout. Side by side in one run:
 
 1. bulk: NftNetlink.commit() of N block4 elements in one transaction into an empty interval set -> elements/s

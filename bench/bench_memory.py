@@ -7,7 +7,7 @@ hide the next one's growth) that imports the whole daemon (`govern.daemon`), col
 /proc/self/status, builds the structure, drops its inputs, collects again and reads VmRSS again; the growth over
 the number of sources is the cost per source. VmHWM (the peak) is reported too.
 
-Sources: the 131,072 IPv4 hosts of 198.18.0.0/15, the rest IPv6 prefixes inside 2001:db8:bad::/48 (shared/LAB.md;
+Sources: the 131,072 IPv4 hosts of 198.18.0.0/15, the rest IPv6 prefixes inside 2001:db8:bad::/48 (docs/testing.md;
 the /48 holds only 65,536 /64s, so beyond those they are /128s: a Prefix object is the same size either way).
 IPv6 Prefix values are 128-bit ints, 12 bytes larger than IPv4 ones, so this mix (87% IPv6) errs high by ~10 bytes
 per source against a mostly-IPv4 flood.

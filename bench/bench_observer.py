@@ -10,7 +10,7 @@ so the measuring process holds no sockets of its own (psutil walks every process
 (15,000) connections per process: the hard fd limit may be 20,000, so 50,000 sockets take 4 servers and 4
 client processes. After each size is set up, the memory it costs is printed (helper processes' RSS, the host's
 MemAvailable drop, TCP sockets and buffer memory from /proc/net/sockstat). Clients connect from the
-bot ranges of shared/LAB.md: three in four sources from 198.18.0.0/16 (IPv4-mapped on the dual-stack listener),
+bot ranges of docs/testing.md: three in four sources from 198.18.0.0/16 (IPv4-mapped on the dual-stack listener),
 one in four from 2001:db8:bad::/48, each in its own /64; `--per-source` connections from each address.
 
 Every contender runs in the MX namespace, once to warm up and then `--reps` times round-robin (one of each per

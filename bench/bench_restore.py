@@ -5,7 +5,7 @@
 Needs root. Everything happens in a throwaway network namespace (removed at the end, also on failure) and a
 temporary state directory; the root namespace's firewall is never touched. The blocks are what the daemon would
 hold after a flood: three in four IPv4 hosts from 198.18.0.0/15, one in four IPv6 /64s from 2001:db8:bad::/48
-(shared/LAB.md), each with its own reason and an expiry between 10 min and 24 h from now.
+(docs/testing.md), each with its own reason and an expiry between 10 min and 24 h from now.
 
 What the daemon does at start-up, step by step, each timed:
 1. Store.load(): the State from SQLite (written first with Store.save of one Plan of BLOCK actions, also timed).

@@ -39,7 +39,7 @@ from govern_lab.topology import Lab
 
 SCENARIOS = ("baseline", "flood", "flood+govern")
 LAB_ALLOW = TRUSTED_RANGES
-# The bot ranges (shared/LAB.md): sessions from these are the flood's, whatever role opened them.
+# The bot ranges (docs/testing.md): sessions from these are the flood's, whatever role opened them.
 BOT_PREFIXES = tuple(Prefix.parse(p) for p in BOT_RANGES)
 GOVERN_SETS = ("block4", "block6", "throttle4", "throttle6", "tight4", "tight6", "tarpit4", "tarpit6")
 

@@ -1,6 +1,6 @@
 """Network namespaces for kernel tests: creation with unique names, entering from a thread, and removal.
 
-Topology made by `Lab` (addresses from shared/LAB.md only):
+Topology made by `Lab` (addresses from docs/testing.md only):
 
     mx  (203.0.113.25/24, 2001:db8:25::25/64) --veth-- net (203.0.113.1/24, 2001:db8:25::1/64)
 

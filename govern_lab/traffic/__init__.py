@@ -11,7 +11,7 @@ command line. The runner starts one process per role inside a client namespace:
     ip netns exec NS python -m govern_lab.traffic ROLE --dst 203.0.113.25 [--dst 2001:db8:25::25] \\
         --duration SECONDS [--sources CIDR ...] [--count N] [--seed N] [--json-out PATH] [role options]
 
-Safety (shared/LAB.md): a generator refuses to run outside a namespace made with `ip netns add`, aims only at the
+Safety (docs/testing.md): a generator refuses to run outside a namespace made with `ip netns add`, aims only at the
 lab's MX range (203.0.113.0/24, 2001:db8:25::/48), sends only from the lab's client ranges (bots, spoofed SYNs
 included, only from the bot range), and always stops by itself: `--duration` is capped, enforced by the event
 loop, and backed by SIGALRM in case the loop itself is stuck.

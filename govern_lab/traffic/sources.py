@@ -1,4 +1,4 @@
-"""Which addresses a role sends from and to, kept inside the lab (shared/LAB.md): the destination must be one
+"""Which addresses a role sends from and to, kept inside the lab (docs/testing.md): the destination must be one
 address of the lab's MX range, every source prefix inside the ranges the role may use; and, pure, the picking of
 distinct host addresses (or one per subnet) from those prefixes, paired with a destination of their family."""
 
