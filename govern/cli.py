@@ -146,6 +146,11 @@ def status(config: ConfigOpt = None, as_json: JsonOpt = False, top: int = 10) ->
         f"conntrack entries forgotten: {st['conntrack_forgotten']}"
     )
     print(_budget_line(st))
+    m = st.get("metrics") or {}
+    if m.get("state") == "serving":
+        print(f"metrics: {m['url']}")
+    elif m.get("state") == "failed":
+        print(f"METRICS NOT SERVED: {m['error']}")
     for ls in st["listeners"]:
         where = f"[{ls['address']}]:{ls['port']}" if ":" in ls["address"] else f"{ls['address']}:{ls['port']}"
         print(f"listener {where}  queue {ls['queued']}/{ls['backlog']} ({ls['fill']:.0%})")
