@@ -39,7 +39,7 @@ from govern.core.reasons import (
 )
 from govern.daemon import TICK_BUCKETS
 from govern.errors import GovernError
-from govern.model import Mode, ModeState, Snapshot
+from govern.model import Block, Mode, ModeState, Snapshot, Tarpitted, Throttle
 from govern.observe.mta import Budget
 
 if TYPE_CHECKING:
@@ -64,9 +64,10 @@ class Figures:
     policy: Policy
     snapshot: Snapshot | None
     budget: Budget | None
-    blocks: tuple[tuple[str, bool, int], ...]  # (reason, manual, address family) of each
-    throttles: tuple[tuple[str, int], ...]  # (reason, address family)
-    tarpits: tuple[tuple[str, int], ...]
+    # The entries themselves are frozen: copying the tables' values is all the lock is held for.
+    blocks: tuple[Block, ...]
+    throttles: tuple[Throttle, ...]
+    tarpits: tuple[Tarpitted, ...]
     acted: dict[tuple[str, str, str], int]
     tick_counts: tuple[int, ...]
     tick_seconds: float
@@ -91,9 +92,9 @@ def figures(gov: Governor) -> Figures:
             policy=gov.policy,
             snapshot=gov.snapshot,
             budget=gov.budget,
-            blocks=tuple((b.reason, b.manual, b.prefix.version) for b in st.blocks.values()),
-            throttles=tuple((t.reason, t.prefix.version) for t in st.throttles.values()),
-            tarpits=tuple((t.reason, t.prefix.version) for t in st.tarpits.values()),
+            blocks=tuple(st.blocks.values()),
+            throttles=tuple(st.throttles.values()),
+            tarpits=tuple(st.tarpits.values()),
             acted=dict(gov.acted),
             tick_counts=tuple(gov.tick_times.counts),
             tick_seconds=gov.tick_times.seconds,
@@ -210,28 +211,27 @@ class GovernCollector:
             pr.level if pr else 0,
         )
         listeners = snap.listeners if snap is not None else ()
-        named = [(_listener(ls.address, ls.port), ls) for ls in listeners]
-        yield _labelled(
-            GaugeMetricFamily,
-            "govern_accept_queue_fill",
-            "a listener's accept queue as a share of its backlog",
-            ["listener"],
-            (((n,), ls.queued / ls.backlog if ls.backlog else 0.0) for n, ls in named),
-        )
-        yield _labelled(
-            GaugeMetricFamily,
-            "govern_accept_queue_length",
-            "connections waiting in a listener's accept queue",
-            ["listener"],
-            (((n,), ls.queued) for n, ls in named),
-        )
-        yield _labelled(
-            GaugeMetricFamily,
-            "govern_accept_queue_backlog",
-            "the backlog a listener's accept queue may grow to",
-            ["listener"],
-            (((n,), ls.backlog) for n, ls in named),
-        )
+        names = [_listener(ls.address, ls.port) for ls in listeners]
+        for name, doc, values in (
+            (
+                "govern_accept_queue_fill",
+                "a listener's accept queue as a share of its backlog",
+                [ls.queued / ls.backlog if ls.backlog else 0.0 for ls in listeners],
+            ),
+            (
+                "govern_accept_queue_length",
+                "connections waiting in a listener's accept queue",
+                [ls.queued for ls in listeners],
+            ),
+            (
+                "govern_accept_queue_backlog",
+                "the backlog a listener's accept queue may grow to",
+                [ls.backlog for ls in listeners],
+            ),
+        ):
+            yield _labelled(
+                GaugeMetricFamily, name, doc, ["listener"], (((n,), v) for n, v in zip(names, values, strict=True))
+            )
         yield _gauge(
             "govern_listen_drops_per_second",
             "connections the kernel dropped at a full listen queue, per second, in the last tick",
@@ -287,9 +287,14 @@ class GovernCollector:
     def _enforcement(self, f: Figures) -> Iterator[Metric]:
         now = "sources {} now, by reason class and address family"
         for name, what, entries, classes in (
-            ("govern_blocks", "blocked", f.blocks, BLOCK_REASONS),
-            ("govern_throttles", "throttled", ((r, False, v) for r, v in f.throttles), THROTTLE_REASONS),
-            ("govern_tarpits", "tarpitted", ((r, False, v) for r, v in f.tarpits), TARPIT_REASONS),
+            ("govern_blocks", "blocked", ((b.reason, b.manual, b.prefix.version) for b in f.blocks), BLOCK_REASONS),
+            (
+                "govern_throttles",
+                "throttled",
+                ((t.reason, False, t.prefix.version) for t in f.throttles),
+                THROTTLE_REASONS,
+            ),
+            ("govern_tarpits", "tarpitted", ((t.reason, False, t.prefix.version) for t in f.tarpits), TARPIT_REASONS),
         ):
             yield _labelled(
                 GaugeMetricFamily, name, now.format(what), ["reason", "family"], _by_class(entries, classes)
