@@ -569,6 +569,10 @@ def _cross_check(v: Mapping[str, Mapping[str, Any]], path: str | None) -> None:
         raise ConfigError("must not be longer than cut.elevated_idle_after", path=path, key="cut.wave_idle_after")
     if v["export"]["listen"] and not v["export"]["token_file"]:
         raise ConfigError("the feed needs a bearer token: set export.token_file", path=path, key="export.listen")
+    if v["metrics"]["listen"] and v["metrics"]["listen"] == v["export"]["listen"]:
+        raise ConfigError(
+            "the export feed listens there already; give each its own port", path=path, key="metrics.listen"
+        )
     for fam in ("ipv4", "ipv6"):
         if v["aggregate"][f"{fam}_prefix"] >= v["protect"][f"{fam}_prefix"]:
             raise ConfigError(

@@ -236,6 +236,9 @@ def test_metrics_listen_is_checked_like_every_listen_address() -> None:
     for bad in ("localhost:9742", "127.0.0.1", "127.0.0.1:0x10", "127.0.0.1:70000", 9742):
         with pytest.raises(ConfigError, match=r"metrics\.listen"):
             config.from_mapping({"metrics": {"listen": bad}})
+    same = {"listen": "127.0.0.1:9742", "token_file": "/etc/govern/feed.token"}
+    with pytest.raises(ConfigError, match="the export feed listens there already"):
+        config.from_mapping({"metrics": {"listen": "127.0.0.1:9742"}, "export": same})
 
 
 # -- reason classes: every sentence the core writes falls in one, and never in "other" -------------------------
