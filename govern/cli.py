@@ -148,6 +148,11 @@ def status(config: ConfigOpt = None, as_json: JsonOpt = False, top: int = 10) ->
     print(_budget_line(st))
     if not str(st.get("tarpit", "")).startswith("ready"):
         print(f"tarpit: off ({st.get('tarpit')})")
+    m = st.get("metrics") or {}
+    if m.get("state") == "serving":
+        print(f"metrics: {m['url']}")
+    elif m.get("state") == "failed":
+        print(f"METRICS NOT SERVED: {m['error']}")
     for ls in st["listeners"]:
         where = f"[{ls['address']}]:{ls['port']}" if ":" in ls["address"] else f"{ls['address']}:{ls['port']}"
         print(f"listener {where}  queue {ls['queued']}/{ls['backlog']} ({ls['fill']:.0%})")

@@ -189,7 +189,7 @@ def _listen_or_off(v: Any) -> str:
     try:
         Prefix.parse(host.strip("[]"), strict=True)
     except AddressError:
-        raise ValueError(f"{host!r} is not an IP address; the feed listens on an address, not a name") from None
+        raise ValueError(f"{host!r} is not an IP address; govern listens on an address, not a name") from None
     return s
 
 
@@ -320,6 +320,10 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "poll": Key("1s", _duration(0.1, 60), "how often `govern export --follow` asks the daemon for the blocks"),
         "listen": Key("", _listen_or_off, "HOST:PORT the daemon serves the pull feed on; empty: no feed"),
         "token_file": Key("", _abs_path_or_off, "file holding the feed's bearer token (mode 0600)"),
+    },
+    # -- the Prometheus endpoint (govern.metrics, docs/metrics.md)
+    "metrics": {
+        "listen": Key("", _listen_or_off, "HOST:PORT the daemon serves Prometheus /metrics on; empty: off"),
     },
     "daemon": {
         "tick": Key("1s", _duration(0.1, 60), "how often govern observes, decides and acts"),
@@ -565,6 +569,10 @@ def _cross_check(v: Mapping[str, Mapping[str, Any]], path: str | None) -> None:
         raise ConfigError("must not be longer than cut.elevated_idle_after", path=path, key="cut.wave_idle_after")
     if v["export"]["listen"] and not v["export"]["token_file"]:
         raise ConfigError("the feed needs a bearer token: set export.token_file", path=path, key="export.listen")
+    if v["metrics"]["listen"] and v["metrics"]["listen"] == v["export"]["listen"]:
+        raise ConfigError(
+            "the export feed listens there already; give each its own port", path=path, key="metrics.listen"
+        )
     for fam in ("ipv4", "ipv6"):
         if v["aggregate"][f"{fam}_prefix"] >= v["protect"][f"{fam}_prefix"]:
             raise ConfigError(

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
+from bisect import bisect_left
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -30,10 +33,11 @@ from govern.core.decide import (
 )
 from govern.core.modes import wave_off, wave_on
 from govern.core.policy import Policy
+from govern.core.reasons import family, reason_class
 from govern.durations import format_duration
 from govern.edges import Counters, Enforcer, SocketSource, StateStore, SysctlProfiles, Tarpit
 from govern.errors import GovernError, RefusedError, StoreError, UsageError
-from govern.model import Action, ActionKind, Cut, Mode, ModeState, Plan, Snapshot, State
+from govern.model import PUNITIVE, Action, ActionKind, Cut, Mode, ModeState, Plan, Snapshot, State
 from govern.observe.mta import POSTSCREEN_GREET_WAIT, Budget, budget, postscreen_listening
 from govern.observe.observer import Observer
 from govern.sysctl.manager import Report
@@ -56,6 +60,24 @@ class Health:
         self.failures[component] = self.failures.get(component, 0) + 1
         self.last_error[component] = str(exc)
         log.error("%s failed: %s", component, exc)
+
+
+# Upper bounds (seconds) of the tick-duration histogram's buckets: a tick is budgeted `daemon.tick` (1 s) or
+# `daemon.wave_tick` (500 ms); a 20k-socket scan takes 40 ms (docs/benchmarks.md).
+TICK_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+@dataclass
+class TickTimes:
+    """How long the ticks since start took, as a histogram's buckets (the last counts what exceeds every bound):
+    one addition a tick, read by govern.metrics at scrape time."""
+
+    counts: list[int] = field(default_factory=lambda: [0] * (len(TICK_BUCKETS) + 1))
+    seconds: float = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect_left(TICK_BUCKETS, seconds)] += 1
+        self.seconds += seconds
 
 
 class Governor:
@@ -113,6 +135,13 @@ class Governor:
         self._store_tried = 0.0
         self.budget: Budget | None = None
         self.postscreen = False
+        self.tick_times = TickTimes()
+        # Punitive actions taken since start by (kind, reason class, family): bounded labels for govern.metrics.
+        self.acted: Counter[tuple[str, str, str]] = Counter()
+        # Held by the thread that changes anything here (govern.process's loop, around each tick, request and
+        # reload); other threads (govern.metrics) take it only to copy what they read, so never see half a tick.
+        self.lock = threading.Lock()
+        self.metrics: dict[str, str] = {"state": "off"}  # the Prometheus endpoint as `govern status` shows it
 
     @property
     def interval(self) -> float:
@@ -271,7 +300,9 @@ class Governor:
         if now - self._maintained >= MAINTENANCE_EVERY:
             self._maintain(now)
         self.ticks += 1
-        self.last_tick_ms = (time.perf_counter() - t0) * 1000
+        took = time.perf_counter() - t0
+        self.last_tick_ms = took * 1000
+        self.tick_times.observe(took)
         return plan
 
     def execute(self, plan: Plan, now: float, *, durable: bool = False) -> bool:
@@ -291,6 +322,9 @@ class Governor:
         if not self.dry_run:  # the dry-run firewall logged each as "dry run: would ..."
             for a in plan.actions:
                 log.info("%s", a.describe())
+        for a in plan.actions:
+            if a.kind in PUNITIVE:
+                self.acted[(a.kind.value, reason_class(a.reason, a.manual), family(a.prefix.version))] += 1
         if plan.mode is not None and plan.mode.mode is not previous.mode:
             self._mode_changed(previous, plan.mode)
         blocked = sessions_to_end(plan, self.policy)

@@ -17,7 +17,7 @@ from govern.edges import Enforcer, SocketSource, StateStore, SysctlProfiles, Tar
 from govern.errors import RefusedError
 from govern.model import Plan, Scan, SessionInfo, State
 from govern.store import Event
-from govern.sysctl.manager import Report
+from govern.sysctl.manager import Drift, Report
 from govern.sysctl.planner import Item
 
 log = logging.getLogger("govern.dryrun")
@@ -202,3 +202,6 @@ class DryRunSysctls:
 
     def restore(self, what: str = "restore") -> Report:
         return Report(what)
+
+    def verify(self) -> tuple[Drift, ...]:
+        return ()  # a dry run applies no profile, so no key can drift from one

@@ -14,7 +14,7 @@ from govern.sysctl.planner import Item, Reading
 
 if TYPE_CHECKING:
     from govern.store import Event
-    from govern.sysctl.manager import Report
+    from govern.sysctl.manager import Drift, Report
 
 
 class SocketSource(Protocol):
@@ -185,3 +185,5 @@ class SysctlProfiles(Protocol):
     def leave_wave(self) -> Report: ...
 
     def restore(self, what: str = "restore") -> Report: ...
+
+    def verify(self) -> tuple[Drift, ...]: ...

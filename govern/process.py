@@ -1,7 +1,8 @@
 """The daemon as a process (`govern run`): one per state directory (a lock), signals (SIGTERM and SIGINT stop it,
 SIGHUP reloads the config), the control socket's requests served between ticks, the ISP's pull feed kept up to
-date, systemd told how it is, and everything closed in order on the way out. The Governor (govern.daemon) does
-the governing; this module only runs it."""
+date, the Prometheus endpoint (govern.metrics), systemd told how it is, and everything closed in order on the way
+out. The Governor (govern.daemon) does the governing; this module only runs it. Whatever changes the Governor runs
+under its lock, so the endpoint's threads never read half a tick."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from types import FrameType
 from typing import Any
 
 from govern import config as configmod
-from govern import protocol, wiring
+from govern import metrics, protocol, wiring
 from govern.control import ControlServer, Request
 from govern.daemon import Governor
 from govern.errors import GovernError, UsageError
@@ -91,11 +92,14 @@ def run(config_path: str | None, *, dry_run: bool = False) -> int:
     gov = wiring.governor(cfg, store)
     server: ControlServer | None = None
     feed: Feed | None = None
+    endpoint: metrics.MetricsServer | None = None
     try:
         # The pull feed for the ISP (docs/export.md), None unless export.listen: first, so a bad token file is
         # refused before anything is changed.
         feed = export_feed.start(cfg)
         gov.start()
+        # After the start, so the first scrape sees the state restored; a port it cannot have is only a warning.
+        endpoint = metrics.start(gov, feed.server if feed is not None else None)
         server = ControlServer(cfg["daemon"]["socket"], requests)
         log.info(
             "govern running: ports %s, %d blocks, %d throttles restored, %s",
@@ -109,9 +113,10 @@ def run(config_path: str | None, *, dry_run: bool = False) -> int:
         while not flags.stop:
             now = time.monotonic()
             if now >= next_tick:
-                gov.tick()
-                if feed is not None:
-                    _update_feed(gov, feed)
+                with gov.lock:
+                    gov.tick()
+                    if feed is not None:
+                        _update_feed(gov, feed)
                 next_tick = max(next_tick + gov.interval, now)
                 # The watchdog's ping comes from the loop itself: a tick that hangs (a kernel call that never
                 # returns) misses it, and systemd restarts the daemon (WatchdogSec in govern.service).
@@ -123,17 +128,22 @@ def run(config_path: str | None, *, dry_run: bool = False) -> int:
                 continue
             if req is not None:
                 if req.body.get("cmd") == protocol.Teardown.CMD:
-                    req.reply = _teardown(gov)
+                    with gov.lock:
+                        req.reply = _teardown(gov)
                     req.done.set()
                     flags.stop = flags.torn_down = True
                     continue
-                req.reply = gov.handle(req.body)
+                with gov.lock:
+                    req.reply = gov.handle(req.body)
                 req.done.set()
             if flags.reload:
                 flags.reload = False
-                _reload(gov, config_path)
+                with gov.lock:
+                    _reload(gov, config_path)
     finally:
         notify("STOPPING=1")
+        if endpoint is not None:  # first: what follows changes what a scrape would read
+            endpoint.close()
         if not flags.torn_down:
             gov.sysctl_stop()
         if server is not None:

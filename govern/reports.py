@@ -161,6 +161,7 @@ def status(gov: Governor, top: int = 10) -> dict[str, Any]:
         "failures": dict(gov.health.failures),
         "last_errors": dict(gov.health.last_error),
         "store": _store_report(gov),
+        "metrics": dict(gov.metrics),
         "recent": _recent(gov),
     }
 

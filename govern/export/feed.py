@@ -12,6 +12,7 @@ import logging
 import os
 import stat
 import threading
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -55,6 +56,9 @@ class FeedServer:
         host, _, port = listen.rpartition(":")
         self._docs: Mapping[str, tuple[bytes, str]] = {}
         self._token = b"Bearer " + token
+        # Requests answered, by path (one of PATHS, else "other") and status code: govern.metrics reads it.
+        self.requests: Counter[tuple[str, int]] = Counter()
+        self._counting = threading.Lock()  # the handlers run in threads of their own
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -77,6 +81,9 @@ class FeedServer:
                 self._send(HTTPStatus.OK, doc[0], doc[1])
 
             def _send(self, code: HTTPStatus, body: bytes, ctype: str, extra: Mapping[str, str] = {}) -> None:
+                path = self.path.split("?", 1)[0]
+                with server._counting:
+                    server.requests[(path if path in PATHS else "other", int(code))] += 1
                 self.send_response(code)
                 self.send_header("Content-Type", f"{ctype}; charset=utf-8")
                 self.send_header("Content-Length", str(len(body)))
@@ -95,6 +102,11 @@ class FeedServer:
         self.address = self.httpd.server_address
         self._thread = threading.Thread(target=self.httpd.serve_forever, name="govern-feed", daemon=True)
         self._thread.start()
+
+    def counts(self) -> dict[tuple[str, int], int]:
+        """Requests answered so far, by path and status code."""
+        with self._counting:
+            return dict(self.requests)
 
     def publish(self, docs: Mapping[str, tuple[bytes, str]]) -> None:
         """Swap in a new snapshot: format -> (body, content type)."""
