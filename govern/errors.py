@@ -58,3 +58,11 @@ class KernelError(GovernError):
     def __init__(self, what: str, errno: int = 0) -> None:
         self.errno = errno
         super().__init__(what)
+
+
+def shown(value: object, width: int = 40) -> str:
+    """A value quoted in an error, cut short: a refusal must not repeat a 100 kB input back."""
+    if isinstance(value, str):
+        return repr(value if len(value) <= width else value[:width] + "...")
+    text = repr(value)
+    return text if len(text) <= width else text[:width] + "..."
