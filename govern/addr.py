@@ -70,7 +70,11 @@ class Prefix(NamedTuple):
         try:
             net = ipaddress.ip_network(raw, strict=strict)
         except ValueError as exc:
-            raise AddressError(f"{shown(text)} is not an IPv4/IPv6 address or prefix ({exc})") from None
+            # ipaddress's reason, when it adds something ("has host bits set", a bad netmask) and is short: some of
+            # its reasons only quote the text again.
+            reason = str(exc)
+            detail = "" if "does not appear to be" in reason or len(reason) > 80 else f" ({reason})"
+            raise AddressError(f"{shown(text)} is not an IPv4/IPv6 address or prefix{detail}") from None
         value = int(net.network_address)
         if net.version == 6 and net.prefixlen >= 96 and value >> 32 == 0xFFFF:
             return cls(4, value & 0xFFFFFFFF, net.prefixlen - 96)

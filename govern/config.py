@@ -602,9 +602,9 @@ def _check_shape(data: Mapping[str, Any], path: str | None) -> None:
             for k, item in v.items():
                 if not isinstance(k, str):
                     raise ConfigError(f"a key must be a string, got {_typename(k)}", path=path, key=where or None)
-                if len(k) > MAX_KEY:
+                if len(k) > MAX_KEY or not k.isprintable():  # a key is quoted in errors: one short line
                     name = f"{where}.{shown(k)}" if where else shown(k)
-                    raise ConfigError(f"no key is longer than {MAX_KEY} characters", path=path, key=name)
+                    raise ConfigError(f"a key is at most {MAX_KEY} printable characters", path=path, key=name)
                 todo.append((item, f"{where}.{k}" if where else k, depth + 1))
         elif isinstance(v, list):
             if len(v) > MAX_ITEMS:

@@ -51,7 +51,7 @@ BAD_FILES = [
     ("[allow]\ncidrs = [[[[[]]]]]\n", "allow.cidrs[0][0][0]: nested deeper than 4 levels"),
     ("[protect]\nports = [" + ",".join(str(p) for p in range(1, 65536)) + "]\n", "a list of at most 10000 items"),
     ('[daemon]\nstate_dir = "/' + "a" * 5000 + '"\n', "daemon.state_dir: a string of at most 4096 characters"),
-    ("[limits]\n" + "k" * 100 + " = 1\n", "no key is longer than 64 characters"),
+    ("[limits]\n" + "k" * 100 + " = 1\n", "a key is at most 64 printable characters"),
     ("[limits]\nmax_new_per_minute = 60\n" + "#" * (1 << 20) + "\n", "is larger than 1 MiB"),
 ]
 

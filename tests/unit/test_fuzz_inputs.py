@@ -1,0 +1,258 @@
+"""Fuzzing every way input comes in (issue 13, item 5): the config loader (mappings and TOML text), the control
+protocol (arbitrary JSON bodies, through the daemon's own handler) and the address parsers. The property is the
+project's rule: a valid result or govern's own error (UsageError, which names what is wrong), never any other
+exception. Budgets are small so the suite stays in the unit run (a few seconds)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from govern import config, protocol
+from govern.addr import Prefix
+from govern.allow.files import parse_allow_text
+from govern.daemon import Governor
+from govern.errors import ConfigError, UsageError
+from govern.fakes import FakeClock, FakeCounters, FakeEnforcer, FakeSockets
+from govern.store import Store
+
+# A longer hunt: GOVERN_FUZZ_SCALE=50 pytest tests/unit/test_fuzz_inputs.py
+SCALE = int(os.environ.get("GOVERN_FUZZ_SCALE", "1"))
+FUZZ = settings(max_examples=150 * SCALE, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+# -- values as hostile as JSON and TOML can carry ---------------------------------------------------------------
+
+huge_ints = st.sampled_from([10**400, -(10**400), 2**63, -(2**63) - 1, 2**64, 10**4000])
+edge_floats = st.sampled_from([math.inf, -math.inf, math.nan, 1e300, -0.0, 5e-324, 1e308])
+nasty_text = st.sampled_from(
+    [
+        "",
+        " ",
+        "\0",
+        "/\0/x",
+        "\n",
+        "\x1b[2J",
+        "9" * 400 + "s",
+        "1e400s",
+        "inf",
+        "nan",
+        "-1s",
+        "0",
+        "auto",
+        "/proc/x",
+        "/" + "a" * 5000,
+        "::ffff:127.0.0.1",
+        "0.0.0.0/0",
+        "::/0",
+        "192.0.2.0/33",
+        "\udcff",
+        "fe80::1%" + "e" * 60,
+        "a." * 200 + "com",
+    ]
+)
+scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    huge_ints,
+    st.floats(allow_nan=True, allow_infinity=True),
+    edge_floats,
+    st.text(max_size=80),
+    nasty_text,
+)
+json_values = st.recursive(
+    scalars,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+def deep(n: int, leaf: Any = 1) -> Any:
+    out = leaf
+    for _ in range(n):
+        out = [out]
+    return out
+
+
+# -- the config loader ------------------------------------------------------------------------------------------
+
+SECTIONS = sorted(config.SCHEMA)
+KEYS = [(s, k) for s in SECTIONS for k in config.SCHEMA[s]]
+# Leave the files alone: a fuzzed path must not make the loader read whatever happens to exist on this host.
+SAFE_KEYS = [(s, k) for s, k in KEYS if (s, k) != ("allow", "files")]
+
+
+@st.composite
+def mappings(draw: st.DrawFn) -> dict[str, Any]:
+    """A config mapping: mostly the schema's own sections and keys, each holding a hostile value, sometimes a
+    section or key that does not exist, sometimes a section that is not a table."""
+    out: dict[str, Any] = {}
+    for section, key in draw(st.lists(st.sampled_from(SAFE_KEYS), max_size=6)):
+        value = draw(st.one_of(json_values, st.just(deep(draw(st.integers(0, 3000))))))
+        out.setdefault(section, {})[key] = value
+    if draw(st.booleans()):
+        out[draw(st.text(max_size=10))] = draw(json_values)
+    return out
+
+
+@FUZZ
+@given(mappings())
+def test_from_mapping_gives_a_config_or_a_config_error(data: dict[str, Any]) -> None:
+    try:
+        cfg = config.from_mapping(data)
+    except ConfigError as exc:
+        assert "\n" not in str(exc) and len(str(exc)) < 1000, str(exc)[:300]
+        return
+    cfg.to_toml()
+    cfg.policy()
+
+
+toml_scalars = st.one_of(
+    st.integers().map(str),
+    st.integers(min_value=10**18, max_value=10**60).map(str),
+    st.integers(0, 6000).map(lambda n: "9" * n),
+    st.integers(0, 6000).map(lambda n: "0x" + "f" * n),
+    st.integers(0, 500).map(lambda n: "9" * n + ".5"),
+    st.sampled_from(["inf", "-inf", "nan", "1e400", "-1e-400", "true", "false", "1979-05-27T07:32:00Z"]),
+    st.text(max_size=40).map(json.dumps),  # a basic string with escapes
+    nasty_text.map(lambda s: json.dumps(s, ensure_ascii=False)),
+)
+toml_values = st.recursive(
+    toml_scalars,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4).map(lambda xs: "[" + ", ".join(xs) + "]"),
+        st.lists(st.tuples(st.sampled_from(["a", "b", "c"]), inner), max_size=3).map(
+            lambda kv: "{" + ", ".join(f"{k} = {v}" for k, v in dict(kv).items()) + "}"
+        ),
+    ),
+    max_leaves=12,
+)
+
+
+@st.composite
+def toml_documents(draw: st.DrawFn) -> bytes:
+    lines = []
+    for section, key in draw(st.lists(st.sampled_from(SAFE_KEYS), max_size=5, unique=True)):
+        lines.append(f"[{section}]\n{key} = {draw(toml_values)}")
+    if draw(st.booleans()):
+        n = draw(st.integers(1, 3000))
+        lines.append(draw(st.sampled_from(["x = " + "[" * n + "]" * n, "x = " + "{a=" * n + "1" + "}" * n])))
+    text = "\n".join(lines).encode("utf-8", "surrogatepass")  # a lone surrogate: bytes that are not UTF-8
+    if draw(st.booleans()):  # damage: bytes that are not UTF-8, or not TOML
+        text = draw(st.binary(max_size=20)) + text + draw(st.binary(max_size=20))
+    return text
+
+
+@pytest.fixture(scope="module")
+def scratch() -> Iterator[Path]:
+    with tempfile.TemporaryDirectory() as d:
+        yield Path(d)
+
+
+@FUZZ
+@given(doc=toml_documents())
+def test_load_gives_a_config_or_one_clear_line(scratch: Path, doc: bytes) -> None:
+    path = scratch / "govern.toml"
+    path.write_bytes(doc)
+    try:
+        config.load(str(path))
+    except ConfigError as exc:
+        msg = str(exc)
+        assert msg.startswith(str(path)) and "\n" not in msg and len(msg) < 1000, msg[:300]
+
+
+@settings(max_examples=60 * SCALE, deadline=None)
+@given(lines=st.lists(st.one_of(st.text(max_size=60), nasty_text), max_size=8))
+def test_allow_file_text_gives_entries_or_a_config_error(lines: list[str]) -> None:
+    try:
+        entries = parse_allow_text("\n".join(lines), "partners.txt")
+    except ConfigError as exc:
+        assert str(exc).startswith("partners.txt:"), str(exc)
+        return
+    assert all(e.prefix.length > 0 for e in entries)
+
+
+# -- the control protocol ---------------------------------------------------------------------------------------
+
+FIELDS = sorted({f for k in protocol.KINDS.values() for f in k.__dataclass_fields__})
+
+
+@st.composite
+def bodies(draw: st.DrawFn) -> dict[str, Any]:
+    """A request as the daemon reads it off the socket: a JSON object, usually naming a real command and its
+    fields, with values of any JSON type."""
+    body: dict[str, Any] = {"cmd": draw(st.one_of(st.sampled_from(sorted(protocol.KINDS)), json_values))}
+    for name in draw(st.lists(st.sampled_from(FIELDS), max_size=4)):
+        body[name] = draw(st.one_of(json_values, st.just(deep(draw(st.integers(0, 50))))))
+    if draw(st.booleans()):
+        body[draw(st.text(max_size=8))] = draw(json_values)
+    # What arrives is what json.loads made of bytes: round-trip so the fuzz holds no value JSON cannot carry.
+    parsed: dict[str, Any] = json.loads(json.dumps(body))
+    return parsed
+
+
+@FUZZ
+@given(bodies())
+def test_protocol_parse_gives_a_request_or_a_usage_error(body: dict[str, Any]) -> None:
+    try:
+        req = protocol.parse(body)
+    except UsageError as exc:
+        assert "\n" not in str(exc) and len(str(exc)) < 1000, str(exc)[:300]
+        return
+    assert protocol.parse(protocol.to_wire(req)) == req
+
+
+@pytest.fixture(scope="module")
+def governor(scratch: Path) -> Governor:
+    cfg = config.from_mapping(
+        {
+            "allow": {"cidrs": ["192.0.2.0/24"]},
+            "daemon": {"state_dir": str(scratch / "state")},
+            "modes": {"auto": False},
+        }
+    )
+    gov = Governor(
+        cfg, Store(cfg["daemon"]["state_dir"]), FakeSockets(), FakeEnforcer(), FakeCounters(), clock=FakeClock()
+    )
+    gov.start()
+    return gov
+
+
+@FUZZ
+@given(bodies())
+def test_the_daemon_answers_every_request_and_never_raises(governor: Governor, body: dict[str, Any]) -> None:
+    reply = governor.handle(body)
+    assert isinstance(reply.get("ok"), bool)
+    json.dumps(reply, default=str)  # what the control server sends
+
+
+# -- the address parsers ----------------------------------------------------------------------------------------
+
+address_like = st.one_of(
+    st.text(alphabet="0123456789abcdef.:/%", max_size=60),
+    st.ip_addresses().map(str),
+    st.tuples(st.ip_addresses(), st.integers(-5, 140)).map(lambda t: f"{t[0]}/{t[1]}"),
+    nasty_text,
+    st.text(max_size=80),
+)
+
+
+@settings(max_examples=400 * SCALE, deadline=None)
+@given(text=address_like, strict=st.booleans())
+def test_prefix_parse_gives_a_prefix_or_an_address_error(text: str, strict: bool) -> None:
+    try:
+        p = Prefix.parse(text, strict=strict)
+    except UsageError as exc:
+        assert len(str(exc)) < 300, str(exc)
+        return
+    assert 0 <= p.length <= p.bits and 0 <= p.value <= (1 << p.bits) - 1
+    assert Prefix.parse(str(p), strict=True) == p  # what govern prints, it reads back as the same prefix
