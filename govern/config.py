@@ -677,6 +677,16 @@ def _cross_check(v: Mapping[str, Mapping[str, Any]], path: str | None) -> None:
             raise ConfigError(f"must not be below modes.elevated_{name}", path=path, key=f"modes.wave_{name}")
     if v["cut"]["wave_idle_after"] > v["cut"]["elevated_idle_after"]:
         raise ConfigError("must not be longer than cut.elevated_idle_after", path=path, key="cut.wave_idle_after")
+    b = v["backend"]
+    # The XDP program is loaded after the firewall's table is made: what would fail there is refused here first.
+    if b["xdp"] and not b["xdp_interfaces"]:
+        raise ConfigError(
+            "xdp is on but no interface is given to attach it to", path=path, key="backend.xdp_interfaces"
+        )
+    if b["xdp"] and b["xdp_object"] and not os.path.isfile(b["xdp_object"]):
+        raise ConfigError(
+            f"{b['xdp_object']} is not a file: build it with `make -C bpf`", path=path, key="backend.xdp_object"
+        )
     if v["export"]["listen"] and not v["export"]["token_file"]:
         raise ConfigError("the feed needs a bearer token: set export.token_file", path=path, key="export.listen")
     for fam in ("ipv4", "ipv6"):

@@ -149,12 +149,24 @@ def test_a_postfix_log_that_is_a_fifo_is_not_followed(tmp_path: Path) -> None:
         ('state_dir = "/sys/fs/govern"', "daemon.state_dir: '/sys/fs/govern' is under /sys"),
         ('socket = "/proc/self/govern.sock"', "daemon.socket: '/proc/self/govern.sock' is under /proc"),
         ('socket = "/run/govern/"', "daemon.socket: expected the socket's file name"),
+        ("[backend]\nxdp = true", "backend.xdp_interfaces: xdp is on but no interface"),
+        ('[backend]\nxdp = true\nxdp_interfaces = ["eth0"]\nxdp_object = "/nonexistent/x.o"', "is not a file"),
     ],
-    ids=["socket-too-long", "state-dir-nul", "state-dir-proc", "state-dir-sys", "socket-proc", "socket-dir"],
+    ids=[
+        "socket-too-long",
+        "state-dir-nul",
+        "state-dir-proc",
+        "state-dir-sys",
+        "socket-proc",
+        "socket-dir",
+        "xdp-no-interface",
+        "xdp-no-object",
+    ],
 )
 def test_what_run_would_refuse_config_check_refuses(tmp_path: Path, daemon: str, problem: str) -> None:
+    text = daemon if daemon.startswith("[") else f"[daemon]\n{daemon}"
     with pytest.raises(ConfigError, match=problem.replace("(", r"\(")):
-        config.load(write(tmp_path, f"[daemon]\n{daemon}\n"))
+        config.load(write(tmp_path, text + "\n"))
 
 
 def test_a_socket_in_a_directory_others_may_write_is_refused_by_check_and_by_the_server(tmp_path: Path) -> None:
