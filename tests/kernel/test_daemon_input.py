@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import stat
 import time
 from pathlib import Path
 
@@ -74,3 +75,45 @@ def test_a_fifo_is_refused_at_start_and_bad_files_on_sighup_keep_the_daemon_and_
         assert st["failures"]["reload"] == 4
         assert "Traceback" not in d.log.read_text()
         cfg.write_text(good)
+
+
+def test_what_run_would_refuse_after_touching_the_kernel_is_refused_before(lab: Lab, tmp_path: Path) -> None:
+    """A socket path too long for AF_UNIX, a state_dir with a NUL or under /proc: `govern run` used to set up
+    nftables and the tarpit first and then die with a traceback; now it exits 2 naming the key, and the
+    namespace holds no govern table."""
+    base = write_config(tmp_path).read_text()
+    for daemon_line, problem in (
+        (f'socket = "{tmp_path}/{"s" * 200}.sock"', "daemon.socket: a unix socket's path is at most 107 bytes"),
+        ('state_dir = "/var/lib/gov\\u0000ern"', "daemon.state_dir: a path cannot contain a NUL character"),
+        ('state_dir = "/proc/govern"', "daemon.state_dir: '/proc/govern' is under /proc"),
+    ):
+        cfg = tmp_path / "bad.toml"
+        key = daemon_line.split(" = ", 1)[0]
+        cfg.write_text(
+            "\n".join(line for line in base.splitlines() if not line.startswith(f"{key} = ")).replace(
+                "[daemon]\n", f"[daemon]\n{daemon_line}\n"
+            )
+        )
+        r = govern(lab.mx, "run", "--config", str(cfg))
+        assert r.returncode == 2 and problem in r.stderr and "Traceback" not in r.stderr, r.stderr[-2000:]
+        assert "govern" not in tables(lab.mx)
+        r = govern(lab.mx, "config", "check", str(cfg))
+        assert r.returncode == 2 and problem in r.stderr
+
+
+def test_the_daemon_leaves_an_existing_socket_directory_as_it_was(lab: Lab, tmp_path: Path) -> None:
+    """socket = "/tmp/govern.sock" used to chmod /tmp to 0700; a shared sticky directory stays as it is."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    cfg = write_config(tmp_path)
+    cfg.write_text(cfg.read_text().replace(f'socket = "{tmp_path}/run/govern.sock"', f'socket = "{shared}/g.sock"'))
+    d = Daemon(lab.mx, cfg)
+    d.socket = str(shared / "g.sock")
+    d.start()
+    try:
+        assert d.status()["blocks"] == 0
+        assert stat.S_IMODE(shared.stat().st_mode) == 0o1777
+        assert stat.S_IMODE((shared / "g.sock").stat().st_mode) == 0o600
+    finally:
+        d.stop()
