@@ -7,6 +7,7 @@ fails validation is never partly used.
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 import tomllib
@@ -119,6 +120,8 @@ def _abs_path(v: Any) -> str:
         raise ValueError(f"expected an absolute path, got {shown(s)}")
     if "\0" in s:
         raise ValueError("a path cannot contain a NUL character")
+    if not s.isprintable():  # a newline or an escape would forge lines in the log and in `config show`
+        raise ValueError(f"{shown(s)} contains a control character")
     try:
         raw = os.fsencode(s)
     except UnicodeEncodeError:
@@ -191,7 +194,12 @@ def _ifnames(v: Any) -> tuple[str, ...]:
 
 def _ifname(item: Any) -> str:
     # The kernel's rule for a name: 1-15 bytes, no '/', ':' or whitespace.
-    if not isinstance(item, str) or not 0 < len(item.encode()) < 16 or any(c in item for c in "/: \t\n"):
+    if (
+        not isinstance(item, str)
+        or not item.isprintable()
+        or not 0 < len(item.encode()) < 16
+        or any(c in item for c in "/: ")
+    ):
         raise ValueError(f"{shown(item)} is not an interface name")
     return item
 
@@ -509,7 +517,8 @@ def _toml_value(v: Any) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, str):
-        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        # JSON's string escapes are TOML's, except that TOML refuses a raw DEL too.
+        return json.dumps(v, ensure_ascii=False).replace("\x7f", "\\u007f")
     if isinstance(v, list):
         return "[" + ", ".join(_toml_value(x) for x in v) + "]"
     return str(v)

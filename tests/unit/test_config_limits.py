@@ -9,6 +9,7 @@ import stat
 import subprocess
 import sys
 import time
+import tomllib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -252,3 +253,19 @@ def test_spf_ranges_wider_than_the_configured_guard_are_skipped() -> None:
     assert {str(p) for p in s.prefixes()} == {"192.0.2.0/24"}
     notes = s.status()[-1]["notes"]
     assert any("198.51.0.0/16 is wider than /20" in n for n in notes), notes
+
+
+@pytest.mark.parametrize("path", ["/var/lib/x\ny", "/var/lib/\x1b[2J", "/var/lib/\x7f"])
+def test_a_path_with_a_control_character_is_refused(path: str) -> None:
+    """A newline in a path used to be accepted, and `config show` then printed a line of the operator's choosing
+    (and TOML that did not load)."""
+    with pytest.raises(ConfigError, match=r"daemon\.state_dir: .* contains a control character"):
+        config.from_mapping({"daemon": {"state_dir": path}})
+
+
+@pytest.mark.parametrize("text", ["a\nb = 1", "\x1b[2J", "\x7f", '"quoted" \\ back\u2603'])
+def test_config_show_writes_any_string_as_toml_that_reads_back(text: str) -> None:
+    """What `config show` prints loads back as the same value, and a newline cannot start a line of its own."""
+    shown = config._toml_value(text)
+    assert "\n" not in shown
+    assert tomllib.loads(f"x = {shown}")["x"] == text
