@@ -93,6 +93,13 @@ def prepare_directory(directory: str) -> None:
     os.chmod(directory, 0o700)  # whatever the umask did: this directory is the one govern created
 
 
+def prepare_place(path: str) -> None:
+    """Make ready the control socket's place: its directory (prepare_directory), and no stale socket at `path`.
+    `govern run` calls it before it touches the kernel, so a bad place is refused while nothing is changed yet."""
+    prepare_directory(os.path.dirname(path))
+    _remove_stale(path)
+
+
 def _remove_stale(path: str) -> None:
     """Remove a socket left by a daemon that is gone; anything else at `path` is the operator's and stays."""
     try:
@@ -113,8 +120,7 @@ class ControlServer:
         self.path = path
         self.requests = requests
         self.timeout = timeout
-        prepare_directory(os.path.dirname(path))
-        _remove_stale(path)
+        prepare_place(path)
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old = os.umask(0o177)
         try:

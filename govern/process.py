@@ -17,7 +17,7 @@ from typing import Any
 
 from govern import config as configmod
 from govern import protocol, wiring
-from govern.control import ControlServer, Request
+from govern.control import ControlServer, Request, prepare_place
 from govern.daemon import Governor
 from govern.errors import GovernError, UsageError
 from govern.export import feed as export_feed
@@ -91,10 +91,11 @@ def run(config_path: str | None, *, dry_run: bool = False) -> int:
         # The pull feed for the ISP (docs/export.md), None unless export.listen: first, so a bad token file is
         # refused before anything is changed.
         feed = export_feed.start(cfg)
-        # The socket before the kernel: a place it cannot be made is refused before anything is changed. Requests
-        # that arrive while the daemon starts wait in the queue.
-        server = ControlServer(cfg["daemon"]["socket"], requests)
+        # The socket's place before the kernel: one it cannot be made in is refused while nothing is changed. The
+        # socket itself appears once the daemon has started: tools wait for it as the sign that it is up.
+        prepare_place(cfg["daemon"]["socket"])
         gov.start()
+        server = ControlServer(cfg["daemon"]["socket"], requests)
         log.info(
             "govern running: ports %s, %d blocks, %d throttles restored, %s",
             ",".join(map(str, sorted(gov.policy.ports))),
