@@ -8,7 +8,10 @@ from __future__ import annotations
 import json
 import math
 import os
+import queue
+import socket
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -20,6 +23,7 @@ from hypothesis import strategies as st
 from govern import config, protocol
 from govern.addr import Prefix
 from govern.allow.files import parse_allow_text
+from govern.control import ControlServer, Request, call
 from govern.daemon import Governor
 from govern.errors import ConfigError, UsageError
 from govern.fakes import FakeClock, FakeCounters, FakeEnforcer, FakeSockets
@@ -251,6 +255,55 @@ def test_the_daemon_answers_every_request_and_never_raises(governor: Governor, b
     reply = governor.handle(body)
     assert isinstance(reply.get("ok"), bool)
     json.dumps(reply, default=str)  # what the control server sends
+
+
+@pytest.fixture(scope="module")
+def served(governor: Governor, scratch: Path) -> Iterator[str]:
+    """A real control socket whose requests the fuzzed daemon answers, as the main loop does."""
+    requests: queue.Queue[Request | None] = queue.Queue()
+    server = ControlServer(str(scratch / "run" / "govern.sock"), requests, timeout=5.0)
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.is_set():
+            try:
+                req = requests.get(timeout=0.05)
+            except queue.Empty:
+                continue
+            if req is not None:
+                req.reply = governor.handle(req.body)
+                req.done.set()
+
+    worker = threading.Thread(target=loop, daemon=True)
+    worker.start()
+    yield server.path
+    stop.set()
+    worker.join(2)
+    server.close()
+
+
+raw_requests = st.one_of(
+    st.binary(max_size=200),
+    bodies().map(lambda b: json.dumps(b).encode()),
+    st.integers(1, 200_000).map(lambda n: b"[" * n + b"]" * n),
+    st.integers(1, 200_000).map(lambda n: b'{"cmd": "status", "top": ' + b"[" * n + b"]" * n + b"}"),
+    st.sampled_from([b'{"cmd":"status","top":1e400}', b'{"cmd":"block","prefix":"1.2.3.4","duration":1e300}']),
+    st.integers(4000, 6000).map(lambda n: b'{"cmd": "status", "top": ' + b"9" * n + b"}"),
+)
+
+
+@settings(max_examples=40 * SCALE, deadline=None)
+@given(raw=raw_requests)
+def test_the_control_socket_answers_any_bytes_with_a_reply(served: str, raw: bytes) -> None:
+    """Whatever bytes a client sends, it gets one JSON reply, and the server answers the next client too."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(10)
+        s.connect(served)
+        s.sendall(raw + b"\n")
+        s.shutdown(socket.SHUT_WR)
+        reply = json.loads(b"".join(iter(lambda: s.recv(65536), b"")))
+    assert isinstance(reply, dict) and isinstance(reply.get("ok"), bool)
+    assert call(served, {"cmd": "ping"}, timeout=5)["ok"]
 
 
 # -- the address parsers ----------------------------------------------------------------------------------------
