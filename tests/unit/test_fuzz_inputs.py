@@ -8,10 +8,8 @@ from __future__ import annotations
 import json
 import math
 import os
-import queue
 import socket
 import tempfile
-import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -23,11 +21,12 @@ from hypothesis import strategies as st
 from govern import config, protocol
 from govern.addr import Prefix
 from govern.allow.files import parse_allow_text
-from govern.control import ControlServer, Request, call
+from govern.control import call
 from govern.daemon import Governor
 from govern.errors import ConfigError, UsageError
 from govern.fakes import FakeClock, FakeCounters, FakeEnforcer, FakeSockets
 from govern.store import Store
+from tests.unit.test_control import serve
 
 # A longer hunt: GOVERN_FUZZ_SCALE=50 pytest tests/unit/test_fuzz_inputs.py
 SCALE = int(os.environ.get("GOVERN_FUZZ_SCALE", "1"))
@@ -260,25 +259,10 @@ def test_the_daemon_answers_every_request_and_never_raises(governor: Governor, b
 @pytest.fixture(scope="module")
 def served(governor: Governor, scratch: Path) -> Iterator[str]:
     """A real control socket whose requests the fuzzed daemon answers, as the main loop does."""
-    requests: queue.Queue[Request | None] = queue.Queue()
-    server = ControlServer(str(scratch / "run" / "govern.sock"), requests, timeout=5.0)
-    stop = threading.Event()
-
-    def loop() -> None:
-        while not stop.is_set():
-            try:
-                req = requests.get(timeout=0.05)
-            except queue.Empty:
-                continue
-            if req is not None:
-                req.reply = governor.handle(req.body)
-                req.done.set()
-
-    worker = threading.Thread(target=loop, daemon=True)
-    worker.start()
-    yield server.path
+    path = str(scratch / "run" / "govern.sock")
+    server, stop = serve(path, governor.handle, timeout=5.0)
+    yield path
     stop.set()
-    worker.join(2)
     server.close()
 
 
