@@ -164,7 +164,11 @@ class ControlServer:
                 with contextlib.suppress(OSError):
                     self._send(conn, {"ok": False, "error": "bad request: nested too deep", "refused": True})
                 return
-            except (OSError, ValueError) as exc:
+            except ValueError as exc:  # not JSON, not an object, too large: the client's to fix, like any refusal
+                with contextlib.suppress(OSError):
+                    self._send(conn, {"ok": False, "error": f"bad request: {exc}", "refused": True})
+                return
+            except OSError as exc:
                 with contextlib.suppress(OSError):
                     self._send(conn, {"ok": False, "error": f"bad request: {exc}"})
                 return

@@ -287,6 +287,8 @@ def test_the_control_socket_answers_any_bytes_with_a_reply(served: str, raw: byt
         s.shutdown(socket.SHUT_WR)
         reply = json.loads(b"".join(iter(lambda: s.recv(65536), b"")))
     assert isinstance(reply, dict) and isinstance(reply.get("ok"), bool)
+    if not reply["ok"]:  # every bad request is the client's to fix: refused (the CLI exits 2), never a failure
+        assert reply.get("refused") is True, reply
     assert call(served, {"cmd": "ping"}, timeout=5)["ok"]
 
 
