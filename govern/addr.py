@@ -11,9 +11,11 @@ import socket
 from collections.abc import Iterable, Iterator
 from typing import NamedTuple
 
-from govern.errors import AddressError
+from govern.errors import AddressError, shown
 
 _BITS = {4: 32, 6: 128}
+# The longest spelling of a prefix: an IPv6 address with an embedded IPv4 tail, then "/128".
+MAX_TEXT = len("ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255/128")
 
 
 class Prefix(NamedTuple):
@@ -63,10 +65,16 @@ class Prefix(NamedTuple):
         peer as IPv4, and in an IPv6 set it would never match.
         """
         raw = text.strip()
+        if len(raw) > MAX_TEXT:
+            raise AddressError(f"{shown(text)} is too long to be an IPv4/IPv6 address or prefix")
         try:
             net = ipaddress.ip_network(raw, strict=strict)
         except ValueError as exc:
-            raise AddressError(f"{text!r} is not an IPv4/IPv6 address or prefix ({exc})") from None
+            # ipaddress's reason, when it adds something ("has host bits set", a bad netmask) and is short: some of
+            # its reasons only quote the text again.
+            reason = str(exc)
+            detail = "" if "does not appear to be" in reason or len(reason) > 80 else f" ({reason})"
+            raise AddressError(f"{shown(text)} is not an IPv4/IPv6 address or prefix{detail}") from None
         value = int(net.network_address)
         if net.version == 6 and net.prefixlen >= 96 and value >> 32 == 0xFFFF:
             return cls(4, value & 0xFFFFFFFF, net.prefixlen - 96)

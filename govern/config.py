@@ -7,22 +7,39 @@ fails validation is never partly used.
 
 from __future__ import annotations
 
+import json
 import os
+import stat
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from govern.addr import Prefix, PrefixSet
+from govern.allow import files as allow_files
 from govern.allow.names import domains
 from govern.checks import items
 from govern.checks import typename as _typename
 from govern.core.policy import ModePolicy, Policy
 from govern.durations import format_duration, parse_duration
-from govern.errors import AddressError, ConfigError
+from govern.errors import AddressError, ConfigError, shown
+from govern.readfile import read_regular, size_text
 
 DEFAULT_PATH = "/etc/govern/govern.toml"
+
+# What a config may hold (docs/configuration.md, "Limits"): generous for any real config, and small enough that a
+# malformed or hostile file is refused at once instead of exhausting memory, the stack or the CPU.
+MAX_CONFIG_BYTES = 1 << 20
+MAX_ALLOW_FILE_BYTES = allow_files.MAX_BYTES
+MAX_DEPTH = 4  # the file, a section, a key's list, an item: nothing of govern's nests deeper
+MAX_ITEMS = 10_000  # per list; longer allowlists belong in allow.files
+MAX_STRING = 4096  # PATH_MAX: no value of govern's is longer
+MAX_KEY = 64
+MAX_FLOAT_TEXT = 40  # characters of a float as written
+INT_RANGE = (-(1 << 63), (1 << 63) - 1)  # TOML's integers are 64-bit
+# Where a state directory or a socket cannot live: the kernel's own file systems.
+VIRTUAL_FS = ("/proc", "/sys", "/dev")
+SUN_PATH_MAX = 107  # AF_UNIX's sun_path is 108 bytes, the last one its NUL
 
 
 def _int(lo: int, hi: int) -> Callable[[Any], int]:
@@ -40,7 +57,7 @@ def _duration(lo: float, hi: float) -> Callable[[Any], float]:
     def check(v: Any) -> float:
         s = parse_duration(v)
         if not lo <= s <= hi:
-            raise ValueError(f"must be between {format_duration(lo)} and {format_duration(hi)}, got {v!r}")
+            raise ValueError(f"must be between {format_duration(lo)} and {format_duration(hi)}, got {shown(v)}")
         return s
 
     return check
@@ -100,7 +117,39 @@ def _str(v: Any) -> str:
 def _abs_path(v: Any) -> str:
     s = _str(v)
     if not s.startswith("/"):
-        raise ValueError(f"expected an absolute path, got {s!r}")
+        raise ValueError(f"expected an absolute path, got {shown(s)}")
+    if "\0" in s:
+        raise ValueError("a path cannot contain a NUL character")
+    if not s.isprintable():  # a newline or an escape would forge lines in the log and in `config show`
+        raise ValueError(f"{shown(s)} contains a control character")
+    try:
+        raw = os.fsencode(s)
+    except UnicodeEncodeError:
+        raise ValueError(f"{shown(s)} cannot be encoded as a file name") from None
+    if len(raw) >= 4096:
+        raise ValueError("a path must be shorter than 4096 bytes (PATH_MAX)")
+    return s
+
+
+def _outside_virtual_fs(s: str) -> str:
+    """A path that lies outside /proc, /sys and /dev, where no file of govern's can be created."""
+    real = os.path.realpath(s)
+    for top in VIRTUAL_FS:
+        if real == top or real.startswith(top + "/"):
+            raise ValueError(f"{shown(s)} is under {top}, a kernel file system where govern cannot keep files")
+    return s
+
+
+def _state_dir(v: Any) -> str:
+    return _outside_virtual_fs(_abs_path(v))
+
+
+def _socket_path(v: Any) -> str:
+    s = _outside_virtual_fs(_abs_path(v))
+    if len(os.fsencode(s)) > SUN_PATH_MAX:
+        raise ValueError(f"a unix socket's path is at most {SUN_PATH_MAX} bytes, got {len(os.fsencode(s))}")
+    if s.endswith("/"):
+        raise ValueError(f"expected the socket's file name, got the directory {shown(s)}")
     return s
 
 
@@ -118,7 +167,7 @@ def _ports(v: Any) -> tuple[int, ...]:
 
 def _port(p: Any) -> int:
     if isinstance(p, bool) or not isinstance(p, int) or not 1 <= p <= 65535:
-        raise ValueError(f"{p!r} is not a TCP port (1-65535)")
+        raise ValueError(f"{shown(p)} is not a TCP port (1-65535)")
     return p
 
 
@@ -145,8 +194,13 @@ def _ifnames(v: Any) -> tuple[str, ...]:
 
 def _ifname(item: Any) -> str:
     # The kernel's rule for a name: 1-15 bytes, no '/', ':' or whitespace.
-    if not isinstance(item, str) or not 0 < len(item.encode()) < 16 or any(c in item for c in "/: \t\n"):
-        raise ValueError(f"{item!r} is not an interface name")
+    if (
+        not isinstance(item, str)
+        or not item.isprintable()
+        or not 0 < len(item.encode()) < 16
+        or any(c in item for c in "/: ")
+    ):
+        raise ValueError(f"{shown(item)} is not an interface name")
     return item
 
 
@@ -154,7 +208,7 @@ def _choice(*allowed: str) -> Callable[[Any], str]:
     def check(v: Any) -> str:
         s = _str(v)
         if s not in allowed:
-            raise ValueError(f"expected one of {', '.join(allowed)}; got {v!r}")
+            raise ValueError(f"expected one of {', '.join(allowed)}; got {shown(v)}")
         return s
 
     return check
@@ -163,7 +217,7 @@ def _choice(*allowed: str) -> Callable[[Any], str]:
 def _level(v: Any) -> str:
     s = _str(v).lower()
     if s not in ("debug", "info", "warning", "error"):
-        raise ValueError(f"expected one of debug, info, warning, error; got {v!r}")
+        raise ValueError(f"expected one of debug, info, warning, error; got {shown(v)}")
     return s
 
 
@@ -172,7 +226,7 @@ def _sysctl_keys(v: Any) -> frozenset[str]:
 
     def known(item: Any) -> str:
         if item not in KEYS:
-            raise ValueError(f"{item!r} is not a key govern tunes (known: {', '.join(KEYS)})")
+            raise ValueError(f"{shown(item)} is not a key govern tunes (known: {', '.join(KEYS)})")
         return str(item)
 
     return frozenset(items(v, "sysctl names", known))
@@ -185,11 +239,11 @@ def _listen_or_off(v: Any) -> str:
     s = _str(v)
     host, sep, port = s.rpartition(":")
     if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
-        raise ValueError(f"expected HOST:PORT (e.g. 127.0.0.1:8025 or [::1]:8025), got {s!r}")
+        raise ValueError(f"expected HOST:PORT (e.g. 127.0.0.1:8025 or [::1]:8025), got {shown(s)}")
     try:
         Prefix.parse(host.strip("[]"), strict=True)
     except AddressError:
-        raise ValueError(f"{host!r} is not an IP address; govern listens on an address, not a name") from None
+        raise ValueError(f"{shown(host)} is not an IP address; govern listens on an address, not a name") from None
     return s
 
 
@@ -328,8 +382,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
     "daemon": {
         "tick": Key("1s", _duration(0.1, 60), "how often govern observes, decides and acts"),
         "wave_tick": Key("500ms", _duration(0.1, 60), "how often in a wave: cuts and shedding answer a flood sooner"),
-        "state_dir": Key("/var/lib/govern", _abs_path, "durable state: active blocks, throttles, events"),
-        "socket": Key("/run/govern/govern.sock", _abs_path, "root-only control socket the CLI talks to"),
+        "state_dir": Key("/var/lib/govern", _state_dir, "durable state: active blocks, throttles, events"),
+        "socket": Key("/run/govern/govern.sock", _socket_path, "root-only control socket the CLI talks to"),
         "dry_run": Key(False, _bool, "log every plan instead of enforcing it (counting still runs in the kernel)"),
         "log_level": Key("info", _level, "debug, info, warning or error"),
     },
@@ -467,7 +521,8 @@ def _toml_value(v: Any) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, str):
-        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        # JSON's string escapes are TOML's, except that TOML refuses a raw DEL too.
+        return json.dumps(v, ensure_ascii=False).replace("\x7f", "\\u007f")
     if isinstance(v, list):
         return "[" + ", ".join(_toml_value(x) for x in v) + "]"
     return str(v)
@@ -475,15 +530,46 @@ def _toml_value(v: Any) -> str:
 
 def read_allow_file(path: str, *, key: str = "allow.files") -> tuple[Prefix, ...]:
     """One address or prefix per line, '#' comments; errors name the file and line."""
+    raw = read_regular(path, MAX_ALLOW_FILE_BYTES, key=key)
     try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"allowlist file {path} does not exist", key=key) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read allowlist file {path}: {exc}", key=key) from None
-    from govern.allow.files import parse_allow_text  # a leaf module: no import cycle
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"not UTF-8 text: {exc.reason} at byte {exc.start}", path=path, key=key) from None
+    return tuple(e.prefix for e in allow_files.parse_allow_text(text, path))
 
-    return tuple(e.prefix for e in parse_allow_text(text, path))
+
+class _FloatTooLong(Exception):
+    pass
+
+
+def _float(text: str) -> float:
+    """tomllib's float hook: a float written with more characters than any config needs is refused before Python
+    spends time on it."""
+    if len(text) > MAX_FLOAT_TEXT:
+        raise _FloatTooLong(text)
+    return float(text)
+
+
+def parse_toml(raw: bytes, path: str) -> dict[str, Any]:
+    """The TOML document in `raw`, or ConfigError with one line saying what is wrong."""
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"is larger than {size_text(MAX_CONFIG_BYTES)}", path=path)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"not UTF-8 text: {exc.reason} at byte {exc.start}", path=path) from None
+    try:
+        return tomllib.loads(text, parse_float=_float)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"not valid TOML: {exc}", path=path) from None
+    except RecursionError:  # tomllib recurses once per level: the stack ends long before MAX_DEPTH matters
+        raise ConfigError(f"not a config: nested deeper than {MAX_DEPTH} levels", path=path) from None
+    except _FloatTooLong as exc:
+        raise ConfigError(
+            f"a number is longer than {MAX_FLOAT_TEXT} characters: {shown(str(exc))}", path=path
+        ) from None
+    except ValueError:  # int() refuses a whole number of more than 4300 digits
+        raise ConfigError(f"a whole number is out of range {INT_RANGE[0]}..{INT_RANGE[1]}", path=path) from None
 
 
 def load(path: str | None = None) -> Config:
@@ -492,29 +578,66 @@ def load(path: str | None = None) -> Config:
     chosen = path or DEFAULT_PATH
     data: dict[str, Any] = {}
     if explicit or os.path.exists(chosen):
-        try:
-            with open(chosen, "rb") as fh:
-                data = tomllib.load(fh)
-        except FileNotFoundError:
-            raise ConfigError("file does not exist", path=chosen) from None
-        except IsADirectoryError:
-            raise ConfigError("is a directory, not a config file", path=chosen) from None
-        except PermissionError:
-            raise ConfigError("permission denied", path=chosen) from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"not valid TOML: {exc}", path=chosen) from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"cannot read: {exc}", path=chosen) from None
-    return from_mapping(data, path=chosen if data or explicit else None)
+        data = parse_toml(read_regular(chosen, MAX_CONFIG_BYTES), chosen)
+    config = from_mapping(data, path=chosen if data or explicit else None)
+    _check_socket_place(config["daemon"]["socket"], config.path)
+    return config
+
+
+def _check_socket_place(sock: str, path: str | None) -> None:
+    """What `govern run` would refuse about the control socket's place on disk, refused by `config check` too: an
+    existing directory others may write (govern.control.unsafe_directory), or something other than a socket
+    already at its path."""
+    from govern.control import unsafe_directory  # the daemon's rule, from the daemon's module
+
+    directory = os.path.dirname(sock)
+    why = unsafe_directory(directory) if os.path.lexists(directory) else None
+    try:
+        mode: int | None = os.lstat(sock).st_mode
+    except OSError:  # absent, or not ours to look at: the daemon finds out
+        mode = None
+    if why is None and mode is not None and not stat.S_ISSOCK(mode):
+        why = f"{sock} exists and is not a socket; govern will not replace it"
+    if why:
+        raise ConfigError(why, path=path, key="daemon.socket")
+
+
+def _check_shape(data: Mapping[str, Any], path: str | None) -> None:
+    """Refuse what no config of govern's holds before any key is judged: nesting deeper than MAX_DEPTH, lists
+    longer than MAX_ITEMS, strings and keys longer than MAX_STRING and MAX_KEY, integers beyond 64 bits. Iterative,
+    so that a deep structure cannot exhaust the stack here either."""
+    todo: list[tuple[Any, str, int]] = [(data, "", 0)]
+    while todo:
+        v, where, depth = todo.pop()
+        if depth > MAX_DEPTH:
+            raise ConfigError(f"nested deeper than {MAX_DEPTH} levels", path=path, key=where)
+        if isinstance(v, Mapping):
+            for k, item in v.items():
+                if not isinstance(k, str):
+                    raise ConfigError(f"a key must be a string, got {_typename(k)}", path=path, key=where or None)
+                if len(k) > MAX_KEY or not k.isprintable():  # a key is quoted in errors: one short line
+                    name = f"{where}.{shown(k)}" if where else shown(k)
+                    raise ConfigError(f"a key is at most {MAX_KEY} printable characters", path=path, key=name)
+                todo.append((item, f"{where}.{k}" if where else k, depth + 1))
+        elif isinstance(v, list):
+            if len(v) > MAX_ITEMS:
+                hint = " (a long allowlist belongs in allow.files)" if where.startswith("allow.") else ""
+                raise ConfigError(f"a list of at most {MAX_ITEMS} items, got {len(v)}{hint}", path=path, key=where)
+            todo.extend((item, f"{where}[{i}]", depth + 1) for i, item in enumerate(v))
+        elif isinstance(v, str) and len(v) > MAX_STRING:
+            raise ConfigError(f"a string of at most {MAX_STRING} characters, got {len(v)}", path=path, key=where)
+        elif isinstance(v, int) and not isinstance(v, bool) and not INT_RANGE[0] <= v <= INT_RANGE[1]:
+            raise ConfigError(f"a whole number out of range {INT_RANGE[0]}..{INT_RANGE[1]}", path=path, key=where)
 
 
 def from_mapping(data: Mapping[str, Any], path: str | None = None) -> Config:
+    _check_shape(data, path)
     values: dict[str, dict[str, Any]] = {}
     raw: dict[str, dict[str, Any]] = {}
     for section, value in data.items():
         if section not in SCHEMA:
             raise ConfigError(f"unknown section (known: {', '.join(SCHEMA)})", path=path, key=f"[{section}]")
-        if not isinstance(value, dict):
+        if not isinstance(value, Mapping):
             raise ConfigError(f"expected a table, got {_typename(value)}", path=path, key=section)
         for key in value:
             if key not in SCHEMA[section]:
@@ -567,6 +690,16 @@ def _cross_check(v: Mapping[str, Mapping[str, Any]], path: str | None) -> None:
             raise ConfigError(f"must not be below modes.elevated_{name}", path=path, key=f"modes.wave_{name}")
     if v["cut"]["wave_idle_after"] > v["cut"]["elevated_idle_after"]:
         raise ConfigError("must not be longer than cut.elevated_idle_after", path=path, key="cut.wave_idle_after")
+    b = v["backend"]
+    # The XDP program is loaded after the firewall's table is made: what would fail there is refused here first.
+    if b["xdp"] and not b["xdp_interfaces"]:
+        raise ConfigError(
+            "xdp is on but no interface is given to attach it to", path=path, key="backend.xdp_interfaces"
+        )
+    if b["xdp"] and b["xdp_object"] and not os.path.isfile(b["xdp_object"]):
+        raise ConfigError(
+            f"{b['xdp_object']} is not a file: build it with `make -C bpf`", path=path, key="backend.xdp_object"
+        )
     if v["export"]["listen"] and not v["export"]["token_file"]:
         raise ConfigError("the feed needs a bearer token: set export.token_file", path=path, key="export.listen")
     if v["metrics"]["listen"] and v["metrics"]["listen"] == v["export"]["listen"]:

@@ -1,6 +1,6 @@
 """The control channel between the CLI and the daemon: one JSON request and one JSON reply per connection over
-a unix socket that only root may use (directory mode 0700, socket mode 0600, and the peer's uid checked with
-SO_PEERCRED on every connection)."""
+a unix socket that only root may use (socket mode 0600, the peer's uid checked with SO_PEERCRED on every
+connection, and a directory govern creates with mode 0700 or an existing one that others cannot write)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import logging
 import os
 import queue
 import socket
+import stat
 import struct
 import threading
 import time
@@ -18,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from govern import protocol
-from govern.errors import DaemonUnavailable, GovernError
+from govern.errors import DaemonUnavailable, GovernError, UsageError
 
 log = logging.getLogger("govern.control")
 MAX_REQUEST = 1 << 20
@@ -55,6 +56,63 @@ def _recv_all(conn: socket.socket) -> bytes:
     return b"".join(chunks)
 
 
+def unsafe_directory(directory: str) -> str | None:
+    """Why the existing `directory` must not hold the control socket, or None: anyone but root and its owner may
+    write in it without the sticky bit, so they could replace the socket with their own and answer the CLI."""
+    try:
+        st = os.stat(directory)
+    except OSError as exc:
+        return f"cannot use {directory}: {exc.strerror or exc}"
+    if not stat.S_ISDIR(st.st_mode):
+        return f"{directory} is not a directory"
+    if st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX:
+        return (
+            f"{directory} (mode {stat.S_IMODE(st.st_mode):04o}) may be written by others without the sticky bit: "
+            "someone else could replace govern's control socket there; choose a directory only root may write"
+        )
+    if st.st_uid not in (0, os.geteuid()):
+        return f"{directory} belongs to uid {st.st_uid}, who could replace govern's control socket there"
+    return None
+
+
+def prepare_directory(directory: str) -> None:
+    """The socket's directory: created root-only (0700) when it is missing; an existing one is used as it is, never
+    chmod'ed (with socket = "/tmp/govern.sock" that would be /tmp), and refused when it is unsafe. The socket's own
+    mode (0600) and the peer's uid keep others out either way."""
+    try:
+        # Missing parents get the usual mode: only the socket's own directory is govern's to make private.
+        os.makedirs(os.path.dirname(directory) or "/", exist_ok=True)
+        os.mkdir(directory, 0o700)
+    except FileExistsError:
+        why = unsafe_directory(directory)
+        if why:
+            raise UsageError(f"daemon.socket: {why}") from None
+        return
+    except OSError as exc:
+        raise UsageError(f"daemon.socket: cannot create {directory}: {exc.strerror or exc}") from None
+    os.chmod(directory, 0o700)  # whatever the umask did: this directory is the one govern created
+
+
+def prepare_place(path: str) -> None:
+    """Make ready the control socket's place: its directory (prepare_directory), and no stale socket at `path`.
+    `govern run` calls it before it touches the kernel, so a bad place is refused while nothing is changed yet."""
+    prepare_directory(os.path.dirname(path))
+    _remove_stale(path)
+
+
+def _remove_stale(path: str) -> None:
+    """Remove a socket left by a daemon that is gone; anything else at `path` is the operator's and stays."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise UsageError(f"daemon.socket: {path} exists and is not a socket; govern will not replace it")
+    if ping(path):
+        raise GovernError(f"another govern daemon is already answering on {path}")
+    os.unlink(path)
+
+
 class ControlServer:
     """Accepts CLI connections in a thread and queues their requests for the main loop."""
 
@@ -62,20 +120,17 @@ class ControlServer:
         self.path = path
         self.requests = requests
         self.timeout = timeout
-        directory = os.path.dirname(path)
-        os.makedirs(directory, mode=0o700, exist_ok=True)
-        os.chmod(directory, 0o700)
-        if os.path.exists(path):
-            if ping(path):
-                raise GovernError(f"another govern daemon is already answering on {path}")
-            os.unlink(path)
+        prepare_place(path)
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old = os.umask(0o177)
         try:
             self.sock.bind(path)
+            os.chmod(path, 0o600)
+        except OSError as exc:
+            self.sock.close()
+            raise GovernError(f"cannot listen on {path}: {exc.strerror or exc}") from None
         finally:
             os.umask(old)
-        os.chmod(path, 0o600)
         # A burst of CLI calls (a script, several operators) must queue, not fail with EAGAIN.
         self.sock.listen(LISTEN_BACKLOG)
         self._stop = threading.Event()
@@ -109,7 +164,11 @@ class ControlServer:
                 with contextlib.suppress(OSError):
                     self._send(conn, {"ok": False, "error": "bad request: nested too deep", "refused": True})
                 return
-            except (OSError, ValueError) as exc:
+            except ValueError as exc:  # not JSON, not an object, too large: the client's to fix, like any refusal
+                with contextlib.suppress(OSError):
+                    self._send(conn, {"ok": False, "error": f"bad request: {exc}", "refused": True})
+                return
+            except OSError as exc:
                 with contextlib.suppress(OSError):
                     self._send(conn, {"ok": False, "error": f"bad request: {exc}"})
                 return

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import math
 import re
 
+from govern.errors import shown
+
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+MAX_TEXT = 64  # '1w2d3h4m5s6ms' needs far less; a longer text is not a duration a person wrote
 _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
 
 
@@ -13,8 +17,13 @@ def parse_duration(value: object) -> float:
     if isinstance(value, bool):
         raise ValueError("expected a duration such as '10m', not a boolean")
     if isinstance(value, int | float):
-        seconds = float(value)
+        try:
+            seconds = float(value)
+        except OverflowError:  # an integer of hundreds of digits
+            raise ValueError(f"{shown(value)} is too large to be a duration") from None
     elif isinstance(value, str):
+        if len(value) > MAX_TEXT:
+            raise ValueError(f"{shown(value)} is not a duration (too long)")
         text = value.strip().lower().replace(" ", "")
         pos, seconds = 0, 0.0
         for m in _PART.finditer(text):
@@ -23,11 +32,13 @@ def parse_duration(value: object) -> float:
             seconds += float(m.group(1)) * _UNITS[m.group(2)]
             pos = m.end()
         if not text or pos != len(text):
-            raise ValueError(f"{value!r} is not a duration (use e.g. '30s', '10m', '1h30m', '7d')")
+            raise ValueError(f"{shown(value)} is not a duration (use e.g. '30s', '10m', '1h30m', '7d')")
     else:
         raise ValueError(f"expected a duration such as '10m', got {type(value).__name__}")
+    if not math.isfinite(seconds):
+        raise ValueError(f"{shown(value)} is not a finite duration")
     if seconds <= 0:
-        raise ValueError(f"duration must be positive, got {value!r}")
+        raise ValueError(f"duration must be positive, got {shown(value)}")
     return seconds
 
 

@@ -70,3 +70,11 @@ class StoreError(GovernError):
     def __init__(self, message: str, *, committing: bool = False) -> None:
         super().__init__(message)
         self.committing = committing
+
+
+def shown(value: object, width: int = 40) -> str:
+    """A value quoted in an error, cut short: a refusal must not repeat a 100 kB input back."""
+    if isinstance(value, str):
+        return repr(value if len(value) <= width else value[:width] + "...")
+    text = repr(value)
+    return text if len(text) <= width else text[:width] + "..."

@@ -18,7 +18,7 @@ from typing import Any
 
 from govern import config as configmod
 from govern import metrics, protocol, wiring
-from govern.control import ControlServer, Request
+from govern.control import ControlServer, Request, prepare_place
 from govern.daemon import Governor
 from govern.errors import GovernError, UsageError
 from govern.export import feed as export_feed
@@ -42,8 +42,11 @@ class _Lock:
     """One daemon per state directory."""
 
     def __init__(self, state_dir: str) -> None:
-        os.makedirs(state_dir, mode=0o700, exist_ok=True)
-        self.fd = os.open(os.path.join(state_dir, "lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            os.makedirs(state_dir, mode=0o700, exist_ok=True)
+            self.fd = os.open(os.path.join(state_dir, "lock"), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        except OSError as exc:
+            raise GovernError(f"daemon.state_dir: cannot use {state_dir}: {exc.strerror or exc}") from None
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -97,6 +100,9 @@ def run(config_path: str | None, *, dry_run: bool = False) -> int:
         # The pull feed for the ISP (docs/export.md), None unless export.listen: first, so a bad token file is
         # refused before anything is changed.
         feed = export_feed.start(cfg)
+        # The socket's place before the kernel: one it cannot be made in is refused while nothing is changed. The
+        # socket itself appears once the daemon has started: tools wait for it as the sign that it is up.
+        prepare_place(cfg["daemon"]["socket"])
         gov.start()
         # After the start, so the first scrape sees the state restored; a port it cannot have is only a warning.
         endpoint = metrics.start(gov, feed.server if feed is not None else None)
@@ -167,13 +173,25 @@ def _update_feed(gov: Governor, feed: Feed) -> None:
 
 def _reload(gov: Governor, config_path: str | None) -> None:
     try:
-        new = configmod.load(config_path)
+        new = _load_again(config_path)
         if gov.dry_run:
             new = configmod.with_override(new, "daemon", "dry_run", True)
         gov.reload(new)
     except GovernError as exc:
         log.error("reload failed, keeping the running config: %s", exc)
         gov.health.fail("reload", exc)
+
+
+def _load_again(config_path: str | None) -> configmod.Config:
+    """The config for a reload. Whatever goes wrong in reading it, a bug included, is a failed reload: it must never
+    end a daemon that is enforcing."""
+    try:
+        return configmod.load(config_path)
+    except GovernError:
+        raise
+    except Exception as exc:
+        log.exception("reading the config for a reload")
+        raise GovernError(f"cannot read the config: {type(exc).__name__}: {exc}") from exc
 
 
 def _teardown(gov: Governor) -> dict[str, Any]:

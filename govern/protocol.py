@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 
 from govern.addr import Prefix
 from govern.durations import format_duration, parse_duration
-from govern.errors import UsageError
+from govern.errors import UsageError, shown
 
 # How long a manual action may last: a wave switched on by hand from 10 s to a week, a block from 1 s to a year.
 WAVE_FOR = (10.0, 7 * 86400.0)
@@ -25,17 +25,12 @@ MAX_TEXT = 500  # a reason or a note: one line for the log and `govern list`
 MAX_TOP = 10_000
 
 
-def _shown(text: str) -> str:
-    """A value quoted in an error, cut short: a refusal must not repeat a 100 kB request back."""
-    return repr(text if len(text) <= 40 else text[:40] + "...")
-
-
 def _duration(name: str, text: str, bounds: tuple[float, float]) -> float | None:
     """The seconds `text` names ("" for the default: None), within `bounds`."""
     if not text:
         return None
     if len(text) > 40:
-        raise UsageError(f"{name}: {_shown(text)} is not a duration")
+        raise UsageError(f"{name}: {shown(text)} is not a duration")
     try:
         seconds = parse_duration(text)
     except (ValueError, OverflowError) as exc:
@@ -48,7 +43,7 @@ def _duration(name: str, text: str, bounds: tuple[float, float]) -> float | None
 
 def _prefix(name: str, text: str) -> Prefix:
     if len(text) > 64:
-        raise UsageError(f"{name}: {_shown(text)} is too long to be an address or prefix")
+        raise UsageError(f"{name}: {shown(text)} is too long to be an address or prefix")
     try:
         return Prefix.parse(text)
     except (UsageError, ValueError) as exc:
@@ -140,7 +135,7 @@ class Wave:
 
     def __post_init__(self) -> None:
         if self.action not in WAVE_ACTIONS:
-            raise UsageError(f"action: must be one of {', '.join(WAVE_ACTIONS)}, got {self.action!r}")
+            raise UsageError(f"action: must be one of {', '.join(WAVE_ACTIONS)}, got {shown(self.action)}")
         if self.duration and self.action != "on":
             raise UsageError(f"duration: only 'wave on' takes one, not 'wave {self.action}'")
         _duration("duration", self.duration, WAVE_FOR)
@@ -190,12 +185,13 @@ def parse(body: Mapping[str, Any]) -> Request:
     cmd = body.get("cmd")
     kind = KINDS.get(cmd) if isinstance(cmd, str) else None
     if kind is None:
-        raise UsageError(f"unknown request {cmd!r}; known: {', '.join(KINDS)}")
+        raise UsageError(f"unknown request {shown(cmd)}; known: {', '.join(KINDS)}")
     known = {f.name: f for f in fields(kind)}
-    extra = sorted(set(body) - set(known) - {"cmd"})
+    extra = sorted(map(str, set(body) - set(known) - {"cmd"}))
     if extra:
         takes = f"it takes {', '.join(map(repr, known))}" if known else "it takes none"
-        raise UsageError(f"{cmd}: unexpected field(s) {', '.join(map(repr, extra))}; {takes}")
+        named = ", ".join(map(shown, extra[:3])) + (f" and {len(extra) - 3} more" if len(extra) > 3 else "")
+        raise UsageError(f"{cmd}: unexpected field(s) {named}; {takes}")
     values: dict[str, Any] = {}
     for name, f in known.items():
         if name not in body or body[name] is None:

@@ -5,11 +5,20 @@ and reports the error: nothing the operator set up is lost to a half-written fil
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from govern.addr import Prefix
 from govern.allow.entries import AllowEntry
 from govern.errors import AddressError, ConfigError
+from govern.readfile import read_regular
+
+# An allowlist file's limit (docs/configuration.md): some 300,000 entries, parsed in about two seconds.
+MAX_BYTES = 4 << 20
+
+
+def _nothing_too_wide(_p: Prefix) -> str | None:
+    return None
 
 
 def parse_allow_text(text: str, path: str) -> tuple[AllowEntry, ...]:
@@ -29,13 +38,33 @@ def parse_allow_text(text: str, path: str) -> tuple[AllowEntry, ...]:
     return tuple(out)
 
 
+def within_guard(
+    entries: tuple[AllowEntry, ...], too_wide: Callable[[Prefix], str | None]
+) -> tuple[tuple[AllowEntry, ...], list[str]]:
+    """The entries the guard admits (govern.config.too_wide_to_allow), and why each other one was skipped."""
+    kept, skipped = [], []
+    for e in entries:
+        why = too_wide(e.prefix)
+        if why:
+            skipped.append(f"{e.source}: skipped: {why}")
+        else:
+            kept.append(e)
+    return tuple(kept), skipped
+
+
 @dataclass
 class WatchedFile:
     path: str
+    # Why an entry is too wide to allowlist (the config's guard); entries it names are skipped, never taken.
+    too_wide: Callable[[Prefix], str | None] = field(default=_nothing_too_wide, repr=False)
     entries: tuple[AllowEntry, ...] = ()
     error: str = ""
     loaded: bool = False  # some content was read successfully at least once
     _seen: tuple[int, int, int, int] | None = None  # (dev, inode, size, mtime_ns) of the last version parsed
+
+    def judge_by(self, too_wide: Callable[[Prefix], str | None]) -> None:
+        """Take the (re)loaded config's guard; the file is read again at the next check, judged by it."""
+        self.too_wide, self._seen = too_wide, None
 
     def check(self) -> bool:
         """Re-read the file if it changed; True when its entries changed."""
@@ -47,21 +76,25 @@ class WatchedFile:
             return False
         if _signature(st) == self._seen:
             return False
+        # The signature of what was stat'ed before the read: a replace between the two is read again next time.
+        seen = _signature(st)
         try:
-            with open(self.path, "rb") as fh:
-                # The signature of what was read, not of what was stat'ed: a replace between the two is seen next time.
-                seen = _signature(os.fstat(fh.fileno()))
-                text = fh.read().decode("utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            self.error = f"{self.path}: cannot read: {getattr(exc, 'strerror', None) or exc}"
+            # Only a regular file, without blocking: a FIFO here would stop the daemon's loop for good.
+            text = read_regular(self.path, MAX_BYTES).decode("utf-8")
+        except ConfigError as exc:
+            self.error = f"{self.path}: cannot read: {exc.problem}"
+            return False
+        except UnicodeDecodeError as exc:
+            self.error = f"{self.path}: cannot read: not UTF-8 text ({exc.reason} at byte {exc.start})"
             return False
         try:
-            entries = parse_allow_text(text, self.path)
+            entries, skipped = within_guard(parse_allow_text(text, self.path), self.too_wide)
         except ConfigError as exc:
             self.error = str(exc)
             self._seen = seen  # parsed and refused: not again until it changes
             return False
-        self._seen, self.error, self.loaded = seen, "", True
+        self._seen, self.loaded = seen, True
+        self.error = "; ".join(skipped[:3]) + (f" (and {len(skipped) - 3} more)" if len(skipped) > 3 else "")
         changed = entries != self.entries
         self.entries = entries
         return changed

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from govern.checks import items, typename
+from govern.errors import shown
 
 # Underscores are legal in DNS names and common in SPF (`_spf.example.com`); hostnames are held to the same rule so
 # that one check serves both.
@@ -17,6 +18,8 @@ _LABEL = re.compile(r"^(?!-)[A-Za-z0-9_-]{1,63}(?<!-)$")
 
 def domain(text: str) -> str:
     """The name in canonical form (lower case, no trailing dot), or ValueError saying what is wrong with it."""
+    if len(text) > 254:  # before anything else reads it: a name is never this long
+        raise ValueError(f"{shown(text)} is longer than 253 characters")
     name = text.strip().lower()
     name = name.removesuffix(".")
     if not name:
@@ -28,7 +31,7 @@ def domain(text: str) -> str:
     else:
         raise ValueError(f"{text!r} is an address, not a name (put addresses in allow.cidrs)")
     if len(name) > 253:
-        raise ValueError(f"{text!r} is longer than 253 characters")
+        raise ValueError(f"{shown(text)} is longer than 253 characters")
     labels = name.split(".")
     if len(labels) < 2:
         raise ValueError(f"{text!r} is not a fully qualified name (expected e.g. mx.example.com)")
@@ -44,7 +47,7 @@ def domains(what: str) -> Callable[[Any], tuple[str, ...]]:
     """A config check for a list of names: each valid and listed once."""
 
     def check(v: Any) -> tuple[str, ...]:
-        return items(v, what, one, twice=lambda item: f"{item!r} is listed twice")
+        return items(v, what, one, twice=lambda item: f"{shown(item)} is listed twice")
 
     def one(item: Any) -> str:
         if not isinstance(item, str):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 import time
 from datetime import datetime
 
@@ -133,11 +134,17 @@ class LogFollower:
 
     def _open(self) -> bool:
         try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+            # Without blocking, and a regular file only: opening a FIFO would stop the daemon's loop until a
+            # writer came, and reading one by position fails.
+            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
         except OSError as exc:
             self.error = f"{self.path}: {exc.strerror or exc}"
             return False
         st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            os.close(fd)
+            self.error = f"{self.path}: not a regular file"
+            return False
         self._file, self._ino, self.error = fd, (st.st_dev, st.st_ino), ""
         self._partial = b""
         self._pos = 0

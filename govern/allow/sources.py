@@ -21,9 +21,9 @@ from typing import Any
 from govern.addr import Prefix, PrefixSet
 from govern.allow.dns import DnsTempError, Resolver
 from govern.allow.entries import AllowEntry, by_prefix
-from govern.allow.files import WatchedFile
+from govern.allow.files import WatchedFile, within_guard
 from govern.allow.spf import SpfError, expand
-from govern.config import Config
+from govern.config import Config, too_wide_to_allow
 from govern.core.policy import Policy
 from govern.errors import AddressError
 
@@ -100,8 +100,13 @@ class AllowSources:
         self.cidrs = tuple(AllowEntry(p, "allow.cidrs") for p in allow["cidrs"])
         self.min_refresh: float = allow["min_refresh"]
         self.max_refresh: float = allow["refresh"]
+        # Every entry from a file or DNS passes the guard loading applies to the config's (govern.config).
+        guard = dict(config["guard"])
+        self.too_wide: Callable[[Prefix], str | None] = lambda p: too_wide_to_allow(p, guard)
         old_files = {f.path: f for f in self.files}
         self.files = [old_files.get(path) or WatchedFile(path) for path in allow["files"]]
+        for f in self.files:
+            f.judge_by(self.too_wide)
         old_dns = {d.key: d for d in self.dns}
         wanted = [("host", h) for h in allow["hosts"]] + [("spf", d) for d in allow["spf_domains"]]
         self.dns = [old_dns.get(f"{k} {n}") or DnsSource(k, n) for k, n in wanted]
@@ -117,7 +122,7 @@ class AllowSources:
             before = f.error
             f.check()
             if f.error and f.error != before:
-                log.warning("allowlist file: %s (keeping its %d previous entries)", f.error, len(f.entries))
+                log.warning("allowlist file: %s (%d entries in force)", f.error, len(f.entries))
         self._collect(now)
         for d in self.dns:
             if d.pending is None and now >= d.next_at:
@@ -155,7 +160,10 @@ class AllowSources:
             return
         if d.error:
             log.info("allowlist %s resolves again", d.key)
-        d.entries, d.notes, d.error, d.last_ok = out.entries, out.notes, "", now
+        entries, skipped = within_guard(out.entries, self.too_wide)
+        for why in set(skipped) - set(d.notes):
+            log.warning("allowlist %s", why)
+        d.entries, d.notes, d.error, d.last_ok = entries, out.notes + tuple(skipped), "", now
         d.next_at = now + min(max(out.ttl, self.min_refresh), self.max_refresh)
 
     # -- what it holds ----------------------------------------------------------------------------------------

@@ -9,7 +9,9 @@ import shutil
 import socket
 import tempfile
 import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,9 +20,16 @@ from govern.errors import DaemonUnavailable, GovernError
 from govern.systemd import notify
 
 
-def serve(path: str) -> tuple[ControlServer, threading.Event]:
+def echo(body: dict[str, Any]) -> dict[str, Any]:
+    return {"ok": True, "echo": body}
+
+
+def serve(
+    path: str, answer: Callable[[dict[str, Any]], dict[str, Any]] = echo, timeout: float = 30.0
+) -> tuple[ControlServer, threading.Event]:
+    """A control server and a loop answering its requests with `answer`, as the daemon's main loop does."""
     q: queue.Queue[Request | None] = queue.Queue()
-    srv = ControlServer(path, q)
+    srv = ControlServer(path, q, timeout)
     stop = threading.Event()
 
     def loop() -> None:
@@ -30,7 +39,7 @@ def serve(path: str) -> tuple[ControlServer, threading.Event]:
             except queue.Empty:
                 continue
             if req is not None:
-                req.reply = {"ok": True, "echo": req.body}
+                req.reply = answer(req.body)
                 req.done.set()
 
     threading.Thread(target=loop, daemon=True).start()
