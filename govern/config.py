@@ -266,6 +266,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         # -- dynamic allowlist sources (govern.allow)
         "hosts": Key([], domains("hostnames"), "hostnames whose A and AAAA addresses are allowlisted"),
         "spf_domains": Key([], domains("domains"), "domains whose SPF record's sending ranges are allowlisted"),
+        "mta_networks": Key(True, _bool, "the MTA's own relays (Postfix's mynetworks) are allowlisted"),
         "refresh": Key("1h", _duration(60, 7 * 86400), "hostnames and SPF are resolved again at least this often"),
         "min_refresh": Key("5m", _duration(10, 7 * 86400), "and at most this often, however short their DNS TTL"),
     },

@@ -13,7 +13,7 @@ finished work, so it costs a few stat() calls when nothing is due. Tests pass an
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent import futures
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -22,6 +22,9 @@ from govern.addr import Prefix, PrefixSet
 from govern.allow.dns import DnsTempError, Resolver
 from govern.allow.entries import AllowEntry, by_prefix
 from govern.allow.files import WatchedFile, within_guard
+from govern.allow.mta import SOURCE as MTA_SOURCE
+from govern.allow.mta import postconf_mynetworks as mta_networks
+from govern.allow.mta import read as mta_read
 from govern.allow.spf import SpfError, expand
 from govern.config import Config, too_wide_to_allow
 from govern.core.policy import Policy
@@ -86,18 +89,30 @@ class DnsSource:
 class AllowSources:
     """The effective allowlist with provenance. Not thread-safe: the daemon's loop is its only caller."""
 
-    def __init__(self, config: Config, resolver: Resolver, executor: futures.Executor) -> None:
+    def __init__(
+        self,
+        config: Config,
+        resolver: Resolver,
+        executor: futures.Executor,
+        mta: Callable[[], str | None] = lambda: None,
+    ) -> None:
+        """`mta` reads the MTA's mynetworks (govern.allow.mta; None: no MTA), real in `from_config`."""
         self.resolver = resolver
         self.executor = executor
         self.files: list[WatchedFile] = []
         self.dns: list[DnsSource] = []
         self._current: frozenset[Prefix] = frozenset()
+        self.mta: Sequence[AllowEntry] = ()
+        self.mta_notes: list[str] = []
+        self.read_mta = mta
         self.configure(config)
 
     def configure(self, config: Config) -> None:
         """Take a (re)loaded config: sources it still names keep their last good content and schedule."""
         allow = config["allow"]
         self.cidrs = tuple(AllowEntry(p, "allow.cidrs") for p in allow["cidrs"])
+        self.mta_networks: bool = allow["mta_networks"]
+        self._mta_at = float("-inf")  # read again now: a reload may follow a change to the MTA's config
         self.min_refresh: float = allow["min_refresh"]
         self.max_refresh: float = allow["refresh"]
         # Every entry from a file or DNS passes the guard loading applies to the config's (govern.config).
@@ -123,6 +138,9 @@ class AllowSources:
             f.check()
             if f.error and f.error != before:
                 log.warning("allowlist file: %s (%d entries in force)", f.error, len(f.entries))
+        if now - self._mta_at >= self.max_refresh:
+            self._mta_at = now
+            self._read_mta()
         self._collect(now)
         for d in self.dns:
             if d.pending is None and now >= d.next_at:
@@ -132,6 +150,15 @@ class AllowSources:
         new = frozenset(e.prefix for e in self.entries())
         changed, self._current = new != self._current, new
         return changed
+
+    def _read_mta(self) -> None:
+        if not self.mta_networks:
+            self.mta, self.mta_notes = (), []
+            return
+        mta, notes = mta_read(self.too_wide, self.read_mta)
+        for note in set(notes) - set(self.mta_notes):
+            log.warning("allowlist %s", note)
+        self.mta, self.mta_notes = mta, notes
 
     def wait(self, timeout: float) -> None:
         """Give DNS work in flight up to `timeout` seconds to finish (at start, so the first tick sees it)."""
@@ -169,7 +196,7 @@ class AllowSources:
     # -- what it holds ----------------------------------------------------------------------------------------
 
     def entries(self) -> tuple[AllowEntry, ...]:
-        out = list(self.cidrs)
+        out = list(self.cidrs) + list(self.mta)
         for f in self.files:
             out.extend(f.entries)
         for d in self.dns:
@@ -187,6 +214,8 @@ class AllowSources:
     def status(self) -> list[dict[str, Any]]:
         """One row per source for `govern status`."""
         rows: list[dict[str, Any]] = [{"source": "allow.cidrs", "prefixes": len(self.cidrs), "error": ""}]
+        if self.mta_networks:
+            rows.append({"source": MTA_SOURCE, "prefixes": len(self.mta), "error": "", "notes": self.mta_notes})
         rows += [{"source": f"file {f.path}", "prefixes": len(f.entries), "error": f.error} for f in self.files]
         rows += [
             {
@@ -222,4 +251,4 @@ def from_config(config: Config, timeout: float = 2.0) -> AllowSources:
     from govern.allow.dns import DnsPython
 
     pool = futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="govern-dns")
-    return AllowSources(config, DnsPython(timeout), pool)
+    return AllowSources(config, DnsPython(timeout), pool, mta_networks)
