@@ -83,7 +83,7 @@ def backend(lab: Lab, case: str, pin_root: str) -> Iterator[None]:
     now = time.time()
     with lab.mx.entered():
         enf: Enforcer = wiring.enforcer(cfg)
-        enf.setup(cfg, (), State(), now)
+        enf.setup(cfg.firewall(), (), State(), now)
         enf.apply(Plan((Action(ActionKind.BLOCK, BLOCKED, "bench", until=now + 3600),)), now)
     try:
         yield

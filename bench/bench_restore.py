@@ -105,7 +105,7 @@ def setup_once(ns: Netns, cfg: Config, state: State, now: float) -> dict[str, fl
         commit = Timed(backend.nl, "commit")
         allow = cfg.policy().allow.members()
         t0 = time.perf_counter()
-        adopted = backend.setup(cfg, allow, state, now)
+        adopted = backend.setup(cfg.firewall(), allow, state, now)
         took = time.perf_counter() - t0
     finally:
         backend.close()

@@ -23,6 +23,7 @@ from govern.checks import typename as _typename
 from govern.core.policy import ModePolicy, Policy
 from govern.durations import format_duration, parse_duration
 from govern.errors import AddressError, ConfigError, shown
+from govern.model import FirewallSpec
 from govern.readfile import read_regular, size_text
 
 DEFAULT_PATH = "/etc/govern/govern.toml"
@@ -423,6 +424,25 @@ class Config:
 
     def __getitem__(self, section: str) -> Mapping[str, Any]:
         return self.values[section]
+
+    def firewall(self) -> FirewallSpec:
+        """The firewall edges' section: only what their kernel objects are made from."""
+        protect, thr, wave = self["protect"], self["throttle"], self["wave"]
+        return FirewallSpec(
+            ports=tuple(protect["ports"]),
+            v4_len=protect["ipv4_prefix"],
+            v6_len=protect["ipv6_prefix"],
+            throttle_rate=thr["rate_per_minute"],
+            throttle_burst=thr["burst"],
+            tight_rate=wave["throttle_rate_per_minute"],
+            tight_burst=wave["throttle_burst"],
+            gate_rate=wave["gate_rate_per_second"],
+            gate_burst=wave["gate_burst"],
+            slot_budget=wave["slot_budget"],
+            budget_share=wave["budget_share"],
+            newcomer_share=wave["newcomer_share"],
+            proof=self["trust"]["from_sessions"],
+        )
 
     def allowlist(self) -> tuple[Prefix, ...]:
         return tuple(self.values["allow"]["cidrs"]) + self.allow_from_files

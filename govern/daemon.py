@@ -174,7 +174,7 @@ class Governor:
         adopt what the kernel held that the state did not know (a crash between the kernel's commit and the
         store's), except what the store last recorded as unblocked (a crash between an unblock's two commits: an
         operator's unblock is never undone); then lift what the allowlist and the guard forbid."""
-        adopted = self.enforcer.setup(self.config, self.policy.allow.members(), self.state, now)
+        adopted = self.enforcer.setup(self.config.firewall(), self.policy.allow.members(), self.state, now)
         stale: set[Prefix] = set()
         if adopted:
             try:

@@ -12,10 +12,9 @@ import logging
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 from govern.addr import Prefix
-from govern.config import Config
 from govern.edges import Enforcer, SocketSource, StateStore, SysctlProfiles, Tarpit
 from govern.errors import RefusedError
-from govern.model import Plan, Scan, SessionInfo, State
+from govern.model import FirewallSpec, Plan, Scan, SessionInfo, State
 from govern.store import Event
 from govern.sysctl.manager import Drift, Report
 from govern.sysctl.planner import Item
@@ -29,8 +28,8 @@ class DryRun:
         self.name = f"dry-run ({inner.name})"
         self.logged: list[str] = []
 
-    def setup(self, config: Config, allow: Sequence[Prefix], state: State, now: float) -> Plan:
-        self.inner.setup(config, allow, State(), now)
+    def setup(self, spec: FirewallSpec, allow: Sequence[Prefix], state: State, now: float) -> Plan:
+        self.inner.setup(spec, allow, State(), now)
         return Plan()
 
     def set_allow(self, allow: Sequence[Prefix]) -> None:

@@ -8,8 +8,7 @@ from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Protocol
 
 from govern.addr import Prefix
-from govern.config import Config
-from govern.model import Plan, Scan, SessionInfo, State
+from govern.model import FirewallSpec, Plan, Scan, SessionInfo, State
 from govern.sysctl.planner import Item, Reading
 
 if TYPE_CHECKING:
@@ -49,7 +48,7 @@ class Enforcer(Protocol):
 
     name: str
 
-    def setup(self, config: Config, allow: Sequence[Prefix], state: State, now: float) -> Plan:
+    def setup(self, spec: FirewallSpec, allow: Sequence[Prefix], state: State, now: float) -> Plan:
         """Create or converge the kernel objects and restore `state`'s blocks and throttles into them.
 
         Returns what the kernel held that `state` did not know, for the caller to adopt.

@@ -10,9 +10,8 @@ from typing import Any, TypeVar
 
 from govern.addr import Prefix
 from govern.allow.dns import Answer, DnsTempError, RecordType
-from govern.config import Config
 from govern.errors import KernelError
-from govern.model import Action, ActionKind, Plan, Scan, SessionInfo, SockCounts, State
+from govern.model import Action, ActionKind, FirewallSpec, Plan, Scan, SessionInfo, SockCounts, State
 from govern.sysctl.planner import Access, Reading
 
 T = TypeVar("T")
@@ -82,7 +81,7 @@ class FakeEnforcer:
     tampered: str | None = None  # what `changed` reports until the next setup
     setups: int = 0
 
-    def setup(self, config: Config, allow: Sequence[Prefix], state: State, now: float) -> Plan:
+    def setup(self, spec: FirewallSpec, allow: Sequence[Prefix], state: State, now: float) -> Plan:
         self.setups += 1
         self.tampered = None
         self.set_allow(allow)

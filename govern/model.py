@@ -275,3 +275,23 @@ class State:
                 self.tarpits[a.prefix] = Tarpitted(a.prefix, a.reason, now, a.until)
             elif a.kind is ActionKind.UNTARPIT:
                 self.tarpits.pop(a.prefix, None)
+
+
+@dataclass(frozen=True, slots=True)
+class FirewallSpec:
+    """The firewall edges' section of the config (govern.config.Config.firewall): what their kernel objects are
+    made from. The slot budget is the daemon's resolution of `wave.slot_budget` (an int), or "auto" before it."""
+
+    ports: tuple[int, ...]
+    v4_len: int
+    v6_len: int
+    throttle_rate: int  # per minute, per source group
+    throttle_burst: int
+    tight_rate: int  # the wave's tighter throttle, per minute
+    tight_burst: int
+    gate_rate: int  # new connections per second from strangers in a wave; 0: no gate
+    gate_burst: int
+    slot_budget: int | str
+    budget_share: float
+    newcomer_share: float
+    proof: bool  # count the MTA's replies in the kernel (trust.from_sessions)

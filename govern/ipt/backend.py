@@ -11,9 +11,8 @@ import logging
 from collections.abc import Mapping, Sequence
 
 from govern.addr import Prefix
-from govern.config import Config
 from govern.ipt import ipset, rules
-from govern.model import Action, ActionKind, Plan, State
+from govern.model import Action, ActionKind, FirewallSpec, Plan, State
 from govern.setops import set_changes
 
 log = logging.getLogger("govern.ipt")
@@ -40,11 +39,11 @@ class IptBackend:
         self.ports: frozenset[int] = frozenset()
         self.made: Shape | None = None  # the chains' and sets' shape as setup left it (`_shape`)
 
-    def setup(self, config: Config, allow: Sequence[Prefix], state: State, now: float) -> Plan:
+    def setup(self, spec: FirewallSpec, allow: Sequence[Prefix], state: State, now: float) -> Plan:
         """Create or converge the sets and chain, load the allowlist, restore `state`; adopt what the sets held."""
-        self.ports = frozenset(config["protect"]["ports"])
-        ipset.restore(rules.ipset_create(config))
-        rules.install(config, enforce=self.enforce)
+        self.ports = frozenset(spec.ports)
+        ipset.restore(rules.ipset_create(spec))
+        rules.install(spec, enforce=self.enforce)
         self.allow = {name: {e.prefix for e in ipset.save(name)} for name in self.allow}
         self.set_allow(allow)
         normal = {p: t for p, t in state.throttles.items() if not t.tight}

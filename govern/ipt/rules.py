@@ -11,7 +11,7 @@ from __future__ import annotations
 import warnings
 from typing import Any
 
-from govern.config import Config
+from govern.model import FirewallSpec
 
 CHAIN = "GOVERN"
 PREFIX = "govern-"
@@ -27,12 +27,12 @@ def set_names(v: int) -> dict[str, str]:
     return {k: f"{PREFIX}{k}{v}" for k in ("allow", "block", "throttle", "tight", "seen")}
 
 
-def ipset_create(config: Config) -> list[str]:
+def ipset_create(spec: FirewallSpec) -> list[str]:
     """`ipset restore` lines creating every set (existing ones are kept with their elements)."""
     lines: list[str] = []
     for v, fam in ((4, "inet"), (6, "inet6")):
         s = set_names(v)
-        mask = config["protect"]["ipv4_prefix"] if v == 4 else config["protect"]["ipv6_prefix"]
+        mask = spec.v4_len if v == 4 else spec.v6_len
         lines.append(f"create {s['allow']} hash:net family {fam}")
         for kind in ("block", "throttle", "tight"):
             lines.append(f"create {s[kind]} hash:net family {fam} timeout 0")
@@ -70,10 +70,10 @@ def _set(rule: Any, name: str, *, negate: bool = False, count: bool = True) -> N
         m.update_counters = "!"
 
 
-def chain_rules(config: Config, v: int, *, enforce: bool) -> list[Any]:
+def chain_rules(spec: FirewallSpec, v: int, *, enforce: bool) -> list[Any]:
     """The rules of chain GOVERN for one family, in order."""
     s = set_names(v)
-    mask = str(config["protect"]["ipv4_prefix"] if v == 4 else config["protect"]["ipv6_prefix"])
+    mask = str(spec.v4_len if v == 4 else spec.v6_len)
     rules = []
     r = _rule(v)
     _set(r, s["allow"])
@@ -97,10 +97,9 @@ def chain_rules(config: Config, v: int, *, enforce: bool) -> list[Any]:
     _set(r, s["block"], count=False)
     r.create_target("DROP")
     rules.append(r)
-    thr, wave = config["throttle"], config["wave"]
     for kind, rate, burst in (
-        ("throttle", thr["rate_per_minute"], thr["burst"]),
-        ("tight", wave["throttle_rate_per_minute"], wave["throttle_burst"]),
+        ("throttle", spec.throttle_rate, spec.throttle_burst),
+        ("tight", spec.tight_rate, spec.tight_burst),
     ):
         r = _rule(v, syn=True)
         _set(r, s[kind], count=False)
@@ -116,9 +115,9 @@ def chain_rules(config: Config, v: int, *, enforce: bool) -> list[Any]:
     return rules
 
 
-def jump_rule(config: Config, v: int) -> Any:
+def jump_rule(spec: FirewallSpec, v: int) -> Any:
     r = _rule(v)
-    r.create_match("multiport").dports = ",".join(str(p) for p in config["protect"]["ports"])
+    r.create_match("multiport").dports = ",".join(str(p) for p in spec.ports)
     r.create_match("addrtype").dst_type = "LOCAL"
     r.create_target(CHAIN)
     return r
@@ -131,7 +130,7 @@ def _raw(v: int) -> Any:
     return table
 
 
-def install(config: Config, *, enforce: bool) -> None:
+def install(spec: FirewallSpec, *, enforce: bool) -> None:
     """Create or converge chain GOVERN and its jump, one commit per family (the chain is replaced whole)."""
     iptc = _module()
     for v in (4, 6):
@@ -139,13 +138,13 @@ def install(config: Config, *, enforce: bool) -> None:
         try:
             chain = iptc.Chain(table, CHAIN) if table.is_chain(CHAIN) else table.create_chain(CHAIN)
             chain.flush()
-            for r in chain_rules(config, v, enforce=enforce):
+            for r in chain_rules(spec, v, enforce=enforce):
                 chain.append_rule(r)
             pre = iptc.Chain(table, "PREROUTING")
             for r in list(pre.rules):
                 if r.target.name == CHAIN:
                     pre.delete_rule(r)
-            pre.insert_rule(jump_rule(config, v))
+            pre.insert_rule(jump_rule(spec, v))
             table.commit()
         except iptc.IPTCError as exc:
             raise _kernel_error(f"ip{'' if v == 4 else '6'}tables: installing chain {CHAIN}", exc) from None

@@ -14,9 +14,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from govern.addr import Prefix, group_key
-from govern.config import Config
 from govern.errors import GovernError
-from govern.model import Action, ActionKind, Mode, ModeState, Plan, State
+from govern.model import Action, ActionKind, FirewallSpec, Mode, ModeState, Plan, State
 from govern.nft.libnft import Nft
 from govern.nft.netlink import ElemOp, NftNetlink
 from govern.nft.ruleset import FAMILY, INTERVAL_SETS, SLOT_SETS, TABLE, ruleset, slot_sets
@@ -47,15 +46,15 @@ class NftBackend:
 
     # -- start-up -------------------------------------------------------------------------------------------
 
-    def setup(self, config: Config, allow: Sequence[Prefix], state: State, now: float) -> Plan:
+    def setup(self, spec: FirewallSpec, allow: Sequence[Prefix], state: State, now: float) -> Plan:
         """Create or converge the table, load the allowlist, and restore `state` into the kernel.
 
         Returns the blocks and throttles found in the kernel that the state did not know (after a crash between
         kernel commit and store write, or a lost state directory), as a plan for the caller to record.
         """
-        self.v4_len, self.v6_len = config["protect"]["ipv4_prefix"], config["protect"]["ipv6_prefix"]
-        self.ports = frozenset(config["protect"]["ports"])
-        self.nft.run(ruleset(config, enforce=self.enforce, resize=self._resized(slot_sets(config, self.enforce))))
+        self.v4_len, self.v6_len = spec.v4_len, spec.v6_len
+        self.ports = frozenset(spec.ports)
+        self.nft.run(ruleset(spec, enforce=self.enforce, resize=self._resized(slot_sets(spec, self.enforce))))
         self.allow = {name: {e.prefix for e in self.nl.dump_set(name)} for name in ("allow4", "allow6")}
         self.set_allow(allow)
         adopted: list[Action] = []

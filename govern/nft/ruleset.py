@@ -1,4 +1,5 @@
-"""The text of table `inet govern`: every set and rule govern puts in the kernel, generated from the config.
+"""The text of table `inet govern`: every set and rule govern puts in the kernel, generated from the firewall's
+section of the config (govern.model.FirewallSpec).
 
 Every rule matches only the protected TCP ports, and the allow rules come first, so no mistake in the sets can
 touch SSH or any other service. The chain hooks prerouting at raw priority: blocked sources are dropped before
@@ -11,7 +12,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable
 
-from govern.config import Config
+from govern.model import FirewallSpec
 
 TABLE = "govern"
 FAMILY = "inet"
@@ -55,13 +56,12 @@ def _key(version: int, length: int, field: str = "saddr") -> str:
     return f"{addr} & {mask}"
 
 
-def slot_budget(config: Config) -> int:
+def slot_budget(spec: FirewallSpec) -> int:
     """The budget of MTA slots strangers may hold in a wave: `wave.slot_budget` as resolved by the daemon from the
     MTA's capacity, or, before that (teardown, a CLI that only reads the config), from Postfix's default."""
-    b = config["wave"]["slot_budget"]
-    if isinstance(b, int):
-        return b
-    return max(1, int(DEFAULT_MTA_SLOTS * config["wave"]["budget_share"]))
+    if isinstance(spec.slot_budget, int):
+        return spec.slot_budget
+    return max(1, int(DEFAULT_MTA_SLOTS * spec.budget_share))
 
 
 def budget_lanes(total: int, newcomer_share: float) -> tuple[int, int]:
@@ -79,13 +79,13 @@ SLOT_IDLE = "60s"
 SLOT_HANDSHAKE = "5s"
 
 
-def slot_sets(config: Config, enforce: bool = True) -> dict[str, int]:
+def slot_sets(spec: FirewallSpec, enforce: bool = True) -> dict[str, int]:
     """The budget's sets and their sizes (the size is the budget: an add to a full set fails)."""
-    main, newcomers = budget_lanes(slot_budget(config), config["wave"]["newcomer_share"]) if enforce else (0, 0)
+    main, newcomers = budget_lanes(slot_budget(spec), spec.newcomer_share) if enforce else (0, 0)
     return {name: n for name, n in zip(SLOT_SETS, (main, newcomers), strict=True) if n}
 
 
-def _budget_rules(config: Config, sizes: dict[str, int], k4: str, k6: str) -> tuple[list[str], list[str], list[str]]:
+def _budget_rules(sizes: dict[str, int], k4: str, k6: str) -> tuple[list[str], list[str], list[str]]:
     """The slot budget: rules of the `slots` chain (prerouting, after conntrack), of `slots_out` (output) and of the
     `admit` chain they jump to.
 
@@ -128,20 +128,18 @@ def _budget_rules(config: Config, sizes: dict[str, int], k4: str, k6: str) -> tu
     return pre, out, admit
 
 
-def ruleset(config: Config, *, enforce: bool = True, resize: Iterable[str] = ()) -> str:
+def ruleset(spec: FirewallSpec, *, enforce: bool = True, resize: Iterable[str] = ()) -> str:
     """The whole table. With `enforce` False (dry run) only the counting rules are installed: no verdicts.
 
     `resize` names budget sets that exist with another size: they are deleted and made again (their slots are
     forgotten; live connections take them again as they come)."""
-    ports = ", ".join(str(p) for p in config["protect"]["ports"])
-    k4, k6 = _key(4, config["protect"]["ipv4_prefix"]), _key(6, config["protect"]["ipv6_prefix"])
-    thr = config["throttle"]
-    limit = f"limit rate over {thr['rate_per_minute']}/minute burst {thr['burst']} packets"
-    wave = config["wave"]
-    tight = f"limit rate over {wave['throttle_rate_per_minute']}/minute burst {wave['throttle_burst']} packets"
+    ports = ", ".join(str(p) for p in spec.ports)
+    k4, k6 = _key(4, spec.v4_len), _key(6, spec.v6_len)
+    limit = f"limit rate over {spec.throttle_rate}/minute burst {spec.throttle_burst} packets"
+    tight = f"limit rate over {spec.tight_rate}/minute burst {spec.tight_burst} packets"
     syn = "tcp flags syn / syn,ack"
     local = "fib daddr type local"
-    sizes = slot_sets(config, enforce)
+    sizes = slot_sets(spec, enforce)
     rules = [
         f"tcp dport @ports {local} ip saddr @allow4 return",
         f"tcp dport @ports {local} ip6 saddr @allow6 return",
@@ -176,12 +174,12 @@ def ruleset(config: Config, *, enforce: bool = True, resize: Iterable[str] = ())
         f"tcp dport @ports {syn} {local} update @syn6 {{ {CONN6} }}",
     ]
     proof: list[str] = []
-    if config["trust"]["from_sessions"]:
+    if spec.proof:
         # The server's positive replies, counted per connection (client address and port): the limit is "over"
         # from the PROOF_REPLIES-th on, and only then is the source added to the proven set.
         pushed = f"tcp flags & (psh | syn | rst | fin) == psh @ih,0,8 {{ {PROOF_FIRST_BYTES} }}"
         count = f"limit rate over 1/hour burst {PROOF_REPLIES - 1} packets"
-        d4, d6 = _key(4, config["protect"]["ipv4_prefix"], "daddr"), _key(6, config["protect"]["ipv6_prefix"], "daddr")
+        d4, d6 = _key(4, spec.v4_len, "daddr"), _key(6, spec.v6_len, "daddr")
         proof = [
             f"tcp sport @ports {pushed} update @talk4 {{ ip daddr . tcp dport {count} }} update @proven4 {{ {d4} }}",
             f"tcp sport @ports {pushed} update @talk6 {{ ip6 daddr . tcp dport {count} }} update @proven6 {{ {d6} }}",
@@ -196,10 +194,10 @@ def ruleset(config: Config, *, enforce: bool = True, resize: Iterable[str] = ())
             f"tcp dport @ports {syn} {local} ip saddr @tight4 update @trate4 {{ {k4} {tight} }} drop",
             f"tcp dport @ports {syn} {local} ip6 saddr @tight6 update @trate6 {{ {k6} {tight} }} drop",
         ]
-        if wave["gate_rate_per_second"]:
+        if spec.gate_rate:
             # The wave's gate (its sets hold 0.0.0.0/0 and ::/0 while a wave is on, with the wave's timeout): strangers
             # share one rate; sources the MTA answered a whole dialogue (or the Postfix log saw deliver) pass.
-            gate = f"limit rate over {wave['gate_rate_per_second']}/second burst {wave['gate_burst']} packets"
+            gate = f"limit rate over {spec.gate_rate}/second burst {spec.gate_burst} packets"
             rules += [
                 f"tcp dport @ports {syn} {local} ip saddr @gate4 {k4} != @proven4 {gate} drop",
                 f"tcp dport @ports {syn} {local} ip6 saddr @gate6 {k6} != @proven6 {gate} drop",
@@ -228,7 +226,7 @@ def ruleset(config: Config, *, enforce: bool = True, resize: Iterable[str] = ())
             )
     for name, conn in (("syn4", CONN4), ("syn6", CONN6), ("fresh4", CONN4), ("fresh6", CONN6)):
         sets.append(f"set {name} {{ typeof {conn}; size {SYN_SIZE}; flags dynamic,timeout; timeout {SYN_TIMEOUT}; }}")
-    slots_pre, slots_out, admit = _budget_rules(config, sizes, k4, k6)
+    slots_pre, slots_out, admit = _budget_rules(sizes, k4, k6)
     hooked = (
         ("guard", "prerouting priority raw"),
         ("proof", "output priority raw"),

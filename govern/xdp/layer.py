@@ -14,9 +14,8 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 
 from govern.addr import Prefix, group_key
-from govern.config import Config
 from govern.edges import Enforcer
-from govern.model import ActionKind, Plan, State
+from govern.model import ActionKind, FirewallSpec, Plan, State
 from govern.xdp.loader import XdpProgram, attached, detach_all, unpin
 
 
@@ -30,13 +29,13 @@ class XdpLayer:
         self.prog: XdpProgram | None = None
         self.v4_len, self.v6_len = 32, 64
 
-    def setup(self, config: Config, allow: Sequence[Prefix], state: State, now: float) -> Plan:
-        adopted = self.inner.setup(config, allow, state, now)
-        self.v4_len, self.v6_len = config["protect"]["ipv4_prefix"], config["protect"]["ipv6_prefix"]
+    def setup(self, spec: FirewallSpec, allow: Sequence[Prefix], state: State, now: float) -> Plan:
+        adopted = self.inner.setup(spec, allow, state, now)
+        self.v4_len, self.v6_len = spec.v4_len, spec.v6_len
         if self.prog is not None:  # a reload, or objects restored after someone removed them
             self.prog.close()
         self.prog = self._make()
-        self.prog.set_ports(config["protect"]["ports"])
+        self.prog.set_ports(spec.ports)
         self.set_allow(allow)
         wanted = {p: b.until - now for p, b in state.blocks.items() if b.until > now}
         wanted |= {a.prefix: a.until - now for a in adopted.actions if a.kind is ActionKind.BLOCK}

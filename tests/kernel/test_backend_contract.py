@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 
 from govern.addr import Prefix
-from govern.config import Config, from_mapping
+from govern.config import from_mapping
 from govern.edges import Enforcer
 from govern.ipt.backend import IptBackend
-from govern.model import Action, ActionKind, Plan, State
+from govern.model import Action, ActionKind, FirewallSpec, Plan, State
 from govern.nft.backend import NftBackend
 from govern.wiring import DEFAULT_OBJECT
 from govern.xdp.layer import XdpLayer
@@ -91,8 +91,8 @@ KINDS = {
 }
 
 
-def config() -> Config:
-    return from_mapping({"protect": {"ports": [25]}, "throttle": {"rate_per_minute": 1, "burst": 2}})
+def config() -> FirewallSpec:
+    return from_mapping({"protect": {"ports": [25]}, "throttle": {"rate_per_minute": 1, "burst": 2}}).firewall()
 
 
 @pytest.fixture(params=sorted(KINDS))

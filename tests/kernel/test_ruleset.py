@@ -20,10 +20,10 @@ def test_reapplying_with_other_ports_replaces_them_and_keeps_blocks() -> None:
         with ns.entered():
             nft, nl = Nft(), NftNetlink()
         try:
-            nft.run(ruleset(config.from_mapping({})))
+            nft.run(ruleset(config.from_mapping({}).firewall()))
             nl.commit([ElemOp(True, "block4", Prefix.parse("198.18.0.7"), 600_000)], interval_sets=INTERVAL_SETS)
             for ports in ([25, 2525], [587], [25, 465, 587]):
-                nft.run(ruleset(config.from_mapping({"protect": {"ports": ports}})))
+                nft.run(ruleset(config.from_mapping({"protect": {"ports": ports}}).firewall()))
                 out = json.loads(ns.sh("nft", "-j", "list", "set", "inet", "govern", "ports"))
                 assert sorted(out["nftables"][1]["set"]["elem"]) == sorted(ports)
                 assert "198.18.0.7" in ns.sh("nft", "list", "set", "inet", "govern", "block4")

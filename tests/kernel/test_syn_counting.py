@@ -20,7 +20,7 @@ def test_retransmitted_syns_count_once_per_connection(lab: Lab) -> None:
     with lab.mx.entered():
         backend = NftBackend()
     try:
-        backend.setup(config.from_mapping({}), [], State(), time.time())
+        backend.setup(config.from_mapping({}).firewall(), [], State(), time.time())
         t0 = time.monotonic()
         for _ in range(2):  # two connections, each retrying its SYN for ~3.5 s (SYNs at 0, 1 and 3 s)
             try:

@@ -45,7 +45,7 @@ def test_behind_a_pregreet_wait_the_budget_counts_the_time_strangers_spend_in_po
 def test_no_listener_falls_back_to_postfix_defaults() -> None:
     b = budget(wave(budget_share=0.5)["wave"], [])
     assert (b.slots, b.capacity) == (50, 100) and "no listener" in b.basis
-    assert slot_budget(wave()) == 60  # before the daemon resolved "auto"
+    assert slot_budget(wave().firewall()) == 60  # before the daemon resolved "auto"
 
 
 @pytest.mark.parametrize(
@@ -64,15 +64,15 @@ def test_lanes_never_take_the_whole_budget(total: int, share: float, lanes: tupl
 
 
 def test_the_ruleset_carries_the_budget_only_when_enforcing() -> None:
-    text = ruleset(wave(slot_budget=30))
+    text = ruleset(wave(slot_budget=30).firewall())
     assert "add set inet govern slots { typeof ct id; size 20;" in text
     assert "add set inet govern newslots { typeof ct id; size 10;" in text
     assert "admit add @slots { ct id timeout 5s } accept" in text and "jump admit" in text
     assert "delete set inet govern slots" not in text
-    assert "delete set inet govern slots\n" in ruleset(wave(slot_budget=30), resize=["slots"]) + "\n"
-    assert "jump admit" not in ruleset(wave(slot_budget=30), enforce=False)
-    assert "ct id" not in ruleset(wave(slot_budget=0))
-    assert "newslots" not in ruleset(wave(slot_budget=30, newcomer_share=0))
+    assert "delete set inet govern slots\n" in ruleset(wave(slot_budget=30).firewall(), resize=["slots"]) + "\n"
+    assert "jump admit" not in ruleset(wave(slot_budget=30).firewall(), enforce=False)
+    assert "ct id" not in ruleset(wave(slot_budget=0).firewall())
+    assert "newslots" not in ruleset(wave(slot_budget=30, newcomer_share=0).firewall())
 
 
 @pytest.mark.parametrize("bad", ["many", -1, 1.5, True])

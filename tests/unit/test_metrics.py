@@ -290,7 +290,7 @@ def test_every_reason_the_core_writes_has_its_class() -> None:
     assert classes(decide(replace(snap, sources=near), elevated, p, NOW).actions) == {(ActionKind.TARPIT, "nearing")}
     enf = FakeEnforcer()
     enf.blocks[src(60)] = NOW + 600
-    adopted = enf.setup(config.from_mapping({}), (), State(), NOW).actions
+    adopted = enf.setup(config.from_mapping({}).firewall(), (), State(), NOW).actions
     assert classes(adopted) == {(ActionKind.BLOCK, "adopted")}
 
 
