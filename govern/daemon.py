@@ -28,6 +28,7 @@ from govern.core.decide import (
     forget_offenders,
     manual_block,
     manual_unblock,
+    reconcile,
     release_allowlisted,
     sessions_to_end,
 )
@@ -35,11 +36,12 @@ from govern.core.modes import wave_off, wave_on
 from govern.core.policy import Policy
 from govern.core.reasons import family, reason_class
 from govern.durations import format_duration
-from govern.edges import Counters, Enforcer, SocketSource, StateStore, SysctlProfiles, Tarpit
+from govern.edges import Counters, Enforcer, SocketSource, StateStore, Tarpit
 from govern.errors import GovernError, RefusedError, StoreError, UsageError
-from govern.model import PUNITIVE, Action, ActionKind, Cut, Mode, ModeState, Plan, Snapshot, State
+from govern.model import PUNITIVE, ActionKind, Cut, Mode, ModeState, Plan, Snapshot, State
 from govern.observe.mta import POSTSCREEN_GREET_WAIT, Budget, budget, postscreen_listening
 from govern.observe.observer import Observer
+from govern.sysctl.edges import SysctlProfiles
 from govern.sysctl.manager import Report
 from govern.wiring import is_dry_run
 
@@ -181,11 +183,11 @@ class Governor:
                 stale = self.store.unblocked_last(a.prefix for a in adopted.actions if a.kind is ActionKind.BLOCK)
             except StoreError as exc:
                 self._store_failed(exc, now)
-        self._commit_recorded(Plan(tuple(a for a in adopted.actions if a.prefix not in stale)), now)
-        if stale:
-            # The kernel's element goes by what the backend holds, though the state never knew it.
+        adopt, lift = reconcile(adopted, stale)
+        self._commit_recorded(adopt, now)
+        if lift:
             log.warning("%d block(s) found in the kernel were unblocked before a crash: lifted again", len(stale))
-            self.execute(Plan(tuple(Action(ActionKind.UNBLOCK, p, "unblocked before a crash") for p in stale)), now)
+            self.execute(lift, now)
         self.execute(release_allowlisted(self.state, self.policy), now)
 
     def _check_kernel(self, now: float) -> None:

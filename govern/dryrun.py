@@ -12,10 +12,10 @@ import logging
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 from govern.addr import Prefix
-from govern.edges import Enforcer, SocketSource, StateStore, SysctlProfiles, Tarpit
+from govern.edges import Enforcer, SocketSource, StateStore, Tarpit
 from govern.errors import RefusedError
-from govern.model import FirewallSpec, Plan, Scan, SessionInfo, State
-from govern.store import Event
+from govern.model import Event, FirewallSpec, Plan, Scan, SessionInfo, State
+from govern.sysctl.edges import SysctlProfiles
 from govern.sysctl.manager import Drift, Report
 from govern.sysctl.planner import Item
 

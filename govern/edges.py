@@ -1,19 +1,15 @@
-"""The small Protocols at govern's edges. Real implementations talk to the kernel; fakes (govern.fakes) stand in
-for them in unit tests. The real ones are chosen in one place (govern.wiring)."""
+"""The small Protocols at govern's edges (the sysctls' are govern.sysctl.edges, beside the values they carry).
+Real implementations talk to the kernel; fakes (govern.fakes) stand in for them in unit tests. The real ones are
+chosen in one place (govern.wiring)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from govern.addr import Prefix
-from govern.model import FirewallSpec, Plan, Scan, SessionInfo, State
-from govern.sysctl.planner import Item, Reading
-
-if TYPE_CHECKING:
-    from govern.store import Event
-    from govern.sysctl.manager import Drift, Report
+from govern.model import Event, FirewallSpec, Plan, Scan, SessionInfo, State
 
 
 class SocketSource(Protocol):
@@ -116,22 +112,6 @@ class Counters(Protocol):
     def read(self) -> Mapping[str, int]: ...
 
 
-class Sysctls(Protocol):
-    """The sysctls of the network namespace govern runs in (govern.sysctl.procsys.ProcSys)."""
-
-    def read(self, key: str) -> Reading: ...
-
-    def write(self, key: str, value: str) -> None:
-        """Set a key or raise KernelError, changing nothing."""
-        ...
-
-    def in_initial_namespace(self) -> bool: ...
-
-    def where(self) -> tuple[str, str]:
-        """(boot id, network namespace): the place a journal of original values is valid."""
-        ...
-
-
 class StateStore(Protocol):
     """The durable state: blocks, throttles, offences, `govern allow` additions and the event log (govern.store)."""
 
@@ -166,23 +146,3 @@ class StateStore(Protocol):
     def disallow(self, prefix: Prefix) -> bool: ...
 
     def close(self) -> None: ...
-
-
-class SysctlProfiles(Protocol):
-    """The sysctl profiles the daemon applies and restores (govern.sysctl.manager.SysctlManager)."""
-
-    def plan(self, *, wave: bool = False) -> tuple[Item, ...]: ...
-
-    def profiles(self) -> list[str]: ...
-
-    def recover(self) -> Report: ...
-
-    def apply(self) -> Report: ...
-
-    def enter_wave(self) -> Report: ...
-
-    def leave_wave(self) -> Report: ...
-
-    def restore(self, what: str = "restore") -> Report: ...
-
-    def verify(self) -> tuple[Drift, ...]: ...

@@ -218,6 +218,18 @@ class Offender:
     last: float
 
 
+@dataclass(frozen=True)
+class Event:
+    """One entry of the state store's event log (a decision, a mode change, a cut), as `govern why` and `status`
+    read it back."""
+
+    at: float
+    kind: str
+    prefix: str
+    reason: str
+    until: float
+
+
 @dataclass(frozen=True, slots=True)
 class CutRecord:
     """How often a source's sessions were cut in the current wave (a source cut again is blocked)."""

@@ -14,11 +14,22 @@ import contextlib
 import os
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
 
 from govern.addr import Prefix
 from govern.errors import StoreError
-from govern.model import Action, ActionKind, Block, Mode, ModeState, Offender, Plan, State, Tarpitted, Throttle
+from govern.model import (
+    Action,
+    ActionKind,
+    Block,
+    Event,
+    Mode,
+    ModeState,
+    Offender,
+    Plan,
+    State,
+    Tarpitted,
+    Throttle,
+)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS blocks (
@@ -47,15 +58,6 @@ def _failing(doing: str) -> Iterator[None]:
         yield
     except sqlite3.Error as exc:
         raise StoreError(f"cannot {doing} in the state store: {exc}") from None
-
-
-@dataclass(frozen=True)
-class Event:
-    at: float
-    kind: str
-    prefix: str
-    reason: str
-    until: float
 
 
 class Store:

@@ -30,8 +30,7 @@ from govern.core.decide import Limits
 from govern.core.policy import Policy
 from govern.durations import format_duration
 from govern.errors import UsageError
-from govern.model import Mode, Offender, SessionInfo, SourceStats, State
-from govern.store import Event
+from govern.model import Event, Mode, Offender, SessionInfo, SourceStats, State
 
 ALLOWLISTED, TRUSTED, STRANGER = "allowlisted", "trusted", "stranger"
 # A client's data segments averaging fewer bytes than this, with at least two more of them than our replies, are a

@@ -100,8 +100,9 @@ def governor(config: Config, store: Store) -> Governor:
     from govern.allow.sources import from_config as allow_sources
     from govern.daemon import Governor
     from govern.dryrun import DryRunSockets, DryRunStore, DryRunSysctls, DryRunTarpit
-    from govern.edges import SocketSource, StateStore, SysctlProfiles, Tarpit
+    from govern.edges import SocketSource, StateStore, Tarpit
     from govern.observe.netstat import ProcNetstat
+    from govern.sysctl.edges import SysctlProfiles
 
     durable: StateStore = store
     diag: SocketSource = sockets()

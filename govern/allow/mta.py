@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 
 from govern.addr import Prefix
 from govern.allow.entries import AllowEntry
+from govern.allow.files import within_guard
 from govern.errors import AddressError
 
 SOURCE = "postfix mynetworks"
@@ -53,11 +54,5 @@ def read(
     if raw is None:
         return (), []
     entries, notes = parse(raw)
-    kept = []
-    for e in entries:
-        why = too_wide(e.prefix)
-        if why:
-            notes.append(f"{SOURCE}: {why}; skipped")
-        else:
-            kept.append(e)
-    return kept, notes
+    kept, skipped = within_guard(tuple(entries), too_wide)
+    return kept, notes + skipped

@@ -369,6 +369,20 @@ def manual_unblock(prefix: Prefix, state: State) -> Plan:
     raise RefusedError(f"{prefix} is not blocked or throttled")
 
 
+def reconcile(found: Plan, unblocked_last: set[Prefix]) -> tuple[Plan, Plan]:
+    """What the kernel held at start-up that the state did not know (`found`, from the backend's set-up): adopted
+    (a crash between the kernel's commit and the store's), except blocks the store last recorded as unblocked (a
+    crash between an unblock's two commits), which are lifted again, so an operator's unblock is never undone.
+    Returns (to adopt, to lift); the lift goes by what the backend holds, though the state never knew it."""
+    adopt = Plan(tuple(a for a in found.actions if a.prefix not in unblocked_last))
+    lift = tuple(
+        Action(ActionKind.UNBLOCK, a.prefix, "unblocked before a crash")
+        for a in found.actions
+        if a.prefix in unblocked_last and a.kind is ActionKind.BLOCK
+    )
+    return adopt, Plan(lift)
+
+
 def forget_offenders(state: State, policy: Policy, now: float) -> Plan:
     """The offence records older than `forget_after`: a source that offends again after them starts afresh."""
     cutoff = now - policy.forget_after

@@ -11,8 +11,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from govern.edges import Sysctls
 from govern.errors import KernelError, RefusedError
+from govern.sysctl.edges import Sysctls
 from govern.sysctl.journal import Entry, Journal, Record
 from govern.sysctl.planner import (
     BASE,

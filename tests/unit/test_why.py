@@ -17,8 +17,7 @@ from govern import config, why
 from govern.addr import Prefix
 from govern.core.policy import Policy
 from govern.errors import UsageError
-from govern.model import Block, Mode, Offender, SessionInfo, SourceStats, State, Tarpitted, Throttle
-from govern.store import Event
+from govern.model import Block, Event, Mode, Offender, SessionInfo, SourceStats, State, Tarpitted, Throttle
 
 NOW = 1_700_000_000.0
 SRC = Prefix.parse("198.18.7.1")
