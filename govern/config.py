@@ -418,7 +418,8 @@ class Config:
         )
 
     def to_toml(self) -> str:
-        lines = [f"# effective config ({self.path or 'embedded defaults'})"]
+        # The path in the comment escaped as a value is: a newline in it would end the comment.
+        lines = [f"# effective config ({_toml_value(self.path) if self.path else 'embedded defaults'})"]
         for section, keys in SCHEMA.items():
             lines.append(f"\n[{section}]")
             for key, spec in keys.items():
@@ -459,11 +460,19 @@ def with_override(config: Config, section: str, key: str, value: Any, *, resolve
     return Config(values=values, raw=raw, path=config.path, allow_from_files=config.allow_from_files)
 
 
+# TOML's basic string escapes; any other control character is written as \uXXXX (TOML allows none raw).
+_TOML_ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r"}
+
+
+def _toml_char(c: str) -> str:
+    return f"\\u{ord(c):04x}" if c < " " or c == "\x7f" else c
+
+
 def _toml_value(v: Any) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, str):
-        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        return '"' + "".join(_TOML_ESCAPES.get(c) or _toml_char(c) for c in v) + '"'
     if isinstance(v, list):
         return "[" + ", ".join(_toml_value(x) for x in v) + "]"
     return str(v)

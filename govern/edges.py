@@ -7,7 +7,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Protocol
 
-from govern.addr import Prefix
+from govern.addr import Prefix, PrefixSet
 from govern.config import Config
 from govern.model import Plan, Scan, SessionInfo, State
 from govern.sysctl.planner import Item, Reading
@@ -39,8 +39,9 @@ class SocketSource(Protocol):
         the server has not greeted yet. Returns the sessions ended per source."""
         ...
 
-    def sessions(self, prefix: Prefix, ports: frozenset[int]) -> Sequence[SessionInfo]:
-        """Every session on `ports` whose client lies in `prefix`, with its tcp_info (on demand: `govern why`)."""
+    def sessions(self, prefix: Prefix | PrefixSet, ports: frozenset[int]) -> Sequence[SessionInfo]:
+        """Every session on `ports` whose client lies in `prefix` (or any of a set's), with its tcp_info (on demand:
+        `govern why`, and `govern status` for its top sources)."""
         ...
 
 
