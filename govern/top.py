@@ -194,6 +194,17 @@ def _resizes() -> Iterator[int]:
         os.close(w)
 
 
+def _terminal_size(console: Console) -> tuple[int, int]:
+    """The terminal's size now, told to the console. Rich prefers COLUMNS and LINES when they are set, and a shell
+    that exports them leaves them stale after a resize: the terminal itself is asked."""
+    try:
+        width, height = os.get_terminal_size(console.file.fileno())
+    except (OSError, ValueError):
+        return console.size
+    console.size = (width, height)
+    return width, height
+
+
 def watch(fetch: Callable[[int], Status], interval: float = 1.0, console: Console | None = None) -> None:
     """Draw `fetch(rows)` (a status with up to `rows` top sources) every `interval` seconds until q or Ctrl-C.
     A fetch that raises OSError or a GovernError keeps the last frame, with the error under it, and tries again."""
@@ -214,7 +225,7 @@ def watch(fetch: Callable[[int], Status], interval: float = 1.0, console: Consol
         Live(console=console, screen=True, auto_refresh=False) as live,
     ):
         while True:
-            width, height = console.size
+            width, height = _terminal_size(console)
             note = ""
             try:
                 st = fetch(height)
