@@ -30,6 +30,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     # Help as written: rich markup would take the config's section names, [block] or [export], for style tags.
     rich_markup_mode=None,
+    # Plain help wraps at 80 columns and cuts each command's summary short; a wide terminal may show more.
+    context_settings={"max_content_width": 120},
     help="govern: a kernel-assisted connection governor for SMTP MX hosts.",
 )
 config_app = typer.Typer(no_args_is_help=True, help="Check or show the configuration.")
@@ -151,7 +153,11 @@ def run(
 
 
 @app.command()
-def status(config: ConfigOpt = None, as_json: JsonOpt = False, top: int = 10) -> None:
+def status(
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+    top: Annotated[int, typer.Option("--top", help="how many of the most prolific sources to show")] = 10,
+) -> None:
     """Mode, top sources, blocks and throttles, listener queues and kernel counters."""
     st = _ask(config, _request(protocol.Status, top=top))["status"]
     if as_json:
@@ -201,9 +207,11 @@ def top(
         float, typer.Option("--interval", "-n", min=0.2, max=60.0, help="seconds between refreshes")
     ] = 1.0,
 ) -> None:
-    """A live view of the daemon, redrawn every second: the mode and its reason, the listen queues and their drops,
-    the MTA's slots against the slot budget, the top sources with their sessions, idle and bytes, the recent actions
-    and the blocks by reason. q or Ctrl-C quits; piped, it prints one frame."""
+    """A live view of the daemon, redrawn every second; q or Ctrl-C quits.
+
+    The mode and its reason, the listen queues and their drops, the MTA's slots against the slot budget, the top
+    sources with their sessions, idle and bytes, the recent actions and the blocks by reason. Piped, it prints one
+    frame."""
     from govern import top as view
 
     sock = _load(config)["daemon"]["socket"]
@@ -334,13 +342,18 @@ def allow(
     _said(_ask(config, req), as_json)
 
 
+def _listing(config: str | None, req: protocol.Request, as_json: bool, empty: str) -> list[dict[str, Any]]:
+    """The entries a listing request answers with, for a table; as JSON, or none (the `empty` line), printed here."""
+    entries: list[dict[str, Any]] = _ask(config, req)["entries"]
+    if as_json or not entries:
+        print(json.dumps(entries, indent=2) if as_json else empty)
+        return []
+    return entries
+
+
 def _allowlist(config: str | None, as_json: bool) -> None:
-    entries = _ask(config, protocol.Allowlist())["entries"]
-    if as_json:
-        print(json.dumps(entries, indent=2))
-        return
+    entries = _listing(config, protocol.Allowlist(), as_json, "the allowlist is empty")
     if not entries:
-        print("the allowlist is empty")
         return
     width = max(28, *(len(e["prefix"]) + 2 for e in entries))
     print(f"{'prefix':<{width}}from")
@@ -351,12 +364,8 @@ def _allowlist(config: str | None, as_json: bool) -> None:
 @app.command("list")
 def list_(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
     """Every active block and throttle with its reason and expiry."""
-    entries = _ask(config, protocol.ListBlocks())["entries"]
-    if as_json:
-        print(json.dumps(entries, indent=2))
-        return
+    entries = _listing(config, protocol.ListBlocks(), as_json, "no active blocks or throttles")
     if not entries:
-        print("no active blocks or throttles")
         return
     now = time.time()
     print(f"{'kind':<9}{'source':<28}{'left':>9}  reason")
