@@ -181,6 +181,8 @@ def status(
         f"conntrack entries forgotten: {st['conntrack_forgotten']}"
     )
     print(_budget_line(st))
+    slots = st.get("slots") or {}
+    print(f"slots now: {slots.get('established', 0)} established, {slots.get('strangers', 0)} held by strangers")
     for ls in st["listeners"]:
         where = f"[{ls['address']}]:{ls['port']}" if ":" in ls["address"] else f"{ls['address']}:{ls['port']}"
         print(f"listener {where}  queue {ls['queued']}/{ls['backlog']} ({ls['fill']:.0%})")
@@ -225,9 +227,9 @@ def top(
 
     try:
         fetch(1)  # a daemon that is not running is said before the screen is taken (exit 3)
+        view.watch(fetch, interval)  # on screen, later failures show in the view; piped, they end it here
     except GovernError as exc:
         _fail(exc)
-    view.watch(fetch, interval)
 
 
 def _budget_line(st: dict[str, Any]) -> str:

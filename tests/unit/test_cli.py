@@ -298,3 +298,13 @@ def test_every_help_renders(monkeypatch: pytest.MonkeyPatch) -> None:
         res = invoke(*path, "--help")
         assert res.exit_code == 0 and "Usage: govern" in res.stdout, path
     assert isinstance(cli.app, typer.Typer)
+
+
+def test_status_and_a_piped_top_show_the_slots(daemon: FakeDaemon) -> None:
+    c = ("--config", str(daemon.config))
+    assert invoke("block", "198.18.0.1", *c).exit_code == 0
+    assert "slots now: 0 established, 0 held by strangers" in invoke("status", *c).stdout
+    res = invoke("top", *c)  # not a terminal: one frame, then exit
+    assert res.exit_code == 0, res.stderr
+    assert "govern top  mode  NORMAL" in res.stdout and "budget 60 of 100" in res.stdout
+    assert "by reason operator 1" in res.stdout and "198.18.0.1  manual: blocked by the operator" in res.stdout
