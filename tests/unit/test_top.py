@@ -13,7 +13,7 @@ from rich.console import Console
 
 from govern import reports, top
 from govern.addr import Prefix
-from govern.model import SessionInfo
+from govern.model import Block, SessionInfo
 from tests.unit.test_governor import hog, make, run_ticks
 
 HOG = Prefix.parse("198.18.0.1")
@@ -150,3 +150,18 @@ def test_piped_it_prints_one_frame() -> None:
 
     top.watch(fetch, console=Console(file=out, width=100, height=30, color_system=None))
     assert asked == [30] and "WAVE" in out.getvalue() and len(out.getvalue().splitlines()) <= 30
+
+
+def test_blocks_group_by_what_their_reason_says() -> None:
+    def kind(reason: str, manual: bool = False) -> str:
+        return reports.block_reason(Block(HOG, reason, 0.0, 1.0, 1, manual))
+
+    assert kind("manual: seen in a flood", manual=True) == "operator"
+    assert kind("wave: among the 10 most prolific sources; holds 30 connections (limit 20)") == "wave: most prolific"
+    assert kind("cut 2 times in this wave; held a session without progress for 4s under pressure") == (
+        "cut again in a wave"
+    )
+    assert kind("12 sources of 198.18.0.0/24 blocked; for 1h") == "aggregated prefix"
+    assert kind("holds 30 connections (limit 20); still over after throttling") == "over limits after throttling"
+    assert kind("still hammering while blocked: 90 attempts in the last minute") == "extended: still hammering"
+    assert kind("something new") == "other"
