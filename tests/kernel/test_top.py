@@ -1,6 +1,6 @@
 """`govern top` as an operator runs it (issue 14, item 4): the real daemon in an MX namespace, `govern top` in a
-detached tmux session inside that namespace, read with capture-pane; a resize redraws to the new size, q and Ctrl-C
-end it with the terminal handed back."""
+detached tmux session inside that namespace, read with capture-pane; a resize redraws to the new size, a daemon that
+stops leaves the last frame with the reason under it, q and Ctrl-C end it with the terminal handed back."""
 
 from __future__ import annotations
 
@@ -141,9 +141,12 @@ def test_top_shows_the_daemon_redraws_on_resize_and_quits_clean(lab: Lab, tmp_pa
             assert "govern top" not in "\n".join(tmux.screen())
             tmux("kill-session", "-t", "top")
 
-            # Ctrl-C ends it as cleanly.
+            # A daemon that goes away: the last frame stays, the reason under it; Ctrl-C ends it as cleanly as q.
             pid = start_top(tmux, lab, cfg, rc)
             assert wait_for(lambda: "WAVE" in "\n".join(tmux.screen()), timeout=10), tmux.screen()
+            d.stop()
+            assert wait_for(lambda: "daemon is not running" in "\n".join(tmux.screen()), timeout=5), tmux.screen()
+            assert "WAVE" in "\n".join(tmux.screen())
             tmux("send-keys", "-t", "top", "C-c")
             assert ended(rc, pid) == "0"
             assert "govern top" not in "\n".join(tmux.screen())
