@@ -1,5 +1,7 @@
 """The `govern` command line. Every command takes --config; bad input exits with status 2 before anything is
-changed, and errors are one line on stderr, never a traceback."""
+changed, and errors are one line on stderr, never a traceback. With --json a command prints its reply as one JSON
+document on stdout; its errors and exit codes are the same as without. Commands that only read (status, list, why,
+allow --list, top, config check and show, sysctl plan and verify) take no lock and write nothing."""
 
 from __future__ import annotations
 
@@ -8,6 +10,8 @@ import os
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import asdict
+from importlib import metadata
 from typing import Annotated, Any, NoReturn
 
 import typer
@@ -22,9 +26,12 @@ from govern.sysctl.manager import Report, SysctlManager
 from govern.sysctl.planner import Item
 
 app = typer.Typer(
-    add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    # Help as written: rich markup would take the config's section names, [block] or [export], for style tags.
+    rich_markup_mode=None,
+    # Plain help wraps at 80 columns and cuts each command's summary short; a wide terminal may show more.
+    context_settings={"max_content_width": 120},
     help="govern: a kernel-assisted connection governor for SMTP MX hosts.",
 )
 config_app = typer.Typer(no_args_is_help=True, help="Check or show the configuration.")
@@ -33,6 +40,25 @@ wave_app = typer.Typer(no_args_is_help=True, help="The ride-the-wave emergency m
 app.add_typer(wave_app, name="wave")
 
 LAB_EXTRA = "pip install 'govern[lab]'"
+
+
+def _version(value: bool) -> None:
+    if not value:
+        return
+    try:
+        print(f"govern {metadata.version('govern')}")
+    except metadata.PackageNotFoundError:
+        print("govern: version unknown (not installed as a package)")
+    raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="print govern's version and exit")
+    ] = False,
+) -> None:
+    """govern: a kernel-assisted connection governor for SMTP MX hosts."""
 
 
 def add_lab(app: typer.Typer) -> None:
@@ -93,6 +119,11 @@ def _load(path: str | None) -> configmod.Config:
         _fail(exc)
 
 
+def _said(reply: dict[str, Any], as_json: bool) -> None:
+    """A daemon's reply to a change: its message, or the whole reply as JSON."""
+    print(json.dumps(reply, indent=2) if as_json else reply["message"])
+
+
 def _ask(path: str | None, req: protocol.Request) -> dict[str, Any]:
     cfg = _load(path)
     try:
@@ -122,7 +153,11 @@ def run(
 
 
 @app.command()
-def status(config: ConfigOpt = None, as_json: JsonOpt = False, top: int = 10) -> None:
+def status(
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+    top: Annotated[int, typer.Option("--top", help="how many of the most prolific sources to show")] = 10,
+) -> None:
     """Mode, top sources, blocks and throttles, listener queues and kernel counters."""
     st = _ask(config, _request(protocol.Status, top=top))["status"]
     if as_json:
@@ -146,6 +181,8 @@ def status(config: ConfigOpt = None, as_json: JsonOpt = False, top: int = 10) ->
         f"conntrack entries forgotten: {st['conntrack_forgotten']}"
     )
     print(_budget_line(st))
+    slots = st.get("slots") or {}
+    print(f"slots now: {slots.get('established', 0)} established, {slots.get('strangers', 0)} held by strangers")
     if not str(st.get("tarpit", "")).startswith("ready"):
         print(f"tarpit: off ({st.get('tarpit')})")
     m = st.get("metrics") or {}
@@ -170,6 +207,36 @@ def status(config: ConfigOpt = None, as_json: JsonOpt = False, top: int = 10) ->
         print(
             "\nfailures: " + ", ".join(f"{k} x{v} ({st['last_errors'].get(k, '')})" for k, v in st["failures"].items())
         )
+
+
+@app.command()
+def top(
+    config: ConfigOpt = None,
+    interval: Annotated[
+        float, typer.Option("--interval", "-n", min=0.2, max=60.0, help="seconds between refreshes")
+    ] = 1.0,
+) -> None:
+    """A live view of the daemon, redrawn every second; q or Ctrl-C quits.
+
+    The mode and its reason, the listen queues and their drops, the MTA's slots against the slot budget, the top
+    sources with their sessions, idle and bytes, the recent actions and the blocks by reason. Piped, it prints one
+    frame."""
+    from govern import top as view
+
+    sock = _load(config)["daemon"]["socket"]
+
+    def fetch(rows: int) -> dict[str, Any]:
+        reply = call(sock, protocol.to_wire(protocol.Status(top=max(1, min(rows, protocol.MAX_TOP)))), timeout=5.0)
+        if not reply.get("ok"):
+            raise GovernError(reply.get("error", "the daemon refused the status request"))
+        status: dict[str, Any] = reply["status"]
+        return status
+
+    try:
+        fetch(1)  # a daemon that is not running is said before the screen is taken (exit 3)
+        view.watch(fetch, interval)  # on screen, later failures show in the view; piped, they end it here
+    except GovernError as exc:
+        _fail(exc)
 
 
 def _budget_line(st: dict[str, Any]) -> str:
@@ -209,16 +276,16 @@ def wave_on(
         str | None, typer.Option("--for", help="how long, e.g. 15m or 2h (default modes.wave_duration)")
     ] = None,
     config: ConfigOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Switch the wave on now; it ends by itself after --for unless switched off first."""
-    reply = _ask(config, _request(protocol.Wave, action="on", duration=duration or ""))
-    print(reply["message"])
+    _said(_ask(config, _request(protocol.Wave, action="on", duration=duration or "")), as_json)
 
 
 @wave_app.command("off")
-def wave_off(config: ConfigOpt = None) -> None:
+def wave_off(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
     """End the wave (or elevated mode) now; no automatic wave starts for modes.calm_for."""
-    print(_ask(config, protocol.Wave("off"))["message"])
+    _said(_ask(config, protocol.Wave("off")), as_json)
 
 
 @wave_app.command("status")
@@ -232,53 +299,82 @@ def wave_status(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
 def block(
     address: Annotated[str, typer.Argument(help="address or prefix, e.g. 198.51.100.7 or 2001:db8:bad::/48")],
     duration: Annotated[
-        str | None, typer.Option("--for", help="how long, e.g. 30m, 2h (default block.duration)")
+        str | None, typer.Option("--for", help="how long, e.g. 30m, 2h (default: duration in [block])")
     ] = None,
     reason: Annotated[str, typer.Option("--reason", help="why, for the log and `govern list`")] = "",
     config: ConfigOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Block an address or prefix on the protected ports (refused for allowlisted addresses)."""
     p = _prefix(address)
-    reply = _ask(config, _request(protocol.Block, prefix=str(p), duration=duration or "", reason=reason))
-    print(reply["message"])
+    _said(_ask(config, _request(protocol.Block, prefix=str(p), duration=duration or "", reason=reason)), as_json)
 
 
 @app.command()
 def unblock(
     address: Annotated[str, typer.Argument(help="the address or prefix exactly as blocked")],
     config: ConfigOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Lift a block (and any throttle) on an address or prefix."""
     p = _prefix(address)
-    print(_ask(config, protocol.Unblock(str(p)))["message"])
+    _said(_ask(config, protocol.Unblock(str(p))), as_json)
 
 
 @app.command()
 def allow(
-    address: Annotated[str, typer.Argument(help="address or prefix to allowlist")],
+    address: Annotated[str | None, typer.Argument(help="address or prefix to allowlist")] = None,
     remove: Annotated[bool, typer.Option("--remove", help="take it off the allowlist again")] = False,
     note: Annotated[str, typer.Option("--note", help="who or what it is")] = "",
     force: Annotated[
         bool,
         typer.Option("--force", help="allow a prefix wider than guard.allow_ipv4_widest / guard.allow_ipv6_widest"),
     ] = False,
+    list_: Annotated[
+        bool,
+        typer.Option("--list", help="list the allowlist instead, with where each entry comes from (changes nothing)"),
+    ] = False,
     config: ConfigOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
-    """Allowlist an address or prefix at once (kept across restarts); lifts any block on it."""
+    """Allowlist an address or prefix at once (kept across restarts); lifts any block on it. With --list, show the
+    allowlist: each prefix with its sources (allow.cidrs, a file and line, a hostname, an SPF domain, govern allow)."""
+    if list_:
+        if address is not None or remove or note or force:
+            _fail(UsageError("--list takes no address and none of --remove, --note, --force"))
+        _allowlist(config, as_json)
+        return
+    if address is None:
+        _fail(UsageError("give an address or prefix to allowlist, or --list to see the allowlist"))
     p = _prefix(address)
     req = _request(protocol.Allow, prefix=str(p), remove=remove, note=note, force=force)
-    print(_ask(config, req)["message"])
+    _said(_ask(config, req), as_json)
+
+
+def _listing(config: str | None, req: protocol.Request, as_json: bool, empty: str) -> list[dict[str, Any]]:
+    """The entries a listing request answers with, for a table; as JSON, or none (the `empty` line), printed here."""
+    entries: list[dict[str, Any]] = _ask(config, req)["entries"]
+    if as_json or not entries:
+        print(json.dumps(entries, indent=2) if as_json else empty)
+        return []
+    return entries
+
+
+def _allowlist(config: str | None, as_json: bool) -> None:
+    entries = _listing(config, protocol.Allowlist(), as_json, "the allowlist is empty")
+    if not entries:
+        return
+    width = max(28, *(len(e["prefix"]) + 2 for e in entries))
+    print(f"{'prefix':<{width}}from")
+    for e in entries:
+        print(f"{e['prefix']:<{width}}{', '.join(e['sources'])}")
 
 
 @app.command("list")
 def list_(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
     """Every active block and throttle with its reason and expiry."""
-    entries = _ask(config, protocol.ListBlocks())["entries"]
-    if as_json:
-        print(json.dumps(entries, indent=2))
-        return
+    entries = _listing(config, protocol.ListBlocks(), as_json, "no active blocks or throttles")
     if not entries:
-        print("no active blocks or throttles")
         return
     now = time.time()
     print(f"{'kind':<9}{'source':<28}{'left':>9}  reason")
@@ -315,7 +411,7 @@ def export(
     rtbh: Annotated[bool, typer.Option("--rtbh", help="blackhole routes (65535:666) instead of FlowSpec")] = False,
     config: ConfigOpt = None,
 ) -> None:
-    """Export the blocklist for the upstream ISP, through the guardrails of the export section (docs/export.md)."""
+    """Export the blocklist for the upstream ISP, through the guardrails of [export] (docs/export.md)."""
     from govern.export import command
 
     cfg = _load(config)
@@ -334,14 +430,17 @@ def export(
 
 
 @app.command()
-def teardown(config: ConfigOpt = None) -> None:
+def teardown(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
     """Remove every kernel object govern created (table inet govern), stopping the daemon if it runs."""
     cfg = _load(config)
     try:
         reply = call(cfg["daemon"]["socket"], protocol.to_wire(protocol.Teardown()))
         if not reply.get("ok"):
             _fail(GovernError(reply.get("error", "teardown failed")))
-        print(f"{reply['message']}; daemon stopped")
+        if as_json:
+            print(json.dumps({**reply, "daemon_stopped": True}, indent=2))
+        else:
+            print(f"{reply['message']}; daemon stopped")
         return
     except DaemonUnavailable:
         pass
@@ -353,21 +452,29 @@ def teardown(config: ConfigOpt = None) -> None:
         removed = wiring.teardown_offline(cfg)
     except GovernError as exc:
         _fail(exc)
+    rep = _sysctls(cfg).restore()
+    if as_json:
+        _report_json(rep, removed=removed, daemon_stopped=False)
+        return
     for line in removed:
         print(line)
     if not removed:
         print("nothing to remove: no govern objects in the kernel")
-    _print_report(_sysctls(cfg).restore())
+    _print_report(rep)
 
 
 @config_app.command("check")
 def config_check(
     path: Annotated[str | None, typer.Argument(help="file to check (default: --config or the default path)")] = None,
     config: ConfigOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Validate a config file; exit 2 naming the file, key and problem if it is wrong."""
     cfg = _load(path or config)
-    print(f"{cfg.path or 'embedded defaults'}: OK")
+    if as_json:
+        print(json.dumps({"ok": True, "path": cfg.path}, indent=2))
+    else:
+        print(f"{cfg.path or 'embedded defaults'}: OK")
 
 
 @config_app.command("show")
@@ -386,6 +493,14 @@ def _sysctls(cfg: configmod.Config) -> SysctlManager:
 def _sysctl_root(command: str) -> None:
     if os.geteuid() != 0:
         _fail(UsageError(f"govern sysctl {command} needs root: it writes sysctls and the journal in state_dir"))
+
+
+def _report_json(rep: Report, **extra: Any) -> None:
+    """A sysctl report as JSON; exit 1 when a key failed, as the text does."""
+    doc = {"ok": not rep.failed, "what": rep.what, **extra, "sysctls": [asdict(o) for o in rep.outcomes]}
+    print(json.dumps(doc, indent=2))
+    if rep.failed:
+        raise typer.Exit(1)
 
 
 def _print_report(rep: Report) -> None:
@@ -414,19 +529,29 @@ def sysctl_plan(
     as_json: JsonOpt = False,
     wave: Annotated[bool, typer.Option("--wave", help="the wave profile layered on the base")] = False,
 ) -> None:
-    """Each key govern tunes: current -> target, status and reason; and listeners whose own backlog is too small."""
+    """Each key govern tunes: current -> target, status and reason; and listeners whose own backlog is too small.
+    Reads only: no lock, nothing written, and it works as any user (what is in force is then unknown if the
+    journal in state_dir is root's)."""
+    from govern.sysctl.journal import JournalError
+
     cfg = _load(config)
+    unread = ""
     try:
         mgr = _sysctls(cfg)
         items = mgr.plan(wave=wave)
-        profiles = mgr.profiles()
+        try:
+            profiles: list[str] | None = mgr.profiles()
+        except JournalError as exc:
+            profiles, unread = None, str(exc)
     except GovernError as exc:
         _fail(exc)
     warnings = _backlog_warnings(cfg, items)
     if as_json:
-        print(json.dumps({"profiles": profiles, "keys": [i.to_dict() for i in items], "warnings": warnings}, indent=2))
+        doc = {"profiles": profiles, "keys": [i.to_dict() for i in items], "warnings": warnings}
+        print(json.dumps(doc | ({"journal_error": unread} if unread else {}), indent=2))
         return
-    print(f"profile: {'wave on top of base' if wave else 'base'}   in force: {', '.join(profiles) or 'none'}")
+    in_force = f"unknown ({unread})" if profiles is None else ", ".join(profiles) or "none"
+    print(f"profile: {'wave on top of base' if wave else 'base'}   in force: {in_force}")
     print(f"{'key':<36}{'current':>10}{'target':>10}  {'status':<17}reason")
     for i in items:
         cur = "-" if i.current is None else str(i.current)
@@ -436,7 +561,7 @@ def sysctl_plan(
         print(f"warning: {w}")
 
 
-def _sysctl_write(config: str | None, what: str, nothing: str, *, wave: bool) -> None:
+def _sysctl_write(config: str | None, what: str, nothing: str, *, wave: bool, as_json: bool) -> None:
     cfg = _load(config)
     _sysctl_root(what)
     try:
@@ -447,6 +572,9 @@ def _sysctl_write(config: str | None, what: str, nothing: str, *, wave: bool) ->
             rep = mgr.leave_wave() if wave else mgr.restore()
     except GovernError as exc:
         _fail(exc)
+    if as_json:
+        _report_json(rep)
+        return
     if not rep.outcomes:
         print(nothing)
     _print_report(rep)
@@ -456,18 +584,20 @@ def _sysctl_write(config: str | None, what: str, nothing: str, *, wave: bool) ->
 def sysctl_apply(
     config: ConfigOpt = None,
     wave: Annotated[bool, typer.Option("--wave", help="enter the wave profile (on top of what is in force)")] = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Apply the base profile (or the wave's), journaling each original value before its first write."""
-    _sysctl_write(config, "apply", "nothing to change: every key is at or above its target", wave=wave)
+    _sysctl_write(config, "apply", "nothing to change: every key is at or above its target", wave=wave, as_json=as_json)
 
 
 @sysctl_app.command("restore")
 def sysctl_restore(
     config: ConfigOpt = None,
     wave: Annotated[bool, typer.Option("--wave", help="end only the wave, back to the base targets")] = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Put every key govern changed back to its original value, from the journal (also after a crash)."""
-    _sysctl_write(config, "restore", "nothing to restore: the journal is empty", wave=wave)
+    _sysctl_write(config, "restore", "nothing to restore: the journal is empty", wave=wave, as_json=as_json)
 
 
 @sysctl_app.command("verify")

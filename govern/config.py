@@ -497,7 +497,8 @@ class Config:
         )
 
     def to_toml(self) -> str:
-        lines = [f"# effective config ({self.path or 'embedded defaults'})"]
+        # The path in the comment escaped as a value is: a newline in it would end the comment.
+        lines = [f"# effective config ({_toml_value(self.path) if self.path else 'embedded defaults'})"]
         for section, keys in SCHEMA.items():
             lines.append(f"\n[{section}]")
             for key, spec in keys.items():

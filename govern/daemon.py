@@ -608,7 +608,7 @@ class Governor:
                 case protocol.Export():
                     return reports.export_view(self)
                 case protocol.Allowlist():
-                    return protocol.ok(entries=self.allow.listing() if self.allow is not None else [])
+                    return protocol.ok(entries=reports.allowlist(self))
                 case protocol.Why(addr=addr):
                     return self._why(addr)
                 case protocol.Teardown():

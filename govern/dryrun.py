@@ -11,7 +11,7 @@ import contextlib
 import logging
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 
-from govern.addr import Prefix
+from govern.addr import Prefix, PrefixSet
 from govern.edges import Enforcer, SocketSource, StateStore, Tarpit
 from govern.errors import RefusedError
 from govern.model import Event, FirewallSpec, Plan, Scan, SessionInfo, State
@@ -140,7 +140,7 @@ class DryRunSockets:
     ) -> Mapping[Prefix, int]:
         return {}
 
-    def sessions(self, prefix: Prefix, ports: frozenset[int]) -> Sequence[SessionInfo]:
+    def sessions(self, prefix: Prefix | PrefixSet, ports: frozenset[int]) -> Sequence[SessionInfo]:
         return self.inner.sessions(prefix, ports)
 
 

@@ -8,7 +8,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Protocol
 
-from govern.addr import Prefix
+from govern.addr import Prefix, PrefixSet
 from govern.model import Event, FirewallSpec, Plan, Scan, SessionInfo, State
 
 
@@ -34,8 +34,9 @@ class SocketSource(Protocol):
         the server has not greeted yet. Returns the sessions ended per source."""
         ...
 
-    def sessions(self, prefix: Prefix, ports: frozenset[int]) -> Sequence[SessionInfo]:
-        """Every session on `ports` whose client lies in `prefix`, with its tcp_info (on demand: `govern why`)."""
+    def sessions(self, prefix: Prefix | PrefixSet, ports: frozenset[int]) -> Sequence[SessionInfo]:
+        """Every session on `ports` whose client lies in `prefix` (or any of a set's), with its tcp_info (on demand:
+        `govern why`, and `govern status` for its top sources)."""
         ...
 
 

@@ -8,7 +8,7 @@ from concurrent import futures
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from govern.addr import Prefix
+from govern.addr import Prefix, PrefixSet
 from govern.allow.dns import Answer, DnsTempError, RecordType
 from govern.errors import KernelError
 from govern.model import Action, ActionKind, FirewallSpec, Plan, Scan, SessionInfo, SockCounts, State
@@ -60,8 +60,9 @@ class FakeSockets:
                 self.sources[p] = left
         return ended
 
-    def sessions(self, prefix: Prefix, ports: frozenset[int]) -> list[SessionInfo]:
-        return [s for s in self.live if s.local_port in ports and prefix.contains(Prefix.parse(s.remote))]
+    def sessions(self, prefix: Prefix | PrefixSet, ports: frozenset[int]) -> list[SessionInfo]:
+        inside = prefix.covers if isinstance(prefix, PrefixSet) else prefix.contains
+        return [s for s in self.live if s.local_port in ports and inside(Prefix.parse(s.remote))]
 
 
 @dataclass

@@ -1,23 +1,33 @@
-"""What the daemon tells its operator: `govern status`, `govern list`, the mode's report, the evidence `govern why`
-judges by (govern.why explains it), and the view an exporter applies its guardrails to. Each reads a Governor and
-changes nothing."""
+"""What the daemon tells its operator: `govern status` (also what `govern top` draws), `govern list`, the allowlist
+with where each entry comes from, the mode's report, the evidence `govern why` judges by (govern.why explains it),
+and the view an exporter applies its guardrails to. Each reads a Governor and changes nothing."""
 
 from __future__ import annotations
 
 import os
+from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 from govern import protocol, why
-from govern.addr import Prefix
-from govern.allow.entries import by_prefix
+from govern.addr import Prefix, PrefixSet, group_key
+from govern.allow.entries import AllowEntry, by_prefix
 from govern.core.decide import most_prolific
 from govern.errors import GovernError
-from govern.model import SessionInfo, State
+from govern.model import Block, SessionInfo, State
 
 if TYPE_CHECKING:
     from govern.daemon import Governor
 
 WHY_EVENTS = 20  # the latest events `govern why` shows of a source
+# What a block's reason says it is for, by the words govern.core writes it with (decide, aggregate); the first that
+# matches names it. The reasons themselves carry the source's figures, so they do not group as they are.
+_BLOCK_REASONS = (
+    ("wave: among the", "wave: most prolific"),
+    ("cut ", "cut again in a wave"),
+    (" sources of ", "aggregated prefix"),
+    ("still hammering", "extended: still hammering"),
+    ("still over after throttling", "over limits after throttling"),
+)
 
 
 def mode_report(gov: Governor) -> dict[str, Any]:
@@ -82,6 +92,13 @@ def why_standing(gov: Governor, source: Prefix) -> why.Standing:
     return why.Standing(why.STRANGER)
 
 
+def block_reason(b: Block) -> str:
+    """The kind of reason a block has, for counting blocks by reason."""
+    if b.manual:
+        return "operator"
+    return next((kind for words, kind in _BLOCK_REASONS if words in b.reason), "other")
+
+
 def entries(state: State) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     for b in sorted(state.blocks.values(), key=lambda b: b.since):
@@ -118,6 +135,7 @@ def status(gov: Governor, top: int = 10) -> dict[str, Any]:
     snap = gov.snapshot
     sources = snap.sources if snap else {}
     ranked = most_prolific(sources, top)
+    traffic = _bytes(gov, [p for p, _ in ranked])
 
     def standing(p: Prefix) -> str:
         if gov.policy.allow.intersects(p):
@@ -138,11 +156,15 @@ def status(gov: Governor, top: int = 10) -> dict[str, Any]:
         "last_tick_ms": round(gov.last_tick_ms, 2),
         "sources": len(sources),
         "sockets": sum(s.held for s in sources.values()),
-        "top": [{"source": str(p), **s._asdict(), "standing": standing(p)} for p, s in ranked],
+        "top": [
+            {"source": str(p), **s._asdict(), **traffic.get(p, _NO_BYTES), "standing": standing(p)} for p, s in ranked
+        ],
         "blocks": len(gov.state.blocks),
+        "blocks_by_reason": dict(Counter(block_reason(b) for b in gov.state.blocks.values())),
         "throttles": len(gov.state.throttles),
         "tarpits": len(gov.state.tarpits),
         "budget": gov.budget.to_dict() if gov.budget else {},
+        "slots": _slots(gov),
         "postscreen": gov.postscreen,
         "tarpit": gov.tarpit_unsupported or f"ready ({gov.tarpit.name if gov.tarpit else '-'})",
         "allowlist": len(gov.policy.allow),
@@ -164,6 +186,57 @@ def status(gov: Governor, top: int = 10) -> dict[str, Any]:
         "metrics": dict(gov.metrics),
         "recent": _recent(gov),
     }
+
+
+_NO_BYTES = {"bytes_in": 0, "bytes_out": 0}
+
+
+def _bytes(gov: Governor, shown: list[Prefix]) -> dict[Prefix, dict[str, int]]:
+    """What the shown sources sent and were sent over the sessions they hold now (tcp_info's bytes received and
+    acked). The tick's scan does not sum bytes (it is the hot path); one dump for all shown sources at once does."""
+    if not shown:
+        return {}
+    try:
+        sessions = gov.sockets.sessions(PrefixSet(shown), gov.policy.ports)
+    except GovernError:  # the figures are missing, not the status (the tick's own scan reports sock_diag's failures)
+        return {}
+    out: dict[Prefix, dict[str, int]] = {}
+    for s in sessions:
+        row = out.setdefault(group_key(Prefix.parse(s.remote), gov.policy.v4_len, gov.policy.v6_len), dict(_NO_BYTES))
+        row["bytes_in"] += s.bytes_in
+        row["bytes_out"] += s.bytes_out
+    return out
+
+
+def _slots(gov: Governor) -> dict[str, int]:
+    """The MTA's slots as the slot budget counts them: established sessions, and those held by strangers (neither
+    allowlisted nor trusted), which the budget caps in a wave (`budget.slots`)."""
+    snap = gov.snapshot
+    if snap is None:
+        return {"established": 0, "strangers": 0}
+    trusted = gov.trusted()
+    strangers = sum(
+        s.established
+        for p, s in snap.sources.items()
+        if s.established and p not in trusted and not gov.policy.allow.intersects(p)
+    )
+    return {"established": sum(s.established for s in snap.sources.values()), "strangers": strangers}
+
+
+def allowlist(gov: Governor) -> list[dict[str, Any]]:
+    """Every allowlisted prefix with where it comes from: the config's `allow.cidrs`, its files (with the line),
+    hostnames and SPF domains, and `govern allow` (the store's additions)."""
+    if gov.allow is not None:
+        named = by_prefix(gov.allow.entries())
+    else:  # the config's allowlist as read at load
+        cfg = gov.config
+        named = by_prefix([AllowEntry(p, "allow.cidrs") for p in cfg["allow"]["cidrs"]])
+        for p in cfg.allow_from_files:
+            named[p] = (*named.get(p, ()), "allow.files")
+    rows = {p: list(s) for p, s in named.items()}
+    for p in gov.extra_allow:
+        rows.setdefault(p, []).append("govern allow")
+    return [{"kind": "allow", "prefix": str(p), "sources": rows[p]} for p in sorted(rows)]
 
 
 def _store_report(gov: Governor) -> dict[str, Any]:

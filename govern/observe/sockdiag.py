@@ -672,11 +672,14 @@ class SockDiag:
         self._destroy_matching(ports, 1 << TCP_ESTABLISHED, _EXT_INFO, idle, per_socket=True)
         return dict(picked)
 
-    def sessions(self, prefix: Prefix, ports: frozenset[int]) -> list[SessionInfo]:
-        """Every session on `ports` (but TIME_WAIT) whose remote address lies in `prefix`, with its tcp_info.
+    def sessions(self, prefix: Prefix | PrefixSet, ports: frozenset[int]) -> list[SessionInfo]:
+        """Every session on `ports` (but TIME_WAIT) whose remote address lies in `prefix` (or in one of a set's),
+        with its tcp_info.
 
-        A slow path for one source on demand (`govern why`): one dump of the protected ports, filtered here.
+        A slow path on demand (`govern why` for one source, `govern status` for its top sources at once): one dump
+        of the protected ports, filtered here.
         """
+        inside = prefix.covers if isinstance(prefix, PrefixSet) else prefix.contains
         _check_ports(ports)
         if not ports:
             return []
@@ -688,7 +691,7 @@ class SockDiag:
             if sport_be not in ports_be or state in (TCP_LISTEN, TCP_TIME_WAIT):
                 return
             remote = _remote(fam, dst)
-            if not prefix.contains(remote):
+            if not inside(remote):
                 return
             lport, rport = _PORTS.unpack_from(buf, off + _SOCKID_AT)
             at, _hdr = ScanParser._find_info(buf, off, mlen)

@@ -97,9 +97,10 @@ class SysctlManager:
         return plan(self.readings(), self.expect, in_initial_namespace=self.fs.in_initial_namespace(), wave=wave)
 
     def profiles(self) -> list[str]:
-        """The profiles the journal says are in force."""
-        with self.journal.locked():
-            rec = self._record()
+        """The profiles the journal says are in force. A read: no lock (the journal is replaced whole by a rename,
+        so it reads as one version or the other) and no write (one from an earlier boot counts as none here; the
+        next change drops it), so `govern sysctl plan` and `verify` work as any user and leave no file behind."""
+        rec = self._record(drop_stale=False)
         return list(rec.profiles) if rec else []
 
     # -- changes --------------------------------------------------------------------------------------------
@@ -204,15 +205,17 @@ class SysctlManager:
                 self.journal.save(rec)
         return self._logged(Report(f"apply {profile}", tuple(outcomes)))
 
-    def _record(self) -> Record | None:
-        """The journal, if it belongs here. One from an earlier boot is dropped: a reboot already reset every key."""
+    def _record(self, *, drop_stale: bool = True) -> Record | None:
+        """The journal, if it belongs here. One from an earlier boot is dropped (with `drop_stale`; else only
+        ignored): a reboot already reset every key."""
         rec = self.journal.load()
         if rec is None:
             return None
         boot, netns = self.fs.where()
         if rec.boot and boot and rec.boot != boot:
-            log.warning("sysctl journal %s is from an earlier boot; the kernel reset every key, dropping it", boot)
-            self.journal.save(Record(boot=boot, netns=netns))
+            if drop_stale:
+                log.warning("sysctl journal %s is from an earlier boot; the kernel reset every key, dropping it", boot)
+                self.journal.save(Record(boot=boot, netns=netns))
             return None
         if rec.netns and netns and rec.netns != netns:
             raise RefusedError(
