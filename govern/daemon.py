@@ -8,7 +8,6 @@ the next tick tries again. Blocks already in the kernel keep their own timeouts 
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from bisect import bisect_left
@@ -18,26 +17,24 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from govern import config as configmod
-from govern import protocol, reports, why
+from govern import requests
 from govern.addr import Prefix, PrefixSet
 from govern.allow.learning import TrustSources
 from govern.allow.sources import AllowSources, policy_with
-from govern.config import Config, too_wide_to_allow
+from govern.config import Config
 from govern.core.decide import (
     decide,
     forget_offenders,
-    manual_block,
-    manual_unblock,
     reconcile,
     release_allowlisted,
     sessions_to_end,
 )
-from govern.core.modes import wave_off, wave_on
 from govern.core.policy import Policy
 from govern.core.reasons import family, reason_class
-from govern.durations import format_duration
 from govern.edges import Counters, Enforcer, SocketSource, StateStore, Tarpit
-from govern.errors import GovernError, RefusedError, StoreError, UsageError
+from govern.errors import GovernError, StoreError
+from govern.health import Health
+from govern.keeping import Keeper
 from govern.model import PUNITIVE, ActionKind, Cut, Mode, ModeState, Plan, Snapshot, State
 from govern.observe.mta import POSTSCREEN_GREET_WAIT, Budget, budget, postscreen_listening
 from govern.observe.observer import Observer
@@ -50,18 +47,6 @@ MAINTENANCE_EVERY = 600.0
 EVENTS_KEPT = 30 * 86400.0
 LEARN_EVERY = 10.0
 ALLOW_WAIT_AT_START = 5.0  # seconds the start waits for the first resolution of allowlisted hostnames and SPF
-STORE_RETRY_EVERY = 10.0  # while the store cannot be written: seconds between attempts to write the whole state
-
-
-@dataclass
-class Health:
-    failures: dict[str, int] = field(default_factory=dict)
-    last_error: dict[str, str] = field(default_factory=dict)
-
-    def fail(self, component: str, exc: BaseException) -> None:
-        self.failures[component] = self.failures.get(component, 0) + 1
-        self.last_error[component] = str(exc)
-        log.error("%s failed: %s", component, exc)
 
 
 # Upper bounds (seconds) of the tick-duration histogram's buckets: a tick is budgeted `daemon.tick` (1 s) or
@@ -100,7 +85,6 @@ class Governor:
         own_addresses: Callable[[], Sequence[Prefix]] = tuple,
     ) -> None:
         self.config = config
-        self.store = store
         self.sockets = sockets
         self.enforcer = enforcer
         self.clock = clock
@@ -120,7 +104,7 @@ class Governor:
         # This host's addresses, which no block may cover (govern.core.guard): read at start and at each reload.
         self.own_addresses = own_addresses
         self.own = PrefixSet()
-        self.policy: Policy = self._policy()
+        self.policy: Policy = self.make_policy()
         self.observer = Observer(sockets, enforcer.syn_counts, counters)
         self.snapshot: Snapshot | None = None
         self.started = clock()
@@ -131,10 +115,7 @@ class Governor:
         self.forgotten_conntrack = 0
         self.totals: dict[str, int] = {}
         self._maintained = self.started
-        # Since when the store has not been written (a full disk, say): the state in memory is the truth, enforced
-        # in the kernel, and written whole as soon as the store takes it (`catch_up`).
-        self.store_behind: float | None = None
-        self._store_tried = 0.0
+        self.keeper = Keeper(store, self.health)  # the store in step with the kernel, through its faults
         self.budget: Budget | None = None
         self.postscreen = False
         self.tick_times = TickTimes()
@@ -164,9 +145,9 @@ class Governor:
             self.allow.refresh(now)
             self.allow.wait(ALLOW_WAIT_AT_START)
             self.allow.refresh(now)
-            self.policy = self._policy()
+            self.policy = self.make_policy()
         self.config = self._read_mta(self.config)
-        self.policy = self._policy()
+        self.policy = self.make_policy()
         self.converge(now)
         self.tarpit_start(now)
         self.sysctl_start()
@@ -182,7 +163,7 @@ class Governor:
             try:
                 stale = self.store.unblocked_last(a.prefix for a in adopted.actions if a.kind is ActionKind.BLOCK)
             except StoreError as exc:
-                self._store_failed(exc, now)
+                self.keeper.failed(exc, now)
         adopt, lift = reconcile(adopted, stale)
         self._commit_recorded(adopt, now)
         if lift:
@@ -223,7 +204,7 @@ class Governor:
                 self.tarpit.apply(live, [])
         except GovernError as exc:
             self.tarpit_unsupported = str(exc)
-            self.policy = self._policy()
+            self.policy = self.make_policy()
             self.health.fail("tarpit", exc)
 
     # -- sysctls (govern.sysctl; docs/sysctl.md) ------------------------------------------------------------
@@ -317,7 +298,11 @@ class Governor:
         kernel, where the next start adopts them."""
         if not plan:
             return True
-        if not (self._commit_durable(plan, now) if durable else self._commit(plan, now)):
+        kernel = lambda: self._kernel(plan, now)  # noqa: E731 - one plan's kernel commit, handed to the keeper
+        if durable:
+            if not self.keeper.commit_durable(plan, now, kernel, self.state):
+                return False
+        elif not self.keeper.commit(plan, now, kernel):
             return False
         previous = self.state.mode
         self.state.record(plan, now)
@@ -351,77 +336,26 @@ class Governor:
                 self._note_cuts(tuple(c for c in plan.cuts if not c.shed or ended.get(c.prefix)), now)
         return True
 
-    def _commit(self, plan: Plan, now: float) -> bool:
-        applied = False
-        try:
-            if self.store_behind is not None:
-                self._kernel(plan, now)
-                return True
-            with self.store.pending(plan, now):
-                self._kernel(plan, now)
-                applied = True
-        except StoreError as exc:
-            self._store_failed(exc, now)
-            if not applied:
-                return self._commit(plan, now)
-        except GovernError as exc:
-            self.health.fail("act", exc)
-            return False
-        return True
-
-    def _commit_durable(self, plan: Plan, now: float) -> bool:
-        if not self.catch_up(now, force=True):
-            why = self.health.last_error.get("store", "unknown error")
-            raise StoreError(f"the state store cannot be written ({why}): nothing was changed")
-        try:
-            self.store.save(plan, now)
-        except StoreError as exc:
-            self._store_failed(exc, now)
-            raise StoreError(f"the state store cannot be written ({exc}): nothing was changed") from None
-        try:
-            self._kernel(plan, now)
-        except GovernError as exc:
-            self.health.fail("act", exc)
-            self.store_behind = now  # it holds what the kernel refused: put back what memory and the kernel hold
-            self.catch_up(now, force=True)
-            return False
-        return True
-
     def _kernel(self, plan: Plan, now: float) -> None:
         self.enforcer.apply(plan, now)
         self._apply_tarpits(plan, now)
 
-    def _store_failed(self, exc: StoreError, now: float) -> None:
-        self.health.fail("store", exc)
-        if self.store_behind is None:
-            self.store_behind = self._store_tried = now
-            log.warning(
-                "the state store cannot be written: govern keeps enforcing and holds its decisions in memory, and "
-                "writes them when it can (every %.0f s); operators' block, unblock, allow and wave requests are "
-                "refused until then",
-                STORE_RETRY_EVERY,
-            )
+    @property
+    def store(self) -> StateStore:
+        """The durable store; the keeper holds it (govern.keeping), so every write goes through its faults' rules."""
+        return self.keeper.store
 
-    def catch_up(self, now: float, *, force: bool = False) -> bool:
-        """Write the whole state to a store that missed writes; whether the store is up to date."""
-        if self.store_behind is None:
-            return True
-        if not force and now - self._store_tried < STORE_RETRY_EVERY:
-            return False
-        self._store_tried = now
-        try:
-            self.store.replace(self.state, now)
-        except StoreError as exc:
-            self.health.fail("store", exc)
-            return False
-        log.warning(
-            "the state store is written again: %d blocks and %d throttles held in memory since %s are in it",
-            len(self.state.blocks),
-            len(self.state.throttles),
-            time.strftime("%H:%M:%S", time.localtime(self.store_behind)),
-        )
-        self.store_behind = None
-        return True
+    @store.setter
+    def store(self, store: StateStore) -> None:
+        self.keeper.store = store
+
+    @property
+    def store_behind(self) -> float | None:
+        """Since when the store has not been written (govern.keeping), None while it is up to date."""
+        return self.keeper.behind
+
+    def catch_up(self, now: float) -> bool:
+        return self.keeper.catch_up(self.state, now)
 
     def _note_cuts(self, cuts: tuple[Cut, ...], now: float) -> None:
         """Each source a plan cut sessions of is an event of its own ("cut", with the reason), for `govern why`:
@@ -487,11 +421,7 @@ class Governor:
         """Record what changes no kernel state (what the kernel already holds; offences forgotten)."""
         if not plan:
             return
-        if self.store_behind is None:
-            try:
-                self.store.save(plan, now)
-            except StoreError as exc:
-                self._store_failed(exc, now)
+        self.keeper.record(plan, now)
         self.state.record(plan, now)
 
     def _maintain(self, now: float) -> None:
@@ -504,7 +434,7 @@ class Governor:
 
     # -- allowlist sources and learned trust (govern.allow) ------------------------------------------------------
 
-    def _policy(self) -> Policy:
+    def make_policy(self) -> Policy:
         pol = (
             self.config.policy(self.extra_allow)
             if self.allow is None
@@ -533,7 +463,7 @@ class Governor:
                 self.health.fail("allow-sources", exc)
                 changed = False
             if changed:
-                self.policy = self._policy()
+                self.policy = self.make_policy()
                 self.enforcer.set_allow(self.policy.allow.members())
                 self.execute(release_allowlisted(self.state, self.policy), now)
         if self.trust is not None:
@@ -580,120 +510,18 @@ class Governor:
             self.allow.refresh(now)
         if self.trust is not None:
             self.trust.configure(new)
-        self.policy = self._policy()
+        self.policy = self.make_policy()
         self.converge(now)
         log.info("reloaded config from %s", new.path or "embedded defaults")
 
-    # -- requests from the CLI ----------------------------------------------------------------------------
+    # -- requests from the CLI (govern.requests) ----------------------------------------------------------------
 
     def handle(self, body: Mapping[str, Any]) -> dict[str, Any]:
-        """One request from the control socket, as JSON: checked whole (govern.protocol) before anything acts."""
-        try:
-            req = protocol.parse(body)
-            match req:
-                case protocol.Ping():
-                    return protocol.ok(pid=os.getpid())
-                case protocol.Status(top=top):
-                    return protocol.ok(status=reports.status(self, top))
-                case protocol.ListBlocks():
-                    return protocol.ok(entries=reports.entries(self.state))
-                case protocol.Block():
-                    return self._block(req)
-                case protocol.Unblock():
-                    return self._done(manual_unblock(req.source, self.state), f"unblocked {req.source}")
-                case protocol.Allow():
-                    return self._allow(req)
-                case protocol.Wave():
-                    return self._wave(req)
-                case protocol.Export():
-                    return reports.export_view(self)
-                case protocol.Allowlist():
-                    return protocol.ok(entries=reports.allowlist(self))
-                case protocol.Why(addr=addr):
-                    return self._why(addr)
-                case protocol.Teardown():
-                    raise UsageError("teardown is the main loop's: it stops the daemon")
-        except (UsageError, RefusedError) as exc:
-            return protocol.refused(str(exc))
-        except StoreError as exc:  # an operator's decision the store cannot record: nothing was changed
-            return protocol.failed(str(exc))
+        """One request from the control socket (govern.requests)."""
+        return requests.handle(self, body)
 
-    def _block(self, req: protocol.Block) -> dict[str, Any]:
-        dur = req.seconds or self.policy.block_duration
-        reason = req.reason or "blocked by the operator"
-        plan = manual_block(req.source, self.state, self.policy, self.clock(), dur, reason)
-        return self._done(plan, f"blocked {req.source} for {req.duration or 'the default duration'}")
-
-    def _allow(self, req: protocol.Allow) -> dict[str, Any]:
-        p = req.source
-        now = self.clock()
-        if req.remove:
-            if not self.store.disallow(p):
-                if p in self.config.allowlist():
-                    raise RefusedError(f"{p} is allowlisted by the config file; remove it there and reload")
-                raise RefusedError(f"{p} is not on the allowlist added with 'govern allow'")
-            message = f"{p} is no longer allowlisted"
-        else:
-            if p.length == 0:
-                raise RefusedError(f"{p} would allow every address, --force or not")
-            why = too_wide_to_allow(p, self.config["guard"])
-            if why and not req.force:
-                raise RefusedError(f"{why}; add --force if you mean it")
-            self.store.allow(p, now, req.note)  # a dry run's store refuses, naming the config instead
-            message = f"{p} is allowlisted"
-        self.extra_allow = self.store.allowed()
-        self.policy = self._policy()
-        self.enforcer.set_allow(self.policy.allow.members())
-        released = release_allowlisted(self.state, self.policy)
-        if not self.execute(released, now):
-            return protocol.failed("the kernel refused to lift blocks: " + self._last_act_error())
-        if released:
-            message += f"; lifted {len(released.actions)} block(s)/throttle(s)"
-        return protocol.ok(message=message)
-
-    def _wave(self, req: protocol.Wave) -> dict[str, Any]:
-        now = self.clock()
-        action = req.action
-        cur = self.state.mode
-        if action == "status":
-            return protocol.ok(mode=reports.mode_report(self))
-        if action == "on":
-            dur = req.seconds or self.policy.modes.wave_duration
-            new = wave_on(cur, self.policy.modes, now, dur)
-            message = f"wave on for {format_duration(dur)}"
-        else:  # "off": the protocol admits no other action
-            if cur.mode is Mode.NORMAL:
-                raise RefusedError("no wave or elevated mode to switch off: the host is in normal mode")
-            new = wave_off(cur, self.policy.modes, now)
-            message = f"wave off; no automatic wave for {format_duration(self.policy.modes.calm_for)}"
-        if not self.execute(Plan(mode=new), now, durable=True):
-            return protocol.failed("could not record the mode: " + self._last_act_error())
-        if self.dry_run:
-            return protocol.ok(message=f"dry run: {message}")
-        return protocol.ok(message=message, mode=reports.mode_report(self))
-
-    def _done(self, plan: Plan, message: str) -> dict[str, Any]:
-        if not self.execute(plan, self.clock(), durable=True):
-            return protocol.failed("the kernel refused: " + self._last_act_error())
-        if self.dry_run:
-            return protocol.ok(message=f"dry run: would have {message}")
-        return protocol.ok(message=message, actions=[a.describe() for a in plan.actions])
-
-    def _last_act_error(self) -> str:
+    def last_act_error(self) -> str:
         return self.health.last_error.get("act", "unknown error")
-
-    # -- govern why (govern.why, docs/why.md) -------------------------------------------------------------------
-
-    def _why(self, addr: str) -> dict[str, Any]:
-        """What govern saw of one source and why it acted. A failure while explaining is an error reply, never the
-        end of the daemon protecting the MX."""
-        asked, source = why.subject(addr, self.policy.v4_len, self.policy.v6_len)
-        try:
-            return protocol.ok(why=why.explain(reports.why_evidence(self, asked, source)).to_dict())
-        except Exception as exc:
-            log.exception("why %s failed", asked)
-            self.health.fail("why", exc)
-            return protocol.failed(f"could not explain {asked}: {exc}")
 
 
 # -- wiring and the process ---------------------------------------------------------------------------------

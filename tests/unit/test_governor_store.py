@@ -11,9 +11,10 @@ from pathlib import Path
 from govern import config, reports
 from govern.addr import Prefix
 from govern.core.decide import manual_unblock
-from govern.daemon import STORE_RETRY_EVERY, Governor
+from govern.daemon import Governor
 from govern.errors import StoreError
 from govern.fakes import FakeClock, FakeCounters, FakeEnforcer, FakeSockets
+from govern.keeping import STORE_RETRY_EVERY
 from govern.model import Plan, SockCounts, State
 from govern.protocol import Block as BlockRequest
 from govern.protocol import Unblock as UnblockRequest

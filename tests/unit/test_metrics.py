@@ -148,7 +148,7 @@ def test_a_scrape_never_sees_half_a_tick_and_the_store_behind_is_one(tmp_path: P
 
     threading.Thread(target=scraper, daemon=True).start()
     assert not done.wait(0.3)  # it waits for the tick to end
-    gov.store_behind = NOW
+    gov.keeper.behind = NOW
     gov.lock.release()
     assert done.wait(5)
     assert value(out[0], "govern_store_behind") == 1
