@@ -18,6 +18,7 @@ from typing import Any
 from govern.addr import Prefix, PrefixSet
 from govern.allow import files as allow_files
 from govern.allow.names import domains
+from govern.allow.spec import AllowSpec, TrustSpec
 from govern.checks import items
 from govern.checks import typename as _typename
 from govern.core.policy import ModePolicy, Policy
@@ -443,6 +444,25 @@ class Config:
             newcomer_share=wave["newcomer_share"],
             proof=self["trust"]["from_sessions"],
         )
+
+    def allow_section(self) -> AllowSpec:
+        """The allowlist edge's section (govern.allow.sources)."""
+        a = self["allow"]
+        return AllowSpec(
+            cidrs=tuple(a["cidrs"]),
+            files=tuple(a["files"]),
+            hosts=tuple(a["hosts"]),
+            spf_domains=tuple(a["spf_domains"]),
+            refresh=a["refresh"],
+            min_refresh=a["min_refresh"],
+            mta_networks=a["mta_networks"],
+            guard=dict(self["guard"]),
+        )
+
+    def trust_section(self) -> TrustSpec:
+        """The learned-trust edge's section (govern.allow.learning)."""
+        t, pro = self["trust"], self["protect"]
+        return TrustSpec(t["learn_for"], t["factor"], t["postfix_log"], pro["ipv4_prefix"], pro["ipv6_prefix"])
 
     def allowlist(self) -> tuple[Prefix, ...]:
         return tuple(self.values["allow"]["cidrs"]) + self.allow_from_files

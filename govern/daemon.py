@@ -506,10 +506,10 @@ class Governor:
         self.config = new
         self._read_own()
         if self.allow is not None:
-            self.allow.configure(new)
+            self.allow.configure(new.allow_section())
             self.allow.refresh(now)
         if self.trust is not None:
-            self.trust.configure(new)
+            self.trust.configure(new.trust_section())
         self.policy = self.make_policy()
         self.converge(now)
         log.info("reloaded config from %s", new.path or "embedded defaults")

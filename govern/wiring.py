@@ -118,7 +118,7 @@ def governor(config: Config, store: Store) -> Governor:
         ProcNetstat(),
         sysctl=sysctls,
         allow=allow_sources(config),
-        trust=TrustSources(config),
+        trust=TrustSources(config.trust_section()),
         tarpit=pit,
         own_addresses=own_addresses,
     )

@@ -8,35 +8,29 @@ from typing import Any
 
 from govern.addr import Prefix, PrefixSet
 from govern.allow.postfix import DeliveryParser, LogFollower
+from govern.allow.spec import TrustSpec
 from govern.allow.trust import Trust
-from govern.config import Config
 
 
 class TrustSources:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, spec: TrustSpec) -> None:
         self.follower: LogFollower | None = None
         self.parser = DeliveryParser()
         self.learned_from_log = 0
-        pro = config["protect"]
-        self.trust = Trust(config["trust"]["learn_for"], v4_len=pro["ipv4_prefix"], v6_len=pro["ipv6_prefix"])
-        self.configure(config)
+        self.trust = Trust(spec.learn_for, v4_len=spec.v4_len, v6_len=spec.v6_len)
+        self.configure(spec)
 
-    def configure(self, config: Config) -> None:
-        """Take a (re)loaded config; what was learned stays, under the new lifetime and grouping."""
-        t, pro = config["trust"], config["protect"]
-        self.factor: int = t["factor"]
-        if (t["learn_for"], pro["ipv4_prefix"], pro["ipv6_prefix"]) != (
-            self.trust.learn_for,
-            self.trust.v4_len,
-            self.trust.v6_len,
-        ):
+    def configure(self, spec: TrustSpec) -> None:
+        """Take a (re)loaded config's section; what was learned stays, under the new lifetime and grouping."""
+        self.factor = spec.factor
+        if (spec.learn_for, spec.v4_len, spec.v6_len) != (self.trust.learn_for, self.trust.v4_len, self.trust.v6_len):
             old = self.trust
-            self.trust = Trust(t["learn_for"], v4_len=pro["ipv4_prefix"], v6_len=pro["ipv6_prefix"])
+            self.trust = Trust(spec.learn_for, v4_len=spec.v4_len, v6_len=spec.v6_len)
             for source in old.trusted():
                 until = old.until(source)
                 if until is not None:
                     self.trust.learn(source, until - old.learn_for, until - old.learn_for)
-        path = t["postfix_log"]
+        path = spec.postfix_log
         if self.follower is not None and self.follower.path != path:
             self.follower.close()
             self.follower = None

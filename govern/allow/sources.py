@@ -25,6 +25,7 @@ from govern.allow.files import WatchedFile, within_guard
 from govern.allow.mta import SOURCE as MTA_SOURCE
 from govern.allow.mta import postconf_mynetworks as mta_networks
 from govern.allow.mta import read as mta_read
+from govern.allow.spec import AllowSpec
 from govern.allow.spf import SpfError, expand
 from govern.config import Config, too_wide_to_allow
 from govern.core.policy import Policy
@@ -91,7 +92,7 @@ class AllowSources:
 
     def __init__(
         self,
-        config: Config,
+        spec: AllowSpec,
         resolver: Resolver,
         executor: futures.Executor,
         mta: Callable[[], str | None] = lambda: None,
@@ -105,25 +106,24 @@ class AllowSources:
         self.mta: Sequence[AllowEntry] = ()
         self.mta_notes: list[str] = []
         self.read_mta = mta
-        self.configure(config)
+        self.configure(spec)
 
-    def configure(self, config: Config) -> None:
-        """Take a (re)loaded config: sources it still names keep their last good content and schedule."""
-        allow = config["allow"]
-        self.cidrs = tuple(AllowEntry(p, "allow.cidrs") for p in allow["cidrs"])
-        self.mta_networks: bool = allow["mta_networks"]
+    def configure(self, spec: AllowSpec) -> None:
+        """Take a (re)loaded config's section: sources it still names keep their last good content and schedule."""
+        self.cidrs = tuple(AllowEntry(p, "allow.cidrs") for p in spec.cidrs)
+        self.mta_networks = spec.mta_networks
         self._mta_at = float("-inf")  # read again now: a reload may follow a change to the MTA's config
-        self.min_refresh: float = allow["min_refresh"]
-        self.max_refresh: float = allow["refresh"]
+        self.min_refresh = spec.min_refresh
+        self.max_refresh = spec.refresh
         # Every entry from a file or DNS passes the guard loading applies to the config's (govern.config).
-        guard = dict(config["guard"])
+        guard = dict(spec.guard)
         self.too_wide: Callable[[Prefix], str | None] = lambda p: too_wide_to_allow(p, guard)
         old_files = {f.path: f for f in self.files}
-        self.files = [old_files.get(path) or WatchedFile(path) for path in allow["files"]]
+        self.files = [old_files.get(path) or WatchedFile(path) for path in spec.files]
         for f in self.files:
             f.judge_by(self.too_wide)
         old_dns = {d.key: d for d in self.dns}
-        wanted = [("host", h) for h in allow["hosts"]] + [("spf", d) for d in allow["spf_domains"]]
+        wanted = [("host", h) for h in spec.hosts] + [("spf", d) for d in spec.spf_domains]
         self.dns = [old_dns.get(f"{k} {n}") or DnsSource(k, n) for k, n in wanted]
         for gone in set(old_dns) - {d.key for d in self.dns}:
             if (fut := old_dns[gone].pending) is not None:
@@ -251,4 +251,4 @@ def from_config(config: Config, timeout: float = 2.0) -> AllowSources:
     from govern.allow.dns import DnsPython
 
     pool = futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="govern-dns")
-    return AllowSources(config, DnsPython(timeout), pool, mta_networks)
+    return AllowSources(config.allow_section(), DnsPython(timeout), pool, mta_networks)

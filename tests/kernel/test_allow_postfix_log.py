@@ -50,7 +50,7 @@ def abandon_mid_data(lab: Lab, src: str) -> None:
 
 def test_only_clients_whose_message_was_queued_are_trusted(lab_module: Lab, pf: Postfix) -> None:
     cfg = config.from_mapping({"trust": {"postfix_log": pf.log_path, "learn_for": "1h"}})
-    ts = TrustSources(cfg)
+    ts = TrustSources(cfg.trust_section())
     try:
         ts.refresh(time.time())  # the log as it was before: nothing from these addresses in it
         abandon_mid_data(lab_module, "198.51.100.32")

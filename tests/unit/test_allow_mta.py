@@ -27,7 +27,9 @@ def test_postfix_notation_is_read_and_lookups_are_left_to_postfix() -> None:
 
 
 def sources(value: str | None, **allow: object) -> AllowSources:
-    s = AllowSources(config.from_mapping({"allow": allow}), FakeResolver(), InlineExecutor(), lambda: value)
+    s = AllowSources(
+        config.from_mapping({"allow": allow}).allow_section(), FakeResolver(), InlineExecutor(), lambda: value
+    )
     s.refresh(0.0)
     return s
 

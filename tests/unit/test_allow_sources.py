@@ -22,7 +22,7 @@ def conf(**allow: Any) -> config.Config:
 
 
 def sources(r: FakeResolver, **allow: Any) -> AllowSources:
-    return AllowSources(conf(**allow), r, InlineExecutor())
+    return AllowSources(conf(**allow).allow_section(), r, InlineExecutor())
 
 
 def strs(s: AllowSources) -> set[str]:
@@ -179,7 +179,7 @@ def test_a_reload_keeps_the_state_of_sources_it_still_names() -> None:
     s = sources(r, hosts=["a.partner.example", "b.partner.example"])
     s.refresh(0.0)
     r.fail("a.partner.example", "A")
-    s.configure(conf(hosts=["a.partner.example"]))
+    s.configure(conf(hosts=["a.partner.example"]).allow_section())
     assert s.refresh(1.0)  # b's address left with b
     assert strs(s) == {"192.0.2.1"}  # a was not resolved again (not due) and kept its answer
 
@@ -198,7 +198,7 @@ def test_dns_runs_off_the_callers_thread_and_refresh_does_not_wait_for_it() -> N
     r = Slow()
     r.set("relay.partner.example", "A", "192.0.2.1")
     pool = ThreadPoolExecutor(max_workers=1)
-    s = AllowSources(conf(hosts=["relay.partner.example"]), r, pool)
+    s = AllowSources(conf(hosts=["relay.partner.example"]).allow_section(), r, pool)
     try:
         assert not s.refresh(0.0)  # submitted, not waited for
         assert strs(s) == set()
@@ -215,7 +215,7 @@ def test_policy_with_uses_the_live_allowlist_not_the_files_read_at_load(tmp_path
     f = tmp_path / "p.txt"
     f.write_text("192.0.2.10\n")
     c = config.from_mapping({"allow": {"files": [str(f)]}})
-    s = AllowSources(c, FakeResolver(), InlineExecutor())
+    s = AllowSources(c.allow_section(), FakeResolver(), InlineExecutor())
     s.refresh(0.0)
     replace_atomically(f, "192.0.2.11\n")
     s.refresh(1.0)

@@ -189,14 +189,14 @@ def test_trust_sources_learn_from_the_log_and_survive_a_reload(tmp_path: Path) -
     log = tmp_path / "mail.log"
     log.write_text(NOT_DELIVERED)
     c = config.from_mapping({"trust": {"postfix_log": str(log), "learn_for": "1d"}})
-    ts = TrustSources(c)
+    ts = TrustSources(c.trust_section())
     assert not ts.refresh(NOW)
     with open(log, "a") as fh:
         fh.write(DELIVERED)
     assert ts.refresh(NOW)
     assert {str(p) for p in ts.trusted()} == {"192.0.2.25"}
     assert ts.status()["deliveries_learned"] == 1
-    ts.configure(config.from_mapping({"trust": {"learn_for": "2d", "factor": 8}}))
+    ts.configure(config.from_mapping({"trust": {"learn_for": "2d", "factor": 8}}).trust_section())
     assert {str(p) for p in ts.trusted()} == {"192.0.2.25"} and ts.factor == 8 and ts.follower is None
     assert not ts.refresh(NOW + 86400 + 3600)  # would have lapsed under 1d
     assert ts.refresh(NOW + 2 * 86400)

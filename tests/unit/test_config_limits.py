@@ -219,7 +219,9 @@ def test_a_file_at_the_socket_path_is_never_replaced(tmp_path: Path) -> None:
 def test_allow_files_re_read_at_runtime_skip_entries_wider_than_the_guard(tmp_path: Path) -> None:
     f = tmp_path / "partners.txt"
     f.write_text("192.0.2.10\n")
-    s = AllowSources(config.from_mapping({"allow": {"files": [str(f)]}}), FakeResolver(), InlineExecutor())
+    s = AllowSources(
+        config.from_mapping({"allow": {"files": [str(f)]}}).allow_section(), FakeResolver(), InlineExecutor()
+    )
     s.refresh(0.0)
     f.write_text("192.0.2.10\n0.0.0.0/1\n2000::/8\n")
     os.utime(f, ns=(0, 10**9))
@@ -234,12 +236,12 @@ def test_a_reload_that_widens_the_guard_reads_the_files_again(tmp_path: Path) ->
     f = tmp_path / "partners.txt"
     f.write_text("192.0.2.10\n")
     narrow = {"allow": {"files": [str(f)]}, "guard": {"allow_ipv4_widest": 16}}
-    s = AllowSources(config.from_mapping(narrow), FakeResolver(), InlineExecutor())
+    s = AllowSources(config.from_mapping(narrow).allow_section(), FakeResolver(), InlineExecutor())
     s.refresh(0.0)
     f.write_text("192.0.2.10\n10.0.0.0/12\n")
     s.refresh(1.0)
     assert Prefix.parse("10.0.0.0/12") not in s.prefixes()
-    s.configure(config.from_mapping({"allow": {"files": [str(f)]}}))  # the default guard admits a /12
+    s.configure(config.from_mapping({"allow": {"files": [str(f)]}}).allow_section())  # the default guard admits a /12
     assert s.refresh(2.0) and Prefix.parse("10.0.0.0/12") in s.prefixes()
     assert not s.errors()
 
@@ -248,7 +250,7 @@ def test_spf_ranges_wider_than_the_configured_guard_are_skipped() -> None:
     r = FakeResolver()
     r.set("partner.example", "TXT", "v=spf1 ip4:198.51.0.0/16 ip4:192.0.2.0/24 -all")
     cfg = config.from_mapping({"allow": {"spf_domains": ["partner.example"]}, "guard": {"allow_ipv4_widest": 20}})
-    s = AllowSources(cfg, r, InlineExecutor())
+    s = AllowSources(cfg.allow_section(), r, InlineExecutor())
     s.refresh(0.0)
     assert {str(p) for p in s.prefixes()} == {"192.0.2.0/24"}
     notes = s.status()[-1]["notes"]

@@ -24,7 +24,7 @@ def make(
 ) -> tuple[Governor, FakeSockets, FakeEnforcer, FakeClock, FakeResolver]:
     cfg = config.from_mapping({"allow": allow, "trust": trust or {}, "daemon": {"state_dir": str(tmp_path / "state")}})
     socks, enf, clock, dns = FakeSockets(), FakeEnforcer(), FakeClock(), FakeResolver()
-    sources = AllowSources(cfg, dns, InlineExecutor())
+    sources = AllowSources(cfg.allow_section(), dns, InlineExecutor())
     gov = Governor(
         cfg,
         Store(cfg["daemon"]["state_dir"]),
@@ -33,7 +33,7 @@ def make(
         FakeCounters(),
         clock=clock,
         allow=sources,
-        trust=TrustSources(cfg),
+        trust=TrustSources(cfg.trust_section()),
     )
     return gov, socks, enf, clock, dns
 

@@ -158,7 +158,15 @@ def test_sources_the_kernel_saw_delivering_are_trusted_and_get_softer_limits_in_
     cfg = config.from_mapping({"daemon": {"state_dir": str(tmp_path / "s")}})
     socks, enf = FakeSockets(), FakeEnforcer()
     relay, stranger = Prefix.parse("198.51.100.7"), Prefix.parse("198.51.100.8")
-    gov = Governor(cfg, Store(cfg["daemon"]["state_dir"]), socks, enf, FakeCounters(), clock, trust=TrustSources(cfg))
+    gov = Governor(
+        cfg,
+        Store(cfg["daemon"]["state_dir"]),
+        socks,
+        enf,
+        FakeCounters(),
+        clock,
+        trust=TrustSources(cfg.trust_section()),
+    )
     gov.start()
     enf.delivering = {relay}  # known4, filled by the kernel's own rule
     gov.tick()  # the first tick reads what the kernel learned

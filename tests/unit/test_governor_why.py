@@ -38,8 +38,8 @@ def make(tmp_path: Path, **daemon: object) -> tuple[Governor, FakeSockets, FakeE
         enf,
         FakeCounters(),
         clock=clock,
-        allow=AllowSources(cfg, FakeResolver(), InlineExecutor()),
-        trust=TrustSources(cfg),
+        allow=AllowSources(cfg.allow_section(), FakeResolver(), InlineExecutor()),
+        trust=TrustSources(cfg.trust_section()),
     )
     gov.start()
     return gov, socks, enf, clock
