@@ -7,6 +7,7 @@ the next tick tries again. Blocks already in the kernel keep their own timeouts 
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -298,7 +299,7 @@ class Governor:
         kernel, where the next start adopts them."""
         if not plan:
             return True
-        kernel = lambda: self._kernel(plan, now)  # noqa: E731 - one plan's kernel commit, handed to the keeper
+        kernel = functools.partial(self._kernel, plan, now)  # one plan's kernel commit, handed to the keeper
         if durable:
             if not self.keeper.commit_durable(plan, now, kernel, self.state):
                 return False

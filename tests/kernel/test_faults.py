@@ -234,5 +234,6 @@ def test_sigkill_at_random_points_during_a_flood_loses_and_duplicates_nothing(la
         srv.close()
     r = govern(lab.mx, "teardown", "--config", str(cfg))
     assert r.returncode == 0, r.stderr
-    changed = {k: (v, sysctls(lab).get(k)) for k, v in start_values.items() if sysctls(lab).get(k) != v}
+    end_values = sysctls(lab)  # read once: each read is a `sysctl -a`
+    changed = {k: (v, end_values.get(k)) for k, v in start_values.items() if end_values.get(k) != v}
     assert not changed, (seed, changed)
