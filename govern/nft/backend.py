@@ -2,7 +2,14 @@
 commits each plan as one netlink transaction.
 
 The sets are never listed in the hot path: what they hold is known from what was committed, and the kernel is
-read back only once, at start-up, to reconcile with the durable state.
+read back only once, at start-up, to reconcile with the durable state. Each block or throttle goes to the part of
+its kind that its prefix length calls for (govern.nft.ruleset.part: hosts and IPv6 /64s in hash sets, other
+prefixes in interval sets); an element found at start-up in another part (a table of the shape before the split,
+where the interval sets held everything) is moved to its own in the same transaction, so none is ever unenforced.
+
+Whether someone else changed the table is asked of the kernel's ruleset generation first: it moves on with every
+committed transaction, anyone's, and the table's shape is listed only when it moved on by more than govern's own
+commits.
 """
 
 from __future__ import annotations
@@ -18,15 +25,11 @@ from govern.errors import GovernError
 from govern.model import Action, ActionKind, FirewallSpec, Mode, ModeState, Plan, State
 from govern.nft.libnft import Nft
 from govern.nft.netlink import ElemOp, NftNetlink
-from govern.nft.ruleset import FAMILY, INTERVAL_SETS, SLOT_SETS, TABLE, ruleset, slot_sets
+from govern.nft.ruleset import FAMILY, INTERVAL_SETS, KINDS, SLOT_SETS, TABLE, part, parts, ruleset, slot_sets, stored
 from govern.setops import set_changes
 from govern.tarpit.shape import NFT_NAMES as TARPIT_NAMES
 
 log = logging.getLogger("govern.nft")
-
-
-def _set(kind: str, p: Prefix) -> str:
-    return f"{kind}{p.version}"
 
 
 class NftBackend:
@@ -36,13 +39,14 @@ class NftBackend:
         self.enforce = enforce
         self.nft = Nft()
         self.nl = NftNetlink(table=TABLE)
-        self.held: dict[str, set[Prefix]] = {
-            s: set() for s in ("block4", "block6", "throttle4", "throttle6", "tight4", "tight6")
-        }
+        self.held: dict[str, set[Prefix]] = {name: set() for k in KINDS for v in (4, 6) for name in parts(k, v)}
         self.allow: dict[str, set[Prefix]] = {"allow4": set(), "allow6": set()}
         self.v4_len, self.v6_len = 32, 64
         self.ports: frozenset[int] = frozenset()
         self.made: str | None = None  # the table's shape as setup left it (`shape`)
+        # The ruleset generation at which the table was last known to be as `made` says: the one govern's own
+        # commits since then have moved on, one by one (None: unknown, check the shape).
+        self.generation: int | None = None
 
     # -- start-up -------------------------------------------------------------------------------------------
 
@@ -59,38 +63,69 @@ class NftBackend:
         self.set_allow(allow)
         adopted: list[Action] = []
         ops: list[ElemOp] = []
+        moves: list[ElemOp] = []
         normal = {p: t for p, t in state.throttles.items() if not t.tight}
         tight = {p: t for p, t in state.throttles.items() if t.tight}
         sets = (("block", state.blocks), ("throttle", normal), ("tight", tight))
         for kind, wanted in sets:
             for v in (4, 6):
-                name = f"{kind}{v}"
-                in_kernel = {e.prefix: e.expires_ms for e in self.nl.dump_set(name)}
-                self.held[name] = set(in_kernel)
+                in_kernel: dict[Prefix, int] = {}  # prefix -> ms left (0: no timeout)
+                for name in parts(kind, v):
+                    held = self.held[name] = set()
+                    for e in self.nl.dump_set(name):
+                        p = stored(name, e.prefix)
+                        in_kernel[p] = e.expires_ms
+                        home = part(kind, p)
+                        if home == name:
+                            held.add(p)
+                            continue
+                        # In another part than its own (a table of the shape before the split): moved there, its
+                        # time left kept unless the state has its own.
+                        moves.append(ElemOp(False, name, p))
+                        entry = wanted.get(p)
+                        left = _ms(entry.until - now) if entry is not None and entry.until > now else e.expires_ms
+                        moves.append(ElemOp(True, home, p, left))
                 for p, entry in wanted.items():
                     if p.version == v and p not in in_kernel and entry.until > now:
-                        ops.append(ElemOp(True, name, p, _ms(entry.until - now)))
-                        self.held[name].add(p)
+                        ops.append(ElemOp(True, part(kind, p), p, _ms(entry.until - now)))
                 for p, left in in_kernel.items():
                     if p not in wanted:
                         akind = ActionKind.BLOCK if kind == "block" else ActionKind.THROTTLE
                         why = "found in the kernel at start-up"
                         adopted.append(Action(akind, p, why, until=now + left / 1000, tight=kind == "tight"))
+        for op in ops + moves:
+            if op.add:
+                self.held[op.set].add(op.prefix)
         restored = len(ops)
-        # The wave's gate as the durable mode says: open unless a wave outlived the restart.
-        ops += _gate_ops(state.mode, now)
-        self.nl.commit(ops, interval_sets=INTERVAL_SETS, missing_ok=True)
+        # The wave's gate as the durable mode says: open unless a wave outlived the restart. Moves first: each is
+        # a delete from an interval set and an add to a hash set, never into an interval set where it could overlap.
+        self._commit(moves + ops + _gate_ops(state.mode, now))
+        self.generation = self.nl.generation()
         self.made = shape(self.nft)
+        if moves:
+            log.info("moved %d elements to the set their prefix length belongs in", len(moves) // 2)
         log.info("restored %d elements into the kernel, adopted %d found there", restored, len(adopted))
         return Plan(tuple(adopted))
 
     def changed(self) -> str | None:
         if self.made is None:
             return None
+        # Unchanged generation: no transaction since the table was last seen as made, so nothing to list.
+        generation = self.nl.generation()
+        if generation == self.generation:
+            return None
         now = shape(self.nft)
         if now == self.made:
+            self.generation = generation  # read before the listing: a commit after it moves it on again
             return None
         return "table inet govern is gone" if not now else "table inet govern was changed (its sets, chains or rules)"
+
+    def _commit(self, ops: Sequence[ElemOp]) -> None:
+        """One transaction of govern's own. The generation it makes is still the table as made when it follows
+        the one known so: anything else means another transaction came in between, and the next check lists."""
+        made = self.nl.commit(ops, interval_sets=INTERVAL_SETS, missing_ok=True)
+        if made is not None and self.generation is not None:
+            self.generation = made if made == _after(self.generation) else None
 
     def _resized(self, sizes: Mapping[str, int]) -> list[str]:
         """The budget's sets that exist with another size than `sizes` asks (or that it no longer wants)."""
@@ -113,14 +148,13 @@ class NftBackend:
         # Deletes first: a merged prefix may replace elements it now covers, and intervals must never overlap.
         ops = [ElemOp(False, s, p) for s in wanted for p in sorted(self.allow[s] - wanted[s])]
         ops += [ElemOp(True, s, p) for s in wanted for p in sorted(wanted[s] - self.allow[s])]
-        if ops:
-            self.nl.commit(ops, interval_sets=INTERVAL_SETS, missing_ok=True)
+        self._commit(ops)
         self.allow = wanted
 
     # -- every tick ---------------------------------------------------------------------------------------
 
     def apply(self, plan: Plan, now: float) -> None:
-        ch = set_changes(plan, now, self.held, _set)
+        ch = set_changes(plan, now, self.held, part)
         drops = [ElemOp(False, op.set, op.prefix) for op in ch.drops]
         adds = [ElemOp(True, op.set, op.prefix, _ms(op.seconds)) for op in ch.adds]
         if plan.mode is not None:
@@ -129,9 +163,7 @@ class NftBackend:
             adds += [op for op in gate if op.add]
         # Releases first (govern.setops). Deletes tolerate absence, since an element may have lapsed in the kernel
         # a moment ago.
-        ops = drops + adds
-        if ops:
-            self.nl.commit(ops, interval_sets=INTERVAL_SETS, missing_ok=True)
+        self._commit(drops + adds)
         # Merged only once the kernel accepted the transaction: copying the held sets per plan would cost
         # O(blocks) every tick.
         ch.merge_into(self.held)
@@ -160,7 +192,7 @@ class NftBackend:
     # -- teardown -------------------------------------------------------------------------------------------
 
     def teardown(self) -> bool:
-        self.made = None
+        self.made = self.generation = None
         if not delete_table(self.nft):
             return False
         for v in self.held.values():
@@ -180,6 +212,11 @@ def _gate_ops(mode: ModeState, now: float) -> list[ElemOp]:
     if mode.mode is Mode.WAVE and mode.until > now:
         return [ElemOp(True, f"gate{p.version}", p, _ms(mode.until - now)) for p in _EVERYONE]
     return [ElemOp(False, f"gate{p.version}", p) for p in _EVERYONE]
+
+
+def _after(generation: int) -> int:
+    """The generation the kernel's next commit makes (a u32 that skips 0 when it wraps)."""
+    return (generation + 1) & 0xFFFFFFFF or 1
 
 
 def _ms(seconds: float) -> int:

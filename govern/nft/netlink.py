@@ -67,6 +67,7 @@ from govern.netlink import (
 )
 
 NETLINK_NETFILTER = 12
+NLM_F_ECHO = 0x8
 
 NFPROTO_INET = 1
 NFPROTO_IPV4 = 2
@@ -79,9 +80,12 @@ NFT_MSG_GETSET = 10
 NFT_MSG_NEWSETELEM = 12
 NFT_MSG_GETSETELEM = 13
 NFT_MSG_DELSETELEM = 14
+NFT_MSG_NEWGEN = 15
+NFT_MSG_GETGEN = 16
 NFT_MSG_DESTROYSETELEM = 30  # Linux >= 6.3: DELSETELEM that ignores missing elements
 
 NFTA_LIST_ELEM = 1
+NFTA_GEN_ID = 1
 NFTA_DATA_VALUE = 1
 NFTA_SET_TABLE = 1
 NFTA_SET_NAME = 2
@@ -174,14 +178,25 @@ def _elem_hdr(size: int) -> bytes:
 
 
 _TIMEOUT_HDR = NLATTR.pack(12, NFTA_SET_ELEM_TIMEOUT)
+_EXPIRATION_HDR = NLATTR.pack(12, NFTA_SET_ELEM_EXPIRATION)
 _FLAGS_END = NLATTR.pack(8, NFTA_SET_ELEM_FLAGS) + _BE32.pack(NFT_SET_ELEM_INTERVAL_END)
 _UDATA_OPEN = netlink.attr(NFTA_SET_ELEM_USERDATA, _UDATA_INTERVAL_OPEN)
 _KEY_HDR = {4: _key_hdr(4), 16: _key_hdr(16)}
 # Per key length: list element header + key attribute headers of a start element, by what follows the key.
 _START_PLAIN = {k: _elem_hdr(4 + 8 + k) + _KEY_HDR[k] for k in (4, 16)}
-_START_TIMED = {k: _elem_hdr(4 + 8 + k + 12) + _KEY_HDR[k] for k in (4, 16)}
+_START_TIMED = {k: _elem_hdr(4 + 8 + k + 24) + _KEY_HDR[k] for k in (4, 16)}
 _START_OPEN = {k: _elem_hdr(4 + 8 + k + len(_UDATA_OPEN)) + _KEY_HDR[k] for k in (4, 16)}
-_START_OPEN_TIMED = {k: _elem_hdr(4 + 8 + k + 12 + len(_UDATA_OPEN)) + _KEY_HDR[k] for k in (4, 16)}
+_START_OPEN_TIMED = {k: _elem_hdr(4 + 8 + k + 24 + len(_UDATA_OPEN)) + _KEY_HDR[k] for k in (4, 16)}
+
+
+def _timed(timeout: int) -> bytes:
+    """The timeout, and the same as the expiration: re-adding an element whose timeout equals the one it has
+    restarts its expiry only when the expiration is given (Linux 6.18), so an extension by the same duration as
+    the block would otherwise change nothing in the kernel."""
+    ms = timeout.to_bytes(8, "big")
+    return _TIMEOUT_HDR + ms + _EXPIRATION_HDR + ms
+
+
 _END = {k: _elem_hdr(4 + 8 + k + len(_FLAGS_END)) + _KEY_HDR[k] for k in (4, 16)}
 
 
@@ -199,17 +214,17 @@ def element_bytes(op: ElemOp, interval: bool) -> bytes:
     key = value.to_bytes(klen, "big")
     if not interval:
         if timeout:
-            return _START_TIMED[klen] + key + _TIMEOUT_HDR + timeout.to_bytes(8, "big")
+            return _START_TIMED[klen] + key + _timed(timeout)
         return _START_PLAIN[klen] + key
     bits = klen * 8
     end = (value | ((1 << (bits - plen)) - 1)) + 1
     if end >> bits:
         if timeout:
-            return _START_OPEN_TIMED[klen] + key + _TIMEOUT_HDR + timeout.to_bytes(8, "big") + _UDATA_OPEN
+            return _START_OPEN_TIMED[klen] + key + _timed(timeout) + _UDATA_OPEN
         return _START_OPEN[klen] + key + _UDATA_OPEN
     tail = _END[klen] + end.to_bytes(klen, "big") + _FLAGS_END
     if timeout:
-        return _START_TIMED[klen] + key + _TIMEOUT_HDR + timeout.to_bytes(8, "big") + tail
+        return _START_TIMED[klen] + key + _timed(timeout) + tail
     return _START_PLAIN[klen] + key + tail
 
 
@@ -221,11 +236,16 @@ def encode_commit(
     interval_sets: frozenset[str],
     seq: int,
     missing_ok: bool = False,
+    echo: bool = False,
 ) -> Batch:
     """Encode `ops` as one nfnetlink batch; message sequence numbers start at `seq` (the batch begin).
 
     Consecutive ops on the same set with the same verb share a message, up to the 64 KiB an attribute can hold;
     within such a run, adds go in key order (same outcome for non-overlapping elements; the kernel is faster).
+
+    With `echo`, the first element message asks for NLM_F_ECHO: the kernel then tells this socket the ruleset
+    generation its commit made (NFT_MSG_NEWGEN, sequence number of that message), and echoes that message's
+    elements back too, which is why it carries only one.
     """
     chunks = [_nlmsg(NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, seq, socket.AF_UNSPEC, NFNL_SUBSYS_NFTABLES, b"")]
     messages: list[_MsgInfo] = []
@@ -261,9 +281,12 @@ def encode_commit(
         while lo < len(records):
             # As many records as fit under the attribute limit, and at least one.
             hi = max(bisect.bisect_right(starts, starts[lo] + limit) - 1, lo + 1)
+            mflags = flags
+            if echo and not messages:
+                hi, mflags = lo + 1, flags | NLM_F_ECHO
             base = starts[lo] - first
             body = head + NLATTR.pack(4 + starts[hi] - starts[lo], NLA_F_NESTED | NFTA_SET_ELEM_LIST_ELEMENTS)
-            chunks.append(_nlmsg(_msg_type(cmd), flags, next_seq, family, 0, body + b"".join(records[lo:hi])))
+            chunks.append(_nlmsg(_msg_type(cmd), mflags, next_seq, family, 0, body + b"".join(records[lo:hi])))
             offsets = [off - base for off in starts[lo:hi]]
             messages.append(_MsgInfo(next_seq, add, set_name, first, offsets, run[lo:hi]))
             next_seq += 1
@@ -457,6 +480,12 @@ def _add_range(out: list[SetElem], version: int, start: _RawElem, stop: int) -> 
         out.append(SetElem(p, timeout, expires, packets))
 
 
+def _gen_id(buf: bytes | bytearray | memoryview, off: int, ln: int) -> int | None:
+    """NFTA_GEN_ID of an NFT_MSG_NEWGEN message at `off`."""
+    p = netlink.find_attr(buf, off + 20, off + ln, NFTA_GEN_ID)
+    return None if p < 0 else int(_BE32.unpack_from(buf, p + 4)[0])
+
+
 # --- the socket ---------------------------------------------------------------------------------------------
 
 
@@ -483,28 +512,47 @@ class NftNetlink:
     ) -> None:
         self.close()
 
-    def commit(self, ops: Sequence[ElemOp], *, interval_sets: frozenset[str], missing_ok: bool = False) -> None:
+    def commit(self, ops: Sequence[ElemOp], *, interval_sets: frozenset[str], missing_ok: bool = False) -> int | None:
         """Apply `ops` in order as one transaction: all of them or, with KernelError, none.
 
         Sets named in `interval_sets` get the start/end encoding, others plain keys. With `missing_ok`, deletes
         of absent elements (never added, or already timed out) succeed instead of failing the whole batch.
+
+        Returns the ruleset generation the transaction made (`generation`), or None when it changed nothing (no
+        ops, or only deletes of absent elements): the kernel then keeps the generation it had.
         """
         if not ops:
-            return
-        # At most one message per op, plus begin and end.
-        seq = self._nl.next_seq(len(ops) + 2)
+            return None
+        # At most one message per op (and one more for the echoed first element), plus begin and end.
+        seq = self._nl.next_seq(len(ops) + 3)
         batch = encode_commit(
-            ops, table=self.table, family=self.family, interval_sets=interval_sets, seq=seq, missing_ok=missing_ok
+            ops,
+            table=self.table,
+            family=self.family,
+            interval_sets=interval_sets,
+            seq=seq,
+            missing_ok=missing_ok,
+            echo=True,
         )
         what = f"a transaction of {len(ops)} element changes"
         self._nl.send(batch.data, what)
         pending = {m.seq for m in batch.messages}
         errors: list[NlError] = []
         aborted = False
-        # nfnetlink handles the batch inside sendmsg, so the replies are usually queued already. The socket stays
-        # dirty: after an abort more replies may follow, and the next exchange drains them first.
+        gen: int | None = None
+        buf = self._nl.buf
+        # nfnetlink handles the batch inside sendmsg, so the replies are usually queued already: the kernel's
+        # notifications of the commit (the echoed element, then the new generation) ahead of the acks. The socket
+        # stays dirty: after an abort more replies may follow, and the next exchange drains them first.
         while pending and not aborted:
-            for e in self._nl.read_acks(what):
+            n = self._nl.recv(what)
+            for off, ln, mtype, flags, mseq in netlink.messages(buf, n):
+                if mtype == _msg_type(NFT_MSG_NEWGEN) and mseq == seq + 1:
+                    gen = _gen_id(buf, off, ln)
+                    continue
+                if mtype != NLMSG_ERROR:
+                    continue
+                e = netlink.parse_error(buf, off, ln, flags)
                 if e.seq == batch.begin_seq and e.errno:
                     aborted = True  # the commit phase failed, or the batch as a whole was refused
                 elif e.seq not in pending:
@@ -514,6 +562,26 @@ class NftNetlink:
                     errors.append(e)
         if errors:
             raise describe_errors(ops, batch, errors, self._where)
+        return gen
+
+    def generation(self) -> int:
+        """The ruleset's generation id in this namespace (NFT_MSG_GETGEN): it moves on with every transaction
+        the kernel commits, anyone's, in any table, and with nothing else."""
+        seq = self._nl.next_seq()
+        what = "the ruleset's generation"
+        self._nl.send(_nlmsg(_msg_type(NFT_MSG_GETGEN), NLM_F_REQUEST | NLM_F_ACK, seq, socket.AF_UNSPEC, 0, b""), what)
+        buf = self._nl.buf
+        gen: int | None = None
+        while True:
+            n = self._nl.recv(what)
+            for off, ln, mtype, _flags in netlink.walk(buf, n, f"nftables: cannot read {what}", seq):
+                if mtype == _msg_type(NFT_MSG_NEWGEN):
+                    gen = _gen_id(buf, off, ln)
+                elif mtype == NLMSG_ERROR:  # the ack, after the answer
+                    self._nl.dirty = False
+                    if gen is None:
+                        raise KernelError(f"nftables: no generation id in the answer to {what}", 0)
+                    return gen
 
     def set_info(self, set: str) -> tuple[int, int]:
         """(NFTA_SET_FLAGS, key length in bytes) of a set."""

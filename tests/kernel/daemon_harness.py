@@ -15,6 +15,7 @@ from typing import Any
 
 from govern.control import call
 from govern.errors import DaemonUnavailable
+from govern.nft.ruleset import KINDS, NET6_LEN, parts
 from tests.netns import Netns
 
 ALLOW = ["192.0.2.0/24", "2001:db8:2::/48"]
@@ -114,7 +115,18 @@ def running(ns: Netns, config: Path) -> Iterator[Daemon]:
 
 
 def nft_set(ns: Netns, name: str) -> set[str]:
-    """Elements of a govern set as the nft CLI sees them: a second view of the kernel, independent of govern."""
+    """Elements of a govern set as the nft CLI sees them: a second view of the kernel, independent of govern.
+
+    A kind's set of one family (`block4`, `throttle6`, `tight4`, ...) is read with all its parts (hosts, IPv6
+    /64s, other prefixes: govern.nft.ruleset.parts), the /64s written as prefixes."""
+    kind, version = name[:-1], name[-1:]
+    if kind in KINDS and version in ("4", "6"):
+        return set().union(*(nft_set_part(ns, n) for n in parts(kind, int(version))))
+    return nft_set_part(ns, name)
+
+
+def nft_set_part(ns: Netns, name: str) -> set[str]:
+    """Elements of one nftables set of table inet govern, as the nft CLI lists them."""
     out = ns.sh("nft", "-j", "list", "set", "inet", "govern", name)
     items: set[str] = set()
     for obj in json.loads(out)["nftables"]:
@@ -124,6 +136,8 @@ def nft_set(ns: Netns, name: str) -> set[str]:
                 items.add(f"{v['prefix']['addr']}/{v['prefix']['len']}")
             elif isinstance(v, dict) and "range" in v:
                 items.add(f"{v['range'][0]}-{v['range'][1]}")
+            elif name.endswith("6n"):
+                items.add(f"{v}/{NET6_LEN}")
             else:
                 items.add(str(v))
     return items

@@ -66,10 +66,15 @@ def decode_elem(payload: bytes) -> dict[str, object]:
             elem["flags"] = struct.unpack(">I", val)[0]
         elif atype == 4:
             elem["timeout"] = struct.unpack(">Q", val)[0]
+        elif atype == 5:  # NFTA_SET_ELEM_EXPIRATION
+            elem["expiration"] = struct.unpack(">Q", val)[0]
         elif atype == 6:
             elem["userdata"] = val
         else:
             raise AssertionError(f"unexpected element attribute {atype:#x}")
+    # A timeout always comes with the same expiration (re-adding with an equal timeout restarts the expiry only
+    # then), and an expiration never alone.
+    assert elem.pop("expiration", None) == elem.get("timeout")
     return elem
 
 
@@ -429,4 +434,5 @@ def test_encoded_elements_parse_back_as_the_same_prefixes(prefixes: list[Prefix]
     reply = struct.pack("=IHHII", 20 + 4 + len(records), (10 << 8) | 12, 2, 9, 0) + b"\x01\0\0\0"
     reply += attr(3, records) + done(9)
     _chunk, got = parse(reply, 9, interval=True, key_len=4 if name == "block4" else 16)
-    assert got == [SetElem(p, timeout, 0, 0) for p in sorted(disjoint)]
+    # The expiration sent beside each timeout reads back as the time left: all of it.
+    assert got == [SetElem(p, timeout, timeout, 0) for p in sorted(disjoint)]
