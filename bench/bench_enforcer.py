@@ -27,6 +27,19 @@ per family, recreated empty before every measurement, so the nft CLI never sees 
 - one `nft -f` batch of the same N elements (libnftables), once for N above 100,000 (it takes ~20 s and 1.5 GB
   at 1M);
 - the nft CLI, one process per address, `--forks` addresses into the empty IPv4 set (fail2ban's way).
+
+With `--base OTHER_TREE`, govern's whole nftables backend of two trees side by side instead (before/after a change
+to its sets), each a worker process importing govern from its own tree, in a namespace of its own, driven
+round-robin (the order alternating) so that whatever else runs on the machine hits both alike:
+
+    .venv/bin/python bench/bench_enforcer.py --base /path/to/other/tree [--sizes 100000 1000000] [--reps 40]
+
+`NftBackend.setup` on the default config, then for each size: as many IPv4 hosts and as many IPv6 /64s (the
+default source group) in one `NftNetlink.commit` each, into the sets the tree's backend puts them in (bulk, timed:
+elements/s), `--reps` plans of one new IPv4 host and of one new /64 each through `NftBackend.apply` (median, p90),
+one plan of 10,000 new hosts through `apply` (the daemon's path for a flood's tick), and the per-tick check
+(`NftBackend.changed`), alone and right after another process's transaction. Hosts come from 10.0.0.0/8 and /64s
+from 2001:db8::/32 in a scrambled order; every block has a 1 h timeout.
 """
 
 from __future__ import annotations
@@ -45,7 +58,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+# A worker (--base) imports govern, and everything else, from the tree it measures.
+sys.path.insert(0, sys.argv[2] if sys.argv[1:2] == ["--worker"] else str(ROOT))
 
 from bench.machine import machine  # noqa: E402
 from govern.addr import Prefix  # noqa: E402
@@ -85,17 +99,205 @@ def ms(seconds: float) -> str:
     return f"{seconds * 1000:.3f} ms" if seconds < 0.01 else f"{seconds * 1000:.1f} ms"
 
 
+# --- two trees side by side (--base) -------------------------------------------------------------------------
+
+HOSTS4 = Prefix.parse("10.0.0.0/8")
+NETS6 = Prefix.parse("2001:db8::/32")
+
+
+def scrambled(version: int, i: int) -> Prefix:
+    """The i-th block of a family, in an order far from the keys' (a bijection of the range: odd multiplier)."""
+    if version == 4:
+        return Prefix(4, HOSTS4.value + (i * 2654435761) % (1 << 24), 32)
+    return Prefix(6, NETS6.value + (((i * 2654435761) % (1 << 32)) << 64), 64)
+
+
+def worker(root: str) -> None:
+    """Answer each command line on stdin with the ms it took, using the nftables backend of the tree at `root`."""
+    import govern
+
+    if not (govern.__file__ or "").startswith(root):
+        raise SystemExit(f"govern from {govern.__file__}, not {root}")
+    from govern import config as gconfig
+    from govern.model import Action, ActionKind, Plan, State
+    from govern.nft import ruleset
+    from govern.nft.backend import NftBackend
+    from govern.nft.ruleset import INTERVAL_SETS
+
+    def home(kind: str, p: Prefix) -> str:
+        part = getattr(ruleset, "part", None)  # trees before the split: one set per kind and family
+        return str(part(kind, p)) if part else f"{kind}{p.version}"
+
+    spec = gconfig.from_mapping({}).firewall()
+    backend = NftBackend()
+    made = {4: 0, 6: 0}
+
+    def blocks(version: int, n: int) -> tuple[Plan, float]:
+        now = time.time()
+        first, made[version] = made[version], made[version] + n
+        acts = (
+            Action(ActionKind.BLOCK, scrambled(version, i), "bench", until=now + 3600) for i in range(first, first + n)
+        )
+        return Plan(tuple(acts)), now
+
+    def run(cmd: str, arg: int) -> float:
+        if cmd == "setup":
+            t0 = time.perf_counter()
+            backend.setup(spec, [], State(), time.time())
+            return time.perf_counter() - t0
+        if cmd == "add":  # arg: version; one block
+            plan, now = blocks(arg, 1)
+        elif cmd in ("bulk4", "bulk6"):
+            plan, now = blocks(int(cmd[-1]), arg)
+        elif cmd in ("commit4", "commit6"):  # NftNetlink alone, into the set the tree's backend would choose
+            plan, _now = blocks(int(cmd[-1]), arg)
+            ops = [ElemOp(True, home("block", a.prefix), a.prefix, 3_600_000) for a in plan.actions]
+            t0 = time.perf_counter()
+            backend.nl.commit(ops, interval_sets=INTERVAL_SETS)
+            return time.perf_counter() - t0
+        elif cmd == "check":
+            t0 = time.perf_counter()
+            if backend.changed() is not None:
+                raise SystemExit("the table changed under the bench")
+            return time.perf_counter() - t0
+        elif cmd == "foreign":  # someone else's transaction (another table): the next check lists the table
+            backend.nft.run("add table inet bench_foreign\ndelete table inet bench_foreign\n")
+            return 0.0
+        else:
+            raise SystemExit(f"unknown command {cmd}")
+        t0 = time.perf_counter()
+        backend.apply(plan, now)
+        return time.perf_counter() - t0
+
+    print("ready", govern.__file__, flush=True)
+    for line in sys.stdin:
+        cmd, _, arg = line.strip().partition(" ")
+        print(f"{run(cmd, int(arg or 0)) * 1000:.4f}", flush=True)
+
+
+class Side:
+    """One tree's worker process, in a namespace of its own."""
+
+    def __init__(self, name: str, root: Path) -> None:
+        self.name = name
+        self.ns = Netns(new_name(f"ab{name[:2]}"))
+        sh("ip", "netns", "add", self.ns.name)
+        me = [sys.executable, __file__, "--worker", str(root)]
+        self.proc = subprocess.Popen(
+            ["ip", "netns", "exec", self.ns.name, *me], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        print(f"{name}: {self.ask_line('')}", flush=True)
+
+    def ask_line(self, cmd: str) -> str:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        if cmd:
+            self.proc.stdin.write(cmd + "\n")
+            self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the {self.name} worker failed")
+        return line.strip()
+
+    def ask(self, cmd: str) -> float:
+        return float(self.ask_line(cmd))
+
+    def close(self) -> None:
+        if self.proc.stdin:
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        sh("ip", "netns", "del", self.ns.name, check=False, timeout=300)
+
+
+def both(sides: list[Side], cmd: str, reps: int = 1, before: str = "") -> dict[str, list[float]]:
+    """`cmd` `reps` times on each side, round-robin, the order alternating; ms per side."""
+    out: dict[str, list[float]] = {s.name: [] for s in sides}
+    for r in range(reps):
+        for s in sides if r % 2 == 0 else sides[::-1]:
+            if before:
+                s.ask(before)
+            out[s.name].append(s.ask(cmd))
+    return out
+
+
+def pct(times: list[float], q: float) -> float:
+    ordered = sorted(times)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * q))]
+
+
+def compare_trees(base: Path, sizes: list[int], reps: int) -> None:
+    sides = []
+    try:
+        sides = [Side("base", base), Side("this", ROOT)]
+        names = [s.name for s in sides]
+        rows: list[tuple[str, dict[str, list[float]]]] = [("setup (empty kernel), ms", both(sides, "setup"))]
+        held = 0
+        for n in sorted(sizes):
+            grow = n - held
+            held = n
+            label = f"{n:,}"
+            for version, kind in ((4, "IPv4 hosts"), (6, "IPv6 /64s")):
+                took = both(sides, f"commit{version} {grow}")
+                rates = {k: [grow / (v[0] / 1000)] for k, v in took.items()}
+                rows.append((f"bulk: {grow:,} {kind} in one transaction (to {label}), elements/s", rates))
+                print(
+                    f"bulk {version} to {label}: " + ", ".join(f"{k} {v[0]:,.0f}/s" for k, v in rates.items()),
+                    flush=True,
+                )
+                rows.append((f"add one {kind[:-1]}, {label} held, ms", both(sides, f"add {version}", reps)))
+            rows.append((f"apply: a plan of 10,000 IPv4 hosts, {label} held, ms", both(sides, "bulk4 10000")))
+            both(sides, "check")  # the bulk commits went round the backend: its first check lists the table
+            rows.append((f"per-tick check, {label} + {label} held, ms", both(sides, "check", reps)))
+            rows.append(
+                ("per-tick check after another's transaction, ms", both(sides, "check", reps, before="foreign"))
+            )
+            for title, t in rows[-6:]:
+                print(f"{title}: " + ", ".join(f"{k} {statistics.median(v):.3f}" for k, v in t.items()), flush=True)
+    finally:
+        for s in sides:
+            s.close()
+    print(f"\nbase: {base}; this: {ROOT}; medians (p90), {reps} rounds for single adds and checks")
+    print(f"| what | {' | '.join(names)} | this/base |")
+    print("|---|" + "---:|" * (len(names) + 1))
+    for title, t in rows:
+        cells = []
+        for k in names:
+            med = statistics.median(t[k])
+            cells.append(
+                f"{med:,.0f}"
+                if med >= 1000
+                else f"{med:.3f} (p90 {pct(t[k], 0.9):.3f})"
+                if len(t[k]) > 1
+                else f"{med:.3f}"
+            )
+        ratio = statistics.median(t["this"]) / statistics.median(t["base"])
+        print(f"| {title} | {' | '.join(cells)} | {ratio:.3f} |")
+
+
 def main() -> None:
+    if len(sys.argv) > 2 and sys.argv[1] == "--worker":
+        worker(sys.argv[2])
+        return
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--elements", type=int, default=100_000)
     ap.add_argument("--singles", type=int, default=200)
     ap.add_argument("--forks", type=int, default=300)
-    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--reps", type=int, help="3; with --base: 40")
     ap.add_argument("--sizes", type=int, nargs="+", help="run the size sweep at these element counts instead")
     ap.add_argument("--split", type=int, default=10, help="sweep: transactions the largest size is also split into")
+    ap.add_argument("--base", type=Path, help="compare govern's nftables backend of this other tree with this one's")
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench_enforcer: needs root (network namespaces)")
+    if args.base:
+        print(f"machine: {machine()}")
+        print(f"command: {' '.join(['.venv/bin/python', *sys.argv])}")
+        compare_trees(args.base.resolve(), args.sizes or [100_000, 1_000_000], args.reps or 40)
+        return
+    args.reps = args.reps or 3
     if args.sizes:
         print(f"machine: {machine()}")
         print(f"command: {' '.join(['.venv/bin/python', *sys.argv])}")
