@@ -28,6 +28,10 @@ per family, recreated empty before every measurement, so the nft CLI never sees 
   at 1M);
 - the nft CLI, one process per address, `--forks` addresses into the empty IPv4 set (fail2ban's way).
 
+With `--ipset`, one block through the iptables+ipset backend (`IptBackend.apply`: one `ipset restore` process)
+into its block set holding nothing, then each of `--sizes` (default 100,000 and 1,000,000) IPv4 hosts, `--reps`
+(30) times each.
+
 With `--base OTHER_TREE`, govern's whole nftables backend of two trees side by side instead (before/after a change
 to its sets), each a worker process importing govern from its own tree, in a namespace of its own, driven
 round-robin (the order alternating) so that whatever else runs on the machine hits both alike:
@@ -277,6 +281,52 @@ def compare_trees(base: Path, sizes: list[int], reps: int) -> None:
         print(f"| {title} | {' | '.join(cells)} | {ratio:.3f} |")
 
 
+def ipset_sizes(sizes: list[int], reps: int) -> None:
+    """The iptables+ipset backend: one block through `IptBackend.apply` (one `ipset restore` process) into block
+    sets holding each size, and into an empty one."""
+    from govern import config as gconfig
+    from govern.ipt.backend import IptBackend
+    from govern.model import Action, ActionKind, Plan, State
+
+    spec = gconfig.from_mapping({}).firewall()
+    ns = Netns(new_name("ipset"))
+    sh("ip", "netns", "add", ns.name)
+    made = 0
+    rows = []
+    try:
+        with ns.entered():
+            backend = IptBackend()
+            backend.setup(spec, [], State(), time.time())
+
+            def plan(n: int) -> tuple[Plan, float]:
+                nonlocal made
+                now = time.time()
+                acts = (
+                    Action(ActionKind.BLOCK, scrambled(4, i), "bench", until=now + 3600) for i in range(made, made + n)
+                )
+                made += n
+                return Plan(tuple(acts)), now
+
+            for n in [0, *sorted(sizes)]:
+                if n > made:
+                    p, now = plan(n - made)
+                    took = timed(functools.partial(backend.apply, p, now))
+                    print(f"bulk to {n:,}: {(len(p.actions)) / took:,.0f}/s", flush=True)
+                singles = []
+                for _ in range(reps):
+                    p, now = plan(1)
+                    singles.append(timed(functools.partial(backend.apply, p, now)) * 1000)
+                rows.append((n, statistics.median(singles), pct(singles, 0.9)))
+                print(f"one block into {n:,}: {rows[-1][1]:.2f} ms (p90 {rows[-1][2]:.2f})", flush=True)
+            backend.teardown()
+    finally:
+        sh("ip", "netns", "del", ns.name, check=False)
+    print("\n| block set holds | add one address (IptBackend.apply, median) | p90 |")
+    print("|---:|---:|---:|")
+    for n, med, p90 in rows:
+        print(f"| {n:,} | {med:.2f} ms | {p90:.2f} ms |")
+
+
 def main() -> None:
     if len(sys.argv) > 2 and sys.argv[1] == "--worker":
         worker(sys.argv[2])
@@ -289,9 +339,15 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", help="run the size sweep at these element counts instead")
     ap.add_argument("--split", type=int, default=10, help="sweep: transactions the largest size is also split into")
     ap.add_argument("--base", type=Path, help="compare govern's nftables backend of this other tree with this one's")
+    ap.add_argument("--ipset", action="store_true", help="one block into the iptables+ipset backend's sets instead")
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench_enforcer: needs root (network namespaces)")
+    if args.ipset:
+        print(f"machine: {machine()}")
+        print(f"command: {' '.join(['.venv/bin/python', *sys.argv])}")
+        ipset_sizes(args.sizes or [100_000, 1_000_000], args.reps or 30)
+        return
     if args.base:
         print(f"machine: {machine()}")
         print(f"command: {' '.join(['.venv/bin/python', *sys.argv])}")

@@ -42,7 +42,7 @@ class IptBackend:
     def setup(self, spec: FirewallSpec, allow: Sequence[Prefix], state: State, now: float) -> Plan:
         """Create or converge the sets and chain, load the allowlist, restore `state`; adopt what the sets held."""
         self.ports = frozenset(spec.ports)
-        ipset.restore(rules.ipset_create(spec))
+        ipset.restore(converge(rules.ipset_create(spec), ipset.headers()))
         rules.install(spec, enforce=self.enforce)
         self.allow = {name: {e.prefix for e in ipset.save(name)} for name in self.allow}
         self.set_allow(allow)
@@ -125,6 +125,27 @@ class IptBackend:
 
     def close(self) -> None:
         pass
+
+
+def converge(creates: Sequence[str], have: Mapping[str, tuple[str, ...]]) -> list[str]:
+    """`ipset restore` lines that make each set of `creates`: created where missing, kept where it is as asked,
+    and where it exists in another form (an earlier version's, e.g. its element limit), made anew beside it, filled
+    with its elements and timeouts, and swapped in for it (`swap` is atomic: the rules never see a set missing or
+    empty, and no block is lifted)."""
+    out: list[str] = []
+    for line in creates:
+        name = line.split()[1]
+        header = have.get(name)
+        if header is None or not ipset.differs(line, header):
+            out.append(line)
+            continue
+        new = f"{name}-new"
+        out += [f"destroy {new}"] if new in have else []
+        out.append(line.replace(f"create {name} ", f"create {new} ", 1))
+        out += [_add(new, e.prefix, e.timeout_s) if e.timeout_s else f"add {new} {e.prefix}" for e in ipset.save(name)]
+        out += [f"swap {name} {new}", f"destroy {new}"]
+        log.info("ipset %s made anew as asked (%s), its elements kept", name, " ".join(line.split()[2:]))
+    return out
 
 
 Shape = tuple[tuple[str, ...], tuple[object, ...]]

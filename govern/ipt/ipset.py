@@ -9,6 +9,7 @@ before it applied, which is why every line is made to be unable to fail (`-exist
 
 from __future__ import annotations
 
+import itertools
 import subprocess
 from collections.abc import Sequence
 from typing import NamedTuple
@@ -43,6 +44,41 @@ def restore(lines: Sequence[str]) -> None:
 
 def names() -> list[str]:
     return _run(["list", "-n"]).split()
+
+
+def headers() -> dict[str, tuple[str, ...]]:
+    """Every set's type and header words (`ipset list -t`): name -> ("hash:net", "family", "inet", ...)."""
+    out: dict[str, tuple[str, ...]] = {}
+    name = kind = ""
+    for line in _run(["list", "-t"]).splitlines():
+        key, _, value = line.partition(":")
+        if key == "Name":
+            name = value.strip()
+        elif key == "Type":
+            kind = value.strip()
+        elif key == "Header" and name:
+            out[name] = (kind, *value.split())
+    return out
+
+
+def differs(create: str, header: tuple[str, ...]) -> bool:
+    """Whether a set listed with `header` (`headers`) is not the one the `create` line makes: another type, or
+    another value of an option the line names. `ipset create -exist` refuses such a set, it never changes it."""
+    words = create.split()
+    kind, opts = words[2], words[3:]
+    have = header[1:]
+    pairs = dict(itertools.pairwise(have))
+    i = 0
+    while i < len(opts):
+        if opts[i] == "counters":
+            if "counters" not in have:
+                return True
+            i += 1
+            continue
+        if pairs.get(opts[i]) != opts[i + 1]:
+            return True
+        i += 2
+    return kind != header[0]
 
 
 def save(name: str) -> list[Entry]:

@@ -19,6 +19,9 @@ PREFIX = "govern-"
 # without resetting the counter): the observer's rate window is one minute and it takes a lower total as a restart.
 SEEN_TIMEOUT = 120
 SEEN_SIZE = 262144
+# The block and throttle sets' limit (ipset's default, 65,536, is a flood's first minutes): memory grows with the
+# elements, not with the limit.
+MAX_ELEMENTS = 1 << 22
 # python-iptables builds a hashlimit match the kernel refuses (EINVAL) unless the table expiry is given.
 HASHLIMIT_EXPIRE_MS = "120000"
 
@@ -35,7 +38,7 @@ def ipset_create(spec: FirewallSpec) -> list[str]:
         mask = spec.v4_len if v == 4 else spec.v6_len
         lines.append(f"create {s['allow']} hash:net family {fam}")
         for kind in ("block", "throttle", "tight"):
-            lines.append(f"create {s[kind]} hash:net family {fam} timeout 0")
+            lines.append(f"create {s[kind]} hash:net family {fam} timeout 0 maxelem {MAX_ELEMENTS}")
         seen = f"hash:ip family {fam} netmask {mask} counters timeout {SEEN_TIMEOUT} maxelem {SEEN_SIZE}"
         lines.append(f"create {s['seen']} {seen}")
     return lines

@@ -1,0 +1,78 @@
+"""The iptables+ipset backend's sets: large enough for a flood (ipset's default limit is 65,536 elements), and sets
+of an earlier version's form made anew in place at set-up with every block they held (`ipset swap`)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from govern.addr import Prefix
+from govern.config import from_mapping
+from govern.ipt import ipset, rules
+from govern.ipt.backend import IptBackend
+from govern.model import Action, ActionKind, Plan, State
+from tests.netns import MX4, Lab, Listener, connect
+
+P = Prefix.parse
+
+
+@pytest.fixture
+def served(lab: Lab) -> Iterator[Lab]:
+    srv = Listener(lab.mx, 25)
+    try:
+        yield lab
+    finally:
+        srv.close()
+
+
+def passes(lab: Lab, src: str) -> bool:
+    with lab.net.entered():
+        try:
+            connect(src, MX4, 25, timeout=0.6).close()
+        except TimeoutError:
+            return False
+    return True
+
+
+def test_a_block_set_of_the_old_limit_is_made_anew_with_its_blocks(served: Lab) -> None:
+    lab, now = served, time.time()
+    spec = from_mapping({"protect": {"ports": [25]}}).firewall()
+    # The form before: ipset's default limit of 65,536, two blocks in it.
+    lab.mx.sh("ipset", "create", "govern-block4", "hash:net", "family", "inet", "timeout", "0")
+    lab.mx.sh("ipset", "add", "govern-block4", "198.18.0.7", "timeout", "600")
+    lab.mx.sh("ipset", "add", "govern-block4", "198.18.1.0/24", "timeout", "0")
+    backend = IptBackend()
+    try:
+        with lab.mx.entered():
+            adopted = backend.setup(spec, [], State(), now)
+            assert {a.prefix for a in adopted.actions} == {P("198.18.0.7"), P("198.18.1.0/24")}
+            header = ipset.headers()["govern-block4"]
+            assert header[0] == "hash:net" and header[header.index("maxelem") + 1] == str(rules.MAX_ELEMENTS)
+            kept = {e.prefix: e.timeout_s for e in ipset.save("govern-block4")}
+            assert 590 <= kept[P("198.18.0.7")] <= 600 and kept[P("198.18.1.0/24")] == 0
+            assert "govern-block4-new" not in ipset.names()
+        assert not passes(lab, "198.18.0.7") and not passes(lab, "198.18.1.9") and passes(lab, "198.18.0.8")
+        with lab.mx.entered():
+            # Past the old limit, in one plan.
+            many = [Prefix(4, P("10.0.0.0").value + i, 32) for i in range(70_000)]
+            backend.apply(Plan(tuple(Action(ActionKind.BLOCK, p, "test", until=now + 600) for p in many)), now)
+            assert len(ipset.save("govern-block4")) == 70_002
+            # A second set-up finds the set as it makes it: nothing made anew.
+            assert backend.setup(spec, [], State(), now).actions
+            assert "govern-block4-new" not in ipset.names()
+    finally:
+        with lab.mx.entered():
+            backend.teardown()
+
+
+def test_differs_compares_type_and_the_options_a_create_line_names() -> None:
+    line = "create govern-block4 hash:net family inet timeout 0 maxelem 4194304"
+    old = ("hash:net", "family", "inet", "hashsize", "1024", "maxelem", "65536", "timeout", "0", "bucketsize", "12")
+    new = ("hash:net", "family", "inet", "hashsize", "4096", "maxelem", "4194304", "timeout", "0", "bucketsize", "12")
+    assert ipset.differs(line, old) and not ipset.differs(line, new)
+    assert ipset.differs(line, ("hash:ip", *new[1:]))
+    seen = "create govern-seen4 hash:ip family inet netmask 32 counters timeout 120 maxelem 262144"
+    have = ("hash:ip", "family", "inet", "hashsize", "1024", "maxelem", "262144", "netmask", "32", "timeout", "120")
+    assert ipset.differs(seen, have) and not ipset.differs(seen, (*have, "counters"))
