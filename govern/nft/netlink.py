@@ -19,7 +19,13 @@ Wire format (linux/netfilter/nfnetlink.h, nf_tables.h), as nft 1.0.6 sends it (`
 
 Kernel behaviour established on Linux 6.18 (tests/kernel/test_nft_netlink.py pins it):
 - Adding an element that exists (same interval) without NLM_F_EXCL succeeds, and replaces its timeout and restarts
-  its expiry with the new one, longer or shorter. Re-adding WITHOUT a timeout makes it permanent (set default 0).
+  its expiry with the new one, longer or shorter. With the timeout it already has, the expiry restarts only when
+  NFTA_SET_ELEM_EXPIRATION is sent too (otherwise the kernel changes nothing), so every timed add carries it, equal
+  to the timeout. Re-adding WITHOUT a timeout makes it permanent (set default 0).
+- The ruleset generation (NFT_MSG_GETGEN) moves on by one with every committed transaction that changes anything,
+  anyone's, in any table; a batch that changes nothing (only deletes of absent elements, or re-adds that change
+  nothing) and a refused one leave it. A batch whose first message asks for NLM_F_ECHO gets the generation its
+  commit made (NFT_MSG_NEWGEN) ahead of the acks, and that message's elements echoed.
 - Deleting an element that does not exist fails with ENOENT and rolls back the whole batch; so does deleting one
   whose timeout has passed. `commit(missing_ok=True)` sends NFT_MSG_DESTROYSETELEM (Linux >= 6.3) instead.
 - Adding a prefix that overlaps an existing one fails with EEXIST (the kernel's ENOTEMPTY, reported as EEXIST) and
@@ -32,8 +38,9 @@ Kernel behaviour established on Linux 6.18 (tests/kernel/test_nft_netlink.py pin
 - Dumps omit NFTA_SET_ELEM_TIMEOUT when an element's timeout equals the set's default, so `SetElem.timeout_ms` is
   0 then (as in `ElemOp`: "the set default").
 - Cost: every commit that touches an interval set rebuilds the set's lookup array in the kernel, O(set size):
-  ~0.3 ms at 10k elements, 10-30 ms at 100k (the more scattered the elements are in memory, the slower), whatever
-  userspace does; a hash (non-interval) set stays ~20 us. A dump restarts the kernel's walk for each ~32 KiB
+  ~0.3 ms at 10k elements, 10-30 ms at 100k, 100-250 ms at 1M (the more scattered the elements are in memory, the
+  slower), whatever userspace does; a hash (non-interval) set stays ~20 us at any size. A hash set with timeouts
+  walks all its elements at every garbage collection (`gc-interval`, by default every second: 9% of a core at 1M). A dump restarts the kernel's walk for each ~32 KiB
   reply, O(size^2): 0.6-3 s for 100k intervals. Adding in key order keeps both at the fast end.
 """
 

@@ -188,6 +188,34 @@ def test_readding_an_existing_element_succeeds_and_replaces_its_timeout(ns: Netn
     assert dumped(nl, "block4")[elem.prefix] == SetElem(elem.prefix, 0, 0, 0)
 
 
+def test_readding_with_the_same_timeout_restarts_the_expiry(ns: Netns, nl: NftNetlink) -> None:
+    """An extension by the block's own duration is an add with the timeout the element already has: the kernel
+    restarts its expiry only because the expiration is sent beside it (without, it keeps the old expiry)."""
+    for name in ("block4", "slowhash4"):
+        elem = ElemOp(True, name, P("198.18.0.7"), 10_000)
+        nl.commit([elem], interval_sets=IV)
+        time.sleep(1.5)
+        assert dumped(nl, name)[elem.prefix].expires_ms <= 8_600
+        nl.commit([elem], interval_sets=IV)
+        e = dumped(nl, name)[elem.prefix]
+        assert e.timeout_ms == 10_000 and e.expires_ms > 9_500, (name, e)
+
+
+def test_commit_returns_the_generation_it_made(ns: Netns, nl: NftNetlink) -> None:
+    """The ruleset generation (NFT_MSG_GETGEN) moves on by one with each transaction that changes anything, and
+    the commit learns the one it made from the kernel (NLM_F_ECHO); one that changes nothing makes none."""
+    start = nl.generation()
+    assert nl.commit([ElemOp(True, "slowhash4", P("198.18.0.1"), 60_000)], interval_sets=IV) == start + 1
+    ops = [ElemOp(True, "block4", host4(i), 60_000) for i in range(5000)] + [ElemOp(True, "block6", P("2001:db8::/64"))]
+    assert nl.commit(ops, interval_sets=IV) == start + 2 == nl.generation()
+    assert nl.commit([ElemOp(False, "block4", P("198.18.200.1"))], interval_sets=IV, missing_ok=True) is None
+    with pytest.raises(KernelError):
+        nl.commit([ElemOp(False, "block4", P("198.18.200.1"))], interval_sets=IV)
+    ns.sh("nft", "add", "table", "ip", "other")  # anyone's transaction, in any table
+    assert nl.generation() == start + 3
+    assert nl.commit([ElemOp(False, "block4", host4(0))], interval_sets=IV) == start + 4
+
+
 # --- errors and atomicity -----------------------------------------------------------------------------------
 
 

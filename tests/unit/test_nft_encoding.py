@@ -436,3 +436,21 @@ def test_encoded_elements_parse_back_as_the_same_prefixes(prefixes: list[Prefix]
     _chunk, got = parse(reply, 9, interval=True, key_len=4 if name == "block4" else 16)
     # The expiration sent beside each timeout reads back as the time left: all of it.
     assert got == [SetElem(p, timeout, timeout, 0) for p in sorted(disjoint)]
+
+
+def test_echo_asks_it_of_the_first_message_alone_which_carries_one_element() -> None:
+    """The kernel tells the new generation to the socket whose batch's first message asks for NLM_F_ECHO, and
+    echoes that message's elements back as well: one, not a message's worth."""
+    ops = [ElemOp(True, "block4h", Prefix(4, P("198.18.0.0").value + i, 32), 60_000) for i in range(3000)]
+    ops.append(ElemOp(False, "block6", P("2001:db8::/48")))
+    batch = nl.encode_commit(ops, table="govern", family=1, interval_sets=IV, seq=1, echo=True)
+    msgs = messages(batch.data)[1:-1]
+    echo = 0x8
+    assert msgs[0][1] & echo and len(decode_setelem_msg(msgs[0][3])[3]) == 1
+    assert all(not f & echo for _t, f, _s, _p in msgs[1:])
+    assert sum(len(decode_setelem_msg(p)[3]) for _t, _f, _s, p in msgs) == 3000 + 2  # the /48: start and end
+    assert [m.seq for m in batch.messages] == [s for _t, _f, s, _p in msgs]
+    assert not any(
+        f & echo
+        for _t, f, _s, _p in messages(nl.encode_commit(ops, table="govern", family=1, interval_sets=IV, seq=1).data)
+    )
