@@ -49,7 +49,7 @@ from govern.model import Action, ActionKind, Plan, State  # noqa: E402
 from govern.nft.backend import NftBackend  # noqa: E402
 from govern.nft.libnft import Nft  # noqa: E402
 from govern.nft.netlink import ElemOp  # noqa: E402
-from govern.nft.ruleset import INTERVAL_SETS  # noqa: E402
+from govern.nft.ruleset import INTERVAL_SETS, part, parts  # noqa: E402
 from govern.store import Store  # noqa: E402
 from tests.netns import Netns, new_name, sh  # noqa: E402
 
@@ -127,7 +127,7 @@ def kernel_count(ns: Netns) -> int:
     with ns.entered():
         nl = NftNetlink()
     with nl:
-        return sum(len(nl.dump_set(s)) for s in ("block4", "block6"))
+        return sum(len(nl.dump_set(s)) for v in (4, 6) for s in parts("block", v))
 
 
 def main() -> None:
@@ -208,7 +208,7 @@ def main() -> None:
 
                 nl = NftNetlink()
             with nl:
-                nl.commit([ElemOp(False, f"block{p.version}", p) for p in lost], interval_sets=INTERVAL_SETS)
+                nl.commit([ElemOp(False, part("block", p), p) for p in lost], interval_sets=INTERVAL_SETS)
             runs["lost"].append(setup_once(ns, cfg, state, now))
             if kernel_count(ns) != n:
                 raise RuntimeError("the restart did not bring the lost blocks back")

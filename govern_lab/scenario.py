@@ -20,6 +20,7 @@ from typing import Any
 
 from govern.addr import Prefix
 from govern.errors import GovernError
+from govern.nft.ruleset import KINDS, NET6_LEN, parts
 from govern.observe.netstat import deltas, parse
 from govern_lab import report
 from govern_lab.addresses import (
@@ -167,10 +168,16 @@ class _Sampler:
             return "?"
 
     def _govern_sets(self) -> dict[str, list[str]]:
+        """Each of GOVERN_SETS's members; a block or throttle set of a family with all its parts (hosts, /64s,
+        other prefixes: govern.nft.ruleset.parts)."""
         out: dict[str, list[str]] = {}
         for name in GOVERN_SETS:
-            raw = self.lab.run("mx", "nft", "-j", "list", "set", "inet", "govern", name, check=False)
-            out[name] = _elements(raw)
+            kind, version = name[:-1], int(name[-1])
+            out[name] = []
+            for each in parts(kind, version) if kind in KINDS else (name,):
+                raw = self.lab.run("mx", "nft", "-j", "list", "set", "inet", "govern", each, check=False)
+                tail = f"/{NET6_LEN}" if each.endswith("6n") else ""
+                out[name] += [e + tail for e in _elements(raw)]
         return out
 
 

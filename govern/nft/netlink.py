@@ -40,8 +40,9 @@ Kernel behaviour established on Linux 6.18 (tests/kernel/test_nft_netlink.py pin
 - Cost: every commit that touches an interval set rebuilds the set's lookup array in the kernel, O(set size):
   ~0.3 ms at 10k elements, 10-30 ms at 100k, 100-250 ms at 1M (the more scattered the elements are in memory, the
   slower), whatever userspace does; a hash (non-interval) set stays ~20 us at any size. A hash set with timeouts
-  walks all its elements at every garbage collection (`gc-interval`, by default every second: 9% of a core at 1M). A dump restarts the kernel's walk for each ~32 KiB
-  reply, O(size^2): 0.6-3 s for 100k intervals. Adding in key order keeps both at the fast end.
+  walks all its elements at every garbage collection (`gc-interval`, by default every second: 9% of a core at
+  1M). A dump restarts the kernel's walk for each ~32 KiB reply, O(size^2): 0.6-3 s for 100k intervals. Adding in
+  key order keeps both at the fast end.
 """
 
 from __future__ import annotations
