@@ -63,7 +63,8 @@ def headers() -> dict[str, tuple[str, ...]]:
 
 def differs(create: str, header: tuple[str, ...]) -> bool:
     """Whether a set listed with `header` (`headers`) is not the one the `create` line makes: another type, or
-    another value of an option the line names. `ipset create -exist` refuses such a set, it never changes it."""
+    another value of an option the line names and the header shows (it leaves out options at their default, such
+    as `netmask 32`). `ipset create -exist` refuses such a set, it never changes it."""
     words = create.split()
     kind, opts = words[2], words[3:]
     have = header[1:]
@@ -75,7 +76,7 @@ def differs(create: str, header: tuple[str, ...]) -> bool:
                 return True
             i += 1
             continue
-        if pairs.get(opts[i]) != opts[i + 1]:
+        if opts[i] in pairs and pairs[opts[i]] != opts[i + 1]:
             return True
         i += 2
     return kind != header[0]
