@@ -28,8 +28,8 @@ per family, recreated empty before every measurement, so the nft CLI never sees 
   at 1M);
 - the nft CLI, one process per address, `--forks` addresses into the empty IPv4 set (fail2ban's way).
 
-With `--ipset`, one block through the iptables+ipset backend (`IptBackend.apply`: one `ipset restore` process)
-into its block set holding nothing, then each of `--sizes` (default 100,000 and 1,000,000) IPv4 hosts, `--reps`
+With `--ipset`, one block through the iptables+ipset backend (`IptBackend.apply`: ipset's netlink messages,
+govern/ipt/netlink.py) into its block set holding nothing, then each of `--sizes` (default 100,000 and 1,000,000) IPv4 hosts, `--reps`
 (30) times each.
 
 With `--base OTHER_TREE`, govern's whole nftables backend of two trees side by side instead (before/after a change
@@ -282,8 +282,8 @@ def compare_trees(base: Path, sizes: list[int], reps: int) -> None:
 
 
 def ipset_sizes(sizes: list[int], reps: int) -> None:
-    """The iptables+ipset backend: one block through `IptBackend.apply` (one `ipset restore` process) into block
-    sets holding each size, and into an empty one."""
+    """The iptables+ipset backend: one block through `IptBackend.apply` into block sets holding each size, and into
+    an empty one; and the bulk that grows them, through `apply` too."""
     from govern import config as gconfig
     from govern.ipt.backend import IptBackend
     from govern.model import Action, ActionKind, Plan, State

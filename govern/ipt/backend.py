@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 
 from govern.addr import Prefix
 from govern.ipt import ipset, rules
+from govern.ipt.netlink import IpsetNetlink, Op
 from govern.model import Action, ActionKind, FirewallSpec, Plan, State
 from govern.setops import set_changes
 
@@ -25,8 +26,12 @@ def _set(kind: str, p: Prefix) -> str:
     return rules.set_names(p.version)[kind]
 
 
+def _seconds(seconds: float) -> int:
+    return min(max(int(seconds), 1), MAX_TIMEOUT_S)
+
+
 def _add(name: str, p: Prefix, seconds: float) -> str:
-    return f"add {name} {p} timeout {min(max(int(seconds), 1), MAX_TIMEOUT_S)}"
+    return f"add {name} {p} timeout {_seconds(seconds)}"
 
 
 class IptBackend:
@@ -38,6 +43,8 @@ class IptBackend:
         self.allow: dict[str, set[Prefix]] = {rules.set_names(v)["allow"]: set() for v in (4, 6)}
         self.ports: frozenset[int] = frozenset()
         self.made: Shape | None = None  # the chains' and sets' shape as setup left it (`_shape`)
+        # Element changes after set-up: netlink, no process per plan (a process is ~1-3 ms, govern/ipt/netlink.py).
+        self.nl = IpsetNetlink()
 
     def setup(self, spec: FirewallSpec, allow: Sequence[Prefix], state: State, now: float) -> Plan:
         """Create or converge the sets and chain, load the allowlist, restore `state`; adopt what the sets held."""
@@ -79,10 +86,11 @@ class IptBackend:
 
     def apply(self, plan: Plan, now: float) -> None:
         ch = set_changes(plan, now, self.held, _set)
-        # `-exist` makes a delete of an element that lapsed a moment ago harmless, and a re-add replace the timeout.
-        ipset.restore(
-            [f"del {op.set} {op.prefix}" for op in ch.drops] + [_add(op.set, op.prefix, op.seconds) for op in ch.adds]
-        )
+        # `-exist`'s meaning: a delete of an element that lapsed a moment ago is harmless, a re-add replaces the
+        # timeout.
+        ops = [Op(False, op.set, op.prefix) for op in ch.drops]
+        ops += [Op(True, op.set, op.prefix, _seconds(op.seconds)) for op in ch.adds]
+        self.nl.apply(ops)
         ch.merge_into(self.held)
 
     def proven(self) -> Sequence[Prefix]:
@@ -124,7 +132,7 @@ class IptBackend:
         return found or bool(ours)
 
     def close(self) -> None:
-        pass
+        self.nl.close()
 
 
 def converge(creates: Sequence[str], have: Mapping[str, tuple[str, ...]]) -> list[str]:
@@ -158,4 +166,8 @@ def _shape() -> Shape:
 
 def teardown_all() -> bool:
     """Remove chain GOVERN and the govern-* sets without a running backend (`govern teardown`)."""
-    return IptBackend().teardown()
+    backend = IptBackend()
+    try:
+        return backend.teardown()
+    finally:
+        backend.close()

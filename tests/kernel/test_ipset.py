@@ -1,5 +1,6 @@
-"""The iptables+ipset backend's sets: large enough for a flood (ipset's default limit is 65,536 elements), and sets
-of an earlier version's form made anew in place at set-up with every block they held (`ipset swap`)."""
+"""The iptables+ipset backend's sets: large enough for a flood (ipset's default limit is 65,536 elements), sets of
+an earlier version's form made anew in place at set-up with every block they held (`ipset swap`), and the element
+messages the backend sends each tick over netlink instead of an `ipset restore` process."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ import pytest
 
 from govern.addr import Prefix
 from govern.config import from_mapping
+from govern.errors import KernelError
 from govern.ipt import ipset, rules
 from govern.ipt.backend import IptBackend
+from govern.ipt.netlink import IpsetNetlink, Op
 from govern.model import Action, ActionKind, FirewallSpec, Plan, State
 from tests.netns import MX4, Lab, Listener, connect
 
@@ -43,7 +46,8 @@ def test_a_block_set_of_the_old_limit_is_made_anew_with_its_blocks(served: Lab) 
     lab.mx.sh("ipset", "create", "govern-block4", "hash:net", "family", "inet", "timeout", "0")
     lab.mx.sh("ipset", "add", "govern-block4", "198.18.0.7", "timeout", "600")
     lab.mx.sh("ipset", "add", "govern-block4", "198.18.1.0/24", "timeout", "0")
-    backend = IptBackend()
+    with lab.mx.entered():
+        backend = IptBackend()
     try:
         with lab.mx.entered():
             adopted = backend.setup(spec, [], State(), now)
@@ -65,6 +69,7 @@ def test_a_block_set_of_the_old_limit_is_made_anew_with_its_blocks(served: Lab) 
     finally:
         with lab.mx.entered():
             backend.teardown()
+        backend.close()
 
 
 def test_differs_compares_type_and_the_options_a_create_line_names() -> None:
@@ -86,3 +91,38 @@ def converged_nothing(spec: FirewallSpec) -> bool:
     """Whether every set of the ruleset is found as its create line makes it (call inside the namespace)."""
     have = ipset.headers()
     return not any(ipset.differs(line, have[line.split()[1]]) for line in rules.ipset_create(spec))
+
+
+def test_element_messages_mean_what_ipset_restore_exist_means(lab: Lab) -> None:
+    """govern/ipt/netlink.py against the kernel: adds (with and without timeouts), a re-add replacing the timeout,
+    deletes (of what is there and of what is not), runs longer than one message, and refusals named."""
+    lab.mx.sh("ipset", "create", "t4", "hash:net", "family", "inet", "timeout", "0", "maxelem", "70000")
+    lab.mx.sh("ipset", "create", "t6", "hash:net", "family", "inet6", "timeout", "0")
+    lab.mx.sh("ipset", "create", "full", "hash:net", "family", "inet", "maxelem", "2")
+    with lab.mx.entered():
+        nl = IpsetNetlink()
+    try:
+        with lab.mx.entered():
+            many = [Op(True, "t4", Prefix(4, P("10.0.0.0").value + i, 32), 600) for i in range(60_000)]
+            nl.apply([*many, Op(True, "t4", P("198.18.1.0/24")), Op(True, "t6", P("2001:db8:bad::/64"), 30)])
+            got = {e.prefix: e.timeout_s for e in ipset.save("t4")}
+            assert len(got) == 60_001 and got[P("198.18.1.0/24")] == 0 and 590 <= got[P("10.0.0.7")] <= 600
+            assert [(e.prefix, e.timeout_s > 25) for e in ipset.save("t6")] == [(P("2001:db8:bad::/64"), True)]
+            nl.apply(
+                [Op(True, "t4", P("10.0.0.7"), 5000), Op(False, "t4", P("10.0.0.8")), Op(False, "t4", P("9.9.9.9"))]
+            )
+            got = {e.prefix: e.timeout_s for e in ipset.save("t4")}
+            assert got[P("10.0.0.7")] > 4000 and P("10.0.0.8") not in got and len(got) == 60_000
+            with pytest.raises(KernelError, match=r"cannot add 2001:db8::1 to set t4: protocol error"):
+                nl.apply([Op(True, "t4", P("2001:db8::1"))])
+            with pytest.raises(
+                KernelError, match=r"cannot add one of 3 elements from 198.18.0.1 on to set full: .*full"
+            ):
+                nl.apply([Op(True, "full", P(f"198.18.0.{i}")) for i in (1, 2, 3)])
+            with pytest.raises(KernelError, match="nosuch"):
+                nl.apply([Op(False, "nosuch", P("198.18.0.1"))])
+            # The socket goes on after refusals.
+            nl.apply([Op(False, "t6", P("2001:db8:bad::/64"))])
+            assert ipset.save("t6") == []
+    finally:
+        nl.close()
