@@ -195,6 +195,7 @@ _START_PLAIN = {k: _elem_hdr(4 + 8 + k) + _KEY_HDR[k] for k in (4, 16)}
 _START_TIMED = {k: _elem_hdr(4 + 8 + k + 24) + _KEY_HDR[k] for k in (4, 16)}
 _START_OPEN = {k: _elem_hdr(4 + 8 + k + len(_UDATA_OPEN)) + _KEY_HDR[k] for k in (4, 16)}
 _START_OPEN_TIMED = {k: _elem_hdr(4 + 8 + k + 24 + len(_UDATA_OPEN)) + _KEY_HDR[k] for k in (4, 16)}
+_END = {k: _elem_hdr(4 + 8 + k + len(_FLAGS_END)) + _KEY_HDR[k] for k in (4, 16)}
 
 
 def _timed(timeout: int) -> bytes:
@@ -203,9 +204,6 @@ def _timed(timeout: int) -> bytes:
     the block would otherwise change nothing in the kernel."""
     ms = timeout.to_bytes(8, "big")
     return _TIMEOUT_HDR + ms + _EXPIRATION_HDR + ms
-
-
-_END = {k: _elem_hdr(4 + 8 + k + len(_FLAGS_END)) + _KEY_HDR[k] for k in (4, 16)}
 
 
 def element_bytes(op: ElemOp, interval: bool) -> bytes:
