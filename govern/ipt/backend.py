@@ -12,14 +12,12 @@ from collections.abc import Mapping, Sequence
 
 from govern.addr import Prefix
 from govern.ipt import ipset, rules
-from govern.ipt.netlink import IpsetNetlink, Op
+from govern.ipt.netlink import MAX_TIMEOUT_S, IpsetNetlink, Op
 from govern.model import Action, ActionKind, FirewallSpec, Plan, State
 from govern.setops import set_changes
 
 log = logging.getLogger("govern.ipt")
 KINDS = ("block", "throttle", "tight")
-# ipset's largest timeout; a longer block is re-asserted by the daemon's extend before it lapses.
-MAX_TIMEOUT_S = 2147483
 
 
 def _set(kind: str, p: Prefix) -> str:
