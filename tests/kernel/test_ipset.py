@@ -16,7 +16,8 @@ from govern.ipt import ipset, rules
 from govern.ipt.backend import IptBackend
 from govern.ipt.netlink import IpsetNetlink, Op
 from govern.model import Action, ActionKind, FirewallSpec, Plan, State
-from tests.netns import MX4, Lab, Listener, connect
+from tests.kernel.test_backend_contract import passes
+from tests.netns import Lab, Listener
 
 P = Prefix.parse
 
@@ -28,15 +29,6 @@ def served(lab: Lab) -> Iterator[Lab]:
         yield lab
     finally:
         srv.close()
-
-
-def passes(lab: Lab, src: str) -> bool:
-    with lab.net.entered():
-        try:
-            connect(src, MX4, 25, timeout=0.6).close()
-        except TimeoutError:
-            return False
-    return True
 
 
 def test_a_block_set_of_the_old_limit_is_made_anew_with_its_blocks(served: Lab) -> None:

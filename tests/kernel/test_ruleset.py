@@ -23,7 +23,8 @@ from govern.nft.libnft import Nft
 from govern.nft.netlink import ElemOp, NftNetlink
 from govern.nft.ruleset import INTERVAL_SETS, KINDS, part, parts, ruleset
 from tests.kernel.daemon_harness import nft_set, nft_set_part
-from tests.netns import MX4, MX6, Lab, Listener, Netns, connect, new_name, sh
+from tests.kernel.test_backend_contract import passes
+from tests.netns import Lab, Listener, Netns, new_name, sh
 
 P = Prefix.parse
 HOST4, HOST6, NET64, NET24 = P("198.18.0.7"), P("2001:db8:bad:1::7"), P("2001:db8:bad:2::/64"), P("198.18.1.0/24")
@@ -34,20 +35,10 @@ PLACES = (
     (NET64, "block6n", "2001:db8:bad:2::99"),
     (NET24, "block4", "198.18.1.200"),
 )
-DROP_TIMEOUT = 0.6
 
 
 def spec() -> FirewallSpec:
     return config.from_mapping({"protect": {"ports": [25]}}).firewall()
-
-
-def passes(lab: Lab, src: str) -> bool:
-    with lab.net.entered():
-        try:
-            connect(src, MX6 if ":" in src else MX4, 25, timeout=DROP_TIMEOUT).close()
-        except TimeoutError:
-            return False
-    return True
 
 
 def where(lab: Lab, p: Prefix, kind: str = "block") -> set[str]:
