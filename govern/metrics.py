@@ -77,6 +77,7 @@ class Figures:
     kernel_counters: dict[str, int]
     failures: dict[str, int]
     store_behind: bool
+    features: dict[str, bool]
 
 
 def figures(gov: Governor) -> Figures:
@@ -104,7 +105,18 @@ def figures(gov: Governor) -> Figures:
             kernel_counters=dict(gov.totals),
             failures=dict(gov.health.failures),
             store_behind=gov.store_behind is not None,
+            features=_features(gov),
         )
+
+
+def _features(gov: Governor) -> dict[str, bool]:
+    """The optional features the config asks for, each True while it runs."""
+    out = {}
+    if gov.config["tarpit"]["enabled"] and not gov.dry_run:
+        out["tarpit"] = gov.tarpit is not None and gov.tarpit_unsupported is None
+    if gov.config["backend"]["xdp"] and not gov.dry_run:
+        out["xdp"] = "xdp" not in gov.enforcer.unavailable()
+    return out
 
 
 def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
@@ -319,6 +331,13 @@ class GovernCollector:
             "failures per component (act, store, observe, kernel-changed, sysctl, ...); each is retried",
             ["component"],
             (((c,), n) for c, n in sorted(f.failures.items())),
+        )
+        yield _labelled(
+            GaugeMetricFamily,
+            "govern_feature_up",
+            "1 while a feature the config asks for (tarpit, xdp) runs, 0 while it cannot (the log and status say why)",
+            ["feature"],
+            (((name,), float(up)) for name, up in sorted(f.features.items())),
         )
         yield _gauge(
             "govern_store_behind",

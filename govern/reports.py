@@ -167,6 +167,7 @@ def status(gov: Governor, top: int = 10) -> dict[str, Any]:
         "slots": _slots(gov),
         "postscreen": gov.postscreen,
         "tarpit": gov.tarpit_unsupported or f"ready ({gov.tarpit.name if gov.tarpit else '-'})",
+        "unavailable": dict(gov.enforcer.unavailable()),
         "allowlist": len(gov.policy.allow),
         "allowlist_sources": gov.allow.status() if gov.allow is not None else [],
         "trust": gov.trust.status() if gov.trust is not None else {},

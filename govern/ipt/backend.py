@@ -102,6 +102,9 @@ class IptBackend:
 
         return forget(prefixes, self.ports)
 
+    def unavailable(self) -> Mapping[str, str]:
+        return {}
+
     def changed(self) -> str | None:
         if self.made is None:
             return None

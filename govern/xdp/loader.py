@@ -86,7 +86,14 @@ class XdpProgram:
         try:
             # Maps pinned by an earlier run are reused (libbpf reuses a pin at its pin path), so blocks survive a
             # restart of the daemon just as the firewall's sets do.
-            self.pin_root.mkdir(parents=True, exist_ok=True)
+            try:
+                self.pin_root.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise KernelError(
+                    f"cannot make {self.pin_root} for the XDP maps' pins: {exc.strerror} (is a bpf filesystem "
+                    "mounted at /sys/fs/bpf? `mount -t bpf bpf /sys/fs/bpf`)",
+                    exc.errno or 0,
+                ) from None
             for name in ALL_MAPS:
                 m = b.bpf_object__find_map_by_name(self.obj, name.encode())
                 _check(b.bpf_map__set_pin_path(m, str(self.pin_root / name).encode()), f"pin path of map {name}")
