@@ -61,6 +61,7 @@ class XdpLayer:
         self.set_allow(allow)
         wanted = {p: b.until - now for p, b in state.blocks.items() if b.until > now}
         wanted |= {a.prefix: a.until - now for a in adopted.actions if a.kind is ActionKind.BLOCK}
+        prog.tidy()
         held = prog.prefixes("block")
         # Every wanted block is written again: its time left comes from the state, whatever the map held.
         prog.update("block", wanted, held - set(wanted))

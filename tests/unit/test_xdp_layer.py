@@ -50,6 +50,9 @@ class Program:
         if kind == "allow":
             self.allow = set(held)
 
+    def tidy(self) -> int:
+        return 0
+
     def detach(self) -> None:
         self.attached = ()
 
