@@ -7,6 +7,7 @@ million, seen only by their connection attempts) are numpy columns instead (`Sou
 
 from __future__ import annotations
 
+import sys
 from collections.abc import ItemsView, Iterator, Mapping, ValuesView
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -387,22 +388,24 @@ class State:
         for p in plan.forget:
             self.offenders.pop(p, None)
         for a in plan.actions:
+            # A flood's sources break the same limits by similar counts: their reasons repeat, and each kept
+            # entry holds the one string (~130 bytes a block at a million).
             if a.kind is ActionKind.BLOCK or a.kind is ActionKind.EXTEND:
                 old = self.blocks.get(a.prefix)
                 since = old.since if (old and a.kind is ActionKind.EXTEND) else now
                 manual = old.manual if (old and a.kind is ActionKind.EXTEND) else a.manual
-                self.blocks[a.prefix] = Block(a.prefix, a.reason, since, a.until, a.offences, manual)
+                self.blocks[a.prefix] = Block(a.prefix, sys.intern(a.reason), since, a.until, a.offences, manual)
                 self.throttles.pop(a.prefix, None)
                 if a.offences:
                     self.offenders[a.prefix] = Offender(a.offences, now)
             elif a.kind is ActionKind.THROTTLE:
-                self.throttles[a.prefix] = Throttle(a.prefix, a.reason, now, a.until, a.tight)
+                self.throttles[a.prefix] = Throttle(a.prefix, sys.intern(a.reason), now, a.until, a.tight)
             elif a.kind is ActionKind.UNBLOCK:
                 self.blocks.pop(a.prefix, None)
             elif a.kind is ActionKind.UNTHROTTLE:
                 self.throttles.pop(a.prefix, None)
             elif a.kind is ActionKind.TARPIT:
-                self.tarpits[a.prefix] = Tarpitted(a.prefix, a.reason, now, a.until)
+                self.tarpits[a.prefix] = Tarpitted(a.prefix, sys.intern(a.reason), now, a.until)
             elif a.kind is ActionKind.UNTARPIT:
                 self.tarpits.pop(a.prefix, None)
 
