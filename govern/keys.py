@@ -9,7 +9,7 @@ Python step per source.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Sequence
 from itertools import chain
 from typing import NamedTuple
 
@@ -52,11 +52,12 @@ class Keys(NamedTuple):
         tag = int(self.tag[row])
         return Prefix(tag >> 8, int(self.hi[row]) << 64 | int(self.lo[row]), tag & 0xFF)
 
-    def prefixes(self, rows: Iterable[int] | None = None) -> list[Prefix]:
-        """The Prefix of each row (all of them by default), made afresh: for the few a caller needs as objects."""
-        hi, lo, tag = self.hi.tolist(), self.lo.tolist(), self.tag.tolist()
-        pick = range(len(tag)) if rows is None else rows
-        return [Prefix(tag[i] >> 8, hi[i] << 64 | lo[i], tag[i] & 0xFF) for i in pick]
+    def prefixes(self, rows: Sequence[int] | Rows | None = None) -> list[Prefix]:
+        """The Prefix of each of `rows` (all of them by default), made afresh: for the few a caller needs as
+        objects."""
+        keys = self if rows is None else self.take(np.asarray(rows, np.intp))
+        hi, lo, tag = keys.hi.tolist(), keys.lo.tolist(), keys.tag.tolist()
+        return [Prefix(t >> 8, h << 64 | v, t & 0xFF) for h, v, t in zip(hi, lo, tag, strict=True)]
 
     def find(self, p: Prefix) -> int:
         """The row of `p` by a pass over every row (for one-off questions such as `govern why`), or -1."""

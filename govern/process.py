@@ -29,7 +29,7 @@ from govern.systemd import JournalFormatter, journal_stderr, notify
 
 log = logging.getLogger("govern")
 # How often the daemon takes what it made meanwhile (blocks, mostly) out of the cyclic GC's walks (govern.observe.heap):
-# one full collection each time, 0.4 s at a million blocks.
+# one full collection each time, 0.3-0.4 s at a million blocks.
 SETTLE_EVERY = 600.0
 
 

@@ -129,9 +129,9 @@ def decide(snap: Snapshot, state: State, policy: Policy, now: float) -> Plan:
 def _to_judge(
     sources: Mapping[Prefix, SourceStats], conn: int, new: int, cut_ms: float
 ) -> Iterable[tuple[Prefix, SourceStats]]:
-    """The sources that may fail decide's first test (under every limit and near none). A source without sockets,
-    as most of a Snapshot's columns are (model.Sources), fails it only by its attempts in the last minute, so of
-    those only the rows over `new` are made into records."""
+    """The sources that may fail decide's first test (under every limit and near none). The rows of a Sources'
+    columns hold no sockets (held, idle and the longest wait are 0): for them that test is `conn >= 0 and cut_ms > 0`
+    and their attempts in the last minute, so only the rows over `new` are made into records."""
     if not isinstance(sources, Sources):
         return sources.items()
     if conn >= 0 and cut_ms > 0:

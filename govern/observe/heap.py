@@ -8,7 +8,7 @@ alone). `malloc_trim(0)` returns every free page (~1 ms at that size). A no-op w
 malloc_trim (musl).
 
 The state (a million blocks are ~3 million tracked objects) lives for hours, and every full collection of the cyclic
-GC walks all of it: 0.4 s at a million blocks, whenever the objects made since the last one reach a quarter of the
+GC walks all of it: 0.3-0.4 s at a million blocks, whenever the objects made since the last one reach a quarter of the
 long-lived ones. `settle` collects once and freezes what survives (gc.freeze): later collections walk only what was
 made since. It unfreezes first, so cyclic garbage among what it froze last time is found then, not kept for good.
 """
