@@ -39,7 +39,7 @@ from govern.core.reasons import (
 )
 from govern.daemon import TICK_BUCKETS
 from govern.errors import GovernError
-from govern.model import Block, Mode, ModeState, Snapshot, Tarpitted, Throttle
+from govern.model import Block, Mode, ModeState, Snapshot, Tarpitted, Throttle, holding
 from govern.observe.mta import Budget
 
 if TYPE_CHECKING:
@@ -274,7 +274,8 @@ class GovernCollector:
         yield _gauge(
             "govern_sources", "sources (per protect.ipv4_prefix / ipv6_prefix) seen in the last tick", len(sources)
         )
-        established = totals.established if totals is not None else sum(s.established for s in sources.values())
+        held = holding(sources)
+        established = totals.established if totals is not None else sum(s.established for s in held.values())
         yield _gauge("govern_sessions", "established sessions on the protected ports", established)
         yield _gauge(
             "govern_stranger_sessions",
@@ -377,7 +378,9 @@ def _strangers(snap: Snapshot | None, policy: Policy) -> int:
         return 0
     trusted, allow = snap.trusted, policy.allow
     return sum(
-        s.established for p, s in snap.sources.items() if s.established and p not in trusted and not allow.intersects(p)
+        s.established
+        for p, s in holding(snap.sources).items()
+        if s.established and p not in trusted and not allow.intersects(p)
     )
 
 
