@@ -1,7 +1,10 @@
 """Benchmark: one tick's decision for 100k sources, and the Observer's conversion of a scan into a Snapshot.
 
     .venv/bin/python bench/bench_decide.py [--sources 100000] [--over 500] [--blocks 10000] [--throttles 1000]
-        [--reps 21]
+        [--reps 21] [--tree=OTHER_TREE]
+
+`--tree=PATH` (with the `=`) runs this bench on another tree's govern (a checkout of another commit), so that two
+commits are measured by the same bench: run it with and without, alternating.
 
 Pure Python, no root, no kernel: the inputs are built in memory (addresses from docs/testing.md's bot ranges).
 
@@ -20,7 +23,9 @@ Pure Python, no root, no kernel: the inputs are built in memory (addresses from 
 2. Observer.snapshot at the same scale (govern/observe/observer.py with govern.fakes edges): 80% of the sources
    hold sockets (FakeSockets), 80% have kernel SYN counters (60% both, so `--sources` in all); each tick's counters
    are new objects, as the kernel dump makes them. Reported: the whole snapshot, the fake's own scan (a dict copy,
-   not govern's cost), RateWindow.update alone, and the rest (merging both into SourceStats records).
+   not govern's cost), the rate window's step alone (`advance`, its columns, where the tree has it; `update`, a
+   dict, before), and the rest (merging both into the snapshot's sources). Then decide on the last of these
+   snapshots with an empty state: the daemon's decide over the observer's own Snapshot.
 
 Each timing is the median of `--reps` runs after a warm-up, with the cyclic GC enabled as in the daemon; the time
 spent in its collections during the snapshot is timed too (gc.callbacks). The snapshot then runs `--reps` more
@@ -40,6 +45,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+# Read before govern is imported: the tree whose govern is measured.
+TREE = next((a.partition("=")[2] for a in sys.argv if a.startswith("--tree=")), "")
+if TREE:
+    sys.path.insert(0, str(Path(TREE).resolve()))
 
 from bench.machine import machine  # noqa: E402
 from govern import config  # noqa: E402
@@ -257,21 +266,26 @@ def bench_observer(args: argparse.Namespace) -> dict[str, float]:
             elif rep > args.reps + 1:
                 res["snap_nogc"].append(took)
                 rw = RateWindow()
-                rw.update(_with_fresh_keys(current), now - 1)
+                step = getattr(rw, "advance", rw.update)
+                step(_with_fresh_keys(current), now - 1)
                 fresh = _with_fresh_keys(current)
                 gc.disable()
                 t0 = time.perf_counter()
                 socks.scan(policy.ports, v4_len=32, v6_len=64, idle_after_ms=10_000)
                 t1 = time.perf_counter()
-                rw.update(fresh, now)
+                step(fresh, now)
                 t2 = time.perf_counter()
                 gc.enable()
                 res["fake"].append((t1 - t0) * 1000)
                 res["rates"].append((t2 - t1) * 1000)
+        r_decide, _ = median_ms(lambda: decide(snap, State(), policy, now), args.reps)
+        own = decide(snap, State(), policy, now)
     finally:
         gc.enable()
         gct.close()
     r = {k: statistics.median(v) for k, v in res.items()}
+    r["decide_own"] = r_decide
+    r["own_actions"], r["own_cuts"] = len(own.actions), len(own.cuts)
     r["snap_max"] = max(res["snap"])
     r["full"] = sum(res["full"]) / len(res["full"])
     r["convert"] = r["snap_nogc"] - r["fake"] - r["rates"]
@@ -281,8 +295,12 @@ def bench_observer(args: argparse.Namespace) -> dict[str, float]:
         f"{r['gc']:.1f} ms ({r['full']:.1f} full collections per tick)"
     )
     print(
-        f"  with the GC off: {r['snap_nogc']:.1f} ms; parts: the fake scan {r['fake']:.1f} ms, RateWindow.update "
-        f"{r['rates']:.1f} ms, merging into SourceStats {r['convert']:.1f} ms"
+        f"  with the GC off: {r['snap_nogc']:.1f} ms; parts: the fake scan {r['fake']:.1f} ms, the rate window's step "
+        f"{r['rates']:.1f} ms, merging into the snapshot's sources {r['convert']:.1f} ms"
+    )
+    print(
+        f"decide on the observer's last snapshot, empty state, default policy: {r['decide_own']:.1f} ms (a plan of "
+        f"{r['own_actions']:.0f} actions and {r['own_cuts']:.0f} cuts)"
     )
     return r
 
@@ -303,9 +321,13 @@ def main() -> None:
     ap.add_argument("--blocks", type=int, default=10_000)
     ap.add_argument("--throttles", type=int, default=1_000)
     ap.add_argument("--reps", type=int, default=21)
+    ap.add_argument("--tree", help="another tree's govern to measure (give it as --tree=PATH)")
     args = ap.parse_args()
+    import govern
+
     print(f"machine: {machine()}")
     print(f"command: {' '.join(['.venv/bin/python', *sys.argv])}")
+    print(f"govern from: {Path(govern.__file__).parent}")
     gc.collect()
     d = bench_decide(args)
     gc.collect()
@@ -320,9 +342,10 @@ def main() -> None:
         (f"Observer.snapshot (fake edges), cyclic GC on (max {o['snap_max']:.0f})", o["snap"]),
         (f"  of which in the cyclic GC ({o['full']:.1f} full collections per tick)", o["gc"]),
         ("Observer.snapshot, GC off during the step", o["snap_nogc"]),
-        ("  of which RateWindow.update", o["rates"]),
-        ("  of which merging scan and rates into SourceStats", o["convert"]),
+        ("  of which the rate window's step", o["rates"]),
+        ("  of which merging scan and rates into the snapshot's sources", o["convert"]),
         ("  of which the fake scan (a dict copy; not govern's cost)", o["fake"]),
+        ("decide on the observer's own snapshot, empty state", o["decide_own"]),
         ("tick without the socket scan: decide + snapshot - fake scan", d["decide"] + o["snap"] - o["fake"]),
     ]  # fmt: skip
     for name, v in rows:

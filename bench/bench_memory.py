@@ -1,11 +1,13 @@
 """Benchmark: memory per tracked source -- RSS growth of the daemon's per-source structures at 1M sources.
 
-    .venv/bin/python bench/bench_memory.py [--sources 1000000] [--ticks 3]
+    .venv/bin/python bench/bench_memory.py [--sources 1000000] [--ticks 3] [--base OTHER_TREE]
 
 Pure Python, no root, no kernel. Each part runs in a fresh child process (so one part's freed memory cannot
 hide the next one's growth) that imports the whole daemon (`govern.daemon`), collects garbage, reads VmRSS from
 /proc/self/status, builds the structure, drops its inputs, collects again and reads VmRSS again; the growth over
-the number of sources is the cost per source. VmHWM (the peak) is reported too.
+the number of sources is the cost per source. VmHWM (the peak) is reported too. With `--base OTHER_TREE` (a checkout
+of another commit, e.g. `git archive main | tar -x -C /tmp/base`), every part also runs on that tree's govern, in
+its own child process, and the two are printed side by side.
 
 Sources: the 131,072 IPv4 hosts of 198.18.0.0/15, the rest IPv6 prefixes inside 2001:db8:bad::/48 (docs/testing.md;
 the /48 holds only 65,536 /64s, so beyond those they are /128s: a Prefix object is the same size either way).
@@ -15,8 +17,10 @@ per source against a mostly-IPv4 flood.
 Parts:
 - base: the interpreter with govern's modules imported, nothing tracked.
 - rates: govern.observe.rates.RateWindow fed `--ticks` ticks of cumulative SYN counters for N sources, each tick's
-  keys made afresh as the kernel dump makes them (so `_last` and `_buckets` end up holding different, equal Prefix
-  objects, as in the daemon). Also timed: one update at N, and one full cyclic-GC collection with it alive.
+  keys made afresh as the kernel dump makes them (so a window of dicts ends up holding different, equal Prefix
+  objects, as in the daemon). Timed: each tick's step at N, as the observer calls it (`advance`, the columns, where
+  the window has it, then the heap's free pages handed back as the observer does; `update`, a dict, before), and
+  one full cyclic-GC collection with it alive.
 - observer: what the tick keeps per tracked source: an Observer (its RateWindow) plus the last Snapshot, which
   Governor keeps as `self.snapshot` until the next tick; N sources with SYN counters, none holding sockets.
 - state: govern.model.State after State.record of N automatic blocks (Plans of 10,000 BLOCK actions, one per
@@ -31,11 +35,14 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
+import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -97,21 +104,39 @@ def part_base(n: int, ticks: int) -> dict[str, float]:
     return {"rss": rss()}
 
 
+def _step(rw: object) -> Callable[[dict[Any, int], float], object]:
+    """The window's step as the observer calls it: `advance` (columns) and the heap handed back where the tree
+    has them, `update` before."""
+    advance = getattr(rw, "advance", None)
+    if advance is None:
+        return rw.update  # type: ignore[attr-defined, no-any-return]
+    from govern.observe.heap import give_back  # type: ignore[import-not-found, unused-ignore]
+
+    def step(cum: dict[Any, int], now: float) -> object:
+        advance(cum, now)  # the result dropped first, as the observer's are by the time it hands the heap back
+        give_back()
+        return None
+
+    return step
+
+
 def part_rates(n: int, ticks: int) -> dict[str, float]:
-    import govern.daemon  # noqa: F401
+    import govern.daemon
     from govern.addr import Prefix
     from govern.observe.rates import RateWindow
 
     r: dict[str, float] = {}
     r["before"] = rss()
     rw = RateWindow()
+    step = _step(rw)
+    took = []
     for t in range(ticks):
         keys: list[Prefix] = fresh_prefixes(n)  # type: ignore[assignment]
         cum = dict.fromkeys(keys, 5 + 3 * t)  # counts > 256: one int object per source, as in a flood
         del keys
         t0 = time.perf_counter()
-        out = rw.update(cum, NOW + t)
-        r["update_s"] = time.perf_counter() - t0
+        out = step(cum, NOW + t)
+        took.append(time.perf_counter() - t0)
         del cum, out
         if t == 0:
             r["one_tick"] = rss()
@@ -121,6 +146,8 @@ def part_rates(n: int, ticks: int) -> dict[str, float]:
     gc.collect()
     r["gc_s"] = time.perf_counter() - t0
     r["tracked"] = len(gc.get_objects())
+    r["update_s"], r["update_min"], r["update_max"] = statistics.median(took), min(took), max(took)
+    r["tree"] = str(Path(govern.__file__).parent.parent)  # type: ignore[assignment]
     assert len(rw) == n
     return r
 
@@ -139,6 +166,7 @@ def part_observer(n: int, ticks: int) -> dict[str, float]:
     current: dict[Prefix, int] = {}
     obs = Observer(FakeSockets(), lambda: current, FakeCounters())
     last: Snapshot | None = None
+    took = []
     for t in range(ticks):
         keys: list[Prefix] = fresh_prefixes(n)  # type: ignore[assignment]
         current = dict.fromkeys(keys, 300 + 3 * t)
@@ -146,8 +174,9 @@ def part_observer(n: int, ticks: int) -> dict[str, float]:
         t0 = time.perf_counter()
         last = None  # Governor replaces its snapshot: the old one goes once the new one is made
         last = obs.snapshot(policy, NOW + t)
-        r["snapshot_s"] = time.perf_counter() - t0
+        took.append(time.perf_counter() - t0)
         current = {}
+    r["snapshot_s"], r["snapshot_min"], r["snapshot_max"] = statistics.median(took), min(took), max(took)
     r["after"] = rss()
     r["hwm"] = status()["VmHWM"]
     assert last is not None and len(last.sources) == n
@@ -196,76 +225,125 @@ def part_state(n: int, ticks: int) -> dict[str, float]:
     t0 = time.perf_counter()
     gc.collect()
     r["gc_s"] = time.perf_counter() - t0
+    # What the daemon does after start-up and every 10 minutes (govern.observe.heap.settle, where the tree has it):
+    # the state frozen out of the collector, whose full collections then walk only what was made since.
+    try:
+        from govern.observe.heap import settle  # type: ignore[attr-defined, unused-ignore]
+    except ImportError:
+        r["gc_frozen_s"] = -1.0
+    else:
+        settle()
+        t0 = time.perf_counter()
+        gc.collect()
+        r["gc_frozen_s"] = time.perf_counter() - t0
     return r
 
 
 PARTS = {"base": part_base, "rates": part_rates, "observer": part_observer, "state": part_state}
 
 
-def run_part(name: str, n: int, ticks: int) -> dict[str, float]:
+def run_part(name: str, n: int, ticks: int, tree: str | None = None) -> dict[str, float]:
     cmd = [sys.executable, __file__, "--part", name, "--sources", str(n), "--ticks", str(ticks)]
-    out = subprocess.run(cmd, stdout=subprocess.PIPE, check=True, text=True, timeout=600).stdout
+    if tree is not None:
+        cmd += ["--tree", tree]
+    out = subprocess.run(cmd, stdout=subprocess.PIPE, check=True, text=True, timeout=900).stdout
     data: dict[str, float] = json.loads(out.strip().splitlines()[-1])
     return data
+
+
+def report(label: str, n: int, ticks: int, res: dict[str, dict[str, float]]) -> list[str]:
+    """Prints one tree's figures; returns its column of the table."""
+    mb = 1 << 20
+    base, rates, obs, st = res["base"], res["rates"], res["observer"], res["state"]
+    one = rates["one_tick"] - rates["before"]
+    steady = rates["after"] - rates["before"]
+    grow = obs["after"] - obs["before"]
+    blocks = st["after"] - st["before"]
+    held = st["held"] - st["after"]
+    print(f"--- {label}")
+    print(f"base: the interpreter with govern imported, {base['rss'] / mb:.1f} MB RSS")
+    print(
+        f"RateWindow, {n:,} sources: +{one / mb:.0f} MB after one tick ({one / n:.0f} B/source), "
+        f"+{steady / mb:.0f} MB after {ticks} ticks ({steady / n:.0f} B/source); process RSS "
+        f"{rates['after'] / mb:.0f} MB, peak {rates['hwm'] / mb:.0f} MB; one step median {rates['update_s']:.2f} s "
+        f"(min {rates['update_min']:.2f}, max {rates['update_max']:.2f}); one full GC {rates['gc_s']:.2f} s over "
+        f"{rates['tracked']:,.0f} tracked objects"
+    )
+    print(
+        f"Observer + last Snapshot, {n:,} sources: +{grow / mb:.0f} MB ({grow / n:.0f} B/source); process RSS "
+        f"{obs['after'] / mb:.0f} MB, peak {obs['hwm'] / mb:.0f} MB; one snapshot median {obs['snapshot_s']:.2f} s "
+        f"(min {obs['snapshot_min']:.2f}, max {obs['snapshot_max']:.2f})"
+    )
+    print(
+        f"State, {n:,} blocks (+ offender records): +{blocks / mb:.0f} MB ({blocks / n:.0f} B/block); "
+        f"NftBackend.held sets: +{held / mb:.0f} MB ({held / n:.0f} B/block); process RSS {st['held'] / mb:.0f} MB, "
+        f"peak {st['hwm'] / mb:.0f} MB; NftBackend.apply's copy of the held sets {st['copy_s'] * 1000:.0f} ms; "
+        f"one full GC {st['gc_s']:.2f} s; with the state frozen (heap.settle) "
+        + (f"{st['gc_frozen_s'] * 1000:.0f} ms" if st["gc_frozen_s"] >= 0 else "(not in this tree)")
+    )
+    return [
+        f"{base['rss'] / mb:.0f} MB",
+        f"{one / mb:.0f} MB ({one / n:.0f} B)",
+        f"{steady / mb:.0f} MB ({steady / n:.0f} B), RSS **{(base['rss'] + steady) / mb:.0f} MB**",
+        f"{rates['update_s']:.2f} s ({rates['update_min']:.2f}-{rates['update_max']:.2f})",
+        f"{grow / mb:.0f} MB ({grow / n:.0f} B), RSS **{(base['rss'] + grow) / mb:.0f} MB**",
+        f"{obs['snapshot_s']:.2f} s ({obs['snapshot_min']:.2f}-{obs['snapshot_max']:.2f})",
+        f"{obs['hwm'] / mb:.0f} MB",
+        f"{blocks / mb:.0f} MB ({blocks / n:.0f} B)",
+        f"{held / mb:.0f} MB ({held / n:.0f} B)",
+        f"{(base['rss'] + blocks + held) / mb:.0f} MB",
+        f"{st['gc_s']:.2f} s",
+        f"{st['gc_frozen_s'] * 1000:.0f} ms" if st["gc_frozen_s"] >= 0 else "-",
+    ]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sources", type=int, default=1_000_000)
     ap.add_argument("--ticks", type=int, default=3)
+    ap.add_argument("--base", help="another tree whose govern runs each part too, side by side")
     ap.add_argument("--part", choices=list(PARTS), help=argparse.SUPPRESS)
+    ap.add_argument("--tree", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.part:
+        if args.tree:
+            sys.path.insert(0, os.path.abspath(args.tree))
         print(json.dumps(PARTS[args.part](args.sources, args.ticks)))
         return
 
     n = args.sources
-    mb = 1 << 20
     print(f"machine: {machine()}")
     print(f"command: {' '.join(['.venv/bin/python', *sys.argv])}")
-    base = run_part("base", n, args.ticks)
-    print(f"base: the interpreter with govern imported, {base['rss'] / mb:.1f} MB RSS")
-    rates = run_part("rates", n, args.ticks)
-    one = rates["one_tick"] - rates["before"]
-    steady = rates["after"] - rates["before"]
-    print(
-        f"RateWindow, {n:,} sources: +{one / mb:.0f} MB after one tick ({one / n:.0f} B/source), "
-        f"+{steady / mb:.0f} MB after {args.ticks} ticks ({steady / n:.0f} B/source); process RSS "
-        f"{rates['after'] / mb:.0f} MB, peak {rates['hwm'] / mb:.0f} MB; one update {rates['update_s']:.2f} s; "
-        f"one full GC {rates['gc_s']:.2f} s over {rates['tracked']:,.0f} tracked objects"
-    )
-    obs = run_part("observer", n, args.ticks)
-    grow = obs["after"] - obs["before"]
-    print(
-        f"Observer + last Snapshot, {n:,} sources: +{grow / mb:.0f} MB ({grow / n:.0f} B/source); process RSS "
-        f"{obs['after'] / mb:.0f} MB, peak {obs['hwm'] / mb:.0f} MB; one snapshot {obs['snapshot_s']:.2f} s"
-    )
-    st = run_part("state", n, args.ticks)
-    blocks = st["after"] - st["before"]
-    held = st["held"] - st["after"]
-    print(
-        f"State, {n:,} blocks (+ offender records): +{blocks / mb:.0f} MB ({blocks / n:.0f} B/block); "
-        f"NftBackend.held sets: +{held / mb:.0f} MB ({held / n:.0f} B/block); process RSS {st['held'] / mb:.0f} MB, "
-        f"peak {st['hwm'] / mb:.0f} MB; NftBackend.apply's copy of the held sets {st['copy_s'] * 1000:.0f} ms; "
-        f"one full GC {st['gc_s']:.2f} s"
-    )
-    total_rates = base["rss"] + steady
-    total_obs = base["rss"] + grow
-    print(f"\n| structure, {n:,} sources | RSS growth | bytes per source | process RSS | target |")
-    print("|---|---:|---:|---:|---|")
+    trees: dict[str, str | None] = {"this tree": None}
+    if args.base:
+        trees = {f"base ({args.base})": args.base, **trees}
+    res: dict[str, dict[str, dict[str, float]]] = {label: {} for label in trees}
+    for part in PARTS:  # the trees alternate part by part
+        for label, tree in trees.items():
+            res[label][part] = run_part(part, n, args.ticks, tree)
+    for label, tree in trees.items():
+        want = str(ROOT if tree is None else Path(tree).resolve())
+        if res[label]["rates"]["tree"] != want:  # type: ignore[comparison-overlap]
+            sys.exit(f"bench_memory: {label} imported govern from {res[label]['rates']['tree']}, not {want}")
+    cols = [report(label, n, args.ticks, res[label]) for label in trees]
     rows = [
-        ("interpreter + govern imported", "", "", f"{base['rss'] / mb:.0f} MB", ""),
-        ("RateWindow, one tick", f"{one / mb:.0f} MB", f"{one / n:.0f}", "", ""),
-        (f"RateWindow, {args.ticks} ticks (steady)", f"{steady / mb:.0f} MB", f"{steady / n:.0f}",
-         f"{total_rates / mb:.0f} MB", f"<= {TARGET_MB} MB"),
-        ("Observer (RateWindow) + last Snapshot", f"{grow / mb:.0f} MB", f"{grow / n:.0f}",
-         f"{total_obs / mb:.0f} MB", f"<= {TARGET_MB} MB"),
-        ("State: blocks + offenders", f"{blocks / mb:.0f} MB", f"{blocks / n:.0f}", "", ""),
-        ("NftBackend.held (block sets)", f"{held / mb:.0f} MB", f"{held / n:.0f}", "", ""),
-        ("State + held + base", "", "", f"{(base['rss'] + blocks + held) / mb:.0f} MB", ""),
-    ]  # fmt: skip
-    for row in rows:
-        print("| " + " | ".join(row) + " |")
+        "interpreter + govern imported (RSS)",
+        "RateWindow, one tick",
+        f"RateWindow, {args.ticks} ticks (steady)",
+        "one RateWindow step, median (min-max)",
+        "Observer (RateWindow) + last Snapshot",
+        "one Observer.snapshot, median (min-max)",
+        "Observer part's peak RSS (VmHWM)",
+        "State: blocks + offenders",
+        "NftBackend.held (block sets)",
+        "State + held + base (RSS)",
+        f"one full collection of the cyclic GC, {n:,} blocks alive",
+        "the same once the state is frozen (heap.settle)",
+    ]
+    print(f"\n| {n:,} sources, target <= {TARGET_MB} MB | " + " | ".join(trees) + " |")
+    print("|---|" + "---:|" * len(trees))
+    for i, name in enumerate(rows):
+        print(f"| {name} | " + " | ".join(c[i] for c in cols) + " |")
 
 
 if __name__ == "__main__":

@@ -10,12 +10,16 @@
 #define GOVERN_MAP_ALLOW6 "allow6"
 #define GOVERN_MAP_BLOCK4 "block4"
 #define GOVERN_MAP_BLOCK6 "block6"
+#define GOVERN_MAP_HOST4 "host4"
+#define GOVERN_MAP_HOST6 "host6"
+#define GOVERN_MAP_NET6 "net6"
 #define GOVERN_MAP_SYNS "syns"
 #define GOVERN_MAP_STATS "stats"
 #define GOVERN_MAP_PORTS "ports"
 #define GOVERN_PROG "govern_xdp"
 
 #define GOVERN_PREFIXES_MAX 262144
+#define GOVERN_HOSTS_MAX 2097152
 #define GOVERN_SOURCES_MAX 262144
 #define GOVERN_PORTS_MAX 64
 
@@ -34,6 +38,21 @@ struct govern_lpm4 {
 struct govern_lpm6 {
 	__u32 prefixlen;
 	__u8 addr[16];
+};
+
+/* Blocked hosts (IPv4 /32, IPv6 /128) and IPv6 /64s, most of what govern blocks, go into hash maps keyed by the
+ * address (the /64's first 8 bytes), network order: adding one is O(1) whatever the maps hold, and so is the lookup.
+ * The LPM tries keep every other prefix length. */
+struct govern_host4 {
+	__u8 addr[4];
+};
+
+struct govern_host6 {
+	__u8 addr[16];
+};
+
+struct govern_net64 {
+	__u8 addr[8];
 };
 
 /* A source address (IPv4 in the first 4 bytes, the rest zero); the SYN counter's key. */

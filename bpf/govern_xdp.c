@@ -46,6 +46,30 @@ struct {
 } block6 SEC(".maps");
 
 struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, GOVERN_HOSTS_MAX);
+	__type(key, struct govern_host4);
+	__type(value, struct govern_block);
+} host4 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, GOVERN_HOSTS_MAX);
+	__type(key, struct govern_host6);
+	__type(value, struct govern_block);
+} host6 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, GOVERN_HOSTS_MAX);
+	__type(key, struct govern_net64);
+	__type(value, struct govern_block);
+} net6 SEC(".maps");
+
+struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, GOVERN_SOURCES_MAX);
 	__type(key, struct govern_src);
@@ -88,6 +112,12 @@ static __always_inline void count_syn(struct govern_src *src)
 		bpf_map_update_elem(&syns, src, &one, BPF_NOEXIST);
 }
 
+/* A block in force: present and not lapsed (0: never lapses). */
+static __always_inline int live(struct govern_block *b)
+{
+	return b && (!b->expires_ns || bpf_ktime_get_ns() < b->expires_ns);
+}
+
 SEC("xdp")
 int govern_xdp(struct xdp_md *ctx)
 {
@@ -99,7 +129,7 @@ int govern_xdp(struct xdp_md *ctx)
 	__u16 dport;
 	int syn;
 	void *allow;
-	struct govern_block *block;
+	int blocked;
 
 	if ((void *)(eth + 1) > end)
 		return XDP_PASS;
@@ -121,7 +151,7 @@ int govern_xdp(struct xdp_md *ctx)
 		if (!bpf_map_lookup_elem(&ports, &dport))
 			return XDP_PASS;
 		allow = bpf_map_lookup_elem(&allow4, &k);
-		block = allow ? 0 : bpf_map_lookup_elem(&block4, &k);
+		blocked = !allow && (live(bpf_map_lookup_elem(&host4, k.addr)) || live(bpf_map_lookup_elem(&block4, &k)));
 	} else if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
 		struct ipv6hdr *ip6 = (void *)(eth + 1);
 		struct govern_lpm6 k = {.prefixlen = 128};
@@ -141,7 +171,8 @@ int govern_xdp(struct xdp_md *ctx)
 		if (!bpf_map_lookup_elem(&ports, &dport))
 			return XDP_PASS;
 		allow = bpf_map_lookup_elem(&allow6, &k);
-		block = allow ? 0 : bpf_map_lookup_elem(&block6, &k);
+		blocked = !allow && (live(bpf_map_lookup_elem(&host6, k.addr)) || live(bpf_map_lookup_elem(&net6, k.addr)) ||
+				     live(bpf_map_lookup_elem(&block6, &k)));
 	} else {
 		return XDP_PASS;
 	}
@@ -150,7 +181,7 @@ int govern_xdp(struct xdp_md *ctx)
 	/* Counted before the drop, as the firewall backends do: a blocked source's rate stays visible. */
 	if (syn)
 		count_syn(&src);
-	if (block && (!block->expires_ns || bpf_ktime_get_ns() < block->expires_ns))
+	if (blocked)
 		return verdict(GOVERN_DROP_BLOCK, len, XDP_DROP);
 	return verdict(GOVERN_PASS_OTHER, len, XDP_PASS);
 }

@@ -185,6 +185,8 @@ def status(
     print(f"slots now: {slots.get('established', 0)} established, {slots.get('strangers', 0)} held by strangers")
     if not str(st.get("tarpit", "")).startswith("ready"):
         print(f"tarpit: off ({st.get('tarpit')})")
+    for feature, why in (st.get("unavailable") or {}).items():
+        print(f"{feature}: off ({why})")
     m = st.get("metrics") or {}
     if m.get("state") == "serving":
         print(f"metrics: {m['url']}")

@@ -159,6 +159,9 @@ class Governor:
         store's), except what the store last recorded as unblocked (a crash between an unblock's two commits: an
         operator's unblock is never undone); then lift what the allowlist and the guard forbid."""
         adopted = self.enforcer.setup(self.config.firewall(), self.policy.allow.members(), self.state, now)
+        for feature, why in self.enforcer.unavailable().items():  # asked for, cannot start: never silent
+            log.warning("%s off: %s", feature, why)
+            self.health.fail(feature, GovernError(why))
         stale: set[Prefix] = set()
         if adopted:
             try:

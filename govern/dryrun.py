@@ -53,6 +53,9 @@ class DryRun:
     def changed(self) -> str | None:
         return self.inner.changed()
 
+    def unavailable(self) -> Mapping[str, str]:
+        return self.inner.unavailable()
+
     def end_sessions(self, prefixes: Sequence[Prefix]) -> int:
         return 0
 

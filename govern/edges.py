@@ -74,6 +74,11 @@ class Enforcer(Protocol):
         for every tick."""
         ...
 
+    def unavailable(self) -> Mapping[str, str]:
+        """Features of this backend that the config asked for but that could not start (by feature name, each with
+        why), as of the last `setup`; the backend protects without them meanwhile."""
+        ...
+
     def teardown(self) -> bool:
         """Remove every kernel object the backend owns; True if there was something to remove."""
         ...

@@ -135,6 +135,9 @@ class FakeEnforcer:
     def changed(self) -> str | None:
         return self.tampered
 
+    def unavailable(self) -> Mapping[str, str]:
+        return {}
+
     def teardown(self) -> bool:
         had = bool(self.blocks or self.throttles or self.allow)
         self.blocks.clear()

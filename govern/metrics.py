@@ -39,7 +39,7 @@ from govern.core.reasons import (
 )
 from govern.daemon import TICK_BUCKETS
 from govern.errors import GovernError
-from govern.model import Block, Mode, ModeState, Snapshot, Tarpitted, Throttle
+from govern.model import Block, Mode, ModeState, Snapshot, Tarpitted, Throttle, holding
 from govern.observe.mta import Budget
 
 if TYPE_CHECKING:
@@ -77,6 +77,7 @@ class Figures:
     kernel_counters: dict[str, int]
     failures: dict[str, int]
     store_behind: bool
+    features: dict[str, bool]
 
 
 def figures(gov: Governor) -> Figures:
@@ -104,7 +105,18 @@ def figures(gov: Governor) -> Figures:
             kernel_counters=dict(gov.totals),
             failures=dict(gov.health.failures),
             store_behind=gov.store_behind is not None,
+            features=_features(gov),
         )
+
+
+def _features(gov: Governor) -> dict[str, bool]:
+    """The optional features the config asks for, each True while it runs."""
+    out = {}
+    if gov.config["tarpit"]["enabled"] and not gov.dry_run:
+        out["tarpit"] = gov.tarpit is not None and gov.tarpit_unsupported is None
+    if gov.config["backend"]["xdp"] and not gov.dry_run:
+        out["xdp"] = "xdp" not in gov.enforcer.unavailable()
+    return out
 
 
 def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
@@ -262,7 +274,8 @@ class GovernCollector:
         yield _gauge(
             "govern_sources", "sources (per protect.ipv4_prefix / ipv6_prefix) seen in the last tick", len(sources)
         )
-        established = totals.established if totals is not None else sum(s.established for s in sources.values())
+        held = holding(sources)
+        established = totals.established if totals is not None else sum(s.established for s in held.values())
         yield _gauge("govern_sessions", "established sessions on the protected ports", established)
         yield _gauge(
             "govern_stranger_sessions",
@@ -320,6 +333,13 @@ class GovernCollector:
             ["component"],
             (((c,), n) for c, n in sorted(f.failures.items())),
         )
+        yield _labelled(
+            GaugeMetricFamily,
+            "govern_feature_up",
+            "1 while a feature the config asks for (tarpit, xdp) runs, 0 while it cannot (the log and status say why)",
+            ["feature"],
+            (((name,), float(up)) for name, up in sorted(f.features.items())),
+        )
         yield _gauge(
             "govern_store_behind",
             "1 while the state store cannot be written (enforcing from memory)",
@@ -358,7 +378,9 @@ def _strangers(snap: Snapshot | None, policy: Policy) -> int:
         return 0
     trusted, allow = snap.trusted, policy.allow
     return sum(
-        s.established for p, s in snap.sources.items() if s.established and p not in trusted and not allow.intersects(p)
+        s.established
+        for p, s in holding(snap.sources).items()
+        if s.established and p not in trusted and not allow.intersects(p)
     )
 
 

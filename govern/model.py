@@ -1,17 +1,24 @@
 """The values that flow through observe -> decide -> act: Snapshot in, Plan out, State remembered.
 
 Everything here is plain data. Per-source records are NamedTuples because the observer makes one per connecting
-source every tick; the rest are frozen dataclasses.
+source every tick; the rest are frozen dataclasses. A snapshot's sources that hold no socket (a flood can bring a
+million, seen only by their connection attempts) are numpy columns instead (`Sources`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import sys
+from collections.abc import ItemsView, Iterator, Mapping, ValuesView
 from dataclasses import dataclass, field
 from enum import StrEnum
+from itertools import chain
 from typing import NamedTuple
 
+import numpy as np
+import numpy.typing as npt
+
 from govern.addr import Prefix
+from govern.keys import Keys, empty_keys
 
 
 class SourceStats(NamedTuple):
@@ -24,6 +31,118 @@ class SourceStats(NamedTuple):
     max_idle_ms: int = 0  # the longest such wait, in ms
     new: int = 0  # connection attempts (SYNs) since the previous snapshot, counted in the kernel
     new_per_minute: int = 0  # connection attempts over the last 60 s
+
+
+class Attempts(NamedTuple):
+    """Sources seen only by their connection attempts, as columns: the sources are the `listed` rows of `keys`.
+
+    The keys may be the rate window's own columns (govern.keys.KeyTable never rewrites a row, it only appends), so a
+    snapshot costs the window 17 bytes a source rather than a copy of each address."""
+
+    keys: Keys
+    listed: npt.NDArray[np.bool_]
+    new: npt.NDArray[np.int64]  # SourceStats.new, by row
+    per_minute: npt.NDArray[np.int64]  # SourceStats.new_per_minute, by row
+
+    @staticmethod
+    def none() -> Attempts:
+        return Attempts(empty_keys(), np.zeros(0, np.bool_), np.zeros(0, np.int64), np.zeros(0, np.int64))
+
+
+class Sources(Mapping[Prefix, SourceStats]):
+    """A snapshot's sources: those holding sockets as records (`records`), the others, which only connected
+    (`attempts`: up to a million in a flood), as columns. Read as a Mapping, a row of the columns is
+    SourceStats(new=..., new_per_minute=...) and comes after the records.
+
+    Going over the whole Mapping makes a Prefix and a record per row: code that looks at every source each tick
+    asks `records` (the only sources with sockets) and `over(limit)` or `top(n)` (the rows that could matter)."""
+
+    __slots__ = ("_rows", "attempts", "records")
+
+    def __init__(self, records: Mapping[Prefix, SourceStats], attempts: Attempts | None = None) -> None:
+        self.records = records  # disjoint from the rows of `attempts`
+        self.attempts = attempts if attempts is not None else Attempts.none()
+        self._rows = int(np.count_nonzero(self.attempts.listed))
+
+    def __len__(self) -> int:
+        return len(self.records) + self._rows
+
+    def __iter__(self) -> Iterator[Prefix]:
+        return chain(self.records, self.attempts.keys.prefixes(np.flatnonzero(self.attempts.listed).tolist()))
+
+    def _find(self, p: object) -> int:
+        if not isinstance(p, Prefix):
+            return -1
+        row = self.attempts.keys.find(p)
+        return row if row >= 0 and self.attempts.listed[row] else -1
+
+    def __contains__(self, p: object) -> bool:
+        return p in self.records or self._find(p) >= 0
+
+    def __getitem__(self, p: Prefix) -> SourceStats:
+        hit = self.records.get(p)
+        if hit is not None:
+            return hit
+        row = self._find(p)
+        if row < 0:
+            raise KeyError(p)
+        return SourceStats(new=int(self.attempts.new[row]), new_per_minute=int(self.attempts.per_minute[row]))
+
+    def items(self) -> ItemsView[Prefix, SourceStats]:
+        return _Items(self)
+
+    def values(self) -> ValuesView[SourceStats]:
+        return _Values(self)
+
+    def rows(self, rows: npt.NDArray[np.intp]) -> list[tuple[Prefix, SourceStats]]:
+        """The given (listed) rows of the columns as (source, record), in the order given."""
+        at = rows.tolist()
+        new, per_minute = self.attempts.new[rows].tolist(), self.attempts.per_minute[rows].tolist()
+        make = tuple.__new__
+        return [
+            (p, make(SourceStats, (0, 0, 0, 0, 0, n, m)))
+            for p, n, m in zip(self.attempts.keys.prefixes(at), new, per_minute, strict=True)
+        ]
+
+    def over(self, per_minute: int) -> list[tuple[Prefix, SourceStats]]:
+        """The rows with more than `per_minute` attempts in the last minute, in row order."""
+        return self.rows(np.flatnonzero(self.attempts.listed & (self.attempts.per_minute > per_minute)))
+
+    def top(self, n: int) -> list[tuple[Prefix, SourceStats]]:
+        """The `n` rows with the most attempts in the last minute, most first, ties in row order."""
+        listed = np.flatnonzero(self.attempts.listed)
+        if n <= 0 or not listed.size:
+            return []
+        counts = self.attempts.per_minute[listed]
+        if n < counts.size:
+            cut = np.partition(counts, counts.size - n)[counts.size - n]
+            pick = np.flatnonzero(counts >= cut)
+        else:
+            pick = np.arange(counts.size)
+        return self.rows(listed[pick[np.lexsort((pick, -counts[pick]))][:n]])
+
+
+class _Items(ItemsView[Prefix, SourceStats]):
+    _mapping: Sources
+
+    def __iter__(self) -> Iterator[tuple[Prefix, SourceStats]]:
+        src = self._mapping
+        yield from src.records.items()
+        yield from src.rows(np.flatnonzero(src.attempts.listed))
+
+
+class _Values(ValuesView[SourceStats]):
+    _mapping: Sources
+
+    def __iter__(self) -> Iterator[SourceStats]:
+        for _p, s in self._mapping.items():
+            yield s
+
+
+def holding(sources: Mapping[Prefix, SourceStats]) -> Mapping[Prefix, SourceStats]:
+    """The sources that may hold sockets: a Sources' records (its other rows hold none), any other Mapping whole.
+    For sums and searches over sockets, which the rows would only add zeros to."""
+    return sources.records if isinstance(sources, Sources) else sources
 
 
 class ListenerStats(NamedTuple):
@@ -269,22 +388,24 @@ class State:
         for p in plan.forget:
             self.offenders.pop(p, None)
         for a in plan.actions:
+            # A flood's sources break the same limits by similar counts: their reasons repeat, and each kept
+            # entry holds the one string (~130 bytes a block at a million).
             if a.kind is ActionKind.BLOCK or a.kind is ActionKind.EXTEND:
                 old = self.blocks.get(a.prefix)
                 since = old.since if (old and a.kind is ActionKind.EXTEND) else now
                 manual = old.manual if (old and a.kind is ActionKind.EXTEND) else a.manual
-                self.blocks[a.prefix] = Block(a.prefix, a.reason, since, a.until, a.offences, manual)
+                self.blocks[a.prefix] = Block(a.prefix, sys.intern(a.reason), since, a.until, a.offences, manual)
                 self.throttles.pop(a.prefix, None)
                 if a.offences:
                     self.offenders[a.prefix] = Offender(a.offences, now)
             elif a.kind is ActionKind.THROTTLE:
-                self.throttles[a.prefix] = Throttle(a.prefix, a.reason, now, a.until, a.tight)
+                self.throttles[a.prefix] = Throttle(a.prefix, sys.intern(a.reason), now, a.until, a.tight)
             elif a.kind is ActionKind.UNBLOCK:
                 self.blocks.pop(a.prefix, None)
             elif a.kind is ActionKind.UNTHROTTLE:
                 self.throttles.pop(a.prefix, None)
             elif a.kind is ActionKind.TARPIT:
-                self.tarpits[a.prefix] = Tarpitted(a.prefix, a.reason, now, a.until)
+                self.tarpits[a.prefix] = Tarpitted(a.prefix, sys.intern(a.reason), now, a.until)
             elif a.kind is ActionKind.UNTARPIT:
                 self.tarpits.pop(a.prefix, None)
 

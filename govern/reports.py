@@ -13,7 +13,7 @@ from govern.addr import Prefix, PrefixSet, group_key
 from govern.allow.entries import AllowEntry, by_prefix
 from govern.core.decide import most_prolific
 from govern.errors import GovernError
-from govern.model import Block, SessionInfo, State
+from govern.model import Block, SessionInfo, State, holding
 
 if TYPE_CHECKING:
     from govern.daemon import Governor
@@ -155,7 +155,7 @@ def status(gov: Governor, top: int = 10) -> dict[str, Any]:
         "ticks": gov.ticks,
         "last_tick_ms": round(gov.last_tick_ms, 2),
         "sources": len(sources),
-        "sockets": sum(s.held for s in sources.values()),
+        "sockets": sum(s.held for s in holding(sources).values()),
         "top": [
             {"source": str(p), **s._asdict(), **traffic.get(p, _NO_BYTES), "standing": standing(p)} for p, s in ranked
         ],
@@ -167,6 +167,7 @@ def status(gov: Governor, top: int = 10) -> dict[str, Any]:
         "slots": _slots(gov),
         "postscreen": gov.postscreen,
         "tarpit": gov.tarpit_unsupported or f"ready ({gov.tarpit.name if gov.tarpit else '-'})",
+        "unavailable": dict(gov.enforcer.unavailable()),
         "allowlist": len(gov.policy.allow),
         "allowlist_sources": gov.allow.status() if gov.allow is not None else [],
         "trust": gov.trust.status() if gov.trust is not None else {},
@@ -215,12 +216,12 @@ def _slots(gov: Governor) -> dict[str, int]:
     if snap is None:
         return {"established": 0, "strangers": 0}
     trusted = gov.trusted()
+    held = holding(snap.sources)
+    allow = gov.policy.allow
     strangers = sum(
-        s.established
-        for p, s in snap.sources.items()
-        if s.established and p not in trusted and not gov.policy.allow.intersects(p)
+        s.established for p, s in held.items() if s.established and p not in trusted and not allow.intersects(p)
     )
-    return {"established": sum(s.established for s in snap.sources.values()), "strangers": strangers}
+    return {"established": sum(s.established for s in held.values()), "strangers": strangers}
 
 
 def allowlist(gov: Governor) -> list[dict[str, Any]]:

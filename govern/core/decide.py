@@ -17,6 +17,7 @@ from __future__ import annotations
 import heapq
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from itertools import chain
 
 from govern.addr import Prefix
 from govern.core.aggregate import aggregate
@@ -25,7 +26,7 @@ from govern.core.modes import measure, next_mode
 from govern.core.policy import Policy
 from govern.durations import format_duration
 from govern.errors import RefusedError
-from govern.model import Action, ActionKind, Block, Cut, Mode, Plan, Snapshot, SourceStats, State
+from govern.model import Action, ActionKind, Block, Cut, Mode, Plan, Snapshot, Sources, SourceStats, State, holding
 
 
 def decide(snap: Snapshot, state: State, policy: Policy, now: float) -> Plan:
@@ -64,7 +65,7 @@ def decide(snap: Snapshot, state: State, policy: Policy, now: float) -> Plan:
     conn, new = limits.max_connections, limits.max_new_per_minute
     cut_ms = cut_after * 1000 if cut_after is not None else float("inf")
     near = conn / 2 if tarpit_room > 0 else float("inf")
-    for p, s in snap.sources.items():
+    for p, s in _to_judge(snap.sources, conn, new, cut_ms):
         held = s.held
         if held <= conn and s.new_per_minute <= new and s.max_idle_ms < cut_ms and (held < near or not s.idle):
             continue
@@ -125,6 +126,19 @@ def decide(snap: Snapshot, state: State, policy: Policy, now: float) -> Plan:
     return Plan(tuple(actions), mode=new_mode, cuts=tuple(cuts))
 
 
+def _to_judge(
+    sources: Mapping[Prefix, SourceStats], conn: int, new: int, cut_ms: float
+) -> Iterable[tuple[Prefix, SourceStats]]:
+    """The sources that may fail decide's first test (under every limit and near none). The rows of a Sources'
+    columns hold no sockets (held, idle and the longest wait are 0): for them that test is `conn >= 0 and cut_ms > 0`
+    and their attempts in the last minute, so only the rows over `new` are made into records."""
+    if not isinstance(sources, Sources):
+        return sources.items()
+    if conn >= 0 and cut_ms > 0:
+        return chain(sources.records.items(), sources.over(new))
+    return sources.items()
+
+
 # The actions that punish a source: every one passes govern.core.guard.
 PUNISH = frozenset({ActionKind.BLOCK, ActionKind.EXTEND, ActionKind.THROTTLE, ActionKind.TARPIT})
 
@@ -157,7 +171,7 @@ def shed(snap: Snapshot, state: State, policy: Policy, acted_on: set[Prefix]) ->
     strangers: list[tuple[int, Prefix]] = []
     singles: list[Prefix] = []
     held = 0
-    for p, s in snap.sources.items():
+    for p, s in holding(snap.sources).items():
         if not s.established or p in trusted or policy.allow.intersects(p):
             continue
         held += s.established
@@ -205,7 +219,9 @@ def prolific(s: SourceStats) -> tuple[int, int]:
 
 def most_prolific(sources: Mapping[Prefix, SourceStats], n: int) -> list[tuple[Prefix, SourceStats]]:
     """The `n` most prolific sources, most first (the wave blocks them; `govern status` shows them)."""
-    return heapq.nlargest(n, sources.items(), key=lambda kv: prolific(kv[1]))
+    # The columns of a Sources hold no sockets: of them only the `n` with the most attempts can rank.
+    every = chain(sources.records.items(), sources.top(n)) if isinstance(sources, Sources) else sources.items()
+    return heapq.nlargest(n, every, key=lambda kv: prolific(kv[1]))
 
 
 @dataclass(frozen=True, slots=True)

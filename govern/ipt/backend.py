@@ -108,6 +108,9 @@ class IptBackend:
 
         return forget(prefixes, self.ports)
 
+    def unavailable(self) -> Mapping[str, str]:
+        return {}
+
     def changed(self) -> str | None:
         if self.made is None:
             return None

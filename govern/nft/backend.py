@@ -107,6 +107,9 @@ class NftBackend:
         log.info("restored %d elements into the kernel, adopted %d found there", restored, len(adopted))
         return Plan(tuple(adopted))
 
+    def unavailable(self) -> Mapping[str, str]:
+        return {}
+
     def changed(self) -> str | None:
         if self.made is None:
             return None

@@ -6,15 +6,21 @@ behind it no longer does.
 
 Each block in the maps carries its expiry (CLOCK_MONOTONIC, compared with bpf_ktime_get_ns by the program), so a
 block lapses in XDP by itself if the daemon dies, as it does in the firewall's sets. See docs/xdp.md.
+
+XDP is a fast path in front of a firewall that already protects: when it cannot start (no bpf filesystem, a driver
+or kernel that refuses the program, a missing capability) the firewall goes on alone, and `unavailable` says why
+for the log, `govern status` and the metrics. Each `setup` (start, reload, repair) tries again.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Mapping, Sequence
 
 from govern.addr import Prefix, group_key
 from govern.edges import Enforcer
+from govern.errors import GovernError
 from govern.model import ActionKind, FirewallSpec, Plan, State
 from govern.xdp.loader import XdpProgram, attached, detach_all, unpin
 
@@ -27,24 +33,48 @@ class XdpLayer:
         self.ifaces = tuple(ifaces)
         self.pin_root = pin_root
         self.prog: XdpProgram | None = None
+        self.off: str | None = None
         self.v4_len, self.v6_len = 32, 64
 
     def setup(self, spec: FirewallSpec, allow: Sequence[Prefix], state: State, now: float) -> Plan:
         adopted = self.inner.setup(spec, allow, state, now)
         self.v4_len, self.v6_len = spec.v4_len, spec.v6_len
-        if self.prog is not None:  # a reload, or objects restored after someone removed them
-            self.prog.close()
-        self.prog = self._make()
-        self.prog.set_ports(spec.ports)
+        self._drop()  # a reload, or objects restored after someone removed them
+        try:
+            self._start(spec, allow, state, adopted, now)
+        except (GovernError, OSError) as exc:
+            self._drop()
+            # A program left attached (by an earlier run, or before the failure) would go on dropping from maps
+            # nobody updates: an operator's unblock would not reach it.
+            with contextlib.suppress(GovernError, OSError):
+                detach_all(self.ifaces)
+            self.off = str(exc) if isinstance(exc, GovernError) else f"{exc.strerror}: {exc.filename}"
+            self.name = self.inner.name
+        else:
+            self.off = None
+            self.name = f"xdp+{self.inner.name}"
+        return adopted
+
+    def _start(self, spec: FirewallSpec, allow: Sequence[Prefix], state: State, adopted: Plan, now: float) -> None:
+        self.prog = prog = self._make()
+        prog.set_ports(spec.ports)
         self.set_allow(allow)
         wanted = {p: b.until - now for p, b in state.blocks.items() if b.until > now}
         wanted |= {a.prefix: a.until - now for a in adopted.actions if a.kind is ActionKind.BLOCK}
-        held = self.prog.prefixes("block")
+        prog.tidy()
+        held = prog.prefixes("block")
         # Every wanted block is written again: its time left comes from the state, whatever the map held.
-        self.prog.update("block", wanted, held - set(wanted))
-        self.prog.detach()
-        self.prog.attach(self.ifaces)
-        return adopted
+        prog.update("block", wanted, held - set(wanted))
+        prog.detach()
+        prog.attach(self.ifaces)
+
+    def _drop(self) -> None:
+        if self.prog is not None:
+            self.prog.close()
+            self.prog = None
+
+    def unavailable(self) -> Mapping[str, str]:
+        return {**self.inner.unavailable(), **({"xdp": self.off} if self.off is not None else {})}
 
     def set_allow(self, allow: Sequence[Prefix]) -> None:
         self.inner.set_allow(allow)

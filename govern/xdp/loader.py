@@ -68,6 +68,7 @@ def _check(rc: int, what: str) -> int:
 
 
 ALL_MAPS: tuple[str, ...] = (maps.MAP_ALLOW4, maps.MAP_ALLOW6, maps.MAP_BLOCK4, maps.MAP_BLOCK6)
+ALL_MAPS += (maps.MAP_HOST4, maps.MAP_HOST6, maps.MAP_NET6)
 ALL_MAPS += (maps.MAP_SYNS, maps.MAP_STATS, maps.MAP_PORTS)
 
 
@@ -86,7 +87,14 @@ class XdpProgram:
         try:
             # Maps pinned by an earlier run are reused (libbpf reuses a pin at its pin path), so blocks survive a
             # restart of the daemon just as the firewall's sets do.
-            self.pin_root.mkdir(parents=True, exist_ok=True)
+            try:
+                self.pin_root.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise KernelError(
+                    f"cannot make {self.pin_root} for the XDP maps' pins: {exc.strerror} (is a bpf filesystem "
+                    "mounted at /sys/fs/bpf? `mount -t bpf bpf /sys/fs/bpf`)",
+                    exc.errno or 0,
+                ) from None
             for name in ALL_MAPS:
                 m = b.bpf_object__find_map_by_name(self.obj, name.encode())
                 _check(b.bpf_map__set_pin_path(m, str(self.pin_root / name).encode()), f"pin path of map {name}")
@@ -116,20 +124,22 @@ class XdpProgram:
             self._update(maps.MAP_PORTS, ctypes.c_uint16(p), ctypes.c_uint8(1))
 
     def update(self, kind: str, add: Iterable[Prefix] | Mapping[Prefix, float], remove: Iterable[Prefix] = ()) -> None:
-        """Add and remove prefixes of an allow or block map (`kind` is "allow" or "block"); removes first.
+        """Add and remove prefixes of the allow or block maps (`kind` is "allow" or "block"); removes first.
 
         Blocks given as a mapping lapse in the kernel after that many seconds (the program compares with
-        bpf_ktime_get_ns); as a plain iterable, never. LPM tries have no batch operation in the kernel: one syscall
-        per element, ~1 us each.
+        bpf_ktime_get_ns); as a plain iterable, never. Blocks of hosts and IPv6 /64s go into hash maps, others into
+        the LPM tries (maps.block_key). The kernel has no batch operation for LPM tries: one syscall per element,
+        ~1 us each, whatever the map holds.
         """
         for p in remove:
-            self._delete(f"{kind}{p.version}", maps.lpm_key(p), missing_ok=True)
+            name, key = maps.block_key(p) if kind == "block" else (f"{kind}{p.version}", maps.lpm_key(p))
+            self._delete(name, key, missing_ok=True)
         left = add if isinstance(add, Mapping) else dict.fromkeys(add, 0.0)
         now_ns = time.monotonic_ns()  # CLOCK_MONOTONIC, as bpf_ktime_get_ns
         for p, seconds in left.items():
             if kind == "block":
                 expires = now_ns + max(1, int(seconds * 1e9)) if seconds > 0 else 0
-                self._update(f"block{p.version}", maps.lpm_key(p), maps.BlockValue(expires))
+                self._update(*maps.block_key(p), maps.BlockValue(expires))
             else:
                 self._update(f"{kind}{p.version}", maps.lpm_key(p), ctypes.c_uint8(1))
 
@@ -138,7 +148,22 @@ class XdpProgram:
         for v, struct in ((4, maps.Lpm4), (6, maps.Lpm6)):
             for k in self._keys(f"{kind}{v}", struct):
                 out.add(Prefix.from_packed(bytes(k.addr), k.prefixlen))
+        if kind == "block":
+            out.update(Prefix.from_packed(bytes(k.addr)) for k in self._keys(maps.MAP_HOST4, maps.Host4))
+            out.update(Prefix.from_packed(bytes(k.addr)) for k in self._keys(maps.MAP_HOST6, maps.Host6))
+            out.update(Prefix.from_packed(bytes(k.addr) + bytes(8), 64) for k in self._keys(maps.MAP_NET6, maps.Net64))
         return out
+
+    def tidy(self) -> int:
+        """Delete the blocks of hosts and /64s that maps pinned by an earlier version hold in the LPM tries (the
+        caller writes them again, into the hash maps); returns how many."""
+        n = 0
+        for v, struct in ((4, maps.Lpm4), (6, maps.Lpm6)):
+            for k in self._keys(f"block{v}", struct):
+                if maps.hashed(Prefix.from_packed(bytes(k.addr), k.prefixlen)):
+                    self._delete(f"block{v}", k, missing_ok=True)
+                    n += 1
+        return n
 
     def syn_counts(self) -> dict[Prefix, int]:
         out: dict[Prefix, int] = {}

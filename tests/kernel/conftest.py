@@ -51,3 +51,15 @@ def pin_root(tmp_path: Path) -> Iterator[str]:
         yield str(mnt / "govern")
     finally:
         subprocess.run(["umount", str(mnt)], check=False)
+
+
+@pytest.fixture(scope="session")
+def deb(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """govern's Debian package built from this tree by .ci/build-deb, once for the tests that install it."""
+    out = tmp_path_factory.mktemp("dist")
+    repo = Path(__file__).parents[2]
+    built = subprocess.run(
+        ["bash", str(repo / ".ci" / "build-deb"), str(out)], capture_output=True, text=True, timeout=600
+    )
+    assert built.returncode == 0, built.stderr[-2000:]
+    return built.stdout.strip().splitlines()[-1]

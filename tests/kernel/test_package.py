@@ -10,7 +10,6 @@ from pathlib import Path
 from tests.kernel.daemon_harness import write_config
 from tests.netns import Lab
 
-REPO = Path(__file__).parents[2]
 INSTALLED = ("/usr/lib/govern", "/usr/sbin/govern", "/lib/systemd/system/govern.service", "/etc/govern/govern.toml")
 
 
@@ -18,11 +17,8 @@ def run(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     return subprocess.run(args, capture_output=True, text=True, timeout=timeout)
 
 
-def test_the_package_installs_runs_and_purges(lab: Lab, pin_root: str, tmp_path: Path) -> None:
+def test_the_package_installs_runs_and_purges(lab: Lab, pin_root: str, tmp_path: Path, deb: str) -> None:
     assert run("dpkg-query", "-W", "govern").returncode != 0, "a govern package is installed already"
-    built = run("bash", str(REPO / ".ci" / "build-deb"), str(tmp_path / "dist"))
-    assert built.returncode == 0, built.stderr[-2000:]
-    deb = built.stdout.strip().splitlines()[-1]
     saved = None
     if Path("/etc/govern").exists():  # an operator's config on this host: kept aside, and put back
         saved = tmp_path / "etc-govern"

@@ -6,6 +6,7 @@ outside the test's namespaces and mount is touched.
 
 from __future__ import annotations
 
+import ctypes
 import subprocess
 import time
 from collections.abc import Iterator
@@ -73,6 +74,43 @@ def test_blocked_sources_dropped_at_xdp_and_allow_wins(lab: Lab, xdp: XdpProgram
         assert xdp.prefixes("block") == {P("198.18.1.0/24"), P("2001:db8:bad:1::/64")}
         xdp.update("block", [], [P("198.18.1.0/24")])
         assert passes(lab, "198.18.1.5"), "a released prefix is still dropped"
+    finally:
+        listener.close()
+
+
+def test_hosts_and_ipv6_64s_are_blocked_through_the_hash_maps(lab: Lab, xdp: XdpProgram) -> None:
+    """Hosts and IPv6 /64s live in hash maps (O(1) to add, whatever is held), other prefixes in the tries; the
+    allowlist still wins, and a lapsed host entry leaves a live covering prefix in force."""
+    from govern.xdp import maps
+    from govern.xdp.loader import lib
+
+    listener = Listener(lab.mx, 25)
+    try:
+        host4, host6, wide = P("198.18.5.5"), P("2001:db8:bad:7::5"), P("198.18.6.0/24")
+        net64 = P("2001:db8:bad:8::/64")
+        xdp.update("block", {host4: 0.0, host6: 0.0, net64: 0.0, wide: 0.0, P("198.18.6.9"): 1.0})
+        assert {maps.block_key(p)[0] for p in (host4, host6, net64, wide)} == {"host4", "host6", "net6", "block4"}
+        assert len(xdp._keys("host4", maps.Host4)) == 2 and len(xdp._keys("net6", maps.Net64)) == 1
+        assert xdp.prefixes("block") == {host4, host6, net64, wide, P("198.18.6.9")}
+        assert not passes(lab, "198.18.5.5")
+        assert not passes(lab, "2001:db8:bad:7::5")
+        assert not passes(lab, "2001:db8:bad:8::77")  # inside the /64
+        assert passes(lab, "2001:db8:bad:9::5")  # the next /64
+        assert passes(lab, "198.18.5.6")
+        time.sleep(1.1)
+        assert not passes(lab, "198.18.6.9"), "a lapsed host entry lifted the live /24 that covers it"
+        xdp.update("allow", [P("198.18.5.5")])
+        assert passes(lab, "198.18.5.5"), "the allowlist did not win over a host block"
+        xdp.update("allow", [], [P("198.18.5.5")])
+        xdp.update("block", [], [host4, net64])
+        assert passes(lab, "198.18.5.5") and passes(lab, "2001:db8:bad:8::77"), "a released block still drops"
+        # Maps pinned by an earlier version held hosts in the tries: tidy moves them out, the caller writes them back.
+        old = maps.lpm_key(P("198.18.5.7"))
+        value = maps.BlockValue(0)
+        fd = xdp.fds["block4"]
+        assert lib().bpf_map_update_elem(fd, ctypes.byref(old), ctypes.byref(value), 0) == 0
+        assert xdp.tidy() == 1
+        assert not any(k.prefixlen == 32 for k in xdp._keys("block4", maps.Lpm4))
     finally:
         listener.close()
 

@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from unittest.mock import patch
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from govern.addr import Prefix
+from govern.keys import keys_of
+from govern.observe import rates
 from govern.observe.netstat import deltas, parse
-from govern.observe.rates import RateWindow
+from govern.observe.rates import WINDOW, RateWindow
 
 A = Prefix.parse("198.18.0.1")
 B = Prefix.parse("198.18.0.2")
@@ -56,3 +64,128 @@ def test_netstat_parse_and_deltas() -> None:
     after = dict(before, ListenOverflows=25, ListenDrops=30)
     d = deltas(before, after)
     assert d["ListenOverflows"] == 15 and d["ListenDrops"] == 18 and d["SyncookiesSent"] == 0
+
+
+class ReferenceWindow:
+    """The rate window as it was before its columns (dicts of Prefix objects, a 3-item list per source): the model
+    the compact RateWindow must match exactly."""
+
+    def __init__(self) -> None:
+        self._last: dict[Prefix, int] = {}
+        self._buckets: dict[Prefix, list[float]] = {}
+
+    def update(self, cumulative: Mapping[Prefix, int], now: float) -> dict[Prefix, tuple[int, int]]:
+        last = self._last
+        out: dict[Prefix, tuple[int, int]] = {}
+        for p, total in cumulative.items():
+            before = last.get(p)
+            delta = total if before is None or total < before else total - before
+            b = self._buckets.get(p)
+            if b is None:
+                b = self._buckets[p] = [now, 0.0, 0.0]
+            self._roll(b, now)
+            b[1] += delta
+            out[p] = (delta, self._estimate(b, now))
+        self._last = dict(cumulative)
+        for p, b in list(self._buckets.items()):
+            if p in out:
+                continue
+            self._roll(b, now)
+            if b[1] == 0 and b[2] == 0:
+                del self._buckets[p]
+            else:
+                out[p] = (0, self._estimate(b, now))
+        return out
+
+    @staticmethod
+    def _roll(b: list[float], now: float) -> None:
+        elapsed = now - b[0]
+        if elapsed >= 2 * WINDOW:
+            b[0], b[1], b[2] = now, 0.0, 0.0
+        elif elapsed >= WINDOW:
+            b[0], b[2], b[1] = b[0] + WINDOW, b[1], 0.0
+
+    @staticmethod
+    def _estimate(b: list[float], now: float) -> int:
+        into = min(max(now - b[0], 0.0), WINDOW)
+        return round(b[1] + b[2] * (WINDOW - into) / WINDOW)
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+
+# A small pool of sources, so that they come, go and come back: IPv4 hosts and prefixes, IPv6 /64s and /128s whose
+# values use both 64-bit halves, and two sources whose values differ only in a half or in the length.
+POOL = [
+    Prefix.parse("198.18.0.1"),
+    Prefix.parse("198.18.0.2"),
+    Prefix.parse("198.18.0.0/24"),
+    Prefix.parse("198.18.0.0/23"),
+    Prefix.parse("0.0.0.0/0"),
+    Prefix.parse("255.255.255.255"),
+    Prefix.parse("2001:db8:bad::/64"),
+    Prefix.parse("2001:db8:bad:0:ffff:ffff:ffff:ffff"),
+    Prefix.parse("2001:db8:bad::1"),
+    Prefix.parse("::1"),
+    Prefix.parse("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"),
+    Prefix(6, 0xC6120001, 128),  # ::198.18.0.1: the IPv4 host's value under another version
+]
+
+ticks = st.lists(
+    st.tuples(
+        # time steps: mostly under a window, some across one or two, sometimes backwards
+        st.one_of(st.floats(0.0, 30.0), st.sampled_from([0.0, 59.999, 60.0, 60.5, 119.0, 120.0, 200.0, -5.0])),
+        st.dictionaries(st.sampled_from(POOL), st.integers(0, 2**40), max_size=len(POOL)),
+    ),
+    max_size=40,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(ticks, st.floats(0.0, 2e9))
+def test_compact_window_matches_the_reference(seq: list[tuple[float, dict[Prefix, int]]], t0: float) -> None:
+    new, ref = RateWindow(), ReferenceWindow()
+    now = t0
+    for step, counts in seq:
+        now += step
+        assert new.update(counts, now) == ref.update(counts, now)
+        assert len(new) == len(ref)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 3000), st.integers(0, 3000), st.integers(1, 130)), min_size=1, max_size=12))
+def test_compact_window_matches_the_reference_through_growth_and_compaction(
+    seq: list[tuple[int, int, int]],
+) -> None:
+    """Thousands of sources coming and going: the table grows, and rows no longer tracked are dropped (renumbered;
+    from 16 of them here, so that it happens often)."""
+    new, ref = RateWindow(), ReferenceWindow()
+    now = 1_700_000_000.0
+    with patch.object(rates, "_COMPACT_MIN", 16):
+        for lo, span, step in seq:
+            now += step
+            counts = {Prefix(4, 0xC6120000 + i, 32): (i * 7 + int(now)) % 50 for i in range(lo, lo + span)}
+            assert new.update(counts, now) == ref.update(counts, now)
+            assert len(new) == len(ref)
+
+
+def test_rows_no_longer_tracked_are_dropped() -> None:
+    w = RateWindow()
+    c = Prefix.parse("198.51.100.7")
+    many = {Prefix(4, 0xC6130000 + i, 32): 1 for i in range(10_000)}
+    w.update(many, 0.0)
+    w.update({c: 1}, 1.0)
+    assert w.keys().size == 10_001
+    w.update({c: 1}, 200.0)  # the 10,000 ran out of their window: their rows go, c's is renumbered
+    assert len(w) == 1 and w.keys().prefixes() == [c]
+    assert w.update({c: 3}, 201.0) == {c: (2, 2)}
+
+
+def test_advance_gives_columns_by_row() -> None:
+    w = RateWindow()
+    w.update({A: 5, B: 1}, 0.0)
+    r = w.advance({A: 8}, 1.0)
+    rows = w.find(keys_of([A, B]))
+    assert r.tracked[rows].tolist() == [True, True]
+    assert r.new[rows].tolist() == [3, 0] and r.per_minute[rows].tolist() == [8, 1]
+    assert w.keys().prefixes(rows.tolist()) == [A, B]

@@ -27,10 +27,11 @@ def structs() -> dict[str, list[tuple[str, str, int]]]:
 
 def test_map_names_and_constants_match() -> None:
     d = defines()
-    for name in ("ALLOW4", "ALLOW6", "BLOCK4", "BLOCK6", "SYNS", "STATS", "PORTS"):
+    for name in ("ALLOW4", "ALLOW6", "BLOCK4", "BLOCK6", "HOST4", "HOST6", "NET6", "SYNS", "STATS", "PORTS"):
         assert d[f"MAP_{name}"] == f'"{getattr(maps, f"MAP_{name}")}"', name
     assert d["PROG"] == f'"{maps.PROG}"'
-    for name in ("PREFIXES_MAX", "SOURCES_MAX", "PORTS_MAX", "PASS_ALLOW", "DROP_BLOCK", "PASS_OTHER", "REASONS"):
+    limits = ("PREFIXES_MAX", "HOSTS_MAX", "SOURCES_MAX", "PORTS_MAX")
+    for name in (*limits, "PASS_ALLOW", "DROP_BLOCK", "PASS_OTHER", "REASONS"):
         assert int(d[name]) == getattr(maps, name), name
 
 
@@ -49,5 +50,5 @@ def test_structs_match_field_for_field() -> None:
 
 def test_the_parser_sees_every_struct() -> None:
     # A header edit the regular expressions no longer read must fail here rather than pass vacuously.
-    assert HEADER.count("struct govern_") == len(structs()) == 5
+    assert HEADER.count("struct govern_") == len(structs()) == 8
     assert all(structs().values())

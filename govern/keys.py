@@ -1,0 +1,188 @@
+"""Sources as numpy columns instead of Python objects, and the table that finds a source's row.
+
+A flood can bring a million sources. As Python objects each costs ~200 bytes before anything is known of it (a
+Prefix, its int, a dict slot); as a row of columns it costs 18: the address as two 64-bit halves and a tag (version
+and length). `KeyTable` finds rows by address in an open-addressing table of row numbers (4 bytes a slot, at most
+half full), looked up and filled a whole batch at a time, so a tick's work is a few vectorised passes rather than a
+Python step per source.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from itertools import chain
+from typing import NamedTuple
+
+import numpy as np
+import numpy.typing as npt
+
+from govern.addr import Prefix
+
+U64 = npt.NDArray[np.uint64]
+U16 = npt.NDArray[np.uint16]
+Rows = npt.NDArray[np.intp]
+
+_M64 = (1 << 64) - 1
+_EMPTY = -1
+# Multipliers of the hash (odd 64-bit constants from splitmix64 and the golden ratio): sequential addresses, the
+# common case in a flood from one range, spread over the whole table.
+_K1 = np.uint64(0x9E3779B97F4A7C15)
+_K2 = np.uint64(0xBF58476D1CE4E5B9)
+_K3 = np.uint64(0x94D049BB133111EB)
+_S29 = np.uint64(29)
+_S32 = np.uint64(32)
+
+
+class Keys(NamedTuple):
+    """Addresses as columns: row i is Prefix(tag[i] >> 8, hi[i] << 64 | lo[i], tag[i] & 0xFF)."""
+
+    hi: U64
+    lo: U64
+    tag: U16  # version << 8 | length
+
+    @property
+    def size(self) -> int:
+        """The number of rows."""
+        return int(self.tag.shape[0])
+
+    def take(self, rows: Rows) -> Keys:
+        return Keys(self.hi[rows], self.lo[rows], self.tag[rows])
+
+    def prefix(self, row: int) -> Prefix:
+        tag = int(self.tag[row])
+        return Prefix(tag >> 8, int(self.hi[row]) << 64 | int(self.lo[row]), tag & 0xFF)
+
+    def prefixes(self, rows: Sequence[int] | Rows | None = None) -> list[Prefix]:
+        """The Prefix of each of `rows` (all of them by default), made afresh: for the few a caller needs as
+        objects."""
+        keys = self if rows is None else self.take(np.asarray(rows, np.intp))
+        hi, lo, tag = keys.hi.tolist(), keys.lo.tolist(), keys.tag.tolist()
+        return [Prefix(t >> 8, h << 64 | v, t & 0xFF) for h, v, t in zip(hi, lo, tag, strict=True)]
+
+    def find(self, p: Prefix) -> int:
+        """The row of `p` by a pass over every row (for one-off questions such as `govern why`), or -1."""
+        hit = np.flatnonzero((self.lo == p.value & _M64) & (self.hi == p.value >> 64) & (self.tag == _tag(p)))
+        return int(hit[0]) if hit.size else -1
+
+
+def _tag(p: Prefix) -> int:
+    return p.version << 8 | p.length
+
+
+def empty_keys(n: int = 0) -> Keys:
+    return Keys(np.zeros(n, np.uint64), np.zeros(n, np.uint64), np.zeros(n, np.uint16))
+
+
+def keys_of(prefixes: Collection[Prefix]) -> Keys:
+    """The columns of `prefixes`, in their order. ~160 ns a source: one pass unpacks every Prefix, then numpy splits
+    the values (object arrays of Python ints, so IPv6's 128 bits survive)."""
+    n = len(prefixes)
+    if not n:
+        return empty_keys()
+    flat = np.fromiter(chain.from_iterable(prefixes), dtype=object, count=3 * n)
+    values = flat[1::3]
+    tag = (flat[0::3] * 256 + flat[2::3]).astype(np.uint16)
+    return Keys((values >> 64).astype(np.uint64), (values & _M64).astype(np.uint64), tag)
+
+
+def _hash(keys: Keys) -> U64:
+    """Mixes every bit of the key into the top bits (the table's slot is the top `bits`): each half is folded in,
+    multiplied (which carries low bits up) and shifted down (which brings high bits back)."""
+    with np.errstate(over="ignore"):
+        h = keys.hi * _K1
+        h ^= h >> _S29
+        h += keys.lo
+        h *= _K2
+        h ^= h >> _S32
+        h += keys.tag.astype(np.uint64)
+        h *= _K3
+        return h
+
+
+class KeyTable:
+    """Rows of keys, appended and never rewritten, found through an open-addressing table (linear probing).
+
+    Row numbers are the caller's index into its own columns. Rows are only ever added (into new columns when the
+    old ones are full), so a `view` stays what it was when taken; a caller that drops rows builds a new table from
+    the rows it keeps (`KeyTable(keys.take(kept))`), which renumbers them.
+    """
+
+    __slots__ = ("_bits", "_n", "_slots", "keys")
+
+    def __init__(self, keys: Keys | None = None) -> None:
+        self.keys = empty_keys(1024)
+        self._n = 0
+        self._bits = 11
+        self._slots = np.full(1 << self._bits, _EMPTY, np.int32)
+        if keys is not None and keys.size:
+            self.add(keys)
+
+    def __len__(self) -> int:
+        return self._n
+
+    def view(self) -> Keys:
+        """The rows' keys: views of the columns, which later rows never change."""
+        n = self._n
+        return Keys(self.keys.hi[:n], self.keys.lo[:n], self.keys.tag[:n])
+
+    def _start(self, keys: Keys) -> U64:
+        return _hash(keys) >> np.uint64(64 - self._bits)
+
+    def find(self, keys: Keys) -> Rows:
+        """The row of each key, or -1 for those not in the table."""
+        out = np.full(keys.size, -1, np.intp)
+        todo = np.arange(keys.size, dtype=np.intp)
+        slot = self._start(keys).astype(np.intp)
+        mask = (1 << self._bits) - 1
+        mine = self.keys
+        while todo.size:
+            row = self._slots[slot].astype(np.intp)
+            empty = row == _EMPTY
+            at = np.where(empty, 0, row)
+            match = (
+                ~empty
+                & (mine.lo[at] == keys.lo[todo])
+                & (mine.hi[at] == keys.hi[todo])
+                & (mine.tag[at] == keys.tag[todo])
+            )
+            out[todo[match]] = row[match]
+            go_on = ~(empty | match)
+            todo, slot = todo[go_on], (slot[go_on] + 1) & mask
+        return out
+
+    def add(self, keys: Keys) -> Rows:
+        """Append keys none of which is in the table yet (nor twice among them); returns their new rows."""
+        m = keys.size
+        first, n = self._n, self._n + m
+        if n > self.keys.size:
+            cap = max(n, self.keys.size * 3 // 2)
+            grown, old = empty_keys(cap), self.keys
+            grown.hi[:first], grown.lo[:first], grown.tag[:first] = old.hi[:first], old.lo[:first], old.tag[:first]
+            self.keys = grown
+        mine = self.keys
+        mine.hi[first:n], mine.lo[first:n], mine.tag[first:n] = keys.hi, keys.lo, keys.tag
+        self._n = n
+        rows = np.arange(first, n, dtype=np.intp)
+        if 2 * n > (1 << self._bits):
+            while 2 * n > (1 << self._bits):
+                self._bits += 1
+            self._slots = np.full(1 << self._bits, _EMPTY, np.int32)
+            self._place(np.arange(n, dtype=np.intp))
+        else:
+            self._place(rows)
+        return rows
+
+    def _place(self, rows: Rows) -> None:
+        """Put rows into free slots: each claims the first free slot from its start; of several claiming one slot
+        in the same pass one wins (numpy keeps the last write), the others probe on."""
+        mask = (1 << self._bits) - 1
+        slot = self._start(self.keys.take(rows)).astype(np.intp)
+        slots = self._slots
+        while rows.size:
+            free = slots[slot] == _EMPTY
+            claim, who = slot[free], rows[free]
+            slots[claim] = who
+            lost = slots[claim] != who
+            go_on = ~free
+            go_on[np.flatnonzero(free)[lost]] = True
+            rows, slot = rows[go_on], (slot[go_on] + 1) & mask
