@@ -29,8 +29,8 @@ per family, recreated empty before every measurement, so the nft CLI never sees 
 - the nft CLI, one process per address, `--forks` addresses into the empty IPv4 set (fail2ban's way).
 
 With `--ipset`, one block through the iptables+ipset backend (`IptBackend.apply`: ipset's netlink messages,
-govern/ipt/netlink.py) into its block set holding nothing, then each of `--sizes` (default 100,000 and 1,000,000) IPv4 hosts, `--reps`
-(30) times each.
+govern/ipt/netlink.py) into its block set holding nothing, then each of `--sizes` (default 100,000 and 1,000,000)
+IPv4 hosts, `--reps` (30) times each.
 
 With `--base OTHER_TREE`, govern's whole nftables backend of two trees side by side instead (before/after a change
 to its sets), each a worker process importing govern from its own tree, in a namespace of its own, driven
