@@ -109,8 +109,9 @@ def setup_once(ns: Netns, cfg: Config, state: State, now: float) -> dict[str, fl
         took = time.perf_counter() - t0
     finally:
         backend.close()
-    # Block and throttle elements only: set_allow commits the allowlist through the same socket.
-    elems = sum(1 for ops, *_ in commit.calls for op in ops if not op.set.startswith("allow"))
+    # Block and throttle elements only: set_allow commits the allowlist through the same socket, and the wave's gate
+    # (opened: two deletes) rides in the restore's transaction.
+    elems = sum(1 for ops, *_ in commit.calls for op in ops if not op.set.startswith(("allow", "gate")))
     return {
         "setup": took,
         "ruleset": run.seconds,

@@ -21,7 +21,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from govern.addr import Prefix, group_key
-from govern.errors import GovernError
 from govern.model import Action, ActionKind, FirewallSpec, Mode, ModeState, Plan, State
 from govern.nft.libnft import Nft
 from govern.nft.netlink import ElemOp, NftNetlink
@@ -131,19 +130,16 @@ class NftBackend:
             self.generation = made if made == _after(self.generation) else None
 
     def _resized(self, sizes: Mapping[str, int]) -> list[str]:
-        """The budget's sets that exist with another size than `sizes` asks (or that it no longer wants)."""
-        if (FAMILY, TABLE) not in self.nft.tables():
-            return []
-        out = []
-        for name in SLOT_SETS:
-            try:
-                listed = self.nft.json(f"list set {FAMILY} {TABLE} {name}")
-            except GovernError:
-                continue  # not there
-            have = next((o["set"].get("size") for o in listed.get("nftables", []) if "set" in o), None)
-            if have != sizes.get(name):
-                out.append(name)
-        return out
+        """The budget's sets that exist with another size than `sizes` asks (or that it no longer wants).
+
+        From the terse `list ruleset`, without elements: `list tables` and `list set` make nft 1.0.6 fetch every
+        element of the table first (0.35 s beside 100k blocks)."""
+        have = {
+            body["name"]: body.get("size")
+            for item in self.nft.json("list ruleset", terse=True).get("nftables", [])
+            if (body := item.get("set")) and body.get("family") == FAMILY and body.get("table") == TABLE
+        }
+        return [name for name in SLOT_SETS if name in have and have[name] != sizes.get(name)]
 
     def set_allow(self, allow: Sequence[Prefix]) -> None:
         """Replace the allow sets' contents in one transaction (only the difference is sent)."""
