@@ -206,8 +206,8 @@ def run_counts(sides_for: Callable[[str], list[Side]], args: argparse.Namespace)
             side.close()
         rng = random.Random(1)
         n = args.elements
-        # Spoofed sources of the lab's range (198.18.128.0/17 and beyond), each with a few SYNs counted.
-        addrs = rng.sample(range(0xC6128000, 0xC6128000 + 4 * 32768), n)
+        # Forged sources of the bot range 198.18.0.0/15 (docs: test addresses only), each with a few SYNs counted.
+        addrs = rng.sample(range(0xC6120000, 0xC6120000 + (1 << 17)), n)
         v4 = ", ".join(
             f"{a >> 24}.{a >> 16 & 255}.{a >> 8 & 255}.{a & 255} counter packets {rng.randint(1, 9)} bytes 0"
             for a in addrs
