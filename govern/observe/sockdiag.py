@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import operator
 import socket
 import struct
 from array import array
@@ -276,7 +277,7 @@ class ScanParser:
         self._vector = vector and v6_len <= 64
         self._info_at: dict[int, tuple[int, int]] = {}
         self._bulk: dict[int, bytearray] = {}
-        self._refs: dict[int, array[int]] = {}
+        self._refs: dict[tuple[int, int], array[int]] = {}  # (head word, n): n copies of it, what a run's heads are
 
     def feed(self, buf: bytes | bytearray | memoryview, size: int | None = None) -> bool:
         """Parse the netlink messages in buf[:size]; True when a dump's NLMSG_DONE was among them.
@@ -288,6 +289,9 @@ class ScanParser:
             size = len(buf)
         if len(buf) < size + _SLACK:
             buf = bytes(buf[:size]) + bytes(_SLACK)
+        start = self._take_run(buf, size) if self._vector else 0
+        if start == size:
+            return False  # all of it one run (most buffers of a large dump): nothing for the loop
         # Constants as locals (plain ints, not the IntEnum AF_INET6): this loop runs once per socket.
         af_inet6, established, syn_recv, listen, time_wait = (
             int(socket.AF_INET6),
@@ -308,7 +312,7 @@ class ScanParser:
         idle_wait = self._idle_waits.append
         # The layout of the previous message, tried first: runs of sockets of one kind share one.
         cur_lw, (unpack, mlen, info_hdr) = self._last
-        off = self._take_run(buf, size) if self._vector else 0
+        off = start
         try:
             while off < size:
                 lw, fam, state, sport, hi, mid, lo, hdr, sent, recv, brecv, segs_in, segs_out = unpack(buf, off)
@@ -385,7 +389,10 @@ class ScanParser:
         else:
             # Each message's first 8 bytes, compared in C (a memoryview compares in a fraction of numpy's time).
             heads = memoryview(buf)[: n * mlen].cast("Q")[:: mlen >> 3]
-            if heads != self._run_of(lw, n):
+            ref = self._refs.get((lw, n))
+            if ref is None:
+                ref = self._refs[lw, n] = array("Q", [lw]) * n
+            if heads != ref:
                 n = next(i for i, h in enumerate(heads.tolist()) if h != lw)
         if n < _MIN_RUN:
             return 0
@@ -394,13 +401,6 @@ class ScanParser:
             run = self._bulk[lw] = bytearray()
         run += memoryview(buf)[: n * mlen]
         return n * mlen
-
-    def _run_of(self, lw: int, n: int) -> array[int]:
-        """`n` copies of the head word `lw`, what a run's heads must equal."""
-        ref = self._refs.get(lw)
-        if ref is None or len(ref) < n:
-            ref = self._refs[lw] = array("Q", [lw]) * max(n, 128)
-        return ref if len(ref) == n else ref[:n]
 
     def _slow(self, buf: bytes | bytearray | memoryview, off: int, size: int) -> tuple[bool, int]:
         """A message of a kind the fast loop has no layout for: a control message, or a diag message to learn.
@@ -731,15 +731,18 @@ def _result_vector(self: ScanParser, groups: dict[Any, Prefix]) -> Scan:
         if version == 6:
             keys = list(map(_V6_TAG.__add__, keys))
         seen += len(keys)
-        missing = list(filterfalse(groups.__contains__, keys))
-        if missing:
+        # One lookup per source while every group is cached (a Prefix is never falsy, a miss is None).
+        prefixes = list(map(groups.get, keys))
+        if None in prefixes:
+            missing = list(compress(keys, map(operator.not_, prefixes)))
             values: Iterable[int] = missing
             if version == 6:
                 values = map(int.__lshift__, map(_V6_TAG.__rsub__, missing), repeat(64))
             made = map(_new, repeat(Prefix), zip(repeat(version), values, repeat(plen)))
             groups.update(zip(missing, made, strict=True))
-        prefixes = map(groups.__getitem__, keys)
-        sources.update(zip(prefixes, map(_new, repeat(SockCounts), zip(*columns, strict=False)), strict=False))
+            prefixes = list(map(groups.__getitem__, keys))
+        counts = map(_new, repeat(SockCounts), zip(*columns, strict=False))
+        sources.update(zip(cast(list[Prefix], prefixes), counts, strict=False))
     if len(groups) > seen + _GROUPS_STALE:
         kept = {k: groups[k] for k in groups if groups[k] in sources}
         groups.clear()
