@@ -11,6 +11,7 @@ import hashlib
 import hmac
 import json
 import math
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final
@@ -49,6 +50,13 @@ class Decision:
     origin: str
     id: str
     at: float
+
+
+def new(kind: str, prefix: Prefix, reason: str, until: float, offences: int, origin: str, at: float) -> Decision:
+    """A decision of this host's, with a fresh id, its times as signed (to the millisecond) and its reason made
+    fit to sign (one line, at most MAX_REASON characters)."""
+    clean = "".join(c if c.isprintable() else " " for c in reason)[:MAX_REASON]
+    return Decision(kind, prefix, clean, round(until, 3), offences, origin, uuid.uuid4().hex, round(at, 3))
 
 
 def _number(x: float) -> str:
