@@ -30,10 +30,12 @@ from govern.core.decide import (
     release_allowlisted,
     sessions_to_end,
 )
+from govern.core.fleet import RemoteBlock, fleet_blocks
 from govern.core.policy import Policy
 from govern.core.reasons import family, reason_class
-from govern.edges import Counters, Enforcer, SocketSource, StateStore, Tarpit
+from govern.edges import Counters, Enforcer, FleetLink, SocketSource, StateStore, Tarpit
 from govern.errors import GovernError, StoreError
+from govern.fleet import codec
 from govern.health import Health
 from govern.keeping import Keeper
 from govern.model import PUNITIVE, ActionKind, Cut, Mode, ModeState, Plan, Snapshot, State
@@ -84,6 +86,7 @@ class Governor:
         trust: TrustSources | None = None,
         tarpit: Tarpit | None = None,
         own_addresses: Callable[[], Sequence[Prefix]] = tuple,
+        fleet: FleetLink | None = None,
     ) -> None:
         self.config = config
         self.sockets = sockets
@@ -126,6 +129,10 @@ class Governor:
         # reload); other threads (govern.metrics) take it only to copy what they read, so never see half a tick.
         self.lock = threading.Lock()
         self.metrics: dict[str, str] = {"state": "off"}  # the Prometheus endpoint as `govern status` shows it
+        # The fleet's shared decisions (govern.fleet; docs/fleet.md): None unless `fleet.url`.
+        self.fleet = fleet
+        self.fleet_applied = 0  # other hosts' blocks applied here
+        self.fleet_refused = 0  # ... and refused by this host's own rules
 
     @property
     def interval(self) -> float:
@@ -152,6 +159,8 @@ class Governor:
         self.converge(now)
         self.tarpit_start(now)
         self.sysctl_start()
+        if self.fleet is not None:  # last: what the fleet hands over meets the converged kernel objects
+            self.fleet.start()
 
     def converge(self, now: float) -> None:
         """Make the firewall's kernel objects as the config says, with the state's blocks and throttles in them;
@@ -265,6 +274,8 @@ class Governor:
         self.catch_up(now)
         self._check_kernel(now)
         self.refresh_sources(now)
+        # Before deciding: a source the fleet blocked is not judged again here (and not published twice).
+        self._from_fleet(now)
         try:
             self.snapshot = self.observer.snapshot(self.policy, now, self.trusted())
         except GovernError as exc:
@@ -292,14 +303,17 @@ class Governor:
         self.tick_times.observe(took)
         return plan
 
-    def execute(self, plan: Plan, now: float, *, durable: bool = False) -> bool:
+    def execute(self, plan: Plan, now: float, *, durable: bool = False, share: bool = True) -> bool:
         """Apply a plan: store and kernel in step, then end the sessions of newly blocked sources. A dry run's edges
         (govern.dryrun) log what they would do and change nothing.
 
         An operator's decision is `durable`: it is in the store before the kernel, or nowhere (StoreError, nothing
         changed). govern's own decisions never wait on the store: when it cannot be written they are enforced and
         held in memory, and written whole when it can be again (`catch_up`); a crash meanwhile leaves them in the
-        kernel, where the next start adopts them."""
+        kernel, where the next start adopts them.
+
+        Once committed, the plan's blocks are shared with the fleet, unless `share` is off (blocks applied from the
+        fleet: a host never publishes again what it applied)."""
         if not plan:
             return True
         kernel = functools.partial(self._kernel, plan, now)  # one plan's kernel commit, handed to the keeper
@@ -310,6 +324,8 @@ class Governor:
             return False
         previous = self.state.mode
         self.state.record(plan, now)
+        if share and self.fleet is not None:
+            self._to_fleet(plan, now)
         if not self.dry_run:  # the dry-run firewall logged each as "dry run: would ..."
             for a in plan.actions:
                 log.info("%s", a.describe())
@@ -339,6 +355,50 @@ class Governor:
                 # A shed asks each single session's socket: only the sources that lost one are events.
                 self._note_cuts(tuple(c for c in plan.cuts if not c.shed or ended.get(c.prefix)), now)
         return True
+
+    # -- the fleet (govern.fleet; docs/fleet.md) -----------------------------------------------------------------
+
+    def _to_fleet(self, plan: Plan, now: float) -> None:
+        """Queue this host's committed blocks for the fleet (the link's thread sends them; this never waits)."""
+        assert self.fleet is not None
+        if self.dry_run or "blocks" not in self.config["fleet"]["share"]:
+            return
+        kinds = (ActionKind.BLOCK, ActionKind.EXTEND)
+        mine = [a for a in plan.actions if a.kind in kinds]
+        if mine:
+            self.fleet.publish(
+                [codec.new("block", a.prefix, a.reason, a.until, a.offences, self.fleet.name, now) for a in mine]
+            )
+
+    def _from_fleet(self, now: float) -> None:
+        """Apply what the other hosts decided since the last tick, through this host's own rules: the allowlist,
+        its own addresses and `[guard]` always win; a refusal is a log line."""
+        if self.fleet is None:
+            return
+        remote = [
+            RemoteBlock(d.prefix, d.reason, d.until, d.offences, d.origin)
+            for d in self.fleet.drain()
+            if d.kind == "block"
+        ]
+        if not remote:
+            return
+        plan, refused = fleet_blocks(remote, self.state, self.policy, now)
+        for r in refused:
+            self.fleet_refused += 1
+            log.warning("fleet: refused %s's block of %s: %s", r.block.origin, r.block.prefix, r.why)
+        if plan and self.execute(plan, now, share=False):
+            self.fleet_applied += sum(1 for a in plan.actions if a.kind in (ActionKind.BLOCK, ActionKind.EXTEND))
+
+    def fleet_status(self) -> dict[str, Any]:
+        """The fleet as `govern status` and the metrics show it."""
+        if self.fleet is None:
+            return {"state": "off"}
+        return {
+            **self.fleet.state().to_dict(),
+            "name": self.fleet.name,
+            "applied": self.fleet_applied,
+            "refused_here": self.fleet_refused,
+        }
 
     def _kernel(self, plan: Plan, now: float) -> None:
         self.enforcer.apply(plan, now)
@@ -500,6 +560,8 @@ class Governor:
             self.allow.close()
         if self.trust is not None:
             self.trust.close()
+        if self.fleet is not None:
+            self.fleet.close()
 
     # -- reload -------------------------------------------------------------------------------------------
 
