@@ -30,7 +30,7 @@ from govern.core.decide import (
     release_allowlisted,
     sessions_to_end,
 )
-from govern.core.fleet import RemoteBlock, fleet_blocks
+from govern.core.fleet import Remote, fleet_blocks, fleet_trust
 from govern.core.policy import Policy
 from govern.core.reasons import family, reason_class
 from govern.edges import Counters, Enforcer, FleetLink, SocketSource, StateStore, Tarpit
@@ -133,6 +133,9 @@ class Governor:
         self.fleet = fleet
         self.fleet_applied = 0  # other hosts' blocks applied here
         self.fleet_refused = 0  # ... and refused by this host's own rules
+        self.fleet_trusted = 0  # other hosts' learned trust taken in
+        self._fleet_trust: set[Prefix] = set()  # source groups trusted on the fleet's word: never published again
+        self._trust_shared: frozenset[Prefix] = frozenset()  # the trusted set as last shared
 
     @property
     def interval(self) -> float:
@@ -295,6 +298,7 @@ class Governor:
             self.totals[k] = self.totals.get(k, 0) + v
         plan = decide(self.snapshot, self.state, self.policy, now)
         self.execute(plan, now)
+        self._share_trust(now)
         if now - self._maintained >= MAINTENANCE_EVERY:
             self._maintain(now)
         self.ticks += 1
@@ -375,19 +379,46 @@ class Governor:
         its own addresses and `[guard]` always win; a refusal is a log line."""
         if self.fleet is None:
             return
-        remote = [
-            RemoteBlock(d.prefix, d.reason, d.until, d.offences, d.origin)
-            for d in self.fleet.drain()
-            if d.kind == "block"
-        ]
-        if not remote:
+        got = self.fleet.drain()
+        if not got:
             return
-        plan, refused = fleet_blocks(remote, self.state, self.policy, now)
+        blocks = [Remote(d.prefix, d.reason, d.until, d.offences, d.origin) for d in got if d.kind == "block"]
+        trust = [Remote(d.prefix, d.reason, d.until, d.offences, d.origin) for d in got if d.kind == "trust"]
+        plan, refused = fleet_blocks(blocks, self.state, self.policy, now)
+        taken: tuple[Remote, ...] = ()
+        if trust and self.trust is not None:
+            taken, refused_trust = fleet_trust(trust, self.policy, now)
+            refused += refused_trust
         for r in refused:
             self.fleet_refused += 1
-            log.warning("fleet: refused %s's block of %s: %s", r.block.origin, r.block.prefix, r.why)
+            what = "block" if r.decision in blocks else "trust"
+            log.warning("fleet: refused %s's %s of %s: %s", r.decision.origin, what, r.decision.prefix, r.why)
         if plan and self.execute(plan, now, share=False):
             self.fleet_applied += sum(1 for a in plan.actions if a.kind in (ActionKind.BLOCK, ActionKind.EXTEND))
+        for t in taken:
+            assert self.trust is not None
+            if self.trust.learn_until(t.prefix, t.until, now):
+                self._fleet_trust.add(t.prefix)
+                self.fleet_trusted += 1
+
+    def _share_trust(self, now: float) -> None:
+        """Queue the source groups this host trusts since the last tick for the fleet (those it learned itself:
+        never what it took from the fleet)."""
+        if self.fleet is None or self.trust is None or self.dry_run or "trust" not in self.config["fleet"]["share"]:
+            return
+        current = self.trusted()
+        if current is self._trust_shared:
+            return
+        previous, self._trust_shared = self._trust_shared, current
+        self._fleet_trust &= current  # what lapsed here is forgotten here too
+        new = [p for p in current - previous if p not in self._fleet_trust]
+        decisions = []
+        for p in new:
+            until = self.trust.until(p)
+            if until is not None and until > now:
+                decisions.append(codec.new("trust", p, "completed a delivery", until, 0, self.fleet.name, now))
+        if decisions:
+            self.fleet.publish(decisions)
 
     def fleet_status(self) -> dict[str, Any]:
         """The fleet as `govern status` and the metrics show it."""
@@ -397,6 +428,7 @@ class Governor:
             **self.fleet.state().to_dict(),
             "name": self.fleet.name,
             "applied": self.fleet_applied,
+            "trusted": self.fleet_trusted,
             "refused_here": self.fleet_refused,
         }
 

@@ -1,5 +1,6 @@
-"""What a host makes of the blocks other hosts of its fleet decided (docs/fleet.md): the same rules as every block
-of its own (govern.core.guard, the allowlist), then blocks that never overlap what the kernel already holds.
+"""What a host makes of the blocks and learned trust other hosts of its fleet decided (docs/fleet.md): for blocks,
+the same rules as every block of its own (govern.core.guard, the allowlist), then blocks that never overlap what the
+kernel already holds; for trust, only source groups as this host counts them.
 
 Pure: the daemon hands in the verified decisions, the state, the policy and the time."""
 
@@ -16,8 +17,8 @@ from govern.model import Action, ActionKind, Block, Plan, State
 FLEET_PREFIX = "fleet:"  # a block applied from the fleet: "fleet:ORIGIN: REASON"
 
 
-class RemoteBlock(NamedTuple):
-    """A block another host decided, as the core sees it."""
+class Remote(NamedTuple):
+    """A block (or learned trust) another host decided, as the core sees it."""
 
     prefix: Prefix
     reason: str
@@ -27,7 +28,7 @@ class RemoteBlock(NamedTuple):
 
 
 class Refusal(NamedTuple):
-    block: RemoteBlock
+    decision: Remote
     why: str
 
 
@@ -44,7 +45,7 @@ def from_fleet(reason: str) -> str | None:
 
 
 def fleet_blocks(
-    remote: Iterable[RemoteBlock], state: State, policy: Policy, now: float
+    remote: Iterable[Remote], state: State, policy: Policy, now: float
 ) -> tuple[Plan, tuple[Refusal, ...]]:
     """The plan that applies other hosts' blocks here, and the ones refused with why.
 
@@ -82,3 +83,23 @@ def fleet_blocks(
         actions.append(Action(kind, r.prefix, reason, until=until, offences=offences))
         blocks[r.prefix] = Block(r.prefix, reason, now, until, offences)
     return Plan(tuple(actions)), tuple(refused)
+
+
+def fleet_trust(remote: Iterable[Remote], policy: Policy, now: float) -> tuple[tuple[Remote, ...], tuple[Refusal, ...]]:
+    """Of other hosts' learned trust, what this host takes in, and what it refuses with why: trust is learned per
+    source group (`protect.ipv4_prefix` / `ipv6_prefix`), so anything wider or narrower is refused (a wide "trust"
+    would soften the limits of a whole network); this host's own addresses and loopback are never sources."""
+    taken: list[Remote] = []
+    refused: list[Refusal] = []
+    for r in remote:
+        if r.until <= now:
+            continue
+        group = policy.v4_len if r.prefix.version == 4 else policy.v6_len
+        why = guarded(r.prefix, policy)
+        if r.prefix.length != group:
+            why = f"{r.prefix} is not a source group (/{group}): trust is learned per source group"
+        if why:
+            refused.append(Refusal(r, why))
+        else:
+            taken.append(r)
+    return tuple(taken), tuple(refused)

@@ -9,7 +9,8 @@ from pathlib import Path
 
 from govern import config, reports
 from govern.addr import Prefix, PrefixSet
-from govern.core.fleet import RemoteBlock, fleet_blocks, fleet_reason, from_fleet
+from govern.allow.learning import TrustSources
+from govern.core.fleet import Remote, fleet_blocks, fleet_reason, fleet_trust, from_fleet
 from govern.core.policy import Policy
 from govern.daemon import Governor
 from govern.fakes import FakeClock, FakeCounters, FakeEnforcer, FakeFleet, FakeSockets
@@ -28,8 +29,8 @@ def policy() -> Policy:
     return replace(pol, own=PrefixSet([MX]))
 
 
-def remote(prefix: str, until: float = NOW + 600, origin: str = "mx1", offences: int = 1) -> RemoteBlock:
-    return RemoteBlock(Prefix.parse(prefix), "opened 300 connections", until, offences, origin)
+def remote(prefix: str, until: float = NOW + 600, origin: str = "mx1", offences: int = 1) -> Remote:
+    return Remote(Prefix.parse(prefix), "opened 300 connections", until, offences, origin)
 
 
 def test_a_remote_block_becomes_a_block_naming_its_origin() -> None:
@@ -81,16 +82,21 @@ def test_longer_is_an_extension_and_wider_replaces_what_it_covers() -> None:
     assert plan.actions[-1].offences == 1
 
 
-def make(tmp_path: Path, fleet: FakeFleet) -> tuple[Governor, FakeEnforcer, FakeClock]:
+def make(
+    tmp_path: Path, fleet: FakeFleet, share: tuple[str, ...] = ("blocks",)
+) -> tuple[Governor, FakeEnforcer, FakeClock]:
     cfg = config.from_mapping(
         {
             "allow": {"cidrs": ["192.0.2.0/24"]},
             "daemon": {"state_dir": str(tmp_path / "state")},
             "modes": {"auto": False},
+            "fleet": {"share": list(share)},
         }
     )
     enf, clock = FakeEnforcer(), FakeClock(NOW)
-    gov = Governor(cfg, Store(cfg["daemon"]["state_dir"]), FakeSockets(), enf, FakeCounters(), clock=clock, fleet=fleet)
+    store = Store(cfg["daemon"]["state_dir"])
+    trust = TrustSources(cfg.trust_section())
+    gov = Governor(cfg, store, FakeSockets(), enf, FakeCounters(), clock=clock, trust=trust, fleet=fleet)
     gov.start()
     return gov, enf, clock
 
@@ -129,3 +135,39 @@ def test_status_says_when_the_fleet_is_down(tmp_path: Path) -> None:
     line = _fleet_line(reports.status(gov)["fleet"])
     assert line.startswith("FLEET DOWN since") and "Connection refused" in line and "enforcing alone" in line
     assert _fleet_line({"state": "off"}) == "fleet: off"
+
+
+def test_trust_from_the_fleet_is_per_source_group_only() -> None:
+    taken, refused = fleet_trust(
+        [remote("198.51.100.7/32"), remote("198.51.100.0/24"), remote("203.0.113.25/32"), remote("127.0.0.1/32")],
+        policy(),
+        NOW,
+    )
+    assert [str(r.prefix) for r in taken] == ["198.51.100.7"]
+    assert ["not a source group" in r.why for r in refused] == [True, False, False]
+    assert "an address of this host" in refused[1].why and "loopback" in refused[2].why
+
+
+def test_the_governor_shares_the_trust_it_learned_and_takes_the_others_once(tmp_path: Path) -> None:
+    fleet = FakeFleet(name="mx2")
+    gov, _, clock = make(tmp_path, fleet, share=("blocks", "trust"))
+    assert gov.trust is not None
+    mine, theirs = Prefix.parse("198.51.100.7"), Prefix.parse("198.51.100.8")
+    gov.trust.learn(mine, NOW)
+    fleet.incoming = [codec.new("trust", theirs, "completed a delivery", NOW + 3600, 0, "mx1", NOW)]
+    gov.tick()
+    assert theirs in gov.trusted() and mine in gov.trusted()
+    assert [(d.kind, d.prefix, d.origin) for d in fleet.published] == [("trust", mine, "mx2")]
+    clock.advance(1)
+    gov.tick()
+    assert len(fleet.published) == 1  # neither shared again, nor the fleet's trust shared at all
+    assert reports.status(gov)["fleet"]["trusted"] == 1
+
+
+def test_trust_is_not_shared_unless_asked(tmp_path: Path) -> None:
+    fleet = FakeFleet(name="mx2")
+    gov, _, _ = make(tmp_path, fleet)
+    assert gov.trust is not None
+    gov.trust.learn(Prefix.parse("198.51.100.7"), NOW)
+    gov.tick()
+    assert fleet.published == []
