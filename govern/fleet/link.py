@@ -36,6 +36,7 @@ READ_COUNT = 1000
 TIMEOUT = 2.0  # seconds any one Redis call may take before the link counts Redis as down
 BACKOFF = (0.2, 5.0)  # first and longest wait before connecting again
 PRUNE_EVERY = 10.0
+MINE_BOUND = 200_000  # this host's own decisions in force remembered, to put back what Redis loses
 SEEN_BOUND = 100_000  # ids remembered, so an entry read from both the stream and the sorted set is handed over once
 
 
@@ -103,6 +104,9 @@ class RedisLink:
         self._state = LinkState("connecting", clock())
         self._last_id: str | None = None
         self._seen: OrderedDict[str, None] = OrderedDict()
+        # This host's published decisions still in force, by (kind, prefix), the latest only: put back if Redis
+        # comes back without them (restarted without persistence, or failed over to an empty replica).
+        self._mine: OrderedDict[tuple[str, str], tuple[dict[str, str], float]] = OrderedDict()
         self._pruned = 0.0
 
     # -- the tick's side: never blocks --------------------------------------------------------------------------
@@ -156,6 +160,7 @@ class RedisLink:
             client: Any = None
             try:
                 client = self._connect(self.url)
+                self._republish(client)
                 self._catch_up(client)
                 if self._state.state != "connected":
                     was = self._state
@@ -230,6 +235,34 @@ class RedisLink:
                     self._count(dropped=1)
             raise
         self._count(published=len(batch))
+        for d in batch:
+            mine = (d.kind, str(d.prefix))
+            self._mine.pop(mine, None)
+            self._mine[mine] = (codec.encode(d, self.key), d.until)
+        while len(self._mine) > MINE_BOUND:
+            self._mine.popitem(last=False)
+
+    def _republish(self, client: Any) -> None:
+        """Put back what Redis lost of this host's decisions in force: ZADD NX says which members were missing,
+        and only those go to the stream again (the others' links skip an id they have seen)."""
+        now = self.clock()
+        for k in [k for k, (_, until) in self._mine.items() if until <= now]:
+            del self._mine[k]
+        if not self._mine:
+            return
+        entries = list(self._mine.values())
+        pipe = client.pipeline(transaction=False)
+        for fields, until in entries:
+            pipe.zadd(self.active, {codec.member(fields): until}, nx=True)
+        added = cast(list[int], pipe.execute())
+        lost = [fields for (fields, _), n in zip(entries, added, strict=True) if n]
+        if not lost:
+            return
+        pipe = client.pipeline(transaction=False)
+        for fields in lost:
+            pipe.xadd(self.stream, cast(Any, fields), maxlen=STREAM_LENGTH, approximate=True)
+        pipe.execute()
+        log.warning("fleet: Redis had lost %d of this host's decisions in force: published again", len(lost))
 
     def _read(self, client: Any) -> None:
         assert self._last_id is not None

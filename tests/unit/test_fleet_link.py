@@ -136,6 +136,30 @@ def test_redis_down_and_back_loses_nothing(
     assert "enforces alone" in caplog.text and "answers again" in caplog.text
 
 
+def test_what_redis_lost_in_a_restart_is_put_back(
+    links: Callable[[str], RedisLink], redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A redis-server without persistence restarts empty: the publisher puts back its decisions in force, so a host
+    that starts afterwards still catches up, and one that had them already is not handed them twice."""
+    mx1, mx2 = links("mx1"), links("mx2")
+    d = decision()
+    mx1.publish([d])
+    got: list[Decision] = []
+    wait_for(drained(mx2, got))
+    with caplog.at_level(logging.WARNING, logger="govern.fleet"):
+        redis_server.stop()
+        wait_for(lambda: mx1.state().state == "down")
+        redis_server.start()
+        wait_for(lambda: "published again" in caplog.text, timeout=15)
+    mx3 = links("mx3")
+    late: list[Decision] = []
+    wait_for(drained(mx3, late))
+    assert late == [d]
+    wait_for(lambda: mx2.state().state == "connected", timeout=15)
+    time.sleep(0.5)
+    assert mx2.drain() == []
+
+
 def test_the_url_is_shown_without_credentials() -> None:
     assert shown_url("rediss://fleet:s3cret@redis.example:6380/2") == "rediss://redis.example:6380/2"
     assert shown_url("unix:///run/redis/redis.sock") == "unix:///run/redis/redis.sock"
