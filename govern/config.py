@@ -14,6 +14,7 @@ import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from govern.addr import Prefix, PrefixSet
 from govern.allow import files as allow_files
@@ -265,8 +266,17 @@ def _fleet_url(v: Any) -> str:
         raise ValueError(f"expected a redis://, rediss:// or unix:// URL, got {shown(s)}")
     if not rest or rest.startswith("?"):
         raise ValueError(f"{shown(s)} names no server")
-    if scheme.lower() == "unix" and not rest.startswith("/"):
-        raise ValueError(f"a unix:// URL names an absolute socket path (unix:///run/redis.sock), got {shown(s)}")
+    if scheme.lower() == "unix":
+        if not rest.startswith("/"):
+            raise ValueError(f"a unix:// URL names an absolute socket path (unix:///run/redis.sock), got {shown(s)}")
+        return s
+    parts = urlsplit(s)
+    try:
+        parts.port  # noqa: B018 - urlsplit checks the port only when asked for it
+    except ValueError:
+        raise ValueError(f"{shown(s)} has no valid port (1-65535)") from None
+    if not parts.hostname:
+        raise ValueError(f"{shown(s)} names no server")
     return s
 
 
