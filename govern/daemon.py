@@ -30,7 +30,7 @@ from govern.core.decide import (
     release_allowlisted,
     sessions_to_end,
 )
-from govern.core.fleet import Remote, fleet_blocks, fleet_trust
+from govern.core.fleet import Refusal, Remote, fleet_blocks, fleet_trust
 from govern.core.policy import Policy
 from govern.core.reasons import family, reason_class
 from govern.edges import Counters, Enforcer, FleetLink, SocketSource, StateStore, Tarpit
@@ -386,13 +386,13 @@ class Governor:
         trust = [Remote(d.prefix, d.reason, d.until, d.offences, d.origin) for d in got if d.kind == "trust"]
         plan, refused = fleet_blocks(blocks, self.state, self.policy, now)
         taken: tuple[Remote, ...] = ()
+        refused_trust: tuple[Refusal, ...] = ()
         if trust and self.trust is not None:
             taken, refused_trust = fleet_trust(trust, self.policy, now)
-            refused += refused_trust
-        for r in refused:
-            self.fleet_refused += 1
-            what = "block" if r.decision in blocks else "trust"
-            log.warning("fleet: refused %s's %s of %s: %s", r.decision.origin, what, r.decision.prefix, r.why)
+        for what, refusals in (("block", refused), ("trust", refused_trust)):
+            for r in refusals:
+                self.fleet_refused += 1
+                log.warning("fleet: refused %s's %s of %s: %s", r.decision.origin, what, r.decision.prefix, r.why)
         if plan and self.execute(plan, now, share=False):
             self.fleet_applied += sum(1 for a in plan.actions if a.kind in (ActionKind.BLOCK, ActionKind.EXTEND))
         for t in taken:
