@@ -6,6 +6,7 @@ nothing. Skipped where Debian's redis-server is not installed."""
 from __future__ import annotations
 
 import logging
+import socket
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -158,6 +159,28 @@ def test_what_redis_lost_in_a_restart_is_put_back(
     wait_for(lambda: mx2.state().state == "connected", timeout=15)
     time.sleep(0.5)
     assert mx2.drain() == []
+
+
+def test_a_redis_that_never_answers_never_holds_up_the_caller(tmp_path: Path) -> None:
+    """A server that accepts and then says nothing (a hung Redis): publish and drain return at once, and the link
+    says it is down once its call's time is up."""
+    path = str(tmp_path / "silent.sock")
+    silent = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    silent.bind(path)
+    silent.listen(8)
+    link = RedisLink(f"unix://{path}", KEY, "mx1", namespace="t")
+    try:
+        link.start()
+        t0 = time.monotonic()
+        for _ in range(100):
+            link.publish([decision()])
+            assert link.drain() == []
+        assert time.monotonic() - t0 < 0.1
+        wait_for(lambda: link.state().state == "down", timeout=10)
+        assert "imeout" in link.state().error
+    finally:
+        link.close()
+        silent.close()
 
 
 def test_the_url_is_shown_without_credentials() -> None:
