@@ -106,7 +106,7 @@ def parse_canonical(text: str) -> Prefix | None:
     (tests/unit/test_addr.py), so the fast path never changes what is accepted, what it means, or which error the
     rest gets: all else goes the full way.
     """
-    if len(text) > MAX_TEXT:
+    if not isinstance(text, str) or len(text) > MAX_TEXT:  # bytes, say: the full parser's to take or refuse
         return None
     addr, sep, length = text.partition("/")
     try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -168,3 +169,9 @@ def test_the_fast_path_takes_only_canonical_text() -> None:
     assert Prefix.parse("::ffff:198.51.100.7") == Prefix.parse("198.51.100.7")
     with pytest.raises(AddressError, match="host bits set"):
         Prefix.parse("198.51.100.7/24", strict=True)
+
+
+def test_what_is_not_text_is_still_the_full_parsers() -> None:
+    # ipaddress takes 4 or 16 packed bytes: Prefix.parse did, through it, before the fast path, and still does.
+    packed: Any = b"\xc6\x33\x64\x07"
+    assert parse_canonical(packed) is None and Prefix.parse(packed) == Prefix.parse("198.51.100.7")
