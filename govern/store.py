@@ -88,9 +88,9 @@ class Store:
             return self._load()
 
     def _load(self) -> State:
-        # Held off while the state is built: each of its ~200,000 new objects counts towards a collection, and
-        # each collection walks all the objects built so far, none of which is garbage (0.4 s of 1.4 s for 100k
-        # blocks, docs/benchmarks.md "Restart").
+        # Held off while the state is built: each of its new objects (~300,000 for 100k blocks) counts towards a
+        # collection, and each collection walks all the objects built so far, none of which is garbage (0.4 s of
+        # 1.4 s for 100k blocks, docs/benchmarks.md "Restart"). The daemon then freezes them (govern.process).
         collecting = gc.isenabled()
         gc.disable()
         try:
