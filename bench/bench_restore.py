@@ -426,7 +426,7 @@ def main() -> None:
     )
 
     for side, starts in daemons.items():
-        logged = "; ".join(said for _, said in starts) or "nothing"
+        logged = "; ".join(said for _, said in starts if said) or "nothing (this tree logs no timings)"
         took = spread([t for t, _ in starts])
         print(f"govern run, {side} tree, start to first answer (the kernel holding the blocks): {took}")
         print(f"  it logged: {logged}")
