@@ -99,10 +99,10 @@ def run(config_path: str | None, *, dry_run: bool = False) -> int:
         signal.signal(s, on_signal)
     began = time.monotonic()
     gov = wiring.governor(cfg, store)
-    # What start-up built lives as long as the daemon: the modules, the config, and the restored state (100k blocks
-    # are ~300k objects, built with the collector held off). Frozen, the cyclic collector never walks it again;
-    # unfrozen, the next 100k objects kept (the setup's set dumps) paid 0.1 s more for collections over it
-    # (docs/benchmarks.md, "Restart"). Blocks are still freed when they go: nothing in the state refers to itself.
+    # The restored state (100k blocks are ~300k objects, built with the collector held off), the config and the
+    # modules, frozen for the start: unfrozen, the next 100k objects kept (the setup's set dumps) paid 0.1 s more
+    # for collections walking them (docs/benchmarks.md, "Restart"). No collection first, as heap.settle makes:
+    # that would walk them all once more now; the settle after the start unfreezes them and collects instead.
     gc.freeze()
     restored = time.monotonic()
     server: ControlServer | None = None

@@ -14,6 +14,7 @@ import contextlib
 import gc
 import os
 import sqlite3
+import sys
 from collections.abc import Iterable, Iterator, Sequence
 
 from govern.addr import Prefix
@@ -104,17 +105,19 @@ class Store:
         parse = Prefix.parse
         # One Prefix per text, shared by the tables that name it: a blocked source is an offender too.
         seen: dict[str, Prefix] = {}
+        # One string per distinct reason, as State.record keeps them: a flood's reasons repeat.
+        intern = sys.intern
         for p, reason, since, until, off, manual in self.db.execute("SELECT * FROM blocks"):
             pre = seen[p] = parse(p)
-            st.blocks[pre] = Block(pre, reason, since, until, off, bool(manual))
+            st.blocks[pre] = Block(pre, intern(reason), since, until, off, bool(manual))
         for p, reason, since, until, tight in self.db.execute(
             "SELECT prefix, reason, since, until, tight FROM throttles"
         ):
             pre = Prefix.parse(p)
-            st.throttles[pre] = Throttle(pre, reason, since, until, bool(tight))
+            st.throttles[pre] = Throttle(pre, intern(reason), since, until, bool(tight))
         for p, reason, since, until in self.db.execute("SELECT prefix, reason, since, until FROM tarpits"):
             pre = Prefix.parse(p)
-            st.tarpits[pre] = Tarpitted(pre, reason, since, until)
+            st.tarpits[pre] = Tarpitted(pre, intern(reason), since, until)
         row = self.db.execute("SELECT mode, since, until, reason, manual, calm_since, quiet_until FROM mode").fetchone()
         if row is not None:
             mode, since, until, reason, manual, calm, quiet = row

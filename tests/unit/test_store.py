@@ -150,3 +150,11 @@ def test_a_load_leaves_the_cyclic_collector_as_it_found_it(tmp_path: Path, enabl
         assert gc.isenabled() is enabled  # also when the load fails
     finally:
         (gc.enable if was else gc.disable)()
+
+
+def test_blocks_loaded_with_the_same_reason_share_one_string(tmp_path: Path) -> None:
+    s = Store(str(tmp_path))
+    why = "holds 30 connections, 3 idle (limit 20)"
+    s.save(Plan(tuple(Action(ActionKind.BLOCK, p, why, until=NOW + 600, offences=1) for p in (A, B))), NOW)
+    st = s.load()
+    assert st.blocks[A].reason == why and st.blocks[A].reason is st.blocks[B].reason
