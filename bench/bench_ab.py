@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/bench_ab.py scan --base /path/to/other/tree [--sockets 20000] [--reps 30]
     .venv/bin/python bench/bench_ab.py nft --base /path/to/other/tree [--elements 100000] [--reps 5]
+    .venv/bin/python bench/bench_ab.py counts --base /path/to/other/tree [--elements 30000] [--reps 10]
 
 Needs root; not part of the test suite. One worker process per tree (`--base` and this one), each importing govern
 from its own tree, both in the same namespace, driven round-robin (one of each per round, the order alternating
@@ -12,6 +13,9 @@ the ratio this tree / base.
 - nft: a namespace with bench_enforcer's table; `NftNetlink.commit` of one new address into a hash set
   (`--reps` x 40 rounds), of `--elements` addresses as one transaction into the emptied interval set, `dump_set`
   of that set, and one new address into it (`--reps` x 40 rounds).
+- counts: govern's own table (`NftBackend.setup` with the default config) whose counting set `seen4` holds
+  `--elements` sources with counters (and `seen6` a tenth as many /64s), as a spoofed SYN flood leaves it; per
+  round `NftBackend.syn_counts()`, the read every tick makes. Each round also prints the worker's CPU (user+sys).
 The namespaces are removed at the end, also on failure.
 """
 
@@ -66,6 +70,19 @@ def worker(root: str, kind: str, side: int) -> None:
 
         fns = {"scan": scan, "scan-gc-off": gc_off, "dump": dump}
         ready = str(diag.scan(ports).sockets)
+    elif kind == "counts":
+        from govern import config
+        from govern.model import State
+        from govern.nft.backend import NftBackend
+
+        backend = NftBackend()
+        backend.setup(config.from_mapping({}).firewall(), [], State(), time.time())
+
+        def read(_args: list[str]) -> None:
+            backend.syn_counts()
+
+        fns = {"syn_counts": read, "syn_counts-cpu": read}
+        ready = str(sum(backend.syn_counts().values()))
     else:
         from govern.addr import Prefix
         from govern.nft.netlink import ElemOp, NftNetlink
@@ -96,9 +113,11 @@ def worker(root: str, kind: str, side: int) -> None:
     print(f"ready {ready} {govern.__file__}", flush=True)
     for line in sys.stdin:
         cmd, *args = line.split()
-        t0 = time.perf_counter()
+        # "-cpu": the CPU time of the whole process (user and system, all threads: a dump's reader thread too).
+        clock = time.process_time if cmd.endswith("-cpu") else time.perf_counter
+        t0 = clock()
         fns[cmd](args)
-        print(f"{(time.perf_counter() - t0) * 1000:.4f}", flush=True)
+        print(f"{(clock() - t0) * 1000:.4f}", flush=True)
 
 
 class Side:
@@ -176,6 +195,38 @@ def run_scan(sides_for: Callable[[str], list[Side]], args: argparse.Namespace) -
                 s.close()
 
 
+def run_counts(sides_for: Callable[[str], list[Side]], args: argparse.Namespace) -> Times:
+    import random
+
+    ns = Netns(new_name("ab"))
+    sh("ip", "netns", "add", ns.name)
+    try:
+        # The workers make govern's table (set-up converges it); then the sets are filled and both read them.
+        for side in sides_for(ns.name):
+            side.close()
+        rng = random.Random(1)
+        n = args.elements
+        # Forged sources of the bot range 198.18.0.0/15 (docs: test addresses only), each with a few SYNs counted.
+        addrs = rng.sample(range(0xC6120000, 0xC6120000 + (1 << 17)), n)
+        v4 = ", ".join(
+            f"{a >> 24}.{a >> 16 & 255}.{a >> 8 & 255}.{a & 255} counter packets {rng.randint(1, 9)} bytes 0"
+            for a in addrs
+        )
+        v6 = ", ".join(f"2001:db8:bad:{i:x}:: counter packets {rng.randint(1, 9)} bytes 0" for i in range(n // 10))
+        batch = f"add element inet govern seen4 {{ {v4} }}\n" + (
+            f"add element inet govern seen6 {{ {v6} }}\n" if v6 else ""
+        )
+        subprocess.run(["ip", "netns", "exec", ns.name, "nft", "-f", "-"], input=batch, text=True, check=True)
+        sides = sides_for(ns.name)
+        try:
+            return rounds(sides, "syn_counts", args.reps) | rounds(sides, "syn_counts-cpu", args.reps)
+        finally:
+            for s in sides:
+                s.close()
+    finally:
+        sh("ip", "netns", "del", ns.name, check=False)
+
+
 def run_nft(sides_for: Callable[[str], list[Side]], args: argparse.Namespace) -> Times:
     from bench.bench_enforcer import TABLE
 
@@ -205,10 +256,10 @@ def main() -> None:
         worker(sys.argv[2], sys.argv[3], int(sys.argv[4]))
         return
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("kind", choices=["scan", "nft"])
+    ap.add_argument("kind", choices=["scan", "nft", "counts"])
     ap.add_argument("--base", type=Path, required=True, help="the other govern tree (before the change)")
     ap.add_argument("--sockets", type=int, default=20000)
-    ap.add_argument("--elements", type=int, default=100_000)
+    ap.add_argument("--elements", type=int, help="nft: 100000; counts: 30000")
     ap.add_argument("--reps", type=int, help="rounds (scan: 30; nft: 5, x40 for single adds)")
     args = ap.parse_args()
     if os.geteuid() != 0:
@@ -216,7 +267,8 @@ def main() -> None:
     base = args.base.resolve()
     if not (base / "govern" / "__init__.py").is_file():
         sys.exit(f"bench_ab: no govern tree at {base}")
-    args.reps = args.reps or (30 if args.kind == "scan" else 5)
+    args.reps = args.reps or {"scan": 30, "nft": 5, "counts": 10}[args.kind]
+    args.elements = args.elements or (30_000 if args.kind == "counts" else 100_000)
     names = ("base", "this")
     print(f"machine: {machine()}")
     print(f"command: {' '.join(['.venv/bin/python', *sys.argv])}")
@@ -228,6 +280,10 @@ def main() -> None:
     if args.kind == "scan":
         times = run_scan(sides_for, args)
         print(f"\n{args.sockets} sockets from as many sources, all idle; medians in ms (min-max), ratio this/base:")
+    elif args.kind == "counts":
+        times = run_counts(sides_for, args)
+        n = args.elements
+        print(f"\nseen4 of {n} elements, seen6 of {n // 10}; medians in ms (min-max), ratio this/base:")
     else:
         times = run_nft(sides_for, args)
         print(f"\n{args.elements} elements; medians in ms (min-max), ratio this/base:")

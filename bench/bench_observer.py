@@ -73,26 +73,31 @@ def _raise_nofile(n: int) -> None:
 PER_PROCESS = 15000
 
 
-def run_server(fds: list[int], cap: int) -> None:
-    """Accept on the inherited listening sockets and hold up to `cap` connections, until stdin closes."""
+def run_server(fds: list[int], cap: int, answer: bool = False) -> None:
+    """Accept on the inherited listening sockets and hold up to `cap` connections, until stdin closes. With
+    `answer`, also read what the clients send and answer each line as an MTA would (bench_daemon's talking
+    sessions); without it, never read (the observer's idle sockets)."""
     _raise_nofile(cap)
     lsocks = [socket.socket(fileno=fd) for fd in fds]
     held: list[socket.socket] = []
     sel = selectors.DefaultSelector()
     for lsock in lsocks:
         lsock.setblocking(False)
-        sel.register(lsock, selectors.EVENT_READ)
+        sel.register(lsock, selectors.EVENT_READ, "listener")
     stdin = sys.stdin
-    sel.register(stdin, selectors.EVENT_READ)
+    sel.register(stdin, selectors.EVENT_READ, "stdin")
     full = False
     while True:
         for key, _ in sel.select(timeout=1.0):
-            if key.fd == stdin.fileno():
+            if key.data == "stdin":
                 if not stdin.readline():  # the parent closed our stdin: time to go
                     for c in held + lsocks:
                         c.close()
                     return
                 print(f"held {len(held)}", flush=True)
+                continue
+            if key.data == "session":
+                _answer(sel, key.fileobj)  # type: ignore[arg-type]
                 continue
             listener = lsocks[[ls.fileno() for ls in lsocks].index(key.fd)]
             while len(held) < cap:
@@ -103,11 +108,26 @@ def run_server(fds: list[int], cap: int) -> None:
                 with contextlib.suppress(OSError):
                     conn.send(BANNER)
                 held.append(conn)
+                if answer:
+                    conn.setblocking(False)
+                    sel.register(conn, selectors.EVENT_READ, "session")
             if len(held) >= cap and not full:
                 # Full: leave the rest of the queues to the other server processes.
                 full = True
                 for lsock in lsocks:
                     sel.unregister(lsock)
+
+
+def _answer(sel: selectors.BaseSelector, conn: socket.socket) -> None:
+    try:
+        data = conn.recv(4096)
+    except OSError:
+        data = b""
+    if not data:  # the client went: stop watching (the socket stays held, closed at the end)
+        sel.unregister(conn)
+        return
+    with contextlib.suppress(OSError):
+        conn.send(b"250 2.0.0 Ok\r\n" * max(1, data.count(b"\n")))
 
 
 def source_address(i: int) -> tuple[str, str]:
@@ -118,25 +138,50 @@ def source_address(i: int) -> tuple[str, str]:
     return f"198.18.{j // 250}.{j % 250 + 1}", MX4
 
 
-def run_clients(ns: str, cap: int, per_source: int) -> None:
+def run_clients(ns: str, cap: int, per_source: int, talk_every: float = 0.0) -> None:
     """On each stdin line 'add FIRST COUNT PORT', open connections FIRST.. FIRST+COUNT-1 to PORT; at EOF, close all
-    and exit."""
+    and exit. With `talk_every` > 0 each connection sends one command line every `talk_every` seconds (spread
+    evenly over the connections) and reads its replies, as live sessions do; otherwise they never speak."""
     _raise_nofile(cap)
     conns: list[socket.socket] = []
-    for line in sys.stdin:
-        _, first, count, port = line.split()
-        with entered(ns):
-            for i in range(int(first), int(first) + int(count)):
-                src, dst = source_address(i // per_source)
-                fam = socket.AF_INET6 if ":" in dst else socket.AF_INET
-                s = socket.socket(fam, socket.SOCK_STREAM)
-                s.settimeout(5.0)
-                s.bind((src, 0))
-                s.connect((dst, int(port)))
-                conns.append(s)
-        print(f"open {len(conns)}", flush=True)
-    for s in conns:
-        s.close()
+    sel = selectors.DefaultSelector()
+    sel.register(sys.stdin, selectors.EVENT_READ, None)
+    turn, due = 0, time.monotonic()
+    while True:
+        for key, _ in sel.select(timeout=0.1 if talk_every and conns else None):
+            if key.data is not None:  # replies: read and dropped, so no receive queue grows
+                with contextlib.suppress(OSError):
+                    key.data.recv(4096)
+                continue
+            line = sys.stdin.readline()
+            if not line:
+                for s in conns:
+                    s.close()
+                return
+            _, first, count, port = line.split()
+            with entered(ns):
+                for i in range(int(first), int(first) + int(count)):
+                    src, dst = source_address(i // per_source)
+                    fam = socket.AF_INET6 if ":" in dst else socket.AF_INET
+                    s = socket.socket(fam, socket.SOCK_STREAM)
+                    s.settimeout(5.0)
+                    s.bind((src, 0))
+                    s.connect((dst, int(port)))
+                    conns.append(s)
+                    if talk_every:
+                        s.setblocking(False)
+                        sel.register(s, selectors.EVENT_READ, s)
+            print(f"open {len(conns)}", flush=True)
+        if talk_every and conns:
+            # Each connection's turn comes every talk_every seconds: as many lines now as are due since the last.
+            now = time.monotonic()
+            step = talk_every / len(conns)
+            while due <= now:
+                with contextlib.suppress(OSError):
+                    conns[turn % len(conns)].send(b"NOOP\r\n")
+                turn += 1
+                due += step
+            due = max(due, now - 1.0)  # after a pause (a busy CPU), catch up at most a second's worth
 
 
 # --- measuring --------------------------------------------------------------------------------------------------
@@ -281,8 +326,11 @@ class BenchLab(Lab):
 class Population:
     """Namespaces, server and client processes, and `grow(n)` to bring the connections to a port up to n."""
 
-    def __init__(self, top: int, per_source: int, own_hash: bool = True, other: int = 0) -> None:
+    def __init__(
+        self, top: int, per_source: int, own_hash: bool = True, other: int = 0, talk_every: float = 0.0
+    ) -> None:
         self.lab: Lab = BenchLab() if own_hash else Lab()
+        self.talk_every = talk_every
         self.nproc = -(-(top + other) // PER_PROCESS)
         self.per_source = per_source
         self.opened = 0  # all connections, also the index of the next one's source
@@ -302,7 +350,7 @@ class Population:
         self.close()
 
     def _spawn(self, *args: str, pass_fds: tuple[int, ...] = ()) -> subprocess.Popen[str]:
-        me = [sys.executable, __file__, "--per-source", str(self.per_source)]
+        me = [sys.executable, __file__, "--per-source", str(self.per_source), "--talk-every", str(self.talk_every)]
         kw = {"stdin": subprocess.PIPE, "stdout": subprocess.PIPE, "text": True, "bufsize": 1}
         return subprocess.Popen([*me, *args], pass_fds=pass_fds, **kw)  # type: ignore[call-overload, no-any-return]
 
@@ -414,15 +462,16 @@ def main() -> None:
     ap.add_argument(
         "--shared-hash", action="store_true", help="clients share the host's established hash (tests/netns.py Lab)"
     )
+    ap.add_argument("--talk-every", type=float, default=0.0, help=argparse.SUPPRESS)  # bench_daemon's sessions
     ap.add_argument("--role", choices=["server", "clients"], help=argparse.SUPPRESS)
     ap.add_argument("--ns", help=argparse.SUPPRESS)
     ap.add_argument("--fd", type=int, action="append", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.role == "server":
-        run_server(args.fd, PER_PROCESS)
+        run_server(args.fd, PER_PROCESS, answer=args.talk_every > 0)
         return
     if args.role == "clients":
-        run_clients(args.ns, PER_PROCESS, args.per_source)
+        run_clients(args.ns, PER_PROCESS, args.per_source, args.talk_every)
         return
     if os.geteuid() != 0:
         sys.exit("bench_observer: needs root (network namespaces)")

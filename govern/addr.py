@@ -64,21 +64,8 @@ class Prefix(NamedTuple):
         IPv6 address or prefix (::ffff:198.51.100.7, ::ffff:198.51.100.0/120) is its IPv4 one: the kernel sees such a
         peer as IPv4, and in an IPv6 set it would never match.
         """
-        raw = text.strip()
-        if len(raw) > MAX_TEXT:
-            raise AddressError(f"{shown(text)} is too long to be an IPv4/IPv6 address or prefix")
-        try:
-            net = ipaddress.ip_network(raw, strict=strict)
-        except ValueError as exc:
-            # ipaddress's reason, when it adds something ("has host bits set", a bad netmask) and is short: some of
-            # its reasons only quote the text again.
-            reason = str(exc)
-            detail = "" if "does not appear to be" in reason or len(reason) > 80 else f" ({reason})"
-            raise AddressError(f"{shown(text)} is not an IPv4/IPv6 address or prefix{detail}") from None
-        value = int(net.network_address)
-        if net.version == 6 and net.prefixlen >= 96 and value >> 32 == 0xFFFF:
-            return cls(4, value & 0xFFFFFFFF, net.prefixlen - 96)
-        return cls(net.version, value, net.prefixlen)
+        fast = parse_canonical(text)
+        return fast if fast is not None else parse_full(text, strict=strict)
 
     @classmethod
     def from_packed(cls, raw: bytes, length: int | None = None) -> Prefix:
@@ -89,6 +76,59 @@ class Prefix(NamedTuple):
         if plen < bits:
             value &= ~((1 << (bits - plen)) - 1) & ((1 << bits) - 1)
         return cls(version, value, plen)
+
+
+def parse_full(text: str, *, strict: bool = False) -> Prefix:
+    """`Prefix.parse` the whole way, through ipaddress: every spelling it takes, and a clear error for the rest."""
+    raw = text.strip()
+    if len(raw) > MAX_TEXT:
+        raise AddressError(f"{shown(text)} is too long to be an IPv4/IPv6 address or prefix")
+    try:
+        net = ipaddress.ip_network(raw, strict=strict)
+    except ValueError as exc:
+        # ipaddress's reason, when it adds something ("has host bits set", a bad netmask) and is short: some of
+        # its reasons only quote the text again.
+        reason = str(exc)
+        detail = "" if "does not appear to be" in reason or len(reason) > 80 else f" ({reason})"
+        raise AddressError(f"{shown(text)} is not an IPv4/IPv6 address or prefix{detail}") from None
+    value = int(net.network_address)
+    if net.version == 6 and net.prefixlen >= 96 and value >> 32 == 0xFFFF:
+        return Prefix(4, value & 0xFFFFFFFF, net.prefixlen - 96)
+    return Prefix(net.version, value, net.prefixlen)
+
+
+def parse_canonical(text: str) -> Prefix | None:
+    """`text` as a Prefix if it is canonical, exactly as `str(Prefix)` writes it; None for any other text.
+
+    The store reads back 100,000 prefixes at a start-up with 100k blocks, all written by govern itself: through
+    ipaddress each costs 3-5 us, here (inet_pton, then the checks) under 1 us (docs/benchmarks.md, "Restart").
+    Only canonical text is taken here, and `parse_full` gives the same Prefix for every canonical text
+    (tests/unit/test_addr.py), so the fast path never changes what is accepted, what it means, or which error the
+    rest gets: all else goes the full way.
+    """
+    if not isinstance(text, str) or len(text) > MAX_TEXT:  # bytes, say: the full parser's to take or refuse
+        return None
+    addr, sep, length = text.partition("/")
+    try:
+        if ":" in addr:
+            family, version, bits = socket.AF_INET6, 6, 128
+        else:
+            family, version, bits = socket.AF_INET, 4, 32
+        raw = socket.inet_pton(family, addr)
+        plen = int(length) if sep else bits
+    except (OSError, ValueError):  # not an address inet_pton takes (a UnicodeError is a ValueError)
+        return None
+    # str(Prefix) writes a host without "/bits" and a length in plain decimal digits.
+    if sep and not (0 <= plen < bits and length == str(plen)):
+        return None
+    value = int.from_bytes(raw, "big")
+    if value & ((1 << (bits - plen)) - 1):  # host bits set: `strict` decides, so the full parser does
+        return None
+    if version == 6 and plen >= 96 and value >> 32 == 0xFFFF:  # IPv4-mapped: the full parser makes it IPv4
+        return None
+    if socket.inet_ntop(family, raw) != addr:  # another spelling of the address (case, zeros, "::" placement)
+        return None
+    return Prefix(version, value, plen)
 
 
 def group_key(address: Prefix, v4_len: int, v6_len: int) -> Prefix:

@@ -187,6 +187,7 @@ def status(
         print(f"tarpit: off ({st.get('tarpit')})")
     for feature, why in (st.get("unavailable") or {}).items():
         print(f"{feature}: off ({why})")
+    print(_fleet_line(st.get("fleet") or {}))
     m = st.get("metrics") or {}
     if m.get("state") == "serving":
         print(f"metrics: {m['url']}")
@@ -209,6 +210,25 @@ def status(
         print(
             "\nfailures: " + ", ".join(f"{k} x{v} ({st['last_errors'].get(k, '')})" for k, v in st["failures"].items())
         )
+
+
+def _fleet_line(f: dict[str, Any]) -> str:
+    """`govern status`'s fleet line: off, connected (as whom, what went each way) or down since when and why."""
+    state = f.get("state", "off")
+    if state == "off":
+        return "fleet: off"
+    since = time.strftime("%H:%M:%S", time.localtime(f.get("since", 0)))
+    counts = (
+        f"published {f.get('published', 0)}, received {f.get('received', 0)}, applied {f.get('applied', 0)}, "
+        f"refused {f.get('refused_here', 0)} by this host's rules and {f.get('refused', 0)} unverified"
+    )
+    if state == "connected":
+        lag = f.get("lag")
+        lag_text = f", lag {lag:.2f} s" if isinstance(lag, int | float) else ""
+        return f"fleet: connected as {f.get('name')} since {since}{lag_text}; {counts}"
+    if state == "down":
+        return f"FLEET DOWN since {since} ({f.get('error')}): enforcing alone; {counts}"
+    return f"fleet: connecting as {f.get('name')}; {counts}"
 
 
 @app.command()

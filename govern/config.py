@@ -14,6 +14,7 @@ import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from govern.addr import Prefix, PrefixSet
 from govern.allow import files as allow_files
@@ -249,6 +250,62 @@ def _listen_or_off(v: Any) -> str:
     return s
 
 
+FLEET_SCHEMES = ("redis", "rediss", "unix")
+FLEET_KINDS = ("blocks", "trust")
+
+
+def _fleet_url(v: Any) -> str:
+    """'' (off), or a Redis URL the client takes: redis://, rediss:// (TLS) or unix:// (a socket's path)."""
+    if v == "":
+        return ""
+    s = _str(v)
+    if not s.isprintable() or any(c.isspace() for c in s):
+        raise ValueError(f"{shown(s)} contains a space or a control character")
+    scheme, sep, rest = s.partition("://")
+    if not sep or scheme.lower() not in FLEET_SCHEMES:
+        raise ValueError(f"expected a redis://, rediss:// or unix:// URL, got {shown(s)}")
+    if not rest or rest.startswith("?"):
+        raise ValueError(f"{shown(s)} names no server")
+    if scheme.lower() == "unix":
+        if not rest.startswith("/"):
+            raise ValueError(f"a unix:// URL names an absolute socket path (unix:///run/redis.sock), got {shown(s)}")
+        return s
+    parts = urlsplit(s)
+    try:
+        parts.port  # noqa: B018 - urlsplit checks the port only when asked for it
+    except ValueError:
+        raise ValueError(f"{shown(s)} has no valid port (1-65535)") from None
+    if not parts.hostname:
+        raise ValueError(f"{shown(s)} names no server")
+    return s
+
+
+def _host_name(v: Any) -> str:
+    """`fleet.name`: '' (this host's name) or a name other hosts see on the blocks it shares."""
+    if v == "":
+        return ""
+    s = _str(v)
+    if len(s) > 64 or not all(c.isalnum() or c in "-._" for c in s) or not s.isascii():
+        raise ValueError(f"expected up to 64 letters, digits, '-', '.' or '_', got {shown(s)}")
+    return s
+
+
+def _fleet_kinds(v: Any) -> tuple[str, ...]:
+    def known(item: Any) -> str:
+        if item not in FLEET_KINDS:
+            raise ValueError(f"{shown(item)} is not something a fleet shares (known: {', '.join(FLEET_KINDS)})")
+        return str(item)
+
+    return items(v, "kinds of decision", known, twice=lambda k: f"{k} is listed twice")
+
+
+def _namespace(v: Any) -> str:
+    s = _str(v)
+    if len(s) > 64 or not s.isascii() or not all(c.isalnum() or c in "-._:" for c in s):
+        raise ValueError(f"expected up to 64 letters, digits, '-', '.', '_' or ':', got {shown(s)}")
+    return s
+
+
 @dataclass(frozen=True)
 class Key:
     default: Any
@@ -381,6 +438,15 @@ SCHEMA: dict[str, dict[str, Key]] = {
     # -- the Prometheus endpoint (govern.metrics, docs/metrics.md)
     "metrics": {
         "listen": Key("", _listen_or_off, "HOST:PORT the daemon serves Prometheus /metrics on; empty: off"),
+    },
+    # -- the fleet: decisions shared with other MX hosts through Redis (govern.fleet, docs/fleet.md)
+    "fleet": {
+        "url": Key("", _fleet_url, "the Redis decisions are shared through (redis://, rediss://, unix://); empty: off"),
+        "name": Key("", _host_name, "this host's name on the decisions it shares; empty: the hostname"),
+        "key_file": Key("", _abs_path_or_off, "the fleet's shared secret that signs every decision (root's, 0600)"),
+        "share": Key(["blocks"], _fleet_kinds, "what this host publishes to the fleet: blocks, trust"),
+        "accept": Key(["blocks"], _fleet_kinds, "what this host applies of what others publish: blocks, trust"),
+        "namespace": Key("govern", _namespace, "prefix of the Redis keys: fleets sharing one Redis each take one"),
     },
     "daemon": {
         "tick": Key("1s", _duration(0.1, 60), "how often govern observes, decides and acts"),
@@ -744,6 +810,12 @@ def _cross_check(v: Mapping[str, Mapping[str, Any]], path: str | None) -> None:
         )
     if v["export"]["listen"] and not v["export"]["token_file"]:
         raise ConfigError("the feed needs a bearer token: set export.token_file", path=path, key="export.listen")
+    if v["fleet"]["url"]:
+        if not v["fleet"]["key_file"]:
+            raise ConfigError("a fleet signs every decision: set fleet.key_file", path=path, key="fleet.url")
+        from govern.fleet.key import read_key
+
+        read_key(v["fleet"]["key_file"], config=path)
     if v["metrics"]["listen"] and v["metrics"]["listen"] == v["export"]["listen"]:
         raise ConfigError(
             "the export feed listens there already; give each its own port", path=path, key="metrics.listen"

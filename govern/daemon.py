@@ -30,10 +30,12 @@ from govern.core.decide import (
     release_allowlisted,
     sessions_to_end,
 )
+from govern.core.fleet import Refusal, Remote, fleet_blocks, fleet_trust
 from govern.core.policy import Policy
 from govern.core.reasons import family, reason_class
-from govern.edges import Counters, Enforcer, SocketSource, StateStore, Tarpit
+from govern.edges import Counters, Enforcer, FleetLink, SocketSource, StateStore, Tarpit
 from govern.errors import GovernError, StoreError
+from govern.fleet import codec
 from govern.health import Health
 from govern.keeping import Keeper
 from govern.model import PUNITIVE, ActionKind, Cut, Mode, ModeState, Plan, Snapshot, State
@@ -84,6 +86,7 @@ class Governor:
         trust: TrustSources | None = None,
         tarpit: Tarpit | None = None,
         own_addresses: Callable[[], Sequence[Prefix]] = tuple,
+        fleet: FleetLink | None = None,
     ) -> None:
         self.config = config
         self.sockets = sockets
@@ -126,6 +129,13 @@ class Governor:
         # reload); other threads (govern.metrics) take it only to copy what they read, so never see half a tick.
         self.lock = threading.Lock()
         self.metrics: dict[str, str] = {"state": "off"}  # the Prometheus endpoint as `govern status` shows it
+        # The fleet's shared decisions (govern.fleet; docs/fleet.md): None unless `fleet.url`.
+        self.fleet = fleet
+        self.fleet_applied = 0  # other hosts' blocks applied here
+        self.fleet_refused = 0  # ... and refused by this host's own rules
+        self.fleet_trusted = 0  # other hosts' learned trust taken in
+        self._fleet_trust: set[Prefix] = set()  # source groups trusted on the fleet's word: never published again
+        self._trust_shared: frozenset[Prefix] = frozenset()  # the trusted set as last shared
 
     @property
     def interval(self) -> float:
@@ -152,6 +162,8 @@ class Governor:
         self.converge(now)
         self.tarpit_start(now)
         self.sysctl_start()
+        if self.fleet is not None:  # last: what the fleet hands over meets the converged kernel objects
+            self.fleet.start()
 
     def converge(self, now: float) -> None:
         """Make the firewall's kernel objects as the config says, with the state's blocks and throttles in them;
@@ -265,6 +277,8 @@ class Governor:
         self.catch_up(now)
         self._check_kernel(now)
         self.refresh_sources(now)
+        # Before deciding: a source the fleet blocked is not judged again here (and not published twice).
+        self._from_fleet(now)
         try:
             self.snapshot = self.observer.snapshot(self.policy, now, self.trusted())
         except GovernError as exc:
@@ -284,6 +298,7 @@ class Governor:
             self.totals[k] = self.totals.get(k, 0) + v
         plan = decide(self.snapshot, self.state, self.policy, now)
         self.execute(plan, now)
+        self._share_trust(now)
         if now - self._maintained >= MAINTENANCE_EVERY:
             self._maintain(now)
         self.ticks += 1
@@ -292,14 +307,17 @@ class Governor:
         self.tick_times.observe(took)
         return plan
 
-    def execute(self, plan: Plan, now: float, *, durable: bool = False) -> bool:
+    def execute(self, plan: Plan, now: float, *, durable: bool = False, share: bool = True) -> bool:
         """Apply a plan: store and kernel in step, then end the sessions of newly blocked sources. A dry run's edges
         (govern.dryrun) log what they would do and change nothing.
 
         An operator's decision is `durable`: it is in the store before the kernel, or nowhere (StoreError, nothing
         changed). govern's own decisions never wait on the store: when it cannot be written they are enforced and
         held in memory, and written whole when it can be again (`catch_up`); a crash meanwhile leaves them in the
-        kernel, where the next start adopts them."""
+        kernel, where the next start adopts them.
+
+        Once committed, the plan's blocks are shared with the fleet, unless `share` is off (blocks applied from the
+        fleet: a host never publishes again what it applied)."""
         if not plan:
             return True
         kernel = functools.partial(self._kernel, plan, now)  # one plan's kernel commit, handed to the keeper
@@ -310,6 +328,8 @@ class Governor:
             return False
         previous = self.state.mode
         self.state.record(plan, now)
+        if share and self.fleet is not None:
+            self._to_fleet(plan, now)
         if not self.dry_run:  # the dry-run firewall logged each as "dry run: would ..."
             for a in plan.actions:
                 log.info("%s", a.describe())
@@ -339,6 +359,78 @@ class Governor:
                 # A shed asks each single session's socket: only the sources that lost one are events.
                 self._note_cuts(tuple(c for c in plan.cuts if not c.shed or ended.get(c.prefix)), now)
         return True
+
+    # -- the fleet (govern.fleet; docs/fleet.md) -----------------------------------------------------------------
+
+    def _to_fleet(self, plan: Plan, now: float) -> None:
+        """Queue this host's committed blocks for the fleet (the link's thread sends them; this never waits)."""
+        assert self.fleet is not None
+        if self.dry_run or "blocks" not in self.config["fleet"]["share"]:
+            return
+        kinds = (ActionKind.BLOCK, ActionKind.EXTEND)
+        mine = [a for a in plan.actions if a.kind in kinds]
+        if mine:
+            self.fleet.publish(
+                [codec.new("block", a.prefix, a.reason, a.until, a.offences, self.fleet.name, now) for a in mine]
+            )
+
+    def _from_fleet(self, now: float) -> None:
+        """Apply what the other hosts decided since the last tick, through this host's own rules: the allowlist,
+        its own addresses and `[guard]` always win; a refusal is a log line."""
+        if self.fleet is None:
+            return
+        got = self.fleet.drain()
+        if not got:
+            return
+        blocks = [Remote(d.prefix, d.reason, d.until, d.offences, d.origin) for d in got if d.kind == "block"]
+        trust = [Remote(d.prefix, d.reason, d.until, d.offences, d.origin) for d in got if d.kind == "trust"]
+        plan, refused = fleet_blocks(blocks, self.state, self.policy, now)
+        taken: tuple[Remote, ...] = ()
+        refused_trust: tuple[Refusal, ...] = ()
+        if trust and self.trust is not None:
+            taken, refused_trust = fleet_trust(trust, self.policy, now)
+        for what, refusals in (("block", refused), ("trust", refused_trust)):
+            for r in refusals:
+                self.fleet_refused += 1
+                log.warning("fleet: refused %s's %s of %s: %s", r.decision.origin, what, r.decision.prefix, r.why)
+        if plan and self.execute(plan, now, share=False):
+            self.fleet_applied += sum(1 for a in plan.actions if a.kind in (ActionKind.BLOCK, ActionKind.EXTEND))
+        for t in taken:
+            assert self.trust is not None
+            if self.trust.learn_until(t.prefix, t.until, now):
+                self._fleet_trust.add(t.prefix)
+                self.fleet_trusted += 1
+
+    def _share_trust(self, now: float) -> None:
+        """Queue the source groups this host trusts since the last tick for the fleet (those it learned itself:
+        never what it took from the fleet)."""
+        if self.fleet is None or self.trust is None or self.dry_run or "trust" not in self.config["fleet"]["share"]:
+            return
+        current = self.trusted()
+        if current is self._trust_shared:
+            return
+        previous, self._trust_shared = self._trust_shared, current
+        self._fleet_trust &= current  # what lapsed here is forgotten here too
+        new = [p for p in current - previous if p not in self._fleet_trust]
+        decisions = []
+        for p in new:
+            until = self.trust.until(p)
+            if until is not None and until > now:
+                decisions.append(codec.new("trust", p, "completed a delivery", until, 0, self.fleet.name, now))
+        if decisions:
+            self.fleet.publish(decisions)
+
+    def fleet_status(self) -> dict[str, Any]:
+        """The fleet as `govern status` and the metrics show it."""
+        if self.fleet is None:
+            return {"state": "off"}
+        return {
+            **self.fleet.state().to_dict(),
+            "name": self.fleet.name,
+            "applied": self.fleet_applied,
+            "trusted": self.fleet_trusted,
+            "refused_here": self.fleet_refused,
+        }
 
     def _kernel(self, plan: Plan, now: float) -> None:
         self.enforcer.apply(plan, now)
@@ -500,6 +592,8 @@ class Governor:
             self.allow.close()
         if self.trust is not None:
             self.trust.close()
+        if self.fleet is not None:
+            self.fleet.close()
 
     # -- reload -------------------------------------------------------------------------------------------
 

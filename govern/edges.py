@@ -6,10 +6,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from govern.addr import Prefix, PrefixSet
 from govern.model import Event, FirewallSpec, Plan, Scan, SessionInfo, State
+
+if TYPE_CHECKING:
+    from govern.fleet.codec import Decision
+    from govern.fleet.link import LinkState
 
 
 class SocketSource(Protocol):
@@ -150,5 +154,26 @@ class StateStore(Protocol):
     def allow(self, prefix: Prefix, now: float, note: str = "") -> None: ...
 
     def disallow(self, prefix: Prefix) -> bool: ...
+
+    def close(self) -> None: ...
+
+
+class FleetLink(Protocol):
+    """The fleet's shared decisions (govern.fleet.link; docs/fleet.md): a link that runs beside the tick. `publish`
+    and `drain` never block: they put to and take from bounded queues a thread of the link's own serves."""
+
+    name: str  # this host's name on what it publishes
+
+    def start(self) -> None: ...
+
+    def publish(self, decisions: Sequence[Decision]) -> None:
+        """Queue this host's own decisions for the fleet (signed and sent by the link's thread)."""
+        ...
+
+    def drain(self, limit: int = 10_000) -> list[Decision]:
+        """The other hosts' decisions verified since the last drain, at most `limit`."""
+        ...
+
+    def state(self) -> LinkState: ...
 
     def close(self) -> None: ...

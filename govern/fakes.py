@@ -11,6 +11,8 @@ from typing import Any, TypeVar
 from govern.addr import Prefix, PrefixSet
 from govern.allow.dns import Answer, DnsTempError, RecordType
 from govern.errors import KernelError
+from govern.fleet.codec import Decision
+from govern.fleet.link import LinkState
 from govern.model import Action, ActionKind, FirewallSpec, Plan, Scan, SessionInfo, SockCounts, State
 from govern.sysctl.planner import Access, Reading
 
@@ -278,3 +280,32 @@ class InlineExecutor(futures.Executor):
         except Exception as exc:
             fut.set_exception(exc)
         return fut
+
+
+@dataclass
+class FakeFleet:
+    """The fleet edge without Redis: what the daemon publishes lands in `published`; a test puts other hosts'
+    verified decisions in `incoming` for the next drain, and sets `link` to the state it wants shown."""
+
+    name: str = "mx-test"
+    published: list[Decision] = field(default_factory=list)
+    incoming: list[Decision] = field(default_factory=list)
+    link: LinkState = field(default_factory=lambda: LinkState("connected", 0.0))
+    started: bool = False
+    closed: bool = False
+
+    def start(self) -> None:
+        self.started = True
+
+    def publish(self, decisions: Sequence[Decision]) -> None:
+        self.published.extend(decisions)
+
+    def drain(self, limit: int = 10_000) -> list[Decision]:
+        out, self.incoming = self.incoming[:limit], self.incoming[limit:]
+        return out
+
+    def state(self) -> LinkState:
+        return self.link
+
+    def close(self) -> None:
+        self.closed = True

@@ -174,6 +174,7 @@ class GovernCollector:
         yield from self._health(f)
         yield from self._sysctl()
         yield from self._feed()
+        yield from self._fleet()
 
     def _daemon(self, f: Figures) -> Iterator[Metric]:
         yield _labelled(
@@ -369,6 +370,37 @@ class GovernCollector:
             "requests the pull feed answered, by path and HTTP status code",
             ["path", "code"],
             (((path, str(code)), n) for (path, code), n in sorted(counts.items())),
+        )
+
+    def _fleet(self) -> Iterator[Metric]:
+        # The link's figures are its own thread's, read under its lock: no need of the Governor's.
+        f = self.gov.fleet_status()
+        yield _gauge(
+            "govern_fleet_up",
+            "1 while the fleet's Redis answers, 0 while it does not or no fleet is set",
+            f["state"] == "connected",
+        )
+        yield _gauge(
+            "govern_fleet_lag_seconds",
+            "from the last received fleet decision's publication to its reception",
+            f.get("lag") or 0.0,
+        )
+        yield _labelled(
+            CounterMetricFamily,
+            "govern_fleet_decisions",
+            "fleet decisions: published, received, applied, refused (this host's rules), unverified, dropped",
+            ["what"],
+            (
+                ((what,), float(f.get(key, 0)))
+                for what, key in (
+                    ("published", "published"),
+                    ("received", "received"),
+                    ("applied", "applied"),
+                    ("refused", "refused_here"),
+                    ("unverified", "refused"),
+                    ("dropped", "dropped"),
+                )
+            ),
         )
 
 

@@ -12,6 +12,7 @@ from govern import protocol, why
 from govern.addr import Prefix, PrefixSet, group_key
 from govern.allow.entries import AllowEntry, by_prefix
 from govern.core.decide import most_prolific
+from govern.core.fleet import from_fleet
 from govern.errors import GovernError
 from govern.model import Block, SessionInfo, State, holding
 
@@ -96,6 +97,8 @@ def block_reason(b: Block) -> str:
     """The kind of reason a block has, for counting blocks by reason."""
     if b.manual:
         return "operator"
+    if from_fleet(b.reason):
+        return "fleet"
     return next((kind for words, kind in _BLOCK_REASONS if words in b.reason), "other")
 
 
@@ -111,6 +114,7 @@ def entries(state: State) -> list[dict[str, Any]]:
                 "until": b.until,
                 "offences": b.offences,
                 "manual": b.manual,
+                "from": from_fleet(b.reason) or "",  # the fleet host that decided it; "" for this host's own
             }
         )
     for t in sorted(state.throttles.values(), key=lambda t: t.since):
@@ -185,6 +189,7 @@ def status(gov: Governor, top: int = 10) -> dict[str, Any]:
         "last_errors": dict(gov.health.last_error),
         "store": _store_report(gov),
         "metrics": dict(gov.metrics),
+        "fleet": gov.fleet_status(),
         "recent": _recent(gov),
     }
 

@@ -27,6 +27,7 @@ from typing import Any, NamedTuple, TypeVar
 
 from govern.addr import Prefix, group_key
 from govern.core.decide import Limits
+from govern.core.fleet import from_fleet
 from govern.core.policy import Policy
 from govern.durations import format_duration
 from govern.errors import UsageError
@@ -357,7 +358,8 @@ def _actions(
 ) -> Iterable[str]:
     verbs = {"block": "blocked", "throttle": "throttled", "tarpit": "tarpitted"}
     for e in enforcement:
-        by = " by hand" if e.manual else ""
+        origin = from_fleet(e.reason)
+        by = " by hand" if e.manual else f" on the word of fleet host {origin}" if origin else ""
         yield f"{verbs[e.kind]}{by}{_part(ev, e.prefix)} since {_ago(ev, e.since)}, {_left(ev, e.until)}: {e.reason}"
     for p, o in offences:
         yield (

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from govern.addr import Prefix
 from govern.config import Config
-from govern.edges import Enforcer
+from govern.edges import Enforcer, FleetLink
 from govern.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -121,7 +121,29 @@ def governor(config: Config, store: Store) -> Governor:
         trust=TrustSources(config.trust_section()),
         tarpit=pit,
         own_addresses=own_addresses,
+        fleet=fleet_link(config),
     )
+
+
+def fleet_link(config: Config) -> FleetLink | None:
+    """The fleet's Redis link (govern.fleet.link) when `fleet.url` is set, else None. The key is read again here,
+    as the daemon starts: what `config check` accepted may have changed since."""
+    import socket
+
+    from govern.fleet.codec import MAX_ORIGIN
+    from govern.fleet.key import read_key
+    from govern.fleet.link import RedisLink
+
+    f = config["fleet"]
+    if not f["url"]:
+        return None
+    name = f["name"] or socket.gethostname()
+    if not 0 < len(name) <= MAX_ORIGIN or not all(c.isascii() and (c.isalnum() or c in "-._") for c in name):
+        raise ConfigError(
+            f"the hostname {name[:40]!r} is not a fleet name: set one", path=config.path, key="fleet.name"
+        )
+    accept = tuple({"blocks": "block", "trust": "trust"}[k] for k in f["accept"])
+    return RedisLink(f["url"], read_key(f["key_file"], config=config.path), name, f["namespace"], accept)
 
 
 def own_addresses() -> tuple[Prefix, ...]:

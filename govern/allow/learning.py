@@ -41,6 +41,11 @@ class TrustSources:
         """A completed delivery the daemon saw itself."""
         return self.trust.learn(address, now, now)
 
+    def learn_until(self, source: Prefix, until: float, now: float) -> bool:
+        """Trust another host of the fleet learned, lasting until `until` (never longer than this host's own
+        `learn_for` from now)."""
+        return self.trust.learn(source, min(until, now + self.trust.learn_for) - self.trust.learn_for, now)
+
     def refresh(self, now: float) -> bool:
         """Read what the log gained since the last call and expire old trust; True when the trusted set changed."""
         changed = False

@@ -24,9 +24,11 @@ def this_host(p: Prefix, own: PrefixSet) -> str | None:
     for lo in LOOPBACK:
         if lo.overlaps(p):
             return f"{p} covers loopback ({lo}): govern never blocks this host"
-    for mine in own:
-        if mine.overlaps(p):
-            return f"{p} covers {mine}, an address of this host: govern never blocks this host"
+    # The set's lookups first: this runs for every block at start-up (release_allowlisted), and walking the host's
+    # addresses in order for each of 100k blocks was a third of a second.
+    if own.intersects(p):
+        mine = next(m for m in own if m.overlaps(p))
+        return f"{p} covers {mine}, an address of this host: govern never blocks this host"
     return None
 
 

@@ -20,10 +20,11 @@ AGGREGATE = "aggregate"  # a prefix blocked whole because many of its sources we
 HAMMERING = "hammering"  # a block extended: the source kept trying while blocked
 NEARING = "nearing"  # tarpitted: nearing a limit, some sessions silent, while the host is under pressure
 ADOPTED = "adopted"  # found in the kernel at start-up, unknown to the store (a crash between two commits)
+FLEET = "fleet"  # decided by another host of the fleet (govern.core.fleet), applied here
 OTHER = "other"
-REASONS = (MANUAL, CONNECTIONS, RATE, STALLING, WAVE_TOP, AGGREGATE, HAMMERING, NEARING, ADOPTED, OTHER)
+REASONS = (MANUAL, CONNECTIONS, RATE, STALLING, WAVE_TOP, AGGREGATE, HAMMERING, NEARING, ADOPTED, FLEET, OTHER)
 # The classes each kind of entry can have (an extended block keeps the extension's reason); anything else is OTHER.
-BLOCK_REASONS = (MANUAL, CONNECTIONS, RATE, STALLING, WAVE_TOP, AGGREGATE, HAMMERING, ADOPTED, OTHER)
+BLOCK_REASONS = (MANUAL, CONNECTIONS, RATE, STALLING, WAVE_TOP, AGGREGATE, HAMMERING, ADOPTED, FLEET, OTHER)
 THROTTLE_REASONS = (CONNECTIONS, RATE, ADOPTED, OTHER)
 TARPIT_REASONS = (NEARING, OTHER)
 
@@ -49,6 +50,8 @@ def reason_class(reason: str, manual: bool = False) -> str:
     """The class of a block's, throttle's or tarpit's reason; the first limit named wins when several are."""
     if manual or reason.startswith("manual:"):
         return MANUAL
+    if reason.startswith("fleet:"):
+        return FLEET
     if reason.startswith("found in the kernel"):
         return ADOPTED
     if reason.startswith("wave: among the"):

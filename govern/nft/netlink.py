@@ -50,11 +50,12 @@ from __future__ import annotations
 import bisect
 import gc
 import itertools
+import operator
 import socket
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import TracebackType
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from govern import netlink
 from govern.addr import Prefix
@@ -127,6 +128,7 @@ _INLINE_CHUNKS = 8  # dumps longer than this many recv()s are read on by a threa
 _FAMILY_NAMES = {1: "inet", 2: "ip", 3: "arp", 5: "netdev", 7: "bridge", 10: "ip6"}
 
 _BE32 = struct.Struct(">I")
+_U32 = struct.Struct("=I")
 _BE64 = struct.Struct(">Q")
 
 
@@ -405,6 +407,129 @@ def _parse_elements(buf: bytes | bytearray | memoryview, off: int, end: int, out
     return klen
 
 
+class _CountLayout(NamedTuple):
+    """How the fast loop of `CountParser` reads one shape of counted element, learnt from the first of its shape.
+
+    `unpack` reads the whole element (`size` bytes, alignment included) at once; `check` picks every field but the
+    key and the packets (the attribute headers, the counter's name, flags and user data), which must equal
+    `expect` for the element to be read this way; `key_at` and `packets_at` index the key bytes and the packets
+    (big-endian bytes) in the record.
+    """
+
+    unpack: Callable[[bytes | bytearray | memoryview, int], tuple[Any, ...]]
+    size: int
+    check: Callable[[tuple[Any, ...]], tuple[Any, ...]]
+    expect: tuple[Any, ...]
+    key_at: int
+    packets_at: int
+
+
+def _count_layout(buf: bytes | bytearray | memoryview, off: int, elen: int) -> _CountLayout | None:
+    """The layout of the element at `off` if it is a plain counted one (a key, one counter, no interval end, no
+    data); None otherwise (the generic parse then takes every element of its shape)."""
+    fields: list[tuple[int, str, str]] = [(off, "I", "check")]  # (offset, struct code, role)
+    key = packets = 0
+    for atype, p, end in netlink.attrs(buf, off + 4, off + elen):
+        fields.append((p - 4, "I", "check"))
+        if atype == NFTA_SET_ELEM_KEY:
+            for itype, q, qend in netlink.attrs(buf, p, end):
+                fields.append((q - 4, "I", "check"))
+                if itype != NFTA_DATA_VALUE or qend - q not in (4, 16):
+                    return None
+                fields.append((q, f"{qend - q}s", "key"))
+                key += 1
+        elif atype == NFTA_SET_ELEM_EXPR:
+            for itype, q, qend in netlink.attrs(buf, p, end):
+                fields.append((q - 4, "I", "check"))
+                if itype == NFTA_EXPR_NAME:
+                    if bytes(buf[q:qend]).rstrip(b"\0") != b"counter":
+                        return None
+                    fields.append((q, f"{qend - q}s", "check"))
+                elif itype == NFTA_EXPR_DATA:
+                    for ctype, r, rend in netlink.attrs(buf, q, qend):
+                        fields.append((r - 4, "I", "check"))
+                        if ctype == NFTA_COUNTER_PACKETS and rend - r == 8:
+                            fields.append((r, "8s", "packets"))
+                            packets += 1
+        elif atype in (NFTA_SET_ELEM_FLAGS, NFTA_SET_ELEM_USERDATA):
+            fields.append((p, f"{end - p}s", "check"))
+        elif atype not in (NFTA_SET_ELEM_TIMEOUT, NFTA_SET_ELEM_EXPIRATION):
+            return None  # data, expressions lists, object references: not a counting set's
+    if key != 1 or packets != 1:
+        return None
+    fields.sort()
+    fmt, at, roles = "=", off, []
+    for foff, code, role in fields:
+        if foff < at:
+            return None
+        fmt += f"{foff - at}x{code}" if foff > at else code
+        at = foff + struct.calcsize("=" + code)
+        roles.append(role)
+    size = align(elen)
+    fmt += f"{off + size - at}x" if off + size > at else ""
+    record = struct.Struct(fmt)
+    if record.size != size:
+        return None
+    rec = record.unpack_from(buf, off)
+    checked = [i for i, role in enumerate(roles) if role == "check"]
+    pick = operator.itemgetter(*checked)
+    return _CountLayout(record.unpack_from, size, pick, pick(rec), roles.index("key"), roles.index("packets"))
+
+
+class CountParser:
+    """The elements of a dump of a counting set (a plain set whose elements carry a counter, like `seen4`): each
+    key (big-endian, as an integer) and its counter's packets, for every tick's read of the SYN counters.
+
+    The kernel sends every element of such a set in one of very few shapes (with or without a per-element timeout),
+    so each element is read with one precompiled struct learnt per shape, and checked against it; any other
+    element goes through the generic parse (`_parse_elements`), which gives the same key and packets.
+    """
+
+    __slots__ = ("_keys", "_layouts", "_packets", "_raw")
+
+    def __init__(self) -> None:
+        self._keys: list[bytes] = []
+        self._packets: list[bytes] = []
+        self._raw: list[_RawElem] = []  # the elements the generic parse took
+        self._layouts: dict[int, _CountLayout | None] = {}
+
+    def feed(self, buf: bytes | bytearray | memoryview, off: int, end: int) -> None:
+        """Read the elements of one NFTA_SET_ELEM_LIST_ELEMENTS payload, buf[off:end]."""
+        keys, packets = self._keys.append, self._packets.append
+        layouts = self._layouts
+        unpack_nla = NLATTR.unpack_from
+        cur: _CountLayout | None = None
+        while off + 4 <= end:
+            if cur is not None and off + cur.size <= end:
+                rec = cur.unpack(buf, off)
+                if cur.check(rec) == cur.expect:
+                    keys(rec[cur.key_at])
+                    packets(rec[cur.packets_at])
+                    off += cur.size
+                    continue
+            elen, _atype = unpack_nla(buf, off)
+            if elen < 4:
+                break
+            (word,) = _U32.unpack_from(buf, off)
+            if word not in layouts:
+                layouts[word] = _count_layout(buf, off, elen) if off + elen <= end else None
+            layout = layouts[word]
+            if layout is not None and layout is not cur and off + layout.size <= end:
+                rec = layout.unpack(buf, off)
+                if layout.check(rec) == layout.expect:
+                    cur = layout
+                    continue
+            step = (elen + 3) & ~3
+            _parse_elements(buf, off, min(off + step, end), self._raw)
+            off += step
+
+    def result(self) -> list[tuple[int, int]]:
+        """(key, packets) of every element read."""
+        out = list(zip(map(int.from_bytes, self._keys), map(int.from_bytes, self._packets), strict=True))
+        out += [(k >> 1, pk) for k, _t, _e, pk in self._raw]
+        return out
+
+
 class DumpChunk(NamedTuple):
     done: bool  # NLMSG_DONE seen
     interrupted: bool  # NLM_F_DUMP_INTR seen: the set changed during the dump
@@ -627,6 +752,47 @@ class NftNetlink:
             if gc_was_enabled:
                 gc.enable()
         raise KernelError(f"nftables: {what} kept changing during the dump", 4)
+
+    def dump_counts(self, set: str) -> list[tuple[int, int]]:
+        """(key as an integer, counter packets) of every live element of a counting set (a plain set whose
+        elements carry a counter): what `dump_set` would give as (prefix value, packets), for the per-tick read of
+        the SYN counters, without making a SetElem and a Prefix per element."""
+        what = f"the elements of set {set} of {self._where}"
+        body = netlink.strz(NFTA_SET_ELEM_LIST_TABLE, self.table) + netlink.strz(NFTA_SET_ELEM_LIST_SET, set)
+        gc_was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            for _attempt in range(5):
+                parser = CountParser()
+                if self._dump_into(body, what, parser):
+                    return parser.result()
+        finally:
+            if gc_was_enabled:
+                gc.enable()
+        raise KernelError(f"nftables: {what} kept changing during the dump", 4)
+
+    def _dump_into(self, body: bytes, what: str, parser: CountParser) -> bool:
+        """One GETSETELEM dump read by `parser`; False if the set changed meanwhile (NLM_F_DUMP_INTR)."""
+        seq = self._nl.next_seq()
+        interrupted = done = False
+        elements_type = _msg_type(NFT_MSG_NEWSETELEM)
+
+        def feed(buf: bytes | bytearray | memoryview, n: int) -> bool:
+            nonlocal interrupted, done
+            for off, ln, mtype, flags in netlink.walk(buf, n, f"nftables: cannot list {what}", seq):
+                if flags & NLM_F_DUMP_INTR:
+                    interrupted = True
+                if mtype in (NLMSG_DONE, NLMSG_ERROR):
+                    done = True
+                elif mtype == elements_type:
+                    for atype, p, end in netlink.attrs(buf, off + 20, off + ln):
+                        if atype == NFTA_SET_ELEM_LIST_ELEMENTS:
+                            parser.feed(buf, p, end)
+            return done
+
+        request = _nlmsg(_msg_type(NFT_MSG_GETSETELEM), 0, 0, self.family, 0, body)
+        self._nl.dump(request, feed, what, seq=seq, read_ahead_after=_INLINE_CHUNKS)
+        return not interrupted
 
     def _dump_raw(self, body: bytes, what: str, raw: list[_RawElem]) -> bool:
         """One GETSETELEM dump into `raw`; False if the set changed meanwhile (NLM_F_DUMP_INTR)."""

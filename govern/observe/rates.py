@@ -97,12 +97,19 @@ class RateWindow:
         n = len(self._table)
         last, seen, live = self._last[:n], self._seen[:n], self._live[:n]
         start, cur, prev = self._start[:n], self._cur[:n], self._prev[:n]
+        # The kernel's last count holds for as long as the source is tracked, not only when it was in the previous
+        # tick's counters: a dump of a set the flood is filling at that moment can miss an element now and then,
+        # and counting its whole total again each time it came back made a source of a few SYNs look like tens a
+        # minute (seen in bench_daemon: sources of 1-4 SYNs blocked for 70-94 a minute). A tracked source is one
+        # the kernel counted within the last one to two minutes, inside its elements' own 2-minute timeout, so a
+        # known count is never one of an element since expired and made afresh, unless the total is smaller.
+        known = live[rows]
         # A source not tracked starts a window now (a roll then leaves it as it is).
-        back = rows[~live[rows]]
+        back = rows[~known]
         start[back], cur[back], prev[back], live[back] = now, 0.0, 0.0, True
         before = last[rows]
         # A smaller total means the kernel's element expired and was created afresh: all of it is new.
-        delta = np.where(seen[rows] & (totals >= before), totals - before, totals)
+        delta = np.where(known & (totals >= before), totals - before, totals)
         elapsed = now - start
         reset = live & (elapsed >= 2 * WINDOW)
         roll = live & (elapsed >= WINDOW) & ~reset

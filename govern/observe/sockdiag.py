@@ -4,7 +4,7 @@ This module owns govern's NETLINK_SOCK_DIAG socket (one per namespace it was ope
 kernel's inet_diag messages, turning one dump into a `Scan` (per-source counts by TCP state, servers waiting on
 silent clients, the listeners' accept queues), and SOCK_DESTROY of the sockets of chosen sources.
 
-It is the daemon's hot path (target: 20k sockets in <= 40 ms, see docs/benchmarks.md), hence:
+It is the daemon's hot path (target: 20k sockets in <= 30 ms, see docs/benchmarks.md), hence:
 - precompiled `struct.Struct`s instead of a netlink library; one receive buffer, reused (govern/netlink.py owns
   the socket, framing, errors and the dump loop; this module the inet_diag requests and records);
 - one dump for both address families: the original inet_diag request (TCPDIAG_GETSOCK) takes AF_UNSPEC, while
@@ -12,8 +12,12 @@ It is the daemon's hot path (target: 20k sockets in <= 40 ms, see docs/benchmark
   (~5 ms at 262k buckets even when it finds nothing). SOCK_DIAG_BY_FAMILY is the fallback if a kernel refuses;
 - the kernel filters by local port (INET_DIAG_REQ_BYTECODE) and leaves TIME_WAIT out, and sends tcp_info
   (INET_DIAG_INFO) as the only optional extension;
-- the per-socket loop in `ScanParser.feed` only unpacks, compares and appends; counting and grouping into sources
-  happen afterwards, once per distinct address, in C-level Counter/map/zip calls;
+- most of a dump is runs of messages of one kind (every full TCP socket of both families has the same length and
+  attributes): `ScanParser.feed` copies each buffer's run aside after one comparison of the messages' first 8
+  bytes, and `result` reads the runs as numpy records and counts them per source group with one argsort and
+  bincounts; Python objects are made only per source (its Prefix and SockCounts). Whatever else a buffer holds
+  (listeners, request sockets, NLMSG_DONE, a kind not seen before) goes through a per-socket loop that only
+  unpacks, compares and appends, counted afterwards in C-level Counter/map/zip calls (or by the numpy path);
 - each address's source group (its Prefix) is remembered from scan to scan: most sources outlive a tick.
 
 What a source is and when it is idle:
@@ -38,12 +42,18 @@ What a source is and when it is idle:
 from __future__ import annotations
 
 import errno
+import functools
+import operator
 import socket
 import struct
+from array import array
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from itertools import compress, filterfalse, repeat
 from typing import Any, cast
+
+import numpy as np
+import numpy.typing as npt
 
 from govern import netlink
 from govern.addr import Prefix, PrefixSet
@@ -153,6 +163,42 @@ _SNDBUF = 4 << 20
 _DESTROY_BATCH = 2048  # requests per sendmsg (147 KiB); their acks must all fit in _RCVBUF
 _TIMEOUT_S = 10
 _GROUPS_STALE = 1 << 14  # addresses gone since they were last seen that the source-group cache may keep
+# A buffer whose messages from the first on are this many or more of one kind with tcp_info is read by numpy (see
+# ScanParser.feed); fewer go through the per-message loop.
+_MIN_RUN = 4
+_V6_TAG = 1 << 64  # added to an IPv6 source's key in the source-group cache: IPv4 keys are below 2**32
+_HEADS = np.dtype("=u8")
+U64 = npt.NDArray[np.uint64]
+I64 = npt.NDArray[np.int64]
+
+
+@functools.cache
+def _records(mlen: int, info_at: int) -> np.dtype[Any]:
+    """The numpy record of a message kind of `mlen` bytes with tcp_info at `info_at`: the fields the scan reads."""
+    info = info_at + 4
+    fields = {
+        "fam": ("u1", 16),
+        "state": ("u1", 17),
+        "sport": ("=u2", _SOCKID_AT),  # network order, read as the fast loop reads it
+        "a4": (">u4", 40),  # the remote address: its first 4 bytes (IPv4), ...
+        "hi": (">u8", 40),  # ... its first 8 (an IPv6 /64), ...
+        "mid": (">u4", 48),  # ... bytes 8-11 (0000ffff if IPv4-mapped) and 12-15 (the mapped IPv4 address)
+        "lo": (">u4", 52),
+        "hdr": ("=u4", info_at),
+        "sent": ("=u4", info + 44),
+        "recv": ("=u4", info + 52),
+        "brecv": ("=u8", info + 128),
+        "segs_in": ("=u4", info + 152),
+        "segs_out": ("=u4", info + 156),
+    }
+    return np.dtype(
+        {
+            "names": list(fields),
+            "formats": [f for f, _o in fields.values()],
+            "offsets": [o for _f, o in fields.values()],
+            "itemsize": mlen,
+        }
+    )
 
 
 # A NamedTuple's constructor is a Python function; map(_new, repeat(cls), tuples) builds the same objects in C.
@@ -173,19 +219,23 @@ class ScanParser:
     """
 
     __slots__ = (
+        "_bulk",
         "_est",
         "_greet",
         "_idle_after",
         "_idle_keys",
         "_idle_waits",
+        "_info_at",
         "_last",
         "_layouts",
         "_listeners",
         "_other",
         "_ports_be",
+        "_refs",
         "_syn",
         "_v4_len",
         "_v6_len",
+        "_vector",
     )
 
     def __init__(
@@ -196,7 +246,9 @@ class ScanParser:
         v6_len: int = 64,
         idle_after_ms: int = 10_000,
         greet_ms: int = 0,
+        vector: bool = True,
     ) -> None:
+        """`vector` False: every message through the per-message loop (the tests and benchmarks compare the two)."""
         _check_ports(ports)
         if not 0 <= v4_len <= 32 or not 0 <= v6_len <= 128:
             raise ValueError(f"bad source grouping /{v4_len} /{v6_len}")
@@ -220,6 +272,12 @@ class ScanParser:
         # INET_DIAG_INFO; its header is still checked at that offset for every socket before it is trusted.
         self._layouts: dict[int, _Layout] = {}
         self._last: tuple[int, _Layout] = (-1, cast(_Layout, _layout(0, 0, 0)))
+        # The numpy path (keys of at most 8 bytes): message kind -> where its tcp_info is and its header word, and
+        # the runs of messages of that kind, copied as received, read at once by `result`.
+        self._vector = vector and v6_len <= 64
+        self._info_at: dict[int, tuple[int, int]] = {}
+        self._bulk: dict[int, bytearray] = {}
+        self._refs: dict[tuple[int, int], array[int]] = {}  # (head word, n): n copies of it, what a run's heads are
 
     def feed(self, buf: bytes | bytearray | memoryview, size: int | None = None) -> bool:
         """Parse the netlink messages in buf[:size]; True when a dump's NLMSG_DONE was among them.
@@ -231,6 +289,9 @@ class ScanParser:
             size = len(buf)
         if len(buf) < size + _SLACK:
             buf = bytes(buf[:size]) + bytes(_SLACK)
+        start = self._take_run(buf, size) if self._vector else 0
+        if start == size:
+            return False  # all of it one run (most buffers of a large dump): nothing for the loop
         # Constants as locals (plain ints, not the IntEnum AF_INET6): this loop runs once per socket.
         af_inet6, established, syn_recv, listen, time_wait = (
             int(socket.AF_INET6),
@@ -251,7 +312,7 @@ class ScanParser:
         idle_wait = self._idle_waits.append
         # The layout of the previous message, tried first: runs of sockets of one kind share one.
         cur_lw, (unpack, mlen, info_hdr) = self._last
-        off = 0
+        off = start
         try:
             while off < size:
                 lw, fam, state, sport, hi, mid, lo, hdr, sent, recv, brecv, segs_in, segs_out = unpack(buf, off)
@@ -304,6 +365,43 @@ class ScanParser:
             raise NetlinkError(f"sock_diag: a message overruns the buffer ({off} > {size})", errno.EPROTO)
         return False
 
+    def _take_run(self, buf: bytes | bytearray | memoryview, size: int) -> int:
+        """Copy the run of messages of one kind with tcp_info that starts the buffer aside for `result`'s numpy
+        path; returns where the per-message loop goes on (0: no such run).
+
+        The kernel fills a dump buffer with sockets of one hash walk, and every full TCP socket of both families
+        is a message of one kind (length, attributes and their order): most buffers are one such run, then at
+        most a listener, request sockets (SYN_RECV) or NLMSG_DONE, which the per-message loop takes.
+        """
+        if size < 8:
+            return 0
+        lw: int = _LENWORD.unpack_from(buf, 0)[0]
+        if lw not in self._info_at:
+            return 0  # a kind not seen yet (the loop learns it), or without tcp_info
+        mlen = lw & 0xFFFFFFFF
+        n = size // mlen
+        if n < _MIN_RUN:
+            return 0
+        if mlen & 7:
+            same = np.ndarray((n,), _HEADS, buf, 0, (mlen,)) == lw
+            if not same.all():
+                n = int(same.argmin())
+        else:
+            # Each message's first 8 bytes, compared in C (a memoryview compares in a fraction of numpy's time).
+            heads = memoryview(buf)[: n * mlen].cast("Q")[:: mlen >> 3]
+            ref = self._refs.get((lw, n))
+            if ref is None:
+                ref = self._refs[lw, n] = array("Q", [lw]) * n
+            if heads != ref:
+                n = next(i for i, h in enumerate(heads.tolist()) if h != lw)
+        if n < _MIN_RUN:
+            return 0
+        run = self._bulk.get(lw)
+        if run is None:
+            run = self._bulk[lw] = bytearray()
+        run += memoryview(buf)[: n * mlen]
+        return n * mlen
+
     def _slow(self, buf: bytes | bytearray | memoryview, off: int, size: int) -> tuple[bool, int]:
         """A message of a kind the fast loop has no layout for: a control message, or a diag message to learn.
 
@@ -327,7 +425,10 @@ class ScanParser:
         if layout is None:
             self._one(buf, off, mlen)
             return False, off + step
-        self._layouts[_LENWORD.unpack_from(buf, off)[0]] = layout
+        lw = _LENWORD.unpack_from(buf, off)[0]
+        self._layouts[lw] = layout
+        if at:
+            self._info_at[lw] = (at, hdr)
         return False, off
 
     def _one(self, buf: bytes | bytearray | memoryview, off: int, mlen: int) -> None:
@@ -377,12 +478,14 @@ class ScanParser:
             text = socket.inet_ntop(socket.AF_INET6, src)
         self._listeners.append(ListenerStats(text, socket.ntohs(sport_be), queued, backlog))
 
-    def result(self, groups: dict[bytes, Prefix] | None = None) -> Scan:
+    def result(self, groups: dict[Any, Prefix] | None = None) -> Scan:
         """Count per source what was fed so far.
 
         `groups` caches address key -> source group across scans with the same grouping (a caller's dict, filled
         here): most sources outlive a tick, and this saves making their Prefix again.
         """
+        if self._vector:
+            return _result_vector(self, {} if groups is None else groups)
         # Runs once per distinct address, in C-level Counter/map/zip calls: at 20k sources a Python loop over
         # them would cost a third of the budget. The common shapes (one socket per address, nothing but
         # ESTABLISHED, no SYN_RECV) skip the lookups they do not need.
@@ -448,6 +551,203 @@ class ScanParser:
             idle_n = idle if idle is not None else Counter(self._idle_keys)
             sources = _merged(prefixes, keys, held, est, syn, idle_n, longest)
         return Scan(sources, tuple(sorted(self._listeners)), len(self._est) + len(self._other))
+
+
+class _Family:
+    """One address family's sockets as the numpy path counts them, as key arrays (an IPv4 address, or the first 64
+    bits of an IPv6 one): the ESTABLISHED sockets with, in step, which are idle and their waits; the other held
+    ones with, in step, which are in SYN_RECV; and the idle and SYN_RECV ones the per-message loop found (not in
+    step with anything: looked up by key)."""
+
+    __slots__ = ("est", "idle", "loose_idle", "loose_syn", "loose_waits", "other", "syn", "waits")
+
+    def __init__(self) -> None:
+        self.est: list[U64] = []
+        self.idle: list[npt.NDArray[np.bool_]] = []
+        self.waits: list[I64] = []
+        self.other: list[U64] = []
+        self.syn: list[npt.NDArray[np.bool_]] = []
+        self.loose_idle: list[U64] = []
+        self.loose_waits: list[I64] = []
+        self.loose_syn: list[U64] = []
+
+    def add_loop(self, est: U64, other: U64) -> None:
+        """Sockets of the per-message loop: none idle or in SYN_RECV in step (theirs are loose)."""
+        self.est.append(est)
+        self.idle.append(np.zeros(len(est), dtype=bool))
+        self.waits.append(np.zeros(len(est), dtype=np.int64))
+        self.other.append(other)
+        self.syn.append(np.zeros(len(other), dtype=bool))
+
+
+def _split(keys: list[bytes], extra: list[int] | None = None) -> tuple[U64, U64, I64, I64]:
+    """Keys of the per-message loop (4 bytes: IPv4, 8: an IPv6 /64) as arrays by family: (IPv4, IPv6, and the
+    values of `extra`, in step with the keys, split the same way)."""
+    if not keys:
+        empty = np.zeros(0, np.uint64)
+        return empty, empty, np.zeros(0, np.int64), np.zeros(0, np.int64)
+    arr = np.array(list(map(int.from_bytes, keys)), dtype=np.uint64)
+    is4 = np.fromiter(map(len, keys), dtype=np.int64, count=len(keys)) == 4
+    values = np.array(extra if extra is not None else [], dtype=np.int64)
+    if extra is None:
+        values = np.zeros(len(keys), np.int64)
+    return arr[is4], arr[~is4], values[is4], values[~is4]
+
+
+def _counted(
+    fam: _Family, mask: int
+) -> tuple[U64, Iterable[int], Iterable[int], Iterable[int], Iterable[int], Iterable[int]] | None:
+    """Per source group (key & mask), sorted: the groups, then held, ESTABLISHED, SYN_RECV and idle sockets and
+    the longest wait, as lists or `repeat(n)`.
+
+    One argsort of the held sockets' groups gives each socket its group's index; the counts are bincounts over it
+    (the per-message loop's loose ones look their group up by key). The common shapes skip work: one socket per
+    group, nothing but ESTABLISHED sockets, one idle socket per group."""
+    m = np.uint64(mask)
+    est = np.concatenate(fam.est) & m if fam.est else np.zeros(0, np.uint64)
+    other = np.concatenate(fam.other) & m if fam.other else np.zeros(0, np.uint64)
+    held = np.concatenate((est, other)) if len(other) else est
+    if not len(held):
+        return None
+    order = held.argsort()
+    ranked = held[order]
+    first = np.empty(len(held), dtype=bool)
+    first[0] = True
+    np.not_equal(ranked[1:], ranked[:-1], out=first[1:])
+    n_held: Iterable[int]
+    if first.all():
+        groups, n_held, gid_ranked = ranked, repeat(1), np.arange(len(held))
+    else:
+        groups, gid_ranked = ranked[first], np.cumsum(first) - 1
+        n_held = np.bincount(gid_ranked).tolist()
+    gid = np.empty(len(held), dtype=np.intp)
+    gid[order] = gid_ranked
+    n = len(groups)
+    n_est: Iterable[int] = n_held
+    if len(other):
+        n_est = np.bincount(gid[: len(est)], minlength=n).tolist() if len(est) else repeat(0)
+    n_syn: Iterable[int] = repeat(0)
+    n_idle: Iterable[int] = repeat(0)
+    longest: Iterable[int] = repeat(0)
+    syn_at = [gid[len(est) :][np.concatenate(fam.syn)]] if fam.syn else []
+    syn_at += [np.searchsorted(groups, k & m) for k in fam.loose_syn]
+    if sum(map(len, syn_at)):
+        n_syn = np.bincount(np.concatenate(syn_at), minlength=n).tolist()
+    idle = np.concatenate(fam.idle) if fam.idle else np.zeros(0, dtype=bool)
+    idle_at = [gid[: len(est)][idle], *(np.searchsorted(groups, k & m) for k in fam.loose_idle)]
+    at = np.concatenate(idle_at)
+    if len(at):
+        in_step = np.concatenate(fam.waits)[idle] if fam.waits else np.zeros(0, np.int64)
+        waits = np.concatenate([in_step, *fam.loose_waits])
+        counts = np.bincount(at, minlength=n)
+        n_idle = counts.tolist()
+        most = np.zeros(n, np.int64)
+        if counts.max() > 1:
+            np.maximum.at(most, at, waits)
+        else:
+            most[at] = waits
+        longest = most.tolist()
+    return groups, n_held, n_est, n_syn, n_idle, longest
+
+
+def _mask(length: int, bits: int) -> int:
+    return ((1 << length) - 1) << (bits - length)
+
+
+def _result_vector(self: ScanParser, groups: dict[Any, Prefix]) -> Scan:
+    """`ScanParser.result` for keys of at most 8 bytes: the runs `feed` set aside, read as numpy records, and the
+    per-message loop's sockets, counted per source group in numpy; Python objects only for the sources."""
+    v4, v6 = _Family(), _Family()
+    ports = np.array(sorted(self._ports_be), dtype=np.uint16)
+    established = TCP_ESTABLISHED
+    sockets = 0
+    for lw, run in self._bulk.items():
+        at, info_hdr = self._info_at[lw]
+        mlen = lw & 0xFFFFFFFF
+        r = np.frombuffer(run, dtype=_records(mlen, at))
+        state = r["state"]
+        on = r["sport"] == ports[0] if len(ports) == 1 else np.isin(r["sport"], ports)
+        # Listeners, and sockets whose tcp_info is not where their kind has it: the per-message loop's way.
+        odd = on & ((state == TCP_LISTEN) | (r["hdr"] != info_hdr))
+        for i in np.flatnonzero(odd).tolist():
+            self._one(run, i * mlen, mlen)
+        keep = on & ~odd & (state != TCP_TIME_WAIT)
+        r = r if keep.all() else r[keep]
+        sockets += len(r)
+        state = r["state"]
+        is4 = r["fam"] != socket.AF_INET6
+        mapped = ~is4 & (r["hi"] == 0) & (r["mid"] == 0xFFFF)
+        four = is4 | mapped
+        key4 = np.where(is4, r["a4"], r["lo"]).astype(np.uint64)
+        est = state == established
+        # stalled(), over arrays; int64 so that sums cannot wrap.
+        sent = r["sent"].astype(np.int64)
+        recv = r["recv"].astype(np.int64)
+        segs_in = r["segs_in"].astype(np.int64)
+        segs_out = r["segs_out"].astype(np.int64)
+        idle = (
+            est
+            & (sent >= self._idle_after)
+            & (segs_out != 0)
+            & ((segs_out != 1) | (sent >= self._greet))
+            & (
+                ((recv >= sent) & ((recv != sent) | (segs_in == 0)))
+                | (segs_out == 1)
+                | ((segs_in >= segs_out + 2) & (r["brecv"] < (16 * segs_in).astype(np.uint64)))
+            )
+        )
+        syn = state == TCP_SYN_RECV
+        for fam, keys, sel in ((v4, key4, four), (v6, r["hi"], ~four)):
+            mine, theirs = sel & est, sel & ~est
+            fam.est.append(keys[mine])
+            fam.idle.append(idle[mine])
+            fam.waits.append(sent[mine])
+            fam.other.append(keys[theirs])
+            fam.syn.append(syn[theirs])
+    # What the per-message loop took (other kinds of message, and what `odd` sent there above).
+    sockets += len(self._est) + len(self._other)
+    est4, est6, _n4, _n6 = _split(self._est)
+    other4, other6, _n4, _n6 = _split(self._other)
+    v4.add_loop(est4, other4)
+    v6.add_loop(est6, other6)
+    syn4, syn6, _n4, _n6 = _split(self._syn)
+    idle4, idle6, waits4, waits6 = _split(self._idle_keys, self._idle_waits)
+    for fam, syn_keys, idle_keys, waits in ((v4, syn4, idle4, waits4), (v6, syn6, idle6, waits6)):
+        fam.loose_syn.append(syn_keys)
+        fam.loose_idle.append(idle_keys)
+        fam.loose_waits.append(waits)
+
+    sources: dict[Prefix, SockCounts] = {}
+    seen = 0
+    for version, fam, plen, mask in (
+        (4, v4, self._v4_len, _mask(self._v4_len, 32)),
+        (6, v6, self._v6_len, _mask(self._v6_len, 64)),
+    ):
+        counted = _counted(fam, mask)
+        if counted is None:
+            continue
+        nets, *columns = counted
+        keys = nets.tolist()
+        if version == 6:
+            keys = list(map(_V6_TAG.__add__, keys))
+        seen += len(keys)
+        # One lookup per source while every group is cached (a Prefix is never falsy, a miss is None).
+        prefixes = list(map(groups.get, keys))
+        if None in prefixes:
+            missing = list(compress(keys, map(operator.not_, prefixes)))
+            values: Iterable[int] = missing
+            if version == 6:
+                values = map(int.__lshift__, map(_V6_TAG.__rsub__, missing), repeat(64))
+            made = map(_new, repeat(Prefix), zip(repeat(version), values, repeat(plen)))
+            groups.update(zip(missing, made, strict=True))
+            prefixes = list(map(groups.__getitem__, keys))
+        counts = map(_new, repeat(SockCounts), zip(*columns, strict=False))
+        sources.update(zip(cast(list[Prefix], prefixes), counts, strict=False))
+    if len(groups) > seen + _GROUPS_STALE:
+        kept = {k: groups[k] for k in groups if groups[k] in sources}
+        groups.clear()
+        groups.update(kept)
+    return Scan(sources, tuple(sorted(self._listeners)), sockets)
 
 
 def _kinds(keys: list[bytes], v4_len: int, v6_len: int) -> list[tuple[list[bytes], int, int, list[int]]]:

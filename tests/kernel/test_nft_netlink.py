@@ -332,9 +332,13 @@ def test_seen_sets_count_syns_per_source(lab: Lab, tmp_path: Path) -> None:
         with lab.mx.entered(), NftNetlink() as nl:
             seen4 = nl.dump_set("seen4")
             seen6 = nl.dump_set("seen6")
+            counts4, counts6 = nl.dump_counts("seen4"), nl.dump_counts("seen6")
     finally:
         srv.close()
     assert {str(e.prefix): e.packets for e in seen4} == sent4
+    # The per-tick read of the counters gives the same keys and packets as the generic dump.
+    assert sorted(counts4) == sorted((e.prefix.value, e.packets) for e in seen4)
+    assert sorted(counts6) == sorted((e.prefix.value, e.packets) for e in seen6)
     # The rule keys IPv6 sources by /64: the kernel stores the masked address, returned as given.
     assert {str(e.prefix): e.packets for e in seen6} == {"2001:db8:bad:5::": 5, "2001:db8:bad:6::": 1}
     # Elements made by the rule carry the set's default timeout, which the kernel leaves out of the dump.

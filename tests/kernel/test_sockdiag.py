@@ -344,3 +344,40 @@ def test_falls_back_to_one_dump_per_family(lab: Lab, monkeypatch: pytest.MonkeyP
     finally:
         d.close()
         srv.close()
+
+
+def test_numpy_path_parses_a_real_dump_as_the_per_message_loop(lab: Lab, diag: SockDiag) -> None:
+    # Enough sockets that most dump buffers are runs of one message kind (the numpy path): two listeners, IPv4
+    # (mapped) and IPv6 sources, several per source, on two ports; idle or not as the thresholds say.
+    srv = Listener(lab.mx, 25)
+    srv4 = Listener(lab.mx, 465)
+    pairs = [(f"198.18.{i // 100}.{i % 100}", MX4, 25) for i in range(300)]
+    pairs += [(f"198.18.9.{i % 40}", MX4, 465) for i in range(120)]
+    pairs += [(f"2001:db8:bad:{i % 50:x}::{i // 50 + 1}", MX6, 25) for i in range(200)]
+    ports = frozenset({25, 465})
+    try:
+        with clients(lab, pairs):
+            wait_held(srv, 500)
+            wait_held(srv4, 120)
+            chunks: list[bytes] = []
+
+            def record(buf: bytes | bytearray | memoryview, size: int) -> bool:
+                chunks.append(bytes(buf[:size]))
+                return sockdiag._walk(buf, size, lambda _b, _o, _n: None)
+
+            diag._dump_all(ports, sockdiag._STATES_SCAN, sockdiag._EXT_INFO, record)
+            assert len(chunks) > 4
+            for kw in ({}, {"idle_after_ms": 0}, {"v4_len": 24, "v6_len": 48}):
+                scans = []
+                for vector in (False, True):
+                    parser = sockdiag.ScanParser(ports, vector=vector, **kw)
+                    for c in chunks:
+                        parser.feed(c)
+                    scans.append(parser.result())
+                assert scans[1] == scans[0]
+            assert scans[1].sockets == 620
+            assert len(scans[1].listeners) == 2
+            assert diag.scan(ports).sources == sockdiag.parse_dump(chunks, ports).sources
+    finally:
+        srv.close()
+        srv4.close()

@@ -18,6 +18,7 @@ from govern import netlink
 from govern.addr import Prefix
 from govern.errors import KernelError
 from govern.nft import netlink as nl
+from govern.nft.backend import counted_sources
 from govern.nft.netlink import ElemOp, SetElem
 
 IV = frozenset({"block4", "block6"})
@@ -378,6 +379,37 @@ def test_plain_dump_reads_counters_in_both_expression_forms() -> None:
     six = [kernel_elem(ip("2001:db8:bad:7::"), counter=2)]
     _chunk, got = parse(setelem_reply(3, six) + done(3), 3, interval=False, key_len=16)
     assert got == [SetElem(Prefix(6, P("2001:db8:bad:7::").value, 128), 0, 0, 2)]
+
+
+def test_count_parser_reads_the_same_keys_and_packets_as_the_generic_parse() -> None:
+    # Runs of one shape (the fast path), shapes that change mid-run (a per-element timeout), the list form of the
+    # expressions and an element without a counter (the generic parse) all give what the generic parse gives.
+    elems = [kernel_elem(ip(f"198.18.0.{i}"), expires=50_000 - i, counter=i) for i in range(1, 40)]
+    elems[5] = kernel_elem(ip("198.18.1.5"), timeout=9000, expires=8000, counter=11)
+    elems[6] = kernel_elem(ip("198.18.1.6"), expires=7000, counter=12, multi=True)
+    elems[7] = kernel_elem(ip("198.18.1.7"), expires=7000)
+    elems[8] = kernel_elem(ip("198.18.1.8"), timeout=9000, expires=8000, counter=13)
+    payload = b"".join(elems)
+    parser = nl.CountParser()
+    parser.feed(payload, 0, len(payload))
+    raw: list[nl._RawElem] = []
+    nl._parse_elements(payload, 0, len(payload), raw)
+    assert sorted(parser.result()) == sorted((k >> 1, pk) for k, _t, _e, pk in raw)
+    assert len(parser._raw) == 2  # only the list form and the counter-less element took the slow way
+    six = b"".join(kernel_elem(ip(f"2001:db8:bad:{i}::"), expires=1, counter=2**40 + i) for i in range(3))
+    parser = nl.CountParser()
+    parser.feed(six, 0, len(six))
+    assert parser.result() == [(P(f"2001:db8:bad:{i}::").value, 2**40 + i) for i in range(3)]
+
+
+def test_counted_sources_group_keys_and_add_up_a_group() -> None:
+    groups: dict[int, Prefix] = {}
+    pairs = [(P("198.18.0.1").value, 3), (P("198.18.0.2").value, 4), (P("198.18.1.9").value, 1)]
+    assert counted_sources(pairs, 4, 32, groups) == {P("198.18.0.1"): 3, P("198.18.0.2"): 4, P("198.18.1.9"): 1}
+    assert counted_sources(pairs, 4, 24, {}) == {P("198.18.0.0/24"): 7, P("198.18.1.0/24"): 1}
+    six = [(P("2001:db8:bad:7::").value, 2)]
+    assert counted_sources(six, 6, 64, {}) == {P("2001:db8:bad:7::/64"): 2}
+    assert counted_sources([], 4, 32, groups) == {}
 
 
 def test_dump_reports_interruption_errors_and_ignores_other_sequences() -> None:

@@ -32,6 +32,19 @@ def test_counter_reset_counts_all_as_new() -> None:
     assert w.update({A: 4}, 1.0)[A] == (4, 54)
 
 
+def test_a_source_missing_from_one_dump_is_not_counted_again_when_it_is_back() -> None:
+    # A dump of a set being filled by a flood can miss an element for a tick: its total is not new when it is back.
+    w = RateWindow()
+    assert w.update({A: 4}, 0.0)[A] == (4, 4)
+    assert w.update({}, 1.0)[A] == (0, 4)
+    assert w.update({A: 4}, 2.0)[A] == (0, 4)
+    for t in range(3, 60, 2):  # flickering for a minute, no new SYN
+        w.update({}, float(t))
+        w.update({A: 4}, float(t + 1))
+    assert w.update({A: 5}, 61.0)[A][0] == 1
+    assert w.update({}, 62.0)[A] == (0, w.update({A: 5}, 63.0)[A][1])
+
+
 def test_steady_attacker_is_never_undercounted() -> None:
     w = RateWindow()
     total = 0
@@ -78,7 +91,7 @@ class ReferenceWindow:
         last = self._last
         out: dict[Prefix, tuple[int, int]] = {}
         for p, total in cumulative.items():
-            before = last.get(p)
+            before = last.get(p) if p in self._buckets else None
             delta = total if before is None or total < before else total - before
             b = self._buckets.get(p)
             if b is None:
@@ -86,13 +99,14 @@ class ReferenceWindow:
             self._roll(b, now)
             b[1] += delta
             out[p] = (delta, self._estimate(b, now))
-        self._last = dict(cumulative)
+        last.update(cumulative)
         for p, b in list(self._buckets.items()):
             if p in out:
                 continue
             self._roll(b, now)
             if b[1] == 0 and b[2] == 0:
                 del self._buckets[p]
+                last.pop(p, None)
             else:
                 out[p] = (0, self._estimate(b, now))
         return out
