@@ -129,7 +129,13 @@ class NftBackend:
 
     def _commit(self, ops: Sequence[ElemOp]) -> None:
         """One transaction of govern's own. The generation it makes is still the table as made when it follows
-        the one known so: anything else means another transaction came in between, and the next check lists."""
+        the one known so: anything else means another transaction came in between, and the next check lists.
+
+        The ops go grouped by set (a stable sort: each set's own in their order, releases before adds), since a
+        message carries one set's run and each message is acked: ops alternating between sets (a plan blocking
+        hosts and /64s in turn, a start-up moving 100k elements from one part to another) would otherwise make a
+        message, and an ack, per op, and 200k acks overflow the socket's receive buffer."""
+        ops = sorted(ops, key=_set_name)
         made = self.nl.commit(ops, interval_sets=INTERVAL_SETS, missing_ok=True)
         if made is not None and self.generation is not None:
             self.generation = made if made == _after(self.generation) else None
@@ -248,6 +254,9 @@ def _gate_ops(mode: ModeState, now: float) -> list[ElemOp]:
     if mode.mode is Mode.WAVE and mode.until > now:
         return [ElemOp(True, f"gate{p.version}", p, _ms(mode.until - now)) for p in _EVERYONE]
     return [ElemOp(False, f"gate{p.version}", p) for p in _EVERYONE]
+
+
+_set_name = operator.attrgetter("set")
 
 
 def _after(generation: int) -> int:

@@ -272,3 +272,32 @@ def test_every_kind_has_a_part_for_each_prefix_length() -> None:
         assert part(kind, P("2001:db8::/64")) == f"{kind}6n"
         assert part(kind, P("2001:db8::/63")) == part(kind, P("2001:db8::/65")) == f"{kind}6"
         assert {part(kind, p) for p in (P("1.0.0.0/8"), P("1.2.3.4"))} <= set(parts(kind, 4))
+
+
+def test_a_large_table_of_the_old_shape_converges(served: Lab, tmp_path: Path) -> None:
+    """150k blocks to move at start-up, hosts and /64s in turn: one transaction of 300k element changes, grouped
+    by set (one message per op would make 300k acks, more than the socket's receive buffer holds)."""
+    lab, now = served, time.time()
+    path = tmp_path / "old.nft"
+    path.write_text(OLD_SHAPE)
+    lab.mx.sh("nft", "-f", str(path))
+    hosts = [Prefix(4, P("10.0.0.0").value + i, 32) for i in range(120_000)] + [HOST4]
+    nets = [Prefix(6, P("2001:db8:100::").value + (i << 64), 64) for i in range(30_000)]
+    with lab.mx.entered(), NftNetlink() as nl:
+        nl.commit([ElemOp(True, f"block{p.version}", p, 600_000) for p in hosts + nets], interval_sets=INTERVAL_SETS)
+    state = State()
+    state.blocks = {p: Block(p, "test", since=now, until=now + 600, offences=1) for p in hosts + nets}
+    with lab.mx.entered():
+        backend = NftBackend()
+    try:
+        assert backend.setup(spec(), [], state, now).actions == ()
+        assert {name: len(held) for name, held in backend.held.items() if held} == {
+            "block4h": len(hosts),
+            "block6n": len(nets),
+        }
+        with lab.mx.entered(), NftNetlink() as nl:
+            assert nl.dump_set("block4") == [] and nl.dump_set("block6") == []
+            assert len(nl.dump_set("block4h")) == len(hosts) and len(nl.dump_set("block6n")) == len(nets)
+        assert not passes(lab, str(HOST4))
+    finally:
+        backend.close()
