@@ -110,7 +110,7 @@ def _step(rw: object) -> Callable[[dict[Any, int], float], object]:
     advance = getattr(rw, "advance", None)
     if advance is None:
         return rw.update  # type: ignore[attr-defined, no-any-return]
-    from govern.observe.heap import give_back  # type: ignore[import-not-found, unused-ignore]
+    from govern.heap import give_back  # type: ignore[import-not-found, unused-ignore]
 
     def step(cum: dict[Any, int], now: float) -> object:
         advance(cum, now)  # the result dropped first, as the observer's are by the time it hands the heap back
@@ -225,10 +225,10 @@ def part_state(n: int, ticks: int) -> dict[str, float]:
     t0 = time.perf_counter()
     gc.collect()
     r["gc_s"] = time.perf_counter() - t0
-    # What the daemon does after start-up and every 10 minutes (govern.observe.heap.settle, where the tree has it):
+    # What the daemon does after start-up and every 10 minutes (govern.heap.settle, where the tree has it):
     # the state frozen out of the collector, whose full collections then walk only what was made since.
     try:
-        from govern.observe.heap import settle  # type: ignore[attr-defined, unused-ignore]
+        from govern.heap import settle  # type: ignore[attr-defined, unused-ignore]
     except ImportError:
         r["gc_frozen_s"] = -1.0
     else:

@@ -18,18 +18,17 @@ from types import FrameType
 from typing import Any
 
 from govern import config as configmod
-from govern import metrics, protocol, wiring
+from govern import heap, metrics, protocol, wiring
 from govern.control import ControlServer, Request, prepare_place
 from govern.daemon import Governor
 from govern.errors import GovernError, UsageError
 from govern.export import feed as export_feed
 from govern.export.feed import Feed
-from govern.observe import heap
 from govern.store import Store
 from govern.systemd import JournalFormatter, journal_stderr, notify
 
 log = logging.getLogger("govern")
-# How often the daemon takes what it made meanwhile (blocks, mostly) out of the cyclic GC's walks (govern.observe.heap):
+# How often the daemon takes what it made meanwhile (blocks, mostly) out of the cyclic GC's walks (govern.heap):
 # one full collection each time, 0.3-0.4 s at a million blocks.
 SETTLE_EVERY = 600.0
 

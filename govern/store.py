@@ -11,7 +11,6 @@ and writes its whole state again with `replace` when the store can be written (d
 from __future__ import annotations
 
 import contextlib
-import gc
 import os
 import sqlite3
 import sys
@@ -19,6 +18,7 @@ from collections.abc import Iterable, Iterator, Sequence
 
 from govern.addr import Prefix
 from govern.errors import StoreError
+from govern.heap import collector_held
 from govern.model import (
     Action,
     ActionKind,
@@ -92,13 +92,8 @@ class Store:
         # Held off while the state is built: each of its new objects (~300,000 for 100k blocks) counts towards a
         # collection, and each collection walks all the objects built so far, none of which is garbage (0.4 s of
         # 1.4 s for 100k blocks, docs/benchmarks.md "Restart"). The daemon then freezes them (govern.process).
-        collecting = gc.isenabled()
-        gc.disable()
-        try:
+        with collector_held():
             return self._read_state()
-        finally:
-            if collecting:
-                gc.enable()
 
     def _read_state(self) -> State:
         st = State()

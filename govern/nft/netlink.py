@@ -48,7 +48,6 @@ Kernel behaviour established on Linux 6.18 (tests/kernel/test_nft_netlink.py pin
 from __future__ import annotations
 
 import bisect
-import gc
 import itertools
 import operator
 import socket
@@ -60,6 +59,7 @@ from typing import Any, NamedTuple
 from govern import netlink
 from govern.addr import Prefix
 from govern.errors import KernelError
+from govern.heap import collector_held
 from govern.netlink import (
     NLA_F_NESTED,
     NLA_TYPE_MASK,
@@ -741,16 +741,11 @@ class NftNetlink:
         what = f"the elements of set {set} of {self._where}"
         body = netlink.strz(NFTA_SET_ELEM_LIST_TABLE, self.table) + netlink.strz(NFTA_SET_ELEM_LIST_SET, set)
         # A dump is hundreds of thousands of small tuples; the cyclic GC would rescan them again and again.
-        gc_was_enabled = gc.isenabled()
-        gc.disable()
-        try:
+        with collector_held():
             for _attempt in range(5):
                 raw: list[_RawElem] = []
                 if self._dump_raw(body, what, raw):
                     return build_elems(raw, interval=interval, key_len=key_len)
-        finally:
-            if gc_was_enabled:
-                gc.enable()
         raise KernelError(f"nftables: {what} kept changing during the dump", 4)
 
     def dump_counts(self, set: str) -> list[tuple[int, int]]:
@@ -759,16 +754,11 @@ class NftNetlink:
         the SYN counters, without making a SetElem and a Prefix per element."""
         what = f"the elements of set {set} of {self._where}"
         body = netlink.strz(NFTA_SET_ELEM_LIST_TABLE, self.table) + netlink.strz(NFTA_SET_ELEM_LIST_SET, set)
-        gc_was_enabled = gc.isenabled()
-        gc.disable()
-        try:
+        with collector_held():
             for _attempt in range(5):
                 parser = CountParser()
                 if self._dump_into(body, what, parser):
                     return parser.result()
-        finally:
-            if gc_was_enabled:
-                gc.enable()
         raise KernelError(f"nftables: {what} kept changing during the dump", 4)
 
     def _dump_into(self, body: bytes, what: str, parser: CountParser) -> bool:

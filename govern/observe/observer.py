@@ -15,9 +15,9 @@ from govern.addr import Prefix, PrefixSet
 from govern.core.modes import totals
 from govern.core.policy import Policy
 from govern.edges import Counters, SocketSource
+from govern.heap import give_back
 from govern.keys import keys_of
 from govern.model import Attempts, Snapshot, Sources, SourceStats
-from govern.observe.heap import give_back
 from govern.observe.netstat import deltas
 from govern.observe.rates import RateWindow
 

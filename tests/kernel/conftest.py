@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from govern_lab import topology
-from tests.netns import Lab
+from tests.netns import Lab, Listener
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -39,6 +39,16 @@ def lab_module() -> Iterator[topology.Lab]:
         yield lab.up()
     finally:
         lab.down()
+
+
+@pytest.fixture
+def served(lab: Lab) -> Iterator[Lab]:
+    """The lab with something listening on the MX's port 25, so a connection that passes govern completes."""
+    srv = Listener(lab.mx, 25)
+    try:
+        yield lab
+    finally:
+        srv.close()
 
 
 @pytest.fixture

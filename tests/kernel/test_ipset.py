@@ -5,7 +5,6 @@ messages the backend sends each tick over netlink instead of an `ipset restore` 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 
 import pytest
 
@@ -17,18 +16,9 @@ from govern.ipt.backend import IptBackend
 from govern.ipt.netlink import IpsetNetlink, Op
 from govern.model import Action, ActionKind, FirewallSpec, Plan, State
 from tests.kernel.test_backend_contract import passes
-from tests.netns import Lab, Listener
+from tests.netns import Lab
 
 P = Prefix.parse
-
-
-@pytest.fixture
-def served(lab: Lab) -> Iterator[Lab]:
-    srv = Listener(lab.mx, 25)
-    try:
-        yield lab
-    finally:
-        srv.close()
 
 
 def test_a_block_set_of_the_old_limit_is_made_anew_with_its_blocks(served: Lab) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,7 +23,7 @@ from govern.nft.netlink import ElemOp, NftNetlink
 from govern.nft.ruleset import INTERVAL_SETS, KINDS, part, parts, ruleset
 from tests.kernel.daemon_harness import nft_set, nft_set_part
 from tests.kernel.test_backend_contract import passes
-from tests.netns import Lab, Listener, Netns, new_name, sh
+from tests.netns import Lab, Netns, new_name, sh
 
 P = Prefix.parse
 HOST4, HOST6, NET64, NET24 = P("198.18.0.7"), P("2001:db8:bad:1::7"), P("2001:db8:bad:2::/64"), P("198.18.1.0/24")
@@ -44,15 +43,6 @@ def spec() -> FirewallSpec:
 def where(lab: Lab, p: Prefix, kind: str = "block") -> set[str]:
     """The sets of `kind` whose listing (the nft CLI's) holds `p`."""
     return {name for v in (4, 6) for name in parts(kind, v) if str(p) in nft_set_part(lab.mx, name)}
-
-
-@pytest.fixture
-def served(lab: Lab) -> Iterator[Lab]:
-    srv = Listener(lab.mx, 25)
-    try:
-        yield lab
-    finally:
-        srv.close()
 
 
 def test_reapplying_with_other_ports_replaces_them_and_keeps_blocks() -> None:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import gc
 
+from govern import heap
 from govern.addr import Prefix
 from govern.model import Action, ActionKind, Plan, State
-from govern.observe import heap
 
 
 def test_blocks_with_equal_reasons_hold_one_string() -> None:

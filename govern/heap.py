@@ -11,13 +11,16 @@ The state (a million blocks are ~3 million tracked objects) lives for hours, and
 GC walks all of it: 0.3-0.4 s at a million blocks, whenever the objects made since the last one reach a quarter of the
 long-lived ones. `settle` collects once and freezes what survives (gc.freeze): later collections walk only what was
 made since. It unfreezes first, so cyclic garbage among what it froze last time is found then, not kept for good.
+`collector_held` keeps the collector off while a burst of objects that are not garbage is built (the store's load,
+a dump of a large set): each collection it triggers would walk everything built so far.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import gc
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 _trim: Callable[[int], int] | None
 try:
@@ -38,3 +41,15 @@ def settle() -> None:
     gc.unfreeze()
     gc.collect()
     gc.freeze()
+
+
+@contextlib.contextmanager
+def collector_held() -> Iterator[None]:
+    """The cyclic collector off for the block, then as it was before (also when the block raises)."""
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if collecting:
+            gc.enable()
