@@ -12,9 +12,11 @@ from __future__ import annotations
 import contextlib
 import secrets
 import subprocess
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import IO
 
 
 class Booted:
@@ -25,8 +27,9 @@ class Booted:
         self.name = f"gv-boot-{secrets.token_hex(3)}"
         self.nspawn: subprocess.Popen[bytes] | None = None
         self.pid = 0
+        self.log: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115 -- lives as long as the container, closed by shutdown()
 
-    def boot(self, timeout: float = 60) -> Booted:
+    def boot(self, timeout: float = 120) -> Booted:
         self.base.mkdir(parents=True, exist_ok=True)
         subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(self.base)], check=True)
         for d in ("upper", "work", "root"):
@@ -45,21 +48,42 @@ class Booted:
         cmd += ["--system-call-filter=bpf"]
         cmd += [f"--bind-ro={src}:{dst}" for src, dst in self.binds]
         cmd += ["--boot", "--", "--unit=basic.target"]
-        self.nspawn = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        # nspawn's messages go to a file, not a pipe nobody reads until it ends (a full pipe would stall it).
+        self.nspawn = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=self.log)
         deadline = time.monotonic() + timeout
+        state = "(no init found)"
         while time.monotonic() < deadline:
             if self.nspawn.poll() is not None:
-                err = self.nspawn.stderr.read().decode() if self.nspawn.stderr else ""
-                raise RuntimeError(f"systemd-nspawn ended: {err}")
-            if not self.pid:
-                kids = subprocess.run(["pgrep", "-P", str(self.nspawn.pid)], capture_output=True, text=True).stdout
-                self.pid = int(kids.split()[0]) if kids.split() else 0
+                raise RuntimeError(f"systemd-nspawn ended: {self.messages()}")
+            self.pid = self.pid if self.pid and Path(f"/proc/{self.pid}").exists() else self.container_init()
             if self.pid:
-                state = self.run("systemctl", "is-system-running", check=False).stdout.strip()
-                if state in ("running", "degraded"):
+                res = self.run("systemctl", "is-system-running", check=False, timeout=30)
+                state = f"{res.stdout.strip()} {res.stderr.strip()}"
+                if res.stdout.strip() in ("running", "degraded"):
                     return self
             time.sleep(0.3)
-        raise TimeoutError(f"the container {self.name} did not finish booting in {timeout} s")
+        jobs = self.run("systemctl", "list-jobs", "--no-pager", check=False, timeout=30) if self.pid else None
+        raise TimeoutError(
+            f"the container {self.name} did not finish booting in {timeout} s: the state was {state!r}; "
+            f"its jobs: {jobs.stdout if jobs else '-'}; nspawn said: {self.messages()}"
+        )
+
+    def messages(self) -> str:
+        self.log.seek(0)
+        return self.log.read().decode(errors="replace")[-4000:]
+
+    def container_init(self) -> int:
+        """The container's PID 1, known by being pid 1 in its own namespace, not merely nspawn's first child: a
+        process entered by mistake would leave every later command failing until the boot times out."""
+        assert self.nspawn is not None
+        kids = subprocess.run(["pgrep", "-P", str(self.nspawn.pid)], capture_output=True, text=True).stdout.split()
+        for kid in kids:
+            with contextlib.suppress(OSError):
+                for line in Path(f"/proc/{kid}/status").read_text().splitlines():
+                    nspids = line.split()[1:] if line.startswith("NSpid:") else []
+                    if len(nspids) > 1 and nspids[-1] == "1":
+                        return int(kid)
+        return 0
 
     def run(
         self, *args: str, check: bool = True, input: str | None = None, timeout: float = 120
@@ -84,6 +108,5 @@ class Booted:
             except subprocess.TimeoutExpired:
                 self.nspawn.kill()
                 self.nspawn.wait(10)
-            if self.nspawn.stderr is not None:
-                self.nspawn.stderr.close()
+            self.log.close()
         subprocess.run(["umount", "-R", str(self.base)], check=False)
