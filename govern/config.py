@@ -14,7 +14,6 @@ import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
 from govern.addr import Prefix, PrefixSet
 from govern.allow import files as allow_files
@@ -250,33 +249,18 @@ def _listen_or_off(v: Any) -> str:
     return s
 
 
-FLEET_SCHEMES = ("redis", "rediss", "unix")
 FLEET_KINDS = ("blocks", "trust")
 
 
 def _fleet_url(v: Any) -> str:
-    """'' (off), or a Redis URL the client takes: redis://, rediss:// (TLS) or unix:// (a socket's path)."""
+    """'' (off), or a Redis URL govern.fleet.url takes: redis://, rediss:// (TLS), unix:// (a socket's path),
+    redis+cluster:// or redis+sentinel:// (and their rediss+ forms)."""
     if v == "":
         return ""
     s = _str(v)
-    if not s.isprintable() or any(c.isspace() for c in s):
-        raise ValueError(f"{shown(s)} contains a space or a control character")
-    scheme, sep, rest = s.partition("://")
-    if not sep or scheme.lower() not in FLEET_SCHEMES:
-        raise ValueError(f"expected a redis://, rediss:// or unix:// URL, got {shown(s)}")
-    if not rest or rest.startswith("?"):
-        raise ValueError(f"{shown(s)} names no server")
-    if scheme.lower() == "unix":
-        if not rest.startswith("/"):
-            raise ValueError(f"a unix:// URL names an absolute socket path (unix:///run/redis.sock), got {shown(s)}")
-        return s
-    parts = urlsplit(s)
-    try:
-        parts.port  # noqa: B018 - urlsplit checks the port only when asked for it
-    except ValueError:
-        raise ValueError(f"{shown(s)} has no valid port (1-65535)") from None
-    if not parts.hostname:
-        raise ValueError(f"{shown(s)} names no server")
+    from govern.fleet.url import parse
+
+    parse(s)
     return s
 
 

@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 
 from govern.fleet import codec
 from govern.fleet.codec import Decision, Rejected
+from govern.fleet.url import connect, parse
 
 log = logging.getLogger("govern.fleet")
 
@@ -68,11 +69,19 @@ class LinkState:
 
 def shown_url(url: str) -> str:
     """The URL without its credentials, for the log and status."""
+    try:
+        t = parse(url)
+    except ValueError:
+        return "(a fleet.url that does not parse)"
+    scheme = url.partition("://")[0].lower()
+    if t.mode == "sentinel":
+        hosts = ",".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in t.hosts)
+        return f"{scheme}://{hosts}/{t.service}"
     parts = urlsplit(url)
     where = parts.hostname or ""
     if parts.port:
         where = f"{where}:{parts.port}"
-    return f"{parts.scheme}://{where}{parts.path}"
+    return f"{scheme}://{where}{parts.path}"
 
 
 class RedisLink:
@@ -316,8 +325,6 @@ def _text(v: bytes | str) -> str:
 
 def _connect(url: str) -> Any:
     """A client for `url` that has answered a PING (so a down Redis is seen at once, not at the first read)."""
-    import redis
-
-    client = redis.Redis.from_url(url, socket_timeout=TIMEOUT + READ_BLOCK_MS / 1000, socket_connect_timeout=TIMEOUT)
+    client = connect(url, timeout=TIMEOUT, read_timeout=TIMEOUT + READ_BLOCK_MS / 1000)
     client.ping()
     return client

@@ -1,4 +1,5 @@
-"""The `[fleet]` section: every bad value refused naming its key, and `govern config check` exits 2 for it."""
+"""The `[fleet]` section: every bad value refused naming its key, and `govern config check` exits 2 for it; the
+URLs it takes (govern.fleet.url): one server, a Cluster node, Sentinels."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import pytest
 
 from govern import config
 from govern.errors import ConfigError
+from govern.fleet import url
+from govern.fleet.link import shown_url
 
 ROOT = Path(__file__).resolve().parents[2]
 KEY = "k" * 32
@@ -34,7 +37,15 @@ def test_off_by_default() -> None:
 
 
 @pytest.mark.parametrize(
-    "url", ["redis://10.0.0.1:6379/0", "rediss://redis.example:6380", "unix:///run/redis/redis.sock", "REDIS://h"]
+    "url",
+    [
+        "redis://10.0.0.1:6379/0",
+        "rediss://redis.example:6380",
+        "unix:///run/redis/redis.sock",
+        "REDIS://h",
+        "redis+cluster://node1.example:7000",
+        "rediss+sentinel://fleet:pw@s1:26379,s2,[2001:db8::1]:26380/mx-fleet/2",
+    ],
 )
 def test_good_urls(tmp_path: Path, url: str) -> None:
     if os.geteuid() != 0:
@@ -45,8 +56,14 @@ def test_good_urls(tmp_path: Path, url: str) -> None:
 @pytest.mark.parametrize(
     ("url", "problem"),
     [
-        ("http://h:6379", "redis://, rediss:// or unix://"),
-        ("h:6379", "redis://, rediss:// or unix://"),
+        ("http://h:6379", "redis://, rediss://, unix://, redis\\+cluster:// or redis\\+sentinel://"),
+        ("h:6379", "redis://, rediss://"),
+        ("redis+cluster://h:7000/3", "only database 0"),
+        ("redis+sentinel://s1:26379", "names no master"),
+        ("redis+sentinel://s1:263790/m", "no valid port"),
+        ("redis+sentinel://s1,,s2/m", "names no sentinel"),
+        ("redis+sentinel://s1/m/x", "database that is not a number"),
+        ("redis+sentinel://s1/m?timeout=3", "unknown parameter 'timeout'"),
         ("redis://", "names no server"),
         ("redis://:pw@/0", "names no server"),
         ("redis://h:99999", "no valid port"),
@@ -141,3 +158,26 @@ def test_config_check_exits_2(tmp_path: Path) -> None:
     )
     assert run.returncode == 2, run.stderr
     assert "fleet.url" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_a_sentinel_url_names_its_sentinels_master_and_credentials() -> None:
+    t = url.parse("rediss+sentinel://fleet:p%40ss@s1:26379,s2,[2001:db8::1]:26380/mx-fleet/2?sentinel_password=sp")
+    assert t.mode == "sentinel" and t.tls
+    assert t.hosts == (("s1", 26379), ("s2", 26379), ("2001:db8::1", 26380))
+    assert (t.service, t.db, t.username, t.password, t.sentinel_password) == ("mx-fleet", 2, "fleet", "p@ss", "sp")
+
+
+def test_a_cluster_url_is_redis_pys_own_for_one_node() -> None:
+    t = url.parse("rediss+cluster://u:pw@node1:7000")
+    assert (t.mode, t.url, t.tls) == ("cluster", "rediss://u:pw@node1:7000", True)
+
+
+def test_an_error_never_shows_the_password() -> None:
+    with pytest.raises(ValueError) as exc:
+        url.parse("redis+cluster://u:secret@h:7000/5")
+    assert "secret" not in str(exc.value) and "***" in str(exc.value)
+
+
+def test_the_log_shows_a_url_without_credentials() -> None:
+    assert shown_url("redis+sentinel://u:secret@s1,s2:26380/m/1") == "redis+sentinel://s1:26379,s2:26380/m"
+    assert shown_url("rediss://u:secret@h:6380/0") == "rediss://h:6380/0"
