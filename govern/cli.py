@@ -220,6 +220,7 @@ def _fleet_line(f: dict[str, Any]) -> str:
     since = time.strftime("%H:%M:%S", time.localtime(f.get("since", 0)))
     counts = (
         f"published {f.get('published', 0)}, received {f.get('received', 0)}, applied {f.get('applied', 0)}, "
+        f"unblocked {f.get('unblocked', 0)}, "
         f"refused {f.get('refused_here', 0)} by this host's rules and {f.get('refused', 0)} unverified"
     )
     if state == "connected":

@@ -30,7 +30,7 @@ from govern.core.decide import (
     release_allowlisted,
     sessions_to_end,
 )
-from govern.core.fleet import Refusal, Remote, fleet_blocks, fleet_trust
+from govern.core.fleet import Refusal, Remote, fleet_blocks, fleet_trust, fleet_unblocks, superseded
 from govern.core.policy import Policy
 from govern.core.reasons import family, reason_class
 from govern.edges import Counters, Enforcer, FleetLink, SocketSource, StateStore, Tarpit
@@ -133,6 +133,7 @@ class Governor:
         self.fleet = fleet
         self.fleet_applied = 0  # other hosts' blocks applied here
         self.fleet_refused = 0  # ... and refused by this host's own rules
+        self.fleet_unblocked = 0  # blocks lifted here on another host's operator's word
         self.fleet_trusted = 0  # other hosts' learned trust taken in
         self._fleet_trust: set[Prefix] = set()  # source groups trusted on the fleet's word: never published again
         self._trust_shared: frozenset[Prefix] = frozenset()  # the trusted set as last shared
@@ -327,9 +328,15 @@ class Governor:
         elif not self.keeper.commit(plan, now, kernel):
             return False
         previous = self.state.mode
+        # What an operator's unblock lifts here lasted until: the fleet keeps the unblock as long.
+        lifted = {
+            a.prefix: self.state.blocks[a.prefix].until
+            for a in plan.actions
+            if a.kind is ActionKind.UNBLOCK and a.manual and a.prefix in self.state.blocks
+        }
         self.state.record(plan, now)
         if share and self.fleet is not None:
-            self._to_fleet(plan, now)
+            self._to_fleet(plan, now, lifted)
         if not self.dry_run:  # the dry-run firewall logged each as "dry run: would ..."
             for a in plan.actions:
                 log.info("%s", a.describe())
@@ -362,17 +369,26 @@ class Governor:
 
     # -- the fleet (govern.fleet; docs/fleet.md) -----------------------------------------------------------------
 
-    def _to_fleet(self, plan: Plan, now: float) -> None:
-        """Queue this host's committed blocks for the fleet (the link's thread sends them; this never waits)."""
+    def _to_fleet(self, plan: Plan, now: float, lifted: Mapping[Prefix, float]) -> None:
+        """Queue this host's committed blocks, and its operator's unblocks, for the fleet (the link's thread sends
+        them; this never waits). An unblock is kept as long as the longest block it may lift elsewhere."""
         assert self.fleet is not None
         if self.dry_run or "blocks" not in self.config["fleet"]["share"]:
             return
-        kinds = (ActionKind.BLOCK, ActionKind.EXTEND)
-        mine = [a for a in plan.actions if a.kind in kinds]
-        if mine:
-            self.fleet.publish(
-                [codec.new("block", a.prefix, a.reason, a.until, a.offences, self.fleet.name, now) for a in mine]
-            )
+        name = self.fleet.name
+        out = [
+            codec.new("block", a.prefix, a.reason, a.until, a.offences, name, now)
+            for a in plan.actions
+            if a.kind in (ActionKind.BLOCK, ActionKind.EXTEND)
+        ]
+        longest = now + self.policy.max_block_duration
+        out += [
+            codec.new("unblock", a.prefix, "unblocked by the operator", max(longest, lifted[a.prefix]), 0, name, now)
+            for a in plan.actions
+            if a.kind is ActionKind.UNBLOCK and a.manual and a.prefix in lifted
+        ]
+        if out:
+            self.fleet.publish(out)
 
     def _from_fleet(self, now: float) -> None:
         """Apply what the other hosts decided since the last tick, through this host's own rules: the allowlist,
@@ -382,9 +398,12 @@ class Governor:
         got = self.fleet.drain()
         if not got:
             return
-        blocks = [Remote(d.prefix, d.reason, d.until, d.offences, d.origin) for d in got if d.kind == "block"]
-        trust = [Remote(d.prefix, d.reason, d.until, d.offences, d.origin) for d in got if d.kind == "trust"]
-        plan, refused = fleet_blocks(blocks, self.state, self.policy, now)
+        remote = {
+            kind: [Remote(d.prefix, d.reason, d.until, d.offences, d.origin, d.at) for d in got if d.kind == kind]
+            for kind in codec.KINDS
+        }
+        trust, unblocks = remote["trust"], remote["unblock"]
+        plan, refused = fleet_blocks(superseded(remote["block"], unblocks), self.state, self.policy, now)
         taken: tuple[Remote, ...] = ()
         refused_trust: tuple[Refusal, ...] = ()
         if trust and self.trust is not None:
@@ -395,6 +414,9 @@ class Governor:
                 log.warning("fleet: refused %s's %s of %s: %s", r.decision.origin, what, r.decision.prefix, r.why)
         if plan and self.execute(plan, now, share=False):
             self.fleet_applied += sum(1 for a in plan.actions if a.kind in (ActionKind.BLOCK, ActionKind.EXTEND))
+        lift = fleet_unblocks(unblocks, self.state)
+        if lift and self.execute(lift, now, share=False):
+            self.fleet_unblocked += sum(1 for a in lift.actions if a.kind is ActionKind.UNBLOCK)
         for t in taken:
             assert self.trust is not None
             if self.trust.learn_until(t.prefix, t.until, now):
@@ -428,6 +450,7 @@ class Governor:
             **self.fleet.state().to_dict(),
             "name": self.fleet.name,
             "applied": self.fleet_applied,
+            "unblocked": self.fleet_unblocked,
             "trusted": self.fleet_trusted,
             "refused_here": self.fleet_refused,
         }

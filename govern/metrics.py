@@ -388,7 +388,7 @@ class GovernCollector:
         yield _labelled(
             CounterMetricFamily,
             "govern_fleet_decisions",
-            "fleet decisions: published, received, applied, refused (this host's rules), unverified, dropped",
+            "fleet decisions: published, received, applied, unblocked, refused (by this host), unverified, dropped",
             ["what"],
             (
                 ((what,), float(f.get(key, 0)))
@@ -396,6 +396,7 @@ class GovernCollector:
                     ("published", "published"),
                     ("received", "received"),
                     ("applied", "applied"),
+                    ("unblocked", "unblocked"),
                     ("refused", "refused_here"),
                     ("unverified", "refused"),
                     ("dropped", "dropped"),

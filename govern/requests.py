@@ -37,7 +37,7 @@ def handle(gov: Governor, body: Mapping[str, Any]) -> dict[str, Any]:
             case protocol.Block():
                 return _block(gov, req)
             case protocol.Unblock():
-                return _done(gov, manual_unblock(req.source, gov.state), f"unblocked {req.source}")
+                return _done(gov, manual_unblock(req.source, gov.state), f"unblocked {req.source}{_shared(gov)}")
             case protocol.Allow():
                 return _allow(gov, req)
             case protocol.Wave():
@@ -60,7 +60,14 @@ def _block(gov: Governor, req: protocol.Block) -> dict[str, Any]:
     dur = req.seconds or gov.policy.block_duration
     reason = req.reason or "blocked by the operator"
     plan = manual_block(req.source, gov.state, gov.policy, gov.clock(), dur, reason)
-    return _done(gov, plan, f"blocked {req.source} for {req.duration or 'the default duration'}")
+    return _done(gov, plan, f"blocked {req.source} for {req.duration or 'the default duration'}{_shared(gov)}")
+
+
+def _shared(gov: Governor) -> str:
+    """What an operator's block or unblock tells of the fleet: the other hosts follow it."""
+    if gov.fleet is None or gov.dry_run or "blocks" not in gov.config["fleet"]["share"]:
+        return ""
+    return f"; shared with the fleet as {gov.fleet.name}"
 
 
 def _allow(gov: Governor, req: protocol.Allow) -> dict[str, Any]:

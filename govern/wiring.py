@@ -142,7 +142,9 @@ def fleet_link(config: Config) -> FleetLink | None:
         raise ConfigError(
             f"the hostname {name[:40]!r} is not a fleet name: set one", path=config.path, key="fleet.name"
         )
-    accept = tuple({"blocks": "block", "trust": "trust"}[k] for k in f["accept"])
+    # An operator's unblock travels with the blocks it lifts.
+    kinds = {"blocks": ("block", "unblock"), "trust": ("trust",)}
+    accept = tuple(kind for k in f["accept"] for kind in kinds[k])
     return RedisLink(f["url"], read_key(f["key_file"], config=config.path), name, f["namespace"], accept)
 
 

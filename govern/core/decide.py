@@ -374,9 +374,9 @@ def manual_unblock(prefix: Prefix, state: State) -> Plan:
     """The plan for `govern unblock`: lifts the block and any throttle on exactly this prefix."""
     actions = []
     if prefix in state.blocks:
-        actions.append(Action(ActionKind.UNBLOCK, prefix, "manual unblock"))
+        actions.append(Action(ActionKind.UNBLOCK, prefix, "manual unblock", manual=True))
     if prefix in state.throttles:
-        actions.append(Action(ActionKind.UNTHROTTLE, prefix, "manual unblock"))
+        actions.append(Action(ActionKind.UNTHROTTLE, prefix, "manual unblock", manual=True))
     if actions:
         return Plan(tuple(actions))
     wider = _covering(state.blocks, _lengths(state.blocks), prefix)

@@ -1,6 +1,7 @@
-"""What a host makes of the blocks and learned trust other hosts of its fleet decided (docs/fleet.md): for blocks,
-the same rules as every block of its own (govern.core.guard, the allowlist), then blocks that never overlap what the
-kernel already holds; for trust, only source groups as this host counts them.
+"""What a host makes of the blocks, unblocks and learned trust other hosts of its fleet decided (docs/fleet.md): for
+blocks, the same rules as every block of its own (govern.core.guard, the allowlist), then blocks that never overlap
+what the kernel already holds; for an operator's unblock, the blocks of that prefix decided before it; for trust, only
+source groups as this host counts them.
 
 Pure: the daemon hands in the verified decisions, the state, the policy and the time."""
 
@@ -25,6 +26,7 @@ class Remote(NamedTuple):
     until: float
     offences: int
     origin: str
+    at: float = 0.0  # when the deciding host published it (its clock)
 
 
 class Refusal(NamedTuple):
@@ -103,3 +105,31 @@ def fleet_trust(remote: Iterable[Remote], policy: Policy, now: float) -> tuple[t
         else:
             taken.append(r)
     return tuple(taken), tuple(refused)
+
+
+def superseded(blocks: Iterable[Remote], unblocks: Iterable[Remote]) -> list[Remote]:
+    """Of one batch's blocks, those no unblock of the same prefix published later in the batch lifts: a host that
+    comes back reads both at once, and only the last word on a prefix counts."""
+    last_unblock: dict[Prefix, float] = {}
+    for u in unblocks:
+        last_unblock[u.prefix] = max(u.at, last_unblock.get(u.prefix, u.at))
+    return [b for b in blocks if b.at > last_unblock.get(b.prefix, -1.0)]
+
+
+def fleet_unblocks(unblocks: Iterable[Remote], state: State) -> Plan:
+    """The plan that carries out other hosts' operator unblocks here: the block and throttle of exactly that prefix
+    go if they began before the unblock was published (this host's own or the fleet's alike: the operator's word on a
+    source is the fleet's); one decided after it is a new judgement, and stays."""
+    actions: list[Action] = []
+    done: set[tuple[ActionKind, Prefix]] = set()
+    for u in unblocks:
+        reason = fleet_reason(u.origin, u.reason)
+        block = state.blocks.get(u.prefix)
+        if block is not None and block.since <= u.at and (ActionKind.UNBLOCK, u.prefix) not in done:
+            actions.append(Action(ActionKind.UNBLOCK, u.prefix, reason))
+            done.add((ActionKind.UNBLOCK, u.prefix))
+        throttle = state.throttles.get(u.prefix)
+        if throttle is not None and throttle.since <= u.at and (ActionKind.UNTHROTTLE, u.prefix) not in done:
+            actions.append(Action(ActionKind.UNTHROTTLE, u.prefix, reason))
+            done.add((ActionKind.UNTHROTTLE, u.prefix))
+    return Plan(tuple(actions))

@@ -20,7 +20,7 @@ from govern.addr import Prefix
 from govern.errors import AddressError
 
 VERSION: Final = "1"
-KINDS: Final = ("block", "trust")
+KINDS: Final = ("block", "trust", "unblock")
 # The fields an entry holds besides its signature, in the order they are signed.
 FIELDS: Final = ("v", "kind", "prefix", "reason", "until", "offences", "origin", "id", "at")
 SIG: Final = "sig"
@@ -39,8 +39,10 @@ class Rejected(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class Decision:
-    """One decision a host shares: block `prefix` until `until` (epoch seconds, wall clock) for `reason`; or trust it.
-    `origin` is the deciding host's `fleet.name`, `id` unique per decision, `at` when it was published."""
+    """One decision a host shares: block `prefix` until `until` (epoch seconds, wall clock) for `reason`; trust it;
+    or lift the blocks of it decided before `at` (an operator's unblock, kept until the longest block it may lift
+    would have lapsed). `origin` is the deciding host's `fleet.name`, `id` unique per decision, `at` when it was
+    published."""
 
     kind: str
     prefix: Prefix

@@ -4,7 +4,8 @@ others', so that the tick only ever puts to and drains from bounded in-memory qu
 Redis holds two keys per fleet (`fleet.namespace`):
 - NAMESPACE:decisions, a stream of signed decisions (govern.fleet.codec), trimmed to about STREAM_LENGTH entries;
 - NAMESPACE:active, a sorted set of the same entries scored by their expiry, so that a host that starts or comes
-  back catches up with every active block in one read (expired members are removed by whoever publishes).
+  back catches up with every active block in one read (expired members are removed by whoever publishes, and the
+  blocks an operator's unblock lifted by the host that publishes the unblock).
 
 Each entry read is verified; what does not verify is one log line, and what this host published itself comes back
 and is skipped. While Redis cannot be reached the thread retries with backoff, the host enforces alone, its own
@@ -209,12 +210,14 @@ class RedisLink:
         is published meanwhile is read too, once), or from where this link left it."""
         top = cast(list[Any], client.xrevrange(self.stream, count=1))
         members = cast(list[bytes], client.zrangebyscore(self.active, self.clock(), "+inf"))
+        entries = []
         for m in members:
             try:
-                fields = codec.from_member(m)
+                entries.append(codec.from_member(m))
             except Rejected as exc:
                 self._refused("the active set", exc)
-                continue
+        # In the order they were decided, not by expiry: a block and the unblock that lifted it arrive as they were.
+        for fields in sorted(entries, key=_published):
             self._take(fields, "the active set")
         if self._last_id is None:
             self._last_id = _text(top[0][0]) if top else "0-0"
@@ -248,8 +251,26 @@ class RedisLink:
             mine = (d.kind, str(d.prefix))
             self._mine.pop(mine, None)
             self._mine[mine] = (codec.encode(d, self.key), d.until)
+            if d.kind == "unblock":
+                self._mine.pop(("block", str(d.prefix)), None)
+        lifted = {str(d.prefix): d.at for d in batch if d.kind == "unblock"}
+        if lifted:
+            self._lift(client, lifted)
         while len(self._mine) > MINE_BOUND:
             self._mine.popitem(last=False)
+
+    def _lift(self, client: Any, lifted: Mapping[str, float]) -> None:
+        """Take out of the active set the blocks an operator's unblock lifted (any host's, published before it), so
+        a host that starts later does not catch up with them; the unblock itself stays there for the hosts that
+        still hold them. Unblocks are an operator's, and rare: one read of the set each is cheap."""
+        gone = []
+        for m in cast(list[bytes], client.zrangebyscore(self.active, self.clock(), "+inf")):
+            with contextlib.suppress(Rejected, KeyError, ValueError):
+                f = codec.from_member(m)
+                if f["kind"] == "block" and f["prefix"] in lifted and float(f["at"]) <= lifted[f["prefix"]]:
+                    gone.append(m)
+        if gone:
+            client.zrem(self.active, *gone)
 
     def _republish(self, client: Any) -> None:
         """Put back what Redis lost of this host's decisions in force: ZADD NX says which members were missing,
@@ -313,6 +334,13 @@ class RedisLink:
     def _refused(self, where: str, exc: Exception) -> None:
         self._count(refused=1)
         log.warning("fleet: refused %s from Redis: %s", where, exc)
+
+
+def _published(fields: Mapping[str, str]) -> float:
+    try:
+        return float(fields.get("at", "0"))
+    except ValueError:
+        return 0.0  # verify() refuses it, with the reason
 
 
 def _replace(s: LinkState, **fields: Any) -> LinkState:

@@ -2,7 +2,7 @@
 on a unix socket in the test's directory, started and killed by the test): a block on one host is in the others'
 nftables block sets within 2 s; an entry forged without the key is refused and logged; a block covering one host's
 allowlist is refused there only; Redis killed and restarted loses nothing; a restarted daemon catches up from the
-sorted set (docs/fleet.md)."""
+sorted set; an operator's unblock is lifted on every host, one away meanwhile included (docs/fleet.md)."""
 
 from __future__ import annotations
 
@@ -159,3 +159,23 @@ def test_a_restarted_daemon_catches_up_from_the_sorted_set(fleet: Fleet) -> None
     mx3.daemon.start()
     assert wait_for(lambda: mx3.blocked("198.18.0.10"), 5, step=0.1), mx3.log()[-2000:]
     assert mx3.blocked("198.18.0.7")  # restored from its own store as well
+
+
+def test_an_operators_unblock_is_lifted_everywhere_even_on_a_host_away_meanwhile(fleet: Fleet) -> None:
+    mx1, mx2, mx3 = (fleet.hosts[n] for n in NAMES)
+    mx1.cli("block", "198.18.0.11", "--reason", "a false positive")
+    assert wait_for(lambda: mx2.blocked("198.18.0.11") and mx3.blocked("198.18.0.11"), 5, step=0.05)
+    mx3.daemon.stop()  # its block stays in its kernel and store while it is away
+    out = mx1.cli("unblock", "198.18.0.11")
+    assert "shared with the fleet" in out, out
+    t0 = time.monotonic()
+    assert wait_for(lambda: not mx2.blocked("198.18.0.11"), 5, step=0.05), mx2.log()[-2000:]
+    took = time.monotonic() - t0
+    assert took < 2.0, f"{took:.2f} s"
+    assert "unblock 198.18.0.11: fleet:mx1: unblocked by the operator" in mx2.log()
+    mx3.daemon.start()
+    assert wait_for(lambda: not mx3.blocked("198.18.0.11"), 5, step=0.1), mx3.log()[-2000:]
+    # Nor does a host that starts afresh catch up with the lifted block: the active set no longer has it.
+    active = [codec.from_member(m) for m in fleet.redis.client().zrange(f"{KEYS}:active", 0, -1)]
+    assert not [f for f in active if f["prefix"] == "198.18.0.11" and f["kind"] == "block"]
+    assert [f["origin"] for f in active if f["prefix"] == "198.18.0.11"] == ["mx1"]

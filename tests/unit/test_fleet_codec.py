@@ -125,7 +125,7 @@ def test_a_signer_cannot_ship_a_malformed_decision() -> None:
     for name, value in [
         ("prefix", "198.18.0.7/16"),
         ("prefix", "nonsense"),
-        ("kind", "unblock"),
+        ("kind", "allow"),
         ("reason", "two\nlines"),
         ("until", "nan"),
         ("offences", "-1"),

@@ -10,7 +10,7 @@ from pathlib import Path
 from govern import config, reports
 from govern.addr import Prefix, PrefixSet
 from govern.allow.learning import TrustSources
-from govern.core.fleet import Remote, fleet_blocks, fleet_reason, fleet_trust, from_fleet
+from govern.core.fleet import Remote, fleet_blocks, fleet_reason, fleet_trust, fleet_unblocks, from_fleet, superseded
 from govern.core.policy import Policy
 from govern.daemon import Governor
 from govern.fakes import FakeClock, FakeCounters, FakeEnforcer, FakeFleet, FakeSockets
@@ -171,3 +171,66 @@ def test_trust_is_not_shared_unless_asked(tmp_path: Path) -> None:
     gov.trust.learn(Prefix.parse("198.51.100.7"), NOW)
     gov.tick()
     assert fleet.published == []
+
+
+def test_an_unblock_lifts_blocks_decided_before_it_and_keeps_later_ones() -> None:
+    older, newer = Prefix.parse("198.18.0.7"), Prefix.parse("198.18.0.8")
+    state = State()
+    state.blocks[older] = Block(older, "opened 300 connections", NOW - 100, NOW + 600, 1)
+    state.blocks[newer] = Block(newer, "opened 300 connections", NOW + 5, NOW + 600, 1)
+    unblocks = [
+        Remote(older, "unblocked by the operator", NOW + 86400, 0, "mx1", at=NOW),
+        Remote(newer, "unblocked by the operator", NOW + 86400, 0, "mx1", at=NOW),
+    ]
+    (a,) = fleet_unblocks(unblocks, state).actions
+    assert (a.kind, a.prefix, a.reason) == (ActionKind.UNBLOCK, older, "fleet:mx1: unblocked by the operator")
+
+
+def test_within_one_batch_the_last_word_on_a_prefix_counts() -> None:
+    def at(kind_at: float, prefix: str = "198.18.0.7/32") -> Remote:
+        return Remote(Prefix.parse(prefix), "r", NOW + 600, 1, "mx1", at=kind_at)
+
+    blocks = [at(NOW - 10), at(NOW + 10, "198.18.0.8/32"), at(NOW + 10, "198.18.0.9/32")]
+    unblocks = [at(NOW), at(NOW - 5, "198.18.0.9/32")]
+    kept = superseded(blocks, unblocks)
+    assert [str(b.prefix) for b in kept] == ["198.18.0.8", "198.18.0.9"]
+
+
+def test_an_operators_unblock_is_shared_and_another_hosts_lifts_here(tmp_path: Path) -> None:
+    fleet = FakeFleet(name="mx2")
+    gov, enf, clock = make(tmp_path, fleet)
+    assert gov.handle({"cmd": "block", "prefix": "198.18.0.1", "duration": "3d"})["ok"]
+    assert gov.handle({"cmd": "unblock", "prefix": "198.18.0.1"})["ok"]
+    block, unblock = fleet.published
+    assert (unblock.kind, str(unblock.prefix), unblock.origin) == ("unblock", "198.18.0.1", "mx2")
+    # Kept as long as the block it lifted could last anywhere: here, the operator's 3 days.
+    assert unblock.until == block.until == NOW + 3 * 86400
+    # Another host's operator unblocks a source this host blocked on its own before, and one it took from the fleet.
+    clock.advance(10)
+    fleet.incoming = [codec.new("block", BOT, "opened 300 connections", clock() + 600, 1, "mx1", clock() - 1)]
+    gov.tick()
+    assert BOT in enf.blocks
+    clock.advance(10)
+    fleet.incoming = [codec.new("unblock", BOT, "unblocked by the operator", clock() + 86400, 0, "mx1", clock())]
+    gov.tick()
+    assert BOT not in enf.blocks and BOT not in gov.state.blocks
+    assert reports.status(gov)["fleet"]["unblocked"] == 1
+    assert len(fleet.published) == 2  # the fleet's unblock is not shared again
+    # A block and the unblock that lifted it, read together (a host catching up): it stays lifted.
+    clock.advance(10)
+    fleet.incoming = [
+        codec.new("block", BOT, "opened 300 connections", clock() + 600, 1, "mx3", clock() - 5),
+        codec.new("unblock", BOT, "unblocked by the operator", clock() + 86400, 0, "mx1", clock() - 2),
+    ]
+    gov.tick()
+    assert BOT not in enf.blocks
+
+
+def test_an_automatic_release_is_not_shared(tmp_path: Path) -> None:
+    fleet = FakeFleet(name="mx2")
+    gov, _, clock = make(tmp_path, fleet)
+    assert gov.handle({"cmd": "block", "prefix": "198.18.0.1", "duration": "1m"})["ok"]
+    clock.advance(120)
+    gov.tick()
+    assert not gov.state.blocks
+    assert [d.kind for d in fleet.published] == ["block"]
