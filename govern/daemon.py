@@ -87,6 +87,7 @@ class Governor:
         tarpit: Tarpit | None = None,
         own_addresses: Callable[[], Sequence[Prefix]] = tuple,
         fleet: FleetLink | None = None,
+        make_fleet: Callable[[Config], FleetLink | None] | None = None,
     ) -> None:
         self.config = config
         self.sockets = sockets
@@ -131,6 +132,7 @@ class Governor:
         self.metrics: dict[str, str] = {"state": "off"}  # the Prometheus endpoint as `govern status` shows it
         # The fleet's shared decisions (govern.fleet; docs/fleet.md): None unless `fleet.url`.
         self.fleet = fleet
+        self.make_fleet = make_fleet  # a reload's new [fleet] (govern.wiring.fleet_link); None: kept as started
         self.fleet_applied = 0  # other hosts' blocks applied here
         self.fleet_refused = 0  # ... and refused by this host's own rules
         self.fleet_unblocked = 0  # blocks lifted here on another host's operator's word
@@ -623,8 +625,11 @@ class Governor:
     def reload(self, new: Config) -> None:
         """Switch to a validated config: converge the kernel objects, then release newly allowlisted sources."""
         now = self.clock()
+        # First what can fail (the key file is read again): a refused reload changes nothing.
+        link = self.make_fleet(new) if self.make_fleet is not None and new is not self.config else self.fleet
         new = self._read_mta(new)
         self.config = new
+        self._swap_fleet(link)
         self._read_own()
         if self.allow is not None:
             self.allow.configure(new.allow_section())
@@ -634,6 +639,23 @@ class Governor:
         self.policy = self.make_policy()
         self.converge(now)
         log.info("reloaded config from %s", new.path or "embedded defaults")
+
+    def _swap_fleet(self, link: FleetLink | None) -> None:
+        """A reload's [fleet]: the running link kept if nothing of it changed, else closed and the new one started,
+        with what the old had not sent yet."""
+        old = self.fleet
+        if (link.settings if link is not None else None) == (old.settings if old is not None else None):
+            return
+        if old is not None:
+            old.close()
+        self.fleet = link
+        if link is None:
+            log.warning("fleet: off after the reload; this host enforces alone")
+            return
+        if old is not None:
+            link.publish(old.unsent())
+        link.start()
+        log.warning("fleet: the reload changed [fleet]: now %s", link.name)
 
     # -- requests from the CLI (govern.requests) ----------------------------------------------------------------
 

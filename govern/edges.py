@@ -164,7 +164,16 @@ class FleetLink(Protocol):
 
     name: str  # this host's name on what it publishes
 
+    @property
+    def settings(self) -> tuple[object, ...]:
+        """What it was made from: a reload that changes them makes a new link."""
+        ...
+
     def start(self) -> None: ...
+
+    def unsent(self) -> list[Decision]:
+        """This host's decisions not yet sent (a link being replaced hands them to the next)."""
+        ...
 
     def publish(self, decisions: Sequence[Decision]) -> None:
         """Queue this host's own decisions for the fleet (signed and sent by the link's thread)."""

@@ -291,8 +291,10 @@ class FakeFleet:
     published: list[Decision] = field(default_factory=list)
     incoming: list[Decision] = field(default_factory=list)
     link: LinkState = field(default_factory=lambda: LinkState("connected", 0.0))
+    settings: tuple[object, ...] = ()
     started: bool = False
     closed: bool = False
+    pending: list[Decision] = field(default_factory=list)  # published while "down": what unsent() hands over
 
     def start(self) -> None:
         self.started = True
@@ -302,6 +304,10 @@ class FakeFleet:
 
     def drain(self, limit: int = 10_000) -> list[Decision]:
         out, self.incoming = self.incoming[:limit], self.incoming[limit:]
+        return out
+
+    def unsent(self) -> list[Decision]:
+        out, self.pending = self.pending, []
         return out
 
     def state(self) -> LinkState:

@@ -122,6 +122,7 @@ def governor(config: Config, store: Store) -> Governor:
         tarpit=pit,
         own_addresses=own_addresses,
         fleet=fleet_link(config),
+        make_fleet=fleet_link,
     )
 
 

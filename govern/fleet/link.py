@@ -147,6 +147,18 @@ class RedisLink:
         with self._lock:
             return self._state
 
+    @property
+    def settings(self) -> tuple[object, ...]:
+        return (self.url, self.key, self.name, self.stream, self.accept)
+
+    def unsent(self) -> list[Decision]:
+        out: list[Decision] = []
+        while True:
+            try:
+                out.append(self._out.get_nowait())
+            except queue.Empty:
+                return out
+
     def close(self) -> None:
         self._stop.set()
         if self._thread is not None:

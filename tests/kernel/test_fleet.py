@@ -2,12 +2,14 @@
 on a unix socket in the test's directory, started and killed by the test): a block on one host is in the others'
 nftables block sets within 2 s; an entry forged without the key is refused and logged; a block covering one host's
 allowlist is refused there only; Redis killed and restarted loses nothing; a restarted daemon catches up from the
-sorted set; an operator's unblock is lifted on every host, one away meanwhile included (docs/fleet.md)."""
+sorted set; an operator's unblock is lifted on every host, one away meanwhile included; a reload takes
+[fleet] off and on again (docs/fleet.md)."""
 
 from __future__ import annotations
 
 import json
 import secrets
+import signal
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -179,3 +181,26 @@ def test_an_operators_unblock_is_lifted_everywhere_even_on_a_host_away_meanwhile
     active = [codec.from_member(m) for m in fleet.redis.client().zrange(f"{KEYS}:active", 0, -1)]
     assert not [f for f in active if f["prefix"] == "198.18.0.11" and f["kind"] == "block"]
     assert [f["origin"] for f in active if f["prefix"] == "198.18.0.11"] == ["mx1"]
+
+
+def test_a_reload_takes_the_fleet_off_and_back_on_and_the_host_catches_up(fleet: Fleet) -> None:
+    mx1, mx2, _ = (fleet.hosts[n] for n in NAMES)
+    shared = mx2.config.read_text()
+    try:
+        mx2.config.write_text(shared.split("[fleet]")[0])
+        mx2.daemon.send(signal.SIGHUP)
+        assert wait_for(lambda: mx2.daemon.status()["fleet"]["state"] == "off", 5), mx2.log()[-2000:]
+        assert "fleet: off after the reload" in mx2.log()
+        mx1.cli("block", "198.18.0.12", "--reason", "while mx2 had no fleet")
+        time.sleep(2.0)
+        assert not mx2.blocked("198.18.0.12")
+    finally:
+        mx2.config.write_text(shared)
+        mx2.daemon.send(signal.SIGHUP)
+    assert wait_for(lambda: connected(mx2), 10), mx2.log()[-2000:]
+    assert wait_for(lambda: mx2.blocked("198.18.0.12"), 5, step=0.1), mx2.log()[-2000:]
+    # A reload that changes nothing of [fleet] keeps the link (and its counts) as it is.
+    before = mx2.daemon.status()["fleet"]["since"]
+    mx2.daemon.send(signal.SIGHUP)
+    time.sleep(1.0)
+    assert mx2.daemon.status()["fleet"]["since"] == before

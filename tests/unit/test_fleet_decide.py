@@ -234,3 +234,31 @@ def test_an_automatic_release_is_not_shared(tmp_path: Path) -> None:
     gov.tick()
     assert not gov.state.blocks
     assert [d.kind for d in fleet.published] == ["block"]
+
+
+def test_a_reload_replaces_the_link_only_when_fleet_changes_and_hands_over_what_was_unsent(tmp_path: Path) -> None:
+    made: list[FakeFleet] = []
+
+    def make_fleet(cfg: config.Config) -> FakeFleet | None:
+        url = cfg["fleet"]["url"]
+        link = FakeFleet(name="mx2", settings=(url,)) if url else None
+        made.extend([link] if link else [])
+        return link
+
+    first = FakeFleet(name="mx2", settings=("redis://a",))
+    gov, _, _ = make(tmp_path, first)
+    gov.make_fleet = make_fleet
+    same = replace_fleet_url(gov.config, "redis://a")
+    gov.reload(same)
+    assert gov.fleet is first and not first.closed
+    first.pending = [codec.new("block", BOT, "r", NOW + 60, 1, "mx2", NOW)]
+    gov.reload(replace_fleet_url(gov.config, "redis://b"))
+    assert first.closed and gov.fleet is made[-1] and made[-1].started
+    assert [d.prefix for d in made[-1].published] == [BOT]
+    gov.reload(replace_fleet_url(gov.config, ""))
+    assert gov.fleet is None and made[-1].closed
+
+
+def replace_fleet_url(cfg: config.Config, url: str) -> config.Config:
+    # The key file is not read: the fake factory stands in for wiring.fleet_link, which reads it.
+    return config.with_override(cfg, "fleet", "url", url)
