@@ -250,13 +250,22 @@ def test_a_reload_replaces_the_link_only_when_fleet_changes_and_hands_over_what_
     gov.make_fleet = make_fleet
     same = replace_fleet_url(gov.config, "redis://a")
     gov.reload(same)
-    assert gov.fleet is first and not first.closed
+    assert gov.fleet is first and first.state() == first.link  # kept, not replaced
+    assert not closed(first)
     first.pending = [codec.new("block", BOT, "r", NOW + 60, 1, "mx2", NOW)]
     gov.reload(replace_fleet_url(gov.config, "redis://b"))
-    assert first.closed and gov.fleet is made[-1] and made[-1].started
+    assert closed(first) and gov.fleet is made[-1] and made[-1].started
     assert [d.prefix for d in made[-1].published] == [BOT]
     gov.reload(replace_fleet_url(gov.config, ""))
-    assert gov.fleet is None and made[-1].closed
+    assert link_of(gov) is None and closed(made[-1])
+
+
+def link_of(gov: Governor) -> object:
+    return gov.fleet  # read afresh, as closed() below
+
+
+def closed(link: FakeFleet) -> bool:
+    return link.closed  # read afresh: a reload closes the link behind the test's back
 
 
 def replace_fleet_url(cfg: config.Config, url: str) -> config.Config:
