@@ -236,6 +236,11 @@ def measure(mx: str, n: int, reps: int) -> dict[str, float]:
             req = sockdiag._STATES_SCAN, sockdiag._EXT_INFO
             diag._dump_all(ports, *req, lambda buf, size: buf[4] == netlink.NLMSG_DONE)
 
+        def listeners_only() -> None:
+            # What the daemon reads between ticks (daemon.queue_poll): the listening sockets alone.
+            if len(diag.listeners(ports)) != 1:
+                raise RuntimeError("expected the one listener")
+
         def run_ss() -> None:
             with entered(mx):  # fork from a thread in the MX namespace: ss runs there
                 out = subprocess.run(SS_CMD, stdout=subprocess.PIPE, check=True).stdout
@@ -254,6 +259,7 @@ def measure(mx: str, n: int, reps: int) -> dict[str, float]:
             "govern, no kernel port filter": variant(kernel_filter=False),
             "govern, one dump per family": variant(one_walk=False),
             "netlink dump alone (no parsing)": dump_only,
+            "listeners only (between ticks)": listeners_only,
             "ss -Htni": run_ss,
             "ss -Htn (no tcp_info)": run_ss_plain,
         }

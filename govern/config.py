@@ -65,6 +65,18 @@ def _duration(lo: float, hi: float) -> Callable[[Any], float]:
     return check
 
 
+def _duration_or_off(lo: float, hi: float) -> Callable[[Any], float]:
+    """A duration between lo and hi, or 0 ("0", "0s", "off"): off."""
+    inner = _duration(lo, hi)
+
+    def check(v: Any) -> float:
+        if v in (0, "0", "0s", "off"):
+            return 0.0
+        return inner(v)
+
+    return check
+
+
 def _ratio(v: Any) -> float:
     if isinstance(v, bool) or not isinstance(v, int | float):
         raise ValueError(f"expected a number between 0 and 1, got {_typename(v)}")
@@ -435,6 +447,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
     "daemon": {
         "tick": Key("1s", _duration(0.1, 60), "how often govern observes, decides and acts"),
         "wave_tick": Key("500ms", _duration(0.1, 60), "how often in a wave: cuts and shedding answer a flood sooner"),
+        "queue_poll": Key(
+            "250ms", _duration_or_off(0.05, 10), "how often the accept queues are read between ticks; 0: never"
+        ),
         "state_dir": Key("/var/lib/govern", _state_dir, "durable state: active blocks, throttles, events"),
         "socket": Key("/run/govern/govern.sock", _socket_path, "root-only control socket the CLI talks to"),
         "dry_run": Key(False, _bool, "log every plan instead of enforcing it (counting still runs in the kernel)"),

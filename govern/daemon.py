@@ -31,6 +31,7 @@ from govern.core.decide import (
     sessions_to_end,
 )
 from govern.core.fleet import Refusal, Remote, fleet_blocks, fleet_trust, fleet_unblocks, superseded
+from govern.core.modes import queues_call
 from govern.core.policy import Policy
 from govern.core.reasons import family, reason_class
 from govern.edges import Counters, Enforcer, FleetLink, SocketSource, StateStore, Tarpit
@@ -132,6 +133,7 @@ class Governor:
         self.metrics: dict[str, str] = {"state": "off"}  # the Prometheus endpoint as `govern status` shows it
         # The fleet's shared decisions (govern.fleet; docs/fleet.md): None unless `fleet.url`.
         self.fleet = fleet
+        self.early_ticks = 0  # ticks started before their time by a filling accept queue
         self.make_fleet = make_fleet  # a reload's new [fleet] (govern.wiring.fleet_link); None: kept as started
         self.fleet_applied = 0  # other hosts' blocks applied here
         self.fleet_refused = 0  # ... and refused by this host's own rules
@@ -146,6 +148,18 @@ class Governor:
         (a flood fills them in well under a second), and the cost of a tick is paid only while it lasts."""
         d = self.config["daemon"]
         return float(d["wave_tick"] if self.state.mode.mode is Mode.WAVE else d["tick"])
+
+    def pressing(self) -> bool:
+        """Between ticks: whether the accept queues already call for a higher mode (govern.core.modes.queues_call),
+        so the main loop ticks now. A failed read is no reason to tick early: the tick reads everything anyway."""
+        try:
+            listeners = self.sockets.listeners(self.policy.ports)
+        except GovernError:
+            return False
+        if not queues_call(listeners, self.state.mode, self.policy.modes, self.clock()):
+            return False
+        self.early_ticks += 1
+        return True
 
     @property
     def dry_run(self) -> bool:

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from govern.addr import Prefix, PrefixSet
 from govern.edges import Enforcer, SocketSource, StateStore, Tarpit
 from govern.errors import RefusedError
-from govern.model import Event, FirewallSpec, Plan, Scan, SessionInfo, State
+from govern.model import Event, FirewallSpec, ListenerStats, Plan, Scan, SessionInfo, State
 from govern.sysctl.edges import SysctlProfiles
 from govern.sysctl.manager import Drift, Report
 from govern.sysctl.planner import Item
@@ -130,6 +130,9 @@ class DryRunSockets:
         greet_ms: int = 0,
     ) -> Scan:
         return self.inner.scan(ports, v4_len=v4_len, v6_len=v6_len, idle_after_ms=idle_after_ms, greet_ms=greet_ms)
+
+    def listeners(self, ports: frozenset[int]) -> Sequence[ListenerStats]:
+        return self.inner.listeners(ports)
 
     def destroy(self, prefixes: Sequence[Prefix], ports: frozenset[int]) -> int:
         return 0

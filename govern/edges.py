@@ -9,7 +9,7 @@ from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Protocol
 
 from govern.addr import Prefix, PrefixSet
-from govern.model import Event, FirewallSpec, Plan, Scan, SessionInfo, State
+from govern.model import Event, FirewallSpec, ListenerStats, Plan, Scan, SessionInfo, State
 
 if TYPE_CHECKING:
     from govern.fleet.codec import Decision
@@ -22,6 +22,10 @@ class SocketSource(Protocol):
     def scan(
         self, ports: frozenset[int], *, v4_len: int, v6_len: int, idle_after_ms: int, greet_ms: int = 0
     ) -> Scan: ...
+
+    def listeners(self, ports: frozenset[int]) -> Sequence[ListenerStats]:
+        """The listening sockets on `ports` with their accept queues: cheap enough to read between ticks."""
+        ...
 
     def destroy(self, prefixes: Sequence[Prefix], ports: frozenset[int]) -> int: ...
 

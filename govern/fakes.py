@@ -13,7 +13,17 @@ from govern.allow.dns import Answer, DnsTempError, RecordType
 from govern.errors import KernelError
 from govern.fleet.codec import Decision
 from govern.fleet.link import LinkState
-from govern.model import Action, ActionKind, FirewallSpec, Plan, Scan, SessionInfo, SockCounts, State
+from govern.model import (
+    Action,
+    ActionKind,
+    FirewallSpec,
+    ListenerStats,
+    Plan,
+    Scan,
+    SessionInfo,
+    SockCounts,
+    State,
+)
 from govern.sysctl.planner import Access, Reading
 
 T = TypeVar("T")
@@ -29,9 +39,13 @@ class FakeSockets:
     cuts: list[dict[Prefix, int]] = field(default_factory=list)
     shed: list[dict[Prefix, tuple[int, bool]]] = field(default_factory=list)  # each call's sources to shed
     live: list[SessionInfo] = field(default_factory=list)
+    listening: tuple[ListenerStats, ...] = ()  # what `listeners` reads between ticks
 
     def scan(self, ports: frozenset[int], *, v4_len: int, v6_len: int, idle_after_ms: int, greet_ms: int = 0) -> Scan:
         return Scan(sources=dict(self.sources), listeners=(), sockets=sum(c.held for c in self.sources.values()))
+
+    def listeners(self, ports: frozenset[int]) -> tuple[ListenerStats, ...]:
+        return self.listening
 
     def destroy(self, prefixes: Sequence[Prefix], ports: frozenset[int]) -> int:
         gone = [p for p in self.sources if any(q.contains(p) for q in prefixes)]

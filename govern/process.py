@@ -24,6 +24,7 @@ from govern.daemon import Governor
 from govern.errors import GovernError, UsageError
 from govern.export import feed as export_feed
 from govern.export.feed import Feed
+from govern.model import Mode
 from govern.store import Store
 from govern.systemd import JournalFormatter, journal_stderr, notify
 
@@ -132,10 +133,11 @@ def run(config_path: str | None, *, dry_run: bool = False) -> int:
         )
         notify("READY=1\nSTATUS=governing")
         heap.settle()  # the state restored, the config, the modules: out of the cyclic GC's walks
-        settled = next_tick = time.monotonic()
+        settled = next_tick = ticked = polled = time.monotonic()
         while not flags.stop:
             now = time.monotonic()
             if now >= next_tick:
+                ticked = now
                 with gov.lock:
                     gov.tick()
                     if feed is not None:
@@ -148,8 +150,23 @@ def run(config_path: str | None, *, dry_run: bool = False) -> int:
                 # returns) misses it, and systemd restarts the daemon (WatchdogSec in govern.service).
                 notify(f"WATCHDOG=1\nSTATUS={len(gov.state.blocks)} blocks, {len(gov.state.throttles)} throttles")
                 continue
+            # Between ticks, the accept queues every `queue_poll` (requests or not: a client polling the daemon
+            # must not hold the watch off): a flood that fills them is answered now, not at the next tick. Not in a
+            # wave, which ticks fast already, and no sooner after a tick than a wave would tick (a queue that stays
+            # full without changing the mode is no reason to tick at the poll's rate).
+            poll = gov.config["daemon"]["queue_poll"]
+            watching = poll > 0 and gov.state.mode.mode is not Mode.WAVE
+            if watching and now - polled >= poll:
+                polled = now
+                if now - ticked >= gov.config["daemon"]["wave_tick"]:
+                    with gov.lock:
+                        if gov.pressing():
+                            log.info("an accept queue filled between ticks: ticking now")
+                            next_tick = now
+                            continue
+            wake = min(next_tick, polled + poll) if watching else next_tick
             try:
-                req = requests.get(timeout=next_tick - now)
+                req = requests.get(timeout=max(0.0, wake - now))
             except queue.Empty:
                 continue
             if req is not None:

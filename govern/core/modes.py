@@ -17,13 +17,13 @@ longer judge ends by itself. A wave switched on by hand ends by its timer or `go
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 
 from govern.addr import Prefix
 from govern.core.policy import ModePolicy, Policy
 from govern.durations import format_duration
-from govern.model import Mode, ModeState, Snapshot, SourceStats, Totals
+from govern.model import ListenerStats, Mode, ModeState, Snapshot, SourceStats, Totals
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +110,20 @@ def next_mode(cur: ModeState, pr: Pressure, mp: ModePolicy, now: float) -> ModeS
         reason=f"calm for {format_duration(mp.calm_for)} after {cur.mode}",
         quiet_until=cur.quiet_until,
     )
+
+
+def queues_call(listeners: Iterable[ListenerStats], cur: ModeState, mp: ModePolicy, now: float) -> bool:
+    """Whether the accept queues alone already call for a higher mode than the host is in: read between ticks, so
+    a flood that fills the queue starts the mode it needs at once rather than at the next tick (up to `daemon.tick`
+    later, while the flood takes the MTA's slots)."""
+    if not mp.auto or cur.mode is Mode.WAVE:
+        return False
+    fill = max((ls.queued / ls.backlog for ls in listeners if ls.backlog > 0), default=0.0)
+    elevated, wave = mp.queue_fill
+    level = 2 if fill >= wave else 1 if fill >= elevated else 0
+    if now < cur.quiet_until:  # an operator switched the wave off: nothing automatic above elevated for a while
+        level = min(level, 1)
+    return level > cur.mode.level
 
 
 def wave_on(cur: ModeState, mp: ModePolicy, now: float, duration: float) -> ModeState:

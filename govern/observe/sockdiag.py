@@ -910,6 +910,15 @@ class SockDiag:
             self._grouping = (v4_len, v6_len)
         return parser.result(self._groups)
 
+    def listeners(self, ports: frozenset[int]) -> tuple[ListenerStats, ...]:
+        """The listening sockets on `ports`, with their accept queues: a dump of listeners only, which the kernel
+        answers from its listening hash without walking the established sessions (microseconds, not a scan's
+        milliseconds), so the daemon can look at its accept queues between ticks."""
+        parser = ScanParser(ports)
+        if ports:
+            self._dump_all(ports, 1 << TCP_LISTEN, 0, parser.feed)
+        return tuple(parser.result(self._groups).listeners)
+
     def destroy(self, prefixes: Sequence[Prefix], ports: frozenset[int]) -> int:
         """SOCK_DESTROY every non-listening socket on `ports` whose remote address lies in one of `prefixes`.
 

@@ -226,3 +226,35 @@ def test_aggregation_blocks_the_crowded_slash24_but_never_its_allowlisted_addres
         for s in hogs:
             s.close()
         srv.close()
+
+
+def test_a_queue_that_fills_between_ticks_starts_the_wave_at_once_not_at_the_next_tick(
+    lab: Lab, tmp_path: Path
+) -> None:
+    """With ticks 10 s apart, the accept queue read every 250 ms between them starts the wave within a second of the
+    flood; with the poll off, the same flood waits for the next tick."""
+    mta = Stalled(lab.mx)
+    clients: list[socket.socket] = []
+    try:
+        for poll, within in (("250ms", True), ("0", False)):
+            slow = f'tick = "10s"\nqueue_poll = "{poll}"\n'  # write_config's [daemon] goes on
+            home = tmp_path / f"poll-{poll}"
+            home.mkdir()
+            with running(lab.mx, write_config(home, slow + QUICK)) as d:
+                assert mode(d) == "normal"
+                time.sleep(0.5)  # the start's first tick is behind: the next is ~9.5 s away
+                t0 = time.monotonic()
+                with lab.net.entered():
+                    clients = [connect(f"198.18.3.{i}", MX4, 25) for i in range(1, 18)]
+                started = wait_for(lambda: mode(d) == "wave", timeout=2.5, step=0.05)
+                assert started is within, (poll, time.monotonic() - t0, d.status()["mode_detail"])
+                if within:
+                    assert "ticking now" in d.log.read_text()
+                for c in clients:
+                    c.close()
+                clients = []
+                mta.drain()
+    finally:
+        for c in clients:
+            c.close()
+        mta.close()

@@ -66,6 +66,8 @@ def test_allowlist_from_cidrs_and_files(tmp_path: Path) -> None:
         ("[daemon]\ndry_run = 1\n", "daemon.dry_run", "true or false"),
         ('[daemon]\nstate_dir = "relative"\n', "daemon.state_dir", "absolute path"),
         ('[daemon]\ntick = "0s"\n', "daemon.tick", "positive"),
+        ('[daemon]\nqueue_poll = "20ms"\n', "daemon.queue_poll", "between 50ms and 10s"),
+        ('[daemon]\nqueue_poll = "soon"\n', "daemon.queue_poll", "not a duration"),
         ("limits = 3\n", "limits", "expected a table"),
     ],
 )
@@ -129,3 +131,9 @@ def test_sysctl_section_defaults_and_an_unknown_excluded_key_is_refused(tmp_path
     assert c["sysctl"]["exclude"] == frozenset({"net.core.somaxconn"})
     with pytest.raises(ConfigError, match=r"sysctl\.exclude: item 0: 'net\.core\.rmem_max' is not a key govern tunes"):
         config.load(write(tmp_path, '[sysctl]\nexclude = ["net.core.rmem_max"]\n'))
+
+
+def test_the_queue_poll_is_a_short_duration_or_off() -> None:
+    assert config.from_mapping({})["daemon"]["queue_poll"] == 0.25
+    for off in (0, "0", "0s", "off"):
+        assert config.from_mapping({"daemon": {"queue_poll": off}})["daemon"]["queue_poll"] == 0.0

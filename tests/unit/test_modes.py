@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from govern import config
 from govern.addr import Prefix
-from govern.core.modes import Pressure, measure, next_mode, wave_off, wave_on
+from govern.core.modes import Pressure, measure, next_mode, queues_call, wave_off, wave_on
 from govern.model import ListenerStats, Mode, ModeState, Snapshot, SourceStats
 
 NOW = 1_700_000_000.0
@@ -135,3 +137,21 @@ def test_mode_moves_at_most_one_step_down_per_change_and_never_waves_during_quie
         if new.mode is Mode.WAVE and new.since == t and not new.manual:
             assert t >= new.quiet_until
         cur = new
+
+
+def test_queues_read_between_ticks_call_for_a_tick_only_to_go_higher() -> None:
+    def q(queued: int, backlog: int = 100) -> list[ListenerStats]:
+        return [ListenerStats("203.0.113.25", 25, 3, 100), ListenerStats("203.0.113.25", 587, queued, backlog)]
+
+    normal, elevated = ModeState(Mode.NORMAL, NOW), ModeState(Mode.ELEVATED, NOW)
+    assert not queues_call(q(49), normal, MP, NOW)  # under modes.queue_fill's elevated 50%
+    assert queues_call(q(50), normal, MP, NOW)
+    assert not queues_call(q(89), elevated, MP, NOW)  # elevated already; the wave's 90% not reached
+    assert queues_call(q(90), elevated, MP, NOW)
+    assert not queues_call(q(100), ModeState(Mode.WAVE, NOW, until=NOW + 60), MP, NOW)  # a wave ticks fast anyway
+    assert not queues_call(q(0, backlog=0), normal, MP, NOW)  # a listener without a backlog says nothing
+    # After an operator's "wave off", nothing automatic above elevated until its quiet time is over.
+    quiet = ModeState(Mode.ELEVATED, NOW, quiet_until=NOW + 60)
+    assert not queues_call(q(100), quiet, MP, NOW)
+    assert queues_call(q(100), quiet, MP, NOW + 61)
+    assert not queues_call(q(100), normal, replace(MP, auto=False), NOW)
