@@ -35,6 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.machine import machine  # noqa: E402
+from bench.worker import Worker  # noqa: E402
 from tests.netns import Netns, new_name, sh  # noqa: E402
 
 Times = dict[tuple[str, str], list[float]]
@@ -120,37 +121,11 @@ def worker(root: str, kind: str, side: int) -> None:
         print(f"{(clock() - t0) * 1000:.4f}", flush=True)
 
 
-class Side:
+class Side(Worker):
     """One tree's worker process, in namespace `ns`."""
 
     def __init__(self, name: str, root: Path, ns: str, kind: str, index: int) -> None:
-        self.name = name
-        me = [sys.executable, __file__, "--worker", str(root), kind, str(index)]
-        self.proc = subprocess.Popen(
-            ["ip", "netns", "exec", ns, *me], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1
-        )
-        print(f"{name}: {self.ask_line('')}")
-
-    def ask_line(self, cmd: str) -> str:
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        if cmd:
-            self.proc.stdin.write(cmd + "\n")
-        line = self.proc.stdout.readline()
-        if not line:
-            raise RuntimeError(f"the {self.name} worker failed")
-        return line.strip()
-
-    def ask(self, cmd: str) -> float:
-        return float(self.ask_line(cmd))
-
-    def close(self) -> None:
-        if self.proc.stdin:
-            self.proc.stdin.close()
-        try:
-            self.proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        super().__init__(name, ns, [sys.executable, __file__, "--worker", str(root), kind, str(index)])
 
 
 def rounds(sides: list[Side], cmd: str, reps: int, before: Callable[[], object] | None = None) -> Times:

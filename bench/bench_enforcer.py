@@ -180,39 +180,22 @@ def worker(root: str) -> None:
 
 
 class Side:
-    """One tree's worker process, in a namespace of its own."""
+    """One tree's worker process, in a namespace of its own (removed with it)."""
 
     def __init__(self, name: str, root: Path) -> None:
+        # Here, not at the top: a worker process runs this file with the other tree first on its path.
+        from bench.worker import Worker
+
         self.name = name
         self.ns = Netns(new_name(f"ab{name[:2]}"))
         sh("ip", "netns", "add", self.ns.name)
-        me = [sys.executable, __file__, "--worker", str(root)]
-        self.proc = subprocess.Popen(
-            ["ip", "netns", "exec", self.ns.name, *me], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-        )
-        print(f"{name}: {self.ask_line('')}", flush=True)
-
-    def ask_line(self, cmd: str) -> str:
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        if cmd:
-            self.proc.stdin.write(cmd + "\n")
-            self.proc.stdin.flush()
-        line = self.proc.stdout.readline()
-        if not line:
-            raise RuntimeError(f"the {self.name} worker failed")
-        return line.strip()
+        self.worker = Worker(name, self.ns.name, [sys.executable, __file__, "--worker", str(root)], wait=120)
 
     def ask(self, cmd: str) -> float:
-        return float(self.ask_line(cmd))
+        return self.worker.ask(cmd)
 
     def close(self) -> None:
-        if self.proc.stdin:
-            self.proc.stdin.close()
-        try:
-            self.proc.wait(timeout=120)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        self.worker.close()
         sh("ip", "netns", "del", self.ns.name, check=False, timeout=300)
 
 

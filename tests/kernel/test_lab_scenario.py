@@ -1,7 +1,8 @@
-"""The flood lab in CI: a real Postfix without a flood, then under the prolific bot flood with govern on its
-default config plus the lab's allowlist. Both scenarios must run end to end and report; during the flood,
-legitimate delivery must stay at 90% of the baseline's or better, govern must block the flood's prolific sources,
-and neither the trusted relay nor a legitimate sender may ever appear in a govern set (blocks, throttles, tarpits).
+"""The flood lab in CI: a real Postfix under the prolific bot flood with govern on its default config plus the
+lab's allowlist. The scenario must run end to end and report; during the flood, legitimate delivery and the trusted
+relay's must stay at 90% or better (absolute: stricter than 90% of a baseline, which delivers at most everything, so
+CI spares the baseline's minute), govern must block the flood's prolific sources, and neither the trusted relay nor
+a legitimate sender may ever appear in a govern set (blocks, throttles, tarpits).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from govern_lab import scenario
 
 
 def test_short_flood_with_govern_blocks_bots_and_never_touches_trusted_or_legit(tmp_path: Path) -> None:
-    base, res = scenario.run_all(tmp_path, ("baseline", "flood+govern"), scenario.Plan.short())
+    (res,) = scenario.run_all(tmp_path, ("flood+govern",), scenario.Plan.short())
     out = tmp_path / "flood-govern"
     assert json.loads((out / "result.json").read_text())["scenario"] == "flood+govern"
     assert (out / "timeline.png").read_bytes().startswith(b"\x89PNG")
@@ -23,9 +24,8 @@ def test_short_flood_with_govern_blocks_bots_and_never_touches_trusted_or_legit(
     assert res.counters.get("ListenOverflows", 0) > 0
     assert res.legit["attempted"] >= 100 and res.trusted["attempted"] >= 50
     # The guard: legitimate mail still flows during the flood.
-    assert base.legit["success"] is not None and base.legit["success"] > 0.95
-    assert res.legit["success"] >= 0.9 * base.legit["success"], (res.legit, base.legit)
-    assert res.trusted["success"] >= 0.9 * base.trusted["success"], (res.trusted, base.trusted)
+    assert res.legit["success"] is not None and res.legit["success"] >= 0.9, res.legit
+    assert res.trusted["success"] is not None and res.trusted["success"] >= 0.9, res.trusted
     # govern blocked the IPv4 hogs (25 sessions each). Blocks of one /24 are gathered into one element, so the test
     # asks for blocks in their range, not for a count. The reconnectors are not asserted on: the full queue starves
     # them with or without govern (about 25 connections in the whole flood), and the wave's gate then holds them
