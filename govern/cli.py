@@ -167,7 +167,7 @@ def status(
     print(f"mode: {mode}   backend: {st['backend']}   uptime: {format_duration(max(st['uptime'], 1))}")
     if st["mode"] != "normal":
         print("  " + _mode_line(st["mode_detail"]))
-    print(f"tick: {st['last_tick_ms']} ms   sources: {st['sources']}   sockets: {st['sockets']}")
+    print(f"tick: {st['last_tick_ms']} ms{_phases(st)}   sources: {st['sources']}   sockets: {st['sockets']}")
     print(f"blocks: {st['blocks']}   throttles: {st['throttles']}   allowlist entries: {st['allowlist']}")
     store = st.get("store") or {}
     if store.get("state") == "behind":
@@ -210,6 +210,13 @@ def status(
         print(
             "\nfailures: " + ", ".join(f"{k} x{v} ({st['last_errors'].get(k, '')})" for k, v in st["failures"].items())
         )
+
+
+def _phases(st: dict[str, Any]) -> str:
+    """The last tick's largest phases, for the tick line: where the daemon's time goes."""
+    laps = st.get("last_tick_phases_ms") or {}
+    top = sorted(((ms, name) for name, ms in laps.items() if ms >= 0.05), reverse=True)[:4]
+    return " (" + ", ".join(f"{name} {ms:g}" for ms, name in top) + ")" if top else ""
 
 
 def _fleet_line(f: dict[str, Any]) -> str:

@@ -42,6 +42,7 @@ from govern.keeping import Keeper
 from govern.model import PUNITIVE, ActionKind, Cut, Mode, ModeState, Plan, Snapshot, State
 from govern.observe.mta import POSTSCREEN_GREET_WAIT, Budget, budget, postscreen_listening
 from govern.observe.observer import Observer
+from govern.phases import PhaseClock
 from govern.sysctl.edges import SysctlProfiles
 from govern.sysctl.manager import Report
 from govern.wiring import is_dry_run
@@ -111,7 +112,8 @@ class Governor:
         self.own_addresses = own_addresses
         self.own = PrefixSet()
         self.policy: Policy = self.make_policy()
-        self.observer = Observer(sockets, enforcer.syn_counts, counters)
+        self.phases = PhaseClock()
+        self.observer = Observer(sockets, enforcer.syn_counts, counters, self.phases)
         self.snapshot: Snapshot | None = None
         self.started = clock()
         self.last_tick_ms = 0.0
@@ -290,12 +292,16 @@ class Governor:
 
     def tick(self) -> Plan:
         t0 = time.perf_counter()
+        laps = self.phases
+        laps.start()
         now = self.clock()
         self.catch_up(now)
         self._check_kernel(now)
         self.refresh_sources(now)
+        laps.lap("upkeep")
         # Before deciding: a source the fleet blocked is not judged again here (and not published twice).
         self._from_fleet(now)
+        laps.lap("fleet")
         try:
             self.snapshot = self.observer.snapshot(self.policy, now, self.trusted())
         except GovernError as exc:
@@ -311,13 +317,17 @@ class Governor:
             if auto and not self.postscreen and postscreen_listening(self.policy.ports):
                 log.warning("postscreen holds a protected port: no session is cut during its pregreet wait")
                 self.reload(self.config)
+        laps.lap("learn")
         for k, v in self.snapshot.counters.items():
             self.totals[k] = self.totals.get(k, 0) + v
         plan = decide(self.snapshot, self.state, self.policy, now)
+        laps.lap("decide")
         self.execute(plan, now)
+        laps.lap("act")
         self._share_trust(now)
         if now - self._maintained >= MAINTENANCE_EVERY:
             self._maintain(now)
+        laps.lap("maintain")
         self.ticks += 1
         took = time.perf_counter() - t0
         self.last_tick_ms = took * 1000

@@ -71,6 +71,7 @@ class Figures:
     acted: dict[tuple[str, str, str], int]
     tick_counts: tuple[int, ...]
     tick_seconds: float
+    phase_seconds: dict[str, float]
     ended: int
     cut: int
     forgotten: int
@@ -99,6 +100,7 @@ def figures(gov: Governor) -> Figures:
             acted=dict(gov.acted),
             tick_counts=tuple(gov.tick_times.counts),
             tick_seconds=gov.tick_times.seconds,
+            phase_seconds=dict(gov.phases.total),
             ended=gov.ended_sessions,
             cut=gov.cut_sessions,
             forgotten=gov.forgotten_conntrack,
@@ -195,6 +197,14 @@ class GovernCollector:
             "how long each tick (observe, decide, act) took",
             buckets=buckets,
             sum_value=f.tick_seconds,
+        )
+        yield _labelled(
+            CounterMetricFamily,
+            "govern_tick_phase_seconds",
+            "seconds the ticks spent in each phase (upkeep, fleet, scan, counts, sources, netstat, learn, decide, act,"
+            " maintain)",
+            ["phase"],
+            (((phase,), s) for phase, s in f.phase_seconds.items()),
         )
 
     def _mode(self, f: Figures) -> Iterator[Metric]:

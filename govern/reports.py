@@ -158,6 +158,7 @@ def status(gov: Governor, top: int = 10) -> dict[str, Any]:
         "uptime": round(gov.clock() - gov.started, 1),
         "ticks": gov.ticks,
         "last_tick_ms": round(gov.last_tick_ms, 2),
+        "last_tick_phases_ms": {k: round(v * 1000, 2) for k, v in gov.phases.last.items()},
         "sources": len(sources),
         "sockets": sum(s.held for s in holding(sources).values()),
         "top": [

@@ -20,6 +20,7 @@ from govern.keys import keys_of
 from govern.model import Attempts, Snapshot, Sources, SourceStats
 from govern.observe.netstat import deltas
 from govern.observe.rates import RateWindow
+from govern.phases import PhaseClock
 
 _STANDINGS_STALE = 1 << 16  # sources gone since they were last seen that the standing cache may keep
 # A rate window row's mark: its source's allowlist standing (0: not asked yet under the current allowlist).
@@ -29,9 +30,14 @@ _ASK_AT_ONCE = 1 << 16
 
 class Observer:
     def __init__(
-        self, sockets: SocketSource, syn_counts: Callable[[], Mapping[Prefix, int]], counters: Counters
+        self,
+        sockets: SocketSource,
+        syn_counts: Callable[[], Mapping[Prefix, int]],
+        counters: Counters,
+        phases: PhaseClock | None = None,
     ) -> None:
         self.sockets = sockets
+        self.phases = phases or PhaseClock()  # the Governor's, so a tick's laps run through the snapshot
         self.syn_counts = syn_counts
         self.counters = counters
         self.rates = RateWindow()
@@ -53,6 +59,7 @@ class Observer:
     def snapshot(self, policy: Policy, now: float, trusted: frozenset[Prefix] = frozenset()) -> Snapshot:
         snap = self._snapshot(policy, now, trusted)
         give_back()  # after the tick's temporaries are freed, so that their pages go back too
+        self.phases.lap("sources")
         return snap
 
     def _snapshot(self, policy: Policy, now: float, trusted: frozenset[Prefix]) -> Snapshot:
@@ -65,8 +72,10 @@ class Observer:
             idle_after_ms=int(idle_after * 1000),
             greet_ms=int(policy.greet_floor * 1000),
         )
+        self.phases.lap("scan")
         window = self.rates
         rates = window.advance(self.syn_counts(), now)
+        self.phases.lap("counts")
         # The rates of the sources holding sockets, by their rows in the window (-1: not counted lately).
         socketed = scan.sources
         rows = window.find(keys_of(socketed))
@@ -93,7 +102,9 @@ class Observer:
             self._allowlisted = {}
         sums = totals(records, self._standing)
         sums = sums._replace(foreign_new=sums.foreign_new + self._foreign_new(attempts))
+        self.phases.lap("sources")
         netstat = self.counters.read()
+        self.phases.lap("netstat")
         snap = Snapshot(
             taken_at=now,
             interval=0.0 if self._last is None else now - self._last,

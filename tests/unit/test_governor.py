@@ -185,3 +185,17 @@ def test_kernel_objects_changed_by_someone_else_are_made_again_with_the_blocks_w
     assert st["failures"]["kernel-changed"] == 1 and "gone by someone else" in st["last_errors"]["kernel-changed"]
     gov.tick()
     assert enf.setups == setups + 1  # nothing changed since: no setup again
+
+
+def test_a_tick_says_where_its_time_went(tmp_path: Path) -> None:
+    from govern import reports
+    from govern.phases import PHASES
+
+    gov, *_ = make(tmp_path)
+    gov.tick()
+    gov.tick()
+    assert list(gov.phases.last) == list(PHASES)  # every phase, in the order the tick ran them
+    assert all(s >= 0 for s in gov.phases.last.values())
+    assert sum(gov.phases.last.values()) * 1000 <= gov.last_tick_ms + 0.01
+    assert gov.phases.total["scan"] >= gov.phases.last["scan"]
+    assert set(reports.status(gov)["last_tick_phases_ms"]) == set(PHASES)
