@@ -8,6 +8,7 @@ below what mx1 held before it learned. The "alone" run and the side-by-side tabl
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import time
 from pathlib import Path
@@ -21,7 +22,8 @@ def test_sharing_spares_the_second_mx_the_flood_the_first_one_learned(tmp_path: 
     need_redis()
     plan = fleet.FleetPlan.short()
     t = time.monotonic()
-    res = fleet.run("sharing", tmp_path / "sharing", plan, tag=f"gvf-{secrets.token_hex(3)}")
+    tag = f"gvf-{secrets.token_hex(3)}"
+    res = fleet.run("sharing", tmp_path / "sharing", plan, tag=tag)
     took = time.monotonic() - t
     (tmp_path / "result.json").write_text(res.to_json())
     print(f"took {took:.0f} s")
@@ -41,4 +43,15 @@ def test_sharing_spares_the_second_mx_the_flood_the_first_one_learned(tmp_path: 
     # So mx2's bot sessions during its flood stay far below mx1's, and its legitimate mail flows.
     assert mx2.bot_sessions_peak <= mx1.bot_sessions_peak / 4, (mx2.bot_sessions_peak, mx1.bot_sessions_peak)
     assert mx2.legit["attempted"] >= 30 and mx2.legit["success"] >= 0.95, mx2.legit
+    # The run leaves nothing behind: its namespaces are gone and its redis-server closed its socket.
+    assert not [n for n in os.listdir("/run/netns") if n.startswith(f"{tag}-")]
     assert (tmp_path / "sharing" / "redis" / "redis.log").exists()
+    sock = str(tmp_path / "sharing" / "redis" / "redis.sock")
+    assert not [p for p in Path("/proc").glob("[0-9]*") if sock in _cmdline(p)]
+
+
+def _cmdline(proc: Path) -> str:
+    try:
+        return (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:  # gone meanwhile
+        return ""
