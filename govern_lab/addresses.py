@@ -19,6 +19,14 @@ MX_RANGES = ("203.0.113.0/24", "2001:db8:25::/48")
 # The router on the mx link (the mx's default gateway).
 ROUTER4 = "203.0.113.1"
 ROUTER6 = "2001:db8:25::1"
+# The fleet scenario's second MX (docs/lab.md, "Fleet: the second MX spared"), on a link of its own to the router,
+# inside MX_RANGES and beside the client links (.64/29, .72/29, .80/29): the router at the first host address, mx2 at
+# the second, as on the client links. The mx link's /24 covers it too; the router answers for it by proxy ARP there.
+MX2_LINK = ("203.0.113.88/29", "2001:db8:25:25::/64")
+MX2_4 = "203.0.113.90"
+MX2_6 = "2001:db8:25:25::2"
+# Each MX role's addresses, IPv4 then IPv6.
+MX_ADDRS = {"mx": (MX4, MX6), "mx2": (MX2_4, MX2_6)}
 
 # Each client namespace's sources (on its loopback), IPv4 then IPv6.
 TRUSTED_RANGES = ("192.0.2.0/24", "2001:db8:2::/48")
@@ -56,8 +64,8 @@ DEFAULT_BOTS = ("198.18.0.0/16", BOT6)
 
 
 def link_addrs(role: str) -> tuple[str, str, str, str]:
-    """(router v4, client v4, router v6, client v6) of a client role's link, without prefix lengths."""
-    net4, net6 = (ipaddress.ip_network(n) for n in LINKS[role])
+    """(router v4, client v4, router v6, client v6) of a client role's link (or mx2's), without prefix lengths."""
+    net4, net6 = (ipaddress.ip_network(n) for n in (MX2_LINK if role == "mx2" else LINKS[role]))
     return str(net4[1]), str(net4[2]), str(net6[1]), str(net6[2])
 
 

@@ -55,13 +55,26 @@ def lab_run(
         list[str] | None,
         typer.Option("--peer", help="none, fail2ban, postscreen or govern (repeatable; default all four)"),
     ] = None,
+    fleet: Annotated[
+        bool,
+        typer.Option(
+            "--fleet",
+            help="the fleet scenario: two MXs, each with its own Postfix and govern; the flood hits mx1, then moves "
+            "to mx2; run once with each govern alone and once sharing blocks through a real redis-server",
+        ),
+    ] = False,
 ) -> None:
     """Run lab scenarios side by side and report delivery, time to mitigate, blocks and costs; with --matrix or
-    --scenario, the adversary matrix (docs/lab.md)."""
+    --scenario, the adversary matrix; with --fleet, the fleet scenario (docs/lab.md)."""
     from pathlib import Path
 
     from govern_lab import report, scenario
 
+    if fleet:
+        if scenarios or matrix or scenario_names or peers:
+            _fail(UsageError("--fleet runs its own two runs (alone, sharing); it takes only --short and --out"))
+        _lab_fleet(Path(out), short)
+        return
     if matrix or scenario_names or peers:
         _lab_matrix(Path(out), short, matrix, scenario_names or [], peers or [], scenarios or [])
         return
@@ -77,6 +90,19 @@ def lab_run(
         _fail(exc)
     print(report.table(results))
     print(f"\nresults, JSON and timeline pictures: {out}")
+
+
+def _lab_fleet(out: Any, short: bool) -> None:
+    from govern_lab import fleet, fleet_report
+
+    _lab_root()
+    plan = fleet.FleetPlan.short() if short else fleet.FleetPlan()
+    try:
+        results = fleet.run_both(out, plan)
+    except GovernError as exc:
+        _fail(exc)
+    print(fleet_report.table(results))
+    print(f"\ntable (table.md), each run's JSON (alone/, sharing/) and mx2's timeline (mx2.png): {out}")
 
 
 def _lab_matrix(out: Any, short: bool, everything: bool, names: list[str], peers: list[str], extra: list[str]) -> None:

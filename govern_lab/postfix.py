@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 
-from govern_lab.addresses import MX4, MX6, TRUSTED_RANGES
+from govern_lab.addresses import MX_ADDRS, TRUSTED_RANGES
 from govern_lab.topology import NETNS_DIR, Lab, LabError
 
 POLICY_RC_D = "/usr/sbin/policy-rc.d"
@@ -74,23 +74,23 @@ def _apt(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
 
 
 def _apt_install() -> None:
-    plan = _apt("install", "-s", "--no-install-recommends", "postfix", check=False)
+    apt_install("postfix", "postfix postfix/main_mailer_type select No configuration\n")
+
+
+def apt_install(package: str, preseed: str = "") -> None:
+    """Install a Debian package for the lab with its debconf answers `preseed`, starting no service, and refusing if
+    it would remove anything (postfix conflicts with every other MTA: the host's own mail system would go)."""
+    plan = _apt("install", "-s", "--no-install-recommends", package, check=False)
     if plan.returncode != 0:  # a fresh machine has no package lists yet
         _apt("update", "-q")
-        plan = _apt("install", "-s", "--no-install-recommends", "postfix")
-    # postfix conflicts with every other MTA: installing it would remove the host's own mail system.
+        plan = _apt("install", "-s", "--no-install-recommends", package)
     removed = [line.split()[1] for line in plan.stdout.splitlines() if line.startswith("Remv ")]
     if removed:
-        raise LabError(f"installing postfix would remove {', '.join(removed)}; not touching the host's MTA")
-    subprocess.run(
-        ["debconf-set-selections"],
-        input="postfix postfix/main_mailer_type select No configuration\n",
-        text=True,
-        check=True,
-        capture_output=True,
-    )
+        raise LabError(f"installing {package} would remove {', '.join(removed)}; not touching the host's packages")
+    if preseed:
+        subprocess.run(["debconf-set-selections"], input=preseed, text=True, check=True, capture_output=True)
     with no_service_starts():
-        _apt("install", "-y", "-q", "--no-install-recommends", "postfix")
+        _apt("install", "-y", "-q", "--no-install-recommends", package)
 
 
 @contextlib.contextmanager
@@ -255,7 +255,8 @@ POSTSCREEN_ACCESS = "".join(f"{_cidr_key(net)} permit\n" for net in TRUSTED_RANG
 
 
 class Postfix:
-    """A private Postfix instance under `workdir`, run inside the lab's mx namespace; with no lab, in the caller's
+    """A private Postfix instance under `workdir`, run inside the lab's mx namespace (or `role`'s, another MX of the
+    lab: mx2 of the fleet scenario, with its own addresses and the same settings); with no lab, in the caller's
     namespace (a lab VM that is itself the MX)."""
 
     def __init__(
@@ -265,11 +266,16 @@ class Postfix:
         *,
         process_limit: int = 50,
         postscreen: dict[str, str] | None = None,
+        role: str = "mx",
     ) -> None:
         """`postscreen`: None for smtpd alone on port 25, else postscreen in front of it with these main.cf settings
         (POSTSCREEN or POSTSCREEN_TUNED)."""
         if process_limit < 1:
             raise ValueError("process_limit must be at least 1")
+        if role not in MX_ADDRS:
+            raise ValueError(f"unknown MX role {role!r} (one of {', '.join(MX_ADDRS)})")
+        self.role = role
+        self.addrs = MX_ADDRS[role]
         self.postscreen = postscreen
         self.lab = lab
         self.workdir = os.path.abspath(workdir)
@@ -309,7 +315,7 @@ class Postfix:
         pid = self._master_pid()
         if pid is not None:
             # `postfix stop` only signals the master; it needs no namespace, which may already be gone.
-            gone = self.lab is not None and _ns_file_inode(self.lab.ns("mx")) is None
+            gone = self.lab is not None and _ns_file_inode(self.lab.ns(self.role)) is None
             res = subprocess.run(
                 [*([] if gone else self._in_mx()), "postfix", "-c", self.config_dir, "stop"],
                 capture_output=True,
@@ -365,10 +371,10 @@ class Postfix:
             data=self.data_dir,
             log=self.log_path,
             workdir=self.workdir,
-            hostname=HOSTNAME,
+            hostname=HOSTNAME if self.role == "mx" else f"{self.role}.{LAB_DOMAIN}",
             domain=LAB_DOMAIN,
-            mx4=MX4,
-            mx6=MX6,
+            mx4=self.addrs[0],
+            mx6=self.addrs[1],
             process_limit=self.process_limit,
         )
         # Postfix re-reads a file modified within the last second every 300 ms until it "cools down" (it might
@@ -399,14 +405,14 @@ class Postfix:
         return os.path.join(RUN_DIR, f"postfix-{key}", "data")
 
     def _in_mx(self) -> list[str]:
-        return [] if self.lab is None else ["ip", "netns", "exec", self.lab.ns("mx")]
+        return [] if self.lab is None else ["ip", "netns", "exec", self.lab.ns(self.role)]
 
     def _netns(self) -> int | None:
         """The network namespace the instance runs in (its inode)."""
-        return _netns_inode("self") if self.lab is None else _ns_file_inode(self.lab.ns("mx"))
+        return _netns_inode("self") if self.lab is None else _ns_file_inode(self.lab.ns(self.role))
 
     def _where(self) -> str:
-        return "this host" if self.lab is None else self.lab.ns("mx")
+        return "this host" if self.lab is None else self.lab.ns(self.role)
 
     def _master_pid(self) -> int | None:
         """The running master of this instance: the pid file's process, if it is a master working in our queue."""
@@ -424,11 +430,12 @@ class Postfix:
 
     def _wait_banner(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
-        for addr in (MX4, MX6):
+        for addr in self.addrs:
             while True:
                 try:
                     # "220-" is postscreen's teaser: it is listening, and it would hand a patient client on.
-                    if _banner(self.lab, addr, max(0.5, deadline - time.monotonic())).startswith(("220 ", "220-")):
+                    wait = max(0.5, deadline - time.monotonic())
+                    if _banner(self.lab, addr, wait, self.role).startswith(("220 ", "220-")):
                         break
                 except OSError:
                     pass
@@ -457,9 +464,9 @@ class Postfix:
         self.stop()
 
 
-def _banner(lab: Lab | None, addr: str, timeout: float) -> str:
-    """The first line the MTA sends on a fresh connection from inside mx; QUITs politely."""
-    with lab.entered("mx") if lab is not None else contextlib.nullcontext():
+def _banner(lab: Lab | None, addr: str, timeout: float, role: str = "mx") -> str:
+    """The first line the MTA sends on a fresh connection from inside the MX's namespace; QUITs politely."""
+    with lab.entered(role) if lab is not None else contextlib.nullcontext():
         s = socket.socket(socket.AF_INET6 if ":" in addr else socket.AF_INET, socket.SOCK_STREAM)
     with s:
         s.settimeout(timeout)

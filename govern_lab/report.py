@@ -66,6 +66,23 @@ def time_to_mitigate(
     return None if back is None else back - flood_start
 
 
+def time_to_stay(
+    rolling: Sequence[tuple[float, float]], start: float, end: float, threshold: float = 0.9
+) -> float | None:
+    """Seconds from `start` until rolling success is at or above `threshold` and stays there up to `end`.
+
+    0.0 when it never fell below the threshold in [start, end]; None when its last point there is below it. Unlike
+    time_to_mitigate, a recovery that falls back counts from the last dip, not the first return.
+    """
+    inside = [(t, r) for t, r in rolling if start <= t <= end]
+    last_dip = next((i for i in range(len(inside) - 1, -1, -1) if inside[i][1] < threshold), None)
+    if last_dip is None:
+        return 0.0
+    if last_dip == len(inside) - 1:
+        return None
+    return inside[last_dip + 1][0] - start
+
+
 def summarise(transactions: Sequence[dict[str, Any]], start: float = 0.0, end: float = float("inf")) -> dict[str, Any]:
     """Success rate and latency of transactions that started within [start, end).
 

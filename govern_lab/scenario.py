@@ -107,6 +107,7 @@ class _Sampler:
     govern_socket: str | None = None
     # Other nftables sets in the mx namespace whose members count as blocked: (family, table, set), e.g. fail2ban's.
     block_sets: tuple[tuple[str, str, str], ...] = ()
+    role: str = "mx"  # the MX namespace it samples (the fleet scenario's mx2 has one of its own)
     samples: list[report.Sample] = field(default_factory=list)
     trusted_seen: set[str] = field(default_factory=set)
     legit_seen: set[str] = field(default_factory=set)
@@ -118,14 +119,14 @@ class _Sampler:
         from govern.observe.sockdiag import SockDiag
 
         proc = _process(self.govern_pid)
-        with self.lab.entered("mx"):
+        with self.lab.entered(self.role):
             diag = SockDiag()
         try:
             while not self.stop.wait(max(0.0, 1.0 - (time.monotonic() - t0) % 1.0)):
                 scan = diag.scan(frozenset({25}), idle_after_ms=10_000)
                 sets = self._govern_sets() if self.govern_pid else {}
                 for fam, table, name in self.block_sets:
-                    raw = self.lab.run("mx", "nft", "-j", "list", "set", fam, table, name, check=False)
+                    raw = self.lab.run(self.role, "nft", "-j", "list", "set", fam, table, name, check=False)
                     sets.setdefault("block4", []).extend(_elements(raw))
                 blocked = len(sets.get("block4", ())) + len(sets.get("block6", ()))
                 throttled = sum(len(sets.get(n, ())) for n in ("throttle4", "throttle6", "tight4", "tight6"))
@@ -175,7 +176,7 @@ class _Sampler:
             kind, version = name[:-1], int(name[-1])
             out[name] = []
             for each in parts(kind, version) if kind in KINDS else (name,):
-                raw = self.lab.run("mx", "nft", "-j", "list", "set", "inet", "govern", each, check=False)
+                raw = self.lab.run(self.role, "nft", "-j", "list", "set", "inet", "govern", each, check=False)
                 tail = f"/{NET6_LEN}" if each.endswith("6n") else ""
                 out[name] += [e + tail for e in _elements(raw)]
         return out
@@ -213,14 +214,17 @@ def _traffic(lab: Lab, ns: str, role: str, args: list[str], out: Path, duration:
 
 
 @contextlib.contextmanager
-def _govern(lab: Lab, work: Path) -> Iterator[int]:
+def _govern(lab: Lab, work: Path, role: str = "mx", extra: str = "") -> Iterator[int]:
+    """govern on its default config plus the lab's allowlist in `role`'s namespace, its files under `work`; `extra`
+    is appended to its config (the fleet scenario's [fleet] section)."""
     cidrs = ", ".join(f'"{c}"' for c in LAB_ALLOW)
     cfg = work / "govern.toml"
     cfg.write_text(
         f'[allow]\ncidrs = [{cidrs}]\n[daemon]\nstate_dir = "{work}/govern-state"\nsocket = "{work}/govern.sock"\n'
+        + extra
     )
     log = open(work / "govern.log", "wb")  # noqa: SIM115 - handed to the child
-    proc = lab.popen("mx", sys.executable, "-m", "govern", "run", "--config", str(cfg), stdout=log, stderr=log)
+    proc = lab.popen(role, sys.executable, "-m", "govern", "run", "--config", str(cfg), stdout=log, stderr=log)
     log.close()
     try:
         deadline = time.monotonic() + 20
@@ -237,11 +241,11 @@ def _govern(lab: Lab, work: Path) -> Iterator[int]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
-        lab.run("mx", sys.executable, "-m", "govern", "teardown", "--config", str(cfg), check=False)
+        lab.run(role, sys.executable, "-m", "govern", "teardown", "--config", str(cfg), check=False)
 
 
-def _netstat(lab: Lab) -> dict[str, int]:
-    return parse(lab.run("mx", "cat", "/proc/net/netstat"))
+def _netstat(lab: Lab, role: str = "mx") -> dict[str, int]:
+    return parse(lab.run(role, "cat", "/proc/net/netstat"))
 
 
 def run(

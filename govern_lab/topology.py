@@ -9,6 +9,9 @@ the documentation and benchmarking ranges only, and a way to run commands or thi
     client links. Each client owns its ranges with a `local` route on lo (it can bind any source inside them) and
     sends from the first address of its ranges when a socket does not choose; the router routes each range back.
 
+A lab made with `mx2=True` (the fleet scenario) has a second MX namespace on a link of its own behind the same
+router: mx2 203.0.113.90/29, 2001:db8:25:25::2/64 (the router .89 / 2001:db8:25:25::1).
+
 Every veth is created directly inside its namespaces (nothing ever appears in the caller's namespace), so deleting
 the namespaces removes everything. The mx namespace keeps the kernel's defaults for everything TCP: the lab must
 show an unprotected host suffering, not a tuned one.
@@ -29,11 +32,13 @@ from types import TracebackType
 from typing import Any
 
 from govern.errors import GovernError
-from govern_lab.addresses import MX4, MX6, RANGES, ROUTER4, ROUTER6, link_addrs
+from govern_lab.addresses import MX4, MX6, MX_ADDRS, RANGES, ROUTER4, ROUTER6, link_addrs
 
 log = logging.getLogger(__name__)
 
 ROLES = ("mx", "router", "trusted", "legit", "bots")
+# The fleet scenario's second MX; only a lab made with mx2=True has it, but every lab removes one its tag left behind.
+MX2 = "mx2"
 
 
 class LabError(GovernError, RuntimeError):
@@ -75,15 +80,17 @@ def _setns(fd: int) -> None:
 class Lab:
     """The lab's namespaces, named f"{tag}-{role}"; labs with different tags coexist."""
 
-    def __init__(self, tag: str = "gvlab") -> None:
+    def __init__(self, tag: str = "gvlab", *, mx2: bool = False) -> None:
+        """`mx2`: also a second MX namespace behind the router (the fleet scenario, govern_lab.fleet)."""
         if not _TAG.fullmatch(tag):
             raise ValueError(f"lab tag {tag!r}: letters, digits, '_', '.', '-' only, at most 40")
         self.tag = tag
+        self.roles = (*ROLES, MX2) if mx2 else ROLES
         self._procs: list[subprocess.Popen[bytes]] = []
 
     def ns(self, role: str) -> str:
-        if role not in ROLES:
-            raise ValueError(f"unknown lab role {role!r} (one of {', '.join(ROLES)})")
+        if role not in self.roles:
+            raise ValueError(f"unknown lab role {role!r} (one of {', '.join(self.roles)})")
         return f"{self.tag}-{role}"
 
     def run(self, role: str, *cmd: str, check: bool = True, timeout: float = 60) -> str:
@@ -146,8 +153,8 @@ class Lab:
         self._remove_namespaces()
 
     def _remove_namespaces(self) -> None:
-        for role in ROLES:
-            name = self.ns(role)
+        for role in (*ROLES, MX2):
+            name = f"{self.tag}-{role}"
             if not os.path.exists(f"{NETNS_DIR}/{name}"):
                 continue
             # A process still inside keeps the namespace (and its veths) alive after its name is gone, and it is
@@ -158,20 +165,24 @@ class Lab:
             _ip("netns", "del", name, check=False)
 
     def _build(self) -> None:
-        for role in ROLES:
+        for role in self.roles:
             _ip("netns", "add", self.ns(role))
             self.run(role, "sysctl", "-qw", *NO_DAD)
         router = self.ns("router")
+        mxs = [r for r in self.roles if r in MX_ADDRS]
         # Created straight inside the two namespaces: no name is ever taken in the caller's namespace.
-        for role in ("mx", *RANGES):
+        for role in (*mxs, *RANGES):
             _ip("link", "add", UPLINK, "netns", self.ns(role), "type", "veth", "peer", "name", role, "netns", router)
 
         batch = [
             "link set lo up",
-            *(f"link set {role} up" for role in ("mx", *RANGES)),
+            *(f"link set {role} up" for role in (*mxs, *RANGES)),
             f"addr add {ROUTER4}/24 dev mx",
             f"addr add {ROUTER6}/64 dev mx nodad",
         ]
+        if MX2 in self.roles:
+            r4, _, r6, _ = link_addrs(MX2)
+            batch += [f"addr add {r4}/29 dev {MX2}", f"addr add {r6}/64 dev {MX2} nodad"]
         for role in RANGES:
             r4, c4, r6, c6 = link_addrs(role)
             batch += [f"addr add {r4}/29 dev {role}", f"addr add {r6}/64 dev {role} nodad"]
@@ -193,6 +204,20 @@ class Lab:
                 f"route add default via {ROUTER6}",
             ],
         )
+        if MX2 in self.roles:
+            r4, _, r6, _ = link_addrs(MX2)
+            mx2_4, mx2_6 = MX_ADDRS[MX2]
+            _batch(
+                self.ns(MX2),
+                [
+                    "link set lo up",
+                    f"link set {UPLINK} up",
+                    f"addr add {mx2_4}/29 dev {UPLINK}",
+                    f"addr add {mx2_6}/64 dev {UPLINK} nodad",
+                    f"route add default via {r4}",
+                    f"route add default via {r6}",
+                ],
+            )
         for role, (rng4, rng6) in RANGES.items():
             r4, c4, r6, c6 = link_addrs(role)
             src4, src6 = first_addrs(role)
@@ -225,7 +250,7 @@ class Lab:
 
         deadline = time.monotonic() + timeout
         while True:
-            pending = [role for role in ROLES if not ready(role)]
+            pending = [role for role in self.roles if not ready(role)]
             if not pending:
                 return
             if time.monotonic() > deadline:

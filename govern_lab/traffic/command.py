@@ -279,6 +279,16 @@ def options(ns: argparse.Namespace) -> Common:
     return FloodOptions(**common, pps=ns.pps)
 
 
+def hold_sources(argv: Sequence[str]) -> list[str]:
+    """The source addresses a hogs, pretalk or swarm run with these arguments (the role first, as on the command
+    line) sends from: their picking is seeded, so a run of the same arguments sends from the same ones."""
+    ns = _parser().parse_args(argv)
+    if ns.role not in ("hogs", "pretalk", "swarm"):
+        raise TrafficError(f"hold_sources takes hogs, pretalk or swarm, not {ns.role!r}")
+    pairs, _ = bots.bot_setup(ns.role, options(ns))
+    return [src for src, _ in pairs]
+
+
 async def run(role: str, opts: Common, stop: asyncio.Event | None = None) -> dict[str, Any]:
     """Run one role to its end and return its report."""
     if role in ("legit", "trusted") and isinstance(opts, TxnOptions):
