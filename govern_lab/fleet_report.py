@@ -179,11 +179,11 @@ def plot(results: Sequence[FleetResult], path: str) -> None:
         style = {"color": c, "linewidth": widths.get(r.run, 1.5), "zorder": 3 if r.run == "alone" else 2}
         t = [s.t for s in m.samples]
         ax1.plot(t, [s.bot_sessions for s in m.samples], label=f"{r.run}: held by bot-range sources", **style)
-        ax2.plot(t, [s.blocked for s in m.samples], label=f"{r.run}: mx2's block sets", **style)
+        ax2.plot(t, [s.blocked for s in m.samples], label=f"{r.run}: elements (a /24 counts one)", **style)
         if m.rolling:
             ax3.plot([x for x, _ in m.rolling], [100 * y for _, y in m.rolling], label=r.run, **style)
     ax1.set_ylabel("mx2 SMTP sessions")
-    ax2.set_ylabel("mx2 blocked sources")
+    ax2.set_ylabel("mx2 block-set elements")
     ax3.set_ylabel("mx2 legit success % (rolling 5 s)")
     ax3.axhline(90, color="grey", linestyle=":", linewidth=1)
     ax3.set_ylim(-5, 105)
