@@ -26,7 +26,7 @@ from govern_lab import fleet_report, redisd
 from govern_lab.addresses import KNOWN_RELAYS, MX_ADDRS, TRUSTED_RELAY
 from govern_lab.fleet_report import FleetResult, MxFigures
 from govern_lab.postfix import Postfix, install
-from govern_lab.scenario import FULL_FLOOD, Bot, _govern, _load, _Sampler, _traffic
+from govern_lab.scenario import FULL_FLOOD, Bot, _govern, _Sampler, _traffic, run_events
 from govern_lab.topology import MX2, Lab
 from govern_lab.traffic.analysis import rolling_success
 from govern_lab.traffic.command import hold_sources
@@ -214,14 +214,6 @@ def _sleep_until(when: float) -> None:
     time.sleep(max(0.0, when - time.monotonic()))
 
 
-def _events(path: Path, wall0: float) -> list[dict[str, Any]]:
-    """A generator's transactions with their start on the run's clock: a generator counts from its own start, which
-    comes a python start-up (and more, for the ones started last) after the run's."""
-    doc = _load(path)
-    shift = float(doc["started"]) - wall0 if "started" in doc else 0.0
-    return [{**e, "t_start": float(e["t_start"]) + shift} for e in doc["events"]]
-
-
 def _figures(
     plan: FleetPlan,
     m: _Mx,
@@ -231,8 +223,8 @@ def _figures(
     n_sources: int,
     status: dict[str, Any] | None,
 ) -> MxFigures:
-    legit = _events(m.work / "legit.json", wall0)
-    trusted = _events(m.work / "trusted.json", wall0)
+    legit = run_events(m.work / "legit.json", wall0)
+    trusted = run_events(m.work / "trusted.json", wall0)
     return fleet_report.figures(
         NAMES[m.role],
         plan.floods[m.role],

@@ -57,7 +57,17 @@ from govern_lab.peers import SETS as F2B_SETS
 from govern_lab.peers import TABLE as F2B_TABLE
 from govern_lab.peers import Fail2ban, install_fail2ban
 from govern_lab.postfix import POSTSCREEN, POSTSCREEN_TUNED, Postfix, install
-from govern_lab.scenario import Bot, Plan, _govern, _load, _netstat, _Sampler, _traffic, assemble
+from govern_lab.scenario import (
+    Bot,
+    Plan,
+    _govern,
+    _netstat,
+    _Sampler,
+    _traffic,
+    assemble,
+    flood_began,
+    run_events,
+)
 from govern_lab.topology import Lab, LabError
 
 PEERS = ("none", "fail2ban", "postscreen", "govern")
@@ -331,7 +341,7 @@ def run_cell(
             before = _netstat(lab)
             sock = str(work / "govern.sock") if pid else None
             sampler = _Sampler(lab, pid, on_sample, govern_socket=sock, block_sets=block_sets)
-            t0 = time.monotonic()
+            t0, wall0 = time.monotonic(), time.time()
             thread = threading.Thread(target=sampler.run, args=(t0,), daemon=True)
             thread.start()
             legit = _legit_traffic(lab, work, plan)
@@ -355,7 +365,7 @@ def run_cell(
             sampler.stop.set()
             thread.join(5)
             after = _netstat(lab)
-        return _cell(scn, peer, plan, work, bot_outs, sampler, deltas(before, after), status)
+        return _cell(scn, peer, plan, work, bot_outs, sampler, deltas(before, after), status, wall0)
     finally:
         for p in procs:
             if p.poll() is None:
@@ -393,17 +403,18 @@ def _cell(
     sampler: _Sampler,
     counters: dict[str, int],
     status: dict[str, Any] | None,
+    wall0: float,
 ) -> Cell:
     from govern_lab.traffic.analysis import rolling_success
 
-    ev = {r: _load(work / f"{r}.json")["events"] for r in ("legit", "trusted", "strangers", "slowlegit")}
+    ev = {r: run_events(work / f"{r}.json", wall0) for r in ("legit", "trusted", "strangers", "slowlegit")}
     flooding = bool(scn.bots)
-    start = plan.flood_start if flooding else 0.0
+    start = flood_began(bot_outs, wall0, plan.flood_start) if flooding else 0.0
     # The baseline counts what started while every sender still had time to finish within the run.
-    end = plan.flood_start + plan.flood_length if flooding else plan.duration - plan.client_timeout - 5
+    end = start + plan.flood_length if flooding else plan.duration - plan.client_timeout - 5
     rolling = rolling_success(ev["legit"] + ev["strangers"])
     peak, median = bot_figures(sampler.samples, start, end) if flooding else (0, None)
-    flood = (plan.flood_start, end) if flooding else None
+    flood = (start, end) if flooding else None
     name = f"{scn.name}/{peer}" if flooding else scn.name
     res = assemble(name, plan, flood, (start, end), ev["legit"], ev["trusted"], rolling, bot_outs, sampler, counters)
     return Cell(

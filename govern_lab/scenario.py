@@ -13,7 +13,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -270,7 +270,7 @@ def run(
             before = _netstat(lab)
             sock = str(work / "govern.sock") if pid else None
             sampler = _Sampler(lab, pid, on_sample, govern_socket=sock)
-            t0 = time.monotonic()
+            t0, wall0 = time.monotonic(), time.time()
             thread = threading.Thread(target=sampler.run, args=(t0,), daemon=True)
             thread.start()
             dst = ["--dst", MX4, "--dst", MX6]
@@ -325,7 +325,8 @@ def run(
             sampler.stop.set()
             thread.join(5)
             after = _netstat(lab)
-            return _result(name, plan, flooding, legit_out, trusted_out, bot_outs, sampler, deltas(before, after))
+            counters = deltas(before, after)
+            return _result(name, plan, flooding, legit_out, trusted_out, bot_outs, sampler, counters, wall0)
     finally:
         for p in procs:
             if p.poll() is None:
@@ -344,6 +345,22 @@ def _load(path: Path) -> dict[str, Any]:
         return {"events": []}
 
 
+def run_events(path: Path, wall0: float) -> list[dict[str, Any]]:
+    """A generator's transactions on the run's clock (seconds since `wall0`, the run's start, as the samples
+    count): a generator counts from its own start, a Python start-up (0.3-1 s on a busy machine) after the run's,
+    and a transaction's start would otherwise be judged against the flood's window that much early."""
+    doc = _load(path)
+    shift = float(doc["started"]) - wall0 if "started" in doc else 0.0
+    return [{**e, **{k: e[k] + shift for k in ("t_start", "t_end") if k in e}} for e in doc["events"]]
+
+
+def flood_began(bot_outs: Sequence[Path], wall0: float, planned: float) -> float:
+    """When the flood began on the run's clock: its first generator's start (each is started at `planned` and
+    begins a Python start-up later), or `planned` if none reported."""
+    starts = [float(d["started"]) - wall0 for d in map(_load, bot_outs) if "started" in d]
+    return min(starts) if starts else planned
+
+
 def _result(
     name: str,
     plan: Plan,
@@ -353,13 +370,15 @@ def _result(
     bot_outs: list[Path],
     sampler: _Sampler,
     counters: dict[str, int],
+    wall0: float,
 ) -> report.Result:
     from govern_lab.traffic.analysis import rolling_success
 
-    legit = _load(legit_out)["events"]
-    flood = (plan.flood_start, plan.flood_start + plan.flood_length) if flooding else None
+    legit = run_events(legit_out, wall0)
+    began = flood_began(bot_outs, wall0, plan.flood_start)
+    flood = (began, began + plan.flood_length) if flooding else None
     window = flood or (0.0, float("inf"))
-    trusted = _load(trusted_out)["events"]
+    trusted = run_events(trusted_out, wall0)
     return assemble(name, plan, flood, window, legit, trusted, rolling_success(legit), bot_outs, sampler, counters)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from govern_lab.report import Result, Sample, plot, summarise, table, time_to_mitigate
@@ -66,3 +67,19 @@ def test_plot_writes_a_png(tmp_path: Path) -> None:
     plot(result("flood+govern", True), str(path))
     data = path.read_bytes()
     assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 10_000
+
+
+def test_transactions_and_the_flood_are_put_on_the_runs_clock(tmp_path: Path) -> None:
+    from govern_lab.scenario import flood_began, run_events
+
+    wall0 = 1_000.0
+    legit = tmp_path / "legit.json"
+    # The generator began 0.6 s after the run: its own clock's 9.6 s is the run's 10.2 s.
+    legit.write_text(json.dumps({"started": 1_000.6, "events": [{"n": 1, "t_start": 9.6, "t_end": 9.7, "ok": True}]}))
+    (e,) = run_events(legit, wall0)
+    assert (round(e["t_start"], 3), round(e["t_end"], 3), e["ok"]) == (10.2, 10.3, True)
+    bots = [tmp_path / "bot-0.json", tmp_path / "bot-1.json", tmp_path / "missing.json"]
+    bots[0].write_text(json.dumps({"started": 1_010.45, "events": []}))
+    bots[1].write_text(json.dumps({"started": 1_010.3, "events": []}))
+    assert round(flood_began(bots, wall0, 10.0), 3) == 10.3  # the first bot's start, not the planned 10.0
+    assert flood_began([bots[2]], wall0, 10.0) == 10.0  # nothing reported: as planned
