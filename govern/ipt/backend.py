@@ -97,9 +97,10 @@ class IptBackend:
         return ()
 
     def syn_counts(self) -> Mapping[Prefix, int]:
+        # Every tick: over netlink, not an `ipset save` process per set (docs/benchmarks.md, "iptables backend").
         out: dict[Prefix, int] = {}
         for v in (4, 6):
-            for e in ipset.save(rules.set_names(v)["seen"]):
+            for e in self.nl.elements(rules.set_names(v)["seen"]):
                 out[e.prefix] = out.get(e.prefix, 0) + e.packets
         return out
 
@@ -114,7 +115,7 @@ class IptBackend:
     def changed(self) -> str | None:
         if self.made is None:
             return None
-        now = _shape()
+        now = _shape(self.nl.names())  # every tick: the names over netlink, not an `ipset list -n` process
         if now == self.made:
             return None
         gone = set(self.made[0]) - set(now[0])
@@ -160,9 +161,11 @@ def converge(creates: Sequence[str], have: Mapping[str, tuple[str, ...]]) -> lis
 Shape = tuple[tuple[str, ...], tuple[object, ...]]
 
 
-def _shape() -> Shape:
-    """The govern-* sets there are, and chain GOVERN's rules and jump in each family."""
-    return tuple(sorted(n for n in ipset.names() if n.startswith(rules.PREFIX))), rules.shape()
+def _shape(names: Sequence[str] | None = None) -> Shape:
+    """The govern-* sets there are (of `names`, or as `ipset list -n` says), and chain GOVERN's rules and jump in
+    each family."""
+    every = ipset.names() if names is None else names
+    return tuple(sorted(n for n in every if n.startswith(rules.PREFIX))), rules.shape()
 
 
 def teardown_all() -> bool:

@@ -1,6 +1,7 @@
 """ipset through its own command line, for what happens at set-up: creating sets (and making anew one of another
-form), one `ipset restore` batch of the elements to restore, `ipset save` to read a set back. The element changes of
-every tick go over netlink instead (govern/ipt/netlink.py): a process costs 1-3 ms however small the plan.
+form), one `ipset restore` batch of the elements to restore, `ipset save` to read a set back. The element changes and
+reads of every tick go over netlink instead (govern/ipt/netlink.py): a process costs 1-3 ms however small the plan
+(docs/benchmarks.md, "The iptables backend's per-tick reads").
 
 Measured here against pyroute2's ipset netlink API (one request and acknowledgement per element, no batching): 1,000
 adds took 11 ms through one `ipset restore` against 235 ms through pyroute2.

@@ -2,8 +2,10 @@
 
 This module owns adding and deleting elements of existing sets as messages to the kernel's ipset core: their layout
 (linux/netfilter/ipset/ip_set.h), all of one plan in one sendmsg, and what the acks and ipset's own error codes
-mean. Creating, swapping, listing and destroying sets stay with the `ipset` command (govern/ipt/ipset.py): they
-happen at set-up, where a process does not matter.
+mean; and the per-tick reads: the names of the sets there are, and a set's elements with their timeouts and packet
+counters (IPSET_CMD_LIST dumps, as `ipset list -n` and `ipset save` ask for them). Creating, swapping and
+destroying sets stay with the `ipset` command (govern/ipt/ipset.py): they happen at set-up, where a process does
+not matter.
 
 Layout, as `ipset restore` sends it (ipset 7.17, protocol 7): one IPSET_CMD_ADD or IPSET_CMD_DEL message per run of
 ops on one set, carrying IPSET_ATTR_PROTOCOL, IPSET_ATTR_SETNAME and IPSET_ATTR_ADT, a list of IPSET_ATTR_DATA
@@ -27,21 +29,25 @@ from typing import NamedTuple
 
 from govern import netlink
 from govern.addr import Prefix
-from govern.netlink import NLA_F_NESTED, NLM_F_ACK, NLM_F_REQUEST, NetlinkError, NlError
+from govern.netlink import NLA_F_NESTED, NLM_F_ACK, NLM_F_REQUEST, NLMSG_HDRLEN, NetlinkError, NlError
 
 NETLINK_NETFILTER = 12
 NFNL_SUBSYS_IPSET = 6
 IPSET_PROTOCOL = 7
+IPSET_CMD_LIST = 7
 IPSET_CMD_ADD = 9
 IPSET_CMD_DEL = 10
 IPSET_ATTR_PROTOCOL = 1
 IPSET_ATTR_SETNAME = 2
+IPSET_ATTR_FLAGS = 6
 IPSET_ATTR_DATA = 7
 IPSET_ATTR_ADT = 8
 IPSET_ATTR_LINENO = 9
 IPSET_ATTR_IP = 1
 IPSET_ATTR_CIDR = 3
 IPSET_ATTR_TIMEOUT = 6
+IPSET_ATTR_PACKETS = 25
+IPSET_FLAG_LIST_SETNAME = 1 << 1  # a dump of the sets' names only
 IPSET_ATTR_IPADDR_IPV4 = 1
 IPSET_ATTR_IPADDR_IPV6 = 2
 NLA_F_NET_BYTEORDER = 0x4000
@@ -80,6 +86,46 @@ def data(op: Op) -> bytes:
         seconds = min(max(op.timeout_s, 1), MAX_TIMEOUT_S)
         body += netlink.attr(NLA_F_NET_BYTEORDER | IPSET_ATTR_TIMEOUT, seconds.to_bytes(4, "big"))
     return netlink.attr(NLA_F_NESTED | IPSET_ATTR_DATA, body)
+
+
+class Element(NamedTuple):
+    """An element of a set as the kernel lists it."""
+
+    prefix: Prefix
+    timeout_s: int  # seconds left; 0 in a set without timeouts
+    packets: int  # 0 in a set without counters
+
+
+def _request(name: str, flags: int = 0) -> bytes:
+    """An IPSET_CMD_LIST request (its netlink flags and sequence number are the dump's): of set `name`, or of every
+    set with `flags`."""
+    body = bytes((socket.AF_UNSPEC, 0, 0, 0)) + netlink.attr(IPSET_ATTR_PROTOCOL, bytes((IPSET_PROTOCOL,)))
+    if name:
+        body += netlink.strz(IPSET_ATTR_SETNAME, name)
+    if flags:
+        body += netlink.attr(NLA_F_NET_BYTEORDER | IPSET_ATTR_FLAGS, flags.to_bytes(4, "big"))
+    return netlink.nlmsg((NFNL_SUBSYS_IPSET << 8) | IPSET_CMD_LIST, 0, 0, body)
+
+
+def _element(buf: netlink.Buffer, start: int, end: int) -> Element | None:
+    """One IPSET_ATTR_DATA of a listing's IPSET_ATTR_ADT."""
+    addr: bytes | None = None
+    cidr = timeout = packets = 0
+    for atype, lo, hi in netlink.attrs(buf, start, end):
+        if atype == IPSET_ATTR_IP:
+            for kind, alo, ahi in netlink.attrs(buf, lo, hi):
+                if kind in (IPSET_ATTR_IPADDR_IPV4, IPSET_ATTR_IPADDR_IPV6):
+                    addr = bytes(buf[alo:ahi])
+        elif atype == IPSET_ATTR_CIDR:
+            cidr = buf[lo]
+        elif atype == IPSET_ATTR_TIMEOUT:
+            timeout = int.from_bytes(buf[lo:hi], "big")
+        elif atype == IPSET_ATTR_PACKETS:
+            packets = int.from_bytes(buf[lo:hi], "big")
+    if addr is None:
+        return None
+    bits = len(addr) * 8
+    return Element(Prefix(4 if bits == 32 else 6, int.from_bytes(addr, "big"), cidr or bits), timeout, packets)
 
 
 class Message(NamedTuple):
@@ -123,6 +169,45 @@ class IpsetNetlink:
 
     def close(self) -> None:
         self._nl.close()
+
+    def names(self) -> list[str]:
+        """The names of every set in this namespace (`ipset list -n`)."""
+        out: list[str] = []
+
+        def feed(buf: netlink.Buffer, n: int) -> bool:
+            for off, ln, mtype, _flags in netlink.walk(buf, n, "listing the ipsets"):
+                if mtype >> 8 == NFNL_SUBSYS_IPSET:
+                    at = netlink.find_attr(buf, off + NLMSG_HDRLEN + 4, off + ln, IPSET_ATTR_SETNAME)
+                    if at >= 0:
+                        length = int.from_bytes(buf[at : at + 2], "little")
+                        out.append(bytes(buf[at + 4 : at + length]).rstrip(b"\0").decode())
+                else:
+                    return True
+            return False
+
+        self._nl.dump(_request("", IPSET_FLAG_LIST_SETNAME), feed, "listing the ipsets")
+        return out
+
+    def elements(self, name: str) -> list[Element]:
+        """Every element of set `name` with its timeout and packet counter (`ipset save NAME`); a set that is not
+        there raises NetlinkError (ENOENT)."""
+        out: list[Element] = []
+        what = f"listing ipset {name}"
+
+        def feed(buf: netlink.Buffer, n: int) -> bool:
+            for off, ln, mtype, _flags in netlink.walk(buf, n, what):
+                if mtype >> 8 != NFNL_SUBSYS_IPSET:
+                    return True
+                for atype, lo, hi in netlink.attrs(buf, off + NLMSG_HDRLEN + 4, off + ln):
+                    if atype == IPSET_ATTR_ADT:
+                        for kind, dlo, dhi in netlink.attrs(buf, lo, hi):
+                            e = _element(buf, dlo, dhi) if kind == IPSET_ATTR_DATA else None
+                            if e is not None:
+                                out.append(e)
+            return False
+
+        self._nl.dump(_request(name), feed, what)
+        return out
 
     def apply(self, ops: Sequence[Op]) -> None:
         """Send every op in one sendmsg and wait for each message's ack; a refusal raises KernelError naming the

@@ -4,6 +4,7 @@ messages the backend sends each tick over netlink instead of an `ipset restore` 
 
 from __future__ import annotations
 
+import subprocess
 import time
 
 import pytest
@@ -106,5 +107,35 @@ def test_element_messages_mean_what_ipset_restore_exist_means(lab: Lab) -> None:
             # The socket goes on after refusals.
             nl.apply([Op(False, "t6", P("2001:db8:bad::/64"))])
             assert ipset.save("t6") == []
+    finally:
+        nl.close()
+
+
+def test_the_per_tick_reads_over_netlink_say_what_ipset_says(lab: Lab) -> None:
+    """The set names and a set's elements with timeouts and packet counters, as the iptables backend reads them every
+    tick (govern/ipt/netlink.py), against `ipset list -n` and `ipset save`, across many dump messages; a missing set
+    is an error that names it."""
+    lab.mx.sh("ipset", "create", "c4", "hash:net", "family", "inet", "timeout", "600", "counters", "maxelem", "70000")
+    lab.mx.sh("ipset", "create", "c6", "hash:net", "family", "inet6", "timeout", "600", "counters")
+    lab.mx.sh("ipset", "create", "plain", "hash:ip")
+    lines = [f"add c4 10.0.{i >> 8}.{i & 255} timeout {100 + i % 400} packets {i}" for i in range(20_000)]
+    lines += ["add c4 198.18.0.0/16 timeout 50", "add c6 2001:db8:bad:1::/64 timeout 70 packets 9"]
+    lines += ["add plain 192.0.2.1"]
+    subprocess.run(
+        ["ip", "netns", "exec", lab.mx.name, "ipset", "restore"], input="\n".join(lines) + "\n", text=True, check=True
+    )
+    with lab.mx.entered():
+        nl = IpsetNetlink()
+    try:
+        with lab.mx.entered():
+            assert sorted(nl.names()) == sorted(ipset.names()) == ["c4", "c6", "plain"]
+            for name in ("c4", "c6", "plain"):
+                ours, theirs = nl.elements(name), ipset.save(name)
+                assert {(e.prefix, e.packets) for e in ours} == {(e.prefix, e.packets) for e in theirs}
+                left = {e.prefix: e.timeout_s for e in theirs}
+                assert all(abs(e.timeout_s - left[e.prefix]) <= 1 for e in ours)
+            assert len(nl.elements("c4")) == 20_001
+            with pytest.raises(KernelError, match="listing ipset gone"):
+                nl.elements("gone")
     finally:
         nl.close()
