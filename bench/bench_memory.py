@@ -40,7 +40,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +93,27 @@ def fresh_prefixes(n: int) -> list[object]:
     return [
         Prefix(v, int.from_bytes(val.to_bytes(4 if v == 4 else 16, "big"), "big"), ln) for v, val, ln in source_keys(n)
     ]
+
+
+def tick_counts(n: int, packets: int) -> Mapping[Any, int]:
+    """One tick's SYN counters as the tree's nft backend hands them to the Observer: with govern.keys.Counted,
+    columns made as CountParser.columns makes them (each element's key and packets as the dump loop takes them,
+    joined, grouped per family and length); before it, a dict of fresh Prefix objects."""
+    try:
+        from govern.keys import Counted, group_counts
+    except ImportError:
+        return dict.fromkeys(fresh_prefixes(n), packets)
+    parts = []
+    for version, plen in ((4, 32), (6, 64), (6, 128)):
+        size = 4 if version == 4 else 16
+        keys, counts = bytearray(), bytearray()  # as the dump loop appends each element's
+        for v, val, ln in source_keys(n):
+            if v == version and ln == plen:
+                keys += val.to_bytes(size, "big")
+                counts += packets.to_bytes(8, "big")
+        parts.append(group_counts(keys, counts, version, plen))
+        del keys, counts
+    return Counted.concat(parts)
 
 
 # --- parts (each in its own child process) ------------------------------------------------------------------
@@ -163,14 +184,12 @@ def part_observer(n: int, ticks: int) -> dict[str, float]:
     policy = config.from_mapping({}).policy()
     r: dict[str, float] = {}
     r["before"] = rss()
-    current: dict[Prefix, int] = {}
+    current: Mapping[Prefix, int] = {}
     obs = Observer(FakeSockets(), lambda: current, FakeCounters())
     last: Snapshot | None = None
     took = []
     for t in range(ticks):
-        keys: list[Prefix] = fresh_prefixes(n)  # type: ignore[assignment]
-        current = dict.fromkeys(keys, 300 + 3 * t)
-        del keys
+        current = tick_counts(n, 300 + 3 * t)
         t0 = time.perf_counter()
         last = None  # Governor replaces its snapshot: the old one goes once the new one is made
         last = obs.snapshot(policy, NOW + t)

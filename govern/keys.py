@@ -9,7 +9,7 @@ Python step per source.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from itertools import chain
 from typing import NamedTuple
 
@@ -186,3 +186,69 @@ class KeyTable:
             go_on = ~free
             go_on[np.flatnonzero(free)[lost]] = True
             rows, slot = rows[go_on], (slot[go_on] + 1) & mask
+
+
+class Counted(Mapping[Prefix, int]):
+    """Counts per source as columns: the SYN counters a tick reads from the kernel, which the rate window takes as
+    they are (no Prefix object per source; a flood's million sources were ~200 MB of them, the peak of a tick). As a
+    Mapping (tests, tools) it makes its Prefix objects on first use."""
+
+    __slots__ = ("_dict", "sources", "totals")
+
+    def __init__(self, keys: Keys, totals: U64) -> None:
+        self.sources, self.totals = keys, totals  # not `keys`: Mapping.keys() is a method
+        self._dict: dict[Prefix, int] | None = None
+
+    def _as_dict(self) -> dict[Prefix, int]:
+        if self._dict is None:
+            self._dict = dict(zip(self.sources.prefixes(), self.totals.tolist(), strict=True))
+        return self._dict
+
+    def __getitem__(self, p: Prefix) -> int:
+        return self._as_dict()[p]
+
+    def __iter__(self) -> Iterator[Prefix]:
+        return iter(self._as_dict())
+
+    def __len__(self) -> int:
+        return self.sources.size
+
+    @staticmethod
+    def concat(parts: Sequence[Counted]) -> Counted:
+        if not parts:
+            return Counted(empty_keys(), np.zeros(0, np.uint64))
+        keys = Keys(*(np.concatenate([getattr(c.sources, f) for c in parts]) for f in Keys._fields))
+        return Counted(keys, np.concatenate([c.totals for c in parts]))
+
+
+def group_counts(keys_be: bytes | bytearray, packets_be: bytes | bytearray, version: int, plen: int) -> Counted:
+    """The counts of a counting set's elements per source group of `plen` bits: `keys_be` the elements' keys
+    (addresses, big-endian, 4 or 16 bytes each), `packets_be` their counters' packets (big-endian u64). The rules key
+    the sets by the group's network already, so a group is one element; after a reload that changed the grouping,
+    until the elements lapse, keys falling in one group add up."""
+    totals = np.frombuffer(packets_be, ">u8").astype(np.uint64)
+    n = totals.shape[0]
+    if version == 4:
+        value = np.frombuffer(keys_be, ">u4").astype(np.uint64)
+        shift = np.uint64(32 - plen)
+        lo = (value >> shift) << shift
+        hi = np.zeros(n, np.uint64)
+        moved = bool((lo != value).any())
+    else:
+        halves = np.frombuffer(keys_be, ">u8").astype(np.uint64).reshape(-1, 2)
+        hi, lo = halves[:, 0] & np.uint64(_mask(min(plen, 64))), halves[:, 1] & np.uint64(_mask(max(plen - 64, 0)))
+        moved = bool(((hi != halves[:, 0]) | (lo != halves[:, 1])).any())
+    tag = np.full(n, version << 8 | plen, np.uint16)
+    if not moved:
+        return Counted(Keys(hi, lo, tag), totals)
+    pairs = np.empty(n, dtype=[("hi", np.uint64), ("lo", np.uint64)])
+    pairs["hi"], pairs["lo"] = hi, lo
+    uniq, inverse = np.unique(pairs, return_inverse=True)
+    summed = np.zeros(uniq.shape[0], np.uint64)
+    np.add.at(summed, inverse, totals)
+    return Counted(Keys(uniq["hi"].copy(), uniq["lo"].copy(), tag[: uniq.shape[0]]), summed)
+
+
+def _mask(bits: int) -> int:
+    """The top `bits` of 64 set."""
+    return ((1 << bits) - 1) << (64 - bits) if bits else 0

@@ -19,10 +19,10 @@ import json
 import logging
 import operator
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from itertools import filterfalse, repeat
 from typing import Any, cast
 
 from govern.addr import Prefix, group_key
+from govern.keys import Counted
 from govern.model import Action, ActionKind, FirewallSpec, Mode, ModeState, Plan, State
 from govern.nft.libnft import Nft
 from govern.nft.netlink import ElemOp, NftNetlink
@@ -49,8 +49,6 @@ class NftBackend:
         # commits since then have moved on, one by one (None: unknown, check the shape).
         self.generation: int | None = None
         # The counting sets' keys -> their sources, kept from tick to tick (most sources count again and again).
-        self._counted_groups: dict[str, dict[int, Prefix]] = {}
-        self._counted: dict[str, tuple[int, int]] = {}
 
     # -- start-up -------------------------------------------------------------------------------------------
 
@@ -186,16 +184,14 @@ class NftBackend:
                 out.append(group_key(e.prefix, self.v4_len, self.v6_len))
         return out
 
-    def syn_counts(self) -> Mapping[Prefix, int]:
-        out: dict[Prefix, int] = {}
-        for name, version, plen in (("seen4", 4, self.v4_len), ("seen6", 6, self.v6_len)):
-            pairs = self.nl.dump_counts(name)
-            if (version, plen) != self._counted.get(name, (version, plen)):
-                self._counted_groups[name] = {}  # the grouping changed (a reload): the cached sources are wrong
-            self._counted[name] = (version, plen)
-            groups = self._counted_groups.setdefault(name, {})
-            out.update(counted_sources(pairs, version, plen, groups))
-        return out
+    def syn_counts(self) -> Counted:
+        # As columns: the rate window takes them as they are (govern.keys.Counted; docs/benchmarks.md, "Memory").
+        return Counted.concat(
+            [
+                self.nl.count_columns(name, v, plen)
+                for name, v, plen in (("seen4", 4, self.v4_len), ("seen6", 6, self.v6_len))
+            ]
+        )
 
     def end_sessions(self, prefixes: Sequence[Prefix]) -> int:
         from govern.conntrack import forget
@@ -221,32 +217,6 @@ _EVERYONE = (Prefix(4, 0, 0), Prefix(6, 0, 0))
 _GROUPS_STALE = 1 << 16  # keys gone from a counting set that its cache of sources may keep
 # A NamedTuple's constructor is a Python function; map(_new, repeat(Prefix), tuples) builds the same objects in C.
 _new = cast(Callable[[type[Any], tuple[int, ...]], Any], tuple.__new__)
-
-
-def counted_sources(
-    pairs: list[tuple[int, int]], version: int, plen: int, groups: dict[int, Prefix]
-) -> dict[Prefix, int]:
-    """SYN counts per source from a counting set's (key, packets): the key is an address (the rules key the set by
-    the source group's network already), counted as its source group of `plen` bits; counts of keys that fall in
-    one group add up. `groups` caches key -> source group from one read to the next (filled here)."""
-    if not pairs:
-        return {}
-    keys, counts = zip(*pairs, strict=True)
-    missing = list(filterfalse(groups.__contains__, keys))
-    if missing:
-        shift = (32 if version == 4 else 128) - plen
-        nets = map(operator.lshift, map(operator.rshift, missing, repeat(shift)), repeat(shift))
-        groups.update(zip(missing, map(_new, repeat(Prefix), zip(repeat(version), nets, repeat(plen))), strict=True))
-    prefixes = list(map(groups.__getitem__, keys))
-    if len(groups) > len(keys) + _GROUPS_STALE:
-        groups.clear()
-        groups.update(zip(keys, prefixes, strict=True))
-    out = dict(zip(prefixes, counts, strict=True))
-    if len(out) != len(prefixes):  # several keys in one group
-        out = {}
-        for p, n in zip(prefixes, counts, strict=True):
-            out[p] = out.get(p, 0) + n
-    return out
 
 
 def _gate_ops(mode: ModeState, now: float) -> list[ElemOp]:

@@ -20,7 +20,7 @@ import numpy as np
 import numpy.typing as npt
 
 from govern.addr import Prefix
-from govern.keys import Keys, KeyTable, keys_of
+from govern.keys import Counted, Keys, KeyTable, keys_of
 
 WINDOW = 60.0
 # Rows no longer tracked are dropped from the columns (which renumbers the rows) once they are this share of the
@@ -87,8 +87,11 @@ class RateWindow:
 
     def advance(self, cumulative: Mapping[Prefix, int], now: float) -> Rates:
         """Feed this tick's cumulative counts; returns every row's counts (`update`'s, as columns)."""
-        keys = keys_of(cumulative)
-        totals = np.fromiter(cumulative.values(), np.uint64, len(cumulative))
+        if isinstance(cumulative, Counted):  # the kernel's counters as read: columns already
+            keys, totals = cumulative.sources, cumulative.totals
+        else:
+            keys = keys_of(cumulative)
+            totals = np.fromiter(cumulative.values(), np.uint64, len(cumulative))
         rows = self._table.find(keys)
         fresh = rows < 0
         if fresh.any():

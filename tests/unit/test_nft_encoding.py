@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 from govern import netlink
 from govern.addr import Prefix
 from govern.errors import KernelError
+from govern.keys import group_counts
 from govern.nft import netlink as nl
-from govern.nft.backend import counted_sources
 from govern.nft.netlink import ElemOp, SetElem
 
 IV = frozenset({"block4", "block6"})
@@ -402,14 +402,26 @@ def test_count_parser_reads_the_same_keys_and_packets_as_the_generic_parse() -> 
     assert parser.result() == [(P(f"2001:db8:bad:{i}::").value, 2**40 + i) for i in range(3)]
 
 
-def test_counted_sources_group_keys_and_add_up_a_group() -> None:
-    groups: dict[int, Prefix] = {}
-    pairs = [(P("198.18.0.1").value, 3), (P("198.18.0.2").value, 4), (P("198.18.1.9").value, 1)]
-    assert counted_sources(pairs, 4, 32, groups) == {P("198.18.0.1"): 3, P("198.18.0.2"): 4, P("198.18.1.9"): 1}
-    assert counted_sources(pairs, 4, 24, {}) == {P("198.18.0.0/24"): 7, P("198.18.1.0/24"): 1}
-    six = [(P("2001:db8:bad:7::").value, 2)]
-    assert counted_sources(six, 6, 64, {}) == {P("2001:db8:bad:7::/64"): 2}
-    assert counted_sources([], 4, 32, groups) == {}
+def test_counts_are_grouped_per_source_group_as_columns_and_add_up_a_group() -> None:
+    def counts(addrs: list[str], packets: list[int], version: int, plen: int) -> dict[Prefix, int]:
+        keys = b"".join(P(a).packed() for a in addrs)
+        return dict(group_counts(keys, b"".join(n.to_bytes(8, "big") for n in packets), version, plen))
+
+    four = ["198.18.0.1", "198.18.0.2", "198.18.1.9"]
+    assert counts(four, [3, 4, 1], 4, 32) == {P("198.18.0.1"): 3, P("198.18.0.2"): 4, P("198.18.1.9"): 1}
+    assert counts(four, [3, 4, 1], 4, 24) == {P("198.18.0.0/24"): 7, P("198.18.1.0/24"): 1}
+    assert counts(["2001:db8:bad:7::"], [2], 6, 64) == {P("2001:db8:bad:7::/64"): 2}
+    assert counts(["2001:db8:bad:7::1", "2001:db8:bad:7::2"], [2**40, 1], 6, 64) == {
+        P("2001:db8:bad:7::/64"): 2**40 + 1
+    }
+    assert counts(["2001:db8:bad:7::1"], [5], 6, 72) == {P("2001:db8:bad:7::/72"): 5}
+    assert counts([], [], 4, 32) == {}
+    # The parser's columns are its pairs, grouped.
+    payload = b"".join(kernel_elem(ip(f"198.18.0.{i}"), expires=1, counter=i) for i in range(1, 4))
+    parser = nl.CountParser()
+    parser.feed(payload, 0, len(payload))
+    got = parser.columns(4, 32)
+    assert dict(got) == {Prefix(4, k, 32): n for k, n in parser.result()} and len(got) == 3
 
 
 def test_dump_reports_interruption_errors_and_ignores_other_sequences() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from unittest.mock import patch
 
+import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -203,3 +204,20 @@ def test_advance_gives_columns_by_row() -> None:
     assert r.tracked[rows].tolist() == [True, True]
     assert r.new[rows].tolist() == [3, 0] and r.per_minute[rows].tolist() == [8, 1]
     assert w.keys().prefixes(rows.tolist()) == [A, B]
+
+
+@settings(max_examples=40, deadline=None)
+@given(ticks, st.floats(0.0, 2e9))
+def test_the_kernels_counts_as_columns_count_as_a_mapping_does(
+    seq: list[tuple[float, dict[Prefix, int]]], t0: float
+) -> None:
+    """The nft backend hands the window govern.keys.Counted (columns, no Prefix per source); the window counts them
+    exactly as it counts the same counts as a dict."""
+    from govern.keys import Counted
+
+    columns, mapping = RateWindow(), RateWindow()
+    now = t0
+    for step, counts in seq:
+        now += step
+        as_columns = Counted(keys_of(list(counts)), np.fromiter(counts.values(), np.uint64, len(counts)))
+        assert columns.update(as_columns, now) == mapping.update(counts, now)
