@@ -917,7 +917,9 @@ class SockDiag:
         parser = ScanParser(ports)
         if ports:
             self._dump_all(ports, 1 << TCP_LISTEN, 0, parser.feed)
-        return tuple(parser.result(self._groups).listeners)
+        # Not the scans' cache of source groups: a result without sources would prune it whole, and the next tick's
+        # scan would make every source's group again (measured: 2.5 ms here and ~10 ms more a scan at 20k sources).
+        return tuple(parser.result().listeners)
 
     def destroy(self, prefixes: Sequence[Prefix], ports: frozenset[int]) -> int:
         """SOCK_DESTROY every non-listening socket on `ports` whose remote address lies in one of `prefixes`.

@@ -9,6 +9,7 @@ import socket
 import struct
 import time
 from collections.abc import Iterator
+from unittest.mock import patch
 
 import pytest
 
@@ -381,3 +382,31 @@ def test_numpy_path_parses_a_real_dump_as_the_per_message_loop(lab: Lab, diag: S
     finally:
         srv.close()
         srv4.close()
+
+
+def test_reading_the_listeners_between_ticks_leaves_the_scans_cache_alone(lab: Lab) -> None:
+    """The daemon reads the accept queues between ticks (daemon.queue_poll): that read must not empty the cache of
+    source groups the scans keep, or every tick's scan would pay for every source as new."""
+    from govern.observe import sockdiag as sd
+
+    srv = Listener(lab.mx, 25, backlog=64)
+    conns = []
+    try:
+        with lab.net.entered():
+            conns = [connect(f"198.18.9.{i}", MX4, 25) for i in range(1, 41)]
+        with lab.mx.entered():
+            diag = SockDiag()
+        try:
+            with patch.object(sd, "_GROUPS_STALE", 0):  # any pruning would show at once
+                diag.scan(frozenset({25}))
+                cached = dict(diag._groups)
+                assert len(cached) >= 40
+                (listener,) = diag.listeners(frozenset({25}))
+                assert listener.port == 25 and listener.backlog == 64
+                assert diag._groups == cached
+        finally:
+            diag.close()
+    finally:
+        for c in conns:
+            c.close()
+        srv.close()
