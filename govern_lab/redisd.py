@@ -26,6 +26,21 @@ def install() -> None:
         apt_install("redis-server")
 
 
+def server_command(socket: str, directory: Path) -> list[str]:
+    """Debian's redis-server on a unix socket only (no TCP port), root's alone, in `directory`, without
+    persistence, in the foreground: the lab's and the tests' Redis (tests/redis_server.py)."""
+    return [
+        shutil.which("redis-server") or REDIS_SERVER,
+        "--port", "0",
+        "--unixsocket", socket,
+        "--unixsocketperm", "600",
+        "--dir", str(directory),
+        "--save", "",
+        "--appendonly", "no",
+        "--daemonize", "no",
+    ]  # fmt: skip
+
+
 def write_key(path: Path) -> Path:
     """A fresh fleet key at `path` (32 random bytes, base64), mode 0600 from its creation, as govern requires."""
     path.unlink(missing_ok=True)
@@ -54,19 +69,8 @@ class Redis:
         Path(self.socket).unlink(missing_ok=True)
         with open(self.dir / "redis.log", "ab") as log:
             self.proc = self.lab.popen(
-                "router",
-                shutil.which("redis-server") or REDIS_SERVER,
-                "--port", "0",
-                "--unixsocket", self.socket,
-                "--unixsocketperm", "600",
-                "--dir", str(self.dir),
-                "--save", "",
-                "--appendonly", "no",
-                "--daemonize", "no",
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )  # fmt: skip
+                "router", *server_command(self.socket, self.dir), stdin=subprocess.DEVNULL, stdout=log, stderr=log
+            )
         deadline = time.monotonic() + timeout
         while not Path(self.socket).exists():
             if self.proc.poll() is not None or time.monotonic() > deadline:

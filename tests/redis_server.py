@@ -11,6 +11,8 @@ from typing import Any
 
 import pytest
 
+from govern_lab.redisd import server_command
+
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 
 
@@ -34,20 +36,7 @@ class RedisServer:
         need_redis()
         log = open(self.dir / "redis.log", "ab")  # noqa: SIM115 - the child keeps it
         # The same socket path each time: a restart is the same server, as the hosts see it.
-        self.proc = subprocess.Popen(
-            [
-                REDIS_SERVER,
-                "--port", "0",
-                "--unixsocket", self.socket,
-                "--unixsocketperm", "600",
-                "--dir", str(self.dir),
-                "--save", "",
-                "--appendonly", "no",
-                "--daemonize", "no",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )  # fmt: skip
+        self.proc = subprocess.Popen(server_command(self.socket, self.dir), stdout=log, stderr=subprocess.STDOUT)
         log.close()
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:

@@ -54,7 +54,7 @@ import socket
 import struct
 from collections.abc import Callable, Sequence
 from types import TracebackType
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 from govern import netlink
 from govern.addr import Prefix
@@ -75,6 +75,8 @@ from govern.netlink import (
     NlError,
     align,
 )
+
+_T = TypeVar("_T")
 
 NETLINK_NETFILTER = 12
 NLM_F_ECHO = 0x8
@@ -774,24 +776,22 @@ class NftNetlink:
         """(key as an integer, counter packets) of every live element of a counting set (a plain set whose
         elements carry a counter): what `dump_set` would give as (prefix value, packets), for the per-tick read of
         the SYN counters, without making a SetElem and a Prefix per element."""
-        what = f"the elements of set {set} of {self._where}"
-        body = netlink.strz(NFTA_SET_ELEM_LIST_TABLE, self.table) + netlink.strz(NFTA_SET_ELEM_LIST_SET, set)
-        with collector_held():
-            for _attempt in range(5):
-                parser = CountParser()
-                if self._dump_into(body, what, parser):
-                    return parser.result()
-        raise KernelError(f"nftables: {what} kept changing during the dump", 4)
+        return self._counted(set, CountParser.result)
 
     def count_columns(self, set: str, version: int, plen: int) -> Counted:
         """`dump_counts` as the tick reads it: the packets per source group of `plen` bits, as columns."""
+        return self._counted(set, lambda parser: parser.columns(version, plen))
+
+    def _counted(self, set: str, read: Callable[[CountParser], _T]) -> _T:
+        """What `read` makes of a whole dump of a counting set (again if the set changed meanwhile), with the
+        cyclic GC held off throughout: the dump and what is made of it are many small objects at once."""
         what = f"the elements of set {set} of {self._where}"
         body = netlink.strz(NFTA_SET_ELEM_LIST_TABLE, self.table) + netlink.strz(NFTA_SET_ELEM_LIST_SET, set)
         with collector_held():
             for _attempt in range(5):
                 parser = CountParser()
                 if self._dump_into(body, what, parser):
-                    return parser.columns(version, plen)
+                    return read(parser)
         raise KernelError(f"nftables: {what} kept changing during the dump", 4)
 
     def _dump_into(self, body: bytes, what: str, parser: CountParser) -> bool:
