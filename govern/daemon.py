@@ -135,7 +135,6 @@ class Governor:
         self.metrics: dict[str, str] = {"state": "off"}  # the Prometheus endpoint as `govern status` shows it
         # The fleet's shared decisions (govern.fleet; docs/fleet.md): None unless `fleet.url`.
         self.fleet = fleet
-        self.early_ticks = 0  # ticks started before their time by a filling accept queue
         self.make_fleet = make_fleet  # a reload's new [fleet] (govern.wiring.fleet_link); None: kept as started
         self.fleet_applied = 0  # other hosts' blocks applied here
         self.fleet_refused = 0  # ... and refused by this host's own rules
@@ -158,10 +157,7 @@ class Governor:
             listeners = self.sockets.listeners(self.policy.ports)
         except GovernError:
             return False
-        if not queues_call(listeners, self.state.mode, self.policy.modes, self.clock()):
-            return False
-        self.early_ticks += 1
-        return True
+        return queues_call(listeners, self.state.mode, self.policy.modes, self.clock())
 
     @property
     def dry_run(self) -> bool:
