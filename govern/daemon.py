@@ -51,6 +51,7 @@ log = logging.getLogger("govern")
 MAINTENANCE_EVERY = 600.0
 EVENTS_KEPT = 30 * 86400.0
 LEARN_EVERY = 10.0
+WAVE_LEARN_EVERY = 2.0
 ALLOW_WAIT_AT_START = 5.0  # seconds the start waits for the first resolution of allowlisted hostnames and SPF
 
 
@@ -103,6 +104,7 @@ class Governor:
         self.allow = allow
         self.trust = trust
         self._learned = 0.0
+        self._learned_kernel = 0.0
         self._trusted_from: PrefixSet | None = None
         self._trusted_now: frozenset[Prefix] = frozenset()
         # A dry run's store starts from a clean slate and keeps nothing (govern.dryrun): the would-be state is here.
@@ -303,10 +305,13 @@ class Governor:
         except GovernError as exc:
             self.health.fail("observe", exc)
             return Plan()
+        # In a wave the core sheds strangers' sessions by how they look: a sender that delivered is learned sooner,
+        # so that its next connection is trusted before it can be taken for the flood's.
+        if self.trust is not None and now - self._learned_kernel >= self._learn_every():
+            self._learned_kernel = now
+            self._learn_from_kernel(now)
         if now - self._learned >= LEARN_EVERY:
             self._learned = now
-            if self.trust is not None:
-                self._learn_from_kernel(now)
             # postscreen starts with the first connection it screens: look for it again while it is absent. Its
             # pregreet wait changes the cuts and the budget's size: the whole table is made again.
             auto = self.config.raw["cut"]["greet_wait"] == "auto"
@@ -540,7 +545,11 @@ class Governor:
             greet_wait=greet if isinstance(greet, float) else 0.0,
             cut_after=config["cut"]["wave_idle_after"],
         )
-        return configmod.with_override(config, "wave", "slot_budget", self.budget.slots, resolved=True)
+        config = configmod.with_override(config, "wave", "slot_budget", self.budget.slots, resolved=True)
+        if self.budget.slots:  # the lanes as the budget split them (behind a pregreet wait, not by the share alone)
+            share = self.budget.newcomers / self.budget.slots
+            config = configmod.with_override(config, "wave", "newcomer_share", share, resolved=True)
+        return config
 
     def _mode_changed(self, old: ModeState, new: ModeState) -> None:
         until = f" until {time.strftime('%H:%M:%S', time.localtime(new.until))}" if new.until else ""
@@ -622,6 +631,9 @@ class Governor:
                 self.trust.learn(p, now)
         except GovernError as exc:
             self.health.fail("trust", exc)
+
+    def _learn_every(self) -> float:
+        return WAVE_LEARN_EVERY if self.state.mode.mode is Mode.WAVE else LEARN_EVERY
 
     def trusted(self) -> frozenset[Prefix]:
         """The learned-trust set for the core, rebuilt only when the trust edge's set changed."""

@@ -153,7 +153,8 @@ def shed(snap: Snapshot, state: State, policy: Policy, acted_on: set[Prefix]) ->
     sessions that have not got past the greeting (still waiting in the accept queue for it, or given nothing but it
     and not advancing for `cut.shed_after`) of the strangers holding the most, two or more each, until what they held
     covers the excess; if that is not enough, also those given nothing but the greeting of the ones holding one
-    (silent for `cut.shed_single_after`).
+    (silent for `cut.shed_single_after`). A source holding one session that tried several connections within the
+    last minute (the others refused by the full accept queue, or ended) counts among the many.
     A session past the greeting (the server answered a command) is left to the cuts: a slow MTA pausing between
     its commands is never shed.
 
@@ -170,6 +171,9 @@ def shed(snap: Snapshot, state: State, policy: Policy, acted_on: set[Prefix]) ->
     trusted = snap.trusted
     strangers: list[tuple[int, Prefix]] = []
     singles: list[Prefix] = []
+    # A flood's source whose second SYN the full accept queue dropped holds one session, like a sender's; its
+    # attempts tell them apart. A sender never seen opens one connection; one that delivered is trusted.
+    restless: list[tuple[int, Prefix]] = []
     held = 0
     for p, s in holding(snap.sources).items():
         if not s.established or p in trusted or policy.allow.intersects(p):
@@ -179,12 +183,15 @@ def shed(snap: Snapshot, state: State, policy: Policy, acted_on: set[Prefix]) ->
             continue
         if s.established >= 2:
             strangers.append((s.established, p))
+        elif s.new_per_minute >= 2:
+            restless.append((s.new_per_minute, p))
         else:
             singles.append(p)
     excess = held - policy.slot_budget
     if excess <= 0:
         return []
     strangers.sort(key=lambda r: (-r[0], r[1].version, r[1].value))
+    restless.sort(key=lambda r: (-r[0], r[1].version, r[1].value))
     # A real client answers the greeting within a round trip. A slow MTA that pauses a second or two first keeps its
     # only session; several sessions none of which answers are a flood's pattern. The cut adds the silence
     # postscreen asks for before its banner.
@@ -197,6 +204,12 @@ def shed(snap: Snapshot, state: State, policy: Policy, acted_on: set[Prefix]) ->
         many = f"{n} sessions not answering the greeting while {why}"
         out.append(Cut(p, many_ms, many, shed=True, queued=True))
         excess -= n
+    for tried, p in restless:
+        if excess <= 0:
+            break
+        one = f"its session not answering the greeting, of {tried} connections tried in a minute, while {why}"
+        out.append(Cut(p, many_ms, one, shed=True, queued=True))
+        excess -= 1
     if excess > 0:
         # Which single sessions are silent since the greeting only the socket shows: the cut asks each.
         lone = f"its session not answering the greeting while {why}"

@@ -49,8 +49,13 @@ def budget(
     relays included). "auto" is then the share times (greet_wait + cut_after) / max(greet_wait, cut_after): the
     longer phase holds no more than the share, the budget turns over as fast as it can (x1.5 on the defaults). The
     lab tried x3 (each phase's time over smtpd's alone): postscreen's screening filled and refused the trusted
-    relay."""
+    relay.
+
+    The slots the wait adds are the first contacts' lane's: returning strangers are mostly ones postscreen passed
+    already and sends straight to smtpd, while a first contact spends the whole wait in postscreen (in the lab the
+    never-seen senders behind postscreen went from 75% to 83% delivered with the lane at 30 of 45 instead of 15)."""
     share = wave["budget_share"]
+    newcomers: int | None = None
     if wave["mta_slots"]:
         capacity, basis = wave["mta_slots"], "wave.mta_slots"
     elif any(ls.backlog > 0 for ls in listeners):
@@ -62,14 +67,19 @@ def budget(
         slots, why = int(wave["slot_budget"]), "wave.slot_budget"
     elif greet_wait > 0 and cut_after > 0:
         factor = (greet_wait + cut_after) / max(greet_wait, cut_after)
-        slots = max(1, int(capacity * share * factor))
+        base = max(1, int(capacity * share))
+        slots = max(base, int(capacity * share * factor))
+        if wave["newcomer_share"] > 0:  # 0: the operator wants no lane
+            newcomers = min(budget_lanes(base, wave["newcomer_share"])[1] + slots - base, slots - 1)
         why = (
             f"{share:.0%} of {capacity} slots ({basis}), x{factor:.3g}: strangers spend a {greet_wait:g}s pregreet "
             f"wait in postscreen, then at most {cut_after:g}s in smtpd"
         )
     else:
         slots, why = max(1, int(capacity * share)), f"{share:.0%} of {capacity} slots: {basis}"
-    return Budget(slots, capacity, why, budget_lanes(slots, wave["newcomer_share"])[1])
+    if newcomers is None:
+        newcomers = budget_lanes(slots, wave["newcomer_share"])[1]
+    return Budget(slots, capacity, why, newcomers)
 
 
 def postscreen_listening(ports: frozenset[int], proc: str = "/proc") -> bool:

@@ -269,6 +269,31 @@ def test_a_single_session_gets_a_slow_mtas_pause_before_it_is_shed_and_both_wait
     }
 
 
+def test_a_single_session_whose_source_tried_several_connections_goes_with_the_many() -> None:
+    # Before the wave, the full accept queue dropped the second SYN of many flood sources: each holds one session,
+    # queued, as a never-seen sender's would be. Its attempts tell them apart: the sender tried once.
+    pol = policy(wave={"slot_budget": 10, "top_n": 0}, cut={"enabled": False})
+    sources = {src(i): SourceStats(held=1, established=1, new_per_minute=2 + i % 3) for i in range(20)}
+    sender = Prefix.parse("198.51.100.200")
+    sources |= {sender: SourceStats(held=1, established=1, new_per_minute=1)}
+    relay = Prefix.parse("198.51.100.7")  # delivered a minute ago and came back: trusted, never shed
+    sources |= {relay: SourceStats(held=1, established=1, new_per_minute=6)}
+    plan = decide(snap(sources, trusted=frozenset({relay})), wave_state(), pol, NOW)
+    shed = [c for c in plan.cuts if c.shed]
+    # 21 strangers' sessions, 11 over: the eleven sources that tried the most, queue and all, after a second.
+    assert len(shed) == 11 and all(c.queued and c.idle_ms == 1000 for c in shed)
+    tried = [sources[c.prefix].new_per_minute for c in shed]
+    assert tried == sorted(tried, reverse=True) and min(tried) >= 3
+    assert "of 4 connections tried in a minute" in shed[0].reason
+    assert sender not in {c.prefix for c in shed} and relay not in {c.prefix for c in plan.cuts}
+    # When they do not cover the excess, the lone sessions are asked as before: the sender's included, after 2 s
+    # of silence since its greeting, never while it is queued.
+    few = {src(i): SourceStats(held=1, established=1, new_per_minute=2) for i in range(3)}
+    lone = {src(100 + i): SourceStats(held=1, established=1, new_per_minute=1) for i in range(12)}
+    cuts = decide(snap(few | lone), wave_state(), pol, NOW).cuts
+    assert {(c.prefix in few, c.queued, c.idle_ms) for c in cuts} == {(True, True, 1000), (False, False, 2000)}
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.dictionaries(addresses, stats, max_size=60), st.integers(1, 40))
 def test_shedding_spares_the_allowlisted_and_the_trusted_and_queues_only_of_the_many(
@@ -282,7 +307,8 @@ def test_shedding_spares_the_allowlisted_and_the_trusted_and_queues_only_of_the_
     strangers = {p: s for p, s in sources.items() if p not in trusted and not pol.allow.intersects(p)}
     for c in shed:
         assert c.prefix in strangers and c.prefix not in others
-        assert c.queued == (strangers[c.prefix].established >= 2)  # a single session's queue is never ended
+        # A single session's queue is ended only when its source tried several connections.
+        assert c.queued == (strangers[c.prefix].established >= 2 or strangers[c.prefix].new_per_minute >= 2)
     many = [c.prefix for c in shed if c.queued]
     excess = sum(s.established for s in strangers.values()) - budget
     if excess <= 0:
