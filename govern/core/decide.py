@@ -21,7 +21,7 @@ from itertools import chain
 
 from govern.addr import Prefix
 from govern.core.aggregate import aggregate
-from govern.core.guard import refusal, this_host
+from govern.core.guard import refusal, refused, this_host
 from govern.core.modes import measure, next_mode
 from govern.core.policy import Policy
 from govern.durations import format_duration
@@ -432,8 +432,11 @@ def release_allowlisted(state: State, policy: Policy) -> Plan:
         (ActionKind.UNTHROTTLE, state.throttles),
         (ActionKind.UNTARPIT, state.tarpits),
     ):
+        # Asked of the whole set at once: these are the only ones to look at again, for their reason.
+        suspects = refused(entries.keys(), policy.widest, policy.own, policy.allow)
         for p in entries:
-            why = "allowlisted" if policy.allow.intersects(p) else guarded(p, policy)
-            if why:
-                actions.append(Action(kind, p, why))
+            if p in suspects:
+                why = "allowlisted" if policy.allow.intersects(p) else guarded(p, policy)
+                if why:
+                    actions.append(Action(kind, p, why))
     return Plan(tuple(actions))

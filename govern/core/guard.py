@@ -12,7 +12,7 @@ Each refusal names the rule that refused.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 
 from govern.addr import Prefix, PrefixSet
 
@@ -42,3 +42,15 @@ def refusal(p: Prefix, widest: Mapping[int, int], own: PrefixSet) -> str | None:
         key = f"guard.ipv{p.version}_widest"
         return f"{p} is wider than /{limit} ({key}): govern never blocks that much of the address space"
     return None
+
+
+
+def refused(
+    prefixes: Collection[Prefix], widest: Mapping[int, int], own: PrefixSet, allow: PrefixSet | None = None
+) -> set[Prefix]:
+    """Those of `prefixes` that `refusal` refuses, or that touch `allow`, asked a prefix length at a time (every
+    restored block at start-up): the reason is then asked of these alone."""
+    members = (*LOOPBACK, *own.members(), *(allow.members() if allow is not None else ()))
+    out = PrefixSet(members).intersecting(prefixes)
+    out.update(p for p in prefixes if p.length < widest.get(p.version, 0))
+    return out

@@ -66,6 +66,20 @@ def test_prefix_set_agrees_with_ipaddress(members: list[Prefix], probe: Prefix) 
     assert ps.intersects(probe) == any(n.version == nprobe.version and n.overlaps(nprobe) for n in nm)
 
 
+@given(st.lists(nets, max_size=8), st.lists(nets, max_size=30))
+def test_prefix_set_asked_many_at_once_answers_as_asked_one_by_one(members: list[Prefix], probes: list[Prefix]) -> None:
+    ps = PrefixSet(members)
+    # Beside random ones, probes that overlap a member: the member widened and narrowed by a few bits.
+    for m in members:
+        bits = m.bits
+        for length in (max(0, m.length - 3), min(bits, m.length + 5)):
+            shift = bits - length
+            probes.append(Prefix(m.version, ((m.value | (1 << shift) - 1) >> shift) << shift, length))
+    hits = ps.intersecting(probes)
+    assert hits == {p for p in probes if ps.intersects(p)}
+    assert not members or hits  # the widened members at least
+
+
 # -- the fast path for canonical text (parse_canonical) against the full parser --------------------------------
 
 

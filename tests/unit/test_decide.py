@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from govern import config
-from govern.addr import Prefix
+from govern.addr import Prefix, PrefixSet
 from govern.core.decide import (
     block_duration,
     decide,
@@ -20,6 +20,7 @@ from govern.core.decide import (
     release_allowlisted,
     sessions_to_end,
 )
+from govern.core.guard import refusal
 from govern.core.policy import Policy
 from govern.errors import RefusedError
 from govern.model import PUNITIVE, Action, ActionKind, Block, Offender, Plan, Snapshot, SourceStats, State, Throttle
@@ -199,6 +200,32 @@ def test_release_allowlisted_lifts_blocks_touching_the_allowlist() -> None:
 
 
 # -- properties -------------------------------------------------------------------------------------------
+
+
+_wide_or_narrow = st.builds(
+    lambda v, n, ln: (
+        Prefix(4, (n >> (32 - ln)) << (32 - ln), ln) if v == 4 else Prefix(6, (n >> (128 - ln)) << (128 - ln), ln)
+    ),
+    st.sampled_from([4, 6]),
+    st.one_of(st.integers(0, 2**32 - 1), st.sampled_from([0x7F000001, (192 << 24) | (2 << 8) | 77, 1])),
+    st.integers(0, 32),
+)
+
+
+@settings(max_examples=300)
+@given(st.lists(_wide_or_narrow, max_size=40, unique=True))
+def test_release_allowlisted_asks_the_allowlist_and_the_guard_of_every_block(prefixes: list[Prefix]) -> None:
+    # It asks them of the whole set at once: the answer is what asking each block in turn gives.
+    pol = policy()
+    pol = replace(pol, own=PrefixSet([Prefix.parse("198.51.100.9"), Prefix.parse("::1")]))
+    state = State(blocks={p: Block(p, "x", NOW, NOW + 9, 1) for p in prefixes})
+    want = []
+    for p in prefixes:
+        why = "allowlisted" if pol.allow.intersects(p) else refusal(p, pol.widest, pol.own)
+        if why:
+            want.append((ActionKind.UNBLOCK, p, why))
+    assert [(a.kind, a.prefix, a.reason) for a in release_allowlisted(state, pol).actions] == want
+
 
 v4 = st.builds(lambda n: Prefix(4, n, 32), st.integers(0, 2**32 - 1))
 v6 = st.builds(lambda n: Prefix(6, n << 64, 64), st.integers(0, 2**64 - 1))
