@@ -182,7 +182,9 @@ def status(
     )
     print(_budget_line(st))
     slots = st.get("slots") or {}
-    print(f"slots now: {slots.get('established', 0)} established, {slots.get('strangers', 0)} held by strangers")
+    counted = f", {slots['in_budget']} of the budget's slots taken" if "in_budget" in slots else ""
+    held = f"{slots.get('established', 0)} established, {slots.get('strangers', 0)} held by strangers"
+    print(f"slots now: {held}{counted}")
     if not str(st.get("tarpit", "")).startswith("ready"):
         print(f"tarpit: off ({st.get('tarpit')})")
     for feature, why in (st.get("unavailable") or {}).items():

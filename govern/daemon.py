@@ -115,7 +115,7 @@ class Governor:
         self.own = PrefixSet()
         self.policy: Policy = self.make_policy()
         self.phases = PhaseClock()
-        self.observer = Observer(sockets, enforcer.syn_counts, counters, self.phases)
+        self.observer = Observer(sockets, enforcer.syn_counts, counters, self.phases, enforcer.slotted)
         self.snapshot: Snapshot | None = None
         self.started = clock()
         self.last_tick_ms = 0.0

@@ -50,6 +50,9 @@ class DryRun:
     def syn_counts(self) -> Mapping[Prefix, int]:
         return self.inner.syn_counts()
 
+    def slotted(self) -> int | None:
+        return self.inner.slotted()
+
     def changed(self) -> str | None:
         return self.inner.changed()
 

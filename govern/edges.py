@@ -72,6 +72,11 @@ class Enforcer(Protocol):
         """Source groups the MTA answered a whole dialogue (the kernel counts its replies), where the backend can."""
         ...
 
+    def slotted(self) -> int | None:
+        """How many connections hold a slot of the wave's budget now (the kernel's own count), or None where the
+        backend has no budget or it is not in force."""
+        ...
+
     def end_sessions(self, prefixes: Sequence[Prefix]) -> int:
         """Forget the connection-tracking entries of these sources; returns how many went."""
         ...

@@ -92,6 +92,7 @@ class FakeEnforcer:
     allow: set[Prefix] = field(default_factory=set)
     syn: dict[Prefix, int] = field(default_factory=dict)
     delivering: set[Prefix] = field(default_factory=set)  # what the kernel proved (proven4/proven6)
+    slots: int | None = None  # connections holding a slot of the budget (None: no budget)
     fail_next: bool = False
     commits: int = 0
     torn_down: bool = False
@@ -144,6 +145,9 @@ class FakeEnforcer:
 
     def proven(self) -> Sequence[Prefix]:
         return tuple(self.delivering)
+
+    def slotted(self) -> int | None:
+        return self.slots
 
     def end_sessions(self, prefixes: Sequence[Prefix]) -> int:
         return 0

@@ -210,6 +210,7 @@ class Snapshot:
     counters: Mapping[str, int] = field(default_factory=dict)  # TcpExt deltas since the previous snapshot
     trusted: frozenset[Prefix] = frozenset()  # sources (groups) that delivered mail recently: softer limits
     totals: Totals | None = None  # sums over `sources` for the pressure figures (None: computed from `sources`)
+    slotted: int | None = None  # connections holding a slot of the wave's budget (None: no budget in force)
 
 
 class Mode(StrEnum):

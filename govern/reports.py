@@ -216,8 +216,10 @@ def _bytes(gov: Governor, shown: list[Prefix]) -> dict[Prefix, dict[str, int]]:
 
 
 def _slots(gov: Governor) -> dict[str, int]:
-    """The MTA's slots as the slot budget counts them: established sessions, and those held by strangers (neither
-    allowlisted nor trusted), which the budget caps in a wave (`budget.slots`)."""
+    """The MTA's slots as the slot budget counts them: established sessions, those held by strangers (neither
+    allowlisted nor trusted), which the budget caps in a wave (`budget.slots`), and, where the budget is in force,
+    the connections holding one of its slots (`in_budget`: the kernel's count, which leaves out what strangers
+    opened before the wave)."""
     snap = gov.snapshot
     if snap is None:
         return {"established": 0, "strangers": 0}
@@ -227,7 +229,10 @@ def _slots(gov: Governor) -> dict[str, int]:
     strangers = sum(
         s.established for p, s in held.items() if s.established and p not in trusted and not allow.intersects(p)
     )
-    return {"established": sum(s.established for s in held.values()), "strangers": strangers}
+    out = {"established": sum(s.established for s in held.values()), "strangers": strangers}
+    if snap.slotted is not None:
+        out["in_budget"] = snap.slotted
+    return out
 
 
 def allowlist(gov: Governor) -> list[dict[str, Any]]:

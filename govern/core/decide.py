@@ -154,7 +154,9 @@ def shed(snap: Snapshot, state: State, policy: Policy, acted_on: set[Prefix]) ->
     and not advancing for `cut.shed_after`) of the strangers holding the most, two or more each, until what they held
     covers the excess; if that is not enough, also those given nothing but the greeting of the ones holding one
     (silent for `cut.shed_single_after`). A source holding one session that tried several connections within the
-    last minute (the others refused by the full accept queue, or ended) counts among the many.
+    last minute (the others refused by the full accept queue, or ended) counts among the many. Where the kernel
+    says how many connections hold its slots (`slotted`), the strangers' sessions beyond that count are over the
+    budget too, however few: the kernel counts only what was made in the wave, and a flood fills the rest at once.
     A session past the greeting (the server answered a command) is left to the cuts: a slow MTA pausing between
     its commands is never shed.
 
@@ -166,7 +168,7 @@ def shed(snap: Snapshot, state: State, policy: Policy, acted_on: set[Prefix]) ->
     Shedding judges nothing: the source is neither throttled nor blocked for it.
     """
     total = snap.totals.established if snap.totals is not None else sum(s.established for s in snap.sources.values())
-    if total <= policy.slot_budget:
+    if total <= policy.slot_budget and (snap.slotted is None or total <= snap.slotted):
         return []
     trusted = snap.trusted
     strangers: list[tuple[int, Prefix]] = []
@@ -188,6 +190,10 @@ def shed(snap: Snapshot, state: State, policy: Policy, acted_on: set[Prefix]) ->
         else:
             singles.append(p)
     excess = held - policy.slot_budget
+    if snap.slotted is not None:
+        # The kernel counts only the connections made in the wave, and a flood fills what it counts at once: the
+        # sessions it does not count (made before the wave) are all over the budget, however few they are.
+        excess = max(excess, held - snap.slotted)
     if excess <= 0:
         return []
     strangers.sort(key=lambda r: (-r[0], r[1].version, r[1].value))

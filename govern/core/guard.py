@@ -44,7 +44,6 @@ def refusal(p: Prefix, widest: Mapping[int, int], own: PrefixSet) -> str | None:
     return None
 
 
-
 def refused(
     prefixes: Collection[Prefix], widest: Mapping[int, int], own: PrefixSet, allow: PrefixSet | None = None
 ) -> set[Prefix]:

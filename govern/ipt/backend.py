@@ -96,6 +96,9 @@ class IptBackend:
         # from the Postfix log only (docs/iptables.md).
         return ()
 
+    def slotted(self) -> int | None:
+        return None  # no budget (docs/iptables.md)
+
     def syn_counts(self) -> Mapping[Prefix, int]:
         # Every tick: over netlink, not an `ipset save` process per set (docs/benchmarks.md, "iptables backend").
         out: dict[Prefix, int] = {}

@@ -44,6 +44,7 @@ class NftBackend:
         self.allow: dict[str, set[Prefix]] = {"allow4": set(), "allow6": set()}
         self.v4_len, self.v6_len = 32, 64
         self.ports: frozenset[int] = frozenset()
+        self.budget_sets: tuple[str, ...] = ()  # the slot budget's sets, where it is in force
         self.made: str | None = None  # the table's shape as setup left it (`shape`)
         # The ruleset generation at which the table was last known to be as `made` says: the one govern's own
         # commits since then have moved on, one by one (None: unknown, check the shape).
@@ -60,7 +61,9 @@ class NftBackend:
         """
         self.v4_len, self.v6_len = spec.v4_len, spec.v6_len
         self.ports = frozenset(spec.ports)
-        self.nft.run(ruleset(spec, enforce=self.enforce, resize=self._resized(slot_sets(spec, self.enforce))))
+        sizes = slot_sets(spec, self.enforce)
+        self.nft.run(ruleset(spec, enforce=self.enforce, resize=self._resized(sizes)))
+        self.budget_sets = tuple(sizes)
         self.allow = {name: {e.prefix for e in self.nl.dump_set(name)} for name in ("allow4", "allow6")}
         self.set_allow(allow)
         adopted: list[Action] = []
@@ -193,6 +196,11 @@ class NftBackend:
             ]
         )
 
+    def slotted(self) -> int | None:
+        if not self.budget_sets:
+            return None
+        return sum(self.nl.count_elements(name) for name in self.budget_sets)
+
     def end_sessions(self, prefixes: Sequence[Prefix]) -> int:
         from govern.conntrack import forget
 
@@ -202,6 +210,7 @@ class NftBackend:
 
     def teardown(self) -> bool:
         self.made = self.generation = None
+        self.budget_sets = ()
         if not delete_table(self.nft):
             return False
         for v in self.held.values():

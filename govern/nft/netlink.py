@@ -772,6 +772,16 @@ class NftNetlink:
                     return build_elems(raw, interval=interval, key_len=key_len)
         raise KernelError(f"nftables: {what} kept changing during the dump", 4)
 
+    def count_elements(self, set: str) -> int:
+        """How many live elements `set` holds: the slot budget's sets (at most a budget's worth), read each tick."""
+        what = f"the elements of set {set} of {self._where}"
+        body = netlink.strz(NFTA_SET_ELEM_LIST_TABLE, self.table) + netlink.strz(NFTA_SET_ELEM_LIST_SET, set)
+        for _attempt in range(5):
+            raw: list[_RawElem] = []
+            if self._dump_raw(body, what, raw):
+                return len(raw)
+        raise KernelError(f"nftables: {what} kept changing during the dump", 4)
+
     def dump_counts(self, set: str) -> list[tuple[int, int]]:
         """(key as an integer, counter packets) of every live element of a counting set (a plain set whose
         elements carry a counter): what `dump_set` would give as (prefix value, packets), for the per-tick read of

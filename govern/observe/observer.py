@@ -35,10 +35,12 @@ class Observer:
         syn_counts: Callable[[], Mapping[Prefix, int]],
         counters: Counters,
         phases: PhaseClock | None = None,
+        slotted: Callable[[], int | None] = lambda: None,
     ) -> None:
         self.sockets = sockets
         self.phases = phases or PhaseClock()  # the Governor's, so a tick's laps run through the snapshot
         self.syn_counts = syn_counts
+        self.slotted = slotted
         self.counters = counters
         self.rates = RateWindow()
         self._netstat = counters.read()
@@ -75,6 +77,7 @@ class Observer:
         self.phases.lap("scan")
         window = self.rates
         rates = window.advance(self.syn_counts(), now)
+        slotted = self.slotted()
         self.phases.lap("counts")
         # The rates of the sources holding sockets, by their rows in the window (-1: not counted lately).
         socketed = scan.sources
@@ -113,6 +116,7 @@ class Observer:
             counters=deltas(self._netstat, netstat),
             trusted=trusted,
             totals=sums,
+            slotted=slotted,
         )
         self._netstat, self._last = netstat, now
         return snap

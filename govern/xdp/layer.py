@@ -93,6 +93,9 @@ class XdpLayer:
     def proven(self) -> Sequence[Prefix]:
         return self.inner.proven()
 
+    def slotted(self) -> int | None:
+        return self.inner.slotted()
+
     def syn_counts(self) -> Mapping[Prefix, int]:
         if self.prog is None:
             return self.inner.syn_counts()

@@ -53,6 +53,7 @@ def test_the_slot_budget_holds_strangers_and_never_counts_the_allowlisted_or_pro
                     assert c is not None
                     c.close()
             assert wait_for(lambda: "198.51.100.7" in nft_set(lab.mx, "proven4"), timeout=5)
+            assert d.status()["slots"]["in_budget"] == 0  # out of a wave the budget admits no one
             assert govern(lab.mx, "wave", "on", "--for", "2m", "--config", str(cfg)).returncode == 0
             with lab.net.entered():
                 # Twelve connections of the swarm, over both families: four get in, whatever the family.
@@ -71,6 +72,10 @@ def test_the_slot_budget_holds_strangers_and_never_counts_the_allowlisted_or_pro
                 assert 1.5 <= time.monotonic() - t0 < 4.0
                 held += [c for c in first if c is not None]
                 assert attempt("198.51.100.31") is None  # that lane is full too now
+            # The kernel's own count of the budget, as the core reads it each tick: the swarm's 4 and the 2 first
+            # contacts; nothing of the forged SYNs or of the refused.
+            assert wait_for(lambda: d.status()["slots"].get("in_budget") == 6, timeout=5), d.status()["slots"]
+            with lab.net.entered():
                 # A flood of refused SYNs leaves nothing behind in the budget: 2,000 non-blocking connects from 100
                 # sources the kernel has seen (each under the wave's rate limit; refused: the budget is full), then
                 # one of the swarm's admitted connections leaves, and the next one of the swarm gets its slot.

@@ -269,6 +269,23 @@ def test_a_single_session_gets_a_slow_mtas_pause_before_it_is_shed_and_both_wait
     }
 
 
+def test_sessions_the_kernels_budget_does_not_count_are_over_it_while_a_flood_fills_what_it_counts() -> None:
+    # 28 strangers' sessions against a budget of 30: within it by number. But the kernel holds only 8 of them in
+    # its slots (made in the wave); the other 20 were opened before it, and the flood takes the 22 free slots at
+    # once: those 20 are over the budget.
+    pol = policy(wave={"slot_budget": 30, "top_n": 0}, cut={"enabled": False})
+    sources = {src(i): SourceStats(held=2, established=2) for i in range(14)}
+    within = decide(snap(sources), wave_state(), pol, NOW)
+    assert not [c for c in within.cuts if c.shed]
+    counted = decide(replace(snap(sources), slotted=8), wave_state(), pol, NOW)
+    assert [c.prefix for c in counted.cuts if c.shed] == [src(i) for i in range(10)]  # 20 sessions
+    assert all(c.queued and c.idle_ms == 1000 for c in counted.cuts)
+    # Once the kernel counts them all, nothing more.
+    assert not decide(replace(snap(sources), slotted=28), wave_state(), pol, NOW).cuts
+    # Without the kernel's count (no budget in force), the number alone: within it.
+    assert not decide(replace(snap(sources), slotted=None), wave_state(), pol, NOW).cuts
+
+
 def test_a_single_session_whose_source_tried_several_connections_goes_with_the_many() -> None:
     # Before the wave, the full accept queue dropped the second SYN of many flood sources: each holds one session,
     # queued, as a never-seen sender's would be. Its attempts tell them apart: the sender tried once.
