@@ -124,6 +124,8 @@ CHAINS = ("admit", "enforce")
 # never counts a phantom for long. Closing (FIN or RST, a cut's included) removes it at once.
 SLOT_IDLE = "60s"
 SLOT_HANDSHAKE = "5s"
+# A source whose first SYN made a connection a first contact makes no other one for this long.
+NEWSRC_TIMEOUT = "10s"
 
 
 def slot_sets(spec: FirewallSpec, enforce: bool = True) -> dict[str, int]:
@@ -198,10 +200,16 @@ def ruleset(spec: FirewallSpec, *, enforce: bool = True, resize: Iterable[str] =
                 # connections from forged sources never take a slot of the budget. A swarm's sources all knock at
                 # once and keep knocking, so once it has arrived, a first contact is most often a sender the host
                 # has never seen: it gets a lane of the budget the swarm cannot hold (chain newcomers).
+                # One connection per source is a first contact (`newsrc`, for as long as a handshake may take): a
+                # swarm's source opens its connections at once, each would contend for the lane with the senders it
+                # is kept for, and a sender opens one. The source's others are dropped as first contacts too; once
+                # its first one's second SYN is counted, they go to the common lane.
                 f"tcp dport @ports {syn} {local} ip saddr @gate4 {k4} != @proven4 {CONN4} != @fresh4 "
-                f"{CONN4} != @syn4 {k4} != @seen4 update @fresh4 {{ {CONN4} }} drop",
+                f"{CONN4} != @syn4 {k4} != @seen4 {k4} != @newsrc4 update @fresh4 {{ {CONN4} }} "
+                f"update @newsrc4 {{ {k4} }} drop",
                 f"tcp dport @ports {syn} {local} ip6 saddr @gate6 {k6} != @proven6 {CONN6} != @fresh6 "
-                f"{CONN6} != @syn6 {k6} != @seen6 update @fresh6 {{ {CONN6} }} drop",
+                f"{CONN6} != @syn6 {k6} != @seen6 {k6} != @newsrc6 update @fresh6 {{ {CONN6} }} "
+                f"update @newsrc6 {{ {k6} }} drop",
                 # The same when the set is full (a flood of forged sources larger than it): dropped all the same,
                 # so forged SYNs never reach the budget; first contacts wait until the set has room again.
                 f"tcp dport @ports {syn} {local} ip saddr @gate4 {k4} != @proven4 {CONN4} != @fresh4 "
@@ -266,6 +274,7 @@ def ruleset(spec: FirewallSpec, *, enforce: bool = True, resize: Iterable[str] =
         dyn = f"size {SEEN_SIZE}; flags dynamic,timeout;"
         sets.append(f"set proven{v} {{ type {typ}; {dyn} timeout {PROVEN_TIMEOUT}; }}")
         sets.append(f"set talk{v} {{ type {typ} . inet_service; {dyn} timeout {TALK_TIMEOUT}; }}")
+        sets.append(f"set newsrc{v} {{ type {typ}; {dyn} timeout {NEWSRC_TIMEOUT}; }}")
     for name in ("seen", "rate", "trate"):
         for v, typ in ((4, "ipv4_addr"), (6, "ipv6_addr")):
             sets.append(

@@ -13,6 +13,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from tests.kernel.daemon_harness import established, govern, nft_set, running, wait_for, write_config
@@ -64,6 +65,18 @@ def test_the_slot_budget_holds_strangers_and_never_counts_the_allowlisted_or_pro
                 # Forged SYNs (never sent again): from 40 new sources, each a single SYN. None takes a slot.
                 for i in range(1, 41):
                     assert attempt(f"198.18.20.{i}", timeout=0.3) is None
+                # A source never seen that opens two connections at once, as a swarm's source does, gets one slot
+                # of the first contacts' lane, not both: the other goes to the common lane, full here.
+                with ThreadPoolExecutor(2) as pool:
+                    opened = [pool.submit(attempt, "198.51.100.40")]
+                    time.sleep(0.05)  # its second right after the first, as a program opens them
+                    opened.append(pool.submit(attempt, "198.51.100.40"))
+                    pair = [f.result() for f in opened]
+                assert sum(c is not None for c in pair) == 1, pair
+                for c in pair:
+                    if c is not None:
+                        c.close()  # its slot of the lane goes with it
+                time.sleep(0.3)
                 # Senders the host has never seen get the first contacts' lane, which the swarm cannot hold; in a
                 # wave their first SYN is dropped, their second (a second later) admitted.
                 t0 = time.monotonic()
