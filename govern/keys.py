@@ -24,6 +24,9 @@ Rows = npt.NDArray[np.intp]
 
 _M64 = (1 << 64) - 1
 _EMPTY = -1
+# Keys found and placed this many at a time: each pass's temporaries (hashes, slots, masks: ~60 B a key) for a
+# flood's million new sources at once were the largest part of a tick's peak (docs/benchmarks.md, "Memory").
+_BATCH = 1 << 17
 # Multipliers of the hash (odd 64-bit constants from splitmix64 and the golden ratio): sequential addresses, the
 # common case in a flood from one range, spread over the whole table.
 _K1 = np.uint64(0x9E3779B97F4A7C15)
@@ -47,6 +50,10 @@ class Keys(NamedTuple):
 
     def take(self, rows: Rows) -> Keys:
         return Keys(self.hi[rows], self.lo[rows], self.tag[rows])
+
+    def part(self, start: int, stop: int) -> Keys:
+        """Rows start to stop, as views."""
+        return Keys(self.hi[start:stop], self.lo[start:stop], self.tag[start:stop])
 
     def prefix(self, row: int) -> Prefix:
         tag = int(self.tag[row])
@@ -131,6 +138,13 @@ class KeyTable:
     def find(self, keys: Keys) -> Rows:
         """The row of each key, or -1 for those not in the table."""
         out = np.full(keys.size, -1, np.intp)
+        for start in range(0, keys.size, _BATCH):
+            stop = min(start + _BATCH, keys.size)
+            out[start:stop] = self._find(keys.part(start, stop))
+        return out
+
+    def _find(self, keys: Keys) -> Rows:
+        out = np.full(keys.size, -1, np.intp)
         todo = np.arange(keys.size, dtype=np.intp)
         slot = self._start(keys).astype(np.intp)
         mask = (1 << self._bits) - 1
@@ -175,6 +189,10 @@ class KeyTable:
     def _place(self, rows: Rows) -> None:
         """Put rows into free slots: each claims the first free slot from its start; of several claiming one slot
         in the same pass one wins (numpy keeps the last write), the others probe on."""
+        for start in range(0, rows.size, _BATCH):
+            self._place_some(rows[start : start + _BATCH])
+
+    def _place_some(self, rows: Rows) -> None:
         mask = (1 << self._bits) - 1
         slot = self._start(self.keys.take(rows)).astype(np.intp)
         slots = self._slots

@@ -25,7 +25,7 @@ from govern.phases import PhaseClock
 _STANDINGS_STALE = 1 << 16  # sources gone since they were last seen that the standing cache may keep
 # A rate window row's mark: its source's allowlist standing (0: not asked yet under the current allowlist).
 _STRANGER, _ALLOWLISTED = 1, 2
-_ASK_AT_ONCE = 1 << 16
+_ASK_AT_ONCE = 1 << 14
 
 
 class Observer:
@@ -131,7 +131,7 @@ class Observer:
             assert self._allow is not None
             ask = self._allow.intersects
             # In slices: a flood's first tick asks about every source, and a million Prefix objects at once would
-            # add ~150 MB to the tick's peak.
+            # add ~150 MB to the tick's peak; 16,384 at a time keep a slice's objects to a few MB.
             for lo in range(0, unknown.size, _ASK_AT_ONCE):
                 part = unknown[lo : lo + _ASK_AT_ONCE]
                 marks[part] = [_ALLOWLISTED if ask(p) else _STRANGER for p in attempts.keys.prefixes(part.tolist())]

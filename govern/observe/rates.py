@@ -110,22 +110,28 @@ class RateWindow:
         # A source not tracked starts a window now (a roll then leaves it as it is).
         back = rows[~known]
         start[back], cur[back], prev[back], live[back] = now, 0.0, 0.0, True
+        # Temporaries are let go as soon as they are used, and the longer expressions computed in place: a flood's
+        # first tick meets a million sources, and each column-sized temporary is 8 MB of the tick's peak.
         before = last[rows]
         # A smaller total means the kernel's element expired and was created afresh: all of it is new.
         delta = np.where(known & (totals >= before), totals - before, totals)
+        del before, known
         elapsed = now - start
         reset = live & (elapsed >= 2 * WINDOW)
         roll = live & (elapsed >= WINDOW) & ~reset
+        del elapsed
         start[reset], cur[reset], prev[reset] = now, 0.0, 0.0
         start[roll] += WINDOW
         prev[roll] = cur[roll]
         cur[roll] = 0.0
+        del reset, roll
         cur[rows] += delta.astype(np.float64)
         seen[:] = False
         seen[rows], last[rows] = True, totals
         live &= seen | (cur != 0) | (prev != 0)
         new = np.zeros(n, np.int64)
         new[rows] = delta.astype(np.int64)
+        del delta
         dropped = n - int(np.count_nonzero(live))
         if dropped > _COMPACT_MIN and dropped * _COMPACT_SHARE > n - dropped:
             kept = np.flatnonzero(live)
@@ -133,9 +139,19 @@ class RateWindow:
             self._compact(kept)
             n = len(kept)
             start, cur, prev, live = self._start[:n], self._cur[:n], self._prev[:n], self._live[:n]
-        into = np.minimum(np.maximum(now - start, 0.0), WINDOW)
-        # As the scalar form round(cur + prev * (WINDOW - into) / WINDOW): numpy rounds halves to even like round().
-        minute = np.rint(cur + prev * (WINDOW - into) / WINDOW).astype(np.int64)
+        # As the scalar form round(cur + prev * (WINDOW - into) / WINDOW), with into = min(max(now - start, 0),
+        # WINDOW), in one buffer: numpy rounds halves to even like round(), and each step is the same operation on
+        # the same operands as the expression's.
+        t = np.subtract(now, start)
+        np.maximum(t, 0.0, out=t)
+        np.minimum(t, WINDOW, out=t)
+        np.subtract(WINDOW, t, out=t)
+        np.multiply(prev, t, out=t)
+        np.divide(t, WINDOW, out=t)
+        np.add(cur, t, out=t)
+        np.rint(t, out=t)
+        minute = t.astype(np.int64)
+        del t
         minute[~live] = 0
         return Rates(live.copy(), new, minute)
 
