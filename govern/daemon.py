@@ -370,8 +370,6 @@ class Governor:
         for a in plan.actions:
             if a.kind in PUNITIVE:
                 self.acted[(a.kind.value, reason_class(a.reason, a.manual), family(a.prefix.version))] += 1
-        if plan.mode is not None and plan.mode.mode is not previous.mode:
-            self._mode_changed(previous, plan.mode)
         blocked = sessions_to_end(plan, self.policy)
         if blocked:
             try:
@@ -392,6 +390,12 @@ class Governor:
                 self.cut_sessions += sum(ended.values())
                 # A shed asks each single session's socket: only the sources that lost one are events.
                 self._note_cuts(tuple(c for c in plan.cuts if not c.shed or ended.get(c.prefix)), now)
+        # The mode's sysctls after the cuts: a wave switches tcp_abort_on_overflow on, which resets a handshake
+        # that meets a full accept queue, an allowlisted relay's too; the wave's first shedding empties the queue
+        # the flood filled, so the switch comes once it has (the lab saw the trusted relay reset once, 0.2 s into
+        # a flood).
+        if plan.mode is not None and plan.mode.mode is not previous.mode:
+            self._mode_changed(previous, plan.mode)
         return True
 
     # -- the fleet (govern.fleet; docs/fleet.md) -----------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -199,6 +200,46 @@ def test_the_wave_switches_the_sysctl_wave_profile_on_and_back_off(tmp_path: Pat
     clock.advance(60)
     gov.tick()  # the wave's timer ran out
     assert mgr.profiles() == [] and fs.values == stock
+
+
+def test_a_wave_sheds_the_queue_the_flood_filled_before_it_switches_abort_on_overflow_on(tmp_path: Path) -> None:
+    # tcp_abort_on_overflow resets any handshake that meets a full accept queue, an allowlisted relay's too: the
+    # wave's first cuts, which empty the queue, come before it.
+    from govern.fakes import FakeSysctls
+    from govern.sysctl.journal import Journal
+    from govern.sysctl.manager import SysctlManager
+    from govern.sysctl.planner import ABORT_OVERFLOW, Expectations
+
+    fs = FakeSysctls({ABORT_OVERFLOW: "0"})
+    socks = FakeSockets()
+    order: list[str] = []
+    write, cut = fs.write, socks.cut
+
+    def writing(key: str, value: str) -> None:
+        order.append(f"{key}={value}")
+        write(key, value)
+
+    def cutting(*a: Any, **kw: Any) -> dict[Prefix, int]:
+        order.append("cut")
+        return cut(*a, **kw)
+
+    fs.write = writing  # type: ignore[method-assign]
+    socks.cut = cutting  # type: ignore[method-assign]
+    cfg = config.from_mapping(
+        {
+            "allow": {"cidrs": ["192.0.2.0/24"]},
+            "daemon": {"state_dir": str(tmp_path / "s")},
+            "sysctl": {"apply_at_start": False},
+        }
+    )
+    mgr = SysctlManager(fs, Journal(str(tmp_path / "s")), Expectations(2000, 8 << 30))
+    gov = Governor(cfg, Store(cfg["daemon"]["state_dir"]), socks, FakeEnforcer(), FakeCounters(), FakeClock(), mgr)
+    gov.start()
+    socks.sources = swarm(60)
+    gov.tick()
+    assert gov.state.mode.mode is Mode.WAVE
+    assert f"{ABORT_OVERFLOW}=1" in order and "cut" in order
+    assert order.index("cut") < order.index(f"{ABORT_OVERFLOW}=1"), order
 
 
 def test_a_wave_ticks_faster_and_the_calm_at_the_normal_pace(tmp_path: Path) -> None:
