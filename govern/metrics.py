@@ -302,6 +302,11 @@ class GovernCollector:
             "govern_mta_slots", "the MTA's slots the budget is a share of", f.budget.capacity if f.budget else 0
         )
         yield _gauge(
+            "govern_slot_budget_taken",
+            "connections holding a slot of the budget, as the kernel counts them (made in a wave)",
+            snap.slotted if snap is not None and snap.slotted is not None else 0,
+        )
+        yield _gauge(
             "govern_trusted_sources",
             "sources trusted for a delivery they completed (softer limits)",
             len(snap.trusted) if snap else 0,

@@ -121,6 +121,7 @@ def test_pressure_inputs_listeners_and_strangers_against_the_budget(tmp_path: Pa
         },
         listeners=(ListenerStats("0.0.0.0", 25, 90, 100), ListenerStats("::", 25, 5, 100)),
         counters={"ListenDrops": 50},
+        slotted=9,
     )
     gov.totals = {"ListenDrops": 120, "SyncookiesSent": 3}
     s, _ = scrape(gov)
@@ -134,6 +135,7 @@ def test_pressure_inputs_listeners_and_strangers_against_the_budget(tmp_path: Pa
     assert value(s, "govern_kernel_tcp_total", counter="ListenDrops") == 120
     assert value(s, "govern_sources") == 3 and value(s, "govern_sessions") == 53
     assert value(s, "govern_stranger_sessions") == 13
+    assert value(s, "govern_slot_budget_taken") == 9  # the kernel's count: 4 of the 13 opened before the wave
 
 
 def test_a_scrape_never_sees_half_a_tick_and_the_store_behind_is_one(tmp_path: Path) -> None:
