@@ -761,7 +761,15 @@ class NftNetlink:
     def dump_set(self, set: str) -> list[SetElem]:
         """Every live element of `set`; interval sets come back as prefixes rebuilt from their ranges."""
         flags, key_len = self.set_info(set)
-        interval = bool(flags & NFT_SET_INTERVAL)
+        with collector_held():  # the elements made of the dump too
+            return build_elems(self._raw_elements(set), interval=bool(flags & NFT_SET_INTERVAL), key_len=key_len)
+
+    def count_elements(self, set: str) -> int:
+        """How many live elements `set` holds: the slot budget's sets (at most a budget's worth), read each tick."""
+        return len(self._raw_elements(set))
+
+    def _raw_elements(self, set: str) -> list[_RawElem]:
+        """A whole dump of `set`, again if the set changed meanwhile."""
         what = f"the elements of set {set} of {self._where}"
         body = netlink.strz(NFTA_SET_ELEM_LIST_TABLE, self.table) + netlink.strz(NFTA_SET_ELEM_LIST_SET, set)
         # A dump is hundreds of thousands of small tuples; the cyclic GC would rescan them again and again.
@@ -769,17 +777,7 @@ class NftNetlink:
             for _attempt in range(5):
                 raw: list[_RawElem] = []
                 if self._dump_raw(body, what, raw):
-                    return build_elems(raw, interval=interval, key_len=key_len)
-        raise KernelError(f"nftables: {what} kept changing during the dump", 4)
-
-    def count_elements(self, set: str) -> int:
-        """How many live elements `set` holds: the slot budget's sets (at most a budget's worth), read each tick."""
-        what = f"the elements of set {set} of {self._where}"
-        body = netlink.strz(NFTA_SET_ELEM_LIST_TABLE, self.table) + netlink.strz(NFTA_SET_ELEM_LIST_SET, set)
-        for _attempt in range(5):
-            raw: list[_RawElem] = []
-            if self._dump_raw(body, what, raw):
-                return len(raw)
+                    return raw
         raise KernelError(f"nftables: {what} kept changing during the dump", 4)
 
     def dump_counts(self, set: str) -> list[tuple[int, int]]:
