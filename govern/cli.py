@@ -278,7 +278,14 @@ def _budget_line(st: dict[str, Any]) -> str:
     if not b.get("slots"):
         return "slot budget: off (wave.slot_budget = 0)"
     lane = f", {b['newcomers']} of them kept for first contacts" if b.get("newcomers") else ""
-    ps = "; postscreen in front: no cut before its greet wait" if st.get("postscreen") else ""
+    ps = ""
+    if st.get("postscreen"):
+        talkers = "cut" if st.get("pregreet_cut") else "waited for too"
+        action = st.get("postscreen_greet_action") or "unknown"
+        ps = (
+            f"; postscreen in front: no silent client cut before its greet wait, clients that talk during it {talkers}"
+            f" (postscreen_greet_action = {action})"
+        )
     return f"slot budget: strangers hold at most {b['slots']} slots in a wave{lane} ({b['basis']}){ps}"
 
 

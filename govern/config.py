@@ -393,6 +393,12 @@ SCHEMA: dict[str, dict[str, Key]] = {
         ),
         "block_after": Key(2, _int(1, 1000), "a stranger cut this many times in one wave is blocked"),
         "greet_wait": Key("auto", _greet_wait, "silence the MTA asks before its banner (postscreen); auto: detect"),
+        "pregreet": Key(
+            "auto",
+            _choice("auto", "cut", "wait"),
+            "a client talking during that wait: cut like any stalled one, or wait; auto: cut where postscreen"
+            " enforces its pregreet test (postscreen_greet_action enforce or drop)",
+        ),
     },
     "guard": {
         "ipv4_widest": Key(16, _int(8, 32), "no block, throttle or tarpit covers an IPv4 prefix wider than this"),
@@ -566,6 +572,7 @@ class Config:
             wave_max_new_per_minute=wv["max_new_per_minute"],
             cut_idle_after=_cut_after(cut) if cut["enabled"] else None,
             greet_floor=_greet_floor(cut),
+            pregreet_cut=cut["pregreet"] == "cut",
             shed_after=(cut["shed_after"], cut["shed_single_after"]),
             end_sessions=blk["end_sessions"],
             cut_block_after=cut["block_after"],

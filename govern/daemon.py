@@ -40,7 +40,7 @@ from govern.fleet import codec
 from govern.health import Health
 from govern.keeping import Keeper
 from govern.model import PUNITIVE, ActionKind, Cut, Mode, ModeState, Plan, Snapshot, State
-from govern.observe.mta import POSTSCREEN_GREET_WAIT, Budget, budget, postscreen_listening
+from govern.observe.mta import POSTSCREEN_GREET_WAIT, Budget, budget, greet_action, postscreen_pid
 from govern.observe.observer import Observer
 from govern.phases import PhaseClock
 from govern.sysctl.edges import SysctlProfiles
@@ -128,6 +128,7 @@ class Governor:
         self.keeper = Keeper(store, self.health)  # the store in step with the kernel, through its faults
         self.budget: Budget | None = None
         self.postscreen = False
+        self.greet_action = ""  # postscreen's postscreen_greet_action, as read when it was found
         self.tick_times = TickTimes()
         # Punitive actions taken since start by (kind, reason class, family): bounded labels for govern.metrics.
         self.acted: Counter[tuple[str, str, str]] = Counter()
@@ -314,9 +315,10 @@ class Governor:
             self._learned = now
             # postscreen starts with the first connection it screens: look for it again while it is absent. Its
             # pregreet wait changes the cuts and the budget's size: the whole table is made again.
-            auto = self.config.raw["cut"]["greet_wait"] == "auto"
-            if auto and not self.postscreen and postscreen_listening(self.policy.ports):
-                log.warning("postscreen holds a protected port: no session is cut during its pregreet wait")
+            cut = self.config.raw["cut"]
+            auto = "auto" in (cut["greet_wait"], cut["pregreet"])
+            if auto and not self.postscreen and postscreen_pid(self.policy.ports) is not None:
+                log.warning("postscreen holds a protected port: no silent session is cut during its pregreet wait")
                 self.reload(self.config)
         laps.lap("learn")
         for k, v in self.snapshot.counters.items():
@@ -383,7 +385,7 @@ class Governor:
                 idle = {c.prefix: c.idle_ms for c in plan.cuts if not c.shed}
                 shed = {c.prefix: (c.idle_ms, c.queued) for c in plan.cuts if c.shed}
                 greet = int(self.policy.greet_floor * 1000)
-                ended = self.sockets.cut(idle, self.policy.ports, shed, greet)
+                ended = self.sockets.cut(idle, self.policy.ports, shed, greet, self.policy.pregreet_cut)
             except GovernError as exc:
                 self.health.fail("cut-sessions", exc)
             else:
@@ -536,10 +538,17 @@ class Governor:
             ).listeners
         except GovernError as exc:
             self.health.fail("observe", exc)
+        pid = postscreen_pid(frozenset(config["protect"]["ports"]))
+        self.postscreen = pid is not None
+        self.greet_action = greet_action(pid) if pid is not None else ""
         if config.raw["cut"]["greet_wait"] == "auto":
-            self.postscreen = postscreen_listening(frozenset(config["protect"]["ports"]))
             wait = POSTSCREEN_GREET_WAIT if self.postscreen else 0.0
             config = configmod.with_override(config, "cut", "greet_wait", wait, resolved=True)
+        if config.raw["cut"]["pregreet"] == "auto":
+            # Where postscreen rejects (enforce) or drops a client that talked before its banner, that client's
+            # session carries no mail: waiting out the pregreet wait for it only keeps a slot from a sender.
+            pregreet = "cut" if self.greet_action in ("enforce", "drop") else "wait"
+            config = configmod.with_override(config, "cut", "pregreet", pregreet, resolved=True)
         # The raw value: a budget resolved before is "auto" still, sized again from what is seen now.
         wave = {**config["wave"], "slot_budget": config.raw["wave"]["slot_budget"]}
         greet = config["cut"]["greet_wait"]

@@ -131,8 +131,16 @@ class DryRunSockets:
         v6_len: int,
         idle_after_ms: int,
         greet_ms: int = 0,
+        pregreet_cut: bool = False,
     ) -> Scan:
-        return self.inner.scan(ports, v4_len=v4_len, v6_len=v6_len, idle_after_ms=idle_after_ms, greet_ms=greet_ms)
+        return self.inner.scan(
+            ports,
+            v4_len=v4_len,
+            v6_len=v6_len,
+            idle_after_ms=idle_after_ms,
+            greet_ms=greet_ms,
+            pregreet_cut=pregreet_cut,
+        )
 
     def listeners(self, ports: frozenset[int]) -> Sequence[ListenerStats]:
         return self.inner.listeners(ports)
@@ -146,6 +154,7 @@ class DryRunSockets:
         ports: frozenset[int],
         shed: Mapping[Prefix, tuple[int, bool]] | None = None,
         greet_ms: int = 0,
+        pregreet_cut: bool = False,
     ) -> Mapping[Prefix, int]:
         return {}
 

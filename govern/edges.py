@@ -20,7 +20,14 @@ class SocketSource(Protocol):
     """Enumerates and ends TCP sessions on the protected ports (sock_diag)."""
 
     def scan(
-        self, ports: frozenset[int], *, v4_len: int, v6_len: int, idle_after_ms: int, greet_ms: int = 0
+        self,
+        ports: frozenset[int],
+        *,
+        v4_len: int,
+        v6_len: int,
+        idle_after_ms: int,
+        greet_ms: int = 0,
+        pregreet_cut: bool = False,
     ) -> Scan: ...
 
     def listeners(self, ports: frozenset[int]) -> Sequence[ListenerStats]:
@@ -35,9 +42,11 @@ class SocketSource(Protocol):
         ports: frozenset[int],
         shed: Mapping[Prefix, tuple[int, bool]] | None = None,
         greet_ms: int = 0,
+        pregreet_cut: bool = False,
     ) -> Mapping[Prefix, int]:
         """End the sessions of these sources idle (server waiting on a silent client) for at least `idle_ms`; none
-        before `greet_ms` while the server has sent only its first segment. Of the sources to `shed` (wait, queued
+        before `greet_ms` while the server has sent only its first segment (with `pregreet_cut`, unless its client
+        talked meanwhile). Of the sources to `shed` (wait, queued
         too): those that got nothing but the greeting and have not advanced for the wait, and with `queued`, those
         the server has not greeted yet. Returns the sessions ended per source."""
         ...

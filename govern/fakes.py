@@ -41,7 +41,16 @@ class FakeSockets:
     live: list[SessionInfo] = field(default_factory=list)
     listening: tuple[ListenerStats, ...] = ()  # what `listeners` reads between ticks
 
-    def scan(self, ports: frozenset[int], *, v4_len: int, v6_len: int, idle_after_ms: int, greet_ms: int = 0) -> Scan:
+    def scan(
+        self,
+        ports: frozenset[int],
+        *,
+        v4_len: int,
+        v6_len: int,
+        idle_after_ms: int,
+        greet_ms: int = 0,
+        pregreet_cut: bool = False,
+    ) -> Scan:
         return Scan(sources=dict(self.sources), listeners=(), sockets=sum(c.held for c in self.sources.values()))
 
     def listeners(self, ports: frozenset[int]) -> tuple[ListenerStats, ...]:
@@ -61,6 +70,7 @@ class FakeSockets:
         ports: frozenset[int],
         shed: Mapping[Prefix, tuple[int, bool]] | None = None,
         greet_ms: int = 0,
+        pregreet_cut: bool = False,
     ) -> dict[Prefix, int]:
         """Ends the idle sockets of each source whose longest wait reaches its threshold; the fake knows no accept
         queue nor greetings, so the sources to `shed` are only recorded."""

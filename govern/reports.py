@@ -171,6 +171,8 @@ def status(gov: Governor, top: int = 10) -> dict[str, Any]:
         "budget": gov.budget.to_dict() if gov.budget else {},
         "slots": _slots(gov),
         "postscreen": gov.postscreen,
+        "postscreen_greet_action": gov.greet_action,
+        "pregreet_cut": gov.policy.pregreet_cut,
         "tarpit": gov.tarpit_unsupported or f"ready ({gov.tarpit.name if gov.tarpit else '-'})",
         "unavailable": dict(gov.enforcer.unavailable()),
         "allowlist": len(gov.policy.allow),

@@ -92,6 +92,7 @@ class InForce:
     forget_after: float  # seconds an offence counts toward a longer block
     budget_slots: int = 0  # during a wave: the MTA slots a stranger's sessions share with every other (0: none)
     greet_floor: float = 0.0  # seconds: no session is judged sooner while it has had only the first greeting line
+    pregreet_cut: bool = False  # ... but one whose client talked meanwhile (postscreen enforces its pregreet test)
 
 
 def in_force(policy: Policy, mode: Mode, standing: Standing, gate_per_second: int, budget_slots: int = 0) -> InForce:
@@ -113,6 +114,7 @@ def in_force(policy: Policy, mode: Mode, standing: Standing, gate_per_second: in
         forget_after=policy.forget_after,
         budget_slots=budget_slots if mode is Mode.WAVE and standing.kind == STRANGER else 0,
         greet_floor=policy.greet_floor,
+        pregreet_cut=policy.pregreet_cut,
     )
 
 
@@ -232,6 +234,7 @@ class Explanation:
                 "gate_per_second": lim.gate_per_second,
                 "budget_slots": lim.budget_slots,
                 "greet_floor": lim.greet_floor,
+                "pregreet_cut": lim.pregreet_cut,
             },
             "snapshot": ev.stats._asdict() if ev.stats is not None else None,
             "sessions": [{**s._asdict(), "waiting": waiting(s)} for s in self.sessions],
@@ -443,16 +446,18 @@ def _sessions(ev: Evidence) -> list[Advice]:
     """What the sessions open now show, one line per kind of fault, worst case first."""
     after_ms = ev.limits.silent_after * 1000
     greet_ms = ev.limits.greet_floor * 1000
-    greet, first, mid, drip = [], [], [], []
+    greet, first, early, mid, drip = [], [], [], [], []
     for s in ev.sessions:
         if s.state != "ESTABLISHED" or not s.info or s.server_sent_ms < after_ms:
             continue
-        if s.segs_out == 1 and s.server_sent_ms < greet_ms:
+        if s.segs_out == 1 and s.server_sent_ms < greet_ms and not (ev.limits.pregreet_cut and s.segs_in):
             continue  # waiting out postscreen's pregreet test, as it was told
         if waiting(s) and not s.segs_in:
             greet.append(s)
         elif waiting(s) and s.segs_out == 1 and s.local_port not in IMPLICIT_TLS_PORTS:
             first.append(s)  # it spoke, but only before our one segment: the greeting
+        elif s.segs_out == 1 and s.segs_in and s.local_port not in IMPLICIT_TLS_PORTS and not waiting(s):
+            early.append(s)  # it spoke after our first line, and not one command of its was answered
         elif waiting(s):
             mid.append(s)
         elif s.segs_in >= s.segs_out + 2 and s.bytes_in < DRIP_BYTES * s.segs_in:
@@ -478,6 +483,16 @@ def _sessions(ev: Evidence) -> list[Advice]:
                 "talked-first",
                 f"your client talks before our greeting and then says nothing for {wait}{more(first)}: it must wait "
                 "for our 220 banner, then send EHLO",
+            )
+        )
+    if early and not first:
+        worst = max(early, key=lambda s: s.bytes_in)
+        out.append(
+            Advice(
+                "talked-first",
+                f"your client talks before our greeting is complete ({worst.bytes_in} bytes after its first line, "
+                f'no command answered){more(early)}: it must wait for the last line of our 220 banner ("220" and a '
+                "space), then send EHLO and a line end",
             )
         )
     if mid:

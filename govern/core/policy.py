@@ -56,6 +56,9 @@ class Policy:
     slot_budget: int = 0  # sessions strangers may hold in a wave (the kernel's slot budget); 0: none enforced
     end_sessions: bool = True  # a newly blocked source's open sessions are ended, not only its new connections
     greet_floor: float = 0.0  # no session is cut or shed sooner after the greeting (postscreen's pregreet wait + 1 s)
+    # ... but one whose client talked during that wait: postscreen enforces its pregreet test, and the session is
+    # lost already (postscreen answers it nothing but rejections).
+    pregreet_cut: bool = False
     # Over the budget, a session given only the greeting and silent this long is shed: (a source holding several,
     # a source's only one).
     shed_after: tuple[float, float] = (1.0, 2.0)

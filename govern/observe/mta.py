@@ -10,6 +10,7 @@ looks at /proc.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -85,9 +86,14 @@ def budget(
 
 def postscreen_listening(ports: frozenset[int], proc: str = "/proc") -> bool:
     """True when a postscreen process holds a listening socket on one of `ports` in this network namespace."""
+    return postscreen_pid(ports, proc) is not None
+
+
+def postscreen_pid(ports: frozenset[int], proc: str = "/proc") -> str | None:
+    """The pid of a postscreen process holding a listening socket on one of `ports` in this network namespace."""
     inodes = _listening_inodes(proc, set(ports))
     if not inodes:
-        return False
+        return None
     for pid in (d for d in os.listdir(proc) if d.isdigit()):
         with contextlib.suppress(OSError):
             if _comm(proc, pid) != "postscreen":
@@ -96,5 +102,65 @@ def postscreen_listening(ports: frozenset[int], proc: str = "/proc") -> bool:
                 with contextlib.suppress(OSError):
                     link = os.readlink(f"{proc}/{pid}/fd/{fd}")
                     if link.startswith("socket:[") and int(link[8:-1]) in inodes:
-                        return True
-    return False
+                        return pid
+    return None
+
+
+GREET_ACTIONS = frozenset({"ignore", "enforce", "drop"})
+
+
+def greet_action(pid: str, proc: str = "/proc") -> str:
+    """postscreen's `postscreen_greet_action` as the running process has it: a `-o` on its command line (master.cf
+    passes them so), else main.cf in its config directory (`-c` or MAIL_CONFIG, else /etc/postfix), else Postfix's
+    default, "ignore". "unknown" when it cannot be read or is not a plain value (a `$parameter`)."""
+    try:
+        with open(f"{proc}/{pid}/cmdline", "rb") as fh:
+            argv = [a.decode("utf-8", "replace") for a in fh.read().split(b"\0")]
+        with open(f"{proc}/{pid}/environ", "rb") as fh:
+            env = dict(e.decode("utf-8", "replace").partition("=")[::2] for e in fh.read().split(b"\0") if e)
+    except OSError:
+        return "unknown"
+    value: str | None = None
+    config_dir = env.get("MAIL_CONFIG") or "/etc/postfix"
+    for flag, arg in itertools.pairwise(argv):
+        if flag == "-c":
+            config_dir = arg
+        elif flag == "-o" and arg.partition("=")[0].strip() == "postscreen_greet_action":
+            value = arg.partition("=")[2]
+    if value is None:
+        try:
+            with open(os.path.join(config_dir, "main.cf"), encoding="utf-8", errors="replace") as fh:
+                value = main_cf_value(fh.read(), "postscreen_greet_action")
+        except OSError:
+            return "unknown"
+    if value is None:
+        return "ignore"
+    value = value.strip().lower()
+    return value if value in GREET_ACTIONS else "unknown"
+
+
+def main_cf_value(text: str, name: str) -> str | None:
+    """The last value main.cf gives `name` (a line starting with whitespace continues the one before; a line
+    starting with # is a comment), or None."""
+    value: str | None = None
+    current: list[str] = []
+
+    def flush() -> None:
+        nonlocal value
+        if current:
+            key, eq, rest = current[0].partition("=")
+            if eq and key.strip() == name:
+                value = " ".join([rest.strip(), *(c.strip() for c in current[1:])]).strip()
+            current.clear()
+
+    for line in text.splitlines():
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        if line[0].isspace():
+            if current:
+                current.append(line)
+            continue
+        flush()
+        current.append(line)
+    flush()
+    return value

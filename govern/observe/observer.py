@@ -73,6 +73,7 @@ class Observer:
             v6_len=policy.v6_len,
             idle_after_ms=int(idle_after * 1000),
             greet_ms=int(policy.greet_floor * 1000),
+            pregreet_cut=policy.pregreet_cut,
         )
         self.phases.lap("scan")
         window = self.rates

@@ -35,8 +35,9 @@ What a source is and when it is idle:
       (tcpi_data_segs_in, tcpi_bytes_received): a command dripped a few bytes at a time.
   A client in the middle of DATA is not idle: its segments are full ones. While the server has sent only its first
   segment, the wait must also reach greet_ms: postscreen's "220-" asks a good client to stay silent (its pregreet
-  test), and only smtpd's banner after it ends that wait. The wait reported is tcpi_last_data_sent. `stalled` is
-  the rule; the fast loop inlines it.
+  test), and only smtpd's banner after it ends that wait; with pregreet_cut, only a silent client's: where postscreen
+  enforces the test, a client that talked during the wait will carry no mail. The wait reported is
+  tcpi_last_data_sent. `stalled` is the rule; the fast loop inlines it.
 """
 
 from __future__ import annotations
@@ -231,6 +232,7 @@ class ScanParser:
         "_listeners",
         "_other",
         "_ports_be",
+        "_pregreet",
         "_refs",
         "_syn",
         "_v4_len",
@@ -246,6 +248,7 @@ class ScanParser:
         v6_len: int = 64,
         idle_after_ms: int = 10_000,
         greet_ms: int = 0,
+        pregreet_cut: bool = False,
         vector: bool = True,
     ) -> None:
         """`vector` False: every message through the per-message loop (the tests and benchmarks compare the two)."""
@@ -258,6 +261,7 @@ class ScanParser:
         self._ports_be = frozenset(socket.htons(p) for p in ports)
         self._idle_after = idle_after_ms
         self._greet = greet_ms
+        self._pregreet = pregreet_cut
         # The remote address of each socket, by what it counts as. The key of an IPv4 source (also when mapped) is
         # its 4 bytes; of an IPv6 one its first 8 (its /64) when grouping by /64 or less, else all 16: the
         # length tells the family, and the common grouping needs no arithmetic per address.
@@ -303,7 +307,7 @@ class ScanParser:
         zero8, mapped_mid = _ZERO8, _MAPPED_MID
         layouts = self._layouts
         ports = self._ports_be
-        idle_after, greet = self._idle_after, self._greet
+        idle_after, greet, pregreet = self._idle_after, self._greet, self._pregreet
         short6 = self._v6_len <= 64
         est = self._est.append
         other = self._other.append
@@ -340,7 +344,7 @@ class ScanParser:
                         if (
                             sent >= idle_after
                             and segs_out
-                            and (segs_out != 1 or sent >= greet)
+                            and (segs_out != 1 or sent >= greet or (pregreet and segs_in))
                             and (
                                 (recv >= sent and (recv != sent or not segs_in))
                                 or segs_out == 1
@@ -445,7 +449,7 @@ class ScanParser:
         if state == TCP_ESTABLISHED:
             self._est.append(key)
             info = _info(buf, off, mlen)
-            if stalled(*info, self._idle_after, self._greet):
+            if stalled(*info, self._idle_after, self._greet, self._pregreet):
                 sent = info[0]
                 self._idle_keys.append(key)
                 self._idle_waits.append(sent)
@@ -689,7 +693,7 @@ def _result_vector(self: ScanParser, groups: dict[Any, Prefix]) -> Scan:
             est
             & (sent >= self._idle_after)
             & (segs_out != 0)
-            & ((segs_out != 1) | (sent >= self._greet))
+            & ((segs_out != 1) | (sent >= self._greet) | ((segs_in != 0) & self._pregreet))
             & (
                 ((recv >= sent) & ((recv != sent) | (segs_in == 0)))
                 | (segs_out == 1)
@@ -812,9 +816,17 @@ def parse_dump(
     v6_len: int = 64,
     idle_after_ms: int = 10_000,
     greet_ms: int = 0,
+    pregreet_cut: bool = False,
 ) -> Scan:
     """A `Scan` from received buffers, as `SockDiag.scan` makes one (for tests and tools)."""
-    parser = ScanParser(ports, v4_len=v4_len, v6_len=v6_len, idle_after_ms=idle_after_ms, greet_ms=greet_ms)
+    parser = ScanParser(
+        ports,
+        v4_len=v4_len,
+        v6_len=v6_len,
+        idle_after_ms=idle_after_ms,
+        greet_ms=greet_ms,
+        pregreet_cut=pregreet_cut,
+    )
     for chunk in chunks:
         parser.feed(chunk)
     return parser.result()
@@ -900,9 +912,17 @@ class SockDiag:
         v6_len: int = 64,
         idle_after_ms: int = 10_000,
         greet_ms: int = 0,
+        pregreet_cut: bool = False,
     ) -> Scan:
         """Enumerate every TCP socket whose local port is in `ports` and count them per source."""
-        parser = ScanParser(ports, v4_len=v4_len, v6_len=v6_len, idle_after_ms=idle_after_ms, greet_ms=greet_ms)
+        parser = ScanParser(
+            ports,
+            v4_len=v4_len,
+            v6_len=v6_len,
+            idle_after_ms=idle_after_ms,
+            greet_ms=greet_ms,
+            pregreet_cut=pregreet_cut,
+        )
         if ports:
             self._dump_all(ports, _STATES_SCAN, _EXT_INFO, parser.feed)
         if self._grouping != (v4_len, v6_len):
@@ -938,6 +958,7 @@ class SockDiag:
         ports: frozenset[int],
         shed: Mapping[Prefix, tuple[int, bool]] | None = None,
         greet_ms: int = 0,
+        pregreet_cut: bool = False,
     ) -> dict[Prefix, int]:
         """SOCK_DESTROY the ESTABLISHED sockets on `ports` of these sources on which the server has waited on a
         client whose session has not advanced (as `Scan` counts idle) for at least the source's `idle_ms`. Of the
@@ -945,8 +966,8 @@ class SockDiag:
         not advanced for the wait, and with `queued` those the server has not greeted yet (no data sent: in the
         accept queue, or accepted and about to be); never a session past the greeting. No session is judged before
         `greet_ms` while the server has sent it only its first segment (postscreen's "220-" asks the client to
-        wait). Returns how many were picked of each source (a socket gone before its destroy request is counted all
-        the same)."""
+        wait), unless, with `pregreet_cut`, its client talked meanwhile. Returns how many were picked of each
+        source (a socket gone before its destroy request is counted all the same)."""
         shed = shed or {}
         picked: Counter[Prefix] = Counter()
         if not (idle_ms or shed) or not ports:
@@ -971,11 +992,11 @@ class SockDiag:
                 # Not past the greeting: the server sent only it, or the client never said a word (behind postscreen
                 # the greeting is two segments, "220-" and, after the pregreet wait, the real banner).
                 greeted = segs_out == 1 or (segs_out > 1 and info[3] == 0)
-                if (segs_out == 0 and queued) or (greeted and stalled(*info, wait, greet_ms)):
+                if (segs_out == 0 and queued) or (greeted and stalled(*info, wait, greet_ms, pregreet_cut)):
                     picked[q] += 1
                     return True
             p = group(remote, idle_ms) if idle_ms else None
-            if p is not None and stalled(*info, idle_ms[p], greet_ms):
+            if p is not None and stalled(*info, idle_ms[p], greet_ms, pregreet_cut):
                 picked[p] += 1
                 return True
             return False
@@ -1134,16 +1155,26 @@ def _info(buf: bytes | bytearray | memoryview, off: int, mlen: int) -> tuple[int
     return sent, recv, brecv, segs_in, segs_out
 
 
-def stalled(sent: int, recv: int, brecv: int, segs_in: int, segs_out: int, after_ms: int, greet_ms: int = 0) -> bool:
+def stalled(
+    sent: int,
+    recv: int,
+    brecv: int,
+    segs_in: int,
+    segs_out: int,
+    after_ms: int,
+    greet_ms: int = 0,
+    pregreet_cut: bool = False,
+) -> bool:
     """The server has spoken, and its session has not advanced for at least `after_ms` (see the module docstring),
     or for `greet_ms` if longer while the server has sent only its first segment: the silence postscreen's "220-"
-    asks for is not a stall.
+    asks for is not a stall. With `pregreet_cut` that floor is for silent clients only: one that talked during the
+    wait failed postscreen's pregreet test, which postscreen enforces, and its session will carry no mail.
 
     The kernel keeps both times in jiffies (4 ms at HZ=250): a client that answers within the same jiffy as the
     greeting shows the same age for both, as does a client that never spoke at all (its last "data" time is the
     handshake's). Data segments in tell them apart.
     """
-    if sent < after_ms or segs_out <= 0 or (segs_out == 1 and sent < greet_ms):
+    if sent < after_ms or segs_out <= 0 or (segs_out == 1 and sent < greet_ms and not (pregreet_cut and segs_in)):
         return False
     if recv >= sent and (recv != sent or segs_in == 0):
         return True  # silent since the server last spoke

@@ -16,6 +16,8 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import pytest
+
 from tests.kernel.daemon_harness import established, govern, nft_set, running, wait_for, write_config
 from tests.netns import Lab, SmtpListener, connect, converse
 
@@ -421,6 +423,48 @@ def test_behind_a_pregreet_no_one_is_cut_for_waiting_and_a_silent_client_goes_af
             assert established(lab.mx, "198.51.100.50") == 1
             patient.close()
             silent.close()
+    finally:
+        stop.set()
+        for c in conns:
+            c.close()
+        mta.close()
+
+
+@pytest.mark.parametrize("pregreet", ["cut", "wait"])
+def test_behind_an_enforced_pregreet_a_client_that_talks_during_the_wait_is_cut_without_waiting_it_out(
+    lab: Lab, tmp_path: Path, pregreet: str
+) -> None:
+    stop = threading.Event()
+    conns: list[socket.socket] = []
+    mta = pregreet_mta(lab, stop, conns)
+    # The pregreet wait is 3 s (the floor: 4 s), the wave's cut 2 s. With "cut" (what "auto" resolves to where
+    # postscreen enforces its test) the talker goes after the wave's 2 s; with "wait", not before the floor.
+    cfg = write_config(tmp_path, f'[cut]\ngreet_wait = "3s"\nwave_idle_after = "2s"\npregreet = "{pregreet}"\n')
+    try:
+        with running(lab.mx, cfg) as d:
+            assert govern(lab.mx, "wave", "on", "--for", "2m", "--config", str(cfg)).returncode == 0
+            with lab.net.entered():
+                talker = attempt("198.18.51.1")
+                silent = attempt("198.18.51.2")
+                patient = attempt("198.51.100.51")
+            assert talker is not None and silent is not None and patient is not None
+            t0 = time.monotonic()
+            talker.settimeout(10)
+            assert talker.recv(100).startswith(b"220-")
+            talker.sendall(b"x" * 300)  # a babbler: bytes that never make a command, before the real banner
+            if pregreet == "cut":
+                assert wait_for(lambda: established(lab.mx, "198.18.51.1") == 0, timeout=3.6)
+                assert time.monotonic() - t0 < 3.8  # before the floor (4 s) would have let it be judged
+                assert d.status()["pregreet_cut"] is True
+            else:
+                while time.monotonic() - t0 < 3.5:
+                    assert established(lab.mx, "198.18.51.1") == 1
+                    time.sleep(0.3)
+            # The silent client and the patient one wait out the floor either way.
+            assert established(lab.mx, "198.18.51.2") == 1
+            assert established(lab.mx, "198.51.100.51") == 1
+            for c in (talker, silent, patient):
+                c.close()
     finally:
         stop.set()
         for c in conns:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from govern.observe.mta import greet_action
 from govern_lab import peers
 from govern_lab.addresses import MX4
 from govern_lab.postfix import POSTSCREEN_TUNED, Postfix, install, temporary
@@ -88,9 +89,23 @@ def screened(lab: Lab) -> Iterator[Postfix]:
         shutil.rmtree(work, ignore_errors=True)
 
 
+def mta_processes(lab: Lab, comm: str) -> list[str]:
+    """The pids of processes named `comm` in the lab's mx namespace."""
+    ns = os.stat(f"/run/netns/{lab.ns('mx')}").st_ino
+    found = []
+    for pid in (d for d in os.listdir("/proc") if d.isdigit()):
+        with contextlib.suppress(OSError):
+            if Path(f"/proc/{pid}/comm").read_text().strip() == comm and os.stat(f"/proc/{pid}/ns/net").st_ino == ns:
+                found.append(pid)
+    return found
+
+
 def test_postscreen_in_front_enforces_pregreet_and_passes_patient_clients(lab: Lab, screened: Postfix) -> None:
     master = Path(screened.config_dir, "master.cf").read_text()
     assert "postscreen" in master and "smtpd      pass" in master
+    # govern reads the greet action as this running postscreen has it (its config directory from its environment).
+    (pid,) = [p for p in mta_processes(lab, "postscreen")]
+    assert greet_action(pid) == "enforce"
     # A bot that talks first: postscreen notices and, enforcing, rejects its mail later in the session.
     pretalk(lab, "198.18.9.10")
     # A patient sender waits out the greet test and delivers.

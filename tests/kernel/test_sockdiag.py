@@ -9,6 +9,7 @@ import socket
 import struct
 import time
 from collections.abc import Iterator
+from typing import Any
 from unittest.mock import patch
 
 import pytest
@@ -368,7 +369,8 @@ def test_numpy_path_parses_a_real_dump_as_the_per_message_loop(lab: Lab, diag: S
 
             diag._dump_all(ports, sockdiag._STATES_SCAN, sockdiag._EXT_INFO, record)
             assert len(chunks) > 4
-            for kw in ({}, {"idle_after_ms": 0}, {"v4_len": 24, "v6_len": 48}):
+            cases: tuple[dict[str, Any], ...] = ({}, {"idle_after_ms": 0}, {"v4_len": 24, "v6_len": 48})
+            for kw in cases:
                 scans = []
                 for vector in (False, True):
                     parser = sockdiag.ScanParser(ports, vector=vector, **kw)

@@ -11,7 +11,7 @@ from govern import config
 from govern.errors import ConfigError
 from govern.model import ListenerStats
 from govern.nft.ruleset import budget_lanes, ruleset, slot_budget
-from govern.observe.mta import budget, postscreen_listening
+from govern.observe.mta import budget, greet_action, main_cf_value, postscreen_listening, postscreen_pid
 
 
 def wave(**keys: object) -> config.Config:
@@ -101,3 +101,49 @@ def test_postscreen_is_found_by_the_listening_socket_it_holds(tmp_path: Path) ->
     assert postscreen_listening(frozenset({25}), fake_proc(tmp_path / "a", "postscreen"))
     assert not postscreen_listening(frozenset({25}), fake_proc(tmp_path / "b", "smtpd"))
     assert not postscreen_listening(frozenset({587}), fake_proc(tmp_path / "c", "postscreen"))
+
+
+def postscreen_proc(root: Path, argv: list[str], env: dict[str, str]) -> str:
+    """A /proc holding one postscreen process (pid 321) with this command line and environment."""
+    proc = fake_proc(root, "postscreen")
+    (root / "321" / "cmdline").write_bytes(b"\0".join(a.encode() for a in argv) + b"\0")
+    (root / "321" / "environ").write_bytes(b"".join(f"{k}={v}\0".encode() for k, v in env.items()))
+    return proc
+
+
+def test_postscreens_greet_action_is_read_as_the_running_process_has_it(tmp_path: Path) -> None:
+    conf = tmp_path / "pf"
+    conf.mkdir()
+    (conf / "main.cf").write_text(
+        "# postscreen_greet_action = drop\n"
+        "postscreen_greet_action = ignore\n"
+        "smtpd_banner = $myhostname\n"
+        "postscreen_greet_action =\n    enforce\n"  # the last one counts, continued on the next line
+    )
+    argv = ["postscreen", "-n", "smtp", "-t", "inet"]
+    proc = postscreen_proc(tmp_path / "a", argv, {"MAIL_CONFIG": str(conf)})
+    assert postscreen_pid(frozenset({25}), proc) == "321"
+    assert greet_action("321", proc) == "enforce"
+    # master.cf's -o, passed on postscreen's command line, overrides main.cf
+    proc = postscreen_proc(tmp_path / "b", [*argv, "-o", "postscreen_greet_action=drop"], {"MAIL_CONFIG": str(conf)})
+    assert greet_action("321", proc) == "drop"
+    # -c names the config directory too
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "main.cf").write_text("myhostname = mx.example\n")
+    proc = postscreen_proc(tmp_path / "c", [*argv, "-c", str(other)], {"MAIL_CONFIG": str(conf)})
+    assert greet_action("321", proc) == "ignore"  # Postfix's default
+    # what govern cannot read or judge is "unknown": it then waits for talkers as for the silent
+    proc = postscreen_proc(tmp_path / "d", argv, {"MAIL_CONFIG": str(tmp_path / "missing")})
+    assert greet_action("321", proc) == "unknown"
+    (conf / "main.cf").write_text("postscreen_greet_action = $my_action\n")
+    proc = postscreen_proc(tmp_path / "e", argv, {"MAIL_CONFIG": str(conf)})
+    assert greet_action("321", proc) == "unknown"
+    assert greet_action("999", proc) == "unknown"
+
+
+def test_main_cf_values_follow_postfixs_line_rules() -> None:
+    text = "a = 1\n  # a = 3\nb = x\n   y\n#a = 4\n\na=2\n"
+    assert main_cf_value(text, "a") == "2"
+    assert main_cf_value(text, "b") == "x y"
+    assert main_cf_value(text, "c") is None

@@ -113,7 +113,11 @@ def test_each_cut_is_an_event_of_its_source_with_its_reason(tmp_path: Path, monk
     socks.sources = {three: SockCounts(held=3, established=3, syn_recv=0, idle=3, max_idle_ms=9_000)}
 
     def refused(
-        idle_ms: Mapping[Prefix, int], ports: frozenset[int], shed: object = None, greet: int = 0
+        idle_ms: Mapping[Prefix, int],
+        ports: frozenset[int],
+        shed: object = None,
+        greet: int = 0,
+        pregreet_cut: bool = False,
     ) -> dict[Prefix, int]:
         raise KernelError("sock_diag destroy refused")
 

@@ -12,6 +12,7 @@ import random
 import socket
 import struct
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -371,8 +372,15 @@ def test_numpy_path_counts_as_the_per_message_loop(seed: int, info_size: int) ->
     rng = random.Random(seed)
     chunks = random_dump(rng, 3000, info_size)
     for v4_len, v6_len in ((32, 64), (24, 48), (0, 0)):
-        for idle_after, greet in ((500, 0), (0, 2000)):
-            kw = {"v4_len": v4_len, "v6_len": v6_len, "idle_after_ms": idle_after, "greet_ms": greet}
+        idle_counts = []
+        for idle_after, greet, pregreet in ((500, 0, False), (0, 2000, False), (0, 2000, True)):
+            kw: dict[str, Any] = {
+                "v4_len": v4_len,
+                "v6_len": v6_len,
+                "idle_after_ms": idle_after,
+                "greet_ms": greet,
+                "pregreet_cut": pregreet,
+            }
             scans = []
             for vector in (False, True):
                 parser = ScanParser(PORTS, vector=vector, **kw)
@@ -383,6 +391,9 @@ def test_numpy_path_counts_as_the_per_message_loop(seed: int, info_size: int) ->
                 assert bool(parser._bulk) is (vector and v6_len <= 64)
             assert scans[1] == scans[0]
             assert scans[1].sources and scans[1].listeners
+            idle_counts.append(sum(c.idle for c in scans[1].sources.values()))
+        # The dump holds talkers in the pregreet wait: cutting them makes more idle than the floor allows.
+        assert idle_counts[2] > idle_counts[1]
 
 
 def run_bytecode(bc: bytes, sport: int) -> bool:
@@ -494,3 +505,22 @@ def test_the_pregreet_floor_holds_only_while_the_server_sent_its_first_segment(
     assert (scan.sources[p("198.18.0.1")].idle == 1) is idle
     # The rule itself, as the cut applies it per socket.
     assert stalled(sent, sent + 100, 0, 0, segs_out, 3_000, 7_000) is idle
+
+
+@pytest.mark.parametrize(
+    ("pregreet_cut", "segs_in", "idle"),
+    [
+        (False, 1, False),  # a talker in the wait, postscreen letting it through: waited for like the silent
+        (True, 1, True),  # postscreen enforces its test: the talker's session carries no mail, judged at once
+        (True, 0, False),  # the silent client is waiting as told, whatever postscreen does to talkers
+    ],
+)
+def test_a_client_that_talks_during_an_enforced_pregreet_wait_is_not_under_the_floor(
+    pregreet_cut: bool, segs_in: int, idle: bool
+) -> None:
+    # postscreen's "220-" went out 5 s ago (the floor is 7 s); the client talked 4.9 s ago, or never.
+    recv = 4_900 if segs_in else 5_100
+    one = sock("198.18.0.1", sent=5_000, recv=recv, segs_out=1, segs_in=segs_in, brecv=12 * segs_in)
+    scan = parse_dump([one, done()], PORTS, idle_after_ms=3_000, greet_ms=7_000, pregreet_cut=pregreet_cut)
+    assert (scan.sources[p("198.18.0.1")].idle == 1) is idle
+    assert stalled(5_000, recv, 12 * segs_in, segs_in, 1, 3_000, 7_000, pregreet_cut) is idle

@@ -115,6 +115,9 @@ def test_the_pregreet_wait_the_mta_asks_for_is_a_floor_the_observer_and_the_cut_
     pol = policy(cut={"greet_wait": "6s"})
     assert pol.cut_idle_after == (30.0, 3.0) and pol.greet_floor == 7.0
     assert policy(cut={"greet_wait": "auto"}).greet_floor == 0.0
+    # Talkers during the wait are cut only when asked to (the daemon resolves "auto" from postscreen's settings).
+    assert policy(cut={"pregreet": "cut"}).pregreet_cut
+    assert not policy(cut={"pregreet": "wait"}).pregreet_cut and not policy().pregreet_cut
 
 
 def test_leaving_the_wave_lifts_its_tight_throttles_and_keeps_the_others() -> None:

@@ -103,6 +103,15 @@ def test_silent_after_greeting_with_its_wait_and_count() -> None:
     assert rules(ev) == ["nothing-wrong"]
     ev = replace(evidence(sessions=[silent_since_banner(5_000)._replace(segs_out=2)]), limits=limits)
     assert rules(ev) == ["silent-after-greeting"]
+    # A client that talked during the wait: waited for too, unless postscreen enforces its pregreet test.
+    talker = session(segs_in=1, bytes_in=300, server_sent_ms=5_000, client_sent_ms=4_900)
+    assert rules(replace(evidence(sessions=[talker]), limits=limits)) == ["nothing-wrong"]
+    enforced = why.in_force(replace(screened, pregreet_cut=True), Mode.NORMAL, STRANGER, 10)
+    assert rules(replace(evidence(sessions=[talker]), limits=enforced)) == ["talked-first"]
+    assert "talks before our greeting is complete (300 bytes after its first line" in advice(
+        replace(evidence(sessions=[talker]), limits=enforced), "talked-first"
+    )
+    assert rules(replace(evidence(sessions=[silent_since_banner(5_000)]), limits=enforced)) == ["nothing-wrong"]
 
 
 def test_talked_first_but_not_on_the_implicit_tls_port() -> None:
@@ -280,6 +289,7 @@ def test_facts_next_to_the_limits_and_the_json_reply() -> None:
         "gate_per_second": 0,
         "budget_slots": 0,
         "greet_floor": 0.0,
+        "pregreet_cut": False,
     }
     text = why.render(doc)
     assert text.startswith("why 198.18.7.1: stranger, host in normal mode\n")
