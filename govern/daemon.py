@@ -52,6 +52,8 @@ MAINTENANCE_EVERY = 600.0
 EVENTS_KEPT = 30 * 86400.0
 LEARN_EVERY = 10.0
 WAVE_LEARN_EVERY = 2.0
+# The shortest window between two reads of the connection counter that gives a rate (a shorter one is noise).
+MIN_POLL_WINDOW = 0.05
 ALLOW_WAIT_AT_START = 5.0  # seconds the start waits for the first resolution of allowlisted hostnames and SPF
 
 
@@ -128,6 +130,8 @@ class Governor:
         self.keeper = Keeper(store, self.health)  # the store in step with the kernel, through its faults
         self.budget: Budget | None = None
         self.postscreen = False
+        self._attempts_read: tuple[float, int] | None = None  # (when, the kernel's count) at the last poll
+        self._attempts_peak = 0.0  # the highest rate read between ticks since the last snapshot
         self.greet_action = ""  # postscreen's postscreen_greet_action, as read when it was found
         self.tick_times = TickTimes()
         # Punitive actions taken since start by (kind, reason class, family): bounded labels for govern.metrics.
@@ -154,13 +158,29 @@ class Governor:
         return float(d["wave_tick"] if self.state.mode.mode is Mode.WAVE else d["tick"])
 
     def pressing(self) -> bool:
-        """Between ticks: whether the accept queues already call for a higher mode (govern.core.modes.queues_call),
-        so the main loop ticks now. A failed read is no reason to tick early: the tick reads everything anyway."""
+        """Between ticks: whether the accept queues, or the new connections the kernel counted since the last look,
+        already call for a higher mode (govern.core.modes.queues_call), so the main loop ticks now. The highest
+        such rate goes into the next snapshot. A failed read is no reason to tick early: the tick reads everything
+        anyway."""
+        now = self.clock()
+        try:
+            count = self.enforcer.attempts()
+        except GovernError:
+            count = None
+        if count is not None:
+            last = self._attempts_read
+            self._attempts_read = (now, count)
+            # A count that went back is a table made again: no rate from it.
+            if last is not None and now - last[0] >= MIN_POLL_WINDOW and count >= last[1]:
+                rate = (count - last[1]) / (now - last[0])
+                self._attempts_peak = max(self._attempts_peak, rate)
         try:
             listeners = self.sockets.listeners(self.policy.ports)
         except GovernError:
-            return False
-        return queues_call(listeners, self.state.mode, self.policy.modes, self.clock())
+            listeners = []
+        # The highest rate since the last tick, not this read's alone: a call the main loop held back (too soon
+        # after a tick) still stands at the next read, when the flood may have slowed down.
+        return queues_call(listeners, self.state.mode, self.policy.modes, now, self._attempts_peak)
 
     @property
     def dry_run(self) -> bool:
@@ -306,6 +326,9 @@ class Governor:
         except GovernError as exc:
             self.health.fail("observe", exc)
             return Plan()
+        if self._attempts_peak:
+            self.snapshot = replace(self.snapshot, attempts_peak=self._attempts_peak)
+            self._attempts_peak = 0.0
         # In a wave the core sheds strangers' sessions by how they look: a sender that delivered is learned sooner,
         # so that its next connection is trusted before it can be taken for the flood's.
         if self.trust is not None and now - self._learned_kernel >= self._learn_every():

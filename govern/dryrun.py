@@ -50,6 +50,9 @@ class DryRun:
     def syn_counts(self) -> Mapping[Prefix, int]:
         return self.inner.syn_counts()
 
+    def attempts(self) -> int | None:
+        return self.inner.attempts()
+
     def slotted(self) -> int | None:
         return self.inner.slotted()
 

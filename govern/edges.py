@@ -81,6 +81,12 @@ class Enforcer(Protocol):
         """Source groups the MTA answered a whole dialogue (the kernel counts its replies), where the backend can."""
         ...
 
+    def attempts(self) -> int | None:
+        """New connections to the protected ports from sources not allowlisted, counted in the kernel since the
+        table was made (SYNs, not their retransmissions), or None where the backend has no such counter: cheap
+        enough to read between ticks."""
+        ...
+
     def slotted(self) -> int | None:
         """How many connections hold a slot of the wave's budget now (the kernel's own count), or None where the
         backend has no budget or it is not in force."""

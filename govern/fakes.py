@@ -103,6 +103,7 @@ class FakeEnforcer:
     syn: dict[Prefix, int] = field(default_factory=dict)
     delivering: set[Prefix] = field(default_factory=set)  # what the kernel proved (proven4/proven6)
     slots: int | None = None  # connections holding a slot of the budget (None: no budget)
+    attempted: int | None = None  # the kernel's count of new connections (None: no counter)
     fail_next: bool = False
     commits: int = 0
     torn_down: bool = False
@@ -155,6 +156,9 @@ class FakeEnforcer:
 
     def proven(self) -> Sequence[Prefix]:
         return tuple(self.delivering)
+
+    def attempts(self) -> int | None:
+        return self.attempted
 
     def slotted(self) -> int | None:
         return self.slots

@@ -211,6 +211,9 @@ class Snapshot:
     trusted: frozenset[Prefix] = frozenset()  # sources (groups) that delivered mail recently: softer limits
     totals: Totals | None = None  # sums over `sources` for the pressure figures (None: computed from `sources`)
     slotted: int | None = None  # connections holding a slot of the wave's budget (None: no budget in force)
+    # The highest rate of new connections from non-allowlisted sources read between the ticks since the previous
+    # snapshot (per second; 0: none read), so a flood that started just before this tick counts at its own rate.
+    attempts_peak: float = 0.0
 
 
 class Mode(StrEnum):

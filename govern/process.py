@@ -158,12 +158,12 @@ def run(config_path: str | None, *, dry_run: bool = False) -> int:
             watching = poll > 0 and gov.state.mode.mode is not Mode.WAVE
             if watching and now - polled >= poll:
                 polled = now
-                if now - ticked >= gov.config["daemon"]["wave_tick"]:
-                    with gov.lock:
-                        if gov.pressing():
-                            log.info("an accept queue filled between ticks: ticking now")
-                            next_tick = now
-                            continue
+                with gov.lock:
+                    pressing = gov.pressing()  # read at every poll: the rate it sees goes into the next tick
+                if pressing and now - ticked >= gov.config["daemon"]["wave_tick"]:
+                    log.info("an accept queue filled or a flood of connections began between ticks: ticking now")
+                    next_tick = now
+                    continue
             wake = min(next_tick, polled + poll) if watching else next_tick
             try:
                 req = requests.get(timeout=max(0.0, wake - now))

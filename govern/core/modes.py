@@ -45,6 +45,8 @@ def measure(snap: Snapshot, policy: Policy) -> Pressure:
     drops_per_s = drops / snap.interval if snap.interval > 0 else 0.0
     established, syn_recv, idle_foreign, attempts = snap.totals or totals(snap.sources, policy.allow.intersects)
     attempts_per_s = attempts / snap.interval if snap.interval > 0 else 0.0
+    # A flood's first fraction of a second, seen between ticks, is not diluted by the calm before it in the tick.
+    attempts_per_s = max(attempts_per_s, snap.attempts_peak)
     idle_share = idle_foreign / established if established >= mp.min_sessions else 0.0
     figures = (
         ("queue_fill", fill, mp.queue_fill, "accept queue {:.0%} full"),
@@ -112,15 +114,19 @@ def next_mode(cur: ModeState, pr: Pressure, mp: ModePolicy, now: float) -> ModeS
     )
 
 
-def queues_call(listeners: Iterable[ListenerStats], cur: ModeState, mp: ModePolicy, now: float) -> bool:
-    """Whether the accept queues alone already call for a higher mode than the host is in: read between ticks, so
-    a flood that fills the queue starts the mode it needs at once rather than at the next tick (up to `daemon.tick`
-    later, while the flood takes the MTA's slots)."""
+def queues_call(
+    listeners: Iterable[ListenerStats], cur: ModeState, mp: ModePolicy, now: float, attempts_per_s: float = 0.0
+) -> bool:
+    """Whether the accept queues, or the new connections counted since the last look, alone already call for a
+    higher mode than the host is in: read between ticks, so a flood starts the mode it needs at once rather than
+    at the next tick (up to `daemon.tick` later, while the flood takes the MTA's slots). The connection rate is what
+    shows a flood on an MTA that accepts everything at once (postscreen): no accept queue fills there."""
     if not mp.auto or cur.mode is Mode.WAVE:
         return False
     fill = max((ls.queued / ls.backlog for ls in listeners if ls.backlog > 0), default=0.0)
-    elevated, wave = mp.queue_fill
-    level = 2 if fill >= wave else 1 if fill >= elevated else 0
+    level = 0
+    for value, (elevated, wave) in ((fill, mp.queue_fill), (attempts_per_s, mp.attempts)):
+        level = max(level, 2 if value >= wave else 1 if value >= elevated else 0)
     if now < cur.quiet_until:  # an operator switched the wave off: nothing automatic above elevated for a while
         level = min(level, 1)
     return level > cur.mode.level

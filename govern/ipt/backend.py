@@ -96,6 +96,9 @@ class IptBackend:
         # from the Postfix log only (docs/iptables.md).
         return ()
 
+    def attempts(self) -> int | None:
+        return None  # only the accept queues are read between ticks (docs/iptables.md)
+
     def slotted(self) -> int | None:
         return None  # no budget (docs/iptables.md)
 

@@ -26,7 +26,19 @@ from govern.keys import Counted
 from govern.model import Action, ActionKind, FirewallSpec, Mode, ModeState, Plan, State
 from govern.nft.libnft import Nft
 from govern.nft.netlink import ElemOp, NftNetlink
-from govern.nft.ruleset import FAMILY, INTERVAL_SETS, KINDS, SLOT_SETS, TABLE, part, parts, ruleset, slot_sets, stored
+from govern.nft.ruleset import (
+    ATTEMPTS,
+    FAMILY,
+    INTERVAL_SETS,
+    KINDS,
+    SLOT_SETS,
+    TABLE,
+    part,
+    parts,
+    ruleset,
+    slot_sets,
+    stored,
+)
 from govern.setops import set_changes
 from govern.tarpit.shape import NFT_NAMES as TARPIT_NAMES
 
@@ -195,6 +207,9 @@ class NftBackend:
                 for name, v, plen in (("seen4", 4, self.v4_len), ("seen6", 6, self.v6_len))
             ]
         )
+
+    def attempts(self) -> int | None:
+        return self.nl.counter_packets(ATTEMPTS)
 
     def slotted(self) -> int | None:
         if not self.budget_sets:

@@ -81,6 +81,8 @@ TALK_TIMEOUT = "2m"
 # The slot budget when the MTA's capacity is unknown (no listener when the table was made): Postfix's
 # default_process_limit is 100, and strangers get `budget_share` of it.
 DEFAULT_MTA_SLOTS = 100
+# The named counter of every source's new connections (not the allowlisted's, not retransmitted SYNs).
+ATTEMPTS = "attempts"
 # Counting sets forget a source two minutes after its last SYN: the rate window is one minute.
 SEEN_TIMEOUT = "2m"
 SEEN_SIZE = 262144
@@ -223,8 +225,10 @@ def ruleset(spec: FirewallSpec, *, enforce: bool = True, resize: Iterable[str] =
         # A connection counts once: SYNs the client retransmits (same source, port and initial sequence number,
         # at 1, 3, 7, 15 s while a flood keeps the server from answering) would otherwise make a busy, patient
         # relay look five times as prolific as it is.
-        f"tcp dport @ports {syn} {local} {CONN4} != @syn4 update @seen4 {{ {k4} counter }}",
-        f"tcp dport @ports {syn} {local} {CONN6} != @syn6 update @seen6 {{ {k6} counter }}",
+        # ... and once in all (ATTEMPTS): read between ticks, so a flood on an MTA that accepts at once (postscreen:
+        # no accept queue fills) starts the wave within a poll, not at the next tick.
+        f"tcp dport @ports {syn} {local} {CONN4} != @syn4 update @seen4 {{ {k4} counter }} counter name {ATTEMPTS}",
+        f"tcp dport @ports {syn} {local} {CONN6} != @syn6 update @seen6 {{ {k6} counter }} counter name {ATTEMPTS}",
         f"tcp dport @ports {syn} {local} update @syn4 {{ {CONN4} }}",
         f"tcp dport @ports {syn} {local} update @syn6 {{ {CONN6} }}",
     ]
@@ -294,6 +298,7 @@ def ruleset(spec: FirewallSpec, *, enforce: bool = True, resize: Iterable[str] =
         [
             f"add table {FAMILY} {TABLE}",
             *(f"add {s.replace('set ', f'set {FAMILY} {TABLE} ', 1)}" for s in sets),
+            f"add counter {FAMILY} {TABLE} {ATTEMPTS}",
             *(f"add chain {FAMILY} {TABLE} {c} {{ type filter hook {h}; policy accept; }}" for c, h in hooked),
             *(f"add chain {FAMILY} {TABLE} {c}" for c in CHAINS),
             # Converging an existing table: the rules and the port list are replaced, the sets keep their elements.

@@ -52,10 +52,11 @@ def budget(
     lab tried x3 (each phase's time over smtpd's alone): postscreen's screening filled and refused the trusted
     relay.
 
-    The slots the wait adds are the first contacts' lane's: returning strangers are mostly ones postscreen passed
-    already and sends straight to smtpd, while a first contact spends the whole wait in postscreen (in the lab the
-    never-seen senders behind postscreen went from 75% to 81-85% delivered with the lane at 25 of 45 instead of 15,
-    docs/lab.md)."""
+    The lanes are split by the time their connections hold a slot: returning strangers are mostly ones postscreen
+    passed already and sends straight to smtpd, while a first contact spends the whole wait in postscreen. So the
+    common lane is the share's common part times cut_after / (greet_wait + cut_after) (7 of 45 on the defaults), the
+    first contacts' lane the rest (38). In the lab, never-seen senders behind postscreen: 75% with a lane of 15,
+    80-87% with 25 (the wait's slots alone), 87% with 41 (docs/lab.md)."""
     share = wave["budget_share"]
     newcomers: int | None = None
     if wave["mta_slots"]:
@@ -72,7 +73,13 @@ def budget(
         base = max(1, int(capacity * share))
         slots = max(base, int(capacity * share * factor))
         if wave["newcomer_share"] > 0:  # 0: the operator wants no lane
-            newcomers = min(budget_lanes(base, wave["newcomer_share"])[1] + slots - base, slots - 1)
+            # The common lane carries returning strangers, whom postscreen passes straight to smtpd: each holds its
+            # slot only for its session, a first contact for the wait and then its session. The same connections
+            # through the common lane need cut_after / (greet_wait + cut_after) of the slots they had without the
+            # wait; the first contacts' lane gets the rest.
+            common = budget_lanes(base, wave["newcomer_share"])[0]
+            common = max(1, round(common * cut_after / (greet_wait + cut_after)))
+            newcomers = max(slots - common, 0)
         why = (
             f"{share:.0%} of {capacity} slots ({basis}), x{factor:.3g}: strangers spend a {greet_wait:g}s pregreet "
             f"wait in postscreen, then at most {cut_after:g}s in smtpd"

@@ -93,6 +93,9 @@ class XdpLayer:
     def proven(self) -> Sequence[Prefix]:
         return self.inner.proven()
 
+    def attempts(self) -> int | None:
+        return self.inner.attempts()
+
     def slotted(self) -> int | None:
         return self.inner.slotted()
 

@@ -1,5 +1,6 @@
 """govern's kernel-side connection counter counts connections, not SYN packets: a client retransmitting its SYN
-while the server does not answer (what legitimate MTAs do during a flood) is counted once per connection."""
+while the server does not answer (what legitimate MTAs do during a flood) is counted once per connection, per source
+and in the one named counter read between ticks."""
 
 from __future__ import annotations
 
@@ -30,5 +31,7 @@ def test_retransmitted_syns_count_once_per_connection(lab: Lab) -> None:
                 pass
         assert time.monotonic() - t0 >= 6.5
         assert backend.syn_counts() == {Prefix.parse("198.51.100.9"): 2}
+        # The one counter the daemon reads between ticks counts the same: connections, not SYNs.
+        assert backend.attempts() == 2
     finally:
         backend.close()

@@ -228,6 +228,37 @@ def test_aggregation_blocks_the_crowded_slash24_but_never_its_allowlisted_addres
         srv.close()
 
 
+def test_a_flood_on_an_mta_that_accepts_at_once_starts_the_wave_within_a_poll(lab: Lab, tmp_path: Path) -> None:
+    """postscreen accepts every connection at once: no accept queue fills. With ticks 10 s apart, the kernel's count
+    of new connections, read every 250 ms between them, starts the wave within a second or two of the flood, at the
+    flood's own rate (the 5 s of calm before it in the tick would dilute it under the threshold); with the poll off,
+    the same flood waits for the next tick."""
+    srv = Listener(lab.mx)  # accepts and holds everything
+    clients: list[socket.socket] = []
+    rates = '[modes]\ncalm_for = "2s"\nelevated_attempts = 40\nwave_attempts = 80\n'
+    try:
+        for poll, within in (("250ms", True), ("0", False)):
+            home = tmp_path / f"poll-{poll}"
+            home.mkdir()
+            with running(lab.mx, write_config(home, f'tick = "10s"\nqueue_poll = "{poll}"\n' + rates)) as d:
+                assert mode(d) == "normal"
+                time.sleep(5)  # half way to the next tick: 120 connections now are 24 a second over the tick
+                with lab.net.entered():
+                    clients = [connect(f"198.18.5.{i}", MX4, 25) for i in range(1, 121)]
+                assert wait_for(lambda: srv.accepted >= 120, timeout=2)  # taken at once: no queue to fill
+                started = wait_for(lambda: mode(d) == "wave", timeout=2.5, step=0.05)
+                assert started is within, (poll, d.status()["mode_detail"])
+                if within:
+                    assert "new connections/s" in d.status()["mode_detail"]["reason"]
+                for c in clients:
+                    c.close()
+                clients = []
+    finally:
+        for c in clients:
+            c.close()
+        srv.close()
+
+
 def test_a_queue_that_fills_between_ticks_starts_the_wave_at_once_not_at_the_next_tick(
     lab: Lab, tmp_path: Path
 ) -> None:

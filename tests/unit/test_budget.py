@@ -35,8 +35,9 @@ def test_explicit_slots_and_explicit_capacity_win() -> None:
 def test_behind_a_pregreet_wait_the_budget_counts_the_time_strangers_spend_in_postscreen() -> None:
     listeners = [ListenerStats("::", 25, 0, 50)]
     b = budget(wave()["wave"], listeners, greet_wait=6.0, cut_after=3.0)
-    # 30 x (6 + 3) / 6; the 15 slots the wait adds go to the first contacts' lane, who spend it in postscreen.
-    assert (b.slots, b.capacity, b.newcomers) == (45, 50, 25)
+    # 30 x (6 + 3) / 6. The lanes by the time a connection holds a slot: a returning stranger (postscreen passes
+    # it at once) only its session's 3 s, a first contact the wait and then that: the common lane is 20 x 3 / 9.
+    assert (b.slots, b.capacity, b.newcomers) == (45, 50, 38)
     assert budget(wave()["wave"], listeners).newcomers == 10  # 34% of 30 without the wait
     assert budget(wave(newcomer_share=0.0)["wave"], listeners, greet_wait=6.0).newcomers == 0  # no lane wanted
     assert "x1.5: strangers spend a 6s pregreet wait in postscreen" in b.basis

@@ -253,3 +253,29 @@ def test_a_wave_ticks_faster_and_the_calm_at_the_normal_pace(tmp_path: Path) -> 
     assert gov.interval == 0.25
     gov.handle({"cmd": "wave", "action": "off"})
     assert gov.interval == 2.0
+
+
+def test_connections_counted_between_ticks_call_a_tick_and_start_the_wave_at_their_own_rate(tmp_path: Path) -> None:
+    clock = FakeClock()
+    gov, _socks, enf = make(tmp_path, clock)
+    enf.attempted = 1_000
+    gov.tick()
+    assert not gov.pressing()  # the first read only sets where counting starts
+    clock.advance(0.25)
+    enf.attempted += 100  # 400 a second: elevated's rate, not the wave's
+    assert gov.pressing()
+    clock.advance(0.25)
+    enf.attempted += 500  # 2,000 a second
+    assert gov.pressing()
+    clock.advance(0.25)
+    enf.attempted = 10  # the table was made again: no rate from that, but the call stands until the next tick
+    assert gov.pressing()
+    clock.advance(0.25)
+    gov.tick()  # the tick's own sources counted nothing: the poll's highest rate is what starts the wave
+    assert gov.snapshot is not None and gov.snapshot.attempts_peak == 2_000.0
+    assert gov.state.mode.mode is Mode.WAVE and "2000 new connections/s" in gov.state.mode.reason
+    # Read into one snapshot only.
+    gov.handle({"cmd": "wave", "action": "off"})
+    clock.advance(1)
+    gov.tick()
+    assert gov.snapshot is not None and gov.snapshot.attempts_peak == 0.0

@@ -155,3 +155,17 @@ def test_queues_read_between_ticks_call_for_a_tick_only_to_go_higher() -> None:
     assert not queues_call(q(100), quiet, MP, NOW)
     assert queues_call(q(100), quiet, MP, NOW + 61)
     assert not queues_call(q(100), normal, replace(MP, auto=False), NOW)
+    # The kernel's count of new connections, read between ticks, calls too: behind postscreen no queue fills.
+    assert not queues_call(q(0), normal, MP, NOW, attempts_per_s=299)  # under modes.elevated_attempts
+    assert queues_call(q(0), normal, MP, NOW, attempts_per_s=300)
+    assert not queues_call(q(0), elevated, MP, NOW, attempts_per_s=1499)
+    assert queues_call(q(0), elevated, MP, NOW, attempts_per_s=1500)
+
+
+def test_the_highest_rate_read_between_ticks_counts_at_its_own_rate_in_the_next_tick() -> None:
+    # 600 connections in the tick's 2 s: 300 a second, elevated; but they all came in the last quarter second.
+    knocking = {Prefix.parse(f"198.18.2.{i}"): SourceStats(new=6) for i in range(100)}
+    calm_then_flood = Snapshot(taken_at=NOW, interval=2.0, sources=knocking)
+    assert measure(calm_then_flood, POLICY).level == 1
+    pr = measure(replace(calm_then_flood, attempts_peak=2400.0), POLICY)
+    assert pr.level == 2 and pr.attempts_per_s == 2400.0
