@@ -145,7 +145,8 @@ def _budget_rules(sizes: dict[str, int], k4: str, k6: str) -> tuple[list[str], l
     the common one (`slots`); a set that is full refuses the add, and the SYN is dropped before the MTA sees it. An
     element goes when its connection closes or resets (either way) and lapses when the connection goes quiet, so
     the sets hold strangers' live connections, in the accept queue and the MTA's processes alike. A refused SYN
-    leaves nothing behind (its conntrack entry is never confirmed), however many a flood sends.
+    leaves nothing behind (its conntrack entry is never confirmed), however many a flood sends. Connections made
+    before the wave take a slot of the common lane with their next segment that carries data, while it has room.
     """
     if not sizes:
         return [], [], []
@@ -164,6 +165,27 @@ def _budget_rules(sizes: dict[str, int], k4: str, k6: str) -> tuple[list[str], l
         out += [
             f"tcp sport @ports {closing} ct id @{name} delete @{name} {{ ct id }}",
             f"tcp sport @ports {established} ct id @{name} update @{name} {{ ct id timeout {SLOT_IDLE} }}",
+        ]
+    # A stranger's connection made before the wave holds the MTA as much as one made in it: its first segment with
+    # data either way takes a slot of the common lane while there is room (an add to
+    # a full set fails, and the packet goes on: never a drop), so returning strangers are not admitted while the
+    # flood's earlier sessions hold the MTA (shedding ends those). Never the first contacts' lane: a sender the host
+    # has never seen is better queued behind the flood's sessions than turned away until they go (the lab tried
+    # both lanes: never-seen senders 86% behind postscreen and 97.6% in the mixed flood, against 88-92% and 98.8-100%).
+    # Only on a segment that carries data (PSH: a greeting, a reply, a command), never on a bare ACK: the last ACK
+    # of a close would take a slot again and hold it for SLOT_IDLE after the connection is gone.
+    live = "tcp flags & (syn | fin | rst | psh) == psh"
+    d4, d6 = k4.replace("saddr", "daddr", 1), k6.replace("saddr", "daddr", 1)
+    unslotted = " ".join(f"ct id != @{name}" for name in sizes)
+    if "slots" in sizes:
+        adopt = f"{unslotted} add @slots {{ ct id timeout {SLOT_IDLE} }}"
+        pre += [
+            f"tcp dport @ports {live} ip saddr @gate4 ip saddr != @allow4 {k4} != @proven4 {adopt}",
+            f"tcp dport @ports {live} ip6 saddr @gate6 ip6 saddr != @allow6 {k6} != @proven6 {adopt}",
+        ]
+        out += [
+            f"tcp sport @ports {live} ip daddr @gate4 ip daddr != @allow4 {d4} != @proven4 {adopt}",
+            f"tcp sport @ports {live} ip6 daddr @gate6 ip6 daddr != @allow6 {d6} != @proven6 {adopt}",
         ]
     pre += [
         f"tcp dport @ports {syn} {local} ip saddr @gate4 ip saddr != @allow4 {k4} != @proven4 jump admit",

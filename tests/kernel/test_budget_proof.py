@@ -277,6 +277,52 @@ def listening(lab: Lab) -> socket.socket:
     return mta
 
 
+def test_a_wave_counts_the_connections_strangers_opened_before_it_against_the_common_lane(
+    lab: Lab, tmp_path: Path
+) -> None:
+    srv = SmtpListener(lab.mx, 25)
+    stop = threading.Event()
+    early: list[socket.socket] = []
+    # A budget of 4 (3 for any stranger, 1 kept for first contacts), no cuts; the early sessions keep talking, so
+    # nothing sheds them: what is measured is what the budget admits while they hold the MTA.
+    cfg = write_config(tmp_path, "[wave]\nslot_budget = 4\n[cut]\nenabled = false\n")
+    try:
+        with running(lab.mx, cfg) as d:
+            with lab.net.entered():
+                early = [connect(f"198.18.61.{i}", MX4, 25) for i in range(1, 4)]  # three strangers, before the wave
+                early += [connect("192.0.2.61", MX4, 25) for _ in range(2)]  # allowlisted: never counted
+                connect("198.18.62.1", MX4, 25).close()  # a stranger the kernel has seen: not a first contact
+            for c in early:
+                c.settimeout(5)
+                assert c.recv(100).startswith(b"220")
+                threading.Thread(target=keep_talking, args=(c, stop), daemon=True).start()
+            assert govern(lab.mx, "wave", "on", "--for", "2m", "--config", str(cfg)).returncode == 0
+            # The strangers' next segments with data take the common lane's slots: all three; the allowlisted none.
+            assert wait_for(lambda: len(nft_set(lab.mx, "slots")) == 3, timeout=5), d.status()["slots"]
+            assert wait_for(lambda: d.status()["slots"].get("in_budget") == 3, timeout=5), d.status()["slots"]
+            with lab.net.entered():
+                assert attempt("198.18.62.1") is None  # no room in the common lane while the early ones hold it
+                first = attempt("198.51.100.62")  # a first contact: its lane was kept for it
+            assert first is not None
+            first.close()
+            # Two early sessions end: their slots free and stay free (the last ACKs of the closes carry no data
+            # and take no slot again), and the stranger turned away before gets in.
+            for c in early[:2]:
+                c.close()
+            assert wait_for(lambda: len(nft_set(lab.mx, "slots")) == 1, timeout=5), nft_set(lab.mx, "slots")
+            time.sleep(1.2)
+            assert len(nft_set(lab.mx, "slots")) == 1 and not nft_set(lab.mx, "newslots")
+            with lab.net.entered():
+                late = attempt("198.18.62.1")
+            assert late is not None
+            late.close()
+    finally:
+        stop.set()
+        for c in early:
+            c.close()
+        srv.close()
+
+
 def answer_lines(conn: socket.socket, stop: threading.Event) -> None:
     """A stand-in smtpd's dialogue: "250" to whatever the client sends, until it closes or `stop`."""
     conn.settimeout(0.2)
