@@ -747,48 +747,46 @@ class NftNetlink:
 
     def set_info(self, set: str) -> tuple[int, int]:
         """(NFTA_SET_FLAGS, key length in bytes) of a set."""
-        seq = self._nl.next_seq()
         body = netlink.strz(NFTA_SET_TABLE, self.table) + netlink.strz(NFTA_SET_NAME, set)
-        what = f"the description of set {set} of {self._where}"
-        self._nl.send(_nlmsg(_msg_type(NFT_MSG_GETSET), NLM_F_REQUEST, seq, self.family, 0, body), what)
-        buf = self._nl.buf
-        while True:
-            n = self._nl.recv(what)
-            for off, ln, mtype, _flags in netlink.walk(buf, n, f"nftables: cannot read {what}", seq):
-                if mtype == _msg_type(NFT_MSG_NEWSET):
-                    flags = key_len = 0
-                    for atype, p, _end in netlink.attrs(buf, off + 20, off + ln):
-                        if atype == NFTA_SET_FLAGS:
-                            (flags,) = _BE32.unpack_from(buf, p)
-                        elif atype == NFTA_SET_KEY_LEN:
-                            (key_len,) = _BE32.unpack_from(buf, p)
-                    self._nl.dirty = False
-                    return flags, key_len
+        flags = key_len = 0
+        buf, start, end = self._get_one(NFT_MSG_GETSET, NFT_MSG_NEWSET, body, f"the description of set {set}")
+        for atype, p, _end in netlink.attrs(buf, start, end):
+            if atype == NFTA_SET_FLAGS:
+                (flags,) = _BE32.unpack_from(buf, p)
+            elif atype == NFTA_SET_KEY_LEN:
+                (key_len,) = _BE32.unpack_from(buf, p)
+        return flags, key_len
 
     def counter_packets(self, name: str) -> int:
         """The packets a named counter object of the table has counted (NFT_MSG_GETOBJ): one small request, cheap
         enough to read between ticks."""
-        seq = self._nl.next_seq()
         body = (
             netlink.strz(NFTA_OBJ_TABLE, self.table)
             + netlink.strz(NFTA_OBJ_NAME, name)
             + netlink.attr(NFTA_OBJ_TYPE, _BE32.pack(NFT_OBJECT_COUNTER))
         )
-        what = f"counter {name} of {self._where}"
-        self._nl.send(_nlmsg(_msg_type(NFT_MSG_GETOBJ), NLM_F_REQUEST, seq, self.family, 0, body), what)
+        packets = 0
+        buf, start, end = self._get_one(NFT_MSG_GETOBJ, NFT_MSG_NEWOBJ, body, f"counter {name}")
+        for atype, p, aend in netlink.attrs(buf, start, end):
+            if atype == NFTA_OBJ_DATA:
+                for btype, q, _e in netlink.attrs(buf, p, aend):
+                    if btype == NFTA_COUNTER_PACKETS:
+                        (packets,) = _BE64.unpack_from(buf, q)
+        return packets
+
+    def _get_one(self, cmd: int, reply: int, body: bytes, what: str) -> tuple[bytearray, int, int]:
+        """Ask for one object of the table (`cmd`); the buffer and the span of the attributes of its answer (`reply`),
+        valid until the next request."""
+        seq = self._nl.next_seq()
+        what = f"{what} of {self._where}"
+        self._nl.send(_nlmsg(_msg_type(cmd), NLM_F_REQUEST, seq, self.family, 0, body), what)
         buf = self._nl.buf
         while True:
             n = self._nl.recv(what)
             for off, ln, mtype, _flags in netlink.walk(buf, n, f"nftables: cannot read {what}", seq):
-                if mtype == _msg_type(NFT_MSG_NEWOBJ):
-                    packets = 0
-                    for atype, p, end in netlink.attrs(buf, off + 20, off + ln):
-                        if atype == NFTA_OBJ_DATA:
-                            for btype, q, _e in netlink.attrs(buf, p, end):
-                                if btype == NFTA_COUNTER_PACKETS:
-                                    (packets,) = _BE64.unpack_from(buf, q)
+                if mtype == _msg_type(reply):
                     self._nl.dirty = False
-                    return packets
+                    return buf, off + 20, off + ln
 
     def dump_set(self, set: str) -> list[SetElem]:
         """Every live element of `set`; interval sets come back as prefixes rebuilt from their ranges."""

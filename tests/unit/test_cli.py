@@ -308,3 +308,22 @@ def test_status_and_a_piped_top_show_the_slots(daemon: FakeDaemon) -> None:
     assert res.exit_code == 0, res.stderr
     assert "govern top  mode  NORMAL" in res.stdout and "budget 60 of 100" in res.stdout
     assert "by reason operator 1" in res.stdout and "198.18.0.1  manual: blocked by the operator" in res.stdout
+
+
+def test_the_budget_line_says_how_postscreen_talkers_are_judged() -> None:
+    from govern.cli import _budget_line
+
+    st: dict[str, Any] = {
+        "backend": "nftables",
+        "budget": {"slots": 45, "newcomers": 38, "basis": "60% of 50 slots, x1.5"},
+        "postscreen": True,
+        "postscreen_greet_action": "enforce",
+        "pregreet_cut": True,
+    }
+    line = _budget_line(st)
+    assert line.startswith("slot budget: strangers hold at most 45 slots in a wave, 38 of them kept for first contacts")
+    assert "no silent client cut before its greet wait, clients that talk during it cut" in line
+    assert "(postscreen_greet_action = enforce)" in line
+    ignored = _budget_line({**st, "postscreen_greet_action": "ignore", "pregreet_cut": False})
+    assert "clients that talk during it waited for too (postscreen_greet_action = ignore)" in ignored
+    assert "postscreen" not in _budget_line({**st, "postscreen": False})
