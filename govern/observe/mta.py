@@ -3,8 +3,8 @@ budget is a share of that) and whether postscreen answers first (its pregreet te
 
 Postfix's master(8) passes max(the service's maxproc, default_process_limit) to listen(), so a Postfix listener's
 accept backlog is its process limit; other MTAs pass their own figure (Exim's smtp_connect_backlog). Where that is
-not the number of sessions the MTA serves, `wave.mta_slots` says it. `budget` is pure; `postscreen_listening`
-looks at /proc.
+not the number of sessions the MTA serves, `wave.mta_slots` says it. `budget` is pure; `postscreen_pid`
+and `greet_action` look at /proc.
 """
 
 from __future__ import annotations
@@ -89,11 +89,6 @@ def budget(
     if newcomers is None:
         newcomers = budget_lanes(slots, wave["newcomer_share"])[1]
     return Budget(slots, capacity, why, newcomers)
-
-
-def postscreen_listening(ports: frozenset[int], proc: str = "/proc") -> bool:
-    """True when a postscreen process holds a listening socket on one of `ports` in this network namespace."""
-    return postscreen_pid(ports, proc) is not None
 
 
 def postscreen_pid(ports: frozenset[int], proc: str = "/proc") -> str | None:

@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from govern.addr import Prefix, PrefixSet
 from tests.kernel.daemon_harness import Daemon, govern, nft_set, wait_for, write_config
@@ -138,11 +139,21 @@ def kernel_view(lab: Lab) -> dict[str, set[str]]:
     return view
 
 
-def listed(lab: Lab, cfg: Path) -> dict[str, list[str]]:
-    r = govern(lab.mx, "list", "--json", "--config", str(cfg))
-    assert r.returncode == 0, r.stderr
-    entries = json.loads(r.stdout)
+def listed(d: Daemon) -> dict[str, list[str]]:
+    """What `govern list` shows, asked of the socket itself: a CLI process takes longer to start than a wave tick."""
+    entries = d.ask(cmd="list")["entries"]
     return {kind: [e["prefix"] for e in entries if e["kind"] == kind] for kind in ("block", "throttle")}
+
+
+def one_tick_view(lab: Lab, d: Daemon, where: str) -> tuple[dict[str, set[str]], dict[str, Any], dict[str, list[str]]]:
+    """The kernel's sets, the daemon's status and its list, all read between the same two ticks: the flood keeps the
+    daemon blocking, so views read across a tick differ by the blocks that tick added, and say nothing."""
+    for _ in range(30):
+        st = d.status()
+        after, state = kernel_view(lab), listed(d)
+        if d.status()["ticks"] == st["ticks"]:
+            return after, st, state
+    raise AssertionError(f"{where}: no three reads fell between two ticks in 30 tries")
 
 
 class Flood:
@@ -213,12 +224,11 @@ def test_sigkill_at_random_points_during_a_flood_loses_and_duplicates_nothing(la
             before = kernel_view(lab)
             assert d.stop(signal.SIGKILL) == -signal.SIGKILL
             d = Daemon(lab.mx, cfg).start()
-            after, st = kernel_view(lab), d.status()
             where = f"seed {seed}, kill {i + 1}"
+            after, st, state = one_tick_view(lab, d, where)
             held = PrefixSet(Prefix.parse(p) for p in after["block"])  # a block may be part of its /24 by now
             lost = [p for p in before["block"] if not held.covers(Prefix.parse(p))]
             assert not lost, (where, lost)
-            state = listed(lab, cfg)
             assert len(state["block"]) == len(set(state["block"])) == st["blocks"], where
             assert set(state["block"]) == after["block"], (where, set(state["block"]) ^ after["block"])
             assert set(state["throttle"]) == after["throttle"] - after["block"], where

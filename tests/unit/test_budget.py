@@ -11,7 +11,7 @@ from govern import config
 from govern.errors import ConfigError
 from govern.model import ListenerStats
 from govern.nft.ruleset import budget_lanes, ruleset, slot_budget
-from govern.observe.mta import budget, greet_action, main_cf_value, postscreen_listening, postscreen_pid
+from govern.observe.mta import budget, greet_action, main_cf_value, postscreen_pid
 
 
 def wave(**keys: object) -> config.Config:
@@ -99,9 +99,9 @@ def fake_proc(root: Path, comm: str, inode: int = 4242, port: int = 25) -> str:
 
 
 def test_postscreen_is_found_by_the_listening_socket_it_holds(tmp_path: Path) -> None:
-    assert postscreen_listening(frozenset({25}), fake_proc(tmp_path / "a", "postscreen"))
-    assert not postscreen_listening(frozenset({25}), fake_proc(tmp_path / "b", "smtpd"))
-    assert not postscreen_listening(frozenset({587}), fake_proc(tmp_path / "c", "postscreen"))
+    assert postscreen_pid(frozenset({25}), fake_proc(tmp_path / "a", "postscreen")) == "321"
+    assert postscreen_pid(frozenset({25}), fake_proc(tmp_path / "b", "smtpd")) is None
+    assert postscreen_pid(frozenset({587}), fake_proc(tmp_path / "c", "postscreen")) is None
 
 
 def postscreen_proc(root: Path, argv: list[str], env: dict[str, str]) -> str:
