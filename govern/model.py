@@ -299,6 +299,8 @@ class Plan:
     mode: ModeState | None = None  # a change of mode (or of its timer), None when it stays as it is
     cuts: tuple[Cut, ...] = ()  # sessions to end: not kernel state, so neither stored nor replayed
     forget: tuple[Prefix, ...] = ()  # offence records that lapsed (`block.forget_after`): no longer held against them
+    # At a wave's start: the strangers holding sessions made before it (the kernel's budget never counted them)
+    holders: frozenset[Prefix] | None = None
 
     def __bool__(self) -> bool:
         return bool(self.actions) or self.mode is not None or bool(self.cuts) or bool(self.forget)
@@ -372,6 +374,9 @@ class State:
     tarpits: dict[Prefix, Tarpitted] = field(default_factory=dict)
     mode: ModeState = field(default_factory=ModeState)
     cuts: dict[Prefix, CutRecord] = field(default_factory=dict)  # this wave's; not durable
+    # The strangers that held sessions when this wave began (Plan.holders); not durable: after a restart the
+    # kernel's budget counts every connection the daemon sees, as far as shedding can tell.
+    holders: frozenset[Prefix] = frozenset()
 
     def cuts_in_wave(self, p: Prefix, wave: float) -> int:
         rec = self.cuts.get(p)
@@ -382,7 +387,10 @@ class State:
         if plan.mode is not None:
             if plan.mode.mode is not Mode.WAVE or plan.mode.since != self.mode.since:
                 self.cuts.clear()  # a wave's cut counts end with it
+                self.holders = frozenset()
             self.mode = plan.mode
+        if plan.holders is not None:
+            self.holders = plan.holders
         if self.mode.mode is Mode.WAVE:
             for c in plan.cuts:
                 if c.shed:

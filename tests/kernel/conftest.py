@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import secrets
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -65,7 +66,16 @@ def pin_root(tmp_path: Path) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def deb(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """govern's Debian package built from this tree by .ci/build-deb, once for the tests that install it."""
+    """govern's Debian package built from this tree by .ci/build-deb, once for the tests that install it; where
+    `.ci/setup test` started that build already (GOVERN_TEST_DEB_DIR), its result."""
+    started = os.environ.get("GOVERN_TEST_DEB_DIR")
+    if started:
+        rc = Path(started) / "rc"
+        deadline = time.monotonic() + 600
+        while not rc.exists() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert rc.exists() and rc.read_text().strip() == "0", (Path(started) / "build.err").read_text()[-2000:]
+        return (Path(started) / "build.out").read_text().strip().splitlines()[-1]
     out = tmp_path_factory.mktemp("dist")
     repo = Path(__file__).parents[2]
     built = subprocess.run(

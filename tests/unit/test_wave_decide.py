@@ -289,6 +289,34 @@ def test_sessions_the_kernels_budget_does_not_count_are_over_it_while_a_flood_fi
     assert not decide(replace(snap(sources), slotted=None), wave_state(), pol, NOW).cuts
 
 
+def test_the_strangers_holding_sessions_when_the_wave_began_are_shed_first_while_the_kernel_counts_fewer() -> None:
+    # A flood's first second: 5 strangers hold 2 sessions each, made before the wave (the kernel never counted
+    # them). The wave begins on that snapshot, and the plan names them.
+    pol = policy(wave={"slot_budget": 30, "top_n": 0}, cut={"enabled": False})
+    early = {src(100 + i): SourceStats(held=2, established=2) for i in range(5)}
+    flood = replace(snap(early | {PARTNER: SourceStats(held=3, established=3)}), attempts_peak=1e6)
+    start = decide(flood, State(), pol, NOW)
+    assert start.mode is not None and start.mode.mode is Mode.WAVE
+    assert start.holders == frozenset(early)  # not the allowlisted partner
+    state = State()
+    state.record(start, NOW)
+    assert state.holders == frozenset(early)
+    # A tick later 10 more strangers hold 2 sessions each, made in the wave. The kernel counts 20 of the 30: the 10
+    # it does not count are the early ones', who go first, though they hold no more than the others: shedding the
+    # others' would free counted slots the flood takes again at once and leave the uncounted to hold the MTA.
+    later = {src(i): SourceStats(held=2, established=2) for i in range(10)}
+    tick = decide(replace(snap(early | later), slotted=20), state, pol, NOW + 1)
+    assert tick.holders is None  # the same wave: the holders stay as they were
+    assert [c.prefix for c in tick.cuts if c.shed] == sorted(early, key=lambda p: p.value)
+    # Once the kernel counts every session, the order is by sessions held again, whoever came first.
+    many = later | {src(50): SourceStats(held=5, established=5)}
+    over = decide(replace(snap(early | many), slotted=35), state, pol, NOW + 2)
+    assert next(c.prefix for c in over.cuts if c.shed) == src(50)
+    # The wave's end forgets them; a new wave names its own.
+    state.record(replace(start, mode=replace(start.mode, mode=Mode.NORMAL), holders=None), NOW + 3)
+    assert state.holders == frozenset()
+
+
 def test_a_single_session_whose_source_tried_several_connections_goes_with_the_many() -> None:
     # Before the wave, the full accept queue dropped the second SYN of many flood sources: each holds one session,
     # queued, as a never-seen sender's would be. Its attempts tell them apart: the sender tried once.
