@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from govern.addr import Prefix, PrefixSet
-from tests.kernel.daemon_harness import Daemon, govern, nft_set, wait_for, write_config
+from tests.kernel.daemon_harness import Daemon, govern, nft_kinds, nft_set, wait_for, write_config
 from tests.netns import MX4, Lab, Listener, connect
 
 
@@ -133,10 +133,15 @@ def sysctls(lab: Lab) -> dict[str, str]:
 
 
 def kernel_view(lab: Lab) -> dict[str, set[str]]:
-    view: dict[str, set[str]] = {}
-    for kind, names in (("block", ("block4", "block6")), ("throttle", ("throttle4", "throttle6", "tight4", "tight6"))):
-        view[kind] = set().union(*(_set_or_empty(lab, n) for n in names))
-    return view
+    """The blocks and throttles (the wave's tight ones too) in the kernel, read in one `nft` run."""
+    try:
+        sets = nft_kinds(lab.mx, ("block4", "block6", "throttle4", "throttle6", "tight4", "tight6"))
+    except RuntimeError:  # the table is not there (yet)
+        return {"block": set(), "throttle": set()}
+    return {
+        "block": sets["block4"] | sets["block6"],
+        "throttle": set().union(*(sets[n] for n in ("throttle4", "throttle6", "tight4", "tight6"))),
+    }
 
 
 def listed(d: Daemon) -> dict[str, list[str]]:
