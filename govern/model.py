@@ -374,8 +374,8 @@ class State:
     tarpits: dict[Prefix, Tarpitted] = field(default_factory=dict)
     mode: ModeState = field(default_factory=ModeState)
     cuts: dict[Prefix, CutRecord] = field(default_factory=dict)  # this wave's; not durable
-    # The strangers that held sessions when this wave began (Plan.holders); not durable: after a restart the
-    # kernel's budget counts every connection the daemon sees, as far as shedding can tell.
+    # The strangers that held sessions when this wave began (Plan.holders); not durable: a restart in a wave forgets
+    # them, and shedding then goes by the sessions each source holds alone.
     holders: frozenset[Prefix] = frozenset()
 
     def cuts_in_wave(self, p: Prefix, wave: float) -> int:
