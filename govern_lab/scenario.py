@@ -108,6 +108,9 @@ class _Sampler:
     # Other nftables sets in the mx namespace whose members count as blocked: (family, table, set), e.g. fail2ban's.
     block_sets: tuple[tuple[str, str, str], ...] = ()
     role: str = "mx"  # the MX namespace it samples (the fleet scenario's mx2 has one of its own)
+    # Seconds between samples; the kernel's sets are read once a second whatever it is (a full flood's block sets
+    # are large), the sockets every sample.
+    every: float = 1.0
     samples: list[report.Sample] = field(default_factory=list)
     trusted_seen: set[str] = field(default_factory=set)
     legit_seen: set[str] = field(default_factory=set)
@@ -121,20 +124,13 @@ class _Sampler:
         proc = _process(self.govern_pid)
         with self.lab.entered(self.role):
             diag = SockDiag()
+        every, blocked, throttled, sets_read = self.every, 0, 0, -1.0
         try:
-            while not self.stop.wait(max(0.0, 1.0 - (time.monotonic() - t0) % 1.0)):
+            while not self.stop.wait(max(0.0, every - (time.monotonic() - t0) % every)):
                 scan = diag.scan(frozenset({25}), idle_after_ms=10_000)
-                sets = self._govern_sets() if self.govern_pid else {}
-                for fam, table, name in self.block_sets:
-                    raw = self.lab.run(self.role, "nft", "-j", "list", "set", fam, table, name, check=False)
-                    sets.setdefault("block4", []).extend(_elements(raw))
-                blocked = len(sets.get("block4", ())) + len(sets.get("block6", ()))
-                throttled = sum(len(sets.get(n, ())) for n in ("throttle4", "throttle6", "tight4", "tight6"))
-                self.blocked_peak = max(self.blocked_peak, blocked)
-                self.blocked_seen.update(sets.get("block4", ()), sets.get("block6", ()))
-                for members in sets.values():
-                    self.trusted_seen |= {m for m in members if overlaps(m, TRUSTED_RANGES)}
-                    self.legit_seen |= {m for m in members if overlaps(m, LEGIT_RANGES)}
+                if time.monotonic() - sets_read >= 1.0 - every / 2:
+                    sets_read = time.monotonic()
+                    blocked, throttled = self._read_sets()
                 cpu, rss = 0.0, 0
                 if proc is not None:
                     with contextlib.suppress(Exception):
@@ -157,6 +153,21 @@ class _Sampler:
                     self.on_sample(sample)
         finally:
             diag.close()
+
+    def _read_sets(self) -> tuple[int, int]:
+        """How many sources are blocked and throttled now; who was ever seen in a set is kept as it goes."""
+        sets = self._govern_sets() if self.govern_pid else {}
+        for fam, table, name in self.block_sets:
+            raw = self.lab.run(self.role, "nft", "-j", "list", "set", fam, table, name, check=False)
+            sets.setdefault("block4", []).extend(_elements(raw))
+        blocked = len(sets.get("block4", ())) + len(sets.get("block6", ()))
+        throttled = sum(len(sets.get(n, ())) for n in ("throttle4", "throttle6", "tight4", "tight6"))
+        self.blocked_peak = max(self.blocked_peak, blocked)
+        self.blocked_seen.update(sets.get("block4", ()), sets.get("block6", ()))
+        for members in sets.values():
+            self.trusted_seen |= {m for m in members if overlaps(m, TRUSTED_RANGES)}
+            self.legit_seen |= {m for m in members if overlaps(m, LEGIT_RANGES)}
+        return blocked, throttled
 
     def _mode(self) -> str:
         if self.govern_socket is None:
