@@ -168,6 +168,9 @@ class Listener:
     def __init__(self, ns: Netns, port: int = 25, banner: bytes = b"220 mx.test ESMTP\r\n", backlog: int = 4096):
         self.held: list[socket.socket] = []
         self._stop = threading.Event()
+        # Cleared, the server stops accepting: its accept queue fills, and the kernel drops the SYNs beyond it.
+        self.accepting = threading.Event()
+        self.accepting.set()
         self.accepted = 0
         with ns.entered():
             self.sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
@@ -182,6 +185,8 @@ class Listener:
 
     def _run(self) -> None:
         while not self._stop.is_set():
+            if not self.accepting.wait(0.2):
+                continue
             try:
                 conn, _ = self.sock.accept()
             except (TimeoutError, OSError):

@@ -240,6 +240,17 @@ def ruleset(spec: FirewallSpec, *, enforce: bool = True, resize: Iterable[str] =
                 f"{CONN4} != @syn4 {k4} != @seen4 drop",
                 f"tcp dport @ports {syn} {local} ip6 saddr @gate6 {k6} != @proven6 {CONN6} != @fresh6 "
                 f"{CONN6} != @syn6 {k6} != @seen6 drop",
+                # A connection whose SYN the kernel counted just before the wave, and which is still knocking (its
+                # SYN dropped by the accept queue the flood had filled), is a first contact too if it is its
+                # source's only one counted (not in `twice`): a sender that knocked in the flood's first fraction
+                # of a second would otherwise wait for the common lane the flood holds (the lab's slow MTA over
+                # IPv6, timed out at connect). A retransmission already shows a real TCP stack: not dropped.
+                f"tcp dport @ports {syn} {local} ip saddr @gate4 {k4} != @proven4 {CONN4} @syn4 "
+                f"{CONN4} != @fresh4 {k4} != @twice4 {k4} != @newsrc4 update @fresh4 {{ {CONN4} }} "
+                f"update @newsrc4 {{ {k4} }}",
+                f"tcp dport @ports {syn} {local} ip6 saddr @gate6 {k6} != @proven6 {CONN6} @syn6 "
+                f"{CONN6} != @fresh6 {k6} != @twice6 {k6} != @newsrc6 update @fresh6 {{ {CONN6} }} "
+                f"update @newsrc6 {{ {k6} }}",
             ]
             if sizes
             else []
@@ -249,6 +260,9 @@ def ruleset(spec: FirewallSpec, *, enforce: bool = True, resize: Iterable[str] =
         # relay look five times as prolific as it is.
         # ... and once in all (ATTEMPTS): read between ticks, so a flood on an MTA that accepts at once (postscreen:
         # no accept queue fills) starts the wave within a poll, not at the next tick.
+        # A source's second connection counted (and later ones) puts it in `twice`: it has a first contact behind it.
+        f"tcp dport @ports {syn} {local} {CONN4} != @syn4 {k4} @seen4 update @twice4 {{ {k4} }}",
+        f"tcp dport @ports {syn} {local} {CONN6} != @syn6 {k6} @seen6 update @twice6 {{ {k6} }}",
         f"tcp dport @ports {syn} {local} {CONN4} != @syn4 update @seen4 {{ {k4} counter }} counter name {ATTEMPTS}",
         f"tcp dport @ports {syn} {local} {CONN6} != @syn6 update @seen6 {{ {k6} counter }} counter name {ATTEMPTS}",
         f"tcp dport @ports {syn} {local} update @syn4 {{ {CONN4} }}",
@@ -301,7 +315,7 @@ def ruleset(spec: FirewallSpec, *, enforce: bool = True, resize: Iterable[str] =
         sets.append(f"set proven{v} {{ type {typ}; {dyn} timeout {PROVEN_TIMEOUT}; }}")
         sets.append(f"set talk{v} {{ type {typ} . inet_service; {dyn} timeout {TALK_TIMEOUT}; }}")
         sets.append(f"set newsrc{v} {{ type {typ}; {dyn} timeout {NEWSRC_TIMEOUT}; }}")
-    for name in ("seen", "rate", "trate"):
+    for name in ("seen", "twice", "rate", "trate"):
         for v, typ in ((4, "ipv4_addr"), (6, "ipv6_addr")):
             sets.append(
                 f"set {name}{v} {{ type {typ}; size {SEEN_SIZE}; flags dynamic,timeout; timeout {SEEN_TIMEOUT}; }}"

@@ -362,6 +362,67 @@ def keep_talking(s: socket.socket, stop: threading.Event) -> None:
             s.recv(100)
 
 
+def keep_babbling(s: socket.socket, stop: threading.Event) -> None:
+    """A client that keeps its session busy with lines the server refuses (502): data both ways, never a proof."""
+    with contextlib.suppress(OSError):
+        while not stop.wait(0.1):
+            s.sendall(b"XYZZY\r\n")
+            s.recv(100)
+
+
+def test_a_sender_whose_only_connection_knocked_just_before_the_wave_is_still_a_first_contact(
+    lab: Lab, tmp_path: Path
+) -> None:
+    srv = SmtpListener(lab.mx, 25, backlog=1)
+    stop = threading.Event()
+    held: list[socket.socket] = []
+    # A budget of 5 (3 for any stranger, 2 kept for first contacts), no cuts. Three strangers' sessions from before
+    # the wave fill the common lane once it begins; the MTA's accept queue is full when two more knock.
+    cfg = write_config(tmp_path, "[wave]\nslot_budget = 5\n[cut]\nenabled = false\n")
+    try:
+        with running(lab.mx, cfg) as d:
+            assert d.status()["budget"]["newcomers"] == 2
+            with lab.net.entered():
+                held += [connect(f"198.18.74.{i}", MX4, 25) for i in range(1, 4)]
+                connect("198.18.73.1", MX4, 25).close()  # a stranger's connection the kernel counted before
+            for c in held:
+                c.settimeout(5)
+                assert c.recv(100).startswith(b"220")
+                threading.Thread(target=keep_babbling, args=(c, stop), daemon=True).start()
+            srv.accepting.clear()
+            time.sleep(0.5)
+            with lab.net.entered():
+                held += [connect("192.0.2.74", MX4, 25) for _ in range(2)]  # the accept queue (of 2) is full
+            t0 = time.monotonic()
+            with ThreadPoolExecutor(2) as pool:
+                # A sender's only connection, and the stranger's second: the kernel counts both SYNs and the full
+                # queue drops them. They retransmit at 1, 3, 7 and 15 s.
+                with lab.net.entered():  # the pool's threads are made in the client's namespace
+                    sender = pool.submit(attempt, "198.51.100.74", timeout=18)
+                    other = pool.submit(attempt, "198.18.73.1", timeout=18)
+                assert wait_for(lambda: {"198.51.100.74", "198.18.73.1"} <= nft_set(lab.mx, "seen4"), timeout=1)
+                assert nft_set(lab.mx, "twice4") & {"198.51.100.74", "198.18.73.1"} == {"198.18.73.1"}
+                # The wave begins between the retransmissions at 3 and 7 s, and the babblers' next segments take
+                # the common lane's three slots; then the MTA accepts again.
+                time.sleep(max(0.0, t0 + 3.3 - time.monotonic()))
+                assert govern(lab.mx, "wave", "on", "--for", "2m", "--config", str(cfg)).returncode == 0
+                assert wait_for(lambda: len(nft_set(lab.mx, "slots")) == 3, timeout=2), d.status()["slots"]
+                assert time.monotonic() - t0 < 6.5, "the wave began too late for the retransmission at 7 s"
+                srv.accepting.set()
+                got, refused = sender.result(), other.result()
+            # The sender's retransmission took the first contacts' lane; the stranger, whose earlier connection the
+            # kernel counted, waited for the common lane the babblers hold: timed out at connect.
+            assert got is not None
+            held.append(got)
+            assert refused is None
+            assert len(nft_set(lab.mx, "newslots")) == 1
+    finally:
+        stop.set()
+        for c in held:
+            c.close()
+        srv.close()
+
+
 def test_a_wave_sheds_what_a_flood_holds_beyond_the_budget_and_spares_single_senders_and_talkers(
     lab: Lab, tmp_path: Path
 ) -> None:
