@@ -160,9 +160,12 @@ def touching(entries: Mapping[Prefix, T], source: Prefix) -> list[tuple[Prefix, 
 
 def waiting(s: SessionInfo) -> bool:
     """The server waits on the client: it has spoken, and the client has said nothing since. Both ages are in
-    jiffies, so equal ones count only for a client that never spoke (as the observer's idle rule)."""
+    jiffies, so equal ones count when the server has sent more data segments than the client (it answered), as
+    the observer's idle rule (govern.observe.sockdiag.stalled)."""
     sent, recv = s.server_sent_ms, s.client_sent_ms
-    return s.state == "ESTABLISHED" and s.info and s.segs_out > 0 and recv >= sent and (recv != sent or not s.segs_in)
+    if not (s.state == "ESTABLISHED" and s.info and s.segs_out > 0):
+        return False
+    return recv > sent or (recv == sent and s.segs_in < s.segs_out)
 
 
 class Enforcement(NamedTuple):

@@ -28,7 +28,8 @@ What a source is and when it is idle:
   greeting is not out yet, waits on the server, not on the client) and has sent nothing for idle_after_ms
   (tcpi_last_data_sent), while the client
     * said nothing since (tcpi_last_data_recv >= tcpi_last_data_sent, both "ms ago"; when equal, which at jiffy
-      resolution also means "answered at once", only if it never sent data at all): a silent bot; or
+      resolution says nothing of the order, only if the server sent more data segments than it: it answered): a
+      silent bot, or one whose command was answered at once; or
     * got nothing but the banner (tcpi_data_segs_out == 1) whatever it sent: no command of its was answered, so
       what it sent was never a command (a dripping, babbling or pre-banner-talking bot); or
     * sent at least two data segments more than the server answered, averaging under 16 bytes
@@ -346,7 +347,7 @@ class ScanParser:
                             and segs_out
                             and (segs_out != 1 or sent >= greet or (pregreet and segs_in))
                             and (
-                                (recv >= sent and (recv != sent or not segs_in))
+                                (recv > sent or (recv == sent and segs_in < segs_out))
                                 or segs_out == 1
                                 or (segs_in >= segs_out + 2 and brecv < 16 * segs_in)
                             )
@@ -695,7 +696,8 @@ def _result_vector(self: ScanParser, groups: dict[Any, Prefix]) -> Scan:
             & (segs_out != 0)
             & ((segs_out != 1) | (sent >= self._greet) | ((segs_in != 0) & self._pregreet))
             & (
-                ((recv >= sent) & ((recv != sent) | (segs_in == 0)))
+                (recv > sent)
+                | ((recv == sent) & (segs_in < segs_out))
                 | (segs_out == 1)
                 | ((segs_in >= segs_out + 2) & (r["brecv"] < (16 * segs_in).astype(np.uint64)))
             )
@@ -1170,13 +1172,16 @@ def stalled(
     asks for is not a stall. With `pregreet_cut` that floor is for silent clients only: one that talked during the
     wait failed postscreen's pregreet test, which postscreen enforces, and its session will carry no mail.
 
-    The kernel keeps both times in jiffies (4 ms at HZ=250): a client that answers within the same jiffy as the
-    greeting shows the same age for both, as does a client that never spoke at all (its last "data" time is the
-    handshake's). Data segments in tell them apart.
+    The kernel keeps both times in jiffies (4 ms at HZ=250), so equal ages say nothing of the order: a client that
+    never spoke (its last "data" time is the handshake's), a command answered within the jiffy it arrived (a
+    pre-banner talker's EHLO, answered as the banner goes out; a fast server's reply), or a command that arrived
+    within the jiffy of the server's last segment and is not answered yet. The data segments tell them apart: a
+    server that has sent more than the client is the one that answered (the greeting and a reply per command), and
+    waits on the client; otherwise the last command is still the server's to answer.
     """
     if sent < after_ms or segs_out <= 0 or (segs_out == 1 and sent < greet_ms and not (pregreet_cut and segs_in)):
         return False
-    if recv >= sent and (recv != sent or segs_in == 0):
+    if recv > sent or (recv == sent and segs_in < segs_out):
         return True  # silent since the server last spoke
     return segs_out == 1 or (segs_in >= segs_out + 2 and brecv < 16 * segs_in)
 

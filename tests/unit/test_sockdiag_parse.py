@@ -155,7 +155,9 @@ def test_states_time_wait_not_held_and_listeners_apart() -> None:
         (12_000, 15_000, 1, 0, 0, True),  # banner out 12 s ago, nothing from the client for longer: a silent bot
         (12_000, 15_000, 1, 2, 12, True),  # the same after a pre-banner burst: it has said nothing since the banner
         (10_000, 10_000, 3, 0, 0, True),  # greeted in the handshake's jiffy, never a word from the client
-        (10_000, 10_000, 3, 1, 8, False),  # the client answered within the greeting's jiffy (4 ms): it spoke last
+        (10_000, 10_000, 2, 1, 28, True),  # a pre-banner EHLO, answered within the jiffy it arrived: silent since
+        (10_000, 10_000, 3, 1, 8, True),  # a command answered within its jiffy: the server spoke more, and waits
+        (10_000, 10_000, 2, 2, 30, False),  # a command that came within the jiffy of the last reply: not answered yet
         (12_000, 40, 5, 9, 60_000, False),  # the client sent 40 ms ago, full segments: in the middle of DATA
         (200, 30_000, 2, 0, 0, False),  # the server answered 200 ms ago: not waiting long yet
         (15_000, 15_000, 0, 0, 0, False),  # the server never sent anything (accept queue, no greeting): not the client
