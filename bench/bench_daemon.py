@@ -87,11 +87,16 @@ TARGET_P99_MS = (100_000, 250.0)
 TARGET_RSS_MB = (1_000_000, 150.0)
 
 
+# Set from the command line: the socket scan (`backend.socket_scan`) and the IPv6 grouping of every case's daemon.
+SCAN = {"socket_scan": "auto", "ipv6_prefix": 128}
+
+
 def config(tmp: Path, extra: str = "") -> Path:
     cfg = tmp / "govern.toml"
     cfg.write_text(
         '[allow]\ncidrs = ["192.0.2.0/24", "2001:db8:2::/48"]\n'
-        "[protect]\nipv6_prefix = 128\n"
+        f"[protect]\nipv6_prefix = {SCAN['ipv6_prefix']}\n"
+        f'[backend]\nsocket_scan = "{SCAN["socket_scan"]}"\n'
         "[modes]\nauto = false\n"
         "[aggregate]\nenabled = false\n"
         f'[metrics]\nlisten = "{METRICS}"\n'
@@ -342,7 +347,8 @@ def run_sockets(sizes: list[int], args: argparse.Namespace, log: Callable[[str],
             t0 = time.monotonic()
             pop.grow(n)
             wait_until(f"the daemon to see {n} sockets", reaches(d, "sockets", n), 60 + n / 1000)
-            log(f"sockets {n:,}: open and seen by the daemon in {time.monotonic() - t0:.1f} s")
+            scanner = d.status().get("scanner", "?")
+            log(f"sockets {n:,}: open and seen by the daemon in {time.monotonic() - t0:.1f} s; read by {scanner}")
             steady(d, args.settle)
             row = Row("sockets", n)
             for _ in range(args.reps):
@@ -572,7 +578,14 @@ def main(argv: list[str] | None = None) -> int:
         "--load", type=Path, nargs="*", default=[], help="also put the rows of earlier --json files in table and plot"
     )
     ap.add_argument("--plot", type=Path, help="write the PNG here")
+    ap.add_argument(
+        "--scan", choices=["auto", "sock_diag"], default="auto", help="backend.socket_scan: the BPF iterator or not"
+    )
+    ap.add_argument(
+        "--ipv6-prefix", type=int, default=128, help="protect.ipv6_prefix (above 64, the scan is sock_diag's loop)"
+    )
     args = ap.parse_args(argv)
+    SCAN.update(socket_scan=args.scan, ipv6_prefix=args.ipv6_prefix)
     if os.geteuid() != 0:
         sys.exit("bench_daemon: needs root (network namespaces)")
     if any(m > TRACKED_MAX for m in args.tracked):

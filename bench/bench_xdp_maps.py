@@ -30,9 +30,10 @@ sys.path.insert(0, str(ROOT))
 
 from bench.machine import machine  # noqa: E402
 from govern.addr import Prefix  # noqa: E402
+from govern.libbpf import lib  # noqa: E402
 from govern.wiring import DEFAULT_OBJECT  # noqa: E402
 from govern.xdp import maps  # noqa: E402
-from govern.xdp.loader import XdpProgram, lib  # noqa: E402
+from govern.xdp.loader import XdpProgram  # noqa: E402
 
 XDP_DROP, XDP_PASS = 1, 2
 

@@ -167,7 +167,8 @@ def status(
     print(f"mode: {mode}   backend: {st['backend']}   uptime: {format_duration(max(st['uptime'], 1))}")
     if st["mode"] != "normal":
         print("  " + _mode_line(st["mode_detail"]))
-    print(f"tick: {st['last_tick_ms']} ms{_phases(st)}   sources: {st['sources']}   sockets: {st['sockets']}")
+    read = f" (read by {st['scanner']})" if st.get("scanner") else ""
+    print(f"tick: {st['last_tick_ms']} ms{_phases(st)}   sources: {st['sources']}   sockets: {st['sockets']}{read}")
     print(f"blocks: {st['blocks']}   throttles: {st['throttles']}   allowlist entries: {st['allowlist']}")
     store = st.get("store") or {}
     if store.get("state") == "behind":

@@ -468,6 +468,11 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "xdp_interfaces": Key([], _ifnames, "interfaces the XDP program is attached to"),
         "xdp_pin_root": Key("/sys/fs/bpf/govern", _abs_path, "where the XDP program's maps are pinned (bpffs)"),
         "xdp_object": Key("", _abs_path_or_off, "the compiled XDP object; empty: the one the package carries"),
+        "socket_scan": Key(
+            "auto",
+            _choice("auto", "sock_diag"),
+            "auto: each tick's socket scan through the BPF socket iterator where it loads, else sock_diag; sock_diag",
+        ),
     },
     "sysctl": {
         "expected_sessions": Key(2000, _int(1, 10_000_000), "peak concurrent SMTP sessions the host must carry"),

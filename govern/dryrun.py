@@ -126,6 +126,10 @@ class DryRunSockets:
     def __init__(self, inner: SocketSource) -> None:
         self.inner = inner
 
+    @property
+    def scanner(self) -> str:
+        return self.inner.scanner
+
     def scan(
         self,
         ports: frozenset[int],

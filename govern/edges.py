@@ -17,7 +17,13 @@ if TYPE_CHECKING:
 
 
 class SocketSource(Protocol):
-    """Enumerates and ends TCP sessions on the protected ports (sock_diag)."""
+    """Enumerates and ends TCP sessions on the protected ports (sock_diag; the scan through a BPF iterator where it
+    loads)."""
+
+    @property
+    def scanner(self) -> str:
+        """What reads the sockets each tick, and why not the BPF iterator if not (`govern status`)."""
+        ...
 
     def scan(
         self,

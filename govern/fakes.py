@@ -39,6 +39,7 @@ class FakeSockets:
     cuts: list[dict[Prefix, int]] = field(default_factory=list)
     shed: list[dict[Prefix, tuple[int, bool]]] = field(default_factory=list)  # each call's sources to shed
     live: list[SessionInfo] = field(default_factory=list)
+    scanner: str = "fake"
     listening: tuple[ListenerStats, ...] = ()  # what `listeners` reads between ticks
 
     def scan(

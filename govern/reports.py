@@ -174,6 +174,7 @@ def status(gov: Governor, top: int = 10) -> dict[str, Any]:
         "postscreen_greet_action": gov.greet_action,
         "pregreet_cut": gov.policy.pregreet_cut,
         "tarpit": gov.tarpit_unsupported or f"ready ({gov.tarpit.name if gov.tarpit else '-'})",
+        "scanner": gov.sockets.scanner,
         "unavailable": dict(gov.enforcer.unavailable()),
         "allowlist": len(gov.policy.allow),
         "allowlist_sources": gov.allow.status() if gov.allow is not None else [],

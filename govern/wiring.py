@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from govern.addr import Prefix
 from govern.config import Config
-from govern.edges import Enforcer, FleetLink
+from govern.edges import Enforcer, FleetLink, SocketSource
 from govern.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -56,10 +56,22 @@ def enforcer(config: Config) -> Enforcer:
 
 
 def sockets() -> SockDiag:
-    """The kernel's sockets, through sock_diag (the daemon's observer, and the CLI's look at the listeners)."""
+    """The kernel's sockets, through sock_diag (the CLI's look at the listeners)."""
     from govern.observe.sockdiag import SockDiag
 
     return SockDiag()
+
+
+def observed_sockets(config: Config) -> SocketSource:
+    """The daemon's sockets: each tick's scan through the BPF socket iterator where it loads (`backend.socket_scan`
+    "auto"), else sock_diag."""
+    if config["backend"]["socket_scan"] == "sock_diag":
+        diag = sockets()
+        diag.scanner = "sock_diag (backend.socket_scan)"
+        return diag
+    from govern.observe.sockiter import IteratedSockets
+
+    return IteratedSockets(sockets())
 
 
 def sysctl_manager(config: Config) -> SysctlManager:
@@ -100,12 +112,12 @@ def governor(config: Config, store: Store) -> Governor:
     from govern.allow.sources import from_config as allow_sources
     from govern.daemon import Governor
     from govern.dryrun import DryRunSockets, DryRunStore, DryRunSysctls, DryRunTarpit
-    from govern.edges import SocketSource, StateStore, Tarpit
+    from govern.edges import StateStore, Tarpit
     from govern.observe.netstat import ProcNetstat
     from govern.sysctl.edges import SysctlProfiles
 
     durable: StateStore = store
-    diag: SocketSource = sockets()
+    diag: SocketSource = observed_sockets(config)
     sysctls: SysctlProfiles = sysctl_manager(config)
     pit: Tarpit = tarpit(config)
     if is_dry_run(config):

@@ -234,6 +234,7 @@ class ScanParser:
         "_other",
         "_ports_be",
         "_pregreet",
+        "_records",
         "_refs",
         "_syn",
         "_v4_len",
@@ -283,6 +284,7 @@ class ScanParser:
         self._info_at: dict[int, tuple[int, int]] = {}
         self._bulk: dict[int, bytearray] = {}
         self._refs: dict[tuple[int, int], array[int]] = {}  # (head word, n): n copies of it, what a run's heads are
+        self._records: list[npt.NDArray[Any]] = []  # sockets read as records already (feed_records)
 
     def feed(self, buf: bytes | bytearray | memoryview, size: int | None = None) -> bool:
         """Parse the netlink messages in buf[:size]; True when a dump's NLMSG_DONE was among them.
@@ -369,6 +371,26 @@ class ScanParser:
         if off != size:
             raise NetlinkError(f"sock_diag: a message overruns the buffer ({off} > {size})", errno.EPROTO)
         return False
+
+    def feed_records(self, r: npt.NDArray[Any]) -> None:
+        """Sockets as records with the fields the numpy path reads (fam, state, sport, a4, hi, mid, lo, sent, recv,
+        brecv, segs_in, segs_out, as `_records` has them; the socket iterator's, govern.observe.sockiter) on
+        the protected ports, TIME_WAIT left out; a listener's address is its local one, `recv` its accept queue
+        and `sent` its backlog. Only with the numpy path (source groups of IPv6 /64 or shorter)."""
+        if not self._vector:
+            raise ValueError("records need the numpy path: IPv6 sources grouped by /64 or shorter")
+        listening = r["state"] == TCP_LISTEN
+        if listening.any():
+            lr = r[listening]
+            fields = ("fam", "sport", "recv", "sent", "a4", "hi", "mid", "lo")
+            for fam, port_be, queued, backlog, a4, hi, mid, lo in zip(*(lr[f].tolist() for f in fields), strict=True):
+                if fam == socket.AF_INET:
+                    text = socket.inet_ntop(socket.AF_INET, a4.to_bytes(4))
+                else:
+                    text = socket.inet_ntop(socket.AF_INET6, hi.to_bytes(8) + mid.to_bytes(4) + lo.to_bytes(4))
+                self._listeners.append(ListenerStats(text, socket.ntohs(port_be), queued, backlog))
+            r = r[~listening]
+        self._records.append(r)
 
     def _take_run(self, buf: bytes | bytearray | memoryview, size: int) -> int:
         """Copy the run of messages of one kind with tcp_info that starts the buffer aside for `result`'s numpy
@@ -659,12 +681,48 @@ def _mask(length: int, bits: int) -> int:
     return ((1 << length) - 1) << (bits - length)
 
 
+def _take(self: ScanParser, r: npt.NDArray[Any], v4: _Family, v6: _Family) -> int:
+    """Records of non-listening sockets on the protected ports (TIME_WAIT left out) into the families' columns:
+    their source keys, which are idle and their waits, which are in SYN_RECV. Returns how many there were."""
+    state = r["state"]
+    is4 = r["fam"] != socket.AF_INET6
+    mapped = ~is4 & (r["hi"] == 0) & (r["mid"] == 0xFFFF)
+    four = is4 | mapped
+    key4 = np.where(is4, r["a4"], r["lo"]).astype(np.uint64)
+    est = state == TCP_ESTABLISHED
+    # stalled(), over arrays; int64 so that sums cannot wrap.
+    sent = r["sent"].astype(np.int64)
+    recv = r["recv"].astype(np.int64)
+    segs_in = r["segs_in"].astype(np.int64)
+    segs_out = r["segs_out"].astype(np.int64)
+    idle = (
+        est
+        & (sent >= self._idle_after)
+        & (segs_out != 0)
+        & ((segs_out != 1) | (sent >= self._greet) | ((segs_in != 0) & self._pregreet))
+        & (
+            (recv > sent)
+            | ((recv == sent) & (segs_in < segs_out))
+            | (segs_out == 1)
+            | ((segs_in >= segs_out + 2) & (r["brecv"] < (16 * segs_in).astype(np.uint64)))
+        )
+    )
+    syn = state == TCP_SYN_RECV
+    for fam, keys, sel in ((v4, key4, four), (v6, r["hi"], ~four)):
+        mine, theirs = sel & est, sel & ~est
+        fam.est.append(keys[mine])
+        fam.idle.append(idle[mine])
+        fam.waits.append(sent[mine])
+        fam.other.append(keys[theirs])
+        fam.syn.append(syn[theirs])
+    return len(r)
+
+
 def _result_vector(self: ScanParser, groups: dict[Any, Prefix]) -> Scan:
     """`ScanParser.result` for keys of at most 8 bytes: the runs `feed` set aside, read as numpy records, and the
     per-message loop's sockets, counted per source group in numpy; Python objects only for the sources."""
     v4, v6 = _Family(), _Family()
     ports = np.array(sorted(self._ports_be), dtype=np.uint16)
-    established = TCP_ESTABLISHED
     sockets = 0
     for lw, run in self._bulk.items():
         at, info_hdr = self._info_at[lw]
@@ -677,39 +735,9 @@ def _result_vector(self: ScanParser, groups: dict[Any, Prefix]) -> Scan:
         for i in np.flatnonzero(odd).tolist():
             self._one(run, i * mlen, mlen)
         keep = on & ~odd & (state != TCP_TIME_WAIT)
-        r = r if keep.all() else r[keep]
-        sockets += len(r)
-        state = r["state"]
-        is4 = r["fam"] != socket.AF_INET6
-        mapped = ~is4 & (r["hi"] == 0) & (r["mid"] == 0xFFFF)
-        four = is4 | mapped
-        key4 = np.where(is4, r["a4"], r["lo"]).astype(np.uint64)
-        est = state == established
-        # stalled(), over arrays; int64 so that sums cannot wrap.
-        sent = r["sent"].astype(np.int64)
-        recv = r["recv"].astype(np.int64)
-        segs_in = r["segs_in"].astype(np.int64)
-        segs_out = r["segs_out"].astype(np.int64)
-        idle = (
-            est
-            & (sent >= self._idle_after)
-            & (segs_out != 0)
-            & ((segs_out != 1) | (sent >= self._greet) | ((segs_in != 0) & self._pregreet))
-            & (
-                (recv > sent)
-                | ((recv == sent) & (segs_in < segs_out))
-                | (segs_out == 1)
-                | ((segs_in >= segs_out + 2) & (r["brecv"] < (16 * segs_in).astype(np.uint64)))
-            )
-        )
-        syn = state == TCP_SYN_RECV
-        for fam, keys, sel in ((v4, key4, four), (v6, r["hi"], ~four)):
-            mine, theirs = sel & est, sel & ~est
-            fam.est.append(keys[mine])
-            fam.idle.append(idle[mine])
-            fam.waits.append(sent[mine])
-            fam.other.append(keys[theirs])
-            fam.syn.append(syn[theirs])
+        sockets += _take(self, r if keep.all() else r[keep], v4, v6)
+    for r in self._records:
+        sockets += _take(self, r, v4, v6)
     # What the per-message loop took (other kinds of message, and what `odd` sent there above).
     sockets += len(self._est) + len(self._other)
     est4, est6, _n4, _n6 = _split(self._est)
@@ -880,6 +908,7 @@ class SockDiag:
     # One TCPDIAG_GETSOCK dump for both families; False: one SOCK_DIAG_BY_FAMILY dump per family. Switches itself
     # off if the kernel refuses the old request.
     one_walk = True
+    scanner = "sock_diag"
 
     def __init__(self) -> None:
         # The receive buffer's slack lets the fast loop read a whole record at any message (ScanParser.feed). The

@@ -18,55 +18,13 @@ from typing import TypeVar
 
 from govern.addr import Prefix
 from govern.errors import KernelError
+from govern.libbpf import check as _check
+from govern.libbpf import lib
 from govern.xdp import maps
 
 XDP_FLAGS_DRV_MODE = 1 << 2
 _T = TypeVar("_T", bound=ctypes.Structure | ctypes.c_uint16)
 BPF_ANY = 0
-_lib: ctypes.CDLL | None = None
-_vp, _cp, _int, _u32 = ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int, ctypes.c_uint32
-
-
-def lib() -> ctypes.CDLL:
-    global _lib
-    if _lib is None:
-        try:
-            b = ctypes.CDLL(ctypes.util.find_library("bpf") or "libbpf.so.1", use_errno=True)
-        except OSError as exc:
-            raise KernelError(f"libbpf is not installed ({exc}); install Debian's libbpf1") from None
-        sigs: dict[str, tuple[list[object], object]] = {
-            "bpf_object__open_file": ([_cp, _vp], _vp),
-            "bpf_object__load": ([_vp], _int),
-            "bpf_object__close": ([_vp], None),
-            "bpf_object__find_program_by_name": ([_vp, _cp], _vp),
-            "bpf_object__find_map_by_name": ([_vp, _cp], _vp),
-            "bpf_program__fd": ([_vp], _int),
-            "bpf_map__fd": ([_vp], _int),
-            "bpf_map__pin": ([_vp, _cp], _int),
-            "bpf_map__set_pin_path": ([_vp, _cp], _int),
-            "bpf_xdp_attach": ([_int, _int, _u32, _vp], _int),
-            "bpf_xdp_detach": ([_int, _u32, _vp], _int),
-            "bpf_obj_get": ([_cp], _int),
-            "bpf_map_update_elem": ([_int, _vp, _vp, ctypes.c_uint64], _int),
-            "bpf_map_delete_elem": ([_int, _vp], _int),
-            "bpf_map_lookup_elem": ([_int, _vp, _vp], _int),
-            "bpf_map_get_next_key": ([_int, _vp, _vp], _int),
-            "libbpf_num_possible_cpus": ([], _int),
-            "bpf_xdp_query_id": ([_int, _int, _vp], _int),
-        }
-        for name, (args, res) in sigs.items():
-            fn = getattr(b, name)
-            fn.argtypes, fn.restype = args, res
-        _lib = b
-    return _lib
-
-
-def _check(rc: int, what: str) -> int:
-    if rc < 0:
-        raise KernelError(f"{what}: {os.strerror(-rc)}", -rc)
-    return rc
-
-
 ALL_MAPS: tuple[str, ...] = (maps.MAP_ALLOW4, maps.MAP_ALLOW6, maps.MAP_BLOCK4, maps.MAP_BLOCK6)
 ALL_MAPS += (maps.MAP_HOST4, maps.MAP_HOST6, maps.MAP_NET6)
 ALL_MAPS += (maps.MAP_SYNS, maps.MAP_STATS, maps.MAP_PORTS)

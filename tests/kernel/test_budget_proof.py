@@ -45,6 +45,7 @@ def test_the_slot_budget_holds_strangers_and_never_counts_the_allowlisted_or_pro
     try:
         with running(lab.mx, cfg) as d:
             assert d.status()["budget"] | {"basis": ""} == {"slots": 6, "newcomers": 2, "capacity": 4096, "basis": ""}
+            assert d.status()["scanner"] == "BPF iterator"  # what the budget's figures below are read by
             with lab.net.entered():
                 # A sender proves itself before the wave with a dialogue the MTA answered (4 positive replies).
                 s = connect("198.51.100.7", MX4, 25)

@@ -81,8 +81,8 @@ def test_blocked_sources_dropped_at_xdp_and_allow_wins(lab: Lab, xdp: XdpProgram
 def test_hosts_and_ipv6_64s_are_blocked_through_the_hash_maps(lab: Lab, xdp: XdpProgram) -> None:
     """Hosts and IPv6 /64s live in hash maps (O(1) to add, whatever is held), other prefixes in the tries; the
     allowlist still wins, and a lapsed host entry leaves a live covering prefix in force."""
+    from govern.libbpf import lib
     from govern.xdp import maps
-    from govern.xdp.loader import lib
 
     listener = Listener(lab.mx, 25)
     try:

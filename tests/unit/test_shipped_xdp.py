@@ -1,4 +1,5 @@
-"""The XDP object the package carries is the build of the source in bpf/ as it stands (bpf/Makefile's `ship`)."""
+"""The BPF objects the package carries (XDP, the socket iterator) are the builds of the sources in bpf/ as they stand
+(bpf/Makefile's `ship`)."""
 
 from __future__ import annotations
 
@@ -15,3 +16,11 @@ def test_the_shipped_object_comes_from_the_current_source() -> None:
     recorded = Path(f"{DEFAULT_OBJECT}.source-sha256").read_text().strip()
     assert recorded == hashlib.sha256(source).hexdigest(), "bpf/ changed: run `make -C bpf ship` and commit"
     assert DEFAULT_OBJECT.read_bytes()[:4] == b"\x7fELF"
+
+
+def test_the_shipped_socket_iterator_comes_from_the_current_source() -> None:
+    from govern.observe.sockiter import OBJECT
+
+    recorded = Path(f"{OBJECT}.source-sha256").read_text().strip()
+    assert recorded == hashlib.sha256((BPF / "govern_sockets.c").read_bytes()).hexdigest(), "run `make -C bpf ship`"
+    assert OBJECT.read_bytes()[:4] == b"\x7fELF"
