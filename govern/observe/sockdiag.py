@@ -372,6 +372,14 @@ class ScanParser:
             raise NetlinkError(f"sock_diag: a message overruns the buffer ({off} > {size})", errno.EPROTO)
         return False
 
+    @property
+    def v4_len(self) -> int:
+        return self._v4_len
+
+    @property
+    def v6_len(self) -> int:
+        return self._v6_len
+
     def feed_records(self, r: npt.NDArray[Any]) -> None:
         """Sockets as records with the fields the numpy path reads (fam, state, sport, a4, hi, mid, lo, sent, recv,
         brecv, segs_in, segs_out, as `_records` has them; the socket iterator's, govern.observe.sockiter) on
@@ -895,6 +903,21 @@ def _walk(
     return False
 
 
+class GroupCache:
+    """Address key -> source group, kept by a scanner from scan to scan (most sources outlive a tick, and making
+    their Prefix again costs), forgotten when the grouping changes."""
+
+    def __init__(self) -> None:
+        self.groups: dict[Any, Prefix] = {}
+        self.grouping = (32, 64)
+
+    def result(self, parser: ScanParser) -> Scan:
+        """`parser.result` with the cache."""
+        if (parser.v4_len, parser.v6_len) != self.grouping:
+            self.groups, self.grouping = {}, (parser.v4_len, parser.v6_len)
+        return parser.result(self.groups)
+
+
 class SockDiag:
     """A sock_diag netlink socket, bound for life to the network namespace of the thread that opened it.
 
@@ -923,8 +946,7 @@ class SockDiag:
             timeout_s=_TIMEOUT_S,
         )
         self._requests: dict[tuple[int, int, frozenset[int], int, int, bool], bytes] = {}
-        self._groups: dict[bytes, Prefix] = {}  # address key -> source group, kept from scan to scan
-        self._grouping = (32, 64)
+        self._groups = GroupCache()
 
     def close(self) -> None:
         self._nl.close()
@@ -956,10 +978,7 @@ class SockDiag:
         )
         if ports:
             self._dump_all(ports, _STATES_SCAN, _EXT_INFO, parser.feed)
-        if self._grouping != (v4_len, v6_len):
-            self._groups = {}
-            self._grouping = (v4_len, v6_len)
-        return parser.result(self._groups)
+        return self._groups.result(parser)
 
     def listeners(self, ports: frozenset[int]) -> tuple[ListenerStats, ...]:
         """The listening sockets on `ports`, with their accept queues: a dump of listeners only, which the kernel

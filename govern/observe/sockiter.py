@@ -25,7 +25,7 @@ from govern.addr import Prefix, PrefixSet
 from govern.errors import KernelError
 from govern.libbpf import check, lib
 from govern.model import ListenerStats, Scan, SessionInfo
-from govern.observe.sockdiag import ScanParser, SockDiag
+from govern.observe.sockdiag import GroupCache, ScanParser, SockDiag
 
 log = logging.getLogger("govern")
 
@@ -72,8 +72,7 @@ class SockIter:
             self.close()
             raise
         self._ports: frozenset[int] | None = None
-        self._groups: dict[Any, Any] = {}  # address key -> source group, kept from scan to scan
-        self._grouping = (32, 64)
+        self._groups = GroupCache()
 
     def close(self) -> None:
         b = lib()
@@ -134,10 +133,7 @@ class SockIter:
         )
         if ports:
             parser.feed_records(self.records(ports))
-        if self._grouping != (v4_len, v6_len):
-            self._groups = {}
-            self._grouping = (v4_len, v6_len)
-        return parser.result(self._groups)
+        return self._groups.result(parser)
 
 
 class IteratedSockets:
