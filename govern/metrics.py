@@ -25,6 +25,7 @@ from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
 from govern import __version__
+from govern.core.decide import strangers_holding
 from govern.core.modes import measure
 from govern.core.policy import Policy
 from govern.core.reasons import (
@@ -424,12 +425,7 @@ def _strangers(snap: Snapshot | None, policy: Policy) -> int:
     """Established sessions of sources neither allowlisted nor trusted: what the slot budget limits in a wave."""
     if snap is None:
         return 0
-    trusted, allow = snap.trusted, policy.allow
-    return sum(
-        s.established
-        for p, s in holding(snap.sources).items()
-        if s.established and p not in trusted and not allow.intersects(p)
-    )
+    return sum(s.established for _p, s in strangers_holding(snap, policy))
 
 
 def _drift(gov: Governor) -> tuple[Drift, ...]:

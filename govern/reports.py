@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from govern import protocol, why
 from govern.addr import Prefix, PrefixSet, group_key
 from govern.allow.entries import AllowEntry, by_prefix
-from govern.core.decide import most_prolific
+from govern.core.decide import most_prolific, strangers_holding
 from govern.core.fleet import from_fleet
 from govern.errors import GovernError
 from govern.model import Block, SessionInfo, State, holding
@@ -226,12 +226,8 @@ def _slots(gov: Governor) -> dict[str, int]:
     snap = gov.snapshot
     if snap is None:
         return {"established": 0, "strangers": 0}
-    trusted = gov.trusted()
     held = holding(snap.sources)
-    allow = gov.policy.allow
-    strangers = sum(
-        s.established for p, s in held.items() if s.established and p not in trusted and not allow.intersects(p)
-    )
+    strangers = sum(s.established for _p, s in strangers_holding(snap, gov.policy))
     out = {"established": sum(s.established for s in held.values()), "strangers": strangers}
     if snap.slotted is not None:
         out["in_budget"] = snap.slotted

@@ -15,7 +15,7 @@ Allowlisted sources are never throttled, blocked or extended; blocks and throttl
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from itertools import chain
 
@@ -119,11 +119,7 @@ def decide(snap: Snapshot, state: State, policy: Policy, now: float) -> Plan:
                 actions.extend(_ladder(p, over, state, policy, now, tight=True))
     holders = None
     if wave and new_mode is not None and (state.mode.mode is not Mode.WAVE or state.mode.since != new_mode.since):
-        holders = frozenset(
-            p
-            for p, s in holding(snap.sources).items()
-            if s.established and p not in snap.trusted and not policy.allow.intersects(p)
-        )
+        holders = frozenset(p for p, _s in strangers_holding(snap, policy))
     if wave and policy.slot_budget:
         acted_on = {c.prefix for c in cuts} | {a.prefix for a in actions}
         cuts.extend(shed(snap, state, policy, acted_on, state.holders if holders is None else holders))
@@ -183,16 +179,13 @@ def shed(
     total = snap.totals.established if snap.totals is not None else sum(s.established for s in snap.sources.values())
     if total <= policy.slot_budget and (snap.slotted is None or total <= snap.slotted):
         return []
-    trusted = snap.trusted
     strangers: list[tuple[int, Prefix]] = []
     singles: list[Prefix] = []
     # A flood's source whose second SYN the full accept queue dropped holds one session, like a sender's; its
     # attempts tell them apart. A sender never seen opens one connection; one that delivered is trusted.
     restless: list[tuple[int, Prefix]] = []
     held = 0
-    for p, s in holding(snap.sources).items():
-        if not s.established or p in trusted or policy.allow.intersects(p):
-            continue
+    for p, s in strangers_holding(snap, policy):
         held += s.established
         if p in acted_on or p in state.blocks:
             continue
@@ -236,6 +229,15 @@ def shed(
         lone = f"its session not answering the greeting while {why}"
         out.extend(Cut(p, lone_ms, lone, shed=True) for p in singles)
     return out
+
+
+def strangers_holding(snap: Snapshot, policy: Policy) -> Iterator[tuple[Prefix, SourceStats]]:
+    """The sources holding established sessions that are neither trusted nor allowlisted: what the slot budget
+    counts, and what shedding chooses from."""
+    trusted = snap.trusted
+    for p, s in holding(snap.sources).items():
+        if s.established and p not in trusted and not policy.allow.intersects(p):
+            yield p, s
 
 
 def sessions_to_end(plan: Plan, policy: Policy) -> list[Prefix]:
