@@ -38,6 +38,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -188,6 +189,19 @@ def run_clients(ns: str, cap: int, per_source: int, talk_every: float = 0.0) -> 
 # --- measuring --------------------------------------------------------------------------------------------------
 
 
+def _walk_only_object() -> Path:
+    """bpf/govern_sockets.c built with GOVERN_WALK_ONLY (its program returns at once): the iterator's cost without
+    the program's work or output. Needs clang (the test command installs it)."""
+    out = Path(tempfile.mkdtemp(prefix="govern-bench-")) / "walk_only.o"
+    src = ROOT / "bpf" / "govern_sockets.c"
+    inc = f"/usr/include/{os.uname().machine}-linux-gnu"
+    subprocess.run(
+        ["clang", "-O2", "-g", "-target", "bpf", f"-I{inc}", "-DGOVERN_WALK_ONLY", "-c", str(src), "-o", str(out)],
+        check=True,
+    )
+    return out
+
+
 def measure(mx: str, n: int, reps: int) -> dict[str, float]:
     """Median ms of each contender, run round-robin (one of each per round) so that drift hits all alike."""
     import psutil
@@ -196,6 +210,7 @@ def measure(mx: str, n: int, reps: int) -> dict[str, float]:
     with entered(mx):
         diag = SockDiag()
         it = SockIter()
+        walk = SockIter(_walk_only_object())
 
     def scan() -> Scan:
         # Every client is silent after the banner: with idle_after_ms=0 each of its sockets is idle, so the
@@ -217,6 +232,10 @@ def measure(mx: str, n: int, reps: int) -> dict[str, float]:
         def iter_read() -> None:
             with entered(mx):
                 it.records(ports)
+
+        def walk_only() -> None:
+            with entered(mx):
+                walk.records(ports)
 
         other = iter_scan()
         counts = {p: c[:4] for p, c in first.sources.items()}  # the waits grow between the two reads
@@ -272,6 +291,7 @@ def measure(mx: str, n: int, reps: int) -> dict[str, float]:
             "govern scan": scan,
             "govern scan, BPF iterator": iter_scan,
             "BPF iterator read alone (no counting)": iter_read,
+            "BPF iterator, the kernel's walk alone": walk_only,
             "govern scan, all sources new": fresh_sources,
             "govern scan, cyclic GC off": gc_off,
             "govern, no kernel port filter": variant(kernel_filter=False),
@@ -292,6 +312,7 @@ def measure(mx: str, n: int, reps: int) -> dict[str, float]:
     finally:
         diag.close()
         it.close()
+        walk.close()
 
     def run_psutil() -> None:
         with entered(mx):  # psutil reads /proc/net/tcp{,6}: those of this (main) thread's namespace
