@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from govern import protocol, reports, why
 from govern.config import too_wide_to_allow
-from govern.core.decide import manual_block, manual_unblock, release_allowlisted
+from govern.core.decide import manual_block, manual_unblock, release_allowlisted, strangers_holding
 from govern.core.modes import wave_off, wave_on
 from govern.durations import format_duration
 from govern.errors import RefusedError, StoreError, UsageError
@@ -113,7 +113,15 @@ def _wave(gov: Governor, req: protocol.Wave) -> dict[str, Any]:
             raise RefusedError("no wave or elevated mode to switch off: the host is in normal mode")
         new = wave_off(cur, gov.policy.modes, now)
         message = f"wave off; no automatic wave for {format_duration(gov.policy.modes.calm_for)}"
-    if not gov.execute(Plan(mode=new), now, durable=True):
+    # A wave the operator starts names the strangers holding sessions now (of the last snapshot), as one that
+    # starts on its own does: shedding takes theirs first while the kernel has not counted them (decide.shed).
+    # Asked again during a wave, the wave starts anew (its since) but keeps the holders it had.
+    holders = None
+    if action == "on" and cur.mode is Mode.WAVE:
+        holders = gov.state.holders
+    elif action == "on" and gov.snapshot is not None:
+        holders = frozenset(p for p, _s in strangers_holding(gov.snapshot, gov.policy))
+    if not gov.execute(Plan(mode=new, holders=holders), now, durable=True):
         return protocol.failed("could not record the mode: " + gov.last_act_error())
     if gov.dry_run:
         return protocol.ok(message=f"dry run: {message}")

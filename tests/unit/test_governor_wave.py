@@ -62,6 +62,25 @@ def test_wave_on_for_a_while_ends_by_itself(tmp_path: Path) -> None:
     assert kinds[:2] == ["mode normal", "mode wave"]
 
 
+def test_a_wave_the_operator_starts_names_the_strangers_holding_sessions_then(tmp_path: Path) -> None:
+    # As a wave that starts on its own does (decide.shed takes their sessions first while the kernel has not
+    # counted them): the strangers of the last snapshot, not the allowlisted partner.
+    clock = FakeClock()
+    gov, socks, _enf = make(tmp_path, clock)
+    early = swarm(3)
+    socks.sources = {**early, PARTNER: SockCounts(held=2, established=2, syn_recv=0, idle=0, max_idle_ms=0)}
+    gov.tick()
+    assert gov.state.holders == frozenset()
+    assert gov.handle({"cmd": "wave", "action": "on", "duration": "2m"})["ok"]
+    assert gov.state.holders == frozenset(early)
+    # Asked again in the same wave: the wave goes on, and so do its holders.
+    socks.sources = swarm(5)
+    clock.advance(1)
+    gov.tick()
+    assert gov.handle({"cmd": "wave", "action": "on", "duration": "5m"})["ok"]
+    assert gov.state.holders == frozenset(early)
+
+
 def test_a_wave_survives_a_daemon_restart(tmp_path: Path) -> None:
     clock = FakeClock()
     gov, _s, _e = make(tmp_path, clock)
