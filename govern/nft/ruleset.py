@@ -90,6 +90,8 @@ SEEN_SIZE = 262144
 # and large enough for a SYN flood's spoofed sources; when full, retransmissions simply count again.
 SYN_TIMEOUT = "40s"
 SYN_SIZE = 1048576
+# Over from a source's second counted connection on (within SEEN_TIMEOUT of its last one): what makes it `twice`.
+TWICE = "limit rate over 1/hour burst 1 packets"
 CONN4 = "ip saddr . tcp sport . tcp sequence"
 CONN6 = "ip6 saddr . tcp sport . tcp sequence"
 
@@ -261,8 +263,11 @@ def ruleset(spec: FirewallSpec, *, enforce: bool = True, resize: Iterable[str] =
         # ... and once in all (ATTEMPTS): read between ticks, so a flood on an MTA that accepts at once (postscreen:
         # no accept queue fills) starts the wave within a poll, not at the next tick.
         # A source's second connection counted (and later ones) puts it in `twice`: it has a first contact behind it.
-        f"tcp dport @ports {syn} {local} {CONN4} != @syn4 {k4} @seen4 update @twice4 {{ {k4} }}",
-        f"tcp dport @ports {syn} {local} {CONN6} != @syn6 {k6} @seen6 update @twice6 {{ {k6} }}",
+        # Counted in a set of its own (`once`, whose per-source limit is "over" from the second connection on), not
+        # by looking the source up in `seen`: a lookup in a set whose elements carry counters counts the packet
+        # again.
+        f"tcp dport @ports {syn} {local} {CONN4} != @syn4 update @once4 {{ {k4} {TWICE} }} update @twice4 {{ {k4} }}",
+        f"tcp dport @ports {syn} {local} {CONN6} != @syn6 update @once6 {{ {k6} {TWICE} }} update @twice6 {{ {k6} }}",
         f"tcp dport @ports {syn} {local} {CONN4} != @syn4 update @seen4 {{ {k4} counter }} counter name {ATTEMPTS}",
         f"tcp dport @ports {syn} {local} {CONN6} != @syn6 update @seen6 {{ {k6} counter }} counter name {ATTEMPTS}",
         f"tcp dport @ports {syn} {local} update @syn4 {{ {CONN4} }}",
@@ -315,7 +320,7 @@ def ruleset(spec: FirewallSpec, *, enforce: bool = True, resize: Iterable[str] =
         sets.append(f"set proven{v} {{ type {typ}; {dyn} timeout {PROVEN_TIMEOUT}; }}")
         sets.append(f"set talk{v} {{ type {typ} . inet_service; {dyn} timeout {TALK_TIMEOUT}; }}")
         sets.append(f"set newsrc{v} {{ type {typ}; {dyn} timeout {NEWSRC_TIMEOUT}; }}")
-    for name in ("seen", "twice", "rate", "trate"):
+    for name in ("seen", "once", "twice", "rate", "trate"):
         for v, typ in ((4, "ipv4_addr"), (6, "ipv6_addr")):
             sets.append(
                 f"set {name}{v} {{ type {typ}; size {SEEN_SIZE}; flags dynamic,timeout; timeout {SEEN_TIMEOUT}; }}"
