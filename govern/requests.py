@@ -115,11 +115,9 @@ def _wave(gov: Governor, req: protocol.Wave) -> dict[str, Any]:
         message = f"wave off; no automatic wave for {format_duration(gov.policy.modes.calm_for)}"
     # A wave the operator starts names the strangers holding sessions now (of the last snapshot), as one that
     # starts on its own does: shedding takes theirs first while the kernel has not counted them (decide.shed).
-    # Asked again during a wave, the wave starts anew (its since) but keeps the holders it had.
+    # Asked during a wave, the same wave goes on (wave_on), with the holders it had.
     holders = None
-    if action == "on" and cur.mode is Mode.WAVE:
-        holders = gov.state.holders
-    elif action == "on" and gov.snapshot is not None:
+    if action == "on" and cur.mode is not Mode.WAVE and gov.snapshot is not None:
         holders = frozenset(p for p, _s in strangers_holding(gov.snapshot, gov.policy))
     if not gov.execute(Plan(mode=new, holders=holders), now, durable=True):
         return protocol.failed("could not record the mode: " + gov.last_act_error())

@@ -133,8 +133,10 @@ def queues_call(
 
 
 def wave_on(cur: ModeState, mp: ModePolicy, now: float, duration: float) -> ModeState:
-    """`govern wave on --for DURATION`: a wave of the operator's, from now on."""
-    return ModeState(Mode.WAVE, now, now + duration, "switched on by the operator", manual=True)
+    """`govern wave on --for DURATION`: a wave of the operator's, from now on. Asked during a wave, the same wave
+    goes on (its start, so its cut counts and the strangers it found holding sessions), as the operator's now."""
+    since = cur.since if cur.mode is Mode.WAVE else now
+    return ModeState(Mode.WAVE, since, now + duration, "switched on by the operator", manual=True)
 
 
 def wave_off(cur: ModeState, mp: ModePolicy, now: float) -> ModeState:

@@ -16,7 +16,7 @@ from govern.dryrun import DryRun, DryRunSockets, DryRunStore
 from govern.edges import Enforcer, SocketSource, StateStore
 from govern.errors import KernelError
 from govern.fakes import FakeClock, FakeCounters, FakeEnforcer, FakeSockets
-from govern.model import Mode, SockCounts
+from govern.model import CutRecord, Mode, SockCounts
 from govern.store import Store
 
 PARTNER = Prefix.parse("192.0.2.10")
@@ -73,12 +73,14 @@ def test_a_wave_the_operator_starts_names_the_strangers_holding_sessions_then(tm
     assert gov.state.holders == frozenset()
     assert gov.handle({"cmd": "wave", "action": "on", "duration": "2m"})["ok"]
     assert gov.state.holders == frozenset(early)
-    # Asked again in the same wave: the wave goes on, and so do its holders.
+    # Asked again in the same wave: the wave goes on, and so do its holders and its cut counts.
+    gov.state.cuts[PARTNER] = CutRecord(1, gov.state.mode.since, clock())
     socks.sources = swarm(5)
     clock.advance(1)
     gov.tick()
     assert gov.handle({"cmd": "wave", "action": "on", "duration": "5m"})["ok"]
     assert gov.state.holders == frozenset(early)
+    assert gov.state.cuts_in_wave(PARTNER, gov.state.mode.since) == 1
 
 
 def test_a_wave_survives_a_daemon_restart(tmp_path: Path) -> None:

@@ -107,6 +107,14 @@ def test_operator_wave_ignores_calm_and_ends_by_its_timer() -> None:
     assert off is not None and off.mode is Mode.NORMAL
 
 
+def test_operator_wave_asked_during_a_wave_goes_on_with_it() -> None:
+    # The wave's start stays (its cut counts and holders are keyed to it); its end and its owner are the operator's.
+    flood = ModeState(Mode.WAVE, NOW, NOW + MP.wave_duration, "flood")
+    on = wave_on(flood, MP, NOW + 40, 600)
+    assert on.since == NOW and on.until == NOW + 640 and on.manual
+    assert wave_on(ModeState(Mode.ELEVATED, NOW, NOW + 60, "busy"), MP, NOW + 40, 600).since == NOW + 40
+
+
 def test_wave_off_keeps_automatic_waves_away_for_calm_for_but_not_elevated() -> None:
     off = wave_off(ModeState(Mode.WAVE, NOW, NOW + 100, "flood"), MP, NOW)
     assert off.mode is Mode.NORMAL and off.quiet_until == NOW + MP.calm_for
