@@ -318,7 +318,8 @@ def wave_on(
     config: ConfigOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Switch the wave on now; it ends by itself after --for unless switched off first."""
+    """Switch the wave on now; it ends by itself after --for unless switched off first. During a wave, take it over
+    for --for: the same wave goes on (what it counted of each source is kept)."""
     _said(_ask(config, _request(protocol.Wave, action="on", duration=duration or "")), as_json)
 
 
