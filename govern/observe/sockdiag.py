@@ -918,7 +918,41 @@ class GroupCache:
         return parser.result(self.groups)
 
 
-class SockDiag:
+class Scanner:
+    """A per-tick socket scan: the parser set up from the scan's arguments, fed by a subclass's kernel interface
+    (`_feed`: sock_diag's dump, the BPF iterator's records), and the source groups kept from scan to scan."""
+
+    def __init__(self) -> None:
+        self._groups = GroupCache()
+
+    def scan(
+        self,
+        ports: frozenset[int],
+        *,
+        v4_len: int = 32,
+        v6_len: int = 64,
+        idle_after_ms: int = 10_000,
+        greet_ms: int = 0,
+        pregreet_cut: bool = False,
+    ) -> Scan:
+        """Enumerate every TCP socket whose local port is in `ports` and count them per source."""
+        parser = ScanParser(
+            ports,
+            v4_len=v4_len,
+            v6_len=v6_len,
+            idle_after_ms=idle_after_ms,
+            greet_ms=greet_ms,
+            pregreet_cut=pregreet_cut,
+        )
+        if ports:
+            self._feed(ports, parser)
+        return self._groups.result(parser)
+
+    def _feed(self, ports: frozenset[int], parser: ScanParser) -> None:
+        raise NotImplementedError
+
+
+class SockDiag(Scanner):
     """A sock_diag netlink socket, bound for life to the network namespace of the thread that opened it.
 
     One request at a time: not for use from several threads at once. A request abandoned half-way (an exception
@@ -946,7 +980,7 @@ class SockDiag:
             timeout_s=_TIMEOUT_S,
         )
         self._requests: dict[tuple[int, int, frozenset[int], int, int, bool], bytes] = {}
-        self._groups = GroupCache()
+        super().__init__()
 
     def close(self) -> None:
         self._nl.close()
@@ -957,28 +991,8 @@ class SockDiag:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def scan(
-        self,
-        ports: frozenset[int],
-        *,
-        v4_len: int = 32,
-        v6_len: int = 64,
-        idle_after_ms: int = 10_000,
-        greet_ms: int = 0,
-        pregreet_cut: bool = False,
-    ) -> Scan:
-        """Enumerate every TCP socket whose local port is in `ports` and count them per source."""
-        parser = ScanParser(
-            ports,
-            v4_len=v4_len,
-            v6_len=v6_len,
-            idle_after_ms=idle_after_ms,
-            greet_ms=greet_ms,
-            pregreet_cut=pregreet_cut,
-        )
-        if ports:
-            self._dump_all(ports, _STATES_SCAN, _EXT_INFO, parser.feed)
-        return self._groups.result(parser)
+    def _feed(self, ports: frozenset[int], parser: ScanParser) -> None:
+        self._dump_all(ports, _STATES_SCAN, _EXT_INFO, parser.feed)
 
     def listeners(self, ports: frozenset[int]) -> tuple[ListenerStats, ...]:
         """The listening sockets on `ports`, with their accept queues: a dump of listeners only, which the kernel

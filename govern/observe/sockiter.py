@@ -25,7 +25,7 @@ from govern.addr import Prefix, PrefixSet
 from govern.errors import KernelError
 from govern.libbpf import check, lib
 from govern.model import ListenerStats, Scan, SessionInfo
-from govern.observe.sockdiag import GroupCache, ScanParser, SockDiag
+from govern.observe.sockdiag import Scanner, ScanParser, SockDiag
 
 log = logging.getLogger("govern")
 
@@ -46,8 +46,8 @@ RECORD = np.dtype(
 _READ = 1 << 20  # the kernel hands out at most a few pages a read: this only bounds the calls
 
 
-class SockIter:
-    """The loaded iterator. `scan` is SockDiag.scan's equal for the numpy path (IPv6 sources grouped by /64 or
+class SockIter(Scanner):
+    """The loaded iterator. Its `scan` (Scanner's) is SockDiag's for the numpy path (IPv6 sources grouped by /64 or
     shorter); KernelError when the kernel, libbpf or the object cannot give it."""
 
     def __init__(self, path: Path = OBJECT) -> None:
@@ -72,7 +72,7 @@ class SockIter:
             self.close()
             raise
         self._ports: frozenset[int] | None = None
-        self._groups = GroupCache()
+        super().__init__()
 
     def close(self) -> None:
         b = lib()
@@ -112,28 +112,8 @@ class SockIter:
             raise KernelError(f"the socket iterator gave {len(data)} bytes, not whole records of {RECORD.itemsize}")
         return np.frombuffer(data, RECORD)
 
-    def scan(
-        self,
-        ports: frozenset[int],
-        *,
-        v4_len: int = 32,
-        v6_len: int = 64,
-        idle_after_ms: int = 10_000,
-        greet_ms: int = 0,
-        pregreet_cut: bool = False,
-    ) -> Scan:
-        """Every TCP socket whose local port is in `ports`, counted per source (as SockDiag.scan)."""
-        parser = ScanParser(
-            ports,
-            v4_len=v4_len,
-            v6_len=v6_len,
-            idle_after_ms=idle_after_ms,
-            greet_ms=greet_ms,
-            pregreet_cut=pregreet_cut,
-        )
-        if ports:
-            parser.feed_records(self.records(ports))
-        return self._groups.result(parser)
+    def _feed(self, ports: frozenset[int], parser: ScanParser) -> None:
+        parser.feed_records(self.records(ports))
 
 
 class IteratedSockets:
