@@ -35,6 +35,16 @@ def attempt(src: str, dst: str = MX4, timeout: float = 2.5) -> socket.socket | N
         return None
 
 
+def alive(c: socket.socket | None) -> socket.socket | None:
+    """A held connection that stays alive without data (TCP keepalive every 2 s): a slot of the budget lapses after
+    a minute without a packet either way, and a run slowed by a busy machine can take longer than that."""
+    if c is not None:
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        c.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 2)
+        c.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 2)
+    return c
+
+
 def test_the_slot_budget_holds_strangers_and_never_counts_the_allowlisted_or_proven(lab: Lab, tmp_path: Path) -> None:
     srv = SmtpListener(lab.mx, 25)
     held: list[socket.socket] = []
@@ -61,7 +71,7 @@ def test_the_slot_budget_holds_strangers_and_never_counts_the_allowlisted_or_pro
             assert govern(lab.mx, "wave", "on", "--for", "2m", "--config", str(cfg)).returncode == 0
             with lab.net.entered():
                 # Twelve connections of the swarm, over both families: four get in, whatever the family.
-                tries = [attempt(src, MX6 if ":" in src else MX4) for src in swarm for _ in range(2)]
+                tries = [alive(attempt(src, MX6 if ":" in src else MX4)) for src in swarm for _ in range(2)]
                 got = [c for c in tries if c is not None]
                 held += got
                 assert len(got) == 4, len(got)
@@ -83,7 +93,7 @@ def test_the_slot_budget_holds_strangers_and_never_counts_the_allowlisted_or_pro
                 # Senders the host has never seen get the first contacts' lane, which the swarm cannot hold; in a
                 # wave their first SYN is dropped, their second (a second later) admitted.
                 t0 = time.monotonic()
-                first = [attempt("198.51.100.30"), attempt("2001:db8:51::30", MX6)]
+                first = [alive(attempt("198.51.100.30")), alive(attempt("2001:db8:51::30", MX6))]
                 assert all(first)
                 assert 1.5 <= time.monotonic() - t0 < 4.0
                 held += [c for c in first if c is not None]
@@ -105,7 +115,7 @@ def test_the_slot_budget_holds_strangers_and_never_counts_the_allowlisted_or_pro
                     f.close()
                 got[0].close()
                 time.sleep(0.3)
-                again = attempt(swarm[1])
+                again = alive(attempt(swarm[1]))
                 assert again is not None
                 held.append(again)
                 # The allowlisted and the proven are not counted, and not held back.
@@ -117,7 +127,7 @@ def test_the_slot_budget_holds_strangers_and_never_counts_the_allowlisted_or_pro
                 assert first[0] is not None
                 first[0].close()
                 time.sleep(0.5)
-                late = [attempt("198.51.100.32"), attempt("198.51.100.33")]
+                late = [alive(attempt("198.51.100.32")), alive(attempt("198.51.100.33"))]
                 held += [c for c in late if c is not None]
                 assert [c is not None for c in late] == [True, False]
             assert established(lab.mx, "198.18.") + established(lab.mx, "2001:db8:bad:") == 4
