@@ -243,7 +243,7 @@ def measure(mx: str, n: int, reps: int) -> dict[str, float]:
             raise RuntimeError("the BPF iterator's scan differs from sock_diag's")
 
         def fresh_sources() -> object:
-            diag._groups.groups.clear()  # as if every source were new since the last tick
+            diag.groups.clear()  # as if every source were new since the last tick
             return scan()
 
         def variant(**attrs: bool) -> Callable[[], object]:

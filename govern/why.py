@@ -32,6 +32,7 @@ from govern.core.policy import Policy
 from govern.durations import format_duration
 from govern.errors import UsageError
 from govern.model import Event, Mode, Offender, SessionInfo, SourceStats, State
+from govern.observe.sockdiag import waits_on_client
 
 ALLOWLISTED, TRUSTED, STRANGER = "allowlisted", "trusted", "stranger"
 # A client's data segments averaging fewer bytes than this, with at least two more of them than our replies, are a
@@ -159,13 +160,10 @@ def touching(entries: Mapping[Prefix, T], source: Prefix) -> list[tuple[Prefix, 
 
 
 def waiting(s: SessionInfo) -> bool:
-    """The server waits on the client: it has spoken, and the client has said nothing since. Both ages are in
-    jiffies, so equal ones count when the server has sent more data segments than the client (it answered), as
-    the observer's idle rule (govern.observe.sockdiag.stalled)."""
-    sent, recv = s.server_sent_ms, s.client_sent_ms
+    """The server waits on the client: it has spoken, and the client has said nothing since (the observer's rule)."""
     if not (s.state == "ESTABLISHED" and s.info and s.segs_out > 0):
         return False
-    return recv > sent or (recv == sent and s.segs_in < s.segs_out)
+    return waits_on_client(s.server_sent_ms, s.client_sent_ms, s.segs_in, s.segs_out)
 
 
 class Enforcement(NamedTuple):

@@ -392,11 +392,8 @@ class ScanParser:
             lr = r[listening]
             fields = ("fam", "sport", "recv", "sent", "a4", "hi", "mid", "lo")
             for fam, port_be, queued, backlog, a4, hi, mid, lo in zip(*(lr[f].tolist() for f in fields), strict=True):
-                if fam == socket.AF_INET:
-                    text = socket.inet_ntop(socket.AF_INET, a4.to_bytes(4))
-                else:
-                    text = socket.inet_ntop(socket.AF_INET6, hi.to_bytes(8) + mid.to_bytes(4) + lo.to_bytes(4))
-                self._listeners.append(ListenerStats(text, socket.ntohs(port_be), queued, backlog))
+                addr = a4.to_bytes(4) if fam == socket.AF_INET else hi.to_bytes(8) + mid.to_bytes(4) + lo.to_bytes(4)
+                self._add_listener(fam, port_be, addr, queued, backlog)
             r = r[~listening]
         self._records.append(r)
 
@@ -507,10 +504,14 @@ class ScanParser:
     def _listener(self, buf: bytes | bytearray | memoryview, off: int) -> None:
         _l, _t, fam, _state, sport_be, src, _dst = _MSG.unpack_from(buf, off)
         queued, backlog = _QUEUES.unpack_from(buf, off + _QUEUES_AT)
+        self._add_listener(fam, sport_be, src, queued, backlog)
+
+    def _add_listener(self, fam: int, sport_be: int, addr: bytes, queued: int, backlog: int) -> None:
+        """A listener by its local address (4 bytes or more for IPv4, 16 for IPv6) and port in network order."""
         if fam == socket.AF_INET:
-            text = socket.inet_ntop(socket.AF_INET, src[:4])
+            text = socket.inet_ntop(socket.AF_INET, addr[:4])
         else:
-            text = socket.inet_ntop(socket.AF_INET6, src)
+            text = socket.inet_ntop(socket.AF_INET6, addr)
         self._listeners.append(ListenerStats(text, socket.ntohs(sport_be), queued, backlog))
 
     def result(self, groups: dict[Any, Prefix] | None = None) -> Scan:
@@ -903,27 +904,15 @@ def _walk(
     return False
 
 
-class GroupCache:
-    """Address key -> source group, kept by a scanner from scan to scan (most sources outlive a tick, and making
-    their Prefix again costs), forgotten when the grouping changes."""
+class Scanner:
+    """A per-tick socket scan: the parser set up from the scan's arguments, fed by a subclass's kernel interface
+    (`_feed`: sock_diag's dump, the BPF iterator's records), and the source groups kept from scan to scan (address
+    key -> Prefix: most sources outlive a tick, and making their Prefix again costs), forgotten when the grouping
+    changes."""
 
     def __init__(self) -> None:
         self.groups: dict[Any, Prefix] = {}
-        self.grouping = (32, 64)
-
-    def result(self, parser: ScanParser) -> Scan:
-        """`parser.result` with the cache."""
-        if (parser.v4_len, parser.v6_len) != self.grouping:
-            self.groups, self.grouping = {}, (parser.v4_len, parser.v6_len)
-        return parser.result(self.groups)
-
-
-class Scanner:
-    """A per-tick socket scan: the parser set up from the scan's arguments, fed by a subclass's kernel interface
-    (`_feed`: sock_diag's dump, the BPF iterator's records), and the source groups kept from scan to scan."""
-
-    def __init__(self) -> None:
-        self._groups = GroupCache()
+        self._grouping = (32, 64)
 
     def scan(
         self,
@@ -946,7 +935,9 @@ class Scanner:
         )
         if ports:
             self._feed(ports, parser)
-        return self._groups.result(parser)
+        if (v4_len, v6_len) != self._grouping:
+            self.groups, self._grouping = {}, (v4_len, v6_len)
+        return parser.result(self.groups)
 
     def _feed(self, ports: frozenset[int], parser: ScanParser) -> None:
         raise NotImplementedError
@@ -1219,6 +1210,13 @@ def _info(buf: bytes | bytearray | memoryview, off: int, mlen: int) -> tuple[int
     return sent, recv, brecv, segs_in, segs_out
 
 
+def waits_on_client(sent: int, recv: int, segs_in: int, segs_out: int) -> bool:
+    """The client has said nothing since the server last spoke (`sent`, `recv`: ms since the last data segment
+    each way, in jiffies): equal ages count when the server has sent more data segments than the client, the one
+    that answered (see `stalled`). The scan's per-socket loop and its numpy path inline the same comparison."""
+    return recv > sent or (recv == sent and segs_in < segs_out)
+
+
 def stalled(
     sent: int,
     recv: int,
@@ -1243,8 +1241,8 @@ def stalled(
     """
     if sent < after_ms or segs_out <= 0 or (segs_out == 1 and sent < greet_ms and not (pregreet_cut and segs_in)):
         return False
-    if recv > sent or (recv == sent and segs_in < segs_out):
-        return True  # silent since the server last spoke
+    if waits_on_client(sent, recv, segs_in, segs_out):
+        return True
     return segs_out == 1 or (segs_in >= segs_out + 2 and brecv < 16 * segs_in)
 
 

@@ -401,11 +401,11 @@ def test_reading_the_listeners_between_ticks_leaves_the_scans_cache_alone(lab: L
         try:
             with patch.object(sd, "_GROUPS_STALE", 0):  # any pruning would show at once
                 diag.scan(frozenset({25}))
-                cached = dict(diag._groups.groups)
+                cached = dict(diag.groups)
                 assert len(cached) >= 40
                 (listener,) = diag.listeners(frozenset({25}))
                 assert listener.port == 25 and listener.backlog == 64
-                assert diag._groups.groups == cached
+                assert diag.groups == cached
         finally:
             diag.close()
     finally:
