@@ -108,6 +108,11 @@ MATRIX: tuple[Scenario, ...] = (
         about="a swarm of 2,000 sources, each holding 2 silent sessions, back at once when dropped",
     ),
     Scenario(
+        "lone",
+        (_bot("hogs", "--sources", SWARMS, "--count", "3000", "--per-source", "1", "--ramp", "10"),),
+        about="3,000 sources arriving over 10 s, each holding one silent session, as a sender opens one",
+    ),
+    Scenario(
         "drip",
         (_bot("drip", "--sources", SWARMS, "--count", "2000", "--per-source", "2", "--drip", "5"),),
         about="2,000 sources x 2 sessions dripping a junk byte every 5 s, never a line; back within 2 s",

@@ -120,7 +120,14 @@ def budget_lanes(total: int, newcomer_share: float) -> tuple[int, int]:
     return total - newcomers, newcomers
 
 
-SLOT_SETS = ("slots", "newslots")
+def first_contact_lanes(newcomers: int) -> tuple[int, int]:
+    """The first contacts' lane split into (slots for a source's only connection, slots for a crowd's): a third
+    for crowds, none below three slots (a crowd then waits for the common lane)."""
+    crowd = newcomers // 3 if newcomers >= 3 else 0
+    return newcomers - crowd, crowd
+
+
+SLOT_SETS = ("slots", "newslots", "crowdslots")
 # The chains no hook enters: the slot budget's admission, and the verdicts on blocked and throttled sources.
 CHAINS = ("admit", "enforce")
 # A slot's element lapses this long after the last packet of its connection either way, a connection whose
@@ -135,7 +142,7 @@ NEWSRC_TIMEOUT = "10s"
 def slot_sets(spec: FirewallSpec, enforce: bool = True) -> dict[str, int]:
     """The budget's sets and their sizes (the size is the budget: an add to a full set fails)."""
     main, newcomers = budget_lanes(slot_budget(spec), spec.newcomer_share) if enforce else (0, 0)
-    return {name: n for name, n in zip(SLOT_SETS, (main, newcomers), strict=True) if n}
+    return {name: n for name, n in zip(SLOT_SETS, (main, *first_contact_lanes(newcomers)), strict=True) if n}
 
 
 def _budget_rules(sizes: dict[str, int], k4: str, k6: str) -> tuple[list[str], list[str], list[str]]:
@@ -194,10 +201,20 @@ def _budget_rules(sizes: dict[str, int], k4: str, k6: str) -> tuple[list[str], l
         f"tcp dport @ports {syn} {local} ip6 saddr @gate6 ip6 saddr != @allow6 {k6} != @proven6 jump admit",
     ]
     admit = [f"ct id @{name} accept" for name in sizes]  # a retransmitted SYN of an admitted connection
+    # A first contact takes the first contacts' lane: a source's only connection its own part of it, then the
+    # crowds' part; a crowd's (a source that opened others at once, as a swarm's do) only the crowds' part. The
+    # swarm's sources arriving during the wave then hold a third of the lane, not all of it, while a sender that
+    # opens several connections at once (Postfix delivering a few messages to a destination it has not met) still
+    # finds room there once the swarm has arrived, not only in the common lane the flood holds.
     if "newslots" in sizes:
         admit += [
-            f"{CONN4} @fresh4 add @newslots {{ ct id timeout {SLOT_HANDSHAKE} }} accept",
-            f"{CONN6} @fresh6 add @newslots {{ ct id timeout {SLOT_HANDSHAKE} }} accept",
+            f"{CONN4} @fresh4 {k4} != @crowd4 add @newslots {{ ct id timeout {SLOT_HANDSHAKE} }} accept",
+            f"{CONN6} @fresh6 {k6} != @crowd6 add @newslots {{ ct id timeout {SLOT_HANDSHAKE} }} accept",
+        ]
+    if "crowdslots" in sizes:
+        admit += [
+            f"{CONN4} @fresh4 add @crowdslots {{ ct id timeout {SLOT_HANDSHAKE} }} accept",
+            f"{CONN6} @fresh6 add @crowdslots {{ ct id timeout {SLOT_HANDSHAKE} }} accept",
         ]
     admit += [f"add @slots {{ ct id timeout {SLOT_HANDSHAKE} }} accept", "counter drop"]
     return pre, out, admit
@@ -236,6 +253,14 @@ def ruleset(spec: FirewallSpec, *, enforce: bool = True, resize: Iterable[str] =
                 f"tcp dport @ports {syn} {local} ip6 saddr @gate6 {k6} != @proven6 {CONN6} != @fresh6 "
                 f"{CONN6} != @syn6 {k6} != @seen6 {k6} != @newsrc6 update @fresh6 {{ {CONN6} }} "
                 f"update @newsrc6 {{ {k6} }} drop",
+                # The source's other connections while its first contact is pending mark it as a crowd (`crowd`):
+                # a swarm's source opens its sessions at once, a sender the host has never seen most often one, so a
+                # crowd's first contact takes only the crowds' part of the first contacts' lane (chain admit): the
+                # swarm's sources arriving during the wave would hold all of it for as long as they keep arriving.
+                f"tcp dport @ports {syn} {local} ip saddr @gate4 {k4} != @proven4 {CONN4} != @fresh4 "
+                f"{CONN4} != @syn4 {k4} != @seen4 {k4} @newsrc4 update @crowd4 {{ {k4} }} drop",
+                f"tcp dport @ports {syn} {local} ip6 saddr @gate6 {k6} != @proven6 {CONN6} != @fresh6 "
+                f"{CONN6} != @syn6 {k6} != @seen6 {k6} @newsrc6 update @crowd6 {{ {k6} }} drop",
                 # The same when the set is full (a flood of forged sources larger than it): dropped all the same,
                 # so forged SYNs never reach the budget; first contacts wait until the set has room again.
                 f"tcp dport @ports {syn} {local} ip saddr @gate4 {k4} != @proven4 {CONN4} != @fresh4 "
@@ -320,7 +345,7 @@ def ruleset(spec: FirewallSpec, *, enforce: bool = True, resize: Iterable[str] =
         sets.append(f"set proven{v} {{ type {typ}; {dyn} timeout {PROVEN_TIMEOUT}; }}")
         sets.append(f"set talk{v} {{ type {typ} . inet_service; {dyn} timeout {TALK_TIMEOUT}; }}")
         sets.append(f"set newsrc{v} {{ type {typ}; {dyn} timeout {NEWSRC_TIMEOUT}; }}")
-    for name in ("seen", "once", "twice", "rate", "trate"):
+    for name in ("seen", "once", "twice", "crowd", "rate", "trate"):
         for v, typ in ((4, "ipv4_addr"), (6, "ipv6_addr")):
             sets.append(
                 f"set {name}{v} {{ type {typ}; size {SEEN_SIZE}; flags dynamic,timeout; timeout {SEEN_TIMEOUT}; }}"

@@ -78,18 +78,13 @@ def test_the_slot_budget_holds_strangers_and_never_counts_the_allowlisted_or_pro
                 # Forged SYNs (never sent again): from 40 new sources, each a single SYN. None takes a slot.
                 for i in range(1, 41):
                     assert attempt(f"198.18.20.{i}", timeout=0.3) is None
-                # A source never seen that opens two connections at once, as a swarm's source does, gets one slot
-                # of the first contacts' lane, not both: the other goes to the common lane, full here.
-                with ThreadPoolExecutor(2) as pool:
-                    opened = [pool.submit(attempt, "198.51.100.40")]
-                    time.sleep(0.05)  # its second right after the first, as a program opens them
-                    opened.append(pool.submit(attempt, "198.51.100.40"))
-                    pair = [f.result() for f in opened]
-                assert sum(c is not None for c in pair) == 1, pair
-                for c in pair:
-                    if c is not None:
-                        c.close()  # its slot of the lane goes with it
-                time.sleep(0.3)
+                # A source never seen that opens two connections at once, as a swarm's source does, is a crowd: with
+                # a lane of 2 no part of it is a crowd's (govern.nft.ruleset.first_contact_lanes), and the common
+                # lane is full.
+                pair = at_once("198.51.100.40")
+                assert pair == [None, None], pair
+                assert "198.51.100.40" in nft_set(lab.mx, "crowd4")
+                assert not nft_set(lab.mx, "newslots")
                 # Senders the host has never seen get the first contacts' lane, which the swarm cannot hold; in a
                 # wave their first SYN is dropped, their second (a second later) admitted.
                 t0 = time.monotonic()
@@ -286,6 +281,65 @@ def listening(lab: Lab) -> socket.socket:
         mta.bind(("::", 25))
         mta.listen(64)
     return mta
+
+
+def at_once(src: str, n: int = 2) -> list[socket.socket | None]:
+    """`n` connections from `src` opened together, as a program opens them (each a few ms after the other)."""
+    with ThreadPoolExecutor(n) as pool:
+        opened = []
+        for _ in range(n):
+            opened.append(pool.submit(attempt, src))
+            time.sleep(0.05)
+        return [f.result() for f in opened]
+
+
+def test_a_crowds_first_contacts_take_only_their_part_of_the_first_contacts_lane(lab: Lab, tmp_path: Path) -> None:
+    srv = SmtpListener(lab.mx, 25)
+    held: list[socket.socket] = []
+    # A budget of 9: 6 for any stranger, 3 kept for first contacts (2 for a source's only connection, 1 for a
+    # crowd's); no cuts, so what is measured is the budget.
+    cfg = write_config(tmp_path, "[wave]\nslot_budget = 9\n[cut]\nenabled = false\n")
+    swarm = [f"198.18.9.{i}" for i in range(1, 7)]
+    try:
+        with running(lab.mx, cfg) as d:
+            assert d.status()["budget"]["newcomers"] == 3
+            with lab.net.entered():
+                for src in swarm:  # the kernel has seen them before the wave
+                    c = attempt(src)
+                    assert c is not None
+                    c.close()
+            assert govern(lab.mx, "wave", "on", "--for", "2m", "--config", str(cfg)).returncode == 0
+            with lab.net.entered():
+                common = [alive(attempt(src)) for src in swarm]  # the common lane, full
+                held += [c for c in common if c is not None]
+                assert all(common)
+                # A never-seen source opening two connections at once is a crowd: one of them takes the crowds'
+                # slot; a second crowd finds it taken.
+                pair = at_once("198.51.100.50")
+                held += [c for c in pair if c is not None]
+                assert sum(c is not None for c in pair) == 1, pair
+                assert {"198.51.100.50"} <= nft_set(lab.mx, "crowd4")
+                assert len(nft_set(lab.mx, "crowdslots")) == 1
+                assert at_once("198.51.100.51") == [None, None]
+                # Sources opening one connection each take their own part, which no crowd took.
+                lone = [alive(attempt("198.51.100.60")), alive(attempt("198.51.100.61"))]
+                held += [c for c in lone if c is not None]
+                assert all(lone) and len(nft_set(lab.mx, "newslots")) == 2
+                assert attempt("198.51.100.62") is None  # every part of the lane full
+                # The crowd's connection ends: the next single source's first contact takes the crowds' slot.
+                crowd = next(c for c in pair if c is not None)
+                held.remove(crowd)
+                crowd.close()
+                time.sleep(0.3)
+                late = alive(attempt("198.51.100.63"))
+                assert late is not None
+                held.append(late)
+                assert "198.51.100.63" not in nft_set(lab.mx, "crowd4")
+            assert wait_for(lambda: d.status()["slots"].get("in_budget") == 9, timeout=5), d.status()["slots"]
+    finally:
+        for c in held:
+            c.close()
+        srv.close()
 
 
 def test_a_wave_counts_the_connections_strangers_opened_before_it_against_the_common_lane(

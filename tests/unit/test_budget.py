@@ -10,7 +10,7 @@ import pytest
 from govern import config
 from govern.errors import ConfigError
 from govern.model import ListenerStats
-from govern.nft.ruleset import budget_lanes, ruleset, slot_budget
+from govern.nft.ruleset import budget_lanes, first_contact_lanes, ruleset, slot_budget
 from govern.observe.mta import budget, greet_action, main_cf_value, postscreen_pid
 
 
@@ -67,10 +67,21 @@ def test_lanes_never_take_the_whole_budget(total: int, share: float, lanes: tupl
     assert budget_lanes(total, share) == lanes
 
 
+@pytest.mark.parametrize(("newcomers", "parts"), [(10, (7, 3)), (38, (26, 12)), (3, (2, 1)), (2, (2, 0)), (0, (0, 0))])
+def test_crowds_get_a_third_of_the_first_contacts_lane_and_none_of_a_small_one(
+    newcomers: int, parts: tuple[int, int]
+) -> None:
+    assert first_contact_lanes(newcomers) == parts
+
+
 def test_the_ruleset_carries_the_budget_only_when_enforcing() -> None:
     text = ruleset(wave(slot_budget=30).firewall())
     assert "add set inet govern slots { typeof ct id; size 20;" in text
-    assert "add set inet govern newslots { typeof ct id; size 10;" in text
+    assert "add set inet govern newslots { typeof ct id; size 7;" in text
+    assert "add set inet govern crowdslots { typeof ct id; size 3;" in text
+    # A crowd's first contact tries only the crowds' part; a single connection's its own first.
+    order = ("!= @crowd4 add @newslots", "@fresh4 add @crowdslots", "admit add @slots")
+    assert [text.index(r) for r in order] == sorted(text.index(r) for r in order)
     assert "admit add @slots { ct id timeout 5s } accept" in text and "jump admit" in text
     assert "delete set inet govern slots" not in text
     assert "delete set inet govern slots\n" in ruleset(wave(slot_budget=30).firewall(), resize=["slots"]) + "\n"

@@ -18,12 +18,15 @@ from govern_lab.traffic import bots, command, sources
 
 def test_the_matrix_has_the_scenarios_asked_for() -> None:
     assert list(mx.SCENARIOS) == [
-        "silent", "drip", "babble", "slowtalk", "pretalk", "reconnect", "ipv6", "synflood", "mixed", "postscreen",
+        "silent", "lone", "drip", "babble", "slowtalk", "pretalk", "reconnect", "ipv6", "synflood", "mixed",
+        "postscreen",
     ]  # fmt: skip
     assert mx.PEERS == ("none", "fail2ban", "postscreen", "govern")
     assert mx.SCENARIOS["postscreen"].postscreen and mx.SCENARIOS["postscreen"].bots == mx.SCENARIOS["mixed"].bots
     mixed_roles = {b.role for b in mx.SCENARIOS["mixed"].bots}
     assert mixed_roles == {"hogs", "drip", "babble", "slowtalk", "pretalk", "reconnect", "synflood"}
+    # A swarm whose sources each open one connection, as a sender does: no crowd for the first contacts' lane.
+    assert "--per-source" in (lone := mx.SCENARIOS["lone"].bots[0].args) and lone[lone.index("--per-source") + 1] == "1"
     assert mx.SCENARIOS["synflood"].unanswered == ("198.18.128.0/17",)
     assert all(s.about for s in mx.MATRIX)
 
