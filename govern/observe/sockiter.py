@@ -142,17 +142,23 @@ class IteratedSockets:
         greet_ms: int = 0,
         pregreet_cut: bool = False,
     ) -> Scan:
-        kw = {"v4_len": v4_len, "v6_len": v6_len, "idle_after_ms": idle_after_ms}
+        kw: dict[str, Any] = {
+            "v4_len": v4_len,
+            "v6_len": v6_len,
+            "idle_after_ms": idle_after_ms,
+            "greet_ms": greet_ms,
+            "pregreet_cut": pregreet_cut,
+        }
         if self.iter is not None and v6_len <= 64:
             try:
-                return self.iter.scan(ports, **kw, greet_ms=greet_ms, pregreet_cut=pregreet_cut)
+                return self.iter.scan(ports, **kw)
             except KernelError as exc:
                 # Once failed, never again in this run: a scan that fails every tick would cost more than it saves.
                 self.iter.close()
                 self.iter = None
                 self.scanner = f"sock_diag (the BPF socket iterator failed: {exc})"
                 log.error("socket scan through sock_diag from now on: the BPF socket iterator failed: %s", exc)
-        return self.diag.scan(ports, **kw, greet_ms=greet_ms, pregreet_cut=pregreet_cut)
+        return self.diag.scan(ports, **kw)
 
     def listeners(self, ports: frozenset[int]) -> Sequence[ListenerStats]:
         return self.diag.listeners(ports)
