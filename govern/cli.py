@@ -22,6 +22,7 @@ from govern.addr import Prefix
 from govern.control import call
 from govern.durations import format_duration
 from govern.errors import DaemonUnavailable, GovernError, UsageError
+from govern.nft.ruleset import first_contact_lanes
 from govern.sysctl.manager import Report, SysctlManager
 from govern.sysctl.planner import Item
 
@@ -278,7 +279,11 @@ def _budget_line(st: dict[str, Any]) -> str:
         return "slot budget: none with the iptables backend (an nftables feature: docs/iptables.md)"
     if not b.get("slots"):
         return "slot budget: off (wave.slot_budget = 0)"
-    lane = f", {b['newcomers']} of them kept for first contacts" if b.get("newcomers") else ""
+    lane = ""
+    if b.get("newcomers"):
+        crowds = first_contact_lanes(b["newcomers"])[1]
+        part = f" ({crowds} of those for sources opening several at once)" if crowds else ""
+        lane = f", {b['newcomers']} of them kept for first contacts{part}"
     ps = ""
     if st.get("postscreen"):
         talkers = "cut" if st.get("pregreet_cut") else "waited for too"

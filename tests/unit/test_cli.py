@@ -321,7 +321,11 @@ def test_the_budget_line_says_how_postscreen_talkers_are_judged() -> None:
         "pregreet_cut": True,
     }
     line = _budget_line(st)
-    assert line.startswith("slot budget: strangers hold at most 45 slots in a wave, 38 of them kept for first contacts")
+    assert line.startswith(
+        "slot budget: strangers hold at most 45 slots in a wave, 38 of them kept for first contacts (12 of those for"
+        " sources opening several at once)"
+    )
+    assert "of those" not in _budget_line({**st, "budget": {**st["budget"], "newcomers": 2}})  # no crowds' part
     assert "no silent client cut before its greet wait, clients that talk during it cut" in line
     assert "(postscreen_greet_action = enforce)" in line
     ignored = _budget_line({**st, "postscreen_greet_action": "ignore", "pregreet_cut": False})
