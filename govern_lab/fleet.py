@@ -145,7 +145,7 @@ def run(name: str, work: Path, plan: FleetPlan | None = None, tag: str = "gvflee
                 home.mkdir(exist_ok=True)
                 stack.enter_context(Postfix(lab, str(home / "postfix"), process_limit=plan.process_limit, role=role))
                 pid = stack.enter_context(_govern(lab, home, role, extra[role]))
-                sampler = _Sampler(lab, pid, govern_socket=str(home / "govern.sock"), role=role)
+                sampler = _Sampler(lab, pid, govern_socket=str(home / "govern.sock"), role=role, every=0.25)
                 mxs[role] = _Mx(role, home, pid, sampler)
             t0, wall0 = time.monotonic(), time.time()
             threads = [threading.Thread(target=m.sampler.run, args=(t0,), daemon=True) for m in mxs.values()]
