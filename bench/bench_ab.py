@@ -30,6 +30,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -50,27 +51,35 @@ def worker(root: str, kind: str, side: int) -> None:
         raise SystemExit(f"govern from {govern.__file__}, not {root}")
     fns: dict[str, Callable[[list[str]], None]]
     if kind == "scan":
+        from govern import model
         from govern.observe import sockdiag
 
         diag = sockdiag.SockDiag()
         ports = frozenset({25})
+        # A base tree from before the scan's options were one value takes them as keywords.
+        if hasattr(model, "ScanOptions"):
+            opts = model.ScanOptions(ports, idle_after_ms=0)
+            scan_once: Callable[[], Any] = lambda: diag.scan(opts)  # noqa: E731
+        else:
+            old_scan: Any = diag.scan
+            scan_once = lambda: old_scan(ports, idle_after_ms=0)  # noqa: E731
 
         def gc_off(_args: list[str]) -> None:
             gc.disable()
             try:
-                diag.scan(ports, idle_after_ms=0)
+                scan_once()
             finally:
                 gc.enable()
 
         def scan(_args: list[str]) -> None:
-            diag.scan(ports, idle_after_ms=0)
+            scan_once()
 
         def dump(_args: list[str]) -> None:
             # The same request, nothing parsed: the kernel's share and the syscalls.
             diag._dump_all(ports, sockdiag._STATES_SCAN, sockdiag._EXT_INFO, lambda b, n: b[4] == 3)
 
         fns = {"scan": scan, "scan-gc-off": gc_off, "dump": dump}
-        ready = str(diag.scan(ports).sockets)
+        ready = str(scan_once().sockets)
     elif kind == "counts":
         from govern import config
         from govern.model import State

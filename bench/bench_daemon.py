@@ -134,24 +134,33 @@ def memory_mb(pid: int) -> dict[str, float]:
 
 @dataclass
 class Ticks:
-    """The tick-duration histogram of /metrics: how many ticks so far, their summed seconds, how many over 250 ms."""
+    """The tick-duration histogram of /metrics: how many ticks so far, their summed seconds, how many over 250 ms;
+    and the seconds the ticks spent in each phase (govern.phases)."""
 
     count: float
     seconds: float
     over_250ms: float
+    phases: dict[str, float] = field(default_factory=dict)
 
 
 def scrape(mx: Netns) -> Ticks:
     with entered(mx.name), urllib.request.urlopen(f"http://{METRICS}/metrics", timeout=10) as resp:
         text = resp.read().decode()
     got: dict[str, float] = {}
+    phases: dict[str, float] = {}
     for line in text.splitlines():
         if line.startswith("govern_tick_duration_seconds"):
             name, value = line.rsplit(" ", 1)
             got[name] = float(value)
+        elif line.startswith('govern_tick_phase_seconds_total{phase="'):
+            name, value = line.rsplit(" ", 1)
+            phases[name.split('"')[1]] = float(value)
     count = got["govern_tick_duration_seconds_count"]
     return Ticks(
-        count, got["govern_tick_duration_seconds_sum"], count - got['govern_tick_duration_seconds_bucket{le="0.25"}']
+        count,
+        got["govern_tick_duration_seconds_sum"],
+        count - got['govern_tick_duration_seconds_bucket{le="0.25"}'],
+        phases,
     )
 
 
@@ -213,6 +222,8 @@ class Window:
     host_busy_pct: float = float("nan")  # the whole VM over the quiet window, % of all its CPUs
     load_cpu_pct: float = float("nan")  # the bench's own helper processes (sessions), % of one core
     pooled_ticks: int = 0  # of timed_ticks, those timed by the mean of an interval with several (see measure)
+    # The slowest tick timed alone, by phase (ms): where the p99 goes (the phases' sum is the tick's duration).
+    slowest_phases_ms: dict[str, float] = field(default_factory=dict)
 
 
 def nearest_rank(xs: list[float], q: float) -> float:
@@ -243,6 +254,7 @@ def measure(d: Daemon, window: float, load: list[int] = []) -> Window:  # noqa: 
     ticks = int(m1.count - m0.count) if m0 and m1 else 0
     # 2. latency: a scrape every 0.25 s; an interval with exactly one tick's end gives that tick's duration.
     durations: list[float] = []
+    slowest: dict[str, float] = {}
     pooled = 0
     prev = try_scrape(mx)
     end = time.monotonic() + window
@@ -251,7 +263,11 @@ def measure(d: Daemon, window: float, load: list[int] = []) -> Window:  # noqa: 
         cur = try_scrape(mx)
         k = int(cur.count - prev.count) if cur and prev else 0
         if k == 1:
-            durations.append((cur.seconds - prev.seconds) * 1000)  # type: ignore[union-attr]
+            assert cur is not None and prev is not None
+            took = (cur.seconds - prev.seconds) * 1000
+            if not durations or took > max(durations):
+                slowest = {p: round((s - prev.phases.get(p, 0.0)) * 1000, 1) for p, s in cur.phases.items()}
+            durations.append(took)
         elif k > 1:
             # A scrape waits for the lock a tick holds, and back-to-back long ticks can keep it from the scrape
             # for more than one: their mean stands for each, lest the longest ticks be the ones left out.
@@ -271,6 +287,7 @@ def measure(d: Daemon, window: float, load: list[int] = []) -> Window:  # noqa: 
         p99_ms=nearest_rank(durations, 0.99) if durations else float("nan"),
         timed_ticks=len(durations),
         pooled_ticks=pooled,
+        slowest_phases_ms=slowest,
         sockets=int(st.get("sockets", -1)),
         sources=int(st.get("sources", -1)),
         blocks=int(st.get("blocks", -1)),
@@ -464,7 +481,8 @@ def fmt_window(w: Window) -> str:
         f"{w.over_250ms} over 250 ms), "
         f"RSS {w.rss_mb:.0f} MB (peak {w.hwm_mb:.0f}); daemon sees {w.sockets:,} sockets, {w.sources:,} sources, "
         f"{w.blocks:,} blocks; VM busy {w.host_busy_pct:.0f}% of its CPUs, the sessions' processes "
-        f"{w.load_cpu_pct:.0f}% of a core"
+        f"{w.load_cpu_pct:.0f}% of a core; the slowest tick timed alone by phase (ms): "
+        + (", ".join(f"{p} {ms:.0f}" for p, ms in w.slowest_phases_ms.items() if ms >= 1) or "-")
     )
 
 

@@ -42,6 +42,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -51,7 +52,7 @@ if TREE:
     sys.path.insert(0, str(Path(TREE).resolve()))
 
 from bench.machine import machine  # noqa: E402
-from govern import config  # noqa: E402
+from govern import config, model  # noqa: E402
 from govern.addr import Prefix  # noqa: E402
 from govern.core.decide import decide  # noqa: E402
 from govern.core.modes import totals  # noqa: E402
@@ -232,6 +233,9 @@ def bench_observer(args: argparse.Namespace) -> dict[str, float]:
     socks = FakeSockets(sources={p: SockCounts(h, h, 0, 0, 0) for p in with_sockets for h in [rng.randint(1, 3)]})
     counts = [rng.randint(1, 50) for _ in with_syns]
     policy = config.from_mapping({}).policy()
+    made = getattr(model, "ScanOptions", None)
+    scan_opts = None if made is None else made(policy.ports, v4_len=32, v6_len=64, idle_after_ms=10_000)
+    old_scan: Any = socks.scan
     tick = 0
 
     def counters() -> dict[Prefix, int]:
@@ -271,7 +275,10 @@ def bench_observer(args: argparse.Namespace) -> dict[str, float]:
                 fresh = _with_fresh_keys(current)
                 gc.disable()
                 t0 = time.perf_counter()
-                socks.scan(policy.ports, v4_len=32, v6_len=64, idle_after_ms=10_000)
+                if scan_opts is None:  # a tree from before the scan's options were one value (--tree)
+                    old_scan(policy.ports, v4_len=32, v6_len=64, idle_after_ms=10_000)
+                else:
+                    socks.scan(scan_opts)
                 t1 = time.perf_counter()
                 step(fresh, now)
                 t2 = time.perf_counter()

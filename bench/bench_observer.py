@@ -15,7 +15,7 @@ one in four from 2001:db8:bad::/48, each in its own /64; `--per-source` connecti
 
 Every contender runs in the MX namespace, once to warm up and then `--reps` times round-robin (one of each per
 round, so drift hits all alike); medians are reported:
-- govern scan: `SockDiag.scan(frozenset({25}), idle_after_ms=0)`, the whole of it (dump, parse, per-source
+- govern scan: `SockDiag.scan(ScanOptions(frozenset({25}), idle_after_ms=0))`, the whole of it (dump, parse, per-source
   aggregation). The clients never speak, so with idle_after_ms=0 every socket is idle: the parser's longest path.
   Variants: every source new since the last scan (no cached source groups); with the cyclic GC held off during
   the scan (what the collections its allocations trigger cost); without the in-kernel port filter;
@@ -49,7 +49,7 @@ sys.path.insert(0, str(ROOT))
 from bench.machine import machine  # noqa: E402
 from govern import netlink  # noqa: E402
 from govern.addr import Prefix  # noqa: E402
-from govern.model import Scan  # noqa: E402
+from govern.model import Scan, ScanOptions  # noqa: E402
 from govern.observe import sockdiag  # noqa: E402
 from govern.observe.sockdiag import SockDiag  # noqa: E402
 from govern.observe.sockiter import SockIter  # noqa: E402
@@ -215,7 +215,7 @@ def measure(mx: str, n: int, reps: int) -> dict[str, float]:
     def scan() -> Scan:
         # Every client is silent after the banner: with idle_after_ms=0 each of its sockets is idle, so the
         # parser takes its longest path for every socket.
-        return diag.scan(ports, idle_after_ms=0)
+        return diag.scan(ScanOptions(ports, idle_after_ms=0))
 
     try:
         first = scan()
@@ -227,7 +227,7 @@ def measure(mx: str, n: int, reps: int) -> dict[str, float]:
         def iter_scan() -> Scan:
             # The iterator walks the namespace it is read from (the setns of `entered` is ~0.02 ms of it).
             with entered(mx):
-                return it.scan(ports, idle_after_ms=0)
+                return it.scan(ScanOptions(ports, idle_after_ms=0))
 
         def iter_read() -> None:
             with entered(mx):
@@ -555,7 +555,7 @@ def main() -> None:
             t0 = time.perf_counter()
             gone = diag.destroy([Prefix.parse("198.18.0.0/15"), Prefix.parse("2001:db8:bad::/48")], frozenset({PORT}))
             took = (time.perf_counter() - t0) * 1000
-            left = diag.scan(frozenset({PORT})).sockets
+            left = diag.scan(ScanOptions(frozenset({PORT}))).sockets
         finally:
             diag.close()
         print(f"\ndestroy: {gone} sockets in {took:.1f} ms (dump + {-(-gone // 2048)} batched requests); {left} left")

@@ -22,7 +22,6 @@ from govern.addr import Prefix
 from govern.control import call
 from govern.durations import format_duration
 from govern.errors import DaemonUnavailable, GovernError, UsageError
-from govern.nft.ruleset import first_contact_lanes
 from govern.sysctl.manager import Report, SysctlManager
 from govern.sysctl.planner import Item
 
@@ -281,7 +280,7 @@ def _budget_line(st: dict[str, Any]) -> str:
         return "slot budget: off (wave.slot_budget = 0)"
     lane = ""
     if b.get("newcomers"):
-        crowds = first_contact_lanes(b["newcomers"])[1]
+        crowds = b.get("crowds", 0)
         part = f" ({crowds} of those for sources opening several at once)" if crowds else ""
         lane = f", {b['newcomers']} of them kept for first contacts{part}"
     ps = ""
@@ -563,7 +562,7 @@ def _backlog_warnings(cfg: configmod.Config, items: tuple[Item, ...]) -> list[st
 
     try:
         with wiring.sockets() as sd:
-            listeners = sd.scan(frozenset(cfg["protect"]["ports"])).listeners
+            listeners = sd.listeners(frozenset(cfg["protect"]["ports"]))
     except (GovernError, OSError):
         return []
     return backlog.plan_warnings(listeners, items)

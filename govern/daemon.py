@@ -301,9 +301,7 @@ class Governor:
         from govern.sysctl import backlog
 
         assert self.sysctl is not None
-        listeners = self.sockets.scan(
-            self.policy.ports, v4_len=self.policy.v4_len, v6_len=self.policy.v6_len, idle_after_ms=1000
-        ).listeners
+        listeners = self.sockets.listeners(self.policy.ports)
         for line in backlog.plan_warnings(listeners, self.sysctl.plan()):
             log.warning("%s", line)
 
@@ -556,9 +554,7 @@ class Governor:
         from its listeners) and the pregreet wait ("auto": postscreen's, when postscreen holds a protected port)."""
         listeners: tuple[Any, ...] = ()
         try:
-            listeners = self.sockets.scan(
-                self.policy.ports, v4_len=self.policy.v4_len, v6_len=self.policy.v6_len, idle_after_ms=1000
-            ).listeners
+            listeners = tuple(self.sockets.listeners(self.policy.ports))
         except GovernError as exc:
             self.health.fail("observe", exc)
         pid = postscreen_pid(frozenset(config["protect"]["ports"]))

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from govern.addr import Prefix, PrefixSet
 from govern.edges import Enforcer, SocketSource, StateStore, Tarpit
 from govern.errors import RefusedError
-from govern.model import Event, FirewallSpec, ListenerStats, Plan, Scan, SessionInfo, State
+from govern.model import Event, FirewallSpec, ListenerStats, Plan, Scan, ScanOptions, SessionInfo, State
 from govern.sysctl.edges import SysctlProfiles
 from govern.sysctl.manager import Drift, Report
 from govern.sysctl.planner import Item
@@ -130,24 +130,8 @@ class DryRunSockets:
     def scanner(self) -> str:
         return self.inner.scanner
 
-    def scan(
-        self,
-        ports: frozenset[int],
-        *,
-        v4_len: int,
-        v6_len: int,
-        idle_after_ms: int,
-        greet_ms: int = 0,
-        pregreet_cut: bool = False,
-    ) -> Scan:
-        return self.inner.scan(
-            ports,
-            v4_len=v4_len,
-            v6_len=v6_len,
-            idle_after_ms=idle_after_ms,
-            greet_ms=greet_ms,
-            pregreet_cut=pregreet_cut,
-        )
+    def scan(self, opts: ScanOptions) -> Scan:
+        return self.inner.scan(opts)
 
     def listeners(self, ports: frozenset[int]) -> Sequence[ListenerStats]:
         return self.inner.listeners(ports)

@@ -9,7 +9,7 @@ from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Protocol
 
 from govern.addr import Prefix, PrefixSet
-from govern.model import Event, FirewallSpec, ListenerStats, Plan, Scan, SessionInfo, State
+from govern.model import Event, FirewallSpec, ListenerStats, Plan, Scan, ScanOptions, SessionInfo, State
 
 if TYPE_CHECKING:
     from govern.fleet.codec import Decision
@@ -25,16 +25,7 @@ class SocketSource(Protocol):
         """What reads the sockets each tick, and why not the BPF iterator if not (`govern status`)."""
         ...
 
-    def scan(
-        self,
-        ports: frozenset[int],
-        *,
-        v4_len: int,
-        v6_len: int,
-        idle_after_ms: int,
-        greet_ms: int = 0,
-        pregreet_cut: bool = False,
-    ) -> Scan: ...
+    def scan(self, opts: ScanOptions) -> Scan: ...
 
     def listeners(self, ports: frozenset[int]) -> Sequence[ListenerStats]:
         """The listening sockets on `ports` with their accept queues: cheap enough to read between ticks."""

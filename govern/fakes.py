@@ -20,6 +20,7 @@ from govern.model import (
     ListenerStats,
     Plan,
     Scan,
+    ScanOptions,
     SessionInfo,
     SockCounts,
     State,
@@ -42,16 +43,7 @@ class FakeSockets:
     scanner: str = "fake"
     listening: tuple[ListenerStats, ...] = ()  # what `listeners` reads between ticks
 
-    def scan(
-        self,
-        ports: frozenset[int],
-        *,
-        v4_len: int,
-        v6_len: int,
-        idle_after_ms: int,
-        greet_ms: int = 0,
-        pregreet_cut: bool = False,
-    ) -> Scan:
+    def scan(self, opts: ScanOptions) -> Scan:
         return Scan(sources=dict(self.sources), listeners=(), sockets=sum(c.held for c in self.sources.values()))
 
     def listeners(self, ports: frozenset[int]) -> tuple[ListenerStats, ...]:

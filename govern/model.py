@@ -181,6 +181,19 @@ class SessionInfo(NamedTuple):
 
 
 @dataclass(frozen=True, slots=True)
+class ScanOptions:
+    """What a socket scan reads and how it counts what it reads: one value from the policy to every scanner (the
+    daemon's, sock_diag's, the BPF iterator's, the dry run's), so that none of them forwards its fields one by one."""
+
+    ports: frozenset[int]  # the protected ports: only sockets whose local port is one of them
+    v4_len: int = 32  # sources grouped by IPv4 /v4_len and IPv6 /v6_len
+    v6_len: int = 64
+    idle_after_ms: int = 10_000  # an established socket is idle once the server has waited this long on its client
+    greet_ms: int = 0  # no socket is idle before this while the server has sent only its greeting
+    pregreet_cut: bool = False  # ... unless its client talked meanwhile (postscreen's pregreet test in front)
+
+
+@dataclass(frozen=True, slots=True)
 class Scan:
     """One enumeration of the protected ports."""
 

@@ -20,6 +20,7 @@ from typing import Any
 
 from govern.addr import Prefix
 from govern.errors import GovernError
+from govern.model import ScanOptions
 from govern.nft.ruleset import KINDS, NET6_LEN, parts
 from govern.observe.netstat import deltas, parse
 from govern_lab import report
@@ -127,7 +128,7 @@ class _Sampler:
         every, blocked, throttled, sets_read = self.every, 0, 0, -1.0
         try:
             while not self.stop.wait(max(0.0, every - (time.monotonic() - t0) % every)):
-                scan = diag.scan(frozenset({25}), idle_after_ms=10_000)
+                scan = diag.scan(ScanOptions(frozenset({25}), idle_after_ms=10_000))
                 if time.monotonic() - sets_read >= 1.0 - every / 2:
                     sets_read = time.monotonic()
                     blocked, throttled = self._read_sets()

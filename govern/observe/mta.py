@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from govern.model import ListenerStats
-from govern.nft.ruleset import DEFAULT_MTA_SLOTS, budget_lanes
+from govern.nft.ruleset import DEFAULT_MTA_SLOTS, budget_lanes, first_contact_lanes
 from govern.sysctl.backlog import _comm, _listening_inodes
 
 # Postfix's postscreen_greet_wait is ${stress?{2}:{6}}s: a client may be asked to wait the longer one.
@@ -34,7 +34,16 @@ class Budget:
     newcomers: int = 0  # of `slots`, kept for first contacts
 
     def to_dict(self) -> dict[str, Any]:
-        return {"slots": self.slots, "newcomers": self.newcomers, "capacity": self.capacity, "basis": self.basis}
+        """`govern status`'s "budget", with the first contacts' lane's part for crowds (the CLI does not load the
+        ruleset to work it out)."""
+        crowds = first_contact_lanes(self.newcomers)[1]
+        return {
+            "slots": self.slots,
+            "newcomers": self.newcomers,
+            "crowds": crowds,
+            "capacity": self.capacity,
+            "basis": self.basis,
+        }
 
 
 def budget(

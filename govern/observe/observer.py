@@ -17,7 +17,7 @@ from govern.core.policy import Policy
 from govern.edges import Counters, SocketSource
 from govern.heap import give_back
 from govern.keys import keys_of
-from govern.model import Attempts, Snapshot, Sources, SourceStats
+from govern.model import Attempts, ScanOptions, Snapshot, Sources, SourceStats
 from govern.observe.netstat import deltas
 from govern.observe.rates import RateWindow
 from govern.phases import PhaseClock
@@ -68,12 +68,14 @@ class Observer:
         # Idle is counted from the shortest wait anything judges by: the status display's, or an idle cut's.
         idle_after = min((policy.idle_after, *(policy.cut_idle_after or ())))
         scan = self.sockets.scan(
-            policy.ports,
-            v4_len=policy.v4_len,
-            v6_len=policy.v6_len,
-            idle_after_ms=int(idle_after * 1000),
-            greet_ms=int(policy.greet_floor * 1000),
-            pregreet_cut=policy.pregreet_cut,
+            ScanOptions(
+                policy.ports,
+                v4_len=policy.v4_len,
+                v6_len=policy.v6_len,
+                idle_after_ms=int(idle_after * 1000),
+                greet_ms=int(policy.greet_floor * 1000),
+                pregreet_cut=policy.pregreet_cut,
+            )
         )
         self.phases.lap("scan")
         window = self.rates

@@ -59,7 +59,7 @@ import numpy.typing as npt
 
 from govern import netlink
 from govern.addr import Prefix, PrefixSet
-from govern.model import ListenerStats, Scan, SessionInfo, SockCounts
+from govern.model import ListenerStats, Scan, ScanOptions, SessionInfo, SockCounts
 from govern.netlink import NLMSG_DONE, NLMSG_ERROR, NetlinkError
 
 __all__ = ["Scan", "ScanParser", "SessionInfo", "SockCounts", "SockDiag", "parse_dump", "port_bytecode"]
@@ -242,28 +242,19 @@ class ScanParser:
         "_vector",
     )
 
-    def __init__(
-        self,
-        ports: frozenset[int],
-        *,
-        v4_len: int = 32,
-        v6_len: int = 64,
-        idle_after_ms: int = 10_000,
-        greet_ms: int = 0,
-        pregreet_cut: bool = False,
-        vector: bool = True,
-    ) -> None:
+    def __init__(self, opts: ScanOptions, *, vector: bool = True) -> None:
         """`vector` False: every message through the per-message loop (the tests and benchmarks compare the two)."""
-        _check_ports(ports)
+        _check_ports(opts.ports)
+        v4_len, v6_len = opts.v4_len, opts.v6_len
         if not 0 <= v4_len <= 32 or not 0 <= v6_len <= 128:
             raise ValueError(f"bad source grouping /{v4_len} /{v6_len}")
         self._v4_len = v4_len
         self._v6_len = v6_len
         # The kernel sends ports in network order; comparing raw values saves a byte swap per socket.
-        self._ports_be = frozenset(socket.htons(p) for p in ports)
-        self._idle_after = idle_after_ms
-        self._greet = greet_ms
-        self._pregreet = pregreet_cut
+        self._ports_be = frozenset(socket.htons(p) for p in opts.ports)
+        self._idle_after = opts.idle_after_ms
+        self._greet = opts.greet_ms
+        self._pregreet = opts.pregreet_cut
         # The remote address of each socket, by what it counts as. The key of an IPv4 source (also when mapped) is
         # its 4 bytes; of an IPv6 one its first 8 (its /64) when grouping by /64 or less, else all 16: the
         # length tells the family, and the common grouping needs no arithmetic per address.
@@ -847,25 +838,9 @@ def _merged(
     return {g: SockCounts(*c) for g, c in acc.items()}
 
 
-def parse_dump(
-    chunks: Iterable[bytes],
-    ports: frozenset[int],
-    *,
-    v4_len: int = 32,
-    v6_len: int = 64,
-    idle_after_ms: int = 10_000,
-    greet_ms: int = 0,
-    pregreet_cut: bool = False,
-) -> Scan:
+def parse_dump(chunks: Iterable[bytes], opts: ScanOptions) -> Scan:
     """A `Scan` from received buffers, as `SockDiag.scan` makes one (for tests and tools)."""
-    parser = ScanParser(
-        ports,
-        v4_len=v4_len,
-        v6_len=v6_len,
-        idle_after_ms=idle_after_ms,
-        greet_ms=greet_ms,
-        pregreet_cut=pregreet_cut,
-    )
+    parser = ScanParser(opts)
     for chunk in chunks:
         parser.feed(chunk)
     return parser.result()
@@ -914,29 +889,13 @@ class Scanner:
         self.groups: dict[Any, Prefix] = {}
         self._grouping = (32, 64)
 
-    def scan(
-        self,
-        ports: frozenset[int],
-        *,
-        v4_len: int = 32,
-        v6_len: int = 64,
-        idle_after_ms: int = 10_000,
-        greet_ms: int = 0,
-        pregreet_cut: bool = False,
-    ) -> Scan:
-        """Enumerate every TCP socket whose local port is in `ports` and count them per source."""
-        parser = ScanParser(
-            ports,
-            v4_len=v4_len,
-            v6_len=v6_len,
-            idle_after_ms=idle_after_ms,
-            greet_ms=greet_ms,
-            pregreet_cut=pregreet_cut,
-        )
-        if ports:
-            self._feed(ports, parser)
-        if (v4_len, v6_len) != self._grouping:
-            self.groups, self._grouping = {}, (v4_len, v6_len)
+    def scan(self, opts: ScanOptions) -> Scan:
+        """Enumerate every TCP socket whose local port is one of `opts.ports` and count them per source."""
+        parser = ScanParser(opts)
+        if opts.ports:
+            self._feed(opts.ports, parser)
+        if (opts.v4_len, opts.v6_len) != self._grouping:
+            self.groups, self._grouping = {}, (opts.v4_len, opts.v6_len)
         return parser.result(self.groups)
 
     def _feed(self, ports: frozenset[int], parser: ScanParser) -> None:
@@ -989,7 +948,7 @@ class SockDiag(Scanner):
         """The listening sockets on `ports`, with their accept queues: a dump of listeners only, which the kernel
         answers from its listening hash without walking the established sessions (microseconds, not a scan's
         milliseconds), so the daemon can look at its accept queues between ticks."""
-        parser = ScanParser(ports)
+        parser = ScanParser(ScanOptions(ports))
         if ports:
             self._dump_all(ports, 1 << TCP_LISTEN, 0, parser.feed)
         # Not the scans' cache of source groups: a result without sources would prune it whole, and the next tick's

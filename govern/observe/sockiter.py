@@ -24,7 +24,7 @@ import numpy.typing as npt
 from govern.addr import Prefix, PrefixSet
 from govern.errors import KernelError
 from govern.libbpf import check, lib
-from govern.model import ListenerStats, Scan, SessionInfo
+from govern.model import ListenerStats, Scan, ScanOptions, SessionInfo
 from govern.observe.sockdiag import Scanner, ScanParser, SockDiag
 
 log = logging.getLogger("govern")
@@ -132,33 +132,17 @@ class IteratedSockets:
             self.scanner = f"sock_diag (the BPF socket iterator did not load: {exc})"
             log.warning("socket scan through sock_diag: the BPF socket iterator did not load: %s", exc)
 
-    def scan(
-        self,
-        ports: frozenset[int],
-        *,
-        v4_len: int,
-        v6_len: int,
-        idle_after_ms: int,
-        greet_ms: int = 0,
-        pregreet_cut: bool = False,
-    ) -> Scan:
-        kw: dict[str, Any] = {
-            "v4_len": v4_len,
-            "v6_len": v6_len,
-            "idle_after_ms": idle_after_ms,
-            "greet_ms": greet_ms,
-            "pregreet_cut": pregreet_cut,
-        }
-        if self.iter is not None and v6_len <= 64:
+    def scan(self, opts: ScanOptions) -> Scan:
+        if self.iter is not None and opts.v6_len <= 64:
             try:
-                return self.iter.scan(ports, **kw)
+                return self.iter.scan(opts)
             except KernelError as exc:
                 # Once failed, never again in this run: a scan that fails every tick would cost more than it saves.
                 self.iter.close()
                 self.iter = None
                 self.scanner = f"sock_diag (the BPF socket iterator failed: {exc})"
                 log.error("socket scan through sock_diag from now on: the BPF socket iterator failed: %s", exc)
-        return self.diag.scan(ports, **kw)
+        return self.diag.scan(opts)
 
     def listeners(self, ports: frozenset[int]) -> Sequence[ListenerStats]:
         return self.diag.listeners(ports)

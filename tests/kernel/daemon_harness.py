@@ -172,12 +172,13 @@ def wait_for(cond: Callable[[], bool], timeout: float, step: float = 0.2) -> boo
 
 def established(ns: Netns, prefix: str, port: int = 25) -> int:
     """ESTABLISHED sockets on `port` in `ns` whose source group starts with `prefix`, as sock_diag shows them."""
+    from govern.model import ScanOptions
     from govern.observe.sockdiag import SockDiag
 
     with ns.entered():
         diag = SockDiag()
     try:
-        scan = diag.scan(frozenset({port}), idle_after_ms=60_000)
+        scan = diag.scan(ScanOptions(frozenset({port}), idle_after_ms=60_000))
     finally:
         diag.close()
     return sum(c.established for p, c in scan.sources.items() if str(p).startswith(prefix))

@@ -15,7 +15,7 @@ from unittest.mock import patch
 import pytest
 
 from govern.addr import Prefix
-from govern.model import SockCounts
+from govern.model import ScanOptions, SockCounts
 from govern.observe import sockdiag
 from govern.observe.sockdiag import SockDiag
 from tests.netns import MX4, MX6, Lab, Listener, SmtpListener, connect, converse
@@ -72,22 +72,22 @@ def test_counts_per_source_match_what_was_opened(lab: Lab, diag: SockDiag) -> No
     try:
         with clients(lab, pairs):
             wait_held(srv, len(pairs))
-            scan = diag.scan(PORTS)
+            scan = diag.scan(ScanOptions(PORTS))
             expected = {p(a): SockCounts(3, 3, 0, 0, 0) for a in v4}
             expected |= {p(f"2001:db8:bad:{n}::/64"): SockCounts(3, 3, 0, 0, 0) for n in (1, 2)}
             assert scan.sources == expected
             assert scan.sockets == 15
             # The same sockets, grouped wider and narrower.
-            wide = diag.scan(PORTS, v4_len=16, v6_len=48)
+            wide = diag.scan(ScanOptions(PORTS, v4_len=16, v6_len=48))
             assert wide.sources == {
                 p("198.18.0.0/16"): SockCounts(9, 9, 0, 0, 0),
                 p("2001:db8:bad::/48"): SockCounts(6, 6, 0, 0, 0),
             }
-            hosts = diag.scan(PORTS, v6_len=128)
+            hosts = diag.scan(ScanOptions(PORTS, v6_len=128))
             assert hosts.sources[p("2001:db8:bad:2::3")] == SockCounts(1, 1, 0, 0, 0)
             assert len(hosts.sources) == 3 + 6
             # Nothing on other ports.
-            assert diag.scan(frozenset({587})).sources == {}
+            assert diag.scan(ScanOptions(frozenset({587}))).sources == {}
     finally:
         srv.close()
 
@@ -105,9 +105,9 @@ def test_ipv4_listener_and_several_ports(lab: Lab, diag: SockDiag) -> None:
             wait_held(dual, 1)
             v4only.settimeout(2)
             accepted = [v4only.accept()[0] for _ in range(2)]
-            scan = diag.scan(frozenset({25, 587}))
+            scan = diag.scan(ScanOptions(frozenset({25, 587})))
             assert scan.sources == {p("198.18.5.5"): SockCounts(3, 3, 0, 0, 0)}
-            assert diag.scan(frozenset({587})).sources == {p("198.18.5.5"): SockCounts(2, 2, 0, 0, 0)}
+            assert diag.scan(ScanOptions(frozenset({587}))).sources == {p("198.18.5.5"): SockCounts(2, 2, 0, 0, 0)}
     finally:
         for c in accepted:
             c.close()
@@ -123,7 +123,7 @@ def test_total_matches_ss(lab: Lab, diag: SockDiag) -> None:
         with clients(lab, pairs):
             wait_held(srv, len(pairs))
             ss = lab.mx.sh("ss", "-Htn", "state", "established", "( sport = :25 )").splitlines()
-            scan = diag.scan(PORTS)
+            scan = diag.scan(ScanOptions(PORTS))
             assert len(ss) == len(pairs)
             assert sum(c.established for c in scan.sources.values()) == len(ss)
             assert len(scan.sources) == 200
@@ -135,7 +135,7 @@ def test_total_matches_ss(lab: Lab, diag: SockDiag) -> None:
 
             with pytest.raises(RuntimeError):
                 diag._dump_all(PORTS, sockdiag._STATES_SCAN, sockdiag._EXT_INFO, give_up)
-            assert diag.scan(PORTS) == scan
+            assert diag.scan(ScanOptions(PORTS)) == scan
     finally:
         srv.close()
 
@@ -150,7 +150,7 @@ def test_listeners_with_queue_and_backlog(lab: Lab, diag: SockDiag) -> None:
         with clients(lab, [("198.18.9.1", MX4, 465), ("198.18.9.2", MX4, 465)]):
             deadline = time.monotonic() + 5
             while True:
-                scan = diag.scan(frozenset({25, 465}))
+                scan = diag.scan(ScanOptions(frozenset({25, 465})))
                 listeners = {(ls.address, ls.port): ls for ls in scan.listeners}
                 if listeners[(MX4, 465)].queued == 2 or time.monotonic() > deadline:
                     break
@@ -182,13 +182,13 @@ def test_idle_is_a_server_waiting_on_a_silent_client(lab: Lab, diag: SockDiag) -
             while time.monotonic() < deadline:
                 t.sendall(b"x" * 100)
                 time.sleep(0.05)
-            scan = diag.scan(frozenset({25, 587}), idle_after_ms=300)
+            scan = diag.scan(ScanOptions(frozenset({25, 587}), idle_after_ms=300))
             assert scan.sources[p(silent)].idle == 1
             assert 300 <= scan.sources[p(silent)].max_idle_ms < 10_000
             assert scan.sources[p(talker)] == SockCounts(1, 1, 0, 0, 0)
             assert scan.sources[p(waiting)] == SockCounts(1, 1, 0, 0, 0)
             # The silent one was not idle long enough for the default threshold.
-            assert diag.scan(frozenset({25})).sources[p(silent)].idle == 0
+            assert diag.scan(ScanOptions(frozenset({25}))).sources[p(silent)].idle == 0
     finally:
         mute.close()
         greeting.close()
@@ -221,13 +221,13 @@ def test_syn_recv_counted_time_wait_not(lab: Lab, diag: SockDiag) -> None:
             while "198.18.30.2" not in lab.mx.sh("ss", "-Htn", "state", "time-wait"):
                 assert time.monotonic() < deadline, "no TIME_WAIT socket on the MX"
                 time.sleep(0.02)
-            scan = diag.scan(PORTS)
+            scan = diag.scan(ScanOptions(PORTS))
             assert scan.sources[p("198.18.30.1")] == SockCounts(2, 0, 2, 0, 0)
             assert p("198.18.30.2") not in scan.sources
             assert scan.sockets == 2
             # Half-open connections can be destroyed too (the kernel drops them from the SYN queue).
             assert diag.destroy([p("198.18.30.1")], PORTS) == 2
-            assert diag.scan(PORTS).sources == {}
+            assert diag.scan(ScanOptions(PORTS)).sources == {}
     finally:
         for s in stuck:
             s.close()
@@ -252,12 +252,12 @@ def test_destroy_spares_what_is_gone_or_another_socket(lab: Lab, diag: SockDiag)
             # The client leaves with the banner unread, so it resets: the server's socket is gone at once.
             gone.close()
             deadline = time.monotonic() + 5
-            while p("198.18.50.2") in diag.scan(PORTS).sources:
+            while p("198.18.50.2") in diag.scan(ScanOptions(PORTS)).sources:
                 assert time.monotonic() < deadline, "the reset connection is still there"
                 time.sleep(0.02)
             requests = [sockid(*live_end, cookie=0x1234), sockid(*gone_end, cookie=0)]
             assert diag._destroy(requests) == 0
-            assert diag.scan(PORTS).sources[p("198.18.50.1")] == SockCounts(1, 1, 0, 0, 0)
+            assert diag.scan(ScanOptions(PORTS)).sources[p("198.18.50.1")] == SockCounts(1, 1, 0, 0, 0)
             live.sendall(b"NOOP\r\n")
             assert live.recv(64).startswith(b"220")
     finally:
@@ -281,7 +281,7 @@ def test_destroy_one_prefix(lab: Lab, diag: SockDiag) -> None:
                     s.recv(64)
             for s in socks[3:]:
                 s.sendall(b"EHLO spared\r\n")  # still connected
-            scan = diag.scan(PORTS)
+            scan = diag.scan(ScanOptions(PORTS))
             assert set(scan.sources) == {p("198.18.41.1"), p("2001:db8:bad:41::/64")}
             # The listener survived: a new client still gets in. Nothing left to destroy elsewhere.
             with clients(lab, [("198.18.40.3", MX4, 25)]) as (again,):
@@ -290,7 +290,7 @@ def test_destroy_one_prefix(lab: Lab, diag: SockDiag) -> None:
             assert diag.destroy([p("198.18.41.1")], frozenset({587})) == 0
             # That client has hung up; the server, which never closes, holds its end in CLOSE_WAIT.
             deadline = time.monotonic() + 5
-            while (scan := diag.scan(PORTS)).sources.get(p("198.18.40.3")) != SockCounts(1, 0, 0, 0, 0):
+            while (scan := diag.scan(ScanOptions(PORTS))).sources.get(p("198.18.40.3")) != SockCounts(1, 0, 0, 0, 0):
                 assert time.monotonic() < deadline, scan.sources
                 time.sleep(0.02)
             assert scan.sockets == 3
@@ -337,7 +337,7 @@ def test_falls_back_to_one_dump_per_family(lab: Lab, monkeypatch: pytest.MonkeyP
     try:
         with clients(lab, [("198.18.60.1", MX4, 25), ("2001:db8:bad:60::1", MX6, 25)]):
             wait_held(srv, 2)
-            scan = d.scan(PORTS)
+            scan = d.scan(ScanOptions(PORTS))
             assert d.one_walk is False
             assert scan.sources == {
                 p("198.18.60.1"): SockCounts(1, 1, 0, 0, 0),
@@ -373,14 +373,14 @@ def test_numpy_path_parses_a_real_dump_as_the_per_message_loop(lab: Lab, diag: S
             for kw in cases:
                 scans = []
                 for vector in (False, True):
-                    parser = sockdiag.ScanParser(ports, vector=vector, **kw)
+                    parser = sockdiag.ScanParser(ScanOptions(ports, **kw), vector=vector)
                     for c in chunks:
                         parser.feed(c)
                     scans.append(parser.result())
                 assert scans[1] == scans[0]
             assert scans[1].sockets == 620
             assert len(scans[1].listeners) == 2
-            assert diag.scan(ports).sources == sockdiag.parse_dump(chunks, ports).sources
+            assert diag.scan(ScanOptions(ports)).sources == sockdiag.parse_dump(chunks, ScanOptions(ports)).sources
     finally:
         srv.close()
         srv4.close()
@@ -400,7 +400,7 @@ def test_reading_the_listeners_between_ticks_leaves_the_scans_cache_alone(lab: L
             diag = SockDiag()
         try:
             with patch.object(sd, "_GROUPS_STALE", 0):  # any pruning would show at once
-                diag.scan(frozenset({25}))
+                diag.scan(ScanOptions(frozenset({25})))
                 cached = dict(diag.groups)
                 assert len(cached) >= 40
                 (listener,) = diag.listeners(frozenset({25}))

@@ -8,7 +8,7 @@ import socket
 import threading
 import time
 
-from govern.model import Scan
+from govern.model import Scan, ScanOptions
 from govern.observe.sockdiag import SockDiag
 from govern.observe.sockiter import RECORD, SockIter
 from tests.netns import MX4, MX6, Lab, Listener, SmtpListener, connect
@@ -66,8 +66,8 @@ def test_the_iterator_counts_every_source_as_sock_diag_does(lab: Lab) -> None:
             diag, it = SockDiag(), SockIter()
             try:
                 for idle_after_ms in (500, 60_000):
-                    a = diag.scan(PORTS, idle_after_ms=idle_after_ms)
-                    b = it.scan(PORTS, idle_after_ms=idle_after_ms)
+                    a = diag.scan(ScanOptions(PORTS, idle_after_ms=idle_after_ms))
+                    b = it.scan(ScanOptions(PORTS, idle_after_ms=idle_after_ms))
                     same(a, b)
                 tw = [r for r in it.records(frozenset({25})) if r["state"] == 6]
             finally:

@@ -312,10 +312,15 @@ def test_status_and_a_piped_top_show_the_slots(daemon: FakeDaemon) -> None:
 
 def test_the_budget_line_says_how_postscreen_talkers_are_judged() -> None:
     from govern.cli import _budget_line
+    from govern.observe.mta import Budget
+
+    # The budget as the daemon reports it: the crowds' part of the lane comes with it.
+    def budget(newcomers: int) -> dict[str, Any]:
+        return Budget(slots=45, capacity=50, basis="60% of 50 slots, x1.5", newcomers=newcomers).to_dict()
 
     st: dict[str, Any] = {
         "backend": "nftables",
-        "budget": {"slots": 45, "newcomers": 38, "basis": "60% of 50 slots, x1.5"},
+        "budget": budget(38),
         "postscreen": True,
         "postscreen_greet_action": "enforce",
         "pregreet_cut": True,
@@ -325,7 +330,7 @@ def test_the_budget_line_says_how_postscreen_talkers_are_judged() -> None:
         "slot budget: strangers hold at most 45 slots in a wave, 38 of them kept for first contacts (12 of those for"
         " sources opening several at once)"
     )
-    assert "of those" not in _budget_line({**st, "budget": {**st["budget"], "newcomers": 2}})  # no crowds' part
+    assert "of those" not in _budget_line({**st, "budget": budget(2)})  # no crowds' part
     assert "no silent client cut before its greet wait, clients that talk during it cut" in line
     assert "(postscreen_greet_action = enforce)" in line
     ignored = _budget_line({**st, "postscreen_greet_action": "ignore", "pregreet_cut": False})

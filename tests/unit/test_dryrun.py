@@ -12,7 +12,7 @@ from govern.addr import Prefix
 from govern.dryrun import DryRunSockets, DryRunStore, DryRunSysctls, DryRunTarpit
 from govern.errors import RefusedError
 from govern.fakes import FakeSockets, FakeSysctls
-from govern.model import Action, ActionKind, Plan, SockCounts
+from govern.model import Action, ActionKind, Plan, ScanOptions, SockCounts
 from govern.store import Store
 from tests.unit.test_sysctl_manager import STOCK, manager
 
@@ -41,7 +41,7 @@ def test_sessions_are_read_and_never_ended() -> None:
     socks = FakeSockets()
     socks.sources = {BOT: SockCounts(held=2, established=2, syn_recv=0, idle=2, max_idle_ms=60_000)}
     dry = DryRunSockets(socks)
-    assert dry.scan(frozenset({25}), v4_len=32, v6_len=64, idle_after_ms=1000).sources == socks.sources
+    assert dry.scan(ScanOptions(frozenset({25}), v4_len=32, v6_len=64, idle_after_ms=1000)).sources == socks.sources
     assert dry.destroy([BOT], frozenset({25})) == 0 and dry.cut({BOT: 1000}, frozenset({25})) == {}
     assert not socks.destroyed and not socks.cuts and socks.sources[BOT].established == 2
 

@@ -18,7 +18,7 @@ import pytest
 
 from govern.addr import Prefix
 from govern.errors import KernelError
-from govern.model import ListenerStats
+from govern.model import ListenerStats, ScanOptions
 from govern.observe.sockdiag import (
     ScanParser,
     SessionInfo,
@@ -122,7 +122,7 @@ def test_ipv4_ipv6_and_mapped_sources() -> None:
         sock("::ffff:198.18.0.1") + sock("2001:db8:bad:1::2") + sock("::ffff:198.18.7.9"),
         done(),
     ]
-    scan = parse_dump(chunks, PORTS)
+    scan = parse_dump(chunks, ScanOptions(PORTS))
     assert scan.sources == {
         p("198.18.0.1"): SockCounts(3, 3, 0, 0, 0),
         p("198.18.7.9"): SockCounts(1, 1, 0, 0, 0),
@@ -143,7 +143,7 @@ def test_states_time_wait_not_held_and_listeners_apart() -> None:
         + sock("198.18.0.2", state=TIME_WAIT),
         done(),
     ]
-    scan = parse_dump(chunks, PORTS)
+    scan = parse_dump(chunks, ScanOptions(PORTS))
     assert scan.sources == {p("198.18.0.1"): SockCounts(3, 1, 1, 0, 0)}
     assert scan.sockets == 3
     assert scan.listeners == (ListenerStats("203.0.113.25", 587, 0, 100), ListenerStats("::", 25, 3, 4096))
@@ -171,7 +171,7 @@ def test_states_time_wait_not_held_and_listeners_apart() -> None:
 )
 def test_idle_rule(sent: int, recv: int, segs_out: int, segs_in: int, brecv: int, idle: bool) -> None:
     one = sock("198.18.0.1", sent=sent, recv=recv, segs_out=segs_out, segs_in=segs_in, brecv=brecv)
-    scan = parse_dump([one, done()], PORTS)
+    scan = parse_dump([one, done()], ScanOptions(PORTS))
     expected = SockCounts(1, 1, 0, 1, sent) if idle else SockCounts(1, 1, 0, 0, 0)
     assert scan.sources == {p("198.18.0.1"): expected}
 
@@ -185,7 +185,7 @@ def test_idle_counts_and_longest_wait_per_source() -> None:
         + sock("2001:db8:bad::1", sent=400, recv=900)
         + sock("2001:db8:bad::2", sent=700, recv=700)
     )
-    scan = parse_dump([chunk, done()], PORTS, idle_after_ms=500)
+    scan = parse_dump([chunk, done()], ScanOptions(PORTS, idle_after_ms=500))
     assert scan.sources == {
         p("198.18.0.1"): SockCounts(4, 4, 0, 3, 30_000),
         p("2001:db8:bad::/64"): SockCounts(2, 2, 0, 1, 700),
@@ -205,7 +205,7 @@ def test_grouping_lengths() -> None:
     one = SockCounts(1, 1, 0, 0, 0)
 
     def scan(v4: int, v6: int) -> dict[Prefix, SockCounts]:
-        return parse_dump([chunk, done()], PORTS, v4_len=v4, v6_len=v6).sources
+        return parse_dump([chunk, done()], ScanOptions(PORTS, v4_len=v4, v6_len=v6)).sources
 
     assert scan(24, 48) == {
         p("198.18.0.0/24"): SockCounts(2, 2, 0, 0, 0),
@@ -228,14 +228,14 @@ def test_grouping_lengths() -> None:
 
 def test_other_ports_are_ignored() -> None:
     chunk = sock("198.18.0.1", sport=80) + sock("198.18.0.2", sport=465) + sock("0.0.0.0", state=LISTEN, sport=22)
-    scan = parse_dump([chunk, done()], PORTS)
+    scan = parse_dump([chunk, done()], ScanOptions(PORTS))
     assert scan.sources == {p("198.18.0.2"): SockCounts(1, 1, 0, 0, 0)}
     assert scan.listeners == ()
     assert scan.sockets == 1
 
 
 def test_multipart_dump_over_many_buffers() -> None:
-    parser = ScanParser(PORTS, idle_after_ms=500)
+    parser = ScanParser(ScanOptions(PORTS, idle_after_ms=500))
     msgs = [sock(f"198.18.{i // 200}.{i % 200}", sent=i, recv=5000) for i in range(1000)]
     msgs += [sock(f"2001:db8:bad:{i}::1") for i in range(500)]
     msgs += [sock(f"198.18.9.{i}", state=SYN_RECV) for i in range(40)]
@@ -270,7 +270,7 @@ def test_layouts_that_differ_from_the_first_seen() -> None:
     old = sock("198.18.0.5", attrs=full_attrs(tcp_info(20_000, 30_000, size=104)))
     # SOCK_DIAG_BY_FAMILY answers mixed in.
     v2 = sock("198.18.0.6", sent=20_000, recv=30_000, mtype=SOCK_DIAG_BY_FAMILY)
-    scan = parse_dump([usual + moved + longer + usual + extra + old + v2 + moved, done()], PORTS)
+    scan = parse_dump([usual + moved + longer + usual + extra + old + v2 + moved, done()], ScanOptions(PORTS))
     idle = SockCounts(1, 1, 0, 1, 20_000)
     assert scan.sources == {
         p("198.18.0.1"): SockCounts(2, 2, 0, 2, 20_000),
@@ -283,32 +283,32 @@ def test_layouts_that_differ_from_the_first_seen() -> None:
 
 
 def test_nlmsg_error_raises_kernel_error() -> None:
-    parser = ScanParser(PORTS)
+    parser = ScanParser(ScanOptions(PORTS))
     assert parser.feed(sock("198.18.0.1")) is False
     with pytest.raises(KernelError) as exc:
         parser.feed(error(errno.EINVAL))
     assert exc.value.errno == errno.EINVAL
     with pytest.raises(KernelError) as exc:
-        parse_dump([sock("198.18.0.1") + done(-errno.EBUSY)], PORTS)
+        parse_dump([sock("198.18.0.1") + done(-errno.EBUSY)], ScanOptions(PORTS))
     assert exc.value.errno == errno.EBUSY
 
 
 def test_malformed_buffers_raise_kernel_error() -> None:
     whole = sock("198.18.0.1")
     with pytest.raises(KernelError) as exc:
-        parse_dump([whole + whole[:100]], PORTS)  # the second message is cut short
+        parse_dump([whole + whole[:100]], ScanOptions(PORTS))  # the second message is cut short
     assert exc.value.errno == errno.EPROTO
     bad_len = bytearray(whole)
     struct.pack_into("=I", bad_len, 0, 8)
     with pytest.raises(KernelError):
-        parse_dump([bytes(bad_len)], PORTS)
+        parse_dump([bytes(bad_len)], ScanOptions(PORTS))
 
 
 def test_group_cache_is_reused() -> None:
     cache: dict[bytes, Prefix] = {}
     chunks = [sock("198.18.0.1") + sock("::ffff:198.18.0.2") + sock("2001:db8:bad::1"), done()]
     for _ in range(2):
-        parser = ScanParser(PORTS)
+        parser = ScanParser(ScanOptions(PORTS))
         for c in chunks:
             parser.feed(c)
         scan = parser.result(cache)
@@ -316,7 +316,7 @@ def test_group_cache_is_reused() -> None:
         assert set(cache.values()) == set(scan.sources)
     # Addresses that went away are dropped once they pile up.
     cache.update((i.to_bytes(4, "big"), Prefix(4, i, 32)) for i in range(20_000))
-    parser = ScanParser(PORTS)
+    parser = ScanParser(ScanOptions(PORTS))
     for c in chunks:
         parser.feed(c)
     assert set(parser.result(cache).sources) == set(cache.values())
@@ -385,7 +385,7 @@ def test_numpy_path_counts_as_the_per_message_loop(seed: int, info_size: int) ->
             }
             scans = []
             for vector in (False, True):
-                parser = ScanParser(PORTS, vector=vector, **kw)
+                parser = ScanParser(ScanOptions(PORTS, **kw), vector=vector)
                 for c in chunks:
                     parser.feed(c)
                 scans.append(parser.result())
@@ -503,7 +503,7 @@ def test_the_pregreet_floor_holds_only_while_the_server_sent_its_first_segment(
     sent: int, segs_out: int, idle: bool
 ) -> None:
     one = sock("198.18.0.1", sent=sent, recv=sent + 100, segs_out=segs_out)
-    scan = parse_dump([one, done()], PORTS, idle_after_ms=3_000, greet_ms=7_000)
+    scan = parse_dump([one, done()], ScanOptions(PORTS, idle_after_ms=3_000, greet_ms=7_000))
     assert (scan.sources[p("198.18.0.1")].idle == 1) is idle
     # The rule itself, as the cut applies it per socket.
     assert stalled(sent, sent + 100, 0, 0, segs_out, 3_000, 7_000) is idle
@@ -523,6 +523,6 @@ def test_a_client_that_talks_during_an_enforced_pregreet_wait_is_not_under_the_f
     # postscreen's "220-" went out 5 s ago (the floor is 7 s); the client talked 4.9 s ago, or never.
     recv = 4_900 if segs_in else 5_100
     one = sock("198.18.0.1", sent=5_000, recv=recv, segs_out=1, segs_in=segs_in, brecv=12 * segs_in)
-    scan = parse_dump([one, done()], PORTS, idle_after_ms=3_000, greet_ms=7_000, pregreet_cut=pregreet_cut)
+    scan = parse_dump([one, done()], ScanOptions(PORTS, idle_after_ms=3_000, greet_ms=7_000, pregreet_cut=pregreet_cut))
     assert (scan.sources[p("198.18.0.1")].idle == 1) is idle
     assert stalled(5_000, recv, 12 * segs_in, segs_in, 1, 3_000, 7_000, pregreet_cut) is idle

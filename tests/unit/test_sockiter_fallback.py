@@ -10,7 +10,7 @@ import pytest
 from govern.addr import Prefix
 from govern.errors import KernelError
 from govern.fakes import FakeSockets
-from govern.model import Scan, SockCounts
+from govern.model import Scan, ScanOptions, SockCounts
 from govern.observe.sockdiag import SockDiag
 from govern.observe.sockiter import IteratedSockets, SockIter
 
@@ -40,10 +40,10 @@ def test_the_scan_goes_through_the_iterator_and_the_rest_to_sock_diag() -> None:
     it = FakeIter()
     s = IteratedSockets(diag(), lambda: cast(SockIter, it))
     assert s.scanner == "BPF iterator"
-    assert s.scan(frozenset({25}), **KW).sources[P].held == 7
+    assert s.scan(ScanOptions(frozenset({25}), **KW)).sources[P].held == 7
     assert s.destroy([P], frozenset({25})) == 1  # FakeSockets' destroy, not the iterator
     # Sources grouped finer than an IPv6 /64 have 16-byte keys, which only sock_diag's path reads.
-    s.scan(frozenset({25}), **{**KW, "v6_len": 96})
+    s.scan(ScanOptions(frozenset({25}), **{**KW, "v6_len": 96}))
     assert it.scans == 1
 
 
@@ -56,14 +56,14 @@ def test_an_iterator_that_does_not_load_leaves_the_scan_to_sock_diag_and_says_wh
         s.scanner
         == "sock_diag (the BPF socket iterator did not load: loading govern_sockets.o: Operation not permitted)"
     )
-    assert s.scan(frozenset({25}), **KW).sources[P].held == 1
+    assert s.scan(ScanOptions(frozenset({25}), **KW)).sources[P].held == 1
 
 
 def test_an_iterator_that_fails_is_closed_and_never_asked_again(caplog: pytest.LogCaptureFixture) -> None:
     it = FakeIter(fail=True)
     s = IteratedSockets(diag(), lambda: cast(SockIter, it))
-    assert s.scan(frozenset({25}), **KW).sources[P].held == 1  # this tick's scan, from sock_diag
-    assert s.scan(frozenset({25}), **KW).sources[P].held == 1
+    assert s.scan(ScanOptions(frozenset({25}), **KW)).sources[P].held == 1  # this tick's scan, from sock_diag
+    assert s.scan(ScanOptions(frozenset({25}), **KW)).sources[P].held == 1
     assert it.scans == 1 and it.closed
     assert s.scanner.startswith("sock_diag (the BPF socket iterator failed: reading the socket iterator")
     assert "sock_diag from now on" in caplog.text
