@@ -338,7 +338,7 @@ class Governor:
             # pregreet wait changes the cuts and the budget's size: the whole table is made again.
             cut = self.config.raw["cut"]
             auto = "auto" in (cut["greet_wait"], cut["pregreet"])
-            if auto and not self.postscreen and postscreen_pid(self.policy.ports) is not None:
+            if auto and not self.postscreen and self._postscreen_pid() is not None:
                 log.warning("postscreen holds a protected port: no silent session is cut during its pregreet wait")
                 self.reload(self.config)
         laps.lap("learn")
@@ -554,10 +554,10 @@ class Governor:
         from its listeners) and the pregreet wait ("auto": postscreen's, when postscreen holds a protected port)."""
         listeners: tuple[Any, ...] = ()
         try:
-            listeners = tuple(self.sockets.listeners(self.policy.ports))
+            listeners = tuple(self.sockets.listeners(frozenset(config["protect"]["ports"])))
         except GovernError as exc:
             self.health.fail("observe", exc)
-        pid = postscreen_pid(frozenset(config["protect"]["ports"]))
+        pid = postscreen_pid(listeners)
         self.postscreen = pid is not None
         self.greet_action = greet_action(pid) if pid is not None else ""
         if config.raw["cut"]["greet_wait"] == "auto":
@@ -663,6 +663,13 @@ class Governor:
                 self.trust.learn(p, now)
         except GovernError as exc:
             self.health.fail("trust", exc)
+
+    def _postscreen_pid(self) -> str | None:
+        try:
+            return postscreen_pid(self.sockets.listeners(self.policy.ports))
+        except GovernError as exc:
+            self.health.fail("observe", exc)
+            return None
 
     def _learn_every(self) -> float:
         return WAVE_LEARN_EVERY if self.state.mode.mode is Mode.WAVE else LEARN_EVERY

@@ -152,6 +152,9 @@ class ListenerStats(NamedTuple):
     port: int
     queued: int
     backlog: int
+    # The socket's inode, by which /proc/PID/fd names it (who holds the listener: the MTA, postscreen). sock_diag's
+    # (`SocketSource.listeners`) has it; 0 in the BPF iterator's tick scan, which does not read it.
+    inode: int = 0
 
 
 class SockCounts(NamedTuple):

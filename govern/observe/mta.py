@@ -18,7 +18,7 @@ from typing import Any
 
 from govern.model import ListenerStats
 from govern.nft.ruleset import DEFAULT_MTA_SLOTS, budget_lanes, first_contact_lanes
-from govern.sysctl.backlog import _comm, _listening_inodes
+from govern.sysctl.backlog import _comm
 
 # Postfix's postscreen_greet_wait is ${stress?{2}:{6}}s: a client may be asked to wait the longer one.
 POSTSCREEN_GREET_WAIT = 6.0
@@ -100,9 +100,12 @@ def budget(
     return Budget(slots, capacity, why, newcomers)
 
 
-def postscreen_pid(ports: frozenset[int], proc: str = "/proc") -> str | None:
-    """The pid of a postscreen process holding a listening socket on one of `ports` in this network namespace."""
-    inodes = _listening_inodes(proc, set(ports))
+def postscreen_pid(listeners: Sequence[ListenerStats], proc: str = "/proc") -> str | None:
+    """The pid of a postscreen process holding one of these listening sockets (sock_diag's, which name their inodes).
+
+    Not from /proc/net/tcp: that lists every socket of the namespace, and reading it cost a tick 100 ms at 20k
+    sessions and 0.5 s at 100k, every ten seconds (docs/benchmarks.md); the listeners are a dump of their own."""
+    inodes = {ls.inode for ls in listeners if ls.inode}
     if not inodes:
         return None
     for pid in (d for d in os.listdir(proc) if d.isdigit()):

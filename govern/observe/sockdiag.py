@@ -93,10 +93,10 @@ _REQ_V1 = struct.Struct("=BBBB48sII")
 # nlmsghdr + inet_diag_msg up to both addresses: length, type, family, state, local port (network order), local
 # and remote address; for listeners, destroy and the slow path.
 _MSG = struct.Struct("=IH10xBB2xH2x16s16s")
-_QUEUES = struct.Struct("=II")
+_QUEUES = struct.Struct("=II4xI")  # idiag_rqueue, idiag_wqueue, (idiag_uid), idiag_inode
 _DIAG_MSG_END = 16 + 72  # attributes start after nlmsghdr + inet_diag_msg
 _SOCKID_AT = 16 + 4  # the inet_diag_sockid inside a message
-_QUEUES_AT = 16 + 56  # idiag_rqueue, idiag_wqueue
+_QUEUES_AT = 16 + 56  # idiag_rqueue
 # From an INET_DIAG_INFO attribute: its header word (len | type << 16), tcpi_last_data_sent, tcpi_last_data_recv,
 # tcpi_bytes_received, tcpi_data_segs_in, tcpi_data_segs_out (struct tcp_info offsets 44, 52, 128, 152, 156; uapi,
 # only ever appended to).
@@ -494,16 +494,16 @@ class ScanParser:
 
     def _listener(self, buf: bytes | bytearray | memoryview, off: int) -> None:
         _l, _t, fam, _state, sport_be, src, _dst = _MSG.unpack_from(buf, off)
-        queued, backlog = _QUEUES.unpack_from(buf, off + _QUEUES_AT)
-        self._add_listener(fam, sport_be, src, queued, backlog)
+        queued, backlog, inode = _QUEUES.unpack_from(buf, off + _QUEUES_AT)
+        self._add_listener(fam, sport_be, src, queued, backlog, inode)
 
-    def _add_listener(self, fam: int, sport_be: int, addr: bytes, queued: int, backlog: int) -> None:
+    def _add_listener(self, fam: int, sport_be: int, addr: bytes, queued: int, backlog: int, inode: int = 0) -> None:
         """A listener by its local address (4 bytes or more for IPv4, 16 for IPv6) and port in network order."""
         if fam == socket.AF_INET:
             text = socket.inet_ntop(socket.AF_INET, addr[:4])
         else:
             text = socket.inet_ntop(socket.AF_INET6, addr)
-        self._listeners.append(ListenerStats(text, socket.ntohs(sport_be), queued, backlog))
+        self._listeners.append(ListenerStats(text, socket.ntohs(sport_be), queued, backlog, inode))
 
     def result(self, groups: dict[Any, Prefix] | None = None) -> Scan:
         """Count per source what was fed so far.

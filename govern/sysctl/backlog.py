@@ -68,9 +68,9 @@ def warnings(
 
 
 def owners(listeners: Sequence[ListenerStats], proc: str = "/proc") -> dict[tuple[str, int], str | None]:
-    """The MTA behind each listener, from the socket inodes in /proc/net/tcp{,6} and the processes' descriptors."""
-    ports = {ls.port for ls in listeners}
-    inodes = _listening_inodes(proc, ports)
+    """The MTA behind each listener, from its socket inode (sock_diag's listeners have it) and the processes'
+    descriptors."""
+    inodes = {ls.inode: ls.port for ls in listeners if ls.inode}
     by_inode: dict[int, list[tuple[str, str]]] = {}
     if inodes:
         for pid in (d for d in os.listdir(proc) if d.isdigit()):
@@ -96,22 +96,6 @@ def owners(listeners: Sequence[ListenerStats], proc: str = "/proc") -> dict[tupl
 def _comm(proc: str, pid: str) -> str:
     with open(f"{proc}/{pid}/comm", encoding="utf-8", errors="replace") as fh:
         return fh.read().strip()
-
-
-def _listening_inodes(proc: str, ports: set[int]) -> dict[int, int]:
-    """inode -> local port of the LISTEN sockets on these ports, in this process's network namespace."""
-    out: dict[int, int] = {}
-    for table in ("tcp", "tcp6"):
-        with contextlib.suppress(OSError), open(f"{proc}/net/{table}", encoding="ascii") as fh:
-            next(fh, None)
-            for line in fh:
-                f = line.split()
-                if len(f) < 10 or f[3] != "0A":
-                    continue
-                port = int(f[1].rsplit(":", 1)[1], 16)
-                if port in ports:
-                    out[int(f[9])] = port
-    return out
 
 
 def plan_warnings(listeners: Sequence[ListenerStats], items: Sequence[Item]) -> list[str]:

@@ -17,7 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from govern.observe.mta import greet_action
+from govern.observe.mta import greet_action, postscreen_pid
+from govern.observe.sockdiag import SockDiag
+from govern.sysctl.backlog import POSTFIX, owners
 from govern_lab import peers
 from govern_lab.addresses import MX4
 from govern_lab.postfix import POSTSCREEN_TUNED, Postfix, install, temporary
@@ -106,6 +108,12 @@ def test_postscreen_in_front_enforces_pregreet_and_passes_patient_clients(lab: L
     # govern reads the greet action as this running postscreen has it (its config directory from its environment).
     (pid,) = [p for p in mta_processes(lab, "postscreen")]
     assert greet_action(pid) == "enforce"
+    # ... and finds that postscreen by the listening socket it holds, named by sock_diag's inode.
+    with lab.entered("mx"), SockDiag() as diag:
+        listeners = diag.listeners(frozenset({25}))
+    assert listeners and all(ls.inode for ls in listeners)
+    assert postscreen_pid(listeners) == pid
+    assert set(owners(listeners).values()) == {POSTFIX}
     # A bot that talks first: postscreen notices and, enforcing, rejects its mail later in the session.
     pretalk(lab, "198.18.9.10")
     # A patient sender waits out the greet test and delivers.

@@ -5,6 +5,7 @@ SockDiag (opened inside `mx`) must see exactly what was opened, grouped per sour
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import struct
 import time
@@ -161,6 +162,9 @@ def test_listeners_with_queue_and_backlog(lab: Lab, diag: SockDiag) -> None:
             assert listeners[("::", 25)].queued == 0
             assert listeners[(MX4, 465)].backlog == 7
             assert listeners[(MX4, 465)].queued == 2
+            # The listener's inode, as /proc/PID/fd names the socket (who holds it: the MTA, postscreen).
+            assert listeners[(MX4, 465)].inode == os.fstat(lazy.fileno()).st_ino
+            assert diag.listeners(frozenset({465})) == (listeners[(MX4, 465)],)
             # Connections waiting in the accept queue are ESTABLISHED sockets of their source all the same.
             assert scan.sources[p("198.18.9.1")] == SockCounts(1, 1, 0, 0, 0)
     finally:

@@ -96,12 +96,11 @@ def test_bad_budgets_are_refused_naming_the_key(bad: object) -> None:
         wave(slot_budget=bad)
 
 
-def fake_proc(root: Path, comm: str, inode: int = 4242, port: int = 25) -> str:
-    (root / "net").mkdir(parents=True)
-    header = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n"
-    line = f"   0: 0100007F:{port:04X} 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 {inode}\n"
-    (root / "net" / "tcp").write_text(header + line)
-    (root / "net" / "tcp6").write_text(header)
+LISTENING = (ListenerStats("127.0.0.1", 25, 0, 100, inode=4242),)  # as sock_diag reads it
+
+
+def fake_proc(root: Path, comm: str, inode: int = 4242) -> str:
+    """A /proc holding one process (pid 321) of this name with socket `inode` open."""
     fd = root / "321" / "fd"
     fd.mkdir(parents=True)
     (root / "321" / "comm").write_text(comm + "\n")
@@ -110,9 +109,12 @@ def fake_proc(root: Path, comm: str, inode: int = 4242, port: int = 25) -> str:
 
 
 def test_postscreen_is_found_by_the_listening_socket_it_holds(tmp_path: Path) -> None:
-    assert postscreen_pid(frozenset({25}), fake_proc(tmp_path / "a", "postscreen")) == "321"
-    assert postscreen_pid(frozenset({25}), fake_proc(tmp_path / "b", "smtpd")) is None
-    assert postscreen_pid(frozenset({587}), fake_proc(tmp_path / "c", "postscreen")) is None
+    assert postscreen_pid(LISTENING, fake_proc(tmp_path / "a", "postscreen")) == "321"
+    assert postscreen_pid(LISTENING, fake_proc(tmp_path / "b", "smtpd")) is None
+    assert postscreen_pid(LISTENING, fake_proc(tmp_path / "c", "postscreen", inode=4343)) is None  # another socket
+    assert postscreen_pid((), fake_proc(tmp_path / "d", "postscreen")) is None  # nothing listens
+    # A listener from the BPF iterator's scan has no inode to look for.
+    assert postscreen_pid([LISTENING[0]._replace(inode=0)], fake_proc(tmp_path / "e", "postscreen")) is None
 
 
 def postscreen_proc(root: Path, argv: list[str], env: dict[str, str]) -> str:
@@ -134,7 +136,7 @@ def test_postscreens_greet_action_is_read_as_the_running_process_has_it(tmp_path
     )
     argv = ["postscreen", "-n", "smtp", "-t", "inet"]
     proc = postscreen_proc(tmp_path / "a", argv, {"MAIL_CONFIG": str(conf)})
-    assert postscreen_pid(frozenset({25}), proc) == "321"
+    assert postscreen_pid(LISTENING, proc) == "321"
     assert greet_action("321", proc) == "enforce"
     # master.cf's -o, passed on postscreen's command line, overrides main.cf
     proc = postscreen_proc(tmp_path / "b", [*argv, "-o", "postscreen_greet_action=drop"], {"MAIL_CONFIG": str(conf)})

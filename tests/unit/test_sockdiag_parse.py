@@ -81,6 +81,7 @@ def sock(
     segs_in: int = 0,
     brecv: int = 0,
     rqueue: int = 0,
+    inode: int = 9,
     wqueue: int = 0,
     attrs: bytes | None = None,
     mtype: int = TCPDIAG_GETSOCK,
@@ -99,7 +100,8 @@ def sock(
         )
     sockid = struct.pack(">HH", sport, 0 if state == LISTEN else 41000) + addr16(local) + addr16(remote)
     sockid += struct.pack("=IQ", 0, 77)
-    body = struct.pack("=BBBB", family, state, 0, 0) + sockid + struct.pack("=IIIII", 0, rqueue, wqueue, 0, 9) + attrs
+    queues = struct.pack("=IIIII", 0, rqueue, wqueue, 0, inode)  # expires, rqueue, wqueue, uid, inode
+    body = struct.pack("=BBBB", family, state, 0, 0) + sockid + queues + attrs
     return struct.pack("=IHHII", 16 + len(body), mtype, NLM_F_MULTI, 1, 0) + body
 
 
@@ -134,8 +136,16 @@ def test_ipv4_ipv6_and_mapped_sources() -> None:
 
 def test_states_time_wait_not_held_and_listeners_apart() -> None:
     chunks = [
-        sock("::", state=LISTEN, local="::", rqueue=3, wqueue=4096, attrs=full_attrs(tcp_info()) + attr(11, b"\0"))
-        + sock("0.0.0.0", state=LISTEN, local="203.0.113.25", sport=587, wqueue=100)
+        sock(
+            "::",
+            state=LISTEN,
+            local="::",
+            rqueue=3,
+            wqueue=4096,
+            inode=70001,
+            attrs=full_attrs(tcp_info()) + attr(11, b"\0"),
+        )
+        + sock("0.0.0.0", state=LISTEN, local="203.0.113.25", sport=587, wqueue=100, inode=70002)
         + sock("198.18.0.1")
         + sock("198.18.0.1", state=TIME_WAIT)
         + sock("198.18.0.1", state=SYN_RECV)
@@ -146,7 +156,11 @@ def test_states_time_wait_not_held_and_listeners_apart() -> None:
     scan = parse_dump(chunks, ScanOptions(PORTS))
     assert scan.sources == {p("198.18.0.1"): SockCounts(3, 1, 1, 0, 0)}
     assert scan.sockets == 3
-    assert scan.listeners == (ListenerStats("203.0.113.25", 587, 0, 100), ListenerStats("::", 25, 3, 4096))
+    # Each with its socket's inode (who holds it: govern.observe.mta, govern.sysctl.backlog).
+    assert scan.listeners == (
+        ListenerStats("203.0.113.25", 587, 0, 100, 70002),
+        ListenerStats("::", 25, 3, 4096, 70001),
+    )
 
 
 @pytest.mark.parametrize(
