@@ -128,6 +128,12 @@ MATRIX: tuple[Scenario, ...] = (
         about="1,000 sources x 2 sessions: EHLO after 20 s, then MAIL and RCPT after RCPT every 8 s",
     ),
     Scenario(
+        "provers",
+        (_bot("prove", "--sources", SWARMS, "--count", "1000", "--per-source", "2"),),
+        about="1,000 sources x 2 sessions holding a spam bot's dialogue at once (EHLO, MAIL, RCPT, DATA: the kernel's "
+        "proof), then silent in DATA; back within 1 s",
+    ),
+    Scenario(
         "pretalk",
         (_bot("pretalk", "--sources", SWARMS, "--count", "500", "--per-source", "2"),),
         about="500 sources x 2 sessions sending EHLO before the banner, then lingering",

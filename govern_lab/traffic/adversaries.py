@@ -12,6 +12,9 @@ Bots (bot ranges only; per second BOT_FIELDS plus "commands"; "held" is the conn
   --gap seconds after the last (just inside Postfix's stress-mode smtpd_timeout of 10 s); reconnects after a close.
   It uses RCPT rather than NOOP: under stress Postfix counts NOOP, RSET and VRFY as junk commands and disconnects
   after one (smtpd_junk_command_limit), while each RCPT to an accepted domain is a valid command.
+- `prove`: each connection holds the dialogue a spam bot holds, at once: EHLO, MAIL FROM, RCPT TO and DATA, each
+  sent when the last reply is in (the banner and four answers: the kernel's proof), then stays silent in DATA until
+  the server closes; reconnects within --reconnect seconds. Proof bought with a real dialogue.
 
 Legitimate senders (one event per SMTP transaction, like `legit`):
 - `strangers`: --count never-seen addresses (default 300 of 198.51.100.128/25 and 2001:db8:51:100::/56, away from
@@ -46,7 +49,7 @@ from govern_lab.traffic.options import DEFAULT_PER_SOURCE, Common, TrafficError,
 from govern_lab.traffic.smtp import Transactions
 from govern_lab.traffic.sources import Network, check_common, pair_sources, pick_sources, resolve_sources
 
-BOTS = ("drip", "babble", "slowtalk")
+BOTS = ("drip", "babble", "slowtalk", "prove")
 SENDERS = ("strangers", "slowlegit")
 ROLES = BOTS + SENDERS
 ADV_FIELDS = (*BOT_FIELDS, "commands")
@@ -88,6 +91,11 @@ class SlowtalkOptions(SlowBotOptions):
 
 
 @dataclass(frozen=True, kw_only=True)
+class ProveOptions(SlowBotOptions):
+    reconnect: float = 1.0
+
+
+@dataclass(frozen=True, kw_only=True)
 class StrangerOptions(TxnOptions):
     """strangers: `count` addresses, each sending 1..`max_messages`, steady over `over` seconds (None: the run)."""
 
@@ -95,7 +103,7 @@ class StrangerOptions(TxnOptions):
     over: float | None = None
 
 
-BotOptions = DripOptions | BabbleOptions | SlowtalkOptions
+BotOptions = DripOptions | BabbleOptions | SlowtalkOptions | ProveOptions
 
 
 # --- what the roles send, and in what order (pure) ------------------------------------------------------------
@@ -121,6 +129,23 @@ def slowtalk_commands(rng: random.Random) -> Iterator[bytes]:
     yield f"MAIL FROM:<slow{rng.randrange(10**6)}@bots.lab.test>\r\n".encode()
     for k in range(1, 10**6):
         yield f"RCPT TO:<slow{k}@lab.test>\r\n".encode()
+
+
+def prove_commands(rng: random.Random) -> tuple[bytes, ...]:
+    """What a proving bot says, each after the last reply: a spam bot's dialogue up to the message."""
+    return (
+        b"EHLO prove.bots.lab.test\r\n",
+        f"MAIL FROM:<p{rng.randrange(10**6)}@bots.lab.test>\r\n".encode(),
+        f"RCPT TO:<p{rng.randrange(10**6)}@lab.test>\r\n".encode(),
+        b"DATA\r\n",
+    )
+
+
+def reply_ends(buf: bytes) -> bool:
+    """`buf` holds a whole SMTP reply: a complete line whose code is followed by a space (or nothing), the last line
+    of a multi-line reply ("250-..." lines go before it)."""
+    lines = buf.split(b"\r\n")[:-1]
+    return any(len(line) >= 3 and line[:3].isdigit() and line[3:4] in (b"", b" ") for line in lines)
 
 
 # --- bots -----------------------------------------------------------------------------------------------------
@@ -171,6 +196,18 @@ async def _read_line(sock: socket.socket) -> bool:
     return True
 
 
+async def _read_reply(sock: socket.socket) -> bool:
+    """Until the server has sent a whole reply; False if it closed first."""
+    loop = asyncio.get_running_loop()
+    buf = b""
+    while not reply_ends(buf):
+        data = await loop.sock_recv(sock, 4096)
+        if not data:
+            return False
+        buf += data
+    return True
+
+
 async def _drip_session(sock: socket.socket, opts: DripOptions, rng: random.Random, tl: Timeline) -> None:
     def gap() -> float:
         return opts.drip * rng.uniform(0.9, 1.1)
@@ -189,8 +226,26 @@ async def _slowtalk_session(sock: socket.socket, opts: SlowtalkOptions, rng: ran
     await _timed(sock, opts.pause, lambda: opts.gap, slowtalk_commands(rng), tl, commands=True)
 
 
+async def _prove_session(sock: socket.socket, opts: ProveOptions, rng: random.Random, tl: Timeline) -> None:
+    if not await _read_reply(sock):  # the banner
+        return
+    loop = asyncio.get_running_loop()
+    for command in prove_commands(rng):
+        await loop.sock_sendall(sock, command)
+        tl.add("bytes_sent", len(command))
+        tl.add("commands")
+        if not await _read_reply(sock):
+            return
+    await _timed(sock, 0.0, lambda: 0.0, iter(()), tl)  # silent in DATA until the server closes
+
+
 Session = Callable[[socket.socket, Any, random.Random, Timeline], Any]
-SESSIONS: dict[str, Session] = {"drip": _drip_session, "babble": _babble_session, "slowtalk": _slowtalk_session}
+SESSIONS: dict[str, Session] = {
+    "drip": _drip_session,
+    "babble": _babble_session,
+    "slowtalk": _slowtalk_session,
+    "prove": _prove_session,
+}
 
 
 async def _slot(
@@ -324,7 +379,7 @@ async def slowlegit(opts: TxnOptions, stop: asyncio.Event | None = None) -> dict
 
 async def run(role: str, opts: Common, stop: asyncio.Event | None = None) -> dict[str, Any]:
     """Run one of this module's roles to its end and return its report."""
-    if role in BOTS and isinstance(opts, DripOptions | BabbleOptions | SlowtalkOptions):
+    if role in BOTS and isinstance(opts, DripOptions | BabbleOptions | SlowtalkOptions | ProveOptions):
         return await bot(role, opts, stop)
     if role == "strangers" and isinstance(opts, StrangerOptions):
         return await strangers(opts, stop)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from govern_lab.traffic import adversaries, bots, senders, syn
-from govern_lab.traffic.adversaries import BabbleOptions, DripOptions, SlowtalkOptions, StrangerOptions
+from govern_lab.traffic.adversaries import BabbleOptions, DripOptions, ProveOptions, SlowtalkOptions, StrangerOptions
 from govern_lab.traffic.counters import BOT_FIELDS
 from govern_lab.traffic.options import (
     ALL_HOSTS_UP_TO,
@@ -158,6 +158,7 @@ def _add_matrix_parsers(role: RoleAdder) -> None:
         "drip": "slow drippers: per source several connections, one junk byte every --drip s, never a line end",
         "babble": "babblers: after the first line from the server, --bytes of junk without a line end, then silence",
         "slowtalk": "slow talkers: EHLO after --pause s, then MAIL and RCPT after RCPT, each --gap s after the last",
+        "prove": "provers: EHLO, MAIL, RCPT and DATA at once, each answered (the kernel's proof), then silent",
     }
     for name in adversaries.BOTS:
         p = role(name, texts[name])
@@ -165,7 +166,7 @@ def _add_matrix_parsers(role: RoleAdder) -> None:
         p.add_argument(
             "--reconnect",
             type=_positive,
-            default=1.0 if name == "babble" else 2.0,
+            default=1.0 if name in ("babble", "prove") else 2.0,
             help="reconnect within this many seconds of a close, reset or failed connect",
         )
         p.add_argument("--ramp", type=float, default=5.0, help="spread the opening over this many seconds")
@@ -176,7 +177,7 @@ def _add_matrix_parsers(role: RoleAdder) -> None:
             p.add_argument("--max-bytes", type=int, default=1000, help="bytes per connection, then silence")
         elif name == "babble":
             p.add_argument("--bytes", type=int, default=300, help="junk bytes sent once per connection")
-        else:
+        elif name == "slowtalk":
             p.add_argument("--pause", type=float, default=20.0, help="seconds before EHLO")
             p.add_argument("--gap", type=_positive, default=8.0, help="seconds between commands")
 
@@ -214,6 +215,8 @@ def _matrix_options(role: str, ns: argparse.Namespace, common: dict[str, Any]) -
             return DripOptions(**bot_common, drip=ns.drip, max_bytes=ns.max_bytes)
         if role == "babble":
             return BabbleOptions(**bot_common, bytes=ns.bytes)
+        if role == "prove":
+            return ProveOptions(**bot_common)
         return SlowtalkOptions(**bot_common, pause=ns.pause, gap=ns.gap)
     txn = {
         **common,

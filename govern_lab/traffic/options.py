@@ -8,9 +8,9 @@ from dataclasses import dataclass
 from govern_lab.addresses import DEFAULT_BOTS, DEFAULT_LEGIT, DEFAULT_TRUSTED, SLOWLEGIT, STRANGERS
 
 ROLES = ("legit", "trusted", "hogs", "reconnect", "pretalk", "swarm", "synflood")
-# The roles of the adversary matrix (govern_lab.traffic.adversaries): three more bots and two more kinds of
+# The roles of the adversary matrix (govern_lab.traffic.adversaries): four more bots and two more kinds of
 # legitimate sender.
-MATRIX_ROLES = ("drip", "babble", "slowtalk", "strangers", "slowlegit")
+MATRIX_ROLES = ("drip", "babble", "slowtalk", "prove", "strangers", "slowlegit")
 ALL_ROLES = ROLES + MATRIX_ROLES
 # Roles whose report is one event per SMTP transaction.
 TXN_ROLES = ("legit", "trusted", "strangers", "slowlegit")
@@ -32,6 +32,7 @@ DEFAULT_SOURCES: dict[str, tuple[str, ...]] = {
     "drip": DEFAULT_BOTS,
     "babble": DEFAULT_BOTS,
     "slowtalk": DEFAULT_BOTS,
+    "prove": DEFAULT_BOTS,
     # Never-seen senders: the upper half of the legitimate /24 and a /56 of its /48, away from the known relays.
     "strangers": STRANGERS,
     "slowlegit": SLOWLEGIT,
@@ -46,10 +47,11 @@ DEFAULT_COUNT = {
     "drip": 10,
     "babble": 10,
     "slowtalk": 10,
+    "prove": 10,
     "strangers": 300,
     "slowlegit": 1,
 }
-DEFAULT_PER_SOURCE = {"hogs": 10, "pretalk": 2, "swarm": 2, "drip": 2, "babble": 2, "slowtalk": 2}
+DEFAULT_PER_SOURCE = {"hogs": 10, "pretalk": 2, "swarm": 2, "drip": 2, "babble": 2, "slowtalk": 2, "prove": 2}
 
 
 class TrafficError(Exception):

@@ -276,3 +276,50 @@ def test_summary_lines_of_new_roles() -> None:
     totals = dict.fromkeys(adv.ADV_FIELDS, 0) | {"sources": 3, "held_at_end": 2, "max_held": 4}
     doc = {"role": "drip", "duration": 3.0, "stopped_by": "duration", "totals": totals}
     assert command.summary_line(doc).startswith("drip: 3 sources; attempted 0")
+
+
+def test_reply_ends_at_the_last_line_of_a_reply() -> None:
+    assert adv.reply_ends(b"220 mx ESMTP\r\n") and adv.reply_ends(b"250-mx\r\n250-PIPELINING\r\n250 8BITMIME\r\n")
+    assert adv.reply_ends(b"354\r\n")
+    assert not adv.reply_ends(b"250-mx\r\n250-PIPELINING\r\n")  # more lines to come
+    assert not adv.reply_ends(b"220 mx ESMTP")  # no line end yet
+    assert not adv.reply_ends(b"junk line\r\n")
+
+
+def test_prove_session_holds_a_spam_bots_dialogue_then_stays_silent_in_data() -> None:
+    async def run() -> tuple[list[bytes], bool, counters.Timeline]:
+        a, b = socket.socketpair()
+        a.setblocking(False)
+        b.setblocking(False)
+        loop = asyncio.get_running_loop()
+        tl = counters.Timeline(adv.ADV_FIELDS, time.monotonic(), 3)
+        opts = adv.ProveOptions(**BASE)
+        task = asyncio.create_task(adv.SESSIONS["prove"](a, opts, random.Random(0), tl))
+        got: list[bytes] = []
+        # Each command only once the last reply is whole: a multi-line greeting and EHLO reply, sent in two parts.
+        await loop.sock_sendall(b, b"220-mx\r\n")
+        await asyncio.sleep(0.05)
+        assert not got and await _nothing(loop, b)
+        await loop.sock_sendall(b, b"220 ESMTP\r\n")
+        for reply in (b"250-mx\r\n250 PIPELINING\r\n", b"250 ok\r\n", b"250 ok\r\n", b"354 go ahead\r\n"):
+            got.append(await asyncio.wait_for(loop.sock_recv(b, 4096), 1))
+            await loop.sock_sendall(b, reply)
+        silent = await _nothing(loop, b, 0.3)  # in DATA, it says nothing more
+        b.close()
+        await asyncio.wait_for(task, 1)  # and ends once the server closes
+        a.close()
+        return got, silent, tl
+
+    got, silent, tl = asyncio.run(run())
+    assert got[0] == b"EHLO prove.bots.lab.test\r\n" and got[1].startswith(b"MAIL FROM:<")
+    assert got[2].startswith(b"RCPT TO:<") and got[2].endswith(b"@lab.test>\r\n") and got[3] == b"DATA\r\n"
+    assert silent and tl.totals["commands"] == 4
+
+
+async def _nothing(loop: asyncio.AbstractEventLoop, sock: socket.socket, wait: float = 0.05) -> bool:
+    """Nothing arrives on `sock` within `wait` seconds."""
+    try:
+        await asyncio.wait_for(loop.sock_recv(sock, 4096), wait)
+    except TimeoutError:
+        return True
+    return False

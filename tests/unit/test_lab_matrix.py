@@ -18,8 +18,8 @@ from govern_lab.traffic import bots, command, sources
 
 def test_the_matrix_has_the_scenarios_asked_for() -> None:
     assert list(mx.SCENARIOS) == [
-        "silent", "lone", "drip", "babble", "slowtalk", "pretalk", "reconnect", "ipv6", "synflood", "mixed",
-        "postscreen",
+        "silent", "lone", "drip", "babble", "slowtalk", "provers", "pretalk", "reconnect", "ipv6", "synflood",
+        "mixed", "postscreen",
     ]  # fmt: skip
     assert mx.PEERS == ("none", "fail2ban", "postscreen", "govern")
     assert mx.SCENARIOS["postscreen"].postscreen and mx.SCENARIOS["postscreen"].bots == mx.SCENARIOS["mixed"].bots
@@ -29,6 +29,7 @@ def test_the_matrix_has_the_scenarios_asked_for() -> None:
     assert "--per-source" in (lone := mx.SCENARIOS["lone"].bots[0].args) and lone[lone.index("--per-source") + 1] == "1"
     assert mx.SCENARIOS["synflood"].unanswered == ("198.18.128.0/17",)
     assert all(s.about for s in mx.MATRIX)
+    assert {b.role for b in mx.SCENARIOS["provers"].bots} == {"prove"}
 
 
 @pytest.mark.parametrize("scn", mx.MATRIX, ids=lambda s: s.name)
@@ -51,7 +52,7 @@ def test_the_floods_are_sized_to_hurt() -> None:
         total = 0
         for b in scn.bots:
             args = dict(zip(b.args[::2], b.args[1::2], strict=False))
-            if b.role in ("hogs", "drip", "babble", "slowtalk", "pretalk"):
+            if b.role in ("hogs", "drip", "babble", "slowtalk", "prove", "pretalk"):
                 total += int(args["--count"]) * int(args.get("--per-source", "2"))
         return total
 
