@@ -182,8 +182,15 @@ def status(gov: Governor, top: int = 10) -> dict[str, Any]:
         "ended_sessions": gov.ended_sessions,
         "cut_sessions": gov.cut_sessions,
         "conntrack_forgotten": gov.forgotten_conntrack,
+        # Not the inode: the tick's scan (the BPF iterator) does not read it, and it says nothing to an operator.
         "listeners": [
-            {**ls._asdict(), "fill": round(ls.queued / ls.backlog, 3) if ls.backlog else 0.0}
+            {
+                "address": ls.address,
+                "port": ls.port,
+                "queued": ls.queued,
+                "backlog": ls.backlog,
+                "fill": round(ls.queued / ls.backlog, 3) if ls.backlog else 0.0,
+            }
             for ls in (snap.listeners if snap else ())
         ],
         "counters_last_tick": dict(snap.counters) if snap else {},

@@ -102,7 +102,7 @@ def in_force(policy: Policy, mode: Mode, standing: Standing, gate_per_second: in
     if standing.kind == TRUSTED:
         lim = lim.trusted
     cuts = policy.cut_idle_after or ()
-    cut = cuts[mode.level - 1] * lim.factor if cuts and mode.level else None
+    cut = cuts[mode.level - 1] * lim.patience(mode) if cuts and mode.level else None
     return InForce(
         mode=mode,
         max_connections=lim.max_connections,

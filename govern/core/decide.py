@@ -73,7 +73,8 @@ def decide(snap: Snapshot, state: State, policy: Policy, now: float) -> Plan:
         over = over_limits(s, lim)
         over_any = bool(over)
         # A tarpitted source's sessions wait on the tarpit's queue, not on the client: never cut for that wait.
-        cut = cut_after is not None and s.max_idle_ms >= cut_after * lim.factor * 1000 and p not in state.tarpits
+        patience = lim.patience(mode)
+        cut = cut_after is not None and s.max_idle_ms >= cut_after * patience * 1000 and p not in state.tarpits
         if not (over or cut):
             if tarpit_room > 0 and nearing(s, lim) and _may_tarpit(p, state, policy, trusted, block_lengths):
                 tarpit_room -= 1
@@ -91,7 +92,7 @@ def decide(snap: Snapshot, state: State, policy: Policy, now: float) -> Plan:
         if cut and cut_after is not None:
             wait = format_duration(s.max_idle_ms / 1000)
             why = f"no progress for {wait} while the host is under pressure ({mode})"
-            cuts.append(Cut(p, int(cut_after * lim.factor * 1000), why))
+            cuts.append(Cut(p, int(cut_after * patience * 1000), why))
             over.append(f"held a session without progress for {wait} under pressure")
             times = state.cuts_in_wave(p, wave_since) + 1 if wave else 0
             if times >= policy.cut_block_after:
@@ -273,6 +274,14 @@ class Limits:
     def trusted(self) -> Limits:
         return self.soft or self
 
+    def patience(self, mode: Mode) -> int:
+        """How many times the mode's cut threshold a session of these limits may go without progress. In a wave a
+        trusted source gets at most WAVE_PATIENCE times, whatever `trust.factor` softens its connection limits by:
+        its trust may have been bought a second before the wave with a spam bot's dialogue (the lab's `provers`),
+        and at 4 x 3 s its silent sessions outlived Postfix's own stress timeout (10 s), so govern never cut them
+        and they came back past the budget for the whole flood."""
+        return min(self.factor, WAVE_PATIENCE) if mode is Mode.WAVE else self.factor
+
     @staticmethod
     def of(policy: Policy, mode: Mode) -> Limits:
         if mode is Mode.WAVE:
@@ -282,6 +291,12 @@ class Limits:
         f = policy.trust_factor
         soft = Limits(conn * f, new * f, f) if f > 1 else None
         return Limits(conn, new, 1, soft)
+
+
+# A trusted source's silence in a wave: twice the wave's cut threshold (6 s on the defaults), under Postfix's stress
+# timeout of 10 s so that govern's cut comes first, and still four times a slow MTA's pause between commands and
+# three times Postfix's idle time for a cached connection (smtp_connection_cache_time_limit, 2 s).
+WAVE_PATIENCE = 2
 
 
 def _ladder(p: Prefix, over: list[str], state: State, policy: Policy, now: float, *, tight: bool) -> list[Action]:

@@ -301,13 +301,19 @@ def ruleset(spec: FirewallSpec, *, enforce: bool = True, resize: Iterable[str] =
     proof: list[str] = []
     if spec.proof:
         # The server's positive replies, counted per connection (client address and port): the limit is "over"
-        # from the PROOF_REPLIES-th on, and only then is the source added to the proven set.
+        # from the PROOF_REPLIES-th on, and only then is the source added to the proven set. Never while the wave's
+        # gate is closed: a proven source passes the budget and the gate, and a flood's bots can hold a spam bot's
+        # dialogue (EHLO, MAIL, RCPT, DATA) as cheaply as silence, then hold the MTA outside the budget (the lab's
+        # `provers`: strangers 83%, as with no protection, the bots over the budget for the whole flood). A session
+        # that is still counting when the wave ends proves its source with its next reply.
         pushed = f"tcp flags & (psh | syn | rst | fin) == psh @ih,0,8 {{ {PROOF_FIRST_BYTES} }}"
         count = f"limit rate over 1/hour burst {PROOF_REPLIES - 1} packets"
         d4, d6 = _key(4, spec.v4_len, "daddr"), _key(6, spec.v6_len, "daddr")
         proof = [
-            f"tcp sport @ports {pushed} update @talk4 {{ ip daddr . tcp dport {count} }} update @proven4 {{ {d4} }}",
-            f"tcp sport @ports {pushed} update @talk6 {{ ip6 daddr . tcp dport {count} }} update @proven6 {{ {d6} }}",
+            f"tcp sport @ports {pushed} update @talk4 {{ ip daddr . tcp dport {count} }} ip daddr != @gate4 "
+            f"update @proven4 {{ {d4} }}",
+            f"tcp sport @ports {pushed} update @talk6 {{ ip6 daddr . tcp dport {count} }} ip6 daddr != @gate6 "
+            f"update @proven6 {{ {d6} }}",
         ]
     # The verdicts, in chain `enforce`: one jump after the counting, so the port and the local-address lookups are
     # made once per packet, not again for each of the sets' parts.

@@ -367,3 +367,20 @@ def test_shedding_spares_the_allowlisted_and_the_trusted_and_queues_only_of_the_
         assert sum(sources[p].established for p in many[:-1]) < excess
         if any(not c.queued for c in shed):
             assert sum(sources[p].established for p in many) < excess
+
+
+def test_in_a_wave_trust_doubles_the_patience_for_silence_at_most() -> None:
+    # Trust bought with a spam bot's dialogue a second before the wave must not let its silent sessions outlive
+    # Postfix's own stress timeout (10 s), as 4 x 3 s did: govern never cut them.
+    relay = Prefix.parse("198.51.100.7")
+    soft = replace(policy(), trust_factor=4)
+
+    def cuts(idle_ms: int, state: State) -> list[tuple[Prefix, int]]:
+        sources = {relay: SourceStats(held=2, established=2, idle=2, max_idle_ms=idle_ms)}
+        return [(c.prefix, c.idle_ms) for c in decide(snap(sources, frozenset({relay})), state, soft, NOW).cuts]
+
+    assert cuts(5_000, wave_state()) == []  # a stranger's would be cut from 3 s
+    assert cuts(7_000, wave_state()) == [(relay, 6_000)]
+    # Elevated mode keeps the whole factor: 4 x 30 s.
+    elevated = State(mode=ModeState(Mode.ELEVATED, NOW - 10, reason="queue"))
+    assert cuts(100_000, elevated) == [] and cuts(121_000, elevated) == [(relay, 120_000)]

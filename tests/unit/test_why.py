@@ -302,7 +302,10 @@ def test_facts_next_to_the_limits_and_the_json_reply() -> None:
 def test_the_limits_in_a_wave_for_a_trusted_source() -> None:
     lim = why.in_force(POLICY, Mode.WAVE, why.Standing(why.TRUSTED), 10)
     assert (lim.max_connections, lim.max_new_per_minute, lim.trust_factor) == (40, 120, 4)
-    assert lim.cut_after == 12.0 and lim.gate_per_second == 0  # 3 s in a wave, four times for the trusted
+    # 3 s in a wave, twice for the trusted (their connection limits four times: the patience for silence at most
+    # twice in a wave, decide.WAVE_PATIENCE)
+    assert lim.cut_after == 6.0 and lim.gate_per_second == 0
+    assert why.in_force(POLICY, Mode.ELEVATED, why.Standing(why.TRUSTED), 10).cut_after == 120.0
     assert why.in_force(POLICY, Mode.ELEVATED, STRANGER, 10).cut_after == 30.0
     no_cuts = config.from_mapping({"cut": {"enabled": False}}).policy()
     assert why.in_force(no_cuts, Mode.WAVE, STRANGER, 10).silent_after == no_cuts.idle_after
