@@ -453,6 +453,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
     "daemon": {
         "tick": Key("1s", _duration(0.1, 60), "how often govern observes, decides and acts"),
         "wave_tick": Key("500ms", _duration(0.1, 60), "how often in a wave: cuts and shedding answer a flood sooner"),
+        "calm_scan_every": Key(
+            3, _int(1, 60), "in normal mode, walk the sockets every this many ticks (every tick under pressure)"
+        ),
         "queue_poll": Key(
             "250ms", _duration_or_off(0.05, 10), "how often the accept queues are read between ticks; 0: never"
         ),

@@ -132,6 +132,7 @@ class Governor:
         self.postscreen = False
         self._attempts_read: tuple[float, int] | None = None  # (when, the kernel's count) at the last poll
         self._attempts_peak = 0.0  # the highest rate read between ticks since the last snapshot
+        self._calm_ticks = 0  # calm ticks left that may reuse the last scan of the sockets (0: scan on the next)
         self.greet_action = ""  # postscreen's postscreen_greet_action, as read when it was found
         self.tick_times = TickTimes()
         # Punitive actions taken since start by (kind, reason class, family): bounded labels for govern.metrics.
@@ -157,6 +158,17 @@ class Governor:
         d = self.config["daemon"]
         return float(d["wave_tick"] if self.state.mode.mode is Mode.WAVE else d["tick"])
 
+    def _rescan(self) -> bool:
+        """Whether this tick walks the sockets: every tick under pressure, after a tick that acted (its blocks ended
+        sessions) and after a reload; in normal mode every `daemon.calm_scan_every` ticks, for the walk is most of a
+        tick's cost (docs/benchmarks.md) and nothing in normal mode is judged by a socket's state to the second:
+        a flood is seen between ticks by the accept queues and the SYN counters, which tick at once."""
+        if self.state.mode.mode is not Mode.NORMAL or self._calm_ticks <= 0:
+            self._calm_ticks = self.config["daemon"]["calm_scan_every"] - 1
+            return True
+        self._calm_ticks -= 1
+        return False
+
     def pressing(self) -> bool:
         """Between ticks: whether the accept queues, or the new connections the kernel counted since the last look,
         already call for a higher mode (govern.core.modes.queues_call), so the main loop ticks now. The highest
@@ -180,7 +192,10 @@ class Governor:
             listeners = []
         # The highest rate since the last tick, not this read's alone: a call the main loop held back (too soon
         # after a tick) still stands at the next read, when the flood may have slowed down.
-        return queues_call(listeners, self.state.mode, self.policy.modes, now, self._attempts_peak)
+        calls = queues_call(listeners, self.state.mode, self.policy.modes, now, self._attempts_peak)
+        if calls:
+            self._calm_ticks = 0  # the tick it calls for sees the sockets as they are
+        return calls
 
     @property
     def dry_run(self) -> bool:
@@ -320,7 +335,7 @@ class Governor:
         self._from_fleet(now)
         laps.lap("fleet")
         try:
-            self.snapshot = self.observer.snapshot(self.policy, now, self.trusted())
+            self.snapshot = self.observer.snapshot(self.policy, now, self.trusted(), rescan=self._rescan())
         except GovernError as exc:
             self.health.fail("observe", exc)
             return Plan()
@@ -371,6 +386,7 @@ class Governor:
         fleet: a host never publishes again what it applied)."""
         if not plan:
             return True
+        self._calm_ticks = 0  # what it blocks loses its sessions: the next tick sees the sockets as they are
         kernel = functools.partial(self._kernel, plan, now)  # one plan's kernel commit, handed to the keeper
         if durable:
             if not self.keeper.commit_durable(plan, now, kernel, self.state):
@@ -709,6 +725,7 @@ class Governor:
             self.trust.configure(new.trust_section())
         self.policy = self.make_policy()
         self.converge(now)
+        self._calm_ticks = 0  # the ports or the grouping may have changed: the next tick scans
         log.info("reloaded config from %s", new.path or "embedded defaults")
 
     def _swap_fleet(self, link: FleetLink | None) -> None:

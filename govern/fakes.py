@@ -44,7 +44,9 @@ class FakeSockets:
     listening: tuple[ListenerStats, ...] = ()  # what `listeners` reads between ticks
 
     def scan(self, opts: ScanOptions) -> Scan:
-        return Scan(sources=dict(self.sources), listeners=(), sockets=sum(c.held for c in self.sources.values()))
+        return Scan(
+            sources=dict(self.sources), listeners=self.listening, sockets=sum(c.held for c in self.sources.values())
+        )
 
     def listeners(self, ports: frozenset[int]) -> tuple[ListenerStats, ...]:
         return self.listening

@@ -1,6 +1,10 @@
 """The Observer: one Snapshot per tick from sock_diag (sessions and listeners), the backend's kernel-side SYN
 counters (new connections, so a connection that opens and closes within a tick still counts) and TcpExt.
 
+A calm tick may reuse the last scan's sockets (`rescan=False`: the daemon asks for a scan every few ticks in normal
+mode, every tick under pressure): the walk of every socket is most of a tick's cost, and in normal mode nothing is
+judged by a socket's state to the second. Its accept queues and SYN counters are read anew all the same.
+
 The sources that hold sockets (a few per socket) become SourceStats records; those seen only by their connection
 attempts, up to a million in a flood, stay numpy columns (model.Sources), so a tick costs a few vectorised passes
 over them and the snapshot ~17 bytes a source (the addresses are the rate window's own columns)."""
@@ -8,6 +12,7 @@ over them and the snapshot ~17 bytes a source (the addresses are the rate window
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 
 import numpy as np
 
@@ -17,7 +22,7 @@ from govern.core.policy import Policy
 from govern.edges import Counters, SocketSource
 from govern.heap import give_back
 from govern.keys import keys_of
-from govern.model import Attempts, ScanOptions, Snapshot, Sources, SourceStats
+from govern.model import Attempts, Scan, ScanOptions, Snapshot, Sources, SourceStats
 from govern.observe.netstat import deltas
 from govern.observe.rates import RateWindow
 from govern.phases import PhaseClock
@@ -45,6 +50,8 @@ class Observer:
         self.rates = RateWindow()
         self._netstat = counters.read()
         self._last: float | None = None
+        self._scan: Scan | None = None  # the last scan of the sockets, for the calm ticks that reuse it
+        self.scans = 0  # how many there were (tests; `govern status`)
         # Each source's allowlist standing, kept from tick to tick (most sources outlive a tick; asking the
         # allowlist costs ~1 us a source, a dict lookup ~50 ns): for those holding sockets in this dict, for the
         # others in the rate window's marks.
@@ -58,25 +65,34 @@ class Observer:
             hit = self._allowlisted[p] = self._allow.intersects(p)
         return hit
 
-    def snapshot(self, policy: Policy, now: float, trusted: frozenset[Prefix] = frozenset()) -> Snapshot:
-        snap = self._snapshot(policy, now, trusted)
+    def snapshot(
+        self, policy: Policy, now: float, trusted: frozenset[Prefix] = frozenset(), *, rescan: bool = True
+    ) -> Snapshot:
+        """This tick's view; with `rescan` False, of the sockets as the last scan counted them (see above)."""
+        snap = self._snapshot(policy, now, trusted, rescan)
         give_back()  # after the tick's temporaries are freed, so that their pages go back too
         self.phases.lap("sources")
         return snap
 
-    def _snapshot(self, policy: Policy, now: float, trusted: frozenset[Prefix]) -> Snapshot:
-        # Idle is counted from the shortest wait anything judges by: the status display's, or an idle cut's.
-        idle_after = min((policy.idle_after, *(policy.cut_idle_after or ())))
-        scan = self.sockets.scan(
-            ScanOptions(
-                policy.ports,
-                v4_len=policy.v4_len,
-                v6_len=policy.v6_len,
-                idle_after_ms=int(idle_after * 1000),
-                greet_ms=int(policy.greet_floor * 1000),
-                pregreet_cut=policy.pregreet_cut,
+    def _snapshot(self, policy: Policy, now: float, trusted: frozenset[Prefix], rescan: bool) -> Snapshot:
+        if rescan or self._scan is None:
+            # Idle is counted from the shortest wait anything judges by: the status display's, or an idle cut's.
+            idle_after = min((policy.idle_after, *(policy.cut_idle_after or ())))
+            scan = self._scan = self.sockets.scan(
+                ScanOptions(
+                    policy.ports,
+                    v4_len=policy.v4_len,
+                    v6_len=policy.v6_len,
+                    idle_after_ms=int(idle_after * 1000),
+                    greet_ms=int(policy.greet_floor * 1000),
+                    pregreet_cut=policy.pregreet_cut,
+                )
             )
-        )
+            self.scans += 1
+        else:
+            # The accept queues as they are now: a dump of the listeners alone, which the kernel answers without
+            # walking the sessions.
+            scan = replace(self._scan, listeners=tuple(self.sockets.listeners(policy.ports)))
         self.phases.lap("scan")
         window = self.rates
         rates = window.advance(self.syn_counts(), now)

@@ -67,6 +67,7 @@ def test_allowlist_from_cidrs_and_files(tmp_path: Path) -> None:
         ('[daemon]\nstate_dir = "relative"\n', "daemon.state_dir", "absolute path"),
         ('[daemon]\ntick = "0s"\n', "daemon.tick", "positive"),
         ('[daemon]\nqueue_poll = "20ms"\n', "daemon.queue_poll", "between 50ms and 10s"),
+        ("[daemon]\ncalm_scan_every = 0\n", "daemon.calm_scan_every", "between 1 and 60"),
         ('[daemon]\nqueue_poll = "soon"\n', "daemon.queue_poll", "not a duration"),
         ("limits = 3\n", "limits", "expected a table"),
     ],

@@ -11,7 +11,7 @@ from govern.daemon import Governor
 from govern.dryrun import DryRun, DryRunSockets, DryRunStore
 from govern.edges import Enforcer, SocketSource, StateStore
 from govern.fakes import FakeClock, FakeCounters, FakeEnforcer, FakeSockets
-from govern.model import SockCounts
+from govern.model import ListenerStats, Mode, SockCounts
 from govern.store import Store
 
 BOT = Prefix.parse("198.18.0.7")
@@ -199,3 +199,35 @@ def test_a_tick_says_where_its_time_went(tmp_path: Path) -> None:
     assert sum(gov.phases.last.values()) * 1000 <= gov.last_tick_ms + 0.01
     assert gov.phases.total["scan"] >= gov.phases.last["scan"]
     assert set(reports.status(gov)["last_tick_phases_ms"]) == set(PHASES)
+
+
+def test_calm_ticks_reuse_the_last_walk_of_the_sockets_and_pressure_walks_every_tick(tmp_path: Path) -> None:
+    gov, socks, enf, clock = make(tmp_path, modes__auto=True)
+    assert gov.config["daemon"]["calm_scan_every"] == 3
+    socks.sources = {TRUSTED: SockCounts(2, 2, 0, 0, 0)}
+    run_ticks(gov, clock, 7)
+    assert gov.observer.scans == 3  # ticks 1, 4 and 7 walk the sockets while calm
+    # A source that opens more than the limit between walks is seen at the next walk, two ticks later at most.
+    socks.sources[BOT] = SockCounts(30, 30, 0, 0, 0)
+    run_ticks(gov, clock, 2)
+    assert gov.snapshot is not None and BOT not in gov.snapshot.sources and BOT not in enf.throttles
+    run_ticks(gov, clock, 1)
+    assert BOT in enf.throttles and gov.observer.scans == 4
+    # The tick after one that acted walks them again: the throttle's sessions as they are now.
+    run_ticks(gov, clock, 1)
+    assert gov.observer.scans == 5
+    # Between ticks, accept queues that call for a higher mode: the tick they call for walks the sockets.
+    before = gov.observer.scans
+    socks.listening = (ListenerStats("0.0.0.0", 25, 100, 100),)
+    assert gov.pressing()
+    run_ticks(gov, clock, 1)
+    assert gov.observer.scans == before + 1 and gov.state.mode.mode is not Mode.NORMAL
+    # Under pressure, every tick.
+    run_ticks(gov, clock, 3)
+    assert gov.observer.scans == before + 4
+
+
+def test_every_tick_walks_the_sockets_with_calm_scan_every_1(tmp_path: Path) -> None:
+    gov, _socks, _enf, clock = make(tmp_path, daemon__calm_scan_every=1)
+    run_ticks(gov, clock, 5)
+    assert gov.observer.scans == 5
