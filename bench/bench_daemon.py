@@ -87,8 +87,9 @@ TARGET_P99_MS = (100_000, 250.0)
 TARGET_RSS_MB = (1_000_000, 150.0)
 
 
-# Set from the command line: the socket scan (`backend.socket_scan`) and the IPv6 grouping of every case's daemon.
-SCAN = {"socket_scan": "auto", "ipv6_prefix": 128}
+# Set from the command line: the socket scan (`backend.socket_scan`), the IPv6 grouping and how often a calm tick
+# walks the sockets (`daemon.calm_scan_every`, 0: the daemon's default) of every case's daemon.
+SCAN = {"socket_scan": "auto", "ipv6_prefix": 128, "calm_scan_every": 0}
 
 
 def config(tmp: Path, extra: str = "") -> Path:
@@ -101,7 +102,9 @@ def config(tmp: Path, extra: str = "") -> Path:
         "[aggregate]\nenabled = false\n"
         f'[metrics]\nlisten = "{METRICS}"\n'
         "[sysctl]\napply_at_start = false\n"
-        f'[daemon]\nstate_dir = "{tmp}/state"\nsocket = "{tmp}/run/govern.sock"\n' + extra
+        f'[daemon]\nstate_dir = "{tmp}/state"\nsocket = "{tmp}/run/govern.sock"\n'
+        + (f"calm_scan_every = {SCAN['calm_scan_every']}\n" if SCAN["calm_scan_every"] else "")
+        + extra
     )
     return cfg
 
@@ -602,8 +605,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--ipv6-prefix", type=int, default=128, help="protect.ipv6_prefix (above 64, the scan is sock_diag's loop)"
     )
+    ap.add_argument(
+        "--calm-scan-every", type=int, default=0, help="daemon.calm_scan_every (0: the daemon's default, 3)"
+    )
     args = ap.parse_args(argv)
-    SCAN.update(socket_scan=args.scan, ipv6_prefix=args.ipv6_prefix)
+    SCAN.update(socket_scan=args.scan, ipv6_prefix=args.ipv6_prefix, calm_scan_every=args.calm_scan_every)
     if os.geteuid() != 0:
         sys.exit("bench_daemon: needs root (network namespaces)")
     if any(m > TRACKED_MAX for m in args.tracked):
