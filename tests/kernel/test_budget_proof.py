@@ -175,29 +175,34 @@ def test_proof_is_the_mta_answering_a_dialogue_never_the_clients_bytes(lab: Lab,
         srv.close()
 
 
-def test_a_dialogue_held_during_a_wave_proves_nothing_until_it_ends(lab: Lab, tmp_path: Path) -> None:
-    # A flood's bots can hold a spam bot's dialogue as cheaply as silence: proof earned in a wave would let them
-    # past the budget and the gate (the lab's `provers`).
+def test_in_a_wave_a_crowds_dialogue_proves_nothing_and_a_single_senders_does(lab: Lab, tmp_path: Path) -> None:
+    # A swarm's bots can hold a spam bot's dialogue as cheaply as silence: proof earned in a wave would let them past
+    # the budget and the gate (the lab's `provers`). A sender the host has never seen opens one connection, and
+    # its next message must pass the budget once it delivered.
     srv = SmtpListener(lab.mx, 25)
-    cfg = write_config(tmp_path)
+    cfg = write_config(tmp_path, "[cut]\nenabled = false\n")
+    held: list[socket.socket] = []
     try:
         with running(lab.mx, cfg), lab.net.entered():
             assert govern(lab.mx, "wave", "on", "--for", "2m", "--config", str(cfg)).returncode == 0
-            during = connect("2001:db8:51::8", MX6, 25)
-            converse(during, *DIALOGUE, b"DATA")  # the banner and four positive answers
-            time.sleep(1)
-            assert "2001:db8:51::" not in nft_set(lab.mx, "proven6")
+            pair = [c for c in at_once("198.51.100.50") if c is not None]  # two at once: a crowd
+            held += pair
+            assert pair and "198.51.100.50" in nft_set(lab.mx, "crowd4")
+            converse(pair[0], *DIALOGUE, b"DATA")  # the banner and four positive answers
+            single = attempt("198.51.100.51")
+            assert single is not None
+            held.append(single)
+            converse(single, *DIALOGUE)
+            assert wait_for(lambda: "198.51.100.51" in nft_set(lab.mx, "proven4"), timeout=5)
+            assert "198.51.100.50" not in nft_set(lab.mx, "proven4")
             assert govern(lab.mx, "wave", "off", "--config", str(cfg)).returncode == 0
-            # The same session, once the wave is over: its next positive reply proves its source.
-            during.sendall(b"Subject: hi\r\n\r\nbody\r\n.\r\n")
-            assert during.recv(100).startswith(b"250")
-            assert wait_for(lambda: "2001:db8:51::" in nft_set(lab.mx, "proven6"), timeout=5)
-            after = connect("198.51.100.9", MX4, 25)
-            converse(after, *DIALOGUE)
-            assert wait_for(lambda: "198.51.100.9" in nft_set(lab.mx, "proven4"), timeout=5)
-            for s in (during, after):
-                s.close()
+            # The crowd's session, once the wave is over: its next positive reply proves its source.
+            pair[0].sendall(b"Subject: hi\r\n\r\nbody\r\n.\r\n")
+            assert pair[0].recv(100).startswith(b"250")
+            assert wait_for(lambda: "198.51.100.50" in nft_set(lab.mx, "proven4"), timeout=5)
     finally:
+        for c in held:
+            c.close()
         srv.close()
 
 
