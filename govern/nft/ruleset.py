@@ -70,6 +70,9 @@ def _lookups(kind: str, version: int) -> list[str]:
 # STARTTLS and the TLS handshake). A silent, dripping, babbling or pre-banner-talking client gets the banner and
 # errors (4xx, 5xx), which never count.
 PROOF_REPLIES = 4
+# A crowd's proof during a wave (below): the banner and five answers, EHLO, MAIL, RCPT, DATA's 354 and the reply that
+# accepts the message. A swarm's bot that holds a spam bot's dialogue and stops at DATA gets five.
+CROWD_PROOF_REPLIES = 6
 # The first byte of a reply that counts: "2", "3", and 0x16, a TLS handshake record (after STARTTLS).
 PROOF_FIRST_BYTES = "0x32, 0x33, 0x16"
 # How long the kernel's own set of proven sources remembers one (each proving session starts it again). A
@@ -301,28 +304,28 @@ def ruleset(spec: FirewallSpec, *, enforce: bool = True, resize: Iterable[str] =
     proof: list[str] = []
     if spec.proof:
         # The server's positive replies, counted per connection (client address and port): the limit is "over"
-        # from the PROOF_REPLIES-th on, and only then is the source added to the proven set. Not while the wave's
-        # gate is closed for a crowd (a source that opened several connections at once as a first contact, as a
-        # swarm's do): a proven source passes the budget and the gate, and a flood's bots can hold a spam bot's
-        # dialogue (EHLO, MAIL, RCPT, DATA) as cheaply as silence, then hold the MTA outside the budget (the lab's
-        # `provers`: strangers 83%, as with no protection, the bots over the budget for the whole flood). Not for
-        # every source in a wave: a sender the host has never seen that delivers during a wave must pass the budget
-        # with its next message (with no proof in a wave at all, never-seen senders fell from 100% to 96% in ten
-        # scenarios, their second messages timed out at connect in the common lane). The three rules split the
-        # replies so that each is counted once.
+        # from the PROOF_REPLIES-th on, and only then is the source added to the proven set. While the wave's gate
+        # is closed, a crowd (a source that opened several connections at once as a first contact, as a swarm's do)
+        # needs CROWD_PROOF_REPLIES, counted in a set of its own (`talkc`): a proven source passes the budget and
+        # the gate, and a flood's bots can hold a spam bot's dialogue up to DATA as cheaply as silence, then hold the
+        # MTA outside the budget (the lab's `provers`: strangers 83%, as with no protection, the bots over the
+        # budget for the whole flood). Not more for every source in a wave: a sender the host has never seen that
+        # delivers during a wave must pass the budget with its next message (with no proof in a wave at all,
+        # never-seen senders fell from 100% to 96% in ten scenarios, their second messages timed out at connect in
+        # the common lane; with none for crowds, the lab's sender of two messages 0.9 s apart, a crowd). The three
+        # rules split the replies so that each is counted once.
         pushed = f"tcp flags & (psh | syn | rst | fin) == psh @ih,0,8 {{ {PROOF_FIRST_BYTES} }}"
         count = f"limit rate over 1/hour burst {PROOF_REPLIES - 1} packets"
         d4, d6 = _key(4, spec.v4_len, "daddr"), _key(6, spec.v6_len, "daddr")
+        crowd_count = f"limit rate over 1/hour burst {CROWD_PROOF_REPLIES - 1} packets"
         proof = []
-        for talk, addr, gate, d, crowd, proven in (
-            ("talk4", "ip daddr", "gate4", d4, "crowd4", "proven4"),
-            ("talk6", "ip6 daddr", "gate6", d6, "crowd6", "proven6"),
-        ):
-            counted = f"update @{talk} {{ {addr} . tcp dport {count} }}"
+        for v, addr, d in ((4, "ip daddr", d4), (6, "ip6 daddr", d6)):
+            counted = f"update @talk{v} {{ {addr} . tcp dport {count} }}"
+            crowd_counted = f"update @talkc{v} {{ {addr} . tcp dport {crowd_count} }}"
             proof += [
-                f"tcp sport @ports {pushed} {addr} != @{gate} {counted} update @{proven} {{ {d} }}",
-                f"tcp sport @ports {pushed} {addr} @{gate} {d} != @{crowd} {counted} update @{proven} {{ {d} }}",
-                f"tcp sport @ports {pushed} {addr} @{gate} {d} @{crowd} {counted}",
+                f"tcp sport @ports {pushed} {addr} != @gate{v} {counted} update @proven{v} {{ {d} }}",
+                f"tcp sport @ports {pushed} {addr} @gate{v} {d} != @crowd{v} {counted} update @proven{v} {{ {d} }}",
+                f"tcp sport @ports {pushed} {addr} @gate{v} {d} @crowd{v} {crowd_counted} update @proven{v} {{ {d} }}",
             ]
     # The verdicts, in chain `enforce`: one jump after the counting, so the port and the local-address lookups are
     # made once per packet, not again for each of the sets' parts.
@@ -359,6 +362,7 @@ def ruleset(spec: FirewallSpec, *, enforce: bool = True, resize: Iterable[str] =
         dyn = f"size {SEEN_SIZE}; flags dynamic,timeout;"
         sets.append(f"set proven{v} {{ type {typ}; {dyn} timeout {PROVEN_TIMEOUT}; }}")
         sets.append(f"set talk{v} {{ type {typ} . inet_service; {dyn} timeout {TALK_TIMEOUT}; }}")
+        sets.append(f"set talkc{v} {{ type {typ} . inet_service; {dyn} timeout {TALK_TIMEOUT}; }}")
         sets.append(f"set newsrc{v} {{ type {typ}; {dyn} timeout {NEWSRC_TIMEOUT}; }}")
     for name in ("seen", "once", "twice", "crowd", "rate", "trate"):
         for v, typ in ((4, "ipv4_addr"), (6, "ipv6_addr")):
