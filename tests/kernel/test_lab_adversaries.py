@@ -182,6 +182,23 @@ def test_slowtalk_pauses_before_ehlo_then_one_command_a_gap(lab: Lab, tmp_path: 
     assert t["commands"] == sum(len(c.chunks) for c in conns) and t["held_at_end"] == 2
 
 
+def test_prove_holds_a_spam_bots_dialogue_at_once_then_stays_silent(lab: Lab, tmp_path: Path) -> None:
+    with Recorder(lab.mx) as srv:  # it answers every line with 250: DATA too, the bot does not mind
+        doc, _ = run(
+            lab.net, "prove", tmp_path / "p.json", "--dst", MX4, "--sources", "198.18.8.0/30", "--count", "2",
+            "--per-source", "1", "--ramp", "0", "--duration", "2",
+        )  # fmt: skip
+        conns = list(srv.conns)
+    assert len(conns) == 2
+    for c in conns:
+        lines = c.data.split(b"\r\n")
+        assert lines[0] == b"EHLO prove.bots.lab.test" and lines[1].startswith(b"MAIL FROM:<")
+        assert lines[2].startswith(b"RCPT TO:<") and lines[3] == b"DATA" and lines[4:] == [b""]
+        assert c.chunks[-1][0] - c.opened < 0.5  # the whole dialogue at once, each line after its reply
+    t = doc["totals"]
+    assert t["commands"] == 8 and t["held_at_end"] == 2 and t["dropped"] == 0  # then held, silent
+
+
 def test_ipv6_swarm_spreads_one_source_per_64(lab: Lab, tmp_path: Path) -> None:
     with Responder(lab.mx, slots=1000, backlog=1024):
         proc = start(
