@@ -19,7 +19,9 @@ PORTS = frozenset({25, 465, 587})
 def same(a: Scan, b: Scan) -> None:
     """Equal scans, but for the longest waits, read a moment apart: within 100 ms."""
     assert a.sockets == b.sockets
-    assert a.listeners == b.listeners
+    # The iterator does not read a listener's inode: sock_diag's listeners have it (who holds the socket).
+    assert [ls._replace(inode=0) for ls in a.listeners] == list(b.listeners)
+    assert all(ls.inode for ls in a.listeners) and not any(ls.inode for ls in b.listeners)
     assert a.sources.keys() == b.sources.keys()
     for p, x in a.sources.items():
         y = b.sources[p]
@@ -74,7 +76,7 @@ def test_the_iterator_counts_every_source_as_sock_diag_does(lab: Lab) -> None:
                 diag.close()
                 it.close()
         assert a.sockets == 10 + 4 + 3 + 2 + 1  # the listeners apart, the other port and TIME_WAIT left out
-        assert ("203.0.113.25", 587, 2, 3) in [tuple(x) for x in b.listeners]
+        assert ("203.0.113.25", 587, 2, 3) in [tuple(x)[:4] for x in b.listeners]
         assert len(b.sources) == 5 + 4 + 1 + 1 + 1
         assert not tw  # the TIME_WAIT socket is left out by the program itself
         assert RECORD.itemsize == 48
