@@ -39,7 +39,7 @@ from govern.errors import GovernError, StoreError
 from govern.fleet import codec
 from govern.health import Health
 from govern.keeping import Keeper
-from govern.model import PUNITIVE, ActionKind, Cut, Mode, ModeState, Plan, Snapshot, State
+from govern.model import PUNITIVE, ActionKind, Cut, ListenerStats, Mode, ModeState, Plan, Snapshot, State
 from govern.observe.mta import POSTSCREEN_GREET_WAIT, Budget, budget, greet_action, postscreen_pid
 from govern.observe.observer import Observer
 from govern.phases import PhaseClock
@@ -353,7 +353,7 @@ class Governor:
             # pregreet wait changes the cuts and the budget's size: the whole table is made again.
             cut = self.config.raw["cut"]
             auto = "auto" in (cut["greet_wait"], cut["pregreet"])
-            if auto and not self.postscreen and self._postscreen_pid() is not None:
+            if auto and not self.postscreen and postscreen_pid(self._listeners(self.policy.ports)) is not None:
                 log.warning("postscreen holds a protected port: no silent session is cut during its pregreet wait")
                 self.reload(self.config)
         laps.lap("learn")
@@ -568,11 +568,7 @@ class Governor:
     def _read_mta(self, config: Config) -> Config:
         """Resolve what the config leaves to the MTA: the slot budget ("auto": a share of the MTA's slots, read
         from its listeners) and the pregreet wait ("auto": postscreen's, when postscreen holds a protected port)."""
-        listeners: tuple[Any, ...] = ()
-        try:
-            listeners = tuple(self.sockets.listeners(frozenset(config["protect"]["ports"])))
-        except GovernError as exc:
-            self.health.fail("observe", exc)
+        listeners = self._listeners(frozenset(config["protect"]["ports"]))
         pid = postscreen_pid(listeners)
         self.postscreen = pid is not None
         self.greet_action = greet_action(pid) if pid is not None else ""
@@ -680,12 +676,13 @@ class Governor:
         except GovernError as exc:
             self.health.fail("trust", exc)
 
-    def _postscreen_pid(self) -> str | None:
+    def _listeners(self, ports: frozenset[int]) -> tuple[ListenerStats, ...]:
+        """The protected ports' listeners; none (and health told) when the kernel cannot be read now."""
         try:
-            return postscreen_pid(self.sockets.listeners(self.policy.ports))
+            return tuple(self.sockets.listeners(ports))
         except GovernError as exc:
             self.health.fail("observe", exc)
-            return None
+            return ()
 
     def _learn_every(self) -> float:
         return WAVE_LEARN_EVERY if self.state.mode.mode is Mode.WAVE else LEARN_EVERY
