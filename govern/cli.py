@@ -103,6 +103,15 @@ def _fail(exc: GovernError) -> NoReturn:
     raise typer.Exit(exc.exit_code)
 
 
+def _walk(st: dict[str, Any]) -> str:
+    """How the sockets were read, and when, where a calm tick reused an earlier walk of them."""
+    parts = [f"read by {st['scanner']}"] if st.get("scanner") else []
+    ago = st.get("sockets_walked_ago")
+    if ago is not None:  # calm ticks reuse a walk (`daemon.calm_scan_every`): the counts may be a few seconds old
+        parts.append(f"walked {ago:g} s ago")
+    return f" ({'; '.join(parts)})" if parts else ""
+
+
 def _prefix(text: str) -> Prefix:
     try:
         return Prefix.parse(text, strict=True)
@@ -167,7 +176,7 @@ def status(
     print(f"mode: {mode}   backend: {st['backend']}   uptime: {format_duration(max(st['uptime'], 1))}")
     if st["mode"] != "normal":
         print("  " + _mode_line(st["mode_detail"]))
-    read = f" (read by {st['scanner']})" if st.get("scanner") else ""
+    read = _walk(st)
     print(f"tick: {st['last_tick_ms']} ms{_phases(st)}   sources: {st['sources']}   sockets: {st['sockets']}{read}")
     print(f"blocks: {st['blocks']}   throttles: {st['throttles']}   allowlist entries: {st['allowlist']}")
     store = st.get("store") or {}

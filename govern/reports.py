@@ -175,6 +175,9 @@ def status(gov: Governor, top: int = 10) -> dict[str, Any]:
         "pregreet_cut": gov.policy.pregreet_cut,
         "tarpit": gov.tarpit_unsupported or f"ready ({gov.tarpit.name if gov.tarpit else '-'})",
         "scanner": gov.sockets.scanner,
+        # Calm ticks reuse the last walk of the sessions (`daemon.calm_scan_every`): how old the counts above are.
+        "sockets_walked_ago": _walked_ago(gov),
+        "calm_scan_every": gov.config["daemon"]["calm_scan_every"],
         "unavailable": dict(gov.enforcer.unavailable()),
         "allowlist": len(gov.policy.allow),
         "allowlist_sources": gov.allow.status() if gov.allow is not None else [],
@@ -206,6 +209,11 @@ def status(gov: Governor, top: int = 10) -> dict[str, Any]:
 
 
 _NO_BYTES = {"bytes_in": 0, "bytes_out": 0}
+
+
+def _walked_ago(gov: Governor) -> float | None:
+    at = gov.observer.scanned_at
+    return None if at is None else round(max(gov.clock() - at, 0.0), 1)
 
 
 def _bytes(gov: Governor, shown: list[Prefix]) -> dict[Prefix, dict[str, int]]:

@@ -51,7 +51,8 @@ class Observer:
         self._netstat = counters.read()
         self._last: float | None = None
         self._scan: Scan | None = None  # the last scan of the sockets, for the calm ticks that reuse it
-        self.scans = 0  # how many there were (tests; `govern status`)
+        self.scans = 0  # how many there were (tests)
+        self.scanned_at: float | None = None  # when the last one was (`govern status`: how old its counts are)
         # Each source's allowlist standing, kept from tick to tick (most sources outlive a tick; asking the
         # allowlist costs ~1 us a source, a dict lookup ~50 ns): for those holding sockets in this dict, for the
         # others in the rate window's marks.
@@ -89,6 +90,7 @@ class Observer:
                 )
             )
             self.scans += 1
+            self.scanned_at = now
         else:
             # The accept queues as they are now: a dump of the listeners alone, which the kernel answers without
             # walking the sessions.

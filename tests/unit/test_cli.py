@@ -310,6 +310,14 @@ def test_status_and_a_piped_top_show_the_slots(daemon: FakeDaemon) -> None:
     assert "by reason operator 1" in res.stdout and "198.18.0.1  manual: blocked by the operator" in res.stdout
 
 
+def test_the_tick_line_says_how_and_when_the_sockets_were_walked() -> None:
+    from govern.cli import _walk
+
+    assert _walk({"scanner": "BPF iterator", "sockets_walked_ago": 2.0}) == " (read by BPF iterator; walked 2 s ago)"
+    assert _walk({"scanner": "BPF iterator", "sockets_walked_ago": None}) == " (read by BPF iterator)"  # no tick yet
+    assert _walk({}) == ""  # an older daemon's status
+
+
 def test_the_budget_line_says_how_postscreen_talkers_are_judged() -> None:
     from govern.cli import _budget_line
     from govern.observe.mta import Budget

@@ -227,6 +227,21 @@ def test_calm_ticks_reuse_the_last_walk_of_the_sockets_and_pressure_walks_every_
     assert gov.observer.scans == before + 4
 
 
+def test_status_says_how_old_the_walk_of_the_sockets_is(tmp_path: Path) -> None:
+    """Calm ticks count sessions as of the last walk: status says when that was, so the operator knows the counts
+    may be a few seconds old."""
+    gov, socks, _enf, clock = make(tmp_path)
+    assert reports.status(gov)["sockets_walked_ago"] is None  # no tick yet
+    socks.sources = {TRUSTED: SockCounts(2, 2, 0, 0, 0)}
+    run_ticks(gov, clock, 1)  # walks, then a second passes
+    assert reports.status(gov)["sockets_walked_ago"] == 1.0
+    run_ticks(gov, clock, 2)  # two calm ticks reuse that walk
+    st = reports.status(gov)
+    assert st["sockets_walked_ago"] == 3.0 and st["calm_scan_every"] == 3 and st["sockets"] == 2
+    run_ticks(gov, clock, 1)
+    assert reports.status(gov)["sockets_walked_ago"] == 1.0
+
+
 def test_every_tick_walks_the_sockets_with_calm_scan_every_1(tmp_path: Path) -> None:
     gov, _socks, _enf, clock = make(tmp_path, daemon__calm_scan_every=1)
     run_ticks(gov, clock, 5)
