@@ -13,6 +13,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from tests.kernel.test_lab_traffic import Responder, established, finish, run, start, wait_for
 from tests.netns import MX4, MX6, Lab, Netns
@@ -108,14 +109,21 @@ class Recorder:
         self.close()
 
 
+def recorded(
+    lab: Lab, tmp_path: Path, role: str, *args: str, close_after: float | None = None
+) -> tuple[dict[str, Any], str, list[Conn]]:
+    """Run one bot role to its end against a Recorder: its report, its stdout and every connection the server saw."""
+    with Recorder(lab.mx, close_after=close_after) as srv:
+        doc, stdout = run(lab.net, role, tmp_path / f"{role}.json", *args)
+        return doc, stdout, list(srv.conns)
+
+
 def test_drip_one_junk_byte_a_drip_never_a_line_end_and_back_within_reconnect(lab: Lab, tmp_path: Path) -> None:
-    with Recorder(lab.mx, close_after=1.2) as srv:
-        doc, stdout = run(
-            lab.net, "drip", tmp_path / "d.json", "--dst", MX4, "--dst", MX6, "--sources", "198.18.5.0/30",
-            "--sources", "2001:db8:bad:5::/126", "--count", "2", "--per-source", "2", "--drip", "0.25",
-            "--reconnect", "0.5", "--ramp", "0", "--duration", "3.5",
-        )  # fmt: skip
-        conns = list(srv.conns)
+    doc, stdout, conns = recorded(
+        lab, tmp_path, "drip", "--dst", MX4, "--dst", MX6, "--sources", "198.18.5.0/30", "--sources",
+        "2001:db8:bad:5::/126", "--count", "2", "--per-source", "2", "--drip", "0.25", "--reconnect", "0.5",
+        "--ramp", "0", "--duration", "3.5", close_after=1.2,
+    )  # fmt: skip
     peers = Counter(c.peer for c in conns)
     assert len(peers) == 2 and sum(":" in p for p in peers) == 1  # one source of each family
     assert all(p.startswith(("198.18.5.", "2001:db8:bad:5::")) for p in peers)
@@ -162,12 +170,10 @@ def test_babble_sends_its_bytes_without_a_line_end_after_the_banner_then_holds(l
 
 
 def test_slowtalk_pauses_before_ehlo_then_one_command_a_gap(lab: Lab, tmp_path: Path) -> None:
-    with Recorder(lab.mx) as srv:
-        doc, _ = run(
-            lab.net, "slowtalk", tmp_path / "s.json", "--dst", MX4, "--sources", "198.18.7.0/30", "--count", "2",
-            "--per-source", "1", "--pause", "1.2", "--gap", "0.5", "--ramp", "0", "--duration", "3",
-        )  # fmt: skip
-        conns = list(srv.conns)
+    doc, _, conns = recorded(
+        lab, tmp_path, "slowtalk", "--dst", MX4, "--sources", "198.18.7.0/30", "--count", "2", "--per-source", "1",
+        "--pause", "1.2", "--gap", "0.5", "--ramp", "0", "--duration", "3",
+    )  # fmt: skip
     assert len(conns) == 2
     for c in conns:
         lines = c.data.split(b"\r\n")
@@ -183,12 +189,11 @@ def test_slowtalk_pauses_before_ehlo_then_one_command_a_gap(lab: Lab, tmp_path: 
 
 
 def test_prove_holds_a_spam_bots_dialogue_at_once_then_stays_silent(lab: Lab, tmp_path: Path) -> None:
-    with Recorder(lab.mx) as srv:  # it answers every line with 250: DATA too, the bot does not mind
-        doc, _ = run(
-            lab.net, "prove", tmp_path / "p.json", "--dst", MX4, "--sources", "198.18.8.0/30", "--count", "2",
-            "--per-source", "1", "--ramp", "0", "--duration", "2",
-        )  # fmt: skip
-        conns = list(srv.conns)
+    # The Recorder answers every line with 250: DATA too, the bot does not mind.
+    doc, _, conns = recorded(
+        lab, tmp_path, "prove", "--dst", MX4, "--sources", "198.18.8.0/30", "--count", "2", "--per-source", "1",
+        "--ramp", "0", "--duration", "2",
+    )  # fmt: skip
     assert len(conns) == 2
     for c in conns:
         lines = c.data.split(b"\r\n")
