@@ -89,6 +89,7 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--timeout", type=_positive, default=30.0, help="connect + banner wait (s)")
         p.add_argument("--cmd-timeout", type=_positive, default=30.0, help="wait for each reply (s)")
         p.add_argument("--txn-timeout", type=_positive, default=120.0, help="bound on a whole transaction (s)")
+        add_pipelining(p)
 
     for name, text in (
         ("hogs", "slot hogs: connect, read the banner, stay silent (or drip); reconnect when dropped"),
@@ -139,6 +140,15 @@ def add_size(p: argparse.ArgumentParser, default: tuple[float, float]) -> None:
     )
 
 
+def add_pipelining(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--no-pipelining",
+        dest="pipelining",
+        action="store_false",
+        help="one command at a time, even where the server offers PIPELINING (real MTAs pipeline)",
+    )
+
+
 def add_spread(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--spread",
@@ -185,6 +195,7 @@ def _add_matrix_parsers(role: RoleAdder) -> None:
     p.add_argument("--max-messages", type=int, default=2, help="messages per address, at most (1..N each)")
     p.add_argument("--over", type=_positive, help="spread every message over this many seconds (default: the run)")
     _real_mta(p)
+    add_pipelining(p)
     p = role("slowlegit", "one slow, patient sender: a pause before every command, long reply timeouts")
     p.add_argument("--rate", type=_positive, default=0.1, help="new transactions per second")
     p.add_argument("--pause", type=float, default=1.5, help="seconds before every command")
@@ -227,9 +238,9 @@ def _matrix_options(role: str, ns: argparse.Namespace, common: dict[str, Any]) -
         "txn_timeout": ns.txn_timeout,
     }
     if role == "strangers":
-        return StrangerOptions(**txn, max_messages=ns.max_messages, over=ns.over)
-    if role == "slowlegit":
-        return TxnOptions(**txn, rate=ns.rate, pause=ns.pause)
+        return StrangerOptions(**txn, max_messages=ns.max_messages, over=ns.over, pipelining=ns.pipelining)
+    if role == "slowlegit":  # an old, slow MTA: one command at a time
+        return TxnOptions(**txn, rate=ns.rate, pause=ns.pause, pipelining=False)
     raise TrafficError(f"unknown role {role!r}")
 
 
@@ -252,6 +263,7 @@ def options(ns: argparse.Namespace) -> Common:
             cmd_timeout=ns.cmd_timeout,
             txn_timeout=ns.txn_timeout,
             size_kb=ns.size,
+            pipelining=ns.pipelining,
         )
     if ns.role == "trusted":
         return TxnOptions(
@@ -262,6 +274,7 @@ def options(ns: argparse.Namespace) -> Common:
             timeout=ns.timeout,
             cmd_timeout=ns.cmd_timeout,
             txn_timeout=ns.txn_timeout,
+            pipelining=ns.pipelining,
         )
     if ns.role in ("hogs", "pretalk", "swarm"):
         return HoldOptions(

@@ -85,6 +85,9 @@ class TxnOptions(Common):
     size_kb: tuple[float, float] = (0.0, 0.0)
     pause: float = 0.0  # a slow client's pause before each command it sends (EHLO ... QUIT)
     banner_timeout: float | None = None  # None: `timeout` covers connect and banner; else connect only
+    # MAIL, RCPT and DATA in one write where the server offers PIPELINING, as real MTAs send them; off for an old,
+    # slow MTA (slowlegit) and for `--no-pipelining`.
+    pipelining: bool = True
 
 
 @dataclass(frozen=True, kw_only=True)

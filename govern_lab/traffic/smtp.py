@@ -22,27 +22,35 @@ class _Failed(Exception):
         self.detail = detail
 
 
-async def _reply(reader: asyncio.StreamReader) -> tuple[int, str]:
-    """One SMTP reply (multi-line ones whole): its code and its last line."""
+async def _reply_lines(reader: asyncio.StreamReader) -> tuple[int, list[str]]:
+    """One SMTP reply (multi-line ones whole): its code and its lines."""
+    lines: list[str] = []
     while True:
         try:
-            line = await reader.readline()
+            raw = await reader.readline()
         except ValueError:
             raise _Failed("protocol", "reply line too long") from None
-        if not line.endswith(b"\n"):
+        if not raw.endswith(b"\n"):
             raise _Failed("closed")
-        if len(line) < 4 or line[3:4] != b"-":
+        lines.append(raw.decode("utf-8", "replace").strip())
+        if len(raw) < 4 or raw[3:4] != b"-":
             break
-    text = line.decode("utf-8", "replace").strip()
-    if not text[:3].isdigit():
-        raise _Failed("protocol", text[:120])
-    return int(text[:3]), text[:200]
+    if not lines[-1][:3].isdigit():
+        raise _Failed("protocol", lines[-1][:120])
+    return int(lines[-1][:3]), lines
 
 
-async def _expect(reader: asyncio.StreamReader, want: int) -> None:
-    code, text = await _reply(reader)
+async def _expect(reader: asyncio.StreamReader, want: int) -> list[str]:
+    code, lines = await _reply_lines(reader)
     if code != want:
-        raise _Failed(f"reply {code}", text)
+        raise _Failed(f"reply {code}", lines[-1][:200])
+    return lines
+
+
+async def _ehlo(reader: asyncio.StreamReader) -> set[str]:
+    """The EHLO reply (250 wanted): the extensions the server offers, by keyword (the first line names the host)."""
+    lines = await _expect(reader, 250)
+    return {line[4:].split(" ", 1)[0].upper() for line in lines[1:]}
 
 
 def message_body(head: str, src: str, role: str, size: int, rng: random.Random) -> bytes:
@@ -92,6 +100,16 @@ class Transactions:
         rng = random.Random(self.opts.seed * 1_000_003 + t.n)
         return message_body(head, t.src, self.role, round(1024 * rng.uniform(lo, hi)), rng)
 
+    def _steps(self, t: _Txn) -> list[tuple[str, bytes, int]]:
+        """After EHLO, one command at a time: each stage, what is sent and the reply code it wants."""
+        return [
+            ("mail", f"MAIL FROM:<sender@{self.domain}>\r\n".encode(), 250),
+            ("rcpt", b"RCPT TO:<rcpt@lab.test>\r\n", 250),
+            ("data", b"DATA\r\n", 354),
+            ("message", self._message(t), 250),
+            ("quit", b"QUIT\r\n", 221),
+        ]
+
     async def _converse(self, t: _Txn) -> None:
         o = self.opts
         loop = asyncio.get_running_loop()
@@ -111,22 +129,28 @@ class Transactions:
                 reader, writer = await asyncio.open_connection(sock=sock)
                 async with asyncio.timeout(o.banner_timeout):
                     await _expect(reader, 220)
-            steps = (
-                ("ehlo", f"EHLO relay.{self.domain}\r\n".encode(), 250),
-                ("mail", f"MAIL FROM:<sender@{self.domain}>\r\n".encode(), 250),
-                ("rcpt", b"RCPT TO:<rcpt@lab.test>\r\n", 250),
-                ("data", b"DATA\r\n", 354),
-                ("message", self._message(t), 250),
-                ("quit", b"QUIT\r\n", 221),
-            )
-            for stage, line, want in steps:
-                t.stage = stage
-                if o.pause > 0 and stage != "message":  # the message follows the 354 without a pause
+            t.stage = "ehlo"
+            if o.pause > 0:
+                await asyncio.sleep(o.pause)
+            async with asyncio.timeout(o.cmd_timeout):
+                writer.write(f"EHLO relay.{self.domain}\r\n".encode())
+                await writer.drain()
+                offered = await _ehlo(reader)
+            # As real MTAs do (Postfix, Exim, Exchange): where the server offers PIPELINING, MAIL, RCPT and DATA go
+            # in one write, and the message with QUIT; the server's replies then come several to a segment.
+            steps = self._steps(t)
+            pipelined = o.pipelining and "PIPELINING" in offered
+            batches = [steps[:3], steps[3:]] if pipelined else [[step] for step in steps]
+            for batch in batches:
+                t.stage = batch[0][0]
+                if o.pause > 0 and t.stage != "message":  # the message follows the 354 without a pause
                     await asyncio.sleep(o.pause)
                 async with asyncio.timeout(o.cmd_timeout):
-                    writer.write(line)
+                    writer.write(b"".join(line for _, line, _ in batch))
                     await writer.drain()
-                    await _expect(reader, want)
+                    for stage, _, want in batch:
+                        t.stage = stage
+                        await _expect(reader, want)
         finally:
             if writer is not None:
                 writer.close()

@@ -5,10 +5,13 @@ nothing running when stopped."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import re
 import smtplib
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -124,6 +127,33 @@ def test_real_smtp_transaction_from_legit_is_delivered_and_logged(lab: Lab, pf: 
     queue_id = msg.decode().rsplit(" ", 1)[-1]
     assert f"{queue_id}: client=unknown[198.51.100.23]" in log
     assert f"{queue_id}: to=<anyone@lab.test>" in log
+
+
+def test_the_lab_sender_pipelines_as_real_mtas_do_and_postfix_answers_a_batch_in_one_segment(
+    lab: Lab, pf: Postfix, tmp_path: Path
+) -> None:
+    """Real MTAs send MAIL, RCPT and DATA in one write where PIPELINING is offered, and Postfix then answers them in
+    one segment: the server's data segments to a pipelining sender are the banner, EHLO's reply, the batch's replies
+    and the "queued" reply with QUIT's (4), against 7 one command at a time. What govern's proof counts (segments,
+    not replies) must hold for senders like these, not only for the lab's."""
+    pipelined, stepwise = "198.51.100.31", "198.51.100.32"
+    lab.run("mx", "nft", "add", "table", "inet", "gvtest")
+    lab.run("mx", "nft", "add chain inet gvtest out { type filter hook output priority 0; }")
+    for src in (pipelined, stepwise):
+        lab.run("mx", "nft", f"add rule inet gvtest out ip daddr {src} tcp sport 25 tcp flags & psh == psh counter")
+    start = pf.delivered()
+    for src, extra in ((pipelined, ()), (stepwise, ("--no-pipelining",))):
+        out = tmp_path / f"{src}.json"
+        lab.run(
+            "legit", sys.executable, "-m", "govern_lab.traffic", "legit", "--dst", MX4, "--sources", f"{src}/32",
+            "--rate", "1", "--duration", "1", "--size", "4", "--json-out", str(out), *extra,
+        )  # fmt: skip
+        assert json.loads(out.read_text())["totals"]["ok"] == 1
+    assert wait_for_count(pf, start + 2) == start + 2
+    ruleset = lab.run("mx", "nft", "list", "table", "inet", "gvtest")
+    lab.run("mx", "nft", "delete", "table", "inet", "gvtest")
+    segments = {m[0]: int(m[1]) for m in re.findall(r"ip daddr (\S+) .* counter packets (\d+)", ruleset)}
+    assert segments == {pipelined: 4, stepwise: 7}, ruleset
 
 
 def test_relays_for_nobody(lab: Lab, pf: Postfix) -> None:
