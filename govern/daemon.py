@@ -671,8 +671,8 @@ class Governor:
         if self.trust is None or not self.config["trust"]["from_sessions"]:
             return
         try:
-            for p in self.enforcer.proven():
-                self.trust.learn(p, now)
+            for p, ago in self.enforcer.proven():
+                self.trust.learn(p, now, now - ago)
         except GovernError as exc:
             self.health.fail("trust", exc)
 

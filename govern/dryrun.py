@@ -44,7 +44,7 @@ class DryRun:
             self.logged.append(line)
             log.info("%s", line)
 
-    def proven(self) -> Sequence[Prefix]:
+    def proven(self) -> Sequence[tuple[Prefix, float]]:
         return self.inner.proven()
 
     def syn_counts(self) -> Mapping[Prefix, int]:

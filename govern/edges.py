@@ -74,8 +74,9 @@ class Enforcer(Protocol):
         """Cumulative connection attempts per source group, counted in the kernel."""
         ...
 
-    def proven(self) -> Sequence[Prefix]:
-        """Source groups the MTA answered a whole dialogue (the kernel counts its replies), where the backend can."""
+    def proven(self) -> Sequence[tuple[Prefix, float]]:
+        """Source groups the MTA answered a whole dialogue (the kernel counts its replies), where the backend can,
+        each with the seconds since its last proof."""
         ...
 
     def attempts(self) -> int | None:

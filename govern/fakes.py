@@ -97,6 +97,7 @@ class FakeEnforcer:
     allow: set[Prefix] = field(default_factory=set)
     syn: dict[Prefix, int] = field(default_factory=dict)
     delivering: set[Prefix] = field(default_factory=set)  # what the kernel proved (proven4/proven6)
+    proved_ago: dict[Prefix, float] = field(default_factory=dict)  # seconds since a delivering source's proof (0)
     slots: int | None = None  # connections holding a slot of the budget (None: no budget)
     attempted: int | None = None  # the kernel's count of new connections (None: no counter)
     fail_next: bool = False
@@ -149,8 +150,8 @@ class FakeEnforcer:
     def syn_counts(self) -> Mapping[Prefix, int]:
         return dict(self.syn)
 
-    def proven(self) -> Sequence[Prefix]:
-        return tuple(self.delivering)
+    def proven(self) -> Sequence[tuple[Prefix, float]]:
+        return tuple((p, self.proved_ago.get(p, 0.0)) for p in self.delivering)
 
     def attempts(self) -> int | None:
         return self.attempted

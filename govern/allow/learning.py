@@ -37,9 +37,9 @@ class TrustSources:
         if path and self.follower is None:
             self.follower = LogFollower(path)
 
-    def learn(self, address: Prefix, now: float) -> bool:
-        """A completed delivery the daemon saw itself."""
-        return self.trust.learn(address, now, now)
+    def learn(self, address: Prefix, now: float, at: float | None = None) -> bool:
+        """A completed delivery the daemon saw itself, at `at` (default now)."""
+        return self.trust.learn(address, now if at is None else at, now)
 
     def learn_until(self, source: Prefix, until: float, now: float) -> bool:
         """Trust another host of the fleet learned, lasting until `until` (never longer than this host's own

@@ -91,7 +91,7 @@ class IptBackend:
         self.nl.apply(ops)
         ch.merge_into(self.held)
 
-    def proven(self) -> Sequence[Prefix]:
+    def proven(self) -> Sequence[tuple[Prefix, float]]:
         # Kernel-side proof, the wave's gate and the slot budget are nftables features; with iptables, trust comes
         # from the Postfix log only (docs/iptables.md).
         return ()

@@ -31,6 +31,7 @@ from govern.nft.ruleset import (
     FAMILY,
     INTERVAL_SETS,
     KINDS,
+    PROVEN_TIMEOUT_S,
     SLOT_SETS,
     TABLE,
     part,
@@ -191,12 +192,14 @@ class NftBackend:
         # O(blocks) every tick.
         ch.merge_into(self.held)
 
-    def proven(self) -> list[Prefix]:
-        """Sources the MTA answered a whole dialogue (set proven4/proven6, filled by the kernel), as source groups."""
+    def proven(self) -> list[tuple[Prefix, float]]:
+        """Sources the MTA answered a whole dialogue (set proven4/proven6, filled by the kernel), as source groups,
+        each with the seconds since its last proof: each proof starts the element's timeout again."""
         out = []
         for name in ("proven4", "proven6"):
             for e in self.nl.dump_set(name):
-                out.append(group_key(e.prefix, self.v4_len, self.v6_len))
+                ago = max(PROVEN_TIMEOUT_S - e.expires_ms / 1000, 0.0) if e.expires_ms else 0.0
+                out.append((group_key(e.prefix, self.v4_len, self.v6_len), ago))
         return out
 
     def syn_counts(self) -> Counted:

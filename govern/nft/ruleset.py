@@ -77,7 +77,8 @@ CROWD_PROOF_REPLIES = 6
 PROOF_FIRST_BYTES = "0x32, 0x33, 0x16"
 # How long the kernel's own set of proven sources remembers one (each proving session starts it again). A
 # constant, so a reload never has to redefine the set; the daemon's trust applies `trust.learn_for` on top.
-PROVEN_TIMEOUT = "7d"
+PROVEN_TIMEOUT_S = 7 * 86_400
+PROVEN_TIMEOUT = f"{PROVEN_TIMEOUT_S}s"
 # Per-connection reply counts: a session proves its source within two minutes or not at all (and a busy MX's
 # connections of the last two minutes fit the set).
 TALK_TIMEOUT = "2m"

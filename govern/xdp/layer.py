@@ -90,7 +90,7 @@ class XdpLayer:
         remove = [a.prefix for a in plan.actions if a.kind is ActionKind.UNBLOCK]
         self.prog.update("block", add, remove)
 
-    def proven(self) -> Sequence[Prefix]:
+    def proven(self) -> Sequence[tuple[Prefix, float]]:
         return self.inner.proven()
 
     def attempts(self) -> int | None:

@@ -162,6 +162,20 @@ def test_trust_is_per_source_group_and_expires() -> None:
     assert t.expire(3800) and len(t) == 0 and not t.trusted().covers(Prefix.parse("2001:db8:51::/64"))
 
 
+def test_trust_runs_from_the_last_proof_not_from_when_it_was_read_again() -> None:
+    """The kernel's proven set is read whole every 10 s: a proof read again is not a new one and extends nothing,
+    and the order of last proofs (what a full table forgets first) stays as it was."""
+    t = Trust(3600, max_sources=2)
+    assert t.learn(Prefix.parse("198.51.100.1"), 100, 100)
+    assert t.learn(Prefix.parse("198.51.100.2"), 200, 200)
+    assert not t.learn(Prefix.parse("198.51.100.1"), 100, 5000)  # read again later: the same proof
+    assert t.until(Prefix.parse("198.51.100.1")) == 3700
+    t.learn(Prefix.parse("198.51.100.3"), 300, 300)  # full: 198.51.100.1's proof is still the oldest
+    assert {str(p) for p in t.trusted()} == {"198.51.100.2", "198.51.100.3"}
+    assert not t.learn(Prefix.parse("198.51.100.2"), 150, 400)  # an older proof shortens nothing
+    assert t.until(Prefix.parse("198.51.100.2")) == 3800
+
+
 def test_trust_forgets_the_oldest_delivery_first_when_full() -> None:
     t = Trust(3600, max_sources=2)
     for n, at in ((1, 10), (2, 20), (1, 30), (3, 40)):

@@ -205,6 +205,29 @@ def test_sources_the_kernel_saw_delivering_are_trusted_and_get_softer_limits_in_
     assert stranger in gov.state.blocks and relay not in gov.state.blocks and relay not in gov.state.throttles
 
 
+def test_trust_from_the_kernel_runs_from_the_proof_not_from_the_read(tmp_path: Path) -> None:
+    """The kernel's proven set keeps a source 7 days after its last proof and is read whole every 10 s: trust runs
+    `learn_for` from when the kernel saw the proof (its element's age), so it lapses, and a read again extends
+    nothing."""
+    from govern.allow.learning import TrustSources
+
+    clock = FakeClock()
+    cfg = config.from_mapping({"daemon": {"state_dir": str(tmp_path / "s")}, "trust": {"learn_for": "1d"}})
+    enf = FakeEnforcer()
+    trust = TrustSources(cfg.trust_section())
+    gov = Governor(cfg, Store(cfg["daemon"]["state_dir"]), FakeSockets(), enf, FakeCounters(), clock, trust=trust)
+    gov.start()
+    old, new = Prefix.parse("198.51.100.7"), Prefix.parse("198.51.100.8")
+    enf.delivering = {old, new}
+    enf.proved_ago = {old: 2 * 86400.0, new: 3600.0}  # both still in the kernel's 7-day set
+    gov.tick()
+    assert trust.until(new) == clock() - 3600 + 86400 and trust.until(old) is None
+    clock.advance(60)
+    enf.proved_ago = {old: 2 * 86400 + 60.0, new: 3660.0}  # nothing new proved since
+    gov.tick()
+    assert trust.until(new) == clock() - 3660 + 86400
+
+
 def test_the_wave_switches_the_sysctl_wave_profile_on_and_back_off(tmp_path: Path) -> None:
     from govern.fakes import FakeSysctls
     from govern.sysctl.journal import Journal
