@@ -134,6 +134,18 @@ MATRIX: tuple[Scenario, ...] = (
         "proof), then silent in DATA; back within 1 s",
     ),
     Scenario(
+        "lone-provers",
+        (_bot("prove", "--sources", SWARMS, "--count", "3000", "--per-source", "1", "--ramp", "10"),),
+        about="3,000 provers arriving over 10 s, one session each, as a sender opens one: never a crowd, so each "
+        "single session's dialogue proves its source",
+    ),
+    Scenario(
+        "rcpt-provers",
+        (_bot("prove", "--sources", SWARMS, "--count", "1000", "--per-source", "2", "--rcpts", "2"),),
+        about="the provers with a second RCPT: six positive replies before the message, as many as a crowd's proof "
+        "counts for a delivery",
+    ),
+    Scenario(
         "pretalk",
         (_bot("pretalk", "--sources", SWARMS, "--count", "500", "--per-source", "2"),),
         about="500 sources x 2 sessions sending EHLO before the banner, then lingering",

@@ -12,9 +12,9 @@ Bots (bot ranges only; per second BOT_FIELDS plus "commands"; "held" is the conn
   --gap seconds after the last (just inside Postfix's stress-mode smtpd_timeout of 10 s); reconnects after a close.
   It uses RCPT rather than NOOP: under stress Postfix counts NOOP, RSET and VRFY as junk commands and disconnects
   after one (smtpd_junk_command_limit), while each RCPT to an accepted domain is a valid command.
-- `prove`: each connection holds the dialogue a spam bot holds, at once: EHLO, MAIL FROM, RCPT TO and DATA, each
-  sent when the last reply is in (the banner and four answers: the kernel's proof), then stays silent in DATA until
-  the server closes; reconnects within --reconnect seconds. Proof bought with a real dialogue.
+- `prove`: each connection holds the dialogue a spam bot holds, at once: EHLO, MAIL FROM, --rcpts RCPT TO (1) and
+  DATA, each sent when the last reply is in (the banner and four answers: the kernel's proof), then stays silent in
+  DATA until the server closes; reconnects within --reconnect seconds. Proof bought with a real dialogue.
 
 Legitimate senders (one event per SMTP transaction, like `legit`):
 - `strangers`: --count never-seen addresses (default 300 of 198.51.100.128/25 and 2001:db8:51:100::/56, away from
@@ -93,6 +93,7 @@ class SlowtalkOptions(SlowBotOptions):
 @dataclass(frozen=True, kw_only=True)
 class ProveOptions(SlowBotOptions):
     reconnect: float = 1.0
+    rcpts: int = 1  # RCPT commands before DATA: each is one more positive reply the kernel counts
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -131,12 +132,12 @@ def slowtalk_commands(rng: random.Random) -> Iterator[bytes]:
         yield f"RCPT TO:<slow{k}@lab.test>\r\n".encode()
 
 
-def prove_commands(rng: random.Random) -> tuple[bytes, ...]:
+def prove_commands(rng: random.Random, rcpts: int = 1) -> tuple[bytes, ...]:
     """What a proving bot says, each after the last reply: a spam bot's dialogue up to the message."""
     return (
         b"EHLO prove.bots.lab.test\r\n",
         f"MAIL FROM:<p{rng.randrange(10**6)}@bots.lab.test>\r\n".encode(),
-        f"RCPT TO:<p{rng.randrange(10**6)}@lab.test>\r\n".encode(),
+        *(f"RCPT TO:<p{rng.randrange(10**6)}@lab.test>\r\n".encode() for _ in range(rcpts)),
         b"DATA\r\n",
     )
 
@@ -234,7 +235,7 @@ async def _prove_session(sock: socket.socket, opts: ProveOptions, rng: random.Ra
     if not await _read_reply(sock):  # the banner
         return
     loop = asyncio.get_running_loop()
-    for command in prove_commands(rng):
+    for command in prove_commands(rng, opts.rcpts):
         await loop.sock_sendall(sock, command)
         tl.add("bytes_sent", len(command))
         tl.add("commands")

@@ -42,6 +42,16 @@ def _positive(text: str) -> float:
     return v
 
 
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text}") from None
+    if not 1 <= v <= 1000:
+        raise argparse.ArgumentTypeError(f"must be between 1 and 1000: {text}")
+    return v
+
+
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="python -m govern_lab.traffic",
@@ -187,6 +197,8 @@ def _add_matrix_parsers(role: RoleAdder) -> None:
             p.add_argument("--max-bytes", type=int, default=1000, help="bytes per connection, then silence")
         elif name == "babble":
             p.add_argument("--bytes", type=int, default=300, help="junk bytes sent once per connection")
+        elif name == "prove":
+            p.add_argument("--rcpts", type=_positive_int, default=1, help="RCPT commands before DATA")
         elif name == "slowtalk":
             p.add_argument("--pause", type=float, default=20.0, help="seconds before EHLO")
             p.add_argument("--gap", type=_positive, default=8.0, help="seconds between commands")
@@ -227,7 +239,7 @@ def _matrix_options(role: str, ns: argparse.Namespace, common: dict[str, Any]) -
         if role == "babble":
             return BabbleOptions(**bot_common, bytes=ns.bytes)
         if role == "prove":
-            return ProveOptions(**bot_common)
+            return ProveOptions(**bot_common, rcpts=ns.rcpts)
         return SlowtalkOptions(**bot_common, pause=ns.pause, gap=ns.gap)
     txn = {
         **common,

@@ -323,3 +323,9 @@ async def _nothing(loop: asyncio.AbstractEventLoop, sock: socket.socket, wait: f
     except TimeoutError:
         return True
     return False
+
+
+def test_a_prover_may_name_several_recipients_each_a_positive_reply_more() -> None:
+    lines = adv.prove_commands(random.Random(0), 3)
+    assert lines[0].startswith(b"EHLO") and lines[1].startswith(b"MAIL FROM:<") and lines[-1] == b"DATA\r\n"
+    assert [x[:8] for x in lines[2:-1]] == [b"RCPT TO:"] * 3 and len(set(lines[2:-1])) == 3
