@@ -199,6 +199,8 @@ def status(
         print(f"tarpit: off ({st.get('tarpit')})")
     for feature, why in (st.get("unavailable") or {}).items():
         print(f"{feature}: off ({why})")
+    if st.get("trust"):
+        print(_trust_line(st["trust"]))
     print(_fleet_line(st.get("fleet") or {}))
     m = st.get("metrics") or {}
     if m.get("state") == "serving":
@@ -229,6 +231,21 @@ def _phases(st: dict[str, Any]) -> str:
     laps = st.get("last_tick_phases_ms") or {}
     top = sorted(((ms, name) for name, ms in laps.items() if ms >= 0.05), reverse=True)[:4]
     return " (" + ", ".join(f"{name} {ms:g}" for ms, name in top) + ")" if top else ""
+
+
+def _trust_line(t: dict[str, Any]) -> str:
+    """What proves a sender (passing the wave's gate and the slot budget): the Postfix log's deliveries, and the
+    kernel's count of replies where it is on."""
+    log = t.get("postfix_log") or ""
+    basis = t.get("postfix_log_basis") or ""
+    if log:
+        source = f"deliveries in {log}" + (f" ({basis})" if basis else "") + f": {t.get('deliveries_learned', 0)}"
+        if t.get("log_error"):
+            source += f", NOT READ: {t['log_error']}"
+    else:
+        source = "no Postfix log" + (f" ({basis})" if basis else "")
+    counted = "on" if t.get("from_sessions") else "off"
+    return f"trust: {t.get('trusted', 0)} sources; {source}; the kernel's count of replies: {counted}"
 
 
 def _fleet_line(f: dict[str, Any]) -> str:

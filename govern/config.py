@@ -173,6 +173,19 @@ def _abs_path_or_off(v: Any) -> str:
     return _abs_path(v)
 
 
+def _log_path(v: Any) -> str:
+    """`trust.postfix_log`: "auto" (the running Postfix's log), an absolute path, or "" (off)."""
+    return "auto" if v == "auto" else _abs_path_or_off(v)
+
+
+def _bool_or_auto(v: Any) -> bool | str:
+    if v == "auto":
+        return "auto"
+    if not isinstance(v, bool):
+        raise ValueError(f'expected "auto", true or false, got {_typename(v)}')
+    return v
+
+
 def _ports(v: Any) -> tuple[int, ...]:
     if isinstance(v, list) and not v:
         raise ValueError("expected a non-empty list of TCP ports, e.g. [25, 465, 587]")
@@ -328,8 +341,18 @@ SCHEMA: dict[str, dict[str, Key]] = {
     "trust": {
         "learn_for": Key("7d", _duration(60, 365 * 86400), "a source that completed a delivery is trusted this long"),
         "factor": Key(4, _int(1, 1000), "a trusted source's limits are multiplied by this"),
-        "postfix_log": Key("", _abs_path_or_off, "Postfix log to learn completed deliveries from; empty: off"),
-        "from_sessions": Key(True, _bool, "the kernel learns sources the MTA answered a whole dialogue (proven)"),
+        "postfix_log": Key(
+            "auto",
+            _log_path,
+            "Postfix log to learn completed deliveries from; auto: the log of the Postfix holding a protected port "
+            "(its maillog_file, else /var/log/mail.log); empty: off",
+        ),
+        "from_sessions": Key(
+            "auto",
+            _bool_or_auto,
+            "the kernel counts the MTA's replies as proof (a dialogue, not a delivery); auto: only where no Postfix "
+            "log is followed",
+        ),
     },
     "limits": {
         "max_connections_per_source": Key(20, _int(1, 1_000_000), "concurrent sockets on protected ports, per source"),
@@ -521,7 +544,7 @@ class Config:
             slot_budget=wave["slot_budget"],
             budget_share=wave["budget_share"],
             newcomer_share=wave["newcomer_share"],
-            proof=self["trust"]["from_sessions"],
+            proof=self["trust"]["from_sessions"] is not False,  # unresolved "auto": counted, as before the MTA is read
         )
 
     def allow_section(self) -> AllowSpec:
@@ -541,7 +564,8 @@ class Config:
     def trust_section(self) -> TrustSpec:
         """The learned-trust edge's section (govern.allow.learning)."""
         t, pro = self["trust"], self["protect"]
-        return TrustSpec(t["learn_for"], t["factor"], t["postfix_log"], pro["ipv4_prefix"], pro["ipv6_prefix"])
+        log = "" if t["postfix_log"] == "auto" else t["postfix_log"]  # unresolved: nothing followed yet
+        return TrustSpec(t["learn_for"], t["factor"], log, pro["ipv4_prefix"], pro["ipv6_prefix"])
 
     def allowlist(self) -> tuple[Prefix, ...]:
         return tuple(self.values["allow"]["cidrs"]) + self.allow_from_files

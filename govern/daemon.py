@@ -40,8 +40,9 @@ from govern.fleet import codec
 from govern.health import Health
 from govern.keeping import Keeper
 from govern.model import PUNITIVE, ActionKind, Cut, ListenerStats, Mode, ModeState, Plan, Snapshot, State
-from govern.observe.mta import POSTSCREEN_GREET_WAIT, Budget, budget, greet_action, postscreen_pid
+from govern.observe.mta import POSTSCREEN_GREET_WAIT, Budget, budget
 from govern.observe.observer import Observer
+from govern.observe.postfix import greet_action, postfix_log, postscreen_pid
 from govern.phases import PhaseClock
 from govern.sysctl.edges import SysctlProfiles
 from govern.sysctl.manager import Report
@@ -134,6 +135,7 @@ class Governor:
         self._attempts_peak = 0.0  # the highest rate read between ticks since the last snapshot
         self._calm_ticks = 0  # calm ticks left that may reuse the last scan of the sockets (0: scan on the next)
         self.greet_action = ""  # postscreen's postscreen_greet_action, as read when it was found
+        self.log_basis = ""  # how trust.postfix_log "auto" found the log, or why not (`govern status`)
         self.tick_times = TickTimes()
         # Punitive actions taken since start by (kind, reason class, family): bounded labels for govern.metrics.
         self.acted: Counter[tuple[str, str, str]] = Counter()
@@ -211,6 +213,8 @@ class Governor:
             self.allow.refresh(now)
             self.policy = self.make_policy()
         self.config = self._read_mta(self.config)
+        if self.trust is not None:  # the log "auto" found
+            self.trust.configure(self.config.trust_section())
         self.policy = self.make_policy()
         self.converge(now)
         self.tarpit_start(now)
@@ -590,9 +594,25 @@ class Governor:
             cut_after=config["cut"]["wave_idle_after"],
         )
         config = configmod.with_override(config, "wave", "slot_budget", self.budget.slots, resolved=True)
+        config = self._read_log(config, listeners)
         if self.budget.slots:  # the lanes as the budget split them (behind a pregreet wait, not by the share alone)
             share = self.budget.newcomers / self.budget.slots
             config = configmod.with_override(config, "wave", "newcomer_share", share, resolved=True)
+        return config
+
+    def _read_log(self, config: Config, listeners: Sequence[ListenerStats]) -> Config:
+        """Resolve the trust section's "auto"s: the log of the Postfix holding a protected port, and whether the
+        kernel's count of replies proves sources too (only where no log is followed: a bot can hold a dialogue as
+        cheaply as silence, the lab's provers, but cannot get a message queued without sending one)."""
+        trust = config.raw["trust"]
+        if trust["postfix_log"] == "auto":
+            path, self.log_basis = postfix_log(listeners)
+            config = configmod.with_override(config, "trust", "postfix_log", path, resolved=True)
+        else:
+            self.log_basis = "set in the config" if trust["postfix_log"] else "off in the config"
+        if trust["from_sessions"] == "auto":
+            counted = not config["trust"]["postfix_log"]
+            config = configmod.with_override(config, "trust", "from_sessions", counted, resolved=True)
         return config
 
     def _mode_changed(self, old: ModeState, new: ModeState) -> None:
@@ -663,6 +683,9 @@ class Governor:
         if self.trust is not None:
             try:
                 self.trust.refresh(now)
+                delivered = self.trust.take_delivered()
+                if delivered:  # the log's proof passes the gate and the budget as the kernel's own does
+                    self.enforcer.prove({p: until - now for p, until in delivered.items()})
             except Exception as exc:
                 self.health.fail("trust", exc)
 

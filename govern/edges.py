@@ -79,6 +79,12 @@ class Enforcer(Protocol):
         each with the seconds since its last proof."""
         ...
 
+    def prove(self, sources: Mapping[Prefix, float]) -> None:
+        """Put source groups the MTA's log saw deliver into the kernel's proven sets, each for its seconds, so the
+        wave's gate and the slot budget pass them as they pass the kernel's own proof (a no-op where the backend
+        has neither)."""
+        ...
+
     def attempts(self) -> int | None:
         """New connections to the protected ports from sources not allowlisted, counted in the kernel since the
         table was made (SYNs, not their retransmissions), or None where the backend has no such counter: cheap

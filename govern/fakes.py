@@ -98,6 +98,7 @@ class FakeEnforcer:
     syn: dict[Prefix, int] = field(default_factory=dict)
     delivering: set[Prefix] = field(default_factory=set)  # what the kernel proved (proven4/proven6)
     proved_ago: dict[Prefix, float] = field(default_factory=dict)  # seconds since a delivering source's proof (0)
+    log_proven: dict[Prefix, float] = field(default_factory=dict)  # what the daemon put in the proven sets, seconds
     slots: int | None = None  # connections holding a slot of the budget (None: no budget)
     attempted: int | None = None  # the kernel's count of new connections (None: no counter)
     fail_next: bool = False
@@ -149,6 +150,9 @@ class FakeEnforcer:
 
     def syn_counts(self) -> Mapping[Prefix, int]:
         return dict(self.syn)
+
+    def prove(self, sources: Mapping[Prefix, float]) -> None:
+        self.log_proven.update(sources)
 
     def proven(self) -> Sequence[tuple[Prefix, float]]:
         return tuple((p, self.proved_ago.get(p, 0.0)) for p in self.delivering)

@@ -181,7 +181,15 @@ def status(gov: Governor, top: int = 10) -> dict[str, Any]:
         "unavailable": dict(gov.enforcer.unavailable()),
         "allowlist": len(gov.policy.allow),
         "allowlist_sources": gov.allow.status() if gov.allow is not None else [],
-        "trust": gov.trust.status() if gov.trust is not None else {},
+        "trust": (
+            {
+                **gov.trust.status(),
+                "postfix_log_basis": gov.log_basis,
+                "from_sessions": gov.config["trust"]["from_sessions"],
+            }
+            if gov.trust is not None
+            else {}
+        ),
         "ended_sessions": gov.ended_sessions,
         "cut_sessions": gov.cut_sessions,
         "conntrack_forgotten": gov.forgotten_conntrack,

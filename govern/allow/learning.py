@@ -17,6 +17,9 @@ class TrustSources:
         self.follower: LogFollower | None = None
         self.parser = DeliveryParser()
         self.learned_from_log = 0
+        # Source groups the log saw deliver since the daemon last took them, each with when its trust runs out: for
+        # the kernel's proven sets, which the wave's gate and the slot budget read.
+        self._delivered: dict[Prefix, float] = {}
         self.trust = Trust(spec.learn_for, v4_len=spec.v4_len, v6_len=spec.v6_len)
         self.configure(spec)
 
@@ -54,7 +57,15 @@ class TrustSources:
                 if (got := self.parser.feed(line, now)) is not None:
                     self.learned_from_log += 1
                     changed |= self.trust.learn(got[0], got[1], now)
+                    key = self.trust.key(got[0])
+                    if (until := self.trust.until(key)) is not None:
+                        self._delivered[key] = until
         return self.trust.expire(now) or changed
+
+    def take_delivered(self) -> dict[Prefix, float]:
+        """The source groups the log saw deliver since the last call, each with when its trust runs out."""
+        out, self._delivered = self._delivered, {}
+        return out
 
     def trusted(self) -> PrefixSet:
         return self.trust.trusted()

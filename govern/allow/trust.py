@@ -26,7 +26,7 @@ class Trust:
     def learn(self, address: Prefix, at: float, now: float) -> bool:
         """Record a completed delivery from `address` at `at`; True when its source was not trusted before."""
         until = at + self.learn_for
-        key = group_key(address, self.v4_len, self.v6_len)
+        key = self.key(address)
         old = self._until.get(key)
         # Most calls re-report a proof already learned (the kernel's proven set is read whole every 10 s): the
         # cheap answer first, before the address is looked at.
@@ -41,6 +41,10 @@ class Trust:
             while len(self._until) > self.max_sources:
                 del self._until[next(iter(self._until))]
         return old is None
+
+    def key(self, address: Prefix) -> Prefix:
+        """The source group trust is kept for."""
+        return group_key(address, self.v4_len, self.v6_len)
 
     def expire(self, now: float) -> bool:
         """Forget sources whose trust ran out; True when any went."""

@@ -96,6 +96,9 @@ class IptBackend:
         # from the Postfix log only (docs/iptables.md).
         return ()
 
+    def prove(self, sources: Mapping[Prefix, float]) -> None:
+        return None  # no gate and no budget to pass (docs/iptables.md)
+
     def attempts(self) -> int | None:
         return None  # only the accept queues are read between ticks (docs/iptables.md)
 

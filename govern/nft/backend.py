@@ -192,6 +192,11 @@ class NftBackend:
         # O(blocks) every tick.
         ch.merge_into(self.held)
 
+    def prove(self, sources: Mapping[Prefix, float]) -> None:
+        """The kernel's own proof and the log's share a set: the gate and the budget pass either (an element already
+        there keeps its timeout; the kernel starts it again at the source's next proof)."""
+        self._commit([ElemOp(True, f"proven{p.version}", p, _ms(s)) for p, s in sources.items() if s > 0])
+
     def proven(self) -> list[tuple[Prefix, float]]:
         """Sources the MTA answered a whole dialogue (set proven4/proven6, filled by the kernel), as source groups,
         each with the seconds since its last proof: each proof starts the element's timeout again."""

@@ -3,22 +3,18 @@ budget is a share of that) and whether postscreen answers first (its pregreet te
 
 Postfix's master(8) passes max(the service's maxproc, default_process_limit) to listen(), so a Postfix listener's
 accept backlog is its process limit; other MTAs pass their own figure (Exim's smtp_connect_backlog). Where that is
-not the number of sessions the MTA serves, `wave.mta_slots` says it. `budget` is pure; `postscreen_pid`
-and `greet_action` look at /proc.
+not the number of sessions the MTA serves, `wave.mta_slots` says it. `budget` is pure; what is read of the running
+Postfix from /proc is in govern.observe.postfix.
 """
 
 from __future__ import annotations
 
-import contextlib
-import itertools
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from govern.model import ListenerStats
 from govern.nft.ruleset import DEFAULT_MTA_SLOTS, budget_lanes, first_contact_lanes
-from govern.sysctl.backlog import _comm
 
 # Postfix's postscreen_greet_wait is ${stress?{2}:{6}}s: a client may be asked to wait the longer one.
 POSTSCREEN_GREET_WAIT = 6.0
@@ -98,83 +94,3 @@ def budget(
     if newcomers is None:
         newcomers = budget_lanes(slots, wave["newcomer_share"])[1]
     return Budget(slots, capacity, why, newcomers)
-
-
-def postscreen_pid(listeners: Sequence[ListenerStats], proc: str = "/proc") -> str | None:
-    """The pid of a postscreen process holding one of these listening sockets (sock_diag's, which name their inodes).
-
-    Not from /proc/net/tcp: that lists every socket of the namespace, and reading it cost a tick 100 ms at 20k
-    sessions and 0.5 s at 100k, every ten seconds (docs/benchmarks.md); the listeners are a dump of their own."""
-    inodes = {ls.inode for ls in listeners if ls.inode}
-    if not inodes:
-        return None
-    for pid in (d for d in os.listdir(proc) if d.isdigit()):
-        with contextlib.suppress(OSError):
-            if _comm(proc, pid) != "postscreen":
-                continue
-            for fd in os.listdir(f"{proc}/{pid}/fd"):
-                with contextlib.suppress(OSError):
-                    link = os.readlink(f"{proc}/{pid}/fd/{fd}")
-                    if link.startswith("socket:[") and int(link[8:-1]) in inodes:
-                        return pid
-    return None
-
-
-GREET_ACTIONS = frozenset({"ignore", "enforce", "drop"})
-
-
-def greet_action(pid: str, proc: str = "/proc") -> str:
-    """postscreen's `postscreen_greet_action` as the running process has it: a `-o` on its command line (master.cf
-    passes them so), else main.cf in its config directory (`-c` or MAIL_CONFIG, else /etc/postfix), else Postfix's
-    default, "ignore". "unknown" when it cannot be read or is not a plain value (a `$parameter`)."""
-    try:
-        with open(f"{proc}/{pid}/cmdline", "rb") as fh:
-            argv = [a.decode("utf-8", "replace") for a in fh.read().split(b"\0")]
-        with open(f"{proc}/{pid}/environ", "rb") as fh:
-            env = dict(e.decode("utf-8", "replace").partition("=")[::2] for e in fh.read().split(b"\0") if e)
-    except OSError:
-        return "unknown"
-    value: str | None = None
-    config_dir = env.get("MAIL_CONFIG") or "/etc/postfix"
-    for flag, arg in itertools.pairwise(argv):
-        if flag == "-c":
-            config_dir = arg
-        elif flag == "-o" and arg.partition("=")[0].strip() == "postscreen_greet_action":
-            value = arg.partition("=")[2]
-    if value is None:
-        try:
-            with open(os.path.join(config_dir, "main.cf"), encoding="utf-8", errors="replace") as fh:
-                value = main_cf_value(fh.read(), "postscreen_greet_action")
-        except OSError:
-            return "unknown"
-    if value is None:
-        return "ignore"
-    value = value.strip().lower()
-    return value if value in GREET_ACTIONS else "unknown"
-
-
-def main_cf_value(text: str, name: str) -> str | None:
-    """The last value main.cf gives `name` (a line starting with whitespace continues the one before; a line
-    starting with # is a comment), or None."""
-    value: str | None = None
-    current: list[str] = []
-
-    def flush() -> None:
-        nonlocal value
-        if current:
-            key, eq, rest = current[0].partition("=")
-            if eq and key.strip() == name:
-                value = " ".join([rest.strip(), *(c.strip() for c in current[1:])]).strip()
-            current.clear()
-
-    for line in text.splitlines():
-        if not line.strip() or line.lstrip().startswith("#"):
-            continue
-        if line[0].isspace():
-            if current:
-                current.append(line)
-            continue
-        flush()
-        current.append(line)
-    flush()
-    return value

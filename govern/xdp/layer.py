@@ -93,6 +93,9 @@ class XdpLayer:
     def proven(self) -> Sequence[tuple[Prefix, float]]:
         return self.inner.proven()
 
+    def prove(self, sources: Mapping[Prefix, float]) -> None:
+        self.inner.prove(sources)
+
     def attempts(self) -> int | None:
         return self.inner.attempts()
 

@@ -7,6 +7,7 @@ import contextlib
 import smtplib
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -17,6 +18,8 @@ from govern.allow.postfix import logged_at
 from govern_lab.addresses import MX4, MX6
 from govern_lab.postfix import Postfix, temporary
 from govern_lab.topology import Lab
+from tests.kernel.daemon_harness import nft_set, running, wait_for, write_config
+from tests.netns import Netns
 
 
 @pytest.fixture(scope="module")
@@ -71,3 +74,29 @@ def test_only_clients_whose_message_was_queued_are_trusted(lab_module: Lab, pf: 
         assert until is not None and abs(until - 3600 - time.time()) < 30  # learned at the time it was logged
     finally:
         ts.close()
+
+
+def test_on_its_defaults_the_daemon_follows_postfixs_log_and_proves_by_delivery_not_by_dialogue(
+    lab_module: Lab, pf: Postfix, tmp_path: Path
+) -> None:
+    """`trust.postfix_log = "auto"` finds the log of the Postfix holding port 25 (its maillog_file), and with a log
+    the kernel's count of replies proves nobody (`from_sessions = "auto"`): a bot's whole dialogue up to DATA, then
+    silence, is not proven; a delivery the log saw is put in the kernel's proven set, which the wave's gate and the
+    slot budget read."""
+    mx = Netns(lab_module.ns("mx"))
+    with running(mx, write_config(tmp_path)) as d:
+        t = d.status()["trust"]
+        assert t["postfix_log"] == pf.log_path, t
+        assert t["postfix_log_basis"].startswith("maillog_file in ") and t["from_sessions"] is False, t
+        with lab_module.entered("legit"):
+            bot = smtplib.SMTP(MX4, 25, source_address=("198.51.100.42", 0), timeout=10)
+        with contextlib.closing(bot):
+            bot.ehlo("prove.bots.example")
+            bot.mail("p@bots.example")
+            assert bot.rcpt("anyone@lab.test")[0] == 250
+            assert bot.docmd("DATA")[0] == 354  # five positive replies: the kernel's count would prove it
+            deliver(lab_module, "legit", "198.51.100.41", MX4)
+            assert wait_for(lambda: "198.51.100.41" in nft_set(mx, "proven4"), timeout=10)
+            assert "198.51.100.42" not in nft_set(mx, "proven4")
+            st = d.status()["trust"]
+            assert st["deliveries_learned"] >= 1 and st["trusted"] >= 1

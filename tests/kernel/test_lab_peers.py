@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from govern.observe.mta import greet_action, postscreen_pid
+from govern.observe.postfix import greet_action, postscreen_pid
 from govern.observe.sockdiag import SockDiag
 from govern.sysctl.backlog import POSTFIX, owners
 from govern_lab import peers

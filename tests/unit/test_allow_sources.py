@@ -232,7 +232,8 @@ def test_new_keys_have_their_defaults() -> None:
     c = config.from_mapping({})
     assert c["allow"]["hosts"] == () and c["allow"]["spf_domains"] == ()
     assert c["allow"]["refresh"] == 3600 and c["allow"]["min_refresh"] == 300
-    assert c["trust"]["learn_for"] == 7 * 86400 and c["trust"]["factor"] == 4 and c["trust"]["postfix_log"] == ""
+    assert c["trust"]["learn_for"] == 7 * 86400 and c["trust"]["factor"] == 4
+    assert c["trust"]["postfix_log"] == "auto" and c["trust"]["from_sessions"] == "auto"
 
 
 def test_names_are_canonical() -> None:

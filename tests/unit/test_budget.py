@@ -11,7 +11,8 @@ from govern import config
 from govern.errors import ConfigError
 from govern.model import ListenerStats
 from govern.nft.ruleset import budget_lanes, first_contact_lanes, ruleset, slot_budget
-from govern.observe.mta import budget, greet_action, main_cf_value, postscreen_pid
+from govern.observe.mta import budget
+from govern.observe.postfix import greet_action, main_cf_value, postfix_log, postscreen_pid
 
 
 def wave(**keys: object) -> config.Config:
@@ -117,9 +118,9 @@ def test_postscreen_is_found_by_the_listening_socket_it_holds(tmp_path: Path) ->
     assert postscreen_pid([LISTENING[0]._replace(inode=0)], fake_proc(tmp_path / "e", "postscreen")) is None
 
 
-def postscreen_proc(root: Path, argv: list[str], env: dict[str, str]) -> str:
+def postscreen_proc(root: Path, argv: list[str], env: dict[str, str], comm: str = "postscreen") -> str:
     """A /proc holding one postscreen process (pid 321) with this command line and environment."""
-    proc = fake_proc(root, "postscreen")
+    proc = fake_proc(root, comm)
     (root / "321" / "cmdline").write_bytes(b"\0".join(a.encode() for a in argv) + b"\0")
     (root / "321" / "environ").write_bytes(b"".join(f"{k}={v}\0".encode() for k, v in env.items()))
     return proc
@@ -161,3 +162,27 @@ def test_main_cf_values_follow_postfixs_line_rules() -> None:
     assert main_cf_value(text, "a") == "2"
     assert main_cf_value(text, "b") == "x y"
     assert main_cf_value(text, "c") is None
+
+
+def test_the_log_of_the_postfix_holding_a_protected_port_is_found_for_trust(tmp_path: Path) -> None:
+    conf = tmp_path / "pf"
+    conf.mkdir()
+    (conf / "main.cf").write_text("maillog_file = /var/log/postfix-lab.log\n")
+    master = ["/usr/lib/postfix/sbin/master", "-w"]
+    proc = postscreen_proc(tmp_path / "a", master, {"MAIL_CONFIG": str(conf)}, comm="master")
+    no_syslog = str(tmp_path / "no-mail.log")
+    assert postfix_log(LISTENING, proc, no_syslog) == ("/var/log/postfix-lab.log", f"maillog_file in {conf}/main.cf")
+    # No maillog_file: syslog's mail log where there is one, else none, and why.
+    (conf / "main.cf").write_text("myhostname = mx.example\n")
+    syslog = tmp_path / "mail.log"
+    syslog.write_text("")
+    assert postfix_log(LISTENING, proc, str(syslog))[0] == str(syslog)
+    path, why = postfix_log(LISTENING, proc, no_syslog)
+    assert path == "" and "logs to syslog" in why and "set trust.postfix_log" in why
+    # A value govern cannot judge (a $parameter) is not guessed at.
+    (conf / "main.cf").write_text("maillog_file = $queue_directory/log\n")
+    path, why = postfix_log(LISTENING, proc, str(syslog))
+    assert path == "" and "not a plain path" in why
+    # Another MTA on the port: no Postfix log.
+    other = postscreen_proc(tmp_path / "b", ["exim4", "-bd"], {}, comm="exim4")
+    assert postfix_log(LISTENING, other, str(syslog)) == ("", "no Postfix process holds a protected port")

@@ -5,6 +5,7 @@ every source show in `govern status`."""
 from __future__ import annotations
 
 import os
+from datetime import datetime
 from pathlib import Path
 
 from govern import config, reports
@@ -98,6 +99,34 @@ def test_trust_learned_from_the_postfix_log_shows_in_status(tmp_path: Path) -> N
     clock.advance(7 * 86400)
     gov.tick()
     assert reports.status(gov)["trust"]["trusted"] == 0
+
+
+def test_a_delivery_the_postfix_log_saw_goes_into_the_kernels_proven_sets(tmp_path: Path) -> None:
+    """The log's proof is the MTA's word that a message was queued: the wave's gate and the slot budget, which read
+    the kernel's proven sets, must pass it as they pass the kernel's own count of replies."""
+    log = tmp_path / "mail.log"
+    log.write_text("")
+    gov, _socks, enf, clock, _dns = make(tmp_path, {}, {"postfix_log": str(log), "learn_for": "1d"})
+    gov.start()
+    stamp = "2023-11-14T22:13:00+00:00"  # before the fake clock's start
+    left = datetime.fromisoformat(stamp).timestamp() + 86400 - clock()
+
+    def deliver(qid: str, client: str) -> None:
+        with open(log, "a") as fh:
+            fh.write(f"{stamp} mx postfix/smtpd[1]: {qid}: client=x[{client}]\n")
+            fh.write(f"{stamp} mx postfix/qmgr[2]: {qid}: from=<a@b.example>, size=1, nrcpt=1 (queue active)\n")
+
+    deliver("4F2Xk81qZ5z9sWd", "198.51.100.7")
+    deliver("4F2Xk81qZ5z9sWe", "2001:db8:51::7")
+    gov.tick()
+    assert enf.log_proven == {
+        Prefix.parse("198.51.100.7"): left,
+        Prefix.parse("2001:db8:51::/64"): left,  # the source group, as the kernel keys it
+    }
+    enf.log_proven.clear()
+    clock.advance(1)
+    gov.tick()
+    assert enf.log_proven == {}  # nothing new in the log: nothing sent to the kernel
 
 
 def test_a_reload_keeps_resolved_hosts(tmp_path: Path) -> None:
