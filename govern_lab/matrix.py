@@ -146,6 +146,12 @@ MATRIX: tuple[Scenario, ...] = (
         "counts for a delivery",
     ),
     Scenario(
+        "deliverers",
+        (_bot("prove", "--sources", SWARMS, "--count", "1000", "--per-source", "2", "--deliver"),),
+        about="1,000 sources x 2 sessions each delivering a short spam message (queued: the MTA's log proves them), "
+        "then holding the session silently; back within 1 s",
+    ),
+    Scenario(
         "pretalk",
         (_bot("pretalk", "--sources", SWARMS, "--count", "500", "--per-source", "2"),),
         about="500 sources x 2 sessions sending EHLO before the banner, then lingering",

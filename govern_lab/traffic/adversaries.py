@@ -14,7 +14,8 @@ Bots (bot ranges only; per second BOT_FIELDS plus "commands"; "held" is the conn
   after one (smtpd_junk_command_limit), while each RCPT to an accepted domain is a valid command.
 - `prove`: each connection holds the dialogue a spam bot holds, at once: EHLO, MAIL FROM, --rcpts RCPT TO (1) and
   DATA, each sent when the last reply is in (the banner and four answers: the kernel's proof), then stays silent in
-  DATA until the server closes; reconnects within --reconnect seconds. Proof bought with a real dialogue.
+  DATA until the server closes; reconnects within --reconnect seconds. Proof bought with a real dialogue. With
+  --deliver it sends a short message after the 354 (queued: the proof the MTA's log gives), then holds silently.
 
 Legitimate senders (one event per SMTP transaction, like `legit`):
 - `strangers`: --count never-seen addresses (default 300 of 198.51.100.128/25 and 2001:db8:51:100::/56, away from
@@ -94,6 +95,7 @@ class SlowtalkOptions(SlowBotOptions):
 class ProveOptions(SlowBotOptions):
     reconnect: float = 1.0
     rcpts: int = 1  # RCPT commands before DATA: each is one more positive reply the kernel counts
+    deliver: bool = False  # send a short message after the 354 (the MTA queues it: the log's proof), then hold
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -241,7 +243,14 @@ async def _prove_session(sock: socket.socket, opts: ProveOptions, rng: random.Ra
         tl.add("commands")
         if not await _read_reply(sock):
             return
-    await _timed(sock, 0.0, lambda: 0.0, iter(()), tl)  # silent in DATA until the server closes
+    if opts.deliver:  # a spam bot's message, queued: the MTA's own word that the source delivered
+        message = f"Subject: offer {rng.randrange(10**6)}\r\n\r\nbuy now\r\n.\r\n".encode()
+        await loop.sock_sendall(sock, message)
+        tl.add("bytes_sent", len(message))
+        tl.add("commands")
+        if not await _read_reply(sock):
+            return
+    await _timed(sock, 0.0, lambda: 0.0, iter(()), tl)  # silent (in DATA, or after it) until the server closes
 
 
 Session = Callable[[socket.socket, Any, random.Random, Timeline], Any]

@@ -199,6 +199,9 @@ def _add_matrix_parsers(role: RoleAdder) -> None:
             p.add_argument("--bytes", type=int, default=300, help="junk bytes sent once per connection")
         elif name == "prove":
             p.add_argument("--rcpts", type=_positive_int, default=1, help="RCPT commands before DATA")
+            p.add_argument(
+                "--deliver", action="store_true", help="send a short message after the 354 (queued), then hold"
+            )
         elif name == "slowtalk":
             p.add_argument("--pause", type=float, default=20.0, help="seconds before EHLO")
             p.add_argument("--gap", type=_positive, default=8.0, help="seconds between commands")
@@ -239,7 +242,7 @@ def _matrix_options(role: str, ns: argparse.Namespace, common: dict[str, Any]) -
         if role == "babble":
             return BabbleOptions(**bot_common, bytes=ns.bytes)
         if role == "prove":
-            return ProveOptions(**bot_common, rcpts=ns.rcpts)
+            return ProveOptions(**bot_common, rcpts=ns.rcpts, deliver=ns.deliver)
         return SlowtalkOptions(**bot_common, pause=ns.pause, gap=ns.gap)
     txn = {
         **common,

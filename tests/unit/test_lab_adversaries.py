@@ -286,14 +286,15 @@ def test_reply_ends_at_the_last_line_of_a_reply() -> None:
     assert not adv.reply_ends(b"junk line\r\n")
 
 
-def test_prove_session_holds_a_spam_bots_dialogue_then_stays_silent_in_data() -> None:
+@pytest.mark.parametrize("deliver", [False, True], ids=["up-to-data", "deliver"])
+def test_prove_session_holds_a_spam_bots_dialogue_then_stays_silent(deliver: bool) -> None:
     async def run() -> tuple[list[bytes], bool, counters.Timeline]:
         a, b = socket.socketpair()
         a.setblocking(False)
         b.setblocking(False)
         loop = asyncio.get_running_loop()
         tl = counters.Timeline(adv.ADV_FIELDS, time.monotonic(), 3)
-        opts = adv.ProveOptions(**BASE)
+        opts = adv.ProveOptions(**BASE, deliver=deliver)
         task = asyncio.create_task(adv.SESSIONS["prove"](a, opts, random.Random(0), tl))
         got: list[bytes] = []
         # Each command only once the last reply is whole: a multi-line greeting and EHLO reply, sent in two parts.
@@ -301,10 +302,11 @@ def test_prove_session_holds_a_spam_bots_dialogue_then_stays_silent_in_data() ->
         await asyncio.sleep(0.05)
         assert not got and await _nothing(loop, b)
         await loop.sock_sendall(b, b"220 ESMTP\r\n")
-        for reply in (b"250-mx\r\n250 PIPELINING\r\n", b"250 ok\r\n", b"250 ok\r\n", b"354 go ahead\r\n"):
+        replies = [b"250-mx\r\n250 PIPELINING\r\n", b"250 ok\r\n", b"250 ok\r\n", b"354 go ahead\r\n"]
+        for reply in replies + ([b"250 2.0.0 Ok: queued as X\r\n"] if deliver else []):
             got.append(await asyncio.wait_for(loop.sock_recv(b, 4096), 1))
             await loop.sock_sendall(b, reply)
-        silent = await _nothing(loop, b, 0.3)  # in DATA, it says nothing more
+        silent = await _nothing(loop, b, 0.3)  # in DATA, or after its message: it says nothing more
         b.close()
         await asyncio.wait_for(task, 1)  # and ends once the server closes
         a.close()
@@ -313,7 +315,9 @@ def test_prove_session_holds_a_spam_bots_dialogue_then_stays_silent_in_data() ->
     got, silent, tl = asyncio.run(run())
     assert got[0] == b"EHLO prove.bots.lab.test\r\n" and got[1].startswith(b"MAIL FROM:<")
     assert got[2].startswith(b"RCPT TO:<") and got[2].endswith(b"@lab.test>\r\n") and got[3] == b"DATA\r\n"
-    assert silent and tl.totals["commands"] == 4
+    if deliver:  # a whole message, ended as DATA wants, and nothing after it (no QUIT)
+        assert got[4].startswith(b"Subject: ") and got[4].endswith(b"\r\n.\r\n") and len(got) == 5
+    assert silent and tl.totals["commands"] == 4 + deliver
 
 
 async def _nothing(loop: asyncio.AbstractEventLoop, sock: socket.socket, wait: float = 0.05) -> bool:
