@@ -375,8 +375,8 @@ def _actions(
         yield f"wave gate: its new connections share {gate}/s with every sender not yet known to deliver"
     if ev.limits.budget_slots:
         yield (
-            f"slot budget: its sessions share {ev.limits.budget_slots} of the MTA's slots with every sender the MTA "
-            "has not yet answered a whole dialogue"
+            f"slot budget: its sessions share {ev.limits.budget_slots} of the MTA's slots with every sender not yet "
+            "known to deliver here"
         )
 
 
@@ -412,10 +412,10 @@ def _advice(ev: Evidence, enforcement: Sequence[Enforcement]) -> list[Advice]:
         gate.append(
             Advice(
                 "wave-budget",
-                f"the host is riding a flood: during this wave, senders it has not yet seen complete a dialogue share "
+                f"the host is riding a flood: during this wave, senders not yet known to deliver here share "
                 f"{ev.limits.budget_slots} of its MTA's slots, so a connection of yours may be refused while they "
-                "are taken; retrying works, and once one of your sessions gets through to RCPT your address is no "
-                "longer held to it",
+                "are taken; retrying works, and once a message of yours is accepted your address is no longer held "
+                "to it",
             )
         )
     if not out:

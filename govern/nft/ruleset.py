@@ -341,7 +341,8 @@ def ruleset(spec: FirewallSpec, *, enforce: bool = True, resize: Iterable[str] =
                 verdicts += [f"{syn} {m} update @{rate}{v} {{ {k} {over} }} drop" for m in _lookups(kind, v)]
         if spec.gate_rate:
             # The wave's gate (its sets hold 0.0.0.0/0 and ::/0 while a wave is on, with the wave's timeout): strangers
-            # share one rate; sources the MTA answered a whole dialogue (or the Postfix log saw deliver) pass.
+            # share one rate; proven sources pass (the Postfix log saw them deliver, or, where no log is followed,
+            # the kernel counted a dialogue the MTA answered).
             gate = f"limit rate over {spec.gate_rate}/second burst {spec.gate_burst} packets"
             verdicts += [
                 f"{syn} ip saddr @gate4 {k4} != @proven4 {gate} drop",
