@@ -33,6 +33,7 @@ from govern.core.decide import (
 from govern.core.fleet import Refusal, Remote, fleet_blocks, fleet_trust, fleet_unblocks, superseded
 from govern.core.modes import queues_call
 from govern.core.policy import Policy
+from govern.core.proof import REVOKED_FOR, proof_lost
 from govern.core.reasons import family, reason_class
 from govern.edges import Counters, Enforcer, FleetLink, SocketSource, StateStore, Tarpit
 from govern.errors import GovernError, StoreError
@@ -125,6 +126,7 @@ class Governor:
         self.ticks = 0
         self.ended_sessions = 0
         self.cut_sessions = 0
+        self.proof_revoked = 0  # sources that lost their proof in a wave (govern.core.proof)
         self.forgotten_conntrack = 0
         self.totals: dict[str, int] = {}
         self._maintained = self.started
@@ -433,6 +435,7 @@ class Governor:
                 self.cut_sessions += sum(ended.values())
                 # A shed asks each single session's socket: only the sources that lost one are events.
                 self._note_cuts(tuple(c for c in plan.cuts if not c.shed or ended.get(c.prefix)), now)
+                self._revoke_proof(plan.cuts, now)
         # The mode's sysctls after the cuts: a wave switches tcp_abort_on_overflow on, which resets a handshake
         # that meets a full accept queue, an allowlisted relay's too; the wave's first shedding empties the queue
         # the flood filled, so the switch comes once it has (the lab saw the trusted relay reset once, 0.2 s into
@@ -549,6 +552,21 @@ class Governor:
 
     def catch_up(self, now: float) -> bool:
         return self.keeper.catch_up(self.state, now)
+
+    def _revoke_proof(self, cuts: Sequence[Cut], now: float) -> None:
+        """In a wave, the cut sources that proved themselves during it lose their proof (govern.core.proof)."""
+        if self.trust is None:
+            return
+        lost = proof_lost(cuts, self.trust.trust.first, self.state.mode)
+        if not lost:
+            return
+        self.trust.revoke(lost, now, REVOKED_FOR)
+        self.proof_revoked += len(lost)
+        log.info("proof revoked (proven during the wave, then cut for silence): %s", ", ".join(map(str, lost[:10])))
+        try:
+            self.enforcer.unprove(lost)
+        except GovernError as exc:
+            self.health.fail("trust", exc)
 
     def _note_cuts(self, cuts: tuple[Cut, ...], now: float) -> None:
         """Each source a plan cut sessions of is an event of its own ("cut", with the reason), for `govern why`:

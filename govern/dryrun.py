@@ -50,6 +50,12 @@ class DryRun:
     def prove(self, sources: Mapping[Prefix, float]) -> None:
         self.inner.prove(sources)  # lets senders pass, as the allowlist does: nothing punitive
 
+    def unprove(self, sources: Sequence[Prefix]) -> None:
+        for p in sources:
+            line = f"dry run: would take {p} out of the proven sets"
+            self.logged.append(line)
+            log.info("%s", line)
+
     def syn_counts(self) -> Mapping[Prefix, int]:
         return self.inner.syn_counts()
 

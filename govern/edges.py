@@ -85,6 +85,11 @@ class Enforcer(Protocol):
         has neither)."""
         ...
 
+    def unprove(self, sources: Sequence[Prefix]) -> None:
+        """Take source groups out of the kernel's proven sets (govern.core.proof: a bot that delivered, then
+        stalled)."""
+        ...
+
     def attempts(self) -> int | None:
         """New connections to the protected ports from sources not allowlisted, counted in the kernel since the
         table was made (SYNs, not their retransmissions), or None where the backend has no such counter: cheap

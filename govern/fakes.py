@@ -154,6 +154,11 @@ class FakeEnforcer:
     def prove(self, sources: Mapping[Prefix, float]) -> None:
         self.log_proven.update(sources)
 
+    def unprove(self, sources: Sequence[Prefix]) -> None:
+        for p in sources:
+            self.log_proven.pop(p, None)
+            self.delivering.discard(p)
+
     def proven(self) -> Sequence[tuple[Prefix, float]]:
         return tuple((p, self.proved_ago.get(p, 0.0)) for p in self.delivering)
 

@@ -192,6 +192,7 @@ def status(gov: Governor, top: int = 10) -> dict[str, Any]:
         ),
         "ended_sessions": gov.ended_sessions,
         "cut_sessions": gov.cut_sessions,
+        "proof_revoked": gov.proof_revoked,
         "conntrack_forgotten": gov.forgotten_conntrack,
         # Not the inode: the tick's scan (the BPF iterator) does not read it, and it says nothing to an operator.
         "listeners": [

@@ -4,6 +4,7 @@ daemon reports itself, expired as time passes. The daemon calls `refresh(now)` b
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from govern.addr import Prefix, PrefixSet
@@ -20,6 +21,8 @@ class TrustSources:
         # Source groups the log saw deliver since the daemon last took them, each with when its trust runs out: for
         # the kernel's proven sets, which the wave's gate and the slot budget read.
         self._delivered: dict[Prefix, float] = {}
+        # Source groups whose proof was revoked, each until when nothing proves it again (govern.core.proof).
+        self._revoked: dict[Prefix, float] = {}
         self.trust = Trust(spec.learn_for, v4_len=spec.v4_len, v6_len=spec.v6_len)
         self.configure(spec)
 
@@ -42,7 +45,25 @@ class TrustSources:
 
     def learn(self, address: Prefix, now: float, at: float | None = None) -> bool:
         """A completed delivery the daemon saw itself, at `at` (default now)."""
+        if self._held_off(self.trust.key(address), now):
+            return False
         return self.trust.learn(address, now if at is None else at, now)
+
+    def revoke(self, keys: Sequence[Prefix], now: float, hold_off: float) -> None:
+        """Take these source groups' trust away, and learn none of them again for `hold_off` seconds."""
+        for key in keys:
+            self.trust.revoke(key)
+            self._revoked[key] = now + hold_off
+            self._delivered.pop(key, None)
+
+    def _held_off(self, key: Prefix, now: float) -> bool:
+        until = self._revoked.get(key)
+        if until is None:
+            return False
+        if until > now:
+            return True
+        del self._revoked[key]
+        return False
 
     def learn_until(self, source: Prefix, until: float, now: float) -> bool:
         """Trust another host of the fleet learned, lasting until `until` (never longer than this host's own
@@ -56,8 +77,10 @@ class TrustSources:
             for line in self.follower.lines():
                 if (got := self.parser.feed(line, now)) is not None:
                     self.learned_from_log += 1
-                    changed |= self.trust.learn(got[0], got[1], now)
                     key = self.trust.key(got[0])
+                    if self._held_off(key, now):
+                        continue
+                    changed |= self.trust.learn(got[0], got[1], now)
                     if (until := self.trust.until(key)) is not None:
                         self._delivered[key] = until
         return self.trust.expire(now) or changed
@@ -82,6 +105,7 @@ class TrustSources:
             "log_error": self.follower.error if self.follower else "",
             "deliveries_learned": self.learned_from_log,
             "awaiting_queue": len(self.parser),
+            "revoked": len(self._revoked),
         }
 
     def close(self) -> None:

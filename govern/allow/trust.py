@@ -21,6 +21,7 @@ class Trust:
         # source -> until; insertion order is the order of last deliveries (re-learning moves a source to the end),
         # so expiry and eviction both take from the front.
         self._until: dict[Prefix, float] = {}
+        self._first: dict[Prefix, float] = {}  # source -> its first proof since it was last untrusted
         self._set: PrefixSet | None = None
 
     def learn(self, address: Prefix, at: float, now: float) -> bool:
@@ -37,10 +38,27 @@ class Trust:
         self._until.pop(key, None)
         self._until[key] = until
         if old is None:
+            self._first[key] = at
             self._set = None
             while len(self._until) > self.max_sources:
-                del self._until[next(iter(self._until))]
+                self._forget(next(iter(self._until)))
         return old is None
+
+    def _forget(self, key: Prefix) -> None:
+        del self._until[key]
+        self._first.pop(key, None)
+
+    def first(self, key: Prefix) -> float | None:
+        """When a trusted source group first proved itself (since it was last untrusted); None: not trusted."""
+        return self._first.get(key)
+
+    def revoke(self, key: Prefix) -> bool:
+        """Forget a source group's trust now; True when it had any."""
+        if key not in self._until:
+            return False
+        self._forget(key)
+        self._set = None
+        return True
 
     def key(self, address: Prefix) -> Prefix:
         """The source group trust is kept for."""
@@ -50,7 +68,7 @@ class Trust:
         """Forget sources whose trust ran out; True when any went."""
         gone = [p for p, until in self._until.items() if until <= now]
         for p in gone:
-            del self._until[p]
+            self._forget(p)
         if gone:
             self._set = None
         return bool(gone)

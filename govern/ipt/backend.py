@@ -99,6 +99,9 @@ class IptBackend:
     def prove(self, sources: Mapping[Prefix, float]) -> None:
         return None  # no gate and no budget to pass (docs/iptables.md)
 
+    def unprove(self, sources: Sequence[Prefix]) -> None:
+        return None
+
     def attempts(self) -> int | None:
         return None  # only the accept queues are read between ticks (docs/iptables.md)
 

@@ -197,6 +197,10 @@ class NftBackend:
         there keeps its timeout; the kernel starts it again at the source's next proof)."""
         self._commit([ElemOp(True, f"proven{p.version}", p, _ms(s)) for p, s in sources.items() if s > 0])
 
+    def unprove(self, sources: Sequence[Prefix]) -> None:
+        # Deletes tolerate absence (an element may have lapsed a moment ago).
+        self._commit([ElemOp(False, f"proven{p.version}", p) for p in sources])
+
     def proven(self) -> list[tuple[Prefix, float]]:
         """Sources the MTA answered a whole dialogue (set proven4/proven6, filled by the kernel), as source groups,
         each with the seconds since its last proof: each proof starts the element's timeout again."""

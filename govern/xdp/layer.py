@@ -96,6 +96,9 @@ class XdpLayer:
     def prove(self, sources: Mapping[Prefix, float]) -> None:
         self.inner.prove(sources)
 
+    def unprove(self, sources: Sequence[Prefix]) -> None:
+        self.inner.unprove(sources)
+
     def attempts(self) -> int | None:
         return self.inner.attempts()
 

@@ -18,7 +18,7 @@ from govern.allow.postfix import logged_at
 from govern_lab.addresses import MX4, MX6
 from govern_lab.postfix import Postfix, temporary
 from govern_lab.topology import Lab
-from tests.kernel.daemon_harness import nft_set, running, wait_for, write_config
+from tests.kernel.daemon_harness import govern, nft_set, running, wait_for, write_config
 from tests.netns import Netns
 
 
@@ -100,3 +100,25 @@ def test_on_its_defaults_the_daemon_follows_postfixs_log_and_proves_by_delivery_
             assert "198.51.100.42" not in nft_set(mx, "proven4")
             st = d.status()["trust"]
             assert st["deliveries_learned"] >= 1 and st["trusted"] >= 1
+
+
+def test_in_a_wave_a_sender_that_delivers_then_stalls_loses_its_proof(
+    lab_module: Lab, pf: Postfix, tmp_path: Path
+) -> None:
+    """The lab's deliverers against the real Postfix: a message queued (the log proves the source), then the session
+    held silently in a wave. govern cuts it and takes the source out of the kernel's proven set."""
+    mx = Netns(lab_module.ns("mx"))
+    cfg = write_config(tmp_path)
+    with running(mx, cfg) as d:
+        assert govern(mx, "wave", "on", "--for", "5m", "--config", str(cfg)).returncode == 0
+        with lab_module.entered("legit"):
+            bot = smtplib.SMTP(MX4, 25, source_address=("198.51.100.43", 0), timeout=30)
+        with contextlib.closing(bot):
+            bot.ehlo("deliver.bots.example")
+            bot.mail("d@bots.example")
+            assert bot.rcpt("anyone@lab.test")[0] == 250
+            assert bot.data(b"Subject: offer\r\n\r\nbuy now\r\n")[0] == 250  # queued; no QUIT: held, silent
+            assert wait_for(lambda: "198.51.100.43" in nft_set(mx, "proven4"), timeout=10)
+            assert wait_for(lambda: d.status()["proof_revoked"] >= 1, timeout=20), d.status()["trust"]
+            assert "198.51.100.43" not in nft_set(mx, "proven4")
+            assert d.status()["trust"]["revoked"] == 1

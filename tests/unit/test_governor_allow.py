@@ -5,7 +5,7 @@ every source show in `govern status`."""
 from __future__ import annotations
 
 import os
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 from govern import config, reports
@@ -127,6 +127,43 @@ def test_a_delivery_the_postfix_log_saw_goes_into_the_kernels_proven_sets(tmp_pa
     clock.advance(1)
     gov.tick()
     assert enf.log_proven == {}  # nothing new in the log: nothing sent to the kernel
+
+
+def test_in_a_wave_a_source_that_delivered_then_stalled_loses_its_proof(tmp_path: Path) -> None:
+    """The lab's deliverers: a short message queued (the log proves the source), then the session held silently.
+    Cut for that in a wave, a source proven during the wave loses its proof, in the kernel too, and its next
+    delivery does not prove it again; a relay proven before the wave keeps its proof through the same cut."""
+    log = tmp_path / "mail.log"
+    log.write_text("")
+    gov, socks, enf, clock, _dns = make(tmp_path, {}, {"postfix_log": str(log)})
+    gov.start()
+    bot, relay = Prefix.parse("198.51.100.66"), Prefix.parse("198.51.100.7")
+
+    def deliver(qid: str, client: str) -> None:
+        stamp = datetime.fromtimestamp(clock(), UTC).isoformat()
+        with open(log, "a") as fh:
+            fh.write(f"{stamp} mx postfix/smtpd[1]: {qid}: client=x[{client}]\n")
+            fh.write(f"{stamp} mx postfix/qmgr[2]: {qid}: from=<a@b.example>, size=1, nrcpt=1 (queue active)\n")
+
+    deliver("4F2Xk81qZ5z9sWa", str(relay))
+    gov.tick()
+    clock.advance(3600)  # an hour later, a flood
+    assert gov.handle({"cmd": "wave", "action": "on", "duration": "10m"})["ok"]
+    deliver("4F2Xk81qZ5z9sWb", str(bot))
+    gov.tick()
+    assert bot in enf.log_proven and gov.trust is not None and gov.trust.trusted().covers(bot)
+    stalled = SockCounts(held=1, established=1, syn_recv=0, idle=1, max_idle_ms=20_000)
+    socks.sources = {bot: stalled, relay: stalled}
+    clock.advance(1)
+    gov.tick()
+    assert gov.proof_revoked == 1 and bot not in enf.log_proven and not gov.trust.trusted().covers(bot)
+    assert gov.trust.trusted().covers(relay)  # proven before the wave: cut, not unproven
+    socks.sources = {}
+    deliver("4F2Xk81qZ5z9sWc", str(bot))  # another message queued: no proof while held off
+    clock.advance(1)
+    gov.tick()
+    assert bot not in enf.log_proven and not gov.trust.trusted().covers(bot)
+    assert reports.status(gov)["proof_revoked"] == 1 and reports.status(gov)["trust"]["revoked"] == 1
 
 
 def test_a_reload_keeps_resolved_hosts(tmp_path: Path) -> None:

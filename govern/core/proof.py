@@ -1,0 +1,37 @@
+"""Proof lost: which sources lose the proof that lets them pass the wave's gate and the slot budget.
+
+A source proves itself by delivering (the MTA's log says a message of its was queued), and a bot can deliver too:
+the lab's `deliverers` queue a short spam message, then hold the session silently, proven, past the budget. A
+legitimate sender that has delivered quits, sends its next message, or keeps a cached connection idle a couple of
+seconds (Postfix: smtp_connection_cache_time_limit, 2 s); it is not cut for silence. So in a wave, a source whose
+sessions are cut for want of progress, and whose first proof came during the wave (or just before it: the flood's
+first second comes before the first tick that sees it), loses its proof, and nothing proves it again for
+`REVOKED_FOR`: its next connections are a stranger's again, held to the budget, and a second cut blocks it. Proof
+from before the wave is not taken away: a known relay's session that idles past the wave's patience is cut, as any.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from govern.addr import Prefix
+from govern.model import Cut, Mode, ModeState
+
+# Proof this long before the wave began still counts as the wave's own: the flood's bots prove themselves in its
+# first seconds, before the tick that declares the wave.
+YOUNG_BEFORE_WAVE = 60.0
+# How long nothing proves a source that lost its proof again: longer than a wave lasts on its own.
+REVOKED_FOR = 3600.0
+
+
+def proof_lost(cuts: Sequence[Cut], first_proof: Callable[[Prefix], float | None], mode: ModeState) -> list[Prefix]:
+    """The cut sources whose proof goes: in a wave, those first proven since shortly before it began."""
+    if mode.mode is not Mode.WAVE:
+        return []
+    since = mode.since - YOUNG_BEFORE_WAVE
+    out = []
+    for c in cuts:
+        first = None if c.shed else first_proof(c.prefix)
+        if first is not None and first >= since:
+            out.append(c.prefix)
+    return out
