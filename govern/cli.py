@@ -239,13 +239,15 @@ def _trust_line(t: dict[str, Any]) -> str:
     log = t.get("postfix_log") or ""
     basis = t.get("postfix_log_basis") or ""
     if log:
-        source = f"deliveries in {log}" + (f" ({basis})" if basis else "") + f": {t.get('deliveries_learned', 0)}"
+        found = f"; {basis}" if basis else ""
+        source = f"proven by deliveries in {log} ({t.get('deliveries_learned', 0)} so far{found})"
         if t.get("log_error"):
-            source += f", NOT READ: {t['log_error']}"
+            source += f", LOG NOT READ: {t['log_error']}"
     else:
-        source = "no Postfix log" + (f" ({basis})" if basis else "")
+        source = "no Postfix log followed" + (f" ({basis})" if basis else "")
     counted = "on" if t.get("from_sessions") else "off"
-    return f"trust: {t.get('trusted', 0)} sources; {source}; the kernel's count of replies: {counted}"
+    revoked = f"; {t['revoked']} proofs revoked in waves" if t.get("revoked") else ""
+    return f"trust: {t.get('trusted', 0)} sources, {source}; the kernel's count of replies: {counted}{revoked}"
 
 
 def _fleet_line(f: dict[str, Any]) -> str:

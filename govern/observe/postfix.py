@@ -115,7 +115,7 @@ def postfix_log(
     if value:
         return "", f"maillog_file in {config_dir}/main.cf is not a plain path ({value}): set trust.postfix_log"
     if os.path.isfile(syslog_file):
-        return syslog_file, f"Postfix ({config_dir}) logs to syslog, which writes {syslog_file}"
+        return syslog_file, f"the syslog mail log, Postfix ({config_dir}) having no maillog_file"
     return (
         "",
         f"Postfix ({config_dir}) logs to syslog and there is no {syslog_file} (journald only?): set trust.postfix_log",

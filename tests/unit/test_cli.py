@@ -318,6 +318,25 @@ def test_the_tick_line_says_how_and_when_the_sockets_were_walked() -> None:
     assert _walk({}) == ""  # an older daemon's status
 
 
+def test_the_trust_line_says_what_proves_a_sender() -> None:
+    from govern.cli import _trust_line
+
+    line = _trust_line(
+        {"trusted": 3, "postfix_log": "/var/log/mail.log", "postfix_log_basis": "set in the config",
+         "deliveries_learned": 5, "from_sessions": False, "revoked": 2}
+    )  # fmt: skip
+    assert line == (
+        "trust: 3 sources, proven by deliveries in /var/log/mail.log (5 so far; set in the config); the kernel's "
+        "count of replies: off; 2 proofs revoked in waves"
+    )
+    unread = _trust_line({"postfix_log": "/var/log/mail.log", "log_error": "/var/log/mail.log: Permission denied"})
+    assert "LOG NOT READ: /var/log/mail.log: Permission denied" in unread
+    none = _trust_line({"postfix_log": "", "postfix_log_basis": "no Postfix process holds a protected port",
+                        "from_sessions": True})  # fmt: skip
+    assert none.endswith("no Postfix log followed (no Postfix process holds a protected port); the kernel's count of "
+                         "replies: on")  # fmt: skip
+
+
 def test_the_budget_line_says_how_postscreen_talkers_are_judged() -> None:
     from govern.cli import _budget_line
     from govern.observe.mta import Budget
