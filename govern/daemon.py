@@ -33,7 +33,7 @@ from govern.core.decide import (
 from govern.core.fleet import Refusal, Remote, fleet_blocks, fleet_trust, fleet_unblocks, superseded
 from govern.core.modes import queues_call
 from govern.core.policy import Policy
-from govern.core.proof import REVOKED_FOR, proof_lost
+from govern.core.proof import REVOKED_FOR, UNPROVEN_REASON, proof_lost
 from govern.core.reasons import family, reason_class
 from govern.edges import Counters, Enforcer, FleetLink, SocketSource, StateStore, Tarpit
 from govern.errors import GovernError, StoreError
@@ -567,6 +567,10 @@ class Governor:
             self.enforcer.unprove(lost)
         except GovernError as exc:
             self.health.fail("trust", exc)
+        try:  # an action against the source, which `govern why` must be able to explain
+            self.store.note("unproven", [(p, UNPROVEN_REASON) for p in lost], now)
+        except GovernError as exc:
+            self.health.fail("store", exc)
 
     def _note_cuts(self, cuts: tuple[Cut, ...], now: float) -> None:
         """Each source a plan cut sessions of is an event of its own ("cut", with the reason), for `govern why`:

@@ -59,6 +59,7 @@ PUNITIVE_RULES = frozenset(
         "no-progress",
         "cut",
         "shed",
+        "unproven",
         "before",
         "wave-gate",
         "wave-budget",
@@ -550,6 +551,15 @@ def _history(ev: Evidence, *, behaviour: bool) -> Iterable[Advice]:
             f"we ended sessions of yours that made no progress {_n(len(cuts), 'time')}, the last "
             f"{_ago(ev, cuts[0].at)} ({cuts[0].reason}): your client should answer each of our replies at once and "
             "QUIT when done rather than hold a session open",
+        )
+    unproven = [e for e in ev.events if e.kind == "unproven"]
+    if unproven:
+        yield Advice(
+            "unproven",
+            f"during a flood a message of yours was accepted and then your session was held open without a word "
+            f"until we ended it ({_ago(ev, unproven[0].at)}): your address lost, for an hour, the standing a "
+            "delivery gives, so its connections wait with every sender we do not know; QUIT when done, or send the "
+            "next message at once",
         )
     shed = [e for e in ev.events if e.kind == "shed"]
     if shed:

@@ -22,6 +22,7 @@ from govern.model import Cut, Mode, ModeState
 YOUNG_BEFORE_WAVE = 60.0
 # How long nothing proves a source that lost its proof again: longer than a wave lasts on its own.
 REVOKED_FOR = 3600.0
+UNPROVEN_REASON = "proven during a wave, then its session held without progress until cut"
 
 
 def proof_lost(cuts: Sequence[Cut], first_proof: Callable[[Prefix], float | None], mode: ModeState) -> list[Prefix]:

@@ -4,6 +4,7 @@ trusted sender and loses one client mid-DATA; following its maillog, govern lear
 from __future__ import annotations
 
 import contextlib
+import json
 import smtplib
 import time
 from collections.abc import Iterator
@@ -122,3 +123,6 @@ def test_in_a_wave_a_sender_that_delivers_then_stalls_loses_its_proof(
             assert wait_for(lambda: d.status()["proof_revoked"] >= 1, timeout=20), d.status()["trust"]
             assert "198.51.100.43" not in nft_set(mx, "proven4")
             assert d.status()["trust"]["revoked"] == 1
+        # The operator who gets the phone call hears why, and what the sender must fix.
+        why = json.loads(govern(mx, "why", "198.51.100.43", "--json", "--config", str(cfg)).stdout)
+        assert "unproven" in {a["rule"] for a in why["advice"]}, why["advice"]

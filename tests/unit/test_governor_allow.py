@@ -158,6 +158,8 @@ def test_in_a_wave_a_source_that_delivered_then_stalled_loses_its_proof(tmp_path
     gov.tick()
     assert gov.proof_revoked == 1 and bot not in enf.log_proven and not gov.trust.trusted().covers(bot)
     assert gov.trust.trusted().covers(relay)  # proven before the wave: cut, not unproven
+    assert [e.kind for e in gov.store.events_about([bot]) if e.kind == "unproven"] == ["unproven"]  # for govern why
+    assert not [e for e in gov.store.events_about([relay]) if e.kind == "unproven"]
     socks.sources = {}
     deliver("4F2Xk81qZ5z9sWc", str(bot))  # another message queued: no proof while held off
     clock.advance(1)

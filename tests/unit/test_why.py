@@ -224,6 +224,19 @@ def test_history_cuts_and_an_earlier_block_when_nothing_now_explains_it() -> Non
     assert why.explain(evidence(events=[released])).history == ("10s ago: unblock 198.18.7.1: manual unblock",)
 
 
+def test_a_revoked_proof_is_explained_with_what_to_fix() -> None:
+    lost = Event(NOW - 30, "unproven", str(SRC), "proven during a wave, then its session held without progress", 0.0)
+    cut = Event(NOW - 30, "cut", str(SRC), "silent for 6s while the host is under pressure (wave)", 0.0)
+    ev = evidence(events=[lost, cut])
+    assert rules(ev) == ["cut", "unproven"]
+    assert advice(ev, "unproven") == (
+        "during a flood a message of yours was accepted and then your session was held open without a word until we "
+        "ended it (30s ago): your address lost, for an hour, the standing a delivery gives, so its connections wait "
+        "with every sender we do not know; QUIT when done, or send the next message at once"
+    )
+    assert "unproven" in why.PUNITIVE_RULES
+
+
 def test_the_wave_gate_for_strangers_only() -> None:
     assert rules(evidence(mode=Mode.WAVE)) == ["nothing-wrong", "wave-gate"]
     assert "share 10/s" in advice(evidence(mode=Mode.WAVE), "wave-gate")
