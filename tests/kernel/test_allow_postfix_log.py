@@ -41,12 +41,19 @@ def deliver(lab: Lab, role: str, src: str, dst: str) -> None:
         s.quit()
 
 
-def abandon_mid_data(lab: Lab, src: str) -> None:
+def up_to_rcpt(lab: Lab, src: str, helo: str, timeout: float = 10) -> smtplib.SMTP:
+    """A client from the legit namespace, through EHLO, MAIL and an accepted RCPT (the queue file exists now: smtpd
+    has logged its client=)."""
     with lab.entered("legit"):
-        s = smtplib.SMTP(MX4, 25, source_address=(src, 0), timeout=10)
-    s.ehlo("quitter.example")
-    s.mail("q@quitter.example")
-    assert s.rcpt("anyone@lab.test")[0] == 250  # the queue file exists now: smtpd logs client=
+        s = smtplib.SMTP(MX4, 25, source_address=(src, 0), timeout=timeout)
+    s.ehlo(helo)
+    s.mail(f"someone@{helo}")
+    assert s.rcpt("anyone@lab.test")[0] == 250
+    return s
+
+
+def abandon_mid_data(lab: Lab, src: str) -> None:
+    s = up_to_rcpt(lab, src, "quitter.example")
     assert s.docmd("DATA")[0] == 354
     s.send(b"Subject: never finished\r\n\r\npart of a message")
     s.close()
@@ -89,12 +96,7 @@ def test_on_its_defaults_the_daemon_follows_postfixs_log_and_proves_by_delivery_
         t = d.status()["trust"]
         assert t["postfix_log"] == pf.log_path, t
         assert t["postfix_log_basis"].startswith("maillog_file in ") and t["from_sessions"] is False, t
-        with lab_module.entered("legit"):
-            bot = smtplib.SMTP(MX4, 25, source_address=("198.51.100.42", 0), timeout=10)
-        with contextlib.closing(bot):
-            bot.ehlo("prove.bots.example")
-            bot.mail("p@bots.example")
-            assert bot.rcpt("anyone@lab.test")[0] == 250
+        with contextlib.closing(up_to_rcpt(lab_module, "198.51.100.42", "prove.bots.example")) as bot:
             assert bot.docmd("DATA")[0] == 354  # five positive replies: the kernel's count would prove it
             deliver(lab_module, "legit", "198.51.100.41", MX4)
             assert wait_for(lambda: "198.51.100.41" in nft_set(mx, "proven4"), timeout=10)
@@ -112,12 +114,7 @@ def test_in_a_wave_a_sender_that_delivers_then_stalls_loses_its_proof(
     cfg = write_config(tmp_path)
     with running(mx, cfg) as d:
         assert govern(mx, "wave", "on", "--for", "5m", "--config", str(cfg)).returncode == 0
-        with lab_module.entered("legit"):
-            bot = smtplib.SMTP(MX4, 25, source_address=("198.51.100.43", 0), timeout=30)
-        with contextlib.closing(bot):
-            bot.ehlo("deliver.bots.example")
-            bot.mail("d@bots.example")
-            assert bot.rcpt("anyone@lab.test")[0] == 250
+        with contextlib.closing(up_to_rcpt(lab_module, "198.51.100.43", "deliver.bots.example", 30)) as bot:
             assert bot.data(b"Subject: offer\r\n\r\nbuy now\r\n")[0] == 250  # queued; no QUIT: held, silent
             assert wait_for(lambda: "198.51.100.43" in nft_set(mx, "proven4"), timeout=10)
             assert wait_for(lambda: d.status()["proof_revoked"] >= 1, timeout=20), d.status()["trust"]
