@@ -355,13 +355,7 @@ class Governor:
             self._learn_from_kernel(now)
         if now - self._learned >= LEARN_EVERY:
             self._learned = now
-            # postscreen starts with the first connection it screens: look for it again while it is absent. Its
-            # pregreet wait changes the cuts and the budget's size: the whole table is made again.
-            cut = self.config.raw["cut"]
-            auto = "auto" in (cut["greet_wait"], cut["pregreet"])
-            if auto and not self.postscreen and postscreen_pid(self._listeners(self.policy.ports)) is not None:
-                log.warning("postscreen holds a protected port: no silent session is cut during its pregreet wait")
-                self.reload(self.config)
+            self._look_for_postfix()
         laps.lap("learn")
         for k, v in self.snapshot.counters.items():
             self.totals[k] = self.totals.get(k, 0) + v
@@ -621,6 +615,26 @@ class Governor:
             share = self.budget.newcomers / self.budget.slots
             config = configmod.with_override(config, "wave", "newcomer_share", share, resolved=True)
         return config
+
+    def _look_for_postfix(self) -> None:
+        """What "auto" did not find yet: postscreen starts with the first connection it screens, and Postfix itself
+        may start after govern (boot order). Looked for again while absent; when found, the whole config is resolved
+        again (the pregreet wait changes the cuts and the budget's size; a log found turns the kernel's count off)."""
+        cut, trust = self.config.raw["cut"], self.config.raw["trust"]
+        want_postscreen = "auto" in (cut["greet_wait"], cut["pregreet"]) and not self.postscreen
+        want_log = trust["postfix_log"] == "auto" and not self.config["trust"]["postfix_log"]
+        if not (want_postscreen or want_log):
+            return
+        listeners = self._listeners(self.policy.ports)
+        found = False
+        if want_postscreen and postscreen_pid(listeners) is not None:
+            log.warning("postscreen holds a protected port: no silent session is cut during its pregreet wait")
+            found = True
+        if want_log and (path := postfix_log(listeners)[0]):
+            log.warning("following the Postfix log %s: senders are proven by the deliveries it records", path)
+            found = True
+        if found:
+            self.reload(self.config)
 
     def _read_log(self, config: Config, listeners: Sequence[ListenerStats]) -> Config:
         """Resolve the trust section's "auto"s: the log of the Postfix holding a protected port, and whether the

@@ -8,6 +8,8 @@ import os
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
+
 from govern import config, reports
 from govern.addr import Prefix
 from govern.allow.learning import TrustSources
@@ -166,6 +168,31 @@ def test_in_a_wave_a_source_that_delivered_then_stalled_loses_its_proof(tmp_path
     gov.tick()
     assert bot not in enf.log_proven and not gov.trust.trusted().covers(bot)
     assert reports.status(gov)["proof_revoked"] == 1 and reports.status(gov)["trust"]["revoked"] == 1
+
+
+def test_a_postfix_started_after_govern_is_found_and_its_log_followed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Boot order: govern may start before Postfix. While "auto" has found no log, the daemon looks again every
+    10 s; once found, the log is followed and the kernel's count of replies goes off."""
+    import govern.daemon
+
+    log = tmp_path / "mail.log"
+    log.write_text("")
+    found: list[tuple[str, str]] = [("", "no Postfix process holds a protected port")]
+    monkeypatch.setattr(govern.daemon, "postfix_log", lambda listeners: found[-1])
+    gov, _socks, _enf, clock, _dns = make(tmp_path, {})
+    gov.start()
+    st = reports.status(gov)["trust"]
+    assert st["postfix_log"] == "" and st["from_sessions"] is True
+    assert st["postfix_log_basis"] == "no Postfix process holds a protected port"
+    found.append((str(log), "maillog_file in /etc/postfix/main.cf"))
+    gov.tick()
+    clock.advance(10)
+    gov.tick()
+    st = reports.status(gov)["trust"]
+    assert st["postfix_log"] == str(log) and st["from_sessions"] is False
+    assert gov.config.firewall().proof is False  # the ruleset made again without the count
 
 
 def test_a_reload_keeps_resolved_hosts(tmp_path: Path) -> None:
