@@ -33,7 +33,7 @@ from govern.core.decide import (
 from govern.core.fleet import Refusal, Remote, fleet_blocks, fleet_trust, fleet_unblocks, superseded
 from govern.core.modes import queues_call
 from govern.core.policy import Policy
-from govern.core.proof import REVOKED_FOR, UNPROVEN_REASON, proof_lost
+from govern.core.proof import REVOKED_FOR, UNPROVEN_REASON, proof_lost, young
 from govern.core.reasons import family, reason_class
 from govern.edges import Counters, Enforcer, FleetLink, SocketSource, StateStore, Tarpit
 from govern.errors import GovernError, StoreError
@@ -348,6 +348,11 @@ class Governor:
         if self._attempts_peak:
             self.snapshot = replace(self.snapshot, attempts_peak=self._attempts_peak)
             self._attempts_peak = 0.0
+        if self.trust is not None and self.state.mode.mode is Mode.WAVE and self.snapshot.trusted:
+            held = (p for p in self.snapshot.sources if p in self.snapshot.trusted)
+            fresh = young(held, self.trust.trust.first, self.state.mode)
+            if fresh:
+                self.snapshot = replace(self.snapshot, young=fresh)
         # In a wave the core sheds strangers' sessions by how they look: a sender that delivered is learned sooner,
         # so that its next connection is trusted before it can be taken for the flood's.
         if self.trust is not None and now - self._learned_kernel >= self._learn_every():

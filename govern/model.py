@@ -225,6 +225,9 @@ class Snapshot:
     listeners: tuple[ListenerStats, ...] = ()
     counters: Mapping[str, int] = field(default_factory=dict)  # TcpExt deltas since the previous snapshot
     trusted: frozenset[Prefix] = frozenset()  # sources (groups) that delivered mail recently: softer limits
+    # Of `trusted`, those holding sockets whose first proof came during this wave (govern.core.proof): in a wave
+    # their silence is judged as a stranger's.
+    young: frozenset[Prefix] = frozenset()
     totals: Totals | None = None  # sums over `sources` for the pressure figures (None: computed from `sources`)
     slotted: int | None = None  # connections holding a slot of the wave's budget (None: no budget in force)
     # The highest rate of new connections from non-allowlisted sources read between the ticks since the previous

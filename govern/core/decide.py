@@ -73,7 +73,8 @@ def decide(snap: Snapshot, state: State, policy: Policy, now: float) -> Plan:
         over = over_limits(s, lim)
         over_any = bool(over)
         # A tarpitted source's sessions wait on the tarpit's queue, not on the client: never cut for that wait.
-        patience = lim.patience(mode)
+        # Trust bought during this wave (a delivery, then silence: the lab's deliverers) buys no patience.
+        patience = (limits if p in snap.young else lim).patience(mode)
         cut = cut_after is not None and s.max_idle_ms >= cut_after * patience * 1000 and p not in state.tarpits
         if not (over or cut):
             if tarpit_room > 0 and nearing(s, lim) and _may_tarpit(p, state, policy, trusted, block_lengths):

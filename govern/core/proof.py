@@ -8,11 +8,12 @@ sessions are cut for want of progress, and whose first proof came during the wav
 first second comes before the first tick that sees it), loses its proof, and nothing proves it again for
 `REVOKED_FOR`: its next connections are a stranger's again, held to the budget, and a second cut blocks it. Proof
 from before the wave is not taken away: a known relay's session that idles past the wave's patience is cut, as any.
+Until it is cut, such a source gets no more patience for silence than a stranger (`young`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from govern.addr import Prefix
 from govern.model import Cut, Mode, ModeState
@@ -25,14 +26,19 @@ REVOKED_FOR = 3600.0
 UNPROVEN_REASON = "proven during a wave, then its session held without progress until cut"
 
 
-def proof_lost(cuts: Sequence[Cut], first_proof: Callable[[Prefix], float | None], mode: ModeState) -> list[Prefix]:
-    """The cut sources whose proof goes: in a wave, those first proven since shortly before it began."""
+FirstProof = Callable[[Prefix], float | None]
+
+
+def young(sources: Iterable[Prefix], first_proof: FirstProof, mode: ModeState) -> frozenset[Prefix]:
+    """Of these sources, those whose trust is the wave's own (first proven since shortly before it began): their
+    silence is judged as a stranger's, for a legitimate sender that has just delivered does not fall silent."""
     if mode.mode is not Mode.WAVE:
-        return []
+        return frozenset()
     since = mode.since - YOUNG_BEFORE_WAVE
-    out = []
-    for c in cuts:
-        first = None if c.shed else first_proof(c.prefix)
-        if first is not None and first >= since:
-            out.append(c.prefix)
-    return out
+    return frozenset(p for p in sources if (first := first_proof(p)) is not None and first >= since)
+
+
+def proof_lost(cuts: Sequence[Cut], first_proof: FirstProof, mode: ModeState) -> list[Prefix]:
+    """The cut sources whose proof goes: in a wave, those whose trust is the wave's own."""
+    lost = young((c.prefix for c in cuts if not c.shed), first_proof, mode)
+    return [c.prefix for c in cuts if c.prefix in lost]

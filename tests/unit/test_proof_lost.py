@@ -7,7 +7,7 @@ from govern.addr import Prefix
 from govern.allow.learning import TrustSources
 from govern.allow.spec import TrustSpec
 from govern.allow.trust import Trust
-from govern.core.proof import YOUNG_BEFORE_WAVE, proof_lost
+from govern.core.proof import YOUNG_BEFORE_WAVE, proof_lost, young
 from govern.model import Cut, Mode, ModeState
 
 WAVE = ModeState(Mode.WAVE, since=10_000.0)
@@ -45,3 +45,8 @@ def test_a_revoked_source_is_not_proven_again_while_held_off(tmp_path: object) -
     assert not ts.trusted().covers(BOT)
     assert not ts.learn(BOT, 200) and not ts.trusted().covers(BOT)  # held off
     assert ts.learn(BOT, 701) and ts.trusted().covers(BOT)  # the hold-off over
+
+
+def test_young_trust_is_the_waves_own() -> None:
+    assert young([BOT, RELAY, EDGE, STRANGER], FIRST.get, WAVE) == {BOT, EDGE}
+    assert young([BOT], FIRST.get, ModeState(Mode.NORMAL)) == frozenset()

@@ -384,3 +384,17 @@ def test_in_a_wave_trust_doubles_the_patience_for_silence_at_most() -> None:
     # Elevated mode keeps the whole factor: 4 x 30 s.
     elevated = State(mode=ModeState(Mode.ELEVATED, NOW - 10, reason="queue"))
     assert cuts(100_000, elevated) == [] and cuts(121_000, elevated) == [(relay, 120_000)]
+
+
+def test_in_a_wave_trust_bought_during_it_buys_no_patience() -> None:
+    """A source first proven during the wave (the lab's deliverers: a message queued, then silence) is judged as a
+    stranger: its silent sessions go after the wave's 3 s, not the trusted 6 s; its connection limits stay soft."""
+    bot = Prefix.parse("198.51.100.66")
+    soft = replace(policy(), trust_factor=4)
+    sources = {bot: SourceStats(held=2, established=2, idle=2, max_idle_ms=4_000)}
+    trusted = frozenset({bot})
+    assert decide(snap(sources, trusted), wave_state(), soft, NOW).cuts == ()  # old trust: 6 s
+    young = replace(snap(sources, trusted), young=trusted)
+    assert [(c.prefix, c.idle_ms) for c in decide(young, wave_state(), soft, NOW).cuts] == [(bot, 3_000)]
+    busy = {bot: SourceStats(held=30, established=30)}  # over a stranger's 10 in a wave, under 4 x 10
+    assert decide(replace(snap(busy, trusted), young=trusted), wave_state(), soft, NOW).actions == ()
