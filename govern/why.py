@@ -399,6 +399,7 @@ def _advice(ev: Evidence, enforcement: Sequence[Enforcement]) -> list[Advice]:
     out += _figures(ev, behaviour=bool(seen))
     if not enforcement:
         out += _history(ev, behaviour=any(a.rule in _BEHAVIOUR for a in out))
+    out += _proof_lost(ev)
     gate = []
     if ev.limits.gate_per_second:
         gate.append(
@@ -542,6 +543,19 @@ def _figures(ev: Evidence, *, behaviour: bool) -> Iterable[Advice]:
         )
 
 
+def _proof_lost(ev: Evidence) -> Iterable[Advice]:
+    """A proof revoked in a wave: said whatever else is in force (the cut that revoked it throttles the source)."""
+    unproven = [e for e in ev.events if e.kind == "unproven"]
+    if unproven:
+        yield Advice(
+            "unproven",
+            f"during a flood a message of yours was accepted and then your session was held open without a word "
+            f"until we ended it ({_ago(ev, unproven[0].at)}): your address lost, for an hour, the standing a "
+            "delivery gives, so its connections wait with every sender we do not know; QUIT when done, or send the "
+            "next message at once",
+        )
+
+
 def _history(ev: Evidence, *, behaviour: bool) -> Iterable[Advice]:
     """What govern did earlier, when nothing in force now explains the call."""
     cuts = [e for e in ev.events if e.kind == "cut"]
@@ -551,15 +565,6 @@ def _history(ev: Evidence, *, behaviour: bool) -> Iterable[Advice]:
             f"we ended sessions of yours that made no progress {_n(len(cuts), 'time')}, the last "
             f"{_ago(ev, cuts[0].at)} ({cuts[0].reason}): your client should answer each of our replies at once and "
             "QUIT when done rather than hold a session open",
-        )
-    unproven = [e for e in ev.events if e.kind == "unproven"]
-    if unproven:
-        yield Advice(
-            "unproven",
-            f"during a flood a message of yours was accepted and then your session was held open without a word "
-            f"until we ended it ({_ago(ev, unproven[0].at)}): your address lost, for an hour, the standing a "
-            "delivery gives, so its connections wait with every sender we do not know; QUIT when done, or send the "
-            "next message at once",
         )
     shed = [e for e in ev.events if e.kind == "shed"]
     if shed:

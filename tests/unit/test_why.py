@@ -235,6 +235,9 @@ def test_a_revoked_proof_is_explained_with_what_to_fix() -> None:
         "with every sender we do not know; QUIT when done, or send the next message at once"
     )
     assert "unproven" in why.PUNITIVE_RULES
+    # The cut that revoked it throttles the source: said beside the throttle, not only once nothing is in force.
+    st = State(throttles={SRC: Throttle(SRC, "held a session without progress", NOW, NOW + 600)})
+    assert "unproven" in rules(evidence(state=st, events=[lost, cut]))
 
 
 def test_the_wave_gate_for_strangers_only() -> None:
