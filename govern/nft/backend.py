@@ -193,9 +193,14 @@ class NftBackend:
         ch.merge_into(self.held)
 
     def prove(self, sources: Mapping[Prefix, float]) -> None:
-        """The kernel's own proof and the log's share a set: the gate and the budget pass either (an element already
-        there keeps its timeout; the kernel starts it again at the source's next proof)."""
-        self._commit([ElemOp(True, f"proven{p.version}", p, _ms(s)) for p, s in sources.items() if s > 0])
+        """The kernel's own proof and the log's share a set: the gate and the budget pass either.
+
+        Each element is deleted and added again in the one transaction: a kernel before 6.10 keeps an element's
+        timeout when it is added again, and a busy relay the log proves at every delivery would drop out of the set
+        `learn_for` after its first one."""
+        live = [(p, s) for p, s in sources.items() if s > 0]
+        ops = [ElemOp(False, f"proven{p.version}", p) for p, _ in live]
+        self._commit(ops + [ElemOp(True, f"proven{p.version}", p, _ms(s)) for p, s in live])
 
     def unprove(self, sources: Sequence[Prefix]) -> None:
         # Deletes tolerate absence (an element may have lapsed a moment ago).

@@ -33,3 +33,22 @@ def test_the_proven_sets_say_how_long_ago_each_source_proved_itself(lab: Lab) ->
     finally:
         backend.close()
         srv.close()
+
+
+def test_a_proof_given_again_starts_the_elements_timeout_again(lab: Lab) -> None:
+    """The log proves a busy relay at each delivery: each proof must give it its whole time in the proven set, not
+    leave it to lapse from the first one."""
+    with lab.mx.entered():
+        backend = NftBackend()
+    try:
+        backend.setup(config.from_mapping({}).firewall(), [], State(), time.time())
+        relay = Prefix.parse("198.51.100.8")
+        backend.prove({relay: 100.0})
+        time.sleep(1.5)
+        backend.prove({relay: 1000.0})
+        with lab.mx.entered():
+            left = {e.prefix: e.expires_ms for e in backend.nl.dump_set("proven4")}
+        assert relay in left
+        assert 990_000 <= left[relay] <= 1_000_000
+    finally:
+        backend.close()
