@@ -17,11 +17,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from govern import config as configmod
-from govern import requests
+from govern import autos, requests
 from govern.addr import Prefix, PrefixSet
 from govern.allow.learning import TrustSources
 from govern.allow.sources import AllowSources, policy_with
+from govern.autos import MtaView
 from govern.config import Config
 from govern.core.decide import (
     decide,
@@ -33,7 +33,6 @@ from govern.core.decide import (
 from govern.core.fleet import Refusal, Remote, fleet_blocks, fleet_trust, fleet_unblocks, superseded
 from govern.core.modes import queues_call
 from govern.core.policy import Policy
-from govern.core.proof import REVOKED_FOR, UNPROVEN_REASON, proof_lost, young
 from govern.core.reasons import family, reason_class
 from govern.edges import Counters, Enforcer, FleetLink, SocketSource, StateStore, Tarpit
 from govern.errors import GovernError, StoreError
@@ -41,10 +40,9 @@ from govern.fleet import codec
 from govern.health import Health
 from govern.keeping import Keeper
 from govern.model import PUNITIVE, ActionKind, Cut, ListenerStats, Mode, ModeState, Plan, Snapshot, State
-from govern.observe.mta import POSTSCREEN_GREET_WAIT, Budget, budget
 from govern.observe.observer import Observer
-from govern.observe.postfix import greet_action, postfix_log, postscreen_pid
 from govern.phases import PhaseClock
+from govern.proving import Proving
 from govern.sysctl.edges import SysctlProfiles
 from govern.sysctl.manager import Report
 from govern.wiring import is_dry_run
@@ -52,8 +50,8 @@ from govern.wiring import is_dry_run
 log = logging.getLogger("govern")
 MAINTENANCE_EVERY = 600.0
 EVENTS_KEPT = 30 * 86400.0
-LEARN_EVERY = 10.0
-WAVE_LEARN_EVERY = 2.0
+# How often an "auto" that found nothing looks again for Postfix and postscreen (govern.autos.found_since).
+LOOK_EVERY = 10.0
 # The shortest window between two reads of the connection counter that gives a rate (a shorter one is noise).
 MIN_POLL_WINDOW = 0.05
 ALLOW_WAIT_AT_START = 5.0  # seconds the start waits for the first resolution of allowlisted hostnames and SPF
@@ -107,10 +105,8 @@ class Governor:
         # Dynamic allowlist and learned trust (govern.allow); None keeps the config's allowlist as read at load.
         self.allow = allow
         self.trust = trust
-        self._learned = 0.0
-        self._learned_kernel = 0.0
-        self._trusted_from: PrefixSet | None = None
-        self._trusted_now: frozenset[Prefix] = frozenset()
+        self._looked = 0.0
+        self.proving = Proving(trust, enforcer, self.health)
         # A dry run's store starts from a clean slate and keeps nothing (govern.dryrun): the would-be state is here.
         self.state: State = store.load()
         self.extra_allow = store.allowed()
@@ -126,18 +122,14 @@ class Governor:
         self.ticks = 0
         self.ended_sessions = 0
         self.cut_sessions = 0
-        self.proof_revoked = 0  # sources that lost their proof in a wave (govern.core.proof)
         self.forgotten_conntrack = 0
         self.totals: dict[str, int] = {}
         self._maintained = self.started
         self.keeper = Keeper(store, self.health)  # the store in step with the kernel, through its faults
-        self.budget: Budget | None = None
-        self.postscreen = False
+        self.mta = MtaView()  # what the config's "auto"s found of the MTA (govern.autos)
         self._attempts_read: tuple[float, int] | None = None  # (when, the kernel's count) at the last poll
         self._attempts_peak = 0.0  # the highest rate read between ticks since the last snapshot
         self._calm_ticks = 0  # calm ticks left that may reuse the last scan of the sockets (0: scan on the next)
-        self.greet_action = ""  # postscreen's postscreen_greet_action, as read when it was found
-        self.log_basis = ""  # how trust.postfix_log "auto" found the log, or why not (`govern status`)
         self.tick_times = TickTimes()
         # Punitive actions taken since start by (kind, reason class, family): bounded labels for govern.metrics.
         self.acted: Counter[tuple[str, str, str]] = Counter()
@@ -348,18 +340,10 @@ class Governor:
         if self._attempts_peak:
             self.snapshot = replace(self.snapshot, attempts_peak=self._attempts_peak)
             self._attempts_peak = 0.0
-        if self.trust is not None and self.state.mode.mode is Mode.WAVE and self.snapshot.trusted:
-            held = (p for p in self.snapshot.sources if p in self.snapshot.trusted)
-            fresh = young(held, self.trust.trust.first, self.state.mode)
-            if fresh:
-                self.snapshot = replace(self.snapshot, young=fresh)
-        # In a wave the core sheds strangers' sessions by how they look: a sender that delivered is learned sooner,
-        # so that its next connection is trusted before it can be taken for the flood's.
-        if self.trust is not None and now - self._learned_kernel >= self._learn_every():
-            self._learned_kernel = now
-            self._learn_from_kernel(now)
-        if now - self._learned >= LEARN_EVERY:
-            self._learned = now
+        self.snapshot = self.proving.with_young(self.snapshot, self.state.mode)
+        self.proving.take_kernel(now, self.state.mode, self.config["trust"]["from_sessions"])
+        if now - self._looked >= LOOK_EVERY:
+            self._looked = now
             self._look_for_postfix()
         laps.lap("learn")
         for k, v in self.snapshot.counters.items():
@@ -434,7 +418,7 @@ class Governor:
                 self.cut_sessions += sum(ended.values())
                 # A shed asks each single session's socket: only the sources that lost one are events.
                 self._note_cuts(tuple(c for c in plan.cuts if not c.shed or ended.get(c.prefix)), now)
-                self._revoke_proof(plan.cuts, now)
+                self.proving.revoke(plan.cuts, self.state.mode, now, self.store)
         # The mode's sysctls after the cuts: a wave switches tcp_abort_on_overflow on, which resets a handshake
         # that meets a full accept queue, an allowlisted relay's too; the wave's first shedding empties the queue
         # the flood filled, so the switch comes once it has (the lab saw the trusted relay reset once, 0.2 s into
@@ -552,25 +536,6 @@ class Governor:
     def catch_up(self, now: float) -> bool:
         return self.keeper.catch_up(self.state, now)
 
-    def _revoke_proof(self, cuts: Sequence[Cut], now: float) -> None:
-        """In a wave, the cut sources that proved themselves during it lose their proof (govern.core.proof)."""
-        if self.trust is None:
-            return
-        lost = proof_lost(cuts, self.trust.trust.first, self.state.mode)
-        if not lost:
-            return
-        self.trust.revoke(lost, now, REVOKED_FOR)
-        self.proof_revoked += len(lost)
-        log.info("proof revoked (proven during the wave, then cut for silence): %s", ", ".join(map(str, lost[:10])))
-        try:
-            self.enforcer.unprove(lost)
-        except GovernError as exc:
-            self.health.fail("trust", exc)
-        try:  # an action against the source, which `govern why` must be able to explain
-            self.store.note("unproven", [(p, UNPROVEN_REASON) for p in lost], now)
-        except GovernError as exc:
-            self.health.fail("store", exc)
-
     def _note_cuts(self, cuts: tuple[Cut, ...], now: float) -> None:
         """Each source a plan cut sessions of is an event of its own ("cut", with the reason), for `govern why`:
         cuts change no kernel state, so the store has no other trace of them."""
@@ -591,70 +556,18 @@ class Governor:
             self.tarpit.apply(add, drop)
 
     def _read_mta(self, config: Config) -> Config:
-        """Resolve what the config leaves to the MTA: the slot budget ("auto": a share of the MTA's slots, read
-        from its listeners) and the pregreet wait ("auto": postscreen's, when postscreen holds a protected port)."""
-        listeners = self._listeners(frozenset(config["protect"]["ports"]))
-        pid = postscreen_pid(listeners)
-        self.postscreen = pid is not None
-        self.greet_action = greet_action(pid) if pid is not None else ""
-        if config.raw["cut"]["greet_wait"] == "auto":
-            wait = POSTSCREEN_GREET_WAIT if self.postscreen else 0.0
-            config = configmod.with_override(config, "cut", "greet_wait", wait, resolved=True)
-        if config.raw["cut"]["pregreet"] == "auto":
-            # Where postscreen rejects (enforce) or drops a client that talked before its banner, that client's
-            # session carries no mail: waiting out the pregreet wait for it only keeps a slot from a sender.
-            pregreet = "cut" if self.greet_action in ("enforce", "drop") else "wait"
-            config = configmod.with_override(config, "cut", "pregreet", pregreet, resolved=True)
-        # The raw value: a budget resolved before is "auto" still, sized again from what is seen now.
-        wave = {**config["wave"], "slot_budget": config.raw["wave"]["slot_budget"]}
-        greet = config["cut"]["greet_wait"]
-        self.budget = budget(
-            wave,
-            listeners,
-            greet_wait=greet if isinstance(greet, float) else 0.0,
-            cut_after=config["cut"]["wave_idle_after"],
-        )
-        config = configmod.with_override(config, "wave", "slot_budget", self.budget.slots, resolved=True)
-        config = self._read_log(config, listeners)
-        if self.budget.slots:  # the lanes as the budget split them (behind a pregreet wait, not by the share alone)
-            share = self.budget.newcomers / self.budget.slots
-            config = configmod.with_override(config, "wave", "newcomer_share", share, resolved=True)
+        """`config` with what it leaves to the MTA resolved (govern.autos)."""
+        config, self.mta = autos.resolve(config, self._listeners(frozenset(config["protect"]["ports"])))
         return config
 
     def _look_for_postfix(self) -> None:
-        """What "auto" did not find yet: postscreen starts with the first connection it screens, and Postfix itself
-        may start after govern (boot order). Looked for again while absent; when found, the whole config is resolved
-        again (the pregreet wait changes the cuts and the budget's size; a log found turns the kernel's count off)."""
-        cut, trust = self.config.raw["cut"], self.config.raw["trust"]
-        want_postscreen = "auto" in (cut["greet_wait"], cut["pregreet"]) and not self.postscreen
-        want_log = trust["postfix_log"] == "auto" and not self.config["trust"]["postfix_log"]
-        if not (want_postscreen or want_log):
-            return
-        listeners = self._listeners(self.policy.ports)
-        found = False
-        if want_postscreen and postscreen_pid(listeners) is not None:
-            log.warning("postscreen holds a protected port: no silent session is cut during its pregreet wait")
-            found = True
-        if want_log and (path := postfix_log(listeners)[0]):
-            log.warning("following the Postfix log %s: senders are proven by the deliveries it records", path)
-            found = True
+        """What "auto" did not find yet, looked for again; when found, the whole config is resolved again (the
+        pregreet wait changes the cuts and the budget's size; a log found turns the kernel's count off)."""
+        found = autos.found_since(self.config, self.mta, lambda: self._listeners(self.policy.ports))
+        for line in found:
+            log.warning("%s", line)
         if found:
             self.reload(self.config)
-
-    def _read_log(self, config: Config, listeners: Sequence[ListenerStats]) -> Config:
-        """Resolve the trust section's "auto"s: the log of the Postfix holding a protected port, and whether the
-        kernel's count of replies proves sources too (only where no log is followed: a bot can hold a dialogue as
-        cheaply as silence, the lab's provers, but cannot get a message queued without sending one)."""
-        trust = config.raw["trust"]
-        if trust["postfix_log"] == "auto":
-            path, self.log_basis = postfix_log(listeners)
-            config = configmod.with_override(config, "trust", "postfix_log", path, resolved=True)
-        else:
-            self.log_basis = "set in the config" if trust["postfix_log"] else "off in the config"
-        if trust["from_sessions"] == "auto":
-            counted = not config["trust"]["postfix_log"]
-            config = configmod.with_override(config, "trust", "from_sessions", counted, resolved=True)
-        return config
 
     def _mode_changed(self, old: ModeState, new: ModeState) -> None:
         until = f" until {time.strftime('%H:%M:%S', time.localtime(new.until))}" if new.until else ""
@@ -721,24 +634,7 @@ class Governor:
                 self.policy = self.make_policy()
                 self.enforcer.set_allow(self.policy.allow.members())
                 self.execute(release_allowlisted(self.state, self.policy), now)
-        if self.trust is not None:
-            try:
-                self.trust.refresh(now)
-                delivered = self.trust.take_delivered()
-                if delivered:  # the log's proof passes the gate and the budget as the kernel's own does
-                    self.enforcer.prove({p: until - now for p, until in delivered.items()})
-            except Exception as exc:
-                self.health.fail("trust", exc)
-
-    def _learn_from_kernel(self, now: float) -> None:
-        """Take in the sources the kernel proved; a dump of a bounded set, every LEARN_EVERY seconds."""
-        if self.trust is None or not self.config["trust"]["from_sessions"]:
-            return
-        try:
-            for p, ago in self.enforcer.proven():
-                self.trust.learn(p, now, now - ago)
-        except GovernError as exc:
-            self.health.fail("trust", exc)
+        self.proving.take_log(now)
 
     def _listeners(self, ports: frozenset[int]) -> tuple[ListenerStats, ...]:
         """The protected ports' listeners; none (and health told) when the kernel cannot be read now."""
@@ -748,17 +644,9 @@ class Governor:
             self.health.fail("observe", exc)
             return ()
 
-    def _learn_every(self) -> float:
-        return WAVE_LEARN_EVERY if self.state.mode.mode is Mode.WAVE else LEARN_EVERY
-
     def trusted(self) -> frozenset[Prefix]:
-        """The learned-trust set for the core, rebuilt only when the trust edge's set changed."""
-        if self.trust is None:
-            return frozenset()
-        current = self.trust.trusted()
-        if current is not self._trusted_from:
-            self._trusted_from, self._trusted_now = current, frozenset(current.members())
-        return self._trusted_now
+        """The learned-trust set for the core (govern.proving)."""
+        return self.proving.trusted()
 
     def close_sources(self) -> None:
         if self.allow is not None:

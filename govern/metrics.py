@@ -94,7 +94,7 @@ def figures(gov: Governor) -> Figures:
             mode=st.mode,
             policy=gov.policy,
             snapshot=gov.snapshot,
-            budget=gov.budget,
+            budget=gov.mta.budget,
             blocks=tuple(st.blocks.values()),
             throttles=tuple(st.throttles.values()),
             tarpits=tuple(st.tarpits.values()),

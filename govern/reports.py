@@ -60,7 +60,7 @@ def why_evidence(gov: Governor, asked: Prefix, source: Prefix) -> why.Evidence:
     cfg = gov.config
     nft = not gov.dry_run and cfg["backend"]["firewall"] == "nftables"
     gate = cfg["wave"]["gate_rate_per_second"] if nft else 0
-    slots = gov.budget.slots if nft and gov.budget is not None else 0
+    slots = gov.mta.budget.slots if nft and gov.mta.budget is not None else 0
     return why.Evidence(
         asked=asked,
         source=source,
@@ -168,10 +168,10 @@ def status(gov: Governor, top: int = 10) -> dict[str, Any]:
         "blocks_by_reason": dict(Counter(block_reason(b) for b in gov.state.blocks.values())),
         "throttles": len(gov.state.throttles),
         "tarpits": len(gov.state.tarpits),
-        "budget": gov.budget.to_dict() if gov.budget else {},
+        "budget": gov.mta.budget.to_dict() if gov.mta.budget else {},
         "slots": _slots(gov),
-        "postscreen": gov.postscreen,
-        "postscreen_greet_action": gov.greet_action,
+        "postscreen": gov.mta.postscreen,
+        "postscreen_greet_action": gov.mta.greet_action,
         "pregreet_cut": gov.policy.pregreet_cut,
         "tarpit": gov.tarpit_unsupported or f"ready ({gov.tarpit.name if gov.tarpit else '-'})",
         "scanner": gov.sockets.scanner,
@@ -184,7 +184,7 @@ def status(gov: Governor, top: int = 10) -> dict[str, Any]:
         "trust": (
             {
                 **gov.trust.status(),
-                "postfix_log_basis": gov.log_basis,
+                "postfix_log_basis": gov.mta.log_basis,
                 "from_sessions": gov.config["trust"]["from_sessions"],
             }
             if gov.trust is not None
@@ -192,7 +192,7 @@ def status(gov: Governor, top: int = 10) -> dict[str, Any]:
         ),
         "ended_sessions": gov.ended_sessions,
         "cut_sessions": gov.cut_sessions,
-        "proof_revoked": gov.proof_revoked,
+        "proof_revoked": gov.proving.revoked,
         "conntrack_forgotten": gov.forgotten_conntrack,
         # Not the inode: the tick's scan (the BPF iterator) does not read it, and it says nothing to an operator.
         "listeners": [

@@ -49,6 +49,10 @@ class TrustSources:
             return False
         return self.trust.learn(address, now if at is None else at, now)
 
+    def first(self, key: Prefix) -> float | None:
+        """When a trusted source group first proved itself (since it was last untrusted); None: not trusted."""
+        return self.trust.first(key)
+
     def revoke(self, keys: Sequence[Prefix], now: float, hold_off: float) -> None:
         """Take these source groups' trust away, and learn none of them again for `hold_off` seconds."""
         for key in keys:

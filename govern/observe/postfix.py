@@ -19,30 +19,28 @@ POSTFIX_HOLDERS = frozenset({"master", "smtpd", "postscreen"})
 SYSLOG_MAIL_LOG = "/var/log/mail.log"
 
 
-def holder_pid(listeners: Sequence[ListenerStats], comms: frozenset[str], proc: str = "/proc") -> str | None:
-    """The pid of a process named one of `comms` holding one of these listening sockets (sock_diag's, which name
-    their inodes).
+def holders(listeners: Sequence[ListenerStats], proc: str = "/proc") -> dict[str, str]:
+    """The Postfix processes holding one of these listening sockets (sock_diag's, which name their inodes): the pid
+    of the first of each name (master, smtpd, postscreen), in one walk of /proc for all that is read of Postfix.
 
     Not from /proc/net/tcp: that lists every socket of the namespace, and reading it cost a tick 100 ms at 20k
     sessions and 0.5 s at 100k, every ten seconds (docs/benchmarks.md); the listeners are a dump of their own."""
     inodes = {ls.inode for ls in listeners if ls.inode}
+    found: dict[str, str] = {}
     if not inodes:
-        return None
+        return found
     for pid in (d for d in os.listdir(proc) if d.isdigit()):
         with contextlib.suppress(OSError):
-            if _comm(proc, pid) not in comms:
+            comm = _comm(proc, pid)
+            if comm not in POSTFIX_HOLDERS or comm in found:
                 continue
             for fd in os.listdir(f"{proc}/{pid}/fd"):
                 with contextlib.suppress(OSError):
                     link = os.readlink(f"{proc}/{pid}/fd/{fd}")
                     if link.startswith("socket:[") and int(link[8:-1]) in inodes:
-                        return pid
-    return None
-
-
-def postscreen_pid(listeners: Sequence[ListenerStats], proc: str = "/proc") -> str | None:
-    """The pid of a postscreen process holding one of these listening sockets."""
-    return holder_pid(listeners, frozenset({"postscreen"}), proc)
+                        found[comm] = pid
+                        break
+    return found
 
 
 def _process(pid: str, proc: str) -> tuple[list[str], str] | None:
@@ -93,13 +91,10 @@ def greet_action(pid: str, proc: str = "/proc") -> str:
     return value if value in GREET_ACTIONS else "unknown"
 
 
-def postfix_log(
-    listeners: Sequence[ListenerStats], proc: str = "/proc", syslog_file: str = SYSLOG_MAIL_LOG
-) -> tuple[str, str]:
-    """Where the Postfix holding these listeners logs, for `trust.postfix_log = "auto"`: its `maillog_file` (main.cf
-    of its config directory), else the syslog mail log if there is one. The path ("" for none) and how it was found
-    or why not, for `govern status`."""
-    pid = holder_pid(listeners, POSTFIX_HOLDERS, proc)
+def postfix_log(pid: str | None, proc: str = "/proc", syslog_file: str = SYSLOG_MAIL_LOG) -> tuple[str, str]:
+    """Where the Postfix of process `pid` (one of `holders`) logs, for `trust.postfix_log = "auto"`: its
+    `maillog_file` (main.cf of its config directory), else the syslog mail log if there is one. The path ("" for
+    none) and how it was found or why not, for `govern status`."""
     if pid is None:
         return "", "no Postfix process holds a protected port"
     got = _process(pid, proc)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from govern.observe.postfix import greet_action, postscreen_pid
+from govern.observe.postfix import greet_action, holders
 from govern.observe.sockdiag import SockDiag
 from govern.sysctl.backlog import POSTFIX, owners
 from govern_lab import peers
@@ -112,7 +112,7 @@ def test_postscreen_in_front_enforces_pregreet_and_passes_patient_clients(lab: L
     with lab.entered("mx"), SockDiag() as diag:
         listeners = diag.listeners(frozenset({25}))
     assert listeners and all(ls.inode for ls in listeners)
-    assert postscreen_pid(listeners) == pid
+    assert holders(listeners)["postscreen"] == pid
     assert set(owners(listeners).values()) == {POSTFIX}
     # A bot that talks first: postscreen notices and, enforcing, rejects its mail later in the session.
     pretalk(lab, "198.18.9.10")

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from govern import config
+from govern import autos, config
 from govern.errors import ConfigError
 from govern.model import ListenerStats
 from govern.nft.ruleset import budget_lanes, first_contact_lanes, ruleset, slot_budget
 from govern.observe.mta import budget
-from govern.observe.postfix import greet_action, main_cf_value, postfix_log, postscreen_pid
+from govern.observe.postfix import greet_action, holders, main_cf_value, postfix_log
 
 
 def wave(**keys: object) -> config.Config:
@@ -109,13 +109,20 @@ def fake_proc(root: Path, comm: str, inode: int = 4242) -> str:
     return str(root)
 
 
-def test_postscreen_is_found_by_the_listening_socket_it_holds(tmp_path: Path) -> None:
-    assert postscreen_pid(LISTENING, fake_proc(tmp_path / "a", "postscreen")) == "321"
-    assert postscreen_pid(LISTENING, fake_proc(tmp_path / "b", "smtpd")) is None
-    assert postscreen_pid(LISTENING, fake_proc(tmp_path / "c", "postscreen", inode=4343)) is None  # another socket
-    assert postscreen_pid((), fake_proc(tmp_path / "d", "postscreen")) is None  # nothing listens
+def test_postfixs_processes_are_found_by_the_listening_socket_they_hold(tmp_path: Path) -> None:
+    assert holders(LISTENING, fake_proc(tmp_path / "a", "postscreen")) == {"postscreen": "321"}
+    assert holders(LISTENING, fake_proc(tmp_path / "c", "postscreen", inode=4343)) == {}  # another socket
+    assert holders((), fake_proc(tmp_path / "d", "postscreen")) == {}  # nothing listens
+    assert holders(LISTENING, fake_proc(tmp_path / "f", "exim4")) == {}  # not Postfix
     # A listener from the BPF iterator's scan has no inode to look for.
-    assert postscreen_pid([LISTENING[0]._replace(inode=0)], fake_proc(tmp_path / "e", "postscreen")) is None
+    assert holders([LISTENING[0]._replace(inode=0)], fake_proc(tmp_path / "e", "postscreen")) == {}
+    # One walk finds each of Postfix's holders: master made the socket, postscreen answers on it.
+    proc = fake_proc(tmp_path / "b", "master")
+    fd = tmp_path / "b" / "400" / "fd"
+    fd.mkdir(parents=True)
+    (tmp_path / "b" / "400" / "comm").write_text("postscreen\n")
+    (fd / "3").symlink_to("socket:[4242]")
+    assert holders(LISTENING, proc) == {"master": "321", "postscreen": "400"}
 
 
 def postscreen_proc(root: Path, argv: list[str], env: dict[str, str], comm: str = "postscreen") -> str:
@@ -137,7 +144,6 @@ def test_postscreens_greet_action_is_read_as_the_running_process_has_it(tmp_path
     )
     argv = ["postscreen", "-n", "smtp", "-t", "inet"]
     proc = postscreen_proc(tmp_path / "a", argv, {"MAIL_CONFIG": str(conf)})
-    assert postscreen_pid(LISTENING, proc) == "321"
     assert greet_action("321", proc) == "enforce"
     # master.cf's -o, passed on postscreen's command line, overrides main.cf
     proc = postscreen_proc(tmp_path / "b", [*argv, "-o", "postscreen_greet_action=drop"], {"MAIL_CONFIG": str(conf)})
@@ -164,6 +170,11 @@ def test_main_cf_values_follow_postfixs_line_rules() -> None:
     assert main_cf_value(text, "c") is None
 
 
+def log_of(proc: str, syslog: str) -> tuple[str, str]:
+    """Where the Postfix holding LISTENING logs, as trust's "auto" looks for it."""
+    return postfix_log(next(iter(holders(LISTENING, proc).values()), None), proc, syslog)
+
+
 def test_the_log_of_the_postfix_holding_a_protected_port_is_found_for_trust(tmp_path: Path) -> None:
     conf = tmp_path / "pf"
     conf.mkdir()
@@ -171,18 +182,31 @@ def test_the_log_of_the_postfix_holding_a_protected_port_is_found_for_trust(tmp_
     master = ["/usr/lib/postfix/sbin/master", "-w"]
     proc = postscreen_proc(tmp_path / "a", master, {"MAIL_CONFIG": str(conf)}, comm="master")
     no_syslog = str(tmp_path / "no-mail.log")
-    assert postfix_log(LISTENING, proc, no_syslog) == ("/var/log/postfix-lab.log", f"maillog_file in {conf}/main.cf")
+    assert log_of(proc, no_syslog) == ("/var/log/postfix-lab.log", f"maillog_file in {conf}/main.cf")
     # No maillog_file: syslog's mail log where there is one, else none, and why.
     (conf / "main.cf").write_text("myhostname = mx.example\n")
     syslog = tmp_path / "mail.log"
     syslog.write_text("")
-    assert postfix_log(LISTENING, proc, str(syslog))[0] == str(syslog)
-    path, why = postfix_log(LISTENING, proc, no_syslog)
+    assert log_of(proc, str(syslog))[0] == str(syslog)
+    path, why = log_of(proc, no_syslog)
     assert path == "" and "logs to syslog" in why and "set trust.postfix_log" in why
     # A value govern cannot judge (a $parameter) is not guessed at.
     (conf / "main.cf").write_text("maillog_file = $queue_directory/log\n")
-    path, why = postfix_log(LISTENING, proc, str(syslog))
+    path, why = log_of(proc, str(syslog))
     assert path == "" and "not a plain path" in why
     # Another MTA on the port: no Postfix log.
     other = postscreen_proc(tmp_path / "b", ["exim4", "-bd"], {}, comm="exim4")
-    assert postfix_log(LISTENING, other, str(syslog)) == ("", "no Postfix process holds a protected port")
+    assert log_of(other, str(syslog)) == ("", "no Postfix process holds a protected port")
+
+
+def test_autos_look_again_only_for_what_they_did_not_find(tmp_path: Path) -> None:
+    def unread() -> tuple[ListenerStats, ...]:
+        raise AssertionError("the listeners were read though nothing is missing")
+
+    explicit = config.from_mapping({"cut": {"greet_wait": 0, "pregreet": "wait"}, "trust": {"postfix_log": ""}})
+    assert autos.found_since(explicit, autos.MtaView(), unread) == []
+    proc = fake_proc(tmp_path / "a", "postscreen")
+    defaults = config.from_mapping({})
+    assert autos.found_since(defaults, autos.MtaView(postscreen=True), lambda: LISTENING, proc) == []
+    found = autos.found_since(defaults, autos.MtaView(), lambda: LISTENING, proc)
+    assert len(found) == 1 and found[0].startswith("postscreen holds a protected port")

@@ -158,7 +158,7 @@ def test_in_a_wave_a_source_that_delivered_then_stalled_loses_its_proof(tmp_path
     socks.sources = {bot: stalled, relay: stalled}
     clock.advance(1)
     gov.tick()
-    assert gov.proof_revoked == 1 and bot not in enf.log_proven and not gov.trust.trusted().covers(bot)
+    assert gov.proving.revoked == 1 and bot not in enf.log_proven and not gov.trust.trusted().covers(bot)
     assert gov.trust.trusted().covers(relay)  # proven before the wave: cut, not unproven
     assert [e.kind for e in gov.store.events_about([bot]) if e.kind == "unproven"] == ["unproven"]  # for govern why
     assert not [e for e in gov.store.events_about([relay]) if e.kind == "unproven"]
@@ -175,12 +175,12 @@ def test_a_postfix_started_after_govern_is_found_and_its_log_followed(
 ) -> None:
     """Boot order: govern may start before Postfix. While "auto" has found no log, the daemon looks again every
     10 s; once found, the log is followed and the kernel's count of replies goes off."""
-    import govern.daemon
+    import govern.autos
 
     log = tmp_path / "mail.log"
     log.write_text("")
     found: list[tuple[str, str]] = [("", "no Postfix process holds a protected port")]
-    monkeypatch.setattr(govern.daemon, "postfix_log", lambda listeners: found[-1])
+    monkeypatch.setattr(govern.autos, "postfix_log", lambda pid, proc: found[-1])
     gov, _socks, _enf, clock, _dns = make(tmp_path, {})
     gov.start()
     st = reports.status(gov)["trust"]

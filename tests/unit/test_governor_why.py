@@ -130,7 +130,7 @@ def test_a_cut_shows_after_its_sessions_are_gone(tmp_path: Path) -> None:
     assert gov.cut_sessions == 1
     doc = ask(gov, "198.18.7.1")
     assert doc["mode"] == "wave" and doc["limits"]["gate_per_second"] == 0
-    assert gov.budget is not None and doc["limits"]["budget_slots"] == gov.budget.slots > 0
+    assert gov.mta.budget is not None and doc["limits"]["budget_slots"] == gov.mta.budget.slots > 0
     assert rules(doc) == ["throttled", "no-progress", "wave-budget"]
     assert doc["events"][0]["kind"] == "cut" and "for 8s while the host is under pressure" in doc["events"][0]["reason"]
     # The wave ends and takes its throttle along: what is left to tell is the history.

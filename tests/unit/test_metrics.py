@@ -102,7 +102,7 @@ def test_a_scrape_reads_the_governors_figures(tmp_path: Path) -> None:
     assert value(s, "govern_failures_total", component="observe") == 1
     assert value(s, "govern_store_behind") == 0
     assert value(s, "govern_sessions") == 50 and value(s, "govern_stranger_sessions") == 0  # TRUSTED is allowlisted
-    assert value(s, "govern_slot_budget") == gov.budget.slots if gov.budget else 0
+    assert value(s, "govern_slot_budget") == gov.mta.budget.slots if gov.mta.budget else 0
     assert value(s, "govern_info", version="0.1.0", backend="fake", dry_run="false") == 1
     # No label carries an address or a reason's free text.
     assert not any("198.18" in v or "2001:" in v for _, labels in s for _, v in labels)

@@ -1,0 +1,97 @@
+"""The daemon's side of proof: deliveries the Postfix log records go into the kernel's proven sets (which the wave's
+gate and the slot budget read), the kernel's own proofs into learned trust, the wave's young proofs into the
+snapshot, and a proof lost in a wave out of both (govern.core.proof judges; this moves what it judged).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import replace
+
+from govern.addr import Prefix, PrefixSet
+from govern.allow.learning import TrustSources
+from govern.core.proof import REVOKED_FOR, UNPROVEN_REASON, proof_lost, young
+from govern.edges import Enforcer, StateStore
+from govern.errors import GovernError
+from govern.health import Health
+from govern.model import Cut, Mode, ModeState, Snapshot
+
+log = logging.getLogger("govern")
+
+# How often the kernel's proven sets are read into learned trust: a dump of a bounded set; sooner in a wave, where
+# a sender that delivered must be trusted before its next connection can be taken for the flood's.
+LEARN_EVERY = 10.0
+WAVE_LEARN_EVERY = 2.0
+
+
+class Proving:
+    def __init__(self, trust: TrustSources | None, enforcer: Enforcer, health: Health) -> None:
+        self.trust = trust
+        self.enforcer = enforcer
+        self.health = health
+        self.revoked = 0  # sources that lost their proof in a wave
+        self._learned = 0.0
+        self._trusted_from: PrefixSet | None = None
+        self._trusted_now: frozenset[Prefix] = frozenset()
+
+    def take_log(self, now: float) -> None:
+        """What the Postfix log gained: its deliveries pass the gate and the budget as the kernel's own proof does."""
+        if self.trust is None:
+            return
+        try:
+            self.trust.refresh(now)
+            delivered = self.trust.take_delivered()
+            if delivered:
+                self.enforcer.prove({p: until - now for p, until in delivered.items()})
+        except Exception as exc:
+            self.health.fail("trust", exc)
+
+    def take_kernel(self, now: float, mode: ModeState, counted: bool) -> None:
+        """The sources the kernel proved by its count of replies (`counted`: trust.from_sessions), each from its
+        last proof; read every LEARN_EVERY seconds (WAVE_LEARN_EVERY in a wave)."""
+        every = WAVE_LEARN_EVERY if mode.mode is Mode.WAVE else LEARN_EVERY
+        if self.trust is None or not counted or now - self._learned < every:
+            return
+        self._learned = now
+        try:
+            for p, ago in self.enforcer.proven():
+                self.trust.learn(p, now, now - ago)
+        except GovernError as exc:
+            self.health.fail("trust", exc)
+
+    def with_young(self, snapshot: Snapshot, mode: ModeState) -> Snapshot:
+        """In a wave, the snapshot names the trusted sources it holds sessions of that were proven only lately."""
+        if self.trust is None or mode.mode is not Mode.WAVE or not snapshot.trusted:
+            return snapshot
+        fresh = young((p for p in snapshot.sources if p in snapshot.trusted), self.trust.first, mode)
+        return replace(snapshot, young=fresh) if fresh else snapshot
+
+    def revoke(self, cuts: Sequence[Cut], mode: ModeState, now: float, store: StateStore) -> None:
+        """In a wave, the cut sources that proved themselves during it lose their proof, in the kernel too, and the
+        store has an event for `govern why`."""
+        if self.trust is None:
+            return
+        lost = proof_lost(cuts, self.trust.first, mode)
+        if not lost:
+            return
+        self.trust.revoke(lost, now, REVOKED_FOR)
+        self.revoked += len(lost)
+        log.info("proof revoked (proven during the wave, then cut for silence): %s", ", ".join(map(str, lost[:10])))
+        try:
+            self.enforcer.unprove(lost)
+        except GovernError as exc:
+            self.health.fail("trust", exc)
+        try:
+            store.note("unproven", [(p, UNPROVEN_REASON) for p in lost], now)
+        except GovernError as exc:
+            self.health.fail("store", exc)
+
+    def trusted(self) -> frozenset[Prefix]:
+        """The learned-trust set for the core, rebuilt only when the trust edge's set changed."""
+        if self.trust is None:
+            return frozenset()
+        current = self.trust.trusted()
+        if current is not self._trusted_from:
+            self._trusted_from, self._trusted_now = current, frozenset(current.members())
+        return self._trusted_now
