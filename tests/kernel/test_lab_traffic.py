@@ -264,7 +264,9 @@ def test_sigterm_ends_a_run_cleanly_with_what_it_has(lab: Lab, tmp_path: Path) -
 
 
 def test_in_process_api(lab: Lab) -> None:
-    opts = options.TxnOptions(dst=(MX6,), duration=1.0, rate=20)
+    # The last of the 20 starts at 3.8 s and must end within the run's 4 s to be "finished": 200 ms for a whole
+    # transaction against the Responder (at 20 a second, 50 ms, a CI run on a busy machine missed it once).
+    opts = options.TxnOptions(dst=(MX6,), duration=4.0, rate=5)
     with Responder(lab.mx), lab.net.entered():
         doc = asyncio.run(senders.legit(opts))
     assert doc["totals"]["ok"] == 20 and doc["stopped_by"] == "finished"
