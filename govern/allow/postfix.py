@@ -1,11 +1,19 @@
-"""Completed deliveries from the Postfix log: which client addresses got a message accepted and queued.
+"""Completed deliveries from the Postfix log: which client addresses got a message accepted and queued, in a session
+they then ended themselves.
 
 The signal chosen: `smtpd` logs `QUEUEID: client=NAME[ADDR]` when a client's MAIL FROM is accepted, and `qmgr`
 logs `QUEUEID: from=<...>, size=N, nrcpt=N (queue active)` only once the message was committed to the queue (the
-client got its 250 after DATA). A queue id with both is a completed delivery from ADDR. `cleanup`'s `message-id=`
+client got its 250 after DATA). A queue id with both is a delivery from ADDR. `cleanup`'s `message-id=`
 comes earlier, while the message may still be rejected (milter, header checks, a client that drops mid-DATA), and
 `status=sent` is about onward delivery, which says nothing about the client. With an after-queue content filter
 the re-injecting smtpd logs `orig_client=NAME[ADDR]`, which names the real client.
+
+A delivery proves its client only once the same smtpd's `disconnect from NAME[ADDR] ... quit=1 ...` says the
+client ended the session with QUIT (either order: qmgr may take the message after the client left). A real MTA
+quits at once, or holds a cached connection for a second or two first; a bot that delivers a message to buy trust
+and then holds the session silently (the lab's `deliverers`) never quits, and its session is cut as a stranger's.
+A Postfix too old to log the session's commands on disconnect (before 3.0) is taken at its word that the client
+disconnected.
 
 Both syslog timestamps (`Jan  2 15:04:05`, local time, no year) and RFC 3339 ones (`2024-01-02T15:04:05.123+01:00`,
 rsyslog's high-precision format and Postfix's own `maillog_file`) are read; a delivery is learned at the time it was
@@ -23,7 +31,10 @@ from datetime import datetime
 from govern.addr import Prefix
 from govern.errors import AddressError
 
-_LINE = re.compile(r" (?P<prog>[\w.-]+(?:/[\w.-]+)+)\[\d+\]: (?P<qid>[0-9A-Za-z]{5,}): (?P<msg>.*)$")
+_LINE = re.compile(r" (?P<prog>[\w.-]+(?:/[\w.-]+)+)\[(?P<pid>\d+)\]: (?P<qid>[0-9A-Za-z]{5,}): (?P<msg>.*)$")
+_DISCONNECT = re.compile(
+    r" (?P<prog>[\w.-]+(?:/[\w.-]+)+)\[(?P<pid>\d+)\]: disconnect from [^\[\s]*\[[^\]]+\](?P<stats>.*)$"
+)
 _CLIENT = re.compile(
     r"^client=[^\[\s]*\[(?:IPv6:)?(?P<ip>[^\]]+)\](?:.*?\borig_client=[^\[\s]*\[(?:IPv6:)?(?P<orig>[^\]]+)\])?"
 )
@@ -58,19 +69,27 @@ def logged_at(line: str, now: float) -> float:
 
 
 class DeliveryParser:
-    """Feeds on log lines; returns the client address and time of each completed delivery."""
+    """Feeds on log lines; returns the client address and time of each completed delivery, at the line that
+    completes it (the session's disconnect with QUIT, or qmgr's, whichever comes last)."""
 
     def __init__(self, *, max_pending: int = 100_000, pending_for: float = 3600.0) -> None:
         self.max_pending = max_pending
         self.pending_for = pending_for  # an accepted MAIL FROM that never reached the queue is forgotten after this
-        self._pending: dict[str, tuple[Prefix, float]] = {}
+        # qid -> (client, when, the smtpd's instance and pid): MAIL FROM accepted, the message not queued yet.
+        self._pending: dict[str, tuple[Prefix, float, str]] = {}
+        # the smtpd's instance and pid -> (client, when): its session queued a message and has not ended yet.
+        self._queued: dict[str, tuple[Prefix, float]] = {}
+        self._quit: set[str] = set()  # qids whose session ended with QUIT before qmgr took the message
+        # the smtpd's instance and pid -> the qids of its session still pending: found at its disconnect without a
+        # walk of every pending qid (a flood's bots leave many MAIL FROMs that never reach the queue).
+        self._open: dict[str, list[str]] = {}
 
     def feed(self, line: str, now: float) -> tuple[Prefix, float] | None:
-        if "client=" not in line and "(queue active)" not in line:
+        if "client=" not in line and "(queue active)" not in line and "disconnect from" not in line:
             return None  # the bulk of a busy log, skipped before any regex
         m = _LINE.search(line)
         if m is None:
-            return None
+            return self._disconnect(line)
         prog, qid, msg = m.group("prog").rsplit("/", 1)[-1], m.group("qid"), m.group("msg")
         if prog == "smtpd":
             c = _CLIENT.match(msg)
@@ -81,23 +100,56 @@ class DeliveryParser:
             except AddressError:
                 return None  # "unknown[unknown]" and the like
             at = logged_at(line, now)
-            self._pending[qid] = (addr, at)
+            session = _session(m.group("prog"), m.group("pid"))
+            self._pending[qid] = (addr, at, session)
+            self._open.setdefault(session, []).append(qid)
             self._prune(at)
             return None
-        if prog == "qmgr" and _QUEUED.match(msg):
-            return self._pending.pop(qid, None)
+        if prog == "qmgr" and _QUEUED.match(msg) and (got := self._pending.pop(qid, None)) is not None:
+            if qid in self._quit:
+                self._quit.discard(qid)
+                return got[0], got[1]
+            self._queued[got[2]] = (got[0], got[1])
         return None
+
+    def _disconnect(self, line: str) -> tuple[Prefix, float] | None:
+        """A session's end: its delivery proves the client if the client said QUIT."""
+        m = _DISCONNECT.search(line)
+        if m is None or not m.group("prog").endswith("/smtpd"):
+            return None
+        session, stats = _session(m.group("prog"), m.group("pid")), m.group("stats")
+        quit = " quit=1" in stats or "commands=" not in stats
+        for qid in self._open.pop(session, ()):
+            if qid in self._pending:  # the session is over: qmgr may still take its message
+                if quit:
+                    self._quit.add(qid)
+                else:
+                    self._drop(qid)
+        got = self._queued.pop(session, None)
+        return got if quit else None
 
     def _prune(self, at: float) -> None:
         while len(self._pending) > self.max_pending:
-            del self._pending[next(iter(self._pending))]
-        for qid, (_, t) in list(self._pending.items()):
+            self._drop(next(iter(self._pending)))
+        for qid, (_, t, _) in list(self._pending.items()):
             if t > at - self.pending_for:
                 break  # insertion order is log order: the rest are younger
-            del self._pending[qid]
+            self._drop(qid)
+        for held in (self._queued, self._open):  # sessions whose disconnect was never logged (a crash)
+            while len(held) > self.max_pending:
+                del held[next(iter(held))]
+
+    def _drop(self, qid: str) -> None:
+        del self._pending[qid]
+        self._quit.discard(qid)
 
     def __len__(self) -> int:
-        return len(self._pending)
+        return len(self._pending) + len(self._queued)
+
+
+def _session(prog: str, pid: str) -> str:
+    """An smtpd process of one Postfix instance serves one session at a time: its name and pid name the session."""
+    return f"{prog}[{pid}]"
 
 
 class LogFollower:

@@ -89,18 +89,22 @@ def test_on_its_defaults_the_daemon_follows_postfixs_log_and_proves_by_delivery_
 ) -> None:
     """`trust.postfix_log = "auto"` finds the log of the Postfix holding port 25 (its maillog_file), and with a log
     the kernel's count of replies proves nobody (`from_sessions = "auto"`): a bot's whole dialogue up to DATA, then
-    silence, is not proven; a delivery the log saw is put in the kernel's proven set, which the wave's gate and the
-    slot budget read."""
+    silence, is not proven, nor is a bot whose message was queued and which then holds the session without QUIT;
+    a delivery ended with QUIT is put in the kernel's proven set, which the wave's gate and the slot budget read."""
     mx = Netns(lab_module.ns("mx"))
     with running(mx, write_config(tmp_path)) as d:
         t = d.status()["trust"]
         assert t["postfix_log"] == pf.log_path, t
         assert t["postfix_log_basis"].startswith("maillog_file in ") and t["from_sessions"] is False, t
-        with contextlib.closing(up_to_rcpt(lab_module, "198.51.100.42", "prove.bots.example")) as bot:
+        with (
+            contextlib.closing(up_to_rcpt(lab_module, "198.51.100.42", "prove.bots.example")) as bot,
+            contextlib.closing(up_to_rcpt(lab_module, "198.51.100.44", "deliver.bots.example")) as bought,
+        ):
             assert bot.docmd("DATA")[0] == 354  # five positive replies: the kernel's count would prove it
+            assert bought.data(b"Subject: offer\r\n\r\nbuy now\r\n")[0] == 250  # queued; no QUIT: held
             deliver(lab_module, "legit", "198.51.100.41", MX4)
             assert wait_for(lambda: "198.51.100.41" in nft_set(mx, "proven4"), timeout=10)
-            assert "198.51.100.42" not in nft_set(mx, "proven4")
+            assert not {"198.51.100.42", "198.51.100.44"} & nft_set(mx, "proven4")
             st = d.status()["trust"]
             assert st["deliveries_learned"] >= 1 and st["trusted"] >= 1
 
@@ -108,15 +112,17 @@ def test_on_its_defaults_the_daemon_follows_postfixs_log_and_proves_by_delivery_
 def test_in_a_wave_a_sender_that_delivers_then_stalls_loses_its_proof(
     lab_module: Lab, pf: Postfix, tmp_path: Path
 ) -> None:
-    """The lab's deliverers against the real Postfix: a message queued (the log proves the source), then the session
-    held silently in a wave. govern cuts it and takes the source out of the kernel's proven set."""
+    """The lab's quitters against the real Postfix: in a wave, a delivery ended with QUIT (the log proves the source),
+    then a session whose message was queued held silently. govern cuts it and takes the source out of the kernel's
+    proven set."""
     mx = Netns(lab_module.ns("mx"))
     cfg = write_config(tmp_path)
     with running(mx, cfg) as d:
         assert govern(mx, "wave", "on", "--for", "5m", "--config", str(cfg)).returncode == 0
+        deliver(lab_module, "legit", "198.51.100.43", MX4)
+        assert wait_for(lambda: "198.51.100.43" in nft_set(mx, "proven4"), timeout=10)
         with contextlib.closing(up_to_rcpt(lab_module, "198.51.100.43", "deliver.bots.example", 30)) as bot:
             assert bot.data(b"Subject: offer\r\n\r\nbuy now\r\n")[0] == 250  # queued; no QUIT: held, silent
-            assert wait_for(lambda: "198.51.100.43" in nft_set(mx, "proven4"), timeout=10)
             assert wait_for(lambda: d.status()["proof_revoked"] >= 1, timeout=20), d.status()["trust"]
             assert "198.51.100.43" not in nft_set(mx, "proven4")
             assert d.status()["trust"]["revoked"] == 1

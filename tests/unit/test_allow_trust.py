@@ -48,13 +48,34 @@ OTHER_FORMS = """\
 example[2001:db8:2::25], sasl_method=PLAIN, sasl_username=relay
 2024-03-03T10:18:00.456789+01:00 mx1 postfix/qmgr[1201]: 4F2XnC1defz9sWf: from=<relay@partner.example>, size=900, \
 nrcpt=2 (queue active)
+2024-03-03T10:18:00.5+01:00 mx1 postfix/submission/smtpd[21050]: disconnect from relay6.partner.example\
+[2001:db8:2::25] ehlo=2 starttls=1 auth=1 mail=1 rcpt=2 data=1 quit=1 commands=9
 Mar  3 10:19:00 mx1 postfix/smtpd[21060]: 7C8D9E0F1A: client=localhost[127.0.0.1], orig_queue_id=4F2XoA0xyzz9sWh, \
 orig_client=mail.partner.example[192.0.2.26]
+Mar  3 10:19:00 mx1 postfix/smtpd[21060]: disconnect from localhost[127.0.0.1] ehlo=1 mail=1 rcpt=1 data=1 quit=1 \
+commands=5
 Mar  3 10:19:00 mx1 postfix/qmgr[1201]: 7C8D9E0F1A: from=<b@partner.example>, size=1200, nrcpt=1 (queue active)
 Mar  3 10:19:05 mx1 postfix/smtpd[21061]: 8D9E0F1A2B: client=localhost[127.0.0.1]
 Mar  3 10:19:05 mx1 postfix/qmgr[1201]: 8D9E0F1A2B: from=<c@example.org>, size=1200, nrcpt=1 (queue active)
+Mar  3 10:19:05 mx1 postfix/smtpd[21061]: disconnect from localhost[127.0.0.1]
 Mar  3 10:19:06 mx1 postfix-out/smtpd[21062]: 4F2XqE3jklz9sWi: client=unknown[198.51.100.7]
+Mar  3 10:19:06 mx1 postfix/smtpd[21062]: disconnect from unknown[198.51.100.9] ehlo=1 quit=1 commands=2
 Mar  3 10:19:07 mx1 postfix-out/qmgr[1202]: 4F2XqE3jklz9sWi: from=<>, size=2100, nrcpt=1 (queue active)
+Mar  3 10:19:07 mx1 postfix-out/smtpd[21062]: disconnect from unknown[198.51.100.7] ehlo=1 mail=1 rcpt=1 data=1 \
+rset=1 mail=1 rcpt=0/1 quit=1 commands=7/8
+"""
+
+# The lab's deliverers: a message queued, then the session held silently until the server (or govern) ended it.
+BOUGHT = """\
+Mar  3 10:20:00 mx1 postfix/smtpd[21070]: 1A2B3C4D5E: client=unknown[198.18.9.11]
+Mar  3 10:20:00 mx1 postfix/qmgr[1201]: 1A2B3C4D5E: from=<spam@bad.example>, size=300, nrcpt=1 (queue active)
+Mar  3 10:20:03 mx1 postfix/smtpd[21070]: lost connection after END-OF-MESSAGE from unknown[198.18.9.11]
+Mar  3 10:20:03 mx1 postfix/smtpd[21070]: disconnect from unknown[198.18.9.11] ehlo=1 mail=1 rcpt=1 data=1 commands=4
+Mar  3 10:20:04 mx1 postfix/smtpd[21071]: 2B3C4D5E6F: client=unknown[198.18.9.12]
+Mar  3 10:20:04 mx1 postfix/smtpd[21071]: timeout after END-OF-MESSAGE from unknown[198.18.9.12]
+Mar  3 10:20:04 mx1 postfix/smtpd[21071]: disconnect from unknown[198.18.9.12] ehlo=1 mail=1 rcpt=1 data=1 commands=4
+Mar  3 10:20:05 mx1 postfix/qmgr[1201]: 2B3C4D5E6F: from=<spam@bad.example>, size=300, nrcpt=1 (queue active)
+Mar  3 10:20:06 mx1 postfix/smtpd[21071]: disconnect from unknown[198.18.9.13] ehlo=1 quit=1 commands=2
 """
 
 
@@ -71,7 +92,15 @@ def test_rejections_lost_sessions_and_local_pickup_teach_nothing() -> None:
     assert delivered(NOT_DELIVERED) == []
 
 
+def test_a_client_that_delivered_and_did_not_quit_is_not_proven() -> None:
+    """Bought trust: a message queued (qmgr before or after the session's end), then no QUIT: the session was
+    held until it was cut or timed out. The same smtpd's next session, which quit, proves only its own client."""
+    assert delivered(BOUGHT) == []
+
+
 def test_ipv6_submission_content_filters_and_other_instances() -> None:
+    """Each delivery proves its client at the line that completes it: the disconnect with QUIT, or qmgr's when the
+    client left first; a Postfix without the disconnect's command counts is taken at its word."""
     got = delivered(OTHER_FORMS)
     assert [a for a, _ in got] == ["2001:db8:2::25", "192.0.2.26", "127.0.0.1", "198.51.100.7"]
     assert got[0][1] == 1709457480.123456  # 10:18:00.123456 at +01:00

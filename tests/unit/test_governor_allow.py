@@ -95,6 +95,7 @@ def test_trust_learned_from_the_postfix_log_shows_in_status(tmp_path: Path) -> N
     with open(log, "a") as fh:
         fh.write(f"{stamp} mx postfix/smtpd[1]: 4F2Xk81qZ5z9sWd: client=x[198.51.100.7]\n")
         fh.write(f"{stamp} mx postfix/qmgr[2]: 4F2Xk81qZ5z9sWd: from=<a@b.example>, size=1, nrcpt=1 (queue active)\n")
+        fh.write(f"{stamp} mx postfix/smtpd[1]: disconnect from x[198.51.100.7] quit=1 commands=5\n")
     gov.tick()
     assert reports.status(gov)["trust"]["trusted"] == 1
     assert gov.trust is not None and gov.trust.trusted().covers(Prefix.parse("198.51.100.7"))
@@ -117,6 +118,7 @@ def test_a_delivery_the_postfix_log_saw_goes_into_the_kernels_proven_sets(tmp_pa
         with open(log, "a") as fh:
             fh.write(f"{stamp} mx postfix/smtpd[1]: {qid}: client=x[{client}]\n")
             fh.write(f"{stamp} mx postfix/qmgr[2]: {qid}: from=<a@b.example>, size=1, nrcpt=1 (queue active)\n")
+            fh.write(f"{stamp} mx postfix/smtpd[1]: disconnect from x[{client}] quit=1 commands=5\n")
 
     deliver("4F2Xk81qZ5z9sWd", "198.51.100.7")
     deliver("4F2Xk81qZ5z9sWe", "2001:db8:51::7")
@@ -146,6 +148,7 @@ def test_in_a_wave_a_source_that_delivered_then_stalled_loses_its_proof(tmp_path
         with open(log, "a") as fh:
             fh.write(f"{stamp} mx postfix/smtpd[1]: {qid}: client=x[{client}]\n")
             fh.write(f"{stamp} mx postfix/qmgr[2]: {qid}: from=<a@b.example>, size=1, nrcpt=1 (queue active)\n")
+            fh.write(f"{stamp} mx postfix/smtpd[1]: disconnect from x[{client}] quit=1 commands=5\n")
 
     deliver("4F2Xk81qZ5z9sWa", str(relay))
     gov.tick()
