@@ -152,6 +152,12 @@ MATRIX: tuple[Scenario, ...] = (
         "then holding the session silently; back within 1 s",
     ),
     Scenario(
+        "quitters",
+        (_bot("prove", "--sources", SWARMS, "--count", "1000", "--per-source", "2", "--deliver", "--quit-first"),),
+        about="the deliverers, but each connection's first session quits after its message, as a real MTA does "
+        "(the log's proof by delivery), and only the later ones hold silently",
+    ),
+    Scenario(
         "pretalk",
         (_bot("pretalk", "--sources", SWARMS, "--count", "500", "--per-source", "2"),),
         about="500 sources x 2 sessions sending EHLO before the banner, then lingering",

@@ -15,7 +15,9 @@ Bots (bot ranges only; per second BOT_FIELDS plus "commands"; "held" is the conn
 - `prove`: each connection holds the dialogue a spam bot holds, at once: EHLO, MAIL FROM, --rcpts RCPT TO (1) and
   DATA, each sent when the last reply is in (the banner and four answers: the kernel's proof), then stays silent in
   DATA until the server closes; reconnects within --reconnect seconds. Proof bought with a real dialogue. With
-  --deliver it sends a short message after the 354 (queued: the proof the MTA's log gives), then holds silently.
+  --deliver it sends a short message after the 354 (queued: the proof the MTA's log gives), then holds silently; with
+  --quit-first as well, each connection slot's first session quits after its message, as a real MTA does (the proof
+  govern takes from the log), and only the sessions after it hold.
 
 Legitimate senders (one event per SMTP transaction, like `legit`):
 - `strangers`: --count never-seen addresses (default 300 of 198.51.100.128/25 and 2001:db8:51:100::/56, away from
@@ -96,6 +98,7 @@ class ProveOptions(SlowBotOptions):
     reconnect: float = 1.0
     rcpts: int = 1  # RCPT commands before DATA: each is one more positive reply the kernel counts
     deliver: bool = False  # send a short message after the 354 (the MTA queues it: the log's proof), then hold
+    quit_first: bool = False  # with deliver: a slot's first session QUITs after its message, the later ones hold
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -233,7 +236,9 @@ async def _slowtalk_session(sock: socket.socket, opts: SlowtalkOptions, rng: ran
     await _timed(sock, opts.pause, lambda: opts.gap, slowtalk_commands(rng), tl, commands=True)
 
 
-async def _prove_session(sock: socket.socket, opts: ProveOptions, rng: random.Random, tl: Timeline) -> None:
+async def _prove_session(
+    sock: socket.socket, opts: ProveOptions, rng: random.Random, tl: Timeline, *, quit: bool = False
+) -> None:
     if not await _read_reply(sock):  # the banner
         return
     loop = asyncio.get_running_loop()
@@ -250,6 +255,10 @@ async def _prove_session(sock: socket.socket, opts: ProveOptions, rng: random.Ra
         tl.add("commands")
         if not await _read_reply(sock):
             return
+        if quit:  # as a real MTA ends its session: the proof by delivery the log gives
+            await loop.sock_sendall(sock, b"QUIT\r\n")
+            tl.add("bytes_sent", 6)
+            tl.add("commands")
     await _timed(sock, 0.0, lambda: 0.0, iter(()), tl)  # silent (in DATA, or after it) until the server closes
 
 
@@ -269,16 +278,19 @@ async def _slot(
     seconds, open again."""
     await asyncio.sleep(delay)
     session = SESSIONS[role]
-    first = True
+    reconnects = -1
     while True:
-        if not first:
+        reconnects += 1
+        if reconnects:
             tl.add("reconnects")
-        first = False
         sock = await open_socket(src, dst, opts.port, opts.timeout, rng.uniform(0.05, opts.reconnect), tl)
         if sock is None:
             continue
         with held(sock, tl):
-            await session(sock, opts, rng, tl)
+            if isinstance(opts, ProveOptions) and opts.quit_first and opts.deliver and reconnects == 0:
+                await _prove_session(sock, opts, rng, tl, quit=True)
+            else:
+                await session(sock, opts, rng, tl)
             tl.add("dropped")
         await asyncio.sleep(rng.uniform(0.05, opts.reconnect))
 
@@ -295,6 +307,8 @@ def check_bot(role: str, opts: BotOptions) -> None:
         raise TrafficError("--bytes must be 1..1900 (a line stays under smtpd's 2,048-byte limit)")
     if isinstance(opts, SlowtalkOptions) and not (opts.pause >= 0 and opts.gap > 0):
         raise TrafficError("--pause must not be negative, --gap must be positive")
+    if isinstance(opts, ProveOptions) and opts.quit_first and not opts.deliver:
+        raise TrafficError("--quit-first needs --deliver (it quits after the message)")
 
 
 async def bot(role: str, opts: BotOptions, stop: asyncio.Event | None = None) -> dict[str, Any]:

@@ -202,6 +202,11 @@ def _add_matrix_parsers(role: RoleAdder) -> None:
             p.add_argument(
                 "--deliver", action="store_true", help="send a short message after the 354 (queued), then hold"
             )
+            p.add_argument(
+                "--quit-first",
+                action="store_true",
+                help="with --deliver: each connection's first session QUITs after its message; the later ones hold",
+            )
         elif name == "slowtalk":
             p.add_argument("--pause", type=float, default=20.0, help="seconds before EHLO")
             p.add_argument("--gap", type=_positive, default=8.0, help="seconds between commands")
@@ -242,7 +247,7 @@ def _matrix_options(role: str, ns: argparse.Namespace, common: dict[str, Any]) -
         if role == "babble":
             return BabbleOptions(**bot_common, bytes=ns.bytes)
         if role == "prove":
-            return ProveOptions(**bot_common, rcpts=ns.rcpts, deliver=ns.deliver)
+            return ProveOptions(**bot_common, rcpts=ns.rcpts, deliver=ns.deliver, quit_first=ns.quit_first)
         return SlowtalkOptions(**bot_common, pause=ns.pause, gap=ns.gap)
     txn = {
         **common,

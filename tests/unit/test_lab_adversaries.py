@@ -320,6 +320,61 @@ def test_prove_session_holds_a_spam_bots_dialogue_then_stays_silent(deliver: boo
     assert silent and tl.totals["commands"] == 4 + deliver
 
 
+def test_a_quitting_prover_ends_its_delivery_with_quit_as_a_real_mta_does() -> None:
+    async def run() -> list[bytes]:
+        a, b = socket.socketpair()
+        a.setblocking(False)
+        b.setblocking(False)
+        loop = asyncio.get_running_loop()
+        tl = counters.Timeline(adv.ADV_FIELDS, time.monotonic(), 3)
+        opts = adv.ProveOptions(**BASE, deliver=True, quit_first=True)
+        task = asyncio.create_task(adv._prove_session(a, opts, random.Random(0), tl, quit=True))
+        got: list[bytes] = []
+        await loop.sock_sendall(b, b"220 ESMTP\r\n")
+        for reply in (b"250 mx\r\n", b"250 ok\r\n", b"250 ok\r\n", b"354 go\r\n", b"250 queued\r\n"):
+            got.append(await asyncio.wait_for(loop.sock_recv(b, 4096), 1))
+            await loop.sock_sendall(b, reply)
+        got.append(await asyncio.wait_for(loop.sock_recv(b, 4096), 1))
+        b.close()
+        await asyncio.wait_for(task, 1)
+        a.close()
+        return got
+
+    got = asyncio.run(run())
+    assert got[4].endswith(b"\r\n.\r\n") and got[5] == b"QUIT\r\n"
+
+
+def test_a_quit_first_slot_quits_only_its_first_session(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The lab's quitters: the slot's first session proves the source as a real MTA would, the ones after it hold."""
+    quits: list[bool] = []
+    ends: list[socket.socket] = []
+
+    async def connected(*_args: Any) -> socket.socket:
+        a, b = socket.socketpair()
+        ends.append(b)
+        return a
+
+    async def session(sock: socket.socket, *_args: Any, quit: bool = False) -> None:
+        quits.append(quit)
+
+    monkeypatch.setattr(adv, "open_socket", connected)
+    monkeypatch.setattr(adv, "_prove_session", session)
+    monkeypatch.setitem(adv.SESSIONS, "prove", session)
+    opts = adv.ProveOptions(**BASE, deliver=True, quit_first=True, reconnect=0.06)
+    tl = counters.Timeline(adv.ADV_FIELDS, time.monotonic(), 3)
+
+    async def run() -> None:
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(adv._slot("198.18.0.1", "203.0.113.25", "prove", opts, tl, 0, random.Random(0)), 0.5)
+
+    asyncio.run(run())
+    for e in ends:
+        e.close()
+    assert len(quits) >= 3 and quits[0] and not any(quits[1:])
+    with pytest.raises(options.TrafficError, match="--quit-first needs --deliver"):
+        adv.check_bot("prove", adv.ProveOptions(**BASE, quit_first=True))
+
+
 async def _nothing(loop: asyncio.AbstractEventLoop, sock: socket.socket, wait: float = 0.05) -> bool:
     """Nothing arrives on `sock` within `wait` seconds."""
     try:
