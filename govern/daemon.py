@@ -634,7 +634,7 @@ class Governor:
                 self.policy = self.make_policy()
                 self.enforcer.set_allow(self.policy.allow.members())
                 self.execute(release_allowlisted(self.state, self.policy), now)
-        self.proving.take_log(now)
+        self.proving.take_log(now, self.state.mode)
 
     def _listeners(self, ports: frozenset[int]) -> tuple[ListenerStats, ...]:
         """The protected ports' listeners; none (and health told) when the kernel cannot be read now."""

@@ -56,6 +56,9 @@ class DryRun:
             self.logged.append(line)
             log.info("%s", line)
 
+    def crowds(self) -> frozenset[Prefix]:
+        return self.inner.crowds()
+
     def syn_counts(self) -> Mapping[Prefix, int]:
         return self.inner.syn_counts()
 

@@ -85,6 +85,11 @@ class Enforcer(Protocol):
         has neither)."""
         ...
 
+    def crowds(self) -> frozenset[Prefix]:
+        """Source groups the kernel saw open several connections at once as first contacts in a wave (sets
+        crowd4/crowd6, as source groups), where the backend has a wave's gate (empty elsewhere)."""
+        ...
+
     def unprove(self, sources: Sequence[Prefix]) -> None:
         """Take source groups out of the kernel's proven sets (govern.core.proof: a bot that delivered, then
         stalled)."""

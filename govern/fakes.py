@@ -99,6 +99,7 @@ class FakeEnforcer:
     delivering: set[Prefix] = field(default_factory=set)  # what the kernel proved (proven4/proven6)
     proved_ago: dict[Prefix, float] = field(default_factory=dict)  # seconds since a delivering source's proof (0)
     log_proven: dict[Prefix, float] = field(default_factory=dict)  # what the daemon put in the proven sets, seconds
+    crowd: set[Prefix] = field(default_factory=set)  # first contacts that came as a crowd in a wave (crowd4/crowd6)
     slots: int | None = None  # connections holding a slot of the budget (None: no budget)
     attempted: int | None = None  # the kernel's count of new connections (None: no counter)
     fail_next: bool = False
@@ -153,6 +154,9 @@ class FakeEnforcer:
 
     def prove(self, sources: Mapping[Prefix, float]) -> None:
         self.log_proven.update(sources)
+
+    def crowds(self) -> frozenset[Prefix]:
+        return frozenset(self.crowd)
 
     def unprove(self, sources: Sequence[Prefix]) -> None:
         for p in sources:

@@ -11,7 +11,7 @@ from dataclasses import replace
 
 from govern.addr import Prefix, PrefixSet
 from govern.allow.learning import TrustSources
-from govern.core.proof import REVOKED_FOR, UNPROVEN_REASON, proof_lost, young
+from govern.core.proof import REVOKED_FOR, UNPROVEN_REASON, proof_lost, withheld, young
 from govern.edges import Enforcer, StateStore
 from govern.errors import GovernError
 from govern.health import Health
@@ -34,16 +34,27 @@ class Proving:
         self._learned = 0.0
         self._trusted_from: PrefixSet | None = None
         self._trusted_now: frozenset[Prefix] = frozenset()
+        # Crowds the log proved during the wave, each with when its trust runs out: for the kernel once it is over.
+        self._withheld: dict[Prefix, float] = {}
 
-    def take_log(self, now: float) -> None:
-        """What the Postfix log gained: its deliveries pass the gate and the budget as the kernel's own proof does."""
+    def take_log(self, now: float, mode: ModeState) -> None:
+        """What the Postfix log gained: its deliveries pass the gate and the budget as the kernel's own proof does,
+        but a crowd's first proof in a wave only once the wave is over (govern.core.proof.withheld)."""
         if self.trust is None:
             return
         try:
             self.trust.refresh(now)
             delivered = self.trust.take_delivered()
+            if delivered and mode.mode is Mode.WAVE:
+                held = withheld(delivered, self.trust.first, mode, self.enforcer.crowds())
+                self._withheld.update((p, delivered.pop(p)) for p in held)
+                if held:
+                    log.info("proof kept from the kernel until the wave is over (crowds): %d sources", len(held))
+            elif self._withheld and mode.mode is not Mode.WAVE:  # still trusted: not revoked, not lapsed
+                delivered.update((p, u) for p, u in self._withheld.items() if self.trust.until(p) is not None)
+                self._withheld.clear()
             if delivered:
-                self.enforcer.prove({p: until - now for p, until in delivered.items()})
+                self.enforcer.prove({p: until - now for p, until in delivered.items() if until > now})
         except Exception as exc:
             self.health.fail("trust", exc)
 

@@ -102,6 +102,9 @@ class IptBackend:
     def unprove(self, sources: Sequence[Prefix]) -> None:
         return None
 
+    def crowds(self) -> frozenset[Prefix]:
+        return frozenset()  # no wave's gate, no first contacts (docs/iptables.md)
+
     def attempts(self) -> int | None:
         return None  # only the accept queues are read between ticks (docs/iptables.md)
 

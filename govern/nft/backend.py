@@ -206,6 +206,10 @@ class NftBackend:
         # Deletes tolerate absence (an element may have lapsed a moment ago).
         self._commit([ElemOp(False, f"proven{p.version}", p) for p in sources])
 
+    def crowds(self) -> frozenset[Prefix]:
+        elements = (e for name in ("crowd4", "crowd6") for e in self.nl.dump_set(name))
+        return frozenset(group_key(e.prefix, self.v4_len, self.v6_len) for e in elements)
+
     def proven(self) -> list[tuple[Prefix, float]]:
         """Sources the MTA answered a whole dialogue (set proven4/proven6, filled by the kernel), as source groups,
         each with the seconds since its last proof: each proof starts the element's timeout again."""

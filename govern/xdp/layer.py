@@ -99,6 +99,9 @@ class XdpLayer:
     def unprove(self, sources: Sequence[Prefix]) -> None:
         self.inner.unprove(sources)
 
+    def crowds(self) -> frozenset[Prefix]:
+        return self.inner.crowds()
+
     def attempts(self) -> int | None:
         return self.inner.attempts()
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import smtplib
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -129,3 +130,29 @@ def test_in_a_wave_a_sender_that_delivers_then_stalls_loses_its_proof(
         # The operator who gets the phone call hears why, and what the sender must fix.
         why = json.loads(govern(mx, "why", "198.51.100.43", "--json", "--config", str(cfg)).stdout)
         assert "unproven" in {a["rule"] for a in why["advice"]}, why["advice"]
+
+
+def test_in_a_wave_a_crowds_delivery_is_proven_to_the_kernel_only_once_the_wave_is_over(
+    lab_module: Lab, pf: Postfix, tmp_path: Path
+) -> None:
+    """The lab's quitters against the real Postfix: a source that opened two connections at once as a first contact
+    in a wave (a crowd, as a swarm's sources are) delivers and quits on one. govern learns the delivery but keeps it
+    out of the kernel's proven set, which passes the budget, until the wave is over."""
+    mx = Netns(lab_module.ns("mx"))
+    cfg = write_config(tmp_path)
+    src = "198.51.100.45"
+    with running(mx, cfg) as d:
+        assert govern(mx, "wave", "on", "--for", "5m", "--config", str(cfg)).returncode == 0
+        with lab_module.entered("legit"):
+            other = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        with contextlib.closing(other):
+            other.bind((src, 0))
+            other.setblocking(False)
+            other.connect_ex((MX4, 25))  # the first contact's SYN, dropped: a real stack sends it again
+            deliver(lab_module, "legit", src, MX4)  # meanwhile the second connection: a crowd
+            assert src in nft_set(mx, "crowd4")
+            assert wait_for(lambda: d.status()["trust"]["deliveries_learned"] >= 1, timeout=10)
+            time.sleep(1.5)  # a few of the wave's ticks
+            assert src not in nft_set(mx, "proven4")
+        assert govern(mx, "wave", "off", "--config", str(cfg)).returncode == 0
+        assert wait_for(lambda: src in nft_set(mx, "proven4"), timeout=10)

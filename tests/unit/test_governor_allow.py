@@ -173,6 +173,36 @@ def test_in_a_wave_a_source_that_delivered_then_stalled_loses_its_proof(tmp_path
     assert reports.status(gov)["proof_revoked"] == 1 and reports.status(gov)["trust"]["revoked"] == 1
 
 
+def test_in_a_wave_a_crowds_first_proof_reaches_the_kernel_only_once_the_wave_is_over(tmp_path: Path) -> None:
+    """The lab's quitters: a source that came as a crowd (several connections at once) delivers and quits during the
+    wave, then holds its other sessions. Its trust is learned, but the kernel's gate and budget do not pass it until
+    the wave is over; a sender proven by its only connection passes at once."""
+    log = tmp_path / "mail.log"
+    log.write_text("")
+    gov, _socks, enf, clock, _dns = make(tmp_path, {}, {"postfix_log": str(log)})
+    gov.start()
+    crowd, lone = Prefix.parse("198.51.100.66"), Prefix.parse("198.51.100.67")
+    enf.crowd = {crowd}
+
+    def deliver(qid: str, client: str) -> None:
+        stamp = datetime.fromtimestamp(clock(), UTC).isoformat()
+        with open(log, "a") as fh:
+            fh.write(f"{stamp} mx postfix/smtpd[1]: {qid}: client=x[{client}]\n")
+            fh.write(f"{stamp} mx postfix/qmgr[2]: {qid}: from=<a@b.example>, size=1, nrcpt=1 (queue active)\n")
+            fh.write(f"{stamp} mx postfix/smtpd[1]: disconnect from x[{client}] quit=1 commands=5\n")
+
+    assert gov.handle({"cmd": "wave", "action": "on", "duration": "1m"})["ok"]
+    deliver("4F2Xk81qZ5z9sWb", str(crowd))
+    deliver("4F2Xk81qZ5z9sWc", str(lone))
+    gov.tick()
+    assert gov.trust is not None and gov.trust.trusted().covers(crowd) and gov.trust.trusted().covers(lone)
+    assert lone in enf.log_proven and crowd not in enf.log_proven
+    assert gov.handle({"cmd": "wave", "action": "off"})["ok"]
+    clock.advance(1)
+    gov.tick()
+    assert crowd in enf.log_proven and enf.log_proven[crowd] > 6 * 86400  # the rest of its trust
+
+
 def test_a_postfix_started_after_govern_is_found_and_its_log_followed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -7,7 +7,7 @@ from govern.addr import Prefix
 from govern.allow.learning import TrustSources
 from govern.allow.spec import TrustSpec
 from govern.allow.trust import Trust
-from govern.core.proof import YOUNG_BEFORE_WAVE, proof_lost, young
+from govern.core.proof import YOUNG_BEFORE_WAVE, proof_lost, withheld, young
 from govern.model import Cut, Mode, ModeState
 
 WAVE = ModeState(Mode.WAVE, since=10_000.0)
@@ -24,6 +24,13 @@ def test_in_a_wave_only_proof_younger_than_the_wave_goes_with_a_cut() -> None:
     assert proof_lost(cuts, FIRST.get, WAVE) == [BOT, EDGE]
     assert proof_lost([cut(BOT, shed=True)], FIRST.get, WAVE) == []  # a shed judges nothing the source did
     assert proof_lost(cuts, FIRST.get, ModeState(Mode.ELEVATED, since=10_000.0)) == []
+
+
+def test_in_a_wave_a_crowds_young_proof_is_withheld_from_the_kernel() -> None:
+    crowds = {BOT, RELAY}
+    assert withheld([BOT, RELAY, EDGE], FIRST.get, WAVE, crowds) == {BOT}  # RELAY: proven before; EDGE: no crowd
+    assert withheld([BOT], FIRST.get, WAVE, set()) == set()
+    assert withheld([BOT], FIRST.get, ModeState(Mode.ELEVATED, since=10_000.0), crowds) == set()
 
 
 def test_trust_remembers_the_first_proof_and_forgets_it_with_the_trust() -> None:
