@@ -340,6 +340,7 @@ class Governor:
         if self._attempts_peak:
             self.snapshot = replace(self.snapshot, attempts_peak=self._attempts_peak)
             self._attempts_peak = 0.0
+        self.proving.note_crowds(self.snapshot, self.state.mode, now)
         self.snapshot = self.proving.with_young(self.snapshot, self.state.mode)
         self.proving.take_kernel(now, self.state.mode, self.config["trust"]["from_sessions"])
         if now - self._looked >= LOOK_EVERY:

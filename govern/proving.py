@@ -23,6 +23,9 @@ log = logging.getLogger("govern")
 # a sender that delivered must be trusted before its next connection can be taken for the flood's.
 LEARN_EVERY = 10.0
 WAVE_LEARN_EVERY = 2.0
+# How long a source seen holding several sessions at once under pressure counts as a crowd: as long as the kernel's
+# crowd sets remember one (SEEN_TIMEOUT).
+CROWD_FOR = 120.0
 
 
 class Proving:
@@ -36,6 +39,11 @@ class Proving:
         self._trusted_now: frozenset[Prefix] = frozenset()
         # Crowds the log proved during the wave, each with when its trust runs out: for the kernel once it is over.
         self._withheld: dict[Prefix, float] = {}
+        # Sources seen holding several sessions at once under pressure, each with when last: crowds, as the kernel's
+        # first contacts in a wave mark them, but also those whose connections came before the wave was declared
+        # (the lab's quitters, whose first sessions proved them in the flood's first second).
+        self._crowded: dict[Prefix, float] = {}
+        self._pruned = 0.0
 
     def take_log(self, now: float, mode: ModeState) -> None:
         """What the Postfix log gained: its deliveries pass the gate and the budget as the kernel's own proof does,
@@ -46,7 +54,8 @@ class Proving:
             self.trust.refresh(now)
             delivered = self.trust.take_delivered()
             if delivered and mode.mode is Mode.WAVE:
-                held = withheld(delivered, self.trust.first, mode, self.enforcer.crowds())
+                crowds = self.enforcer.crowds() | self._crowded.keys()
+                held = withheld(delivered, self.trust.first, mode, crowds)
                 self._withheld.update((p, delivered.pop(p)) for p in held)
                 if held:
                     log.info("proof kept from the kernel until the wave is over (crowds): %d sources", len(held))
@@ -70,6 +79,19 @@ class Proving:
                 self.trust.learn(p, now, now - ago)
         except GovernError as exc:
             self.health.fail("trust", exc)
+
+    def note_crowds(self, snapshot: Snapshot, mode: ModeState, now: float) -> None:
+        """Remember the sources holding several sessions at once while the host is under pressure (a pass over the
+        snapshot's sources, which the decision core makes anyway in those modes)."""
+        if self.trust is None or mode.mode is Mode.NORMAL:
+            return
+        for p, s in snapshot.sources.items():
+            if s.held >= 2:
+                self._crowded[p] = now
+        if now - self._pruned >= CROWD_FOR / 4:
+            self._pruned = now
+            for p in [p for p, t in self._crowded.items() if t < now - CROWD_FOR]:
+                del self._crowded[p]
 
     def with_young(self, snapshot: Snapshot, mode: ModeState) -> Snapshot:
         """In a wave, the snapshot names the trusted sources it holds sessions of that were proven only lately."""
