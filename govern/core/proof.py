@@ -40,11 +40,12 @@ def young(sources: Iterable[Prefix], first_proof: FirstProof, mode: ModeState) -
 
 def withheld(delivered: Iterable[Prefix], first_proof: FirstProof, mode: ModeState, crowds: Set[Prefix]) -> set[Prefix]:
     """Of the sources the log saw deliver, those the kernel's gate and budget must not pass yet: in a wave, the
-    crowds (sources that opened several connections at once as first contacts, as a swarm's do, or were seen holding
-    several sessions at once under pressure) whose trust is the wave's own. The lab's `quitters` deliver and QUIT once per connection, then hold: proven at once, their next
-    connections passed the budget until each was cut, and held the MTA (bots over the budget until 15 s, known
-    relays' p95 2.5 s). A sender proven by its only connection passes at once (its next message must not wait in
-    the lanes the flood holds); a crowd's proof reaches the kernel when the wave is over."""
+    crowds (sources that opened several connections at once as first contacts, as a swarm's do, or were seen
+    holding several sessions at once under pressure) whose trust is the wave's own. The lab's `quitters` deliver and
+    QUIT once per connection, then hold: proven at once, their next connections passed the budget until each was
+    cut, and held the MTA (bots over the budget until 15 s, known relays' p95 2.5 s; 8 s and 2.1 s withheld). A
+    sender proven by its only connection passes at once (its next message must not wait in the lanes the flood
+    holds); a crowd's proof reaches the kernel when the wave is over."""
     if mode.mode is not Mode.WAVE or not crowds:
         return set()
     return {p for p in young(delivered, first_proof, mode) if p in crowds}
