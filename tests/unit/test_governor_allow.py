@@ -45,6 +45,14 @@ def hog(n: int) -> SockCounts:
     return SockCounts(held=n, established=n, syn_recv=0, idle=n, max_idle_ms=30_000)
 
 
+def log_delivery(log: Path, stamp: str, qid: str, client: str) -> None:
+    """A delivery as Postfix logs it: MAIL FROM accepted, the message queued, the session ended with QUIT."""
+    with open(log, "a") as fh:
+        fh.write(f"{stamp} mx postfix/smtpd[1]: {qid}: client=x[{client}]\n")
+        fh.write(f"{stamp} mx postfix/qmgr[2]: {qid}: from=<a@b.example>, size=1, nrcpt=1 (queue active)\n")
+        fh.write(f"{stamp} mx postfix/smtpd[1]: disconnect from x[{client}] quit=1 commands=5\n")
+
+
 def test_a_host_that_comes_to_resolve_to_a_blocked_source_lifts_its_block(tmp_path: Path) -> None:
     gov, socks, enf, clock, dns = make(tmp_path, {"hosts": ["relay.partner.example"], "min_refresh": "1m"})
     dns.set("relay.partner.example", "A", "192.0.2.1", ttl=60)
@@ -92,10 +100,7 @@ def test_trust_learned_from_the_postfix_log_shows_in_status(tmp_path: Path) -> N
     gov, _socks, _enf, clock, _dns = make(tmp_path, {}, {"postfix_log": str(log)})
     gov.start()
     stamp = "2023-11-14T22:13:00+00:00"  # a minute before the fake clock's start
-    with open(log, "a") as fh:
-        fh.write(f"{stamp} mx postfix/smtpd[1]: 4F2Xk81qZ5z9sWd: client=x[198.51.100.7]\n")
-        fh.write(f"{stamp} mx postfix/qmgr[2]: 4F2Xk81qZ5z9sWd: from=<a@b.example>, size=1, nrcpt=1 (queue active)\n")
-        fh.write(f"{stamp} mx postfix/smtpd[1]: disconnect from x[198.51.100.7] quit=1 commands=5\n")
+    log_delivery(log, stamp, "4F2Xk81qZ5z9sWd", "198.51.100.7")
     gov.tick()
     assert reports.status(gov)["trust"]["trusted"] == 1
     assert gov.trust is not None and gov.trust.trusted().covers(Prefix.parse("198.51.100.7"))
@@ -115,10 +120,7 @@ def test_a_delivery_the_postfix_log_saw_goes_into_the_kernels_proven_sets(tmp_pa
     left = datetime.fromisoformat(stamp).timestamp() + 86400 - clock()
 
     def deliver(qid: str, client: str) -> None:
-        with open(log, "a") as fh:
-            fh.write(f"{stamp} mx postfix/smtpd[1]: {qid}: client=x[{client}]\n")
-            fh.write(f"{stamp} mx postfix/qmgr[2]: {qid}: from=<a@b.example>, size=1, nrcpt=1 (queue active)\n")
-            fh.write(f"{stamp} mx postfix/smtpd[1]: disconnect from x[{client}] quit=1 commands=5\n")
+        log_delivery(log, stamp, qid, client)
 
     deliver("4F2Xk81qZ5z9sWd", "198.51.100.7")
     deliver("4F2Xk81qZ5z9sWe", "2001:db8:51::7")
@@ -145,10 +147,7 @@ def test_in_a_wave_a_source_that_delivered_then_stalled_loses_its_proof(tmp_path
 
     def deliver(qid: str, client: str) -> None:
         stamp = datetime.fromtimestamp(clock(), UTC).isoformat()
-        with open(log, "a") as fh:
-            fh.write(f"{stamp} mx postfix/smtpd[1]: {qid}: client=x[{client}]\n")
-            fh.write(f"{stamp} mx postfix/qmgr[2]: {qid}: from=<a@b.example>, size=1, nrcpt=1 (queue active)\n")
-            fh.write(f"{stamp} mx postfix/smtpd[1]: disconnect from x[{client}] quit=1 commands=5\n")
+        log_delivery(log, stamp, qid, client)
 
     deliver("4F2Xk81qZ5z9sWa", str(relay))
     gov.tick()
@@ -186,10 +185,7 @@ def test_in_a_wave_a_crowds_first_proof_reaches_the_kernel_only_once_the_wave_is
 
     def deliver(qid: str, client: str) -> None:
         stamp = datetime.fromtimestamp(clock(), UTC).isoformat()
-        with open(log, "a") as fh:
-            fh.write(f"{stamp} mx postfix/smtpd[1]: {qid}: client=x[{client}]\n")
-            fh.write(f"{stamp} mx postfix/qmgr[2]: {qid}: from=<a@b.example>, size=1, nrcpt=1 (queue active)\n")
-            fh.write(f"{stamp} mx postfix/smtpd[1]: disconnect from x[{client}] quit=1 commands=5\n")
+        log_delivery(log, stamp, qid, client)
 
     assert gov.handle({"cmd": "wave", "action": "on", "duration": "1m"})["ok"]
     # ... and this one was seen holding two sessions at once (its connections came before the wave was declared)
