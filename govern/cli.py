@@ -247,6 +247,8 @@ def _trust_line(t: dict[str, Any]) -> str:
         source = "no Postfix log followed" + (f" ({basis})" if basis else "")
     counted = "on" if t.get("from_sessions") else "off"
     revoked = f"; {t['revoked']} proofs revoked in waves" if t.get("revoked") else ""
+    if t.get("withheld"):
+        revoked += f"; {t['withheld']} crowds' proofs kept from the kernel until the wave is over"
     return f"trust: {t.get('trusted', 0)} sources, {source}; the kernel's count of replies: {counted}{revoked}"
 
 

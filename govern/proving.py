@@ -80,6 +80,11 @@ class Proving:
         except GovernError as exc:
             self.health.fail("trust", exc)
 
+    @property
+    def withheld(self) -> int:
+        """Crowds proven during this wave whose proof waits for its end before it reaches the kernel."""
+        return len(self._withheld)
+
     def note_crowds(self, snapshot: Snapshot, mode: ModeState, now: float) -> None:
         """Remember the sources holding several sessions at once while the host is under pressure (a pass over the
         snapshot's sources, which the decision core makes anyway in those modes)."""

@@ -186,6 +186,7 @@ def status(gov: Governor, top: int = 10) -> dict[str, Any]:
                 **gov.trust.status(),
                 "postfix_log_basis": gov.mta.log_basis,
                 "from_sessions": gov.config["trust"]["from_sessions"],
+                "withheld": gov.proving.withheld,
             }
             if gov.trust is not None
             else {}

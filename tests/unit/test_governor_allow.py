@@ -199,6 +199,7 @@ def test_in_a_wave_a_crowds_first_proof_reaches_the_kernel_only_once_the_wave_is
     gov.tick()
     assert gov.trust is not None and gov.trust.trusted().covers(crowd) and gov.trust.trusted().covers(lone)
     assert lone in enf.log_proven and crowd not in enf.log_proven and held not in enf.log_proven
+    assert reports.status(gov)["trust"]["withheld"] == 2  # `govern status` says so
     assert gov.handle({"cmd": "wave", "action": "off"})["ok"]
     clock.advance(1)
     gov.tick()
