@@ -53,13 +53,16 @@ class Proving:
         try:
             self.trust.refresh(now)
             delivered = self.trust.take_delivered()
-            if delivered and mode.mode is Mode.WAVE:
-                crowds = self.enforcer.crowds() | self._crowded.keys()
-                held = withheld(delivered, self.trust.first, mode, crowds)
+            fresh = young(delivered, self.trust.first, mode) if delivered else frozenset()
+            if fresh:
+                # The kernel's crowd sets are dumped only for a young proof the daemon's own sight does not settle.
+                seen = self._crowded.keys()
+                crowds = seen if fresh <= seen else self.enforcer.crowds() | seen
+                held = withheld(fresh, self.trust.first, mode, crowds)
                 self._withheld.update((p, delivered.pop(p)) for p in held)
                 if held:
                     log.info("proof kept from the kernel until the wave is over (crowds): %d sources", len(held))
-            elif self._withheld and mode.mode is not Mode.WAVE:  # still trusted: not revoked, not lapsed
+            if self._withheld and mode.mode is not Mode.WAVE:  # still trusted: not revoked, not lapsed
                 delivered.update((p, u) for p, u in self._withheld.items() if self.trust.until(p) is not None)
                 self._withheld.clear()
             if delivered:
