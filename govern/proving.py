@@ -26,6 +26,11 @@ WAVE_LEARN_EVERY = 2.0
 # How long a source seen holding several sessions at once under pressure counts as a crowd: as long as the kernel's
 # crowd sets remember one (SEEN_TIMEOUT).
 CROWD_FOR = 120.0
+# How long a crowd's first proof in a wave waits before it reaches the kernel, unless the source is cut meanwhile (and
+# loses its proof, govern.core.proof): a bot that proves itself and then holds its other sessions is cut within a
+# wave's cut threshold (3 s) and a tick of its hold; a busy relay first proven in the wave is not, and passes the
+# budget again once this is over.
+PROBATION = 8.0
 
 
 class Proving:
@@ -37,8 +42,9 @@ class Proving:
         self._learned = 0.0
         self._trusted_from: PrefixSet | None = None
         self._trusted_now: frozenset[Prefix] = frozenset()
-        # Crowds the log proved during the wave, each with when its trust runs out: for the kernel once it is over.
-        self._withheld: dict[Prefix, float] = {}
+        # Crowds the log proved during the wave, each with when its trust runs out and when its probation ends: for
+        # the kernel then (or at the wave's end), unless it lost its trust meanwhile.
+        self._withheld: dict[Prefix, tuple[float, float]] = {}
         # Sources seen holding several sessions at once under pressure, each with when last: crowds, as the kernel's
         # first contacts in a wave mark them, but also those whose connections came before the wave was declared
         # (the lab's quitters, whose first sessions proved them in the flood's first second).
@@ -59,12 +65,18 @@ class Proving:
                 seen = self._crowded.keys()
                 crowds = seen if fresh <= seen else self.enforcer.crowds() | seen
                 held = withheld(fresh, self.trust.first, mode, crowds)
-                self._withheld.update((p, delivered.pop(p)) for p in held)
+                for p in held:
+                    until = delivered.pop(p)
+                    self._withheld[p] = (until, self._withheld.get(p, (until, now + PROBATION))[1])
                 if held:
-                    log.info("proof kept from the kernel until the wave is over (crowds): %d sources", len(held))
-            if self._withheld and mode.mode is not Mode.WAVE:  # still trusted: not revoked, not lapsed
-                delivered.update((p, u) for p, u in self._withheld.items() if self.trust.until(p) is not None)
-                self._withheld.clear()
+                    log.info("proof kept from the kernel for %g s (crowds): %d sources", PROBATION, len(held))
+            if self._withheld:
+                over = mode.mode is not Mode.WAVE
+                done = [p for p, (_, ends) in self._withheld.items() if over or ends <= now]
+                for p in done:  # still trusted: not revoked, not lapsed
+                    until = self._withheld.pop(p)[0]
+                    if self.trust.until(p) is not None:
+                        delivered[p] = max(until, delivered.get(p, until))
             if delivered:
                 self.enforcer.prove({p: until - now for p, until in delivered.items() if until > now})
         except Exception as exc:
@@ -85,7 +97,7 @@ class Proving:
 
     @property
     def withheld(self) -> int:
-        """Crowds proven during this wave whose proof waits for its end before it reaches the kernel."""
+        """Crowds proven during this wave whose proof is on probation before it reaches the kernel."""
         return len(self._withheld)
 
     def note_crowds(self, snapshot: Snapshot, mode: ModeState, now: float) -> None:

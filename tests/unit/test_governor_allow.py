@@ -17,6 +17,7 @@ from govern.allow.sources import AllowSources
 from govern.daemon import Governor
 from govern.fakes import FakeClock, FakeCounters, FakeEnforcer, FakeResolver, FakeSockets, InlineExecutor
 from govern.model import SockCounts
+from govern.proving import PROBATION
 from govern.store import Store
 
 PARTNER = Prefix.parse("192.0.2.77")
@@ -172,10 +173,11 @@ def test_in_a_wave_a_source_that_delivered_then_stalled_loses_its_proof(tmp_path
     assert reports.status(gov)["proof_revoked"] == 1 and reports.status(gov)["trust"]["revoked"] == 1
 
 
-def test_in_a_wave_a_crowds_first_proof_reaches_the_kernel_only_once_the_wave_is_over(tmp_path: Path) -> None:
+def test_in_a_wave_a_crowds_first_proof_reaches_the_kernel_after_a_probation_or_the_waves_end(tmp_path: Path) -> None:
     """The lab's quitters: a source that came as a crowd (several connections at once) delivers and quits during the
     wave, then holds its other sessions. Its trust is learned, but the kernel's gate and budget do not pass it until
-    the wave is over; a sender proven by its only connection passes at once."""
+    it has been through a probation uncut, or the wave is over; a sender proven by its only connection passes at
+    once."""
     log = tmp_path / "mail.log"
     log.write_text("")
     gov, socks, enf, clock, _dns = make(tmp_path, {}, {"postfix_log": str(log)})
@@ -200,10 +202,26 @@ def test_in_a_wave_a_crowds_first_proof_reaches_the_kernel_only_once_the_wave_is
     assert gov.trust is not None and gov.trust.trusted().covers(crowd) and gov.trust.trusted().covers(lone)
     assert lone in enf.log_proven and crowd not in enf.log_proven and held not in enf.log_proven
     assert reports.status(gov)["trust"]["withheld"] == 2  # `govern status` says so
+    clock.advance(PROBATION - 1)
+    gov.tick()
+    assert crowd not in enf.log_proven and held not in enf.log_proven  # on probation
+    # A crowd that is cut meanwhile loses its proof (govern.core.proof): it never reaches the kernel.
+    assert gov.trust is not None
+    gov.trust.revoke([held], clock(), 3600)
+    clock.advance(1)
+    gov.tick()
+    assert crowd in enf.log_proven and enf.log_proven[crowd] > 6 * 86400  # the rest of its trust
+    assert held not in enf.log_proven and reports.status(gov)["trust"]["withheld"] == 0
+    # The wave's end releases what is still on probation.
+    enf.log_proven.clear()
+    deliver("4F2Xk81qZ5z9sWe", str(crowd))
+    clock.advance(0.5)
+    gov.tick()
+    assert reports.status(gov)["trust"]["withheld"] == 1 and crowd not in enf.log_proven
     assert gov.handle({"cmd": "wave", "action": "off"})["ok"]
     clock.advance(1)
     gov.tick()
-    assert {crowd, held} <= enf.log_proven.keys() and enf.log_proven[crowd] > 6 * 86400  # the rest of its trust
+    assert crowd in enf.log_proven
 
 
 def test_a_postfix_started_after_govern_is_found_and_its_log_followed(
