@@ -182,7 +182,7 @@ def test_in_a_wave_a_crowds_first_proof_reaches_the_kernel_after_a_probation_or_
     log.write_text("")
     gov, socks, enf, clock, _dns = make(tmp_path, {}, {"postfix_log": str(log)})
     gov.start()
-    crowd, lone, held = (Prefix.parse(f"198.51.100.{n}") for n in (66, 67, 68))
+    crowd, lone, held, knock = (Prefix.parse(f"198.51.100.{n}") for n in (66, 67, 68, 69))
     enf.crowd = {crowd}  # the kernel marked its first contacts in the wave a crowd
 
     def deliver(qid: str, client: str) -> None:
@@ -191,16 +191,21 @@ def test_in_a_wave_a_crowds_first_proof_reaches_the_kernel_after_a_probation_or_
 
     assert gov.handle({"cmd": "wave", "action": "on", "duration": "1m"})["ok"]
     # ... and this one was seen holding two sessions at once (its connections came before the wave was declared)
-    socks.sources = {held: SockCounts(held=2, established=2, syn_recv=0, idle=0, max_idle_ms=0)}
+    socks.sources = {
+        held: SockCounts(held=2, established=2, syn_recv=0, idle=0, max_idle_ms=0),
+        # a sender's second message knocking while its first is answered: no crowd
+        knock: SockCounts(held=2, established=1, syn_recv=1, idle=0, max_idle_ms=0),
+    }
     gov.tick()
     socks.sources = {}
     deliver("4F2Xk81qZ5z9sWb", str(crowd))
     deliver("4F2Xk81qZ5z9sWc", str(lone))
     deliver("4F2Xk81qZ5z9sWd", str(held))
+    deliver("4F2Xk81qZ5z9sWf", str(knock))
     clock.advance(0.5)
     gov.tick()
     assert gov.trust is not None and gov.trust.trusted().covers(crowd) and gov.trust.trusted().covers(lone)
-    assert lone in enf.log_proven and crowd not in enf.log_proven and held not in enf.log_proven
+    assert {lone, knock} <= enf.log_proven.keys() and crowd not in enf.log_proven and held not in enf.log_proven
     assert reports.status(gov)["trust"]["withheld"] == 2  # `govern status` says so
     clock.advance(PROBATION - 1)
     gov.tick()
