@@ -60,7 +60,7 @@ def _trust(config: Config, held: Mapping[str, str], proc: str) -> tuple[Config, 
     the lab's provers, but cannot get a message queued without sending one). With how the log was found."""
     trust = config.raw["trust"]
     if trust["postfix_log"] == "auto":
-        path, basis = postfix_log(next(iter(held.values()), None), proc)
+        path, basis = postfix_log(held, proc)
         config = configmod.with_override(config, "trust", "postfix_log", path, resolved=True)
     else:
         basis = "set in the config" if trust["postfix_log"] else "off in the config"
@@ -85,6 +85,6 @@ def found_since(
     found = []
     if want_postscreen and "postscreen" in held:
         found.append("postscreen holds a protected port: no silent session is cut during its pregreet wait")
-    if want_log and (path := postfix_log(next(iter(held.values()), None), proc)[0]):
+    if want_log and (path := postfix_log(held, proc)[0]):
         found.append(f"following the Postfix log {path}: senders are proven by the deliveries it records")
     return found

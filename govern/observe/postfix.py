@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from govern.model import ListenerStats
 from govern.sysctl.backlog import _comm
@@ -91,10 +91,12 @@ def greet_action(pid: str, proc: str = "/proc") -> str:
     return value if value in GREET_ACTIONS else "unknown"
 
 
-def postfix_log(pid: str | None, proc: str = "/proc", syslog_file: str = SYSLOG_MAIL_LOG) -> tuple[str, str]:
-    """Where the Postfix of process `pid` (one of `holders`) logs, for `trust.postfix_log = "auto"`: its
-    `maillog_file` (main.cf of its config directory), else the syslog mail log if there is one. The path ("" for
-    none) and how it was found or why not, for `govern status`."""
+def postfix_log(held: Mapping[str, str], proc: str = "/proc", syslog_file: str = SYSLOG_MAIL_LOG) -> tuple[str, str]:
+    """Where the Postfix holding a protected port logs (`held`: what `holders` found; any of its processes names its
+    config directory), for `trust.postfix_log = "auto"`: its `maillog_file` (main.cf of its config directory), else
+    the syslog mail log if there is one. The path ("" for none) and how it was found or why not, for `govern
+    status`."""
+    pid = next(iter(held.values()), None)
     if pid is None:
         return "", "no Postfix process holds a protected port"
     got = _process(pid, proc)

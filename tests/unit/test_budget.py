@@ -172,7 +172,7 @@ def test_main_cf_values_follow_postfixs_line_rules() -> None:
 
 def log_of(proc: str, syslog: str) -> tuple[str, str]:
     """Where the Postfix holding LISTENING logs, as trust's "auto" looks for it."""
-    return postfix_log(next(iter(holders(LISTENING, proc).values()), None), proc, syslog)
+    return postfix_log(holders(LISTENING, proc), proc, syslog)
 
 
 def test_the_log_of_the_postfix_holding_a_protected_port_is_found_for_trust(tmp_path: Path) -> None:

@@ -239,7 +239,7 @@ def test_a_postfix_started_after_govern_is_found_and_its_log_followed(
     log = tmp_path / "mail.log"
     log.write_text("")
     found: list[tuple[str, str]] = [("", "no Postfix process holds a protected port")]
-    monkeypatch.setattr(govern.autos, "postfix_log", lambda pid, proc: found[-1])
+    monkeypatch.setattr(govern.autos, "postfix_log", lambda held, proc: found[-1])
     gov, _socks, _enf, clock, _dns = make(tmp_path, {})
     gov.start()
     st = reports.status(gov)["trust"]
