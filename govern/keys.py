@@ -233,10 +233,26 @@ class Counted(Mapping[Prefix, int]):
 
     @staticmethod
     def concat(parts: Sequence[Counted]) -> Counted:
+        """The parts' rows one after the other. Takes the parts: each of their columns is let go as soon as it is
+        joined, and they are left empty, so a tick holds the parts and the join together one column at a time, not
+        whole (both whole were 52 B a source of a flood's tick's peak; docs/benchmarks.md, "Memory")."""
         if not parts:
             return Counted(empty_keys(), np.zeros(0, np.uint64))
-        keys = Keys(*(np.concatenate([getattr(c.sources, f) for c in parts]) for f in Keys._fields))
-        return Counted(keys, np.concatenate([c.totals for c in parts]))
+        if len(parts) == 1:
+            return parts[0]
+        keys = {f: np.concatenate([c._give(f) for c in parts]) for f in Keys._fields}
+        totals = np.concatenate([c._give("totals") for c in parts])
+        return Counted(Keys(**keys), totals)
+
+    def _give(self, column: str) -> npt.NDArray[np.generic]:
+        """One column, leaving an empty one in its place."""
+        self._dict = None
+        if column == "totals":
+            col, self.totals = self.totals, self.totals[:0]
+        else:
+            col = getattr(self.sources, column)
+            self.sources = self.sources._replace(**{column: col[:0]})
+        return col
 
 
 def group_counts(keys_be: bytes | bytearray, packets_be: bytes | bytearray, version: int, plen: int) -> Counted:
@@ -246,16 +262,18 @@ def group_counts(keys_be: bytes | bytearray, packets_be: bytes | bytearray, vers
     until the elements lapse, keys falling in one group add up."""
     totals = np.frombuffer(packets_be, ">u8").astype(np.uint64)
     n = totals.shape[0]
+    # Each column read straight into its own array and the group's network taken in place: a flood's buffers, its
+    # columns and a second copy of them alive together were the top of a tick's peak (docs/benchmarks.md, "Memory").
     if version == 4:
-        value = np.frombuffer(keys_be, ">u4").astype(np.uint64)
-        shift = np.uint64(32 - plen)
-        lo = (value >> shift) << shift
+        lo = np.frombuffer(keys_be, ">u4").astype(np.uint64)
         hi = np.zeros(n, np.uint64)
-        moved = bool((lo != value).any())
+        moved = _network(lo, _mask(32 + plen))  # the address is the low 32 bits
     else:
-        halves = np.frombuffer(keys_be, ">u8").astype(np.uint64).reshape(-1, 2)
-        hi, lo = halves[:, 0] & np.uint64(_mask(min(plen, 64))), halves[:, 1] & np.uint64(_mask(max(plen - 64, 0)))
-        moved = bool(((hi != halves[:, 0]) | (lo != halves[:, 1])).any())
+        halves = np.frombuffer(keys_be, ">u8").reshape(-1, 2)
+        hi, lo = halves[:, 0].astype(np.uint64), halves[:, 1].astype(np.uint64)
+        del halves
+        moved = _network(hi, _mask(min(plen, 64)))
+        moved = _network(lo, _mask(max(plen - 64, 0))) or moved
     tag = np.full(n, version << 8 | plen, np.uint16)
     if not moved:
         return Counted(Keys(hi, lo, tag), totals)
@@ -265,6 +283,19 @@ def group_counts(keys_be: bytes | bytearray, packets_be: bytes | bytearray, vers
     summed = np.zeros(uniq.shape[0], np.uint64)
     np.add.at(summed, inverse, totals)
     return Counted(Keys(uniq["hi"].copy(), uniq["lo"].copy(), tag[: uniq.shape[0]]), summed)
+
+
+def _network(col: U64, mask: int) -> bool:
+    """Clears the bits of `col` outside `mask`, in place; whether any was set."""
+    if mask == _M64:
+        return False
+    if not mask:
+        moved = bool(col.any())
+        col.fill(0)
+        return moved
+    moved = bool((col & np.uint64(~mask & _M64)).any())
+    col &= np.uint64(mask)
+    return moved
 
 
 def _mask(bits: int) -> int:
