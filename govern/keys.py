@@ -247,11 +247,12 @@ class Counted(Mapping[Prefix, int]):
     def _give(self, column: str) -> npt.NDArray[np.generic]:
         """One column, leaving an empty one in its place."""
         self._dict = None
+        col = self.totals if column == "totals" else getattr(self.sources, column)
+        empty = np.empty(0, col.dtype)  # not col[:0], a view that would keep the column's memory
         if column == "totals":
-            col, self.totals = self.totals, self.totals[:0]
+            self.totals = empty
         else:
-            col = getattr(self.sources, column)
-            self.sources = self.sources._replace(**{column: col[:0]})
+            self.sources = self.sources._replace(**{column: empty})
         return col
 
 

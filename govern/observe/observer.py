@@ -31,6 +31,7 @@ _STANDINGS_STALE = 1 << 16  # sources gone since they were last seen that the st
 # A rate window row's mark: its source's allowlist standing (0: not asked yet under the current allowlist).
 _STRANGER, _ALLOWLISTED = 1, 2
 _ASK_AT_ONCE = 1 << 14
+_LOOK_AT_ONCE = 1 << 18  # rows _foreign_new looks over at a time
 
 
 class Observer:
@@ -147,13 +148,16 @@ class Observer:
         asked once per source and allowlist, and only about sources that made attempts."""
         marks = self.rates.marks
         active = attempts.listed & (attempts.new > 0)
-        unknown = np.flatnonzero(active & (marks == 0))
-        if unknown.size:
+        # The rows are looked over a stretch at a time and the allowlist asked in slices: a flood's first tick asks
+        # about every source, and its million row numbers at once were 8 MB of the tick's peak, a million Prefix
+        # objects ~150 MB; 16,384 at a time keep a slice's objects to a few MB.
+        for lo in range(0, marks.size, _LOOK_AT_ONCE):
+            unknown = np.flatnonzero(active[lo : lo + _LOOK_AT_ONCE] & (marks[lo : lo + _LOOK_AT_ONCE] == 0)) + lo
+            if not unknown.size:
+                continue
             assert self._allow is not None
             ask = self._allow.intersects
-            # In slices: a flood's first tick asks about every source, and a million Prefix objects at once would
-            # add ~150 MB to the tick's peak; 16,384 at a time keep a slice's objects to a few MB.
-            for lo in range(0, unknown.size, _ASK_AT_ONCE):
-                part = unknown[lo : lo + _ASK_AT_ONCE]
+            for at in range(0, unknown.size, _ASK_AT_ONCE):
+                part = unknown[at : at + _ASK_AT_ONCE]
                 marks[part] = [_ALLOWLISTED if ask(p) else _STRANGER for p in attempts.keys.prefixes(part.tolist())]
-        return int(attempts.new[active & (marks == _STRANGER)].sum())
+        return int(attempts.new.sum(where=active & (marks == _STRANGER)))

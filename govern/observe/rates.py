@@ -27,6 +27,7 @@ WINDOW = 60.0
 # tracked ones: the columns stay within 25% of what is tracked, and each row dropped costs at most a few copies.
 _COMPACT_SHARE = 4
 _COMPACT_MIN = 4096
+_BATCH = 1 << 16  # rows a pass over the columns takes at a time (see advance)
 
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
@@ -94,44 +95,60 @@ class RateWindow:
             totals = np.fromiter(cumulative.values(), np.uint64, len(cumulative))
         rows = self._table.find(keys)
         fresh = rows < 0
-        if fresh.any():
-            rows[fresh] = self._table.add(keys.take(np.flatnonzero(fresh)))
-            self._fit(len(self._table))
+        if fresh.all():  # a flood's first tick: every key is new, so the table takes them as they are
+            rows = self._table.add(keys)
+        elif fresh.any():
+            at = np.flatnonzero(fresh)
+            rows[at] = self._table.add(keys.take(at))
+            del at
+        del fresh
+        self._fit(len(self._table))
         n = len(self._table)
         last, seen, live = self._last[:n], self._seen[:n], self._live[:n]
         start, cur, prev = self._start[:n], self._cur[:n], self._prev[:n]
-        # The kernel's last count holds for as long as the source is tracked, not only when it was in the previous
-        # tick's counters: a dump of a set the flood is filling at that moment can miss an element now and then,
-        # and counting its whole total again each time it came back made a source of a few SYNs look like tens a
-        # minute (seen in bench_daemon: sources of 1-4 SYNs blocked for 70-94 a minute). A tracked source is one
-        # the kernel counted within the last one to two minutes, inside its elements' own 2-minute timeout, so a
-        # known count is never one of an element since expired and made afresh, unless the total is smaller.
-        known = live[rows]
-        # A source not tracked starts a window now (a roll then leaves it as it is).
-        back = rows[~known]
-        start[back], cur[back], prev[back], live[back] = now, 0.0, 0.0, True
-        # Temporaries are let go as soon as they are used, and the longer expressions computed in place: a flood's
-        # first tick meets a million sources, and each column-sized temporary is 8 MB of the tick's peak.
-        before = last[rows]
-        # A smaller total means the kernel's element expired and was created afresh: all of it is new.
-        delta = np.where(known & (totals >= before), totals - before, totals)
-        del before, known
-        elapsed = now - start
-        reset = live & (elapsed >= 2 * WINDOW)
-        roll = live & (elapsed >= WINDOW) & ~reset
-        del elapsed
-        start[reset], cur[reset], prev[reset] = now, 0.0, 0.0
-        start[roll] += WINDOW
-        prev[roll] = cur[roll]
-        cur[roll] = 0.0
-        del reset, roll
-        cur[rows] += delta.astype(np.float64)
-        seen[:] = False
-        seen[rows], last[rows] = True, totals
-        live &= seen | (cur != 0) | (prev != 0)
+        # Each pass goes _BATCH rows at a time, so that its temporaries are a slice's, not the tick's: a flood's
+        # first tick meets a million sources, and each column-sized temporary was 8 MB of the tick's peak. A row
+        # appears once in `rows`, so each slice reads and writes its own rows only, as a whole-column pass would.
         new = np.zeros(n, np.int64)
-        new[rows] = delta.astype(np.int64)
-        del delta
+        for lo in range(0, rows.size, _BATCH):
+            at, count = rows[lo : lo + _BATCH], totals[lo : lo + _BATCH]
+            # The kernel's last count holds for as long as the source is tracked, not only when it was in the
+            # previous tick's counters: a dump of a set the flood is filling at that moment can miss an element now
+            # and then, and counting its whole total again each time it came back made a source of a few SYNs look
+            # like tens a minute (seen in bench_daemon: sources of 1-4 SYNs blocked for 70-94 a minute). A tracked
+            # source is one the kernel counted within the last one to two minutes, inside its elements' own
+            # 2-minute timeout, so a known count is never one of an element since expired and made afresh, unless
+            # the total is smaller.
+            known = live[at]
+            # A source not tracked starts a window now (a roll then leaves it as it is).
+            back = at[~known]
+            start[back], cur[back], prev[back], live[back] = now, 0.0, 0.0, True
+            # A smaller total means the kernel's element expired and was created afresh: all of it is new.
+            delta = last[at]
+            grew = known & (count >= delta)
+            np.subtract(count, delta, out=delta)
+            np.copyto(delta, count, where=~grew)
+            new[at] = delta  # the unsigned delta's bits, as delta.astype(np.int64)
+        for lo in range(0, n, _BATCH):
+            part = slice(lo, lo + _BATCH)
+            alive, since = live[part], start[part]
+            elapsed = now - since
+            reset = alive & (elapsed >= 2 * WINDOW)
+            roll = alive & (elapsed >= WINDOW) & ~reset
+            was, now_in = prev[part], cur[part]
+            since[reset], now_in[reset], was[reset] = now, 0.0, 0.0
+            since[roll] += WINDOW
+            was[roll] = now_in[roll]
+            now_in[roll] = 0.0
+        seen[:] = False
+        for lo in range(0, rows.size, _BATCH):
+            at = rows[lo : lo + _BATCH]
+            added = cur[at]
+            np.add(added, new[at].view(np.uint64), out=added)  # the unsigned delta, as delta.astype(np.float64)
+            cur[at] = added
+            seen[at], last[at] = True, totals[lo : lo + _BATCH]
+        del rows
+        live &= seen | (cur != 0) | (prev != 0)
         dropped = n - int(np.count_nonzero(live))
         if dropped > _COMPACT_MIN and dropped * _COMPACT_SHARE > n - dropped:
             kept = np.flatnonzero(live)
@@ -140,18 +157,20 @@ class RateWindow:
             n = len(kept)
             start, cur, prev, live = self._start[:n], self._cur[:n], self._prev[:n], self._live[:n]
         # As the scalar form round(cur + prev * (WINDOW - into) / WINDOW), with into = min(max(now - start, 0),
-        # WINDOW), in one buffer: numpy rounds halves to even like round(), and each step is the same operation on
-        # the same operands as the expression's.
-        t = np.subtract(now, start)
-        np.maximum(t, 0.0, out=t)
-        np.minimum(t, WINDOW, out=t)
-        np.subtract(WINDOW, t, out=t)
-        np.multiply(prev, t, out=t)
-        np.divide(t, WINDOW, out=t)
-        np.add(cur, t, out=t)
-        np.rint(t, out=t)
-        minute = t.astype(np.int64)
-        del t
+        # WINDOW), a slice at a time in one buffer: numpy rounds halves to even like round(), and each step is the
+        # same operation on the same operands as the expression's.
+        minute = np.empty(n, np.int64)
+        for lo in range(0, n, _BATCH):
+            part = slice(lo, lo + _BATCH)
+            t = np.subtract(now, start[part])
+            np.maximum(t, 0.0, out=t)
+            np.minimum(t, WINDOW, out=t)
+            np.subtract(WINDOW, t, out=t)
+            np.multiply(prev[part], t, out=t)
+            np.divide(t, WINDOW, out=t)
+            np.add(cur[part], t, out=t)
+            np.rint(t, out=t)
+            minute[part] = t  # as t.astype(np.int64)
         minute[~live] = 0
         return Rates(live.copy(), new, minute)
 

@@ -3,6 +3,8 @@ counters as columns."""
 
 from __future__ import annotations
 
+import weakref
+
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -98,6 +100,10 @@ def test_concat_joins_the_parts_in_order_and_takes_them() -> None:
     joined = Counted.concat([four, empty, six])
     assert list(joined.items()) == want and len(joined) == 3
     assert len(four) == len(six) == 0 and dict(four) == {}  # taken: their columns went into the join
+    parts = [group_counts(bytes(16 * 1000), bytes(8 * 1000), 6, 128), group_counts(b"", b"", 4, 32)]
+    columns = [weakref.ref(c) for c in (*parts[0].sources, parts[0].totals)]
+    joined = Counted.concat(parts)
+    assert len(joined) == 1000 and all(c() is None for c in columns)  # nothing left holding the parts' memory
     one = group_counts(bytes([198, 18, 0, 1]), (1).to_bytes(8, "big"), 4, 32)
     assert Counted.concat([one]) is one
     assert len(Counted.concat([])) == 0

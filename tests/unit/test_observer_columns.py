@@ -3,6 +3,8 @@ dict of records the observer made before, its sums are the same, and decide judg
 
 from __future__ import annotations
 
+from unittest.mock import patch
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -12,6 +14,7 @@ from govern.core.decide import decide, most_prolific, prolific
 from govern.core.modes import totals
 from govern.fakes import FakeCounters, FakeSockets
 from govern.model import Block, Mode, ModeState, Snapshot, SockCounts, Sources, SourceStats, State, holding
+from govern.observe import observer, rates
 from govern.observe.observer import Observer
 from tests.unit.test_rates import ReferenceWindow
 
@@ -95,6 +98,21 @@ def test_snapshot_sources_read_as_the_records_before(
         kept.append((snap, want))
     # A snapshot shares the rate window's address columns: the window moving on changes none it made.
     assert all(dict(snap.sources.items()) == want for snap, want in kept)
+
+
+@settings(max_examples=60, deadline=None)
+@given(ticks, st.integers(1, 5), st.integers(1, 3))
+def test_the_same_in_slices_of_a_few_rows(
+    seq: list[tuple[float, dict[Prefix, SockCounts], dict[Prefix, int]]], rows: int, asked: int
+) -> None:
+    """The window's passes and the allowlist's questions go a slice of rows at a time (64k, 256k and 16k in the
+    daemon): slices of a few rows, so that they end at every boundary, give the same snapshot and sums."""
+    with (
+        patch.object(rates, "_BATCH", rows),
+        patch.object(observer, "_LOOK_AT_ONCE", rows),
+        patch.object(observer, "_ASK_AT_ONCE", asked),
+    ):
+        test_snapshot_sources_read_as_the_records_before.hypothesis.inner_test(seq)  # type: ignore[attr-defined]
 
 
 def test_old_snapshots_survive_the_window_growing_and_dropping_rows() -> None:

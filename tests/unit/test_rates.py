@@ -184,6 +184,40 @@ def test_compact_window_matches_the_reference_through_growth_and_compaction(
             assert len(new) == len(ref)
 
 
+@settings(max_examples=200, deadline=None)
+@given(ticks, st.floats(0.0, 2e9), st.integers(1, 5))
+def test_the_window_in_slices_matches_the_reference(
+    seq: list[tuple[float, dict[Prefix, int]]], t0: float, batch: int
+) -> None:
+    """advance takes its rows a slice at a time (64k in the daemon): slices of a few rows, so that every pass ends
+    mid-tick, at every boundary, give what the reference gives."""
+    new, ref = RateWindow(), ReferenceWindow()
+    now = t0
+    with patch.object(rates, "_BATCH", batch):
+        for step, counts in seq:
+            now += step
+            assert new.update(counts, now) == ref.update(counts, now)
+            assert len(new) == len(ref)
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(0, 3000), st.integers(0, 3000), st.integers(1, 130)), min_size=1, max_size=8),
+    st.integers(1, 700),
+)
+def test_the_window_in_slices_matches_the_reference_through_growth_and_compaction(
+    seq: list[tuple[int, int, int]], batch: int
+) -> None:
+    new, ref = RateWindow(), ReferenceWindow()
+    now = 1_700_000_000.0
+    with patch.object(rates, "_COMPACT_MIN", 16), patch.object(rates, "_BATCH", batch):
+        for lo, span, step in seq:
+            now += step
+            counts = {Prefix(4, 0xC6120000 + i, 32): (i * 7 + int(now)) % 50 for i in range(lo, lo + span)}
+            assert new.update(counts, now) == ref.update(counts, now)
+            assert len(new) == len(ref)
+
+
 def test_rows_no_longer_tracked_are_dropped() -> None:
     w = RateWindow()
     c = Prefix.parse("198.51.100.7")
