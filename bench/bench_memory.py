@@ -22,7 +22,12 @@ Parts:
   the window has it, then the heap's free pages handed back as the observer does; `update`, a dict, before), and
   one full cyclic-GC collection with it alive.
 - observer: what the tick keeps per tracked source: an Observer (its RateWindow) plus the last Snapshot, which
-  Governor keeps as `self.snapshot` until the next tick; N sources with SYN counters, none holding sockets.
+  Governor keeps as `self.snapshot` until the next tick; N sources with SYN counters, none holding sockets. Its
+  peak (VmHWM) is that of the tick in the order the Governor runs it since 2026-12-06: the last snapshot let go,
+  then the counters read (as the nft backend reads them, before the Observer's snapshot is timed) and handed to the
+  Observer, which holds the only reference, as it does the backend's; then the snapshot made.
+- observer_held: the same ticks with the last snapshot held until the next one is made, as the Governor did before
+  2026-12-06 (its peak only; the tree's own daemon runs one of the two orders).
 - state: govern.model.State after State.record of N automatic blocks (Plans of 10,000 BLOCK actions, one per
   tick): `blocks` (Prefix -> Block, each with its own reason string and expiry) and `offenders` (Prefix ->
   Offender), as the daemon records them; then the nftables backend's in-memory copy of the block sets
@@ -173,10 +178,9 @@ def part_rates(n: int, ticks: int) -> dict[str, float]:
     return r
 
 
-def part_observer(n: int, ticks: int) -> dict[str, float]:
+def part_observer(n: int, ticks: int, *, hold: bool = False) -> dict[str, float]:
     import govern.daemon  # noqa: F401
     from govern import config
-    from govern.addr import Prefix
     from govern.fakes import FakeCounters, FakeSockets
     from govern.model import Snapshot
     from govern.observe.observer import Observer
@@ -184,22 +188,26 @@ def part_observer(n: int, ticks: int) -> dict[str, float]:
     policy = config.from_mapping({}).policy()
     r: dict[str, float] = {}
     r["before"] = rss()
-    current: Mapping[Prefix, int] = {}
-    obs = Observer(FakeSockets(), lambda: current, FakeCounters())
+    read: list[Mapping[Any, int]] = []  # the tick's counters, handed over: the Observer holds the only reference
+    obs = Observer(FakeSockets(), read.pop, FakeCounters())
     last: Snapshot | None = None
     took = []
     for t in range(ticks):
-        current = tick_counts(n, 300 + 3 * t)
+        if not hold:
+            last = None  # the Governor lets the last snapshot go before the next one is read and made
+        read.append(tick_counts(n, 300 + 3 * t))
         t0 = time.perf_counter()
-        last = None  # Governor replaces its snapshot: the old one goes once the new one is made
         last = obs.snapshot(policy, NOW + t)
         took.append(time.perf_counter() - t0)
-        current = {}
     r["snapshot_s"], r["snapshot_min"], r["snapshot_max"] = statistics.median(took), min(took), max(took)
     r["after"] = rss()
     r["hwm"] = status()["VmHWM"]
-    assert last is not None and len(last.sources) == n
+    assert last is not None and len(last.sources) == n and not read
     return r
+
+
+def part_observer_held(n: int, ticks: int) -> dict[str, float]:
+    return part_observer(n, ticks, hold=True)
 
 
 def part_state(n: int, ticks: int) -> dict[str, float]:
@@ -258,7 +266,13 @@ def part_state(n: int, ticks: int) -> dict[str, float]:
     return r
 
 
-PARTS = {"base": part_base, "rates": part_rates, "observer": part_observer, "state": part_state}
+PARTS = {
+    "base": part_base,
+    "rates": part_rates,
+    "observer": part_observer,
+    "observer_held": part_observer_held,
+    "state": part_state,
+}
 
 
 def run_part(name: str, n: int, ticks: int, tree: str | None = None) -> dict[str, float]:
@@ -291,7 +305,8 @@ def report(label: str, n: int, ticks: int, res: dict[str, dict[str, float]]) -> 
     print(
         f"Observer + last Snapshot, {n:,} sources: +{grow / mb:.0f} MB ({grow / n:.0f} B/source); process RSS "
         f"{obs['after'] / mb:.0f} MB, peak {obs['hwm'] / mb:.0f} MB; one snapshot median {obs['snapshot_s']:.2f} s "
-        f"(min {obs['snapshot_min']:.2f}, max {obs['snapshot_max']:.2f})"
+        f"(min {obs['snapshot_min']:.2f}, max {obs['snapshot_max']:.2f}); with the last snapshot held through the "
+        f"tick, peak {res['observer_held']['hwm'] / mb:.0f} MB"
     )
     print(
         f"State, {n:,} blocks (+ offender records): +{blocks / mb:.0f} MB ({blocks / n:.0f} B/block); "
@@ -308,6 +323,7 @@ def report(label: str, n: int, ticks: int, res: dict[str, dict[str, float]]) -> 
         f"{grow / mb:.0f} MB ({grow / n:.0f} B), RSS **{(base['rss'] + grow) / mb:.0f} MB**",
         f"{obs['snapshot_s']:.2f} s ({obs['snapshot_min']:.2f}-{obs['snapshot_max']:.2f})",
         f"{obs['hwm'] / mb:.0f} MB",
+        f"{res['observer_held']['hwm'] / mb:.0f} MB",
         f"{blocks / mb:.0f} MB ({blocks / n:.0f} B)",
         f"{held / mb:.0f} MB ({held / n:.0f} B)",
         f"{(base['rss'] + blocks + held) / mb:.0f} MB",
@@ -352,7 +368,8 @@ def main() -> None:
         "one RateWindow step, median (min-max)",
         "Observer (RateWindow) + last Snapshot",
         "one Observer.snapshot, median (min-max)",
-        "Observer part's peak RSS (VmHWM)",
+        "Observer part's peak RSS (VmHWM), the last snapshot let go first (the Governor since 2026-12-06)",
+        "the same, the last snapshot held through the tick (the Governor before)",
         "State: blocks + offenders",
         "NftBackend.held (block sets)",
         "State + held + base (RSS)",

@@ -332,6 +332,11 @@ class Governor:
         # Before deciding: a source the fleet blocked is not judged again here (and not published twice).
         self._from_fleet(now)
         laps.lap("fleet")
+        # The last snapshot goes before the next one is read and made: nothing in the tick reads it meanwhile (the
+        # other threads wait for the lock the tick holds), and at a million sources its columns (17 B a source) on
+        # top of the tick's own were the peak's margin over the target (docs/benchmarks.md, "Memory"). A tick whose
+        # observation fails therefore leaves no snapshot, rather than the last one, stale.
+        self.snapshot = None
         try:
             self.snapshot = self.observer.snapshot(self.policy, now, self.trusted(), rescan=self._rescan())
         except GovernError as exc:

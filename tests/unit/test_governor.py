@@ -4,14 +4,16 @@ CLI requests are validated and refused with reasons, and a refused kernel commit
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from govern import config, reports
 from govern.addr import Prefix
 from govern.daemon import Governor
 from govern.dryrun import DryRun, DryRunSockets, DryRunStore
 from govern.edges import Enforcer, SocketSource, StateStore
+from govern.errors import GovernError
 from govern.fakes import FakeClock, FakeCounters, FakeEnforcer, FakeSockets
-from govern.model import ListenerStats, Mode, SockCounts
+from govern.model import ListenerStats, Mode, Snapshot, SockCounts
 from govern.store import Store
 
 BOT = Prefix.parse("198.18.0.7")
@@ -246,3 +248,40 @@ def test_every_tick_walks_the_sockets_with_calm_scan_every_1(tmp_path: Path) -> 
     gov, _socks, _enf, clock = make(tmp_path, daemon__calm_scan_every=1)
     run_ticks(gov, clock, 5)
     assert gov.observer.scans == 5
+
+
+def last(gov: Governor) -> Snapshot | None:
+    """The daemon's snapshot, read afresh (a tick changes it)."""
+    return gov.snapshot
+
+
+def test_a_tick_lets_the_last_snapshot_go_before_it_observes(tmp_path: Path) -> None:
+    """At a million sources the last snapshot's columns beside the next tick's are the peak's margin over the
+    target: the tick drops it first. Nothing in the tick reads it meanwhile, and a failed observation leaves none."""
+    gov, socks, enf, clock = make(tmp_path)
+    socks.sources = {BOT: hog(3)}
+    enf.syn[TRUSTED] = 5
+    gov.tick()
+    assert gov.snapshot is not None and BOT in gov.snapshot.sources
+    observe = gov.observer.snapshot
+    held: list[object] = []
+
+    def watched(*args: Any, **kwargs: Any) -> Snapshot:
+        held.append(gov.snapshot)
+        return observe(*args, **kwargs)
+
+    def failing(*_args: Any, **_kwargs: Any) -> Snapshot:
+        raise GovernError("sock_diag: the dump failed")
+
+    gov.observer.snapshot = watched  # type: ignore[method-assign]
+    clock.advance(1.0)
+    gov.tick()
+    assert held == [None] and gov.snapshot is not None and TRUSTED in gov.snapshot.sources
+    gov.observer.snapshot = failing  # type: ignore[method-assign]
+    clock.advance(1.0)
+    assert not gov.tick() and last(gov) is None and gov.health.failures["observe"] == 1
+    assert reports.status(gov)["blocks"] == 0  # status reads a daemon without a snapshot as before its first tick
+    gov.observer.snapshot = observe  # type: ignore[method-assign]
+    clock.advance(1.0)
+    gov.tick()
+    assert gov.snapshot is not None and BOT in gov.snapshot.sources
