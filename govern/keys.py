@@ -244,6 +244,13 @@ class Counted(Mapping[Prefix, int]):
         totals = np.concatenate([c._give("totals") for c in parts])
         return Counted(Keys(**keys), totals)
 
+    def take(self) -> tuple[Keys, U64]:
+        """The sources and their totals, leaving the counts empty: whoever takes them can let each column go as
+        soon as it is done with it, which it could not while the counts held them too."""
+        keys, totals = self.sources, self.totals
+        self.sources, self.totals, self._dict = empty_keys(), np.zeros(0, np.uint64), None
+        return keys, totals
+
     def _give(self, column: str) -> npt.NDArray[np.generic]:
         """One column, leaving an empty one in its place."""
         self._dict = None

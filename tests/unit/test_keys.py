@@ -107,3 +107,14 @@ def test_concat_joins_the_parts_in_order_and_takes_them() -> None:
     one = group_counts(bytes([198, 18, 0, 1]), (1).to_bytes(8, "big"), 4, 32)
     assert Counted.concat([one]) is one
     assert len(Counted.concat([])) == 0
+
+
+def test_take_hands_over_the_columns_and_leaves_the_counts_empty() -> None:
+    counts = group_counts(bytes([198, 18, 0, 1, 198, 18, 0, 2]), (3).to_bytes(8, "big") * 2, 4, 32)
+    want = dict(counts)
+    columns = [weakref.ref(c) for c in (*counts.sources, counts.totals)]
+    keys, totals = counts.take()
+    assert dict(zip(keys.prefixes(), totals.tolist(), strict=True)) == want
+    assert len(counts) == 0 and dict(counts) == {}
+    del keys, totals
+    assert all(c() is None for c in columns)  # the counts kept nothing of them

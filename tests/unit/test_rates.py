@@ -255,3 +255,4 @@ def test_the_kernels_counts_as_columns_count_as_a_mapping_does(
         now += step
         as_columns = Counted(keys_of(list(counts)), np.fromiter(counts.values(), np.uint64, len(counts)))
         assert columns.update(as_columns, now) == mapping.update(counts, now)
+        assert len(as_columns) == 0  # taken: the window let each column go once done with it
