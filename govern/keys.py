@@ -241,7 +241,7 @@ class Counted(Mapping[Prefix, int]):
         if len(parts) == 1:
             return parts[0]
         keys = {f: np.concatenate([c._give(f) for c in parts]) for f in Keys._fields}
-        totals = np.concatenate([c._give("totals") for c in parts])
+        totals = np.concatenate([c._give("totals") for c in parts], dtype=np.uint64)  # in this machine's order
         return Counted(Keys(**keys), totals)
 
     def take(self) -> tuple[Keys, U64]:
@@ -268,7 +268,9 @@ def group_counts(keys_be: bytes | bytearray, packets_be: bytes | bytearray, vers
     (addresses, big-endian, 4 or 16 bytes each), `packets_be` their counters' packets (big-endian u64). The rules key
     the sets by the group's network already, so a group is one element; after a reload that changed the grouping,
     until the elements lapse, keys falling in one group add up."""
-    totals = np.frombuffer(packets_be, ">u8").astype(np.uint64)
+    # The counters as read, big-endian, not a copy: numpy reads them as they are, and a copy beside the buffers was
+    # 8 B a source more at the top of the tick's peak. (The buffer stays alive as long as the counts.)
+    totals = np.frombuffer(packets_be, ">u8")
     n = totals.shape[0]
     # Each column read straight into its own array and the group's network taken in place: a flood's buffers, its
     # columns and a second copy of them alive together were the top of a tick's peak (docs/benchmarks.md, "Memory").

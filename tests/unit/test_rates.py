@@ -241,18 +241,19 @@ def test_advance_gives_columns_by_row() -> None:
 
 
 @settings(max_examples=40, deadline=None)
-@given(ticks, st.floats(0.0, 2e9))
+@given(ticks, st.floats(0.0, 2e9), st.sampled_from(["=u8", ">u8"]))
 def test_the_kernels_counts_as_columns_count_as_a_mapping_does(
-    seq: list[tuple[float, dict[Prefix, int]]], t0: float
+    seq: list[tuple[float, dict[Prefix, int]]], t0: float, order: str
 ) -> None:
-    """The nft backend hands the window govern.keys.Counted (columns, no Prefix per source); the window counts them
-    exactly as it counts the same counts as a dict."""
+    """The nft backend hands the window govern.keys.Counted (columns, no Prefix per source; the totals the kernel's
+    big-endian words as read, or this machine's order once joined); the window counts them exactly as it counts the
+    same counts as a dict."""
     from govern.keys import Counted
 
     columns, mapping = RateWindow(), RateWindow()
     now = t0
     for step, counts in seq:
         now += step
-        as_columns = Counted(keys_of(list(counts)), np.fromiter(counts.values(), np.uint64, len(counts)))
+        as_columns = Counted(keys_of(list(counts)), np.fromiter(counts.values(), order, len(counts)))
         assert columns.update(as_columns, now) == mapping.update(counts, now)
         assert len(as_columns) == 0  # taken: the window let each column go once done with it
