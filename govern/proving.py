@@ -128,7 +128,8 @@ class Proving:
 
     @property
     def withheld(self) -> int:
-        """Crowds proven during this wave whose proof is kept from the kernel: on probation, or until they deliver again."""
+        """Crowds proven during this wave whose proof is kept from the kernel (on probation, or until they deliver
+        again)."""
         return len(self._withheld)
 
     def note_crowds(self, snapshot: Snapshot, mode: ModeState, now: float) -> None:
