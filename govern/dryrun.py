@@ -14,7 +14,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from govern.addr import Prefix, PrefixSet
 from govern.edges import Enforcer, SocketSource, StateStore, Tarpit
 from govern.errors import RefusedError
-from govern.model import Event, FirewallSpec, ListenerStats, Plan, Scan, ScanOptions, SessionInfo, State
+from govern.model import Event, FirewallSpec, ListenerStats, Plan, Scan, ScanOptions, SessionInfo, Shed, State
 from govern.sysctl.edges import SysctlProfiles
 from govern.sysctl.manager import Drift, Report
 from govern.sysctl.planner import Item
@@ -155,7 +155,7 @@ class DryRunSockets:
         self,
         idle_ms: Mapping[Prefix, int],
         ports: frozenset[int],
-        shed: Mapping[Prefix, tuple[int, bool]] | None = None,
+        shed: Mapping[Prefix, Shed] | None = None,
         greet_ms: int = 0,
         pregreet_cut: bool = False,
     ) -> Mapping[Prefix, int]:

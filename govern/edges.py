@@ -9,7 +9,7 @@ from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Protocol
 
 from govern.addr import Prefix, PrefixSet
-from govern.model import Event, FirewallSpec, ListenerStats, Plan, Scan, ScanOptions, SessionInfo, State
+from govern.model import Event, FirewallSpec, ListenerStats, Plan, Scan, ScanOptions, SessionInfo, Shed, State
 
 if TYPE_CHECKING:
     from govern.fleet.codec import Decision
@@ -37,15 +37,16 @@ class SocketSource(Protocol):
         self,
         idle_ms: Mapping[Prefix, int],
         ports: frozenset[int],
-        shed: Mapping[Prefix, tuple[int, bool]] | None = None,
+        shed: Mapping[Prefix, Shed] | None = None,
         greet_ms: int = 0,
         pregreet_cut: bool = False,
     ) -> Mapping[Prefix, int]:
         """End the sessions of these sources idle (server waiting on a silent client) for at least `idle_ms`; none
         before `greet_ms` while the server has sent only its first segment (with `pregreet_cut`, unless its client
-        talked meanwhile). Of the sources to `shed` (wait, queued
-        too): those that got nothing but the greeting and have not advanced for the wait, and with `queued`, those
-        the server has not greeted yet. Returns the sessions ended per source."""
+        talked meanwhile). Of the sources to `shed`
+        (govern.model.Shed): those that got nothing but the greeting and have not advanced for the wait (with
+        `past`, any that has not), and with `queued`, those the server has not greeted yet. Returns the sessions
+        ended per source."""
         ...
 
     def sessions(self, prefix: Prefix | PrefixSet, ports: frozenset[int]) -> Sequence[SessionInfo]:

@@ -22,6 +22,7 @@ from govern.model import (
     Scan,
     ScanOptions,
     SessionInfo,
+    Shed,
     SockCounts,
     State,
 )
@@ -38,7 +39,7 @@ class FakeSockets:
     sources: dict[Prefix, SockCounts] = field(default_factory=dict)
     destroyed: list[Prefix] = field(default_factory=list)
     cuts: list[dict[Prefix, int]] = field(default_factory=list)
-    shed: list[dict[Prefix, tuple[int, bool]]] = field(default_factory=list)  # each call's sources to shed
+    shed: list[dict[Prefix, Shed]] = field(default_factory=list)  # each call's sources to shed
     live: list[SessionInfo] = field(default_factory=list)
     scanner: str = "fake"
     listening: tuple[ListenerStats, ...] = ()  # what `listeners` reads between ticks
@@ -63,7 +64,7 @@ class FakeSockets:
         self,
         idle_ms: Mapping[Prefix, int],
         ports: frozenset[int],
-        shed: Mapping[Prefix, tuple[int, bool]] | None = None,
+        shed: Mapping[Prefix, Shed] | None = None,
         greet_ms: int = 0,
         pregreet_cut: bool = False,
     ) -> dict[Prefix, int]:

@@ -301,13 +301,24 @@ class Action:
 class Cut:
     """End this source's sessions on which the server has waited on a client whose session has not advanced for at
     least `idle_ms`; with `queued`, also those still waiting for the server's greeting (in the accept queue). `shed`:
-    the slot budget's shedding, which judges nothing the source did and so never counts towards a block."""
+    the slot budget's shedding, which judges nothing the source did and so never counts towards a block; it takes
+    only sessions not past the greeting, but with `past` any session that has not advanced for the wait."""
 
     prefix: Prefix
     idle_ms: int
     reason: str
     shed: bool = False
     queued: bool = False
+    past: bool = False
+
+
+class Shed(NamedTuple):
+    """How a source's sessions are shed (govern.edges.SocketSource.cut): not advancing for `wait_ms`; with
+    `queued` those not greeted yet too; with `past` those past the greeting too."""
+
+    wait_ms: int
+    queued: bool
+    past: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -128,6 +128,16 @@ MATRIX: tuple[Scenario, ...] = (
         about="1,000 sources x 2 sessions: EHLO after 20 s, then MAIL and RCPT after RCPT every 8 s",
     ),
     Scenario(
+        "loopers",
+        (
+            _bot(
+                "slowtalk", "--sources", SWARMS, "--count", "1000", "--per-source", "2", "--pause", "0.3", "--gap", "2"
+            ),
+        ),
+        about="1,000 sources x 2 sessions: EHLO at once, then MAIL and RCPT after RCPT every 2 s, each answered: a "
+        "session that advances, never a transaction that ends (Postfix takes 1,000 recipients)",
+    ),
+    Scenario(
         "provers",
         (_bot("prove", "--sources", SWARMS, "--count", "1000", "--per-source", "2"),),
         about="1,000 sources x 2 sessions holding a spam bot's dialogue at once (EHLO, MAIL, RCPT, DATA: the kernel's "

@@ -166,8 +166,10 @@ def shed(
     says how many connections hold its slots (`slotted`), the strangers' sessions beyond that count are over the
     budget too, however few: the kernel counts only what was made in the wave, and a flood fills the rest at once.
     A session past the greeting (the server answered a command) is left to the cuts: a slow MTA pausing between
-    its commands is never shed. While the kernel counts fewer sessions than strangers hold, the `holders` (the
-    strangers that held sessions when the wave began) are shed first: the sessions it does not count are theirs, and
+    its commands is never shed; but the `holders` holding several while the kernel counts fewer lose any session
+    that has not advanced for the wait, for nothing else ends one that advances now and then. While the kernel
+    counts fewer sessions than strangers hold, the `holders` (the strangers that held sessions when the wave
+    began) are shed first: the sessions it does not count are theirs, and
     shedding another source's would only free counted slots for the flood's next connections, while the uncounted
     ones held the MTA until their cut (`cut.wave_idle_after`; traced in the lab: 3 over the budget for 1.3 s).
 
@@ -217,8 +219,16 @@ def shed(
     for n, p in strangers:
         if excess <= 0:
             break
-        many = f"{n} sessions not answering the greeting while {why}"
-        out.append(Cut(p, many_ms, many, shed=True, queued=True))
+        if p in first:
+            # A holder's sessions are the ones the kernel does not count, and the flood's ones that advance (a
+            # command every second or two, each answered: the lab's loopers) would hold the MTA outside the
+            # budget for the whole wave: any of them that has not advanced for the wait goes, past the greeting
+            # too. Several sessions that pause so are a flood's pattern; a source's only one is never shed so.
+            many = f"{n} sessions not advancing, opened before the wave, while {why}"
+            out.append(Cut(p, many_ms, many, shed=True, queued=True, past=True))
+        else:
+            many = f"{n} sessions not answering the greeting while {why}"
+            out.append(Cut(p, many_ms, many, shed=True, queued=True))
         excess -= n
     for tried, p in restless:
         if excess <= 0:

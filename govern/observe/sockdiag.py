@@ -59,7 +59,7 @@ import numpy.typing as npt
 
 from govern import netlink
 from govern.addr import Prefix, PrefixSet
-from govern.model import ListenerStats, Scan, ScanOptions, SessionInfo, SockCounts
+from govern.model import ListenerStats, Scan, ScanOptions, SessionInfo, Shed, SockCounts
 from govern.netlink import NLMSG_DONE, NLMSG_ERROR, NetlinkError
 
 __all__ = ["Scan", "ScanParser", "SessionInfo", "SockCounts", "SockDiag", "parse_dump", "port_bytecode"]
@@ -970,18 +970,18 @@ class SockDiag(Scanner):
         self,
         idle_ms: Mapping[Prefix, int],
         ports: frozenset[int],
-        shed: Mapping[Prefix, tuple[int, bool]] | None = None,
+        shed: Mapping[Prefix, Shed] | None = None,
         greet_ms: int = 0,
         pregreet_cut: bool = False,
     ) -> dict[Prefix, int]:
         """SOCK_DESTROY the ESTABLISHED sockets on `ports` of these sources on which the server has waited on a
         client whose session has not advanced (as `Scan` counts idle) for at least the source's `idle_ms`. Of the
-        sources to `shed` (wait, queued too), those that got nothing but the greeting (or never said a word) and have
-        not advanced for the wait, and with `queued` those the server has not greeted yet (no data sent: in the
-        accept queue, or accepted and about to be); never a session past the greeting. No session is judged before
-        `greet_ms` while the server has sent it only its first segment (postscreen's "220-" asks the client to
-        wait), unless, with `pregreet_cut`, its client talked meanwhile. Returns how many were picked of each
-        source (a socket gone before its destroy request is counted all the same)."""
+        sources to `shed` (govern.model.Shed), those that got nothing but the greeting (or never said a word) and
+        have not advanced for the wait, and with `queued` those the server has not greeted yet (no data sent: in the
+        accept queue, or accepted and about to be); a session past the greeting only with `past`. No session is
+        judged before `greet_ms` while the server has sent it only its first segment (postscreen's "220-" asks the
+        client to wait), unless, with `pregreet_cut`, its client talked meanwhile. Returns how many were picked of
+        each source (a socket gone before its destroy request is counted all the same)."""
         shed = shed or {}
         picked: Counter[Prefix] = Counter()
         if not (idle_ms or shed) or not ports:
@@ -1001,11 +1001,11 @@ class SockDiag(Scanner):
         def idle(remote: Prefix, info: tuple[int, int, int, int, int]) -> bool:
             q = group(remote, shed) if shed else None
             if q is not None:
-                wait, queued = shed[q]
+                wait, queued, past = shed[q]
                 segs_out = info[4]
                 # Not past the greeting: the server sent only it, or the client never said a word (behind postscreen
                 # the greeting is two segments, "220-" and, after the pregreet wait, the real banner).
-                greeted = segs_out == 1 or (segs_out > 1 and info[3] == 0)
+                greeted = past or segs_out == 1 or (segs_out > 1 and info[3] == 0)
                 if (segs_out == 0 and queued) or (greeted and stalled(*info, wait, greet_ms, pregreet_cut)):
                     picked[q] += 1
                     return True

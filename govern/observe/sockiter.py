@@ -24,7 +24,7 @@ import numpy.typing as npt
 from govern.addr import Prefix, PrefixSet
 from govern.errors import KernelError
 from govern.libbpf import check, lib
-from govern.model import ListenerStats, Scan, ScanOptions, SessionInfo
+from govern.model import ListenerStats, Scan, ScanOptions, SessionInfo, Shed
 from govern.observe.sockdiag import Scanner, ScanParser, SockDiag
 
 log = logging.getLogger("govern")
@@ -154,7 +154,7 @@ class IteratedSockets:
         self,
         idle_ms: Mapping[Prefix, int],
         ports: frozenset[int],
-        shed: Mapping[Prefix, tuple[int, bool]] | None = None,
+        shed: Mapping[Prefix, Shed] | None = None,
         greet_ms: int = 0,
         pregreet_cut: bool = False,
     ) -> Mapping[Prefix, int]:

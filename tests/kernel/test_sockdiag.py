@@ -16,7 +16,7 @@ from unittest.mock import patch
 import pytest
 
 from govern.addr import Prefix
-from govern.model import ScanOptions, SockCounts
+from govern.model import ScanOptions, Shed, SockCounts
 from govern.observe import sockdiag
 from govern.observe.sockdiag import SockDiag
 from tests.netns import MX4, MX6, Lab, Listener, SmtpListener, connect, converse
@@ -300,6 +300,33 @@ def test_destroy_one_prefix(lab: Lab, diag: SockDiag) -> None:
             assert scan.sockets == 3
     finally:
         srv.close()
+
+
+def test_shedding_past_the_greeting_takes_a_session_that_advanced_and_paused_only_when_asked(
+    lab: Lab, diag: SockDiag
+) -> None:
+    """A holder's session that advances now and then (a command, answered, then a pause: the lab's loopers) is past
+    the greeting: shed with `past` once it has paused for the wait, never without; a greeted, silent one goes
+    either way; one that is still advancing stays."""
+    greeting = SmtpListener(lab.mx, 25)
+    looper, silent, busy = "198.18.21.1", "198.18.21.2", "198.18.21.3"
+    try:
+        with clients(lab, [(looper, MX4, 25), (silent, MX4, 25), (busy, MX4, 25)]) as (lo, si, bu):
+            assert si.recv(64).startswith(b"220")
+            assert converse(lo, b"EHLO looper.example", b"MAIL FROM:<a@x.example>")[-1].startswith(b"250")
+            time.sleep(1.2)
+            assert converse(bu, b"EHLO busy.example")[-1].startswith(b"250")  # it has just advanced
+            wait = Shed(1000, queued=False)
+            assert diag.cut({}, PORTS, {p(looper): wait, p(silent): wait}) == {p(silent): 1}
+            past = Shed(1000, queued=False, past=True)
+            assert diag.cut({}, PORTS, {p(looper): past, p(busy): past}) == {p(looper): 1}
+            lo.settimeout(2)
+            with pytest.raises(ConnectionResetError):
+                lo.recv(64)
+            bu.sendall(b"NOOP\r\n")  # still connected
+            assert bu.recv(64).startswith(b"250")
+    finally:
+        greeting.close()
 
 
 def test_sessions_of_one_source_with_waits_segments_and_bytes(lab: Lab, diag: SockDiag) -> None:

@@ -308,10 +308,15 @@ def test_the_strangers_holding_sessions_when_the_wave_began_are_shed_first_while
     tick = decide(replace(snap(early | later), slotted=20), state, pol, NOW + 1)
     assert tick.holders is None  # the same wave: the holders stay as they were
     assert [c.prefix for c in tick.cuts if c.shed] == sorted(early, key=lambda p: p.value)
+    # ... past the greeting too: a holder's sessions that advance now and then (a command every second or two, the
+    # lab's loopers) would otherwise hold the MTA outside the budget for the whole wave.
+    assert all(c.past and c.queued and c.idle_ms == 1000 for c in tick.cuts if c.shed)
+    assert all("opened before the wave" in c.reason for c in tick.cuts if c.shed)
     # Once the kernel counts every session, the order is by sessions held again, whoever came first.
     many = later | {src(50): SourceStats(held=5, established=5)}
     over = decide(replace(snap(early | many), slotted=35), state, pol, NOW + 2)
     assert next(c.prefix for c in over.cuts if c.shed) == src(50)
+    assert not any(c.past for c in over.cuts)  # the kernel counts them all: the greeting's rule again
     # The wave's end forgets them; a new wave names its own.
     state.record(replace(start, mode=replace(start.mode, mode=Mode.NORMAL), holders=None), NOW + 3)
     assert state.holders == frozenset()
