@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 from govern.addr import Prefix, PrefixSet
 from govern.allow.learning import TrustSources
@@ -26,27 +26,11 @@ WAVE_LEARN_EVERY = 2.0
 # How long a source seen holding several sessions at once under pressure counts as a crowd: as long as the kernel's
 # crowd sets remember one (SEEN_TIMEOUT).
 CROWD_FOR = 120.0
-# How long a crowd's first proof in a wave waits at least before it reaches the kernel, unless the source is cut
-# meanwhile (and loses its proof, govern.core.proof): a bot that proves itself and then holds its other sessions is
-# cut within a wave's cut threshold (3 s) and a tick of its hold; a busy relay first proven in the wave is not.
+# How long a crowd's first proof in a wave waits before it reaches the kernel, unless the source is cut meanwhile (and
+# loses its proof, govern.core.proof): a bot that proves itself and then holds its other sessions is cut within a
+# wave's cut threshold (3 s) and a tick of its hold; a busy relay first proven in the wave is not, and passes the
+# budget again once this is over.
 PROBATION = 8.0
-# The sessions a crowd seen holding this many at once must have delivered in and quit before its proof reaches the
-# kernel in a wave: one more than it held. A swarm's bot that delivers and quits once on each of its connections,
-# then holds them (the lab's `quitters`), has as many; a busy relay delivers again on a later session. The end of
-# the probation alone was not evidence: the bots whose next connections the budget kept out never showed that they
-# hold, and took the MTA outside the budget once it was over (within the budget only 18 s into the flood).
-CROWD_SIZE = 2
-
-
-@dataclass
-class _Held:
-    """A crowd's proof kept from the kernel: when its trust runs out, when its probation ends, and the sessions it
-    delivered in and quit."""
-
-    until: float
-    ends: float
-    need: int
-    sessions: set[int]
 
 
 class Proving:
@@ -58,58 +42,43 @@ class Proving:
         self._learned = 0.0
         self._trusted_from: PrefixSet | None = None
         self._trusted_now: frozenset[Prefix] = frozenset()
-        # Crowds the log proved during the wave: for the kernel once their probation is over and they delivered in
-        # enough sessions (or at the wave's end), unless they lost their trust meanwhile.
-        self._withheld: dict[Prefix, _Held] = {}
-        # Sources seen holding several sessions at once under pressure, each with when last and the most at once:
-        # crowds, as the kernel's first contacts in a wave mark them, but also those whose connections came before
-        # the wave was declared (the lab's quitters, whose first sessions proved them in the flood's first second).
-        self._crowded: dict[Prefix, tuple[float, int]] = {}
-        # Crowds whose proof reached the kernel during this wave: their next deliveries pass at once.
-        self._released: set[Prefix] = set()
+        # Crowds the log proved during the wave, each with when its trust runs out and when its probation ends: for
+        # the kernel then (or at the wave's end), unless it lost its trust meanwhile.
+        self._withheld: dict[Prefix, tuple[float, float]] = {}
+        # Sources seen holding several sessions at once under pressure, each with when last: crowds, as the kernel's
+        # first contacts in a wave mark them, but also those whose connections came before the wave was declared
+        # (the lab's quitters, whose first sessions proved them in the flood's first second).
+        self._crowded: dict[Prefix, float] = {}
         self._pruned = 0.0
 
     def take_log(self, now: float, mode: ModeState) -> None:
         """What the Postfix log gained: its deliveries pass the gate and the budget as the kernel's own proof does,
-        but a crowd's first proof in a wave only after a probation and a delivery in more sessions than it held at
-        once, or once the wave is over (govern.core.proof.withheld)."""
+        but a crowd's first proof in a wave only once the wave is over (govern.core.proof.withheld)."""
         if self.trust is None:
             return
         try:
             self.trust.refresh(now)
             delivered = self.trust.take_delivered()
             fresh = young(delivered, self.trust.first, mode) if delivered else frozenset()
-            held: set[Prefix] = set(delivered.keys() & self._withheld.keys())
             if fresh:
                 # The kernel's crowd sets are dumped only for a young proof the daemon's own sight does not settle.
                 seen = self._crowded.keys()
                 crowds = seen if fresh <= seen else self.enforcer.crowds() | seen
-                new = withheld(fresh, self.trust.first, mode, crowds) - held - self._released
-                if new:
-                    log.info("proof kept from the kernel (crowds, until they deliver again): %d sources", len(new))
-                held |= new
-            for p in held:
-                got = delivered.pop(p)
-                if (h := self._withheld.get(p)) is None:
-                    need = max(CROWD_SIZE, self._crowded.get(p, (now, 0))[1]) + 1
-                    h = self._withheld[p] = _Held(got.until, now + PROBATION, need, set())
-                h.until = max(h.until, got.until)
-                h.sessions |= got.sessions
-            proofs = {p: got.until for p, got in delivered.items()}
+                held = withheld(fresh, self.trust.first, mode, crowds)
+                for p in held:
+                    until = delivered.pop(p)
+                    self._withheld[p] = (until, self._withheld.get(p, (until, now + PROBATION))[1])
+                if held:
+                    log.info("proof kept from the kernel for %g s (crowds): %d sources", PROBATION, len(held))
             if self._withheld:
                 over = mode.mode is not Mode.WAVE
-                for p in [p for p, h in self._withheld.items() if over or h.ends <= now]:
-                    h = self._withheld[p]
-                    if self.trust.until(p) is None:  # revoked or lapsed meanwhile
-                        del self._withheld[p]
-                    elif over or len(h.sessions) >= h.need:
-                        del self._withheld[p]
-                        proofs[p] = max(h.until, proofs.get(p, h.until))
-                        self._released.add(p)
-            if mode.mode is not Mode.WAVE and self._released:
-                self._released.clear()
-            if proofs:
-                self.enforcer.prove({p: until - now for p, until in proofs.items() if until > now})
+                done = [p for p, (_, ends) in self._withheld.items() if over or ends <= now]
+                for p in done:  # still trusted: not revoked, not lapsed
+                    until = self._withheld.pop(p)[0]
+                    if self.trust.until(p) is not None:
+                        delivered[p] = max(until, delivered.get(p, until))
+            if delivered:
+                self.enforcer.prove({p: until - now for p, until in delivered.items() if until > now})
         except Exception as exc:
             self.health.fail("trust", exc)
 
@@ -128,8 +97,7 @@ class Proving:
 
     @property
     def withheld(self) -> int:
-        """Crowds proven during this wave whose proof is kept from the kernel (on probation, or until they deliver
-        again)."""
+        """Crowds proven during this wave whose proof is on probation before it reaches the kernel."""
         return len(self._withheld)
 
     def note_crowds(self, snapshot: Snapshot, mode: ModeState, now: float) -> None:
@@ -141,10 +109,10 @@ class Proving:
             return
         for p, s in snapshot.sources.items():
             if s.established >= 2:
-                self._crowded[p] = (now, max(s.established, self._crowded.get(p, (now, 0))[1]))
+                self._crowded[p] = now
         if now - self._pruned >= CROWD_FOR / 4:
             self._pruned = now
-            for p in [p for p, (t, _) in self._crowded.items() if t < now - CROWD_FOR]:
+            for p in [p for p, t in self._crowded.items() if t < now - CROWD_FOR]:
                 del self._crowded[p]
 
     def with_young(self, snapshot: Snapshot, mode: ModeState) -> Snapshot:
@@ -163,9 +131,6 @@ class Proving:
         if not lost:
             return
         self.trust.revoke(lost, now, REVOKED_FOR)
-        for p in lost:
-            self._withheld.pop(p, None)
-            self._released.discard(p)
         self.revoked += len(lost)
         log.info("proof revoked (proven during the wave, then cut for silence): %s", ", ".join(map(str, lost[:10])))
         try:

@@ -5,7 +5,7 @@ daemon reports itself, expired as time passes. The daemon calls `refresh(now)` b
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 from govern.addr import Prefix, PrefixSet
 from govern.allow.postfix import DeliveryParser, LogFollower
@@ -13,22 +13,14 @@ from govern.allow.spec import TrustSpec
 from govern.allow.trust import Trust
 
 
-class Delivered(NamedTuple):
-    """What the log said of a source group since the daemon last asked: when its trust runs out, and the sessions
-    (the parser's serials) that delivered and quit."""
-
-    until: float
-    sessions: frozenset[int]
-
-
 class TrustSources:
     def __init__(self, spec: TrustSpec) -> None:
         self.follower: LogFollower | None = None
         self.parser = DeliveryParser()
         self.learned_from_log = 0
-        # Source groups the log saw deliver since the daemon last took them, each with when its trust runs out and
-        # the sessions that delivered: for the kernel's proven sets, which the wave's gate and the slot budget read.
-        self._delivered: dict[Prefix, tuple[float, set[int]]] = {}
+        # Source groups the log saw deliver since the daemon last took them, each with when its trust runs out: for
+        # the kernel's proven sets, which the wave's gate and the slot budget read.
+        self._delivered: dict[Prefix, float] = {}
         # Source groups whose proof was revoked, each until when nothing proves it again (govern.core.proof).
         self._revoked: dict[Prefix, float] = {}
         self.trust = Trust(spec.learn_for, v4_len=spec.v4_len, v6_len=spec.v6_len)
@@ -89,21 +81,18 @@ class TrustSources:
             for line in self.follower.lines():
                 if (got := self.parser.feed(line, now)) is not None:
                     self.learned_from_log += 1
-                    key = self.trust.key(got.source)
+                    key = self.trust.key(got[0])
                     if self._held_off(key, now):
                         continue
-                    changed |= self.trust.learn(got.source, got.at, now)
+                    changed |= self.trust.learn(got[0], got[1], now)
                     if (until := self.trust.until(key)) is not None:
-                        sessions = self._delivered.get(key, (until, set()))[1]
-                        sessions.add(got.session)
-                        self._delivered[key] = (until, sessions)
+                        self._delivered[key] = until
         return self.trust.expire(now) or changed
 
-    def take_delivered(self) -> dict[Prefix, Delivered]:
-        """The source groups the log saw deliver since the last call, each with when its trust runs out and the
-        sessions that delivered."""
+    def take_delivered(self) -> dict[Prefix, float]:
+        """The source groups the log saw deliver since the last call, each with when its trust runs out."""
         out, self._delivered = self._delivered, {}
-        return {p: Delivered(until, frozenset(sessions)) for p, (until, sessions) in out.items()}
+        return out
 
     def trusted(self) -> PrefixSet:
         return self.trust.trusted()

@@ -27,7 +27,6 @@ import re
 import stat
 import time
 from datetime import datetime
-from typing import NamedTuple
 
 from govern.addr import Prefix
 from govern.errors import AddressError
@@ -69,34 +68,23 @@ def logged_at(line: str, now: float) -> float:
     return now
 
 
-class Delivery(NamedTuple):
-    """A completed delivery: its client, when it was logged, and its session's serial number in this parser (one
-    session's messages share it, so a caller can count sessions, not messages)."""
-
-    source: Prefix
-    at: float
-    session: int
-
-
 class DeliveryParser:
-    """Feeds on log lines; returns each completed delivery, at the line that completes it (the session's disconnect
-    with QUIT, or qmgr's, whichever comes last)."""
+    """Feeds on log lines; returns the client address and time of each completed delivery, at the line that
+    completes it (the session's disconnect with QUIT, or qmgr's, whichever comes last)."""
 
     def __init__(self, *, max_pending: int = 100_000, pending_for: float = 3600.0) -> None:
         self.max_pending = max_pending
         self.pending_for = pending_for  # an accepted MAIL FROM that never reached the queue is forgotten after this
-        # qid -> (client, when, the smtpd's instance and pid, the session's serial): MAIL FROM accepted, the message
-        # not queued yet.
-        self._pending: dict[str, tuple[Prefix, float, str, int]] = {}
-        # the smtpd's instance and pid -> the delivery its session queued: the session has not ended yet.
-        self._queued: dict[str, Delivery] = {}
+        # qid -> (client, when, the smtpd's instance and pid): MAIL FROM accepted, the message not queued yet.
+        self._pending: dict[str, tuple[Prefix, float, str]] = {}
+        # the smtpd's instance and pid -> (client, when): its session queued a message and has not ended yet.
+        self._queued: dict[str, tuple[Prefix, float]] = {}
         self._quit: set[str] = set()  # qids whose session ended with QUIT before qmgr took the message
-        # the smtpd's instance and pid -> its session's serial and qids still pending: found at its disconnect
-        # without a walk of every pending qid (a flood's bots leave many MAIL FROMs that never reach the queue).
-        self._open: dict[str, tuple[int, list[str]]] = {}
-        self._serial = 0
+        # the smtpd's instance and pid -> the qids of its session still pending: found at its disconnect without a
+        # walk of every pending qid (a flood's bots leave many MAIL FROMs that never reach the queue).
+        self._open: dict[str, list[str]] = {}
 
-    def feed(self, line: str, now: float) -> Delivery | None:
+    def feed(self, line: str, now: float) -> tuple[Prefix, float] | None:
         if "client=" not in line and "(queue active)" not in line and "disconnect from" not in line:
             return None  # the bulk of a busy log, skipped before any regex
         m = _LINE.search(line)
@@ -113,29 +101,25 @@ class DeliveryParser:
                 return None  # "unknown[unknown]" and the like
             at = logged_at(line, now)
             session = _session(m.group("prog"), m.group("pid"))
-            if (opened := self._open.get(session)) is None:  # its first MAIL FROM: a session of its own
-                self._serial += 1
-                opened = self._open[session] = (self._serial, [])
-            self._pending[qid] = (addr, at, session, opened[0])
-            opened[1].append(qid)
+            self._pending[qid] = (addr, at, session)
+            self._open.setdefault(session, []).append(qid)
             self._prune(at)
             return None
         if prog == "qmgr" and _QUEUED.match(msg) and (got := self._pending.pop(qid, None)) is not None:
-            addr, at, session, serial = got
             if qid in self._quit:
                 self._quit.discard(qid)
-                return Delivery(addr, at, serial)
-            self._queued[session] = Delivery(addr, at, serial)
+                return got[0], got[1]
+            self._queued[got[2]] = (got[0], got[1])
         return None
 
-    def _disconnect(self, line: str) -> Delivery | None:
+    def _disconnect(self, line: str) -> tuple[Prefix, float] | None:
         """A session's end: its delivery proves the client if the client said QUIT."""
         m = _DISCONNECT.search(line)
         if m is None or not m.group("prog").endswith("/smtpd"):
             return None
         session, stats = _session(m.group("prog"), m.group("pid")), m.group("stats")
         quit = " quit=1" in stats or "commands=" not in stats
-        for qid in self._open.pop(session, (0, []))[1]:
+        for qid in self._open.pop(session, ()):
             if qid in self._pending:  # the session is over: qmgr may still take its message
                 if quit:
                     self._quit.add(qid)
@@ -147,7 +131,7 @@ class DeliveryParser:
     def _prune(self, at: float) -> None:
         while len(self._pending) > self.max_pending:
             self._drop(next(iter(self._pending)))
-        for qid, (_, t, _, _) in list(self._pending.items()):
+        for qid, (_, t, _) in list(self._pending.items()):
             if t > at - self.pending_for:
                 break  # insertion order is log order: the rest are younger
             self._drop(qid)

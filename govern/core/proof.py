@@ -46,8 +46,7 @@ def withheld(delivered: Iterable[Prefix], first_proof: FirstProof, mode: ModeSta
     cut, and held the MTA (bots over the budget until 15 s, known relays' p95 2.5 s; 8 s and 2.1 s withheld). A
     sender proven by its only connection passes at once (its next message must not wait in the lanes the flood
     holds); a crowd's proof reaches the kernel after a probation (govern.proving.PROBATION) in which it was not
-    cut, once it has delivered and quit in more sessions than it held at once (a bot that quits on each of its
-    connections once and then holds them never has), or when the wave is over."""
+    cut, or when the wave is over."""
     if mode.mode is not Mode.WAVE or not crowds:
         return set()
     return {p for p in young(delivered, first_proof, mode) if p in crowds}
