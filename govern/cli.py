@@ -193,8 +193,6 @@ def status(
     print(_budget_line(st))
     slots = st.get("slots") or {}
     counted = f", {slots['in_budget']} of the budget's slots taken" if "in_budget" in slots else ""
-    if "in_young_lane" in slots:
-        counted += f", {slots['in_young_lane']} of the young proofs' {(st.get('budget') or {}).get('young', 0)}"
     held = f"{slots.get('established', 0)} established, {slots.get('strangers', 0)} held by strangers"
     print(f"slots now: {held}{counted}")
     if not str(st.get("tarpit", "")).startswith("ready"):
@@ -323,8 +321,7 @@ def _budget_line(st: dict[str, Any]) -> str:
             f"; postscreen in front: no silent client cut before its greet wait, clients that talk during it {talkers}"
             f" (postscreen_greet_action = {action})"
         )
-    young = f"; sources first proven in the wave at most {b['young']} more" if b.get("young") else ""
-    return f"slot budget: strangers hold at most {b['slots']} slots in a wave{lane}{young} ({b['basis']}){ps}"
+    return f"slot budget: strangers hold at most {b['slots']} slots in a wave{lane} ({b['basis']}){ps}"
 
 
 # The command-line option each request field comes from, for errors worded as the operator typed them.

@@ -47,10 +47,8 @@ class DryRun:
     def proven(self) -> Sequence[tuple[Prefix, float]]:
         return self.inner.proven()
 
-    def prove(self, sources: Mapping[Prefix, float], *, young: bool = False) -> None:
-        # Lets senders pass, as the allowlist does: nothing punitive (a dry run's table has no budget, so no young
-        # proofs' lane to hold them to).
-        self.inner.prove(sources, young=young)
+    def prove(self, sources: Mapping[Prefix, float]) -> None:
+        self.inner.prove(sources)  # lets senders pass, as the allowlist does: nothing punitive
 
     def unprove(self, sources: Sequence[Prefix]) -> None:
         for p in sources:
@@ -69,9 +67,6 @@ class DryRun:
 
     def slotted(self) -> int | None:
         return self.inner.slotted()
-
-    def young_slotted(self) -> int | None:
-        return self.inner.young_slotted()
 
     def changed(self) -> str | None:
         return self.inner.changed()

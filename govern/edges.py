@@ -80,11 +80,10 @@ class Enforcer(Protocol):
         each with the seconds since its last proof."""
         ...
 
-    def prove(self, sources: Mapping[Prefix, float], *, young: bool = False) -> None:
+    def prove(self, sources: Mapping[Prefix, float]) -> None:
         """Put source groups the MTA's log saw deliver into the kernel's proven sets, each for its seconds, so the
         wave's gate and the slot budget pass them as they pass the kernel's own proof (a no-op where the backend
-        has neither). `young`: proofs the wave's own (govern.core.proof.young), whose new connections then take
-        the young proofs' lane of the budget, where the backend has one, instead of passing it."""
+        has neither)."""
         ...
 
     def crowds(self) -> frozenset[Prefix]:
@@ -105,12 +104,7 @@ class Enforcer(Protocol):
 
     def slotted(self) -> int | None:
         """How many connections hold a slot of the wave's budget now (the kernel's own count), or None where the
-        backend has no budget or it is not in force. The strangers' lanes only: not the young proofs'."""
-        ...
-
-    def young_slotted(self) -> int | None:
-        """How many connections hold a slot of the young proofs' lane of the budget now, or None where the
-        backend has no such lane or it is not in force (`govern status` only, never the decision core)."""
+        backend has no budget or it is not in force."""
         ...
 
     def end_sessions(self, prefixes: Sequence[Prefix]) -> int:

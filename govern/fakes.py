@@ -18,7 +18,6 @@ from govern.model import (
     ActionKind,
     FirewallSpec,
     ListenerStats,
-    Mode,
     Plan,
     Scan,
     ScanOptions,
@@ -102,9 +101,7 @@ class FakeEnforcer:
     proved_ago: dict[Prefix, float] = field(default_factory=dict)  # seconds since a delivering source's proof (0)
     log_proven: dict[Prefix, float] = field(default_factory=dict)  # what the daemon put in the proven sets, seconds
     crowd: set[Prefix] = field(default_factory=set)  # first contacts that came as a crowd in a wave (crowd4/crowd6)
-    young: set[Prefix] = field(default_factory=set)  # of `log_proven`, proofs the wave's own (young4/young6)
     slots: int | None = None  # connections holding a slot of the budget (None: no budget)
-    young_slots: int | None = None  # connections holding a slot of the young proofs' lane (None: no such lane)
     attempted: int | None = None  # the kernel's count of new connections (None: no counter)
     fail_next: bool = False
     commits: int = 0
@@ -138,8 +135,6 @@ class FakeEnforcer:
             self.fail_next = False
             raise KernelError("fake kernel refused the transaction")
         self.commits += 1
-        if plan.mode is not None and plan.mode.mode is not Mode.WAVE:
-            self.young.clear()  # as the nftables backend's: the wave's young proofs are its own
         for a in plan.actions:
             if a.kind in (ActionKind.BLOCK, ActionKind.EXTEND):
                 self.blocks[a.prefix] = a.until
@@ -158,10 +153,8 @@ class FakeEnforcer:
     def syn_counts(self) -> Mapping[Prefix, int]:
         return dict(self.syn)
 
-    def prove(self, sources: Mapping[Prefix, float], *, young: bool = False) -> None:
+    def prove(self, sources: Mapping[Prefix, float]) -> None:
         self.log_proven.update(sources)
-        if young:
-            self.young.update(sources)
 
     def crowds(self) -> frozenset[Prefix]:
         return frozenset(self.crowd)
@@ -170,7 +163,6 @@ class FakeEnforcer:
         for p in sources:
             self.log_proven.pop(p, None)
             self.delivering.discard(p)
-            self.young.discard(p)
 
     def proven(self) -> Sequence[tuple[Prefix, float]]:
         return tuple((p, self.proved_ago.get(p, 0.0)) for p in self.delivering)
@@ -180,9 +172,6 @@ class FakeEnforcer:
 
     def slotted(self) -> int | None:
         return self.slots
-
-    def young_slotted(self) -> int | None:
-        return self.young_slots
 
     def end_sessions(self, prefixes: Sequence[Prefix]) -> int:
         return 0

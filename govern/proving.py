@@ -53,9 +53,7 @@ class Proving:
 
     def take_log(self, now: float, mode: ModeState) -> None:
         """What the Postfix log gained: its deliveries pass the gate and the budget as the kernel's own proof does,
-        but a crowd's first proof in a wave only after a probation, or once the wave is over
-        (govern.core.proof.withheld); and a proof the wave's own (young) passes the strangers' lanes of the budget
-        only to take the young proofs' lane."""
+        but a crowd's first proof in a wave only once the wave is over (govern.core.proof.withheld)."""
         if self.trust is None:
             return
         try:
@@ -72,9 +70,6 @@ class Proving:
                     self._withheld[p] = (until, self._withheld.get(p, (until, now + PROBATION))[1])
                 if held:
                     log.info("proof kept from the kernel for %g s (crowds): %d sources", PROBATION, len(held))
-            # The wave's own proofs pass the gate but take the young proofs' lane of the budget (govern.nft.ruleset):
-            # a bot that bought one holds no more of the MTA than that lane while it waits to be cut.
-            wave_own = set(fresh & delivered.keys())
             if self._withheld:
                 over = mode.mode is not Mode.WAVE
                 done = [p for p, (_, ends) in self._withheld.items() if over or ends <= now]
@@ -82,14 +77,8 @@ class Proving:
                     until = self._withheld.pop(p)[0]
                     if self.trust.until(p) is not None:
                         delivered[p] = max(until, delivered.get(p, until))
-                        if not over:
-                            wave_own.add(p)
-            left = {p: until - now for p, until in delivered.items() if until > now}
-            old = {p: s for p, s in left.items() if p not in wave_own}
-            if old:
-                self.enforcer.prove(old)
-            if len(old) < len(left):
-                self.enforcer.prove({p: s for p, s in left.items() if p in wave_own}, young=True)
+            if delivered:
+                self.enforcer.prove({p: until - now for p, until in delivered.items() if until > now})
         except Exception as exc:
             self.health.fail("trust", exc)
 

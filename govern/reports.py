@@ -247,7 +247,7 @@ def _slots(gov: Governor) -> dict[str, int]:
     """The MTA's slots as the slot budget counts them: established sessions, those held by strangers (neither
     allowlisted nor trusted), which the budget caps in a wave (`budget.slots`), and, where the budget is in force,
     the connections holding one of its slots (`in_budget`: the kernel's count, which leaves out what strangers
-    opened before the wave) and one of the young proofs' lane (`in_young_lane`, read now: `budget.young` caps it)."""
+    opened before the wave)."""
     snap = gov.snapshot
     if snap is None:
         return {"established": 0, "strangers": 0}
@@ -256,12 +256,6 @@ def _slots(gov: Governor) -> dict[str, int]:
     out = {"established": sum(s.established for s in held.values()), "strangers": strangers}
     if snap.slotted is not None:
         out["in_budget"] = snap.slotted
-    try:
-        young = gov.enforcer.young_slotted()
-    except GovernError:  # the figure is missing, not the status
-        young = None
-    if young is not None:
-        out["in_young_lane"] = young
     return out
 
 

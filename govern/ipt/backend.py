@@ -96,8 +96,8 @@ class IptBackend:
         # from the Postfix log only (docs/iptables.md).
         return ()
 
-    def prove(self, sources: Mapping[Prefix, float], *, young: bool = False) -> None:
-        return None  # no gate and no budget to pass, nor a lane of it for young proofs (docs/iptables.md)
+    def prove(self, sources: Mapping[Prefix, float]) -> None:
+        return None  # no gate and no budget to pass (docs/iptables.md)
 
     def unprove(self, sources: Sequence[Prefix]) -> None:
         return None
@@ -110,9 +110,6 @@ class IptBackend:
 
     def slotted(self) -> int | None:
         return None  # no budget (docs/iptables.md)
-
-    def young_slotted(self) -> int | None:
-        return None
 
     def syn_counts(self) -> Mapping[Prefix, int]:
         # Every tick: over netlink, not an `ipset save` process per set (docs/benchmarks.md, "iptables backend").

@@ -33,7 +33,6 @@ from govern.nft.ruleset import (
     KINDS,
     PROVEN_TIMEOUT_S,
     SLOT_SETS,
-    STRANGER_SLOTS,
     TABLE,
     part,
     parts,
@@ -59,8 +58,6 @@ class NftBackend:
         self.v4_len, self.v6_len = 32, 64
         self.ports: frozenset[int] = frozenset()
         self.budget_sets: tuple[str, ...] = ()  # the slot budget's sets, where it is in force
-        # What young4/young6 hold (source groups): the wave's young proofs, taken out when the wave ends.
-        self.young_held: set[Prefix] = set()
         self.made: str | None = None  # the table's shape as setup left it (`shape`)
         # The ruleset generation at which the table was last known to be as `made` says: the one govern's own
         # commits since then have moved on, one by one (None: unknown, check the shape).
@@ -118,15 +115,6 @@ class NftBackend:
             if op.add:
                 self.held[op.set].add(op.prefix)
         restored = len(ops)
-        self.young_held = set()
-        if self._young:
-            young = {
-                group_key(e.prefix, self.v4_len, self.v6_len) for n in ("young4", "young6") for e in self.nl.dump_set(n)
-            }
-            if state.mode.mode is Mode.WAVE and state.mode.until > now:
-                self.young_held = young
-            else:  # young proofs of a wave that ended while the daemon was down: no longer the wave's own
-                ops += [ElemOp(False, f"young{p.version}", p) for p in young]
         # The wave's gate as the durable mode says: open unless a wave outlived the restart. Moves first: each is
         # a delete from an interval set and an add to a hash set, never into an interval set where it could overlap.
         self._commit(moves + ops + _gate_ops(state.mode, now))
@@ -193,49 +181,30 @@ class NftBackend:
         ch = set_changes(plan, now, self.held, part)
         drops = [ElemOp(False, op.set, op.prefix) for op in ch.drops]
         adds = [ElemOp(True, op.set, op.prefix, _ms(op.seconds)) for op in ch.adds]
-        ended = plan.mode is not None and plan.mode.mode is not Mode.WAVE
         if plan.mode is not None:
             gate = _gate_ops(plan.mode, now)
             drops += [op for op in gate if not op.add]
             adds += [op for op in gate if op.add]
-        if ended and self.young_held:
-            # A proof the wave bought is a proof like any once the wave is over: a relay first proven in this wave
-            # must not be held to the young proofs' lane in the next one.
-            drops += [ElemOp(False, f"young{p.version}", p) for p in self.young_held]
         # Releases first (govern.setops). Deletes tolerate absence, since an element may have lapsed in the kernel
         # a moment ago.
         self._commit(drops + adds)
-        if ended:
-            self.young_held.clear()
         # Merged only once the kernel accepted the transaction: copying the held sets per plan would cost
         # O(blocks) every tick.
         ch.merge_into(self.held)
 
-    def prove(self, sources: Mapping[Prefix, float], *, young: bool = False) -> None:
-        """The kernel's own proof and the log's share a set: the gate and the budget pass either. A `young` proof
-        (the wave's own) goes into young4/young6 too, where the budget is in force: its new connections then take
-        the young proofs' lane of the budget (govern.nft.ruleset).
+    def prove(self, sources: Mapping[Prefix, float]) -> None:
+        """The kernel's own proof and the log's share a set: the gate and the budget pass either.
 
         Each element is deleted and added again in the one transaction: a kernel before 6.10 keeps an element's
         timeout when it is added again, and a busy relay the log proves at every delivery would drop out of the set
         `learn_for` after its first one."""
         live = [(p, s) for p, s in sources.items() if s > 0]
-        names = ("proven", "young") if young and self._young else ("proven",)
-        ops = [ElemOp(False, f"{n}{p.version}", p) for n in names for p, _ in live]
-        self._commit(ops + [ElemOp(True, f"{n}{p.version}", p, _ms(s)) for n in names for p, s in live])
-        if "young" in names:
-            self.young_held.update(p for p, _ in live)
+        ops = [ElemOp(False, f"proven{p.version}", p) for p, _ in live]
+        self._commit(ops + [ElemOp(True, f"proven{p.version}", p, _ms(s)) for p, s in live])
 
     def unprove(self, sources: Sequence[Prefix]) -> None:
         # Deletes tolerate absence (an element may have lapsed a moment ago).
-        names = ("proven", "young") if self._young else ("proven",)
-        self._commit([ElemOp(False, f"{n}{p.version}", p) for n in names for p in sources])
-        self.young_held.difference_update(sources)
-
-    @property
-    def _young(self) -> bool:
-        """Whether the young proofs' sets exist: only with the budget in force (govern.nft.ruleset)."""
-        return "youngslots" in self.budget_sets
+        self._commit([ElemOp(False, f"proven{p.version}", p) for p in sources])
 
     def crowds(self) -> frozenset[Prefix]:
         elements = (e for name in ("crowd4", "crowd6") for e in self.nl.dump_set(name))
@@ -266,10 +235,7 @@ class NftBackend:
     def slotted(self) -> int | None:
         if not self.budget_sets:
             return None
-        return sum(self.nl.count_elements(name) for name in self.budget_sets if name in STRANGER_SLOTS)
-
-    def young_slotted(self) -> int | None:
-        return self.nl.count_elements("youngslots") if self._young else None
+        return sum(self.nl.count_elements(name) for name in self.budget_sets)
 
     def end_sessions(self, prefixes: Sequence[Prefix]) -> int:
         from govern.conntrack import forget
@@ -281,7 +247,6 @@ class NftBackend:
     def teardown(self) -> bool:
         self.made = self.generation = None
         self.budget_sets = ()
-        self.young_held.clear()
         if not delete_table(self.nft):
             return False
         for v in self.held.values():

@@ -131,20 +131,9 @@ def first_contact_lanes(newcomers: int) -> tuple[int, int]:
     return newcomers - crowd, crowd
 
 
-def young_lane(total: int) -> int:
-    """The slots the wave's young proofs may hold at once (set `youngslots`): a third of the strangers' budget, at
-    least one. A proof bought during the wave (the lab's `quitters` deliver and QUIT once per connection, then hold)
-    must not buy more of the MTA than a lane of the budget; a relay proven before the wave never takes it."""
-    return max(1, total // 3)
-
-
-SLOT_SETS = ("slots", "newslots", "crowdslots", "youngslots")
-# The lane of the wave's young proofs is no strangers' slot: the decision core compares the strangers' count
-# (`slotted`) with their budget, and a young proof's sessions are a trusted source's there.
-STRANGER_SLOTS = SLOT_SETS[:3]
-# The chains no hook enters: the slot budget's admission (strangers', young proofs'), and the verdicts on blocked and
-# throttled sources.
-CHAINS = ("admit", "admit_young", "enforce")
+SLOT_SETS = ("slots", "newslots", "crowdslots")
+# The chains no hook enters: the slot budget's admission, and the verdicts on blocked and throttled sources.
+CHAINS = ("admit", "enforce")
 # A slot's element lapses this long after the last packet of its connection either way, a connection whose
 # handshake never completes (a SYN the full accept queue dropped, a client gone) after SLOT_HANDSHAKE: the budget
 # never counts a phantom for long. Closing (FIN or RST, a cut's included) removes it at once.
@@ -156,15 +145,13 @@ NEWSRC_TIMEOUT = "10s"
 
 def slot_sets(spec: FirewallSpec, enforce: bool = True) -> dict[str, int]:
     """The budget's sets and their sizes (the size is the budget: an add to a full set fails)."""
-    total = slot_budget(spec) if enforce else 0
-    main, newcomers = budget_lanes(total, spec.newcomer_share)
-    lanes = (main, *first_contact_lanes(newcomers), young_lane(total) if main else 0)
-    return {name: n for name, n in zip(SLOT_SETS, lanes, strict=True) if n}
+    main, newcomers = budget_lanes(slot_budget(spec), spec.newcomer_share) if enforce else (0, 0)
+    return {name: n for name, n in zip(SLOT_SETS, (main, *first_contact_lanes(newcomers)), strict=True) if n}
 
 
-def _budget_rules(sizes: dict[str, int], k4: str, k6: str) -> tuple[list[str], list[str], list[str], list[str]]:
+def _budget_rules(sizes: dict[str, int], k4: str, k6: str) -> tuple[list[str], list[str], list[str]]:
     """The slot budget: rules of the `slots` chain (prerouting, after conntrack), of `slots_out` (output) and of the
-    `admit` and `admit_young` chains they jump to.
+    `admit` chain they jump to.
 
     In a wave, every new connection of a stranger (not allowlisted, not proven) must take an element, its conntrack
     id, in a set whose size is the budget: the lane of first contacts (`newslots`) if it is one and has room, else
@@ -173,12 +160,9 @@ def _budget_rules(sizes: dict[str, int], k4: str, k6: str) -> tuple[list[str], l
     the sets hold strangers' live connections, in the accept queue and the MTA's processes alike. A refused SYN
     leaves nothing behind (its conntrack entry is never confirmed), however many a flood sends. Connections made
     before the wave take a slot of the common lane with their next segment that carries data, while it has room.
-
-    A source whose proof is the wave's own (set `young4`/`young6`, filled by the daemon) passes the gate, but each
-    of its new connections takes a slot of a lane of its own (`youngslots`), with the same verdict when it is full.
     """
     if not sizes:
-        return [], [], [], []
+        return [], [], []
     syn = "tcp flags syn / syn,ack"
     local = "fib daddr type local"
     closing = "tcp flags & (fin | rst) != 0"
@@ -220,27 +204,7 @@ def _budget_rules(sizes: dict[str, int], k4: str, k6: str) -> tuple[list[str], l
         f"tcp dport @ports {syn} {local} ip saddr @gate4 ip saddr != @allow4 {k4} != @proven4 jump admit",
         f"tcp dport @ports {syn} {local} ip6 saddr @gate6 ip6 saddr != @allow6 {k6} != @proven6 jump admit",
     ]
-    young: list[str] = []
-    if "youngslots" in sizes:
-        # A proof bought during the wave passes the strangers' lanes (its source is in proven4/6, so the rules above
-        # never see it), but not without bound: the lab's `quitters` deliver and QUIT once per connection, are
-        # proven by the log, and their next connections held the MTA outside the budget until each was cut (3 s
-        # later) and lost its proof. Their sessions come one after the other, so no crowd rule sees them; a lane of
-        # their own bounds what all of them hold at once. After the strangers' rules: a source whose key lingers in
-        # young4/6 without a proof is a stranger, and has had its verdict there.
-        pre += [
-            f"tcp dport @ports {syn} {local} ip saddr @gate4 ip saddr != @allow4 {k4} @young4 jump admit_young",
-            f"tcp dport @ports {syn} {local} ip6 saddr @gate6 ip6 saddr != @allow6 {k6} @young6 jump admit_young",
-        ]
-        # A retransmitted SYN of an admitted connection keeps its slot; a full lane drops the SYN, and the client's
-        # retransmission a second later tries again.
-        young = [
-            "ct id @youngslots accept",
-            f"add @youngslots {{ ct id timeout {SLOT_HANDSHAKE} }} accept",
-            "counter drop",
-        ]
-    # A retransmitted SYN of an admitted connection (the strangers' lanes only: a young proof's is judged above).
-    admit = [f"ct id @{name} accept" for name in sizes if name in STRANGER_SLOTS]
+    admit = [f"ct id @{name} accept" for name in sizes]  # a retransmitted SYN of an admitted connection
     # A first contact takes the first contacts' lane: a source's only connection its own part of it, then the
     # crowds' part; a crowd's (a source that opened others at once, as a swarm's do) only the crowds' part. The
     # swarm's sources arriving during the wave then hold a third of the lane, not all of it, while a sender that
@@ -257,7 +221,7 @@ def _budget_rules(sizes: dict[str, int], k4: str, k6: str) -> tuple[list[str], l
             f"{CONN6} @fresh6 add @crowdslots {{ ct id timeout {SLOT_HANDSHAKE} }} accept",
         ]
     admit += [f"add @slots {{ ct id timeout {SLOT_HANDSHAKE} }} accept", "counter drop"]
-    return pre, out, admit, young
+    return pre, out, admit
 
 
 def ruleset(spec: FirewallSpec, *, enforce: bool = True, resize: Iterable[str] = ()) -> str:
@@ -399,10 +363,6 @@ def ruleset(spec: FirewallSpec, *, enforce: bool = True, resize: Iterable[str] =
     for v, typ in ((4, "ipv4_addr"), (6, "ipv6_addr")):
         dyn = f"size {SEEN_SIZE}; flags dynamic,timeout;"
         sets.append(f"set proven{v} {{ type {typ}; {dyn} timeout {PROVEN_TIMEOUT}; }}")
-        if "youngslots" in sizes:
-            # Only the daemon adds to it (govern.nft.backend.prove): a hash set with its lapsed elements collected
-            # as the block sets' are.
-            sets.append(f"set young{v} {{ type {typ}; flags timeout; gc-interval {HASH_GC}; }}")
         sets.append(f"set talk{v} {{ type {typ} . inet_service; {dyn} timeout {TALK_TIMEOUT}; }}")
         sets.append(f"set talkc{v} {{ type {typ} . inet_service; {dyn} timeout {TALK_TIMEOUT}; }}")
         sets.append(f"set newsrc{v} {{ type {typ}; {dyn} timeout {NEWSRC_TIMEOUT}; }}")
@@ -413,7 +373,7 @@ def ruleset(spec: FirewallSpec, *, enforce: bool = True, resize: Iterable[str] =
             )
     for name, conn in (("syn4", CONN4), ("syn6", CONN6), ("fresh4", CONN4), ("fresh6", CONN6)):
         sets.append(f"set {name} {{ typeof {conn}; size {SYN_SIZE}; flags dynamic,timeout; timeout {SYN_TIMEOUT}; }}")
-    slots_pre, slots_out, admit, admit_young = _budget_rules(sizes, k4, k6)
+    slots_pre, slots_out, admit = _budget_rules(sizes, k4, k6)
     hooked = (
         ("guard", "prerouting priority raw"),
         ("proof", "output priority raw"),
@@ -444,13 +404,6 @@ def ruleset(spec: FirewallSpec, *, enforce: bool = True, resize: Iterable[str] =
                 f"delete set {FAMILY} {TABLE} known{v}"
                 for v, typ in ((4, "ipv4_addr"), (6, "ipv6_addr"))
             ),
-            # Without the budget, the young proofs' sets go too (no rule reads them once the chains are flushed).
-            *(
-                f"add set {FAMILY} {TABLE} young{v} {{ type {typ}; flags timeout; gc-interval {HASH_GC}; }}\n"
-                f"delete set {FAMILY} {TABLE} young{v}"
-                for v, typ in ((4, "ipv4_addr"), (6, "ipv6_addr"))
-                if "youngslots" not in sizes
-            ),
             f"flush set {FAMILY} {TABLE} ports",
             # The ports go in with a set statement, not `add element`: that command makes libnftables read every set
             # of the table first, block sets included (0.8-1.5 s at 100k blocks, against ~1 ms this way).
@@ -460,7 +413,6 @@ def ruleset(spec: FirewallSpec, *, enforce: bool = True, resize: Iterable[str] =
             *(f"add rule {FAMILY} {TABLE} slots {r}" for r in slots_pre),
             *(f"add rule {FAMILY} {TABLE} slots_out {r}" for r in slots_out),
             *(f"add rule {FAMILY} {TABLE} admit {r}" for r in admit),
-            *(f"add rule {FAMILY} {TABLE} admit_young {r}" for r in admit_young),
             *(f"add rule {FAMILY} {TABLE} enforce {r}" for r in verdicts),
         ]
     )

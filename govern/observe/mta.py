@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from govern.model import ListenerStats
-from govern.nft.ruleset import DEFAULT_MTA_SLOTS, budget_lanes, first_contact_lanes, young_lane
+from govern.nft.ruleset import DEFAULT_MTA_SLOTS, budget_lanes, first_contact_lanes
 
 # Postfix's postscreen_greet_wait is ${stress?{2}:{6}}s: a client may be asked to wait the longer one.
 POSTSCREEN_GREET_WAIT = 6.0
@@ -30,14 +30,13 @@ class Budget:
     newcomers: int = 0  # of `slots`, kept for first contacts
 
     def to_dict(self) -> dict[str, Any]:
-        """`govern status`'s "budget", with the first contacts' lane's part for crowds and the young proofs' lane
-        (the CLI does not load the ruleset to work them out)."""
+        """`govern status`'s "budget", with the first contacts' lane's part for crowds (the CLI does not load the
+        ruleset to work it out)."""
         crowds = first_contact_lanes(self.newcomers)[1]
         return {
             "slots": self.slots,
             "newcomers": self.newcomers,
             "crowds": crowds,
-            "young": young_lane(self.slots) if self.slots else 0,
             "capacity": self.capacity,
             "basis": self.basis,
         }

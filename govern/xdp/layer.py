@@ -93,8 +93,8 @@ class XdpLayer:
     def proven(self) -> Sequence[tuple[Prefix, float]]:
         return self.inner.proven()
 
-    def prove(self, sources: Mapping[Prefix, float], *, young: bool = False) -> None:
-        self.inner.prove(sources, young=young)
+    def prove(self, sources: Mapping[Prefix, float]) -> None:
+        self.inner.prove(sources)
 
     def unprove(self, sources: Sequence[Prefix]) -> None:
         self.inner.unprove(sources)
@@ -107,9 +107,6 @@ class XdpLayer:
 
     def slotted(self) -> int | None:
         return self.inner.slotted()
-
-    def young_slotted(self) -> int | None:
-        return self.inner.young_slotted()
 
     def syn_counts(self) -> Mapping[Prefix, int]:
         if self.prog is None:

@@ -18,12 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from govern.addr import Prefix
-from govern.config import from_mapping
-from govern.model import Mode, ModeState, Plan, State
-from govern.nft.backend import NftBackend
 from tests.kernel.daemon_harness import established, govern, nft_set, running, wait_for, write_config
-from tests.netns import Lab, Listener, SmtpListener, connect, converse
+from tests.netns import Lab, SmtpListener, connect, converse
 
 MX4 = "203.0.113.25"
 MX6 = "2001:db8:25::25"
@@ -62,7 +58,6 @@ def test_the_slot_budget_holds_strangers_and_never_counts_the_allowlisted_or_pro
                 "slots": 6,
                 "newcomers": 2,
                 "crowds": 0,
-                "young": 2,
                 "capacity": 4096,
                 "basis": "",
             }
@@ -763,69 +758,3 @@ def test_behind_a_pregreet_a_wave_over_its_budget_sheds_who_never_spoke_after_th
         for c in held + conns:
             c.close()
         mta.close()
-
-
-def test_in_a_wave_a_young_proof_holds_at_most_the_young_lane_and_an_older_proof_is_not_limited(lab: Lab) -> None:
-    """The lab's quitters: a proof bought during the wave passes the gate and the strangers' lanes, but its new
-    connections take the young proofs' lane (`youngslots`, a third of the budget: 2 of 6), over IPv4 and IPv6 alike;
-    a full lane drops the SYN. A relay proven before the wave is held to nothing; unproven or once the wave is over,
-    a source is no longer in the lane's sets."""
-    P = Prefix.parse
-    srv = Listener(lab.mx, 25)
-    held: list[socket.socket] = []
-    spec = from_mapping({"protect": {"ports": [25]}, "wave": {"slot_budget": 6}}).firewall()
-    young4, young6, relay = P("198.51.100.80"), P("2001:db8:51::/64"), P("198.51.100.81")
-
-    def opened(src: str, n: int, timeout: float = 2.5) -> list[socket.socket | None]:
-        with lab.net.entered():
-            return [alive(attempt(src, MX6 if ":" in src else MX4, timeout)) for _ in range(n)]
-
-    now = time.time()
-    with lab.mx.entered():
-        backend = NftBackend()
-    try:
-        with lab.mx.entered():
-            backend.setup(spec, [P("192.0.2.0/24")], State(), now)
-            backend.apply(Plan(mode=ModeState(Mode.WAVE, since=now, until=now + 120, reason="test")), now)
-            backend.prove({young4: 3600, young6: 3600}, young=True)
-            backend.prove({relay: 3600})
-        assert nft_set(lab.mx, "young4") == {"198.51.100.80"} and nft_set(lab.mx, "young6") == {"2001:db8:51::"}
-        assert "198.51.100.81" in nft_set(lab.mx, "proven4") and "198.51.100.81" not in nft_set(lab.mx, "young4")
-        # Two connections of the young source fill its lane; a third finds it full (its SYN and the
-        # retransmission dropped), and so does the IPv6 young source: one lane for both families.
-        got = opened("198.51.100.80", 2)
-        held += [c for c in got if c is not None]
-        assert all(got), got
-        assert opened("198.51.100.80", 1, timeout=1.5) == [None]
-        assert opened("2001:db8:51::80", 1, timeout=1.5) == [None]
-        assert len(nft_set(lab.mx, "youngslots")) == 2
-        with lab.mx.entered():
-            assert backend.young_slotted() == 2 and backend.slotted() == 0  # never counted as strangers'
-        # The relay proven before the wave: more connections than the whole budget, none taking a slot.
-        relayed = opened("198.51.100.81", 8)
-        held += [c for c in relayed if c is not None]
-        assert all(relayed), relayed
-        assert len(nft_set(lab.mx, "youngslots")) == 2 and not nft_set(lab.mx, "slots")
-        # A young connection that closes frees its slot for the next young one.
-        first = got[0]
-        assert first is not None
-        held.remove(first)
-        first.close()
-        time.sleep(0.3)
-        late = opened("2001:db8:51::80", 1)
-        held += [c for c in late if c is not None]
-        assert late[0] is not None
-        # Unproven (cut in the wave), the source leaves the lane's set too; at the wave's end, every young proof.
-        with lab.mx.entered():
-            backend.unprove([young4])
-        assert not nft_set(lab.mx, "young4") and nft_set(lab.mx, "young6") == {"2001:db8:51::"}
-        with lab.mx.entered():
-            backend.apply(Plan(mode=ModeState(Mode.NORMAL, reason="test")), time.time())
-        assert not nft_set(lab.mx, "young6")
-    finally:
-        for c in held:
-            c.close()
-        with lab.mx.entered():
-            backend.teardown()
-            backend.close()
-        srv.close()

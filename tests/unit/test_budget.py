@@ -10,7 +10,7 @@ import pytest
 from govern import autos, config
 from govern.errors import ConfigError
 from govern.model import ListenerStats
-from govern.nft.ruleset import budget_lanes, first_contact_lanes, ruleset, slot_budget, slot_sets, young_lane
+from govern.nft.ruleset import budget_lanes, first_contact_lanes, ruleset, slot_budget
 from govern.observe.mta import budget
 from govern.observe.postfix import greet_action, holders, main_cf_value, postfix_log
 
@@ -89,50 +89,6 @@ def test_the_ruleset_carries_the_budget_only_when_enforcing() -> None:
     assert "jump admit" not in ruleset(wave(slot_budget=30).firewall(), enforce=False)
     assert "ct id" not in ruleset(wave(slot_budget=0).firewall())
     assert "newslots" not in ruleset(wave(slot_budget=30, newcomer_share=0).firewall())
-
-
-@pytest.mark.parametrize(("total", "young"), [(30, 10), (45, 15), (6, 2), (2, 1), (1, 1)])
-def test_the_young_proofs_lane_is_a_third_of_the_strangers_budget_and_never_empty(total: int, young: int) -> None:
-    assert young_lane(total) == young
-    assert slot_sets(wave(slot_budget=total).firewall())["youngslots"] == young
-    assert "youngslots" not in slot_sets(wave(slot_budget=total).firewall(), enforce=False)
-    assert budget(wave(slot_budget=total)["wave"], []).to_dict()["young"] == young
-
-
-def test_the_young_proofs_lane_is_in_the_ruleset_only_when_the_budget_is_enforced() -> None:
-    text = ruleset(wave(slot_budget=30).firewall())
-    rules = text.splitlines()
-    assert "add set inet govern youngslots { typeof ct id; size 10; flags dynamic,timeout; timeout 60s; }" in text
-    assert "add set inet govern young4 { type ipv4_addr; flags timeout; gc-interval 1m; }" in rules
-    assert "add set inet govern young6 { type ipv6_addr; flags timeout; gc-interval 1m; }" in rules
-    assert "delete set inet govern young4" not in text
-    # Proven sources of the wave's own proofs jump to their lane from the gate, never the allowlisted; after the
-    # strangers' rule (a source in young4 without a proof is a stranger).
-    young = (
-        "add rule inet govern slots tcp dport @ports tcp flags syn / syn,ack fib daddr type local ip saddr @gate4 "
-        "ip saddr != @allow4 ip saddr @young4 jump admit_young"
-    )
-    assert young in rules
-    assert rules.index(young) > next(i for i, r in enumerate(rules) if r.endswith("!= @proven4 jump admit"))
-    assert "ip6 saddr & ffff:ffff:ffff:ffff:: @young6 jump admit_young" in text  # the source group's key
-    assert [r for r in rules if r.startswith("add rule inet govern admit_young ")] == [
-        "add rule inet govern admit_young ct id @youngslots accept",
-        "add rule inet govern admit_young add @youngslots { ct id timeout 5s } accept",
-        "add rule inet govern admit_young counter drop",
-    ]
-    # Kept alive and freed on close as the other lanes; never a stranger's slot in chain admit.
-    assert "tcp dport @ports tcp flags & (fin | rst) != 0 ct id @youngslots delete @youngslots { ct id }" in text
-    assert "slots_out tcp sport @ports tcp flags & syn == 0 ct id @youngslots update @youngslots" in text
-    assert "admit ct id @youngslots" not in text
-    # Every rule that reads the young sets matches the protected ports.
-    assert all("@ports" in r for r in rules if "young" in r and r.startswith("add rule") and " admit_young " not in r)
-    assert "delete set inet govern youngslots\n" in ruleset(wave(slot_budget=30).firewall(), resize=["youngslots"])
-    for off in (ruleset(wave(slot_budget=30).firewall(), enforce=False), ruleset(wave(slot_budget=0).firewall())):
-        assert "youngslots" not in off and "jump admit_young" not in off
-        assert "add rule inet govern admit_young" not in off
-        # Sets of a table made with the budget go with it.
-        assert "add set inet govern young4 { type ipv4_addr; flags timeout; gc-interval 1m; }\n" in off
-        assert "delete set inet govern young4\n" in off
 
 
 @pytest.mark.parametrize("bad", ["many", -1, 1.5, True])

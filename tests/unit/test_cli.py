@@ -359,7 +359,6 @@ def test_the_budget_line_says_how_postscreen_talkers_are_judged() -> None:
         " sources opening several at once)"
     )
     assert "of those" not in _budget_line({**st, "budget": budget(2)})  # no crowds' part
-    assert "; sources first proven in the wave at most 15 more (60% of 50 slots" in line  # the young proofs' lane
     assert "no silent client cut before its greet wait, clients that talk during it cut" in line
     assert "(postscreen_greet_action = enforce)" in line
     ignored = _budget_line({**st, "postscreen_greet_action": "ignore", "pregreet_cut": False})

@@ -173,54 +173,6 @@ def test_in_a_wave_a_source_that_delivered_then_stalled_loses_its_proof(tmp_path
     assert reports.status(gov)["proof_revoked"] == 1 and reports.status(gov)["trust"]["revoked"] == 1
 
 
-def test_in_a_wave_the_waves_own_proofs_go_to_the_kernel_as_young_and_older_ones_do_not(tmp_path: Path) -> None:
-    """The lab's quitters: a proof bought during the wave passes the strangers' lanes of the budget but takes the
-    young proofs' lane; a relay proven before the wave, delivering again in it, keeps passing freely, and out of a
-    wave no proof is young."""
-    log = tmp_path / "mail.log"
-    log.write_text("")
-    gov, _socks, enf, clock, _dns = make(tmp_path, {}, {"postfix_log": str(log)})
-    gov.start()
-    relay, early, bot = Prefix.parse("198.51.100.7"), Prefix.parse("198.51.100.8"), Prefix.parse("2001:db8:51::/64")
-
-    def deliver(qid: str, client: Prefix | str) -> None:
-        log_delivery(log, datetime.fromtimestamp(clock(), UTC).isoformat(), qid, str(client))
-
-    deliver("4F2Xk81qZ5z9sWa", relay)
-    gov.tick()
-    assert relay in enf.log_proven and not enf.young  # no wave: an ordinary proof
-    clock.advance(3600)
-    deliver("4F2Xk81qZ5z9sWb", early)  # proven in the flood's first second, before the tick that declares the wave
-    clock.advance(1)
-    assert gov.handle({"cmd": "wave", "action": "on", "duration": "10m"})["ok"]
-    deliver("4F2Xk81qZ5z9sWc", relay)
-    deliver("4F2Xk81qZ5z9sWd", "2001:db8:51::99")  # the bot's source group (a /64)
-    gov.tick()
-    assert {relay, early, bot} <= enf.log_proven.keys()
-    assert enf.young == {early, bot}  # the wave's own (or the minute before it), as the source groups
-    assert "in_young_lane" not in reports.status(gov)["slots"]  # no such lane in the fake kernel
-    enf.slots, enf.young_slots = 4, 2
-    clock.advance(0.5)
-    gov.tick()
-    assert reports.status(gov)["slots"] | {"established": 0} == {
-        "established": 0,
-        "strangers": 0,
-        "in_budget": 4,  # the strangers' lanes only: what the decision core weighs against their budget
-        "in_young_lane": 2,
-    }
-    enf.young.clear()
-    clock.advance(1)
-    deliver("4F2Xk81qZ5z9sWe", relay)
-    gov.tick()
-    assert not enf.young  # proven before the wave: passes the budget, as ever
-    # The wave's end: what it proved is a proof like any.
-    assert gov.handle({"cmd": "wave", "action": "off"})["ok"]
-    clock.advance(1)
-    deliver("4F2Xk81qZ5z9sWf", "2001:db8:51::99")
-    gov.tick()
-    assert bot in enf.log_proven and not enf.young
-
-
 def test_in_a_wave_a_crowds_first_proof_reaches_the_kernel_after_a_probation_or_the_waves_end(tmp_path: Path) -> None:
     """The lab's quitters: a source that came as a crowd (several connections at once) delivers and quits during the
     wave, then holds its other sessions. Its trust is learned, but the kernel's gate and budget do not pass it until
