@@ -234,8 +234,9 @@ class Counted(Mapping[Prefix, int]):
     @staticmethod
     def concat(parts: Sequence[Counted]) -> Counted:
         """The parts' rows one after the other. Takes the parts: each of their columns is let go as soon as it is
-        joined, and they are left empty, so a tick holds the parts and the join together one column at a time, not
-        whole (both whole were 52 B a source of a flood's tick's peak; docs/benchmarks.md, "Memory")."""
+        joined, and they are left empty (a single part is the join, returned as it is), so a tick holds the parts
+        and the join together one column at a time, not whole (both whole were 52 B a source of a flood's tick's
+        peak; docs/benchmarks.md, "Memory")."""
         if not parts:
             return Counted(empty_keys(), np.zeros(0, np.uint64))
         if len(parts) == 1:

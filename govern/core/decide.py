@@ -219,16 +219,13 @@ def shed(
     for n, p in strangers:
         if excess <= 0:
             break
-        if p in first:
-            # A holder's sessions are the ones the kernel does not count, and the flood's ones that advance (a
-            # command every second or two, each answered: the lab's loopers) would hold the MTA outside the
-            # budget for the whole wave: any of them that has not advanced for the wait goes, past the greeting
-            # too. Several sessions that pause so are a flood's pattern; a source's only one is never shed so.
-            many = f"{n} sessions not advancing, opened before the wave, while {why}"
-            out.append(Cut(p, many_ms, many, shed=True, queued=True, past=True))
-        else:
-            many = f"{n} sessions not answering the greeting while {why}"
-            out.append(Cut(p, many_ms, many, shed=True, queued=True))
+        # A holder's sessions are the ones the kernel does not count, and the flood's ones that advance (a command
+        # every second or two, each answered: the lab's loopers) would hold the MTA outside the budget for the
+        # whole wave: any of them that has not advanced for the wait goes, past the greeting too. Several sessions
+        # that pause so are a flood's pattern; a source's only one is never shed so.
+        past = p in first
+        what = "not advancing, opened before the wave" if past else "not answering the greeting"
+        out.append(Cut(p, many_ms, f"{n} sessions {what} while {why}", shed=True, queued=True, past=past))
         excess -= n
     for tried, p in restless:
         if excess <= 0:

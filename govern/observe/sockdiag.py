@@ -1003,10 +1003,11 @@ class SockDiag(Scanner):
             if q is not None:
                 wait, queued, past = shed[q]
                 segs_out = info[4]
-                # Not past the greeting: the server sent only it, or the client never said a word (behind postscreen
-                # the greeting is two segments, "220-" and, after the pregreet wait, the real banner).
-                greeted = past or segs_out == 1 or (segs_out > 1 and info[3] == 0)
-                if (segs_out == 0 and queued) or (greeted and stalled(*info, wait, greet_ms, pregreet_cut)):
+                # Not past the greeting (the server sent only it, or the client never said a word; behind
+                # postscreen the greeting is two segments, "220-" and, after the pregreet wait, the real banner), or
+                # past it with `past`.
+                judged = past or segs_out == 1 or (segs_out > 1 and info[3] == 0)
+                if (segs_out == 0 and queued) or (judged and stalled(*info, wait, greet_ms, pregreet_cut)):
                     picked[q] += 1
                     return True
             p = group(remote, idle_ms) if idle_ms else None
