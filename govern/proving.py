@@ -45,6 +45,9 @@ class Proving:
         # Crowds the log proved during the wave, each with when its trust runs out and when its probation ends: for
         # the kernel then (or at the wave's end), unless it lost its trust meanwhile.
         self._withheld: dict[Prefix, tuple[float, float]] = {}
+        # Crowds whose probation ended in this wave, uncut: their later deliveries in the wave go in at once (a busy
+        # relay first proven in the wave delivers again and again; each was put on probation anew and logged).
+        self._released: set[Prefix] = set()
         # Sources seen holding several sessions at once under pressure, each with when last: crowds, as the kernel's
         # first contacts in a wave mark them, but also those whose connections came before the wave was declared
         # (the lab's quitters, whose first sessions proved them in the flood's first second).
@@ -64,19 +67,24 @@ class Proving:
                 # The kernel's crowd sets are dumped only for a young proof the daemon's own sight does not settle.
                 seen = self._crowded.keys()
                 crowds = seen if fresh <= seen else self.enforcer.crowds() | seen
-                held = withheld(fresh, self.trust.first, mode, crowds)
+                held = withheld(fresh, self.trust.first, mode, crowds) - self._released
+                put = sum(p not in self._withheld for p in held)
                 for p in held:
                     until = delivered.pop(p)
                     self._withheld[p] = (until, self._withheld.get(p, (until, now + PROBATION))[1])
-                if held:
-                    log.info("proof kept from the kernel for %g s (crowds): %d sources", PROBATION, len(held))
+                if put:
+                    log.info("proof kept from the kernel for %g s (crowds): %d sources", PROBATION, put)
+            over = mode.mode is not Mode.WAVE
+            if over:
+                self._released.clear()
             if self._withheld:
-                over = mode.mode is not Mode.WAVE
                 done = [p for p, (_, ends) in self._withheld.items() if over or ends <= now]
                 for p in done:  # still trusted: not revoked, not lapsed
                     until = self._withheld.pop(p)[0]
                     if self.trust.until(p) is not None:
                         delivered[p] = max(until, delivered.get(p, until))
+                        if not over:
+                            self._released.add(p)
             if delivered:
                 self.enforcer.prove({p: until - now for p, until in delivered.items() if until > now})
         except Exception as exc:
@@ -131,6 +139,7 @@ class Proving:
         if not lost:
             return
         self.trust.revoke(lost, now, REVOKED_FOR)
+        self._released.difference_update(lost)
         self.revoked += len(lost)
         log.info("proof revoked (proven during the wave, then cut for silence): %s", ", ".join(map(str, lost[:10])))
         try:
