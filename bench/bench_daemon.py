@@ -227,6 +227,8 @@ class Window:
     pooled_ticks: int = 0  # of timed_ticks, those timed by the mean of an interval with several (see measure)
     # The slowest tick timed alone, by phase (ms): where the p99 goes (the phases' sum is the tick's duration).
     slowest_phases_ms: dict[str, float] = field(default_factory=dict)
+    # The quiet window's ticks by phase, mean ms a tick: where the CPU per tick goes.
+    mean_phases_ms: dict[str, float] = field(default_factory=dict)
 
 
 def nearest_rank(xs: list[float], q: float) -> float:
@@ -278,6 +280,11 @@ def measure(d: Daemon, window: float, load: list[int] = []) -> Window:  # noqa: 
             pooled += k
         prev = cur
     st = try_status(d)  # {} when unanswered: -1 below
+    mean_phases = (
+        {p: round((s - m0.phases.get(p, 0.0)) * 1000 / ticks, 2) for p, s in m1.phases.items()}
+        if m0 and m1 and ticks
+        else {}
+    )
     return Window(
         cpu_pct=100 * (c1 - c0) / (t1 - t0),
         cpu_ms_per_tick=1000 * (c1 - c0) / ticks if ticks else float("nan"),
@@ -291,6 +298,7 @@ def measure(d: Daemon, window: float, load: list[int] = []) -> Window:  # noqa: 
         timed_ticks=len(durations),
         pooled_ticks=pooled,
         slowest_phases_ms=slowest,
+        mean_phases_ms=mean_phases,
         sockets=int(st.get("sockets", -1)),
         sources=int(st.get("sources", -1)),
         blocks=int(st.get("blocks", -1)),
@@ -486,6 +494,8 @@ def fmt_window(w: Window) -> str:
         f"{w.blocks:,} blocks; VM busy {w.host_busy_pct:.0f}% of its CPUs, the sessions' processes "
         f"{w.load_cpu_pct:.0f}% of a core; the slowest tick timed alone by phase (ms): "
         + (", ".join(f"{p} {ms:.0f}" for p, ms in w.slowest_phases_ms.items() if ms >= 1) or "-")
+        + "; the quiet window's ticks by phase, mean ms: "
+        + (", ".join(f"{p} {ms:.1f}" for p, ms in w.mean_phases_ms.items() if ms >= 0.1) or "-")
     )
 
 

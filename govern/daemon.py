@@ -115,7 +115,9 @@ class Governor:
         self.own = PrefixSet()
         self.policy: Policy = self.make_policy()
         self.phases = PhaseClock()
-        self.observer = Observer(sockets, enforcer.syn_counts, counters, self.phases, enforcer.slotted)
+        self.observer = Observer(
+            sockets, enforcer.syn_counts, counters, self.phases, enforcer.slotted, enforcer.syn_counts_unchanged
+        )
         self.snapshot: Snapshot | None = None
         self.started = clock()
         self.last_tick_ms = 0.0

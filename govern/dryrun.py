@@ -62,6 +62,9 @@ class DryRun:
     def syn_counts(self) -> Mapping[Prefix, int]:
         return self.inner.syn_counts()
 
+    def syn_counts_unchanged(self) -> bool:
+        return self.inner.syn_counts_unchanged()
+
     def attempts(self) -> int | None:
         return self.inner.attempts()
 

@@ -75,6 +75,12 @@ class Enforcer(Protocol):
         """Cumulative connection attempts per source group, counted in the kernel."""
         ...
 
+    def syn_counts_unchanged(self) -> bool:
+        """Whether no source group's count can have grown since the last `syn_counts` (a counter the same rules
+        count in has not moved), so a calm tick may skip the read; False where the backend cannot tell. Counts
+        may only have timed out meanwhile."""
+        ...
+
     def proven(self) -> Sequence[tuple[Prefix, float]]:
         """Source groups the MTA answered a whole dialogue (the kernel counts its replies), where the backend can,
         each with the seconds since its last proof."""

@@ -103,6 +103,8 @@ class FakeEnforcer:
     crowd: set[Prefix] = field(default_factory=set)  # first contacts that came as a crowd in a wave (crowd4/crowd6)
     slots: int | None = None  # connections holding a slot of the budget (None: no budget)
     attempted: int | None = None  # the kernel's count of new connections (None: no counter)
+    counted_at: int | None = None  # `attempted` at the last syn_counts, as the nftables backend keeps it
+    syn_reads: int = 0
     fail_next: bool = False
     commits: int = 0
     torn_down: bool = False
@@ -151,7 +153,12 @@ class FakeEnforcer:
                 self.tight.discard(a.prefix)
 
     def syn_counts(self) -> Mapping[Prefix, int]:
+        self.counted_at = self.attempted
+        self.syn_reads += 1
         return dict(self.syn)
+
+    def syn_counts_unchanged(self) -> bool:
+        return self.counted_at is not None and self.attempted == self.counted_at
 
     def prove(self, sources: Mapping[Prefix, float]) -> None:
         self.log_proven.update(sources)

@@ -111,6 +111,9 @@ class IptBackend:
     def slotted(self) -> int | None:
         return None  # no budget (docs/iptables.md)
 
+    def syn_counts_unchanged(self) -> bool:
+        return False  # no counter to tell (attempts, above)
+
     def syn_counts(self) -> Mapping[Prefix, int]:
         # Every tick: over netlink, not an `ipset save` process per set (docs/benchmarks.md, "iptables backend").
         out: dict[Prefix, int] = {}

@@ -62,7 +62,9 @@ class NftBackend:
         # The ruleset generation at which the table was last known to be as `made` says: the one govern's own
         # commits since then have moved on, one by one (None: unknown, check the shape).
         self.generation: int | None = None
-        # The counting sets' keys -> their sources, kept from tick to tick (most sources count again and again).
+        # The `attempts` counter as it stood just before the last read of the counting sets (None: no read since
+        # the table was made), for `syn_counts_unchanged`.
+        self._counted_at: int | None = None
 
     # -- start-up -------------------------------------------------------------------------------------------
 
@@ -77,6 +79,7 @@ class NftBackend:
         sizes = slot_sets(spec, self.enforce)
         self.nft.run(ruleset(spec, enforce=self.enforce, resize=self._resized(sizes)))
         self.budget_sets = tuple(sizes)
+        self._counted_at = None
         self.allow = {name: {e.prefix for e in self.nl.dump_set(name)} for name in ("allow4", "allow6")}
         self.set_allow(allow)
         adopted: list[Action] = []
@@ -221,13 +224,23 @@ class NftBackend:
         return out
 
     def syn_counts(self) -> Counted:
+        # Read before the dump: a SYN counted between the two is in this dump and moves the counter past the mark,
+        # so the next tick reads again; one counted after it moves the counter too.
+        mark = self.nl.counter_packets(ATTEMPTS)
         # As columns: the rate window takes them as they are (govern.keys.Counted; docs/benchmarks.md, "Memory").
-        return Counted.concat(
+        counts = Counted.concat(
             [
                 self.nl.count_columns(name, v, plen)
                 for name, v, plen in (("seen4", 4, self.v4_len), ("seen6", 6, self.v6_len))
             ]
         )
+        self._counted_at = mark
+        return counts
+
+    def syn_counts_unchanged(self) -> bool:
+        # The counter counts in the very rules that update seen4/seen6 (govern/nft/ruleset.py), so while it stands
+        # still no element's counter has moved; elements may only have timed out, which the next read shows.
+        return self._counted_at is not None and self.nl.counter_packets(ATTEMPTS) == self._counted_at
 
     def attempts(self) -> int | None:
         return self.nl.counter_packets(ATTEMPTS)

@@ -3,7 +3,8 @@ counters (new connections, so a connection that opens and closes within a tick s
 
 A calm tick may reuse the last scan's sockets (`rescan=False`: the daemon asks for a scan every few ticks in normal
 mode, every tick under pressure): the walk of every socket is most of a tick's cost, and in normal mode nothing is
-judged by a socket's state to the second. Its accept queues and SYN counters are read anew all the same.
+judged by a socket's state to the second. Its accept queues are read anew all the same, and its SYN counters unless
+the backend can tell that none has moved since the last read (Enforcer.syn_counts_unchanged).
 
 The sources that hold sockets (a few per socket) become SourceStats records; those seen only by their connection
 attempts, up to a million in a flood, stay numpy columns (model.Sources), so a tick costs a few vectorised passes
@@ -42,10 +43,13 @@ class Observer:
         counters: Counters,
         phases: PhaseClock | None = None,
         slotted: Callable[[], int | None] = lambda: None,
+        syn_unchanged: Callable[[], bool] = lambda: False,
     ) -> None:
         self.sockets = sockets
         self.phases = phases or PhaseClock()  # the Governor's, so a tick's laps run through the snapshot
         self.syn_counts = syn_counts
+        self.syn_unchanged = syn_unchanged
+        self.syn_reads = 0  # how many ticks read the SYN counters (tests)
         self.slotted = slotted
         self.counters = counters
         self.rates = RateWindow()
@@ -98,11 +102,18 @@ class Observer:
             scan = replace(self._scan, listeners=tuple(self.sockets.listeners(policy.ports)))
         self.phases.lap("scan")
         window = self.rates
-        counts = self.syn_counts()
-        # The read's buffers are freed by now: their pages go back before the window's step allocates, which would
-        # otherwise find them in holes it cannot use (at a million sources ~30 MB of the tick's peak RSS).
-        give_back()
-        rates = window.advance(counts, now)  # takes the columns: each goes once the window is done with it
+        if not rescan and self._scan is not None and self.syn_unchanged():
+            # A calm tick on the last walk, and the kernel counted no new connection since the last read: every
+            # count is as that read found it, and the window only moves on in time. Each tick that walks the
+            # sockets reads the counters too, so one that timed out is seen gone within a walk's interval.
+            rates = window.still(now)
+        else:
+            counts = self.syn_counts()
+            self.syn_reads += 1
+            # The read's buffers are freed by now: their pages go back before the window's step allocates, which
+            # would otherwise find them in holes it cannot use (at a million sources ~30 MB of the tick's peak RSS).
+            give_back()
+            rates = window.advance(counts, now)  # takes the columns: each goes once the window is done with it
         slotted = self.slotted()
         self.phases.lap("counts")
         # The rates of the sources holding sockets, by their rows in the window (-1: not counted lately).

@@ -132,6 +132,28 @@ class RateWindow:
             np.subtract(count, delta, out=delta)
             np.copyto(delta, count, where=~grew)
             new[at] = delta  # the unsigned delta's bits, as delta.astype(np.int64)
+        self._roll(n, now)
+        seen[:] = False
+        for lo in range(0, rows.size, _BATCH):
+            at = rows[lo : lo + _BATCH]
+            added = cur[at]
+            np.add(added, new[at].view(np.uint64), out=added)  # the unsigned delta, as delta.astype(np.float64)
+            cur[at] = added
+            seen[at], last[at] = True, totals[lo : lo + _BATCH]
+        del rows, totals
+        return self._rates(new, now)
+
+    def still(self, now: float) -> Rates:
+        """A tick whose cumulative counts are known to be those of the last `advance` (the kernel counted no new
+        attempt since): nothing new anywhere, and the window moves on in time as `advance` with the same counts
+        would move it, without reading or looking up a count."""
+        n = len(self._table)
+        self._roll(n, now)
+        return self._rates(np.zeros(n, np.int64), now)
+
+    def _roll(self, n: int, now: float) -> None:
+        """Each tracked row's window into the minute `now` falls in."""
+        live, start, cur, prev = self._live[:n], self._start[:n], self._cur[:n], self._prev[:n]
         for lo in range(0, n, _BATCH):
             part = slice(lo, lo + _BATCH)
             alive, since = live[part], start[part]
@@ -143,14 +165,12 @@ class RateWindow:
             since[roll] += WINDOW
             was[roll] = now_in[roll]
             now_in[roll] = 0.0
-        seen[:] = False
-        for lo in range(0, rows.size, _BATCH):
-            at = rows[lo : lo + _BATCH]
-            added = cur[at]
-            np.add(added, new[at].view(np.uint64), out=added)  # the unsigned delta, as delta.astype(np.float64)
-            cur[at] = added
-            seen[at], last[at] = True, totals[lo : lo + _BATCH]
-        del rows, totals
+
+    def _rates(self, new: I64, now: float) -> Rates:
+        """The tick's Rates from its new attempts per row (the window already rolled and counted them): the rows
+        no longer tracked let go, and dropped from the columns once they are many."""
+        n = new.size
+        seen, start, cur, prev, live = self._seen[:n], self._start[:n], self._cur[:n], self._prev[:n], self._live[:n]
         live &= seen | (cur != 0) | (prev != 0)
         dropped = n - int(np.count_nonzero(live))
         if dropped > _COMPACT_MIN and dropped * _COMPACT_SHARE > n - dropped:

@@ -108,6 +108,10 @@ class XdpLayer:
     def slotted(self) -> int | None:
         return self.inner.slotted()
 
+    def syn_counts_unchanged(self) -> bool:
+        # The program counts the SYNs it drops too, which the table's counter never sees.
+        return self.prog is None and self.inner.syn_counts_unchanged()
+
     def syn_counts(self) -> Mapping[Prefix, int]:
         if self.prog is None:
             return self.inner.syn_counts()

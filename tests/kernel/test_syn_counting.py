@@ -10,7 +10,7 @@ from govern import config
 from govern.addr import Prefix
 from govern.model import State
 from govern.nft.backend import NftBackend
-from tests.netns import MX4, Lab, connect
+from tests.netns import MX4, Lab, Listener, connect
 
 
 def test_retransmitted_syns_count_once_per_connection(lab: Lab) -> None:
@@ -35,3 +35,30 @@ def test_retransmitted_syns_count_once_per_connection(lab: Lab) -> None:
         assert backend.attempts() == 2
     finally:
         backend.close()
+
+
+def test_the_counting_sets_are_unchanged_until_the_kernel_counts_a_new_connection(lab: Lab) -> None:
+    """What lets a calm tick skip the read (Enforcer.syn_counts_unchanged): the counter the daemon polls counts in
+    the same rules as the per-source sets, so it stands still exactly while they do; an allowlisted source's
+    connections move neither."""
+    srv = Listener(lab.mx, 25)
+    with lab.mx.entered():
+        backend = NftBackend()
+    try:
+        backend.setup(config.from_mapping({}).firewall(), [Prefix.parse("198.51.100.2/32")], State(), time.time())
+        assert not backend.syn_counts_unchanged()  # nothing read yet
+        assert backend.syn_counts() == {}
+        assert backend.syn_counts_unchanged()
+        with lab.net.entered():
+            connect("198.51.100.9", MX4, 25, timeout=2.0).close()
+        assert not backend.syn_counts_unchanged()
+        assert backend.syn_counts_unchanged() is False  # asking does not read
+        assert backend.syn_counts() == {Prefix.parse("198.51.100.9"): 1}
+        assert backend.syn_counts_unchanged()
+        with lab.net.entered():
+            connect("198.51.100.2", MX4, 25, timeout=2.0).close()  # allowlisted
+        assert backend.syn_counts_unchanged()
+        assert backend.syn_counts() == {Prefix.parse("198.51.100.9"): 1}
+    finally:
+        backend.close()
+        srv.close()

@@ -229,6 +229,35 @@ def test_calm_ticks_reuse_the_last_walk_of_the_sockets_and_pressure_walks_every_
     assert gov.observer.scans == before + 4
 
 
+def test_calm_ticks_skip_the_syn_counters_while_the_kernels_count_stands_still(tmp_path: Path) -> None:
+    """A calm tick on the last walk reads the per-source SYN counters only when the backend's counter of new
+    connections moved since the last read; a tick that walks the sockets always reads them."""
+    gov, _socks, enf, clock = make(tmp_path, modes__auto=True)
+    enf.attempted = 0
+    run_ticks(gov, clock, 3)  # a walk, then two calm ticks with nothing new
+    assert gov.observer.scans == 1 and enf.syn_reads == 1 == gov.observer.syn_reads
+    # A new connection between ticks: the next calm tick reads, and counts it.
+    enf.attempted, enf.syn[BOT] = 1, 1
+    run_ticks(gov, clock, 1)  # the walk (the fourth tick)
+    enf.attempted, enf.syn[BOT] = 2, 2
+    run_ticks(gov, clock, 1)
+    assert gov.observer.scans == 2 and enf.syn_reads == 3
+    assert gov.snapshot is not None and gov.snapshot.sources.get(BOT) is not None
+    assert gov.snapshot.sources[BOT].new == 1
+    run_ticks(gov, clock, 1)  # still: nothing new, the source still counted in the last minute
+    assert enf.syn_reads == 3 and gov.snapshot.sources[BOT].new == 0
+    assert gov.snapshot.sources[BOT].new_per_minute == 2
+    run_ticks(gov, clock, 1)  # the walk reads them whatever the counter says
+    assert gov.observer.scans == 3 and enf.syn_reads == 4
+
+
+def test_a_backend_that_cannot_tell_is_read_every_tick(tmp_path: Path) -> None:
+    gov, _socks, enf, clock = make(tmp_path)
+    assert enf.attempted is None  # no counter of new connections (the iptables backend's case)
+    run_ticks(gov, clock, 5)
+    assert gov.observer.scans == 2 and enf.syn_reads == 5
+
+
 def test_status_says_how_old_the_walk_of_the_sockets_is(tmp_path: Path) -> None:
     """Calm ticks count sessions as of the last walk: status says when that was, so the operator knows the counts
     may be a few seconds old."""

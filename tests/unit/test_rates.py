@@ -257,3 +257,40 @@ def test_the_kernels_counts_as_columns_count_as_a_mapping_does(
         as_columns = Counted(keys_of(list(counts)), np.fromiter(counts.values(), order, len(counts)))
         assert columns.update(as_columns, now) == mapping.update(counts, now)
         assert len(as_columns) == 0  # taken: the window let each column go once done with it
+
+
+def _as_update(w: RateWindow, r: rates.Rates) -> dict[Prefix, tuple[int, int]]:
+    rows = np.flatnonzero(r.tracked)
+    pairs = zip(r.new[rows].tolist(), r.per_minute[rows].tolist(), strict=True)
+    return dict(zip(w.keys().prefixes(rows.tolist()), pairs, strict=True))
+
+
+@settings(max_examples=300, deadline=None)
+@given(ticks, st.lists(st.booleans(), min_size=40, max_size=40), st.floats(0.0, 2e9), st.integers(1, 5))
+def test_a_still_tick_counts_as_the_same_counts_read_again(
+    seq: list[tuple[float, dict[Prefix, int]]], still: list[bool], t0: float, batch: int
+) -> None:
+    """A calm tick whose counters the kernel did not move skips the read (RateWindow.still): the window gives what
+    it would have given had the last counts been read again, and goes on exactly as the reference does after."""
+    new, ref = RateWindow(), ReferenceWindow()
+    now, last = t0, None
+    with patch.object(rates, "_BATCH", batch):
+        for (step, counts), quiet in zip(seq, still, strict=False):
+            now += step
+            if quiet and last is not None:
+                assert _as_update(new, new.still(now)) == ref.update(last, now)
+            else:
+                assert new.update(counts, now) == ref.update(counts, now)
+                last = counts
+            assert len(new) == len(ref)
+
+
+def test_still_ticks_let_quiet_sources_age_out() -> None:
+    w = RateWindow()
+    w.update({A: 3}, 0.0)
+    assert _as_update(w, w.still(30.0)) == {A: (0, 3)}
+    assert _as_update(w, w.still(90.0)) == {A: (0, 2)}  # the previous minute's share of its 3
+    # Its element is still in the last read, so the source stays tracked (as a read of the same counts keeps it).
+    assert _as_update(w, w.still(200.0)) == {A: (0, 0)}
+    # The next read no longer has it: gone.
+    assert w.update({}, 201.0) == {} and len(w) == 0
