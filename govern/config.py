@@ -414,6 +414,18 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "shed_single_after": Key(
             "2s", _duration(0.1, 60), "the same for a stranger's only session (a slow MTA's pause)"
         ),
+        "loop_replies": Key(
+            6,
+            _int(0, 1000),
+            "in a wave while strangers fill the slot budget, a stranger's session whose server answered this many"
+            " commands with no message from its client is shed (0: never)",
+        ),
+        "early_loop_replies": Key(
+            3,
+            _int(0, 1000),
+            "the same for the sessions strangers opened before the wave while they hold more than the kernel counts"
+            " (0: never)",
+        ),
         "block_after": Key(2, _int(1, 1000), "a stranger cut this many times in one wave is blocked"),
         "greet_wait": Key("auto", _greet_wait, "silence the MTA asks before its banner (postscreen); auto: detect"),
         "pregreet": Key(
@@ -606,12 +618,14 @@ class Config:
             greet_floor=_greet_floor(cut),
             pregreet_cut=cut["pregreet"] == "cut",
             shed_after=(cut["shed_after"], cut["shed_single_after"]),
+            loop_replies=(cut["early_loop_replies"], cut["loop_replies"]),
             end_sessions=blk["end_sessions"],
             cut_block_after=cut["block_after"],
             trust_factor=self["trust"]["factor"],
             tarpit_duration=self["tarpit"]["duration"],
             tarpit_max=self["tarpit"]["max_sources"] if self["tarpit"]["enabled"] else 0,
             slot_budget=_enforced_budget(self),
+            slot_crowds=_crowds_part(self),
             aggregate={
                 4: (agg["ipv4_prefix"], agg["ipv4_min_blocked"]),
                 6: (agg["ipv6_prefix"], agg["ipv6_min_blocked"]),
@@ -638,6 +652,13 @@ def _enforced_budget(config: Config) -> int:
     where there is none (other backends, an unresolved "auto")."""
     b = config["wave"]["slot_budget"]
     return b if isinstance(b, int) and config["backend"]["firewall"] == "nftables" else 0
+
+
+def _crowds_part(config: Config) -> int:
+    """The crowds' part of the enforced budget's first contacts' lane (govern.nft.ruleset.first_contact_lanes)."""
+    from govern.nft.ruleset import budget_lanes, first_contact_lanes
+
+    return first_contact_lanes(budget_lanes(_enforced_budget(config), config["wave"]["newcomer_share"])[1])[1]
 
 
 def _greet_floor(cut: Mapping[str, Any]) -> float:

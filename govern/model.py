@@ -302,7 +302,8 @@ class Cut:
     """End this source's sessions on which the server has waited on a client whose session has not advanced for at
     least `idle_ms`; with `queued`, also those still waiting for the server's greeting (in the accept queue). `shed`:
     the slot budget's shedding, which judges nothing the source did and so never counts towards a block; it takes
-    only sessions not past the greeting, but with `past` any session that has not advanced for the wait."""
+    only sessions not past the greeting, but with `past` any session that has not advanced for the wait, and with
+    `loops` any whose server answered at least that many commands while its client sent no message (`loops`)."""
 
     prefix: Prefix
     idle_ms: int
@@ -310,15 +311,32 @@ class Cut:
     shed: bool = False
     queued: bool = False
     past: bool = False
+    loops: int = 0
 
 
 class Shed(NamedTuple):
     """How a source's sessions are shed (govern.edges.SocketSource.cut): not advancing for `wait_ms`; with
-    `queued` those not greeted yet too; with `past` those past the greeting too."""
+    `queued` those not greeted yet too; with `past` those past the greeting too; with `loops`, also those whose
+    server answered at least `loops` commands while the client sent nothing the size of a message (`loops`). A
+    `wait_ms` of 0 asks only that last question (govern.core.decide.looping)."""
 
     wait_ms: int
     queued: bool
     past: bool = False
+    loops: int = 0
+
+
+# A client's data segments averaging under this many bytes are commands: a message (even a short one, with its
+# headers) or a TLS handshake raises the average well over it.
+COMMAND_BYTES = 64
+
+
+def loops(received: int, segs_in: int, segs_out: int, replies: int) -> bool:
+    """Whether a session's server has answered at least `replies` commands (its data segments after the greeting)
+    while its client sent only commands, never a message (tcp_info's bytes and data segments in): a client that
+    keeps a session busy without ever delivering, as the lab's loopers do (a recipient every 2 s; Postfix takes a
+    thousand). A sender reaches DATA within a few replies: pipelining, after two (EHLO's and the batch's)."""
+    return replies > 0 and segs_out > replies and segs_in > 0 and received < COMMAND_BYTES * segs_in
 
 
 @dataclass(frozen=True, slots=True)

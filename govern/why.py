@@ -568,11 +568,22 @@ def _history(ev: Evidence, *, behaviour: bool) -> Iterable[Advice]:
         )
     shed = [e for e in ev.events if e.kind == "shed"]
     if shed:
+        # The shedding's reason says which question the socket was asked (govern.core.decide.shed, looping).
+        said = shed[0].reason
+        if said.startswith("its session looping"):
+            did = "whose commands we kept answering while no message came"
+            need = "filled our MTA's budget: send your message within a few commands (pipeline MAIL, RCPT and DATA)"
+            need += " and QUIT when done"
+        else:
+            did = "that had not got past our greeting"
+            need = "held more than our MTA's budget: answer our greeting at once, and open one connection at a time"
+            if "looping" in said:
+                did += ", or that kept us answering commands with no message"
+                need += ", and send your message within a few commands"
         yield Advice(
             "shed",
-            f"during a flood we ended connections of yours that had not got past our greeting "
-            f"{_n(len(shed), 'time')}, the last {_ago(ev, shed[0].at)} ({shed[0].reason}), while senders we did not "
-            "know held more than our MTA's budget: answer our greeting at once, and open one connection at a time",
+            f"during a flood we ended connections of yours {did} {_n(len(shed), 'time')}, the last "
+            f"{_ago(ev, shed[0].at)} ({said}), while senders we did not know {need}",
         )
     verbs = {"block": "blocked", "extend": "blocked", "throttle": "rate-limited", "tarpit": "slowed down"}
     last = next((e for e in ev.events if e.kind in verbs), None)

@@ -101,6 +101,8 @@ MIXED_BOTS = (
     _bot("hogs", "--sources", BOT6, "--count", "300", "--per-source", "2", "--spread", "64"),
     _bot("synflood", "--sources", SPOOFED, "--pps", "1000"),
 )  # fmt: skip
+# A looper's pace: EHLO at once, then a command every 2 s, each answered (Postfix takes 1,000 recipients).
+LOOPING = ("--pause", "0.3", "--gap", "2")
 MATRIX: tuple[Scenario, ...] = (
     Scenario(
         "silent",
@@ -129,13 +131,15 @@ MATRIX: tuple[Scenario, ...] = (
     ),
     Scenario(
         "loopers",
-        (
-            _bot(
-                "slowtalk", "--sources", SWARMS, "--count", "1000", "--per-source", "2", "--pause", "0.3", "--gap", "2"
-            ),
-        ),
+        (_bot("slowtalk", "--sources", SWARMS, "--count", "1000", "--per-source", "2", *LOOPING),),
         about="1,000 sources x 2 sessions: EHLO at once, then MAIL and RCPT after RCPT every 2 s, each answered: a "
         "session that advances, never a transaction that ends (Postfix takes 1,000 recipients)",
+    ),
+    Scenario(
+        "lone-loopers",
+        (_bot("slowtalk", "--sources", SWARMS, "--count", "3000", "--per-source", "1", "--ramp", "10", *LOOPING),),
+        about="3,000 loopers arriving over 10 s, one session each, as a sender opens one: a session that advances "
+        "and never ends a transaction, and no second one for the shedding of holders to take",
     ),
     Scenario(
         "provers",

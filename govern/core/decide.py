@@ -15,7 +15,7 @@ Allowlisted sources are never throttled, blocked or extended; blocks and throttl
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import chain
 
@@ -181,7 +181,8 @@ def shed(
     Shedding judges nothing: the source is neither throttled nor blocked for it.
     """
     total = snap.totals.established if snap.totals is not None else sum(s.established for s in snap.sources.values())
-    if total <= policy.slot_budget and (snap.slotted is None or total <= snap.slotted):
+    full = snap.slotted is not None and snap.slotted >= policy.slot_budget - policy.slot_crowds  # see looping
+    if total <= policy.slot_budget and (snap.slotted is None or total <= snap.slotted) and not full:
         return []
     strangers: list[tuple[int, Prefix]] = []
     singles: list[Prefix] = []
@@ -204,8 +205,9 @@ def shed(
         # The kernel counts only the connections made in the wave, and a flood fills what it counts at once: the
         # sessions it does not count (made before the wave) are all over the budget, however few they are.
         excess = max(excess, held - snap.slotted)
+    early, later = policy.loop_replies
     if excess <= 0:
-        return []
+        return looping(strangers, restless, singles, snap, policy, later)
     first = holders if snap.slotted is not None and held > snap.slotted else frozenset()
     strangers.sort(key=lambda r: (r[1] not in first, -r[0], r[1].version, r[1].value))
     restless.sort(key=lambda r: (r[1] not in first, -r[0], r[1].version, r[1].value))
@@ -225,19 +227,46 @@ def shed(
         # that pause so are a flood's pattern; a source's only one is never shed so.
         past = p in first
         what = "not advancing, opened before the wave" if past else "not answering the greeting"
-        out.append(Cut(p, many_ms, f"{n} sessions {what} while {why}", shed=True, queued=True, past=past))
+        out.append(Cut(p, many_ms, f"{n} sessions {what} while {why}", shed=True, queued=True, past=past, loops=later))
         excess -= n
     for tried, p in restless:
         if excess <= 0:
             break
         one = f"its session not answering the greeting, of {tried} connections tried in a minute, while {why}"
-        out.append(Cut(p, many_ms, one, shed=True, queued=True))
+        out.append(Cut(p, many_ms, one, shed=True, queued=True, loops=early if p in first else later))
         excess -= 1
     if excess > 0:
-        # Which single sessions are silent since the greeting only the socket shows: the cut asks each.
-        lone = f"its session not answering the greeting while {why}"
-        out.extend(Cut(p, lone_ms, lone, shed=True) for p in singles)
+        # Which single sessions are silent since the greeting, or loop without a message, only the socket shows:
+        # the cut asks each. A session the flood opened before the wave that has had a few commands answered and
+        # sent no message goes sooner than one made in it: the MTA's processes and its accept queue are the flood's
+        # by then, and a sender reaches its message within two replies when it pipelines (every MTA that matters
+        # does), within three plus its recipients when it does not.
+        lone = f"its session not answering the greeting, or looping with no message, while {why}"
+        out.extend(Cut(p, lone_ms, lone, shed=True, loops=early if p in first else later) for p in singles)
     return out
+
+
+def looping(
+    strangers: Sequence[tuple[int, Prefix]],
+    restless: Sequence[tuple[int, Prefix]],
+    singles: Sequence[Prefix],
+    snap: Snapshot,
+    policy: Policy,
+    replies: int,
+) -> list[Cut]:
+    """In a wave, while strangers' connections fill the slot budget (the kernel counts as many as it holds, but for
+    the crowds' part of the first contacts' lane, which a swarm of one connection a source leaves empty once it has
+    arrived, and which is then all a never-seen sender finds), and no session is over it: the strangers' sessions
+    that loop, their server having answered `replies` commands while the client sent no message
+    (govern.model.loops), are shed, so that the budget's lanes turn over. A session that advances is never cut for
+    want of progress, and one that advances without ever delivering (a recipient every 2 s: the lab's
+    lone-loopers, one session a source) held the first contacts' lane for the whole flood. Only the loops go (the
+    cut's wait of 0 asks nothing else of a session); shedding judges nothing."""
+    if not replies or snap.slotted is None or snap.slotted < policy.slot_budget - policy.slot_crowds:
+        return []
+    why = f"its session looping with no message while strangers fill the slot budget of {policy.slot_budget}"
+    every = [p for _, p in strangers] + [p for _, p in restless] + list(singles)
+    return [Cut(p, 0, why, shed=True, loops=replies) for p in every]
 
 
 def strangers_holding(snap: Snapshot, policy: Policy) -> Iterator[tuple[Prefix, SourceStats]]:

@@ -54,6 +54,7 @@ class Policy:
     tarpit_duration: float = 600.0
     tarpit_max: int = 0  # 0: no tarpit (disabled, or the host cannot)
     slot_budget: int = 0  # sessions strangers may hold in a wave (the kernel's slot budget); 0: none enforced
+    slot_crowds: int = 0  # ... of which the crowds' part of the first contacts' lane (govern.nft.ruleset)
     end_sessions: bool = True  # a newly blocked source's open sessions are ended, not only its new connections
     greet_floor: float = 0.0  # no session is cut or shed sooner after the greeting (postscreen's pregreet wait + 1 s)
     # ... but one whose client talked during that wait: postscreen enforces its pregreet test, and the session is
@@ -62,6 +63,10 @@ class Policy:
     # Over the budget, a session given only the greeting and silent this long is shed: (a source holding several,
     # a source's only one).
     shed_after: tuple[float, float] = (1.0, 2.0)
+    # In a wave, a stranger's session whose server answered this many commands while its client sent no message is
+    # shed (govern.model.loops): (opened before the wave while strangers hold more than the kernel counts, any while
+    # strangers fill the budget); 0: never.
+    loop_replies: tuple[int, int] = (3, 6)
     # govern.core.guard: nothing punished is wider than this per IP version, nor covers one of `own` (this host's
     # addresses, filled in by the daemon) or loopback.
     widest: Mapping[int, int] = field(default_factory=lambda: {4: 16, 6: 32})

@@ -59,7 +59,7 @@ import numpy.typing as npt
 
 from govern import netlink
 from govern.addr import Prefix, PrefixSet
-from govern.model import ListenerStats, Scan, ScanOptions, SessionInfo, Shed, SockCounts
+from govern.model import ListenerStats, Scan, ScanOptions, SessionInfo, Shed, SockCounts, loops
 from govern.netlink import NLMSG_DONE, NLMSG_ERROR, NetlinkError
 
 __all__ = ["Scan", "ScanParser", "SessionInfo", "SockCounts", "SockDiag", "parse_dump", "port_bytecode"]
@@ -1001,12 +1001,15 @@ class SockDiag(Scanner):
         def idle(remote: Prefix, info: tuple[int, int, int, int, int]) -> bool:
             q = group(remote, shed) if shed else None
             if q is not None:
-                wait, queued, past = shed[q]
+                wait, queued, past, replies = shed[q]
                 segs_out = info[4]
+                if loops(info[2], info[3], segs_out, replies):
+                    picked[q] += 1
+                    return True
                 # Not past the greeting (the server sent only it, or the client never said a word; behind
                 # postscreen the greeting is two segments, "220-" and, after the pregreet wait, the real banner), or
                 # past it with `past`.
-                judged = past or segs_out == 1 or (segs_out > 1 and info[3] == 0)
+                judged = wait > 0 and (past or segs_out == 1 or (segs_out > 1 and info[3] == 0))
                 if (segs_out == 0 and queued) or (judged and stalled(*info, wait, greet_ms, pregreet_cut)):
                     picked[q] += 1
                     return True

@@ -329,6 +329,39 @@ def test_shedding_past_the_greeting_takes_a_session_that_advanced_and_paused_onl
         greeting.close()
 
 
+def test_a_session_that_loops_with_no_message_is_shed_and_a_sender_reaching_its_message_is_not(
+    lab: Lab, diag: SockDiag
+) -> None:
+    """A looper (EHLO, MAIL, then recipient after recipient, each answered, never a message) is shed once its
+    server has answered the asked number of commands, even while it advances; a session one reply short stays,
+    and so does a sender that pipelined to its message; with a wait of 0 nothing else is asked (a silent session
+    stays)."""
+    greeting = SmtpListener(lab.mx, 25)
+    looper, short, sender, silent = "198.18.23.1", "198.18.23.2", "198.18.23.3", "198.18.23.4"
+    try:
+        with clients(lab, [(looper, MX4, 25), (short, MX4, 25), (sender, MX4, 25), (silent, MX4, 25)]) as socks:
+            lo, sh, se, si = socks
+            assert si.recv(64).startswith(b"220")
+            rcpts = [f"RCPT TO:<r{k}@lab.test>".encode() for k in range(4)]
+            assert converse(lo, b"EHLO looper.example", b"MAIL FROM:<a@x.example>", *rcpts)[-1].startswith(b"250")
+            assert converse(sh, b"EHLO short.example", b"MAIL FROM:<a@x.example>", *rcpts[:3])[-1].startswith(b"250")
+            message = b"MAIL FROM:<a@x.example>\r\nRCPT TO:<r@lab.test>\r\nDATA"
+            assert converse(se, b"EHLO sender.example", message)[-1]
+            se.sendall(b"Subject: hello\r\n\r\n" + b"x" * 2000 + b"\r\n")
+            time.sleep(0.3)
+            asked = Shed(0, queued=False, loops=6)
+            got = diag.cut({}, PORTS, {p(looper): asked, p(short): asked, p(sender): asked, p(silent): asked})
+            assert got == {p(looper): 1}
+            lo.settimeout(2)
+            with pytest.raises(ConnectionResetError):
+                lo.recv(64)
+            for c in (sh, si):
+                c.sendall(b"NOOP\r\n")  # still connected
+                assert c.recv(64).startswith(b"250")
+    finally:
+        greeting.close()
+
+
 def test_sessions_of_one_source_with_waits_segments_and_bytes(lab: Lab, diag: SockDiag) -> None:
     """`govern why`'s view: a silent client's wait since the banner, a talker's segments and bytes, and only the
     asked prefix's sessions."""

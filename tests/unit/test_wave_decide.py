@@ -283,8 +283,9 @@ def test_sessions_the_kernels_budget_does_not_count_are_over_it_while_a_flood_fi
     counted = decide(replace(snap(sources), slotted=8), wave_state(), pol, NOW)
     assert [c.prefix for c in counted.cuts if c.shed] == [src(i) for i in range(10)]  # 20 sessions
     assert all(c.queued and c.idle_ms == 1000 for c in counted.cuts)
-    # Once the kernel counts them all, nothing more.
-    assert not decide(replace(snap(sources), slotted=28), wave_state(), pol, NOW).cuts
+    # Once the kernel counts them all, nothing more: but for the loops' question, the budget being full by then.
+    full = decide(replace(snap(sources), slotted=28), wave_state(), pol, NOW).cuts
+    assert full and all(c.idle_ms == 0 and c.loops == 6 and not c.queued for c in full)
     # Without the kernel's count (no budget in force), the number alone: within it.
     assert not decide(replace(snap(sources), slotted=None), wave_state(), pol, NOW).cuts
 
@@ -403,3 +404,72 @@ def test_in_a_wave_trust_bought_during_it_buys_no_patience() -> None:
     assert [(c.prefix, c.idle_ms) for c in decide(young, wave_state(), soft, NOW).cuts] == [(bot, 3_000)]
     busy = {bot: SourceStats(held=30, established=30)}  # over a stranger's 10 in a wave, under 4 x 10
     assert decide(replace(snap(busy, trusted), young=trusted), wave_state(), soft, NOW).actions == ()
+
+
+def test_while_strangers_fill_the_budget_their_sessions_that_loop_with_no_message_are_shed() -> None:
+    # The lab's lone-loopers: each stranger holds one session that advances (a recipient every 2 s, each answered)
+    # and never delivers. No session is over the budget (the kernel counts every one), but the strangers' lanes
+    # are full and every never-seen sender is refused: the sessions that loop go, whichever they are, so that the
+    # lanes turn over. Which of a source's sessions loop only its socket shows: the cut asks each (a wait of 0:
+    # nothing else).
+    pol = policy(wave={"slot_budget": 30, "top_n": 0}, cut={"enabled": False})
+    loopers = {src(i): SourceStats(held=1, established=1) for i in range(30)}
+    relay = Prefix.parse("198.51.100.7")  # delivered before: trusted, never asked
+    sources = loopers | {relay: SourceStats(held=2, established=2), PARTNER: SourceStats(held=3, established=3)}
+    plan = decide(replace(snap(sources, trusted=frozenset({relay})), slotted=30), wave_state(), pol, NOW)
+    shed = [c for c in plan.cuts if c.shed]
+    assert {c.prefix for c in shed} == set(loopers)
+    assert all(c.loops == 6 and c.idle_ms == 0 and not c.queued and not c.past for c in shed)
+    assert "looping with no message" in shed[0].reason
+    # Only the crowds' part of the first contacts' lane left (3 of 30): full for a never-seen sender all the same.
+    assert pol.slot_crowds == 3
+    for p in [src(i) for i in range(3)]:
+        del sources[p]
+    assert {c.prefix for c in decide(replace(snap(sources, trusted=frozenset({relay})), slotted=27), wave_state(),
+                                     pol, NOW).cuts} == set(loopers) - {src(0), src(1), src(2)}  # fmt: skip
+    # Room left in the budget beyond it: nothing is shed, however long the sessions loop.
+    del sources[src(3)]
+    assert not decide(replace(snap(sources, trusted=frozenset({relay})), slotted=26), wave_state(), pol, NOW).cuts
+    # The operator's number, and 0 for never.
+    pol7 = policy(wave={"slot_budget": 30, "top_n": 0}, cut={"enabled": False, "loop_replies": 7})
+    full = replace(snap(sources, trusted=frozenset({relay})), slotted=30)
+    assert {c.loops for c in decide(full, wave_state(), pol7, NOW).cuts} == {7}
+    off = policy(wave={"slot_budget": 30, "top_n": 0}, cut={"enabled": False, "loop_replies": 0})
+    assert not decide(full, wave_state(), off, NOW).cuts
+
+
+def test_sessions_opened_before_the_wave_that_loop_go_after_fewer_replies_while_the_kernel_counts_fewer() -> None:
+    # The flood's loopers opened before the wave hold the MTA's processes and its accept queue, one session each,
+    # outside the budget: over the excess they go once three commands were answered with no message; the
+    # strangers that came in the wave keep the later number.
+    pol = policy(wave={"slot_budget": 30, "top_n": 0}, cut={"enabled": False})
+    early = {src(100 + i): SourceStats(held=1, established=1) for i in range(40)}
+    state = State()
+    state.record(decide(replace(snap(early), attempts_peak=1e6), State(), pol, NOW), NOW)
+    assert state.holders == frozenset(early)
+    later = {src(i): SourceStats(held=1, established=1) for i in range(10)}
+    plan = decide(replace(snap(early | later), slotted=10), state, pol, NOW + 1)
+    shed = {c.prefix: c for c in plan.cuts if c.shed}
+    assert set(shed) == set(early) | set(later)
+    assert {shed[p].loops for p in early} == {3} and {shed[p].loops for p in later} == {6}
+    # ... and silent ones still after the single session's wait, as before.
+    assert all(c.idle_ms == 2000 for c in shed.values())
+    early_off = policy(wave={"slot_budget": 30, "top_n": 0}, cut={"enabled": False, "early_loop_replies": 0})
+    plan = decide(replace(snap(early | later), slotted=10), state, early_off, NOW + 1)
+    assert {c.loops for c in plan.cuts if c.prefix in early} == {0}
+
+
+def test_a_session_loops_when_its_server_answered_commands_and_its_client_sent_no_message() -> None:
+    from govern.model import loops
+
+    # A looper after EHLO, MAIL and four RCPTs: seven segments out (the greeting and six replies), ~30 bytes each in.
+    assert loops(received=6 * 30, segs_in=6, segs_out=7, replies=6)
+    assert not loops(received=5 * 30, segs_in=5, segs_out=6, replies=6)  # one reply short
+    # A sender that pipelines: EHLO, then MAIL, RCPT and DATA in one write, then its message.
+    assert not loops(received=30 + 90 + 20_000, segs_in=17, segs_out=4, replies=3)
+    # ... a short message in one segment still averages far over a command's size.
+    assert not loops(received=30 + 90 + 900, segs_in=3, segs_out=4, replies=3)
+    # A TLS handshake (a ClientHello of several hundred bytes) is no command either.
+    assert not loops(received=600 + 5 * 70, segs_in=8, segs_out=9, replies=6)
+    assert not loops(received=0, segs_in=0, segs_out=9, replies=6)  # silent: the cuts' business
+    assert not loops(received=300, segs_in=10, segs_out=11, replies=0)  # 0: never

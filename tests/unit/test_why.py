@@ -201,6 +201,25 @@ def test_what_is_in_force_now_with_govern_s_reason() -> None:
     assert actions == ("throttled since 1ms ago, for another 10m: opened 85 connections in the last minute (limit 60)",)
 
 
+def test_a_shed_session_is_explained_by_what_it_did_silence_or_a_loop_without_a_message() -> None:
+    why_loop = "its session looping with no message while strangers fill the slot budget of 30"
+    looped = Event(NOW - 60, "shed", str(SRC), why_loop, 0.0)
+    assert rules(evidence(events=[looped])) == ["shed"]
+    assert advice(evidence(events=[looped]), "shed") == (
+        "during a flood we ended connections of yours whose commands we kept answering while no message came 1 "
+        f"time, the last 1m ago ({why_loop}), while senders we did not know filled our MTA's budget: send your "
+        "message within a few commands (pipeline MAIL, RCPT and DATA) and QUIT when done"
+    )
+    silent = Event(NOW - 60, "shed", str(SRC), "its session not answering the greeting while strangers hold ...", 0.0)
+    assert advice(evidence(events=[silent]), "shed").endswith(
+        "answer our greeting at once, and open one connection at a time"
+    )
+    either = "its session not answering the greeting, or looping with no message, while strangers hold ..."
+    text = advice(evidence(events=[Event(NOW - 60, "shed", str(SRC), either, 0.0)]), "shed")
+    assert "or that kept us answering commands with no message" in text
+    assert text.endswith("open one connection at a time, and send your message within a few commands")
+
+
 def test_history_cuts_and_an_earlier_block_when_nothing_now_explains_it() -> None:
     cut = Event(NOW - 120, "cut", str(SRC), "silent for 6s while the host is under pressure (wave)", 0.0)
     ev = evidence(events=[cut])
