@@ -303,7 +303,7 @@ class Cut:
     least `idle_ms`; with `queued`, also those still waiting for the server's greeting (in the accept queue). `shed`:
     the slot budget's shedding, which judges nothing the source did and so never counts towards a block; it takes
     only sessions not past the greeting, but with `past` any session that has not advanced for the wait, and with
-    `loops` any whose server answered at least that many commands while its client sent no message (`loops`)."""
+    `loops` any whose server answered at least that many commands while its client sent no message (`loops` below)."""
 
     prefix: Prefix
     idle_ms: int
@@ -317,8 +317,8 @@ class Cut:
 class Shed(NamedTuple):
     """How a source's sessions are shed (govern.edges.SocketSource.cut): not advancing for `wait_ms`; with
     `queued` those not greeted yet too; with `past` those past the greeting too; with `loops`, also those whose
-    server answered at least `loops` commands while the client sent nothing the size of a message (`loops`). A
-    `wait_ms` of 0 asks only that last question (govern.core.decide.looping)."""
+    server answered at least `loops` commands while the client sent nothing the size of a message (`loops` below).
+    A `wait_ms` of 0 asks only that last question (govern.core.decide.looping)."""
 
     wait_ms: int
     queued: bool

@@ -178,7 +178,10 @@ def shed(
     round after round. A source with several sessions none of which answers is a flood's pattern, never a sender's
     that delivers: a sender the host has never seen opens one, and waits its turn in the queue; one that answers
     the greeting at once is never shed. Sources cut for no progress in this plan, or acted on, are left to that.
-    Shedding judges nothing: the source is neither throttled nor blocked for it.
+    Shedding judges nothing: the source is neither throttled nor blocked for it. Each shed also takes the sessions
+    that loop without a message (govern.model.loops: `cut.early_loop_replies` for a holder's single session,
+    `cut.loop_replies` for the others), and with no session over the budget but the budget full, those alone
+    (`looping`).
     """
     total = snap.totals.established if snap.totals is not None else sum(s.established for s in snap.sources.values())
     full = snap.slotted is not None and snap.slotted >= policy.slot_budget - policy.slot_crowds  # see looping

@@ -1003,7 +1003,9 @@ class SockDiag(Scanner):
             if q is not None:
                 wait, queued, past, replies = shed[q]
                 segs_out = info[4]
-                if loops(info[2], info[3], segs_out, replies):
+                # Behind postscreen the greeting is two segments ("220-", then smtpd's banner): the replies are
+                # the segments after both (a client postscreen passed before gets one, and one reply more).
+                if loops(info[2], info[3], segs_out - 1 if greet_ms else segs_out, replies):
                     picked[q] += 1
                     return True
                 # Not past the greeting (the server sent only it, or the client never said a word; behind
