@@ -420,12 +420,6 @@ SCHEMA: dict[str, dict[str, Key]] = {
             "in a wave while strangers fill the slot budget, a stranger's session whose server answered this many"
             " commands with no message from its client is shed (0: never)",
         ),
-        "early_loop_replies": Key(
-            3,
-            _int(0, 1000),
-            "the same for the sessions strangers opened before the wave while they hold more than the kernel counts"
-            " (0: never)",
-        ),
         "block_after": Key(2, _int(1, 1000), "a stranger cut this many times in one wave is blocked"),
         "greet_wait": Key("auto", _greet_wait, "silence the MTA asks before its banner (postscreen); auto: detect"),
         "pregreet": Key(
@@ -618,7 +612,7 @@ class Config:
             greet_floor=_greet_floor(cut),
             pregreet_cut=cut["pregreet"] == "cut",
             shed_after=(cut["shed_after"], cut["shed_single_after"]),
-            loop_replies=(cut["early_loop_replies"], cut["loop_replies"]),
+            loop_replies=cut["loop_replies"],
             end_sessions=blk["end_sessions"],
             cut_block_after=cut["block_after"],
             trust_factor=self["trust"]["factor"],

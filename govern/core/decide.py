@@ -179,9 +179,8 @@ def shed(
     that delivers: a sender the host has never seen opens one, and waits its turn in the queue; one that answers
     the greeting at once is never shed. Sources cut for no progress in this plan, or acted on, are left to that.
     Shedding judges nothing: the source is neither throttled nor blocked for it. Each shed also takes the sessions
-    that loop without a message (govern.model.loops: `cut.early_loop_replies` for a holder's single session,
-    `cut.loop_replies` for the others), and with no session over the budget but the budget full, those alone
-    (`looping`).
+    that loop without a message (govern.model.loops, `cut.loop_replies`), and with no session over the budget but
+    the budget full, those alone (`looping`).
     """
     total = snap.totals.established if snap.totals is not None else sum(s.established for s in snap.sources.values())
     full = snap.slotted is not None and snap.slotted >= policy.slot_budget - policy.slot_crowds  # see looping
@@ -208,9 +207,8 @@ def shed(
         # The kernel counts only the connections made in the wave, and a flood fills what it counts at once: the
         # sessions it does not count (made before the wave) are all over the budget, however few they are.
         excess = max(excess, held - snap.slotted)
-    early, later = policy.loop_replies
     if excess <= 0:
-        return looping(strangers, restless, singles, snap, policy, later)
+        return looping(strangers, restless, singles, snap, policy)
     first = holders if snap.slotted is not None and held > snap.slotted else frozenset()
     strangers.sort(key=lambda r: (r[1] not in first, -r[0], r[1].version, r[1].value))
     restless.sort(key=lambda r: (r[1] not in first, -r[0], r[1].version, r[1].value))
@@ -219,6 +217,7 @@ def shed(
     # only session; several sessions none of which answers are a flood's pattern. The cut adds the silence
     # postscreen asks for before its banner.
     many_ms, lone_ms = (int(t * 1000) for t in policy.shed_after)
+    loop = policy.loop_replies
     why = f"strangers hold {held} sessions, over the slot budget of {policy.slot_budget}, during a wave"
     out: list[Cut] = []
     for n, p in strangers:
@@ -230,22 +229,21 @@ def shed(
         # that pause so are a flood's pattern; a source's only one is never shed so.
         past = p in first
         what = "not advancing, opened before the wave" if past else "not answering the greeting"
-        out.append(Cut(p, many_ms, f"{n} sessions {what} while {why}", shed=True, queued=True, past=past, loops=later))
+        out.append(Cut(p, many_ms, f"{n} sessions {what} while {why}", shed=True, queued=True, past=past, loops=loop))
         excess -= n
     for tried, p in restless:
         if excess <= 0:
             break
         one = f"its session not answering the greeting, of {tried} connections tried in a minute, while {why}"
-        out.append(Cut(p, many_ms, one, shed=True, queued=True, loops=early if p in first else later))
+        out.append(Cut(p, many_ms, one, shed=True, queued=True, loops=loop))
         excess -= 1
     if excess > 0:
         # Which single sessions are silent since the greeting, or loop without a message, only the socket shows:
-        # the cut asks each. A session the flood opened before the wave that has had a few commands answered and
-        # sent no message goes sooner than one made in it: the MTA's processes and its accept queue are the flood's
-        # by then, and a sender reaches its message within two replies when it pipelines (every MTA that matters
-        # does), within three plus its recipients when it does not.
+        # the cut asks each. Tried and not kept: asking the sessions opened before the wave after three replies:
+        # the lab's slow MTA, a stranger over IPv6 that does not pipeline, lost its message in the pause before
+        # its body (four replies: EHLO, MAIL, RCPT and DATA's 354).
         lone = f"its session not answering the greeting, or looping with no message, while {why}"
-        out.extend(Cut(p, lone_ms, lone, shed=True, loops=early if p in first else later) for p in singles)
+        out.extend(Cut(p, lone_ms, lone, shed=True, loops=loop) for p in singles)
     return out
 
 
@@ -255,21 +253,20 @@ def looping(
     singles: Sequence[Prefix],
     snap: Snapshot,
     policy: Policy,
-    replies: int,
 ) -> list[Cut]:
     """In a wave, while strangers' connections fill the slot budget (the kernel counts as many as it holds, but for
     the crowds' part of the first contacts' lane, which a swarm of one connection a source leaves empty once it has
     arrived, and which is then all a never-seen sender finds), and no session is over it: the strangers' sessions
-    that loop, their server having answered `replies` commands while the client sent no message
+    that loop, their server having answered `cut.loop_replies` commands while the client sent no message
     (govern.model.loops), are shed, so that the budget's lanes turn over. A session that advances is never cut for
     want of progress, and one that advances without ever delivering (a recipient every 2 s: the lab's
     lone-loopers, one session a source) held the first contacts' lane for the whole flood. Only the loops go (the
     cut's wait of 0 asks nothing else of a session); shedding judges nothing."""
-    if not replies or snap.slotted is None or snap.slotted < policy.slot_budget - policy.slot_crowds:
+    if not policy.loop_replies or snap.slotted is None or snap.slotted < policy.slot_budget - policy.slot_crowds:
         return []
     why = f"its session looping with no message while strangers fill the slot budget of {policy.slot_budget}"
     every = [p for _, p in strangers] + [p for _, p in restless] + list(singles)
-    return [Cut(p, 0, why, shed=True, loops=replies) for p in every]
+    return [Cut(p, 0, why, shed=True, loops=policy.loop_replies) for p in every]
 
 
 def strangers_holding(snap: Snapshot, policy: Policy) -> Iterator[tuple[Prefix, SourceStats]]:

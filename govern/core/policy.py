@@ -64,9 +64,8 @@ class Policy:
     # a source's only one).
     shed_after: tuple[float, float] = (1.0, 2.0)
     # In a wave, a stranger's session whose server answered this many commands while its client sent no message is
-    # shed (govern.model.loops): (opened before the wave while strangers hold more than the kernel counts, any while
-    # strangers fill the budget); 0: never.
-    loop_replies: tuple[int, int] = (3, 6)
+    # shed (govern.model.loops) while strangers hold more than the budget or fill it; 0: never.
+    loop_replies: int = 6
     # govern.core.guard: nothing punished is wider than this per IP version, nor covers one of `own` (this host's
     # addresses, filled in by the daemon) or loopback.
     widest: Mapping[int, int] = field(default_factory=lambda: {4: 16, 6: 32})

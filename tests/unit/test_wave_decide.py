@@ -438,10 +438,11 @@ def test_while_strangers_fill_the_budget_their_sessions_that_loop_with_no_messag
     assert not decide(full, wave_state(), off, NOW).cuts
 
 
-def test_sessions_opened_before_the_wave_that_loop_go_after_fewer_replies_while_the_kernel_counts_fewer() -> None:
+def test_over_the_budget_each_shed_also_asks_whether_the_session_loops() -> None:
     # The flood's loopers opened before the wave hold the MTA's processes and its accept queue, one session each,
-    # outside the budget: over the excess they go once three commands were answered with no message; the
-    # strangers that came in the wave keep the later number.
+    # outside the budget: each shed asks the same question of them (the same number of replies as in the wave: a
+    # slow MTA that does not pipeline reaches DATA's 354 after four, and lost its message in the pause before its
+    # body when three were asked of the sessions opened before the wave).
     pol = policy(wave={"slot_budget": 30, "top_n": 0}, cut={"enabled": False})
     early = {src(100 + i): SourceStats(held=1, established=1) for i in range(40)}
     state = State()
@@ -451,12 +452,11 @@ def test_sessions_opened_before_the_wave_that_loop_go_after_fewer_replies_while_
     plan = decide(replace(snap(early | later), slotted=10), state, pol, NOW + 1)
     shed = {c.prefix: c for c in plan.cuts if c.shed}
     assert set(shed) == set(early) | set(later)
-    assert {shed[p].loops for p in early} == {3} and {shed[p].loops for p in later} == {6}
+    assert {c.loops for c in shed.values()} == {6}
     # ... and silent ones still after the single session's wait, as before.
     assert all(c.idle_ms == 2000 for c in shed.values())
-    early_off = policy(wave={"slot_budget": 30, "top_n": 0}, cut={"enabled": False, "early_loop_replies": 0})
-    plan = decide(replace(snap(early | later), slotted=10), state, early_off, NOW + 1)
-    assert {c.loops for c in plan.cuts if c.prefix in early} == {0}
+    off = policy(wave={"slot_budget": 30, "top_n": 0}, cut={"enabled": False, "loop_replies": 0})
+    assert {c.loops for c in decide(replace(snap(early | later), slotted=10), state, off, NOW + 1).cuts} == {0}
 
 
 def test_a_session_loops_when_its_server_answered_commands_and_its_client_sent_no_message() -> None:
