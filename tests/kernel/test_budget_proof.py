@@ -763,3 +763,55 @@ def test_behind_a_pregreet_a_wave_over_its_budget_sheds_who_never_spoke_after_th
         for c in held + conns:
             c.close()
         mta.close()
+
+
+def test_a_wave_over_its_budget_sheds_a_session_that_loops_and_spares_a_sender_in_its_message(
+    lab: Lab, tmp_path: Path
+) -> None:
+    # The lab's lone-loopers: one session a source, advancing (each command answered), never a message. Shedding
+    # of silence spares it and no cut takes it; the loop's question does, after cut.loop_replies (6) replies. A
+    # sender that pipelined to its message and is sending it (no reply until its end) stays.
+    srv = SmtpListener(lab.mx, 25)
+    cfg = write_config(tmp_path, "[wave]\nslot_budget = 1\n[cut]\nenabled = false\n")
+    stop = threading.Event()
+    held: list[socket.socket] = []
+    try:
+        with running(lab.mx, cfg):
+            with lab.net.entered():
+                looper = connect("198.18.43.1", MX4, 25)
+                sender = connect("198.51.100.43", MX4, 25)
+            held += [looper, sender]
+            converse(sender, b"EHLO sender.example", b"MAIL FROM:<a@x.example>\r\nRCPT TO:<b@lab.test>\r\nDATA")
+            looper.settimeout(5)
+            assert looper.recv(100).startswith(b"220")
+            assert govern(lab.mx, "wave", "on", "--for", "2m", "--config", str(cfg)).returncode == 0
+
+            def body() -> None:
+                with contextlib.suppress(OSError):
+                    while not stop.wait(0.3):
+                        sender.sendall(b"X-Line: part of a message body, long enough to be one\r\n")
+
+            threading.Thread(target=body, daemon=True).start()
+            t0, replies = time.monotonic(), 0
+            with contextlib.suppress(OSError):
+                for k in range(40):  # a recipient every 0.3 s, each answered
+                    looper.sendall(b"EHLO l.example\r\n" if k == 0 else f"RCPT TO:<r{k}@lab.test>\r\n".encode())
+                    if not looper.recv(100):
+                        break
+                    replies += 1
+                    time.sleep(0.3)
+            # Shed once six were answered (and a tick), long before its forty: the sender stays, in no govern set.
+            assert 6 <= replies < 20, replies
+            assert time.monotonic() - t0 < 8
+            assert established(lab.mx, "198.18.43.1") == 0
+            assert established(lab.mx, "198.51.100.43") == 1
+            punished = nft_set(lab.mx, "tight4") | nft_set(lab.mx, "throttle4") | nft_set(lab.mx, "block4")
+            assert not punished & {"198.18.43.1", "198.51.100.43"}, punished
+            why = json.loads(govern(lab.mx, "why", "198.18.43.1", "--json", "--config", str(cfg)).stdout)
+            loop = [a["text"] for a in why["advice"] if a["rule"] == "shed"]
+            assert loop and "kept us answering commands with no message" in loop[0], why["advice"]
+    finally:
+        stop.set()
+        for c in held:
+            c.close()
+        srv.close()
