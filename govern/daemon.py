@@ -388,7 +388,10 @@ class Governor:
         if durable:
             if not self.keeper.commit_durable(plan, now, kernel, self.state):
                 return False
-        elif not self.keeper.commit(plan, now, kernel):
+        elif (plan.actions or plan.mode is not None or plan.forget) and not self.keeper.commit(plan, now, kernel):
+            # A plan of cuts alone (and a wave's holders) changes no kernel state and nothing the store keeps: in a
+            # wave whose budget is full every tick has one (the loops' question, govern.core.decide.looping), and a
+            # store transaction for it each half second was work for nothing.
             return False
         previous = self.state.mode
         # What an operator's unblock lifts here lasted until: the fleet keeps the unblock as long.

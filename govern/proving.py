@@ -56,7 +56,8 @@ class Proving:
 
     def take_log(self, now: float, mode: ModeState) -> None:
         """What the Postfix log gained: its deliveries pass the gate and the budget as the kernel's own proof does,
-        but a crowd's first proof in a wave only once the wave is over (govern.core.proof.withheld)."""
+        but a crowd's first proof in a wave only after a probation, or once the wave is over
+        (govern.core.proof.withheld)."""
         if self.trust is None:
             return
         try:

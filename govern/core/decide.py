@@ -208,7 +208,7 @@ def shed(
         # sessions it does not count (made before the wave) are all over the budget, however few they are.
         excess = max(excess, held - snap.slotted)
     if excess <= 0:
-        return looping(strangers, restless, singles, snap, policy)
+        return looping([p for _, p in chain(strangers, restless)] + singles, policy) if full else []
     first = holders if snap.slotted is not None and held > snap.slotted else frozenset()
     strangers.sort(key=lambda r: (r[1] not in first, -r[0], r[1].version, r[1].value))
     restless.sort(key=lambda r: (r[1] not in first, -r[0], r[1].version, r[1].value))
@@ -247,13 +247,7 @@ def shed(
     return out
 
 
-def looping(
-    strangers: Sequence[tuple[int, Prefix]],
-    restless: Sequence[tuple[int, Prefix]],
-    singles: Sequence[Prefix],
-    snap: Snapshot,
-    policy: Policy,
-) -> list[Cut]:
+def looping(strangers: Sequence[Prefix], policy: Policy) -> list[Cut]:
     """In a wave, while strangers' connections fill the slot budget (the kernel counts as many as it holds, but for
     the crowds' part of the first contacts' lane, which a swarm of one connection a source leaves empty once it has
     arrived, and which is then all a never-seen sender finds), and no session is over it: the strangers' sessions
@@ -262,11 +256,10 @@ def looping(
     want of progress, and one that advances without ever delivering (a recipient every 2 s: the lab's
     lone-loopers, one session a source) held the first contacts' lane for the whole flood. Only the loops go (the
     cut's wait of 0 asks nothing else of a session); shedding judges nothing."""
-    if not policy.loop_replies or snap.slotted is None or snap.slotted < policy.slot_budget - policy.slot_crowds:
+    if not policy.loop_replies:
         return []
     why = f"its session looping with no message while strangers fill the slot budget of {policy.slot_budget}"
-    every = [p for _, p in strangers] + [p for _, p in restless] + list(singles)
-    return [Cut(p, 0, why, shed=True, loops=policy.loop_replies) for p in every]
+    return [Cut(p, 0, why, shed=True, loops=policy.loop_replies) for p in strangers]
 
 
 def strangers_holding(snap: Snapshot, policy: Policy) -> Iterator[tuple[Prefix, SourceStats]]:
