@@ -84,6 +84,7 @@ class Scenario:
     bots: tuple[Bot, ...]
     postscreen: bool = False
     unanswered: tuple[str, ...] = ()
+    tls: bool = False  # smtpd offers STARTTLS (govern_lab.postfix.TLS_CF)
     about: str = ""
 
 
@@ -103,6 +104,7 @@ MIXED_BOTS = (
 )  # fmt: skip
 # A looper's pace: EHLO at once, then a command every 2 s, each answered (Postfix takes 1,000 recipients).
 LOOPING = ("--pause", "0.3", "--gap", "2")
+SLOW_LOOPING = ("--pause", "0.3", "--gap", "2.7")
 MATRIX: tuple[Scenario, ...] = (
     Scenario(
         "silent",
@@ -140,6 +142,33 @@ MATRIX: tuple[Scenario, ...] = (
         (_bot("slowtalk", "--sources", SWARMS, "--count", "3000", "--per-source", "1", "--ramp", "10", *LOOPING),),
         about="3,000 loopers arriving over 10 s, one session each, as a sender opens one: a session that advances "
         "and never ends a transaction, and no second one for the shedding of holders to take",
+    ),
+    Scenario(
+        "slow-loopers",
+        (_bot("slowtalk", "--sources", SWARMS, "--count", "3000", "--per-source", "1", "--ramp", "10", *SLOW_LOOPING),),
+        about="the lone-loopers at a command every 2.7 s, just inside govern's cut for no progress in a wave "
+        "(cut.wave_idle_after, 3 s): the slowest loop that is never cut for it",
+    ),
+    Scenario(
+        "tls-loopers",
+        (
+            _bot(
+                "slowtalk",
+                "--sources",
+                SWARMS,
+                "--count",
+                "3000",
+                "--per-source",
+                "1",
+                "--ramp",
+                "10",
+                "--starttls",
+                *LOOPING,
+            ),
+        ),
+        tls=True,
+        about="the lone-loopers after STARTTLS (the MX offers it, as every MX does): each command a TLS record, "
+        "and the handshake's bytes on the client's side",
     ),
     Scenario(
         "provers",
@@ -376,9 +405,8 @@ def run_cell(
     lab = lab or Lab(f"gvmx-{secrets.token_hex(3)}").up()
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        pf = Postfix(
-            lab, str(work / "postfix"), process_limit=plan.process_limit, postscreen=_postscreen_settings(scn, peer)
-        )
+        ps = _postscreen_settings(scn, peer)
+        pf = Postfix(lab, str(work / "postfix"), process_limit=plan.process_limit, postscreen=ps, tls=scn.tls)
         with pf, contextlib.ExitStack() as stack:
             if scn.unanswered:
                 _unanswered(lab, scn.unanswered)

@@ -250,6 +250,17 @@ def _cidr_key(net: str) -> str:
     return f"[{addr}]/{length}" if ":" in addr else net
 
 
+# STARTTLS offered as every MX offers it (the matrix's tls scenarios): the lab's own self-signed certificate, made at
+# the instance's start; no session cache (smtpd processes live for the run anyway).
+TLS_CF = """\
+smtpd_tls_cert_file = {config}/tls-cert.pem
+smtpd_tls_key_file = {config}/tls-key.pem
+smtpd_tls_security_level = may
+smtpd_tls_session_cache_database =
+"""
+TLSMGR_CF = "tlsmgr     unix       - - n 1000? 1 tlsmgr\n"
+
+
 # postscreen's access list: the trusted relays pass.
 POSTSCREEN_ACCESS = "".join(f"{_cidr_key(net)} permit\n" for net in TRUSTED_RANGES)
 
@@ -267,9 +278,10 @@ class Postfix:
         process_limit: int = 50,
         postscreen: dict[str, str] | None = None,
         role: str = "mx",
+        tls: bool = False,
     ) -> None:
         """`postscreen`: None for smtpd alone on port 25, else postscreen in front of it with these main.cf settings
-        (POSTSCREEN or POSTSCREEN_TUNED)."""
+        (POSTSCREEN or POSTSCREEN_TUNED). `tls`: smtpd offers STARTTLS, with a self-signed certificate."""
         if process_limit < 1:
             raise ValueError("process_limit must be at least 1")
         if role not in MX_ADDRS:
@@ -277,6 +289,7 @@ class Postfix:
         self.role = role
         self.addrs = MX_ADDRS[role]
         self.postscreen = postscreen
+        self.tls = tls
         self.lab = lab
         self.workdir = os.path.abspath(workdir)
         self.config_dir = os.path.join(self.workdir, "etc")
@@ -386,6 +399,10 @@ class Postfix:
             files[0] = ("main.cf", main + "".join(f"{k} = {v}\n" for k, v in self.postscreen.items()))
             master = POSTSCREEN_MASTER_CF
             files.append(("postscreen_access.cidr", POSTSCREEN_ACCESS))
+        if self.tls:
+            self._certificate()
+            files[0] = ("main.cf", files[0][1] + TLS_CF.format(config=self.config_dir))
+            master += TLSMGR_CF
         files.append(("master.cf", master))
         for name, text in files:
             path = os.path.join(self.config_dir, name)
@@ -394,6 +411,21 @@ class Postfix:
             os.chmod(path + ".tmp", 0o644)
             os.utime(path + ".tmp", (cool, cool))
             os.replace(path + ".tmp", path)
+
+    def _certificate(self) -> None:
+        """A self-signed ECDSA certificate for STARTTLS, made once per work directory (P-256: the cheapest
+        handshake, for a flood of them)."""
+        cert, key = (os.path.join(self.config_dir, f"tls-{n}.pem") for n in ("cert", "key"))
+        if os.path.exists(cert) and os.path.exists(key):
+            return
+        res = subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+             "-days", "30", "-subj", f"/CN={HOSTNAME}", "-keyout", key, "-out", cert],
+            capture_output=True, stdin=subprocess.DEVNULL, timeout=30,
+        )  # fmt: skip
+        if res.returncode != 0:
+            raise LabError(f"openssl could not make the lab's certificate: {res.stderr.decode(errors='replace')}")
+        os.chmod(key, 0o600)
 
     def _data_dir(self) -> str:
         """workdir/data, unless the postfix user cannot reach the work directory (under /root, or pytest's 0700
@@ -538,15 +570,15 @@ if __name__ == "__main__":  # `python -m govern_lab.postfix`: what a setup scrip
 
 
 @contextlib.contextmanager
-def temporary(lab: Lab, prefix: str = "govern-postfix-") -> Iterator[Postfix]:
+def temporary(lab: Lab, prefix: str = "govern-postfix-", *, tls: bool = False) -> Iterator[Postfix]:
     """A Postfix in the lab's MX namespace from a fresh temporary directory (installed first if need be), stopped and
-    its directory removed afterwards, also when the caller fails."""
+    its directory removed afterwards, also when the caller fails; with `tls`, offering STARTTLS."""
     import tempfile
 
     install()
     # mkdtemp's directory is 0700: the postfix user cannot reach it, which the instance has to cope with.
     work = tempfile.mkdtemp(prefix=prefix)
-    pf = Postfix(lab, os.path.join(work, "pf"))
+    pf = Postfix(lab, os.path.join(work, "pf"), tls=tls)
     try:
         pf.start()
         yield pf

@@ -11,7 +11,9 @@ Bots (bot ranges only; per second BOT_FIELDS plus "commands"; "held" is the conn
 - `slowtalk`: each connection waits --pause seconds, sends EHLO, then MAIL FROM and one RCPT TO after another, each
   --gap seconds after the last (just inside Postfix's stress-mode smtpd_timeout of 10 s); reconnects after a close.
   It uses RCPT rather than NOOP: under stress Postfix counts NOOP, RSET and VRFY as junk commands and disconnects
-  after one (smtpd_junk_command_limit), while each RCPT to an accepted domain is a valid command.
+  after one (smtpd_junk_command_limit), while each RCPT to an accepted domain is a valid command. With --starttls,
+  STARTTLS and the TLS handshake follow the first EHLO at once, and the rest (EHLO again, MAIL, RCPT...) goes
+  encrypted, each command a TLS record.
 - `prove`: each connection holds the dialogue a spam bot holds, at once: EHLO, MAIL FROM, --rcpts RCPT TO (1) and
   DATA, each sent when the last reply is in (the banner and four answers: the kernel's proof), then stays silent in
   DATA until the server closes; reconnects within --reconnect seconds. Proof bought with a real dialogue. With
@@ -36,6 +38,7 @@ import ipaddress
 import math
 import random
 import socket
+import ssl
 import string
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -91,6 +94,7 @@ class BabbleOptions(SlowBotOptions):
 class SlowtalkOptions(SlowBotOptions):
     pause: float = 20.0  # before EHLO
     gap: float = 8.0  # between commands
+    starttls: bool = False  # EHLO, STARTTLS and the handshake first; each command then a TLS record
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -233,7 +237,98 @@ async def _babble_session(sock: socket.socket, opts: BabbleOptions, rng: random.
 
 
 async def _slowtalk_session(sock: socket.socket, opts: SlowtalkOptions, rng: random.Random, tl: Timeline) -> None:
+    if opts.starttls:
+        await _slowtalk_tls(sock, opts, rng, tl)
+        return
     await _timed(sock, opts.pause, lambda: opts.gap, slowtalk_commands(rng), tl, commands=True)
+
+
+class _Tls:
+    """TLS over a bot's non-blocking socket (an SSLObject between memory BIOs): the bots run thousands of sockets
+    in one event loop without streams."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE  # the lab's self-signed certificate; a bot checks nothing anyway
+        self.sock = sock
+        self.incoming, self.outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        self.obj = ctx.wrap_bio(self.incoming, self.outgoing)
+
+    async def _flush(self) -> None:
+        data = self.outgoing.read()
+        if data:
+            await asyncio.get_running_loop().sock_sendall(self.sock, data)
+
+    async def _fill(self) -> bool:
+        data = await asyncio.get_running_loop().sock_recv(self.sock, 16384)
+        if not data:
+            return False
+        self.incoming.write(data)
+        return True
+
+    async def handshake(self) -> bool:
+        while True:
+            try:
+                self.obj.do_handshake()
+            except ssl.SSLWantReadError:
+                await self._flush()
+                if not await self._fill():
+                    return False
+                continue
+            await self._flush()
+            return True
+
+    async def send(self, data: bytes) -> None:
+        self.obj.write(data)
+        await self._flush()
+
+    async def recv(self) -> bytes:
+        """Some plaintext; b"" once the server closed."""
+        while True:
+            try:
+                return self.obj.read(16384)
+            except ssl.SSLWantReadError:
+                if not await self._fill():
+                    return b""
+            except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                return b""
+
+
+async def _slowtalk_tls(sock: socket.socket, opts: SlowtalkOptions, rng: random.Random, tl: Timeline) -> None:
+    """The slow talker after STARTTLS: EHLO --pause s after the banner, STARTTLS and the handshake at once, then
+    EHLO again, MAIL and RCPT after RCPT inside TLS, each --gap s after the last; returns when the server closes."""
+    loop = asyncio.get_running_loop()
+    if not await _read_reply(sock):
+        return
+    await asyncio.sleep(opts.pause)
+    for command in (b"EHLO slowtalk.bots.lab.test\r\n", b"STARTTLS\r\n"):
+        await loop.sock_sendall(sock, command)
+        tl.add("bytes_sent", len(command))
+        tl.add("commands")
+        if not await _read_reply(sock):
+            return
+    tls = _Tls(sock)
+    try:
+        if not await tls.handshake():
+            return
+        due = loop.time()
+        for command in slowtalk_commands(rng):
+            if tl.frozen:  # the run's end: send nothing the report would not count
+                return
+            await tls.send(command)
+            tl.add("bytes_sent", len(command))
+            tl.add("commands")
+            due += opts.gap
+            while (left := due - loop.time()) > 0:
+                try:
+                    async with asyncio.timeout(left):
+                        if not await tls.recv():
+                            return
+                except TimeoutError:
+                    break
+    except (ssl.SSLError, OSError):
+        return
 
 
 async def _prove_session(

@@ -210,6 +210,9 @@ def _add_matrix_parsers(role: RoleAdder) -> None:
         elif name == "slowtalk":
             p.add_argument("--pause", type=float, default=20.0, help="seconds before EHLO")
             p.add_argument("--gap", type=_positive, default=8.0, help="seconds between commands")
+            p.add_argument(
+                "--starttls", action="store_true", help="STARTTLS after the first EHLO; every command after it in TLS"
+            )
 
     p = role("strangers", "never-seen senders: one or two messages each, at one steady aggregate rate")
     p.add_argument("--max-messages", type=int, default=2, help="messages per address, at most (1..N each)")
@@ -248,7 +251,7 @@ def _matrix_options(role: str, ns: argparse.Namespace, common: dict[str, Any]) -
             return BabbleOptions(**bot_common, bytes=ns.bytes)
         if role == "prove":
             return ProveOptions(**bot_common, rcpts=ns.rcpts, deliver=ns.deliver, quit_first=ns.quit_first)
-        return SlowtalkOptions(**bot_common, pause=ns.pause, gap=ns.gap)
+        return SlowtalkOptions(**bot_common, pause=ns.pause, gap=ns.gap, starttls=ns.starttls)
     txn = {
         **common,
         "size_kb": ns.size,

@@ -10,6 +10,7 @@ import os
 import re
 import smtplib
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -110,6 +111,30 @@ def test_settings(pf: Postfix) -> None:
     assert conf("smtpd_peername_lookup") == "no"
     assert conf("inet_protocols") == "all"
     assert "postscreen" not in Path(pf.config_dir, "master.cf").read_text()
+
+
+def test_the_tls_scenarios_postfix_offers_starttls_and_delivers_a_message_sent_inside_it(lab: Lab, pf: Postfix) -> None:
+    pf.stop()  # the module's instance holds port 25 in the same namespace
+    try:
+        _starttls_delivery(lab)
+    finally:
+        pf.start()
+
+
+def _starttls_delivery(lab: Lab) -> None:
+    with temporary(lab, "gvlab-postfix-tls-", tls=True) as pf:
+        s = smtp_from(lab, "legit", "198.51.100.24")
+        with contextlib.closing(s):
+            assert s.ehlo("sender.legit.example")[0] == 250 and s.has_extn("starttls")
+            ctx = ssl.create_default_context()
+            ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE  # the lab's self-signed certificate
+            assert s.starttls(context=ctx)[0] == 220
+            assert isinstance(s.sock, ssl.SSLSocket) and s.sock.version() in ("TLSv1.2", "TLSv1.3")
+            assert s.ehlo("sender.legit.example")[0] == 250 and not s.has_extn("starttls")
+            assert s.mail("alice@legit.example")[0] == 250 and s.rcpt("anyone@lab.test")[0] == 250
+            code, msg = s.data(b"Subject: lab\r\n\r\nhello inside TLS\r\n")
+            assert code == 250, msg
+        assert wait_for_count(pf, 1) == 1
 
 
 def test_real_smtp_transaction_from_legit_is_delivered_and_logged(lab: Lab, pf: Postfix) -> None:

@@ -8,8 +8,12 @@ import ipaddress
 import itertools
 import random
 import socket
+import ssl
+import subprocess
+import threading
 import time
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -388,3 +392,49 @@ def test_a_prover_may_name_several_recipients_each_a_positive_reply_more() -> No
     lines = adv.prove_commands(random.Random(0), 3)
     assert lines[0].startswith(b"EHLO") and lines[1].startswith(b"MAIL FROM:<") and lines[-1] == b"DATA\r\n"
     assert [x[:8] for x in lines[2:-1]] == [b"RCPT TO:"] * 3 and len(set(lines[2:-1])) == 3
+
+
+def test_a_tls_slow_talker_says_starttls_then_loops_inside_tls(tmp_path: Path) -> None:
+    """The tls-loopers' bot: EHLO and STARTTLS in the clear, then a real handshake, then EHLO again, MAIL and RCPT
+    after RCPT, each inside TLS (the server here reads them only through its side of the handshake)."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days",
+         "1", "-subj", "/CN=mx", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    a, b = socket.socketpair()
+    clear: list[bytes] = []
+    inside: list[bytes] = []
+
+    def server() -> None:
+        b.settimeout(5)
+        b.sendall(b"220 mx ESMTP\r\n")
+        for reply in (b"250-mx\r\n250 STARTTLS\r\n", b"220 2.0.0 Ready to start TLS\r\n"):
+            clear.append(b.recv(4096))
+            b.sendall(reply)
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(cert, key)
+        with ctx.wrap_socket(b, server_side=True) as t:
+            for _ in range(4):
+                inside.append(t.recv(4096))
+                t.sendall(b"250 ok\r\n")
+
+    thread = threading.Thread(target=server)
+    thread.start()
+
+    async def run() -> counters.Timeline:
+        a.setblocking(False)
+        tl = counters.Timeline(adv.ADV_FIELDS, time.monotonic(), 3)
+        opts = adv.SlowtalkOptions(**BASE, pause=0.0, gap=0.05, starttls=True)
+        # The server closes after four commands: the session ends with it.
+        await asyncio.wait_for(adv.SESSIONS["slowtalk"](a, opts, random.Random(0), tl), 5)
+        return tl
+
+    tl = asyncio.run(run())
+    thread.join(5)
+    a.close()
+    assert clear == [b"EHLO slowtalk.bots.lab.test\r\n", b"STARTTLS\r\n"]
+    assert inside[0] == b"EHLO slowtalk.bots.lab.test\r\n" and inside[1].startswith(b"MAIL FROM:<slow")
+    assert inside[2] == b"RCPT TO:<slow1@lab.test>\r\n" and inside[3] == b"RCPT TO:<slow2@lab.test>\r\n"
+    assert tl.totals["commands"] >= 6

@@ -18,8 +18,8 @@ from govern_lab.traffic import bots, command, sources
 
 def test_the_matrix_has_the_scenarios_asked_for() -> None:
     assert list(mx.SCENARIOS) == [
-        "silent", "lone", "drip", "babble", "slowtalk", "loopers", "lone-loopers", "provers", "lone-provers",
-        "rcpt-provers", "deliverers", "quitters", "pretalk",
+        "silent", "lone", "drip", "babble", "slowtalk", "loopers", "lone-loopers", "slow-loopers", "tls-loopers",
+        "provers", "lone-provers", "rcpt-provers", "deliverers", "quitters", "pretalk",
         "reconnect", "ipv6", "synflood", "mixed", "postscreen",
     ]  # fmt: skip
     assert mx.PEERS == ("none", "fail2ban", "postscreen", "govern")
