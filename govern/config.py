@@ -420,6 +420,12 @@ SCHEMA: dict[str, dict[str, Key]] = {
             "in a wave while strangers fill the slot budget, a stranger's session whose server answered this many"
             " commands with no message from its client is shed (0: never)",
         ),
+        "loop_after": Key(
+            "10s",
+            _duration_or_off(1, 3600),
+            "the same for a stranger's session greeted this long ago whose client sent no message and keeps the server"
+            " waiting, whatever its pace or encryption (0: never)",
+        ),
         "block_after": Key(2, _int(1, 1000), "a stranger cut this many times in one wave is blocked"),
         "greet_wait": Key("auto", _greet_wait, "silence the MTA asks before its banner (postscreen); auto: detect"),
         "pregreet": Key(
@@ -613,6 +619,7 @@ class Config:
             pregreet_cut=cut["pregreet"] == "cut",
             shed_after=(cut["shed_after"], cut["shed_single_after"]),
             loop_replies=cut["loop_replies"],
+            loop_after=cut["loop_after"],
             end_sessions=blk["end_sessions"],
             cut_block_after=cut["block_after"],
             trust_factor=self["trust"]["factor"],

@@ -303,7 +303,9 @@ class Cut:
     least `idle_ms`; with `queued`, also those still waiting for the server's greeting (in the accept queue). `shed`:
     the slot budget's shedding, which judges nothing the source did and so never counts towards a block; it takes
     only sessions not past the greeting, but with `past` any session that has not advanced for the wait, and with
-    `loops` any whose server answered at least that many commands while its client sent no message (`loops` below)."""
+    `loops` any whose server answered at least that many commands while its client sent no message (`loops` below),
+    and with `stale_ms` any greeted that long ago, whose client has sent no message and is keeping the server waiting
+    (`no_message` below)."""
 
     prefix: Prefix
     idle_ms: int
@@ -312,23 +314,41 @@ class Cut:
     queued: bool = False
     past: bool = False
     loops: int = 0
+    stale_ms: int = 0
 
 
 class Shed(NamedTuple):
     """How a source's sessions are shed (govern.edges.SocketSource.cut): not advancing for `wait_ms`; with
     `queued` those not greeted yet too; with `past` those past the greeting too; with `loops`, also those whose
     server answered at least `loops` commands while the client sent nothing the size of a message (`loops` below).
-    A `wait_ms` of 0 asks only that last question (govern.core.decide.looping)."""
+    with `stale_ms`, also those greeted at least that long ago whose client has sent no message (`no_message`
+    below) and keeps the server waiting. A `wait_ms` of 0 asks only those last two questions
+    (govern.core.decide.looping)."""
 
     wait_ms: int
     queued: bool
     past: bool = False
     loops: int = 0
+    stale_ms: int = 0
 
 
 # A client's data segments averaging under this many bytes are commands: a message (even a short one, with its
 # headers) or a TLS handshake raises the average well over it.
 COMMAND_BYTES = 64
+
+
+# What a client that sent no message may still have sent besides its commands: a TLS handshake's side (ClientHello,
+# 0.5 KB from OpenSSL's defaults, up to about 1.8 KB with a post-quantum key share, and Finished). After STARTTLS
+# every command is a record (22 bytes more), and the handshake's bytes raise the average per segment `loops` goes by:
+# the lab's tls-loopers stayed over 64 bytes a segment for 24 commands.
+HANDSHAKE_BYTES = 2048
+
+
+def no_message(received: int, segs_in: int) -> bool:
+    """Whether a client has sent nothing the size of a message: its commands (and perhaps a TLS handshake), or
+    nothing. A message's bytes, a few KB with its headers, put it over; one under the handshake's allowance does
+    not, which costs nothing once it is delivered."""
+    return received < COMMAND_BYTES * segs_in + HANDSHAKE_BYTES
 
 
 def loops(received: int, segs_in: int, segs_out: int, replies: int) -> bool:

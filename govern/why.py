@@ -571,7 +571,7 @@ def _history(ev: Evidence, *, behaviour: bool) -> Iterable[Advice]:
         # The shedding's reason says which question the socket was asked (govern.core.decide.shed, looping).
         said = shed[0].reason
         if said.startswith("its session looping"):
-            did = "whose commands we kept answering while no message came"
+            did = "that kept us answering commands, or waiting, with no message"
             need = "filled our MTA's budget: send your message within a few commands (pipeline MAIL, RCPT and DATA)"
             need += " and QUIT when done"
         else:

@@ -179,8 +179,8 @@ def shed(
     that delivers: a sender the host has never seen opens one, and waits its turn in the queue; one that answers
     the greeting at once is never shed. Sources cut for no progress in this plan, or acted on, are left to that.
     Shedding judges nothing: the source is neither throttled nor blocked for it. Each shed also takes the sessions
-    that loop without a message (govern.model.loops, `cut.loop_replies`), and with no session over the budget but
-    the budget full, those alone (`looping`).
+    that loop without a message (govern.model.loops, `cut.loop_replies`, and `cut.loop_after`), and with no session
+    over the budget but the budget full, those alone (`looping`).
     """
     total = snap.totals.established if snap.totals is not None else sum(s.established for s in snap.sources.values())
     full = snap.slotted is not None and snap.slotted >= policy.slot_budget - policy.slot_crowds  # see looping
@@ -217,7 +217,7 @@ def shed(
     # only session; several sessions none of which answers are a flood's pattern. The cut adds the silence
     # postscreen asks for before its banner.
     many_ms, lone_ms = (int(t * 1000) for t in policy.shed_after)
-    loop = policy.loop_replies
+    loop, stale = policy.loop_replies, int(policy.loop_after * 1000)
     why = f"strangers hold {held} sessions, over the slot budget of {policy.slot_budget}, during a wave"
     out: list[Cut] = []
     for n, p in strangers:
@@ -229,21 +229,26 @@ def shed(
         # that pause so are a flood's pattern; a source's only one is never shed so.
         past = p in first
         what = "not advancing, opened before the wave" if past else "not answering the greeting"
-        out.append(Cut(p, many_ms, f"{n} sessions {what} while {why}", shed=True, queued=True, past=past, loops=loop))
+        said = f"{n} sessions {what} while {why}"
+        out.append(Cut(p, many_ms, said, shed=True, queued=True, past=past, loops=loop, stale_ms=stale))
         excess -= n
     for tried, p in restless:
         if excess <= 0:
             break
         one = f"its session not answering the greeting, of {tried} connections tried in a minute, while {why}"
-        out.append(Cut(p, many_ms, one, shed=True, queued=True, loops=loop))
+        out.append(Cut(p, many_ms, one, shed=True, queued=True, loops=loop, stale_ms=stale))
         excess -= 1
     if excess > 0:
         # Which single sessions are silent since the greeting, or loop without a message, only the socket shows:
         # the cut asks each. Tried and not kept: asking the sessions opened before the wave after three replies:
         # the lab's slow MTA, a stranger over IPv6 that does not pipeline, lost its message in the pause before
         # its body (four replies: EHLO, MAIL, RCPT and DATA's 354).
+        # A holder's session still in the accept queue was opened before the wave too: behind the ones the MTA
+        # serves, a flood's sessions, each served for a loop's time in its turn (the lab's lone-loopers: within
+        # the budget after two loops' times, 23 s, with it queued there). A sender whose first connection is among
+        # them loses it before our greeting, and its MTA tries again.
         lone = f"its session not answering the greeting, or looping with no message, while {why}"
-        out.extend(Cut(p, lone_ms, lone, shed=True, loops=loop) for p in singles)
+        out.extend(Cut(p, lone_ms, lone, shed=True, queued=p in first, loops=loop, stale_ms=stale) for p in singles)
     return out
 
 
@@ -252,14 +257,16 @@ def looping(strangers: Sequence[Prefix], policy: Policy) -> list[Cut]:
     the crowds' part of the first contacts' lane, which a swarm of one connection a source leaves empty once it has
     arrived, and which is then all a never-seen sender finds), and no session is over it: the strangers' sessions
     that loop, their server having answered `cut.loop_replies` commands while the client sent no message
-    (govern.model.loops), are shed, so that the budget's lanes turn over. A session that advances is never cut for
-    want of progress, and one that advances without ever delivering (a recipient every 2 s: the lab's
-    lone-loopers, one session a source) held the first contacts' lane for the whole flood. Only the loops go (the
-    cut's wait of 0 asks nothing else of a session); shedding judges nothing."""
-    if not policy.loop_replies:
+    (govern.model.loops), or greeted `cut.loop_after` ago with no message yet and keeping the server waiting
+    (govern.model.no_message: a loop at any pace, in TLS too), are shed, so that the budget's lanes turn over. A
+    session that advances is never cut for want of progress, and one that advances without ever delivering (a
+    recipient every 2 s: the lab's lone-loopers, one session a source) held the first contacts' lane for the whole
+    flood. Only the loops go (the cut's wait of 0 asks nothing else of a session); shedding judges nothing."""
+    if not (policy.loop_replies or policy.loop_after):
         return []
     why = f"its session looping with no message while strangers fill the slot budget of {policy.slot_budget}"
-    return [Cut(p, 0, why, shed=True, loops=policy.loop_replies) for p in strangers]
+    stale = int(policy.loop_after * 1000)
+    return [Cut(p, 0, why, shed=True, loops=policy.loop_replies, stale_ms=stale) for p in strangers]
 
 
 def strangers_holding(snap: Snapshot, policy: Policy) -> Iterator[tuple[Prefix, SourceStats]]:

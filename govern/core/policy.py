@@ -66,6 +66,9 @@ class Policy:
     # In a wave, a stranger's session whose server answered this many commands while its client sent no message is
     # shed (govern.model.loops) while strangers hold more than the budget or fill it; 0: never.
     loop_replies: int = 6
+    # ... and, in the same cases, one greeted this long ago (seconds) whose client sent no message and keeps the server
+    # waiting, whatever its pace or encryption (govern.model.no_message); 0: never.
+    loop_after: float = 10.0
     # govern.core.guard: nothing punished is wider than this per IP version, nor covers one of `own` (this host's
     # addresses, filled in by the daemon) or loopback.
     widest: Mapping[int, int] = field(default_factory=lambda: {4: 16, 6: 32})

@@ -48,6 +48,7 @@ import functools
 import operator
 import socket
 import struct
+import time
 from array import array
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -59,7 +60,7 @@ import numpy.typing as npt
 
 from govern import netlink
 from govern.addr import Prefix, PrefixSet
-from govern.model import ListenerStats, Scan, ScanOptions, SessionInfo, Shed, SockCounts, loops
+from govern.model import ListenerStats, Scan, ScanOptions, SessionInfo, Shed, SockCounts, loops, no_message
 from govern.netlink import NLMSG_DONE, NLMSG_ERROR, NetlinkError
 
 __all__ = ["Scan", "ScanParser", "SessionInfo", "SockCounts", "SockDiag", "parse_dump", "port_bytecode"]
@@ -96,6 +97,7 @@ _MSG = struct.Struct("=IH10xBB2xH2x16s16s")
 _QUEUES = struct.Struct("=II4xI")  # idiag_rqueue, idiag_wqueue, (idiag_uid), idiag_inode
 _DIAG_MSG_END = 16 + 72  # attributes start after nlmsghdr + inet_diag_msg
 _SOCKID_AT = 16 + 4  # the inet_diag_sockid inside a message
+_COOKIE_AT = 2 + 2 + 16 + 16 + 4  # its cookie (after the ports, both addresses and the interface)
 _QUEUES_AT = 16 + 56  # idiag_rqueue
 # From an INET_DIAG_INFO attribute: its header word (len | type << 16), tcpi_last_data_sent, tcpi_last_data_recv,
 # tcpi_bytes_received, tcpi_data_segs_in, tcpi_data_segs_out (struct tcp_info offsets 44, 52, 128, 152, 156; uapi,
@@ -930,6 +932,10 @@ class SockDiag(Scanner):
             timeout_s=_TIMEOUT_S,
         )
         self._requests: dict[tuple[int, int, frozenset[int], int, int, bool], bytes] = {}
+        # When each session of a source being shed was first seen greeted, by socket cookie (`cut`'s stale_ms): no
+        # tcp_info field says how old a session is. Only the sessions the last cut's dump saw are kept.
+        self._greeted: dict[bytes, float] = {}
+        self.clock: Callable[[], float] = time.monotonic
         super().__init__()
 
     def close(self) -> None:
@@ -964,7 +970,7 @@ class SockDiag(Scanner):
         if not prefixes or not ports:
             return 0
         wanted = PrefixSet(prefixes)
-        return self._destroy_matching(ports, _STATES_DESTROY, 0, lambda remote, _info: wanted.covers(remote))
+        return self._destroy_matching(ports, _STATES_DESTROY, 0, lambda remote, _info, _cookie: wanted.covers(remote))
 
     def cut(
         self,
@@ -980,9 +986,12 @@ class SockDiag(Scanner):
         have not advanced for the wait, and with `queued` those the server has not greeted yet (no data sent: in the
         accept queue, or accepted and about to be); a session past the greeting only with `past`. No session is
         judged before `greet_ms` while the server has sent it only its first segment (postscreen's "220-" asks the
-        client to wait), unless, with `pregreet_cut`, its client talked meanwhile. Returns how many were picked of
-        each source (a socket gone before its destroy request is counted all the same)."""
+        client to wait), unless, with `pregreet_cut`, its client talked meanwhile. A session's age for `stale_ms` is
+        counted from the first cut that saw it greeted. Returns how many were picked of each source (a socket gone
+        before its destroy request is counted all the same)."""
         shed = shed or {}
+        now = self.clock()
+        greeted, self._greeted = self._greeted, {}
         picked: Counter[Prefix] = Counter()
         if not (idle_ms or shed) or not ports:
             return {}
@@ -998,16 +1007,25 @@ class SockDiag(Scanner):
                         return p
             return None
 
-        def idle(remote: Prefix, info: tuple[int, int, int, int, int]) -> bool:
+        def idle(remote: Prefix, info: tuple[int, int, int, int, int], cookie: bytes) -> bool:
             q = group(remote, shed) if shed else None
             if q is not None:
-                wait, queued, past, replies = shed[q]
+                wait, queued, past, replies, stale_ms = shed[q]
                 segs_out = info[4]
                 # Behind postscreen the greeting is two segments ("220-", then smtpd's banner): the replies are
                 # the segments after both (a client postscreen passed before gets one, and one reply more).
                 if loops(info[2], info[3], segs_out - 1 if greet_ms else segs_out, replies):
                     picked[q] += 1
                     return True
+                if stale_ms and segs_out > (1 if greet_ms else 0):
+                    since = self._greeted[cookie] = greeted.get(cookie, now)
+                    # Only while the server waits on it: a client waiting on a slow server (a policy check under
+                    # stress) is not the one looping. No wait asked beyond that, or a loop a command every 0.3 s
+                    # apart would always be in one; a sender this late is at most a round trip from its message.
+                    aged = (now - since) * 1000 >= stale_ms
+                    if aged and no_message(info[2], info[3]) and waits_on_client(info[0], info[1], info[3], segs_out):
+                        picked[q] += 1
+                        return True
                 # Not past the greeting (the server sent only it, or the client never said a word; behind
                 # postscreen the greeting is two segments, "220-" and, after the pregreet wait, the real banner), or
                 # past it with `past`.
@@ -1068,12 +1086,13 @@ class SockDiag(Scanner):
         ports: frozenset[int],
         states: int,
         ext: int,
-        match: Callable[[Prefix, tuple[int, int, int, int, int]], bool],
+        match: Callable[[Prefix, tuple[int, int, int, int, int], bytes], bool],
         *,
         per_socket: bool = False,
     ) -> int:
         """Dump the sockets on `ports` in `states`, and SOCK_DESTROY those `match` picks by remote address (and,
-        with `per_socket`, by their tcp_info's last data sent, last data received and data segments out)."""
+        with `per_socket`, by their tcp_info's last data sent, last data received, bytes received and data segments
+        in and out, and their cookie)."""
         _check_ports(ports)
         ports_be = frozenset(socket.htons(p) for p in ports)
         targets: list[bytes] = []
@@ -1084,11 +1103,12 @@ class SockDiag(Scanner):
             _l, _t, fam, state, sport_be, _src, dst = _MSG.unpack_from(buf, off)
             if sport_be in ports_be and state != TCP_LISTEN and state != TCP_TIME_WAIT:
                 if per_socket:
-                    hit = match(_remote(fam, dst), _info(buf, off, mlen))
+                    at = off + _SOCKID_AT + _COOKIE_AT
+                    hit = match(_remote(fam, dst), _info(buf, off, mlen), bytes(buf[at : at + 8]))
                 elif (fam, dst) in seen:
                     hit = seen[fam, dst]
                 else:
-                    hit = seen[fam, dst] = match(_remote(fam, dst), no_info)
+                    hit = seen[fam, dst] = match(_remote(fam, dst), no_info, b"")
                 if hit:
                     # The dump's own sockid, cookie included: the kernel destroys that very socket or, if it is
                     # gone, none (a new socket on the same 4-tuple has another cookie).

@@ -387,9 +387,9 @@ def test_a_wave_counts_the_connections_strangers_opened_before_it_against_the_co
     stop = threading.Event()
     early: list[socket.socket] = []
     # A budget of 4 (3 for any stranger, 1 kept for first contacts), no cuts; the early sessions keep talking, so
-    # nothing sheds them (no loop shedding either: their NOOPs would be a loop's after six): what is measured is
-    # what the budget admits while they hold the MTA.
-    cfg = write_config(tmp_path, "[wave]\nslot_budget = 4\n[cut]\nenabled = false\nloop_replies = 0\n")
+    # nothing sheds them (no loop shedding either: their NOOPs would be a loop's after six, or after ten seconds):
+    # what is measured is what the budget admits while they hold the MTA.
+    cfg = write_config(tmp_path, "[wave]\nslot_budget = 4\n[cut]\nenabled = false\nloop_replies = 0\nloop_after = 0\n")
     try:
         with running(lab.mx, cfg) as d:
             with lab.net.entered():
@@ -483,7 +483,7 @@ def test_a_sender_whose_only_connection_knocked_just_before_the_wave_is_still_a_
     # A budget of 5 (3 for any stranger, 2 kept for first contacts), no cuts. Three strangers' sessions from before
     # the wave fill the common lane once it begins; the MTA's accept queue is full when two more knock. No loop
     # shedding either: the babblers' refused lines, each answered, are a loop's (docs/wave.md), and they must hold.
-    cfg = write_config(tmp_path, "[wave]\nslot_budget = 5\n[cut]\nenabled = false\nloop_replies = 0\n")
+    cfg = write_config(tmp_path, "[wave]\nslot_budget = 5\n[cut]\nenabled = false\nloop_replies = 0\nloop_after = 0\n")
     try:
         with running(lab.mx, cfg) as d:
             assert d.status()["budget"]["newcomers"] == 2
@@ -537,7 +537,7 @@ def test_a_wave_sheds_what_a_flood_holds_beyond_the_budget_and_spares_single_sen
     mta.settimeout(5)
     # No loop shedding: the talker's NOOPs, each answered, are a loop's after six (docs/wave.md, "Sessions that loop
     # without a message"; tests/kernel/test_sockdiag.py); this is about the shedding of what does not advance.
-    cfg = write_config(tmp_path, "[wave]\nslot_budget = 4\n[cut]\nenabled = false\nloop_replies = 0\n")
+    cfg = write_config(tmp_path, "[wave]\nslot_budget = 4\n[cut]\nenabled = false\nloop_replies = 0\nloop_after = 0\n")
     held: list[socket.socket] = []
     stop = threading.Event()
 
@@ -689,7 +689,7 @@ def test_single_sessions_are_shed_only_when_silent_after_the_greeting_and_only_t
     mta = listening(lab)
     mta.settimeout(5)
     # No loop shedding: the talker's NOOPs would be a loop's after six (as above).
-    cfg = write_config(tmp_path, "[wave]\nslot_budget = 1\n[cut]\nenabled = false\nloop_replies = 0\n")
+    cfg = write_config(tmp_path, "[wave]\nslot_budget = 1\n[cut]\nenabled = false\nloop_replies = 0\nloop_after = 0\n")
     held: list[socket.socket] = []
     stop = threading.Event()
 

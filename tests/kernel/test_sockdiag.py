@@ -365,6 +365,48 @@ def test_a_session_that_loops_with_no_message_is_shed_and_a_sender_reaching_its_
         greeting.close()
 
 
+def test_a_session_greeted_long_ago_with_no_message_is_shed_at_any_pace_and_a_sender_or_a_newcomer_is_not(
+    lab: Lab, diag: SockDiag
+) -> None:
+    """A session whose client, greeted `stale_ms` ago (counted from the first cut that saw it), has sent no message
+    and keeps the server waiting is shed, however few commands it said and whatever their size (600 bytes at once,
+    as a TLS ClientHello: `loops` never takes it); a sender that sent its message stays, so does a session first
+    seen by the later cut, and one whose server has yet to answer it (a slow server's client is not looping)."""
+    greeting = SmtpListener(lab.mx, 25)
+    hello, sender, late, waiting = "198.18.24.1", "198.18.24.2", "198.18.24.3", "198.18.24.4"
+    now = [1000.0]
+    diag.clock = lambda: now[0]
+    asked = Shed(0, queued=False, stale_ms=15000)
+    try:
+        with clients(lab, [(hello, MX4, 25), (sender, MX4, 25)]) as (he, se):
+            assert converse(he, b"EHLO tls.example", b"x" * 600, b"MAIL FROM:<a@x.example>")[-1]
+            assert converse(se, b"EHLO sender.example", b"MAIL FROM:<a@x.example>\r\nRCPT TO:<r@lab.test>\r\nDATA")
+            se.sendall(b"Subject: hello\r\n\r\n" + b"x" * 3000 + b"\r\n")
+            assert diag.cut({}, PORTS, {p(hello): Shed(0, queued=False, loops=3)}) == {}  # not a loop: 600 bytes
+            assert diag.cut({}, PORTS, {p(hello): asked, p(sender): asked}) == {}  # seen greeted now
+            with clients(lab, [(late, MX4, 25), (waiting, MX4, 25)]) as (la, wa):
+                assert converse(la, b"EHLO late.example")[-1].startswith(b"250")
+                assert converse(wa, b"EHLO waiting.example")[-1].startswith(b"250")
+                wa.sendall(b"RCPT TO:<r@lab.test>")  # no line end: its server has yet to answer
+                time.sleep(0.2)
+                now[0] += 15.0
+                everyone = {p(hello): asked, p(sender): asked, p(late): asked, p(waiting): asked}
+                assert diag.cut({}, PORTS, everyone) == {p(hello): 1}
+                he.settimeout(2)
+                with pytest.raises(ConnectionResetError):
+                    he.recv(64)
+                la.sendall(b"NOOP\r\n")  # still connected: its age counts from the second cut
+                assert la.recv(64).startswith(b"250")
+                time.sleep(0.2)
+                now[0] += 15.0
+                assert diag.cut({}, PORTS, everyone) == {p(late): 1}
+                wa.sendall(b"\r\n")  # still connected, and answered
+                assert wa.recv(64).startswith(b"250")
+    finally:
+        diag.clock = time.monotonic
+        greeting.close()
+
+
 def test_sessions_of_one_source_with_waits_segments_and_bytes(lab: Lab, diag: SockDiag) -> None:
     """`govern why`'s view: a silent client's wait since the banner, a talker's segments and bytes, and only the
     asked prefix's sessions."""

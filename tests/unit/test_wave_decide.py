@@ -419,7 +419,7 @@ def test_while_strangers_fill_the_budget_their_sessions_that_loop_with_no_messag
     plan = decide(replace(snap(sources, trusted=frozenset({relay})), slotted=30), wave_state(), pol, NOW)
     shed = [c for c in plan.cuts if c.shed]
     assert {c.prefix for c in shed} == set(loopers)
-    assert all(c.loops == 6 and c.idle_ms == 0 and not c.queued and not c.past for c in shed)
+    assert all(c.loops == 6 and c.stale_ms == 10_000 and c.idle_ms == 0 and not c.queued and not c.past for c in shed)
     assert "looping with no message" in shed[0].reason
     # Only the crowds' part of the first contacts' lane left (3 of 30): full for a never-seen sender all the same.
     assert pol.slot_crowds == 3
@@ -434,7 +434,12 @@ def test_while_strangers_fill_the_budget_their_sessions_that_loop_with_no_messag
     pol7 = policy(wave={"slot_budget": 30, "top_n": 0}, cut={"enabled": False, "loop_replies": 7})
     full = replace(snap(sources, trusted=frozenset({relay})), slotted=30)
     assert {c.loops for c in decide(full, wave_state(), pol7, NOW).cuts} == {7}
-    off = policy(wave={"slot_budget": 30, "top_n": 0}, cut={"enabled": False, "loop_replies": 0})
+    pol20 = policy(wave={"slot_budget": 30, "top_n": 0}, cut={"enabled": False, "loop_after": "20s"})
+    assert {c.stale_ms for c in decide(full, wave_state(), pol20, NOW).cuts} == {20_000}
+    # Either question alone still asks; both off, nothing is.
+    one = policy(wave={"slot_budget": 30, "top_n": 0}, cut={"enabled": False, "loop_replies": 0})
+    assert {(c.loops, c.stale_ms) for c in decide(full, wave_state(), one, NOW).cuts} == {(0, 10_000)}
+    off = policy(wave={"slot_budget": 30, "top_n": 0}, cut={"enabled": False, "loop_replies": 0, "loop_after": "off"})
     assert not decide(full, wave_state(), off, NOW).cuts
 
 
@@ -452,9 +457,12 @@ def test_over_the_budget_each_shed_also_asks_whether_the_session_loops() -> None
     plan = decide(replace(snap(early | later), slotted=10), state, pol, NOW + 1)
     shed = {c.prefix: c for c in plan.cuts if c.shed}
     assert set(shed) == set(early) | set(later)
-    assert {c.loops for c in shed.values()} == {6}
+    assert {(c.loops, c.stale_ms) for c in shed.values()} == {(6, 10_000)}
     # ... and silent ones still after the single session's wait, as before.
     assert all(c.idle_ms == 2000 for c in shed.values())
+    # A holder's session not greeted yet was opened before the wave as well: it goes from the accept queue, where it
+    # would be served next for a loop's time; a session of a source that came in the wave waits its turn.
+    assert {p for p, c in shed.items() if c.queued} == set(early)
     off = policy(wave={"slot_budget": 30, "top_n": 0}, cut={"enabled": False, "loop_replies": 0})
     assert {c.loops for c in decide(replace(snap(early | later), slotted=10), state, off, NOW + 1).cuts} == {0}
 
@@ -473,3 +481,21 @@ def test_a_session_loops_when_its_server_answered_commands_and_its_client_sent_n
     assert not loops(received=600 + 5 * 70, segs_in=8, segs_out=9, replies=6)
     assert not loops(received=0, segs_in=0, segs_out=9, replies=6)  # silent: the cuts' business
     assert not loops(received=300, segs_in=10, segs_out=11, replies=0)  # 0: never
+
+
+def test_a_client_sent_no_message_while_its_bytes_are_its_commands_and_perhaps_a_tls_handshake() -> None:
+    from govern.model import loops, no_message
+
+    # The lab's tls-loopers after STARTTLS and ten commands: EHLO and STARTTLS in the clear, a 517-byte ClientHello,
+    # 80 bytes of Finished, then records of about 48 bytes: over 64 a segment on average, never a loop by `loops`.
+    received, segs = 39 + 517 + 80 + 10 * 48, 2 + 2 + 10
+    assert not loops(received, segs, segs_out=16, replies=6)
+    assert no_message(received, segs)
+    assert no_message(0, 0)  # silent
+    # A message's bytes put a session over: a short one (3 KB with its headers) after a pipelined batch ...
+    assert not no_message(30 + 90 + 3_000, 4)
+    # ... but not one under the handshake's allowance: such a session is only ever taken once it delivered (our
+    # reply to its message the last word, 10 s after the greeting); in its message, it is the one that spoke last.
+    assert no_message(30 + 90 + 1_500, 4)
+    # ... and after STARTTLS, with a post-quantum ClientHello of 1.8 KB.
+    assert not no_message(39 + 1_800 + 80 + 50 + 120 + 2_000, 7)

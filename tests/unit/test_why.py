@@ -206,7 +206,7 @@ def test_a_shed_session_is_explained_by_what_it_did_silence_or_a_loop_without_a_
     looped = Event(NOW - 60, "shed", str(SRC), why_loop, 0.0)
     assert rules(evidence(events=[looped])) == ["shed"]
     assert advice(evidence(events=[looped]), "shed") == (
-        "during a flood we ended connections of yours whose commands we kept answering while no message came 1 "
+        "during a flood we ended connections of yours that kept us answering commands, or waiting, with no message 1 "
         f"time, the last 1m ago ({why_loop}), while senders we did not know filled our MTA's budget: send your "
         "message within a few commands (pipeline MAIL, RCPT and DATA) and QUIT when done"
     )
