@@ -420,7 +420,11 @@ class Governor:
         if plan.cuts:
             try:
                 idle = {c.prefix: c.idle_ms for c in plan.cuts if not c.shed}
-                shed = {c.prefix: Shed(c.idle_ms, c.queued, c.past, c.loops, c.stale_ms) for c in plan.cuts if c.shed}
+                shed = {
+                    c.prefix: Shed(c.idle_ms, c.queued, c.past, c.loops, c.stale_ms, c.behind)
+                    for c in plan.cuts
+                    if c.shed
+                }
                 greet = int(self.policy.greet_floor * 1000)
                 ended = self.sockets.cut(idle, self.policy.ports, shed, greet, self.policy.pregreet_cut)
             except GovernError as exc:

@@ -315,6 +315,7 @@ class Cut:
     past: bool = False
     loops: int = 0
     stale_ms: int = 0
+    behind: bool = False
 
 
 class Shed(NamedTuple):
@@ -323,13 +324,15 @@ class Shed(NamedTuple):
     server answered at least `loops` commands while the client sent nothing the size of a message (`loops` below).
     with `stale_ms`, also those greeted at least that long ago whose client has sent no message (`no_message`
     below) and keeps the server waiting. A `wait_ms` of 0 asks only those last two questions
-    (govern.core.decide.looping)."""
+    (govern.core.decide.looping). With `behind`, those not greeted yet too, but only in a look that found a loop
+    among the sessions it was asked about: what waits in the accept queue behind a flood's loops is the flood's."""
 
     wait_ms: int
     queued: bool
     past: bool = False
     loops: int = 0
     stale_ms: int = 0
+    behind: bool = False
 
 
 # A client's data segments averaging under this many bytes are commands: a message (even a short one, with its

@@ -97,7 +97,7 @@ _MSG = struct.Struct("=IH10xBB2xH2x16s16s")
 _QUEUES = struct.Struct("=II4xI")  # idiag_rqueue, idiag_wqueue, (idiag_uid), idiag_inode
 _DIAG_MSG_END = 16 + 72  # attributes start after nlmsghdr + inet_diag_msg
 _SOCKID_AT = 16 + 4  # the inet_diag_sockid inside a message
-_COOKIE_AT = 2 + 2 + 16 + 16 + 4  # its cookie (after the ports, both addresses and the interface)
+_COOKIE_AT = 2 + 2 + 16 + 16 + 4  # the sockid's cookie (after the ports, both addresses and the interface)
 _QUEUES_AT = 16 + 56  # idiag_rqueue
 # From an INET_DIAG_INFO attribute: its header word (len | type << 16), tcpi_last_data_sent, tcpi_last_data_recv,
 # tcpi_bytes_received, tcpi_data_segs_in, tcpi_data_segs_out (struct tcp_info offsets 44, 52, 128, 152, 156; uapi,
@@ -970,7 +970,7 @@ class SockDiag(Scanner):
         if not prefixes or not ports:
             return 0
         wanted = PrefixSet(prefixes)
-        return self._destroy_matching(ports, _STATES_DESTROY, 0, lambda remote, _info, _cookie: wanted.covers(remote))
+        return self._destroy_matching(ports, _STATES_DESTROY, 0, lambda remote, _info, _ident: wanted.covers(remote))
 
     def cut(
         self,
@@ -987,11 +987,15 @@ class SockDiag(Scanner):
         accept queue, or accepted and about to be); a session past the greeting only with `past`. No session is
         judged before `greet_ms` while the server has sent it only its first segment (postscreen's "220-" asks the
         client to wait), unless, with `pregreet_cut`, its client talked meanwhile. A session's age for `stale_ms` is
-        counted from the first cut that saw it greeted. Returns how many were picked of each source (a socket gone
-        before its destroy request is counted all the same)."""
+        counted from the first cut that saw it greeted; one not greeted yet of a source shed with `behind` is taken
+        only if this look took a loop (by `loops` or `stale_ms`). Returns how many were picked of each source (a
+        socket gone before its destroy request is counted all the same)."""
         shed = shed or {}
         now = self.clock()
         greeted, self._greeted = self._greeted, {}
+        # Sessions not greeted yet of the sources shed with `behind`: taken only if this look finds a loop.
+        behind: list[tuple[Prefix, tuple[int, bytes]]] = []
+        looped = False
         picked: Counter[Prefix] = Counter()
         if not (idle_ms or shed) or not ports:
             return {}
@@ -1007,17 +1011,23 @@ class SockDiag(Scanner):
                         return p
             return None
 
-        def idle(remote: Prefix, info: tuple[int, int, int, int, int], cookie: bytes) -> bool:
+        def idle(remote: Prefix, info: tuple[int, int, int, int, int], ident: tuple[int, bytes]) -> bool:
+            nonlocal looped
             q = group(remote, shed) if shed else None
             if q is not None:
-                wait, queued, past, replies, stale_ms = shed[q]
+                wait, queued, past, replies, stale_ms, later = shed[q]
                 segs_out = info[4]
                 # Behind postscreen the greeting is two segments ("220-", then smtpd's banner): the replies are
                 # the segments after both (a client postscreen passed before gets one, and one reply more).
                 if loops(info[2], info[3], segs_out - 1 if greet_ms else segs_out, replies):
                     picked[q] += 1
+                    looped = True
                     return True
+                if later and segs_out == 0 and not queued:
+                    behind.append((q, ident))
+                    return False
                 if stale_ms and segs_out > (1 if greet_ms else 0):
+                    cookie = ident[1][_COOKIE_AT:]
                     since = self._greeted[cookie] = greeted.get(cookie, now)
                     # Only while the server waits on it: a client waiting on a slow server (a policy check under
                     # stress) is not the one looping. No wait asked beyond that, or a loop a command every 0.3 s
@@ -1025,6 +1035,7 @@ class SockDiag(Scanner):
                     aged = (now - since) * 1000 >= stale_ms
                     if aged and no_message(info[2], info[3]) and waits_on_client(info[0], info[1], info[3], segs_out):
                         picked[q] += 1
+                        looped = True
                         return True
                 # Not past the greeting (the server sent only it, or the client never said a word; behind
                 # postscreen the greeting is two segments, "220-" and, after the pregreet wait, the real banner), or
@@ -1040,6 +1051,10 @@ class SockDiag(Scanner):
             return False
 
         self._destroy_matching(ports, 1 << TCP_ESTABLISHED, _EXT_INFO, idle, per_socket=True)
+        if looped and behind:
+            # The dump's own family and sockid (a v4 client of a dual-stack listener is an AF_INET6 socket).
+            self._destroy([_REQ_V2.pack(f, socket.IPPROTO_TCP, 0, 0, _STATES_DESTROY, i) for _, (f, i) in behind])
+            picked.update(q for q, _ in behind)
         return dict(picked)
 
     def sessions(self, prefix: Prefix | PrefixSet, ports: frozenset[int]) -> list[SessionInfo]:
@@ -1086,13 +1101,13 @@ class SockDiag(Scanner):
         ports: frozenset[int],
         states: int,
         ext: int,
-        match: Callable[[Prefix, tuple[int, int, int, int, int], bytes], bool],
+        match: Callable[[Prefix, tuple[int, int, int, int, int], tuple[int, bytes]], bool],
         *,
         per_socket: bool = False,
     ) -> int:
         """Dump the sockets on `ports` in `states`, and SOCK_DESTROY those `match` picks by remote address (and,
         with `per_socket`, by their tcp_info's last data sent, last data received, bytes received and data segments
-        in and out, and their cookie)."""
+        in and out, and their family and sockid, cookie included)."""
         _check_ports(ports)
         ports_be = frozenset(socket.htons(p) for p in ports)
         targets: list[bytes] = []
@@ -1103,12 +1118,12 @@ class SockDiag(Scanner):
             _l, _t, fam, state, sport_be, _src, dst = _MSG.unpack_from(buf, off)
             if sport_be in ports_be and state != TCP_LISTEN and state != TCP_TIME_WAIT:
                 if per_socket:
-                    at = off + _SOCKID_AT + _COOKIE_AT
-                    hit = match(_remote(fam, dst), _info(buf, off, mlen), bytes(buf[at : at + 8]))
+                    at = off + _SOCKID_AT
+                    hit = match(_remote(fam, dst), _info(buf, off, mlen), (fam, bytes(buf[at : at + 48])))
                 elif (fam, dst) in seen:
                     hit = seen[fam, dst]
                 else:
-                    hit = seen[fam, dst] = match(_remote(fam, dst), no_info, b"")
+                    hit = seen[fam, dst] = match(_remote(fam, dst), no_info, (fam, b""))
                 if hit:
                     # The dump's own sockid, cookie included: the kernel destroys that very socket or, if it is
                     # gone, none (a new socket on the same 4-tuple has another cookie).

@@ -407,6 +407,36 @@ def test_a_session_greeted_long_ago_with_no_message_is_shed_at_any_pace_and_a_se
         greeting.close()
 
 
+def test_a_session_waiting_in_the_accept_queue_goes_with_behind_only_in_a_look_that_finds_a_loop(
+    lab: Lab, diag: SockDiag
+) -> None:
+    """A holder's session not greeted yet (the MTA busy: still in the accept queue) is taken with `behind` only by a
+    cut that finds a loop among the sessions it looks at: without loops in front of it, it waits its turn."""
+    greeting = SmtpListener(lab.mx, 25)
+    looper, waiting = "198.18.25.1", "198.18.25.2"
+    try:
+        with clients(lab, [(looper, MX4, 25)]) as (lo,):
+            rcpts = [f"RCPT TO:<r{k}@lab.test>".encode() for k in range(3)]
+            assert converse(lo, b"EHLO looper.example", b"MAIL FROM:<a@x.example>", *rcpts)[-1].startswith(b"250")
+            time.sleep(0.3)  # the listener's last accept is done
+            greeting.accepting.clear()  # busy: new connections wait in the accept queue
+            time.sleep(0.3)
+            with clients(lab, [(waiting, MX4, 25)]) as (wa,):
+                time.sleep(0.2)
+                queued = Shed(2000, queued=False, behind=True)
+                assert diag.cut({}, PORTS, {p(waiting): queued}) == {}  # no loop in front of it
+                assert diag.cut({}, PORTS, {p(waiting): queued, p(looper): Shed(0, queued=False, loops=9)}) == {}
+                got = diag.cut({}, PORTS, {p(waiting): queued, p(looper): Shed(0, queued=False, loops=4)})
+                assert got == {p(looper): 1, p(waiting): 1}
+                for c in (lo, wa):
+                    c.settimeout(2)
+                    with pytest.raises(ConnectionResetError):
+                        c.recv(64)
+    finally:
+        greeting.accepting.set()
+        greeting.close()
+
+
 def test_sessions_of_one_source_with_waits_segments_and_bytes(lab: Lab, diag: SockDiag) -> None:
     """`govern why`'s view: a silent client's wait since the banner, a talker's segments and bytes, and only the
     asked prefix's sessions."""

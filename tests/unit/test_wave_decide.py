@@ -461,8 +461,9 @@ def test_over_the_budget_each_shed_also_asks_whether_the_session_loops() -> None
     # ... and silent ones still after the single session's wait, as before.
     assert all(c.idle_ms == 2000 for c in shed.values())
     # A holder's session not greeted yet was opened before the wave as well: it goes from the accept queue, where it
-    # would be served next for a loop's time; a session of a source that came in the wave waits its turn.
-    assert {p for p, c in shed.items() if c.queued} == set(early)
+    # would be served next for a loop's time, in a look that finds loops in front of it (the cut's `behind`); a
+    # session of a source that came in the wave waits its turn.
+    assert {p for p, c in shed.items() if c.behind} == set(early) and not any(c.queued for c in shed.values())
     off = policy(wave={"slot_budget": 30, "top_n": 0}, cut={"enabled": False, "loop_replies": 0})
     assert {c.loops for c in decide(replace(snap(early | later), slotted=10), state, off, NOW + 1).cuts} == {0}
 
