@@ -1013,6 +1013,11 @@ class SockDiag(Scanner):
 
         def idle(remote: Prefix, info: tuple[int, int, int, int, int], ident: tuple[int, bytes]) -> bool:
             nonlocal looped
+            # A session keeps its first sight while it lives, asked in this look or not: a shedding asks only the
+            # sources it needs, and an age started afresh whenever one was left out would never reach the wait.
+            cookie = ident[1][_COOKIE_AT:]
+            if (seen := greeted.get(cookie)) is not None:
+                self._greeted[cookie] = seen
             q = group(remote, shed) if shed else None
             if q is not None:
                 wait, queued, past, replies, stale_ms, later = shed[q]
@@ -1027,8 +1032,7 @@ class SockDiag(Scanner):
                     behind.append((q, ident))
                     return False
                 if stale_ms and segs_out > (1 if greet_ms else 0):
-                    cookie = ident[1][_COOKIE_AT:]
-                    since = self._greeted[cookie] = greeted.get(cookie, now)
+                    since = self._greeted.setdefault(cookie, now)
                     # Only while the server waits on it: a client waiting on a slow server (a policy check under
                     # stress) is not the one looping. No wait asked beyond that, or a loop a command every 0.3 s
                     # apart would always be in one; a sender this late is at most a round trip from its message.

@@ -398,6 +398,8 @@ def test_a_session_greeted_long_ago_with_no_message_is_shed_at_any_pace_and_a_se
                 la.sendall(b"NOOP\r\n")  # still connected: its age counts from the second cut
                 assert la.recv(64).startswith(b"250")
                 time.sleep(0.2)
+                # A look that does not ask about it keeps its age all the same.
+                assert diag.cut({}, PORTS, {p(sender): asked}) == {}
                 now[0] += 15.0
                 assert diag.cut({}, PORTS, everyone) == {p(late): 1}
                 wa.sendall(b"\r\n")  # still connected, and answered
