@@ -321,7 +321,7 @@ class Cut:
 class Shed(NamedTuple):
     """How a source's sessions are shed (govern.edges.SocketSource.cut): not advancing for `wait_ms`; with
     `queued` those not greeted yet too; with `past` those past the greeting too; with `loops`, also those whose
-    server answered at least `loops` commands while the client sent nothing the size of a message (`loops` below).
+    server answered at least `loops` commands while the client sent nothing the size of a message (`loops` below);
     with `stale_ms`, also those greeted at least that long ago whose client has sent no message (`no_message`
     below) and keeps the server waiting. A `wait_ms` of 0 asks only those last two questions
     (govern.core.decide.looping). With `behind`, those not greeted yet too, but only in a look that found a loop

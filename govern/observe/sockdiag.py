@@ -991,14 +991,14 @@ class SockDiag(Scanner):
         only if this look took a loop (by `loops` or `stale_ms`). Returns how many were picked of each source (a
         socket gone before its destroy request is counted all the same)."""
         shed = shed or {}
+        picked: Counter[Prefix] = Counter()
+        if not (idle_ms or shed) or not ports:
+            return {}  # no dump: the sessions' first sights stay as they are
         now = self.clock()
         greeted, self._greeted = self._greeted, {}
         # Sessions not greeted yet of the sources shed with `behind`: taken only if this look finds a loop.
         behind: list[tuple[Prefix, tuple[int, bytes]]] = []
         looped = False
-        picked: Counter[Prefix] = Counter()
-        if not (idle_ms or shed) or not ports:
-            return {}
         lengths = sorted({(p.version, p.length) for p in (*shed, *idle_ms)}, reverse=True)
 
         def group(remote: Prefix, of: Mapping[Prefix, object]) -> Prefix | None:
