@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import signal
 import sys
 from typing import Annotated, Any, NoReturn
 
@@ -35,6 +36,15 @@ def _fail(exc: GovernError) -> NoReturn:
 def _lab_root() -> None:
     if os.geteuid() != 0:
         _fail(UsageError("the lab needs root: it creates network namespaces and installs Postfix"))
+    _stop_like_ctrl_c()
+
+
+def _stop_like_ctrl_c() -> None:
+    """SIGTERM and SIGHUP end a lab run as Ctrl-C does, through its `finally` blocks, which stop its traffic, its
+    govern and its Postfix and remove its namespaces: their default action ends the process at once, and left all of
+    them running (a `timeout` around a run, a closed terminal, `kill`)."""
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.default_int_handler)
 
 
 @lab_app.command("run")
