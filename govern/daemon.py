@@ -339,8 +339,9 @@ class Governor:
         # top of the tick's own were the peak's margin over the target (docs/benchmarks.md, "Memory"). A tick whose
         # observation fails therefore leaves no snapshot, rather than the last one, stale.
         self.snapshot = None
+        walk = self._rescan()
         try:
-            self.snapshot = self.observer.snapshot(self.policy, now, self.trusted(), rescan=self._rescan())
+            self.snapshot = self.observer.snapshot(self.policy, now, self.trusted(), rescan=walk)
         except GovernError as exc:
             self.health.fail("observe", exc)
             return Plan()
@@ -349,7 +350,8 @@ class Governor:
             self._attempts_peak = 0.0
         self.proving.note_crowds(self.snapshot, self.state.mode, now)
         self.snapshot = self.proving.with_young(self.snapshot, self.state.mode)
-        self.proving.take_kernel(now, self.state.mode, self.config["trust"]["from_sessions"])
+        walked = walk and self.config["daemon"]["calm_scan_every"] > 1
+        self.proving.take_kernel(now, self.state.mode, self.config["trust"]["from_sessions"], walked)
         if now - self._looked >= LOOK_EVERY:
             self._looked = now
             self._look_for_postfix()

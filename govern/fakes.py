@@ -105,6 +105,7 @@ class FakeEnforcer:
     attempted: int | None = None  # the kernel's count of new connections (None: no counter)
     counted_at: int | None = None  # `attempted` at the last syn_counts, as the nftables backend keeps it
     syn_reads: int = 0
+    proven_reads: int = 0
     fail_next: bool = False
     commits: int = 0
     torn_down: bool = False
@@ -172,6 +173,7 @@ class FakeEnforcer:
             self.delivering.discard(p)
 
     def proven(self) -> Sequence[tuple[Prefix, float]]:
+        self.proven_reads += 1
         return tuple((p, self.proved_ago.get(p, 0.0)) for p in self.delivering)
 
     def attempts(self) -> int | None:

@@ -40,6 +40,7 @@ class Proving:
         self.health = health
         self.revoked = 0  # sources that lost their proof in a wave
         self._learned = 0.0
+        self._read_once = False  # the first read, at start, waits for nothing
         self._trusted_from: PrefixSet | None = None
         self._trusted_now: frozenset[Prefix] = frozenset()
         # Crowds the log proved during the wave, each with when its trust runs out and when its probation ends: for
@@ -91,13 +92,18 @@ class Proving:
         except Exception as exc:
             self.health.fail("trust", exc)
 
-    def take_kernel(self, now: float, mode: ModeState, counted: bool) -> None:
+    def take_kernel(self, now: float, mode: ModeState, counted: bool, walked: bool = False) -> None:
         """The sources the kernel proved by its count of replies (`counted`: trust.from_sessions), each from its
-        last proof; read every LEARN_EVERY seconds (WAVE_LEARN_EVERY in a wave)."""
+        last proof; read every LEARN_EVERY seconds (WAVE_LEARN_EVERY in a wave). In normal mode a read that falls
+        due on a tick that `walked` every socket waits for the next tick that does not: the two together made the
+        slowest tick at 100k sessions (the read's 66-98 ms on the walk's 160-180, docs/benchmarks.md). The
+        daemon says `walked` only when some normal ticks do not walk."""
         every = WAVE_LEARN_EVERY if mode.mode is Mode.WAVE else LEARN_EVERY
         if self.trust is None or not counted or now - self._learned < every:
             return
-        self._learned = now
+        if walked and mode.mode is Mode.NORMAL and self._read_once:
+            return
+        self._learned, self._read_once = now, True
         try:
             for p, ago in self.enforcer.proven():
                 self.trust.learn(p, now, now - ago)

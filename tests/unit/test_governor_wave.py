@@ -228,6 +228,49 @@ def test_trust_from_the_kernel_runs_from_the_proof_not_from_the_read(tmp_path: P
     assert trust.until(new) == clock() - 3660 + 86400
 
 
+@pytest.mark.parametrize("calm_scan_every", [3, 1])
+def test_a_calm_tick_that_walks_the_sockets_leaves_the_proven_sets_to_the_next(
+    tmp_path: Path, calm_scan_every: int
+) -> None:
+    """The read of the kernel's proven sets (every 10 s) and the walk of every socket (every 3rd calm tick) together
+    made the slowest tick at 100k sessions: in normal mode a read due on a walking tick waits one tick. The first
+    read, at start, waits for nothing; a wave's ticks all walk and read when due; so does every tick when every
+    tick walks (calm_scan_every = 1)."""
+    from govern.allow.learning import TrustSources
+
+    clock = FakeClock()
+    cfg = config.from_mapping(
+        {"daemon": {"state_dir": str(tmp_path / "s"), "calm_scan_every": calm_scan_every}, "modes": {"auto": False}}
+    )
+    enf = FakeEnforcer()
+    gov = Governor(
+        cfg,
+        Store(cfg["daemon"]["state_dir"]),
+        FakeSockets(),
+        enf,
+        FakeCounters(),
+        clock,
+        trust=TrustSources(cfg.trust_section()),
+    )
+    gov.start()
+    gov.tick()  # walks, and reads at once
+    assert gov.observer.scans == 1 and enf.proven_reads == 1
+    for _ in range(2):  # the calm ticks between walks
+        clock.advance(1)
+        gov.tick()
+    clock.advance(8)  # the read is due on a tick that walks
+    gov.tick()
+    assert gov.observer.scans == (2 if calm_scan_every == 3 else 4)
+    assert enf.proven_reads == (1 if calm_scan_every == 3 else 2)
+    clock.advance(1)
+    gov.tick()
+    assert enf.proven_reads == 2
+    gov.handle({"cmd": "wave", "action": "on", "duration": "10m"})
+    clock.advance(10)  # WAVE_LEARN_EVERY is shorter
+    gov.tick()
+    assert enf.proven_reads == 3
+
+
 def test_the_wave_switches_the_sysctl_wave_profile_on_and_back_off(tmp_path: Path) -> None:
     from govern.fakes import FakeSysctls
     from govern.sysctl.journal import Journal
