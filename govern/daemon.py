@@ -39,7 +39,7 @@ from govern.errors import GovernError, StoreError
 from govern.fleet import codec
 from govern.health import Health
 from govern.keeping import Keeper
-from govern.model import PUNITIVE, ActionKind, Cut, ListenerStats, Mode, ModeState, Plan, Shed, Snapshot, State
+from govern.model import PUNITIVE, ActionKind, Cut, ListenerStats, Mode, ModeState, Plan, Snapshot, State
 from govern.observe.observer import Observer
 from govern.phases import PhaseClock
 from govern.proving import Proving
@@ -422,11 +422,7 @@ class Governor:
         if plan.cuts:
             try:
                 idle = {c.prefix: c.idle_ms for c in plan.cuts if not c.shed}
-                shed = {
-                    c.prefix: Shed(c.idle_ms, c.queued, c.past, c.loops, c.stale_ms, c.behind)
-                    for c in plan.cuts
-                    if c.shed
-                }
+                shed = {c.prefix: c.shedding() for c in plan.cuts if c.shed}
                 greet = int(self.policy.greet_floor * 1000)
                 ended = self.sockets.cut(idle, self.policy.ports, shed, greet, self.policy.pregreet_cut)
             except GovernError as exc:

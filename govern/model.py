@@ -317,6 +317,10 @@ class Cut:
     stale_ms: int = 0
     behind: bool = False
 
+    def shedding(self) -> Shed:
+        """What the socket edge is asked for a shed cut: its wait and every question it carries."""
+        return Shed(self.idle_ms, self.queued, self.past, self.loops, self.stale_ms, self.behind)
+
 
 class Shed(NamedTuple):
     """How a source's sessions are shed (govern.edges.SocketSource.cut): not advancing for `wait_ms`; with

@@ -500,3 +500,14 @@ def test_a_client_sent_no_message_while_its_bytes_are_its_commands_and_perhaps_a
     assert no_message(30 + 90 + 1_500, 4)
     # ... and after STARTTLS, with a post-quantum ClientHello of 1.8 KB.
     assert not no_message(39 + 1_800 + 80 + 50 + 120 + 2_000, 7)
+
+
+def test_a_shed_cut_asks_the_socket_edge_every_question_it_carries() -> None:
+    """The daemon hands each shed cut to the socket edge as a Shed: every field goes across, each in its place."""
+    from govern.model import Cut, Shed
+
+    p = Prefix.parse("198.18.0.7")
+    cut = Cut(p, 1500, "r", shed=True, queued=True, past=True, loops=6, stale_ms=10_000, behind=True)
+    assert cut.shedding() == Shed(1500, True, True, 6, 10_000, True)
+    assert Cut(p, 0, "r", shed=True).shedding() == Shed(0, False)
+    assert Shed._fields == ("wait_ms", "queued", "past", "loops", "stale_ms", "behind")
