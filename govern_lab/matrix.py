@@ -367,8 +367,12 @@ def _postscreen_settings(scn: Scenario, peer: str) -> dict[str, str] | None:
     return POSTSCREEN if scn.postscreen else None
 
 
-def _legit_traffic(lab: Lab, work: Path, plan: MatrixPlan) -> list[tuple[str, subprocess.Popen[bytes]]]:
-    dst = ["--dst", MX4, "--dst", MX6]
+def _legit_traffic(
+    lab: Lab, work: Path, plan: MatrixPlan, tls: bool = False
+) -> list[tuple[str, subprocess.Popen[bytes]]]:
+    """Every legitimate sender of a cell; with `tls` (a scenario whose Postfix offers STARTTLS) each takes it, as
+    MTAs do: a sender's handshake is then among the bytes govern judges its session by, as a TLS bot's is."""
+    dst = ["--dst", MX4, "--dst", MX6, *(["--starttls"] if tls else [])]
     t = f"{plan.client_timeout:g}"
     roles: list[tuple[str, list[str]]] = [
         ("legit", ["--sources", plan.legit_sources, "--rate", str(plan.legit_rate), "--size", plan.legit_size,
@@ -423,7 +427,7 @@ def run_cell(
             t0, wall0 = time.monotonic(), time.time()
             thread = threading.Thread(target=sampler.run, args=(t0,), daemon=True)
             thread.start()
-            legit = _legit_traffic(lab, work, plan)
+            legit = _legit_traffic(lab, work, plan, scn.tls)
             procs += [p for _, p in legit]
             bot_outs: list[Path] = []
             flooding = bool(scn.bots)

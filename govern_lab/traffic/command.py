@@ -157,6 +157,15 @@ def add_pipelining(p: argparse.ArgumentParser) -> None:
         action="store_false",
         help="one command at a time, even where the server offers PIPELINING (real MTAs pipeline)",
     )
+    add_starttls(p)
+
+
+def add_starttls(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--starttls",
+        action="store_true",
+        help="STARTTLS where the server offers it, then the transaction inside TLS (as MTAs do)",
+    )
 
 
 def add_spread(p: argparse.ArgumentParser) -> None:
@@ -223,6 +232,7 @@ def _add_matrix_parsers(role: RoleAdder) -> None:
     p.add_argument("--rate", type=_positive, default=0.1, help="new transactions per second")
     p.add_argument("--pause", type=float, default=1.5, help="seconds before every command")
     _real_mta(p)
+    add_starttls(p)
 
 
 def _real_mta(p: argparse.ArgumentParser) -> None:
@@ -261,9 +271,11 @@ def _matrix_options(role: str, ns: argparse.Namespace, common: dict[str, Any]) -
         "txn_timeout": ns.txn_timeout,
     }
     if role == "strangers":
-        return StrangerOptions(**txn, max_messages=ns.max_messages, over=ns.over, pipelining=ns.pipelining)
+        return StrangerOptions(
+            **txn, max_messages=ns.max_messages, over=ns.over, pipelining=ns.pipelining, starttls=ns.starttls
+        )
     if role == "slowlegit":  # an old, slow MTA: one command at a time
-        return TxnOptions(**txn, rate=ns.rate, pause=ns.pause, pipelining=False)
+        return TxnOptions(**txn, rate=ns.rate, pause=ns.pause, pipelining=False, starttls=ns.starttls)
     raise TrafficError(f"unknown role {role!r}")
 
 
@@ -287,6 +299,7 @@ def options(ns: argparse.Namespace) -> Common:
             txn_timeout=ns.txn_timeout,
             size_kb=ns.size,
             pipelining=ns.pipelining,
+            starttls=ns.starttls,
         )
     if ns.role == "trusted":
         return TxnOptions(
@@ -298,6 +311,7 @@ def options(ns: argparse.Namespace) -> Common:
             cmd_timeout=ns.cmd_timeout,
             txn_timeout=ns.txn_timeout,
             pipelining=ns.pipelining,
+            starttls=ns.starttls,
         )
     if ns.role in ("hogs", "pretalk", "swarm"):
         return HoldOptions(

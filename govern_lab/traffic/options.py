@@ -88,6 +88,9 @@ class TxnOptions(Common):
     # MAIL, RCPT and DATA in one write where the server offers PIPELINING, as real MTAs send them; off for an old,
     # slow MTA (slowlegit) and for `--no-pipelining`.
     pipelining: bool = True
+    # STARTTLS after EHLO where the server offers it, then EHLO again and the rest inside TLS, as every MTA does
+    # where the MX offers it (the tls scenarios); no certificate check, as opportunistic TLS between MTAs.
+    starttls: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -1,11 +1,13 @@
-"""The lab's SMTP client: one whole transaction (EHLO, MAIL, RCPT, DATA, the message, QUIT) per call, recorded as
-an event whatever its outcome, and the messages it sends (a one-liner, or a text part with a base64 attachment)."""
+"""The lab's SMTP client: one whole transaction (EHLO, MAIL, RCPT, DATA, the message, QUIT; with STARTTLS first
+where asked and offered) per call, recorded as an event whatever its outcome, and the messages it sends (a
+one-liner, or a text part with a base64 attachment)."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
 import random
+import ssl
 import time
 from dataclasses import dataclass
 from email.utils import formatdate
@@ -71,6 +73,14 @@ def message_body(head: str, src: str, role: str, size: int, rng: random.Random) 
     return (head + mime).encode() + attachment + tail.encode()
 
 
+def _opportunistic() -> ssl.SSLContext:
+    """TLS between MTAs: encrypted, the certificate not checked (the lab's is self-signed)."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
 @dataclass
 class _Txn:
     n: int
@@ -129,13 +139,17 @@ class Transactions:
                 reader, writer = await asyncio.open_connection(sock=sock)
                 async with asyncio.timeout(o.banner_timeout):
                     await _expect(reader, 220)
-            t.stage = "ehlo"
-            if o.pause > 0:
-                await asyncio.sleep(o.pause)
-            async with asyncio.timeout(o.cmd_timeout):
-                writer.write(f"EHLO relay.{self.domain}\r\n".encode())
-                await writer.drain()
-                offered = await _ehlo(reader)
+            offered = await self._hello(t, reader, writer)
+            if o.starttls and "STARTTLS" in offered:
+                t.stage = "starttls"
+                if o.pause > 0:
+                    await asyncio.sleep(o.pause)
+                async with asyncio.timeout(o.cmd_timeout):
+                    writer.write(b"STARTTLS\r\n")
+                    await writer.drain()
+                    await _expect(reader, 220)
+                    await writer.start_tls(_opportunistic())
+                offered = await self._hello(t, reader, writer)
             # As real MTAs do (Postfix, Exim, Exchange): where the server offers PIPELINING, MAIL, RCPT and DATA go
             # in one write, and the message with QUIT; the server's replies then come several to a segment.
             steps = self._steps(t)
@@ -156,6 +170,16 @@ class Transactions:
                 writer.close()
             else:
                 sock.close()
+
+    async def _hello(self, t: _Txn, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> set[str]:
+        """EHLO, after the client's pause; what the server offers."""
+        t.stage = "ehlo"
+        if self.opts.pause > 0:
+            await asyncio.sleep(self.opts.pause)
+        async with asyncio.timeout(self.opts.cmd_timeout):
+            writer.write(f"EHLO relay.{self.domain}\r\n".encode())
+            await writer.drain()
+            return await _ehlo(reader)
 
     async def one(self, n: int, src: str, dst: str) -> dict[str, Any]:
         """Run transaction `n` from `src` to `dst` and record it; never raises except on cancellation."""

@@ -438,3 +438,80 @@ def test_a_tls_slow_talker_says_starttls_then_loops_inside_tls(tmp_path: Path) -
     assert inside[0] == b"EHLO slowtalk.bots.lab.test\r\n" and inside[1].startswith(b"MAIL FROM:<slow")
     assert inside[2] == b"RCPT TO:<slow1@lab.test>\r\n" and inside[3] == b"RCPT TO:<slow2@lab.test>\r\n"
     assert tl.totals["commands"] >= 6
+
+
+def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days",
+         "1", "-subj", "/CN=mx", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
+@pytest.mark.parametrize(
+    ("asked", "offered", "upgraded"), [(True, True, True), (False, True, False), (True, False, False)]
+)
+def test_a_legitimate_sender_takes_starttls_where_asked_and_offered(
+    tmp_path: Path, asked: bool, offered: bool, upgraded: bool
+) -> None:
+    """The tls scenarios' senders: EHLO, STARTTLS and a real handshake, then EHLO again and the whole transaction
+    inside TLS (the server here reads it only through its side of the handshake); without --starttls, or where the
+    server does not offer it, all of it in the clear."""
+    cert, key = _self_signed(tmp_path)
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_ctx.load_cert_chain(cert, key)
+    clear: list[bytes] = []
+    inside: list[bytes] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        said, tls = clear, False
+        writer.write(b"220 mx ESMTP\r\n")
+        while line := await reader.readline():
+            said.append(line)
+            if line.startswith(b"EHLO"):
+                extra = b"250-STARTTLS\r\n" if offered and not tls else b""
+                writer.write(b"250-mx\r\n" + extra + b"250 PIPELINING\r\n")
+            elif line == b"STARTTLS\r\n":
+                writer.write(b"220 2.0.0 Ready to start TLS\r\n")
+                await writer.drain()
+                await writer.start_tls(server_ctx)
+                said, tls = inside, True
+                continue
+            elif line == b"DATA\r\n":
+                writer.write(b"354 go ahead\r\n")
+            elif line == b".\r\n":
+                writer.write(b"250 2.0.0 queued\r\n")
+            elif line == b"QUIT\r\n":
+                writer.write(b"221 bye\r\n")
+                await writer.drain()
+                break
+            elif line.startswith((b"MAIL", b"RCPT")):
+                writer.write(b"250 ok\r\n")
+            await writer.drain()
+        writer.close()
+
+    async def run() -> dict[str, Any]:
+        server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        opts = options.TxnOptions(dst=("127.0.0.1",), duration=1, port=port, starttls=asked, cmd_timeout=5)
+        async with server:
+            return await smtp.Transactions("strangers", opts, time.monotonic()).one(1, "127.0.0.1", "127.0.0.1")
+
+    ev = asyncio.run(run())
+    assert ev["ok"], ev
+    whole = inside if upgraded else clear  # the transaction, from the EHLO it offered STARTTLS in, or not
+    assert whole[0] == b"EHLO relay.strangers.lab.test\r\n" and whole[-1] == b"QUIT\r\n"
+    assert any(x.startswith(b"MAIL FROM:<") for x in whole) and b".\r\n" in whole
+    if upgraded:
+        assert clear == [b"EHLO relay.strangers.lab.test\r\n", b"STARTTLS\r\n"]
+    else:
+        assert inside == [] and b"STARTTLS\r\n" not in clear
+
+
+def test_the_senders_take_starttls_from_the_command_line() -> None:
+    for role in ("legit", "trusted", "strangers", "slowlegit"):
+        on, off = parse(role, *MX, "--starttls"), parse(role, *MX)
+        assert isinstance(on, options.TxnOptions) and isinstance(off, options.TxnOptions), role
+        assert on.starttls and not off.starttls, role
