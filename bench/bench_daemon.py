@@ -28,9 +28,11 @@ Cases (each a separate daemon, sizes ascending within a case):
   three in four IPv4 hosts, one in four IPv6 /64s), restored into the kernel by the daemon's start-up.
 
 Per size, after the daemon reports the size (sockets, sources or blocks) and `--settle` more seconds, `--reps` times:
-1. quiet window (`--window` s, nothing asks the daemon anything): CPU from /proc/PID/task/*/schedstat (the
-   scheduler's nanoseconds, all threads) as % of one core and per tick; ticks and their mean duration from the
-   tick-duration histogram of /metrics (scraped at both ends); VmRSS and VmHWM from /proc/PID/status at the end.
+1. quiet window (`--window` s, nothing asks the daemon anything): CPU as % of one core and per tick, the larger of
+   the whole process's utime + stime (/proc/PID/stat: ended threads included, such as the one that reads a large
+   set's dump) and its live threads' schedstat (exact, but blind to ended threads); ticks and their mean duration
+   from the tick-duration histogram of /metrics (scraped at both ends); VmRSS and VmHWM from /proc/PID/status at
+   the end.
 2. latency window (`--window` s): /metrics scraped every 0.25 s; between two scrapes that saw exactly one tick end,
    the histogram's sum grew by that tick's duration, so each such tick is timed exactly (p50, p99 = max below 100
    ticks). A scrape waits for the lock a tick holds; when long ticks run back to back, one interval can hold
@@ -271,6 +273,9 @@ def measure(d: Daemon, window: float, load: list[int] = []) -> Window:  # noqa: 
     m1 = try_scrape(mx)
     mem = memory_mb(pid)
     ticks = int(m1.count - m0.count) if m0 and m1 else 0
+    # The whole process's count takes in the threads that ended; its clock ticks (10 ms) can read a short, quiet
+    # window as nothing, where the live threads' count is exact: the larger of the two.
+    cpu = max(c1 - c0, v1 - v0)
     # 2. latency: a scrape every 0.25 s; an interval with exactly one tick's end gives that tick's duration.
     durations: list[float] = []
     slowest: dict[str, float] = {}
@@ -300,9 +305,9 @@ def measure(d: Daemon, window: float, load: list[int] = []) -> Window:  # noqa: 
         else {}
     )
     return Window(
-        cpu_pct=100 * (c1 - c0) / (t1 - t0),
+        cpu_pct=100 * cpu / (t1 - t0),
         live_cpu_pct=100 * (v1 - v0) / (t1 - t0),
-        cpu_ms_per_tick=1000 * (c1 - c0) / ticks if ticks else float("nan"),
+        cpu_ms_per_tick=1000 * cpu / ticks if ticks else float("nan"),
         ticks=ticks,
         mean_tick_ms=1000 * (m1.seconds - m0.seconds) / ticks if m0 and m1 and ticks else float("nan"),
         over_250ms=int(m1.over_250ms - m0.over_250ms) if m0 and m1 else -1,
