@@ -95,13 +95,14 @@ class Proving:
     def take_kernel(self, now: float, mode: ModeState, counted: bool, walked: bool = False) -> None:
         """The sources the kernel proved by its count of replies (`counted`: trust.from_sessions), each from its
         last proof; read every LEARN_EVERY seconds (WAVE_LEARN_EVERY in a wave). In normal mode a read that falls
-        due on a tick that `walked` every socket waits for the next tick that does not: the two together made the
-        slowest tick at 100k sessions (the read's 66-98 ms on the walk's 160-180, docs/benchmarks.md). The
-        daemon says `walked` only when some normal ticks do not walk."""
+        due on a tick that `walked` every socket waits for the next tick that does not, for one interval at most: the
+        two together made the slowest tick at 100k sessions (the read's 66-98 ms on the walk's 160-180,
+        docs/benchmarks.md). The daemon says `walked` only when some normal ticks do not walk."""
         every = WAVE_LEARN_EVERY if mode.mode is Mode.WAVE else LEARN_EVERY
         if self.trust is None or not counted or now - self._learned < every:
             return
-        if walked and mode.mode is Mode.NORMAL and self._read_once:
+        # At most one interval late: after a tick that acted every tick walks, and a run of them must not starve it.
+        if walked and mode.mode is Mode.NORMAL and self._read_once and now - self._learned < 2 * every:
             return
         self._learned, self._read_once = now, True
         try:

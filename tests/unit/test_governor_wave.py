@@ -271,6 +271,27 @@ def test_a_calm_tick_that_walks_the_sockets_leaves_the_proven_sets_to_the_next(
     assert enf.proven_reads == 3
 
 
+def test_the_proven_sets_wait_for_a_calm_tick_one_interval_at_most() -> None:
+    """After a tick that acts every tick walks: a run of such ticks delays the read by one interval, not for ever."""
+    from govern.allow.learning import TrustSources
+    from govern.health import Health
+    from govern.model import ModeState
+    from govern.proving import LEARN_EVERY, Proving
+
+    cfg = config.from_mapping({})
+    enf = FakeEnforcer()
+    proving = Proving(TrustSources(cfg.trust_section()), enf, Health())
+    normal = ModeState(Mode.NORMAL)
+    reads = []
+    for t in range(0, 31):
+        proving.take_kernel(1000.0 + t, normal, True, walked=True)
+        reads.append(enf.proven_reads)
+    assert reads[0] == 1  # at start
+    assert reads[int(LEARN_EVERY)] == 1  # due on a walking tick: waits
+    assert reads[int(2 * LEARN_EVERY)] == 2  # an interval late: read all the same
+    assert reads[30] == 2
+
+
 def test_the_wave_switches_the_sysctl_wave_profile_on_and_back_off(tmp_path: Path) -> None:
     from govern.fakes import FakeSysctls
     from govern.sysctl.journal import Journal
