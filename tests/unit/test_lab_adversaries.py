@@ -397,12 +397,7 @@ def test_a_prover_may_name_several_recipients_each_a_positive_reply_more() -> No
 def test_a_tls_slow_talker_says_starttls_then_loops_inside_tls(tmp_path: Path) -> None:
     """The tls-loopers' bot: EHLO and STARTTLS in the clear, then a real handshake, then EHLO again, MAIL and RCPT
     after RCPT, each inside TLS (the server here reads them only through its side of the handshake)."""
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days",
-         "1", "-subj", "/CN=mx", "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True,
-    )  # fmt: skip
+    cert, key = _self_signed(tmp_path)
     a, b = socket.socketpair()
     clear: list[bytes] = []
     inside: list[bytes] = []
