@@ -52,7 +52,7 @@ from govern_lab.traffic.counters import BOT_FIELDS, Timeline
 from govern_lab.traffic.driver import drive, role_report
 from govern_lab.traffic.host import check_namespace, raise_nofile
 from govern_lab.traffic.options import DEFAULT_PER_SOURCE, Common, TrafficError, TxnOptions
-from govern_lab.traffic.smtp import Transactions
+from govern_lab.traffic.smtp import Transactions, opportunistic
 from govern_lab.traffic.sources import Network, check_common, pair_sources, pick_sources, resolve_sources
 
 BOTS = ("drip", "babble", "slowtalk", "prove")
@@ -248,12 +248,9 @@ class _Tls:
     in one event loop without streams."""
 
     def __init__(self, sock: socket.socket) -> None:
-        ctx = ssl.create_default_context()
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE  # the lab's self-signed certificate; a bot checks nothing anyway
         self.sock = sock
         self.incoming, self.outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-        self.obj = ctx.wrap_bio(self.incoming, self.outgoing)
+        self.obj = opportunistic().wrap_bio(self.incoming, self.outgoing)
 
     async def _flush(self) -> None:
         data = self.outgoing.read()

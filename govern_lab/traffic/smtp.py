@@ -73,8 +73,9 @@ def message_body(head: str, src: str, role: str, size: int, rng: random.Random) 
     return (head + mime).encode() + attachment + tail.encode()
 
 
-def _opportunistic() -> ssl.SSLContext:
-    """TLS between MTAs: encrypted, the certificate not checked (the lab's is self-signed)."""
+def opportunistic() -> ssl.SSLContext:
+    """TLS between MTAs, the lab's senders' and its bots': encrypted, the certificate not checked (the lab's is
+    self-signed)."""
     ctx = ssl.create_default_context()
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
@@ -148,7 +149,7 @@ class Transactions:
                     writer.write(b"STARTTLS\r\n")
                     await writer.drain()
                     await _expect(reader, 220)
-                    await writer.start_tls(_opportunistic())
+                    await writer.start_tls(opportunistic())
                 offered = await self._hello(t, reader, writer)
             # As real MTAs do (Postfix, Exim, Exchange): where the server offers PIPELINING, MAIL, RCPT and DATA go
             # in one write, and the message with QUIT; the server's replies then come several to a segment.
