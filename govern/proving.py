@@ -39,8 +39,7 @@ class Proving:
         self.enforcer = enforcer
         self.health = health
         self.revoked = 0  # sources that lost their proof in a wave
-        self._learned = 0.0
-        self._read_once = False  # the first read, at start, waits for nothing
+        self._learned: float | None = None  # the last read of the kernel's proven sets; the first waits for nothing
         self._trusted_from: PrefixSet | None = None
         self._trusted_now: frozenset[Prefix] = frozenset()
         # Crowds the log proved during the wave, each with when its trust runs out and when its probation ends: for
@@ -99,12 +98,16 @@ class Proving:
         two together made the slowest tick at 100k sessions (the read's 66-98 ms on the walk's 160-180,
         docs/benchmarks.md). The daemon says `walked` only when some normal ticks do not walk."""
         every = WAVE_LEARN_EVERY if mode.mode is Mode.WAVE else LEARN_EVERY
-        if self.trust is None or not counted or now - self._learned < every:
+        if self.trust is None or not counted:
             return
-        # At most one interval late: after a tick that acted every tick walks, and a run of them must not starve it.
-        if walked and mode.mode is Mode.NORMAL and self._read_once and now - self._learned < 2 * every:
-            return
-        self._learned, self._read_once = now, True
+        if self._learned is not None:
+            if now - self._learned < every:
+                return
+            # At most one interval late: after a tick that acted every tick walks, and a run of them must not
+            # starve it.
+            if walked and mode.mode is Mode.NORMAL and now - self._learned < 2 * every:
+                return
+        self._learned = now
         try:
             for p, ago in self.enforcer.proven():
                 self.trust.learn(p, now, now - ago)
