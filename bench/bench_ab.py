@@ -13,8 +13,8 @@ the ratio this tree / base.
 - nft: a namespace with bench_enforcer's table; `NftNetlink.commit` of one new address into a hash set
   (`--reps` x 40 rounds), of `--elements` addresses as one transaction into the emptied interval set, `dump_set`
   of that set, and one new address into it (`--reps` x 40 rounds).
-- counts: govern's own table (`NftBackend.setup` with the default config) whose counting set `seen4` holds
-  `--elements` sources with counters (and `seen6` a tenth as many /64s), as a spoofed SYN flood leaves it; per
+- counts: govern's own table (`NftBackend.setup` with the default config) whose counting set `seen4` (its shards)
+  holds `--elements` sources with counters (and `seen6` a tenth as many /64s), as a spoofed SYN flood leaves it; per
   round `NftBackend.syn_counts()`, the read every tick makes. Each round also prints the worker's CPU (user+sys).
 The namespaces are removed at the end, also on failure.
 """
@@ -37,6 +37,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.machine import machine  # noqa: E402
 from bench.worker import Worker  # noqa: E402
+from govern.nft.ruleset import seen_sets  # noqa: E402
 from tests.netns import Netns, new_name, sh  # noqa: E402
 
 Times = dict[tuple[str, str], list[float]]
@@ -192,13 +193,18 @@ def run_counts(sides_for: Callable[[str], list[Side]], args: argparse.Namespace)
         n = args.elements
         # Forged sources of the bot range 198.18.0.0/15 (docs: test addresses only), each with a few SYNs counted.
         addrs = rng.sample(range(0xC6120000, 0xC6120000 + (1 << 17)), n)
-        v4 = ", ".join(
+        v4 = [
             f"{a >> 24}.{a >> 16 & 255}.{a >> 8 & 255}.{a & 255} counter packets {rng.randint(1, 9)} bytes 0"
             for a in addrs
-        )
-        v6 = ", ".join(f"2001:db8:bad:{i:x}:: counter packets {rng.randint(1, 9)} bytes 0" for i in range(n // 10))
-        batch = f"add element inet govern seen4 {{ {v4} }}\n" + (
-            f"add element inet govern seen6 {{ {v6} }}\n" if v6 else ""
+        ]
+        v6 = [f"2001:db8:bad:{i:x}:: counter packets {rng.randint(1, 9)} bytes 0" for i in range(n // 10)]
+        # Dealt over the shards in turn: a read does not care which shard holds a source (both sides must be of
+        # the sharded table, 2026-12-07 on: before, one set per family, seen4/seen6).
+        batch = "".join(
+            f"add element inet govern {name} {{ {', '.join(elems[i :: len(names)])} }}\n"
+            for elems, names in ((v4, seen_sets(4)), (v6, seen_sets(6)))
+            for i, name in enumerate(names)
+            if elems[i :: len(names)]
         )
         subprocess.run(["ip", "netns", "exec", ns.name, "nft", "-f", "-"], input=batch, text=True, check=True)
         sides = sides_for(ns.name)

@@ -19,7 +19,8 @@ Cases (each a separate daemon, sizes ascending within a case):
   2001:db8:bad::/48 in a namespace with its own established hash). With `--talk-every S`, each session sends one
   command line every S seconds and the server answers it, as live sessions do.
 - tracked M: M distinct sources that each sent one SYN, which is what govern tracks per source: the kernel counts
-  SYNs per source in the counting sets seen4/seen6 (govern/nft/ruleset.py, 262,144 elements each, 2 min timeout),
+  SYNs per source in the counting sets seen4/seen6 (govern/nft/ruleset.py: 16 shards each, seen4_0 ..., 262,144
+  elements in all, 2 min timeout),
   the daemon dumps both every tick (NftBackend.syn_counts) and its RateWindow (govern/observe/rates.py) keeps every
   source the dump reports. The SYNs are crafted (govern_lab's SynCrafter) and sent through a raw socket from the
   client namespace to port 465 (protected, nothing listens: the MX answers with a RST), paced at `--syn-pps`;
@@ -38,7 +39,8 @@ Per size, after the daemon reports the size (sockets, sources or blocks) and `--
    ticks). A scrape waits for the lock a tick holds; when long ticks run back to back, one interval can hold
    several tick ends, and their mean stands for each of them (counted as `pooled_ticks`).
 Medians over the reps are reported with their range. Side by side: `ss -Htn` listing the same N sessions in the MX
-namespace, and `nft list set` of the block set (blocks case) or of seen4 (tracked case) at the same size.
+namespace, and `nft list set` of the block set (blocks case) or of seen4's shards (tracked case, one nft process)
+at the same size.
 """
 
 from __future__ import annotations
@@ -70,6 +72,7 @@ from bench.bench_restore import block_plan  # noqa: E402
 from bench.machine import machine  # noqa: E402
 from govern.addr import Prefix  # noqa: E402
 from govern.errors import DaemonUnavailable  # noqa: E402
+from govern.nft.ruleset import seen_sets  # noqa: E402
 from govern.store import Store  # noqa: E402
 from govern_lab.traffic.syn import SynCrafter  # noqa: E402
 from tests.kernel.daemon_harness import Daemon  # noqa: E402
@@ -469,7 +472,8 @@ def run_tracked(sizes: list[int], args: argparse.Namespace, log: Callable[[str],
                         time.sleep(2)  # a tick to take the new counts in
                     row.windows.append(measure(d, args.window))
                     log(f"  {fmt_window(row.windows[-1])}")
-                row.side["nft list set seen4"] = timed_ms(lab.mx, ["nft", "list", "set", "inet", "govern", "seen4"], 1)
+                every = "; ".join(f"list set inet govern {name}" for name in seen_sets(4))
+                row.side["nft list set seen4_*"] = timed_ms(lab.mx, ["nft", every], 1)
                 rows.append(row)
     finally:
         lab.down()

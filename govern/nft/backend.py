@@ -37,6 +37,7 @@ from govern.nft.ruleset import (
     part,
     parts,
     ruleset,
+    seen_sets,
     slot_sets,
     stored,
 )
@@ -231,14 +232,15 @@ class NftBackend:
         counts = Counted.concat(
             [
                 self.nl.count_columns(name, v, plen)
-                for name, v, plen in (("seen4", 4, self.v4_len), ("seen6", 6, self.v6_len))
+                for v, plen in ((4, self.v4_len), (6, self.v6_len))
+                for name in seen_sets(v)
             ]
         )
         self._counted_at = mark
         return counts
 
     def syn_counts_unchanged(self) -> bool:
-        # The counter counts in the very rules that update seen4/seen6 (govern/nft/ruleset.py), so while it stands
+        # The counter counts in the very rules that update the counting sets (govern/nft/ruleset.py), so while it stands
         # still no element's counter has moved; elements may only have timed out, which the next read shows.
         return self._counted_at is not None and self.nl.counter_packets(ATTEMPTS) == self._counted_at
 

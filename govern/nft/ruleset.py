@@ -90,6 +90,14 @@ ATTEMPTS = "attempts"
 # Counting sets forget a source two minutes after its last SYN: the rate window is one minute.
 SEEN_TIMEOUT = "2m"
 SEEN_SIZE = 262144
+# Each family's counting set is SEEN_SHARDS sets (`seen4_0` ...), a source's key hashed to one of them: a dump of a
+# set walks its hash table from the start again for every batch the kernel fills (nft_rhash_walk skips what it
+# sent), so a read of n elements costs ~n^2; in shards, a sixteenth of that (100k sources 926 -> 205 ms a read,
+# 250k 5.6 -> 0.39 s; docs/benchmarks.md, "Counting sets in shards"). Together they hold SEEN_SIZE, as one set did.
+SEEN_SHARDS = 16
+# Fixed: without a seed the kernel draws one per rule, and a reload of the rules would move a source to another
+# shard while the old one still counts it.
+SHARD_SEED = 0x676F76
 # Connections whose SYN was seen recently: longer than a client's SYN retries (1+2+4+8+16 s on Linux's defaults)
 # and large enough for a SYN flood's spoofed sources; when full, retransmissions simply count again.
 SYN_TIMEOUT = "40s"
@@ -98,6 +106,24 @@ SYN_SIZE = 1048576
 TWICE = "limit rate over 1/hour burst 1 packets"
 CONN4 = "ip saddr . tcp sport . tcp sequence"
 CONN6 = "ip6 saddr . tcp sport . tcp sequence"
+
+
+def seen_sets(version: int) -> tuple[str, ...]:
+    """The counting set's shards of one family, in the order of their hash values."""
+    return tuple(f"seen{version}_{i}" for i in range(SEEN_SHARDS))
+
+
+def _count_chain(version: int, shard: int) -> str:
+    return f"count{version}_{shard}"
+
+
+COUNT_CHAINS = tuple(_count_chain(v, i) for v in (4, 6) for i in range(SEEN_SHARDS))
+
+
+def _to_shard(version: int, key: str) -> str:
+    """The jump to the chain that counts `key` in its shard of the counting set."""
+    jumps = ", ".join(f"{i} : jump {_count_chain(version, i)}" for i in range(SEEN_SHARDS))
+    return f"jhash {key} mod {SEEN_SHARDS} seed {SHARD_SEED:#x} vmap {{ {jumps} }}"
 
 
 def _key(version: int, length: int, field: str = "saddr") -> str:
@@ -242,35 +268,37 @@ def ruleset(spec: FirewallSpec, *, enforce: bool = True, resize: Iterable[str] =
         *(
             [
                 # First contact in a wave: a new connection from a stranger whose SYNs the kernel has not counted in
-                # the last two minutes (before the counting below adds it). Its first SYN is remembered and dropped:
-                # a real TCP stack sends it again a second later, a spoofed SYN flood never does, so half-open
-                # connections from forged sources never take a slot of the budget. A swarm's sources all knock at
-                # once and keep knocking, so once it has arrived, a first contact is most often a sender the host
-                # has never seen: it gets a lane of the budget the swarm cannot hold (chain newcomers).
+                # the last two minutes (before the counting below adds it; asked of `once`, which holds every source
+                # `seen` counts: looked up for its absence, an element's limit is never spent). Its first SYN is
+                # remembered and dropped: a real TCP stack sends it again a second later, a spoofed SYN flood never
+                # does, so half-open connections from forged sources never take a slot of the budget. A swarm's
+                # sources all knock at once and keep knocking, so once it has arrived, a first contact is most often
+                # a sender the host has never seen: it gets a lane of the budget the swarm cannot hold (chain
+                # newcomers).
                 # One connection per source is a first contact (`newsrc`, for as long as a handshake may take): a
                 # swarm's source opens its connections at once, each would contend for the lane with the senders it
                 # is kept for, and a sender opens one. The source's others are dropped as first contacts too; once
                 # its first one's second SYN is counted, they go to the common lane.
                 f"tcp dport @ports {syn} {local} ip saddr @gate4 {k4} != @proven4 {CONN4} != @fresh4 "
-                f"{CONN4} != @syn4 {k4} != @seen4 {k4} != @newsrc4 update @fresh4 {{ {CONN4} }} "
+                f"{CONN4} != @syn4 {k4} != @once4 {k4} != @newsrc4 update @fresh4 {{ {CONN4} }} "
                 f"update @newsrc4 {{ {k4} }} drop",
                 f"tcp dport @ports {syn} {local} ip6 saddr @gate6 {k6} != @proven6 {CONN6} != @fresh6 "
-                f"{CONN6} != @syn6 {k6} != @seen6 {k6} != @newsrc6 update @fresh6 {{ {CONN6} }} "
+                f"{CONN6} != @syn6 {k6} != @once6 {k6} != @newsrc6 update @fresh6 {{ {CONN6} }} "
                 f"update @newsrc6 {{ {k6} }} drop",
                 # The source's other connections while its first contact is pending mark it as a crowd (`crowd`):
                 # a swarm's source opens its sessions at once, a sender the host has never seen most often one, so a
                 # crowd's first contact takes only the crowds' part of the first contacts' lane (chain admit): the
                 # swarm's sources arriving during the wave would hold all of it for as long as they keep arriving.
                 f"tcp dport @ports {syn} {local} ip saddr @gate4 {k4} != @proven4 {CONN4} != @fresh4 "
-                f"{CONN4} != @syn4 {k4} != @seen4 {k4} @newsrc4 update @crowd4 {{ {k4} }} drop",
+                f"{CONN4} != @syn4 {k4} != @once4 {k4} @newsrc4 update @crowd4 {{ {k4} }} drop",
                 f"tcp dport @ports {syn} {local} ip6 saddr @gate6 {k6} != @proven6 {CONN6} != @fresh6 "
-                f"{CONN6} != @syn6 {k6} != @seen6 {k6} @newsrc6 update @crowd6 {{ {k6} }} drop",
+                f"{CONN6} != @syn6 {k6} != @once6 {k6} @newsrc6 update @crowd6 {{ {k6} }} drop",
                 # The same when the set is full (a flood of forged sources larger than it): dropped all the same,
                 # so forged SYNs never reach the budget; first contacts wait until the set has room again.
                 f"tcp dport @ports {syn} {local} ip saddr @gate4 {k4} != @proven4 {CONN4} != @fresh4 "
-                f"{CONN4} != @syn4 {k4} != @seen4 drop",
+                f"{CONN4} != @syn4 {k4} != @once4 drop",
                 f"tcp dport @ports {syn} {local} ip6 saddr @gate6 {k6} != @proven6 {CONN6} != @fresh6 "
-                f"{CONN6} != @syn6 {k6} != @seen6 drop",
+                f"{CONN6} != @syn6 {k6} != @once6 drop",
                 # A connection whose SYN the kernel counted just before the wave, and which is still knocking (its
                 # SYN dropped by the accept queue the flood had filled), is a first contact too if it is its
                 # source's only one counted (not in `twice`): a sender that knocked in the flood's first fraction
@@ -297,8 +325,9 @@ def ruleset(spec: FirewallSpec, *, enforce: bool = True, resize: Iterable[str] =
         # again.
         f"tcp dport @ports {syn} {local} {CONN4} != @syn4 update @once4 {{ {k4} {TWICE} }} update @twice4 {{ {k4} }}",
         f"tcp dport @ports {syn} {local} {CONN6} != @syn6 update @once6 {{ {k6} {TWICE} }} update @twice6 {{ {k6} }}",
-        f"tcp dport @ports {syn} {local} {CONN4} != @syn4 update @seen4 {{ {k4} counter }} counter name {ATTEMPTS}",
-        f"tcp dport @ports {syn} {local} {CONN6} != @syn6 update @seen6 {{ {k6} counter }} counter name {ATTEMPTS}",
+        # The count itself in the source's shard of `seen` (chains count4_0 ...).
+        f"tcp dport @ports {syn} {local} {CONN4} != @syn4 counter name {ATTEMPTS} {_to_shard(4, k4)}",
+        f"tcp dport @ports {syn} {local} {CONN6} != @syn6 counter name {ATTEMPTS} {_to_shard(6, k6)}",
         f"tcp dport @ports {syn} {local} update @syn4 {{ {CONN4} }}",
         f"tcp dport @ports {syn} {local} update @syn6 {{ {CONN6} }}",
     ]
@@ -366,11 +395,14 @@ def ruleset(spec: FirewallSpec, *, enforce: bool = True, resize: Iterable[str] =
         sets.append(f"set talk{v} {{ type {typ} . inet_service; {dyn} timeout {TALK_TIMEOUT}; }}")
         sets.append(f"set talkc{v} {{ type {typ} . inet_service; {dyn} timeout {TALK_TIMEOUT}; }}")
         sets.append(f"set newsrc{v} {{ type {typ}; {dyn} timeout {NEWSRC_TIMEOUT}; }}")
-    for name in ("seen", "once", "twice", "crowd", "rate", "trate"):
+    for name in ("once", "twice", "crowd", "rate", "trate"):
         for v, typ in ((4, "ipv4_addr"), (6, "ipv6_addr")):
             sets.append(
                 f"set {name}{v} {{ type {typ}; size {SEEN_SIZE}; flags dynamic,timeout; timeout {SEEN_TIMEOUT}; }}"
             )
+    for v, typ in ((4, "ipv4_addr"), (6, "ipv6_addr")):
+        shard = f"size {SEEN_SIZE // SEEN_SHARDS}; flags dynamic,timeout; timeout {SEEN_TIMEOUT};"
+        sets += [f"set {name} {{ type {typ}; {shard} }}" for name in seen_sets(v)]
     for name, conn in (("syn4", CONN4), ("syn6", CONN6), ("fresh4", CONN4), ("fresh6", CONN6)):
         sets.append(f"set {name} {{ typeof {conn}; size {SYN_SIZE}; flags dynamic,timeout; timeout {SYN_TIMEOUT}; }}")
     slots_pre, slots_out, admit = _budget_rules(sizes, k4, k6)
@@ -387,9 +419,9 @@ def ruleset(spec: FirewallSpec, *, enforce: bool = True, resize: Iterable[str] =
             *(f"add {s.replace('set ', f'set {FAMILY} {TABLE} ', 1)}" for s in sets),
             f"add counter {FAMILY} {TABLE} {ATTEMPTS}",
             *(f"add chain {FAMILY} {TABLE} {c} {{ type filter hook {h}; policy accept; }}" for c, h in hooked),
-            *(f"add chain {FAMILY} {TABLE} {c}" for c in CHAINS),
+            *(f"add chain {FAMILY} {TABLE} {c}" for c in (*CHAINS, *COUNT_CHAINS)),
             # Converging an existing table: the rules and the port list are replaced, the sets keep their elements.
-            *(f"flush chain {FAMILY} {TABLE} {c}" for c in (*(c for c, _h in hooked), *CHAINS)),
+            *(f"flush chain {FAMILY} {TABLE} {c}" for c in (*(c for c, _h in hooked), *CHAINS, *COUNT_CHAINS)),
             # The budget's sets, once no rule uses them: made again where their size (the budget) changed.
             *(f"delete set {FAMILY} {TABLE} {name}" for name in resize),
             *(
@@ -404,6 +436,13 @@ def ruleset(spec: FirewallSpec, *, enforce: bool = True, resize: Iterable[str] =
                 f"delete set {FAMILY} {TABLE} known{v}"
                 for v, typ in ((4, "ipv4_addr"), (6, "ipv6_addr"))
             ),
+            # The counting set before its shards (its counts start again in them: a tick's worth of rates).
+            *(
+                f"add set {FAMILY} {TABLE} seen{v} {{ type {typ}; size {SEEN_SIZE}; flags dynamic,timeout; "
+                f"timeout {SEEN_TIMEOUT}; }}\n"
+                f"delete set {FAMILY} {TABLE} seen{v}"
+                for v, typ in ((4, "ipv4_addr"), (6, "ipv6_addr"))
+            ),
             f"flush set {FAMILY} {TABLE} ports",
             # The ports go in with a set statement, not `add element`: that command makes libnftables read every set
             # of the table first, block sets included (0.8-1.5 s at 100k blocks, against ~1 ms this way).
@@ -414,6 +453,11 @@ def ruleset(spec: FirewallSpec, *, enforce: bool = True, resize: Iterable[str] =
             *(f"add rule {FAMILY} {TABLE} slots_out {r}" for r in slots_out),
             *(f"add rule {FAMILY} {TABLE} admit {r}" for r in admit),
             *(f"add rule {FAMILY} {TABLE} enforce {r}" for r in verdicts),
+            *(
+                f"add rule {FAMILY} {TABLE} {_count_chain(v, i)} update @{name} {{ {k} counter }}"
+                for v, k in ((4, k4), (6, k6))
+                for i, name in enumerate(seen_sets(v))
+            ),
         ]
     )
     return body + "\n"

@@ -15,7 +15,7 @@ from typing import Any
 
 from govern.control import call
 from govern.errors import DaemonUnavailable
-from govern.nft.ruleset import KINDS, NET6_LEN, parts
+from govern.nft.ruleset import KINDS, NET6_LEN, parts, seen_sets
 from tests.netns import Netns
 
 ALLOW = ["192.0.2.0/24", "2001:db8:2::/48"]
@@ -118,10 +118,13 @@ def nft_set(ns: Netns, name: str) -> set[str]:
     """Elements of a govern set as the nft CLI sees them: a second view of the kernel, independent of govern.
 
     A kind's set of one family (`block4`, `throttle6`, `tight4`, ...) is read with all its parts (hosts, IPv6
-    /64s, other prefixes: govern.nft.ruleset.parts), the /64s written as prefixes."""
+    /64s, other prefixes: govern.nft.ruleset.parts), the /64s written as prefixes; the counting set of one family
+    (`seen4`, `seen6`) with all its shards."""
     kind, version = name[:-1], name[-1:]
     if kind in KINDS and version in ("4", "6"):
         return set().union(*(nft_set_part(ns, n) for n in parts(kind, int(version))))
+    if kind == "seen" and version in ("4", "6"):
+        return set().union(*(nft_set_part(ns, n) for n in seen_sets(int(version))))
     return nft_set_part(ns, name)
 
 

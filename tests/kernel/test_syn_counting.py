@@ -10,7 +10,9 @@ from govern import config
 from govern.addr import Prefix
 from govern.model import State
 from govern.nft.backend import NftBackend
-from tests.netns import MX4, Lab, Listener, connect
+from govern.nft.ruleset import seen_sets
+from tests.kernel.daemon_harness import nft_set_part
+from tests.netns import MX4, MX6, Lab, Listener, connect
 
 
 def test_retransmitted_syns_count_once_per_connection(lab: Lab) -> None:
@@ -59,6 +61,64 @@ def test_the_counting_sets_are_unchanged_until_the_kernel_counts_a_new_connectio
             connect("198.51.100.2", MX4, 25, timeout=2.0).close()  # allowlisted
         assert backend.syn_counts_unchanged()
         assert backend.syn_counts() == {Prefix.parse("198.51.100.9"): 1}
+    finally:
+        backend.close()
+        srv.close()
+
+
+def test_sources_spread_over_the_counting_shards_and_read_back_whole(lab: Lab) -> None:
+    """Each source is counted in one shard of the counting set, chosen by a hash of its key (an IPv6 source by its
+    /64): the read gives every source once, with all its connections, whichever shard holds it."""
+    srv = Listener(lab.mx, 25)
+    sent = {f"198.18.6.{i}": i % 3 + 1 for i in range(1, 65)}
+    sent6 = {f"2001:db8:bad:{i:x}::{j}": 1 for i in range(0x10, 0x30) for j in (1, 2)}
+    with lab.mx.entered():
+        backend = NftBackend()
+    try:
+        backend.setup(config.from_mapping({}).firewall(), [], State(), time.time())
+        with lab.net.entered():
+            for src, count in sent.items():
+                for _ in range(count):
+                    connect(src, MX4, 25, timeout=2.0).close()
+            for src in sent6:
+                connect(src, MX6, 25, timeout=2.0).close()
+        want = {Prefix.parse(a): n for a, n in sent.items()}
+        want |= {Prefix.parse(f"2001:db8:bad:{i:x}::/64"): 2 for i in range(0x10, 0x30)}
+        assert backend.syn_counts() == want
+        used = {v: [name for name in seen_sets(v) if nft_set_part(lab.mx, name)] for v in (4, 6)}
+        # 64 and 32 keys over 16 shards: a hash that spreads them leaves few empty (a fixed seed: the same each run).
+        assert len(used[4]) >= 12 and len(used[6]) >= 10, used
+        held = [a for v in (4, 6) for name in seen_sets(v) for a in nft_set_part(lab.mx, name)]
+        assert len(held) == len(set(held)) == len(want)  # each key in one shard only
+    finally:
+        backend.close()
+        srv.close()
+
+
+def test_a_table_with_the_unsharded_counting_set_converges_to_the_shards(lab: Lab) -> None:
+    """An upgrade in place: the table of a daemon before the shards counted in seen4/seen6, which its rules used.
+    Setup replaces the rules and removes those sets in one transaction; the counts go on in the shards."""
+    srv = Listener(lab.mx, 25)
+    spec = config.from_mapping({}).firewall()
+    with lab.mx.entered():
+        backend = NftBackend()
+    try:
+        backend.setup(spec, [], State(), time.time())
+        for v, key in ((4, "ip saddr"), (6, "ip6 saddr & ffff:ffff:ffff:ffff::")):
+            decl = f"type ipv{v}_addr; size 262144; flags dynamic,timeout; timeout 2m;"
+            lab.mx.sh("nft", f"add set inet govern seen{v} {{ {decl} }}")
+            lab.mx.sh("nft", f"add rule inet govern guard tcp dport 25 update @seen{v} {{ {key} counter }}")
+        with lab.net.entered():
+            connect("198.51.100.9", MX4, 25, timeout=2.0).close()
+        assert nft_set_part(lab.mx, "seen4") == {"198.51.100.9"}
+        backend.setup(spec, [], State(), time.time())
+        sets = lab.mx.sh("nft", "-t", "list", "sets", "inet")
+        assert "set seen4 {" not in sets and "set seen6 {" not in sets and "set seen4_0 {" in sets
+        with lab.net.entered():
+            connect("198.51.100.9", MX4, 25, timeout=2.0).close()
+        # Both connections: the first was counted in its shard too (the first setup's rules), which kept it.
+        assert backend.syn_counts() == {Prefix.parse("198.51.100.9"): 2}
+        assert backend.changed() is None
     finally:
         backend.close()
         srv.close()
