@@ -1,15 +1,18 @@
 """What a read of the counting sets costs by their size and the number of shards they are split into: why govern
 counts new connections in SEEN_SHARDS sets per family (govern/nft/ruleset.py), not in one.
 
-    .venv/bin/python bench/bench_shards.py [--sizes 10000 30000 100000 250000] [--shards 1 4 16 64] [--reps 5]
+    .venv/bin/python bench/bench_shards.py [--sizes 0 2000 100000 250000] [--shards 1 4 8 16] [--reps 5]
+        [--total 262144]
 
 In a namespace of its own, per size and shard count: a table of that many sets (`seen4_0` ..., the counting sets'
-declaration), filled with that many IPv4 hosts dealt over them in turn, each element with a counter as the kernel's
-`update @set { ip saddr counter }` leaves it; then `--reps` reads of every set with NftNetlink.count_columns, the
-call the daemon's tick makes. Printed: the median wall time of a whole read in ms with its range, and the user and
-system CPU of the median read (os.times: the process and its ended threads, which read the long dumps). The
-kernel's dump of a hash set walks it from the start for each batch it fills (nft_rhash_walk skips what it has
-sent), so one set's read grows with the square of its size; shards divide that term by their number.
+declaration, each of size `--total` / shards, as govern declares them: the size also sets the kernel's first hash
+table, which a dump walks whole, empty buckets included), filled with that many IPv4 hosts dealt over them in turn,
+each element with a counter as the kernel's `update @set { ip saddr counter }` leaves it; then `--reps` reads of
+every set with NftNetlink.count_columns, the call the daemon's tick makes. Printed: the median wall time of a
+whole read in ms with its range, and the user and system CPU of the median read (os.times: the process and its
+ended threads, which read the long dumps). The kernel's dump of a hash set walks it from the start for each batch
+it fills (nft_rhash_walk skips what it has sent), so one set's read grows with the square of its size; shards
+divide that term by their number.
 """
 
 from __future__ import annotations
@@ -32,10 +35,10 @@ from tests.netns import Netns, entered, new_name, sh  # noqa: E402
 BASE = 0x0A000000  # 10.0.0.0: the namespace is the bench's own, nothing routes there
 
 
-def fill(ns: Netns, size: int, shards: int) -> None:
+def fill(ns: Netns, size: int, shards: int, bound: int) -> None:
     sets = [f"seen4_{i}" for i in range(shards)]
     decl = "".join(
-        f"set {name} {{ type ipv4_addr; size 262144; flags dynamic,timeout; timeout 10m; }}\n" for name in sets
+        f"set {name} {{ type ipv4_addr; size {bound}; flags dynamic,timeout; timeout 10m; }}\n" for name in sets
     )
     lines = [f"delete table inet govern\ntable inet govern {{\n{decl}}}\n"]
     for i, name in enumerate(sets):
@@ -54,7 +57,7 @@ def read(ns: Netns, size: int, shards: int, reps: int) -> tuple[list[float], tup
     with entered(ns.name), NftNetlink() as nl:
         for _ in range(reps):
             t0, c0 = time.perf_counter(), os.times()
-            got = sum(len(nl.count_columns(f"seen4_{i}", 4, 32)) for i in range(shards))
+            got = len(nl.count_columns([f"seen4_{i}" for i in range(shards)], 4, 32))
             c1 = os.times()
             walls.append((time.perf_counter() - t0) * 1000)
             cpu.append(((c1.user - c0.user) * 1000, (c1.system - c0.system) * 1000))
@@ -66,11 +69,14 @@ def read(ns: Netns, size: int, shards: int, reps: int) -> tuple[list[float], tup
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--sizes", type=int, nargs="+", default=[10000, 30000, 100000, 250000])
-    ap.add_argument("--shards", type=int, nargs="+", default=[1, 4, 16, 64])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[0, 2000, 100000, 250000])
+    ap.add_argument("--shards", type=int, nargs="+", default=[1, 4, 8, 16])
     ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument(
+        "--total", type=int, default=262144, help="what the shards hold in all (each declared with its share)"
+    )
     args = ap.parse_args()
-    if any(n > 262144 * min(args.shards) for n in args.sizes):
+    if any(n > args.total for n in args.sizes):
         sys.exit("bench_shards: a size larger than the sets hold")
     print(machine())
     ns = Netns(new_name("shards"))
@@ -79,7 +85,7 @@ def main() -> None:
         print(f"{'size':>8} {'shards':>6} {'read ms (median, range)':>28} {'user ms':>8} {'sys ms':>7}")
         for size in args.sizes:
             for shards in args.shards:
-                fill(ns, size, shards)
+                fill(ns, size, shards, args.total // shards)
                 walls, (user, system) = read(ns, size, shards, args.reps)
                 span = f"{statistics.median(walls):.1f} ({min(walls):.1f}-{max(walls):.1f})"
                 print(f"{size:>8,} {shards:>6} {span:>28} {user:>8.0f} {system:>7.0f}", flush=True)

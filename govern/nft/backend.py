@@ -230,11 +230,7 @@ class NftBackend:
         mark = self.nl.counter_packets(ATTEMPTS)
         # As columns: the rate window takes them as they are (govern.keys.Counted; docs/benchmarks.md, "Memory").
         counts = Counted.concat(
-            [
-                self.nl.count_columns(name, v, plen)
-                for v, plen in ((4, self.v4_len), (6, self.v6_len))
-                for name in seen_sets(v)
-            ]
+            [self.nl.count_columns(seen_sets(v), v, plen) for v, plen in ((4, self.v4_len), (6, self.v6_len))]
         )
         self._counted_at = mark
         return counts
