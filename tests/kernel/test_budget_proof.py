@@ -321,14 +321,38 @@ def listening(lab: Lab) -> socket.socket:
     return mta
 
 
-def at_once(src: str, n: int = 2) -> list[socket.socket | None]:
-    """`n` connections from `src` opened together, as a program opens them (each a few ms after the other)."""
+def at_once(src: str, n: int = 2, gap: float = 0.05) -> list[socket.socket | None]:
+    """`n` connections from `src` opened together, as a program opens them (each a few ms after the other), or
+    `gap` seconds apart."""
     with ThreadPoolExecutor(n) as pool:
         opened = []
         for _ in range(n):
             opened.append(pool.submit(attempt, src))
-            time.sleep(0.05)
+            time.sleep(gap)
         return [f.result() for f in opened]
+
+
+def test_only_connections_at_once_make_a_never_seen_source_a_crowd(lab: Lab, tmp_path: Path) -> None:
+    """A swarm's source opens its sessions together; a sender the host has never seen that sends its next message
+    while its first contact is still pending (its first SYN dropped, the retransmission a second later) is not a
+    crowd, and both its connections get through."""
+    srv = SmtpListener(lab.mx, 25)
+    held: list[socket.socket] = []
+    cfg = write_config(tmp_path, "[wave]\nslot_budget = 9\n[cut]\nenabled = false\n")
+    try:
+        with running(lab.mx, cfg):
+            assert govern(lab.mx, "wave", "on", "--for", "2m", "--config", str(cfg)).returncode == 0
+            with lab.net.entered():
+                later = at_once("198.51.100.70", gap=0.7)  # the second 0.7 s on: the first still pending
+                together = at_once("198.51.100.71")
+            held += [c for c in later + together if c is not None]
+            assert all(later), later
+            crowds = nft_set(lab.mx, "crowd4")
+            assert "198.51.100.70" not in crowds and "198.51.100.71" in crowds, crowds
+    finally:
+        for c in held:
+            c.close()
+        srv.close()
 
 
 def test_a_crowds_first_contacts_take_only_their_part_of_the_first_contacts_lane(lab: Lab, tmp_path: Path) -> None:
