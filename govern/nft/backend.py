@@ -236,8 +236,9 @@ class NftBackend:
         return counts
 
     def syn_counts_unchanged(self) -> bool:
-        # The counter counts in the very rules that update the counting sets (govern/nft/ruleset.py), so while it stands
-        # still no element's counter has moved; elements may only have timed out, which the next read shows.
+        # The counter counts in the rule that sends each new connection to its shard's count (govern/nft/ruleset.py),
+        # so while it stands still no element's counter has moved; elements may only have timed out, which the next
+        # read shows.
         return self._counted_at is not None and self.nl.counter_packets(ATTEMPTS) == self._counted_at
 
     def attempts(self) -> int | None:

@@ -818,8 +818,8 @@ class NftNetlink:
 
     def count_columns(self, sets: Sequence[str], version: int, plen: int) -> Counted:
         """`dump_counts` of the shards of one family's counting set, as the tick reads them: the packets per source
-        group of `plen` bits, as columns. One parser takes every shard's dump, so the columns are made once, not
-        once a shard (~0.1 ms each: the better part of a read of 16 small shards)."""
+        group of `plen` bits, as columns. One parser takes every shard's dump, so the columns are made once a family,
+        not once a shard (~0.1 ms each time, which many small shards would pay on every read)."""
         return self._counted(sets, lambda parser: parser.columns(version, plen))
 
     def _counted(self, sets: Sequence[str], read: Callable[[CountParser], _T]) -> _T:

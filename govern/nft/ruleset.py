@@ -95,9 +95,9 @@ SEEN_SIZE = 262144
 # sent), so a read of n elements costs ~n^2: in 4 shards a quarter of that (100k sources 0.95 -> 0.23 s a read, 250k
 # 6.8 -> 1.6 s). Not more: a shard's size is also the kernel's first guess at its hash table, which every dump walks
 # whole, and a shard of 65,536 (as one set of 262,144) starts small, where one of 32,768 starts with 64k buckets: an
-# empty shard's dump then costs 0.1-0.15 ms, not 0.02, and a host's few hundred sources cost 6.8 ms a read in 8
-# shards against 4.6 in 4 or in one set (docs/benchmarks.md, "Counting sets in shards"). Together they hold
-# SEEN_SIZE, as one set did.
+# empty shard's dump then costs 0.1-0.15 ms, not 0.02, and 2,000 sources cost 6.4-6.8 ms a read in 8 or 16 shards
+# against 4.6 in 4 or in one set (docs/benchmarks.md, "Counting sets in shards"). Together they hold SEEN_SIZE, as
+# one set did.
 SEEN_SHARDS = 4
 # Fixed: without a seed the kernel draws one per rule, and a reload of the rules would move a source to another
 # shard while the old one still counts it.
