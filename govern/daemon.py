@@ -429,9 +429,11 @@ class Governor:
                 self.health.fail("cut-sessions", exc)
             else:
                 self.cut_sessions += sum(ended.values())
-                # A shed asks each single session's socket: only the sources that lost one are events.
-                self._note_cuts(tuple(c for c in plan.cuts if not c.shed or ended.get(c.prefix)), now)
-                self.proving.revoke(plan.cuts, self.state.mode, now, self.store)
+                # A shed asks each single session's socket: only the sources that lost one are events, and only
+                # they lose their proof for it.
+                done = tuple(c for c in plan.cuts if not c.shed or ended.get(c.prefix))
+                self._note_cuts(done, now)
+                self.proving.revoke(done, self.state.mode, now, self.store)
         # The mode's sysctls after the cuts: a wave switches tcp_abort_on_overflow on, which resets a handshake
         # that meets a full accept queue, an allowlisted relay's too; the wave's first shedding empties the queue
         # the flood filled, so the switch comes once it has (the lab saw the trusted relay reset once, 0.2 s into

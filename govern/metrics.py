@@ -25,7 +25,6 @@ from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
 from govern import __version__
-from govern.core.decide import strangers_holding
 from govern.core.modes import measure
 from govern.core.policy import Policy
 from govern.core.reasons import (
@@ -38,6 +37,7 @@ from govern.core.reasons import (
     mode_cause,
     reason_class,
 )
+from govern.core.shedding import strangers_holding
 from govern.daemon import TICK_BUCKETS
 from govern.errors import GovernError
 from govern.model import Block, Mode, ModeState, Snapshot, Tarpitted, Throttle, holding

@@ -305,7 +305,8 @@ class Cut:
     only sessions not past the greeting, but with `past` any session that has not advanced for the wait, and with
     `loops` any whose server answered at least that many commands while its client sent no message (`loops` below),
     and with `stale_ms` any greeted that long ago, whose client has sent no message and is keeping the server waiting
-    (`no_message` below)."""
+    (`no_message` below). A shed that `unproves` takes the source's proof when it ends a session (a loop of a
+    source proven during the wave: govern.core.shedding.young_loops); any other shed leaves proof alone."""
 
     prefix: Prefix
     idle_ms: int
@@ -316,6 +317,7 @@ class Cut:
     loops: int = 0
     stale_ms: int = 0
     behind: bool = False
+    unproves: bool = False
 
     def shedding(self) -> Shed:
         """What the socket edge is asked for a shed cut: its wait and every question it carries."""

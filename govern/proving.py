@@ -11,7 +11,7 @@ from dataclasses import replace
 
 from govern.addr import Prefix, PrefixSet
 from govern.allow.learning import TrustSources
-from govern.core.proof import REVOKED_FOR, UNPROVEN_REASON, proof_lost, withheld, young
+from govern.core.proof import REVOKED_FOR, proof_lost, withheld, young
 from govern.edges import Enforcer, StateStore
 from govern.errors import GovernError
 from govern.health import Health
@@ -146,19 +146,22 @@ class Proving:
         store has an event for `govern why`."""
         if self.trust is None:
             return
-        lost = proof_lost(cuts, self.trust.first, mode)
-        if not lost:
+        why = proof_lost(cuts, self.trust.first, mode)
+        if not why:
             return
+        lost = list(why)
         self.trust.revoke(lost, now, REVOKED_FOR)
         self._released.difference_update(lost)
         self.revoked += len(lost)
-        log.info("proof revoked (proven during the wave, then cut for silence): %s", ", ".join(map(str, lost[:10])))
+        log.info(
+            "proof revoked (proven during the wave, then cut): %s", ", ".join(f"{p} ({why[p]})" for p in lost[:10])
+        )
         try:
             self.enforcer.unprove(lost)
         except GovernError as exc:
             self.health.fail("trust", exc)
         try:
-            store.note("unproven", [(p, UNPROVEN_REASON) for p in lost], now)
+            store.note("unproven", list(why.items()), now)
         except GovernError as exc:
             self.health.fail("store", exc)
 

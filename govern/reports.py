@@ -11,8 +11,9 @@ from typing import TYPE_CHECKING, Any
 from govern import protocol, why
 from govern.addr import Prefix, PrefixSet, group_key
 from govern.allow.entries import AllowEntry, by_prefix
-from govern.core.decide import most_prolific, strangers_holding
+from govern.core.decide import most_prolific
 from govern.core.fleet import from_fleet
+from govern.core.shedding import strangers_holding
 from govern.errors import GovernError
 from govern.model import Block, SessionInfo, State, holding
 

@@ -11,8 +11,9 @@ from typing import TYPE_CHECKING, Any
 
 from govern import protocol, reports, why
 from govern.config import too_wide_to_allow
-from govern.core.decide import manual_block, manual_unblock, release_allowlisted, strangers_holding
+from govern.core.decide import manual_block, manual_unblock, release_allowlisted
 from govern.core.modes import wave_off, wave_on
+from govern.core.shedding import strangers_holding
 from govern.durations import format_duration
 from govern.errors import RefusedError, StoreError, UsageError
 from govern.model import Mode, Plan

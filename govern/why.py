@@ -29,6 +29,7 @@ from govern.addr import Prefix, group_key
 from govern.core.decide import Limits
 from govern.core.fleet import from_fleet
 from govern.core.policy import Policy
+from govern.core.proof import UNPROVEN_LOOP_REASON
 from govern.durations import format_duration
 from govern.errors import UsageError
 from govern.model import Event, Mode, Offender, SessionInfo, SourceStats, State
@@ -546,14 +547,25 @@ def _figures(ev: Evidence, *, behaviour: bool) -> Iterable[Advice]:
 def _proof_lost(ev: Evidence) -> Iterable[Advice]:
     """A proof revoked in a wave: said whatever else is in force (the cut that revoked it throttles the source)."""
     unproven = [e for e in ev.events if e.kind == "unproven"]
-    if unproven:
+    if not unproven:
+        return
+    last = unproven[0]
+    if last.reason == UNPROVEN_LOOP_REASON:
         yield Advice(
             "unproven",
-            f"during a flood a message of yours was accepted and then your session was held open without a word "
-            f"until we ended it ({_ago(ev, unproven[0].at)}): your address lost, for an hour, the standing a "
-            "delivery gives, so its connections wait with every sender we do not know; QUIT when done, or send the "
-            "next message at once",
+            f"during a flood we accepted your commands and then your session kept us answering more of them with no "
+            f"message until we ended it ({_ago(ev, last.at)}): your address lost, for an hour, the standing our "
+            "answers gave it, so its connections wait with every sender we do not know; send your message within a "
+            "few commands (pipeline MAIL, RCPT and DATA) and QUIT when done",
         )
+        return
+    yield Advice(
+        "unproven",
+        f"during a flood a message of yours was accepted and then your session was held open without a word "
+        f"until we ended it ({_ago(ev, last.at)}): your address lost, for an hour, the standing a "
+        "delivery gives, so its connections wait with every sender we do not know; QUIT when done, or send the "
+        "next message at once",
+    )
 
 
 def _history(ev: Evidence, *, behaviour: bool) -> Iterable[Advice]:

@@ -8,7 +8,10 @@ sessions are cut for want of progress, and whose first proof came during the wav
 first second comes before the first tick that sees it), loses its proof, and nothing proves it again for
 `REVOKED_FOR`: its next connections are a stranger's again, held to the budget, and a second cut blocks it. Proof
 from before the wave is not taken away: a known relay's session that idles past the wave's patience is cut, as any.
-Until it is cut, such a source gets no more patience for silence than a stranger (`young`).
+Until it is cut, such a source gets no more patience for silence than a stranger (`young`). The kernel's count of
+replies proves a source without a message (the banner and three positive answers), so a loop of accepted commands
+proves itself; such a source's session that loops with no message is shed and takes its proof
+(govern.core.shedding.young_loops).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ YOUNG_BEFORE_WAVE = 60.0
 # How long nothing proves a source that lost its proof again: longer than a wave lasts on its own.
 REVOKED_FOR = 3600.0
 UNPROVEN_REASON = "proven during a wave, then its session held without progress until cut"
+UNPROVEN_LOOP_REASON = "proven during a wave, then its session kept the server answering with no message until cut"
 
 
 FirstProof = Callable[[Prefix], float | None]
@@ -52,7 +56,9 @@ def withheld(delivered: Iterable[Prefix], first_proof: FirstProof, mode: ModeSta
     return {p for p in young(delivered, first_proof, mode) if p in crowds}
 
 
-def proof_lost(cuts: Sequence[Cut], first_proof: FirstProof, mode: ModeState) -> list[Prefix]:
-    """The cut sources whose proof goes: in a wave, those whose trust is the wave's own."""
-    lost = young((c.prefix for c in cuts if not c.shed), first_proof, mode)
-    return [c.prefix for c in cuts if c.prefix in lost]
+def proof_lost(cuts: Sequence[Cut], first_proof: FirstProof, mode: ModeState) -> dict[Prefix, str]:
+    """The cut sources whose proof goes, each with why: in a wave, those whose trust is the wave's own, cut for
+    silence, or shed for a loop (`Cut.unproves`; the caller passes only the sheds that ended a session)."""
+    judged = [c for c in cuts if not c.shed or c.unproves]
+    lost = young((c.prefix for c in judged), first_proof, mode)
+    return {c.prefix: UNPROVEN_LOOP_REASON if c.unproves else UNPROVEN_REASON for c in judged if c.prefix in lost}

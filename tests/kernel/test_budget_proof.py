@@ -832,10 +832,64 @@ def test_a_wave_over_its_budget_sheds_a_session_that_loops_and_spares_a_sender_i
             punished = nft_set(lab.mx, "tight4") | nft_set(lab.mx, "throttle4") | nft_set(lab.mx, "block4")
             assert not punished & {"198.18.43.1", "198.51.100.43"}, punished
             why = json.loads(govern(lab.mx, "why", "198.18.43.1", "--json", "--config", str(cfg)).stdout)
+            # A stranger's shed, or, if the daemon read the kernel's proof of it first (four positive replies: a
+            # race with the sixth), the shed of a loop proven in the wave (the next test makes that one sure).
             loop = [a["text"] for a in why["advice"] if a["rule"] == "shed"]
-            assert loop and "kept us answering commands with no message" in loop[0], why["advice"]
+            assert loop and "kept us answering commands" in loop[0] and "with no message" in loop[0], why["advice"]
     finally:
         stop.set()
+        for c in held:
+            c.close()
+        srv.close()
+
+
+def test_a_loop_proven_by_the_kernels_count_of_replies_in_a_wave_is_shed_and_loses_its_proof(
+    lab: Lab, tmp_path: Path
+) -> None:
+    # Where govern follows no MTA log, the kernel proves a source by its server's positive replies: the banner and
+    # three answers. A looper whose recipients are accepted has them in its first second; trusted, it passed the
+    # budget and held its slot for the whole wave. Proven in the wave, its loop is asked the loop's questions all
+    # the same (cut.loop_replies: 6), and the shed takes its proof.
+    srv = SmtpListener(lab.mx, 25)
+    cfg = write_config(tmp_path, "[wave]\nslot_budget = 1\n[cut]\nenabled = false\n")
+    held: list[socket.socket] = []
+    try:
+        with running(lab.mx, cfg) as d:
+            assert govern(lab.mx, "wave", "on", "--for", "2m", "--config", str(cfg)).returncode == 0
+            with lab.net.entered():
+                looper = connect("198.18.43.1", MX4, 25)  # in the wave: it takes the budget's one slot
+            held.append(looper)
+            looper.settimeout(5)
+            assert looper.recv(100).startswith(b"220")
+            commands = iter([b"EHLO l.example\r\n", *(f"RCPT TO:<r{k}@lab.test>\r\n".encode() for k in range(40))])
+            replies = 0
+
+            def say() -> bool:
+                nonlocal replies
+                looper.sendall(next(commands))
+                if not looper.recv(100):
+                    return False
+                replies += 1
+                return True
+
+            for _ in range(3):  # EHLO and two recipients: with the banner, the kernel's proof
+                assert say()
+            assert wait_for(lambda: "198.18.43.1" in nft_set(lab.mx, "proven4"), timeout=5)
+            assert wait_for(lambda: d.status()["trust"]["trusted"] >= 1, timeout=5), d.status()["trust"]
+            with contextlib.suppress(OSError):
+                while replies < 40 and say():
+                    time.sleep(0.3)
+            assert 6 <= replies < 15, replies
+            assert established(lab.mx, "198.18.43.1") == 0
+            assert wait_for(lambda: "198.18.43.1" not in nft_set(lab.mx, "proven4"), timeout=5)
+            assert d.status()["trust"]["revoked"] == 1
+            # Shedding judges nothing: no throttle, no block; the operator hears why it lost its standing.
+            punished = nft_set(lab.mx, "tight4") | nft_set(lab.mx, "throttle4") | nft_set(lab.mx, "block4")
+            assert "198.18.43.1" not in punished, punished
+            why = json.loads(govern(lab.mx, "why", "198.18.43.1", "--json", "--config", str(cfg)).stdout)
+            lost = [a["text"] for a in why["advice"] if a["rule"] == "unproven"]
+            assert lost and "kept us answering more of them with no message" in lost[0], why["advice"]
+    finally:
         for c in held:
             c.close()
         srv.close()

@@ -7,7 +7,7 @@ from govern.addr import Prefix
 from govern.allow.learning import TrustSources
 from govern.allow.spec import TrustSpec
 from govern.allow.trust import Trust
-from govern.core.proof import YOUNG_BEFORE_WAVE, proof_lost, withheld, young
+from govern.core.proof import UNPROVEN_LOOP_REASON, UNPROVEN_REASON, YOUNG_BEFORE_WAVE, proof_lost, withheld, young
 from govern.model import Cut, Mode, ModeState
 
 WAVE = ModeState(Mode.WAVE, since=10_000.0)
@@ -21,9 +21,17 @@ def cut(p: Prefix, shed: bool = False) -> Cut:
 
 def test_in_a_wave_only_proof_younger_than_the_wave_goes_with_a_cut() -> None:
     cuts = [cut(BOT), cut(RELAY), cut(EDGE), cut(STRANGER)]
-    assert proof_lost(cuts, FIRST.get, WAVE) == [BOT, EDGE]
-    assert proof_lost([cut(BOT, shed=True)], FIRST.get, WAVE) == []  # a shed judges nothing the source did
-    assert proof_lost(cuts, FIRST.get, ModeState(Mode.ELEVATED, since=10_000.0)) == []
+    assert proof_lost(cuts, FIRST.get, WAVE) == {BOT: UNPROVEN_REASON, EDGE: UNPROVEN_REASON}
+    assert proof_lost([cut(BOT, shed=True)], FIRST.get, WAVE) == {}  # a shed judges nothing the source did
+    assert proof_lost(cuts, FIRST.get, ModeState(Mode.ELEVATED, since=10_000.0)) == {}
+
+
+def test_a_young_sources_loop_shed_takes_its_proof_with_the_loops_reason() -> None:
+    def loop(p: Prefix) -> Cut:
+        return Cut(p, 0, "looping", shed=True, loops=6, unproves=True)
+
+    assert proof_lost([loop(BOT), loop(RELAY)], FIRST.get, WAVE) == {BOT: UNPROVEN_LOOP_REASON}  # RELAY: proven before
+    assert proof_lost([loop(BOT)], FIRST.get, ModeState(Mode.ELEVATED, since=10_000.0)) == {}
 
 
 def test_in_a_wave_a_crowds_young_proof_is_withheld_from_the_kernel() -> None:

@@ -468,6 +468,36 @@ def test_over_the_budget_each_shed_also_asks_whether_the_session_loops() -> None
     assert {c.loops for c in decide(replace(snap(early | later), slotted=10), state, off, NOW + 1).cuts} == {0}
 
 
+def test_while_the_budget_is_pressed_a_source_proven_during_the_wave_is_asked_whether_it_loops() -> None:
+    # The kernel's count of replies proves a loop of accepted recipients after the banner and three answers; trusted,
+    # it passed the budget and held its slot for the whole wave. Proven during the wave, its sessions are asked the
+    # loop's questions (nothing else: a wait of 0), and a session that went takes its proof (`unproves`).
+    pol = policy(wave={"slot_budget": 1, "top_n": 0}, cut={"enabled": False})
+    looper, sender, relay = (Prefix.parse(f"198.51.100.{n}") for n in (43, 44, 7))
+    sources = {p: SourceStats(held=1, established=1) for p in (looper, sender, relay)}
+    trusted = frozenset({looper, sender, relay})
+    young = replace(snap(sources, trusted), young=frozenset({looper, sender}), slotted=1)  # the relay's is older
+    cuts = decide(young, wave_state(), pol, NOW).cuts
+    assert {c.prefix for c in cuts} == {looper, sender}
+    assert all(c.shed and c.unproves and c.loops == 6 and c.stale_ms == 10_000 and c.idle_ms == 0 for c in cuts)
+    assert all(not (c.queued or c.past or c.behind) for c in cuts)
+    assert cuts[0].reason.startswith("its session looping with no message")
+    # Room in the budget: nothing is asked. Allowlisted: never. Acted on by the silence cut first: left to it.
+    roomy = replace(young, sources={looper: SourceStats(held=1, established=1)}, slotted=0)
+    assert decide(roomy, wave_state(), pol, NOW).cuts == ()
+    allowed = policy(wave={"slot_budget": 1, "top_n": 0}, cut={"enabled": False}, allow={"cidrs": ["198.51.100.43"]})
+    assert {c.prefix for c in decide(young, wave_state(), allowed, NOW).cuts} == {sender}
+    # Strangers' sessions over the budget are shed as before, and the young loops asked beside them.
+    crowd = {src(i): SourceStats(held=2, established=2) for i in range(3)}
+    over = replace(young, sources=sources | crowd, slotted=1)
+    both = decide(over, wave_state(), pol, NOW).cuts
+    assert {c.prefix for c in both if c.unproves} == {looper, sender}
+    assert {c.prefix for c in both if not c.unproves} and not {c.prefix for c in both if not c.unproves} & trusted
+    # No loop question asked at all (both off): none for them either.
+    off = policy(wave={"slot_budget": 1, "top_n": 0}, cut={"enabled": False, "loop_replies": 0, "loop_after": "off"})
+    assert not [c for c in decide(young, wave_state(), off, NOW).cuts if c.unproves]
+
+
 def test_a_session_loops_when_its_server_answered_commands_and_its_client_sent_no_message() -> None:
     from govern.model import loops
 
