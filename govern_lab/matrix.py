@@ -86,6 +86,9 @@ class Scenario:
     unanswered: tuple[str, ...] = ()
     tls: bool = False  # smtpd offers STARTTLS (govern_lab.postfix.TLS_CF)
     about: str = ""
+    # Appended to govern's config in its column: a host govern sees differently, not a different flood (the peers
+    # read the same Postfix as ever).
+    govern: str = ""
 
 
 def _bot(role: str, *args: str) -> Bot:
@@ -142,6 +145,14 @@ MATRIX: tuple[Scenario, ...] = (
         (_bot("slowtalk", "--sources", SWARMS, "--count", "3000", "--per-source", "1", "--ramp", "10", *LOOPING),),
         about="3,000 loopers arriving over 10 s, one session each, as a sender opens one: a session that advances "
         "and never ends a transaction, and no second one for the shedding of holders to take",
+    ),
+    Scenario(
+        "unlogged-loopers",
+        (_bot("slowtalk", "--sources", SWARMS, "--count", "3000", "--per-source", "1", "--ramp", "10", *LOOPING),),
+        govern='[trust]\npostfix_log = ""\n',
+        about="the lone-loopers against a host whose MTA log govern does not follow (an Exim, a Postfix logging to "
+        "the journal only): the kernel's count of replies proves a source, and a looper's accepted recipients "
+        "prove it in its first second",
     ),
     Scenario(
         "slow-loopers",
@@ -414,7 +425,7 @@ def run_cell(
         with pf, contextlib.ExitStack() as stack:
             if scn.unanswered:
                 _unanswered(lab, scn.unanswered)
-            pid = stack.enter_context(_govern(lab, work)) if peer == "govern" else None
+            pid = stack.enter_context(_govern(lab, work, extra=scn.govern)) if peer == "govern" else None
             block_sets: tuple[tuple[str, str, str], ...] = ()
             if peer == "fail2ban":
                 stack.enter_context(Fail2ban(lab, work / "fail2ban", pf.log_path))

@@ -5,10 +5,12 @@ delivery) and the table."""
 from __future__ import annotations
 
 import ipaddress
+import tomllib
 from typing import Any
 
 import pytest
 
+from govern import config
 from govern_lab import matrix as mx
 from govern_lab import report
 from govern_lab.addresses import BOT_RANGES
@@ -18,7 +20,8 @@ from govern_lab.traffic import bots, command, sources
 
 def test_the_matrix_has_the_scenarios_asked_for() -> None:
     assert list(mx.SCENARIOS) == [
-        "silent", "lone", "drip", "babble", "slowtalk", "loopers", "lone-loopers", "slow-loopers", "tls-loopers",
+        "silent", "lone", "drip", "babble", "slowtalk", "loopers", "lone-loopers", "unlogged-loopers", "slow-loopers",
+        "tls-loopers",
         "provers", "lone-provers", "rcpt-provers", "deliverers", "quitters", "pretalk",
         "reconnect", "ipv6", "synflood", "mixed", "postscreen",
     ]  # fmt: skip
@@ -31,6 +34,13 @@ def test_the_matrix_has_the_scenarios_asked_for() -> None:
     assert mx.SCENARIOS["synflood"].unanswered == ("198.18.128.0/17",)
     assert all(s.about for s in mx.MATRIX)
     assert {b.role for b in mx.SCENARIOS["provers"].bots} == {"prove"}
+    # A setting of govern's, not another flood: the lone-loopers against a govern that follows no MTA log, so the
+    # kernel's count of replies proves sources; govern's config takes it, and no other scenario sets anything.
+    unlogged = mx.SCENARIOS["unlogged-loopers"]
+    assert unlogged.bots == mx.SCENARIOS["lone-loopers"].bots
+    assert tomllib.loads(unlogged.govern) == {"trust": {"postfix_log": ""}}
+    assert config.from_mapping(tomllib.loads(unlogged.govern))["trust"]["postfix_log"] == ""
+    assert [s.name for s in mx.MATRIX if s.govern] == ["unlogged-loopers"]
 
 
 @pytest.mark.parametrize("scn", mx.MATRIX, ids=lambda s: s.name)
