@@ -41,6 +41,9 @@ class FakeSockets:
     cuts: list[dict[Prefix, int]] = field(default_factory=list)
     shed: list[dict[Prefix, Shed]] = field(default_factory=list)  # each call's sources to shed
     live: list[SessionInfo] = field(default_factory=list)
+    # Sessions of each source that loop with no message (govern.model.loops): a shed that asks the loop's question
+    # ends them.
+    looping: dict[Prefix, int] = field(default_factory=dict)
     scanner: str = "fake"
     listening: tuple[ListenerStats, ...] = ()  # what `listeners` reads between ticks
 
@@ -69,11 +72,18 @@ class FakeSockets:
         pregreet_cut: bool = False,
     ) -> dict[Prefix, int]:
         """Ends the idle sockets of each source whose longest wait reaches its threshold; the fake knows no accept
-        queue nor greetings, so the sources to `shed` are only recorded."""
+        queue nor greetings, so of the sources to `shed` only the `looping` sessions a loop's question takes end;
+        every shed is recorded."""
         self.cuts.append(dict(idle_ms))
         if shed:
             self.shed.append(dict(shed))
         ended: dict[Prefix, int] = {}
+        for p, how in (shed or {}).items():
+            n, c = self.looping.get(p, 0), self.sources.get(p)
+            if n and (how.loops or how.stale_ms) and c is not None:
+                ended[p] = n
+                del self.looping[p]
+                self.sources[p] = c._replace(held=c.held - n, established=c.established - n)
         for p, ms in idle_ms.items():
             c = self.sources.get(p)
             if c is not None and c.idle and c.max_idle_ms >= ms:

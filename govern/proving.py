@@ -153,9 +153,10 @@ class Proving:
         self.trust.revoke(lost, now, REVOKED_FOR)
         self._released.difference_update(lost)
         self.revoked += len(lost)
-        log.info(
-            "proof revoked (proven during the wave, then cut): %s", ", ".join(f"{p} ({why[p]})" for p in lost[:10])
-        )
+        for reason in sorted(set(why.values())):
+            of = [p for p in lost if why[p] == reason]
+            more = f" and {len(of) - 10} more" if len(of) > 10 else ""
+            log.info("proof revoked (%s): %s%s", reason, ", ".join(map(str, of[:10])), more)
         try:
             self.enforcer.unprove(lost)
         except GovernError as exc:

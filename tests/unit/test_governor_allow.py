@@ -14,6 +14,7 @@ from govern import config, reports
 from govern.addr import Prefix
 from govern.allow.learning import TrustSources
 from govern.allow.sources import AllowSources
+from govern.core.proof import UNPROVEN_LOOP_REASON
 from govern.daemon import Governor
 from govern.fakes import FakeClock, FakeCounters, FakeEnforcer, FakeResolver, FakeSockets, InlineExecutor
 from govern.model import SockCounts
@@ -24,9 +25,10 @@ PARTNER = Prefix.parse("192.0.2.77")
 
 
 def make(
-    tmp_path: Path, allow: dict[str, object], trust: dict[str, object] | None = None
+    tmp_path: Path, allow: dict[str, object], trust: dict[str, object] | None = None, **sections: dict[str, object]
 ) -> tuple[Governor, FakeSockets, FakeEnforcer, FakeClock, FakeResolver]:
-    cfg = config.from_mapping({"allow": allow, "trust": trust or {}, "daemon": {"state_dir": str(tmp_path / "state")}})
+    state = {"state_dir": str(tmp_path / "state")}
+    cfg = config.from_mapping({"allow": allow, "trust": trust or {}, "daemon": state, **sections})
     socks, enf, clock, dns = FakeSockets(), FakeEnforcer(), FakeClock(), FakeResolver()
     sources = AllowSources(cfg.allow_section(), dns, InlineExecutor())
     gov = Governor(
@@ -171,6 +173,38 @@ def test_in_a_wave_a_source_that_delivered_then_stalled_loses_its_proof(tmp_path
     gov.tick()
     assert bot not in enf.log_proven and not gov.trust.trusted().covers(bot)
     assert reports.status(gov)["proof_revoked"] == 1 and reports.status(gov)["trust"]["revoked"] == 1
+
+
+def test_in_a_wave_a_loop_the_kernel_proved_is_shed_and_its_source_unproven_only_once_a_session_went(
+    tmp_path: Path,
+) -> None:
+    """No log followed: the kernel's count of replies proves a looper whose recipients are accepted. While the budget
+    is full, its sessions are asked the loop's questions; the proof goes only with a session that went (a shed that
+    found no loop takes nothing), and `govern why` is told it was a loop."""
+    gov, socks, enf, clock, _dns = make(tmp_path, {}, {"postfix_log": ""}, wave={"slot_budget": 2})
+    gov.start()
+    looper, sender = Prefix.parse("198.51.100.66"), Prefix.parse("198.51.100.67")
+    assert gov.handle({"cmd": "wave", "action": "on", "duration": "10m"})["ok"]
+    enf.delivering |= {looper, sender}  # the kernel proved both in the wave
+    enf.slots = 2  # strangers' connections fill the budget
+    busy = SockCounts(held=1, established=1, syn_recv=0, idle=0, max_idle_ms=0)
+    socks.sources = {looper: busy, sender: busy}
+    clock.advance(3)
+    gov.tick()
+    assert gov.trust is not None and gov.trust.trusted().covers(looper) and gov.trust.trusted().covers(sender)
+    clock.advance(1)
+    gov.tick()  # both asked; neither loops yet
+    asked = socks.shed[-1]
+    assert set(asked) == {looper, sender} and all(s.loops == 6 and s.wait_ms == 0 for s in asked.values())
+    assert gov.proving.revoked == 0 and gov.trust.trusted().covers(looper)
+    socks.looping[looper] = 1
+    clock.advance(1)
+    gov.tick()
+    assert gov.proving.revoked == 1 and looper not in enf.delivering and not gov.trust.trusted().covers(looper)
+    assert gov.trust.trusted().covers(sender) and sender in enf.delivering
+    unproven = [e for e in gov.store.events_about([looper]) if e.kind == "unproven"]
+    assert [e.reason for e in unproven] == [UNPROVEN_LOOP_REASON]
+    assert not [e for e in gov.store.events_about([sender]) if e.kind == "unproven"]
 
 
 def test_in_a_wave_a_crowds_first_proof_reaches_the_kernel_after_a_probation_or_the_waves_end(tmp_path: Path) -> None:
