@@ -50,7 +50,7 @@ class DryRun:
     def prove(self, sources: Mapping[Prefix, float]) -> None:
         self.inner.prove(sources)  # lets senders pass, as the allowlist does: nothing punitive
 
-    def unprove(self, sources: Sequence[Prefix]) -> None:
+    def unprove(self, sources: Sequence[Prefix], seconds: float) -> None:
         for p in sources:
             line = f"dry run: would take {p} out of the proven sets"
             self.logged.append(line)

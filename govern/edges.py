@@ -97,9 +97,9 @@ class Enforcer(Protocol):
         crowd4/crowd6, as source groups), where the backend has a wave's gate (empty elsewhere)."""
         ...
 
-    def unprove(self, sources: Sequence[Prefix]) -> None:
+    def unprove(self, sources: Sequence[Prefix], seconds: float) -> None:
         """Take source groups out of the kernel's proven sets (govern.core.proof: a bot that delivered, then
-        stalled)."""
+        stalled, or looped) and keep the kernel's count of replies from proving them again for `seconds`."""
         ...
 
     def attempts(self) -> int | None:

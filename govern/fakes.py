@@ -108,6 +108,7 @@ class FakeEnforcer:
     allow: set[Prefix] = field(default_factory=set)
     syn: dict[Prefix, int] = field(default_factory=dict)
     delivering: set[Prefix] = field(default_factory=set)  # what the kernel proved (proven4/proven6)
+    held_off: dict[Prefix, float] = field(default_factory=dict)  # unproven4/unproven6: no proof again, seconds
     proved_ago: dict[Prefix, float] = field(default_factory=dict)  # seconds since a delivering source's proof (0)
     log_proven: dict[Prefix, float] = field(default_factory=dict)  # what the daemon put in the proven sets, seconds
     crowd: set[Prefix] = field(default_factory=set)  # first contacts that came as a crowd in a wave (crowd4/crowd6)
@@ -177,10 +178,11 @@ class FakeEnforcer:
     def crowds(self) -> frozenset[Prefix]:
         return frozenset(self.crowd)
 
-    def unprove(self, sources: Sequence[Prefix]) -> None:
+    def unprove(self, sources: Sequence[Prefix], seconds: float) -> None:
         for p in sources:
             self.log_proven.pop(p, None)
             self.delivering.discard(p)
+            self.held_off[p] = seconds
 
     def proven(self) -> Sequence[tuple[Prefix, float]]:
         self.proven_reads += 1

@@ -158,7 +158,7 @@ class Proving:
             more = f" and {len(of) - 10} more" if len(of) > 10 else ""
             log.info("proof revoked (%s): %s%s", reason, ", ".join(map(str, of[:10])), more)
         try:
-            self.enforcer.unprove(lost)
+            self.enforcer.unprove(lost, REVOKED_FOR)
         except GovernError as exc:
             self.health.fail("trust", exc)
         try:

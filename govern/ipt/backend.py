@@ -99,7 +99,7 @@ class IptBackend:
     def prove(self, sources: Mapping[Prefix, float]) -> None:
         return None  # no gate and no budget to pass (docs/iptables.md)
 
-    def unprove(self, sources: Sequence[Prefix]) -> None:
+    def unprove(self, sources: Sequence[Prefix], seconds: float) -> None:
         return None
 
     def crowds(self) -> frozenset[Prefix]:

@@ -206,9 +206,12 @@ class NftBackend:
         ops = [ElemOp(False, f"proven{p.version}", p) for p, _ in live]
         self._commit(ops + [ElemOp(True, f"proven{p.version}", p, _ms(s)) for p, s in live])
 
-    def unprove(self, sources: Sequence[Prefix]) -> None:
-        # Deletes tolerate absence (an element may have lapsed a moment ago).
-        self._commit([ElemOp(False, f"proven{p.version}", p) for p in sources])
+    def unprove(self, sources: Sequence[Prefix], seconds: float) -> None:
+        # Deletes tolerate absence (an element may have lapsed a moment ago). The hold-off in the same transaction:
+        # the source's next dialogue would prove it again in the kernel, whatever the daemon's trust says.
+        ops = [ElemOp(False, f"proven{p.version}", p) for p in sources]
+        ops += [ElemOp(False, f"unproven{p.version}", p) for p in sources]
+        self._commit(ops + [ElemOp(True, f"unproven{p.version}", p, _ms(seconds)) for p in sources])
 
     def crowds(self) -> frozenset[Prefix]:
         elements = (e for name in ("crowd4", "crowd6") for e in self.nl.dump_set(name))

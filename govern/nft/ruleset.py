@@ -366,10 +366,13 @@ def ruleset(spec: FirewallSpec, *, enforce: bool = True, resize: Iterable[str] =
         for v, addr, d in ((4, "ip daddr", d4), (6, "ip6 daddr", d6)):
             counted = f"update @talk{v} {{ {addr} . tcp dport {count} }}"
             crowd_counted = f"update @talkc{v} {{ {addr} . tcp dport {crowd_count} }}"
+            # A source that lost its proof in a wave (govern.core.proof) is not proven again by its next dialogue
+            # while the daemon holds it off.
+            pushed_to = f"tcp sport @ports {pushed} {d} != @unproven{v} {addr}"
             proof += [
-                f"tcp sport @ports {pushed} {addr} != @gate{v} {counted} update @proven{v} {{ {d} }}",
-                f"tcp sport @ports {pushed} {addr} @gate{v} {d} != @crowd{v} {counted} update @proven{v} {{ {d} }}",
-                f"tcp sport @ports {pushed} {addr} @gate{v} {d} @crowd{v} {crowd_counted} update @proven{v} {{ {d} }}",
+                f"{pushed_to} != @gate{v} {counted} update @proven{v} {{ {d} }}",
+                f"{pushed_to} @gate{v} {d} != @crowd{v} {counted} update @proven{v} {{ {d} }}",
+                f"{pushed_to} @gate{v} {d} @crowd{v} {crowd_counted} update @proven{v} {{ {d} }}",
             ]
     # The verdicts, in chain `enforce`: one jump after the counting, so the port and the local-address lookups are
     # made once per packet, not again for each of the sets' parts.
@@ -406,6 +409,7 @@ def ruleset(spec: FirewallSpec, *, enforce: bool = True, resize: Iterable[str] =
     for v, typ in ((4, "ipv4_addr"), (6, "ipv6_addr")):
         dyn = f"size {SEEN_SIZE}; flags dynamic,timeout;"
         sets.append(f"set proven{v} {{ type {typ}; {dyn} timeout {PROVEN_TIMEOUT}; }}")
+        sets.append(f"set unproven{v} {{ type {typ}; flags timeout; }}")  # each element the daemon's own timeout
         sets.append(f"set talk{v} {{ type {typ} . inet_service; {dyn} timeout {TALK_TIMEOUT}; }}")
         sets.append(f"set talkc{v} {{ type {typ} . inet_service; {dyn} timeout {TALK_TIMEOUT}; }}")
         sets.append(f"set newsrc{v} {{ type {typ}; {dyn} timeout {NEWSRC_TIMEOUT}; }}")

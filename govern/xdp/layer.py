@@ -96,8 +96,8 @@ class XdpLayer:
     def prove(self, sources: Mapping[Prefix, float]) -> None:
         self.inner.prove(sources)
 
-    def unprove(self, sources: Sequence[Prefix]) -> None:
-        self.inner.unprove(sources)
+    def unprove(self, sources: Sequence[Prefix], seconds: float) -> None:
+        self.inner.unprove(sources, seconds)
 
     def crowds(self) -> frozenset[Prefix]:
         return self.inner.crowds()

@@ -883,6 +883,16 @@ def test_a_loop_proven_by_the_kernels_count_of_replies_in_a_wave_is_shed_and_los
             assert established(lab.mx, "198.18.43.1") == 0
             assert wait_for(lambda: "198.18.43.1" not in nft_set(lab.mx, "proven4"), timeout=5)
             assert d.status()["trust"]["revoked"] == 1
+            # Its next dialogue does not prove it again in the kernel while the daemon holds it off (an hour).
+            assert "198.18.43.1" in nft_set(lab.mx, "unproven4")
+            with lab.net.entered():
+                again = connect("198.18.43.1", MX4, 25)  # the slot it held is free again
+            held.append(again)
+            converse(
+                again, b"EHLO l.example", b"MAIL FROM:<a@x.example>", b"RCPT TO:<r@lab.test>", b"RCPT TO:<s@lab.test>"
+            )
+            time.sleep(0.5)
+            assert "198.18.43.1" not in nft_set(lab.mx, "proven4")
             # Shedding judges nothing: no throttle, no block; the operator hears why it lost its standing.
             punished = nft_set(lab.mx, "tight4") | nft_set(lab.mx, "throttle4") | nft_set(lab.mx, "block4")
             assert "198.18.43.1" not in punished, punished

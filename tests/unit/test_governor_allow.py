@@ -14,7 +14,7 @@ from govern import config, reports
 from govern.addr import Prefix
 from govern.allow.learning import TrustSources
 from govern.allow.sources import AllowSources
-from govern.core.proof import UNPROVEN_LOOP_REASON
+from govern.core.proof import REVOKED_FOR, UNPROVEN_LOOP_REASON
 from govern.daemon import Governor
 from govern.fakes import FakeClock, FakeCounters, FakeEnforcer, FakeResolver, FakeSockets, InlineExecutor
 from govern.model import SockCounts
@@ -202,6 +202,7 @@ def test_in_a_wave_a_loop_the_kernel_proved_is_shed_and_its_source_unproven_only
     gov.tick()
     assert gov.proving.revoked == 1 and looper not in enf.delivering and not gov.trust.trusted().covers(looper)
     assert gov.trust.trusted().covers(sender) and sender in enf.delivering
+    assert enf.held_off == {looper: REVOKED_FOR}  # the kernel does not prove it again meanwhile
     unproven = [e for e in gov.store.events_about([looper]) if e.kind == "unproven"]
     assert [e.reason for e in unproven] == [UNPROVEN_LOOP_REASON]
     assert not [e for e in gov.store.events_about([sender]) if e.kind == "unproven"]
