@@ -47,6 +47,9 @@ class DryRun:
     def proven(self) -> Sequence[tuple[Prefix, float]]:
         return self.inner.proven()
 
+    def crowd_proven(self) -> Sequence[tuple[Prefix, float]]:
+        return self.inner.crowd_proven()
+
     def prove(self, sources: Mapping[Prefix, float]) -> None:
         self.inner.prove(sources)  # lets senders pass, as the allowlist does: nothing punitive
 

@@ -86,6 +86,12 @@ class Enforcer(Protocol):
         each with the seconds since its last proof."""
         ...
 
+    def crowd_proven(self) -> Sequence[tuple[Prefix, float]]:
+        """Crowds the kernel proved during a wave (CROWD_PROOF_REPLIES), each with the seconds since its proof:
+        kept out of the proven sets, so neither the gate nor the budget passes them, until the daemon's `prove`
+        (after a probation: govern.proving)."""
+        ...
+
     def prove(self, sources: Mapping[Prefix, float]) -> None:
         """Put source groups the MTA's log saw deliver into the kernel's proven sets, each for its seconds, so the
         wave's gate and the slot budget pass them as they pass the kernel's own proof (a no-op where the backend

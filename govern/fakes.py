@@ -109,6 +109,7 @@ class FakeEnforcer:
     syn: dict[Prefix, int] = field(default_factory=dict)
     delivering: set[Prefix] = field(default_factory=set)  # what the kernel proved (proven4/proven6)
     held_off: dict[Prefix, float] = field(default_factory=dict)  # unproven4/unproven6: no proof again, seconds
+    crowd_delivering: set[Prefix] = field(default_factory=set)  # crowds the kernel proved in a wave (provenc4/6)
     proved_ago: dict[Prefix, float] = field(default_factory=dict)  # seconds since a delivering source's proof (0)
     log_proven: dict[Prefix, float] = field(default_factory=dict)  # what the daemon put in the proven sets, seconds
     crowd: set[Prefix] = field(default_factory=set)  # first contacts that came as a crowd in a wave (crowd4/crowd6)
@@ -174,6 +175,7 @@ class FakeEnforcer:
 
     def prove(self, sources: Mapping[Prefix, float]) -> None:
         self.log_proven.update(sources)
+        self.crowd_delivering.difference_update(sources)
 
     def crowds(self) -> frozenset[Prefix]:
         return frozenset(self.crowd)
@@ -182,11 +184,15 @@ class FakeEnforcer:
         for p in sources:
             self.log_proven.pop(p, None)
             self.delivering.discard(p)
+            self.crowd_delivering.discard(p)
             self.held_off[p] = seconds
 
     def proven(self) -> Sequence[tuple[Prefix, float]]:
         self.proven_reads += 1
         return tuple((p, self.proved_ago.get(p, 0.0)) for p in self.delivering)
+
+    def crowd_proven(self) -> Sequence[tuple[Prefix, float]]:
+        return tuple((p, self.proved_ago.get(p, 0.0)) for p in self.crowd_delivering)
 
     def attempts(self) -> int | None:
         return self.attempted

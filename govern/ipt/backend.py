@@ -96,6 +96,9 @@ class IptBackend:
         # from the Postfix log only (docs/iptables.md).
         return ()
 
+    def crowd_proven(self) -> Sequence[tuple[Prefix, float]]:
+        return ()  # no wave's gate, no crowds (docs/iptables.md)
+
     def prove(self, sources: Mapping[Prefix, float]) -> None:
         return None  # no gate and no budget to pass (docs/iptables.md)
 

@@ -204,13 +204,14 @@ class NftBackend:
         `learn_for` after its first one."""
         live = [(p, s) for p, s in sources.items() if s > 0]
         ops = [ElemOp(False, f"proven{p.version}", p) for p, _ in live]
+        # A crowd's proof on probation (`crowd_proven`) is promoted by this: it leaves the pending set.
+        ops += [ElemOp(False, f"provenc{p.version}", p) for p, _ in live]
         self._commit(ops + [ElemOp(True, f"proven{p.version}", p, _ms(s)) for p, s in live])
 
     def unprove(self, sources: Sequence[Prefix], seconds: float) -> None:
         # Deletes tolerate absence (an element may have lapsed a moment ago). The hold-off in the same transaction:
         # the source's next dialogue would prove it again in the kernel, whatever the daemon's trust says.
-        ops = [ElemOp(False, f"proven{p.version}", p) for p in sources]
-        ops += [ElemOp(False, f"unproven{p.version}", p) for p in sources]
+        ops = [ElemOp(False, f"{name}{p.version}", p) for p in sources for name in ("proven", "provenc", "unproven")]
         self._commit(ops + [ElemOp(True, f"unproven{p.version}", p, _ms(seconds)) for p in sources])
 
     def crowds(self) -> frozenset[Prefix]:
@@ -220,8 +221,15 @@ class NftBackend:
     def proven(self) -> list[tuple[Prefix, float]]:
         """Sources the MTA answered a whole dialogue (set proven4/proven6, filled by the kernel), as source groups,
         each with the seconds since its last proof: each proof starts the element's timeout again."""
+        return self._proven("proven")
+
+    def crowd_proven(self) -> list[tuple[Prefix, float]]:
+        """The crowds the kernel proved in a wave (provenc4/provenc6), pending the daemon's probation."""
+        return self._proven("provenc")
+
+    def _proven(self, kind: str) -> list[tuple[Prefix, float]]:
         out = []
-        for name in ("proven4", "proven6"):
+        for name in (f"{kind}4", f"{kind}6"):
             for e in self.nl.dump_set(name):
                 ago = max(PROVEN_TIMEOUT_S - e.expires_ms / 1000, 0.0) if e.expires_ms else 0.0
                 out.append((group_key(e.prefix, self.v4_len, self.v6_len), ago))

@@ -357,7 +357,9 @@ def ruleset(spec: FirewallSpec, *, enforce: bool = True, resize: Iterable[str] =
         # delivers during a wave must pass the budget with its next message (with no proof in a wave at all,
         # never-seen senders fell from 100% to 96% in ten scenarios, their second messages timed out at connect in
         # the common lane; with none for crowds, the lab's sender of two messages 0.9 s apart, a crowd). The three
-        # rules split the replies so that each is counted once.
+        # rules split the replies so that each is counted once. A crowd's proof goes to `provenc`, pending: the
+        # daemon moves it to `proven` after a probation it was not cut in (govern.proving), as it does a crowd's
+        # proof by the log.
         pushed = f"tcp flags & (psh | syn | rst | fin) == psh @ih,0,8 {{ {PROOF_FIRST_BYTES} }}"
         count = f"limit rate over 1/hour burst {PROOF_REPLIES - 1} packets"
         d4, d6 = _key(4, spec.v4_len, "daddr"), _key(6, spec.v6_len, "daddr")
@@ -372,7 +374,7 @@ def ruleset(spec: FirewallSpec, *, enforce: bool = True, resize: Iterable[str] =
             proof += [
                 f"{pushed_to} != @gate{v} {counted} update @proven{v} {{ {d} }}",
                 f"{pushed_to} @gate{v} {d} != @crowd{v} {counted} update @proven{v} {{ {d} }}",
-                f"{pushed_to} @gate{v} {d} @crowd{v} {crowd_counted} update @proven{v} {{ {d} }}",
+                f"{pushed_to} @gate{v} {d} @crowd{v} {crowd_counted} update @provenc{v} {{ {d} }}",
             ]
     # The verdicts, in chain `enforce`: one jump after the counting, so the port and the local-address lookups are
     # made once per packet, not again for each of the sets' parts.
@@ -410,6 +412,8 @@ def ruleset(spec: FirewallSpec, *, enforce: bool = True, resize: Iterable[str] =
         dyn = f"size {SEEN_SIZE}; flags dynamic,timeout;"
         sets.append(f"set proven{v} {{ type {typ}; {dyn} timeout {PROVEN_TIMEOUT}; }}")
         sets.append(f"set unproven{v} {{ type {typ}; flags timeout; }}")  # each element the daemon's own timeout
+        # A crowd's proof in a wave, pending: the daemon moves it to proven after a probation (govern.proving).
+        sets.append(f"set provenc{v} {{ type {typ}; {dyn} timeout {PROVEN_TIMEOUT}; }}")
         sets.append(f"set talk{v} {{ type {typ} . inet_service; {dyn} timeout {TALK_TIMEOUT}; }}")
         sets.append(f"set talkc{v} {{ type {typ} . inet_service; {dyn} timeout {TALK_TIMEOUT}; }}")
         sets.append(f"set newsrc{v} {{ type {typ}; {dyn} timeout {NEWSRC_TIMEOUT}; }}")

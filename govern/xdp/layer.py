@@ -93,6 +93,9 @@ class XdpLayer:
     def proven(self) -> Sequence[tuple[Prefix, float]]:
         return self.inner.proven()
 
+    def crowd_proven(self) -> Sequence[tuple[Prefix, float]]:
+        return self.inner.crowd_proven()
+
     def prove(self, sources: Mapping[Prefix, float]) -> None:
         self.inner.prove(sources)
 

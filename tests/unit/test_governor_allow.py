@@ -208,6 +208,33 @@ def test_in_a_wave_a_loop_the_kernel_proved_is_shed_and_its_source_unproven_only
     assert not [e for e in gov.store.events_about([sender]) if e.kind == "unproven"]
 
 
+def test_in_a_wave_a_crowd_the_kernel_proved_reaches_the_proven_sets_after_a_probation(tmp_path: Path) -> None:
+    """No log followed: a crowd's proof by the kernel's count (its 250 "queued") waits in a set of its own; the daemon
+    trusts it at once but moves it to the proven sets, which pass the gate and the budget, only after PROBATION
+    uncut (the lab's deliverers and quitters held the MTA past the budget when it went in at once). A crowd cut
+    meanwhile loses its proof and never gets there."""
+    gov, socks, enf, clock, _dns = make(tmp_path, {}, {"postfix_log": ""})
+    gov.start()
+    relay, bot = Prefix.parse("198.51.100.70"), Prefix.parse("198.51.100.71")
+    assert gov.handle({"cmd": "wave", "action": "on", "duration": "10m"})["ok"]
+    enf.crowd_delivering |= {relay, bot}
+    clock.advance(3)
+    gov.tick()
+    assert gov.trust is not None and gov.trust.trusted().covers(relay) and gov.trust.trusted().covers(bot)
+    assert not enf.log_proven and gov.proving.withheld == 2
+    socks.sources = {bot: SockCounts(held=1, established=1, syn_recv=0, idle=1, max_idle_ms=4_000)}  # silent: cut
+    clock.advance(1)
+    gov.tick()
+    assert bot not in enf.crowd_delivering and enf.held_off.get(bot) == REVOKED_FOR
+    socks.sources = {}
+    for _ in range(4):
+        clock.advance(2)
+        gov.tick()
+    assert relay in enf.log_proven and relay not in enf.crowd_delivering  # promoted, out of the pending set
+    assert bot not in enf.log_proven and not gov.trust.trusted().covers(bot)
+    assert gov.proving.withheld == 0
+
+
 def test_in_a_wave_a_crowds_first_proof_reaches_the_kernel_after_a_probation_or_the_waves_end(tmp_path: Path) -> None:
     """The lab's quitters: a source that came as a crowd (several connections at once) delivers and quits during the
     wave, then holds its other sessions. Its trust is learned, but the kernel's gate and budget do not pass it until
