@@ -412,13 +412,18 @@ def _advice(ev: Evidence, enforcement: Sequence[Enforcement]) -> list[Advice]:
             )
         )
     if ev.limits.budget_slots:
+        # A proof revoked in this wave holds the source off for an hour: a delivery meanwhile frees it of nothing.
+        freed = (
+            "after the hour above, once a message of yours is accepted"
+            if any(e.kind == "unproven" for e in ev.events)
+            else "once a message of yours is accepted"
+        )
         gate.append(
             Advice(
                 "wave-budget",
                 f"the host is riding a flood: during this wave, senders not yet known to deliver here share "
                 f"{ev.limits.budget_slots} of its MTA's slots, so a connection of yours may be refused while they "
-                "are taken; retrying works, and once a message of yours is accepted your address is no longer held "
-                "to it",
+                f"are taken; retrying works, and {freed} your address is no longer held to it",
             )
         )
     if not out:

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from govern import config, why
 from govern.addr import Prefix
 from govern.core.policy import Policy
+from govern.core.proof import UNPROVEN_LOOP_REASON
 from govern.errors import UsageError
 from govern.model import Block, Event, Mode, Offender, SessionInfo, SourceStats, State, Tarpitted, Throttle
 
@@ -257,6 +258,21 @@ def test_a_revoked_proof_is_explained_with_what_to_fix() -> None:
     # The cut that revoked it throttles the source: said beside the throttle, not only once nothing is in force.
     st = State(throttles={SRC: Throttle(SRC, "held a session without progress", NOW, NOW + 600)})
     assert "unproven" in rules(evidence(state=st, events=[lost, cut]))
+
+
+def test_a_proof_revoked_for_a_loop_says_so_and_the_budget_says_a_delivery_frees_it_only_after_the_hour() -> None:
+    lost = Event(NOW - 20, "unproven", str(SRC), UNPROVEN_LOOP_REASON, 0.0)
+    ev = evidence(events=[lost], mode=Mode.WAVE)
+    ev = replace(ev, limits=why.in_force(POLICY, Mode.WAVE, STRANGER, 10, budget_slots=30))
+    assert advice(ev, "unproven") == (
+        "during a flood we accepted your commands and then your session kept us answering more of them with no "
+        "message until we ended it (20s ago): your address lost, for an hour, the standing our answers gave it, so "
+        "its connections wait with every sender we do not know; send your message within a few commands (pipeline "
+        "MAIL, RCPT and DATA) and QUIT when done"
+    )
+    assert "after the hour above, once a message of yours is accepted" in advice(ev, "wave-budget")
+    fresh = replace(ev, events=[])
+    assert "retrying works, and once a message of yours is accepted" in advice(fresh, "wave-budget")
 
 
 def test_the_wave_gate_for_strangers_only() -> None:
