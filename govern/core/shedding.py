@@ -128,11 +128,16 @@ def looping(strangers: Sequence[Prefix], policy: Policy) -> list[Cut]:
     session that advances is never cut for want of progress, and one that advances without ever delivering (a
     recipient every 2 s: the lab's lone-loopers, one session a source) held the first contacts' lane for the whole
     flood. Only the loops go (the cut's wait of 0 asks nothing else of a session); shedding judges nothing."""
+    why = f"its session looping with no message while strangers fill the slot budget of {policy.slot_budget}"
+    return _loop_cuts(strangers, policy, why)
+
+
+def _loop_cuts(sources: Sequence[Prefix], policy: Policy, why: str, unproves: bool = False) -> list[Cut]:
+    """The sheds that ask only the loop's questions (a wait of 0), for each of `sources`; none when both are off."""
     if not (policy.loop_replies or policy.loop_after):
         return []
-    why = f"its session looping with no message while strangers fill the slot budget of {policy.slot_budget}"
     stale = int(policy.loop_after * 1000)
-    return [Cut(p, 0, why, shed=True, loops=policy.loop_replies, stale_ms=stale) for p in strangers]
+    return [Cut(p, 0, why, shed=True, loops=policy.loop_replies, stale_ms=stale, unproves=unproves) for p in sources]
 
 
 def strangers_holding(snap: Snapshot, policy: Policy) -> Iterator[tuple[Prefix, SourceStats]]:
@@ -158,14 +163,9 @@ def young_loops(snap: Snapshot, policy: Policy, acted_on: set[Prefix]) -> list[C
     during the wave buys no patience for silence (govern.core.decide) and none for a loop either: the same
     questions as `looping`, and a session that went takes the source's proof (`Cut.unproves`). A sender that
     delivered has sent its message's bytes, so its session is no loop."""
-    if not (policy.loop_replies or policy.loop_after) or not snap.young:
-        return []
-    stale = int(policy.loop_after * 1000)
-    return [
-        Cut(p, 0, YOUNG_LOOP_REASON, shed=True, loops=policy.loop_replies, stale_ms=stale, unproves=True)
-        for p in sorted(snap.young, key=lambda q: (q.version, q.value, q.length))
-        if p not in acted_on and _established(snap, p) and not policy.allow.intersects(p)
-    ]
+    young = sorted(snap.young, key=lambda q: (q.version, q.value, q.length))
+    asked = [p for p in young if p not in acted_on and _established(snap, p) and not policy.allow.intersects(p)]
+    return _loop_cuts(asked, policy, YOUNG_LOOP_REASON, unproves=True)
 
 
 def _established(snap: Snapshot, p: Prefix) -> bool:
