@@ -312,7 +312,7 @@ def _budget_line(st: dict[str, Any]) -> str:
     if b.get("newcomers"):
         crowds = b.get("crowds", 0)
         part = f" ({crowds} of those for sources opening several at once)" if crowds else ""
-        lane = f", {b['newcomers']} of them kept for first contacts{part}"
+        lane = f", {b['newcomers']} of them kept for first contacts in a wave{part}"
     ps = ""
     if st.get("postscreen"):
         talkers = "cut" if st.get("pregreet_cut") else "waited for too"
@@ -321,7 +321,8 @@ def _budget_line(st: dict[str, Any]) -> str:
             f"; postscreen in front: no silent client cut before its greet wait, clients that talk during it {talkers}"
             f" (postscreen_greet_action = {action})"
         )
-    return f"slot budget: strangers hold at most {b['slots']} slots in a wave{lane} ({b['basis']}){ps}"
+    when = ", before a wave too" if b.get("before_wave", True) else " in a wave"
+    return f"slot budget: strangers hold at most {b['slots']} slots{when}{lane} ({b['basis']}){ps}"
 
 
 # The command-line option each request field comes from, for errors worded as the operator typed them.

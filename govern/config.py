@@ -383,6 +383,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "wave_attempts": Key(1500, _int(1, 100_000_000), "new connections a second that start a wave"),
         "elevated_idle_share": Key(0.5, _ratio, "share of sessions idle and held by non-allowlisted sources: elevated"),
         "wave_idle_share": Key(0.8, _ratio, "share of sessions idle and held by non-allowlisted sources: wave"),
+        "elevated_budget_fill": Key(0.8, _ratio, "share of the slot budget strangers hold that means elevated"),
+        "wave_budget_fill": Key(1.0, _ratio, "share of the slot budget strangers hold that starts a wave"),
         "min_sessions": Key(20, _int(1, 10_000_000), "fewer sessions than this never count as idle pressure"),
         "exit_ratio": Key(0.5, _ratio, "a mode holds while pressure stays above its entry thresholds times this"),
         "calm_for": Key("1m", _duration(1, 86400), "pressure below what holds a mode this long: one mode down"),
@@ -394,7 +396,10 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "max_new_per_minute": Key(30, _int(1, 10_000_000), "new connections per source per minute during a wave"),
         "throttle_rate_per_minute": Key(4, _int(1, 1_000_000), "new connections a source throttled in a wave may open"),
         "throttle_burst": Key(2, _int(1, 1_000_000), "connections such a source may open at once"),
-        "slot_budget": Key("auto", _budget, "MTA slots strangers may hold in a wave; auto: budget_share of the MTA's"),
+        "slot_budget": Key("auto", _budget, "MTA slots strangers may hold; auto: budget_share of the MTA's"),
+        "budget_before_wave": Key(
+            True, _bool, "before a wave the slot budget caps strangers too, and a full budget calls the wave"
+        ),
         "budget_share": Key(0.6, _share, "share of the MTA's slots (its listen backlog) strangers get with auto"),
         "newcomer_share": Key(0.34, _share0, "share of the budget kept for sources first seen in the wave"),
         "mta_slots": Key(0, _int(0, 10_000_000), "the MTA's slots (processes); 0: read its listener's backlog"),
@@ -557,6 +562,7 @@ class Config:
             budget_share=wave["budget_share"],
             newcomer_share=wave["newcomer_share"],
             proof=self["trust"]["from_sessions"] is not False,  # unresolved "auto": counted, as before the MTA is read
+            budget_before_wave=wave["budget_before_wave"],
         )
 
     def allow_section(self) -> AllowSpec:
@@ -606,6 +612,7 @@ class Config:
                 syn_recv=(md["elevated_syn_recv"], md["wave_syn_recv"]),
                 attempts=(md["elevated_attempts"], md["wave_attempts"]),
                 idle_share=(md["elevated_idle_share"], md["wave_idle_share"]),
+                budget_fill=(md["elevated_budget_fill"], md["wave_budget_fill"]),
                 min_sessions=md["min_sessions"],
                 exit_ratio=md["exit_ratio"],
                 calm_for=md["calm_for"],
@@ -853,7 +860,7 @@ def _cross_check(v: Mapping[str, Mapping[str, Any]], path: str | None) -> None:
         why = too_wide_to_allow(p, v["guard"])
         if why:
             raise ConfigError(why, path=path, key="allow.cidrs")
-    for name in ("queue_fill", "listen_drops", "syn_recv", "attempts", "idle_share"):
+    for name in ("queue_fill", "listen_drops", "syn_recv", "attempts", "idle_share", "budget_fill"):
         if v["modes"][f"elevated_{name}"] > v["modes"][f"wave_{name}"]:
             raise ConfigError(f"must not be below modes.elevated_{name}", path=path, key=f"modes.wave_{name}")
     if v["cut"]["wave_idle_after"] > v["cut"]["elevated_idle_after"]:

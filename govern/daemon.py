@@ -168,10 +168,10 @@ class Governor:
         return False
 
     def pressing(self) -> bool:
-        """Between ticks: whether the accept queues, or the new connections the kernel counted since the last look,
-        already call for a higher mode (govern.core.modes.queues_call), so the main loop ticks now. The highest
-        such rate goes into the next snapshot. A failed read is no reason to tick early: the tick reads everything
-        anyway."""
+        """Between ticks: whether the accept queues, the new connections the kernel counted since the last look, or
+        the slot budget's fill already call for a higher mode (govern.core.modes.queues_call), so the main loop
+        ticks now. The highest such rate goes into the next snapshot. A failed read is no reason to tick early: the
+        tick reads everything anyway."""
         now = self.clock()
         try:
             count = self.enforcer.attempts()
@@ -188,9 +188,15 @@ class Governor:
             listeners = self.sockets.listeners(self.policy.ports)
         except GovernError:
             listeners = []
+        try:
+            slotted = self.enforcer.slotted()
+        except GovernError:
+            slotted = None
+        budget = self.policy.slot_budget
+        fill = slotted / budget if slotted is not None and budget > 0 else 0.0
         # The highest rate since the last tick, not this read's alone: a call the main loop held back (too soon
         # after a tick) still stands at the next read, when the flood may have slowed down.
-        calls = queues_call(listeners, self.state.mode, self.policy.modes, now, self._attempts_peak)
+        calls = queues_call(listeners, self.state.mode, self.policy.modes, now, self._attempts_peak, fill)
         if calls:
             self._calm_ticks = 0  # the tick it calls for sees the sockets as they are
         return calls

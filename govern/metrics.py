@@ -296,7 +296,7 @@ class GovernCollector:
         )
         yield _gauge(
             "govern_slot_budget",
-            "sessions strangers may hold in a wave (0: no budget)",
+            "sessions strangers may hold (in a wave; before one, a cap; 0: no budget)",
             f.budget.slots if f.budget else 0,
         )
         yield _gauge(
@@ -304,7 +304,7 @@ class GovernCollector:
         )
         yield _gauge(
             "govern_slot_budget_taken",
-            "connections holding a slot of the budget, as the kernel counts them (made in a wave)",
+            "connections of strangers holding a slot of the budget, as the kernel counts them",
             snap.slotted if snap is not None and snap.slotted is not None else 0,
         )
         yield _gauge(

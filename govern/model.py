@@ -517,3 +517,4 @@ class FirewallSpec:
     budget_share: float
     newcomer_share: float
     proof: bool  # count the MTA's replies in the kernel (trust.from_sessions)
+    budget_before_wave: bool = True  # the slot budget caps strangers before a wave too (chain calm)

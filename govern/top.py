@@ -91,7 +91,7 @@ def _slots(st: Status) -> Text:
     if b.get("slots"):
         over = used.get("strangers", 0) > b["slots"]
         line.append(f"  budget {b['slots']}", style="bold red" if over else "bold")
-        line.append(f" of {b['capacity']} for strangers in a wave", style="dim")
+        line.append(f" of {b['capacity']} for strangers", style="dim")
     else:
         line.append("  budget: none", style="dim")
     return line

@@ -93,7 +93,7 @@ class InForce:
     cut_after: float | None  # seconds: such sessions are cut after this long in this mode (None: not cut)
     gate_per_second: int  # during a wave: the rate a stranger's new connections share with every other (0: none)
     forget_after: float  # seconds an offence counts toward a longer block
-    budget_slots: int = 0  # during a wave: the MTA slots a stranger's sessions share with every other (0: none)
+    budget_slots: int = 0  # the MTA slots a stranger's sessions share with every other, a wave or not (0: none)
     greet_floor: float = 0.0  # seconds: no session is judged sooner while it has had only the first greeting line
     pregreet_cut: bool = False  # ... but one whose client talked meanwhile (postscreen enforces its pregreet test)
 
@@ -115,7 +115,8 @@ def in_force(policy: Policy, mode: Mode, standing: Standing, gate_per_second: in
         cut_after=cut,
         gate_per_second=gate_per_second if mode is Mode.WAVE and standing.kind == STRANGER else 0,
         forget_after=policy.forget_after,
-        budget_slots=budget_slots if mode is Mode.WAVE and standing.kind == STRANGER else 0,
+        # The budget caps strangers before a wave too (govern.nft.ruleset, chain calm).
+        budget_slots=budget_slots if standing.kind == STRANGER else 0,
         greet_floor=policy.greet_floor,
         pregreet_cut=policy.pregreet_cut,
     )
@@ -331,7 +332,8 @@ def _facts(ev: Evidence) -> Iterable[str]:
             else ""
         )
         if lim.budget_slots:
-            gate += f"; during this wave strangers' sessions share {lim.budget_slots} of the MTA's slots"
+            during = "during this wave " if lim.mode is Mode.WAVE else ""
+            gate += f"; {during}strangers' sessions share {lim.budget_slots} of the MTA's slots"
         yield (
             f"limits in force ({lim.mode} mode{soft}): {lim.max_connections} sessions at once, "
             f"{lim.max_new_per_minute} new connections a minute; a session waiting {_dur(lim.silent_after)} on its "
@@ -411,7 +413,7 @@ def _advice(ev: Evidence, enforcement: Sequence[Enforcement]) -> list[Advice]:
                 "works",
             )
         )
-    if ev.limits.budget_slots:
+    if ev.limits.budget_slots and ev.limits.mode is Mode.WAVE:
         # A proof revoked in this wave holds the source off for an hour: a delivery meanwhile frees it of nothing.
         freed = (
             "after the hour above, once a message of yours is accepted"

@@ -3,7 +3,8 @@
 Pressure is read from one Snapshot: the fullest accept queue of a protected listener, the connections the kernel
 dropped at a full queue (ListenDrops) per second, half-open connections (SYN_RECV), new connection attempts per
 second from non-allowlisted sources (counted in the kernel before any of govern's drops, so a flood govern is holding
-back still counts), and the share of the MTA's sessions that non-allowlisted clients hold while saying nothing.
+back still counts), the share of the MTA's sessions that non-allowlisted clients hold while saying nothing, and how
+full the slot budget is (before a wave it caps strangers: a flood it holds back keeps no queue full).
 Each gives a level (0, 1 elevated, 2 wave); the highest counts.
 
 Hysteresis, so a flood that pulses does not flap the mode:
@@ -36,6 +37,7 @@ class Pressure:
     syn_recv: int
     attempts_per_s: float
     idle_share: float
+    budget_fill: float = 0.0
 
 
 def measure(snap: Snapshot, policy: Policy) -> Pressure:
@@ -48,6 +50,7 @@ def measure(snap: Snapshot, policy: Policy) -> Pressure:
     # A flood's first fraction of a second, seen between ticks, is not diluted by the calm before it in the tick.
     attempts_per_s = max(attempts_per_s, snap.attempts_peak)
     idle_share = idle_foreign / established if established >= mp.min_sessions else 0.0
+    budget_fill = snap.slotted / policy.slot_budget if snap.slotted is not None and policy.slot_budget > 0 else 0.0
     figures = (
         ("queue_fill", fill, mp.queue_fill, "accept queue {:.0%} full"),
         ("listen_drops", drops_per_s, mp.listen_drops, "{:.0f} connections/s dropped at a full listen queue"),
@@ -55,6 +58,9 @@ def measure(snap: Snapshot, policy: Policy) -> Pressure:
         # Counted in the kernel before any drop: a flood that govern holds back keeps the mode it needs.
         ("attempts", attempts_per_s, mp.attempts, "{:.0f} new connections/s from non-allowlisted sources"),
         ("idle_share", idle_share, mp.idle_share, "{:.0%} of sessions held silent by non-allowlisted clients"),
+        # The budget caps strangers before a wave: a flood it holds back fills no queue, and would hold the budget,
+        # shed by nothing, until it tired.
+        ("budget_fill", budget_fill, mp.budget_fill, "strangers hold {:.0%} of their slot budget"),
     )
     level = holds = 0
     reasons = []
@@ -64,7 +70,7 @@ def measure(snap: Snapshot, policy: Policy) -> Pressure:
         if lv:
             reasons.append(text.format(value))
         level, holds = max(level, lv), max(holds, hv)
-    return Pressure(level, holds, tuple(reasons), fill, drops_per_s, syn_recv, attempts_per_s, idle_share)
+    return Pressure(level, holds, tuple(reasons), fill, drops_per_s, syn_recv, attempts_per_s, idle_share, budget_fill)
 
 
 def totals(sources: Mapping[Prefix, SourceStats], allowlisted: Callable[[Prefix], bool]) -> Totals:
@@ -115,17 +121,27 @@ def next_mode(cur: ModeState, pr: Pressure, mp: ModePolicy, now: float) -> ModeS
 
 
 def queues_call(
-    listeners: Iterable[ListenerStats], cur: ModeState, mp: ModePolicy, now: float, attempts_per_s: float = 0.0
+    listeners: Iterable[ListenerStats],
+    cur: ModeState,
+    mp: ModePolicy,
+    now: float,
+    attempts_per_s: float = 0.0,
+    budget_fill: float = 0.0,
 ) -> bool:
-    """Whether the accept queues, or the new connections counted since the last look, alone already call for a
-    higher mode than the host is in: read between ticks, so a flood starts the mode it needs at once rather than
-    at the next tick (up to `daemon.tick` later, while the flood takes the MTA's slots). The connection rate is what
-    shows a flood on an MTA that accepts everything at once (postscreen): no accept queue fills there."""
+    """Whether the accept queues, the new connections counted since the last look, or the slot budget's fill alone
+    already call for a higher mode than the host is in: read between ticks, so a flood starts the mode it needs at
+    once rather than at the next tick (up to `daemon.tick` later, while the flood takes the MTA's slots). The
+    connection rate is what shows a flood on an MTA that accepts everything at once (postscreen): no accept queue
+    fills there; the budget's fill, one the cap holds back before the wave at a rate below the attempts figure's."""
     if not mp.auto or cur.mode is Mode.WAVE:
         return False
     fill = max((ls.queued / ls.backlog for ls in listeners if ls.backlog > 0), default=0.0)
     level = 0
-    for value, (elevated, wave) in ((fill, mp.queue_fill), (attempts_per_s, mp.attempts)):
+    for value, (elevated, wave) in (
+        (fill, mp.queue_fill),
+        (attempts_per_s, mp.attempts),
+        (budget_fill, mp.budget_fill),
+    ):
         level = max(level, 2 if value >= wave else 1 if value >= elevated else 0)
     if now < cur.quiet_until:  # an operator switched the wave off: nothing automatic above elevated for a while
         level = min(level, 1)

@@ -21,6 +21,7 @@ class ModePolicy:
     syn_recv: tuple[int, int] = (256, 2048)
     attempts: tuple[int, int] = (300, 1500)  # per second
     idle_share: tuple[float, float] = (0.5, 0.8)
+    budget_fill: tuple[float, float] = (0.8, 1.0)  # share of the slot budget strangers hold
     min_sessions: int = 20
     exit_ratio: float = 0.5
     calm_for: float = 60.0

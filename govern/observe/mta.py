@@ -22,12 +22,14 @@ POSTSCREEN_GREET_WAIT = 6.0
 
 @dataclass(frozen=True, slots=True)
 class Budget:
-    """The slot budget for strangers in a wave, and what it was sized from (shown by `govern status`)."""
+    """The slot budget for strangers (in a wave; before one, a cap unless `wave.budget_before_wave` is off), and what
+    it was sized from (shown by `govern status`)."""
 
     slots: int
     capacity: int
     basis: str
     newcomers: int = 0  # of `slots`, kept for first contacts
+    before_wave: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         """`govern status`'s "budget", with the first contacts' lane's part for crowds (the CLI does not load the
@@ -39,6 +41,7 @@ class Budget:
             "crowds": crowds,
             "capacity": self.capacity,
             "basis": self.basis,
+            "before_wave": self.before_wave,
         }
 
 
@@ -93,4 +96,4 @@ def budget(
         slots, why = max(1, int(capacity * share)), f"{share:.0%} of {capacity} slots: {basis}"
     if newcomers is None:
         newcomers = budget_lanes(slots, wave["newcomer_share"])[1]
-    return Budget(slots, capacity, why, newcomers)
+    return Budget(slots, capacity, why, newcomers, bool(wave.get("budget_before_wave", True)))

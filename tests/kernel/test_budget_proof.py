@@ -60,6 +60,7 @@ def test_the_slot_budget_holds_strangers_and_never_counts_the_allowlisted_or_pro
                 "crowds": 0,
                 "capacity": 4096,
                 "basis": "",
+                "before_wave": True,
             }
             assert d.status()["scanner"] == "BPF iterator"  # what the budget's figures below are read by
             with lab.net.entered():
@@ -138,12 +139,55 @@ def test_the_slot_budget_holds_strangers_and_never_counts_the_allowlisted_or_pro
             os.kill(d.proc.pid, signal.SIGHUP)
             assert wait_for(lambda: d.status()["budget"]["slots"] == 9, timeout=10)
             assert '"size": 6' in lab.mx.sh("nft", "-j", "list", "set", "inet", "govern", "slots")
-            # Out of the wave, no budget.
+            # Out of the wave, the budget is a cap, made again empty by the reload: four more get in at once.
             assert govern(lab.mx, "wave", "off", "--config", str(cfg)).returncode == 0
             with lab.net.entered():
                 more = [attempt(f"198.18.10.{i}") for i in range(1, 5)]
                 held += [c for c in more if c is not None]
                 assert all(more)
+    finally:
+        for c in held:
+            c.close()
+        srv.close()
+
+
+def test_before_a_wave_the_budget_caps_strangers_and_its_filling_calls_the_wave(lab: Lab, tmp_path: Path) -> None:
+    srv = SmtpListener(lab.mx, 25)
+    held: list[socket.socket] = []
+    # A budget of 4 (3 for any stranger, 1 kept for first contacts in a wave), no cuts: what is measured is the cap.
+    cfg = write_config(tmp_path, "[wave]\nslot_budget = 4\n[cut]\nenabled = false\n")
+    try:
+        with running(lab.mx, cfg) as d:
+            with lab.net.entered():
+                # Before any wave, strangers' connections take the budget's slots at once: no first SYN is dropped.
+                t0 = time.monotonic()
+                first = [alive(attempt(f"198.18.70.{i}")) for i in (1, 2, 3)]
+                assert all(first) and time.monotonic() - t0 < 1.0
+                held += [c for c in first if c is not None]
+            assert wait_for(lambda: d.status()["slots"].get("in_budget") == 3, timeout=5), d.status()["slots"]
+            time.sleep(1.5)  # a tick or two: three of four is pressure that calls no wave
+            assert d.status()["mode"] == "normal"
+            with lab.net.entered():
+                fourth = alive(attempt("2001:db8:bad:70::1", MX6))  # IPv6 shares the budget
+                assert fourth is not None
+                held.append(fourth)
+                # The budget is full: a stranger's next connection is dropped in the kernel, never queued.
+                assert attempt("198.18.70.9", timeout=2.5) is None
+                # The allowlisted are not counted, and not held back.
+                partner = [attempt("192.0.2.70") for _ in range(3)]
+                held += [c for c in partner if c is not None]
+                assert all(partner)
+            assert established(lab.mx, "198.18.70.") + established(lab.mx, "2001:db8:bad:70:") == 4
+            # A full budget is pressure: it calls the wave, whose shedding is all that frees the budget's slots.
+            assert wait_for(lambda: d.status()["mode"] == "wave", timeout=5), d.status()["mode"]
+            assert "of their slot budget" in d.status()["mode_detail"]["reason"], d.status()["mode_detail"]
+            # A stranger that leaves frees its slot for the next one.
+            held[0].close()
+            time.sleep(0.5)
+            with lab.net.entered():
+                nxt = alive(attempt("198.18.70.1"))
+            assert nxt is not None
+            held.append(nxt)
     finally:
         for c in held:
             c.close()
@@ -420,7 +464,13 @@ def test_a_wave_counts_the_connections_strangers_opened_before_it_against_the_co
     # A budget of 4 (3 for any stranger, 1 kept for first contacts), no cuts; the early sessions keep talking, so
     # nothing sheds them (no loop shedding either: their NOOPs would be a loop's after six, or after ten seconds):
     # what is measured is what the budget admits while they hold the MTA.
-    cfg = write_config(tmp_path, "[wave]\nslot_budget = 4\n[cut]\nenabled = false\nloop_replies = 0\nloop_after = 0\n")
+    # No cap before the wave (wave.budget_before_wave), as where govern starts during a flood: strangers hold
+    # more than the budget when the wave starts.
+    cfg = write_config(
+        tmp_path,
+        "[wave]\nslot_budget = 4\nbudget_before_wave = false\n"
+        "[cut]\nenabled = false\nloop_replies = 0\nloop_after = 0\n",
+    )
     try:
         with running(lab.mx, cfg) as d:
             with lab.net.entered():
@@ -568,7 +618,13 @@ def test_a_wave_sheds_what_a_flood_holds_beyond_the_budget_and_spares_single_sen
     mta.settimeout(5)
     # No loop shedding: the talker's NOOPs, each answered, are a loop's after six (docs/wave.md, "Sessions that loop
     # without a message"; tests/kernel/test_sockdiag.py); this is about the shedding of what does not advance.
-    cfg = write_config(tmp_path, "[wave]\nslot_budget = 4\n[cut]\nenabled = false\nloop_replies = 0\nloop_after = 0\n")
+    # No cap before the wave (wave.budget_before_wave), as where govern starts during a flood: strangers hold
+    # more than the budget when the wave starts.
+    cfg = write_config(
+        tmp_path,
+        "[wave]\nslot_budget = 4\nbudget_before_wave = false\n"
+        "[cut]\nenabled = false\nloop_replies = 0\nloop_after = 0\n",
+    )
     held: list[socket.socket] = []
     stop = threading.Event()
 
@@ -720,7 +776,13 @@ def test_single_sessions_are_shed_only_when_silent_after_the_greeting_and_only_t
     mta = listening(lab)
     mta.settimeout(5)
     # No loop shedding: the talker's NOOPs would be a loop's after six (as above).
-    cfg = write_config(tmp_path, "[wave]\nslot_budget = 1\n[cut]\nenabled = false\nloop_replies = 0\nloop_after = 0\n")
+    # No cap before the wave (wave.budget_before_wave), as where govern starts during a flood: strangers hold
+    # more than the budget when the wave starts.
+    cfg = write_config(
+        tmp_path,
+        "[wave]\nslot_budget = 1\nbudget_before_wave = false\n"
+        "[cut]\nenabled = false\nloop_replies = 0\nloop_after = 0\n",
+    )
     held: list[socket.socket] = []
     stop = threading.Event()
 
@@ -765,7 +827,11 @@ def test_behind_a_pregreet_a_wave_over_its_budget_sheds_who_never_spoke_after_th
     conns: list[socket.socket] = []
     mta = pregreet_mta(lab, stop, conns)
     # No cuts: only shedding can end a session here. The floor is the pregreet wait (3 s) plus 1 s.
-    cfg = write_config(tmp_path, '[wave]\nslot_budget = 2\n[cut]\nenabled = false\ngreet_wait = "3s"\n')
+    # No cap before the wave (wave.budget_before_wave), as where govern starts during a flood: strangers hold
+    # more than the budget when the wave starts.
+    cfg = write_config(
+        tmp_path, '[wave]\nslot_budget = 2\nbudget_before_wave = false\n[cut]\nenabled = false\ngreet_wait = "3s"\n'
+    )
     held: list[socket.socket] = []
     try:
         with running(lab.mx, cfg):
@@ -803,7 +869,9 @@ def test_a_wave_over_its_budget_sheds_a_session_that_loops_and_spares_a_sender_i
     # of silence spares it and no cut takes it; the loop's question does, after cut.loop_replies (6) replies. A
     # sender that pipelined to its message and is sending it (no reply until its end) stays.
     srv = SmtpListener(lab.mx, 25)
-    cfg = write_config(tmp_path, "[wave]\nslot_budget = 1\n[cut]\nenabled = false\n")
+    # No cap before the wave (wave.budget_before_wave), as where govern starts during a flood: strangers hold
+    # more than the budget when the wave starts.
+    cfg = write_config(tmp_path, "[wave]\nslot_budget = 1\nbudget_before_wave = false\n[cut]\nenabled = false\n")
     stop = threading.Event()
     held: list[socket.socket] = []
     try:

@@ -87,8 +87,28 @@ def test_the_ruleset_carries_the_budget_only_when_enforcing() -> None:
     assert "delete set inet govern slots" not in text
     assert "delete set inet govern slots\n" in ruleset(wave(slot_budget=30).firewall(), resize=["slots"]) + "\n"
     assert "jump admit" not in ruleset(wave(slot_budget=30).firewall(), enforce=False)
+    assert "jump calm" not in ruleset(wave(slot_budget=30).firewall(), enforce=False)
+    assert "jump calm" not in ruleset(wave(slot_budget=30, budget_before_wave=False).firewall())
+    assert "jump admit" in ruleset(wave(slot_budget=30, budget_before_wave=False).firewall())
     assert "ct id" not in ruleset(wave(slot_budget=0).firewall())
     assert "newslots" not in ruleset(wave(slot_budget=30, newcomer_share=0).firewall())
+
+
+def test_before_a_wave_the_budget_caps_strangers_in_any_lane_the_common_one_first() -> None:
+    text = ruleset(wave(slot_budget=30).firewall())
+    # The open gate (no wave) sends a stranger's SYN to the cap; the allowlisted and the proven never go there.
+    assert "ip saddr != @gate4 ip saddr != @allow4 ip saddr != @proven4 jump calm" in text
+    assert "ip6 saddr != @gate6 ip6 saddr != @allow6 ip6 saddr & ffff:ffff:ffff:ffff:: != @proven6 jump calm" in text
+    calm = [line.split(" calm ", 1)[1] for line in text.splitlines() if line.startswith("add rule inet govern calm ")]
+    assert calm == [
+        "ct id @slots accept",
+        "ct id @newslots accept",
+        "ct id @crowdslots accept",
+        "add @slots { ct id timeout 5s } accept",
+        "add @newslots { ct id timeout 5s } accept",
+        "add @crowdslots { ct id timeout 5s } accept",
+        "counter drop",
+    ]
 
 
 @pytest.mark.parametrize("bad", ["many", -1, 1.5, True])

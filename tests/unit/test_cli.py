@@ -355,10 +355,12 @@ def test_the_budget_line_says_how_postscreen_talkers_are_judged() -> None:
     }
     line = _budget_line(st)
     assert line.startswith(
-        "slot budget: strangers hold at most 45 slots in a wave, 38 of them kept for first contacts (12 of those for"
-        " sources opening several at once)"
+        "slot budget: strangers hold at most 45 slots, before a wave too, 38 of them kept for first contacts in a wave"
+        " (12 of those for sources opening several at once)"
     )
     assert "of those" not in _budget_line({**st, "budget": budget(2)})  # no crowds' part
+    calm_off = _budget_line({**st, "budget": {**budget(38), "before_wave": False}})
+    assert calm_off.startswith("slot budget: strangers hold at most 45 slots in a wave, 38 of them")
     assert "no silent client cut before its greet wait, clients that talk during it cut" in line
     assert "(postscreen_greet_action = enforce)" in line
     ignored = _budget_line({**st, "postscreen_greet_action": "ignore", "pregreet_cut": False})

@@ -354,6 +354,23 @@ def test_a_wave_sheds_the_queue_the_flood_filled_before_it_switches_abort_on_ove
     assert order.index("cut") < order.index(f"{ABORT_OVERFLOW}=1"), order
 
 
+def test_a_full_slot_budget_read_between_ticks_calls_a_tick_that_starts_the_wave(tmp_path: Path) -> None:
+    clock = FakeClock()
+    gov, _socks, enf = make(tmp_path, clock)
+    budget = gov.policy.slot_budget
+    assert budget > 0
+    enf.slots = budget - 1  # the cap holds strangers back before the wave: no queue fills
+    gov.tick()
+    assert gov.state.mode.mode.value == "elevated"
+    clock.advance(0.25)
+    assert not gov.pressing()
+    enf.slots = budget
+    assert gov.pressing()
+    clock.advance(0.25)
+    gov.tick()
+    assert gov.state.mode.mode is Mode.WAVE and "of their slot budget" in gov.state.mode.reason
+
+
 def test_a_wave_ticks_faster_and_the_calm_at_the_normal_pace(tmp_path: Path) -> None:
     gov, _socks, _enf = make(tmp_path, tick="2s", wave_tick="250ms")
     assert gov.interval == 2.0

@@ -51,6 +51,19 @@ def test_each_pressure_figure_reaches_its_levels() -> None:
     assert measure(snap(sources=partners), POLICY).level == 0
 
 
+def test_a_full_slot_budget_is_a_wave_and_most_of_it_elevated() -> None:
+    budget = replace(POLICY, slot_budget=30)
+    assert measure(replace(snap(), slotted=10), budget).level == 0
+    assert measure(replace(snap(), slotted=24), budget).level == 1
+    pr = measure(replace(snap(), slotted=30), budget)
+    assert pr.level == 2 and pr.budget_fill == 1.0 and "strangers hold 100% of their slot budget" in pr.reasons[0]
+    # Half of it holds the wave: a flood the budget keeps out still fills it.
+    assert measure(replace(snap(), slotted=15), budget).holds == 2
+    assert measure(replace(snap(), slotted=14), budget).holds == 1
+    assert measure(replace(snap(), slotted=None), budget).level == 0  # no budget in force (iptables, dry run)
+    assert measure(replace(snap(), slotted=30), replace(POLICY, slot_budget=0)).level == 0
+
+
 def test_idle_share_counts_only_non_allowlisted_sessions_and_needs_enough_of_them() -> None:
     silent = {Prefix.parse(f"198.18.1.{i}"): SourceStats(held=1, established=1, idle=1) for i in range(30)}
     busy = {Prefix.parse(f"198.51.100.{i}"): SourceStats(held=1, established=1) for i in range(5)}
@@ -158,6 +171,10 @@ def test_queues_read_between_ticks_call_for_a_tick_only_to_go_higher() -> None:
     assert queues_call(q(90), elevated, MP, NOW)
     assert not queues_call(q(100), ModeState(Mode.WAVE, NOW, until=NOW + 60), MP, NOW)  # a wave ticks fast anyway
     assert not queues_call(q(0, backlog=0), normal, MP, NOW)  # a listener without a backlog says nothing
+    # A flood the cap holds back before the wave fills no queue: the budget's fill calls the wave between ticks.
+    assert queues_call(q(0), elevated, MP, NOW, budget_fill=1.0)
+    assert not queues_call(q(0), elevated, MP, NOW, budget_fill=0.9)
+    assert queues_call(q(0), normal, MP, NOW, budget_fill=0.8)
     # After an operator's "wave off", nothing automatic above elevated until its quiet time is over.
     quiet = ModeState(Mode.ELEVATED, NOW, quiet_until=NOW + 60)
     assert not queues_call(q(100), quiet, MP, NOW)

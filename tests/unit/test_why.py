@@ -275,6 +275,17 @@ def test_a_proof_revoked_for_a_loop_says_so_and_the_budget_says_a_delivery_frees
     assert "retrying works, and once a message of yours is accepted" in advice(fresh, "wave-budget")
 
 
+def test_the_budget_is_in_force_for_strangers_before_a_wave_but_only_a_wave_advises_on_it() -> None:
+    calm = replace(evidence(), limits=why.in_force(POLICY, Mode.NORMAL, STRANGER, 10, budget_slots=30))
+    assert calm.limits.budget_slots == 30 and "wave-budget" not in rules(calm)
+    assert any("; strangers' sessions share 30 of the MTA's slots" in f for f in why.explain(calm).facts)
+    wave = replace(evidence(mode=Mode.WAVE), limits=why.in_force(POLICY, Mode.WAVE, STRANGER, 10, budget_slots=30))
+    assert "wave-budget" in rules(wave)
+    assert any("during this wave strangers' sessions share 30" in f for f in why.explain(wave).facts)
+    trusted = why.in_force(POLICY, Mode.NORMAL, why.Standing(why.TRUSTED), 10, budget_slots=30)
+    assert trusted.budget_slots == 0
+
+
 def test_the_wave_gate_for_strangers_only() -> None:
     assert rules(evidence(mode=Mode.WAVE)) == ["nothing-wrong", "wave-gate"]
     assert "share 10/s" in advice(evidence(mode=Mode.WAVE), "wave-gate")
