@@ -20,8 +20,12 @@ def test_short_flood_with_govern_blocks_bots_and_never_touches_trusted_or_legit(
     assert json.loads((out / "result.json").read_text())["scenario"] == "flood+govern"
     assert (out / "timeline.png").read_bytes().startswith(b"\x89PNG")
     print((tmp_path / "table.txt").read_text())
-    # The flood was real: the MTA's accept queue overflowed, and legitimate mail kept being attempted throughout.
-    assert res.counters.get("ListenOverflows", 0) > 0
+    # The flood was real: its hogs wanted many times the MTA's 50 processes and tried again and again, and most of
+    # their attempts found no room (govern's slot budget caps strangers from the flood's first packet, so the
+    # accept queue no longer overflows as it did without the cap); legitimate mail kept being attempted throughout.
+    hogs = [b for name, b in res.bots.items() if name.endswith("-hogs")]
+    assert sum(b["connections_wanted"] for b in hogs) >= 500
+    assert sum(b["timeouts"] for b in hogs) > 5 * sum(b["established"] for b in hogs), hogs
     assert res.legit["attempted"] >= 100 and res.trusted["attempted"] >= 50
     # The guard: legitimate mail still flows during the flood.
     assert res.legit["success"] is not None and res.legit["success"] >= 0.9, res.legit

@@ -18,6 +18,9 @@ from tests.netns import Lab, Listener, Netns, SmtpListener, connect, converse
 MX4 = "203.0.113.25"
 # Fast hysteresis, so a test sees the whole cycle; the pressure thresholds stay the defaults.
 QUICK = '[modes]\ncalm_for = "2s"\n'
+# Strangers fill a queue only where the slot budget does not cap them before a wave (wave.budget_before_wave):
+# with the cap, the queue of a listener with a backlog of 16 holds at most its budget of 9 of theirs.
+UNCAPPED = "[wave]\nbudget_before_wave = false\n"
 
 
 def mode(d: Daemon) -> str:
@@ -71,7 +74,7 @@ def test_a_full_accept_queue_starts_a_wave_which_steps_down_when_it_drains(lab: 
     mta = Stalled(lab.mx)
     clients: list[socket.socket] = []
     try:
-        with running(lab.mx, write_config(tmp_path, QUICK)) as d:
+        with running(lab.mx, write_config(tmp_path, QUICK + UNCAPPED)) as d:
             assert mode(d) == "normal"
             with lab.net.entered():
                 # A backlog of 16 queues 17 completed connections; from 17 sources, each under every limit.
@@ -271,7 +274,7 @@ def test_a_queue_that_fills_between_ticks_starts_the_wave_at_once_not_at_the_nex
             slow = f'tick = "10s"\nqueue_poll = "{poll}"\n'  # write_config's [daemon] goes on
             home = tmp_path / f"poll-{poll}"
             home.mkdir()
-            with running(lab.mx, write_config(home, slow + QUICK)) as d:
+            with running(lab.mx, write_config(home, slow + QUICK + UNCAPPED)) as d:
                 assert mode(d) == "normal"
                 time.sleep(0.5)  # the start's first tick is behind: the next is ~9.5 s away
                 t0 = time.monotonic()
