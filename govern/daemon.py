@@ -31,7 +31,7 @@ from govern.core.decide import (
     sessions_to_end,
 )
 from govern.core.fleet import Refusal, Remote, fleet_blocks, fleet_trust, fleet_unblocks, superseded
-from govern.core.modes import queues_call
+from govern.core.modes import budget_fill, queues_call
 from govern.core.policy import Policy
 from govern.core.reasons import family, reason_class
 from govern.edges import Counters, Enforcer, FleetLink, SocketSource, StateStore, Tarpit
@@ -192,8 +192,7 @@ class Governor:
             slotted = self.enforcer.slotted()
         except GovernError:
             slotted = None
-        budget = self.policy.slot_budget
-        fill = slotted / budget if slotted is not None and budget > 0 else 0.0
+        fill = budget_fill(slotted, self.policy.slot_budget)
         # The highest rate since the last tick, not this read's alone: a call the main loop held back (too soon
         # after a tick) still stands at the next read, when the flood may have slowed down.
         calls = queues_call(listeners, self.state.mode, self.policy.modes, now, self._attempts_peak, fill)

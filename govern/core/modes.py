@@ -50,7 +50,7 @@ def measure(snap: Snapshot, policy: Policy) -> Pressure:
     # A flood's first fraction of a second, seen between ticks, is not diluted by the calm before it in the tick.
     attempts_per_s = max(attempts_per_s, snap.attempts_peak)
     idle_share = idle_foreign / established if established >= mp.min_sessions else 0.0
-    budget_fill = snap.slotted / policy.slot_budget if snap.slotted is not None and policy.slot_budget > 0 else 0.0
+    fill_of_budget = budget_fill(snap.slotted, policy.slot_budget)
     figures = (
         ("queue_fill", fill, mp.queue_fill, "accept queue {:.0%} full"),
         ("listen_drops", drops_per_s, mp.listen_drops, "{:.0f} connections/s dropped at a full listen queue"),
@@ -60,7 +60,7 @@ def measure(snap: Snapshot, policy: Policy) -> Pressure:
         ("idle_share", idle_share, mp.idle_share, "{:.0%} of sessions held silent by non-allowlisted clients"),
         # The budget caps strangers before a wave: a flood it holds back fills no queue, and would hold the budget,
         # shed by nothing, until it tired.
-        ("budget_fill", budget_fill, mp.budget_fill, "strangers hold {:.0%} of their slot budget"),
+        ("budget_fill", fill_of_budget, mp.budget_fill, "strangers hold {:.0%} of their slot budget"),
     )
     level = holds = 0
     reasons = []
@@ -70,7 +70,14 @@ def measure(snap: Snapshot, policy: Policy) -> Pressure:
         if lv:
             reasons.append(text.format(value))
         level, holds = max(level, lv), max(holds, hv)
-    return Pressure(level, holds, tuple(reasons), fill, drops_per_s, syn_recv, attempts_per_s, idle_share, budget_fill)
+    return Pressure(
+        level, holds, tuple(reasons), fill, drops_per_s, syn_recv, attempts_per_s, idle_share, fill_of_budget
+    )
+
+
+def budget_fill(slotted: int | None, budget: int) -> float:
+    """The share of the slot budget its sets hold (`slotted`, the kernel's count; None or no budget: 0)."""
+    return slotted / budget if slotted is not None and budget > 0 else 0.0
 
 
 def totals(sources: Mapping[Prefix, SourceStats], allowlisted: Callable[[Prefix], bool]) -> Totals:

@@ -257,7 +257,8 @@ def _budget_rules(
             f"tcp dport @ports {syn} {local} ip saddr != @gate4 ip saddr != @allow4 {k4} != @proven4 jump calm",
             f"tcp dport @ports {syn} {local} ip6 saddr != @gate6 ip6 saddr != @allow6 {k6} != @proven6 jump calm",
         ]
-    admit = [f"ct id @{name} accept" for name in sizes]  # a retransmitted SYN of an admitted connection
+    admitted = [f"ct id @{name} accept" for name in sizes]  # a retransmitted SYN of an admitted connection
+    admit = list(admitted)
     # A first contact takes the first contacts' lane: a source's only connection its own part of it, then the
     # crowds' part; a crowd's (a source that opened others at once, as a swarm's do) only the crowds' part. The
     # swarm's sources arriving during the wave then hold a third of the lane, not all of it, while a sender that
@@ -275,8 +276,7 @@ def _budget_rules(
         ]
     admit += [f"add @slots {{ ct id timeout {SLOT_HANDSHAKE} }} accept", "counter drop"]
     # Before a wave there are no first contacts to keep a lane for: any lane with room, the common one first.
-    calm = [f"ct id @{name} accept" for name in sizes]
-    calm += [f"add @{name} {{ ct id timeout {SLOT_HANDSHAKE} }} accept" for name in sizes]
+    calm = admitted + [f"add @{name} {{ ct id timeout {SLOT_HANDSHAKE} }} accept" for name in sizes]
     return pre, out, admit, [*calm, "counter drop"]
 
 
