@@ -21,10 +21,15 @@ Cases (each a separate daemon, sizes ascending within a case):
 - tracked M: M distinct sources that each sent one SYN, which is what govern tracks per source: the kernel counts
   SYNs per source in the counting sets seen4/seen6 (govern/nft/ruleset.py: 4 shards each, seen4_0 ..., 262,144
   elements in all, 2 min timeout),
-  the daemon dumps both every tick (NftBackend.syn_counts) and its RateWindow (govern/observe/rates.py) keeps every
+  the daemon dumps them (NftBackend.syn_counts) and its RateWindow (govern/observe/rates.py) keeps every
   source the dump reports. The SYNs are crafted (govern_lab's SynCrafter) and sent through a raw socket from the
   client namespace to port 465 (protected, nothing listens: the MX answers with a RST), paced at `--syn-pps`;
-  before every measurement they are sent again, so the sets and the window keep all M.
+  before every measurement they are sent again, so the sets and the window keep all M. Nothing new comes during a
+  window: since the daemon skips the read while the kernel counts nothing new and no count has reached its timeout,
+  this row is what holding M sources costs.
+- trickled M (`--trickle PPS`, with --tracked's sizes): the tracked case with PPS SYNs a second during each window,
+  each from a source of the M drawn at random: the counts move, so every tick reads the counting sets whole; what a
+  host pays after a flood while a few connections a second still come, and what every tick of a flood pays.
 - blocks B: B active blocks written to the store before the daemon starts (bench/bench_restore.py's block_plan:
   three in four IPv4 hosts, one in four IPv6 /64s), restored into the kernel by the daemon's start-up.
 
@@ -56,6 +61,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import traceback
 import urllib.request
@@ -82,7 +88,10 @@ METRICS = "127.0.0.1:9742"
 SYN_PORT = 465  # protected, nothing listens: counted by the kernel, answered with a RST
 V4_BASE = Prefix.parse("198.18.0.0").value
 V4_SPAN = 1 << 17  # 198.18.0.0/15, every host a source
-V6_BASE = Prefix.parse("2001:db8:bad::").value
+# IPv6 sources one a /64, so they are as many source groups at `protect.ipv6_prefix = 64` (the default) as at 128:
+# 2001:db8:bac::/46 holds 262,144 /64s, the most the IPv6 counting shards hold.
+V6_RANGE = "2001:db8:bac::/46"
+V6_BASE = Prefix.parse(V6_RANGE).value
 SEEN_SIZE = 262144  # govern/nft/ruleset.py SEEN_SIZE: the most one family's counting shards hold in all
 TRACKED_MAX = V4_SPAN + SEEN_SIZE
 # docs/targets.md: whole daemon at 1 Hz <= 2% of a core at 20k live sessions, <= 10% at 100k; tick p99 <= 250 ms
@@ -412,12 +421,12 @@ def run_sockets(sizes: list[int], args: argparse.Namespace, log: Callable[[str],
 
 
 def syn_pool(m: int, seed: int) -> tuple[list[bytes], list[bytes]]:
-    """One SYN from each of m sources: IPv4 hosts of 198.18.0.0/15 first, then IPv6 hosts of 2001:db8:bad::/48."""
+    """One SYN from each of m sources: IPv4 hosts of 198.18.0.0/15 first, then IPv6 hosts of V6_RANGE, one a /64."""
     rng = random.Random(seed)
     n4 = min(m, V4_SPAN)
     c4, c6 = SynCrafter(MX4, SYN_PORT), SynCrafter(MX6, SYN_PORT)
     v4 = [c4.packet(V4_BASE + i, rng.randrange(1024, 65536), rng.getrandbits(32), 0) for i in range(n4)]
-    v6 = [c6.packet(V6_BASE + i + 1, rng.randrange(1024, 65536), rng.getrandbits(32), 0) for i in range(m - n4)]
+    v6 = [c6.packet(V6_BASE + (i << 64) + 1, rng.randrange(1024, 65536), rng.getrandbits(32), 0) for i in range(m - n4)]
     return v4, v6
 
 
@@ -444,7 +453,42 @@ def send_syns(net: Netns, pools: tuple[list[bytes], list[bytes]], pps: float) ->
     return time.monotonic() - t0
 
 
+@contextlib.contextmanager
+def trickle(net: Netns, pools: tuple[list[bytes], list[bytes]], pps: float) -> Iterator[None]:
+    """Re-send SYNs of the pools, drawn at random, at `pps` a second from a thread, for as long as the block runs."""
+    if pps <= 0:
+        yield
+        return
+    with entered(net.name):
+        s4 = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+        s6 = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_RAW)
+    both = [(s4, MX4, pkt) for pkt in pools[0]] + [(s6, MX6, pkt) for pkt in pools[1]]
+    stop = threading.Event()
+
+    def send() -> None:
+        rng = random.Random(1)
+        t0, sent = time.monotonic(), 0
+        while not stop.is_set():
+            sock, dst, pkt = rng.choice(both)
+            sock.sendto(pkt, (dst, 0))
+            sent += 1
+            ahead = sent / pps - (time.monotonic() - t0)
+            if ahead > 0:
+                stop.wait(ahead)
+
+    thread = threading.Thread(target=send, name="trickle", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+        s4.close()
+        s6.close()
+
+
 def run_tracked(sizes: list[int], args: argparse.Namespace, log: Callable[[str], None]) -> list[Row]:
+    case = "trickled" if args.trickle > 0 else "tracked"
     rows = []
     lab = Lab()
     try:
@@ -452,9 +496,11 @@ def run_tracked(sizes: list[int], args: argparse.Namespace, log: Callable[[str],
         # The whole of 198.18.0.0/15 as sources (tests/netns.py's Lab routes only the /16): the MX's RSTs go back.
         lab.net.sh("ip", "route", "add", "local", "198.19.0.0/16", "dev", "lo")
         lab.mx.sh("ip", "route", "add", "198.19.0.0/16", "via", "203.0.113.1")
+        lab.net.sh("ip", "-6", "route", "add", "local", V6_RANGE, "dev", "lo")
+        lab.mx.sh("ip", "-6", "route", "add", V6_RANGE, "via", "2001:db8:25::1")
         with tempfile.TemporaryDirectory(prefix="govern-bench-") as tmp, daemon(lab.mx, Path(tmp)) as d:
             for m in sorted(set(sizes)):
-                row = Row("tracked", m)
+                row = Row(case, m)
                 for r in range(args.reps):
                     pools = syn_pool(m, seed=r)
                     took = send_syns(lab.net, pools, args.syn_pps)
@@ -470,7 +516,8 @@ def run_tracked(sizes: list[int], args: argparse.Namespace, log: Callable[[str],
                         steady(d, args.settle)
                     else:
                         time.sleep(2)  # a tick to take the new counts in
-                    row.windows.append(measure(d, args.window))
+                    with trickle(lab.net, pools, args.trickle):
+                        row.windows.append(measure(d, args.window))
                     log(f"  {fmt_window(row.windows[-1])}")
                 # One process a shard: nft 1.0.6 fails a second `list set` in one run ("No such file or directory").
                 shards = (["nft", "list", "set", "inet", "govern", name] for name in seen_sets(4))
@@ -550,13 +597,14 @@ def plot(rows: list[Row], path: Path, title: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(16, 5.2))
-    style = {"sockets": ("o-", "C0"), "tracked": ("s-", "C1"), "blocks": ("^", "C2")}
+    style = {"sockets": ("o-", "C0"), "tracked": ("s-", "C1"), "trickled": ("D-", "C3"), "blocks": ("^", "C2")}
     label = {
         "sockets": "N live sessions (x = sockets)",
         "tracked": "M tracked sources (x = sources)",
+        "trickled": "M tracked sources, a trickle of new SYNs (x = sources)",
         "blocks": "B restored blocks (x = blocks)",
     }
-    for case in ("sockets", "tracked", "blocks"):
+    for case in ("sockets", "tracked", "trickled", "blocks"):
         rs = [r for r in rows if r.case == case]
         if not rs:
             continue
@@ -630,6 +678,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--per-source", type=int, default=10, help="sessions per source address")
     ap.add_argument("--talk-every", type=float, default=10.0, help="each session sends a line this often (0: never)")
     ap.add_argument("--syn-pps", type=float, default=20000.0, help="pace of the tracked case's SYNs")
+    ap.add_argument(
+        "--trickle", type=float, default=0.0, help="SYNs a second during the tracked case's windows (0: none)"
+    )
     ap.add_argument("--json", type=Path, help="write every figure here")
     ap.add_argument(
         "--load", type=Path, nargs="*", default=[], help="also put the rows of earlier --json files in table and plot"

@@ -57,7 +57,7 @@ def read(ns: Netns, size: int, shards: int, reps: int) -> tuple[list[float], tup
     with entered(ns.name), NftNetlink() as nl:
         for _ in range(reps):
             t0, c0 = time.perf_counter(), os.times()
-            got = len(nl.count_columns([f"seen4_{i}" for i in range(shards)], 4, 32))
+            got = len(nl.count_columns([f"seen4_{i}" for i in range(shards)], 4, 32).counts)
             c1 = os.times()
             walls.append((time.perf_counter() - t0) * 1000)
             cpu.append(((c1.user - c0.user) * 1000, (c1.system - c0.system) * 1000))

@@ -76,9 +76,9 @@ class Enforcer(Protocol):
         ...
 
     def syn_counts_unchanged(self) -> bool:
-        """Whether no source group's count can have grown since the last `syn_counts` (a counter the same rules
-        count in has not moved), so a calm tick may skip the read; False where the backend cannot tell. Counts
-        may only have timed out meanwhile."""
+        """Whether no source group's count can have grown or timed out since the last `syn_counts` (a counter the
+        same rules count in has not moved, and no element read has reached its timeout), so a tick may skip the
+        read; False where the backend cannot tell."""
         ...
 
     def proven(self) -> Sequence[tuple[Prefix, float]]:

@@ -116,6 +116,7 @@ class FakeEnforcer:
     slots: int | None = None  # connections holding a slot of the budget (None: no budget)
     attempted: int | None = None  # the kernel's count of new connections (None: no counter)
     counted_at: int | None = None  # `attempted` at the last syn_counts, as the nftables backend keeps it
+    counts_expire: bool = False  # a count read may have timed out since (the nftables backend's expirations)
     syn_reads: int = 0
     proven_reads: int = 0
     fail_next: bool = False
@@ -171,7 +172,7 @@ class FakeEnforcer:
         return dict(self.syn)
 
     def syn_counts_unchanged(self) -> bool:
-        return self.counted_at is not None and self.attempted == self.counted_at
+        return self.counted_at is not None and self.attempted == self.counted_at and not self.counts_expire
 
     def prove(self, sources: Mapping[Prefix, float]) -> None:
         self.log_proven.update(sources)

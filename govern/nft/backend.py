@@ -17,7 +17,9 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
+import math
 import operator
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, cast
 
@@ -66,6 +68,7 @@ class NftBackend:
         # The `attempts` counter as it stood just before the last read of the counting sets (None: no read since
         # the table was made), for `syn_counts_unchanged`.
         self._counted_at: int | None = None
+        self._same_until = 0.0  # time.monotonic() at which an element of the last read may time out
 
     # -- start-up -------------------------------------------------------------------------------------------
 
@@ -239,18 +242,27 @@ class NftBackend:
         # Read before the dump: a SYN counted between the two is in this dump and moves the counter past the mark,
         # so the next tick reads again; one counted after it moves the counter too.
         mark = self.nl.counter_packets(ATTEMPTS)
+        began = time.monotonic()
         # As columns: the rate window takes them as they are (govern.keys.Counted; docs/benchmarks.md, "Memory").
-        counts = Counted.concat(
-            [self.nl.count_columns(seen_sets(v), v, plen) for v, plen in ((4, self.v4_len), (6, self.v6_len))]
-        )
+        reads = [self.nl.count_columns(seen_sets(v), v, plen) for v, plen in ((4, self.v4_len), (6, self.v6_len))]
+        counts = Counted.concat([r.counts for r in reads])
+        # The time left is as the kernel found it during the dump, which began after `began`: the first element
+        # can only time out later than this.
+        left = [r.soonest_ms for r in reads if r.soonest_ms is not None]
+        self._same_until = began + min(left) / 1000 if left else math.inf
         self._counted_at = mark
         return counts
 
     def syn_counts_unchanged(self) -> bool:
         # The counter counts in the rule that sends each new connection to its shard's count (govern/nft/ruleset.py),
-        # so while it stands still no element's counter has moved; elements may only have timed out, which the next
-        # read shows.
-        return self._counted_at is not None and self.nl.counter_packets(ATTEMPTS) == self._counted_at
+        # so while it stands still no element's counter has moved; and until the first element read times out,
+        # none has gone either (docs/benchmarks.md, "Whole daemon": a flood's hundred thousand sources held for
+        # their two minutes cost no read while nothing new comes).
+        return (
+            self._counted_at is not None
+            and time.monotonic() < self._same_until
+            and self.nl.counter_packets(ATTEMPTS) == self._counted_at
+        )
 
     def attempts(self) -> int | None:
         return self.nl.counter_packets(ATTEMPTS)

@@ -140,6 +140,7 @@ _FAMILY_NAMES = {1: "inet", 2: "ip", 3: "arp", 5: "netdev", 7: "bridge", 10: "ip
 _BE32 = struct.Struct(">I")
 _U32 = struct.Struct("=I")
 _BE64 = struct.Struct(">Q")
+_NEVER = b"\xff" * 8  # above any expiration a counting set's element reports (big-endian ms)
 
 
 class ElemOp(NamedTuple):
@@ -422,8 +423,8 @@ class _CountLayout(NamedTuple):
 
     `unpack` reads the whole element (`size` bytes, alignment included) at once; `check` picks every field but the
     key and the packets (the attribute headers, the counter's name, flags and user data), which must equal
-    `expect` for the element to be read this way; `key_at` and `packets_at` index the key bytes and the packets
-    (big-endian bytes) in the record.
+    `expect` for the element to be read this way; `key_at`, `packets_at` and `expires_at` index the key bytes, the
+    packets and the time left before the element times out (big-endian bytes, ms) in the record.
     """
 
     unpack: Callable[[bytes | bytearray | memoryview, int], tuple[Any, ...]]
@@ -432,6 +433,7 @@ class _CountLayout(NamedTuple):
     expect: tuple[Any, ...]
     key_at: int
     packets_at: int
+    expires_at: int  # -1: this shape has no expiration (no timeout)
 
 
 def _count_layout(buf: bytes | bytearray | memoryview, off: int, elen: int) -> _CountLayout | None:
@@ -463,7 +465,9 @@ def _count_layout(buf: bytes | bytearray | memoryview, off: int, elen: int) -> _
                             packets += 1
         elif atype in (NFTA_SET_ELEM_FLAGS, NFTA_SET_ELEM_USERDATA):
             fields.append((p, f"{end - p}s", "check"))
-        elif atype not in (NFTA_SET_ELEM_TIMEOUT, NFTA_SET_ELEM_EXPIRATION):
+        elif atype == NFTA_SET_ELEM_EXPIRATION and end - p == 8:
+            fields.append((p, "8s", "expires"))
+        elif atype != NFTA_SET_ELEM_TIMEOUT:
             return None  # data, expressions lists, object references: not a counting set's
     if key != 1 or packets != 1:
         return None
@@ -483,7 +487,10 @@ def _count_layout(buf: bytes | bytearray | memoryview, off: int, elen: int) -> _
     rec = record.unpack_from(buf, off)
     checked = [i for i, role in enumerate(roles) if role == "check"]
     pick = operator.itemgetter(*checked)
-    return _CountLayout(record.unpack_from, size, pick, pick(rec), roles.index("key"), roles.index("packets"))
+    expires_at = roles.index("expires") if "expires" in roles else -1
+    return _CountLayout(
+        record.unpack_from, size, pick, pick(rec), roles.index("key"), roles.index("packets"), expires_at
+    )
 
 
 class CountParser:
@@ -495,7 +502,7 @@ class CountParser:
     element goes through the generic parse (`_parse_elements`), which gives the same key and packets.
     """
 
-    __slots__ = ("_keys", "_layouts", "_packets", "_raw")
+    __slots__ = ("_keys", "_layouts", "_packets", "_raw", "_soonest")
 
     def __init__(self) -> None:
         # Each element's key and packets appended to one buffer each, not kept as a bytes object per element
@@ -504,6 +511,8 @@ class CountParser:
         self._packets = bytearray()
         self._raw: list[_RawElem] = []  # the elements the generic parse took
         self._layouts: dict[int, _CountLayout | None] = {}
+        # The least time left before an element read times out, as big-endian bytes (compared as they are).
+        self._soonest = _NEVER
 
     def feed(self, buf: bytes | bytearray | memoryview, off: int, end: int) -> None:
         """Read the elements of one NFTA_SET_ELEM_LIST_ELEMENTS payload, buf[off:end]."""
@@ -511,12 +520,16 @@ class CountParser:
         layouts = self._layouts
         unpack_nla = NLATTR.unpack_from
         cur: _CountLayout | None = None
+        soonest = self._soonest
+        ex = -1
         while off + 4 <= end:
             if cur is not None and off + cur.size <= end:
                 rec = cur.unpack(buf, off)
                 if cur.check(rec) == cur.expect:
                     keys(rec[cur.key_at])
                     packets(rec[cur.packets_at])
+                    if ex >= 0 and rec[ex] < soonest:
+                        soonest = rec[ex]
                     off += cur.size
                     continue
             elen, _atype = unpack_nla(buf, off)
@@ -529,11 +542,19 @@ class CountParser:
             if layout is not None and layout is not cur and off + layout.size <= end:
                 rec = layout.unpack(buf, off)
                 if layout.check(rec) == layout.expect:
-                    cur = layout
+                    cur, ex = layout, layout.expires_at
                     continue
             step = (elen + 3) & ~3
             _parse_elements(buf, off, min(off + step, end), self._raw)
             off += step
+        self._soonest = soonest
+
+    def soonest_ms(self) -> int | None:
+        """The least time left, in ms, before an element read times out; None if none has a timeout."""
+        left = [e for _k, t, e, _pk in self._raw if t or e]
+        if self._soonest != _NEVER:
+            left.append(int.from_bytes(self._soonest, "big"))
+        return min(left) if left else None
 
     def result(self) -> list[tuple[int, int]]:
         """(key, packets) of every element read."""
@@ -555,10 +576,22 @@ class CountParser:
         if self._raw:
             keys += b"".join((k >> 1).to_bytes(size, "big") for k, _t, _e, _pk in self._raw)
             packets += b"".join(pk.to_bytes(8, "big") for _k, _t, _e, pk in self._raw)
+            left = [e for _k, t, e, _pk in self._raw if t or e]
+            if left:
+                self._soonest = min(self._soonest, min(left).to_bytes(8, "big"))
             self._raw = []  # taken into the buffers: a second call reads them once
         if len(keys) != size * (len(packets) // 8):
             raise KernelError(f"nftables: a counting set's keys are not IPv{version} addresses", 4)
         return group_counts(keys, packets, version, plen)
+
+
+class CountRead(NamedTuple):
+    """One read of a family's counting sets: the counts, and the least time left (ms) before one of the elements
+    read times out (None: none has a timeout). Until then, and while no new connection is counted, a read again
+    would find the same."""
+
+    counts: Counted
+    soonest_ms: int | None
 
 
 class DumpChunk(NamedTuple):
@@ -816,11 +849,12 @@ class NftNetlink:
         the SYN counters, without making a SetElem and a Prefix per element."""
         return self._counted((set,), CountParser.result)
 
-    def count_columns(self, sets: Sequence[str], version: int, plen: int) -> Counted:
+    def count_columns(self, sets: Sequence[str], version: int, plen: int) -> CountRead:
         """`dump_counts` of the shards of one family's counting set, as the tick reads them: the packets per source
-        group of `plen` bits, as columns. One parser takes every shard's dump, so the columns are made once a family,
-        not once a shard (~0.1 ms each time, which many small shards would pay on every read)."""
-        return self._counted(sets, lambda parser: parser.columns(version, plen))
+        group of `plen` bits, as columns, and how long until the first element read times out. One parser takes
+        every shard's dump, so the columns are made once a family, not once a shard (~0.1 ms each time, which many
+        small shards would pay on every read)."""
+        return self._counted(sets, lambda parser: CountRead(parser.columns(version, plen), parser.soonest_ms()))
 
     def _counted(self, sets: Sequence[str], read: Callable[[CountParser], _T]) -> _T:
         """What `read` makes of whole dumps of counting sets (all of them again if one changed meanwhile), with the

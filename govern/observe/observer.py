@@ -3,8 +3,9 @@ counters (new connections, so a connection that opens and closes within a tick s
 
 A calm tick may reuse the last scan's sockets (`rescan=False`: the daemon asks for a scan every few ticks in normal
 mode, every tick under pressure): the walk of every socket is most of a tick's cost, and in normal mode nothing is
-judged by a socket's state to the second. Its accept queues are read anew all the same, and its SYN counters unless
-the backend can tell that none has moved since the last read (Enforcer.syn_counts_unchanged).
+judged by a socket's state to the second. Its accept queues are read anew all the same. Any tick reads the SYN
+counters unless the backend can tell that none has moved or timed out since the last read
+(Enforcer.syn_counts_unchanged).
 
 The sources that hold sockets (a few per socket) become SourceStats records; those seen only by their connection
 attempts, up to a million in a flood, stay numpy columns (model.Sources), so a tick costs a few vectorised passes
@@ -102,10 +103,10 @@ class Observer:
             scan = replace(self._scan, listeners=tuple(self.sockets.listeners(policy.ports)))
         self.phases.lap("scan")
         window = self.rates
-        if not rescan and self._scan is not None and self.syn_unchanged():
-            # A calm tick on the last walk, and the kernel counted no new connection since the last read: every
-            # count is as that read found it, and the window only moves on in time. Each tick that walks the
-            # sockets reads the counters too, so one that timed out is seen gone within a walk's interval.
+        if self._scan is not None and self.syn_unchanged():
+            # The kernel counted no new connection since the last read, and none of the counts it read can have
+            # timed out: every count is as that read found it, and the window only moves on in time. Whatever the
+            # tick walks, so what a tick costs follows what changed, not how many sources are held.
             rates = window.still(now)
         else:
             counts = self.syn_counts()

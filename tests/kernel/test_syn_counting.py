@@ -66,6 +66,34 @@ def test_the_counting_sets_are_unchanged_until_the_kernel_counts_a_new_connectio
         srv.close()
 
 
+def test_a_count_that_times_out_is_read_again_though_nothing_new_was_counted(lab: Lab) -> None:
+    """The read may be skipped only until the first element it read reaches its timeout: past it, the backend
+    says the counts may have changed, and the next read finds the element gone (so a flood's sources held for
+    two minutes cost no read while nothing new comes, and are let go when the kernel lets them go)."""
+    with lab.mx.entered():
+        backend = NftBackend()
+    try:
+        backend.setup(config.from_mapping({}).firewall(), [], State(), time.time())
+        srv = Listener(lab.mx, 25)
+        with lab.net.entered():
+            connect("198.51.100.9", MX4, 25, timeout=2.0).close()
+        srv.close()
+        lab.mx.sh("nft", "add element inet govern seen4_0 { 198.51.100.7 timeout 2s }")
+        t0 = time.monotonic()
+        counts = backend.syn_counts()
+        assert set(counts) == {Prefix.parse("198.51.100.9"), Prefix.parse("198.51.100.7")}
+        assert backend.syn_counts_unchanged()
+        while time.monotonic() - t0 < 1.5:
+            assert backend.syn_counts_unchanged()  # not yet: the element has time left
+            time.sleep(0.25)
+        time.sleep(0.75)
+        assert not backend.syn_counts_unchanged()  # nothing new counted, but 198.51.100.7 may be gone
+        assert set(backend.syn_counts()) == {Prefix.parse("198.51.100.9")}
+        assert backend.syn_counts_unchanged()  # the connection's count has its two minutes left
+    finally:
+        backend.close()
+
+
 def test_sources_spread_over_the_counting_shards_and_read_back_whole(lab: Lab) -> None:
     """Each source is counted in one shard of the counting set, chosen by a hash of its key (an IPv6 source by its
     /64): the read gives every source once, with all its connections, whichever shard holds it."""

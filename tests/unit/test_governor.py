@@ -229,9 +229,9 @@ def test_calm_ticks_reuse_the_last_walk_of_the_sockets_and_pressure_walks_every_
     assert gov.observer.scans == before + 4
 
 
-def test_calm_ticks_skip_the_syn_counters_while_the_kernels_count_stands_still(tmp_path: Path) -> None:
-    """A calm tick on the last walk reads the per-source SYN counters only when the backend's counter of new
-    connections moved since the last read; a tick that walks the sockets always reads them."""
+def test_ticks_skip_the_syn_counters_while_the_kernels_count_stands_still(tmp_path: Path) -> None:
+    """A tick reads the per-source SYN counters only when the backend's counter of new connections moved since
+    the last read, or a count read may have timed out since; whether it walks the sockets or not."""
     gov, _socks, enf, clock = make(tmp_path, modes__auto=True)
     enf.attempted = 0
     run_ticks(gov, clock, 3)  # a walk, then two calm ticks with nothing new
@@ -247,8 +247,19 @@ def test_calm_ticks_skip_the_syn_counters_while_the_kernels_count_stands_still(t
     run_ticks(gov, clock, 1)  # still: nothing new, the source still counted in the last minute
     assert enf.syn_reads == 3 and gov.snapshot.sources[BOT].new == 0
     assert gov.snapshot.sources[BOT].new_per_minute == 2
-    run_ticks(gov, clock, 1)  # the walk reads them whatever the counter says
+    run_ticks(gov, clock, 1)  # a walk: the counts stand still all the same
+    assert gov.observer.scans == 3 and enf.syn_reads == 3
+    assert gov.snapshot.sources[BOT].new_per_minute == 2
+    # The backend: a count read may have timed out since; it did, and the read finds it gone.
+    enf.counts_expire, enf.syn = True, {}
+    run_ticks(gov, clock, 1)
     assert gov.observer.scans == 3 and enf.syn_reads == 4
+    enf.counts_expire = False
+    run_ticks(gov, clock, 1)
+    assert enf.syn_reads == 4
+    enf.attempted, enf.syn[BOT] = 3, 1  # a new connection
+    run_ticks(gov, clock, 1)
+    assert enf.syn_reads == 5
 
 
 def test_a_backend_that_cannot_tell_is_read_every_tick(tmp_path: Path) -> None:

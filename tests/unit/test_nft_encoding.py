@@ -402,6 +402,31 @@ def test_count_parser_reads_the_same_keys_and_packets_as_the_generic_parse() -> 
     assert parser.result() == [(P(f"2001:db8:bad:{i}::").value, 2**40 + i) for i in range(3)]
 
 
+def test_count_parser_reports_the_least_time_left_of_any_element_read() -> None:
+    # What tells a tick whether a count may have timed out since the last read (NftBackend.syn_counts_unchanged):
+    # the least expiration of the fast path's elements and of the generic parse's alike.
+    def soonest(elems: list[bytes]) -> int | None:
+        payload = b"".join(elems)
+        parser = nl.CountParser()
+        parser.feed(payload, 0, len(payload))
+        return parser.soonest_ms()
+
+    run = [kernel_elem(ip(f"198.18.0.{i}"), expires=50_000 - 100 * i, counter=i) for i in range(1, 40)]
+    assert soonest(run) == 50_000 - 3_900
+    assert soonest([*run, kernel_elem(ip("198.18.1.1"), expires=2**40, counter=1)]) == 50_000 - 3_900
+    # The later of two big-endian expirations is not the one with the larger first byte by chance.
+    assert soonest([kernel_elem(ip("198.18.1.1"), expires=0x1_00, counter=1), run[0]]) == 0x1_00
+    assert soonest([*run, kernel_elem(ip("198.18.1.7"), expires=700)]) == 700  # the generic parse's element
+    assert soonest([*run, kernel_elem(ip("198.18.1.8"), expires=600, counter=2, multi=True)]) == 600
+    # Whether the columns are made first or not (they take in the generic parse's elements).
+    payload = b"".join([*run, kernel_elem(ip("198.18.1.7"), expires=700)])
+    parser = nl.CountParser()
+    parser.feed(payload, 0, len(payload))
+    assert len(parser.columns(4, 32)) == 40 and parser.soonest_ms() == 700
+    assert soonest([kernel_elem(ip("198.18.1.9"), counter=3)]) is None  # no timeout: none will time out
+    assert soonest([]) is None
+
+
 def test_counts_are_grouped_per_source_group_as_columns_and_add_up_a_group() -> None:
     def counts(addrs: list[str], packets: list[int], version: int, plen: int) -> dict[Prefix, int]:
         keys = b"".join(P(a).packed() for a in addrs)
