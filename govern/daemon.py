@@ -132,6 +132,7 @@ class Governor:
         self._attempts_read: tuple[float, int] | None = None  # (when, the kernel's count) at the last poll
         self._attempts_peak = 0.0  # the highest rate read between ticks since the last snapshot
         self._calm_ticks = 0  # calm ticks left that may reuse the last scan of the sockets (0: scan on the next)
+        self._pressed = False  # a call between ticks: the next tick reads the SYN counts whatever they cost
         self.tick_times = TickTimes()
         # Punitive actions taken since start by (kind, reason class, family): bounded labels for govern.metrics.
         self.acted: Counter[tuple[str, str, str]] = Counter()
@@ -198,6 +199,7 @@ class Governor:
         calls = queues_call(listeners, self.state.mode, self.policy.modes, now, self._attempts_peak, fill)
         if calls:
             self._calm_ticks = 0  # the tick it calls for sees the sockets as they are
+            self._pressed = True  # and the SYN counts
         return calls
 
     @property
@@ -345,8 +347,10 @@ class Governor:
         # observation fails therefore leaves no snapshot, rather than the last one, stale.
         self.snapshot = None
         walk = self._rescan()
+        settled = self.state.mode.mode is Mode.NORMAL and not self._pressed
+        self._pressed = False
         try:
-            self.snapshot = self.observer.snapshot(self.policy, now, self.trusted(), rescan=walk)
+            self.snapshot = self.observer.snapshot(self.policy, now, self.trusted(), rescan=walk, settled=settled)
         except GovernError as exc:
             self.health.fail("observe", exc)
             return Plan()

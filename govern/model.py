@@ -233,6 +233,9 @@ class Snapshot:
     # The highest rate of new connections from non-allowlisted sources read between the ticks since the previous
     # snapshot (per second; 0: none read), so a flood that started just before this tick counts at its own rate.
     attempts_peak: float = 0.0
+    # Seconds the sources' `new` counts cover: the time since the counting sets were last read (the observer may
+    # defer a read in calm; 0: as `interval`).
+    counted_over: float = 0.0
 
 
 class Mode(StrEnum):

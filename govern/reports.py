@@ -178,6 +178,7 @@ def status(gov: Governor, top: int = 10) -> dict[str, Any]:
         "scanner": gov.sockets.scanner,
         # Calm ticks reuse the last walk of the sessions (`daemon.calm_scan_every`): how old the counts above are.
         "sockets_walked_ago": _walked_ago(gov),
+        "counts_read_ago": _ago(gov, gov.observer.counted_at),
         "calm_scan_every": gov.config["daemon"]["calm_scan_every"],
         "unavailable": dict(gov.enforcer.unavailable()),
         "allowlist": len(gov.policy.allow),
@@ -223,7 +224,10 @@ _NO_BYTES = {"bytes_in": 0, "bytes_out": 0}
 
 
 def _walked_ago(gov: Governor) -> float | None:
-    at = gov.observer.scanned_at
+    return _ago(gov, gov.observer.scanned_at)
+
+
+def _ago(gov: Governor, at: float | None) -> float | None:
     return None if at is None else round(max(gov.clock() - at, 0.0), 1)
 
 

@@ -46,7 +46,8 @@ def measure(snap: Snapshot, policy: Policy) -> Pressure:
     drops = snap.counters.get("ListenDrops", 0) or snap.counters.get("ListenOverflows", 0)
     drops_per_s = drops / snap.interval if snap.interval > 0 else 0.0
     established, syn_recv, idle_foreign, attempts = snap.totals or totals(snap.sources, policy.allow.intersects)
-    attempts_per_s = attempts / snap.interval if snap.interval > 0 else 0.0
+    over = snap.counted_over or snap.interval
+    attempts_per_s = attempts / over if over > 0 else 0.0
     # A flood's first fraction of a second, seen between ticks, is not diluted by the calm before it in the tick.
     attempts_per_s = max(attempts_per_s, snap.attempts_peak)
     idle_share = idle_foreign / established if established >= mp.min_sessions else 0.0

@@ -5,7 +5,9 @@ A calm tick may reuse the last scan's sockets (`rescan=False`: the daemon asks f
 mode, every tick under pressure): the walk of every socket is most of a tick's cost, and in normal mode nothing is
 judged by a socket's state to the second. Its accept queues are read anew all the same. Any tick reads the SYN
 counters unless the backend can tell that none has moved or timed out since the last read
-(Enforcer.syn_counts_unchanged).
+(Enforcer.syn_counts_unchanged), or the tick is settled (no pressure) and the last read was dear: then the read waits
+until reads have cost at most READ_SHARE of a core, at most MAX_DEFER seconds, and its new connections count over
+the whole time since the last one (Snapshot.counted_over).
 
 The sources that hold sockets (a few per socket) become SourceStats records; those seen only by their connection
 attempts, up to a million in a flood, stay numpy columns (model.Sources), so a tick costs a few vectorised passes
@@ -13,6 +15,8 @@ over them and the snapshot ~17 bytes a source (the addresses are the rate window
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 
@@ -29,6 +33,10 @@ from govern.observe.netstat import deltas
 from govern.observe.rates import RateWindow
 from govern.phases import PhaseClock
 
+# A settled tick's read of the SYN counts may wait until the reads have cost at most this share of a core since the
+# last one, and at most MAX_DEFER seconds: reading 100,000 held sources costs ~0.5 s of CPU (docs/benchmarks.md).
+READ_SHARE = 0.01
+MAX_DEFER = 10.0
 _STANDINGS_STALE = 1 << 16  # sources gone since they were last seen that the standing cache may keep
 # A rate window row's mark: its source's allowlist standing (0: not asked yet under the current allowlist).
 _STRANGER, _ALLOWLISTED = 1, 2
@@ -45,12 +53,16 @@ class Observer:
         phases: PhaseClock | None = None,
         slotted: Callable[[], int | None] = lambda: None,
         syn_unchanged: Callable[[], bool] = lambda: False,
+        cpu: Callable[[], float] = time.process_time,
     ) -> None:
         self.sockets = sockets
         self.phases = phases or PhaseClock()  # the Governor's, so a tick's laps run through the snapshot
         self.syn_counts = syn_counts
         self.syn_unchanged = syn_unchanged
         self.syn_reads = 0  # how many ticks read the SYN counters (tests)
+        self.cpu = cpu
+        self.counted_at: float | None = None  # when they were last read (`govern status`)
+        self._read_after = -math.inf  # a settled tick defers the next read until then
         self.slotted = slotted
         self.counters = counters
         self.rates = RateWindow()
@@ -73,15 +85,25 @@ class Observer:
         return hit
 
     def snapshot(
-        self, policy: Policy, now: float, trusted: frozenset[Prefix] = frozenset(), *, rescan: bool = True
+        self,
+        policy: Policy,
+        now: float,
+        trusted: frozenset[Prefix] = frozenset(),
+        *,
+        rescan: bool = True,
+        settled: bool = False,
     ) -> Snapshot:
-        """This tick's view; with `rescan` False, of the sockets as the last scan counted them (see above)."""
-        snap = self._snapshot(policy, now, trusted, rescan)
+        """This tick's view; with `rescan` False, of the sockets as the last scan counted them; with `settled` (no
+        pressure: the daemon's normal mode, no call between ticks), perhaps of the SYN counts of a few seconds ago
+        (see above)."""
+        snap = self._snapshot(policy, now, trusted, rescan, settled)
         give_back()  # after the tick's temporaries are freed, so that their pages go back too
         self.phases.lap("sources")
         return snap
 
-    def _snapshot(self, policy: Policy, now: float, trusted: frozenset[Prefix], rescan: bool) -> Snapshot:
+    def _snapshot(
+        self, policy: Policy, now: float, trusted: frozenset[Prefix], rescan: bool, settled: bool
+    ) -> Snapshot:
         if rescan or self._scan is None:
             # Idle is counted from the shortest wait anything judges by: the status display's, or an idle cut's.
             idle_after = min((policy.idle_after, *(policy.cut_idle_after or ())))
@@ -108,13 +130,28 @@ class Observer:
             # timed out: every count is as that read found it, and the window only moves on in time. Whatever the
             # tick walks, so what a tick costs follows what changed, not how many sources are held.
             rates = window.still(now)
+            counted_over = 0.0
+        elif self._scan is not None and settled and now < self._read_after:
+            # Settled, and the last read was dear: the counts move, but a few connections a second among a flood's
+            # worth of sources held for their two minutes, or a busy host's, change no judgement of normal mode
+            # within seconds (its limits are per minute). Read again once the reads have cost at most READ_SHARE
+            # of a core since; pressure reads every tick (docs/benchmarks.md, "Whole daemon").
+            rates = window.still(now)
+            counted_over = 0.0
         else:
+            began = self.cpu()
             counts = self.syn_counts()
             self.syn_reads += 1
             # The read's buffers are freed by now: their pages go back before the window's step allocates, which
             # would otherwise find them in holes it cannot use (at a million sources ~30 MB of the tick's peak RSS).
             give_back()
             rates = window.advance(counts, now)  # takes the columns: each goes once the window is done with it
+            cost = max(self.cpu() - began, 0.0)
+            self._read_after = now + min(cost / READ_SHARE, MAX_DEFER)
+            # A deferred read's new connections came over the whole time since the last one: a rate of them
+            # counts over that time, not over this tick's.
+            counted_over = 0.0 if self.counted_at is None else now - self.counted_at
+            self.counted_at = now
         slotted = self.slotted()
         self.phases.lap("counts")
         # The rates of the sources holding sockets, by their rows in the window (-1: not counted lately).
@@ -155,6 +192,7 @@ class Observer:
             trusted=trusted,
             totals=sums,
             slotted=slotted,
+            counted_over=counted_over,
         )
         self._netstat, self._last = netstat, now
         return snap

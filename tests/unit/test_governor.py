@@ -262,6 +262,71 @@ def test_ticks_skip_the_syn_counters_while_the_kernels_count_stands_still(tmp_pa
     assert enf.syn_reads == 5
 
 
+def test_a_settled_tick_defers_a_dear_read_of_the_syn_counts_and_pressure_reads_at_once(tmp_path: Path) -> None:
+    """In normal mode with nothing pressing, a read of the SYN counts that cost C seconds of CPU waits until
+    C / READ_SHARE seconds have passed (at most MAX_DEFER), though the counts move; its new connections then count
+    over the whole time since the last read. A call between ticks, or any mode above normal, reads every tick."""
+    gov, socks, enf, clock = make(tmp_path, modes__auto=True)
+    spent = [0.0]
+    gov.observer.cpu = lambda: spent[0]
+    read = gov.observer.syn_counts
+
+    def dear() -> Any:
+        spent[0] += 0.04  # each read costs 40 ms: 4 s of reads at 1% of a core
+        return read()
+
+    gov.observer.syn_counts = dear
+    enf.attempted = 0
+    run_ticks(gov, clock, 1)
+    assert enf.syn_reads == 1
+    for t in range(1, 4):  # the counts move every second; the reads wait
+        enf.attempted, enf.syn[BOT] = t, t
+        run_ticks(gov, clock, 1)
+        assert enf.syn_reads == 1, t
+        assert gov.snapshot is not None and gov.snapshot.totals is not None
+        assert gov.snapshot.totals.foreign_new == 0 and gov.snapshot.counted_over == 0
+    assert reports.status(gov)["counts_read_ago"] == 4.0  # the clock is at the next tick
+    enf.attempted, enf.syn[BOT] = 4, 4
+    run_ticks(gov, clock, 1)  # 4 s after the last read
+    assert enf.syn_reads == 2
+    snap = gov.snapshot
+    assert snap is not None and snap.totals is not None and snap.totals.foreign_new == 4
+    assert snap.counted_over == 4.0 and snap.interval == 1.0  # 1 a second, not 4 a second
+    assert gov.policy is not None and snap.sources[BOT].new == 4
+    # A flood begins between ticks: the tick it calls for reads, and so does every tick of the mode it calls.
+    socks.listening = (ListenerStats("0.0.0.0", 25, 100, 100),)
+    assert gov.pressing()
+    enf.attempted, enf.syn[BOT] = 5, 5
+    run_ticks(gov, clock, 1)
+    assert enf.syn_reads == 3 and gov.state.mode.mode is not Mode.NORMAL
+    for t in range(6, 9):
+        enf.attempted, enf.syn[BOT] = t, t
+        run_ticks(gov, clock, 1)
+    assert enf.syn_reads == 6
+
+
+def test_a_read_defers_the_next_by_its_cost_and_never_beyond_the_cap(tmp_path: Path) -> None:
+    gov, _socks, enf, clock = make(tmp_path, modes__auto=True)
+    spent = [0.0]
+    gov.observer.cpu = lambda: spent[0]
+    read = gov.observer.syn_counts
+
+    def dearest() -> Any:
+        spent[0] += 5.0  # a read that cost 5 s of CPU would wait 500 s
+        return read()
+
+    gov.observer.syn_counts = dearest
+    enf.attempted = 0
+    run_ticks(gov, clock, 1)
+    reads = []
+    for t in range(1, 25):
+        enf.attempted = t
+        run_ticks(gov, clock, 1)
+        reads.append(enf.syn_reads)
+    assert reads[8] == 1 and reads[9] == 2  # MAX_DEFER: 10 s after the first read
+    assert reads[18] == 2 and reads[19] == 3
+
+
 def test_a_backend_that_cannot_tell_is_read_every_tick(tmp_path: Path) -> None:
     gov, _socks, enf, clock = make(tmp_path)
     assert enf.attempted is None  # no counter of new connections (the iptables backend's case)

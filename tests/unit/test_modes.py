@@ -49,6 +49,9 @@ def test_each_pressure_figure_reaches_its_levels() -> None:
     assert pr.level == 2 and pr.attempts_per_s == 2000.0 and "2000 new connections/s" in pr.reasons[0]
     partners = {Prefix.parse(f"192.0.2.{i}"): SourceStats(new=20) for i in range(100)}
     assert measure(snap(sources=partners), POLICY).level == 0
+    # New connections a deferred read found count over the time since the read before it, not over the tick.
+    pr = measure(replace(snap(sources=knocking), counted_over=10.0), POLICY)
+    assert pr.attempts_per_s == 200.0 and pr.level == 0
 
 
 def test_a_full_slot_budget_is_a_wave_and_most_of_it_elevated() -> None:
