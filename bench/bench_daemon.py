@@ -454,23 +454,29 @@ def send_syns(net: Netns, pools: tuple[list[bytes], list[bytes]], pps: float) ->
 
 
 @contextlib.contextmanager
-def trickle(net: Netns, pools: tuple[list[bytes], list[bytes]], pps: float) -> Iterator[None]:
-    """Re-send SYNs of the pools, drawn at random, at `pps` a second from a thread, for as long as the block runs."""
+def trickle(net: Netns, m: int, pps: float) -> Iterator[None]:
+    """New connections from sources of the M (syn_pool's), drawn at random, at `pps` a second from a thread, for as
+    long as the block runs: each SYN with a fresh port and sequence number, so the kernel counts each (a SYN sent
+    again is a retransmission, which it does not)."""
     if pps <= 0:
         yield
         return
     with entered(net.name):
         s4 = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
         s6 = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_RAW)
-    both = [(s4, MX4, pkt) for pkt in pools[0]] + [(s6, MX6, pkt) for pkt in pools[1]]
+    c4, c6 = SynCrafter(MX4, SYN_PORT), SynCrafter(MX6, SYN_PORT)
+    n4 = min(m, V4_SPAN)
     stop = threading.Event()
 
     def send() -> None:
-        rng = random.Random(1)
+        rng = random.Random()  # not seeded: a SYN of an earlier window within 40 s would not count again
         t0, sent = time.monotonic(), 0
         while not stop.is_set():
-            sock, dst, pkt = rng.choice(both)
-            sock.sendto(pkt, (dst, 0))
+            i, port, seq = rng.randrange(m), rng.randrange(1024, 65536), rng.getrandbits(32)
+            if i < n4:
+                s4.sendto(c4.packet(V4_BASE + i, port, seq, 0), (MX4, 0))
+            else:
+                s6.sendto(c6.packet(V6_BASE + ((i - n4) << 64) + 1, port, seq, 0), (MX6, 0))
             sent += 1
             ahead = sent / pps - (time.monotonic() - t0)
             if ahead > 0:
@@ -516,7 +522,7 @@ def run_tracked(sizes: list[int], args: argparse.Namespace, log: Callable[[str],
                         steady(d, args.settle)
                     else:
                         time.sleep(2)  # a tick to take the new counts in
-                    with trickle(lab.net, pools, args.trickle):
+                    with trickle(lab.net, m, args.trickle):
                         row.windows.append(measure(d, args.window))
                     log(f"  {fmt_window(row.windows[-1])}")
                 # One process a shard: nft 1.0.6 fails a second `list set` in one run ("No such file or directory").

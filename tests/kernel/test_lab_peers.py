@@ -21,8 +21,8 @@ from govern.observe.postfix import greet_action, holders
 from govern.observe.sockdiag import SockDiag
 from govern.sysctl.backlog import POSTFIX, owners
 from govern_lab import peers
-from govern_lab.addresses import MX4
-from govern_lab.postfix import POSTSCREEN_TUNED, Postfix, install, temporary
+from govern_lab.addresses import MX4, MX6
+from govern_lab.postfix import POSTSCREEN_TUNED, Postfix, install, pass_postscreen, temporary
 from govern_lab.topology import Lab
 
 
@@ -142,3 +142,28 @@ def test_postscreen_in_front_enforces_pregreet_and_passes_patient_clients(lab: L
         log = Path(screened.log_path).read_text()
     assert "PREGREET" in log and "198.18.9.10" in log
     assert "PASS NEW [198.51.100.200]" in log and "ALLOWLISTED [192.0.2.10]" in log
+
+
+def test_the_known_relays_pass_postscreen_before_a_cell_and_are_handed_on_at_once_after(
+    lab: Lab, screened: Postfix
+) -> None:
+    """The matrix's cells with postscreen in front start with the known relays in its cache (govern_lab.matrix,
+    `_known_to_postscreen`): each waits out the greeting once, together, and its next connection reaches smtpd's
+    banner without the wait."""
+    relays = ["198.51.100.1", "198.51.100.2", "198.51.100.3"]
+    t0 = time.monotonic()
+    assert pass_postscreen(lab, "legit", relays, MX4) == []
+    assert time.monotonic() - t0 >= 2  # postscreen made them wait (2 s under stress, 6 s otherwise), all at once
+    assert pass_postscreen(lab, "legit", ["198.51.100.4"], MX6) == ["198.51.100.4"]  # no IPv6 route from v4
+    deadline = time.monotonic() + 10
+    log = Path(screened.log_path).read_text()
+    while not all(f"PASS NEW [{r}]" in log for r in relays) and time.monotonic() < deadline:
+        time.sleep(0.1)
+        log = Path(screened.log_path).read_text()
+    assert all(f"PASS NEW [{r}]" in log for r in relays)
+    with lab.entered("legit"):
+        t0 = time.monotonic()
+        s = smtplib.SMTP(MX4, 25, source_address=(relays[0], 0), timeout=30)
+    with contextlib.closing(s):
+        assert time.monotonic() - t0 < 1.5  # smtpd's banner at once: postscreen remembers it
+        s.quit()
