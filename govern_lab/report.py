@@ -159,9 +159,14 @@ def plot(result: Result, path: str) -> None:
     ax1.legend(loc="upper left")
     ax2.plot(t, [s.blocked for s in result.samples], label="blocked sources", color="tab:red")
     ax2.plot(t, [s.throttled for s in result.samples], label="throttled sources", color="tab:purple")
-    for s, shade in ((s, {"wave": 0.18, "elevated": 0.08}.get(s.mode)) for s in result.samples):
+    # Each sample's mode from its time to the next sample's (the last: a second): spans that overlapped, with
+    # samples four times a second, stacked their shades into bands the mode never had.
+    samples = result.samples
+    for i, s in enumerate(samples):
+        shade = {"wave": 0.18, "elevated": 0.08}.get(s.mode)
         if shade:
-            ax2.axvspan(s.t - 0.5, s.t + 0.5, color="tab:blue", alpha=shade, linewidth=0)
+            end = samples[i + 1].t if i + 1 < len(samples) else s.t + 1.0
+            ax2.axvspan(s.t, end, color="tab:blue", alpha=shade, linewidth=0)
     if any(s.mode == "wave" for s in result.samples):
         ax2.text(
             0.99,
