@@ -23,6 +23,9 @@ class Sample:
     govern_rss: int = 0  # bytes
     mode: str = ""  # govern's mode (normal, elevated, wave); empty without govern
     bot_sessions: int = 0  # established sockets on port 25 whose peer is in the bot ranges
+    # Of those, the ones whose peer is not in govern's proven sets as last read (-1: no govern to ask): what the
+    # slot budget caps (a source that delivered a message the MTA logged is trusted, and no longer counted).
+    unproven_bot_sessions: int = -1
 
 
 @dataclass

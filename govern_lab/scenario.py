@@ -117,6 +117,8 @@ class _Sampler:
     legit_seen: set[str] = field(default_factory=set)
     blocked_peak: int = 0
     blocked_seen: set[str] = field(default_factory=set)
+    # govern's proven sources as last read: (4, address) and (6, the address's /64), as its proven sets key them.
+    proven: frozenset[tuple[int, int]] = frozenset()
     stop: threading.Event = field(default_factory=threading.Event)
 
     def run(self, t0: float) -> None:
@@ -129,6 +131,7 @@ class _Sampler:
         try:
             while not self.stop.wait(max(0.0, every - (time.monotonic() - t0) % every)):
                 scan = diag.scan(ScanOptions(frozenset({25}), idle_after_ms=10_000))
+                bots = [(src, c) for src, c in scan.sources.items() if any(b.contains(src) for b in BOT_PREFIXES)]
                 if time.monotonic() - sets_read >= 1.0 - every / 2:
                     sets_read = time.monotonic()
                     blocked, throttled = self._read_sets()
@@ -145,8 +148,9 @@ class _Sampler:
                     govern_cpu=cpu,
                     govern_rss=rss,
                     mode=self._mode(),
-                    bot_sessions=sum(
-                        c.established for src, c in scan.sources.items() if any(b.contains(src) for b in BOT_PREFIXES)
+                    bot_sessions=sum(c.established for _src, c in bots),
+                    unproven_bot_sessions=(
+                        sum(c.established for src, c in bots if _key(src) not in self.proven) if self.govern_pid else -1
                     ),
                 )
                 self.samples.append(sample)
@@ -158,6 +162,12 @@ class _Sampler:
     def _read_sets(self) -> tuple[int, int]:
         """How many sources are blocked and throttled now; who was ever seen in a set is kept as it goes."""
         sets = self._govern_sets() if self.govern_pid else {}
+        if self.govern_pid:
+            listed = (
+                self.lab.run(self.role, "nft", "-j", "list", "set", "inet", "govern", name, check=False)
+                for name in ("proven4", "proven6")
+            )
+            self.proven = frozenset(_key(Prefix.parse(e)) for raw in listed for e in _elements(raw))
         for fam, table, name in self.block_sets:
             raw = self.lab.run(self.role, "nft", "-j", "list", "set", fam, table, name, check=False)
             sets.setdefault("block4", []).extend(_elements(raw))
@@ -192,6 +202,11 @@ class _Sampler:
                 tail = f"/{NET6_LEN}" if each.endswith("6n") else ""
                 out[name] += [e + tail for e in _elements(raw)]
         return out
+
+
+def _key(src: Prefix) -> tuple[int, int]:
+    """A source as govern's proven sets key it: an IPv4 host, an IPv6 address's /64 (protect.ipv6_prefix's default)."""
+    return (4, src.value) if src.version == 4 else (6, src.value >> 64)
 
 
 def _process(pid: int | None) -> Any:

@@ -315,6 +315,11 @@ def test_the_tick_line_says_how_and_when_the_sockets_were_walked() -> None:
 
     assert _walk({"scanner": "BPF iterator", "sockets_walked_ago": 2.0}) == " (read by BPF iterator; walked 2 s ago)"
     assert _walk({"scanner": "BPF iterator", "sockets_walked_ago": None}) == " (read by BPF iterator)"  # no tick yet
+    # A deferred read of the SYN counts (docs/configuration.md, calm_scan_every): said once it is 2 s old.
+    st = {"scanner": "sock_diag", "sockets_walked_ago": 0.0, "counts_read_ago": 1.0}
+    assert _walk(st) == " (read by sock_diag; walked 0 s ago)"
+    st["counts_read_ago"] = 7.0
+    assert _walk(st) == " (read by sock_diag; walked 0 s ago; new connections counted 7 s ago)"
     assert _walk({}) == ""  # an older daemon's status
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ipaddress
 import tomllib
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -193,3 +194,8 @@ def test_in_budget_after_is_when_bot_sessions_stay_within_the_budget() -> None:
     assert mx.in_budget_after([at(10, 5), at(20, 30)], 10, 40, 30) == 0.0
     assert mx.in_budget_after([at(10, 5), at(20, 31)], 10, 40, 30) is None
     assert mx.in_budget_after([], 10, 40, 30) is None
+    # With govern's proven sets read, only the sessions of unproven bot-range sources count against the budget:
+    # the quitters, each proven by a message the MTA logged, hold sessions the budget does not cap.
+    proven = [replace(at(10, 80), unproven_bot_sessions=25), replace(at(12, 90), unproven_bot_sessions=31)]
+    assert mx.in_budget_after([*proven, replace(at(13, 60), unproven_bot_sessions=20)], 10, 40, 30) == 3.0
+    assert mx.in_budget_after([replace(at(10, 80), unproven_bot_sessions=30)], 10, 40, 30) == 0.0
