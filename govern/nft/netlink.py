@@ -545,16 +545,17 @@ class CountParser:
                     cur, ex = layout, layout.expires_at
                     continue
             step = (elen + 3) & ~3
-            _parse_elements(buf, off, min(off + step, end), self._raw)
+            raw, taken = self._raw, len(self._raw)
+            _parse_elements(buf, off, min(off + step, end), raw)
+            for _k, t, e, _pk in raw[taken:]:
+                if (t or e) and (left := e.to_bytes(8, "big")) < soonest:
+                    soonest = left
             off += step
         self._soonest = soonest
 
     def soonest_ms(self) -> int | None:
         """The least time left, in ms, before an element read times out; None if none has a timeout."""
-        left = [e for _k, t, e, _pk in self._raw if t or e]
-        if self._soonest != _NEVER:
-            left.append(int.from_bytes(self._soonest, "big"))
-        return min(left) if left else None
+        return None if self._soonest == _NEVER else int.from_bytes(self._soonest, "big")
 
     def result(self) -> list[tuple[int, int]]:
         """(key, packets) of every element read."""
@@ -576,9 +577,6 @@ class CountParser:
         if self._raw:
             keys += b"".join((k >> 1).to_bytes(size, "big") for k, _t, _e, _pk in self._raw)
             packets += b"".join(pk.to_bytes(8, "big") for _k, _t, _e, pk in self._raw)
-            left = [e for _k, t, e, _pk in self._raw if t or e]
-            if left:
-                self._soonest = min(self._soonest, min(left).to_bytes(8, "big"))
             self._raw = []  # taken into the buffers: a second call reads them once
         if len(keys) != size * (len(packets) // 8):
             raise KernelError(f"nftables: a counting set's keys are not IPv{version} addresses", 4)

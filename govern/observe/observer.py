@@ -125,17 +125,15 @@ class Observer:
             scan = replace(self._scan, listeners=tuple(self.sockets.listeners(policy.ports)))
         self.phases.lap("scan")
         window = self.rates
-        if self._scan is not None and self.syn_unchanged():
-            # The kernel counted no new connection since the last read, and none of the counts it read can have
-            # timed out: every count is as that read found it, and the window only moves on in time. Whatever the
-            # tick walks, so what a tick costs follows what changed, not how many sources are held.
-            rates = window.still(now)
-            counted_over = 0.0
-        elif self._scan is not None and settled and now < self._read_after:
-            # Settled, and the last read was dear: the counts move, but a few connections a second among a flood's
-            # worth of sources held for their two minutes, or a busy host's, change no judgement of normal mode
-            # within seconds (its limits are per minute). Read again once the reads have cost at most READ_SHARE
-            # of a core since; pressure reads every tick (docs/benchmarks.md, "Whole daemon").
+        if self._scan is not None and ((settled and now < self._read_after) or self.syn_unchanged()):
+            # Either the tick is settled and the last read was dear (asked first: it costs nothing): the counts
+            # move, but a few connections a second among a flood's worth of sources held for their two minutes, or
+            # a busy host's, change no judgement of normal mode within seconds (its limits are per minute); read
+            # again once the reads have cost at most READ_SHARE of a core since, and pressure reads every tick
+            # (docs/benchmarks.md, "Whole daemon"). Or the kernel counted no new connection since the last read and
+            # none of the counts it read can have timed out: every count is as that read found it. Either way the
+            # window only moves on in time, and what a tick costs follows what changed, not how many sources are
+            # held.
             rates = window.still(now)
             counted_over = 0.0
         else:
