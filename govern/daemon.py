@@ -357,7 +357,6 @@ class Governor:
         if self._attempts_peak:
             self.snapshot = replace(self.snapshot, attempts_peak=self._attempts_peak)
             self._attempts_peak = 0.0
-        self.proving.note_crowds(self.snapshot, self.state.mode, now)
         self.snapshot = self.proving.with_young(self.snapshot, self.state.mode)
         walked = walk and self.config["daemon"]["calm_scan_every"] > 1
         self.proving.take_kernel(now, self.state.mode, self.config["trust"]["from_sessions"], walked)
@@ -370,6 +369,9 @@ class Governor:
         plan = decide(self.snapshot, self.state, self.policy, now)
         laps.lap("decide")
         self.execute(plan, now)
+        # In the mode just decided: the tick that first sees a flood already puts the proof its crowds gained in
+        # its first second back on probation (govern.proving.recall).
+        self.proving.note_crowds(self.snapshot, self.state.mode, now, self.policy.allow)
         laps.lap("act")
         self._share_trust(now)
         if now - self._maintained >= MAINTENANCE_EVERY:

@@ -6,12 +6,13 @@ snapshot, and a proof lost in a wave out of both (govern.core.proof judges; this
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import replace
 
 from govern.addr import Prefix, PrefixSet
 from govern.allow.learning import TrustSources
-from govern.core.proof import REVOKED_FOR, proof_lost, withheld, young
+from govern.core.proof import REVOKED_FOR, proof_lost, recalled, withheld, young
 from govern.edges import Enforcer, StateStore
 from govern.errors import GovernError
 from govern.health import Health
@@ -53,6 +54,17 @@ class Proving:
         # (the lab's quitters, whose first sessions proved them in the flood's first second).
         self._crowded: dict[Prefix, float] = {}
         self._pruned = 0.0
+        # When the host came under pressure (the first tick out of normal mode; None in calm), and the crowds whose
+        # proof was put back on probation since (govern.core.proof.recalled): once each, until the calm.
+        self._pressed_since: float | None = None
+        self._recalled: set[Prefix] = set()
+        # Of those, the ones still on probation: strangers to the decision core as to the kernel's budget, so the
+        # wave sheds the sessions their proof let in before it went (the flood's first second filled the MTA and
+        # its accept queue with them, and each then waited for its cut).
+        self._on_recall: set[Prefix] = set()
+        self._allow = PrefixSet(())  # the allowlist as the last tick had it
+        self._less: frozenset[Prefix] | None = None
+        self._members: frozenset[Prefix] = frozenset()
 
     def take_log(self, now: float, mode: ModeState) -> None:
         """What the Postfix log gained: its deliveries pass the gate and the budget as the kernel's own proof does,
@@ -63,6 +75,9 @@ class Proving:
         try:
             self.trust.refresh(now)
             delivered = self.trust.take_delivered()
+            for p in [p for p in delivered if p in self._on_recall]:
+                # Recalled: a delivery is no pass until the pressure is over (`recall`).
+                self._withheld[p] = (delivered.pop(p), self._withheld[p][1])
             fresh = young(delivered, self.trust.first, mode) if delivered else frozenset()
             if fresh:
                 # The kernel's crowd sets are dumped only for a young proof the daemon's own sight does not settle.
@@ -73,15 +88,28 @@ class Proving:
                 for p in held:
                     until = delivered.pop(p)
                     self._withheld[p] = (until, self._withheld.get(p, (until, now + PROBATION))[1])
+                # The crowds the daemon saw holding several sessions at once are recalled (`recall`): out of the
+                # decision core's trust too, until the pressure is over.
+                holding = [p for p in held if p in self._crowded and p not in self._on_recall]
+                if holding and self._pressed_since is not None:
+                    self.recall(holding, now, self._allow)
                 if put:
                     log.info("proof kept from the kernel for %g s (crowds): %d sources", PROBATION, put)
-            over = mode.mode is not Mode.WAVE
+            # Probation ends with the pressure: a crowd put back on probation as the flood began serves it before
+            # the wave as much as in it.
+            over = mode.mode is Mode.NORMAL
             if over:
                 self._released.clear()
             if self._withheld:
-                done = [p for p, (_, ends) in self._withheld.items() if over or ends <= now]
+                trust = self.trust
+                done = [
+                    p
+                    for p, (_, ends) in self._withheld.items()
+                    if over or (ends <= now and (p not in self._on_recall or trust.until(p) is None))
+                ]
                 for p in done:  # still trusted: not revoked, not lapsed
                     until = self._withheld.pop(p)[0]
+                    self._on_recall.discard(p)
                     if self.trust.until(p) is not None:
                         delivered[p] = max(until, delivered.get(p, until))
                         if not over:
@@ -97,7 +125,7 @@ class Proving:
         due on a tick that `walked` every socket waits for the next tick that does not, for one interval at most: the
         two together made the slowest tick at 100k sessions (the read's 66-98 ms on the walk's 160-180,
         docs/benchmarks.md). The daemon says `walked` only when some normal ticks do not walk."""
-        every = WAVE_LEARN_EVERY if mode.mode is Mode.WAVE else LEARN_EVERY
+        every = LEARN_EVERY if mode.mode is Mode.NORMAL else WAVE_LEARN_EVERY
         if self.trust is None or not counted:
             return
         if self._learned is not None:
@@ -139,25 +167,90 @@ class Proving:
         if promote:
             self.enforcer.prove(promote)
 
+    def probation(self, p: Prefix) -> float | None:
+        """A source whose proof is on probation: when its probation is over (infinity: a recalled crowd's, with the
+        pressure); None if not on probation."""
+        if p not in self._withheld:
+            return None
+        return math.inf if p in self._on_recall else self._withheld[p][1]
+
     @property
     def withheld(self) -> int:
         """Crowds proven during this wave whose proof is on probation before it reaches the kernel."""
         return len(self._withheld)
 
-    def note_crowds(self, snapshot: Snapshot, mode: ModeState, now: float) -> None:
-        """Remember the sources holding several sessions at once while the host is under pressure (a pass over the
-        snapshot's sources, which the decision core makes anyway in those modes). Established sessions only: a
-        never-seen sender's second message, knocking while its first is still being answered, is no crowd (the
-        matrix lost one such sender in eight scenarios when the knock counted)."""
-        if self.trust is None or mode.mode is Mode.NORMAL:
+    def note_crowds(self, snapshot: Snapshot, mode: ModeState, now: float, allow: PrefixSet) -> None:
+        """After the tick's decision, in its mode: remember the sources holding several sessions at once while the
+        host is under pressure (a pass over the snapshot's sources, which the decision core makes anyway in those
+        modes), and put back on probation the proof of those among them first proven as the pressure began
+        (`recall`). Established sessions only: a never-seen sender's second message, knocking while its first is
+        still being answered, is no crowd (the matrix lost one such sender in eight scenarios when the knock
+        counted)."""
+        if self.trust is None:
             return
+        if mode.mode is Mode.NORMAL:
+            self._pressed_since = None
+            self._recalled.clear()
+            return
+        if self._pressed_since is None:
+            self._pressed_since = now
+        self._allow = allow
+        trusted = snapshot.trusted
+        proven_crowds = []
         for p, s in snapshot.sources.items():
             if s.established >= 2:
                 self._crowded[p] = now
+                if p in trusted and p not in self._recalled:
+                    proven_crowds.append(p)
+        if proven_crowds:
+            self.recall(proven_crowds, now, allow)
         if now - self._pruned >= CROWD_FOR / 4:
             self._pruned = now
             for p in [p for p, t in self._crowded.items() if t < now - CROWD_FOR]:
                 del self._crowded[p]
+
+    def recall(self, crowds: Sequence[Prefix], now: float, allow: PrefixSet) -> None:
+        """The proof of the crowds first proven as the pressure began leaves the kernel, and the daemon's trusted set
+        the decision core reads, until the pressure is over (govern.core.proof.recalled): their next connections
+        count against the budget, the wave sheds the sessions their proof let in before it went, and a cut meanwhile
+        takes the proof for good. Not back after a probation's 8 s, nor for deliveries meanwhile: the lab's quitters,
+        back after 8 s uncut (the budget had kept them out), or after three deliveries each (a bot sends spam as
+        easily as a relay mail), held the MTA again (their sessions 78-91 at the flood's end, against a budget of
+        30)."""
+        assert self.trust is not None and self._pressed_since is not None
+        trust = self.trust
+        # A crowd whose proof is on a probation of its time (a crowd to the kernel's first contacts), or whose
+        # probation ended uncut in this wave, is recalled too once seen holding several sessions: a bot the budget
+        # kept out through its 8 s came back proven and held the MTA (the lab's quitters, sessions 80-88 against a
+        # budget of 30 from 16 s into the flood to its end, in run after run).
+        back = [
+            p
+            for p in recalled(crowds, trust.first, self._pressed_since)
+            if p not in self._on_recall and not allow.intersects(p)
+        ]
+        self._recalled.update(crowds)
+        if not back:
+            return
+        try:
+            # The hold-off keeps the kernel's count of replies from proving it again meanwhile; the daemon's proof at
+            # the pressure's end goes in whatever it says.
+            self.enforcer.unprove(back, REVOKED_FOR)
+        except GovernError as exc:
+            self.health.fail("trust", exc)
+            return
+        for p in back:
+            until = trust.until(p)
+            if until is not None:
+                self._withheld[p] = (until, self._withheld.get(p, (until, now + PROBATION))[1])
+                self._on_recall.add(p)
+        self._released.difference_update(back)
+        more = f" and {len(back) - 10} more" if len(back) > 10 else ""
+        log.info(
+            "proof on probation until the pressure is over (proven as it began or during it, then seen holding "
+            "several sessions at once): %s%s",
+            ", ".join(map(str, back[:10])),
+            more,
+        )
 
     def with_young(self, snapshot: Snapshot, mode: ModeState) -> Snapshot:
         """In a wave, the snapshot names the trusted sources it holds sessions of that were proven only lately."""
@@ -177,6 +270,7 @@ class Proving:
         lost = list(why)
         self.trust.revoke(lost, now, REVOKED_FOR)
         self._released.difference_update(lost)
+        self._on_recall.difference_update(lost)
         self.revoked += len(lost)
         for reason in sorted(set(why.values())):
             of = [p for p in lost if why[p] == reason]
@@ -192,10 +286,16 @@ class Proving:
             self.health.fail("store", exc)
 
     def trusted(self) -> frozenset[Prefix]:
-        """The learned-trust set for the core, rebuilt only when the trust edge's set changed."""
+        """The learned-trust set for the core, rebuilt only when the trust edge's set or the recalled changed; the
+        sources whose proof is on probation after a recall are not in it."""
         if self.trust is None:
             return frozenset()
         current = self.trust.trusted()
+        recalled = frozenset(self._on_recall)
         if current is not self._trusted_from:
-            self._trusted_from, self._trusted_now = current, frozenset(current.members())
+            self._trusted_from, self._members = current, frozenset(current.members())
+            self._less = None
+        if recalled != self._less:
+            self._less = recalled
+            self._trusted_now = self._members - recalled if recalled else self._members
         return self._trusted_now

@@ -89,9 +89,11 @@ def why_standing(gov: Governor, source: Prefix) -> why.Standing:
             if m.overlaps(source)
         )
         return why.Standing(why.ALLOWLISTED, entries)
+    probation = gov.proving.probation(source)
     if source in gov.trusted():
-        return why.Standing(why.TRUSTED, trusted_until=gov.trust.until(source) if gov.trust is not None else None)
-    return why.Standing(why.STRANGER)
+        until = gov.trust.until(source) if gov.trust is not None else None
+        return why.Standing(why.TRUSTED, trusted_until=until, probation=probation)
+    return why.Standing(why.STRANGER, probation=probation)
 
 
 def block_reason(b: Block) -> str:

@@ -21,6 +21,7 @@ Each line of advice carries the name of the rule that produced it (docs/why.md l
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, TypeVar
@@ -79,6 +80,8 @@ class Standing:
     kind: str  # ALLOWLISTED, TRUSTED or STRANGER
     allow: tuple[tuple[Prefix, tuple[str, ...]], ...] = ()  # allowlist entries touching it, each with its sources
     trusted_until: float | None = None  # when learned trust lapses, if known
+    # Its proof on probation (govern.proving): until when (infinity: until the pressure is over).
+    probation: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,7 +119,7 @@ def in_force(policy: Policy, mode: Mode, standing: Standing, gate_per_second: in
         gate_per_second=gate_per_second if mode is Mode.WAVE and standing.kind == STRANGER else 0,
         forget_after=policy.forget_after,
         # The budget caps strangers before a wave too (govern.nft.ruleset, chain calm).
-        budget_slots=budget_slots if standing.kind == STRANGER else 0,
+        budget_slots=budget_slots if standing.kind == STRANGER or standing.probation is not None else 0,
         greet_floor=policy.greet_floor,
         pregreet_cut=policy.pregreet_cut,
     )
@@ -228,6 +231,7 @@ class Explanation:
                 "kind": ev.standing.kind,
                 "allowlist": [{"prefix": str(p), "sources": list(s)} for p, s in ev.standing.allow],
                 "trusted_until": ev.standing.trusted_until,
+                "probation": _probation_json(ev.standing.probation),
             },
             "limits": {
                 "max_connections": lim.max_connections,
@@ -304,6 +308,26 @@ def _part(ev: Evidence, p: Prefix) -> str:
     return "" if p == ev.source else f" (as part of {p})"
 
 
+def _probation_json(probation: float | None) -> dict[str, float | None] | None:
+    if probation is None:
+        return None
+    return {"until": None if math.isinf(probation) else probation}
+
+
+def _probation(ev: Evidence, ends: float) -> str:
+    if math.isinf(ends):
+        return (
+            "its proof is on probation until this flood is over: it was first proven as the flood began and seen "
+            "holding several sessions at once, as a flood's bots that deliver once and then hold do; meanwhile its "
+            "new connections count against the strangers' slot budget"
+        )
+    left = f"for another {_dur(ends - ev.now)}" if ends > ev.now else "its time served"
+    return (
+        f"its proof is on probation during this flood ({left}): it was first proven during it, as one of several "
+        "connections opened at once; meanwhile its new connections count against the strangers' slot budget"
+    )
+
+
 def _facts(ev: Evidence) -> Iterable[str]:
     lim, std, src = ev.limits, ev.standing, ev.source
     if ev.dry_run:
@@ -318,8 +342,12 @@ def _facts(ev: Evidence) -> Iterable[str]:
         if std.kind == TRUSTED:
             until = f", {_left(ev, std.trusted_until)}" if std.trusted_until is not None else ""
             yield f"{src} is trusted: it delivered mail here recently (learned trust{until})"
+        elif std.probation is not None:
+            yield f"{src} delivered mail here, but counts as a stranger while its proof is on probation"
         else:
             yield f"{src} is a stranger: not allowlisted, and no delivery from it seen recently"
+        if std.probation is not None:
+            yield _probation(ev, std.probation)
         soft = f", {lim.trust_factor} times softer for trusted sources" if lim.trust_factor > 1 else ""
         cut = (
             f"silent sessions are cut after {_dur(lim.cut_after)}"

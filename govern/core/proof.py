@@ -24,6 +24,10 @@ from govern.model import Cut, Mode, ModeState
 # Proof this long before the wave began still counts as the wave's own: the flood's bots prove themselves in its
 # first seconds, before the tick that declares the wave.
 YOUNG_BEFORE_WAVE = 60.0
+# Proof this long before the pressure began (the first tick that saw the flood) is the flood's own: that tick comes a
+# second after the flood's first SYNs at most, and a flood ramps up over its first seconds. A relay the host has known
+# for longer is never taken for one of its bots (the lab's known relays are proven 10 s before its flood).
+PRESSURE_LEAD = 5.0
 # How long nothing proves a source that lost its proof again: longer than a wave lasts on its own.
 REVOKED_FOR = 3600.0
 UNPROVEN_REASON = "proven during a wave, then its session held without progress until cut"
@@ -54,6 +58,17 @@ def withheld(delivered: Iterable[Prefix], first_proof: FirstProof, mode: ModeSta
     if mode.mode is not Mode.WAVE or not crowds:
         return set()
     return {p for p in young(delivered, first_proof, mode) if p in crowds}
+
+
+def recalled(crowds: Iterable[Prefix], first_proof: FirstProof, pressed_since: float) -> frozenset[Prefix]:
+    """Of the sources seen holding several sessions at once under pressure, those whose trust came with the
+    pressure (first proven since PRESSURE_LEAD before it began): their proof goes back on probation. The lab's
+    quitters deliver and QUIT in the flood's first second, before a tick has seen it or a wave can withhold a proof
+    (`withheld`), and their silent second sessions then passed the budget as proven, until each was cut: smtpd full
+    for 10 s, the known relays' p95 3.9-5.1 s, their unproven sessions within the budget only 12-30 s into the
+    flood."""
+    since = pressed_since - PRESSURE_LEAD
+    return frozenset(p for p in crowds if (first := first_proof(p)) is not None and first >= since)
 
 
 def proof_lost(cuts: Sequence[Cut], first_proof: FirstProof, mode: ModeState) -> dict[Prefix, str]:

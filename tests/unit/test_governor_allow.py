@@ -4,6 +4,7 @@ every source show in `govern status`."""
 
 from __future__ import annotations
 
+import math
 import os
 from datetime import UTC, datetime
 from pathlib import Path
@@ -297,6 +298,93 @@ def test_in_a_wave_a_crowds_first_proof_reaches_the_kernel_after_a_probation_or_
     clock.advance(1)
     gov.tick()
     assert late in enf.log_proven
+
+
+def test_a_crowd_first_proven_as_the_pressure_began_is_on_probation_until_the_pressure_is_over(tmp_path: Path) -> None:
+    """The lab's quitters deliver and QUIT in the flood's first second, before the tick that sees the flood: their
+    proof reached the kernel at once, and their silent second sessions passed the budget. The first tick under
+    pressure takes the proof of the sources holding several sessions that were first proven since shortly before it
+    out of the kernel (held off from the kernel's own count) and out of the set the decision core trusts, until the
+    pressure is over; one cut meanwhile loses it for good. Neither the probation's time nor deliveries meanwhile
+    bring it back. A relay known for longer, a lone sender and an allowlisted source keep theirs."""
+    log = tmp_path / "mail.log"
+    log.write_text("")
+    gov, socks, enf, clock, _dns = make(tmp_path, {"cidrs": [str(PARTNER)]}, {"postfix_log": str(log)})
+    gov.start()
+    relay, quitter, silent, lone = (Prefix.parse(f"198.51.100.{n}") for n in (7, 66, 67, 68))
+
+    def deliver(qid: str, client: str) -> None:
+        stamp = datetime.fromtimestamp(clock(), UTC).isoformat()
+        log_delivery(log, stamp, qid, client)
+
+    deliver("4F2Xk81qZ5z9sWa", str(relay))
+    gov.tick()
+    clock.advance(10)  # the flood's first second, before a tick has seen it
+    for qid, who in (("4F2Xk81qZ5z9sWb", quitter), ("4F2Xk81qZ5z9sWc", silent), ("4F2Xk81qZ5z9sWd", lone)):
+        deliver(qid, str(who))
+    deliver("4F2Xk81qZ5z9sWe", str(PARTNER))
+    clock.advance(0.5)
+    gov.tick()
+    assert {relay, quitter, silent, lone, PARTNER} <= enf.log_proven.keys()  # calm: in at once
+    two = SockCounts(held=2, established=2, syn_recv=0, idle=0, max_idle_ms=0)
+    socks.sources = {p: two for p in (relay, quitter, silent, PARTNER)}
+    socks.sources[lone] = SockCounts(held=1, established=1, syn_recv=0, idle=0, max_idle_ms=0)
+    assert gov.handle({"cmd": "wave", "action": "on", "duration": "10m"})["ok"]
+    clock.advance(0.5)
+    gov.tick()
+    assert quitter not in enf.log_proven and silent not in enf.log_proven
+    # The kernel does not prove them again meanwhile, whatever their next dialogue.
+    assert enf.held_off == {quitter: REVOKED_FOR, silent: REVOKED_FOR}
+    assert {relay, lone, PARTNER} <= enf.log_proven.keys()
+    assert reports.status(gov)["trust"]["withheld"] == 2
+    # Strangers to the decision core meanwhile, as to the kernel's budget: the wave sheds what their proof let in.
+    assert quitter not in gov.trusted() and silent not in gov.trusted() and relay in gov.trusted()
+    assert gov.handle({"cmd": "why", "addr": str(quitter)})["why"]["standing"]["probation"] == {"until": None}
+    # One holds its sessions silently and is cut: its proof goes for good.
+    socks.sources = {silent: SockCounts(held=2, established=2, syn_recv=0, idle=2, max_idle_ms=4_000)}
+    clock.advance(1)
+    gov.tick()
+    assert gov.trust is not None and not gov.trust.trusted().covers(silent)
+    socks.sources = {}
+    for n in range(int(PROBATION) + 2):  # a bot delivers spam as easily as a relay mail
+        deliver(f"4F2Xk81qZ5z9sX{n}", str(quitter))
+        clock.advance(1)
+        gov.tick()
+    assert quitter not in enf.log_proven and quitter not in gov.trusted()
+    assert reports.status(gov)["trust"]["withheld"] == 1
+    assert gov.handle({"cmd": "wave", "action": "off"})["ok"]
+    clock.advance(1)
+    gov.tick()
+    assert quitter in enf.log_proven and enf.log_proven[quitter] > 6 * 86400  # the rest of its trust
+    assert quitter in gov.trusted() and silent not in enf.log_proven
+    assert reports.status(gov)["trust"]["withheld"] == 0
+
+
+def test_a_crowd_back_from_its_probation_is_recalled_once_seen_holding_several_sessions(tmp_path: Path) -> None:
+    """A crowd to the kernel's first contacts, proven in the wave, gets its proof after the probation if it was not
+    cut meanwhile: the budget may have kept its other connections out. Seen holding several sessions once back, it
+    is recalled until the pressure is over (the lab's quitters came back this way and held the MTA)."""
+    log = tmp_path / "mail.log"
+    log.write_text("")
+    gov, socks, enf, clock, _dns = make(tmp_path, {}, {"postfix_log": str(log)})
+    gov.start()
+    bot = Prefix.parse("198.51.100.66")
+    enf.crowd = {bot}
+    assert gov.handle({"cmd": "wave", "action": "on", "duration": "10m"})["ok"]
+    gov.tick()
+    log_delivery(log, datetime.fromtimestamp(clock(), UTC).isoformat(), "4F2Xk81qZ5z9sWb", str(bot))
+    clock.advance(0.5)
+    gov.tick()
+    assert bot not in enf.log_proven and gov.proving.probation(bot) == clock() + PROBATION
+    for _ in range(int(PROBATION) + 1):
+        clock.advance(1)
+        gov.tick()
+    assert bot in enf.log_proven and gov.proving.probation(bot) is None  # back: nothing cut it
+    socks.sources = {bot: SockCounts(held=2, established=2, syn_recv=0, idle=0, max_idle_ms=0)}
+    clock.advance(1)
+    gov.tick()
+    assert bot not in enf.log_proven and bot not in gov.trusted() and enf.held_off == {bot: REVOKED_FOR}
+    assert gov.proving.probation(bot) == math.inf
 
 
 def test_a_postfix_started_after_govern_is_found_and_its_log_followed(

@@ -7,7 +7,16 @@ from govern.addr import Prefix
 from govern.allow.learning import TrustSources
 from govern.allow.spec import TrustSpec
 from govern.allow.trust import Trust
-from govern.core.proof import UNPROVEN_LOOP_REASON, UNPROVEN_REASON, YOUNG_BEFORE_WAVE, proof_lost, withheld, young
+from govern.core.proof import (
+    PRESSURE_LEAD,
+    UNPROVEN_LOOP_REASON,
+    UNPROVEN_REASON,
+    YOUNG_BEFORE_WAVE,
+    proof_lost,
+    recalled,
+    withheld,
+    young,
+)
 from govern.model import Cut, Mode, ModeState
 
 WAVE = ModeState(Mode.WAVE, since=10_000.0)
@@ -39,6 +48,13 @@ def test_in_a_wave_a_crowds_young_proof_is_withheld_from_the_kernel() -> None:
     assert withheld([BOT, RELAY, EDGE], FIRST.get, WAVE, crowds) == {BOT}  # RELAY: proven before; EDGE: no crowd
     assert withheld([BOT], FIRST.get, WAVE, set()) == set()
     assert withheld([BOT], FIRST.get, ModeState(Mode.ELEVATED, since=10_000.0), crowds) == set()
+
+
+def test_a_crowd_first_proven_as_the_pressure_began_is_recalled_and_one_known_before_is_not() -> None:
+    pressed = 10_004.0
+    first = {BOT: 10_003.5, RELAY: 9_000.0, EDGE: pressed - PRESSURE_LEAD, STRANGER: pressed - PRESSURE_LEAD - 0.1}
+    assert recalled([BOT, RELAY, EDGE, STRANGER], first.get, pressed) == {BOT, EDGE}
+    assert recalled([Prefix.parse("198.51.100.9")], first.get, pressed) == frozenset()  # not trusted at all
 
 
 def test_trust_remembers_the_first_proof_and_forgets_it_with_the_trust() -> None:

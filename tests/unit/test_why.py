@@ -5,6 +5,7 @@ punitive."""
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -284,6 +285,23 @@ def test_the_budget_is_in_force_for_strangers_before_a_wave_but_only_a_wave_advi
     assert any("during this wave strangers' sessions share 30" in f for f in why.explain(wave).facts)
     trusted = why.in_force(POLICY, Mode.NORMAL, why.Standing(why.TRUSTED), 10, budget_slots=30)
     assert trusted.budget_slots == 0
+
+
+def test_a_proof_on_probation_is_said_and_the_budget_holds_it() -> None:
+    crowd = why.Standing(why.STRANGER, probation=math.inf)  # recalled as the flood began
+    ev = replace(evidence(mode=Mode.WAVE), standing=crowd)
+    ev = replace(ev, limits=why.in_force(POLICY, Mode.WAVE, crowd, 10, budget_slots=30))
+    facts = why.explain(ev).facts
+    assert f"{SRC} delivered mail here, but counts as a stranger while its proof is on probation" in facts
+    assert any(f.startswith("its proof is on probation until this flood is over: it was first proven") for f in facts)
+    assert why.explain(ev).to_dict()["standing"]["probation"] == {"until": None}
+    trusted = why.Standing(why.TRUSTED, probation=NOW + 5)  # a crowd's proof by the log, withheld in the wave
+    lim = why.in_force(POLICY, Mode.WAVE, trusted, 10, budget_slots=30)
+    assert lim.budget_slots == 30
+    exp = why.explain(replace(evidence(mode=Mode.WAVE), standing=trusted, limits=lim))
+    assert any(f.startswith("its proof is on probation during this flood (for another 5s)") for f in exp.facts)
+    assert exp.to_dict()["standing"]["probation"] == {"until": NOW + 5}
+    assert why.explain(evidence()).to_dict()["standing"]["probation"] is None
 
 
 def test_the_wave_gate_for_strangers_only() -> None:
