@@ -251,7 +251,7 @@ def _trust_line(t: dict[str, Any]) -> str:
     counted = "on" if t.get("from_sessions") else "off"
     revoked = f"; {t['revoked']} proofs revoked in waves" if t.get("revoked") else ""
     if t.get("withheld"):
-        revoked += f"; {t['withheld']} crowds' proofs on probation before they reach the kernel"
+        revoked += f"; {t['withheld']} crowds' proofs on probation, out of the kernel's proven sets"
     return f"trust: {t.get('trusted', 0)} sources, {source}; the kernel's count of replies: {counted}{revoked}"
 
 

@@ -176,7 +176,7 @@ class Proving:
 
     @property
     def withheld(self) -> int:
-        """Crowds proven during this wave whose proof is on probation before it reaches the kernel."""
+        """Crowds whose proof is on probation, out of the kernel's proven sets: withheld in the wave, or recalled."""
         return len(self._withheld)
 
     def note_crowds(self, snapshot: Snapshot, mode: ModeState, now: float, allow: PrefixSet) -> None:

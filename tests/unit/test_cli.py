@@ -334,7 +334,7 @@ def test_the_trust_line_says_what_proves_a_sender() -> None:
         "trust: 3 sources, proven by deliveries in /var/log/mail.log (5 so far; set in the config); the kernel's "
         "count of replies: off; 2 proofs revoked in waves"
     )
-    assert _trust_line({"withheld": 4}).endswith("; 4 crowds' proofs on probation before they reach the kernel")
+    assert _trust_line({"withheld": 4}).endswith("; 4 crowds' proofs on probation, out of the kernel's proven sets")
     unread = _trust_line({"postfix_log": "/var/log/mail.log", "log_error": "/var/log/mail.log: Permission denied"})
     assert "LOG NOT READ: /var/log/mail.log: Permission denied" in unread
     none = _trust_line({"postfix_log": "", "postfix_log_basis": "no Postfix process holds a protected port",
