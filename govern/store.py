@@ -15,6 +15,7 @@ import os
 import sqlite3
 import sys
 from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
 
 from govern.addr import Prefix
 from govern.errors import StoreError
@@ -202,39 +203,59 @@ class Store:
         return {keys[p] for p, kind in rows if kind == "unblock" and p in keys}
 
     def _write(self, cur: sqlite3.Cursor, actions: tuple[Action, ...], now: float) -> None:
-        blocks, unblocks, throttles, unthrottles, offenders, events = [], [], [], [], [], []
-        tarpits, untarpits = [], []
+        # Each kind's rows as the plan's last action on a prefix leaves them, as State.record does: a plan that
+        # throttles a source and then blocks it keeps no throttle row. The deletes run before the inserts, so a row
+        # inserted for an earlier action would outlive a later one's delete, and a restart would load the source
+        # throttled and blocked at once, where the state before it had the block alone.
+        blocks: dict[str, tuple[Any, ...]] = {}
+        throttles: dict[str, tuple[Any, ...]] = {}
+        tarpits: dict[str, tuple[Any, ...]] = {}
+        unblocks: set[str] = set()
+        unthrottles: set[str] = set()
+        untarpits: set[str] = set()
+        offenders, events = [], []
         for a in actions:
             p = str(a.prefix)
             events.append((now, a.kind.value, p, a.reason, a.until))
             if a.kind in (ActionKind.BLOCK, ActionKind.EXTEND):
                 since = now
                 if a.kind is ActionKind.EXTEND:
-                    row = cur.execute("SELECT since FROM blocks WHERE prefix=?", (p,)).fetchone()
-                    since = row[0] if row else now
-                blocks.append((p, a.reason, since, a.until, a.offences, int(a.manual)))
-                unthrottles.append((p,))
+                    if p in blocks:
+                        since = blocks[p][2]
+                    else:
+                        row = cur.execute("SELECT since FROM blocks WHERE prefix=?", (p,)).fetchone()
+                        since = row[0] if row else now
+                blocks[p] = (p, a.reason, since, a.until, a.offences, int(a.manual))
+                unblocks.discard(p)
+                throttles.pop(p, None)
+                unthrottles.add(p)
                 if a.offences:
                     offenders.append((p, a.offences, now))
             elif a.kind is ActionKind.THROTTLE:
-                throttles.append((p, a.reason, now, a.until, int(a.tight)))
+                throttles[p] = (p, a.reason, now, a.until, int(a.tight))
+                unthrottles.discard(p)
             elif a.kind is ActionKind.UNBLOCK:
-                unblocks.append((p,))
+                blocks.pop(p, None)
+                unblocks.add(p)
             elif a.kind is ActionKind.UNTHROTTLE:
-                unthrottles.append((p,))
+                throttles.pop(p, None)
+                unthrottles.add(p)
             elif a.kind is ActionKind.TARPIT:
-                tarpits.append((p, a.reason, now, a.until))
+                tarpits[p] = (p, a.reason, now, a.until)
+                untarpits.discard(p)
             elif a.kind is ActionKind.UNTARPIT:
-                untarpits.append((p,))
-        cur.executemany("DELETE FROM blocks WHERE prefix=?", unblocks)
-        cur.executemany("DELETE FROM throttles WHERE prefix=?", unthrottles)
-        cur.executemany("INSERT OR REPLACE INTO blocks VALUES (?,?,?,?,?,?)", blocks)
+                tarpits.pop(p, None)
+                untarpits.add(p)
+        cur.executemany("DELETE FROM blocks WHERE prefix=?", [(p,) for p in unblocks])
+        cur.executemany("DELETE FROM throttles WHERE prefix=?", [(p,) for p in unthrottles])
+        cur.executemany("INSERT OR REPLACE INTO blocks VALUES (?,?,?,?,?,?)", list(blocks.values()))
         cur.executemany(
-            "INSERT OR REPLACE INTO throttles(prefix, reason, since, until, tight) VALUES (?,?,?,?,?)", throttles
+            "INSERT OR REPLACE INTO throttles(prefix, reason, since, until, tight) VALUES (?,?,?,?,?)",
+            list(throttles.values()),
         )
         cur.executemany("INSERT OR REPLACE INTO offenders VALUES (?,?,?)", offenders)
-        cur.executemany("DELETE FROM tarpits WHERE prefix=?", untarpits)
-        cur.executemany("INSERT OR REPLACE INTO tarpits VALUES (?,?,?,?)", tarpits)
+        cur.executemany("DELETE FROM tarpits WHERE prefix=?", [(p,) for p in untarpits])
+        cur.executemany("INSERT OR REPLACE INTO tarpits VALUES (?,?,?,?)", list(tarpits.values()))
         cur.executemany("INSERT INTO events(at, kind, prefix, reason, until) VALUES (?,?,?,?,?)", events)
 
     def _write_mode(self, cur: sqlite3.Cursor, m: ModeState, now: float) -> None:

@@ -11,7 +11,7 @@ import pytest
 
 from govern.addr import Prefix, parse_full
 from govern.errors import AddressError
-from govern.model import Action, ActionKind, Block, Plan, Throttle
+from govern.model import Action, ActionKind, Block, Plan, State, Throttle
 from govern.store import Store
 
 NOW = 1_700_000_000.0
@@ -55,6 +55,34 @@ def test_extend_keeps_since_and_block_clears_throttle(tmp_path: Path) -> None:
     assert A not in st.throttles
     assert st.blocks[A].since == NOW + 5 and st.blocks[A].until == NOW + 1200
     assert [e.kind for e in s.events()] == ["extend", "block", "throttle"]
+
+
+def test_within_one_plan_the_last_action_on_a_prefix_is_what_a_reload_finds_as_in_memory(tmp_path: Path) -> None:
+    """A plan that throttles a source and then blocks it (or blocks then unblocks, tarpits then lifts) leaves the
+    store as State.record leaves the state. Before, the deletes ran before the inserts, and a restart loaded such a
+    source throttled and blocked at once, where the state before it held the block alone."""
+    C, D = Prefix.parse("198.18.0.3"), Prefix.parse("198.18.0.4")
+    plan = Plan(
+        (
+            Action(ActionKind.THROTTLE, A, "t", until=NOW + 60),
+            Action(ActionKind.BLOCK, A, "b", until=NOW + 600, offences=1),
+            Action(ActionKind.BLOCK, B, "b", until=NOW + 600, offences=1),
+            Action(ActionKind.UNBLOCK, B, "lifted"),
+            Action(ActionKind.UNTHROTTLE, C, "u"),
+            Action(ActionKind.THROTTLE, C, "t again", until=NOW + 60),
+            Action(ActionKind.TARPIT, D, "slow", until=NOW + 60),
+            Action(ActionKind.UNTARPIT, D, "lifted"),
+        )
+    )
+    s = Store(str(tmp_path))
+    s.save(plan, NOW)
+    s.close()
+    loaded = Store(str(tmp_path)).load()
+    state = State()
+    state.record(plan, NOW)
+    assert loaded.blocks.keys() == state.blocks.keys() == {A}
+    assert loaded.throttles.keys() == state.throttles.keys() == {C}
+    assert loaded.tarpits.keys() == state.tarpits.keys() == set()
 
 
 def test_failed_kernel_commit_leaves_the_store_untouched(tmp_path: Path) -> None:
