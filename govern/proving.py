@@ -62,7 +62,7 @@ class Proving:
         # wave sheds the sessions their proof let in before it went (the flood's first second filled the MTA and
         # its accept queue with them, and each then waited for its cut).
         self._on_recall: set[Prefix] = set()
-        self._allow = PrefixSet(())  # the allowlist as the last tick had it
+        self._allow = PrefixSet(())  # the allowlist as the last tick had it (note_crowds), for `recall`
         self._less: frozenset[Prefix] | None = None
         self._members: frozenset[Prefix] = frozenset()
 
@@ -92,7 +92,7 @@ class Proving:
                 # decision core's trust too, until the pressure is over.
                 holding = [p for p in held if p in self._crowded and p not in self._on_recall]
                 if holding and self._pressed_since is not None:
-                    self.recall(holding, now, self._allow)
+                    self.recall(holding, now)
                 if put:
                     log.info("proof kept from the kernel for %g s (crowds): %d sources", PROBATION, put)
             # Probation ends with the pressure: a crowd put back on probation as the flood began serves it before
@@ -203,13 +203,13 @@ class Proving:
                 if p in trusted and p not in self._recalled:
                     proven_crowds.append(p)
         if proven_crowds:
-            self.recall(proven_crowds, now, allow)
+            self.recall(proven_crowds, now)
         if now - self._pruned >= CROWD_FOR / 4:
             self._pruned = now
             for p in [p for p, t in self._crowded.items() if t < now - CROWD_FOR]:
                 del self._crowded[p]
 
-    def recall(self, crowds: Sequence[Prefix], now: float, allow: PrefixSet) -> None:
+    def recall(self, crowds: Sequence[Prefix], now: float) -> None:
         """The proof of the crowds first proven as the pressure began leaves the kernel, and the daemon's trusted set
         the decision core reads, until the pressure is over (govern.core.proof.recalled): their next connections
         count against the budget, the wave sheds the sessions their proof let in before it went, and a cut meanwhile
@@ -226,7 +226,7 @@ class Proving:
         back = [
             p
             for p in recalled(crowds, trust.first, self._pressed_since)
-            if p not in self._on_recall and not allow.intersects(p)
+            if p not in self._on_recall and not self._allow.intersects(p)
         ]
         self._recalled.update(crowds)
         if not back:

@@ -42,7 +42,11 @@ def young(sources: Iterable[Prefix], first_proof: FirstProof, mode: ModeState) -
     silence is judged as a stranger's, for a legitimate sender that has just delivered does not fall silent."""
     if mode.mode is not Mode.WAVE:
         return frozenset()
-    since = mode.since - YOUNG_BEFORE_WAVE
+    return _proven_since(sources, first_proof, mode.since - YOUNG_BEFORE_WAVE)
+
+
+def _proven_since(sources: Iterable[Prefix], first_proof: FirstProof, since: float) -> frozenset[Prefix]:
+    """Of these sources, those trusted and first proven at `since` or later."""
     return frozenset(p for p in sources if (first := first_proof(p)) is not None and first >= since)
 
 
@@ -67,8 +71,7 @@ def recalled(crowds: Iterable[Prefix], first_proof: FirstProof, pressed_since: f
     (`withheld`), and their silent second sessions then passed the budget as proven, until each was cut: smtpd full
     for 10 s, the known relays' p95 3.9-5.1 s, their unproven sessions within the budget only 12-30 s into the
     flood."""
-    since = pressed_since - PRESSURE_LEAD
-    return frozenset(p for p in crowds if (first := first_proof(p)) is not None and first >= since)
+    return _proven_since(crowds, first_proof, pressed_since - PRESSURE_LEAD)
 
 
 def proof_lost(cuts: Sequence[Cut], first_proof: FirstProof, mode: ModeState) -> dict[Prefix, str]:
