@@ -317,9 +317,9 @@ def _probation_json(probation: float | None) -> dict[str, float | None] | None:
 def _probation(ev: Evidence, ends: float) -> str:
     if math.isinf(ends):
         return (
-            "its proof is on probation until this flood is over: it was first proven as the flood began and seen "
-            "holding several sessions at once, as a flood's bots that deliver once and then hold do; meanwhile its "
-            "new connections count against the strangers' slot budget"
+            "its proof is on probation until this flood is over: it was first proven as the flood began or during "
+            "it, and then seen holding several sessions at once, as a flood's bots that deliver once and then hold "
+            "do; meanwhile its new connections count against the strangers' slot budget, whatever it delivers"
         )
     left = f"for another {_dur(ends - ev.now)}" if ends > ev.now else "its time served"
     return (
@@ -431,6 +431,7 @@ def _advice(ev: Evidence, enforcement: Sequence[Enforcement]) -> list[Advice]:
     if not enforcement:
         out += _history(ev, behaviour=any(a.rule in _BEHAVIOUR for a in out))
     out += _proof_lost(ev)
+    out += _on_probation(ev)
     gate = []
     if ev.limits.gate_per_second:
         gate.append(
@@ -442,12 +443,14 @@ def _advice(ev: Evidence, enforcement: Sequence[Enforcement]) -> list[Advice]:
             )
         )
     if ev.limits.budget_slots and ev.limits.mode is Mode.WAVE:
-        # A proof revoked in this wave holds the source off for an hour: a delivery meanwhile frees it of nothing.
-        freed = (
-            "after the hour above, once a message of yours is accepted"
-            if any(e.kind == "unproven" for e in ev.events)
-            else "once a message of yours is accepted"
-        )
+        # A proof revoked in this wave holds the source off for an hour, and one on probation until the flood or
+        # its probation is over: a delivery meanwhile frees it of nothing.
+        if ev.standing.probation is not None:
+            freed = "once the flood is over" if math.isinf(ev.standing.probation) else "once the probation above ends"
+        elif any(e.kind == "unproven" for e in ev.events):
+            freed = "after the hour above, once a message of yours is accepted"
+        else:
+            freed = "once a message of yours is accepted"
         gate.append(
             Advice(
                 "wave-budget",
@@ -600,6 +603,29 @@ def _proof_lost(ev: Evidence) -> Iterable[Advice]:
         f"until we ended it ({_ago(ev, last.at)}): your address lost, for an hour, the standing a "
         "delivery gives, so its connections wait with every sender we do not know; QUIT when done, or send the "
         "next message at once",
+    )
+
+
+def _on_probation(ev: Evidence) -> Iterable[Advice]:
+    """A proof on probation in a flood (govern.proving): what set it off is the sender's concurrency."""
+    ends = ev.standing.probation
+    if ends is None:
+        return
+    if math.isinf(ends):
+        yield Advice(
+            "probation",
+            "while this host rides a flood, your server holds several sessions with it at once, as the flood's bots "
+            "do once one of their messages is accepted: until the flood is over your connections wait with every "
+            "sender we do not know, whatever you deliver meanwhile; deliver over one connection at a time while a "
+            "destination is slow to answer (Postfix: smtp_destination_concurrency_limit; Exim: "
+            "remote_max_parallel), or ask us to allowlist your address",
+        )
+        return
+    yield Advice(
+        "probation",
+        "during a flood your server opened several connections to us at once, as the flood's bots do: the "
+        f"standing your delivery gave your address waits ({_left(ev, ends)}) before it counts; open one connection "
+        "at a time while a destination is slow to answer",
     )
 
 

@@ -304,6 +304,24 @@ def test_a_proof_on_probation_is_said_and_the_budget_holds_it() -> None:
     assert why.explain(evidence()).to_dict()["standing"]["probation"] is None
 
 
+def test_a_proof_on_probation_tells_the_sender_its_concurrency_set_it_off_and_when_it_ends() -> None:
+    """The phone call from a relay recalled in a flood: what it must change, and that a delivery frees it of
+    nothing until the flood is over (the budget's usual "once a message of yours is accepted" would be wrong)."""
+    crowd = why.Standing(why.STRANGER, probation=math.inf)
+    ev = replace(evidence(mode=Mode.WAVE), standing=crowd, limits=why.in_force(POLICY, Mode.WAVE, crowd, 10, 30))
+    said = advice(ev, "probation")
+    assert "holds several sessions with it at once" in said and "until the flood is over" in said
+    assert "smtp_destination_concurrency_limit" in said and "whatever you deliver meanwhile" in said
+    assert advice(ev, "wave-budget").endswith(
+        "retrying works, and once the flood is over your address is no longer held to it"
+    )
+    held = why.Standing(why.TRUSTED, probation=NOW + 5)
+    ev = replace(evidence(mode=Mode.WAVE), standing=held, limits=why.in_force(POLICY, Mode.WAVE, held, 10, 30))
+    assert "waits (for another 5s) before it counts" in advice(ev, "probation")
+    assert "once the probation above ends your address" in advice(ev, "wave-budget")
+    assert "probation" not in rules(evidence(mode=Mode.WAVE))
+
+
 def test_the_wave_gate_for_strangers_only() -> None:
     assert rules(evidence(mode=Mode.WAVE)) == ["nothing-wrong", "wave-gate"]
     assert "share 10/s" in advice(evidence(mode=Mode.WAVE), "wave-gate")
