@@ -16,6 +16,7 @@ the ratio this tree / base.
 - counts: govern's own table (`NftBackend.setup` with the default config) whose counting set `seen4` (its shards)
   holds `--elements` sources with counters (and `seen6` a tenth as many /64s), as a spoofed SYN flood leaves it; per
   round `NftBackend.syn_counts()`, the read every tick makes. Each round also prints the worker's CPU (user+sys).
+  Each tree reads its own table in a namespace of its own: the trees' shards may differ.
 The namespaces are removed at the end, also on failure.
 """
 
@@ -37,7 +38,6 @@ sys.path.insert(0, str(ROOT))
 
 from bench.machine import machine  # noqa: E402
 from bench.worker import Worker  # noqa: E402
-from govern.nft.ruleset import seen_sets  # noqa: E402
 from tests.netns import Netns, new_name, sh  # noqa: E402
 
 Times = dict[tuple[str, str], list[float]]
@@ -180,41 +180,53 @@ def run_scan(sides_for: Callable[[str], list[Side]], args: argparse.Namespace) -
                 s.close()
 
 
-def run_counts(sides_for: Callable[[str], list[Side]], args: argparse.Namespace) -> Times:
+def shard_names(root: Path) -> tuple[list[str], list[str]]:
+    """The counting sets' names of the tree at `root` (its shards differ between versions)."""
+    code = (
+        f"import sys; sys.path.insert(0, {str(root)!r}); from govern.nft.ruleset import seen_sets; "
+        "print(' '.join(seen_sets(4))); print(' '.join(seen_sets(6)))"
+    )
+    v4, v6 = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split(
+        "\n"
+    )[:2]
+    return v4.split(), v6.split()
+
+
+def run_counts(side: Callable[[int, str], Side], roots: tuple[Path, Path], args: argparse.Namespace) -> Times:
+    """Each tree in a namespace of its own: each sets up its own table (the trees' counting shards may differ, and
+    a set-up converges the table to its own tree's shape), then the same sources are dealt over its shards."""
     import random
 
-    ns = Netns(new_name("ab"))
-    sh("ip", "netns", "add", ns.name)
+    rng = random.Random(1)
+    n = args.elements
+    # Forged sources of the bot range 198.18.0.0/15 (docs: test addresses only), each with a few SYNs counted.
+    addrs = rng.sample(range(0xC6120000, 0xC6120000 + (1 << 17)), n)
+    v4 = [
+        f"{a >> 24}.{a >> 16 & 255}.{a >> 8 & 255}.{a & 255} counter packets {rng.randint(1, 9)} bytes 0" for a in addrs
+    ]
+    v6 = [f"2001:db8:bad:{i:x}:: counter packets {rng.randint(1, 9)} bytes 0" for i in range(n // 10)]
+    spaces = [Netns(new_name("ab")) for _ in roots]
     try:
-        # The workers make govern's table (set-up converges it); then the sets are filled and both read them.
-        for side in sides_for(ns.name):
-            side.close()
-        rng = random.Random(1)
-        n = args.elements
-        # Forged sources of the bot range 198.18.0.0/15 (docs: test addresses only), each with a few SYNs counted.
-        addrs = rng.sample(range(0xC6120000, 0xC6120000 + (1 << 17)), n)
-        v4 = [
-            f"{a >> 24}.{a >> 16 & 255}.{a >> 8 & 255}.{a & 255} counter packets {rng.randint(1, 9)} bytes 0"
-            for a in addrs
-        ]
-        v6 = [f"2001:db8:bad:{i:x}:: counter packets {rng.randint(1, 9)} bytes 0" for i in range(n // 10)]
-        # Dealt over the shards in turn: a read does not care which shard holds a source (both sides must be of
-        # the sharded table, 2026-12-07 on: before, one set per family, seen4/seen6).
-        batch = "".join(
-            f"add element inet govern {name} {{ {', '.join(elems[i :: len(names)])} }}\n"
-            for elems, names in ((v4, seen_sets(4)), (v6, seen_sets(6)))
-            for i, name in enumerate(names)
-            if elems[i :: len(names)]
-        )
-        subprocess.run(["ip", "netns", "exec", ns.name, "nft", "-f", "-"], input=batch, text=True, check=True)
-        sides = sides_for(ns.name)
+        for i, (ns, root) in enumerate(zip(spaces, roots, strict=True)):
+            sh("ip", "netns", "add", ns.name)
+            side(i, ns.name).close()  # its set-up makes govern's table
+            # Dealt over the shards in turn: a read does not care which shard holds a source.
+            batch = "".join(
+                f"add element inet govern {name} {{ {', '.join(elems[i :: len(names)])} }}\n"
+                for elems, names in zip((v4, v6), shard_names(root), strict=True)
+                for i, name in enumerate(names)
+                if elems[i :: len(names)]
+            )
+            subprocess.run(["ip", "netns", "exec", ns.name, "nft", "-f", "-"], input=batch, text=True, check=True)
+        sides = [side(i, ns.name) for i, ns in enumerate(spaces)]
         try:
             return rounds(sides, "syn_counts", args.reps) | rounds(sides, "syn_counts-cpu", args.reps)
         finally:
             for s in sides:
                 s.close()
     finally:
-        sh("ip", "netns", "del", ns.name, check=False)
+        for ns in spaces:
+            sh("ip", "netns", "del", ns.name, check=False)
 
 
 def run_nft(sides_for: Callable[[str], list[Side]], args: argparse.Namespace) -> Times:
@@ -264,14 +276,19 @@ def main() -> None:
     print(f"command: {' '.join(['.venv/bin/python', *sys.argv])}")
     print(f"base: {base}; this: {ROOT}")
 
+    roots = (base, ROOT)
+
+    def side(i: int, ns: str) -> Side:
+        return Side(names[i], roots[i], ns, args.kind, i)
+
     def sides_for(ns: str) -> list[Side]:
-        return [Side(names[0], base, ns, args.kind, 0), Side(names[1], ROOT, ns, args.kind, 1)]
+        return [side(0, ns), side(1, ns)]
 
     if args.kind == "scan":
         times = run_scan(sides_for, args)
         print(f"\n{args.sockets} sockets from as many sources, all idle; medians in ms (min-max), ratio this/base:")
     elif args.kind == "counts":
-        times = run_counts(sides_for, args)
+        times = run_counts(side, roots, args)
         n = args.elements
         print(f"\nseen4 of {n} elements, seen6 of {n // 10}; medians in ms (min-max), ratio this/base:")
     else:

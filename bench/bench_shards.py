@@ -6,7 +6,8 @@ counts new connections in SEEN_SHARDS sets per family (govern/nft/ruleset.py), n
 
 In a namespace of its own, per size and shard count: a table of that many sets (`seen4_0` ..., the counting sets'
 declaration, each of size `--total` / shards, as govern declares them: the size also sets the kernel's first hash
-table, which a dump walks whole, empty buckets included), filled with that many IPv4 hosts dealt over them in turn,
+table, which a dump walks whole, empty buckets included; as govern's backend does, one element added and deleted
+in each shard shrinks that table to fit), filled with that many IPv4 hosts dealt over them in turn,
 each element with a counter as the kernel's `update @set { ip saddr counter }` leaves it; then `--reps` reads of
 every set with NftNetlink.count_columns, the call the daemon's tick makes. Printed: the median wall time of a
 whole read in ms with its range, and the user and system CPU of the median read (os.times: the process and its
@@ -41,6 +42,11 @@ def fill(ns: Netns, size: int, shards: int, bound: int) -> None:
         f"set {name} {{ type ipv4_addr; size {bound}; flags dynamic,timeout; timeout 10m; }}\n" for name in sets
     )
     lines = [f"delete table inet govern\ntable inet govern {{\n{decl}}}\n"]
+    # As govern's backend makes a shard: one element added and deleted, which shrinks the first hash table.
+    lines += [
+        f"add element inet govern {name} {{ 0.0.0.0 }}\ndelete element inet govern {name} {{ 0.0.0.0 }}\n"
+        for name in sets
+    ]
     for i, name in enumerate(sets):
         hosts = range(BASE + i, BASE + size, shards)
         for c in range(0, len(hosts), 5000):

@@ -48,6 +48,9 @@ from govern.tarpit.shape import NFT_NAMES as TARPIT_NAMES
 
 log = logging.getLogger("govern.nft")
 
+# An address no connection comes from: the element each new counting shard is made with and loses at once.
+_NOBODY = {4: Prefix.parse("0.0.0.0"), 6: Prefix.parse("::")}
+
 
 class NftBackend:
     name = "nftables"
@@ -81,7 +84,13 @@ class NftBackend:
         self.v4_len, self.v6_len = spec.v4_len, spec.v6_len
         self.ports = frozenset(spec.ports)
         sizes = slot_sets(spec, self.enforce)
-        self.nft.run(ruleset(spec, enforce=self.enforce, resize=self._resized(sizes)))
+        have = self._declared()
+        resize = [name for name in SLOT_SETS if name in have and have[name] != sizes.get(name)]
+        self.nft.run(ruleset(spec, enforce=self.enforce, resize=resize))
+        # A counting shard made now starts with a hash table sized for the whole shard, which each dump walks
+        # whole; removing an element shrinks it to fit (govern/nft/ruleset.py, SEEN_SHARDS).
+        made = [(name, _NOBODY[v]) for v in (4, 6) for name in seen_sets(v) if name not in have]
+        self._commit([ElemOp(add, name, nobody) for name, nobody in made for add in (True, False)])
         self.budget_sets = tuple(sizes)
         self._counted_at = None
         self.allow = {name: {e.prefix for e in self.nl.dump_set(name)} for name in ("allow4", "allow6")}
@@ -161,17 +170,16 @@ class NftBackend:
         if made is not None and self.generation is not None:
             self.generation = made if made == _after(self.generation) else None
 
-    def _resized(self, sizes: Mapping[str, int]) -> list[str]:
-        """The budget's sets that exist with another size than `sizes` asks (or that it no longer wants).
+    def _declared(self) -> dict[str, int | None]:
+        """govern's sets in the kernel, by name, with their declared size (None: unbounded).
 
         From the terse `list ruleset`, without elements: `list tables` and `list set` make nft 1.0.6 fetch every
         element of the table first (0.35 s beside 100k blocks)."""
-        have = {
+        return {
             body["name"]: body.get("size")
             for item in self.nft.json("list ruleset", terse=True).get("nftables", [])
             if (body := item.get("set")) and body.get("family") == FAMILY and body.get("table") == TABLE
         }
-        return [name for name in SLOT_SETS if name in have and have[name] != sizes.get(name)]
 
     def set_allow(self, allow: Sequence[Prefix]) -> None:
         """Replace the allow sets' contents in one transaction (only the difference is sent)."""

@@ -90,15 +90,17 @@ ATTEMPTS = "attempts"
 # Counting sets forget a source two minutes after its last SYN: the rate window is one minute.
 SEEN_TIMEOUT = "2m"
 SEEN_SIZE = 262144
-# Each family's counting set is SEEN_SHARDS sets (`seen4_0` ...), a source's key hashed to one of them: a dump of a
+# Each family's counting set is SEEN_SHARDS sets (`seen4_00` ...), a source's key hashed to one of them: a dump of a
 # set walks its hash table from the start again for every batch the kernel fills (nft_rhash_walk skips what it
-# sent), so a read of n elements costs ~n^2: in 4 shards a quarter of that (100k sources 0.95 -> 0.23 s a read, 250k
-# 6.8 -> 1.6 s). Not more: a shard's size is also the kernel's first guess at its hash table, which every dump walks
-# whole, and a shard of 65,536 (as one set of 262,144) starts small, where one of 32,768 starts with 64k buckets: an
-# empty shard's dump then costs 0.1-0.15 ms, not 0.02, and 2,000 sources cost 6.4-6.8 ms a read in 8 or 16 shards
-# against 4.6 in 4 or in one set (docs/benchmarks.md, "Counting sets in shards"). Together they hold SEEN_SIZE, as
-# one set did.
-SEEN_SHARDS = 4
+# sent), so a read of n elements costs ~n^2; in 16 shards a sixteenth of that, below the cost of filling the
+# replies, which grows with n alone: 250k sources 2.2 s a read in 4 shards, 0.6 s in 16, where 32 and 64 gain
+# nothing more (docs/benchmarks.md, "Counting sets in shards"). Together they hold SEEN_SIZE, as one set did.
+# A shard's size is also the kernel's first guess at its hash table (nft_rhash_init's nelem_hint), which every dump
+# walks whole: a fresh shard of 16,384 would cost each empty dump 0.1 ms, not 0.01. The backend adds and deletes
+# one element in each shard it makes (NftBackend.setup), and the removal shrinks the table to what the set holds.
+SEEN_SHARDS = 16
+# The shards of the versions before (4 sets of 65,536 a family, `seen4_0` ...): deleted once no rule uses them.
+OLD_SHARDS = 4
 # Fixed: without a seed the kernel draws one per rule, and a reload of the rules would move a source to another
 # shard while the old one still counts it.
 SHARD_SEED = 0x676F76
@@ -114,7 +116,7 @@ CONN6 = "ip6 saddr . tcp sport . tcp sequence"
 
 def seen_sets(version: int) -> tuple[str, ...]:
     """The counting set's shards of one family, in the order of their hash values."""
-    return tuple(f"seen{version}_{i}" for i in range(SEEN_SHARDS))
+    return tuple(f"seen{version}_{i:02d}" for i in range(SEEN_SHARDS))
 
 
 def _count_chain(version: int, shard: int) -> str:
@@ -487,6 +489,14 @@ def ruleset(spec: FirewallSpec, *, enforce: bool = True, resize: Iterable[str] =
                 f"timeout {SEEN_TIMEOUT}; }}\n"
                 f"delete set {FAMILY} {TABLE} seen{v}"
                 for v, typ in ((4, "ipv4_addr"), (6, "ipv6_addr"))
+            ),
+            # The shards before these (their counts start again in these: a tick's worth of rates).
+            *(
+                f"add set {FAMILY} {TABLE} seen{v}_{i} {{ type {typ}; size {SEEN_SIZE // OLD_SHARDS}; "
+                f"flags dynamic,timeout; timeout {SEEN_TIMEOUT}; }}\n"
+                f"delete set {FAMILY} {TABLE} seen{v}_{i}"
+                for v, typ in ((4, "ipv4_addr"), (6, "ipv6_addr"))
+                for i in range(OLD_SHARDS)
             ),
             f"flush set {FAMILY} {TABLE} ports",
             # The ports go in with a set statement, not `add element`: that command makes libnftables read every set

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from govern import config
 from govern.addr import Prefix
 from govern.model import State
@@ -78,7 +80,7 @@ def test_a_count_that_times_out_is_read_again_though_nothing_new_was_counted(lab
         with lab.net.entered():
             connect("198.51.100.9", MX4, 25, timeout=2.0).close()
         srv.close()
-        lab.mx.sh("nft", "add element inet govern seen4_0 { 198.51.100.7 timeout 2s }")
+        lab.mx.sh("nft", f"add element inet govern {seen_sets(4)[0]} {{ 198.51.100.7 timeout 2s }}")
         t0 = time.monotonic()
         counts = backend.syn_counts()
         assert set(counts) == {Prefix.parse("198.51.100.9"), Prefix.parse("198.51.100.7")}
@@ -98,8 +100,8 @@ def test_sources_spread_over_the_counting_shards_and_read_back_whole(lab: Lab) -
     """Each source is counted in one shard of the counting set, chosen by a hash of its key (an IPv6 source by its
     /64): the read gives every source once, with all its connections, whichever shard holds it."""
     srv = Listener(lab.mx, 25)
-    sent = {f"198.18.6.{i}": i % 3 + 1 for i in range(1, 65)}
-    sent6 = {f"2001:db8:bad:{i:x}::{j}": 1 for i in range(0x10, 0x30) for j in (1, 2)}
+    sent = {f"198.18.6.{i}": i % 3 + 1 for i in range(1, 201)}
+    sent6 = {f"2001:db8:bad:{i:x}::{j}": 1 for i in range(0x100, 0x180) for j in (1, 2)}
     with lab.mx.entered():
         backend = NftBackend()
     try:
@@ -111,10 +113,11 @@ def test_sources_spread_over_the_counting_shards_and_read_back_whole(lab: Lab) -
             for src in sent6:
                 connect(src, MX6, 25, timeout=2.0).close()
         want = {Prefix.parse(a): n for a, n in sent.items()}
-        want |= {Prefix.parse(f"2001:db8:bad:{i:x}::/64"): 2 for i in range(0x10, 0x30)}
+        want |= {Prefix.parse(f"2001:db8:bad:{i:x}::/64"): 2 for i in range(0x100, 0x180)}
         assert backend.syn_counts() == want
         used = {v: [name for name in seen_sets(v) if nft_set_part(lab.mx, name)] for v in (4, 6)}
-        # 64 and 32 keys over 4 shards: a hash that spreads them leaves none empty (a fixed seed: the same each run).
+        # 200 and 128 keys over 16 shards: a hash that spreads them leaves none empty (a fixed seed: the same each
+        # run).
         assert len(used[4]) == len(used[6]) == SEEN_SHARDS, used
         held = [a for v in (4, 6) for name in seen_sets(v) for a in nft_set_part(lab.mx, name)]
         assert len(held) == len(set(held)) == len(want)  # each key in one shard only
@@ -123,9 +126,13 @@ def test_sources_spread_over_the_counting_shards_and_read_back_whole(lab: Lab) -
         srv.close()
 
 
-def test_a_table_with_the_unsharded_counting_set_converges_to_the_shards(lab: Lab) -> None:
-    """An upgrade in place: the table of a daemon before the shards counted in seen4/seen6, which its rules used.
-    Setup replaces the rules and removes those sets in one transaction; the counts go on in the shards."""
+@pytest.mark.parametrize(
+    "old", [("seen{v}",), tuple(f"seen{{v}}_{i}" for i in range(4))], ids=["unsharded", "four-shards"]
+)
+def test_a_table_with_an_older_counting_set_converges_to_the_shards(lab: Lab, old: tuple[str, ...]) -> None:
+    """An upgrade in place: the table of a daemon before these shards counted in seen4/seen6 (or in 4 shards of
+    each, seen4_0 ...), which its rules used. Setup replaces the rules and removes those sets in one transaction;
+    the counts go on in the shards, which hold nothing else (the element each new shard is made with is gone)."""
     srv = Listener(lab.mx, 25)
     spec = config.from_mapping({}).firewall()
     with lab.mx.entered():
@@ -133,15 +140,22 @@ def test_a_table_with_the_unsharded_counting_set_converges_to_the_shards(lab: La
     try:
         backend.setup(spec, [], State(), time.time())
         for v, key in ((4, "ip saddr"), (6, "ip6 saddr & ffff:ffff:ffff:ffff::")):
-            decl = f"type ipv{v}_addr; size 262144; flags dynamic,timeout; timeout 2m;"
-            lab.mx.sh("nft", f"add set inet govern seen{v} {{ {decl} }}")
-            lab.mx.sh("nft", f"add rule inet govern guard tcp dport 25 update @seen{v} {{ {key} counter }}")
+            decl = f"type ipv{v}_addr; size {262144 // len(old)}; flags dynamic,timeout; timeout 2m;"
+            for name in old:
+                lab.mx.sh("nft", f"add set inet govern {name.format(v=v)} {{ {decl} }}")
+            lab.mx.sh(
+                "nft", f"add rule inet govern guard tcp dport 25 update @{old[0].format(v=v)} {{ {key} counter }}"
+            )
         with lab.net.entered():
             connect("198.51.100.9", MX4, 25, timeout=2.0).close()
-        assert nft_set_part(lab.mx, "seen4") == {"198.51.100.9"}
+        assert nft_set_part(lab.mx, old[0].format(v=4)) == {"198.51.100.9"}
         backend.setup(spec, [], State(), time.time())
         sets = lab.mx.sh("nft", "-t", "list", "sets", "inet")
-        assert "set seen4 {" not in sets and "set seen6 {" not in sets and "set seen4_0 {" in sets
+        for v in (4, 6):
+            assert all(f"set {name.format(v=v)} {{" not in sets for name in old), sets
+            assert all(f"set {name} {{" in sets for name in seen_sets(v)), sets
+        held = [a for v in (4, 6) for name in seen_sets(v) for a in nft_set_part(lab.mx, name)]
+        assert held == ["198.51.100.9"]
         with lab.net.entered():
             connect("198.51.100.9", MX4, 25, timeout=2.0).close()
         # Both connections: the first was counted in its shard too (the first setup's rules), which kept it.

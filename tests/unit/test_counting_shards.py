@@ -44,7 +44,13 @@ def test_each_source_is_counted_in_the_one_shard_its_key_hashes_to(enforce: bool
 
 def test_the_shards_hold_what_the_one_set_held() -> None:
     text = ruleset(config.from_mapping({}).firewall())
-    sizes = [int(m[1]) for m in re.finditer(r"set inet govern seen[46]_\d+ \{ type [^;]+; size (\d+);", text)]
+    names = {name for v in (4, 6) for name in seen_sets(v)}
+    declared = re.finditer(r"add set inet govern (seen[46]_\d+) \{ type [^;]+; size (\d+);", text)
+    sizes = [int(m[2]) for m in declared if m[1] in names]
     assert len(sizes) == 2 * SEEN_SHARDS and sum(sizes) == 2 * SEEN_SIZE
-    # A table made before the shards loses its one counting set per family once no rule uses it.
+    # A table made before the shards loses its one counting set per family once no rule uses it, and so does one
+    # made before these shards its four.
     assert "delete set inet govern seen4\n" in text and "delete set inet govern seen6\n" in text
+    old = [f"seen{v}_{i}" for v in (4, 6) for i in range(4)]
+    assert not names & set(old)
+    assert all(f"delete set inet govern {name}\n" in text for name in old)
