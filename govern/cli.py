@@ -110,7 +110,7 @@ def _walk(st: dict[str, Any]) -> str:
     if ago is not None:  # calm ticks reuse a walk (`daemon.calm_scan_every`): the counts may be a few seconds old
         parts.append(f"walked {ago:g} s ago")
     counted = st.get("counts_read_ago")
-    if counted is not None and counted >= 2:  # a settled tick may defer a dear read of the SYN counts
+    if counted is not None and counted >= 2:  # a dear read of the SYN counts may wait (observer.ReadPace)
         parts.append(f"new connections counted {counted:g} s ago")
     return f" ({'; '.join(parts)})" if parts else ""
 

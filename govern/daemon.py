@@ -40,7 +40,7 @@ from govern.fleet import codec
 from govern.health import Health
 from govern.keeping import Keeper
 from govern.model import PUNITIVE, ActionKind, Cut, ListenerStats, Mode, ModeState, Plan, Snapshot, State
-from govern.observe.observer import Observer
+from govern.observe.observer import CALM_READS, PRESSED_READS, Observer
 from govern.phases import PhaseClock
 from govern.proving import Proving
 from govern.sysctl.edges import SysctlProfiles
@@ -347,10 +347,11 @@ class Governor:
         # observation fails therefore leaves no snapshot, rather than the last one, stale.
         self.snapshot = None
         walk = self._rescan()
-        settled = self.state.mode.mode is Mode.NORMAL and not self._pressed
+        # A call between ticks reads the counts at once; otherwise a dear read may wait, less under pressure.
+        pace = None if self._pressed else CALM_READS if self.state.mode.mode is Mode.NORMAL else PRESSED_READS
         self._pressed = False
         try:
-            self.snapshot = self.observer.snapshot(self.policy, now, self.trusted(), rescan=walk, settled=settled)
+            self.snapshot = self.observer.snapshot(self.policy, now, self.trusted(), rescan=walk, pace=pace)
         except GovernError as exc:
             self.health.fail("observe", exc)
             return Plan()

@@ -16,7 +16,7 @@ from govern.core.proof import REVOKED_FOR, proof_lost, recalled, withheld, young
 from govern.edges import Enforcer, StateStore
 from govern.errors import GovernError
 from govern.health import Health
-from govern.model import Cut, Mode, ModeState, Snapshot
+from govern.model import Cut, Mode, ModeState, Snapshot, holding
 
 log = logging.getLogger("govern")
 
@@ -197,7 +197,9 @@ class Proving:
         self._allow = allow
         trusted = snapshot.trusted
         proven_crowds = []
-        for p, s in snapshot.sources.items():
+        # The sources holding sockets only: the snapshot's others are the counted sources' rows, a flood's worth of
+        # them, whose records iterating makes one by one (2.8 ms a thousand: a wave's tick 0.3 s at 100,000).
+        for p, s in holding(snapshot.sources).items():
             if s.established >= 2:
                 self._crowded[p] = now
                 if p in trusted and p not in self._recalled:

@@ -5,9 +5,10 @@ A calm tick may reuse the last scan's sockets (`rescan=False`: the daemon asks f
 mode, every tick under pressure): the walk of every socket is most of a tick's cost, and in normal mode nothing is
 judged by a socket's state to the second. Its accept queues are read anew all the same. Any tick reads the SYN
 counters unless the backend can tell that none has moved or timed out since the last read
-(Enforcer.syn_counts_unchanged), or the tick is settled (no pressure) and the last read was dear: then the read waits
-until reads have cost at most READ_SHARE of a core, at most MAX_DEFER seconds, and its new connections count over
-the whole time since the last one (Snapshot.counted_over).
+(Enforcer.syn_counts_unchanged), or the last read was dear for the tick's pace (ReadPace: CALM_READS in normal mode,
+PRESSED_READS under pressure; none on a tick a call between ticks asked for): then the read waits until reads have
+cost at most the pace's share of a core, for at most its seconds, and its new connections count over the whole time
+since the last one (Snapshot.counted_over).
 
 The sources that hold sockets (a few per socket) become SourceStats records; those seen only by their connection
 attempts, up to a million in a flood, stay numpy columns (model.Sources), so a tick costs a few vectorised passes
@@ -15,10 +16,10 @@ over them and the snapshot ~17 bytes a source (the addresses are the rate window
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import replace
+from typing import NamedTuple
 
 import numpy as np
 
@@ -33,10 +34,22 @@ from govern.observe.netstat import deltas
 from govern.observe.rates import RateWindow
 from govern.phases import PhaseClock
 
-# A settled tick's read of the SYN counts may wait until the reads have cost at most this share of a core since the
-# last one, and at most MAX_DEFER seconds: reading 100,000 held sources costs ~0.5 s of CPU (docs/benchmarks.md).
-READ_SHARE = 0.01
-MAX_DEFER = 10.0
+
+class ReadPace(NamedTuple):
+    """How dear a tick's reads of the SYN counts may be: the next read waits until the reads have cost at most
+    `share` of a core since the last one, and at most `most` seconds."""
+
+    share: float
+    most: float
+
+
+# Settled (normal mode, nothing pressing between ticks): a few connections a second among a flood's worth of sources
+# held for their two minutes, or a busy host's, change no judgement of normal mode within seconds (its limits are per
+# minute). Reading 100,000 held sources costs ~0.25 s of CPU (docs/benchmarks.md).
+CALM_READS = ReadPace(0.01, 10.0)
+# Under pressure the wave's judgements by rate are per minute too, and a call for a higher mode between ticks still
+# reads at once; but what the daemon spends must not grow with a botnet's size: 250,000 sources read 0.6 s.
+PRESSED_READS = ReadPace(0.10, 2.0)
 _STANDINGS_STALE = 1 << 16  # sources gone since they were last seen that the standing cache may keep
 # A rate window row's mark: its source's allowlist standing (0: not asked yet under the current allowlist).
 _STRANGER, _ALLOWLISTED = 1, 2
@@ -62,7 +75,7 @@ class Observer:
         self.syn_reads = 0  # how many ticks read the SYN counters (tests)
         self.cpu = cpu
         self.counted_at: float | None = None  # when they were last read (`govern status`)
-        self._read_after = -math.inf  # a settled tick defers the next read until then
+        self._read_cost = 0.0  # CPU seconds the last read of the SYN counts took
         self.slotted = slotted
         self.counters = counters
         self.rates = RateWindow()
@@ -91,18 +104,17 @@ class Observer:
         trusted: frozenset[Prefix] = frozenset(),
         *,
         rescan: bool = True,
-        settled: bool = False,
+        pace: ReadPace | None = None,
     ) -> Snapshot:
-        """This tick's view; with `rescan` False, of the sockets as the last scan counted them; with `settled` (no
-        pressure: the daemon's normal mode, no call between ticks), perhaps of the SYN counts of a few seconds ago
-        (see above)."""
-        snap = self._snapshot(policy, now, trusted, rescan, settled)
+        """This tick's view; with `rescan` False, of the sockets as the last scan counted them; with a `pace`, perhaps
+        of the SYN counts of a few seconds ago (see above); without one, of the counts now."""
+        snap = self._snapshot(policy, now, trusted, rescan, pace)
         give_back()  # after the tick's temporaries are freed, so that their pages go back too
         self.phases.lap("sources")
         return snap
 
     def _snapshot(
-        self, policy: Policy, now: float, trusted: frozenset[Prefix], rescan: bool, settled: bool
+        self, policy: Policy, now: float, trusted: frozenset[Prefix], rescan: bool, pace: ReadPace | None
     ) -> Snapshot:
         if rescan or self._scan is None:
             # Idle is counted from the shortest wait anything judges by: the status display's, or an idle cut's.
@@ -125,15 +137,14 @@ class Observer:
             scan = replace(self._scan, listeners=tuple(self.sockets.listeners(policy.ports)))
         self.phases.lap("scan")
         window = self.rates
-        if self._scan is not None and ((settled and now < self._read_after) or self.syn_unchanged()):
-            # Either the tick is settled and the last read was dear (asked first: it costs nothing): the counts
-            # move, but a few connections a second among a flood's worth of sources held for their two minutes, or
-            # a busy host's, change no judgement of normal mode within seconds (its limits are per minute); read
-            # again once the reads have cost at most READ_SHARE of a core since, and pressure reads every tick
-            # (docs/benchmarks.md, "Whole daemon"). Or the kernel counted no new connection since the last read and
-            # none of the counts it read can have timed out: every count is as that read found it. Either way the
-            # window only moves on in time, and what a tick costs follows what changed, not how many sources are
-            # held.
+        waited = None if self.counted_at is None else now - self.counted_at
+        dear = pace is not None and waited is not None and waited < min(self._read_cost / pace.share, pace.most)
+        if self._scan is not None and (dear or self.syn_unchanged()):
+            # Either the last read was dear for the tick's pace (asked first: it costs nothing): the counts move, but
+            # read again once the reads have cost at most the pace's share of a core since (docs/benchmarks.md,
+            # "Whole daemon"). Or the kernel counted no new connection since the last read and none of the counts
+            # it read can have timed out: every count is as that read found it. Either way the window only moves on
+            # in time, and what a tick costs follows what changed, not how many sources are held.
             rates = window.still(now)
             counted_over = 0.0
         else:
@@ -144,8 +155,7 @@ class Observer:
             # would otherwise find them in holes it cannot use (at a million sources ~30 MB of the tick's peak RSS).
             give_back()
             rates = window.advance(counts, now)  # takes the columns: each goes once the window is done with it
-            cost = max(self.cpu() - began, 0.0)
-            self._read_after = now + min(cost / READ_SHARE, MAX_DEFER)
+            self._read_cost = max(self.cpu() - began, 0.0)
             # A deferred read's new connections came over the whole time since the last one: a rate of them
             # counts over that time, not over this tick's.
             counted_over = 0.0 if self.counted_at is None else now - self.counted_at

@@ -3,6 +3,7 @@ CLI requests are validated and refused with reasons, and a refused kernel commit
 
 from __future__ import annotations
 
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -264,8 +265,9 @@ def test_ticks_skip_the_syn_counters_while_the_kernels_count_stands_still(tmp_pa
 
 def test_a_settled_tick_defers_a_dear_read_of_the_syn_counts_and_pressure_reads_at_once(tmp_path: Path) -> None:
     """In normal mode with nothing pressing, a read of the SYN counts that cost C seconds of CPU waits until
-    C / READ_SHARE seconds have passed (at most MAX_DEFER), though the counts move; its new connections then count
-    over the whole time since the last read. A call between ticks, or any mode above normal, reads every tick."""
+    C / 1% of a core has passed (CALM_READS, at most 10 s), though the counts move; its new connections then count
+    over the whole time since the last read. A call between ticks reads at once, and a mode above normal reads
+    every tick while a read costs under a tenth of the time since the last (PRESSED_READS)."""
     gov, socks, enf, clock = make(tmp_path, modes__auto=True)
     spent = [0.0]
     gov.observer.cpu = lambda: spent[0]
@@ -303,6 +305,33 @@ def test_a_settled_tick_defers_a_dear_read_of_the_syn_counts_and_pressure_reads_
         enf.attempted, enf.syn[BOT] = t, t
         run_ticks(gov, clock, 1)
     assert enf.syn_reads == 6
+
+
+def test_under_pressure_a_dear_read_waits_for_a_tenth_of_a_core_and_at_most_two_seconds(tmp_path: Path) -> None:
+    """A botnet's worth of counted sources must not make the daemon the next thing to fall over: above normal mode a
+    read that cost C waits C / 10% of a core (PRESSED_READS), at most 2 s, whatever the counts do."""
+    gov, _socks, enf, clock = make(tmp_path, modes__auto=True)
+    assert gov.handle({"cmd": "wave", "action": "on"})["ok"]
+    spent = [0.0]
+    gov.observer.cpu = lambda: spent[0]
+    read = gov.observer.syn_counts
+    costs = iter([0.05] * 3 + [0.6] * 20)  # 0.5 s at a tenth of a core: every tick; then 6 s: capped at 2
+
+    def dear() -> Any:
+        spent[0] += next(costs)
+        return read()
+
+    gov.observer.syn_counts = dear
+    read_at: list[float] = []
+    for t in range(12):
+        enf.attempted, enf.syn[BOT] = t, t  # the counts move every tick
+        before = enf.syn_reads
+        run_ticks(gov, clock, 1)
+        assert gov.state.mode.mode is Mode.WAVE
+        if enf.syn_reads > before:
+            read_at.append(gov.observer.counted_at or 0.0)
+    gaps = [round(b - a, 1) for a, b in pairwise(read_at)]
+    assert gaps[:3] == [1.0, 1.0, 1.0] and set(gaps[3:]) == {2.0} and len(gaps) >= 6, gaps
 
 
 def test_a_read_defers_the_next_by_its_cost_and_never_beyond_the_cap(tmp_path: Path) -> None:
