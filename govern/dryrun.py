@@ -59,8 +59,8 @@ class DryRun:
             self.logged.append(line)
             log.info("%s", line)
 
-    def crowds(self) -> frozenset[Prefix]:
-        return self.inner.crowds()
+    def crowds(self, among: Iterable[Prefix]) -> frozenset[Prefix]:
+        return self.inner.crowds(among)
 
     def syn_counts(self) -> Mapping[Prefix, int]:
         return self.inner.syn_counts()

@@ -98,9 +98,9 @@ class Enforcer(Protocol):
         has neither)."""
         ...
 
-    def crowds(self) -> frozenset[Prefix]:
-        """Source groups the kernel saw open several connections at once as first contacts in a wave (sets
-        crowd4/crowd6, as source groups), where the backend has a wave's gate (empty elsewhere)."""
+    def crowds(self, among: Iterable[Prefix]) -> frozenset[Prefix]:
+        """Those of the source groups `among` that the kernel saw open several connections at once as first contacts
+        in a wave (sets crowd4/crowd6), where the backend has a wave's gate (none elsewhere)."""
         ...
 
     def unprove(self, sources: Sequence[Prefix], seconds: float) -> None:

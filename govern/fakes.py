@@ -3,7 +3,7 @@ They keep what a real backend would hold, so tests can assert on it."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent import futures
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -178,8 +178,8 @@ class FakeEnforcer:
         self.log_proven.update(sources)
         self.crowd_delivering.difference_update(sources)
 
-    def crowds(self) -> frozenset[Prefix]:
-        return frozenset(self.crowd)
+    def crowds(self, among: Iterable[Prefix]) -> frozenset[Prefix]:
+        return frozenset(self.crowd).intersection(among)
 
     def unprove(self, sources: Sequence[Prefix], seconds: float) -> None:
         for p in sources:

@@ -82,7 +82,7 @@ class Proving:
             if fresh:
                 # The kernel's crowd sets are dumped only for a young proof the daemon's own sight does not settle.
                 seen = self._crowded.keys()
-                crowds = seen if fresh <= seen else self.enforcer.crowds() | seen
+                crowds = seen if fresh <= seen else self.enforcer.crowds(fresh - seen) | seen
                 held = withheld(fresh, self.trust.first, mode, crowds) - self._released
                 put = sum(p not in self._withheld for p in held)
                 for p in held:

@@ -8,7 +8,7 @@ only at start-up, to reconcile with the durable state.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from govern.addr import Prefix
 from govern.ipt import ipset, rules
@@ -105,7 +105,7 @@ class IptBackend:
     def unprove(self, sources: Sequence[Prefix], seconds: float) -> None:
         return None
 
-    def crowds(self) -> frozenset[Prefix]:
+    def crowds(self, among: Iterable[Prefix]) -> frozenset[Prefix]:
         return frozenset()  # no wave's gate, no first contacts (docs/iptables.md)
 
     def attempts(self) -> int | None:

@@ -225,9 +225,10 @@ class NftBackend:
         ops = [ElemOp(False, f"{name}{p.version}", p) for p in sources for name in ("proven", "provenc", "unproven")]
         self._commit(ops + [ElemOp(True, f"unproven{p.version}", p, _ms(seconds)) for p in sources])
 
-    def crowds(self) -> frozenset[Prefix]:
-        elements = (e for name in ("crowd4", "crowd6") for e in self.nl.dump_set(name))
-        return frozenset(group_key(e.prefix, self.v4_len, self.v6_len) for e in elements)
+    def crowds(self, among: Iterable[Prefix]) -> frozenset[Prefix]:
+        # One look-up a source: a tick asks about the few that just delivered, where a dump of the crowd sets reads
+        # every swarm's source (38 ms, twice a second, in the lab's full flood: 7% of a core).
+        return frozenset(p for p in among if self.nl.holds(f"crowd{p.version}", p))
 
     def proven(self) -> list[tuple[Prefix, float]]:
         """Sources the MTA answered a whole dialogue (set proven4/proven6, filled by the kernel), as source groups,

@@ -48,6 +48,7 @@ Kernel behaviour established on Linux 6.18 (tests/kernel/test_nft_netlink.py pin
 from __future__ import annotations
 
 import bisect
+import errno
 import itertools
 import operator
 import socket
@@ -824,6 +825,37 @@ class NftNetlink:
         flags, key_len = self.set_info(set)
         with collector_held():  # the elements made of the dump too
             return build_elems(self._raw_elements(set), interval=bool(flags & NFT_SET_INTERVAL), key_len=key_len)
+
+    def holds(self, set: str, key: Prefix) -> bool:
+        """Whether plain set `set` holds `key` (its value is the element's key), live: one GETSETELEM of that
+        element, which the kernel answers with the element or ENOENT (a lapsed one too). For a few keys of a large
+        set, where a dump costs what the set holds; one request a key, for the kernel ends a request's list at the
+        first element it lacks. A set that does not exist holds nothing (ENOENT says that too)."""
+        what = f"element {key} of set {set} of {self._where}"
+        elem = element_bytes(ElemOp(False, set, key), interval=False)
+        body = (
+            netlink.strz(NFTA_SET_ELEM_LIST_TABLE, self.table)
+            + netlink.strz(NFTA_SET_ELEM_LIST_SET, set)
+            + NLATTR.pack(4 + len(elem), NLA_F_NESTED | NFTA_SET_ELEM_LIST_ELEMENTS)
+            + elem
+        )
+        seq = self._nl.next_seq()
+        self._nl.send(_nlmsg(_msg_type(NFT_MSG_GETSETELEM), NLM_F_REQUEST | NLM_F_ACK, seq, self.family, 0, body), what)
+        buf, found = self._nl.buf, False
+        try:
+            while True:
+                n = self._nl.recv(what)
+                for _off, _ln, mtype, _flags in netlink.walk(buf, n, f"nftables: cannot read {what}", seq):
+                    if mtype == _msg_type(NFT_MSG_NEWSETELEM):
+                        found = True
+                    elif mtype == NLMSG_ERROR:  # the ack, after the element
+                        self._nl.dirty = False
+                        return found
+        except NetlinkError as exc:
+            if exc.errno != errno.ENOENT:
+                raise
+            self._nl.dirty = False
+            return False
 
     def count_elements(self, set: str) -> int:
         """How many live elements `set` holds: the slot budget's sets (at most a budget's worth), read each tick."""

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from govern.addr import Prefix, group_key
 from govern.edges import Enforcer
@@ -102,8 +102,8 @@ class XdpLayer:
     def unprove(self, sources: Sequence[Prefix], seconds: float) -> None:
         self.inner.unprove(sources, seconds)
 
-    def crowds(self) -> frozenset[Prefix]:
-        return self.inner.crowds()
+    def crowds(self, among: Iterable[Prefix]) -> frozenset[Prefix]:
+        return self.inner.crowds(among)
 
     def attempts(self) -> int | None:
         return self.inner.attempts()

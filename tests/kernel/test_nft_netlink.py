@@ -32,6 +32,7 @@ table inet govern {
     set allow4 { type ipv4_addr; flags interval; }
     set slowgc4 { type ipv4_addr; flags interval,timeout; gc-interval 1h; }
     set slowhash4 { type ipv4_addr; flags timeout; gc-interval 1h; }
+    set crowd6 { type ipv6_addr; flags dynamic,timeout; timeout 2m; }
 }
 """
 
@@ -295,6 +296,25 @@ def test_expired_but_not_collected_elements(ns: Netns, nl: NftNetlink) -> None:
         nl.commit([ElemOp(False, name, P("198.18.0.10"))], interval_sets=IV, missing_ok=True)
         nl.commit([ElemOp(True, name, P("198.18.0.9"), 60_000)], interval_sets=IV)  # re-add: accepted
         assert [(e.prefix, e.timeout_ms) for e in nl.dump_set(name)] == [(P("198.18.0.9"), 60_000)]
+
+
+def test_holds_asks_the_kernel_for_one_element_and_a_lapsed_one_is_not_held(ns: Netns, nl: NftNetlink) -> None:
+    """What the daemon asks of the crowd sets for the few sources that just delivered, instead of dumping them."""
+    nl.commit(
+        [ElemOp(True, "slowhash4", P("198.18.0.9"), 1000), ElemOp(True, "slowhash4", P("198.18.0.10"), 60_000)],
+        interval_sets=IV,
+    )
+    nl.commit([ElemOp(True, "crowd6", P("2001:db8:bad:1::"))], interval_sets=IV)
+    assert nl.holds("slowhash4", P("198.18.0.9")) and nl.holds("slowhash4", P("198.18.0.10"))
+    assert not nl.holds("slowhash4", P("198.18.0.11"))  # ENOENT, and the socket goes on
+    # The key is the prefix's value: an IPv6 source group's element is its /64's first address.
+    assert nl.holds("crowd6", P("2001:db8:bad:1::/64")) and not nl.holds("crowd6", P("2001:db8:bad:2::/64"))
+    time.sleep(1.5)  # gc-interval 1h: timed out, not yet collected
+    assert not nl.holds("slowhash4", P("198.18.0.9")) and nl.holds("slowhash4", P("198.18.0.10"))
+    assert [e.prefix for e in nl.dump_set("slowhash4")] == [P("198.18.0.10")]
+    assert not nl.holds("nosuchset", P("198.18.0.9"))  # the kernel's ENOENT says that too
+    with pytest.raises(KernelError):  # a key of the wrong length is refused, not taken for absent
+        nl.holds("slowhash4", P("2001:db8::1"))
 
 
 def test_dump_round_trips_a_mixed_commit(ns: Netns, nl: NftNetlink) -> None:
