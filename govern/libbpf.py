@@ -37,6 +37,7 @@ def lib() -> ctypes.CDLL:
             "bpf_map_delete_elem": ([_int, _vp], _int),
             "bpf_map_lookup_elem": ([_int, _vp, _vp], _int),
             "bpf_map_get_next_key": ([_int, _vp, _vp], _int),
+            "bpf_map_lookup_batch": ([_int, _vp, _vp, _vp, _vp, _vp, _vp], _int),
             "libbpf_num_possible_cpus": ([], _int),
             "bpf_xdp_query_id": ([_int, _int, _vp], _int),
             "bpf_program__attach_iter": ([_vp, _vp], _vp),

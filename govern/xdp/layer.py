@@ -18,7 +18,7 @@ import contextlib
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
-from govern.addr import Prefix, group_key
+from govern.addr import Prefix
 from govern.edges import Enforcer
 from govern.errors import GovernError
 from govern.model import ActionKind, FirewallSpec, Plan, State
@@ -118,11 +118,7 @@ class XdpLayer:
     def syn_counts(self) -> Mapping[Prefix, int]:
         if self.prog is None:
             return self.inner.syn_counts()
-        out: dict[Prefix, int] = {}
-        for src, n in self.prog.syn_counts().items():
-            key = group_key(src, self.v4_len, self.v6_len)
-            out[key] = out.get(key, 0) + n
-        return out
+        return self.prog.syn_counts(self.v4_len, self.v6_len)
 
     def end_sessions(self, prefixes: Sequence[Prefix]) -> int:
         return self.inner.end_sessions(prefixes)

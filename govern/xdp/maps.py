@@ -87,8 +87,3 @@ def block_key(p: Prefix) -> tuple[str, ctypes.Structure]:
 def hashed(p: Prefix) -> bool:
     """Whether blocks of `p` go into a hash map (block_key)."""
     return p.length == 32 if p.version == 4 else p.length in (64, 128)
-
-
-def src_prefix(key: Src) -> Prefix:
-    raw = bytes(key.addr)
-    return Prefix.from_packed(raw[:4] if key.family == 4 else raw)

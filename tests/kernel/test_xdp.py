@@ -125,6 +125,9 @@ def test_syn_counter_matches_the_syns_sent(lab: Lab, xdp: XdpProgram) -> None:
         counts = xdp.syn_counts()
         assert counts[P("198.51.100.10")] == 7
         assert counts[P("2001:db8:51::10")] == 3
+        # Read in batches and counted per source group, as the daemon's protect.ipv4_prefix / ipv6_prefix ask.
+        assert passes(lab, "198.51.100.11") and passes(lab, "2001:db8:51::11")
+        assert dict(xdp.syn_counts(24, 64)) == {P("198.51.100.0/24"): 8, P("2001:db8:51::/64"): 4}
     finally:
         listener.close()
 
