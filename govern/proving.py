@@ -80,7 +80,7 @@ class Proving:
                 self._withheld[p] = (delivered.pop(p), self._withheld[p][1])
             fresh = young(delivered, self.trust.first, mode) if delivered else frozenset()
             if fresh:
-                # The kernel's crowd sets are dumped only for a young proof the daemon's own sight does not settle.
+                # The kernel's crowd sets are asked only about young proofs the daemon's own sight does not settle.
                 seen = self._crowded.keys()
                 crowds = seen if fresh <= seen else self.enforcer.crowds(fresh - seen) | seen
                 held = withheld(fresh, self.trust.first, mode, crowds) - self._released

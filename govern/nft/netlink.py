@@ -831,7 +831,6 @@ class NftNetlink:
         element, which the kernel answers with the element or ENOENT (a lapsed one too). For a few keys of a large
         set, where a dump costs what the set holds; one request a key, for the kernel ends a request's list at the
         first element it lacks. A set that does not exist holds nothing (ENOENT says that too)."""
-        what = f"element {key} of set {set} of {self._where}"
         elem = element_bytes(ElemOp(False, set, key), interval=False)
         body = (
             netlink.strz(NFTA_SET_ELEM_LIST_TABLE, self.table)
@@ -839,23 +838,14 @@ class NftNetlink:
             + NLATTR.pack(4 + len(elem), NLA_F_NESTED | NFTA_SET_ELEM_LIST_ELEMENTS)
             + elem
         )
-        seq = self._nl.next_seq()
-        self._nl.send(_nlmsg(_msg_type(NFT_MSG_GETSETELEM), NLM_F_REQUEST | NLM_F_ACK, seq, self.family, 0, body), what)
-        buf, found = self._nl.buf, False
         try:
-            while True:
-                n = self._nl.recv(what)
-                for _off, _ln, mtype, _flags in netlink.walk(buf, n, f"nftables: cannot read {what}", seq):
-                    if mtype == _msg_type(NFT_MSG_NEWSETELEM):
-                        found = True
-                    elif mtype == NLMSG_ERROR:  # the ack, after the element
-                        self._nl.dirty = False
-                        return found
+            self._get_one(NFT_MSG_GETSETELEM, NFT_MSG_NEWSETELEM, body, f"element {key} of set {set}")
         except NetlinkError as exc:
             if exc.errno != errno.ENOENT:
                 raise
-            self._nl.dirty = False
+            self._nl.dirty = False  # the refusal ends the exchange
             return False
+        return True
 
     def count_elements(self, set: str) -> int:
         """How many live elements `set` holds: the slot budget's sets (at most a budget's worth), read each tick."""
